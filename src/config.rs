@@ -1,0 +1,472 @@
+//! Configuration: a TOML file (or the embedded default) parsed into [`RawConfig`], then
+//! validated into [`Config`], whose fields cannot be wrong.
+//!
+//! Two stages keep errors precise: serde reports syntax, types and unknown keys with their
+//! location; validation reports values out of range with the field's dotted name and the
+//! accepted range. `config/pixeld.toml` is both the documented defaults and the embedded
+//! config, so the documentation cannot drift from the behaviour (a test checks it).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::format::{Codec, MAX_RECORD};
+use crate::log::retention::Retention;
+use crate::log::{Fsync, LogConfig};
+
+/// The documented default configuration, embedded in the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/pixeld.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: `{field}` {reason}")]
+    Invalid {
+        origin: String,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// A size: a number of bytes or a string with a unit ("256KiB").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn parse(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| format!("is not a size ({s:?}: {e}); write e.g. 4096 or \"256KiB\"")),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("is not a duration ({s:?}: {e}); write e.g. \"10ms\", \"1h\", \"7d\""))
+}
+
+/// `[listen]`: listener addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// UDP syslog listener (nginx `access_log syslog:`).
+    pub udp: String,
+    /// TCP listener for relays (octet-counted or newline framing).
+    pub tcp: String,
+    /// HTTP listener (pixel, batch endpoint, queries, metrics).
+    pub http: String,
+}
+
+/// `[log]`: the durable log of each shard. See config/pixeld.toml for each field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub batch_max_bytes: Size,
+    pub batch_max_delay: String,
+    pub fsync: String,
+    pub fsync_interval: String,
+    pub segment_max_bytes: Size,
+    pub segment_max_age: String,
+    pub retention: String,
+    pub retention_bytes: Size,
+    pub compression: String,
+    pub compression_level: i32,
+    pub index_interval_bytes: Size,
+    pub max_pending_bytes: Size,
+    pub max_record_bytes: Size,
+}
+
+/// The config file as written. Every field may be omitted; omitted fields take the values
+/// of the embedded default file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub data_dir: PathBuf,
+    /// "auto" or a number of shards.
+    pub shards: ShardCount,
+    pub listen: RawListen,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ShardCount {
+    Count(u64),
+    Auto(String),
+}
+
+/// Partial structs used to merge a file over the defaults (every field optional).
+mod partial {
+    use super::*;
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Config {
+        pub data_dir: Option<PathBuf>,
+        pub shards: Option<ShardCount>,
+        pub listen: Option<Listen>,
+        pub log: Option<Log>,
+    }
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Listen {
+        pub udp: Option<String>,
+        pub tcp: Option<String>,
+        pub http: Option<String>,
+    }
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Log {
+        pub batch_max_bytes: Option<Size>,
+        pub batch_max_delay: Option<String>,
+        pub fsync: Option<String>,
+        pub fsync_interval: Option<String>,
+        pub segment_max_bytes: Option<Size>,
+        pub segment_max_age: Option<String>,
+        pub retention: Option<String>,
+        pub retention_bytes: Option<Size>,
+        pub compression: Option<String>,
+        pub compression_level: Option<i32>,
+        pub index_interval_bytes: Option<Size>,
+        pub max_pending_bytes: Option<Size>,
+        pub max_record_bytes: Option<Size>,
+    }
+}
+
+impl RawConfig {
+    /// The embedded defaults.
+    pub fn defaults() -> RawConfig {
+        // The embedded file is checked by a unit test; parse it strictly.
+        match toml::from_str::<RawConfig>(DEFAULT_CONFIG) {
+            Ok(c) => c,
+            Err(e) => panic!("embedded config/pixeld.toml is invalid: {e}"),
+        }
+    }
+
+    /// Parses `text` (from `origin`, for messages) over the defaults.
+    pub fn parse(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
+        let p: partial::Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut c = RawConfig::defaults();
+        macro_rules! merge {
+            ($dst:expr, $src:expr) => {
+                if let Some(v) = $src {
+                    $dst = v;
+                }
+            };
+        }
+        merge!(c.data_dir, p.data_dir);
+        merge!(c.shards, p.shards);
+        if let Some(l) = p.listen {
+            merge!(c.listen.udp, l.udp);
+            merge!(c.listen.tcp, l.tcp);
+            merge!(c.listen.http, l.http);
+        }
+        if let Some(l) = p.log {
+            let d = &mut c.log;
+            merge!(d.batch_max_bytes, l.batch_max_bytes);
+            merge!(d.batch_max_delay, l.batch_max_delay);
+            merge!(d.fsync, l.fsync);
+            merge!(d.fsync_interval, l.fsync_interval);
+            merge!(d.segment_max_bytes, l.segment_max_bytes);
+            merge!(d.segment_max_age, l.segment_max_age);
+            merge!(d.retention, l.retention);
+            merge!(d.retention_bytes, l.retention_bytes);
+            merge!(d.compression, l.compression);
+            merge!(d.compression_level, l.compression_level);
+            merge!(d.index_interval_bytes, l.index_interval_bytes);
+            merge!(d.max_pending_bytes, l.max_pending_bytes);
+            merge!(d.max_record_bytes, l.max_record_bytes);
+        }
+        Ok(c)
+    }
+
+    /// Reads a file, or the embedded defaults when `path` is None.
+    pub fn load(path: Option<&Path>) -> Result<(RawConfig, String), ConfigError> {
+        match path {
+            None => Ok((RawConfig::defaults(), "embedded defaults".into())),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source: e,
+                })?;
+                let origin = p.display().to_string();
+                Ok((RawConfig::parse(&text, &origin)?, origin))
+            }
+        }
+    }
+
+    /// The effective config as TOML (for `pixeld validate`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub http: SocketAddr,
+    pub log: LogTemplate,
+}
+
+/// Log settings shared by every shard; [`LogTemplate::for_shard`] makes a shard's [`LogConfig`].
+#[derive(Debug, Clone)]
+pub struct LogTemplate(LogConfig);
+
+impl LogTemplate {
+    pub fn for_shard(&self, data_dir: &Path, shard: usize) -> LogConfig {
+        let mut c = self.0.clone();
+        c.dir = data_dir.join(crate::log::format::shard_dir_name(shard));
+        c.shard = shard;
+        c
+    }
+    pub fn get(&self) -> &LogConfig {
+        &self.0
+    }
+    pub fn get_mut(&mut self) -> &mut LogConfig {
+        &mut self.0
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "data_dir={} shards={} udp={} tcp={} http={}",
+            self.data_dir.display(),
+            self.shards,
+            self.udp,
+            self.tcp,
+            self.http
+        )
+    }
+}
+
+impl Config {
+    /// Validates `raw`; `origin` names the file in messages.
+    pub fn from_raw(raw: &RawConfig, origin: &str) -> Result<Config, ConfigError> {
+        let invalid = |field: &'static str, reason: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            field,
+            reason,
+        };
+        let size =
+            |field: &'static str, s: &Size, min: u64, max: u64| -> Result<u64, ConfigError> {
+                let v = s.parse().map_err(|r| invalid(field, r))?;
+                if v < min || v > max {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "is {}, must be between {} and {}",
+                            bytesize::ByteSize(v),
+                            bytesize::ByteSize(min),
+                            bytesize::ByteSize(max)
+                        ),
+                    ));
+                }
+                Ok(v)
+            };
+        let duration =
+            |field: &'static str, s: &str, min: Duration| -> Result<Duration, ConfigError> {
+                let d = parse_duration(s).map_err(|r| invalid(field, r))?;
+                if d < min {
+                    return Err(invalid(field, format!("is {s}, must be at least {min:?}")));
+                }
+                Ok(d)
+            };
+        let addr = |field: &'static str, s: &str| -> Result<SocketAddr, ConfigError> {
+            s.parse().map_err(|e| {
+                invalid(
+                    field,
+                    format!(
+                        "is not an IP:port address ({s:?}: {e}); write e.g. \"127.0.0.1:5514\""
+                    ),
+                )
+            })
+        };
+        let shards = match &raw.shards {
+            ShardCount::Count(n) if (1..=1024).contains(n) => *n as usize,
+            ShardCount::Count(n) => {
+                return Err(invalid(
+                    "shards",
+                    format!("is {n}, must be between 1 and 1024 or \"auto\""),
+                ))
+            }
+            ShardCount::Auto(s) if s == "auto" => crate::shard::allowed_cpus().len().max(1),
+            ShardCount::Auto(s) => {
+                return Err(invalid(
+                    "shards",
+                    format!("is {s:?}, must be a number or \"auto\""),
+                ))
+            }
+        };
+        let l = &raw.log;
+        let fsync = match l.fsync.as_str() {
+            "interval" => Fsync::Interval(duration(
+                "log.fsync_interval",
+                &l.fsync_interval,
+                Duration::from_millis(1),
+            )?),
+            "batch" => Fsync::EveryBatch,
+            "never" => Fsync::Never,
+            other => {
+                return Err(invalid(
+                    "log.fsync",
+                    format!("is {other:?}, must be \"interval\", \"batch\" or \"never\""),
+                ))
+            }
+        };
+        let codec = match l.compression.as_str() {
+            "zstd" => Codec::Zstd,
+            "none" => Codec::None,
+            other => {
+                return Err(invalid(
+                    "log.compression",
+                    format!("is {other:?}, must be \"zstd\" or \"none\""),
+                ))
+            }
+        };
+        if !(-7..=19).contains(&l.compression_level) {
+            return Err(invalid(
+                "log.compression_level",
+                format!("is {}, must be between -7 and 19", l.compression_level),
+            ));
+        }
+        let batch_max_bytes = size("log.batch_max_bytes", &l.batch_max_bytes, 1 << 10, 16 << 20)?;
+        let max_record_bytes = size(
+            "log.max_record_bytes",
+            &l.max_record_bytes,
+            1 << 10,
+            MAX_RECORD as u64,
+        )?;
+        let retention_age = match l.retention.trim() {
+            "forever" => None,
+            s => Some(duration("log.retention", s, Duration::from_secs(60))?),
+        };
+        let retention_bytes = match &l.retention_bytes {
+            Size::Text(s) if s.trim() == "unlimited" => None,
+            s => Some(size("log.retention_bytes", s, 1 << 20, u64::MAX)?),
+        };
+        let log = LogConfig {
+            dir: PathBuf::new(),
+            shard: 0,
+            codec,
+            zstd_level: l.compression_level,
+            batch_max_bytes: batch_max_bytes as usize,
+            batch_max_delay: duration(
+                "log.batch_max_delay",
+                &l.batch_max_delay,
+                Duration::from_micros(100),
+            )?,
+            fsync,
+            segment_max_bytes: size(
+                "log.segment_max_bytes",
+                &l.segment_max_bytes,
+                64 << 10,
+                1 << 40,
+            )?,
+            segment_max_age: duration(
+                "log.segment_max_age",
+                &l.segment_max_age,
+                Duration::from_secs(1),
+            )?,
+            index_interval_bytes: size(
+                "log.index_interval_bytes",
+                &l.index_interval_bytes,
+                512,
+                64 << 20,
+            )?,
+            max_pending_bytes: size(
+                "log.max_pending_bytes",
+                &l.max_pending_bytes,
+                1 << 20,
+                1 << 40,
+            )? as usize,
+            max_record_bytes: max_record_bytes as usize,
+            retention: Retention {
+                max_age: retention_age,
+                max_bytes: retention_bytes,
+            },
+        };
+        Ok(Config {
+            data_dir: raw.data_dir.clone(),
+            shards,
+            udp: addr("listen.udp", &raw.listen.udp)?,
+            tcp: addr("listen.tcp", &raw.listen.tcp)?,
+            http: addr("listen.http", &raw.listen.http)?,
+            log: LogTemplate(log),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid_and_documented() {
+        let raw = RawConfig::defaults();
+        let c = Config::from_raw(&raw, "embedded").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(c.shards >= 1);
+        let l = c.log.get();
+        assert_eq!(l.batch_max_bytes, 256 << 10);
+        assert_eq!(l.batch_max_delay, Duration::from_millis(10));
+        assert_eq!(l.fsync, Fsync::Interval(Duration::from_millis(50)));
+        assert_eq!(l.segment_max_bytes, 256 << 20);
+        assert_eq!(l.retention.max_age, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(l.retention.max_bytes, None);
+        // The effective config printed by `validate` parses back to the same thing.
+        let again = RawConfig::parse(&raw.to_toml(), "printed").unwrap();
+        assert_eq!(again, raw);
+        // An empty file means the defaults.
+        assert_eq!(RawConfig::parse("", "empty").unwrap(), raw);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = RawConfig::parse("[log]\nbatch_max_byte = 5\n", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("batch_max_byte"), "{e}");
+        let raw = RawConfig::parse("[log]\nfsync = \"sometimes\"\n", "f.toml").unwrap();
+        let e = Config::from_raw(&raw, "f.toml").unwrap_err().to_string();
+        assert!(e.contains("log.fsync") && e.contains("sometimes"), "{e}");
+        let raw = RawConfig::parse("[log]\nbatch_max_bytes = \"1GiB\"\n", "f.toml").unwrap();
+        let e = Config::from_raw(&raw, "f.toml").unwrap_err().to_string();
+        assert!(e.contains("log.batch_max_bytes"), "{e}");
+        let raw = RawConfig::parse("shards = 3\n[listen]\nudp = \"nope\"\n", "f.toml").unwrap();
+        let e = Config::from_raw(&raw, "f.toml").unwrap_err().to_string();
+        assert!(e.contains("listen.udp"), "{e}");
+        let raw = RawConfig::parse(
+            "[log]\nfsync = \"batch\"\nretention = \"forever\"\nretention_bytes = \"10GiB\"\n",
+            "f",
+        )
+        .unwrap();
+        let c = Config::from_raw(&raw, "f").unwrap();
+        assert_eq!(c.log.get().fsync, Fsync::EveryBatch);
+        assert_eq!(c.log.get().retention.max_age, None);
+        assert_eq!(c.log.get().retention.max_bytes, Some(10 << 30));
+    }
+}

@@ -1,0 +1,15 @@
+//! pixeld: a single-box ingest appliance for web-analytics pixel hits.
+//!
+//! The library holds everything; `main.rs` is only the CLI. Modules follow the data path:
+//! `shard` (one glommio executor per core) → `log` (the durable, segmented log each shard
+//! appends to) → `replay`/`check` (reading it back). Ingest, routing, aggregates and queries
+//! arrive in later issues; see ARCHITECTURE.md for the whole path.
+
+pub mod check;
+pub mod config;
+pub mod import;
+pub mod log;
+pub mod metrics;
+pub mod replay;
+pub mod serve;
+pub mod shard;

@@ -1,0 +1,221 @@
+//! Bringing a shard's log directory back to a consistent state before it accepts appends.
+//!
+//! Runs once per shard at start, inside the shard's executor and before the shard reports
+//! ready (so its blocking directory listing and memory-mapped scans delay only readiness).
+//! Sealed segments are trusted when their index is intact and matches their length; a
+//! missing or damaged index is rebuilt by a full scan, which also reports corrupt ranges
+//! (they stay in place: only `check` and readers report them, nothing is deleted). The newest
+//! segment is scanned batch by batch (lengths, CRC, contiguous offsets) and truncated at its
+//! first invalid batch: the torn tail of a crash, or zero padding of an O_DIRECT block. The
+//! cut is logged with segment, offset and bytes, and counted.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use glommio::io::OpenOptions;
+
+use super::index::{IndexBuilder, SegmentIndex};
+use super::reader::{self, CorruptRange};
+use super::writer::{write_file_durably, LogConfig, OpenSegment, SealedSegment};
+use super::Error;
+use crate::metrics::ShardStats;
+
+/// What recovery found and did, for the startup log and the tests.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub shard: usize,
+    pub segments: usize,
+    /// Readable records in the shard's log.
+    pub records: u64,
+    pub next_offset: u64,
+    pub bytes: u64,
+    /// Bytes cut from the newest segment (torn tail, zero padding excluded).
+    pub truncated_bytes: u64,
+    /// Bytes of zero padding trimmed from the newest segment.
+    pub trimmed_padding: u64,
+    pub indexes_rebuilt: usize,
+    pub corrupt: Vec<(PathBuf, CorruptRange)>,
+    pub foreign_files: Vec<PathBuf>,
+}
+
+pub(crate) struct Recovered {
+    pub sealed: VecDeque<SealedSegment>,
+    pub open: OpenSegment,
+    pub next_offset: u64,
+}
+
+pub(crate) async fn recover(
+    cfg: &LogConfig,
+    stats: &ShardStats,
+) -> Result<(Recovered, RecoveryReport), Error> {
+    let shard = cfg.shard;
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| Error::io(&cfg.dir, e))?;
+    let (segments, foreign) = reader::list_segments(&cfg.dir)?;
+    let mut report = RecoveryReport {
+        shard,
+        foreign_files: foreign,
+        ..RecoveryReport::default()
+    };
+    for f in &report.foreign_files {
+        eprintln!(
+            "pixeld: shard {shard}: ignoring foreign file {} (not a segment or index)",
+            f.display()
+        );
+    }
+    let interval = cfg.index_interval_bytes;
+    let mut sealed = VecDeque::new();
+    let newest = segments.last().cloned();
+    for seg in segments.iter().take(segments.len().saturating_sub(1)) {
+        let len = std::fs::metadata(&seg.path)
+            .map_err(|e| Error::io(&seg.path, e))?
+            .len();
+        let index = match std::fs::read(&seg.index_path)
+            .ok()
+            .and_then(|b| SegmentIndex::decode(&b).ok())
+        {
+            Some(idx)
+                if idx.summary.segment_len == len && idx.summary.base_offset == seg.base_offset =>
+            {
+                idx
+            }
+            _ => {
+                let scan = match reader::map_segment(&seg.path)? {
+                    Some(m) => reader::scan_segment(&m, seg.base_offset, interval, false),
+                    None => reader::scan_segment(&[], seg.base_offset, interval, false),
+                };
+                for range in scan.corrupt.iter().chain(scan.tail.iter()) {
+                    eprintln!(
+                        "pixeld: shard {shard}: CORRUPT range in sealed segment {} at byte {} ({} bytes, expected offset {}): {}; the rest stays readable, run `pixeld check`",
+                        seg.path.display(), range.position, range.len, range.expected_offset, range.reason
+                    );
+                    ShardStats::add(&stats.corrupt_ranges, 1);
+                    report.corrupt.push((seg.path.clone(), range.clone()));
+                }
+                let mut idx = scan.index;
+                // The index describes the whole file, corrupt ranges included, so that it
+                // matches the file's length next time.
+                idx.summary.segment_len = len;
+                write_file_durably(&seg.index_path, &idx.encode()).await?;
+                eprintln!(
+                    "pixeld: shard {shard}: rebuilt index {}",
+                    seg.index_path.display()
+                );
+                report.indexes_rebuilt += 1;
+                ShardStats::add(&stats.indexes_rebuilt, 1);
+                idx
+            }
+        };
+        report.records += index.summary.records;
+        report.bytes += len;
+        sealed.push_back(SealedSegment {
+            summary: index.summary,
+            path: seg.path.clone(),
+            index_path: seg.index_path.clone(),
+        });
+    }
+    let sealed_next = sealed.back().map_or(0, |s| s.summary.next_offset);
+    let open = match newest {
+        None => OpenSegment::create(&cfg.dir, 0, interval).await?,
+        Some(seg) => {
+            let map = reader::map_segment(&seg.path)?;
+            let bytes: &[u8] = map.as_deref().unwrap_or_default();
+            let scan = reader::scan_segment(bytes, seg.base_offset, interval, false);
+            // The newest segment ends at its first invalid batch (Kafka's rule).
+            let cut_at = scan
+                .corrupt
+                .first()
+                .or(scan.tail.as_ref())
+                .map(|r| r.position);
+            let (index, valid_end) = match cut_at {
+                Some(p) if !scan.corrupt.is_empty() => {
+                    let again = reader::scan_segment(
+                        &bytes[..p as usize],
+                        seg.base_offset,
+                        interval,
+                        false,
+                    );
+                    (again.index, again.valid_end)
+                }
+                _ => (scan.index, scan.valid_end),
+            };
+            let file_len = bytes.len() as u64;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .dma_open(&seg.path)
+                .await
+                .map_err(|e| Error::io(&seg.path, e.into()))?;
+            let align = file.alignment().max(512);
+            // Keep the partial last block in memory: the next write rewrites it whole.
+            let tail = bytes[(valid_end - valid_end % align) as usize..valid_end as usize].to_vec();
+            drop(map);
+            if file_len > valid_end {
+                let cut = file_len - valid_end;
+                let padding = scan.corrupt.is_empty() && scan.tail_is_zero && cut < 4096;
+                let poison = |e: glommio::GlommioError<()>| Error::io(&seg.path, e.into());
+                file.truncate(valid_end).await.map_err(poison)?;
+                file.fdatasync().await.map_err(poison)?;
+                if padding {
+                    report.trimmed_padding = cut;
+                } else {
+                    let reason = scan
+                        .corrupt
+                        .first()
+                        .or(scan.tail.as_ref())
+                        .map_or_else(String::new, |r| r.reason.clone());
+                    eprintln!(
+                        "pixeld: shard {shard}: truncated torn tail of {} at byte {valid_end} (next offset {}): {cut} bytes cut ({reason})",
+                        seg.path.display(),
+                        index.summary.next_offset
+                    );
+                    report.truncated_bytes = cut;
+                    ShardStats::add(&stats.truncated_bytes, cut);
+                }
+            }
+            let mut summary = index.summary;
+            if index.summary.records == 0 {
+                summary.next_offset = seg.base_offset;
+            }
+            report.records += summary.records;
+            report.bytes += valid_end;
+            let first_ts = (summary.records > 0).then_some(summary.min_ts);
+            OpenSegment {
+                file,
+                path: seg.path.clone(),
+                base_offset: seg.base_offset,
+                len: valid_end,
+                tail,
+                index: IndexBuilder::resume(index, interval),
+                first_ts,
+            }
+        }
+    };
+    let next_offset = open.index.summary().next_offset.max(open.base_offset);
+    if next_offset < sealed_next {
+        return Err(Error::Corrupt {
+            segment: open.path.clone(),
+            position: 0,
+            reason: format!(
+                "newest segment starts at offset {next_offset}, below the end of the segment before it ({sealed_next}); move the stray file away"
+            ),
+        });
+    }
+    report.segments = sealed.len() + 1;
+    report.next_offset = next_offset;
+    // Stray temporary files of an interrupted index write.
+    if let Ok(rd) = std::fs::read_dir(&cfg.dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok((
+        Recovered {
+            sealed,
+            open,
+            next_offset,
+        },
+        report,
+    ))
+}

@@ -1,0 +1,256 @@
+//! The `pixeld` command line: parses arguments, loads the config, calls the library, and maps
+//! errors to messages and exit codes. Nothing else lives here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use pixeld::config::{Config, RawConfig, ShardCount};
+use pixeld::log::reader::Start;
+use pixeld::replay::{ReplayFormat, ReplayOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "pixeld",
+    version,
+    about = "Single-box real-time web analytics: ingest, durable log, aggregates"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Config file (TOML); without it the embedded defaults are used.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance: start every shard, recover, serve until SIGTERM/SIGINT.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Number of shards (overrides `shards`).
+        #[arg(long)]
+        shards: Option<u64>,
+        /// UDP syslog listener address (overrides `listen.udp`).
+        #[arg(long)]
+        udp: Option<String>,
+        /// TCP listener address (overrides `listen.tcp`).
+        #[arg(long)]
+        tcp: Option<String>,
+        /// HTTP listener address (overrides `listen.http`).
+        #[arg(long)]
+        http: Option<String>,
+    },
+    /// Check a config file and print the effective config; exit 1 naming the bad field.
+    Validate {
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
+    /// Verify every batch of every segment; exit 1 if anything is corrupt.
+    Check {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Stream records to stdout in offset order per shard.
+    Replay {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Only this shard.
+        #[arg(long)]
+        shard: Option<usize>,
+        /// Start at this offset (needs --shard).
+        #[arg(long, conflicts_with = "from_time", requires = "shard")]
+        from_offset: Option<u64>,
+        /// Start at the first record received at or after this time (RFC 3339, e.g. 2026-11-22T01:40:00Z).
+        #[arg(long)]
+        from_time: Option<String>,
+        /// Stop at the first record received after this time (RFC 3339).
+        #[arg(long)]
+        to_time: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Raw)]
+        format: Format,
+    },
+    /// Append lines from files or stdin to one shard's log (offline; takes the data-dir lock).
+    Import {
+        #[command(flatten)]
+        common: Common,
+        /// The shard whose log receives the lines.
+        #[arg(long, default_value_t = 0)]
+        shard: usize,
+        /// Override the fsync policy: interval, batch or never.
+        #[arg(long)]
+        fsync: Option<String>,
+        /// Print `start N`, then `durable N` on stdout each time the durable offset advances.
+        #[arg(long)]
+        report_durable: bool,
+        /// Files to import ("-" or none: stdin).
+        inputs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Raw,
+    Ndjson,
+}
+
+fn load(common: &Common, tweak: impl FnOnce(&mut RawConfig)) -> Result<Config> {
+    let (mut raw, origin) = RawConfig::load(common.config.as_deref())?;
+    if let Some(d) = &common.data_dir {
+        raw.data_dir = d.clone();
+    }
+    tweak(&mut raw);
+    Ok(Config::from_raw(&raw, &origin)?)
+}
+
+fn parse_time(s: &str) -> Result<u64> {
+    let t = humantime::parse_rfc3339_weak(s)
+        .with_context(|| format!("{s:?} is not an RFC 3339 time such as 2026-11-22T01:40:00Z"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .context("time before 1970")?
+        .as_nanos() as u64)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            common,
+            shards,
+            udp,
+            tcp,
+            http,
+        } => {
+            let cfg = load(&common, |raw| {
+                if let Some(n) = shards {
+                    raw.shards = ShardCount::Count(n);
+                }
+                if let Some(a) = udp {
+                    raw.listen.udp = a;
+                }
+                if let Some(a) = tcp {
+                    raw.listen.tcp = a;
+                }
+                if let Some(a) = http {
+                    raw.listen.http = a;
+                }
+            })?;
+            pixeld::serve::serve(&cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { config } => {
+            let (raw, origin) = RawConfig::load(config.as_deref())?;
+            let cfg = Config::from_raw(&raw, &origin)?;
+            println!("# {origin}: valid ({cfg})");
+            print!("{}", raw.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { data_dir } => {
+            if !data_dir.is_dir() {
+                anyhow::bail!("no data dir at {}", data_dir.display());
+            }
+            let shards = pixeld::check::check(&data_dir)?;
+            let mut ok = true;
+            for s in &shards {
+                print!("{}", s.render());
+                ok &= s.is_ok();
+            }
+            if shards.is_empty() {
+                println!("no shard directories under {}", data_dir.display());
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Replay {
+            data_dir,
+            shard,
+            from_offset,
+            from_time,
+            to_time,
+            format,
+        } => {
+            let start = match (from_offset, from_time) {
+                (Some(o), _) => Start::Offset(o),
+                (None, Some(t)) => Start::Time(parse_time(&t)?),
+                (None, None) => Start::Beginning,
+            };
+            let opts = ReplayOptions {
+                data_dir,
+                shard,
+                start,
+                to_time: to_time.as_deref().map(parse_time).transpose()?,
+                format: match format {
+                    Format::Raw => ReplayFormat::Raw,
+                    Format::Ndjson => ReplayFormat::Ndjson,
+                },
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+            let stats = pixeld::replay::replay(&opts, &mut out, &mut |w| {
+                eprintln!("pixeld replay: warning: {w}")
+            })?;
+            let _ = out.flush();
+            if stats.warnings > 0 {
+                eprintln!("pixeld replay: {} records, {} warnings (see above; `pixeld check` gives details)", stats.records, stats.warnings);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import {
+            common,
+            shard,
+            fsync,
+            report_durable,
+            inputs,
+        } => {
+            let cfg = load(&common, |raw| {
+                if let Some(f) = fsync {
+                    raw.log.fsync = f;
+                }
+                if let ShardCount::Auto(_) = raw.shards {
+                    raw.shards = ShardCount::Count(shard as u64 + 1);
+                }
+            })?;
+            let opts = pixeld::import::ImportOptions {
+                shard,
+                inputs,
+                report_durable,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let s = pixeld::import::import(&cfg, &opts)?;
+            eprintln!(
+                "pixeld import: {} records ({} bytes, {} empty lines skipped) appended to shard {shard} from offset {}, durable offset {}, in {:.2?} ({:.0} records/s)",
+                s.records,
+                s.bytes,
+                s.empty_lines,
+                s.first_offset,
+                s.durable_offset.map_or_else(|| "none".into(), |o| o.to_string()),
+                s.elapsed,
+                s.records as f64 / s.elapsed.as_secs_f64().max(1e-9)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pixeld: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

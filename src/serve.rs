@@ -1,0 +1,206 @@
+//! `pixeld serve`: the supervisor on the main thread.
+//!
+//! It locks the data dir, starts the shards, waits until every one has recovered its log,
+//! reports ready, then waits for SIGTERM/SIGINT or a failing shard. On a signal it asks every
+//! shard to write and fsync what it holds and waits for them; on a shard failure it stops the
+//! others the same way and returns the failure (the process exits non-zero with its cause).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::log::reader;
+use crate::metrics::ShardStats;
+use crate::shard::{self, ShardEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot use data dir {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data dir {} is in use by another pixeld process{holder}; stop it first or use another --data-dir", path.display())]
+    Locked { path: PathBuf, holder: String },
+    #[error(transparent)]
+    Shard(#[from] shard::ShardError),
+    #[error("shard {shard} failed: {error}")]
+    ShardFailed { shard: usize, error: String },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// An exclusive lock on a data dir, held for the life of the process (or of a tool run).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Creates the data dir if needed and takes its lock, so that two pixeld processes (or
+/// `serve` and `import`) never append to the same log.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, ServeError> {
+    let err = |source| ServeError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let path = dir.join(".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .map_or_else(String::new, |pid| format!(" (pid {pid})"));
+            return Err(ServeError::Locked {
+                path: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    file.set_len(0).map_err(err)?;
+    write!(file, "{}", std::process::id()).map_err(err)?;
+    Ok(DataDirLock { _file: file })
+}
+
+/// Runs the appliance until a signal or a failure.
+pub fn serve(cfg: &Config) -> Result<(), ServeError> {
+    let started = Instant::now();
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    if let Ok(existing) = reader::list_shards(&cfg.data_dir) {
+        let extra: Vec<usize> = existing
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| *n >= cfg.shards)
+            .collect();
+        if !extra.is_empty() {
+            eprintln!(
+                "pixeld: data dir holds shard directories {extra:?} beyond the {} shards of this run; \
+                 they are not appended to but stay readable by `pixeld replay` and `pixeld check`",
+                cfg.shards
+            );
+        }
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(ServeError::Signals)?;
+    let sig_handle = signals.handle();
+    std::thread::spawn(move || {
+        for s in signals.forever() {
+            let _ = sig_tx.send(s);
+        }
+    });
+    eprintln!("pixeld {}: starting {cfg}", env!("CARGO_PKG_VERSION"));
+    let handles = shard::spawn_shards(cfg, shutdown.clone(), tx)?;
+    let mut ready = 0;
+    let mut failure: Option<ServeError> = None;
+    let mut stopped = 0;
+    // Phase 1: recovery.
+    while ready + stopped < handles.len() && failure.is_none() {
+        crossbeam_channel::select! {
+            recv(rx) -> ev => match ev {
+                Ok(ShardEvent::Ready { shard, report }) => {
+                    ready += 1;
+                    eprintln!(
+                        "pixeld: shard {shard} recovered: {} segments, {} records, next offset {}, {} bytes{}{}",
+                        report.segments, report.records, report.next_offset, report.bytes,
+                        if report.truncated_bytes > 0 { format!(", torn tail of {} bytes truncated", report.truncated_bytes) } else { String::new() },
+                        if report.corrupt.is_empty() { String::new() } else { format!(", {} CORRUPT ranges (see above)", report.corrupt.len()) },
+                    );
+                }
+                Ok(ShardEvent::Failed { shard, error }) => {
+                    stopped += 1;
+                    failure = Some(ServeError::ShardFailed { shard, error });
+                }
+                Ok(ShardEvent::Stopped { .. }) => stopped += 1,
+                Err(_) => break,
+            },
+            recv(sig_rx) -> _ => break,
+        }
+    }
+    if failure.is_none() && ready == handles.len() {
+        eprintln!(
+            "pixeld: ready: {} shards recovered in {:.2?}; listeners come with the ingest subsystem ({} udp, {} tcp, {} http configured)",
+            handles.len(),
+            started.elapsed(),
+            cfg.udp,
+            cfg.tcp,
+            cfg.http
+        );
+        // Phase 2: running. Wait for a signal or a failing shard.
+        loop {
+            crossbeam_channel::select! {
+                recv(rx) -> ev => match ev {
+                    Ok(ShardEvent::Failed { shard, error }) => {
+                        stopped += 1;
+                        failure = Some(ServeError::ShardFailed { shard, error });
+                        break;
+                    }
+                    Ok(ShardEvent::Stopped { .. }) => stopped += 1,
+                    Ok(ShardEvent::Ready { .. }) => {}
+                    Err(_) => break,
+                },
+                recv(sig_rx) -> s => {
+                    eprintln!("pixeld: signal {} received; writing and syncing every shard", s.unwrap_or(0));
+                    break;
+                }
+            }
+        }
+    }
+    // Phase 3: stop every shard; each seals, writes and fsyncs what it holds.
+    shutdown.store(true, Ordering::Relaxed);
+    while stopped < handles.len() {
+        match rx.recv() {
+            Ok(ShardEvent::Failed { shard, error }) => {
+                stopped += 1;
+                if failure.is_none() {
+                    failure = Some(ServeError::ShardFailed { shard, error });
+                }
+            }
+            Ok(ShardEvent::Stopped { .. }) => stopped += 1,
+            Ok(ShardEvent::Ready { .. }) => {}
+            Err(_) => break,
+        }
+    }
+    let stats: Vec<Arc<ShardStats>> = handles.iter().map(|h| h.stats.clone()).collect();
+    for h in handles {
+        if let Err(e) = h.join() {
+            failure.get_or_insert(ServeError::ShardFailed {
+                shard: usize::MAX,
+                error: e,
+            });
+        }
+    }
+    sig_handle.close();
+    for (i, s) in stats.iter().enumerate() {
+        eprintln!(
+            "pixeld: shard {i} stopped: {} appended, {} dropped, durable offset {}",
+            ShardStats::get(&s.appended_events),
+            s.dropped_total(),
+            s.durable_offset()
+                .map_or_else(|| "none".to_string(), |o| o.to_string())
+        );
+    }
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}

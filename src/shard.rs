@@ -1,0 +1,154 @@
+//! Shards: one glommio `LocalExecutor` per CPU, each owning its log (and, with later issues,
+//! its sockets and its aggregate partition).
+//!
+//! A shard never shares mutable state with another: its log lives in `Rc`s on its own
+//! thread, and the only things that cross threads are its [`ShardStats`] (atomics, written by
+//! the shard alone), a shutdown flag it polls, and the events it reports to the supervisor
+//! over a channel. The supervisor (`serve`) waits for every shard to report `Ready` after
+//! recovery before it reports the process ready.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::log::recovery::RecoveryReport;
+use crate::log::Log;
+use crate::metrics::ShardStats;
+
+/// What a shard tells the supervisor.
+#[derive(Debug)]
+pub enum ShardEvent {
+    /// Recovery is done and the shard accepts appends.
+    Ready {
+        shard: usize,
+        report: Box<RecoveryReport>,
+    },
+    /// The shard failed and stopped; the message names the cause.
+    Failed { shard: usize, error: String },
+    /// The shard stopped cleanly after a shutdown request.
+    Stopped { shard: usize },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard {shard}: cannot start its executor on CPU {cpu}: {reason}")]
+    Spawn {
+        shard: usize,
+        cpu: usize,
+        reason: String,
+    },
+}
+
+/// A running shard, as the supervisor sees it.
+pub struct ShardHandle {
+    pub shard: usize,
+    pub cpu: usize,
+    pub stats: Arc<ShardStats>,
+    join: glommio::ExecutorJoinHandle<()>,
+}
+
+impl ShardHandle {
+    /// Waits for the shard's thread to end.
+    pub fn join(self) -> Result<(), String> {
+        self.join
+            .join()
+            .map_err(|e| format!("shard {} thread failed: {e}", self.shard))
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    let mut cpus = affinity_cpus();
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cpus = (0..n).collect();
+    }
+    cpus
+}
+
+#[allow(unsafe_code)]
+fn affinity_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is a plain bitmask for which all-zero is a valid value;
+    // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into it, and CPU_ISSET
+    // only reads it, for indexes below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Starts every shard. Each recovers its log, reports `Ready` (or `Failed`) on `events`, then
+/// runs until `shutdown` is set, when it writes and fsyncs everything and reports `Stopped`.
+pub fn spawn_shards(
+    cfg: &Config,
+    shutdown: Arc<AtomicBool>,
+    events: crossbeam_channel::Sender<ShardEvent>,
+) -> Result<Vec<ShardHandle>, ShardError> {
+    let cpus = allowed_cpus();
+    let mut handles = Vec::with_capacity(cfg.shards);
+    for shard in 0..cfg.shards {
+        let cpu = cpus[shard % cpus.len()];
+        let stats = Arc::new(ShardStats::default());
+        let log_cfg = cfg.log.for_shard(&cfg.data_dir, shard);
+        let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
+        let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("pixeld-shard-{shard}"))
+            .spawn(move || async move {
+                let outcome = run_shard(shard, log_cfg, st, sd, &ev).await;
+                let _ = ev.send(match outcome {
+                    Ok(()) => ShardEvent::Stopped { shard },
+                    Err(error) => ShardEvent::Failed { shard, error },
+                });
+            })
+            .map_err(|e| ShardError::Spawn {
+                shard,
+                cpu,
+                reason: e.to_string(),
+            })?;
+        handles.push(ShardHandle {
+            shard,
+            cpu,
+            stats,
+            join,
+        });
+    }
+    Ok(handles)
+}
+
+async fn run_shard(
+    shard: usize,
+    log_cfg: crate::log::LogConfig,
+    stats: Arc<ShardStats>,
+    shutdown: Arc<AtomicBool>,
+    events: &crossbeam_channel::Sender<ShardEvent>,
+) -> Result<(), String> {
+    let (log, flusher, report) = Log::open(log_cfg, stats.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let flusher = glommio::spawn_local(flusher.run());
+    ShardStats::set_flag(&stats.ready, true);
+    let _ = events.send(ShardEvent::Ready {
+        shard,
+        report: Box::new(report),
+    });
+    let watcher = {
+        let log = log.clone();
+        glommio::spawn_local(async move {
+            while !shutdown.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            log.close();
+        })
+    };
+    let result = flusher.await.map_err(|e| e.to_string());
+    drop(watcher);
+    result
+}
