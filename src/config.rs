@@ -239,6 +239,8 @@ pub struct LogTemplate(LogConfig);
 impl LogTemplate {
     pub fn for_shard(&self, data_dir: &Path, shard: usize) -> LogConfig {
         let mut c = self.0.clone();
+        // glommio resolves relative paths against no directory at all: make them absolute.
+        let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         c.dir = data_dir.join(crate::log::format::shard_dir_name(shard));
         c.shard = shard;
         c

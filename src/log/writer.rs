@@ -234,16 +234,21 @@ impl Log {
         if sh.pending_bytes >= self.cfg.max_pending_bytes {
             return Err(AppendError::Backpressure);
         }
-        if sh.builder.is_empty() {
+        let first_in_batch = sh.builder.is_empty();
+        if first_in_batch {
             sh.batch_opened = Instant::now();
         }
         sh.builder.push(recv_ts, source, flags, bytes);
         let offset = sh.next_offset;
         sh.next_offset += 1;
-        if sh.builder.payload_len() >= self.cfg.batch_max_bytes {
+        let full = sh.builder.payload_len() >= self.cfg.batch_max_bytes;
+        if full {
             seal_open_batch(&mut sh);
-            drop(sh);
-            // A full channel means the flusher is already woken.
+        }
+        drop(sh);
+        if first_in_batch || full {
+            // Wake the flusher to arm the batch timer or write the full batch; a full
+            // channel means it is already woken.
             let _ = self.wake.try_send(());
         }
         Ok(offset)
