@@ -135,6 +135,7 @@ pub fn scan_segment(bytes: &[u8], base_offset: u64, index_interval: u64, deep: b
                         resumes_at: Some(h.base_offset),
                         reason,
                     });
+                    expected = h.base_offset;
                     pos = next;
                 }
                 None => {
