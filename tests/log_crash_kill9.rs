@@ -54,7 +54,10 @@ fn kill_9_loses_nothing_that_was_reported_durable() {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while start.load(Ordering::SeqCst) == u64::MAX {
-            assert!(Instant::now() < deadline, "round {round}: import did not start");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: import did not start"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let first = start.load(Ordering::SeqCst);
@@ -66,7 +69,11 @@ fn kill_9_loses_nothing_that_was_reported_durable() {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut round_sizes = Vec::new();
             for i in 0..200_000u64 {
-                let len = if rng.gen_bool(0.05) { rng.gen_range(1..=65536) } else { rng.gen_range(1..400) };
+                let len = if rng.gen_bool(0.05) {
+                    rng.gen_range(1..=65536)
+                } else {
+                    rng.gen_range(1..400)
+                };
                 let mut line = common::record_bytes(round, i, len);
                 line.push(b'\n');
                 round_sizes.push(len);
@@ -87,7 +94,10 @@ fn kill_9_loses_nothing_that_was_reported_durable() {
         rounds.push((round, first, d, sent));
         sizes.push(round_sizes);
         if let Some(d) = d {
-            assert!(d < first + sent, "round {round}: durable {d} beyond what was sent");
+            assert!(
+                d < first + sent,
+                "round {round}: durable {d} beyond what was sent"
+            );
         }
 
         // Check: `pixeld check` passes (a torn tail is allowed until the next start), and the
@@ -97,7 +107,10 @@ fn kill_9_loses_nothing_that_was_reported_durable() {
         verify(&recs, &rounds, &sizes);
     }
     let durable_rounds = rounds.iter().filter(|r| r.2.is_some()).count();
-    assert!(durable_rounds >= 2, "too few rounds saw a durable offset: {rounds:?}");
+    assert!(
+        durable_rounds >= 2,
+        "too few rounds saw a durable offset: {rounds:?}"
+    );
     // A final clean start recovers every tail, and check is clean.
     let out = Command::new(common::pixeld_bin())
         .args(["import", "--data-dir"])
@@ -105,15 +118,31 @@ fn kill_9_loses_nothing_that_was_reported_durable() {
         .arg("/dev/null")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(common::pixeld_bin()).args(["check", "--data-dir"]).arg(&data).output().unwrap();
-    assert!(out.status.success(), "check failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(common::pixeld_bin())
+        .args(["check", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     eprintln!("rounds (round, first offset, durable, sent): {rounds:?}");
 }
 
 /// Every record belongs to the round whose range holds its offset and equals what was sent;
 /// every offset up to each round's durable offset is present.
-fn verify(recs: &[(u64, u64, Vec<u8>)], rounds: &[(u64, u64, Option<u64>, u64)], sizes: &[Vec<usize>]) {
+fn verify(
+    recs: &[(u64, u64, Vec<u8>)],
+    rounds: &[(u64, u64, Option<u64>, u64)],
+    sizes: &[Vec<usize>],
+) {
     let mut by_offset = std::collections::HashMap::new();
     for (o, _, b) in recs {
         by_offset.insert(*o, b);
@@ -122,13 +151,19 @@ fn verify(recs: &[(u64, u64, Vec<u8>)], rounds: &[(u64, u64, Option<u64>, u64)],
         let end = rounds.get(k + 1).map_or(u64::MAX, |r| r.1);
         if let Some(d) = durable {
             for o in first..=d {
-                assert!(by_offset.contains_key(&o), "round {round}: durable offset {o} (≤ {d}) is missing");
+                assert!(
+                    by_offset.contains_key(&o),
+                    "round {round}: durable offset {o} (≤ {d}) is missing"
+                );
             }
         }
         for (o, _, b) in recs.iter().filter(|r| r.0 >= first && r.0 < end) {
             let i = o - first;
             let want = common::record_bytes(round, i, sizes[k][i as usize]);
-            assert_eq!(**b, want, "round {round}: record at offset {o} is not what was sent");
+            assert_eq!(
+                **b, want,
+                "round {round}: record at offset {o} is not what was sent"
+            );
         }
     }
 }

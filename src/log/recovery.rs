@@ -17,7 +17,7 @@ use glommio::io::OpenOptions;
 use super::index::{IndexBuilder, SegmentIndex};
 use super::reader::{self, CorruptRange};
 use super::writer::{write_file_durably, LogConfig, OpenSegment, SealedSegment};
-use super::Error;
+use super::{os_error, Error};
 use crate::metrics::ShardStats;
 
 /// What recovery found and did, for the startup log and the tests.
@@ -144,7 +144,7 @@ pub(crate) async fn recover(
                 .write(true)
                 .dma_open(&seg.path)
                 .await
-                .map_err(|e| Error::io(&seg.path, e.into()))?;
+                .map_err(|e| Error::io(&seg.path, os_error(e)))?;
             let align = file.alignment().max(512);
             // Keep the partial last block in memory: the next write rewrites it whole.
             let tail = bytes[(valid_end - valid_end % align) as usize..valid_end as usize].to_vec();
@@ -152,7 +152,7 @@ pub(crate) async fn recover(
             if file_len > valid_end {
                 let cut = file_len - valid_end;
                 let padding = scan.corrupt.is_empty() && scan.tail_is_zero && cut < 4096;
-                let poison = |e: glommio::GlommioError<()>| Error::io(&seg.path, e.into());
+                let poison = |e: glommio::GlommioError<()>| Error::io(&seg.path, os_error(e));
                 file.truncate(valid_end).await.map_err(poison)?;
                 file.fdatasync().await.map_err(poison)?;
                 if padding {

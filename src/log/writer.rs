@@ -32,7 +32,7 @@ use super::format::{self, BatchBuilder, BatchEncoder, BatchHeader, Codec, Source
 use super::index::{IndexBuilder, SegmentSummary};
 use super::recovery::{self, RecoveryReport};
 use super::retention::{self, Retention};
-use super::{now_ns, Error};
+use super::{now_ns, os_error, Error};
 use crate::metrics::{DropReason, ShardStats};
 
 /// When appended data is made durable with fdatasync.
@@ -346,7 +346,7 @@ impl OpenSegment {
             .create_new(true)
             .dma_open(&path)
             .await
-            .map_err(|e| Error::io(&path, e.into()))?;
+            .map_err(|e| Error::io(&path, os_error(e)))?;
         sync_dir(dir).await?;
         Ok(OpenSegment {
             file,
@@ -377,11 +377,7 @@ impl OpenSegment {
         let new_tail_start = new_len - new_len % align;
         let keep_from = (new_tail_start - start) as usize;
         let new_tail = buf.as_bytes()[keep_from..total].to_vec();
-        let written = self
-            .file
-            .write_at(buf, start)
-            .await
-            .map_err(io::Error::from)?;
+        let written = self.file.write_at(buf, start).await.map_err(os_error)?;
         if written < padded {
             // A short O_DIRECT write means the device ran out of space.
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
@@ -395,9 +391,9 @@ impl OpenSegment {
 async fn sync_dir(dir: &Path) -> Result<(), Error> {
     let d = glommio::io::Directory::open(dir)
         .await
-        .map_err(|e| Error::io(dir, e.into()))?;
-    d.sync().await.map_err(|e| Error::io(dir, e.into()))?;
-    d.close().await.map_err(|e| Error::io(dir, e.into()))
+        .map_err(|e| Error::io(dir, os_error(e)))?;
+    d.sync().await.map_err(|e| Error::io(dir, os_error(e)))?;
+    d.close().await.map_err(|e| Error::io(dir, os_error(e)))
 }
 
 /// Writes a small file (an index) durably: DMA write to `<path>.tmp`, fdatasync, rename,
@@ -410,13 +406,13 @@ pub(crate) async fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), 
         .truncate(true)
         .dma_open(&tmp)
         .await
-        .map_err(|e| Error::io(&tmp, e.into()))?;
+        .map_err(|e| Error::io(&tmp, os_error(e)))?;
     let align = file.alignment().max(512) as usize;
     let padded = bytes.len().div_ceil(align).max(1) * align;
     let mut buf = file.alloc_dma_buffer(padded);
     buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
     buf.as_bytes_mut()[bytes.len()..].fill(0);
-    let io_err = |e: glommio::GlommioError<()>| Error::io(&tmp, e.into());
+    let io_err = |e: glommio::GlommioError<()>| Error::io(&tmp, os_error(e));
     let n = file.write_at(buf, 0).await.map_err(io_err)?;
     if n < padded {
         return Err(Error::io(&tmp, io::Error::from_raw_os_error(libc::ENOSPC)));
@@ -426,7 +422,7 @@ pub(crate) async fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), 
     file.close().await.map_err(io_err)?;
     glommio::io::rename(&tmp, path)
         .await
-        .map_err(|e| Error::io(path, e.into()))?;
+        .map_err(|e| Error::io(path, os_error(e)))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     sync_dir(dir).await
 }
@@ -621,7 +617,7 @@ impl Flusher {
         if let Err(e) = self.seg.file.fdatasync().await {
             return Err(Error::Poisoned {
                 path: self.seg.path.clone(),
-                source: e.into(),
+                source: os_error(e),
             });
         }
         self.last_sync = Instant::now();
@@ -651,7 +647,7 @@ impl Flusher {
         let seg = &self.seg;
         let poison = |e: glommio::GlommioError<()>| Error::Poisoned {
             path: seg.path.clone(),
-            source: e.into(),
+            source: os_error(e),
         };
         seg.file.truncate(seg.len).await.map_err(poison)?;
         seg.file.fdatasync().await.map_err(poison)?;
@@ -684,7 +680,7 @@ impl Flusher {
             };
             glommio::io::remove(&s.path)
                 .await
-                .map_err(|e| Error::io(&s.path, e.into()))?;
+                .map_err(|e| Error::io(&s.path, os_error(e)))?;
             let _ = glommio::io::remove(&s.index_path).await;
             eprintln!(
                 "pixeld: shard {}: retention deleted {} (offsets {}..{}, {} bytes)",
@@ -729,7 +725,7 @@ impl Flusher {
         let seg = &self.seg;
         let poison = |e: glommio::GlommioError<()>| Error::Poisoned {
             path: seg.path.clone(),
-            source: e.into(),
+            source: os_error(e),
         };
         seg.file.truncate(seg.len).await.map_err(poison)?;
         seg.file.fdatasync().await.map_err(poison)?;

@@ -1,0 +1,241 @@
+//! The `pixeld` binary end to end: serve starts every shard, reports ready, stops cleanly on
+//! SIGTERM; a failing shard makes the process exit non-zero naming the shard; the data dir
+//! is locked; shard directories beyond `--shards` stay readable; validate names bad fields.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Server {
+    fn start(data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(common::pixeld_bin())
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pixeld serve");
+        let (tx, lines) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Server {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `what`; None if the process ended first.
+    fn wait_for(&mut self, what: &str) -> Option<String> {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(what) {
+                        return Some(l);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn wait(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        (status.code(), self.seen.join("\n"))
+    }
+}
+
+fn import(data: &Path, shard: usize, lines: &str) {
+    let mut child = Command::new(common::pixeld_bin())
+        .args(["import", "--data-dir"])
+        .arg(data)
+        .args(["--shard", &shard.to_string(), "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn serve_reports_ready_and_stops_cleanly_on_sigterm() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let mut s = Server::start(&data, &["--shards", "2"]);
+    assert!(
+        s.wait_for("ready: 2 shards").is_some(),
+        "no ready line:\n{}",
+        s.seen.join("\n")
+    );
+    // A second process on the same data dir is refused, naming the holder.
+    let out = Command::new(common::pixeld_bin())
+        .args(["serve", "--shards", "1", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another pixeld") && err.contains(&s.child.id().to_string()),
+        "{err}"
+    );
+    s.signal("TERM");
+    let (code, log) = s.wait();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("shard 0 stopped") && log.contains("shard 1 stopped"),
+        "{log}"
+    );
+    assert!(data.join("shard-000").is_dir() && data.join("shard-001").is_dir());
+}
+
+#[test]
+fn a_failing_shard_fails_the_process_with_its_number() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // shard-001 is a file, so shard 1 cannot create its log directory.
+    std::fs::write(data.join("shard-001"), b"not a directory").unwrap();
+    let s = Server::start(&data, &["--shards", "2"]);
+    let (code, log) = s.wait();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("shard 1 failed"), "{log}");
+    assert!(log.contains("shard-001"), "{log}");
+}
+
+#[test]
+fn shard_dirs_beyond_the_shard_count_stay_readable() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    import(&data, 0, "zero-a\nzero-b\n");
+    import(&data, 2, "two-a\n");
+    let mut s = Server::start(&data, &["--shards", "1"]);
+    assert!(
+        s.wait_for("ready: 1 shards").is_some(),
+        "{}",
+        s.seen.join("\n")
+    );
+    s.signal("INT");
+    let (code, log) = s.wait();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("[2]") && log.contains("stay readable"),
+        "{log}"
+    );
+    let out = Command::new(common::pixeld_bin())
+        .args(["replay", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "zero-a\nzero-b\ntwo-a\n"
+    );
+    let out = Command::new(common::pixeld_bin())
+        .args(["replay", "--shard", "2", "--format", "ndjson", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["shard"], 2);
+    assert_eq!(v["offset"], 0);
+    assert_eq!(v["line"], "two-a");
+    assert_eq!(v["source"], "import");
+    let out = Command::new(common::pixeld_bin())
+        .args(["check", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("shard 000: 1 segments, 2 records")
+            && text.contains("shard 002: 1 segments, 1 records"),
+        "{text}"
+    );
+}
+
+#[test]
+fn validate_prints_the_effective_config_or_names_the_bad_field() {
+    let tmp = common::tempdir();
+    let out = Command::new(common::pixeld_bin())
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("embedded defaults: valid") && text.contains("batch_max_bytes"),
+        "{text}"
+    );
+    let good = tmp.path().join("good.toml");
+    std::fs::write(&good, "shards = 2\n[log]\nfsync = \"batch\"\n").unwrap();
+    let out = Command::new(common::pixeld_bin())
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fsync = \"batch\""));
+    for (body, field) in [
+        ("[log]\nfsync = \"sometimes\"\n", "log.fsync"),
+        (
+            "[log]\nsegment_max_bytes = \"12 parsecs\"\n",
+            "log.segment_max_bytes",
+        ),
+        ("[logg]\nfsync = \"batch\"\n", "logg"),
+        ("shards = 0\n", "shards"),
+    ] {
+        let bad = tmp.path().join("bad.toml");
+        std::fs::write(&bad, body).unwrap();
+        let out = Command::new(common::pixeld_bin())
+            .args(["validate", "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{body}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field), "{body}: {err}");
+    }
+}
