@@ -186,9 +186,10 @@ async fn append_line(log: &Rc<Log>, line: &[u8], s: &mut ImportSummary) -> Resul
         match log.append(now_ns(), Source::IMPORT, 0, line) {
             Ok(_) => break,
             // An offline import waits for the disk instead of dropping.
-            Err(AppendError::Backpressure) | Err(AppendError::DiskFull) => {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
+            Err(AppendError::Backpressure) => {
+                log.wait_for_space().await.map_err(ImportError::Append)?;
             }
+            Err(AppendError::DiskFull) => glommio::timer::sleep(Duration::from_millis(100)).await,
             Err(e) => return Err(ImportError::Append(e)),
         }
     }

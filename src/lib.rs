@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod config;
+pub mod gen;
 pub mod import;
 pub mod log;
 pub mod metrics;

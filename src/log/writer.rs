@@ -133,7 +133,10 @@ struct Shared {
     poisoned: bool,
     closing: bool,
     closed: bool,
+    /// Tasks waiting for a durable offset.
     waiters: Vec<Waker>,
+    /// Tasks waiting for room in the write-behind queue.
+    space_waiters: Vec<Waker>,
 }
 
 /// The append side of a shard's log. Shared by the shard's tasks through `Rc`.
@@ -180,6 +183,7 @@ impl Log {
                 closing: false,
                 closed: false,
                 waiters: Vec::new(),
+                space_waiters: Vec::new(),
             }),
             stats: stats.clone(),
             wake,
@@ -269,6 +273,13 @@ impl Log {
         DurableWait { log: self, offset }
     }
 
+    /// Waits until the write-behind queue has room again (for appenders that can push back on
+    /// their source, such as a TCP connection, instead of dropping). Fails if the log is
+    /// poisoned, full on disk or closing, which waiting would not fix.
+    pub fn wait_for_space(&self) -> SpaceWait<'_> {
+        SpaceWait { log: self }
+    }
+
     /// Asks the flusher to write everything, fsync and stop; appends are refused from now on.
     pub fn close(&self) {
         self.shared.borrow_mut().closing = true;
@@ -276,8 +287,21 @@ impl Log {
     }
 
     fn wake_waiters(&self) {
-        let waiters = std::mem::take(&mut self.shared.borrow_mut().waiters);
-        for w in waiters {
+        let (waiters, space) = {
+            let mut sh = self.shared.borrow_mut();
+            (
+                std::mem::take(&mut sh.waiters),
+                std::mem::take(&mut sh.space_waiters),
+            )
+        };
+        for w in waiters.into_iter().chain(space) {
+            w.wake();
+        }
+    }
+
+    fn wake_space_waiters(&self) {
+        let space = std::mem::take(&mut self.shared.borrow_mut().space_waiters);
+        for w in space {
             w.wake();
         }
     }
@@ -311,6 +335,29 @@ impl Future for DurableWait<'_> {
             return Poll::Ready(Err(AppendError::Closing));
         }
         sh.waiters.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Future returned by [`Log::wait_for_space`].
+pub struct SpaceWait<'a> {
+    log: &'a Log,
+}
+
+impl Future for SpaceWait<'_> {
+    type Output = Result<(), AppendError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut sh = self.log.shared.borrow_mut();
+        if sh.poisoned || sh.closed {
+            return Poll::Ready(Err(AppendError::Poisoned));
+        }
+        if sh.closing {
+            return Poll::Ready(Err(AppendError::Closing));
+        }
+        if sh.pending_bytes < self.log.cfg.max_pending_bytes && !sh.disk_full {
+            return Poll::Ready(Ok(()));
+        }
+        sh.space_waiters.push(cx.waker().clone());
         Poll::Pending
     }
 }
@@ -503,6 +550,7 @@ impl Flusher {
                     .encode(&mut b, base, &mut out)
                     .map_err(|e| Error::io(&self.seg.path, e))?;
                 log.shared.borrow_mut().spare.push(b);
+                log.wake_space_waiters();
                 if !self.write_batch(h, out).await? {
                     glommio::timer::sleep(DISK_FULL_RETRY).await;
                 }
