@@ -98,7 +98,7 @@ fn append_run(data: &[Vec<u8>], level: i32, iters: u64) -> Duration {
                     Err(AppendError::Backpressure) => log.wait_for_space().await.unwrap(),
                     Err(e) => panic!("{e}"),
                 }
-                if i % 1024 == 0 {
+                if i.is_multiple_of(1024) {
                     glommio::yield_if_needed().await;
                 }
             }

@@ -5,6 +5,8 @@
 //! appends to) → `replay`/`check` (reading it back). Ingest, routing, aggregates and queries
 //! arrive in later issues; see ARCHITECTURE.md for the whole path.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod check;
 pub mod config;
 pub mod gen;

@@ -46,8 +46,11 @@ pub fn record_bytes(round: u64, i: u64, len: usize) -> Vec<u8> {
     v
 }
 
-/// (offset, recv_ts, bytes) of every readable record, and the warnings.
-pub fn read_all(dir: &Path, start: Start) -> (Vec<(u64, u64, Vec<u8>)>, Vec<Warning>) {
+/// A record as tests compare it: (offset, recv_ts, bytes).
+pub type Rec = (u64, u64, Vec<u8>);
+
+/// Every readable record, and the warnings.
+pub fn read_all(dir: &Path, start: Start) -> (Vec<Rec>, Vec<Warning>) {
     let mut recs = Vec::new();
     let mut warns = Vec::new();
     ShardReader::new(dir, 4096)
