@@ -485,13 +485,32 @@ pub struct Flusher {
     pub(crate) sealed: VecDeque<SealedSegment>,
     encoder: BatchEncoder,
     out: Vec<u8>,
-    /// A batch whose write failed for lack of space, retried when space returns.
-    retry: Option<(BatchHeader, Vec<u8>)>,
+    /// A write group that failed for lack of space, retried when space returns.
+    retry: Option<Group>,
     wake_rx: LocalReceiver<()>,
     last_sync: Instant,
     last_retention: Option<Instant>,
 }
 
+/// Encoded batches written with one O_DIRECT write: under load several pending batches are
+/// written together, which divides the per-write kernel cost; at low load a group is one batch.
+pub(crate) struct Group {
+    /// Each batch's header and its start within `bytes`.
+    batches: Vec<(BatchHeader, usize)>,
+    bytes: Vec<u8>,
+}
+
+impl Group {
+    fn records(&self) -> u64 {
+        self.batches
+            .iter()
+            .map(|(h, _)| u64::from(h.record_count))
+            .sum()
+    }
+}
+
+/// Compressed bytes after which a write group is closed.
+const GROUP_MAX_BYTES: usize = 1 << 20;
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
 const DISK_FULL_RETRY: Duration = Duration::from_millis(500);
 
@@ -517,8 +536,8 @@ impl Flusher {
         let log = self.log.clone();
         let cfg = &log.cfg;
         loop {
-            if let Some((h, bytes)) = self.retry.take() {
-                if !self.write_batch(h, bytes).await? {
+            if let Some(group) = self.retry.take() {
+                if !self.write_group(group).await? {
                     if log.shared.borrow().closing {
                         // Shutting down on a full disk: what cannot be written is counted.
                         self.drop_unwritable();
@@ -528,30 +547,8 @@ impl Flusher {
                 }
                 continue;
             }
-            let work = {
-                let mut sh = log.shared.borrow_mut();
-                if sh.pending.is_empty()
-                    && !sh.builder.is_empty()
-                    && (sh.closing || sh.batch_opened.elapsed() >= cfg.batch_max_delay)
-                {
-                    seal_open_batch(&mut sh);
-                }
-                let work = sh.pending.pop_front();
-                if let Some((_, b)) = &work {
-                    sh.pending_bytes -= b.payload_len();
-                }
-                work
-            };
-            if let Some((base, mut b)) = work {
-                let mut out = std::mem::take(&mut self.out);
-                out.clear();
-                let h = self
-                    .encoder
-                    .encode(&mut b, base, &mut out)
-                    .map_err(|e| Error::io(&self.seg.path, e))?;
-                log.shared.borrow_mut().spare.push(b);
-                log.wake_space_waiters();
-                if !self.write_batch(h, out).await? {
+            if let Some(group) = self.take_group()? {
+                if !self.write_group(group).await? {
                     glommio::timer::sleep(DISK_FULL_RETRY).await;
                 }
                 continue;
@@ -606,19 +603,67 @@ impl Flusher {
         }
     }
 
-    /// Writes one encoded batch, rolling the segment first when it is due. Returns false when
-    /// the disk is full (the batch is kept for a retry).
-    async fn write_batch(&mut self, h: BatchHeader, bytes: Vec<u8>) -> Result<bool, Error> {
+    /// Seals the open batch when it is due, then encodes pending batches into one write
+    /// group (up to [`GROUP_MAX_BYTES`]). None when there is nothing to write.
+    fn take_group(&mut self) -> Result<Option<Group>, Error> {
+        let log = self.log.clone();
+        let cfg = &log.cfg;
+        let mut bytes = std::mem::take(&mut self.out);
+        bytes.clear();
+        let mut batches = Vec::new();
+        loop {
+            let work = {
+                let mut sh = log.shared.borrow_mut();
+                if sh.pending.is_empty()
+                    && !sh.builder.is_empty()
+                    && (sh.closing || sh.batch_opened.elapsed() >= cfg.batch_max_delay)
+                {
+                    seal_open_batch(&mut sh);
+                }
+                let work = sh.pending.pop_front();
+                if let Some((_, b)) = &work {
+                    sh.pending_bytes -= b.payload_len();
+                }
+                work
+            };
+            let Some((base, mut b)) = work else { break };
+            let start = bytes.len();
+            let h = self
+                .encoder
+                .encode(&mut b, base, &mut bytes)
+                .map_err(|e| Error::io(&self.seg.path, e))?;
+            batches.push((h, start));
+            log.shared.borrow_mut().spare.push(b);
+            if bytes.len() >= GROUP_MAX_BYTES {
+                break;
+            }
+        }
+        if batches.is_empty() {
+            self.out = bytes;
+            return Ok(None);
+        }
+        log.wake_space_waiters();
+        Ok(Some(Group { batches, bytes }))
+    }
+
+    /// Writes a group of encoded batches, rolling the segment first when it is due. Returns
+    /// false when the disk is full (the group is kept for a retry).
+    async fn write_group(&mut self, group: Group) -> Result<bool, Error> {
         let cfg = self.log.cfg.clone();
+        let Some(&(first, _)) = group.batches.first() else {
+            return Ok(true);
+        };
         let aged = self
             .seg
             .first_ts
             .is_some_and(|t| now_ns().saturating_sub(t) >= cfg.segment_max_age.as_nanos() as u64);
-        if self.seg.len > 0 && (self.seg.len + bytes.len() as u64 > cfg.segment_max_bytes || aged) {
-            self.roll(h.base_offset).await?;
+        if self.seg.len > 0
+            && (self.seg.len + group.bytes.len() as u64 > cfg.segment_max_bytes || aged)
+        {
+            self.roll(first.base_offset).await?;
         }
         let position = self.seg.len;
-        match self.seg.append(&bytes).await {
+        match self.seg.append(&group.bytes).await {
             Ok(()) => {}
             Err(e) if is_disk_full(&e) => {
                 if !self.log.shared.borrow().disk_full {
@@ -630,21 +675,25 @@ impl Flusher {
                 }
                 self.log.shared.borrow_mut().disk_full = true;
                 ShardStats::set_flag(&self.log.stats.disk_full, true);
-                self.retry = Some((h, bytes));
+                self.retry = Some(group);
                 return Ok(false);
             }
             Err(e) => return Err(Error::io(&self.seg.path, e)),
         }
-        self.seg.index.add(&h, position);
-        self.seg.first_ts.get_or_insert(h.min_ts);
         let stats = &self.log.stats;
-        ShardStats::add(&stats.appended_events, u64::from(h.record_count));
-        ShardStats::add(&stats.appended_bytes, u64::from(h.uncompressed_len));
-        ShardStats::add(&stats.written_bytes, bytes.len() as u64);
-        ShardStats::add(&stats.batches, 1);
+        let mut next = first.base_offset;
+        for (h, start) in &group.batches {
+            self.seg.index.add(h, position + *start as u64);
+            self.seg.first_ts.get_or_insert(h.min_ts);
+            ShardStats::add(&stats.appended_bytes, u64::from(h.uncompressed_len));
+            next = h.next_offset();
+        }
+        ShardStats::add(&stats.appended_events, group.records());
+        ShardStats::add(&stats.written_bytes, group.bytes.len() as u64);
+        ShardStats::add(&stats.batches, group.batches.len() as u64);
         {
             let mut sh = self.log.shared.borrow_mut();
-            sh.written_next = h.next_offset();
+            sh.written_next = next;
             if sh.disk_full {
                 sh.disk_full = false;
                 ShardStats::set_flag(&stats.disk_full, false);
@@ -652,9 +701,11 @@ impl Flusher {
                     "pixeld: shard {}: disk space is back; appending again",
                     cfg.shard
                 );
+                drop(sh);
+                self.log.wake_space_waiters();
             }
         }
-        self.out = bytes;
+        self.out = group.bytes;
         Ok(true)
     }
 
@@ -746,10 +797,7 @@ impl Flusher {
 
     /// Counts everything not yet written as dropped for lack of space (shutdown on a full disk).
     fn drop_unwritable(&mut self) {
-        let mut n = self
-            .retry
-            .take()
-            .map_or(0, |(h, _)| u64::from(h.record_count));
+        let mut n = self.retry.take().map_or(0, |g| g.records());
         let mut sh = self.log.shared.borrow_mut();
         n += sh
             .pending
