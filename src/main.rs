@@ -221,9 +221,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if let Some(f) = fsync {
                     raw.log.fsync = f;
                 }
-                if let ShardCount::Auto(_) = raw.shards {
-                    raw.shards = ShardCount::Count(shard as u64 + 1);
-                }
             })?;
             let opts = pixeld::import::ImportOptions {
                 shard,

@@ -149,12 +149,11 @@ pub(crate) async fn recover(
             // Keep the partial last block in memory: the next write rewrites it whole.
             let tail = bytes[(valid_end - valid_end % align) as usize..valid_end as usize].to_vec();
             drop(map);
+            let io_err = |e: glommio::GlommioError<()>| Error::io(&seg.path, os_error(e));
             if file_len > valid_end {
                 let cut = file_len - valid_end;
                 let padding = scan.corrupt.is_empty() && scan.tail_is_zero && cut < 4096;
-                let poison = |e: glommio::GlommioError<()>| Error::io(&seg.path, os_error(e));
-                file.truncate(valid_end).await.map_err(poison)?;
-                file.fdatasync().await.map_err(poison)?;
+                file.truncate(valid_end).await.map_err(io_err)?;
                 if padding {
                     report.trimmed_padding = cut;
                 } else {
@@ -172,6 +171,9 @@ pub(crate) async fn recover(
                     ShardStats::add(&stats.truncated_bytes, cut);
                 }
             }
+            // What survived in the page cache after a kill -9 was perhaps never fsynced: sync
+            // it before it is reported durable.
+            file.fdatasync().await.map_err(io_err)?;
             let mut summary = index.summary;
             if index.summary.records == 0 {
                 summary.next_offset = seg.base_offset;
