@@ -10,9 +10,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+use crate::parse::syslog::SyslogError;
+
 /// Why an event was not appended. Bounded: these are the only `reason` label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
+    /// An empty datagram or request body line: nothing to keep.
+    Empty,
+    /// A TCP frame cut off by the end of its connection.
+    PartialFrame,
     /// The write-behind queue was full: the disk is slower than ingest.
     Backpressure,
     /// The disk is full; appending resumes by itself when space returns.
@@ -26,7 +32,9 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Empty,
+        DropReason::PartialFrame,
         DropReason::Backpressure,
         DropReason::DiskFull,
         DropReason::Poisoned,
@@ -35,6 +43,8 @@ impl DropReason {
     ];
     pub fn as_str(self) -> &'static str {
         match self {
+            DropReason::Empty => "empty",
+            DropReason::PartialFrame => "partial_frame",
             DropReason::Backpressure => "backpressure",
             DropReason::DiskFull => "disk_full",
             DropReason::Poisoned => "poisoned",
@@ -64,13 +74,79 @@ pub struct ShardStats {
     pub truncated_bytes: AtomicU64,
     pub corrupt_ranges: AtomicU64,
     pub indexes_rebuilt: AtomicU64,
-    dropped: [AtomicU64; 5],
+    dropped: [AtomicU64; 7],
+    /// Events received, by transport (`Transport as usize`: import, udp, tcp, http).
+    received_events: [AtomicU64; 4],
+    received_bytes: [AtomicU64; 4],
+    /// Lines whose syslog header did not parse, by kind (kept, flagged).
+    parse_errors: [AtomicU64; PARSE_ERROR_KINDS.len()],
+    /// Datagrams the kernel dropped on this shard's UDP socket (SO_RXQ_OVFL).
+    pub udp_kernel_drops: AtomicU64,
+    /// TCP connections dropped for a framing error (bad octet count).
+    pub tcp_framing_errors: AtomicU64,
+    /// TCP connections refused at `tcp_max_connections`.
+    pub tcp_refused: AtomicU64,
+    /// Open TCP connections (gauge).
+    pub tcp_connections: AtomicU64,
+    /// fsync durations: counts per bucket of [`FSYNC_BUCKETS`] (+Inf last).
+    fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len() + 1],
     pub ready: AtomicBool,
     pub poisoned: AtomicBool,
     pub disk_full: AtomicBool,
 }
 
+/// Upper bounds (seconds) of the fsync duration histogram buckets.
+pub const FSYNC_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
+
+/// The bounded `kind` values of `pixeld_parse_errors_total`, in the order of their counters.
+pub const PARSE_ERROR_KINDS: [SyslogError; 9] = SyslogError::ALL;
+
 impl ShardStats {
+    pub fn count_received(&self, transport: crate::log::Transport, events: u64, bytes: u64) {
+        let i = transport as usize;
+        self.received_events[i].fetch_add(events, Ordering::Relaxed);
+        self.received_bytes[i].fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub fn received(&self, transport: crate::log::Transport) -> (u64, u64) {
+        let i = transport as usize;
+        (
+            self.received_events[i].load(Ordering::Relaxed),
+            self.received_bytes[i].load(Ordering::Relaxed),
+        )
+    }
+    pub fn received_total(&self) -> u64 {
+        self.received_events
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+    pub fn count_parse_error(&self, e: SyslogError) {
+        if let Some(i) = PARSE_ERROR_KINDS.iter().position(|k| *k == e) {
+            self.parse_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    pub fn parse_errors(&self, e: SyslogError) -> u64 {
+        PARSE_ERROR_KINDS
+            .iter()
+            .position(|k| *k == e)
+            .map_or(0, |i| self.parse_errors[i].load(Ordering::Relaxed))
+    }
+    pub fn observe_fsync(&self, seconds: f64) {
+        let i = FSYNC_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(FSYNC_BUCKETS.len());
+        if let Some(c) = self.fsync_buckets.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// Non-cumulative bucket counts (the last is +Inf).
+    pub fn fsync_buckets(&self) -> Vec<u64> {
+        self.fsync_buckets
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

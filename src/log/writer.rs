@@ -723,6 +723,7 @@ impl Flusher {
         let stats = &self.log.stats;
         ShardStats::add(&stats.fsyncs, 1);
         ShardStats::add(&stats.fsync_nanos, t0.elapsed().as_nanos() as u64);
+        stats.observe_fsync(t0.elapsed().as_secs_f64());
         self.publish_durable(written);
         Ok(())
     }
@@ -742,15 +743,7 @@ impl Flusher {
     /// Seals the open segment (exact length, fsync, index) and starts a new one at `next_base`.
     async fn roll(&mut self, next_base: u64) -> Result<(), Error> {
         let cfg = self.log.cfg.clone();
-        let written = self.log.shared.borrow().written_next;
-        let seg = &self.seg;
-        let poison = |e: glommio::GlommioError<()>| Error::Poisoned {
-            path: seg.path.clone(),
-            source: os_error(e),
-        };
-        seg.file.truncate(seg.len).await.map_err(poison)?;
-        seg.file.fdatasync().await.map_err(poison)?;
-        self.publish_durable(written);
+        self.finish().await?;
         let new = OpenSegment::create(&cfg.dir, next_base, cfg.index_interval_bytes).await?;
         let old = std::mem::replace(&mut self.seg, new);
         // The index is written after the next segment exists: a crash in between leaves a
@@ -815,7 +808,8 @@ impl Flusher {
         );
     }
 
-    /// Clean close: exact file length, final fdatasync, everything durable.
+    /// Makes the open segment exact (no padding) and durable: truncate, fdatasync, publish.
+    /// Used at a clean close and before a roll.
     async fn finish(&mut self) -> Result<(), Error> {
         let written = self.log.shared.borrow().written_next;
         let seg = &self.seg;

@@ -1,0 +1,3 @@
+//! Parsing what arrives: the syslog header nginx and relays put before each line.
+
+pub mod syslog;
