@@ -75,6 +75,17 @@ pub struct RawListen {
     pub http: String,
 }
 
+/// `[ingest]`: receiving hits. See config/pixeld.toml for each field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    pub max_line_bytes: Size,
+    pub udp_rcvbuf: Size,
+    pub tcp_framing: String,
+    pub tcp_max_connections: u64,
+    pub tcp_idle_timeout: String,
+}
+
 /// `[log]`: the durable log of each shard. See config/pixeld.toml for each field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +114,7 @@ pub struct RawConfig {
     /// "auto" or a number of shards.
     pub shards: ShardCount,
     pub listen: RawListen,
+    pub ingest: RawIngest,
     pub log: RawLog,
 }
 
@@ -122,7 +134,17 @@ mod partial {
         pub data_dir: Option<PathBuf>,
         pub shards: Option<ShardCount>,
         pub listen: Option<Listen>,
+        pub ingest: Option<Ingest>,
         pub log: Option<Log>,
+    }
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Ingest {
+        pub max_line_bytes: Option<Size>,
+        pub udp_rcvbuf: Option<Size>,
+        pub tcp_framing: Option<String>,
+        pub tcp_max_connections: Option<u64>,
+        pub tcp_idle_timeout: Option<String>,
     }
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -181,6 +203,14 @@ impl RawConfig {
             merge!(c.listen.tcp, l.tcp);
             merge!(c.listen.http, l.http);
         }
+        if let Some(i) = p.ingest {
+            let d = &mut c.ingest;
+            merge!(d.max_line_bytes, i.max_line_bytes);
+            merge!(d.udp_rcvbuf, i.udp_rcvbuf);
+            merge!(d.tcp_framing, i.tcp_framing);
+            merge!(d.tcp_max_connections, i.tcp_max_connections);
+            merge!(d.tcp_idle_timeout, i.tcp_idle_timeout);
+        }
         if let Some(l) = p.log {
             let d = &mut c.log;
             merge!(d.batch_max_bytes, l.batch_max_bytes);
@@ -229,6 +259,7 @@ pub struct Config {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub http: SocketAddr,
+    pub ingest: crate::ingest::IngestConfig,
     pub log: LogTemplate,
 }
 
@@ -413,7 +444,48 @@ impl Config {
                 max_bytes: retention_bytes,
             },
         };
+        let i = &raw.ingest;
+        let max_line_bytes = size("ingest.max_line_bytes", &i.max_line_bytes, 256, 16 << 20)?;
+        if max_line_bytes > log.max_record_bytes as u64 {
+            return Err(invalid(
+                "ingest.max_line_bytes",
+                format!(
+                    "is larger than log.max_record_bytes ({})",
+                    log.max_record_bytes
+                ),
+            ));
+        }
+        let ingest = crate::ingest::IngestConfig {
+            max_line_bytes: max_line_bytes as usize,
+            udp_rcvbuf: size("ingest.udp_rcvbuf", &i.udp_rcvbuf, 4 << 10, 1 << 30)? as usize,
+            tcp_framing: match i.tcp_framing.as_str() {
+                "auto" => crate::ingest::Framing::Auto,
+                "octet" => crate::ingest::Framing::Octet,
+                "line" => crate::ingest::Framing::Line,
+                other => {
+                    return Err(invalid(
+                        "ingest.tcp_framing",
+                        format!("is {other:?}, must be \"auto\", \"octet\" or \"line\""),
+                    ))
+                }
+            },
+            tcp_max_connections: match i.tcp_max_connections {
+                n @ 1..=1_000_000 => n as usize,
+                n => {
+                    return Err(invalid(
+                        "ingest.tcp_max_connections",
+                        format!("is {n}, must be between 1 and 1000000"),
+                    ))
+                }
+            },
+            tcp_idle_timeout: duration(
+                "ingest.tcp_idle_timeout",
+                &i.tcp_idle_timeout,
+                Duration::from_secs(1),
+            )?,
+        };
         Ok(Config {
+            ingest,
             data_dir: raw.data_dir.clone(),
             shards,
             udp: addr("listen.udp", &raw.listen.udp)?,

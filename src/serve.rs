@@ -138,7 +138,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     }
     if failure.is_none() && ready == handles.len() {
         eprintln!(
-            "pixeld: ready: {} shards recovered in {:.2?}; listeners come with the ingest subsystem ({} udp, {} tcp, {} http configured)",
+            "pixeld: ready: {} shards recovered in {:.2?}; listening on udp {}, tcp {} (http {} comes with the HTTP subsystem)",
             handles.len(),
             started.elapsed(),
             cfg.udp,
@@ -191,10 +191,18 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     }
     sig_handle.close();
     for (i, s) in stats.iter().enumerate() {
+        let drops: Vec<String> = crate::metrics::DropReason::ALL
+            .iter()
+            .filter(|r| s.dropped(**r) > 0)
+            .map(|r| format!("{}={}", r.as_str(), s.dropped(*r)))
+            .collect();
         eprintln!(
-            "pixeld: shard {i} stopped: {} appended, {} dropped, durable offset {}",
+            "pixeld: shard {i} stopped: {} received, {} appended, {} dropped [{}], {} kernel UDP drops, durable offset {}",
+            s.received_total(),
             ShardStats::get(&s.appended_events),
             s.dropped_total(),
+            drops.join(" "),
+            ShardStats::get(&s.udp_kernel_drops),
             s.durable_offset()
                 .map_or_else(|| "none".to_string(), |o| o.to_string())
         );

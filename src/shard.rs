@@ -98,11 +98,16 @@ pub fn spawn_shards(
         let cpu = cpus[shard % cpus.len()];
         let stats = Arc::new(ShardStats::default());
         let log_cfg = cfg.log.for_shard(&cfg.data_dir, shard);
+        let net = Listeners {
+            udp: cfg.udp,
+            tcp: cfg.tcp,
+            ingest: cfg.ingest.clone(),
+        };
         let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("pixeld-shard-{shard}"))
             .spawn(move || async move {
-                let outcome = run_shard(shard, log_cfg, st, sd, &ev).await;
+                let outcome = run_shard(shard, log_cfg, net, st, sd, &ev).await;
                 let _ = ev.send(match outcome {
                     Ok(()) => ShardEvent::Stopped { shard },
                     Err(error) => ShardEvent::Failed { shard, error },
@@ -123,9 +128,17 @@ pub fn spawn_shards(
     Ok(handles)
 }
 
+/// What a shard listens on.
+struct Listeners {
+    udp: std::net::SocketAddr,
+    tcp: std::net::SocketAddr,
+    ingest: crate::ingest::IngestConfig,
+}
+
 async fn run_shard(
     shard: usize,
     log_cfg: crate::log::LogConfig,
+    net: Listeners,
     stats: Arc<ShardStats>,
     shutdown: Arc<AtomicBool>,
     events: &crossbeam_channel::Sender<ShardEvent>,
@@ -134,6 +147,43 @@ async fn run_shard(
         .await
         .map_err(|e| e.to_string())?;
     let flusher = glommio::spawn_local(flusher.run());
+    // Bind after recovery: nothing is accepted before the log is consistent.
+    let (udp, granted) = crate::ingest::udp::bind(net.udp, net.ingest.udp_rcvbuf).map_err(|e| {
+        format!(
+            "cannot bind UDP {}: {e} (is another process on that port?)",
+            net.udp
+        )
+    })?;
+    if granted < net.ingest.udp_rcvbuf {
+        eprintln!(
+            "pixeld: shard {shard}: UDP receive buffer {granted} bytes granted of {} requested; raise net.core.rmem_max (systemd/pixeld.sysctl.conf) to avoid kernel drops in bursts",
+            net.ingest.udp_rcvbuf
+        );
+    }
+    let tcp = crate::ingest::tcp::bind(net.tcp).map_err(|e| {
+        format!(
+            "cannot bind TCP {}: {e} (is another process on that port?)",
+            net.tcp
+        )
+    })?;
+    let ingest = std::rc::Rc::new(crate::ingest::Ingest {
+        log: log.clone(),
+        stats: stats.clone(),
+        cfg: net.ingest,
+    });
+    let udp_task = {
+        let ingest = ingest.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = crate::ingest::udp::run(udp, ingest).await {
+                eprintln!("pixeld: shard {shard}: UDP receive stopped: {e}");
+            }
+        })
+    };
+    let tcp_task = glommio::spawn_local(async move {
+        if let Err(e) = crate::ingest::tcp::run(tcp, ingest).await {
+            eprintln!("pixeld: shard {shard}: TCP accept stopped: {e}");
+        }
+    });
     ShardStats::set_flag(&stats.ready, true);
     let _ = events.send(ShardEvent::Ready {
         shard,
@@ -149,6 +199,6 @@ async fn run_shard(
         })
     };
     let result = flusher.await.map_err(|e| e.to_string());
-    drop(watcher);
+    drop((watcher, udp_task, tcp_task));
     result
 }

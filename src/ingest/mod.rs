@@ -1,3 +1,90 @@
-//! Receiving hits on every shard. `framing` splits TCP byte streams into frames.
+//! Receiving hits on every shard: UDP syslog (`udp`), TCP relays (`tcp`, framed by
+//! `framing`). Nothing on this path is shared between shards: each shard binds its own
+//! `SO_REUSEPORT` sockets and appends to its own log.
+//!
+//! [`Ingest::line`] is the one place where a received line meets the log: it parses the
+//! syslog header (to flag and count lines that do not parse; the raw bytes are stored either
+//! way), appends, and counts a refusal under its drop reason, so that
+//! received = appended + dropped.
 
 pub mod framing;
+pub mod tcp;
+pub mod udp;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::log::format::FLAG_PARSE_ERROR;
+use crate::log::{AppendError, Log, Source, Transport};
+use crate::metrics::{DropReason, ShardStats};
+use crate::parse::syslog;
+
+pub use framing::Framing;
+
+/// Ingest settings shared by every shard (validated from `[ingest]`).
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Largest line (datagram, TCP frame) kept; larger ones are dropped as `oversize`.
+    pub max_line_bytes: usize,
+    /// Requested UDP receive buffer per shard socket.
+    pub udp_rcvbuf: usize,
+    pub tcp_framing: Framing,
+    /// Open TCP connections allowed per shard; more are refused and counted.
+    pub tcp_max_connections: usize,
+    /// A TCP connection idle this long is closed.
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_line_bytes: 64 << 10,
+            udp_rcvbuf: 8 << 20,
+            tcp_framing: Framing::Auto,
+            tcp_max_connections: 10_000,
+            tcp_idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One shard's ingest context: its log, its counters, the settings.
+pub struct Ingest {
+    pub log: Rc<Log>,
+    pub stats: Arc<ShardStats>,
+    pub cfg: IngestConfig,
+}
+
+impl Ingest {
+    /// Parses, appends and counts one received line (already counted as received). Empty
+    /// lines are dropped as `empty`; a refused append is counted under its reason and
+    /// returned (`Ok(None)` for an empty line), so that a TCP reader can wait for room instead of reading more.
+    pub fn line(
+        &self,
+        transport: Transport,
+        peer: Option<SocketAddr>,
+        bytes: &[u8],
+        recv_ts: u64,
+    ) -> Result<Option<u64>, AppendError> {
+        if bytes.is_empty() {
+            self.stats.count_drop(DropReason::Empty, 1);
+            return Ok(None);
+        }
+        let mut flags = 0;
+        if let Err(e) = syslog::parse(bytes) {
+            self.stats.count_parse_error(e);
+            flags |= FLAG_PARSE_ERROR;
+        }
+        match self
+            .log
+            .append(recv_ts, Source { transport, peer }, flags, bytes)
+        {
+            Ok(o) => Ok(Some(o)),
+            Err(e) => {
+                self.stats.count_drop(e.reason(), 1);
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! TCP receive on one shard: relays (rsyslog `omfwd`, Vector, Fluent Bit, nginx `stream`).
+//!
+//! Each shard accepts on its own `SO_REUSEPORT` listener and serves each connection in its
+//! own task: read into a bounded buffer, split with [`FrameDecoder`], ingest every frame. TCP
+//! can push back, so when the log's write-behind queue is full the connection waits for room
+//! before it reads more, instead of dropping. Connections beyond `tcp_max_connections` are
+//! refused and counted; an idle connection is closed after `tcp_idle_timeout`; a frame cut off
+//! at EOF is counted as `partial_frame`; a bad octet count closes the connection and is counted.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use futures_lite::AsyncReadExt;
+use glommio::net::{TcpListener, TcpStream};
+
+use super::framing::{Event, FrameDecoder};
+use super::Ingest;
+use crate::log::{now_ns, AppendError, Transport};
+use crate::metrics::{DropReason, ShardStats};
+
+/// Read size per `read` call.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Binds `addr` (glommio sets `SO_REUSEPORT`).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(crate::log::os_error)
+}
+
+/// Accepts connections until the shard stops.
+pub async fn run(listener: TcpListener, ingest: Rc<Ingest>) -> io::Result<()> {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and similar: log, back off, keep serving.
+                eprintln!("pixeld: tcp accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.get() >= ingest.cfg.tcp_max_connections {
+            ShardStats::add(&ingest.stats.tcp_refused, 1);
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        ShardStats::add(&ingest.stats.tcp_connections, 1);
+        let (ingest, open) = (ingest.clone(), open.clone());
+        glommio::spawn_local(async move {
+            let _ = connection(stream, &ingest).await;
+            open.set(open.get() - 1);
+            ingest
+                .stats
+                .tcp_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .detach();
+    }
+}
+
+async fn connection(mut stream: TcpStream, ingest: &Ingest) -> io::Result<()> {
+    let peer = stream.peer_addr().ok();
+    stream
+        .set_read_timeout(Some(ingest.cfg.tcp_idle_timeout))
+        .map_err(crate::log::os_error)?;
+    let max = ingest.cfg.max_line_bytes;
+    let mut decoder = FrameDecoder::new(ingest.cfg.tcp_framing, max);
+    let mut buf = vec![0u8; max + 16 + READ_CHUNK];
+    let mut filled = 0usize;
+    let stats = &ingest.stats;
+    loop {
+        if filled + READ_CHUNK > buf.len() {
+            buf.resize(filled + READ_CHUNK, 0);
+        }
+        let n = match stream.read(&mut buf[filled..filled + READ_CHUNK]).await {
+            Ok(n) => n,
+            // Idle timeout or reset: whatever is buffered is an incomplete frame.
+            Err(_) => 0,
+        };
+        if n == 0 {
+            match decoder.finish(&buf[..filled]) {
+                Some(Event::Partial { .. }) => {
+                    stats.count_received(Transport::Tcp, 1, 0);
+                    stats.count_drop(DropReason::PartialFrame, 1);
+                }
+                Some(Event::Oversize { .. }) => {
+                    stats.count_received(Transport::Tcp, 1, 0);
+                    stats.count_drop(DropReason::Oversize, 1);
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        stats.count_received(Transport::Tcp, 0, n as u64);
+        let now = now_ns();
+        let mut refused = false;
+        let mut fatal = false;
+        let consumed = decoder.decode(&buf[..filled + n], |ev| match ev {
+            Event::Frame(f) => {
+                stats.count_received(Transport::Tcp, 1, 0);
+                if let Err(AppendError::Backpressure) = ingest.line(Transport::Tcp, peer, f, now) {
+                    refused = true;
+                }
+            }
+            Event::Empty => {}
+            Event::Oversize { .. } => {
+                stats.count_received(Transport::Tcp, 1, 0);
+                stats.count_drop(DropReason::Oversize, 1);
+            }
+            Event::Partial { .. } => {
+                stats.count_received(Transport::Tcp, 1, 0);
+                stats.count_drop(DropReason::PartialFrame, 1);
+            }
+            Event::Fatal(_) => fatal = true,
+        });
+        if fatal {
+            ShardStats::add(&stats.tcp_framing_errors, 1);
+            return Ok(());
+        }
+        buf.copy_within(consumed..filled + n, 0);
+        filled = filled + n - consumed;
+        if refused {
+            // Push back on the relay: read nothing more until the log has room.
+            if ingest.log.wait_for_space().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! UDP syslog receive on one shard: nginx's own path (`access_log syslog:`).
+//!
+//! Every shard binds the same address with `SO_REUSEPORT`, so the kernel spreads senders
+//! across shards. Receive is batched: the shard waits for the socket to become readable with
+//! one glommio (io_uring) `peek`, then drains up to [`BATCH`] datagrams per `recvmmsg` call
+//! without blocking until the socket is empty. Each datagram carries the socket's cumulative
+//! `SO_RXQ_OVFL` count, from which the kernel's drops are accumulated as deltas, so loss in the
+//! kernel is counted too. Oversize datagrams (larger than `max_line_bytes`) are dropped and
+//! counted; empty ones are counted as `empty`.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use glommio::net::UdpSocket;
+
+use super::Ingest;
+use crate::log::Transport;
+use crate::metrics::{DropReason, ShardStats};
+
+/// Datagrams received per `recvmmsg` call.
+pub const BATCH: usize = 64;
+
+/// Binds `addr` with `SO_REUSEPORT`, the requested receive buffer and `SO_RXQ_OVFL`.
+/// Returns the socket and the receive buffer size the kernel actually granted.
+pub fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<(UdpSocket, usize)> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    s.set_recv_buffer_size(rcvbuf)?;
+    set_rxq_ovfl(&s)?;
+    s.bind(&addr.into())?;
+    let granted = s.recv_buffer_size()?;
+    Ok((UdpSocket::from(s), granted))
+}
+
+#[allow(unsafe_code)]
+fn set_rxq_ovfl(s: &socket2::Socket) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd, and a pointer to a live c_int with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receive buffers and headers for one `recvmmsg` batch, reused for every call.
+struct Batch {
+    bufs: Vec<Vec<u8>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    cmsgs: Vec<[u64; 8]>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Batch {
+    fn new(slot: usize) -> Self {
+        Batch {
+            bufs: (0..BATCH).map(|_| vec![0u8; slot]).collect(),
+            addrs: vec![zeroed_storage(); BATCH],
+            iovs: Vec::with_capacity(BATCH),
+            cmsgs: vec![[0u64; 8]; BATCH],
+            hdrs: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is a plain C struct; all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// One received datagram's metadata.
+struct Received {
+    len: usize,
+    truncated: bool,
+    peer: Option<SocketAddr>,
+    rxq_ovfl: Option<u32>,
+}
+
+/// Receives without blocking; returns the datagrams of this batch (0 when the socket is empty).
+#[allow(unsafe_code)]
+fn recv_batch(fd: i32, b: &mut Batch) -> io::Result<Vec<Received>> {
+    b.iovs.clear();
+    b.hdrs.clear();
+    for buf in b.bufs.iter_mut() {
+        b.iovs.push(libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        });
+    }
+    for i in 0..BATCH {
+        // SAFETY: mmsghdr is a plain C struct; all-zero is a valid value, filled in below.
+        let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        h.msg_hdr.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        h.msg_hdr.msg_iov = &mut b.iovs[i];
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = b.cmsgs[i].as_mut_ptr().cast();
+        h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; 8]>();
+        b.hdrs.push(h);
+    }
+    // SAFETY: every header points into buffers owned by `b` that live, unmoved, for the
+    // duration of the call (the Vecs are not resized between filling the headers and here);
+    // the lengths given match the buffers; MSG_DONTWAIT makes the call non-blocking.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            b.hdrs.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(Vec::new());
+        }
+        return Err(e);
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for h in b.hdrs.iter().take(n as usize) {
+        let mut rxq_ovfl = None;
+        // SAFETY: the kernel filled msg_control/msg_controllen for this header; the CMSG
+        // macros only walk within msg_controllen, and SO_RXQ_OVFL's payload is a u32.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL {
+                    rxq_ovfl = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<u32>()));
+                }
+                c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
+            }
+        }
+        let storage = h.msg_hdr.msg_name.cast::<libc::sockaddr_storage>();
+        // SAFETY: msg_name points at the sockaddr_storage of this slot, written by the kernel.
+        let peer = unsafe { sockaddr_to_std(&*storage) };
+        out.push(Received {
+            len: h.msg_len as usize,
+            truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            peer,
+            rxq_ovfl,
+        });
+    }
+    Ok(out)
+}
+
+#[allow(unsafe_code)]
+fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(a.sin_addr.s_addr).into(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Receives on `sock` until the shard stops; every datagram is ingested or counted.
+pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>) -> io::Result<()> {
+    let max = ingest.cfg.max_line_bytes;
+    let mut batch = Batch::new(max + 1);
+    let mut probe = [0u8; 1];
+    let mut last_ovfl: u32 = 0;
+    let fd = sock.as_raw_fd();
+    let stats: &ShardStats = &ingest.stats;
+    loop {
+        // Wait (io_uring) until a datagram is there, without consuming it.
+        sock.peek_from(&mut probe)
+            .await
+            .map_err(crate::log::os_error)?;
+        loop {
+            let got = recv_batch(fd, &mut batch)?;
+            if got.is_empty() {
+                break;
+            }
+            let now = crate::log::now_ns();
+            for (i, r) in got.iter().enumerate() {
+                if let Some(o) = r.rxq_ovfl {
+                    // The count is cumulative per socket; it wraps at 2^32.
+                    let delta = o.wrapping_sub(last_ovfl);
+                    if delta > 0 && delta < u32::MAX / 2 {
+                        ShardStats::add(&stats.udp_kernel_drops, u64::from(delta));
+                        last_ovfl = o;
+                    }
+                }
+                stats.count_received(Transport::Udp, 1, r.len as u64);
+                if r.truncated || r.len > max {
+                    stats.count_drop(DropReason::Oversize, 1);
+                    continue;
+                }
+                let bytes = batch.bufs[i].get(..r.len).unwrap_or_default();
+                let _ = ingest.line(Transport::Udp, r.peer, bytes, now);
+            }
+            if got.len() < BATCH {
+                break;
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+}
