@@ -3,8 +3,12 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use pixeld::log::reader::{ShardReader, Start, Warning};
@@ -69,4 +73,107 @@ pub fn read_all(dir: &Path, start: Start) -> (Vec<Rec>, Vec<Warning>) {
 /// Path of the pixeld binary built for these tests.
 pub fn pixeld_bin() -> &'static str {
     env!("CARGO_BIN_EXE_pixeld")
+}
+
+/// A loopback UDP port that is free now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A loopback TCP port that is free now.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `pixeld serve`, stopped by its PID.
+pub struct Server {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    pub udp: u16,
+    pub tcp: u16,
+}
+
+impl Server {
+    /// Starts `pixeld serve` on free loopback ports (plus `extra` arguments).
+    pub fn start(data: &Path, extra: &[&str]) -> Server {
+        let (udp, tcp) = (free_udp_port(), free_tcp_port());
+        let mut args: Vec<String> = vec![
+            "--udp".into(),
+            format!("127.0.0.1:{udp}"),
+            "--tcp".into(),
+            format!("127.0.0.1:{tcp}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Server::start_args(data, &args);
+        s.udp = udp;
+        s.tcp = tcp;
+        s
+    }
+
+    pub fn start_args(data: &Path, extra: &[String]) -> Server {
+        let mut child = Command::new(pixeld_bin())
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pixeld serve");
+        let (tx, lines) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Server {
+            child,
+            lines,
+            seen: Vec::new(),
+            udp: 0,
+            tcp: 0,
+        }
+    }
+
+    /// Waits for a stderr line containing `what`; None if the process ended first.
+    pub fn wait_for(&mut self, what: &str) -> Option<String> {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(what) {
+                        return Some(l);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn wait(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        (status.code(), self.seen.join("\n"))
+    }
 }
