@@ -84,6 +84,8 @@ pub struct RawIngest {
     pub tcp_framing: String,
     pub tcp_max_connections: u64,
     pub tcp_idle_timeout: String,
+    pub http_max_body: Size,
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[log]`: the durable log of each shard. See config/pixeld.toml for each field.
@@ -145,6 +147,8 @@ mod partial {
         pub tcp_framing: Option<String>,
         pub tcp_max_connections: Option<u64>,
         pub tcp_idle_timeout: Option<String>,
+        pub http_max_body: Option<Size>,
+        pub trusted_proxies: Option<Vec<String>>,
     }
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -210,6 +214,8 @@ impl RawConfig {
             merge!(d.tcp_framing, i.tcp_framing);
             merge!(d.tcp_max_connections, i.tcp_max_connections);
             merge!(d.tcp_idle_timeout, i.tcp_idle_timeout);
+            merge!(d.http_max_body, i.http_max_body);
+            merge!(d.trusted_proxies, i.trusted_proxies);
         }
         if let Some(l) = p.log {
             let d = &mut c.log;
@@ -483,6 +489,20 @@ impl Config {
                 &i.tcp_idle_timeout,
                 Duration::from_secs(1),
             )?,
+            http_max_body: size("ingest.http_max_body", &i.http_max_body, 1 << 10, 256 << 20)?
+                as usize,
+            trusted_proxies: i
+                .trusted_proxies
+                .iter()
+                .map(|a| {
+                    a.parse().map_err(|e| {
+                        invalid(
+                            "ingest.trusted_proxies",
+                            format!("has {a:?}, not an IP address ({e})"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
         Ok(Config {
             ingest,

@@ -176,3 +176,194 @@ impl ShardStats {
         flag.store(v, Ordering::Relaxed);
     }
 }
+
+/// Why the process is not ready (the first reason found), or None when every shard is
+/// recovered, not poisoned and has disk space.
+pub fn not_ready(all: &[std::sync::Arc<ShardStats>]) -> Option<String> {
+    for (i, s) in all.iter().enumerate() {
+        if ShardStats::flag(&s.poisoned) {
+            return Some(format!("shard {i} is poisoned by a failed fsync"));
+        }
+        if ShardStats::flag(&s.disk_full) {
+            return Some(format!("shard {i}: disk full"));
+        }
+        if !ShardStats::flag(&s.ready) {
+            return Some(format!("shard {i} is not ready (recovering or stopped)"));
+        }
+    }
+    None
+}
+
+/// Renders every shard's counters in the Prometheus text format (version 0.0.4). Counters
+/// are summed over shards unless labelled by shard.
+pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
+    use crate::log::Transport;
+    use std::fmt::Write;
+    let mut o = String::with_capacity(8192);
+    let sum = |f: &dyn Fn(&ShardStats) -> u64| all.iter().map(|s| f(s)).sum::<u64>();
+    let counter = |o: &mut String, name: &str, help: &str, rows: Vec<(String, u64)>| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, v) in rows {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    let transports = [
+        Transport::Import,
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Http,
+    ];
+    counter(
+        &mut o,
+        "pixeld_received_events_total",
+        "Events received, by transport.",
+        transports
+            .iter()
+            .map(|t| {
+                (
+                    format!("{{transport=\"{}\"}}", t.as_str()),
+                    sum(&|s| s.received(*t).0),
+                )
+            })
+            .collect(),
+    );
+    counter(
+        &mut o,
+        "pixeld_received_bytes_total",
+        "Bytes received, by transport.",
+        transports
+            .iter()
+            .map(|t| {
+                (
+                    format!("{{transport=\"{}\"}}", t.as_str()),
+                    sum(&|s| s.received(*t).1),
+                )
+            })
+            .collect(),
+    );
+    counter(
+        &mut o,
+        "pixeld_appended_events_total",
+        "Events written to the log.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.appended_events)))],
+    );
+    counter(
+        &mut o,
+        "pixeld_dropped_events_total",
+        "Events not appended, by reason.",
+        DropReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.as_str()),
+                    sum(&|s| s.dropped(*r)),
+                )
+            })
+            .collect(),
+    );
+    counter(
+        &mut o,
+        "pixeld_parse_errors_total",
+        "Lines whose syslog header did not parse (kept, flagged), by kind.",
+        PARSE_ERROR_KINDS
+            .iter()
+            .map(|k| {
+                (
+                    format!("{{kind=\"{}\"}}", k.kind()),
+                    sum(&|s| s.parse_errors(*k)),
+                )
+            })
+            .collect(),
+    );
+    counter(
+        &mut o,
+        "pixeld_udp_kernel_drops_total",
+        "Datagrams the kernel dropped on pixeld's UDP sockets (SO_RXQ_OVFL).",
+        vec![(
+            String::new(),
+            sum(&|s| ShardStats::get(&s.udp_kernel_drops)),
+        )],
+    );
+    counter(
+        &mut o,
+        "pixeld_tcp_framing_errors_total",
+        "TCP connections closed for a bad octet count.",
+        vec![(
+            String::new(),
+            sum(&|s| ShardStats::get(&s.tcp_framing_errors)),
+        )],
+    );
+    counter(
+        &mut o,
+        "pixeld_tcp_refused_total",
+        "TCP connections refused at tcp_max_connections.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.tcp_refused)))],
+    );
+    counter(
+        &mut o,
+        "pixeld_log_written_bytes_total",
+        "Bytes written to log segments (compressed).",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.written_bytes)))],
+    );
+    counter(
+        &mut o,
+        "pixeld_log_truncated_bytes_total",
+        "Bytes of torn tail cut by recovery.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.truncated_bytes)))],
+    );
+    counter(
+        &mut o,
+        "pixeld_log_corrupt_ranges_total",
+        "Corrupt ranges found in sealed segments at start.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.corrupt_ranges)))],
+    );
+    // fsync duration histogram, over all shards.
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_fsync_duration_seconds fdatasync duration.\n# TYPE pixeld_fsync_duration_seconds histogram"
+    );
+    let mut buckets = vec![0u64; FSYNC_BUCKETS.len() + 1];
+    for s in all {
+        for (b, v) in buckets.iter_mut().zip(s.fsync_buckets()) {
+            *b += v;
+        }
+    }
+    let mut cum = 0;
+    for (i, b) in buckets.iter().enumerate() {
+        cum += b;
+        let le = FSYNC_BUCKETS
+            .get(i)
+            .map_or("+Inf".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            o,
+            "pixeld_fsync_duration_seconds_bucket{{le=\"{le}\"}} {cum}"
+        );
+    }
+    let secs = sum(&|s| ShardStats::get(&s.fsync_nanos)) as f64 / 1e9;
+    let _ = writeln!(o, "pixeld_fsync_duration_seconds_sum {secs}");
+    let _ = writeln!(o, "pixeld_fsync_duration_seconds_count {cum}");
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_durable_offset Highest durable offset per shard (-1: none).\n# TYPE pixeld_durable_offset gauge"
+    );
+    for (i, s) in all.iter().enumerate() {
+        let v = s.durable_offset().map_or(-1, |o| o as i64);
+        let _ = writeln!(o, "pixeld_durable_offset{{shard=\"{i}\"}} {v}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_tcp_connections Open TCP connections.\n# TYPE pixeld_tcp_connections gauge\npixeld_tcp_connections {}",
+        sum(&|s| ShardStats::get(&s.tcp_connections))
+    );
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_ready Whether the process is ready (1) or not (0).\n# TYPE pixeld_ready gauge\npixeld_ready {}",
+        u8::from(not_ready(all).is_none())
+    );
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_build_info Build information.\n# TYPE pixeld_build_info gauge\npixeld_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    o
+}

@@ -138,7 +138,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     }
     if failure.is_none() && ready == handles.len() {
         eprintln!(
-            "pixeld: ready: {} shards recovered in {:.2?}; listening on udp {}, tcp {} (http {} comes with the HTTP subsystem)",
+            "pixeld: ready: {} shards recovered in {:.2?}; listening on udp {}, tcp {}, http {}",
             handles.len(),
             started.elapsed(),
             cfg.udp,

@@ -94,14 +94,21 @@ pub fn spawn_shards(
 ) -> Result<Vec<ShardHandle>, ShardError> {
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(cfg.shards);
+    let all_stats: Arc<Vec<Arc<ShardStats>>> = Arc::new(
+        (0..cfg.shards)
+            .map(|_| Arc::new(ShardStats::default()))
+            .collect(),
+    );
     for shard in 0..cfg.shards {
         let cpu = cpus[shard % cpus.len()];
-        let stats = Arc::new(ShardStats::default());
+        let stats = all_stats[shard].clone();
         let log_cfg = cfg.log.for_shard(&cfg.data_dir, shard);
         let net = Listeners {
             udp: cfg.udp,
             tcp: cfg.tcp,
+            http: cfg.http,
             ingest: cfg.ingest.clone(),
+            all_stats: all_stats.clone(),
         };
         let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -132,7 +139,9 @@ pub fn spawn_shards(
 struct Listeners {
     udp: std::net::SocketAddr,
     tcp: std::net::SocketAddr,
+    http: std::net::SocketAddr,
     ingest: crate::ingest::IngestConfig,
+    all_stats: Arc<Vec<Arc<ShardStats>>>,
 }
 
 async fn run_shard(
@@ -166,6 +175,12 @@ async fn run_shard(
             net.tcp
         )
     })?;
+    let http = crate::ingest::http::bind(net.http).map_err(|e| {
+        format!(
+            "cannot bind HTTP {}: {e} (is another process on that port?)",
+            net.http
+        )
+    })?;
     let ingest = std::rc::Rc::new(crate::ingest::Ingest {
         log: log.clone(),
         stats: stats.clone(),
@@ -179,6 +194,16 @@ async fn run_shard(
             }
         })
     };
+    let http_ctx = std::rc::Rc::new(crate::ingest::http::HttpContext {
+        shard,
+        ingest: ingest.clone(),
+        all_stats: net.all_stats,
+    });
+    let http_task = glommio::spawn_local(async move {
+        if let Err(e) = crate::ingest::http::run(http, http_ctx).await {
+            eprintln!("pixeld: shard {shard}: HTTP accept stopped: {e}");
+        }
+    });
     let tcp_task = glommio::spawn_local(async move {
         if let Err(e) = crate::ingest::tcp::run(tcp, ingest).await {
             eprintln!("pixeld: shard {shard}: TCP accept stopped: {e}");
@@ -199,6 +224,6 @@ async fn run_shard(
         })
     };
     let result = flusher.await.map_err(|e| e.to_string());
-    drop((watcher, udp_task, tcp_task));
+    drop((watcher, udp_task, tcp_task, http_task));
     result
 }

@@ -1,5 +1,5 @@
 //! Receiving hits on every shard: UDP syslog (`udp`), TCP relays (`tcp`, framed by
-//! `framing`). Nothing on this path is shared between shards: each shard binds its own
+//! `framing`), HTTP pixel and batch endpoints (`http`, which also serves metrics and health). Nothing on this path is shared between shards: each shard binds its own
 //! `SO_REUSEPORT` sockets and appends to its own log.
 //!
 //! [`Ingest::line`] is the one place where a received line meets the log: it parses the
@@ -8,6 +8,7 @@
 //! received = appended + dropped.
 
 pub mod framing;
+pub mod http;
 pub mod tcp;
 pub mod udp;
 
@@ -35,6 +36,10 @@ pub struct IngestConfig {
     pub tcp_max_connections: usize,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// Largest `POST /v1/events` body.
+    pub http_max_body: usize,
+    /// Peers whose `X-Forwarded-For` is believed for the client address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for IngestConfig {
@@ -45,6 +50,8 @@ impl Default for IngestConfig {
             tcp_framing: Framing::Auto,
             tcp_max_connections: 10_000,
             tcp_idle_timeout: Duration::from_secs(300),
+            http_max_body: 1 << 20,
+            trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
         }
     }
 }

@@ -75,11 +75,12 @@ async fn connection(mut stream: TcpStream, ingest: &Ingest) -> io::Result<()> {
         if filled + READ_CHUNK > buf.len() {
             buf.resize(filled + READ_CHUNK, 0);
         }
-        let n = match stream.read(&mut buf[filled..filled + READ_CHUNK]).await {
-            Ok(n) => n,
-            // Idle timeout or reset: whatever is buffered is an incomplete frame.
-            Err(_) => 0,
-        };
+        // An idle timeout or a reset ends the connection like EOF: whatever is buffered is
+        // an incomplete frame.
+        let n = stream
+            .read(&mut buf[filled..filled + READ_CHUNK])
+            .await
+            .unwrap_or_default();
         if n == 0 {
             match decoder.finish(&buf[..filled]) {
                 Some(Event::Partial { .. }) => {

@@ -100,22 +100,26 @@ pub struct Server {
     pub seen: Vec<String>,
     pub udp: u16,
     pub tcp: u16,
+    pub http: u16,
 }
 
 impl Server {
     /// Starts `pixeld serve` on free loopback ports (plus `extra` arguments).
     pub fn start(data: &Path, extra: &[&str]) -> Server {
-        let (udp, tcp) = (free_udp_port(), free_tcp_port());
+        let (udp, tcp, http_port) = (free_udp_port(), free_tcp_port(), free_tcp_port());
         let mut args: Vec<String> = vec![
             "--udp".into(),
             format!("127.0.0.1:{udp}"),
             "--tcp".into(),
             format!("127.0.0.1:{tcp}"),
+            "--http".into(),
+            format!("127.0.0.1:{http_port}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = Server::start_args(data, &args);
         s.udp = udp;
         s.tcp = tcp;
+        s.http = http_port;
         s
     }
 
@@ -142,6 +146,7 @@ impl Server {
             seen: Vec::new(),
             udp: 0,
             tcp: 0,
+            http: 0,
         }
     }
 
@@ -176,4 +181,33 @@ impl Server {
         }
         (status.code(), self.seen.join("\n"))
     }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns (status, headers, body).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    c.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response");
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head, out[split + 4..].to_vec())
 }

@@ -1,0 +1,326 @@
+//! The HTTP port of one shard (hyper on glommio): the pixel endpoint, the acknowledged batch
+//! endpoint, Prometheus metrics and health.
+//!
+//! Every shard accepts on the same `SO_REUSEPORT` address, so connections spread over shards
+//! like UDP flows do; a request's events go to the log of the shard that serves it.
+//! - `GET /p.gif?url=…&ref=…&vid=…&a=pv|hb`: stores one JSON line built from the query
+//!   parameters (kept percent-encoded, exactly like nginx's `$arg_*`), the `User-Agent`, the
+//!   `Referer` and the client address (`X-Forwarded-For` only from a trusted proxy), and
+//!   answers a 1×1 transparent GIF with `Cache-Control: no-store`.
+//! - `POST /v1/events`: an NDJSON body (≤ `http_max_body`); answers 200
+//!   `{"accepted":N,"durable_offset":{"shard":S,"offset":O}}` only after the batch is durable
+//!   (fsynced) — the one path with an end-to-end acknowledgement. 413 over the limit, 400 for a
+//!   line that is not JSON (nothing of the body is stored), 503 with `Retry-After` when the
+//!   shard cannot take it.
+//! - `GET /metrics`, `/healthz`, `/readyz`.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::{TcpListener, TcpStream};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::Ingest;
+use crate::log::{now_ns, AppendError, Transport};
+use crate::metrics::{self, ShardStats};
+
+/// A 1×1 transparent GIF (43 bytes), the classic tracking pixel.
+pub const PIXEL_GIF: [u8; 43] = [
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// What every shard's HTTP server needs.
+pub struct HttpContext {
+    pub shard: usize,
+    pub ingest: Rc<Ingest>,
+    /// Every shard's counters, for `/metrics` and `/readyz`.
+    pub all_stats: Arc<Vec<Arc<ShardStats>>>,
+}
+
+/// Binds `addr` (glommio sets `SO_REUSEPORT`).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(crate::log::os_error)
+}
+
+/// Serves connections until the shard stops.
+pub async fn run(listener: TcpListener, ctx: Rc<HttpContext>) -> io::Result<()> {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pixeld: shard {}: http accept failed: {e}", ctx.shard);
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let peer = stream.peer_addr().ok();
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(req, peer, &ctx).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(HyperStream(stream), service)
+                .await;
+        })
+        .detach();
+    }
+}
+
+fn response(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    response(status, "application/json", v.to_string())
+}
+
+fn unavailable(why: AppendError) -> Response<Full<Bytes>> {
+    let mut r = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"error": why.to_string(), "reason": why.reason().as_str()}),
+    );
+    r.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: Option<SocketAddr>,
+    ctx: &HttpContext,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/p.gif") => pixel(&req, peer, ctx),
+        (&Method::POST, "/v1/events") => events(req, peer, ctx).await,
+        (&Method::GET, "/metrics") => response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics::render(&ctx.all_stats),
+        ),
+        (&Method::GET, "/healthz") => response(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => match metrics::not_ready(&ctx.all_stats) {
+            None => response(StatusCode::OK, "text/plain", "ready\n"),
+            Some(why) => response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        (_, "/p.gif" | "/v1/events" | "/metrics" | "/healthz" | "/readyz") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "method not allowed"}),
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no such endpoint"}),
+        ),
+    }
+}
+
+/// The client address: the peer, or the first `X-Forwarded-For` entry when the peer is a
+/// trusted proxy.
+fn client_ip(
+    req: &Request<Incoming>,
+    peer: Option<SocketAddr>,
+    trusted: &[IpAddr],
+) -> Option<IpAddr> {
+    let peer_ip = peer.map(|p| p.ip());
+    if peer_ip.is_some_and(|ip| trusted.contains(&ip)) {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    peer_ip
+}
+
+fn pixel(
+    req: &Request<Incoming>,
+    peer: Option<SocketAddr>,
+    ctx: &HttpContext,
+) -> Response<Full<Bytes>> {
+    let recv = now_ns();
+    let mut obj = serde_json::Map::new();
+    obj.insert(
+        "msec".into(),
+        serde_json::json!((recv / 1_000_000) as f64 / 1000.0),
+    );
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = match k {
+            "url" => "url",
+            "ref" => "urlref",
+            "vid" => "vid",
+            "a" => "action",
+            "inc" => "inc",
+            _ => continue,
+        };
+        obj.insert(key.into(), v.into());
+    }
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    if let Some(ua) = header("user-agent") {
+        obj.insert("ua".into(), ua.into());
+    }
+    if let Some(r) = header("referer") {
+        obj.insert("referer".into(), r.into());
+    }
+    if let Some(ip) = client_ip(req, peer, &ctx.ingest.cfg.trusted_proxies) {
+        obj.insert("ip".into(), ip.to_string().into());
+    }
+    let line = serde_json::Value::Object(obj).to_string();
+    ctx.ingest
+        .stats
+        .count_received(Transport::Http, 1, line.len() as u64);
+    // A refusal is counted by `line`; the browser gets its pixel either way.
+    let _ = ctx
+        .ingest
+        .line(Transport::Http, peer, line.as_bytes(), recv);
+    let mut r = response(StatusCode::OK, "image/gif", Bytes::from_static(&PIXEL_GIF));
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+async fn events(
+    req: Request<Incoming>,
+    peer: Option<SocketAddr>,
+    ctx: &HttpContext,
+) -> Response<Full<Bytes>> {
+    let limit = ctx.ingest.cfg.http_max_body;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({"error": format!("body larger than http_max_body ({limit} bytes)")}),
+                );
+            }
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("cannot read body: {e}")}),
+            );
+        }
+    };
+    // Validate the whole body before storing any of it, so a 400 stores nothing.
+    let lines: Vec<&[u8]> = body
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .collect();
+    for (i, l) in lines.iter().enumerate() {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(l) {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("line {} is not JSON: {e}", i + 1), "line": i + 1}),
+            );
+        }
+    }
+    let stats = &ctx.ingest.stats;
+    stats.count_received(Transport::Http, lines.len() as u64, body.len() as u64);
+    let recv = now_ns();
+    let mut last = None;
+    for (i, l) in lines.iter().enumerate() {
+        match ctx.ingest.line(Transport::Http, peer, l, recv) {
+            Ok(o) => last = o.or(last),
+            Err(e) => {
+                // Lines after a refusal are not offered to the log; count them too.
+                stats.count_drop(e.reason(), (lines.len() - i - 1) as u64);
+                return unavailable(e);
+            }
+        }
+    }
+    let durable = match last {
+        Some(o) => match ctx.ingest.log.wait_durable(o).await {
+            Ok(d) => Some(d),
+            Err(e) => return unavailable(e),
+        },
+        None => ctx.ingest.log.durable_offset(),
+    };
+    json(
+        StatusCode::OK,
+        serde_json::json!({"accepted": lines.len(), "durable_offset": {"shard": ctx.shard, "offset": durable}}),
+    )
+}
+
+/// glommio's `TcpStream` seen through hyper's I/O traits.
+struct HyperStream(TcpStream);
+
+impl hyper::rt::Read for HyperStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        // Read into a stack buffer and copy: no unsafe needed to expose hyper's
+        // uninitialised buffer as a slice.
+        let mut tmp = [0u8; 8192];
+        let want = tmp.len().min(buf.remaining());
+        match Pin::new(&mut self.0).poll_read(cx, &mut tmp[..want]) {
+            Poll::Ready(Ok(n)) => {
+                buf.put_slice(&tmp[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Write for HyperStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
