@@ -258,6 +258,12 @@ async fn events(
             );
         }
     }
+    // Push back on the client while the log's queue is full, instead of refusing.
+    while ctx.ingest.log.is_congested() {
+        if let Err(e) = ctx.ingest.log.wait_for_space().await {
+            return unavailable(e);
+        }
+    }
     let stats = &ctx.ingest.stats;
     stats.count_received(Transport::Http, lines.len() as u64, body.len() as u64);
     let recv = now_ns();

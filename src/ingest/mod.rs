@@ -83,10 +83,15 @@ impl Ingest {
             self.stats.count_parse_error(e);
             flags |= FLAG_PARSE_ERROR;
         }
-        match self
-            .log
-            .append(recv_ts, Source { transport, peer }, flags, bytes)
-        {
+        let source = Source { transport, peer };
+        // TCP and HTTP push back on their senders instead of dropping (see `Log::is_congested`).
+        let appended = match transport {
+            Transport::Tcp | Transport::Http => {
+                self.log.append_pushback(recv_ts, source, flags, bytes)
+            }
+            Transport::Udp | Transport::Import => self.log.append(recv_ts, source, flags, bytes),
+        };
+        match appended {
             Ok(o) => Ok(Some(o)),
             Err(e) => {
                 self.stats.count_drop(e.reason(), 1);

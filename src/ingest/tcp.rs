@@ -17,7 +17,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::framing::{Event, FrameDecoder};
 use super::Ingest;
-use crate::log::{now_ns, AppendError, Transport};
+use crate::log::{now_ns, Transport};
 use crate::metrics::{DropReason, ShardStats};
 
 /// Read size per `read` call.
@@ -72,6 +72,12 @@ async fn connection(mut stream: TcpStream, ingest: &Ingest) -> io::Result<()> {
     let mut filled = 0usize;
     let stats = &ingest.stats;
     loop {
+        // Push back on the relay: read nothing more while the log's queue is full.
+        while ingest.log.is_congested() {
+            if ingest.log.wait_for_space().await.is_err() {
+                return Ok(());
+            }
+        }
         if filled + READ_CHUNK > buf.len() {
             buf.resize(filled + READ_CHUNK, 0);
         }
@@ -97,14 +103,12 @@ async fn connection(mut stream: TcpStream, ingest: &Ingest) -> io::Result<()> {
         }
         stats.count_received(Transport::Tcp, 0, n as u64);
         let now = now_ns();
-        let mut refused = false;
         let mut fatal = false;
         let consumed = decoder.decode(&buf[..filled + n], |ev| match ev {
             Event::Frame(f) => {
                 stats.count_received(Transport::Tcp, 1, 0);
-                if let Err(AppendError::Backpressure) = ingest.line(Transport::Tcp, peer, f, now) {
-                    refused = true;
-                }
+                // A refusal is counted by `line`.
+                let _ = ingest.line(Transport::Tcp, peer, f, now);
             }
             Event::Empty => {}
             Event::Oversize { .. } => {
@@ -123,11 +127,5 @@ async fn connection(mut stream: TcpStream, ingest: &Ingest) -> io::Result<()> {
         }
         buf.copy_within(consumed..filled + n, 0);
         filled = filled + n - consumed;
-        if refused {
-            // Push back on the relay: read nothing more until the log has room.
-            if ingest.log.wait_for_space().await.is_err() {
-                return Ok(());
-            }
-        }
     }
 }

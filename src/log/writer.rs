@@ -222,6 +222,43 @@ impl Log {
         flags: u8,
         bytes: &[u8],
     ) -> Result<u64, AppendError> {
+        self.append_within(self.cfg.max_pending_bytes, recv_ts, source, flags, bytes)
+    }
+
+    /// Like [`Log::append`], for sources that push back (TCP, HTTP): they stop reading while
+    /// [`Log::is_congested`], so the records of a read already in progress are accepted up to
+    /// twice `max_pending_bytes` instead of being dropped.
+    pub fn append_pushback(
+        &self,
+        recv_ts: u64,
+        source: Source,
+        flags: u8,
+        bytes: &[u8],
+    ) -> Result<u64, AppendError> {
+        self.append_within(
+            self.cfg.max_pending_bytes.saturating_mul(2),
+            recv_ts,
+            source,
+            flags,
+            bytes,
+        )
+    }
+
+    /// Whether the write-behind queue is at its bound: a source that can push back should
+    /// wait ([`Log::wait_for_space`]) before it reads more.
+    pub fn is_congested(&self) -> bool {
+        let sh = self.shared.borrow();
+        sh.pending_bytes >= self.cfg.max_pending_bytes || sh.disk_full
+    }
+
+    fn append_within(
+        &self,
+        max_pending: usize,
+        recv_ts: u64,
+        source: Source,
+        flags: u8,
+        bytes: &[u8],
+    ) -> Result<u64, AppendError> {
         let mut sh = self.shared.borrow_mut();
         if sh.poisoned {
             return Err(AppendError::Poisoned);
@@ -235,7 +272,7 @@ impl Log {
         if sh.disk_full {
             return Err(AppendError::DiskFull);
         }
-        if sh.pending_bytes >= self.cfg.max_pending_bytes {
+        if sh.pending_bytes >= max_pending {
             return Err(AppendError::Backpressure);
         }
         let first_in_batch = sh.builder.is_empty();
