@@ -250,7 +250,7 @@ impl FrameDecoder {
                 State::Line { scanned } => {
                     let scanned = scanned.min(rest.len());
                     let unscanned = rest.get(scanned..).unwrap_or_default();
-                    match unscanned.iter().position(|&b| b == b'\n') {
+                    match memchr::memchr(b'\n', unscanned) {
                         Some(i) => {
                             let lf = scanned + i;
                             let line = rest.get(..lf).unwrap_or_default();
@@ -299,7 +299,7 @@ impl FrameDecoder {
                         None => return pos,
                     }
                 }
-                State::SkipLine { dropped } => match rest.iter().position(|&b| b == b'\n') {
+                State::SkipLine { dropped } => match memchr::memchr(b'\n', rest) {
                     Some(i) => {
                         on_event(Event::Oversize {
                             len: dropped.saturating_add(i),

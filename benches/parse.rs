@@ -1,0 +1,44 @@
+//! Syslog header parsing per line (what ingest does for every datagram and frame), on
+//! realistic nginx lines: ns per line for RFC 3164 (nginx), RFC 5424 and bare lines.
+//! Run: `cargo bench --bench parse`.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use pixeld::gen::HitGenerator;
+use pixeld::parse::syslog;
+
+fn bench(c: &mut Criterion) {
+    let mut g = HitGenerator::new(7, 1_795_311_543_462);
+    let mut body = Vec::new();
+    let mut lines3164 = Vec::new();
+    let mut lines5424 = Vec::new();
+    let mut bare = Vec::new();
+    for _ in 0..1000 {
+        g.next_line(&mut body);
+        let mut l = b"<190>Nov 22 01:39:03 pixel: ".to_vec();
+        l.extend_from_slice(&body);
+        lines3164.push(l);
+        let mut l = b"<190>1 2026-11-22T01:40:00.123Z web-1 nginx - - - ".to_vec();
+        l.extend_from_slice(&body);
+        lines5424.push(l);
+        bare.push(body.clone());
+    }
+    let mut group = c.benchmark_group("parse");
+    group.throughput(Throughput::Elements(1000));
+    for (name, lines) in [
+        ("rfc3164", &lines3164),
+        ("rfc5424", &lines5424),
+        ("bare", &bare),
+    ] {
+        group.bench_function(format!("syslog/{name}/1000-lines"), |b| {
+            b.iter(|| {
+                for l in lines.iter() {
+                    let _ = black_box(syslog::parse(black_box(l)));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
