@@ -163,11 +163,16 @@ async fn run_shard(
             net.udp
         )
     })?;
-    if granted < net.ingest.udp_rcvbuf {
+    // Linux reports twice the size it was set to (it counts its bookkeeping) and caps the
+    // setting at net.core.rmem_max.
+    let usable = granted / 2;
+    if usable < net.ingest.udp_rcvbuf {
         eprintln!(
-            "pixeld: shard {shard}: UDP receive buffer {granted} bytes granted of {} requested; raise net.core.rmem_max (systemd/pixeld.sysctl.conf) to avoid kernel drops in bursts",
+            "pixeld: shard {shard}: UDP receive buffer: kernel granted {usable} of {} bytes asked (net.core.rmem_max caps it); install systemd/pixeld.sysctl.conf to avoid kernel drops in bursts",
             net.ingest.udp_rcvbuf
         );
+    } else {
+        eprintln!("pixeld: shard {shard}: UDP receive buffer: {usable} bytes");
     }
     let tcp = crate::ingest::tcp::bind(net.tcp).map_err(|e| {
         format!(
