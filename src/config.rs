@@ -127,55 +127,6 @@ pub enum ShardCount {
     Auto(String),
 }
 
-/// Partial structs used to merge a file over the defaults (every field optional).
-mod partial {
-    use super::*;
-    #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Config {
-        pub data_dir: Option<PathBuf>,
-        pub shards: Option<ShardCount>,
-        pub listen: Option<Listen>,
-        pub ingest: Option<Ingest>,
-        pub log: Option<Log>,
-    }
-    #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Ingest {
-        pub max_line_bytes: Option<Size>,
-        pub udp_rcvbuf: Option<Size>,
-        pub tcp_framing: Option<String>,
-        pub tcp_max_connections: Option<u64>,
-        pub tcp_idle_timeout: Option<String>,
-        pub http_max_body: Option<Size>,
-        pub trusted_proxies: Option<Vec<String>>,
-    }
-    #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Listen {
-        pub udp: Option<String>,
-        pub tcp: Option<String>,
-        pub http: Option<String>,
-    }
-    #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Log {
-        pub batch_max_bytes: Option<Size>,
-        pub batch_max_delay: Option<String>,
-        pub fsync: Option<String>,
-        pub fsync_interval: Option<String>,
-        pub segment_max_bytes: Option<Size>,
-        pub segment_max_age: Option<String>,
-        pub retention: Option<String>,
-        pub retention_bytes: Option<Size>,
-        pub compression: Option<String>,
-        pub compression_level: Option<i32>,
-        pub index_interval_bytes: Option<Size>,
-        pub max_pending_bytes: Option<Size>,
-        pub max_record_bytes: Option<Size>,
-    }
-}
-
 impl RawConfig {
     /// The embedded defaults.
     pub fn defaults() -> RawConfig {
@@ -186,54 +137,19 @@ impl RawConfig {
         }
     }
 
-    /// Parses `text` (from `origin`, for messages) over the defaults.
+    /// Parses `text` (from `origin`, for messages) over the defaults: the file's tables are
+    /// merged key by key into the embedded default file, then the result is deserialized
+    /// strictly, so an unknown or mistyped key is an error naming it.
     pub fn parse(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
-        let p: partial::Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let err = |message: String| ConfigError::Parse {
             origin: origin.to_string(),
-            message: e.to_string(),
-        })?;
-        let mut c = RawConfig::defaults();
-        macro_rules! merge {
-            ($dst:expr, $src:expr) => {
-                if let Some(v) = $src {
-                    $dst = v;
-                }
-            };
-        }
-        merge!(c.data_dir, p.data_dir);
-        merge!(c.shards, p.shards);
-        if let Some(l) = p.listen {
-            merge!(c.listen.udp, l.udp);
-            merge!(c.listen.tcp, l.tcp);
-            merge!(c.listen.http, l.http);
-        }
-        if let Some(i) = p.ingest {
-            let d = &mut c.ingest;
-            merge!(d.max_line_bytes, i.max_line_bytes);
-            merge!(d.udp_rcvbuf, i.udp_rcvbuf);
-            merge!(d.tcp_framing, i.tcp_framing);
-            merge!(d.tcp_max_connections, i.tcp_max_connections);
-            merge!(d.tcp_idle_timeout, i.tcp_idle_timeout);
-            merge!(d.http_max_body, i.http_max_body);
-            merge!(d.trusted_proxies, i.trusted_proxies);
-        }
-        if let Some(l) = p.log {
-            let d = &mut c.log;
-            merge!(d.batch_max_bytes, l.batch_max_bytes);
-            merge!(d.batch_max_delay, l.batch_max_delay);
-            merge!(d.fsync, l.fsync);
-            merge!(d.fsync_interval, l.fsync_interval);
-            merge!(d.segment_max_bytes, l.segment_max_bytes);
-            merge!(d.segment_max_age, l.segment_max_age);
-            merge!(d.retention, l.retention);
-            merge!(d.retention_bytes, l.retention_bytes);
-            merge!(d.compression, l.compression);
-            merge!(d.compression_level, l.compression_level);
-            merge!(d.index_interval_bytes, l.index_interval_bytes);
-            merge!(d.max_pending_bytes, l.max_pending_bytes);
-            merge!(d.max_record_bytes, l.max_record_bytes);
-        }
-        Ok(c)
+            message,
+        };
+        let user: toml::Table = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let mut merged: toml::Table =
+            toml::from_str(DEFAULT_CONFIG).map_err(|e| err(e.to_string()))?;
+        merge_tables(&mut merged, user);
+        RawConfig::deserialize(toml::Value::Table(merged)).map_err(|e| err(e.to_string()))
     }
 
     /// Reads a file, or the embedded defaults when `path` is None.
@@ -254,6 +170,19 @@ impl RawConfig {
     /// The effective config as TOML (for `pixeld validate`).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Overlays `over` onto `base`, recursing into tables so that a file setting one key of a
+/// section keeps the defaults of the others. Unknown keys are kept, for serde to reject.
+fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
     }
 }
 
