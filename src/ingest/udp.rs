@@ -65,6 +65,8 @@ struct Batch {
     iovs: Vec<libc::iovec>,
     cmsgs: Vec<[u64; 8]>,
     hdrs: Vec<libc::mmsghdr>,
+    /// What the last call received, reused across calls.
+    got: Vec<Received>,
 }
 
 impl Batch {
@@ -75,6 +77,7 @@ impl Batch {
             iovs: Vec::with_capacity(BATCH),
             cmsgs: vec![[0u64; 8]; BATCH],
             hdrs: Vec::with_capacity(BATCH),
+            got: Vec::with_capacity(BATCH),
         }
     }
 }
@@ -93,9 +96,10 @@ struct Received {
     rxq_ovfl: Option<u32>,
 }
 
-/// Receives without blocking; returns the datagrams of this batch (0 when the socket is empty).
+/// Receives without blocking into `b.got` (empty when the socket is empty).
 #[allow(unsafe_code)]
-fn recv_batch(fd: i32, b: &mut Batch) -> io::Result<Vec<Received>> {
+fn recv_batch(fd: i32, b: &mut Batch) -> io::Result<()> {
+    b.got.clear();
     b.iovs.clear();
     b.hdrs.clear();
     for buf in b.bufs.iter_mut() {
@@ -130,11 +134,10 @@ fn recv_batch(fd: i32, b: &mut Batch) -> io::Result<Vec<Received>> {
     if n < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::WouldBlock {
-            return Ok(Vec::new());
+            return Ok(());
         }
         return Err(e);
     }
-    let mut out = Vec::with_capacity(n as usize);
     for h in b.hdrs.iter().take(n as usize) {
         let mut rxq_ovfl = None;
         // SAFETY: the kernel filled msg_control/msg_controllen for this header; the CMSG
@@ -151,14 +154,14 @@ fn recv_batch(fd: i32, b: &mut Batch) -> io::Result<Vec<Received>> {
         let storage = h.msg_hdr.msg_name.cast::<libc::sockaddr_storage>();
         // SAFETY: msg_name points at the sockaddr_storage of this slot, written by the kernel.
         let peer = unsafe { sockaddr_to_std(&*storage) };
-        out.push(Received {
+        b.got.push(Received {
             len: h.msg_len as usize,
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
             peer,
             rxq_ovfl,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 #[allow(unsafe_code)]
@@ -200,12 +203,12 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>) -> io::Result<()> {
             .await
             .map_err(crate::log::os_error)?;
         loop {
-            let got = recv_batch(fd, &mut batch)?;
-            if got.is_empty() {
+            recv_batch(fd, &mut batch)?;
+            if batch.got.is_empty() {
                 break;
             }
             let now = crate::log::now_ns();
-            for (i, r) in got.iter().enumerate() {
+            for (i, r) in batch.got.iter().enumerate() {
                 if let Some(o) = r.rxq_ovfl {
                     // The count is cumulative per socket; it wraps at 2^32.
                     let delta = o.wrapping_sub(last_ovfl);
@@ -222,7 +225,7 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>) -> io::Result<()> {
                 let bytes = batch.bufs[i].get(..r.len).unwrap_or_default();
                 let _ = ingest.line(Transport::Udp, r.peer, bytes, now);
             }
-            if got.len() < BATCH {
+            if batch.got.len() < BATCH {
                 break;
             }
             glommio::yield_if_needed().await;
