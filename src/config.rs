@@ -107,6 +107,31 @@ pub struct RawLog {
     pub max_record_bytes: Size,
 }
 
+/// `[agg]`: the aggregates. See config/pixeld.toml for each field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgg {
+    pub minute_window: String,
+    pub hour_window: String,
+    pub future_allowance: String,
+    pub heartbeat_seconds: u32,
+    pub url_keep_query: Vec<String>,
+    pub fields: RawFields,
+}
+
+/// `[agg.fields]`: the JSON field names of each event field, alternatives in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFields {
+    pub msec: Vec<String>,
+    pub time: Vec<String>,
+    pub url: Vec<String>,
+    pub referrer: Vec<String>,
+    pub vid: Vec<String>,
+    pub action: Vec<String>,
+    pub inc: Vec<String>,
+}
+
 /// The config file as written. Every field may be omitted; omitted fields take the values
 /// of the embedded default file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +143,7 @@ pub struct RawConfig {
     pub listen: RawListen,
     pub ingest: RawIngest,
     pub log: RawLog,
+    pub agg: RawAgg,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +222,7 @@ pub struct Config {
     pub http: SocketAddr,
     pub ingest: crate::ingest::IngestConfig,
     pub log: LogTemplate,
+    pub agg: crate::agg::AggConfig,
 }
 
 /// Log settings shared by every shard; [`LogTemplate::for_shard`] makes a shard's [`LogConfig`].
@@ -433,7 +460,67 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let a = &raw.agg;
+        let whole = |field: &'static str, s: &str, unit: u64, min: u64, max: u64| {
+            let d = duration(field, s, Duration::from_secs(unit))?.as_secs();
+            if d % unit != 0 || d / unit < min || d / unit > max {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "is {s:?}; must be whole {} between {min} and {max}",
+                        if unit == 60 { "minutes" } else { "hours" }
+                    ),
+                ));
+            }
+            Ok((d / unit) as i64)
+        };
+        let f = &a.fields;
+        for (field, names) in [
+            ("agg.fields.msec", &f.msec),
+            ("agg.fields.url", &f.url),
+            ("agg.fields.action", &f.action),
+        ] {
+            if names.is_empty() {
+                return Err(invalid(field, "needs at least one field name".into()));
+            }
+        }
+        let agg = crate::agg::AggConfig {
+            minute_window: whole("agg.minute_window", &a.minute_window, 60, 60, 31 * 24 * 60)?,
+            hour_window: whole("agg.hour_window", &a.hour_window, 3600, 1, 3 * 366 * 24)?,
+            future_minutes: whole("agg.future_allowance", &a.future_allowance, 60, 1, 24 * 60)?,
+            event: crate::parse::event::EventConfig {
+                fields: crate::parse::event::FieldNames {
+                    msec: f.msec.clone(),
+                    time: f.time.clone(),
+                    url: f.url.clone(),
+                    referrer: f.referrer.clone(),
+                    vid: f.vid.clone(),
+                    action: f.action.clone(),
+                    inc: f.inc.clone(),
+                },
+                heartbeat_seconds: match a.heartbeat_seconds {
+                    n @ 1..=3600 => n,
+                    n => {
+                        return Err(invalid(
+                            "agg.heartbeat_seconds",
+                            format!("is {n}, must be between 1 and 3600"),
+                        ))
+                    }
+                },
+                url_keep_query: a.url_keep_query.clone(),
+            },
+        };
+        if agg.minute_window > agg.hour_window * 60 {
+            return Err(invalid(
+                "agg.minute_window",
+                format!(
+                    "is longer than agg.hour_window ({:?}); the hour buckets must cover the minute buckets",
+                    a.hour_window
+                ),
+            ));
+        }
         Ok(Config {
+            agg,
             ingest,
             data_dir: raw.data_dir.clone(),
             shards,

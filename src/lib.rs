@@ -7,6 +7,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod agg;
 pub mod check;
 pub mod config;
 pub mod gen;
@@ -15,6 +16,8 @@ pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod parse;
+pub mod query;
 pub mod replay;
+pub mod route;
 pub mod serve;
 pub mod shard;

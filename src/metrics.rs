@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+use crate::parse::event::EventError;
 use crate::parse::syslog::SyslogError;
 
 /// Why an event was not appended. Bounded: these are the only `reason` label values.
@@ -57,6 +58,110 @@ impl DropReason {
     }
 }
 
+/// What happened to an appended record on its way to the aggregates. Bounded label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggOutcome {
+    /// Counted in the aggregates.
+    Aggregated,
+    /// Kept in the log but outside the windows (too old, or more than the future allowance
+    /// after its receive time).
+    OutOfWindow,
+    /// Kept in the log but not an event (see `pixeld_agg_unparsed_total{kind}`).
+    Unparsed,
+}
+
+impl AggOutcome {
+    pub const ALL: [AggOutcome; 3] = [
+        AggOutcome::Aggregated,
+        AggOutcome::OutOfWindow,
+        AggOutcome::Unparsed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggOutcome::Aggregated => "aggregated",
+            AggOutcome::OutOfWindow => "out_of_window",
+            AggOutcome::Unparsed => "unparsed",
+        }
+    }
+}
+
+/// Counters of one shard's routing and aggregates. Written by the shard alone.
+#[derive(Debug, Default)]
+pub struct AggStats {
+    outcomes: [AtomicU64; 3],
+    unparsed: [AtomicU64; EventError::ALL.len()],
+    pub no_timestamp: AtomicU64,
+    pub bad_timestamp: AtomicU64,
+    pub invalid_utf8: AtomicU64,
+    pub no_vid: AtomicU64,
+    /// Increments applied on the shard that made them.
+    pub local_incs: AtomicU64,
+    /// Increments shipped to other shards, and in how many batches.
+    pub sent_incs: AtomicU64,
+    pub sent_batches: AtomicU64,
+    /// Increments received from other shards and applied.
+    pub applied_incs: AtomicU64,
+    /// Increments that could not be shipped because the owner had stopped (shutdown only).
+    pub lost_incs: AtomicU64,
+    /// Times a ring was full and the sender waited, and for how long.
+    pub ring_full_waits: AtomicU64,
+    pub ring_wait_nanos: AtomicU64,
+    /// Increments refused because their hour had already left the window.
+    pub stale_incs: AtomicU64,
+    /// Records replayed by the rebuild at start, and how long it took.
+    pub rebuilt_records: AtomicU64,
+    pub rebuild_nanos: AtomicU64,
+    /// Gauges: live cells, url cells and their table bytes, approximate heap bytes.
+    pub cells: AtomicU64,
+    pub url_cells: AtomicU64,
+    pub url_cell_bytes: AtomicU64,
+    pub memory_bytes: AtomicU64,
+    /// Query durations: counts per bucket of [`QUERY_BUCKETS`] (+Inf last), and their sum.
+    query_buckets: [AtomicU64; QUERY_BUCKETS.len() + 1],
+    pub query_nanos: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the query duration histogram buckets.
+pub const QUERY_BUCKETS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
+
+impl AggStats {
+    pub fn count(&self, o: AggOutcome) {
+        ShardStats::add(&self.outcomes[o as usize], 1);
+    }
+    pub fn outcome(&self, o: AggOutcome) -> u64 {
+        self.outcomes[o as usize].load(Ordering::Relaxed)
+    }
+    pub fn count_unparsed(&self, e: EventError) {
+        self.count(AggOutcome::Unparsed);
+        if let Some(i) = EventError::ALL.iter().position(|k| *k == e) {
+            ShardStats::add(&self.unparsed[i], 1);
+        }
+    }
+    pub fn unparsed(&self, e: EventError) -> u64 {
+        EventError::ALL
+            .iter()
+            .position(|k| *k == e)
+            .map_or(0, |i| self.unparsed[i].load(Ordering::Relaxed))
+    }
+    pub fn observe_query(&self, seconds: f64) {
+        let i = QUERY_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(QUERY_BUCKETS.len());
+        self.query_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.query_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+    pub fn query_buckets(&self) -> Vec<u64> {
+        self.query_buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
 /// Counters of one shard's log.
 #[derive(Debug, Default)]
 pub struct ShardStats {
@@ -90,6 +195,8 @@ pub struct ShardStats {
     pub tcp_connections: AtomicU64,
     /// fsync durations: counts per bucket of [`FSYNC_BUCKETS`] (+Inf last).
     fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len() + 1],
+    /// Routing and aggregates.
+    pub agg: AggStats,
     pub ready: AtomicBool,
     pub poisoned: AtomicBool,
     pub disk_full: AtomicBool,
@@ -317,6 +424,148 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "Corrupt ranges found in sealed segments at start.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.corrupt_ranges)))],
     );
+    counter(
+        &mut o,
+        "pixeld_agg_records_total",
+        "Appended records on their way to the aggregates, by outcome (they add up to the records appended and replayed).",
+        AggOutcome::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{outcome=\"{}\"}}", r.as_str()),
+                    sum(&|s| s.agg.outcome(*r)),
+                )
+            })
+            .collect(),
+    );
+    counter(
+        &mut o,
+        "pixeld_agg_unparsed_total",
+        "Logged records that are not analytics events, by kind.",
+        EventError::ALL
+            .iter()
+            .map(|k| {
+                (
+                    format!("{{kind=\"{}\"}}", k.kind()),
+                    sum(&|s| s.agg.unparsed(*k)),
+                )
+            })
+            .collect(),
+    );
+    for (name, help, f) in [
+        (
+            "pixeld_agg_no_timestamp_total",
+            "Events without a timestamp, aggregated at their receive time.",
+            (|s: &ShardStats| ShardStats::get(&s.agg.no_timestamp)) as fn(&ShardStats) -> u64,
+        ),
+        (
+            "pixeld_agg_bad_timestamp_total",
+            "Events whose timestamp did not parse, aggregated at their receive time.",
+            |s| ShardStats::get(&s.agg.bad_timestamp),
+        ),
+        (
+            "pixeld_agg_invalid_utf8_total",
+            "Events with invalid UTF-8 in a field (replaced by U+FFFD).",
+            |s| ShardStats::get(&s.agg.invalid_utf8),
+        ),
+        (
+            "pixeld_agg_no_vid_total",
+            "Events without a visitor id (counted, not in uniques).",
+            |s| ShardStats::get(&s.agg.no_vid),
+        ),
+        (
+            "pixeld_agg_stale_increments_total",
+            "Increments whose hour had left the window when they arrived.",
+            |s| ShardStats::get(&s.agg.stale_incs),
+        ),
+        (
+            "pixeld_agg_rebuilt_records_total",
+            "Records replayed from the log to rebuild the aggregates at start.",
+            |s| ShardStats::get(&s.agg.rebuilt_records),
+        ),
+        (
+            "pixeld_route_local_increments_total",
+            "Increments applied on the shard that made them.",
+            |s| ShardStats::get(&s.agg.local_incs),
+        ),
+        (
+            "pixeld_route_sent_increments_total",
+            "Increments shipped to their owner shard over a ring.",
+            |s| ShardStats::get(&s.agg.sent_incs),
+        ),
+        (
+            "pixeld_route_sent_batches_total",
+            "Batches shipped over the rings.",
+            |s| ShardStats::get(&s.agg.sent_batches),
+        ),
+        (
+            "pixeld_route_applied_increments_total",
+            "Increments received from other shards and applied.",
+            |s| ShardStats::get(&s.agg.applied_incs),
+        ),
+        (
+            "pixeld_route_lost_increments_total",
+            "Increments not shipped because the owner shard had stopped (shutdown).",
+            |s| ShardStats::get(&s.agg.lost_incs),
+        ),
+        (
+            "pixeld_route_ring_full_waits_total",
+            "Times a ring was full and ingest waited (backpressure).",
+            |s| ShardStats::get(&s.agg.ring_full_waits),
+        ),
+    ] {
+        counter(&mut o, name, help, vec![(String::new(), sum(&f))]);
+    }
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_route_ring_wait_seconds_total Time ingest waited for ring room.\n# TYPE pixeld_route_ring_wait_seconds_total counter\npixeld_route_ring_wait_seconds_total {}",
+        sum(&|s| ShardStats::get(&s.agg.ring_wait_nanos)) as f64 / 1e9
+    );
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_agg_rebuild_seconds How long the rebuild at start took, per shard.\n# TYPE pixeld_agg_rebuild_seconds gauge"
+    );
+    for (i, s) in all.iter().enumerate() {
+        let v = ShardStats::get(&s.agg.rebuild_nanos) as f64 / 1e9;
+        let _ = writeln!(o, "pixeld_agg_rebuild_seconds{{shard=\"{i}\"}} {v}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_agg_cells Live (bucket, key) cells of the aggregates.\n# TYPE pixeld_agg_cells gauge\npixeld_agg_cells {}",
+        sum(&|s| ShardStats::get(&s.agg.cells))
+    );
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_agg_memory_bytes Approximate heap bytes of the aggregates (tables, sketches, key names).\n# TYPE pixeld_agg_memory_bytes gauge\npixeld_agg_memory_bytes {}",
+        sum(&|s| ShardStats::get(&s.agg.memory_bytes))
+    );
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_query_duration_seconds Query API request duration.\n# TYPE pixeld_query_duration_seconds histogram"
+    );
+    let mut qb = vec![0u64; QUERY_BUCKETS.len() + 1];
+    for s in all {
+        for (b, v) in qb.iter_mut().zip(s.agg.query_buckets()) {
+            *b += v;
+        }
+    }
+    let mut cum = 0;
+    for (i, b) in qb.iter().enumerate() {
+        cum += b;
+        let le = QUERY_BUCKETS
+            .get(i)
+            .map_or("+Inf".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            o,
+            "pixeld_query_duration_seconds_bucket{{le=\"{le}\"}} {cum}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "pixeld_query_duration_seconds_sum {}",
+        sum(&|s| ShardStats::get(&s.agg.query_nanos)) as f64 / 1e9
+    );
+    let _ = writeln!(o, "pixeld_query_duration_seconds_count {cum}");
     // fsync duration histogram, over all shards.
     let _ = writeln!(
         o,

@@ -1,5 +1,5 @@
-//! Shards: one glommio `LocalExecutor` per CPU, each owning its log (and, with later issues,
-//! its sockets and its aggregate partition).
+//! Shards: one glommio `LocalExecutor` per CPU, each owning its log, its sockets, its
+//! partition of the aggregates and its ends of the routing and query meshes.
 //!
 //! A shard never shares mutable state with another: its log lives in `Rc`s on its own
 //! thread, and the only things that cross threads are its [`ShardStats`] (atomics, written by
@@ -85,7 +85,8 @@ fn affinity_cpus() -> Vec<usize> {
     }
 }
 
-/// Starts every shard. Each recovers its log, reports `Ready` (or `Failed`) on `events`, then
+/// Starts every shard. Each joins the meshes, recovers its log, rebuilds its aggregates
+/// (with every other shard: see `route::rebuild`), binds its sockets, reports `Ready` (or `Failed`) on `events`, then
 /// runs until `shutdown` is set, when it writes and fsyncs everything and reports `Stopped`.
 pub fn spawn_shards(
     cfg: &Config,
@@ -99,6 +100,8 @@ pub fn spawn_shards(
             .map(|_| Arc::new(ShardStats::default()))
             .collect(),
     );
+    let route_mesh = crate::route::mesh(cfg.shards);
+    let query_mesh = crate::query::mesh(cfg.shards);
     for shard in 0..cfg.shards {
         let cpu = cpus[shard % cpus.len()];
         let stats = all_stats[shard].clone();
@@ -109,6 +112,9 @@ pub fn spawn_shards(
             http: cfg.http,
             ingest: cfg.ingest.clone(),
             all_stats: all_stats.clone(),
+            agg: cfg.agg.clone(),
+            route_mesh: route_mesh.clone(),
+            query_mesh: query_mesh.clone(),
         };
         let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -142,6 +148,16 @@ struct Listeners {
     http: std::net::SocketAddr,
     ingest: crate::ingest::IngestConfig,
     all_stats: Arc<Vec<Arc<ShardStats>>>,
+    agg: crate::agg::AggConfig,
+    route_mesh: crate::route::Mesh,
+    query_mesh: crate::query::QueryMesh,
+}
+
+/// Waits until `shutdown` is set.
+async fn stopped(shutdown: &AtomicBool) {
+    while !shutdown.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn run_shard(
@@ -152,10 +168,48 @@ async fn run_shard(
     shutdown: Arc<AtomicBool>,
     events: &crossbeam_channel::Sender<ShardEvent>,
 ) -> Result<(), String> {
+    // Join both meshes first: a shard that failed before joining would leave the others
+    // waiting, so the joins give up on shutdown.
+    let meshes = futures_lite::future::or(
+        async {
+            let route = net.route_mesh.join().await.ok()?;
+            let query = net.query_mesh.join().await.ok()?;
+            Some((route, query))
+        },
+        async {
+            stopped(&shutdown).await;
+            None
+        },
+    )
+    .await;
+    let Some(((route_tx, route_rx), (query_tx, query_rx))) = meshes else {
+        return Err("stopped before every shard joined the routing mesh".into());
+    };
     let (log, flusher, report) = Log::open(log_cfg, stats.clone())
         .await
         .map_err(|e| e.to_string())?;
     let flusher = glommio::spawn_local(flusher.run());
+    let router = crate::route::Router::new(
+        crate::agg::Aggregates::new(net.agg),
+        Some(route_tx),
+        stats.clone(),
+    );
+    router.spawn_receivers(route_rx);
+    let hub = crate::query::Hub::new(router.agg.clone(), Some(query_tx));
+    hub.spawn_responders(query_rx);
+    // Rebuild the aggregates from the log before anything new is accepted.
+    if let Err(e) = crate::route::rebuild(&router, &log, &shutdown).await {
+        log.close();
+        let _ = flusher.await;
+        return Err(format!(
+            "rebuilding the aggregates from the log failed: {e}"
+        ));
+    }
+    if shutdown.load(Ordering::Relaxed) {
+        log.close();
+        return flusher.await.map_err(|e| e.to_string());
+    }
+    let ticker = glommio::spawn_local(router.clone().tick(shutdown.clone()));
     // Bind after recovery: nothing is accepted before the log is consistent.
     let (udp, granted) = crate::ingest::udp::bind(net.udp, net.ingest.udp_rcvbuf).map_err(|e| {
         format!(
@@ -190,6 +244,7 @@ async fn run_shard(
         log: log.clone(),
         stats: stats.clone(),
         cfg: net.ingest,
+        router,
     });
     let udp_task = {
         let ingest = ingest.clone();
@@ -203,6 +258,7 @@ async fn run_shard(
         shard,
         ingest: ingest.clone(),
         all_stats: net.all_stats,
+        hub,
     });
     let http_task = glommio::spawn_local(async move {
         if let Err(e) = crate::ingest::http::run(http, http_ctx).await {
@@ -229,6 +285,6 @@ async fn run_shard(
         })
     };
     let result = flusher.await.map_err(|e| e.to_string());
-    drop((watcher, udp_task, tcp_task, http_task));
+    drop((watcher, udp_task, tcp_task, http_task, ticker));
     result
 }

@@ -12,6 +12,7 @@
 //!   (fsynced) — the one path with an end-to-end acknowledgement. 413 over the limit, 400 for a
 //!   line that is not JSON (nothing of the body is stored), 503 with `Retry-After` when the
 //!   shard cannot take it.
+//! - `GET /v1/top`, `/v1/timeseries`, `/v1/summary`, `/v1/realtime`: the query API (`query`).
 //! - `GET /metrics`, `/healthz`, `/readyz`.
 
 use std::convert::Infallible;
@@ -45,6 +46,8 @@ pub struct HttpContext {
     pub ingest: Rc<Ingest>,
     /// Every shard's counters, for `/metrics` and `/readyz`.
     pub all_stats: Arc<Vec<Arc<ShardStats>>>,
+    /// The query fan-out of this shard.
+    pub hub: Rc<crate::query::Hub>,
 }
 
 /// Binds `addr` (glommio sets `SO_REUSEPORT`).
@@ -120,6 +123,9 @@ async fn handle(
             "text/plain; version=0.0.4",
             metrics::render(&ctx.all_stats),
         ),
+        (&Method::GET, "/v1/top" | "/v1/timeseries" | "/v1/summary" | "/v1/realtime") => {
+            query(&req, ctx).await
+        }
         (&Method::GET, "/healthz") => response(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => match metrics::not_ready(&ctx.all_stats) {
             None => response(StatusCode::OK, "text/plain", "ready\n"),
@@ -129,7 +135,11 @@ async fn handle(
                 format!("not ready: {why}\n"),
             ),
         },
-        (_, "/p.gif" | "/v1/events" | "/metrics" | "/healthz" | "/readyz") => json(
+        (
+            _,
+            "/p.gif" | "/v1/events" | "/metrics" | "/healthz" | "/readyz" | "/v1/top"
+            | "/v1/timeseries" | "/v1/summary" | "/v1/realtime",
+        ) => json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "method not allowed"}),
         ),
@@ -278,6 +288,7 @@ async fn events(
             }
         }
     }
+    ctx.ingest.router.flush(crate::route::BATCH_INCS).await;
     let durable = match last {
         Some(o) => match ctx.ingest.log.wait_durable(o).await {
             Ok(d) => Some(d),
@@ -289,6 +300,39 @@ async fn events(
         StatusCode::OK,
         serde_json::json!({"accepted": lines.len(), "durable_offset": {"shard": ctx.shard, "offset": durable}}),
     )
+}
+
+/// A query of the aggregates (see `query`): 400 naming the parameter for bad input, 503 when
+/// a shard does not answer in time.
+async fn query(req: &Request<Incoming>, ctx: &HttpContext) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
+    let now_ms = (now_ns() / 1_000_000) as i64;
+    let parsed = {
+        let agg = ctx.hub.agg().borrow();
+        crate::query::params::parse(req.uri().path(), req.uri().query(), now_ms, &agg.cfg)
+    };
+    let r = match parsed {
+        None => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no such endpoint"}),
+        ),
+        Some(Err(e)) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": e.to_string(), "param": e.param}),
+        ),
+        Some(Ok(q)) => match ctx.hub.answer(q).await {
+            Ok(v) => json(StatusCode::OK, v),
+            Err(e) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": e.to_string()}),
+            ),
+        },
+    };
+    ctx.ingest
+        .stats
+        .agg
+        .observe_query(started.elapsed().as_secs_f64());
+    r
 }
 
 /// glommio's `TcpStream` seen through hyper's I/O traits.

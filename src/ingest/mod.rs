@@ -4,8 +4,10 @@
 //!
 //! [`Ingest::line`] is the one place where a received line meets the log: it parses the
 //! syslog header (to flag and count lines that do not parse; the raw bytes are stored either
-//! way), appends, and counts a refusal under its drop reason, so that
-//! received = appended + dropped.
+//! way), appends, counts a refusal under its drop reason, so that received = appended +
+//! dropped, and hands every appended record to the router (`route`) for the aggregates. The
+//! receive loops call `Router::flush` after each receive batch: that is where a full ring
+//! pushes back on a socket.
 
 pub mod framing;
 pub mod http;
@@ -61,6 +63,8 @@ pub struct Ingest {
     pub log: Rc<Log>,
     pub stats: Arc<ShardStats>,
     pub cfg: IngestConfig,
+    /// Routes every appended record to the aggregates.
+    pub router: Rc<crate::route::Router>,
 }
 
 impl Ingest {
@@ -92,7 +96,10 @@ impl Ingest {
             Transport::Udp | Transport::Import => self.log.append(recv_ts, source, flags, bytes),
         };
         match appended {
-            Ok(o) => Ok(Some(o)),
+            Ok(o) => {
+                self.router.record(recv_ts, bytes);
+                Ok(Some(o))
+            }
             Err(e) => {
                 self.stats.count_drop(e.reason(), 1);
                 Err(e)

@@ -125,6 +125,8 @@ async fn connection(mut stream: TcpStream, ingest: &Ingest) -> io::Result<()> {
             ShardStats::add(&stats.tcp_framing_errors, 1);
             return Ok(());
         }
+        // Ship full increment batches; a full ring stops this connection's reads here.
+        ingest.router.flush(crate::route::BATCH_INCS).await;
         buf.copy_within(consumed..filled + n, 0);
         filled = filled + n - consumed;
     }

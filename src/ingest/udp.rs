@@ -225,6 +225,8 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>) -> io::Result<()> {
                 let bytes = batch.bufs[i].get(..r.len).unwrap_or_default();
                 let _ = ingest.line(Transport::Udp, r.peer, bytes, now);
             }
+            // Ship full increment batches; a full ring waits here, and the socket with it.
+            ingest.router.flush(crate::route::BATCH_INCS).await;
             if batch.got.len() < BATCH {
                 break;
             }

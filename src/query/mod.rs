@@ -1,0 +1,449 @@
+//! Queries: the JSON API over every shard's partition of the aggregates.
+//!
+//! A request is validated (`params`), split into shard operations ([`Op`]), and fanned out:
+//! the shard that received the HTTP request computes its own part directly and asks every
+//! other shard over a second channel mesh (request and response messages; each shard answers
+//! from its own executor, between increments, so no aggregate is ever shared or locked). The
+//! parts merge exactly: top lists by `topn::merge` (each key lives on one shard), totals and
+//! series by addition (visitors are partitioned, so even uniques add up).
+//!
+//! Bounded: `limit` ≤ 1000, ≤ 10 080 points, ranges inside the windows, at most
+//! `MAX_IN_FLIGHT` fan-outs per shard, and a [`TIMEOUT`] on the answers.
+
+pub mod params;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::shared_channel::ConnectedReceiver;
+use hashbrown::HashMap;
+use serde_json::{json, Value};
+
+use crate::agg::topn::{self, Ranked};
+use crate::agg::{Aggregates, Dim, Totals};
+use params::{minute_rfc3339, step_name, BadParam, Range, Request};
+
+/// How long a query waits for the other shards.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// Fan-outs a shard runs at once; more wait their turn.
+pub const MAX_IN_FLIGHT: u64 = 64;
+
+/// One shard's part of a request.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Top {
+        dim: Dim,
+        range: Range,
+        site: Option<String>,
+        limit: usize,
+    },
+    Totals {
+        range: Range,
+        site: Option<String>,
+    },
+    Series {
+        range: Range,
+        step: i64,
+        site: Option<String>,
+        url: Option<String>,
+    },
+}
+
+/// One shard's answer to an [`Op`].
+#[derive(Debug, Clone)]
+pub enum Part {
+    Top(Vec<Ranked>),
+    Totals(Totals),
+    Series(Vec<Totals>),
+}
+
+impl Op {
+    /// Computes this shard's part.
+    pub fn run(&self, agg: &Aggregates) -> Part {
+        match self {
+            Op::Top {
+                dim,
+                range,
+                site,
+                limit,
+            } => {
+                // Site totals are partitioned by visitor, not by site: every shard sends all
+                // its sites and `merge` adds them up before ranking.
+                let limit = if *dim == Dim::Site {
+                    usize::MAX
+                } else {
+                    *limit
+                };
+                Part::Top(agg.top(*dim, range.from, range.to, site.as_deref(), limit))
+            }
+            Op::Totals { range, site } => {
+                Part::Totals(agg.totals(range.from, range.to, site.as_deref()))
+            }
+            Op::Series {
+                range,
+                step,
+                site,
+                url,
+            } => {
+                let mut points = Vec::with_capacity(((range.to - range.from) / step) as usize);
+                let mut t = range.from;
+                while t < range.to {
+                    let end = (t + step).min(range.to);
+                    points.push(match url {
+                        Some(u) => agg.url_totals(t, end, u, site.as_deref()),
+                        None => agg.totals(t, end, site.as_deref()),
+                    });
+                    t += step;
+                }
+                Part::Series(points)
+            }
+        }
+    }
+}
+
+/// Merges the shards' parts of one op.
+fn merge(op: &Op, parts: Vec<Part>) -> Part {
+    match op {
+        Op::Top { dim, limit, .. } => {
+            let lists: Vec<Vec<Ranked>> = parts
+                .into_iter()
+                .filter_map(|p| match p {
+                    Part::Top(l) => Some(l),
+                    _ => None,
+                })
+                .collect();
+            if *dim == Dim::Site {
+                let mut sums: HashMap<String, u64> = HashMap::new();
+                for r in lists.into_iter().flatten() {
+                    *sums.entry(r.key).or_default() += r.views;
+                }
+                let all = sums
+                    .into_iter()
+                    .map(|(key, views)| Ranked { key, views })
+                    .collect();
+                Part::Top(topn::top(all, *limit))
+            } else {
+                Part::Top(topn::merge(lists, *limit))
+            }
+        }
+        Op::Totals { .. } => {
+            let mut t = Totals::default();
+            for p in &parts {
+                if let Part::Totals(x) = p {
+                    t.add(x);
+                }
+            }
+            Part::Totals(t)
+        }
+        Op::Series { .. } => {
+            let mut acc: Vec<Totals> = Vec::new();
+            for p in parts {
+                if let Part::Series(points) = p {
+                    if acc.is_empty() {
+                        acc = points;
+                    } else {
+                        for (a, b) in acc.iter_mut().zip(&points) {
+                            a.add(b);
+                        }
+                    }
+                }
+            }
+            Part::Series(acc)
+        }
+    }
+}
+
+/// What crosses the query mesh.
+#[derive(Debug)]
+pub enum QueryMsg {
+    Request { id: u64, from: usize, ops: Vec<Op> },
+    Response { id: u64, parts: Vec<Part> },
+}
+
+/// The query mesh every shard joins at start.
+pub type QueryMesh = MeshBuilder<QueryMsg, Full>;
+
+/// Makes the query mesh for `shards` shards (room for every shard's fan-outs at once).
+pub fn mesh(shards: usize) -> QueryMesh {
+    MeshBuilder::full(shards, 2 * MAX_IN_FLIGHT as usize)
+}
+
+/// Why a query failed on the server side.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    BadParam(#[from] BadParam),
+    #[error("shard {0} did not answer within {TIMEOUT:?}")]
+    Timeout(usize),
+    #[error("shard {0} has stopped")]
+    Stopped(usize),
+}
+
+/// One shard's query endpoint: runs fan-outs and answers the other shards.
+pub struct Hub {
+    me: usize,
+    shards: usize,
+    agg: Rc<RefCell<Aggregates>>,
+    senders: Option<Senders<QueryMsg>>,
+    waiting: RefCell<HashMap<u64, LocalSender<Vec<Part>>>>,
+    next_id: Cell<u64>,
+    in_flight: glommio::sync::Semaphore,
+}
+
+impl Hub {
+    pub fn new(agg: Rc<RefCell<Aggregates>>, senders: Option<Senders<QueryMsg>>) -> Rc<Self> {
+        let (me, shards) = senders
+            .as_ref()
+            .map_or((0, 1), |s| (s.peer_id(), s.nr_consumers()));
+        Rc::new(Hub {
+            me,
+            shards,
+            agg,
+            senders,
+            waiting: RefCell::new(HashMap::new()),
+            next_id: Cell::new(0),
+            in_flight: glommio::sync::Semaphore::new(MAX_IN_FLIGHT),
+        })
+    }
+
+    pub fn agg(&self) -> &Rc<RefCell<Aggregates>> {
+        &self.agg
+    }
+
+    /// Starts one answering task per peer.
+    pub fn spawn_responders(self: &Rc<Self>, mut receivers: Receivers<QueryMsg>) {
+        for (_, stream) in receivers.streams() {
+            glommio::spawn_local(self.clone().respond(stream)).detach();
+        }
+    }
+
+    async fn respond(self: Rc<Self>, stream: ConnectedReceiver<QueryMsg>) {
+        while let Some(msg) = stream.recv().await {
+            match msg {
+                QueryMsg::Request { id, from, ops } => {
+                    let parts = {
+                        let agg = self.agg.borrow();
+                        ops.iter().map(|op| op.run(&agg)).collect()
+                    };
+                    // Sent from its own task so that this loop keeps reading: two shards
+                    // answering each other can never wait on each other.
+                    let hub = self.clone();
+                    glommio::spawn_local(async move {
+                        if let Some(s) = &hub.senders {
+                            let _ = s.send_to(from, QueryMsg::Response { id, parts }).await;
+                        }
+                    })
+                    .detach();
+                }
+                QueryMsg::Response { id, parts } => {
+                    if let Some(tx) = self.waiting.borrow().get(&id) {
+                        let _ = tx.try_send(parts);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `ops` on every shard and merges the parts.
+    pub async fn run(&self, ops: Vec<Op>) -> Result<Vec<Part>, QueryError> {
+        let _permit = self.in_flight.acquire(1).await;
+        let mut all: Vec<Vec<Part>> = Vec::with_capacity(self.shards);
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let peers = self.shards - 1;
+        let rx = match &self.senders {
+            Some(senders) if peers > 0 => {
+                let (tx, rx) = local_channel::new_bounded(peers);
+                self.waiting.borrow_mut().insert(id, tx);
+                for peer in (0..self.shards).filter(|&p| p != self.me) {
+                    let msg = QueryMsg::Request {
+                        id,
+                        from: self.me,
+                        ops: ops.clone(),
+                    };
+                    if senders.send_to(peer, msg).await.is_err() {
+                        self.waiting.borrow_mut().remove(&id);
+                        return Err(QueryError::Stopped(peer));
+                    }
+                }
+                Some(rx)
+            }
+            _ => None,
+        };
+        {
+            let agg = self.agg.borrow();
+            all.push(ops.iter().map(|op| op.run(&agg)).collect());
+        }
+        if let Some(rx) = rx {
+            let deadline = Instant::now() + TIMEOUT;
+            while all.len() < self.shards {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let got = glommio::timer::timeout(left, async { Ok(rx.recv().await) }).await;
+                match got {
+                    Ok(Some(parts)) => all.push(parts),
+                    _ => {
+                        self.waiting.borrow_mut().remove(&id);
+                        return Err(QueryError::Timeout(self.shards - all.len()));
+                    }
+                }
+            }
+            self.waiting.borrow_mut().remove(&id);
+        }
+        // Transpose: per op, every shard's part.
+        let mut per_op: Vec<Vec<Part>> = ops.iter().map(|_| Vec::new()).collect();
+        for parts in all {
+            for (slot, p) in per_op.iter_mut().zip(parts) {
+                slot.push(p);
+            }
+        }
+        Ok(ops
+            .iter()
+            .zip(per_op)
+            .map(|(op, parts)| merge(op, parts))
+            .collect())
+    }
+
+    /// Answers a validated request as JSON.
+    pub async fn answer(&self, req: Request) -> Result<Value, QueryError> {
+        match req {
+            Request::Top {
+                dim,
+                range,
+                site,
+                limit,
+            } => {
+                let ops = vec![Op::Top {
+                    dim,
+                    range,
+                    site: site.clone(),
+                    limit,
+                }];
+                let parts = self.run(ops).await?;
+                Ok(json!({
+                    "dim": dim.as_str(),
+                    "from": minute_rfc3339(range.from),
+                    "to": minute_rfc3339(range.to),
+                    "site": site,
+                    "items": items(parts.first()),
+                }))
+            }
+            Request::Timeseries {
+                range,
+                step,
+                site,
+                url,
+            } => {
+                let ops = vec![Op::Series {
+                    range,
+                    step,
+                    site: site.clone(),
+                    url: url.clone(),
+                }];
+                let parts = self.run(ops).await?;
+                Ok(json!({
+                    "step": step_name(step),
+                    "from": minute_rfc3339(range.from),
+                    "to": minute_rfc3339(range.to),
+                    "site": site,
+                    "url": url,
+                    "points": points(parts.first(), range.from, step),
+                }))
+            }
+            Request::Summary { range, site } => {
+                let parts = self
+                    .run(vec![
+                        Op::Totals {
+                            range,
+                            site: site.clone(),
+                        },
+                        Op::Top {
+                            dim: Dim::Url,
+                            range,
+                            site: site.clone(),
+                            limit: 10,
+                        },
+                        Op::Top {
+                            dim: Dim::RefDomain,
+                            range,
+                            site: site.clone(),
+                            limit: 10,
+                        },
+                    ])
+                    .await?;
+                let t = match parts.first() {
+                    Some(Part::Totals(t)) => *t,
+                    _ => Totals::default(),
+                };
+                Ok(json!({
+                    "from": minute_rfc3339(range.from),
+                    "to": minute_rfc3339(range.to),
+                    "site": site,
+                    "views": t.views,
+                    "hits": t.hits,
+                    "uniques": t.uniques.unwrap_or(0),
+                    "engaged_seconds": t.engaged,
+                    "top_urls": items(parts.get(1)),
+                    "top_ref_domains": items(parts.get(2)),
+                }))
+            }
+            Request::Realtime { range, site } => {
+                let parts = self
+                    .run(vec![
+                        Op::Series {
+                            range,
+                            step: 1,
+                            site: site.clone(),
+                            url: None,
+                        },
+                        Op::Top {
+                            dim: Dim::Url,
+                            range,
+                            site: site.clone(),
+                            limit: 10,
+                        },
+                    ])
+                    .await?;
+                Ok(json!({
+                    "minutes": range.to - range.from,
+                    "from": minute_rfc3339(range.from),
+                    "to": minute_rfc3339(range.to),
+                    "site": site,
+                    "points": points(parts.first(), range.from, 1),
+                    "top_urls": items(parts.get(1)),
+                }))
+            }
+        }
+    }
+}
+
+fn items(p: Option<&Part>) -> Value {
+    match p {
+        Some(Part::Top(l)) => l
+            .iter()
+            .map(|r| json!({"key": r.key, "views": r.views}))
+            .collect(),
+        _ => json!([]),
+    }
+}
+
+fn points(p: Option<&Part>, from: i64, step: i64) -> Value {
+    match p {
+        Some(Part::Series(s)) => s
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                json!({
+                    "t": minute_rfc3339(from + i as i64 * step),
+                    "views": t.views,
+                    "hits": t.hits,
+                    "uniques": t.uniques,
+                    "engaged_seconds": t.engaged,
+                })
+            })
+            .collect(),
+        _ => json!([]),
+    }
+}

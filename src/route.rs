@@ -1,0 +1,412 @@
+//! Routing: from a logged record to the increments of the shards that own its keys, over a
+//! full mesh of single-producer single-consumer rings (Storm's fields grouping, inside one
+//! process).
+//!
+//! The shard that appended a record parses it ([`crate::parse::event`]) and makes up to three
+//! increments: the url's (to `hash(url)`'s shard), the referrer domain's for a pageview (to
+//! `hash(ref_domain)`'s) and the visitor's (to `hash(vid)`'s, see `agg::hll`). An increment
+//! for this shard is applied at once; the others are appended to a per-peer [`Batch`] and
+//! shipped whole through glommio's channel mesh (`shared_channel`: a lock-free SPSC ring per
+//! ordered pair of executors, woken by eventfd). A batch is sent when it reaches
+//! `BATCH_INCS` increments — by the ingest loop right after its receive batch — or by the
+//! ticker within `FLUSH_EVERY`.
+//!
+//! Backpressure: sending awaits room in the ring, and the ingest loop that called
+//! [`Router::flush`] awaits with it, so a slow owner slows the socket reads of the shards
+//! that feed it (for UDP this ends as counted kernel drops), never a silent drop and never a
+//! block: every shard keeps draining its own rings in separate tasks while it waits. The
+//! waits are counted (`pixeld_route_full_waits_total`).
+//!
+//! Only records that were appended are routed, so the aggregates are a function of the log
+//! and the rebuild at start ([`rebuild`]) reproduces them.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::shared_channel::ConnectedReceiver;
+
+use crate::agg::hll::{owner_of_key, owner_of_visitor, vid_hash};
+use crate::agg::{Aggregates, Batch, Inc, IncKind};
+use crate::log::reader::{ShardReader, Start};
+use crate::log::Log;
+use crate::metrics::{AggOutcome, ShardStats};
+use crate::parse::event::{Action, EventParser};
+
+/// A batch is shipped once it holds this many increments.
+pub const BATCH_INCS: usize = 1024;
+/// Partial batches are shipped at least this often.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
+/// Ring capacity, in batches, per ordered pair of shards.
+pub const RING_BATCHES: usize = 64;
+
+const URL_SEED: u64 = 0x0075_726c;
+const REF_SEED: u64 = 0x0072_6566;
+
+/// What crosses a ring.
+#[derive(Debug)]
+pub enum RouteMsg {
+    Batch(Batch),
+    /// The sender finished replaying its log: every increment of the rebuild is ahead of this.
+    Rebuilt,
+}
+
+/// The mesh every shard joins at start.
+pub type Mesh =
+    glommio::channels::channel_mesh::MeshBuilder<RouteMsg, glommio::channels::channel_mesh::Full>;
+
+/// Makes the mesh for `shards` shards.
+pub fn mesh(shards: usize) -> Mesh {
+    glommio::channels::channel_mesh::MeshBuilder::full(shards, RING_BATCHES)
+}
+
+/// The current minute since the epoch.
+pub fn now_minute() -> i64 {
+    (crate::log::now_ns() / 60_000_000_000) as i64
+}
+
+/// One shard's router: its parser, its partition of the aggregates, its outgoing batches.
+pub struct Router {
+    me: usize,
+    shards: usize,
+    pub agg: Rc<RefCell<Aggregates>>,
+    parser: RefCell<EventParser>,
+    pending: RefCell<Vec<Batch>>,
+    senders: Option<Senders<RouteMsg>>,
+    stats: Arc<ShardStats>,
+    /// The minute used for window checks, refreshed by the ticker and each flush.
+    now_min: Cell<i64>,
+    rebuilt_peers: Cell<usize>,
+}
+
+impl Router {
+    /// A router for shard `me` of the mesh `senders` (None: a single shard without a mesh).
+    pub fn new(
+        agg: Aggregates,
+        senders: Option<Senders<RouteMsg>>,
+        stats: Arc<ShardStats>,
+    ) -> Rc<Self> {
+        let (me, shards) = senders
+            .as_ref()
+            .map_or((0, 1), |s| (s.peer_id(), s.nr_consumers()));
+        let parser = EventParser::new(agg.cfg.event.clone());
+        Rc::new(Router {
+            me,
+            shards,
+            agg: Rc::new(RefCell::new(agg)),
+            parser: RefCell::new(parser),
+            pending: RefCell::new((0..shards).map(|_| Batch::default()).collect()),
+            senders,
+            stats,
+            now_min: Cell::new(now_minute()),
+            rebuilt_peers: Cell::new(0),
+        })
+    }
+
+    pub fn shard(&self) -> usize {
+        self.me
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Parses one appended record and routes its increments.
+    pub fn record(&self, recv_ts: u64, bytes: &[u8]) {
+        let mut parser = self.parser.borrow_mut();
+        let ev = match parser.parse(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.stats.agg.count_unparsed(e);
+                return;
+            }
+        };
+        let s = &self.stats.agg;
+        if ev.invalid_utf8 {
+            ShardStats::add(&s.invalid_utf8, 1);
+        }
+        if ev.bad_timestamp {
+            ShardStats::add(&s.bad_timestamp, 1);
+        }
+        let recv_ms = (recv_ts / 1_000_000) as i64;
+        let ts_ms = match ev.ts_ms {
+            Some(t) => t,
+            None => {
+                ShardStats::add(&s.no_timestamp, 1);
+                recv_ms
+            }
+        };
+        let minute = ts_ms.div_euclid(60_000);
+        let (now, future, floor) = {
+            let agg = self.agg.borrow();
+            let now = self.now_min.get();
+            (now, agg.cfg.future_minutes, agg.hour_floor(now))
+        };
+        if ts_ms > recv_ms + future * 60_000 || minute < floor {
+            s.count(AggOutcome::OutOfWindow);
+            return;
+        }
+        s.count(AggOutcome::Aggregated);
+        let pv = ev.action == Action::Pageview;
+        let engaged = ev.engaged_seconds;
+        let vid = if ev.vid.is_empty() {
+            ShardStats::add(&s.no_vid, 1);
+            None
+        } else {
+            Some(vid_hash(ev.vid))
+        };
+        let n = self.shards;
+        self.send(
+            owner_of_key(URL_SEED, ev.url, n),
+            IncKind::Url,
+            pv,
+            minute,
+            engaged,
+            ev.site,
+            ev.url,
+            None,
+            now,
+        );
+        if pv {
+            self.send(
+                owner_of_key(REF_SEED, ev.ref_domain, n),
+                IncKind::Ref,
+                pv,
+                minute,
+                0,
+                ev.site,
+                ev.ref_domain,
+                None,
+                now,
+            );
+        }
+        // A hit without a visitor id still counts in the totals, on this shard.
+        let owner = vid.map_or(self.me, |h| owner_of_visitor(h, n));
+        self.send(
+            owner,
+            IncKind::Visitor,
+            pv,
+            minute,
+            engaged,
+            ev.site,
+            "",
+            vid,
+            now,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        owner: usize,
+        kind: IncKind,
+        pv: bool,
+        minute: i64,
+        engaged: u32,
+        site: &str,
+        key: &str,
+        vid: Option<u64>,
+        now: i64,
+    ) {
+        if owner == self.me || self.senders.is_none() {
+            let inc = Inc::new(kind, pv, minute, engaged, vid);
+            self.agg.borrow_mut().apply(&inc, site, key, now);
+            ShardStats::add(&self.stats.agg.local_incs, 1);
+        } else if let Some(b) = self.pending.borrow_mut().get_mut(owner) {
+            b.push(kind, pv, minute, engaged, site, key, vid);
+        }
+    }
+
+    /// Ships every batch holding at least `threshold` increments (1: every non-empty one),
+    /// waiting for ring room — the backpressure point of the ingest loops.
+    pub async fn flush(&self, threshold: usize) {
+        self.now_min.set(now_minute());
+        let Some(senders) = &self.senders else {
+            return;
+        };
+        for peer in 0..self.shards {
+            if peer == self.me {
+                continue;
+            }
+            let batch = {
+                let mut p = self.pending.borrow_mut();
+                match p.get_mut(peer) {
+                    Some(b) if b.len() >= threshold.max(1) => std::mem::take(b),
+                    _ => continue,
+                }
+            };
+            let incs = batch.len() as u64;
+            let s = &self.stats.agg;
+            match senders.try_send_to(peer, RouteMsg::Batch(batch)) {
+                Ok(()) => {}
+                Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(msg))) => {
+                    ShardStats::add(&s.ring_full_waits, 1);
+                    let t = Instant::now();
+                    if senders.send_to(peer, msg).await.is_err() {
+                        ShardStats::add(&s.lost_incs, incs);
+                        continue;
+                    }
+                    ShardStats::add(&s.ring_wait_nanos, t.elapsed().as_nanos() as u64);
+                }
+                Err(_) => {
+                    // The peer has stopped (shutdown): its aggregates are rebuilt at the next start.
+                    ShardStats::add(&s.lost_incs, incs);
+                    continue;
+                }
+            }
+            ShardStats::add(&s.sent_incs, incs);
+            ShardStats::add(&s.sent_batches, 1);
+        }
+    }
+
+    /// Ships partial batches every [`FLUSH_EVERY`] and frees expired buckets (and publishes the memory gauges) every 2 s, until
+    /// `stop`.
+    pub async fn tick(self: Rc<Self>, stop: Arc<AtomicBool>) {
+        let mut last_evict = Instant::now();
+        self.publish_memory();
+        while !stop.load(Ordering::Relaxed) {
+            glommio::timer::sleep(FLUSH_EVERY).await;
+            self.flush(1).await;
+            if last_evict.elapsed() >= Duration::from_secs(2) {
+                last_evict = Instant::now();
+                self.agg.borrow_mut().evict(self.now_min.get());
+                self.publish_memory();
+            }
+        }
+    }
+
+    /// Publishes the memory gauges.
+    pub fn publish_memory(&self) {
+        let agg = self.agg.borrow();
+        let m = agg.memory();
+        let s = &self.stats.agg;
+        s.cells.store(m.cells, Ordering::Relaxed);
+        s.memory_bytes.store(m.bytes, Ordering::Relaxed);
+        s.url_cells.store(m.url_cells, Ordering::Relaxed);
+        s.url_cell_bytes.store(m.url_cell_bytes, Ordering::Relaxed);
+        s.stale_incs.store(agg.stale, Ordering::Relaxed);
+    }
+
+    /// Applies what one peer sends, until its ring closes.
+    pub async fn receive(self: Rc<Self>, stream: ConnectedReceiver<RouteMsg>) {
+        while let Some(msg) = stream.recv().await {
+            match msg {
+                RouteMsg::Batch(b) => {
+                    self.agg.borrow_mut().apply_batch(&b, self.now_min.get());
+                    ShardStats::add(&self.stats.agg.applied_incs, b.len() as u64);
+                }
+                RouteMsg::Rebuilt => self.rebuilt_peers.set(self.rebuilt_peers.get() + 1),
+            }
+        }
+    }
+
+    /// Starts one receiving task per peer.
+    pub fn spawn_receivers(self: &Rc<Self>, mut receivers: Receivers<RouteMsg>) {
+        for (_, stream) in receivers.streams() {
+            glommio::spawn_local(self.clone().receive(stream)).detach();
+        }
+    }
+
+    /// Tells every peer that this shard's rebuild is complete (after everything it routed).
+    async fn announce_rebuilt(&self) {
+        self.flush(1).await;
+        if let Some(senders) = &self.senders {
+            for peer in (0..self.shards).filter(|&p| p != self.me) {
+                let _ = senders.send_to(peer, RouteMsg::Rebuilt).await;
+            }
+        }
+    }
+}
+
+/// Rebuilds this shard's share of the aggregates from its log: replays every record received
+/// inside the hour window (plus the future allowance) up to `end`, routing it like a live one,
+/// then waits until every peer has done the same, so that the aggregates are complete before
+/// the shard reports ready. Progress goes to stderr every 5 s.
+pub async fn rebuild(
+    router: &Rc<Router>,
+    log: &Log,
+    stop: &AtomicBool,
+) -> Result<u64, crate::log::Error> {
+    let started = Instant::now();
+    let cfg = log.config();
+    let reader = ShardReader::new(cfg.dir.clone(), cfg.index_interval_bytes);
+    let end = log.next_offset();
+    let (floor_min, future) = {
+        let a = router.agg.borrow();
+        (a.hour_floor(now_minute()), a.cfg.future_minutes)
+    };
+    let from_ns = ((floor_min - future).max(0) as u64) * 60_000_000_000;
+    let mut start = Start::Time(from_ns);
+    let mut first: Option<u64> = None;
+    let mut replayed = 0u64;
+    let mut last_report = Instant::now();
+    const CHUNK: u64 = 65_536;
+    loop {
+        let mut n = 0u64;
+        let mut next = None;
+        reader.read(
+            start,
+            |rec| {
+                if rec.offset >= end {
+                    next = None;
+                    return std::ops::ControlFlow::Break(());
+                }
+                first.get_or_insert(rec.offset);
+                router.record(rec.recv_ts, rec.bytes);
+                n += 1;
+                next = Some(rec.offset + 1);
+                if n >= CHUNK {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            },
+            |w| eprintln!("pixeld: shard {}: rebuild: {w:?}", router.me),
+        )?;
+        replayed += n;
+        ShardStats::add(&router.stats.agg.rebuilt_records, n);
+        router.flush(BATCH_INCS).await;
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            let rate = replayed as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let left = end.saturating_sub(first.unwrap_or(end) + replayed);
+            eprintln!(
+                "pixeld: shard {}: rebuilding aggregates: {replayed} records replayed ({:.0}/s), {left} to go, ETA {:.0} s",
+                router.me,
+                rate,
+                left as f64 / rate.max(1.0)
+            );
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(replayed);
+        }
+        match next {
+            Some(o) if n >= CHUNK => start = Start::Offset(o),
+            _ => break,
+        }
+    }
+    router.announce_rebuilt().await;
+    // Wait for every peer's rebuild (their increments to us arrive before their marker).
+    while router.rebuilt_peers.get() + 1 < router.shards {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(replayed);
+        }
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    router.publish_memory();
+    let secs = started.elapsed().as_secs_f64();
+    router
+        .stats
+        .agg
+        .rebuild_nanos
+        .store((secs * 1e9) as u64, Ordering::Relaxed);
+    eprintln!(
+        "pixeld: shard {}: aggregates rebuilt from {replayed} records in {secs:.2} s ({:.0} records/s)",
+        router.me,
+        replayed as f64 / secs.max(1e-9)
+    );
+    Ok(replayed)
+}
