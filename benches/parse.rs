@@ -1,9 +1,12 @@
-//! Syslog header parsing per line (what ingest does for every datagram and frame), on
-//! realistic nginx lines: ns per line for RFC 3164 (nginx), RFC 5424 and bare lines.
-//! Run: `cargo bench --bench parse`.
+//! Per-line parsing on realistic nginx lines (HitGenerator): the syslog header alone (what
+//! ingest does for every datagram and frame; RFC 3164 as nginx sends it, RFC 5424, bare) and
+//! the whole record into an analytics event (`event` group: header, JSON fields, decoding,
+//! url normalization). Figures are ns per line via `Throughput::Elements`.
+//! Run: `cargo bench --bench parse` (or `-- event` for the event group only).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use pixeld::gen::HitGenerator;
+use pixeld::parse::event::{EventConfig, EventParser};
 use pixeld::parse::syslog;
 
 fn bench(c: &mut Criterion) {
@@ -33,6 +36,22 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 for l in lines.iter() {
                     let _ = black_box(syslog::parse(black_box(l)));
+                }
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("event");
+    group.throughput(Throughput::Elements(1000));
+    let mut parser = EventParser::new(EventConfig::default());
+    for (name, lines) in [("rfc3164", &lines3164), ("bare", &bare)] {
+        // Every generated line must be an event, or the figure would time the error path.
+        assert!(lines.iter().all(|l| parser.parse(l).is_ok()));
+        group.bench_function(format!("{name}/1000-lines"), |b| {
+            b.iter(|| {
+                for l in lines.iter() {
+                    let _ = black_box(parser.parse(black_box(l)));
                 }
             })
         });

@@ -214,6 +214,38 @@ impl Names {
     }
 }
 
+/// The first `limit` of `(views, id)` in ranking order (views descending, then name
+/// ascending). Views are compared first over everything (integers, cheap); names only among
+/// the entries tied at the cut-off, which is where the key tie-break matters.
+fn rank<'a>(
+    mut ids: Vec<(u64, u32)>,
+    limit: usize,
+    name: impl Fn(u32) -> &'a str,
+) -> Vec<(u64, u32)> {
+    let by_name = |a: &(u64, u32), b: &(u64, u32)| {
+        b.0.cmp(&a.0)
+            .then_with(|| name(a.1).as_bytes().cmp(name(b.1).as_bytes()))
+    };
+    if limit == 0 {
+        return Vec::new();
+    }
+    if ids.len() > limit {
+        ids.select_nth_unstable_by(limit - 1, |a, b| b.0.cmp(&a.0));
+        let cut = ids.get(limit - 1).map_or(0, |x| x.0);
+        let mut winners: Vec<(u64, u32)> = ids.iter().filter(|x| x.0 > cut).copied().collect();
+        let mut ties: Vec<(u64, u32)> = ids.iter().filter(|x| x.0 == cut).copied().collect();
+        let need = limit - winners.len();
+        if ties.len() > need && need > 0 {
+            ties.select_nth_unstable_by(need - 1, by_name);
+        }
+        ties.truncate(need);
+        winners.extend(ties);
+        ids = winners;
+    }
+    ids.sort_unstable_by(by_name);
+    ids
+}
+
 /// Views, hits, engaged seconds and uniques of a range (`uniques` None where not kept: per url).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
@@ -452,25 +484,14 @@ impl Aggregates {
             }
         };
         // Rank ids without building a String per key; names only for the winners.
-        let mut ids: Vec<(u64, u32)> = sums
+        let ids: Vec<(u64, u32)> = sums
             .iter()
             .enumerate()
             .filter(|(_, &v)| v > 0)
             .map(|(id, &v)| (v, id as u32))
             .collect();
-        let cmp = |a: &(u64, u32), b: &(u64, u32)| {
-            b.0.cmp(&a.0)
-                .then_with(|| names.name(a.1).as_bytes().cmp(names.name(b.1).as_bytes()))
-        };
-        if limit == 0 {
-            return Vec::new();
-        }
-        if ids.len() > limit && limit < usize::MAX {
-            ids.select_nth_unstable_by(limit - 1, cmp);
-            ids.truncate(limit);
-        }
-        ids.sort_unstable_by(cmp);
-        ids.into_iter()
+        rank(ids, limit, |id| names.name(id))
+            .into_iter()
             .map(|(views, id)| Ranked {
                 key: names.name(id).to_string(),
                 views,
@@ -528,24 +549,44 @@ impl Aggregates {
 
     /// Views, hits and engaged seconds of one url over `from..to` (uniques are not kept per url).
     pub fn url_totals(&self, from: i64, to: i64, url: &str, site: Option<&str>) -> Totals {
-        let mut t = Totals::default();
+        self.url_series(from, to, to - from, url, site)
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    }
+
+    /// One point per `step` minutes over `from..to` of one url (looked up once).
+    pub fn url_series(
+        &self,
+        from: i64,
+        to: i64,
+        step: i64,
+        url: &str,
+        site: Option<&str>,
+    ) -> Vec<Totals> {
+        let step = step.max(1);
+        let n = ((to - from).max(0) + step - 1) / step;
+        let mut out = vec![Totals::default(); n as usize];
         let Some(id) = self.urls.get(url) else {
-            return t;
+            return out;
         };
         if let Some(s) = site {
             let url_site = self.url_site.get(id as usize).map(|&s| self.sites.name(s));
             if url_site != Some(s) {
-                return t;
+                return out;
             }
         }
-        for b in self.buckets(from, to) {
-            if let Some(c) = b.urls.get(&id) {
-                t.views += u64::from(c.views);
-                t.hits += u64::from(c.hits);
-                t.engaged += u64::from(c.engaged);
+        for (i, t) in out.iter_mut().enumerate() {
+            let start = from + i as i64 * step;
+            for b in self.buckets(start, (start + step).min(to)) {
+                if let Some(c) = b.urls.get(&id) {
+                    t.views += u64::from(c.views);
+                    t.hits += u64::from(c.hits);
+                    t.engaged += u64::from(c.engaged);
+                }
             }
         }
-        t
+        out
     }
 
     /// Memory held, for the gauges and the bytes-per-cell figure.
@@ -651,6 +692,31 @@ mod tests {
             a.totals(h0, h0 + 240, None).hits,
             a.totals(now - 200, now + 1, None).hits
         );
+    }
+
+    #[test]
+    fn rank_matches_a_full_sort() {
+        let names: Vec<String> = (0..300)
+            .map(|i| format!("k{:03}", (i * 7919) % 300))
+            .collect();
+        let mut x = 5u64;
+        let ids: Vec<(u64, u32)> = (0..300u32)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (1 + x % 4, i)
+            })
+            .collect();
+        let mut full = ids.clone();
+        full.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(names[a.1 as usize].cmp(&names[b.1 as usize]))
+        });
+        for limit in [1, 2, 10, 77, 299, 300, 1000] {
+            let got = rank(ids.clone(), limit, |i| &names[i as usize]);
+            assert_eq!(got, full[..limit.min(300)].to_vec(), "limit {limit}");
+        }
     }
 
     #[test]

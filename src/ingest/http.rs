@@ -321,7 +321,7 @@ async fn query(req: &Request<Incoming>, ctx: &HttpContext) -> Response<Full<Byte
             serde_json::json!({"error": e.to_string(), "param": e.param}),
         ),
         Some(Ok(q)) => match ctx.hub.answer(q).await {
-            Ok(v) => json(StatusCode::OK, v),
+            Ok(body) => response(StatusCode::OK, "application/json", body),
             Err(e) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"error": e.to_string()}),

@@ -67,12 +67,19 @@ pub struct Range {
     pub to: i64,
 }
 
-/// RFC 3339 (UTC, seconds) of a minute since the epoch.
+/// RFC 3339 (UTC, whole minutes: `2026-11-22T01:39:00Z`) of a minute since the epoch.
 pub fn minute_rfc3339(minute: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(minute * 60)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    match OffsetDateTime::from_unix_timestamp(minute * 60) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:00Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        ),
+        Err(_) => String::new(),
+    }
 }
 
 /// Parses a time parameter into ms since the epoch.
