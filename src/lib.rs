@@ -1,9 +1,10 @@
 //! pixeld: a single-box ingest appliance for web-analytics pixel hits.
 //!
 //! The library holds everything; `main.rs` is only the CLI. Modules follow the data path:
-//! `shard` (one glommio executor per core) → `log` (the durable, segmented log each shard
-//! appends to) → `replay`/`check` (reading it back). Ingest, routing, aggregates and queries
-//! arrive in later issues; see ARCHITECTURE.md for the whole path.
+//! `shard` (one glommio executor per core) → `ingest` (sockets) → `parse` → `log` (the
+//! durable, segmented log each shard appends to) → `route` (increments to the owning shard
+//! over SPSC rings) → `agg` (minute/hour counters, uniques, top-N) → `query` (the JSON API);
+//! `replay`/`check`/`import` work on the log offline. See ARCHITECTURE.md for the whole path.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
