@@ -262,6 +262,39 @@ impl Router {
         }
     }
 
+    /// Ships every full batch whose ring has room, without waiting; false when a ring was full
+    /// (the caller should then `flush` and wait). Used by the rebuild, which reads the log
+    /// synchronously and must not let batches pile up.
+    fn try_ship(&self) -> bool {
+        let Some(senders) = &self.senders else {
+            return true;
+        };
+        let mut all = true;
+        for peer in (0..self.shards).filter(|&p| p != self.me) {
+            let mut p = self.pending.borrow_mut();
+            let Some(b) = p.get_mut(peer) else { continue };
+            if b.len() < BATCH_INCS {
+                continue;
+            }
+            let batch = std::mem::take(b);
+            let incs = batch.len() as u64;
+            match senders.try_send_to(peer, RouteMsg::Batch(batch)) {
+                Ok(()) => {
+                    ShardStats::add(&self.stats.agg.sent_incs, incs);
+                    ShardStats::add(&self.stats.agg.sent_batches, 1);
+                }
+                Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(
+                    RouteMsg::Batch(batch),
+                ))) => {
+                    *b = batch;
+                    all = false;
+                }
+                Err(_) => ShardStats::add(&self.stats.agg.lost_incs, incs),
+            }
+        }
+        all
+    }
+
     /// Ships partial batches every [`FLUSH_EVERY`] and frees expired buckets (and publishes the memory gauges) every 2 s, until
     /// `stop`.
     pub async fn tick(self: Rc<Self>, stop: Arc<AtomicBool>) {
@@ -343,48 +376,52 @@ pub async fn rebuild(
     let mut first: Option<u64> = None;
     let mut replayed = 0u64;
     let mut last_report = Instant::now();
-    const CHUNK: u64 = 65_536;
+    // One pass over the log; it pauses (and resumes by offset) only when a ring to another
+    // shard is full, to wait for room, or to stop.
     loop {
-        let mut n = 0u64;
         let mut next = None;
+        let mut paused = false;
         reader.read(
             start,
             |rec| {
                 if rec.offset >= end {
-                    next = None;
                     return std::ops::ControlFlow::Break(());
                 }
                 first.get_or_insert(rec.offset);
                 router.record(rec.recv_ts, rec.bytes);
-                n += 1;
+                replayed += 1;
                 next = Some(rec.offset + 1);
-                if n >= CHUNK {
-                    std::ops::ControlFlow::Break(())
-                } else {
-                    std::ops::ControlFlow::Continue(())
+                if replayed.is_multiple_of(1024) {
+                    if last_report.elapsed() >= Duration::from_secs(5) {
+                        last_report = Instant::now();
+                        let rate = replayed as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                        let left = end.saturating_sub(first.unwrap_or(end) + replayed);
+                        eprintln!(
+                            "pixeld: shard {}: rebuilding aggregates: {replayed} records replayed ({:.0}/s), {left} to go, ETA {:.0} s",
+                            router.me,
+                            rate,
+                            left as f64 / rate.max(1.0)
+                        );
+                    }
+                    if !router.try_ship() || stop.load(Ordering::Relaxed) {
+                        paused = true;
+                        return std::ops::ControlFlow::Break(());
+                    }
                 }
+                std::ops::ControlFlow::Continue(())
             },
             |w| eprintln!("pixeld: shard {}: rebuild: {w:?}", router.me),
         )?;
-        replayed += n;
-        ShardStats::add(&router.stats.agg.rebuilt_records, n);
+        ShardStats::add(
+            &router.stats.agg.rebuilt_records,
+            replayed - ShardStats::get(&router.stats.agg.rebuilt_records),
+        );
         router.flush(BATCH_INCS).await;
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            last_report = Instant::now();
-            let rate = replayed as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            let left = end.saturating_sub(first.unwrap_or(end) + replayed);
-            eprintln!(
-                "pixeld: shard {}: rebuilding aggregates: {replayed} records replayed ({:.0}/s), {left} to go, ETA {:.0} s",
-                router.me,
-                rate,
-                left as f64 / rate.max(1.0)
-            );
-        }
         if stop.load(Ordering::Relaxed) {
             return Ok(replayed);
         }
         match next {
-            Some(o) if n >= CHUNK => start = Start::Offset(o),
+            Some(o) if paused => start = Start::Offset(o),
             _ => break,
         }
     }

@@ -2,7 +2,7 @@
 //! one bucket, evicted by the wall clock.
 //!
 //! A tier of width `w` minutes keeps the buckets `now/w - window ..= now/w + future`; bucket
-//! `b` lives in slot `b % slots`, tagged with `b`. Writing a bucket into a slot that holds an
+//! `b` lives in slot `b % slots` (slots: a power of two at least window + future + 2), tagged with `b`. Writing a bucket into a slot that holds an
 //! older one clears the slot first (the old bucket fell out of the window); a slot that holds a
 //! *newer* bucket refuses the write (the event is too old). Reading a slot tagged with another
 //! bucket reads nothing. So memory is bounded by the window, eviction needs no scan on the hot
@@ -19,7 +19,8 @@ pub struct Tier<S> {
 impl<S: Default> Tier<S> {
     /// A tier of `width` minutes that keeps `window` buckets back and `future` ahead.
     pub fn new(width: i64, window: i64, future: i64) -> Self {
-        let n = (window + future + 2).max(1) as usize;
+        // A power of two, so that the slot of a bucket is a mask, not a division.
+        let n = ((window + future + 2).max(1) as usize).next_power_of_two();
         Tier {
             width,
             slots: (0..n).map(|_| (i64::MIN, S::default())).collect(),
@@ -27,7 +28,7 @@ impl<S: Default> Tier<S> {
     }
 
     fn slot_of(&self, bucket: i64) -> usize {
-        bucket.rem_euclid(self.slots.len() as i64) as usize
+        (bucket as usize) & (self.slots.len() - 1)
     }
 
     /// The bucket containing `minute`.
@@ -99,17 +100,17 @@ mod tests {
 
     #[test]
     fn ring_evicts_older_and_refuses_too_old() {
-        let mut t: Tier<u32> = Tier::new(1, 3, 1);
+        let mut t: Tier<u32> = Tier::new(1, 3, 1); // 6 slots, rounded up to 8
         *t.get_mut(10).unwrap() += 1;
         *t.get_mut(11).unwrap() += 2;
         assert_eq!(t.get(10), Some(&1));
-        // 16 maps to 10's slot (6 slots): 10 is evicted.
-        *t.get_mut(16).unwrap() += 5;
+        // 18 maps to 10's slot: 10 is evicted.
+        *t.get_mut(18).unwrap() += 5;
         assert_eq!(t.get(10), None);
         assert!(t.get_mut(10).is_none(), "older than the slot's bucket");
         t.evict_before(12);
         assert_eq!(t.get(11), None);
-        assert_eq!(t.get(16), Some(&5));
+        assert_eq!(t.get(18), Some(&5));
     }
 
     #[test]

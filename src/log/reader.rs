@@ -356,6 +356,22 @@ impl ShardReader {
                     }
                 };
                 let total = batch.len() as u64;
+                // Skip whole batches before the start from their header alone: decompressing
+                // them only to drop their records made every resumed read of an index-less
+                // (open) segment re-decompress it from its beginning.
+                if let (false, Ok(h)) = (started, decode_header(batch)) {
+                    let before = match start {
+                        Start::Offset(o) => h.next_offset() <= o,
+                        Start::Time(t) => h.max_ts < t,
+                        Start::Beginning => false,
+                    };
+                    if before && h.base_offset >= expected {
+                        pos += total;
+                        expected = h.next_offset();
+                        last_next = Some(expected);
+                        continue;
+                    }
+                }
                 let decoded = match decode_batch(batch, &mut scratch) {
                     Ok(d) => d,
                     Err(e) => {
