@@ -197,6 +197,8 @@ pub struct ShardStats {
     fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len() + 1],
     /// Routing and aggregates.
     pub agg: AggStats,
+    /// When the shard's loop last ran its ticker (ns since the epoch): the watchdog's input.
+    pub heartbeat_ns: AtomicU64,
     pub ready: AtomicBool,
     pub poisoned: AtomicBool,
     pub disk_full: AtomicBool,

@@ -295,12 +295,16 @@ impl Router {
         all
     }
 
-    /// Ships partial batches every [`FLUSH_EVERY`] and frees expired buckets (and publishes the memory gauges) every 2 s, until
+    /// Ships partial batches every [`FLUSH_EVERY`], beats the shard's heartbeat (the
+    /// supervisor feeds systemd's watchdog only while every shard's beats), and frees expired buckets (and publishes the memory gauges) every 2 s, until
     /// `stop`.
     pub async fn tick(self: Rc<Self>, stop: Arc<AtomicBool>) {
         let mut last_evict = Instant::now();
         self.publish_memory();
         while !stop.load(Ordering::Relaxed) {
+            self.stats
+                .heartbeat_ns
+                .store(crate::log::now_ns(), Ordering::Relaxed);
             glommio::timer::sleep(FLUSH_EVERY).await;
             self.flush(1).await;
             if last_evict.elapsed() >= Duration::from_secs(2) {

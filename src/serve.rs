@@ -10,7 +10,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
 
 use crate::config::Config;
 use crate::log::reader;
@@ -76,6 +78,36 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, ServeError> {
     Ok(DataDirLock { _file: file })
 }
 
+/// The systemd notification socket (`NOTIFY_SOCKET`), when pixeld runs under `Type=notify`;
+/// every call is a no-op otherwise. A failed send is reported once, never fatal.
+struct Notifier {
+    enabled: bool,
+    /// `WATCHDOG_USEC` for this process, when systemd asks for keep-alives.
+    watchdog: Option<Duration>,
+    warned: std::cell::Cell<bool>,
+}
+
+impl Notifier {
+    fn from_env() -> Self {
+        Notifier {
+            enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            watchdog: sd_notify::watchdog_enabled(),
+            warned: std::cell::Cell::new(false),
+        }
+    }
+
+    fn send(&self, state: &[NotifyState<'_>]) {
+        if !self.enabled {
+            return;
+        }
+        if let Err(e) = sd_notify::notify(state) {
+            if !self.warned.replace(true) {
+                eprintln!("pixeld: cannot notify systemd (NOTIFY_SOCKET): {e}");
+            }
+        }
+    }
+}
+
 /// Runs the appliance until a signal or a failure.
 pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     let started = Instant::now();
@@ -110,6 +142,10 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     });
     eprintln!("pixeld {}: starting {cfg}", env!("CARGO_PKG_VERSION"));
     let handles = shard::spawn_shards(cfg, shutdown.clone(), tx)?;
+    let all_stats: Vec<Arc<ShardStats>> = handles.iter().map(|h| h.stats.clone()).collect();
+    let notify = Notifier::from_env();
+    let progress = crossbeam_channel::tick(Duration::from_secs(1));
+    let mut last_replayed = 0u64;
     let mut ready = 0;
     let mut failure: Option<ServeError> = None;
     let mut stopped = 0;
@@ -134,6 +170,20 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
                 Err(_) => break,
             },
             recv(sig_rx) -> _ => break,
+            recv(progress) -> _ => {
+                // Tell systemd how recovery is going, and extend its start timeout while
+                // the rebuild makes progress.
+                let replayed: u64 = all_stats.iter().map(|s| ShardStats::get(&s.agg.rebuilt_records)).sum();
+                let rate = replayed.saturating_sub(last_replayed);
+                last_replayed = replayed;
+                notify.send(&[
+                    NotifyState::Status(&format!(
+                        "recovering: {ready}/{} shards ready, {replayed} records replayed into the aggregates ({rate}/s)",
+                        handles.len()
+                    )),
+                    NotifyState::ExtendTimeoutUsec(if rate > 0 { 30_000_000 } else { 0 }),
+                ]);
+            },
         }
     }
     if failure.is_none() && ready == handles.len() {
@@ -145,9 +195,47 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
             cfg.tcp,
             cfg.http
         );
-        // Phase 2: running. Wait for a signal or a failing shard.
+        notify.send(&[
+            NotifyState::Ready,
+            NotifyState::Status(&format!(
+                "ready: {} shards; udp {}, tcp {}, http {}",
+                handles.len(),
+                cfg.udp,
+                cfg.tcp,
+                cfg.http
+            )),
+        ]);
+        // Phase 2: running. Wait for a signal or a failing shard; feed the watchdog only
+        // while every shard's loop is responsive.
+        let period = notify.watchdog.map_or(Duration::from_secs(1), |w| w / 2);
+        let watchdog = crossbeam_channel::tick(period);
+        let mut stalled_before = false;
         loop {
             crossbeam_channel::select! {
+                recv(watchdog) -> _ => {
+                    // A shard is stalled when its ticker (every 2 ms) has not run for half the
+                    // watchdog period (at least a second: a loaded machine delays timers).
+                    let limit = notify.watchdog.map_or(Duration::from_secs(5), |w| w / 2).max(Duration::from_secs(1));
+                    let now = crate::log::now_ns();
+                    let stalled: Vec<usize> = all_stats
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| now.saturating_sub(ShardStats::get(&s.heartbeat_ns)) > limit.as_nanos() as u64)
+                        .map(|(i, _)| i)
+                        .collect();
+                    if stalled.is_empty() {
+                        notify.send(&[NotifyState::Watchdog]);
+                        if stalled_before {
+                            eprintln!("pixeld: every shard is responsive again");
+                            notify.send(&[NotifyState::Status("ready")]);
+                        }
+                    } else if !stalled_before {
+                        let msg = format!("shard(s) {stalled:?} unresponsive for more than {limit:?}; watchdog not fed");
+                        eprintln!("pixeld: {msg}");
+                        notify.send(&[NotifyState::Status(&msg)]);
+                    }
+                    stalled_before = !stalled.is_empty();
+                },
                 recv(rx) -> ev => match ev {
                     Ok(ShardEvent::Failed { shard, error }) => {
                         stopped += 1;
@@ -166,6 +254,10 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
         }
     }
     // Phase 3: stop every shard; each seals, writes and fsyncs what it holds.
+    notify.send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: writing and syncing every shard"),
+    ]);
     shutdown.store(true, Ordering::Relaxed);
     while stopped < handles.len() {
         match rx.recv() {

@@ -270,6 +270,20 @@ async fn run_shard(
             eprintln!("pixeld: shard {shard}: TCP accept stopped: {e}");
         }
     });
+    // Test-only fault hook: PIXELD_TEST_STALL_SHARD=N blocks shard N's thread one second
+    // after it is ready, as a stuck loop would (tests/serve_notify.rs checks the watchdog).
+    let stall = std::env::var("PIXELD_TEST_STALL_SHARD").ok();
+    if stall.and_then(|v| v.parse::<usize>().ok()) == Some(shard) {
+        eprintln!("pixeld: shard {shard}: PIXELD_TEST_STALL_SHARD set: stalling this shard in 1 s");
+        glommio::spawn_local(async {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            std::thread::sleep(Duration::from_secs(3600));
+        })
+        .detach();
+    }
+    stats
+        .heartbeat_ns
+        .store(crate::log::now_ns(), Ordering::Relaxed);
     ShardStats::set_flag(&stats.ready, true);
     let _ = events.send(ShardEvent::Ready {
         shard,
