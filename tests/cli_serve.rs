@@ -174,3 +174,27 @@ fn validate_prints_the_effective_config_or_names_the_bad_field() {
         assert!(err.contains(field), "{body}: {err}");
     }
 }
+
+#[test]
+fn too_low_memlock_limit_is_one_clear_line() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -l 16 && exec {} serve --data-dir {} --udp 127.0.0.1:{} --tcp 127.0.0.1:{} --http 127.0.0.1:{}",
+            common::pixeld_bin(),
+            data.display(),
+            common::free_udp_port(),
+            common::free_tcp_port(),
+            common::free_tcp_port()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("locked-memory limit is 16 KiB") && err.contains("LimitMEMLOCK="),
+        "{err}"
+    );
+}
