@@ -161,11 +161,22 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(ServeError::Signals)?;
     let sig_handle = signals.handle();
     std::thread::spawn(move || {
         for s in signals.forever() {
+            if s == signal_hook::consts::SIGHUP {
+                // Nothing pixeld holds can be swapped under running shards safely (sockets,
+                // shard count, windows, log settings), so a reload is refused out loud instead
+                // of SIGHUP's default of ending the process.
+                eprintln!(
+                    "pixeld: SIGHUP received: reloading the configuration is not supported; \
+                     restart to apply changes (systemctl restart pixeld). Still running."
+                );
+                continue;
+            }
             let _ = sig_tx.send(s);
         }
     });

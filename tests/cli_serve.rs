@@ -55,6 +55,16 @@ fn serve_reports_ready_and_stops_cleanly_on_sigterm() {
         err.contains("in use by another pixeld") && err.contains(&s.child.id().to_string()),
         "{err}"
     );
+    // SIGHUP is refused out loud and the process keeps serving.
+    s.signal("HUP");
+    assert!(
+        s.wait_for("SIGHUP received: reloading the configuration is not supported")
+            .is_some(),
+        "{}",
+        s.seen.join("\n")
+    );
+    let (st, _, _) = common::http(s.http, "GET", "/readyz", &[], b"");
+    assert_eq!(st, 200);
     s.signal("TERM");
     let (code, log) = s.wait();
     assert_eq!(code, Some(0), "{log}");
