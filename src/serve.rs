@@ -196,8 +196,9 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
                 Ok(ShardEvent::Ready { shard, report }) => {
                     ready += 1;
                     eprintln!(
-                        "pixeld: shard {shard} recovered: {} segments, {} records, next offset {}, {} bytes{}{}",
+                        "pixeld: shard {shard} recovered: {} segments, {} records, next offset {}, {} bytes{}{}{}",
                         report.segments, report.records, report.next_offset, report.bytes,
+                        if report.clean_start { " (clean shutdown: newest segment trusted without a scan)" } else { "" },
                         if report.truncated_bytes > 0 { format!(", torn tail of {} bytes truncated", report.truncated_bytes) } else { String::new() },
                         if report.corrupt.is_empty() { String::new() } else { format!(", {} CORRUPT ranges (see above)", report.corrupt.len()) },
                     );

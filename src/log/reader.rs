@@ -45,7 +45,10 @@ pub fn list_segments(dir: &Path) -> Result<(Vec<SegmentFile>, Vec<PathBuf>), Err
                 path: entry.path(),
                 index_path: dir.join(format::index_file_name(base)),
             });
-        } else if format::parse_file_name(&name, "idx").is_none() && !name.ends_with(".tmp") {
+        } else if format::parse_file_name(&name, "idx").is_none()
+            && !name.ends_with(".tmp")
+            && name != super::recovery::CLEAN_MARKER
+        {
             foreign.push(entry.path());
         }
     }

@@ -8,6 +8,13 @@
 //! segment is scanned batch by batch (lengths, CRC, contiguous offsets) and truncated at its
 //! first invalid batch: the torn tail of a crash, or zero padding of an O_DIRECT block. The
 //! cut is logged with segment, offset and bytes, and counted.
+//!
+//! A clean shutdown leaves a marker, [`CLEAN_MARKER`]: the newest segment's sparse index with
+//! the length it was synced at (written durably after the final fdatasync). When the marker
+//! matches the newest segment's base offset and length, that index is trusted and the tail
+//! scan is skipped; the marker is removed at every start, so it only ever describes the
+//! shutdown that wrote it (and appends only grow a segment, leaving the bytes it describes
+//! unchanged, so even a stale one could not mislead).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -19,6 +26,9 @@ use super::reader::{self, CorruptRange};
 use super::writer::{write_file_durably, LogConfig, OpenSegment, SealedSegment};
 use super::{os_error, Error};
 use crate::metrics::ShardStats;
+
+/// The clean-shutdown marker in a shard directory.
+pub const CLEAN_MARKER: &str = "clean-shutdown";
 
 /// What recovery found and did, for the startup log and the tests.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +46,8 @@ pub struct RecoveryReport {
     pub indexes_rebuilt: usize,
     pub corrupt: Vec<(PathBuf, CorruptRange)>,
     pub foreign_files: Vec<PathBuf>,
+    /// The newest segment was trusted from a valid clean-shutdown marker (no tail scan).
+    pub clean_start: bool,
 }
 
 pub(crate) struct Recovered {
@@ -50,6 +62,15 @@ pub(crate) async fn recover(
 ) -> Result<(Recovered, RecoveryReport), Error> {
     let shard = cfg.shard;
     std::fs::create_dir_all(&cfg.dir).map_err(|e| Error::io(&cfg.dir, e))?;
+    let marker_path = cfg.dir.join(CLEAN_MARKER);
+    let marker = std::fs::read(&marker_path)
+        .ok()
+        .and_then(|b| SegmentIndex::decode(&b).ok());
+    match std::fs::remove_file(&marker_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&marker_path, e)),
+    }
     let (segments, foreign) = reader::list_segments(&cfg.dir)?;
     let mut report = RecoveryReport {
         shard,
@@ -119,7 +140,23 @@ pub(crate) async fn recover(
         Some(seg) => {
             let map = reader::map_segment(&seg.path)?;
             let bytes: &[u8] = map.as_deref().unwrap_or_default();
-            let scan = reader::scan_segment(bytes, seg.base_offset, interval, false);
+            let trusted = marker.filter(|m| {
+                m.summary.base_offset == seg.base_offset
+                    && m.summary.segment_len == bytes.len() as u64
+            });
+            report.clean_start = trusted.is_some();
+            let scan = match trusted {
+                // A clean shutdown described this very segment: no scan.
+                Some(index) => reader::ScanReport {
+                    valid_end: index.summary.segment_len,
+                    index,
+                    batches: 0,
+                    corrupt: Vec::new(),
+                    tail: None,
+                    tail_is_zero: false,
+                },
+                None => reader::scan_segment(bytes, seg.base_offset, interval, false),
+            };
             // The newest segment ends at its first invalid batch (Kafka's rule).
             let cut_at = scan
                 .corrupt

@@ -857,6 +857,18 @@ impl Flusher {
         seg.file.truncate(seg.len).await.map_err(poison)?;
         seg.file.fdatasync().await.map_err(poison)?;
         self.publish_durable(written);
+        // The clean-shutdown marker: the open segment's index at the length just synced, so
+        // that the next start can skip scanning it (see `recovery`). Not fatal when it
+        // cannot be written: the next start scans instead.
+        let mut index = seg.index.snapshot().clone();
+        index.summary.segment_len = seg.len;
+        let marker = self.log.cfg.dir.join(super::recovery::CLEAN_MARKER);
+        if let Err(e) = write_file_durably(&marker, &index.encode()).await {
+            eprintln!(
+                "pixeld: shard {}: no clean-shutdown marker ({e}); the next start scans the newest segment",
+                self.log.cfg.shard
+            );
+        }
         Ok(())
     }
 }
