@@ -140,6 +140,8 @@ pub struct RawConfig {
     pub data_dir: PathBuf,
     /// "auto" or a number of shards.
     pub shards: ShardCount,
+    /// How long a clean stop may take before the process gives up on a stuck shard.
+    pub shutdown_timeout: String,
     pub listen: RawListen,
     pub ingest: RawIngest,
     pub log: RawLog,
@@ -217,6 +219,7 @@ fn merge_tables(base: &mut toml::Table, over: toml::Table) {
 pub struct Config {
     pub data_dir: PathBuf,
     pub shards: usize,
+    pub shutdown_timeout: Duration,
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub http: SocketAddr,
@@ -520,6 +523,11 @@ impl Config {
             ));
         }
         Ok(Config {
+            shutdown_timeout: duration(
+                "shutdown_timeout",
+                &raw.shutdown_timeout,
+                Duration::from_secs(1),
+            )?,
             agg,
             ingest,
             data_dir: raw.data_dir.clone(),

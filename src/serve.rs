@@ -36,6 +36,11 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("the locked-memory limit is {have} KiB, and each shard's io_uring rings need at least {need} KiB: raise it (`ulimit -l {need}` or more in the shell; `LimitMEMLOCK=` in the systemd unit, which ships with 64M)")]
     MemLock { have: u64, need: u64 },
+    #[error("shard(s) {shards:?} did not stop within shutdown_timeout ({timeout:?}); exiting without them (their unsynced tail is recovered at the next start)")]
+    ShutdownTimeout {
+        shards: Vec<usize>,
+        timeout: Duration,
+    },
 }
 
 /// glommio refuses to start an executor under this locked-memory limit (its io_uring rings).
@@ -189,6 +194,8 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     let mut ready = 0;
     let mut failure: Option<ServeError> = None;
     let mut stopped = 0;
+    // Which shards have ended (for naming the stuck ones at a shutdown timeout).
+    let mut stopped_shards = vec![false; handles.len()];
     // Phase 1: recovery.
     while ready + stopped < handles.len() && failure.is_none() {
         crossbeam_channel::select! {
@@ -205,9 +212,17 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
                 }
                 Ok(ShardEvent::Failed { shard, error }) => {
                     stopped += 1;
+                    if let Some(s) = stopped_shards.get_mut(shard) {
+                        *s = true;
+                    }
                     failure = Some(ServeError::ShardFailed { shard, error });
                 }
-                Ok(ShardEvent::Stopped { .. }) => stopped += 1,
+                Ok(ShardEvent::Stopped { shard }) => {
+                    stopped += 1;
+                    if let Some(s) = stopped_shards.get_mut(shard) {
+                        *s = true;
+                    }
+                }
                 Err(_) => break,
             },
             recv(sig_rx) -> _ => break,
@@ -280,10 +295,18 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
                 recv(rx) -> ev => match ev {
                     Ok(ShardEvent::Failed { shard, error }) => {
                         stopped += 1;
+                        if let Some(s) = stopped_shards.get_mut(shard) {
+                            *s = true;
+                        }
                         failure = Some(ServeError::ShardFailed { shard, error });
                         break;
                     }
-                    Ok(ShardEvent::Stopped { .. }) => stopped += 1,
+                    Ok(ShardEvent::Stopped { shard }) => {
+                    stopped += 1;
+                    if let Some(s) = stopped_shards.get_mut(shard) {
+                        *s = true;
+                    }
+                }
                     Ok(ShardEvent::Ready { .. }) => {}
                     Err(_) => break,
                 },
@@ -300,15 +323,38 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
         NotifyState::Status("stopping: writing and syncing every shard"),
     ]);
     shutdown.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + cfg.shutdown_timeout;
     while stopped < handles.len() {
-        match rx.recv() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = match rx.recv_timeout(left) {
+            Ok(ev) => Ok(ev),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let stuck: Vec<usize> =
+                    (0..handles.len()).filter(|&i| !stopped_shards[i]).collect();
+                // Stuck threads cannot be joined: end the process here, loudly.
+                return Err(ServeError::ShutdownTimeout {
+                    shards: stuck,
+                    timeout: cfg.shutdown_timeout,
+                });
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
+        };
+        match ev {
             Ok(ShardEvent::Failed { shard, error }) => {
                 stopped += 1;
+                if let Some(s) = stopped_shards.get_mut(shard) {
+                    *s = true;
+                }
                 if failure.is_none() {
                     failure = Some(ServeError::ShardFailed { shard, error });
                 }
             }
-            Ok(ShardEvent::Stopped { .. }) => stopped += 1,
+            Ok(ShardEvent::Stopped { shard }) => {
+                stopped += 1;
+                if let Some(s) = stopped_shards.get_mut(shard) {
+                    *s = true;
+                }
+            }
             Ok(ShardEvent::Ready { .. }) => {}
             Err(_) => break,
         }

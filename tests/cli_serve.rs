@@ -208,3 +208,61 @@ fn too_low_memlock_limit_is_one_clear_line() {
         "{err}"
     );
 }
+
+#[test]
+fn a_shard_stuck_at_shutdown_is_given_up_after_shutdown_timeout() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let cfg = tmp.path().join("pixeld.toml");
+    std::fs::write(&cfg, "shutdown_timeout = \"2s\"\n").unwrap();
+    let mut child = Command::new(common::pixeld_bin())
+        .args(["serve", "--shards", "2", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--udp", &format!("127.0.0.1:{}", common::free_udp_port())])
+        .args(["--tcp", &format!("127.0.0.1:{}", common::free_tcp_port())])
+        .args(["--http", &format!("127.0.0.1:{}", common::free_tcp_port())])
+        // Test-only fault hook: shard 1 blocks its thread 1 s after it is ready.
+        .env("PIXELD_TEST_STALL_SHARD", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        let stalling = l.contains("stalling this shard");
+        seen.push(l);
+        if stalling {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    while let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(2)) {
+        seen.push(l);
+    }
+    let log = seen.join("\n");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("shard(s) [1] did not stop within shutdown_timeout (2s)"),
+        "{log}"
+    );
+}
