@@ -116,20 +116,8 @@ pub struct RawAgg {
     pub future_allowance: String,
     pub heartbeat_seconds: u32,
     pub url_keep_query: Vec<String>,
-    pub fields: RawFields,
-}
-
-/// `[agg.fields]`: the JSON field names of each event field, alternatives in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFields {
-    pub msec: Vec<String>,
-    pub time: Vec<String>,
-    pub url: Vec<String>,
-    pub referrer: Vec<String>,
-    pub vid: Vec<String>,
-    pub action: Vec<String>,
-    pub inc: Vec<String>,
+    /// `[agg.fields]`: the JSON field names of each event field, alternatives in order.
+    pub fields: crate::parse::event::FieldNames,
 }
 
 /// The config file as written. Every field may be omitted; omitted fields take the values
@@ -492,15 +480,7 @@ impl Config {
             hour_window: whole("agg.hour_window", &a.hour_window, 3600, 1, 3 * 366 * 24)?,
             future_minutes: whole("agg.future_allowance", &a.future_allowance, 60, 1, 24 * 60)?,
             event: crate::parse::event::EventConfig {
-                fields: crate::parse::event::FieldNames {
-                    msec: f.msec.clone(),
-                    time: f.time.clone(),
-                    url: f.url.clone(),
-                    referrer: f.referrer.clone(),
-                    vid: f.vid.clone(),
-                    action: f.action.clone(),
-                    inc: f.inc.clone(),
-                },
+                fields: f.clone(),
                 heartbeat_seconds: match a.heartbeat_seconds {
                     n @ 1..=3600 => n,
                     n => {

@@ -114,10 +114,20 @@ impl Router {
         self.shards
     }
 
-    /// Parses one appended record and routes its increments.
+    /// Parses one appended record (raw, syslog header included) and routes its increments.
     pub fn record(&self, recv_ts: u64, bytes: &[u8]) {
+        let msg = match crate::parse::syslog::parse(bytes) {
+            Ok(s) => s.msg,
+            Err(_) => bytes,
+        };
+        self.record_message(recv_ts, msg);
+    }
+
+    /// Routes one appended record whose syslog header the caller already stripped (`msg` is
+    /// the whole record when it had none).
+    pub fn record_message(&self, recv_ts: u64, msg: &[u8]) {
         let mut parser = self.parser.borrow_mut();
-        let ev = match parser.parse(bytes) {
+        let ev = match parser.parse_message(msg) {
             Ok(ev) => ev,
             Err(e) => {
                 self.stats.agg.count_unparsed(e);
@@ -257,9 +267,13 @@ impl Router {
                     continue;
                 }
             }
-            ShardStats::add(&s.sent_incs, incs);
-            ShardStats::add(&s.sent_batches, 1);
+            self.count_shipped(incs);
         }
+    }
+
+    fn count_shipped(&self, incs: u64) {
+        ShardStats::add(&self.stats.agg.sent_incs, incs);
+        ShardStats::add(&self.stats.agg.sent_batches, 1);
     }
 
     /// Ships every full batch whose ring has room, without waiting; false when a ring was full
@@ -279,10 +293,7 @@ impl Router {
             let batch = std::mem::take(b);
             let incs = batch.len() as u64;
             match senders.try_send_to(peer, RouteMsg::Batch(batch)) {
-                Ok(()) => {
-                    ShardStats::add(&self.stats.agg.sent_incs, incs);
-                    ShardStats::add(&self.stats.agg.sent_batches, 1);
-                }
+                Ok(()) => self.count_shipped(incs),
                 Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(
                     RouteMsg::Batch(batch),
                 ))) => {

@@ -83,10 +83,14 @@ impl Ingest {
             return Ok(None);
         }
         let mut flags = 0;
-        if let Err(e) = syslog::parse(bytes) {
-            self.stats.count_parse_error(e);
-            flags |= FLAG_PARSE_ERROR;
-        }
+        let msg = match syslog::parse(bytes) {
+            Ok(s) => s.msg,
+            Err(e) => {
+                self.stats.count_parse_error(e);
+                flags |= FLAG_PARSE_ERROR;
+                bytes
+            }
+        };
         let source = Source { transport, peer };
         // TCP and HTTP push back on their senders instead of dropping (see `Log::is_congested`).
         let appended = match transport {
@@ -97,7 +101,7 @@ impl Ingest {
         };
         match appended {
             Ok(o) => {
-                self.router.record(recv_ts, bytes);
+                self.router.record_message(recv_ts, msg);
                 Ok(Some(o))
             }
             Err(e) => {

@@ -39,7 +39,7 @@ use super::syslog;
 /// Field names looked up in a JSON line (and in the query string of a combined line), each a
 /// list of alternatives tried in order: when several are present, the earlier one in the list
 /// wins, wherever it stands in the line. An empty string or `null` counts as absent.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FieldNames {
     /// Event time as epoch seconds with milliseconds (nginx `$msec`), a number or a string.
@@ -406,15 +406,21 @@ impl EventParser {
     /// (RFC 3164 or RFC 5424) in front, possibly bare. A header that does not parse is taken
     /// to be part of a bare message.
     pub fn parse(&mut self, record: &[u8]) -> Result<Event<'_>, EventError> {
+        let msg = match syslog::parse(record) {
+            Ok(s) => s.msg,
+            Err(_) => record,
+        };
+        self.parse_message(msg)
+    }
+
+    /// Reads one event from a message whose syslog header (if any) the caller has already
+    /// stripped — ingest parses the header anyway, so the live path does not parse it twice.
+    pub fn parse_message(&mut self, msg: &[u8]) -> Result<Event<'_>, EventError> {
         let EventParser {
             cfg,
             lossy,
             scratch,
         } = self;
-        let msg = match syslog::parse(record) {
-            Ok(s) => s.msg,
-            Err(_) => record,
-        };
         let msg = msg.trim_ascii();
         scratch.reset();
         // serde_json would reject raw bytes >= 0x80 that are not UTF-8 inside the strings it
