@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod parse;
+pub mod preflight;
 pub mod query;
 pub mod replay;
 pub mod route;

@@ -34,39 +34,13 @@ pub enum ServeError {
     ShardFailed { shard: usize, error: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-    #[error("the locked-memory limit is {have} KiB, and each shard's io_uring rings need at least {need} KiB: raise it (`ulimit -l {need}` or more in the shell; `LimitMEMLOCK=` in the systemd unit, which ships with 64M)")]
-    MemLock { have: u64, need: u64 },
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
     #[error("shard(s) {shards:?} did not stop within shutdown_timeout ({timeout:?}); exiting without them (their unsynced tail is recovered at the next start)")]
     ShutdownTimeout {
         shards: Vec<usize>,
         timeout: Duration,
     },
-}
-
-/// glommio refuses to start an executor under this locked-memory limit (its io_uring rings).
-const MIN_MEMLOCK: u64 = 512 * 1024;
-
-/// Checks RLIMIT_MEMLOCK before any shard starts, so that a too-low limit is one clear line.
-fn check_memlock() -> Result<(), ServeError> {
-    let limit = memlock_limit();
-    match limit {
-        Some(have) if have < MIN_MEMLOCK => Err(ServeError::MemLock {
-            have: have / 1024,
-            need: MIN_MEMLOCK / 1024,
-        }),
-        _ => Ok(()),
-    }
-}
-
-#[allow(unsafe_code)]
-fn memlock_limit() -> Option<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit` into the valid, exclusively borrowed `r`.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) };
-    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
 }
 
 /// An exclusive lock on a data dir, held for the life of the process (or of a tool run).
@@ -144,7 +118,7 @@ impl Notifier {
 /// Runs the appliance until a signal or a failure.
 pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     let started = Instant::now();
-    check_memlock()?;
+    crate::preflight::check(cfg)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     if let Ok(existing) = reader::list_shards(&cfg.data_dir) {
         let extra: Vec<usize> = existing

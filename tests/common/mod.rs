@@ -211,3 +211,10 @@ pub fn http(
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head, out[split + 4..].to_vec())
 }
+
+/// Whether the tests run as root (some scenarios need another user or a mount).
+#[allow(unsafe_code)]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
