@@ -24,7 +24,7 @@ fn unit_verifies_and_is_hardened() {
     let unit = dir.path().join("pixeld.service");
     std::fs::write(
         &unit,
-        text.replace("/usr/local/bin/pixeld", env!("CARGO_BIN_EXE_pixeld")),
+        text.replace("/usr/bin/pixeld", env!("CARGO_BIN_EXE_pixeld")),
     )
     .unwrap();
     let Some(v) = analyze(&["verify", unit.to_str().unwrap()]) else {

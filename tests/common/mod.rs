@@ -124,7 +124,12 @@ impl Server {
     }
 
     pub fn start_args(data: &Path, extra: &[String]) -> Server {
-        let mut child = Command::new(pixeld_bin())
+        Server::start_bin(pixeld_bin(), data, extra)
+    }
+
+    /// Like [`Server::start_args`] with another pixeld binary (e.g. an installed one).
+    pub fn start_bin(bin: &str, data: &Path, extra: &[String]) -> Server {
+        let mut child = Command::new(bin)
             .args(["serve", "--data-dir"])
             .arg(data)
             .args(extra)
