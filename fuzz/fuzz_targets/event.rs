@@ -1,0 +1,6 @@
+//! libFuzzer entry for the `event` target; the body and its invariants are in `../targets.rs`.
+#![no_main]
+
+include!("../targets.rs");
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| event(data));
