@@ -50,12 +50,17 @@ pub const MIN_MEMLOCK: u64 = 512 * 1024;
 /// glommio 0.9's documented minimum kernel.
 pub const MIN_KERNEL: (u32, u32) = (5, 8);
 
-/// Runs every check; the first failure is returned.
-pub fn check(cfg: &Config) -> Result<(), PreflightError> {
+/// The machine and the data dir; the first failure is returned.
+pub fn check_system(cfg: &Config) -> Result<(), PreflightError> {
     check_memlock(memlock_limit())?;
     check_kernel(&kernel_release())?;
     check_io_uring()?;
-    check_data_dir(&cfg.data_dir)?;
+    check_data_dir(&cfg.data_dir)
+}
+
+/// The listen addresses. Run after the data dir is locked, so that a second pixeld on the same
+/// data dir is told so rather than that its ports are taken.
+pub fn check_ports(cfg: &Config) -> Result<(), PreflightError> {
     check_listen("UDP", cfg.udp, bind_udp)?;
     check_listen("TCP", cfg.tcp, bind_tcp)?;
     check_listen("HTTP", cfg.http, bind_tcp)?;

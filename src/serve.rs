@@ -43,6 +43,18 @@ pub enum ServeError {
     },
 }
 
+/// Makes every directory and file this process creates private to its user (0700 / 0600):
+/// the log holds visitors' addresses and ids. systemd's `UMask=0077` does the same for the
+/// service; this covers `pixeld serve` and `import` started by hand.
+#[allow(unsafe_code)]
+fn restrict_file_modes() {
+    // SAFETY: umask only replaces the process's file-mode creation mask; it cannot fail and
+    // touches no memory of ours.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// An exclusive lock on a data dir, held for the life of the process (or of a tool run).
 #[derive(Debug)]
 pub struct DataDirLock {
@@ -56,6 +68,7 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, ServeError> {
         path: dir.to_path_buf(),
         source,
     };
+    restrict_file_modes();
     std::fs::create_dir_all(dir).map_err(err)?;
     let path = dir.join(".lock");
     let mut file = std::fs::OpenOptions::new()
@@ -118,8 +131,10 @@ impl Notifier {
 /// Runs the appliance until a signal or a failure.
 pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     let started = Instant::now();
-    crate::preflight::check(cfg)?;
+    restrict_file_modes();
+    crate::preflight::check_system(cfg)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
+    crate::preflight::check_ports(cfg)?;
     if let Ok(existing) = reader::list_shards(&cfg.data_dir) {
         let extra: Vec<usize> = existing
             .iter()

@@ -73,6 +73,24 @@ fn serve_reports_ready_and_stops_cleanly_on_sigterm() {
         "{log}"
     );
     assert!(data.join("shard-000").is_dir() && data.join("shard-001").is_dir());
+    // Everything pixeld created is private to its user (the log holds visitors' addresses).
+    let mut seen = 0;
+    let mut stack = vec![data.clone()];
+    while let Some(p) = stack.pop() {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o077,
+            0,
+            "{} is group/other accessible",
+            p.display()
+        );
+        seen += 1;
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(seen >= 5, "only {seen} paths checked");
 }
 
 #[test]
