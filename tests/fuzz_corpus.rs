@@ -11,7 +11,10 @@ include!("../fuzz/targets.rs");
 
 use proptest::prelude::*;
 
-const TARGETS: [(&str, fn(&[u8])); 5] = [
+/// A target: its name (its corpus directory) and its body.
+type Target = (&'static str, fn(&[u8]));
+
+const TARGETS: [Target; 5] = [
     ("syslog", syslog),
     ("framing", framing),
     ("event", event),
