@@ -201,6 +201,7 @@ impl Log {
             wake_rx,
             last_sync: Instant::now(),
             last_retention: None,
+            fail_fsync_after: fsync_fault_hook(cfg.shard),
         };
         Ok((log, flusher, report))
     }
@@ -527,6 +528,29 @@ pub struct Flusher {
     wake_rx: LocalReceiver<()>,
     last_sync: Instant,
     last_retention: Option<Instant>,
+    /// Test-only fault hook: fdatasyncs left before one fails (`PIXELD_TEST_FAIL_FSYNC_AFTER`).
+    fail_fsync_after: Option<u64>,
+}
+
+/// Test-only fault hook: `PIXELD_TEST_FAIL_FSYNC_AFTER=N` (optionally `N@SHARD`) makes the
+/// (N+1)-th fdatasync of the open segment fail, as a disk that lost written pages would, so
+/// that the suite can check the poisoning path (`tests/log_fsync_failure.rs`). Read once, at
+/// open; unset in production.
+fn fsync_fault_hook(shard: usize) -> Option<u64> {
+    let v = std::env::var("PIXELD_TEST_FAIL_FSYNC_AFTER").ok()?;
+    let (n, only) = match v.split_once('@') {
+        Some((n, s)) => (n, s.parse::<usize>().ok()),
+        None => (v.as_str(), None),
+    };
+    if only.is_some_and(|s| s != shard) {
+        return None;
+    }
+    let n = n.parse().ok()?;
+    eprintln!(
+        "pixeld: shard {shard}: PIXELD_TEST_FAIL_FSYNC_AFTER set: fdatasync number {} will fail",
+        n + 1
+    );
+    Some(n)
 }
 
 /// Encoded batches written with one O_DIRECT write: under load several pending batches are
@@ -750,10 +774,21 @@ impl Flusher {
     async fn sync(&mut self) -> Result<(), Error> {
         let written = self.log.shared.borrow().written_next;
         let t0 = Instant::now();
-        if let Err(e) = self.seg.file.fdatasync().await {
+        let result = match &mut self.fail_fsync_after {
+            Some(0) => Err(std::io::Error::other(
+                "injected by the test-only fault hook PIXELD_TEST_FAIL_FSYNC_AFTER",
+            )),
+            left => {
+                if let Some(n) = left {
+                    *n -= 1;
+                }
+                self.seg.file.fdatasync().await.map_err(os_error)
+            }
+        };
+        if let Err(source) = result {
             return Err(Error::Poisoned {
                 path: self.seg.path.clone(),
-                source: os_error(e),
+                source,
             });
         }
         self.last_sync = Instant::now();

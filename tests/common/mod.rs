@@ -129,7 +129,32 @@ impl Server {
 
     /// Like [`Server::start_args`] with another pixeld binary (e.g. an installed one).
     pub fn start_bin(bin: &str, data: &Path, extra: &[String]) -> Server {
-        let mut child = Command::new(bin)
+        Server::spawn(Command::new(bin), data, extra)
+    }
+
+    /// Like [`Server::start`] with extra environment variables (e.g. a test-only fault hook).
+    pub fn start_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let (udp, tcp, http_port) = (free_udp_port(), free_tcp_port(), free_tcp_port());
+        let mut args: Vec<String> = vec![
+            "--udp".into(),
+            format!("127.0.0.1:{udp}"),
+            "--tcp".into(),
+            format!("127.0.0.1:{tcp}"),
+            "--http".into(),
+            format!("127.0.0.1:{http_port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cmd = Command::new(pixeld_bin());
+        cmd.envs(env.iter().copied());
+        let mut s = Server::spawn(cmd, data, &args);
+        s.udp = udp;
+        s.tcp = tcp;
+        s.http = http_port;
+        s
+    }
+
+    fn spawn(mut cmd: Command, data: &Path, extra: &[String]) -> Server {
+        let mut child = cmd
             .args(["serve", "--data-dir"])
             .arg(data)
             .args(extra)
