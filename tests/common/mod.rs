@@ -248,3 +248,25 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Every sample of `/metrics`: `name{labels}` → value.
+pub fn metrics(port: u16) -> std::collections::BTreeMap<String, f64> {
+    let (status, _, body) = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of every sample of metric `name` (all label sets).
+pub fn metric_sum(m: &std::collections::BTreeMap<String, f64>, name: &str) -> u64 {
+    m.iter()
+        .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| *v as u64)
+        .sum()
+}
