@@ -425,7 +425,7 @@ pub async fn rebuild(
                 }
                 std::ops::ControlFlow::Continue(())
             },
-            |w| eprintln!("pixeld: shard {}: rebuild: {w:?}", router.me),
+            |w| log.report_read_warning(&w, "rebuilding the aggregates"),
         )?;
         ShardStats::add(
             &router.stats.agg.rebuilt_records,

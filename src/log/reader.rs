@@ -235,6 +235,31 @@ enum SegmentData {
 }
 
 impl SegmentData {
+    fn len(&self) -> u64 {
+        match self {
+            SegmentData::Empty => 0,
+            SegmentData::Mapped(m) => m.len() as u64,
+            SegmentData::Open { len, .. } => *len,
+        }
+    }
+
+    /// The position and base offset of the next valid batch after an invalid one at `pos`.
+    /// For the open segment this reads the rest of the file (up to its length when it was
+    /// opened): only when an invalid batch was met, which at the live tail is a few bytes.
+    fn resync_after(&mut self, pos: u64, expected: u64) -> io::Result<Option<(u64, u64)>> {
+        Ok(match self {
+            SegmentData::Empty => None,
+            SegmentData::Mapped(m) => {
+                resync(m, pos as usize + 1, expected).map(|(p, h)| (p as u64, h.base_offset))
+            }
+            SegmentData::Open { file, len, .. } => {
+                let mut rest = vec![0u8; len.saturating_sub(pos) as usize];
+                file.read_exact_at(&mut rest, pos)?;
+                resync(&rest, 1, expected).map(|(p, h)| (pos + p as u64, h.base_offset))
+            }
+        })
+    }
+
     /// The bytes of the batch at `pos`, or None at the end / at an invalid batch.
     fn batch_at(&mut self, pos: u64) -> io::Result<Result<&[u8], FormatError>> {
         match self {
@@ -337,20 +362,28 @@ impl ShardReader {
                 let batch = match data.batch_at(pos).map_err(|e| Error::io(&seg.path, e))? {
                     Ok(b) => b,
                     Err(e) => {
-                        // The open segment ends at its first invalid batch: its live tail.
-                        let SegmentData::Mapped(m) = &data else { break };
-                        if pos >= m.len() as u64 {
+                        let end = data.len();
+                        if pos >= end {
                             break;
                         }
-                        let found = resync(m, pos as usize + 1, expected);
-                        let next = found.map_or(m.len() as u64, |(p, _)| p as u64);
+                        let found = data
+                            .resync_after(pos, expected)
+                            .map_err(|e| Error::io(&seg.path, e))?;
+                        // Nothing valid after it in the open segment: its live tail (a write
+                        // in progress, or a torn tail recovery will cut) — the end, no warning.
+                        // Something valid after it: damage in the middle, skipped with a
+                        // warning as in a sealed segment.
+                        if found.is_none() && is_open {
+                            break;
+                        }
+                        let next = found.map_or(end, |(p, _)| p);
                         warn(Warning::Corrupt {
                             segment: seg.path.clone(),
                             range: CorruptRange {
                                 position: pos,
                                 len: next - pos,
                                 expected_offset: expected,
-                                resumes_at: found.map(|(_, h)| h.base_offset),
+                                resumes_at: found.map(|(_, base)| base),
                                 reason: e.to_string(),
                             },
                         });

@@ -157,24 +157,20 @@ pub(crate) async fn recover(
                 },
                 None => reader::scan_segment(bytes, seg.base_offset, interval, false),
             };
-            // The newest segment ends at its first invalid batch (Kafka's rule).
-            let cut_at = scan
-                .corrupt
-                .first()
-                .or(scan.tail.as_ref())
-                .map(|r| r.position);
-            let (index, valid_end) = match cut_at {
-                Some(p) if !scan.corrupt.is_empty() => {
-                    let again = reader::scan_segment(
-                        &bytes[..p as usize],
-                        seg.base_offset,
-                        interval,
-                        false,
-                    );
-                    (again.index, again.valid_end)
-                }
-                _ => (scan.index, scan.valid_end),
-            };
+            // Only a torn tail is cut: the bytes after the last valid batch. A corrupt range
+            // followed by valid batches is damage in the middle (bit rot, a lost block of a
+            // group write), reported and skipped as in a sealed segment — never a reason to
+            // drop the valid, possibly acknowledged, batches after it. (Kafka cuts at the
+            // first invalid batch instead, and so loses them.)
+            for range in &scan.corrupt {
+                eprintln!(
+                    "pixeld: shard {shard}: CORRUPT range in the newest segment {} at byte {} ({} bytes, expected offset {}): {}; the rest stays readable, run `pixeld check`",
+                    seg.path.display(), range.position, range.len, range.expected_offset, range.reason
+                );
+                ShardStats::add(&stats.corrupt_ranges, 1);
+                report.corrupt.push((seg.path.clone(), range.clone()));
+            }
+            let (index, valid_end) = (scan.index, scan.valid_end);
             let file_len = bytes.len() as u64;
             let file = OpenOptions::new()
                 .read(true)
@@ -189,15 +185,14 @@ pub(crate) async fn recover(
             let io_err = |e: glommio::GlommioError<()>| Error::io(&seg.path, os_error(e));
             if file_len > valid_end {
                 let cut = file_len - valid_end;
-                let padding = scan.corrupt.is_empty() && scan.tail_is_zero && cut < 4096;
+                let padding = scan.tail_is_zero && cut < 4096;
                 file.truncate(valid_end).await.map_err(io_err)?;
                 if padding {
                     report.trimmed_padding = cut;
                 } else {
                     let reason = scan
-                        .corrupt
-                        .first()
-                        .or(scan.tail.as_ref())
+                        .tail
+                        .as_ref()
                         .map_or_else(String::new, |r| r.reason.clone());
                     eprintln!(
                         "pixeld: shard {shard}: truncated torn tail of {} at byte {valid_end} (next offset {}): {cut} bytes cut ({reason})",

@@ -145,6 +145,9 @@ pub struct Log {
     cfg: LogConfig,
     stats: Arc<ShardStats>,
     wake: LocalSender<()>,
+    /// Corrupt ranges already reported (segment, byte position), so that one found again by
+    /// a later read of this shard (the rebuild, an API reader) is not counted twice.
+    reported_corrupt: RefCell<std::collections::HashSet<(std::path::PathBuf, u64)>>,
 }
 
 impl std::fmt::Debug for Log {
@@ -188,6 +191,13 @@ impl Log {
             stats: stats.clone(),
             wake,
             cfg: cfg.clone(),
+            reported_corrupt: RefCell::new(
+                report
+                    .corrupt
+                    .iter()
+                    .map(|(p, r)| (p.clone(), r.position))
+                    .collect(),
+            ),
         });
         let encoder =
             BatchEncoder::new(cfg.codec, cfg.zstd_level).map_err(|e| Error::io(&cfg.dir, e))?;
@@ -208,6 +218,42 @@ impl Log {
 
     pub fn config(&self) -> &LogConfig {
         &self.cfg
+    }
+
+    /// Reports what a read of this shard's log skipped (`during` says which read): a corrupt
+    /// range is logged and counted in `pixeld_log_corrupt_ranges_total` once, however many
+    /// reads meet it. Recovery trusts a sealed segment whose index matches its length without
+    /// reading it, so damage inside one is found by the first read that decodes it.
+    pub fn report_read_warning(&self, w: &super::reader::Warning, during: &str) {
+        use super::reader::Warning;
+        let shard = self.cfg.shard;
+        match w {
+            Warning::Corrupt { segment, range } => {
+                let new = self
+                    .reported_corrupt
+                    .borrow_mut()
+                    .insert((segment.clone(), range.position));
+                if new {
+                    ShardStats::add(&self.stats.corrupt_ranges, 1);
+                    eprintln!(
+                        "pixeld: shard {shard}: CORRUPT range in segment {} at byte {} ({} bytes, offsets {}..{} unreadable), found while {during}: {}; the rest stays readable, run `pixeld check`",
+                        segment.display(),
+                        range.position,
+                        range.len,
+                        range.expected_offset,
+                        range.resumes_at.map_or_else(|| "end".into(), |o| o.to_string()),
+                        range.reason
+                    );
+                }
+            }
+            Warning::BadIndex { path, reason } => eprintln!(
+                "pixeld: shard {shard}: index {} unusable while {during} ({reason}); scanned its segment instead",
+                path.display()
+            ),
+            Warning::Gap { from, to } => eprintln!(
+                "pixeld: shard {shard}: offsets {from}..{to} missing between segments, found while {during} (lost to earlier damage); run `pixeld check`"
+            ),
+        }
     }
 
     pub fn stats(&self) -> &Arc<ShardStats> {
