@@ -5,9 +5,11 @@
 //! Sealed segments are trusted when their index is intact and matches their length; a
 //! missing or damaged index is rebuilt by a full scan, which also reports corrupt ranges
 //! (they stay in place: only `check` and readers report them, nothing is deleted). The newest
-//! segment is scanned batch by batch (lengths, CRC, contiguous offsets) and truncated at its
-//! first invalid batch: the torn tail of a crash, or zero padding of an O_DIRECT block. The
-//! cut is logged with segment, offset and bytes, and counted.
+//! segment is scanned batch by batch (lengths, CRC, contiguous offsets) and truncated after
+//! its last valid batch: the torn tail of a crash, or zero padding of an O_DIRECT block. The
+//! cut is logged with segment, offset and bytes, and counted. A corrupt range followed by
+//! valid batches is not a tail: it is reported and counted like one in a sealed segment, and
+//! kept (the batches after it may have been acknowledged).
 //!
 //! A clean shutdown leaves a marker, [`CLEAN_MARKER`]: the newest segment's sparse index with
 //! the length it was synced at (written durably after the final fdatasync). When the marker
