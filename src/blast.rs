@@ -90,7 +90,9 @@ pub struct BlastOptions {
 /// Why a blast failed.
 #[derive(Debug, Error)]
 pub enum BlastError {
-    #[error("cannot connect to {addr}: {source} (is `pixeld serve` listening there? see --target)")]
+    #[error(
+        "cannot connect to {addr}: {source} (is `pixeld serve` listening there? see --target)"
+    )]
     Connect { addr: SocketAddr, source: io::Error },
     #[error("sending to {addr} failed: {source}")]
     Send { addr: SocketAddr, source: io::Error },
@@ -390,8 +392,19 @@ pub fn run(opts: &BlastOptions) -> Result<Report, BlastError> {
                         }
                     }
                 }
-                after = settle(&agent, url, &before, opts, expected + report.probes_sent, true)?;
-                report.probes_seen = delta(&before, &after.0, r#"pixeld_dropped_events_total{reason="empty"}"#);
+                after = settle(
+                    &agent,
+                    url,
+                    &before,
+                    opts,
+                    expected + report.probes_sent,
+                    true,
+                )?;
+                report.probes_seen = delta(
+                    &before,
+                    &after.0,
+                    r#"pixeld_dropped_events_total{reason="empty"}"#,
+                );
                 if report.probes_seen >= report.probes_sent {
                     break;
                 }
@@ -555,7 +568,10 @@ fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> 
                         return Err(BlastError::HttpStatus {
                             url,
                             status,
-                            body: format!("{} (a batch of {n} events, {len} bytes; see --batch)", text.trim()),
+                            body: format!(
+                                "{} (a batch of {n} events, {len} bytes; see --batch)",
+                                text.trim()
+                            ),
                         })
                     }
                 }
@@ -692,7 +708,9 @@ fn scrape(agent: &ureq::Agent, url: &str) -> Result<Scrape, BlastError> {
         }
     }
     if !m.contains_key("pixeld_appended_events_total") {
-        return Err(err("not pixeld's metrics (no pixeld_appended_events_total)".into()));
+        return Err(err(
+            "not pixeld's metrics (no pixeld_appended_events_total)".into(),
+        ));
     }
     Ok(m)
 }
@@ -759,7 +777,10 @@ fn settle(
 }
 
 fn received_series(t: Transport) -> String {
-    format!(r#"pixeld_received_events_total{{transport="{}"}}"#, t.as_str())
+    format!(
+        r#"pixeld_received_events_total{{transport="{}"}}"#,
+        t.as_str()
+    )
 }
 
 fn account(
@@ -787,7 +808,8 @@ fn account(
     let lost_probes = report.probes_sent.saturating_sub(report.probes_seen);
     let kernel = delta(before, after, "pixeld_udp_kernel_drops_total").saturating_sub(lost_probes);
     let appended = delta(before, after, "pixeld_appended_events_total");
-    let received = delta(before, after, &received_series(transport)).saturating_sub(report.probes_seen);
+    let received =
+        delta(before, after, &received_series(transport)).saturating_sub(report.probes_seen);
     let counted = appended + dropped.values().sum::<u64>() + kernel;
     PixeldCounts {
         received,
@@ -831,15 +853,27 @@ mod tests {
     fn accounting_subtracts_probes() {
         let before: Scrape = [
             ("pixeld_appended_events_total".to_owned(), 10.0),
-            (r#"pixeld_dropped_events_total{reason="empty"}"#.to_owned(), 1.0),
+            (
+                r#"pixeld_dropped_events_total{reason="empty"}"#.to_owned(),
+                1.0,
+            ),
         ]
         .into_iter()
         .collect();
         let after: Scrape = [
             ("pixeld_appended_events_total".to_owned(), 100.0),
-            (r#"pixeld_received_events_total{transport="udp"}"#.to_owned(), 92.0),
-            (r#"pixeld_dropped_events_total{reason="empty"}"#.to_owned(), 3.0),
-            (r#"pixeld_dropped_events_total{reason="oversize"}"#.to_owned(), 0.0),
+            (
+                r#"pixeld_received_events_total{transport="udp"}"#.to_owned(),
+                92.0,
+            ),
+            (
+                r#"pixeld_dropped_events_total{reason="empty"}"#.to_owned(),
+                3.0,
+            ),
+            (
+                r#"pixeld_dropped_events_total{reason="oversize"}"#.to_owned(),
+                0.0,
+            ),
             ("pixeld_udp_kernel_drops_total".to_owned(), 6.0),
         ]
         .into_iter()

@@ -260,7 +260,7 @@ fn blast(a: BlastArgs) -> Result<ExitCode> {
     let event_rate = a
         .event_rate
         .unwrap_or(if a.rate > 0 { a.rate as f64 } else { 100_000.0 });
-    if !(event_rate > 0.0) {
+    if !event_rate.is_finite() || event_rate <= 0.0 {
         anyhow::bail!("--event-rate must be positive");
     }
     let gen = GenConfig {
@@ -352,7 +352,11 @@ fn blast(a: BlastArgs) -> Result<ExitCode> {
         .pixeld
         .as_ref()
         .is_none_or(|p| p.settled && p.unaccounted == 0);
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
