@@ -127,7 +127,8 @@ fn every_transport_accounts_for_every_event_and_aggregates_what_was_generated() 
     let start = (now_ms - 10 * 60_000).to_string();
 
     // (transport, target, count, seed, extra arguments, header the lines carry)
-    let runs: [(&str, &str, u64, &str, &[&str], &str); 4] = [
+    type Run<'a> = (&'a str, &'a str, u64, &'a str, &'a [&'a str], &'a str);
+    let runs: [Run; 4] = [
         (
             "tcp",
             &tcp_addr,
