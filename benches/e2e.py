@@ -142,7 +142,8 @@ def pixeld_run(a, name, n, bargs, queries=False):
     stop(s.p)
     px = r["pixeld"]
     res = {"name": name, "events": r["sent"], "seconds": r["seconds"], "events_per_s": r["events_per_second"],
-           "cpu_s_per_million": cpu / max(r["sent"], 1) * 1e6, "appended": px["appended"],
+           "cpu_s_per_million": cpu / max(r["sent"], 1) * 1e6, "cpu_s_per_million_stored": cpu / max(px["appended"], 1) * 1e6,
+           "appended": px["appended"],
            "lost": r["sent"] - px["appended"], "dropped": px["dropped"], "kernel_udp_drops": px["kernel_udp_drops"],
            "unaccounted": px["unaccounted"], "disk_bytes_per_event": dir_bytes(data, ".log") / max(px["appended"], 1),
            "rss_peak_mib": hwm / 2**20}
@@ -221,7 +222,7 @@ def rsyslog_run(a, name, n, bargs):
     cpu = ru.ru_utime + ru.ru_stime - cpu0
     lines = int(subprocess.run("zstd -dc %s | wc -l" % out, shell=True, stdout=subprocess.PIPE, text=True).stdout.strip() or 0)
     res = {"name": name, "events": r["sent"], "seconds": r["seconds"], "events_per_s": r["events_per_second"],
-           "cpu_s_per_million": cpu / max(r["sent"], 1) * 1e6, "stored": lines, "lost": r["sent"] - lines,
+           "cpu_s_per_million": cpu / max(r["sent"], 1) * 1e6, "cpu_s_per_million_stored": cpu / max(lines, 1) * 1e6, "stored": lines, "lost": r["sent"] - lines,
            "disk_bytes_per_event": os.path.getsize(out) / max(lines, 1),
            "cpu_s_at_output_quiet": cpu_before_stop - cpu0}
     shutil.rmtree(d, ignore_errors=True)
@@ -376,11 +377,11 @@ def pixeld_from_file(a, path, n):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=2_000_000, help="events per TCP run (and in the peers' file)")
+    ap.add_argument("--events", type=int, default=1_000_000, help="events per TCP run (and in the peers' file)")
     ap.add_argument("--udp-events", type=int, default=1_000_000)
     ap.add_argument("--udp-rate", type=int, default=500_000, help="open-loop UDP rate that must lose nothing")
     ap.add_argument("--http-events", type=int, default=500_000)
-    ap.add_argument("--query-rate", type=int, default=200_000, help="TCP events/s while measuring query latency")
+    ap.add_argument("--query-rate", type=int, default=50_000, help="TCP events/s while measuring query latency")
     ap.add_argument("--redis-events", type=int, default=None, help="lines fed to Redis (default: --events)")
     ap.add_argument("--peers", default="rsyslog,redis,chdb", help="comma-separated subset of rsyslog,redis,chdb (or none)")
     ap.add_argument("--seed", type=int, default=42)
@@ -400,7 +401,9 @@ def main():
     # second of event time, so the largest run ends about now (all inside the last hour).
     a.start = now_ms - a.events // 100
     a.now_min = now_ms // 60000 + 1
-    results = {"date": time.strftime("%Y-%m-%d"), "seed": a.seed, "start_msec": a.start, "pixeld": [], "peers": []}
+    results = {"date": time.strftime("%Y-%m-%d"), "seed": a.seed, "start_msec": a.start, "pixeld": [], "peers": [],
+               "net.core.rmem_max": open("/proc/sys/net/core/rmem_max").read().strip(),
+               "loadavg_at_start": open("/proc/loadavg").read().split()[:3]}
     try:
         tcp = lambda s: ["--transport", "tcp", "--target", "127.0.0.1:%d" % s.tcp]
         udp = lambda s: ["--transport", "udp", "--target", "127.0.0.1:%d" % s.udp]
