@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agg;
+pub mod blast;
 pub mod check;
 pub mod config;
 pub mod gen;

@@ -1,0 +1,894 @@
+//! `pixeld blast`: the load generator. Sends generated pixel hits ([`crate::gen`]) to a
+//! running pixeld over UDP (batched `sendmmsg`, one datagram per hit as nginx sends them), TCP
+//! (large writes, LF or octet-counted framing) or HTTP (`POST /v1/events` NDJSON batches on
+//! keep-alive connections), open loop at a fixed rate or as fast as possible, from several
+//! connections (one thread each). Then it reads pixeld's `/metrics` and accounts for every
+//! event it sent: received, appended, dropped by reason, kernel UDP drops, and what is left
+//! unaccounted.
+//!
+//! Accounting is by counter deltas (`/metrics` before and after, once the counters have
+//! stopped moving), so it is exact only when nothing else sends to the same pixeld meanwhile.
+//! Every line carries `seq`, so a loss can also be located in the log (`pixeld replay`).
+//! Kernel UDP drops are counted by pixeld from `SO_RXQ_OVFL`, which the kernel reports only
+//! with the *next* datagram a socket receives; so after the run each sending socket sends one
+//! empty datagram (a "probe", which pixeld counts as received and dropped as `empty`) to bring
+//! the count up to date, and the probes are subtracted again.
+//!
+//! This module is a client: it never touches a data dir and uses plain std threads and
+//! blocking sockets (a load generator must not share pixeld's executors). It only measures;
+//! the end-to-end benchmark (`benches/e2e.py`) pins it and pixeld to their CPUs.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::gen::{GenConfig, HitGenerator};
+
+/// Datagrams handed to the kernel per `sendmmsg` call.
+pub const UDP_BATCH: usize = 64;
+
+/// How hits travel to pixeld.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Http,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// TCP framing (RFC 6587).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Each line followed by LF (Vector, Fluent Bit).
+    Line,
+    /// `LEN SP LINE` (rsyslog `omfwd`).
+    Octet,
+}
+
+/// What to send, where, how fast.
+#[derive(Debug, Clone)]
+pub struct BlastOptions {
+    pub transport: Transport,
+    /// Where hits go: the UDP, TCP or HTTP listener.
+    pub target: SocketAddr,
+    pub framing: Framing,
+    /// Parallel connections (UDP: sockets), one sender thread each.
+    pub connections: usize,
+    /// Events per second over all connections, open loop; 0: as fast as possible.
+    pub rate: u64,
+    /// Stop after this many events (the lines with `seq` 1..=count).
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    pub seed: u64,
+    /// Event time of the first line, ms since the epoch.
+    pub start_msec: u64,
+    pub gen: GenConfig,
+    /// Events per write: per `POST` for HTTP, per `write` for TCP (UDP sends `UDP_BATCH` per
+    /// `sendmmsg`).
+    pub batch: usize,
+    /// pixeld's `/metrics` URL; `None`: send only (for other receivers).
+    pub metrics: Option<String>,
+    /// How long to wait for the counters to take in what was sent.
+    pub settle_timeout: Duration,
+}
+
+/// Why a blast failed.
+#[derive(Debug, Error)]
+pub enum BlastError {
+    #[error(
+        "cannot connect to {addr}: {source} (is `pixeld serve` listening there? see --target)"
+    )]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("sending to {addr} failed: {source}")]
+    Send { addr: SocketAddr, source: io::Error },
+    #[error("nothing receives UDP on {addr} (the kernel answered `connection refused` {tries} times in a row)")]
+    UdpRefused { addr: SocketAddr, tries: u32 },
+    #[error("cannot read pixeld's metrics at {url}: {reason} (start `pixeld serve`, point --http or --metrics at it, or pass --no-metrics)")]
+    Metrics { url: String, reason: String },
+    #[error("POST {url} answered {status}: {body}")]
+    HttpStatus {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("POST {url} failed: {reason}")]
+    Http { url: String, reason: String },
+    #[error("a sender thread panicked")]
+    Thread,
+}
+
+/// Counter deltas read from pixeld's `/metrics` over the run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PixeldCounts {
+    /// `pixeld_received_events_total{transport}` of the blast's transport, probes excluded.
+    pub received: u64,
+    pub appended: u64,
+    /// `pixeld_dropped_events_total` by reason (non-zero ones), probes excluded.
+    pub dropped: BTreeMap<String, u64>,
+    /// `pixeld_udp_kernel_drops_total`, lost probes excluded.
+    pub kernel_udp_drops: u64,
+    /// sent − appended − dropped − kernel drops: events nobody counted (0 when all is well).
+    pub unaccounted: i64,
+    /// The counters stopped moving before `settle_timeout`.
+    pub settled: bool,
+}
+
+/// What a blast did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub transport: &'static str,
+    pub target: String,
+    pub connections: usize,
+    pub rate_target: u64,
+    /// Events handed to the kernel (UDP, TCP) or in answered POSTs (HTTP).
+    pub sent: u64,
+    pub bytes: u64,
+    /// From the first send to the last.
+    pub seconds: f64,
+    /// Largest lag behind the open-loop schedule (0 at rate 0).
+    pub max_lag_seconds: f64,
+    /// HTTP: events in batches answered 503 (a prefix of such a batch may be stored).
+    pub http_refused_events: u64,
+    /// UDP: empty probe datagrams sent / seen by pixeld.
+    pub probes_sent: u64,
+    pub probes_seen: u64,
+    pub pixeld: Option<PixeldCounts>,
+}
+
+impl Report {
+    pub fn events_per_second(&self) -> f64 {
+        self.sent as f64 / self.seconds.max(1e-9)
+    }
+
+    /// One JSON object with every field.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "transport": self.transport,
+            "target": self.target,
+            "connections": self.connections,
+            "rate_target": self.rate_target,
+            "sent": self.sent,
+            "bytes": self.bytes,
+            "seconds": round3(self.seconds),
+            "events_per_second": self.events_per_second().round(),
+            "max_lag_seconds": round3(self.max_lag_seconds),
+        });
+        if self.transport == "http" {
+            v["http_refused_events"] = self.http_refused_events.into();
+        }
+        if self.transport == "udp" {
+            v["probes_sent"] = self.probes_sent.into();
+            v["probes_seen"] = self.probes_seen.into();
+        }
+        v["pixeld"] = match &self.pixeld {
+            None => serde_json::Value::Null,
+            Some(p) => serde_json::json!({
+                "received": p.received,
+                "appended": p.appended,
+                "dropped": p.dropped,
+                "kernel_udp_drops": p.kernel_udp_drops,
+                "unaccounted": p.unaccounted,
+                "settled": p.settled,
+            }),
+        };
+        v
+    }
+
+    /// A few human lines.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "sent {} events ({:.1} MB) over {} to {} on {} connection(s) in {:.3} s: {:.0} events/s",
+            self.sent,
+            self.bytes as f64 / 1e6,
+            self.transport,
+            self.target,
+            self.connections,
+            self.seconds,
+            self.events_per_second()
+        );
+        if self.rate_target > 0 {
+            s += &format!(
+                " (target {}/s, max lag {:.3} s)",
+                self.rate_target, self.max_lag_seconds
+            );
+        }
+        s.push('\n');
+        if self.http_refused_events > 0 {
+            s += &format!(
+                "HTTP 503 for {} events (pixeld could not take them)\n",
+                self.http_refused_events
+            );
+        }
+        match &self.pixeld {
+            None => s += "pixeld counters: not read (--no-metrics)\n",
+            Some(p) => {
+                let dropped: u64 = p.dropped.values().sum();
+                s += &format!(
+                    "pixeld: received {}, appended {}, dropped {}{}, kernel UDP drops {}; unaccounted {}{}\n",
+                    p.received,
+                    p.appended,
+                    dropped,
+                    if p.dropped.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {:?}", p.dropped)
+                    },
+                    p.kernel_udp_drops,
+                    p.unaccounted,
+                    if p.settled {
+                        ""
+                    } else {
+                        " (counters still moving at the settle timeout)"
+                    }
+                );
+            }
+        }
+        s
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The event time a blast should start at so that its events are stamped near now: now for
+/// an open-loop rate (events are sent as they are stamped), else so that the last of `count`
+/// events is stamped about now.
+pub fn default_start_msec(now_ms: u64, count: Option<u64>, ms_per_event: f64) -> u64 {
+    match count {
+        Some(n) => now_ms.saturating_sub((n as f64 * ms_per_event) as u64),
+        None => now_ms,
+    }
+}
+
+/// Writes `count` lines (LF-terminated) to `out`: exactly the lines a blast with the same
+/// seed, start and generator config sends. Returns the bytes written.
+pub fn write_lines(
+    seed: u64,
+    start_msec: u64,
+    gen: &GenConfig,
+    count: u64,
+    out: &mut dyn Write,
+) -> io::Result<u64> {
+    let mut g = HitGenerator::with_config(seed, start_msec, gen.clone());
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut bytes = 0u64;
+    for i in 0..count {
+        g.append_line(i, &mut buf);
+        buf.push(b'\n');
+        if buf.len() >= 1 << 20 {
+            out.write_all(&buf)?;
+            bytes += buf.len() as u64;
+            buf.clear();
+        }
+    }
+    out.write_all(&buf)?;
+    bytes += buf.len() as u64;
+    out.flush()?;
+    Ok(bytes)
+}
+
+/// What one sender thread did.
+#[derive(Debug, Default)]
+struct ThreadResult {
+    sent: u64,
+    bytes: u64,
+    max_lag: f64,
+    http_refused: u64,
+    /// The UDP socket, kept for the probes.
+    udp: Option<UdpSocket>,
+}
+
+/// Runs a blast and accounts for it.
+pub fn run(opts: &BlastOptions) -> Result<Report, BlastError> {
+    let agent = http_agent();
+    let before = match &opts.metrics {
+        Some(url) => Some(scrape(&agent, url)?),
+        None => None,
+    };
+    let connections = opts.connections.max(1);
+    let count = match (opts.count, opts.duration) {
+        (None, None) => Some(1_000_000),
+        (c, _) => c,
+    };
+    // A chunk is the unit of work and of pacing: about a millisecond of events at the target
+    // rate, at most one write's worth. Chunk j goes to thread j mod connections.
+    let max_chunk = match opts.transport {
+        Transport::Udp => UDP_BATCH,
+        _ => opts.batch.max(1),
+    } as u64;
+    let chunk = if opts.rate == 0 {
+        max_chunk
+    } else {
+        (opts.rate / connections as u64 / 1000).clamp(1, max_chunk)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(connections);
+    for k in 0..connections {
+        let opts = opts.clone();
+        let stop = stop.clone();
+        let failed = failed.clone();
+        let rate_k = opts.rate as f64 / connections as f64;
+        handles.push(std::thread::spawn(move || {
+            let plan = Plan {
+                k: k as u64,
+                n: connections as u64,
+                chunk,
+                count,
+                rate: rate_k,
+                deadline: opts.duration.map(|d| started + d),
+                stop: &stop,
+            };
+            let r = sender(&opts, &plan);
+            if r.is_err() {
+                failed.fetch_add(1, Ordering::Relaxed);
+                stop.store(true, Ordering::Relaxed);
+            }
+            r
+        }));
+    }
+    let mut results = Vec::with_capacity(connections);
+    let mut first_err = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(r)) => results.push(r),
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert(BlastError::Thread);
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let mut report = Report {
+        transport: opts.transport.as_str(),
+        target: opts.target.to_string(),
+        connections,
+        rate_target: opts.rate,
+        seconds,
+        ..Report::default()
+    };
+    for r in &results {
+        report.sent += r.sent;
+        report.bytes += r.bytes;
+        report.max_lag_seconds = report.max_lag_seconds.max(r.max_lag);
+        report.http_refused_events += r.http_refused;
+    }
+    if let (Some(url), Some(before)) = (&opts.metrics, before) {
+        // TCP and HTTP deliver everything (or the sender saw an error), so their counters are
+        // waited for until complete; lost datagrams never show up, so UDP waits for quiet.
+        let udp = opts.transport == Transport::Udp;
+        let expected = report.sent - report.http_refused_events;
+        let mut after = settle(&agent, url, &before, opts, expected, udp)?;
+        if opts.transport == Transport::Udp {
+            // Bring the kernel-drop counts up to date (see the module doc): one empty datagram
+            // per sending socket, again if one of them was itself dropped.
+            for _round in 0..3 {
+                for r in &results {
+                    if let Some(s) = &r.udp {
+                        if s.send(&[]).is_ok() {
+                            report.probes_sent += 1;
+                        }
+                    }
+                }
+                after = settle(
+                    &agent,
+                    url,
+                    &before,
+                    opts,
+                    expected + report.probes_sent,
+                    true,
+                )?;
+                report.probes_seen = delta(
+                    &before,
+                    &after.0,
+                    r#"pixeld_dropped_events_total{reason="empty"}"#,
+                );
+                if report.probes_seen >= report.probes_sent {
+                    break;
+                }
+            }
+        }
+        report.pixeld = Some(account(&before, &after.0, after.1, &report, opts.transport));
+    }
+    Ok(report)
+}
+
+/// Which events a sender thread sends, and when.
+struct Plan<'a> {
+    /// This thread's number and the number of threads.
+    k: u64,
+    n: u64,
+    chunk: u64,
+    count: Option<u64>,
+    /// This thread's events per second (0: unpaced).
+    rate: f64,
+    deadline: Option<Instant>,
+    stop: &'a AtomicBool,
+}
+
+impl Plan<'_> {
+    /// The index range of this thread's `nth` chunk, or None when done.
+    fn chunk(&self, nth: u64) -> Option<std::ops::Range<u64>> {
+        if self.stop.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        let first = (nth * self.n + self.k).checked_mul(self.chunk)?;
+        let end = first.checked_add(self.chunk)?;
+        match self.count {
+            Some(c) if first >= c => None,
+            Some(c) => Some(first..end.min(c)),
+            None => Some(first..end),
+        }
+    }
+
+    /// Waits until `sent` events are due; returns how far behind schedule the thread is.
+    fn pace(&self, started: Instant, sent: u64) -> f64 {
+        if self.rate <= 0.0 {
+            return 0.0;
+        }
+        let due = started + Duration::from_secs_f64(sent as f64 / self.rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+            0.0
+        } else {
+            (now - due).as_secs_f64()
+        }
+    }
+}
+
+fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> {
+    let mut g = HitGenerator::with_config(opts.seed, opts.start_msec, opts.gen.clone());
+    let mut res = ThreadResult::default();
+    let started = Instant::now();
+    match opts.transport {
+        Transport::Udp => {
+            let bind: SocketAddr = if opts.target.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let sock = UdpSocket::bind(bind).map_err(|source| BlastError::Connect {
+                addr: opts.target,
+                source,
+            })?;
+            sock.connect(opts.target)
+                .map_err(|source| BlastError::Connect {
+                    addr: opts.target,
+                    source,
+                })?;
+            let mut buf = Vec::with_capacity(UDP_BATCH * 512);
+            let mut ends = Vec::with_capacity(UDP_BATCH);
+            let mut nth = 0;
+            while let Some(range) = plan.chunk(nth) {
+                nth += 1;
+                res.max_lag = res.max_lag.max(plan.pace(started, res.sent));
+                buf.clear();
+                ends.clear();
+                let n = range.end - range.start;
+                for i in range {
+                    g.append_line(i, &mut buf);
+                    ends.push(buf.len());
+                }
+                send_datagrams(&sock, opts.target, &buf, &ends)?;
+                res.sent += n;
+                res.bytes += buf.len() as u64;
+            }
+            res.udp = Some(sock);
+        }
+        Transport::Tcp => {
+            let mut s = TcpStream::connect(opts.target).map_err(|source| BlastError::Connect {
+                addr: opts.target,
+                source,
+            })?;
+            let mut buf = Vec::with_capacity(opts.batch.max(1) * 320);
+            let mut line = Vec::with_capacity(512);
+            let mut nth = 0;
+            while let Some(range) = plan.chunk(nth) {
+                nth += 1;
+                res.max_lag = res.max_lag.max(plan.pace(started, res.sent));
+                buf.clear();
+                let n = range.end - range.start;
+                for i in range {
+                    match opts.framing {
+                        Framing::Line => {
+                            g.append_line(i, &mut buf);
+                            buf.push(b'\n');
+                        }
+                        Framing::Octet => {
+                            line.clear();
+                            g.append_line(i, &mut line);
+                            let _ = write!(buf, "{} ", line.len());
+                            buf.extend_from_slice(&line);
+                        }
+                    }
+                }
+                s.write_all(&buf).map_err(|source| BlastError::Send {
+                    addr: opts.target,
+                    source,
+                })?;
+                res.sent += n;
+                res.bytes += buf.len() as u64;
+            }
+            // Everything written reaches pixeld before the FIN; nothing is read back, so the
+            // close never turns into a reset that would discard unsent data.
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        Transport::Http => {
+            let agent = http_agent();
+            let url = format!("http://{}/v1/events", opts.target);
+            let mut body = Vec::with_capacity(opts.batch.max(1) * 320);
+            let mut nth = 0;
+            while let Some(range) = plan.chunk(nth) {
+                nth += 1;
+                res.max_lag = res.max_lag.max(plan.pace(started, res.sent));
+                body.clear();
+                let n = range.end - range.start;
+                for i in range {
+                    g.append_line(i, &mut body);
+                    body.push(b'\n');
+                }
+                let len = body.len() as u64;
+                let mut resp = agent
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .send(&body[..])
+                    .map_err(|e| BlastError::Http {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let status = resp.status().as_u16();
+                let text = resp.body_mut().read_to_string().unwrap_or_default();
+                match status {
+                    200 => {}
+                    503 => res.http_refused += n,
+                    _ => {
+                        return Err(BlastError::HttpStatus {
+                            url,
+                            status,
+                            body: format!(
+                                "{} (a batch of {n} events, {len} bytes; see --batch)",
+                                text.trim()
+                            ),
+                        })
+                    }
+                }
+                res.sent += n;
+                res.bytes += len;
+            }
+        }
+    }
+    Ok(res)
+}
+
+/// Sends one datagram per `buf[ends[i-1]..ends[i]]` with as few `sendmmsg` calls as the kernel
+/// allows.
+fn send_datagrams(
+    sock: &UdpSocket,
+    addr: SocketAddr,
+    buf: &[u8],
+    ends: &[usize],
+) -> Result<(), BlastError> {
+    let mut done = 0;
+    let mut refused = 0u32;
+    while done < ends.len() {
+        match sendmmsg(sock, buf, ends, done) {
+            Ok(n) => {
+                done += n;
+                refused = 0;
+            }
+            // A connected UDP socket reports an earlier ICMP "port unreachable" on a later
+            // send; nothing of this call was sent. Persistent refusals mean no receiver.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                refused += 1;
+                if refused >= 100 {
+                    return Err(BlastError::UdpRefused {
+                        addr,
+                        tries: refused,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) || e.raw_os_error() == Some(libc::ENOBUFS) =>
+            {
+                std::thread::yield_now();
+            }
+            Err(source) => return Err(BlastError::Send { addr, source }),
+        }
+    }
+    Ok(())
+}
+
+/// One `sendmmsg` call for datagrams `from..` (at most [`UDP_BATCH`]); returns how many the
+/// kernel took. Datagram `i` is `buf[ends[i-1]..ends[i]]` (from 0 for the first).
+#[allow(unsafe_code)]
+fn sendmmsg(sock: &UdpSocket, buf: &[u8], ends: &[usize], from: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(UDP_BATCH);
+    let mut start = if from == 0 {
+        0
+    } else {
+        ends.get(from - 1).copied().unwrap_or(buf.len())
+    };
+    for &end in ends.iter().skip(from).take(UDP_BATCH) {
+        let d = buf.get(start..end).unwrap_or_default();
+        iovs.push(libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        });
+        start = end;
+    }
+    let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(iovs.len());
+    for iov in iovs.iter_mut() {
+        // SAFETY: mmsghdr is a plain C struct; all-zero is a valid value (no address: the
+        // socket is connected), filled in below.
+        let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+        hdrs.push(h);
+    }
+    // SAFETY: every header points at one iovec in `iovs`, and every iovec at bytes of `buf`;
+    // both outlive the call and are not moved during it. The kernel only reads the datagram
+    // bytes (the `*mut` in iovec is C's lack of const) and writes `msg_len` into `hdrs`.
+    let n = unsafe {
+        libc::sendmmsg(
+            sock.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// A small HTTP client for `/metrics` and `POST /v1/events`: no TLS, answers of any status
+/// returned as answers, a bounded wait.
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// Prometheus text as series → value (`name{labels}` as written).
+type Scrape = BTreeMap<String, f64>;
+
+fn scrape(agent: &ureq::Agent, url: &str) -> Result<Scrape, BlastError> {
+    let err = |reason: String| BlastError::Metrics {
+        url: url.to_owned(),
+        reason,
+    };
+    let mut resp = agent.get(url).call().map_err(|e| err(e.to_string()))?;
+    if resp.status() != 200 {
+        return Err(err(format!("HTTP {}", resp.status())));
+    }
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| err(e.to_string()))?;
+    let mut m = Scrape::new();
+    for l in text.lines() {
+        if l.starts_with('#') {
+            continue;
+        }
+        if let Some((k, v)) = l.rsplit_once(' ') {
+            if let Ok(v) = v.parse::<f64>() {
+                m.insert(k.to_owned(), v);
+            }
+        }
+    }
+    if !m.contains_key("pixeld_appended_events_total") {
+        return Err(err(
+            "not pixeld's metrics (no pixeld_appended_events_total)".into(),
+        ));
+    }
+    Ok(m)
+}
+
+fn delta(before: &Scrape, after: &Scrape, series: &str) -> u64 {
+    let a = after.get(series).copied().unwrap_or(0.0);
+    let b = before.get(series).copied().unwrap_or(0.0);
+    (a - b).max(0.0) as u64
+}
+
+/// The counters the accounting reads, as deltas since `before`.
+fn tracked(before: &Scrape, after: &Scrape) -> Vec<u64> {
+    after
+        .keys()
+        .filter(|k| {
+            k.starts_with("pixeld_received_events_total")
+                || k.starts_with("pixeld_dropped_events_total")
+                || *k == "pixeld_appended_events_total"
+                || *k == "pixeld_udp_kernel_drops_total"
+        })
+        .map(|k| delta(before, after, k))
+        .collect()
+}
+
+/// Polls `/metrics` until the counters have taken in the `expected` datagrams or events (as
+/// received or kernel-dropped) and stopped moving — or, when `quiet_is_enough`, have not
+/// moved for 2 s — or `settle_timeout` passes. Returns the last scrape and whether it settled.
+fn settle(
+    agent: &ureq::Agent,
+    url: &str,
+    before: &Scrape,
+    opts: &BlastOptions,
+    expected: u64,
+    quiet_is_enough: bool,
+) -> Result<(Scrape, bool), BlastError> {
+    let deadline = Instant::now() + opts.settle_timeout;
+    let mut last = scrape(agent, url)?;
+    let mut still = 0;
+    let mut last_change = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = scrape(agent, url)?;
+        if tracked(before, &now) == tracked(before, &last) {
+            still += 1;
+        } else {
+            still = 0;
+            last_change = Instant::now();
+        }
+        last = now;
+        let received = delta(before, &last, &received_series(opts.transport))
+            + delta(before, &last, "pixeld_udp_kernel_drops_total");
+        // Complete and quiet for 150 ms; or, for UDP, quiet for 2 s (datagrams lost before
+        // pixeld's socket never show up).
+        let complete = received >= expected;
+        if (complete && still >= 3)
+            || (quiet_is_enough && last_change.elapsed() >= Duration::from_secs(2))
+        {
+            return Ok((last, true));
+        }
+        if Instant::now() >= deadline {
+            return Ok((last, false));
+        }
+    }
+}
+
+fn received_series(t: Transport) -> String {
+    format!(
+        r#"pixeld_received_events_total{{transport="{}"}}"#,
+        t.as_str()
+    )
+}
+
+fn account(
+    before: &Scrape,
+    after: &Scrape,
+    settled: bool,
+    report: &Report,
+    transport: Transport,
+) -> PixeldCounts {
+    let mut dropped = BTreeMap::new();
+    for k in after.keys() {
+        if let Some(reason) = k
+            .strip_prefix(r#"pixeld_dropped_events_total{reason=""#)
+            .and_then(|r| r.strip_suffix(r#""}"#))
+        {
+            let mut d = delta(before, after, k);
+            if reason == "empty" {
+                d = d.saturating_sub(report.probes_seen);
+            }
+            if d > 0 {
+                dropped.insert(reason.to_owned(), d);
+            }
+        }
+    }
+    let lost_probes = report.probes_sent.saturating_sub(report.probes_seen);
+    let kernel = delta(before, after, "pixeld_udp_kernel_drops_total").saturating_sub(lost_probes);
+    let appended = delta(before, after, "pixeld_appended_events_total");
+    let received =
+        delta(before, after, &received_series(transport)).saturating_sub(report.probes_seen);
+    let counted = appended + dropped.values().sum::<u64>() + kernel;
+    PixeldCounts {
+        received,
+        appended,
+        dropped,
+        kernel_udp_drops: kernel,
+        unaccounted: report.sent as i64 - counted as i64,
+        settled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_partition_the_indices() {
+        let stop = AtomicBool::new(false);
+        let mut seen = Vec::new();
+        for k in 0..3 {
+            let plan = Plan {
+                k,
+                n: 3,
+                chunk: 7,
+                count: Some(100),
+                rate: 0.0,
+                deadline: None,
+                stop: &stop,
+            };
+            let mut nth = 0;
+            while let Some(r) = plan.chunk(nth) {
+                seen.extend(r);
+                nth += 1;
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn accounting_subtracts_probes() {
+        let before: Scrape = [
+            ("pixeld_appended_events_total".to_owned(), 10.0),
+            (
+                r#"pixeld_dropped_events_total{reason="empty"}"#.to_owned(),
+                1.0,
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let after: Scrape = [
+            ("pixeld_appended_events_total".to_owned(), 100.0),
+            (
+                r#"pixeld_received_events_total{transport="udp"}"#.to_owned(),
+                92.0,
+            ),
+            (
+                r#"pixeld_dropped_events_total{reason="empty"}"#.to_owned(),
+                3.0,
+            ),
+            (
+                r#"pixeld_dropped_events_total{reason="oversize"}"#.to_owned(),
+                0.0,
+            ),
+            ("pixeld_udp_kernel_drops_total".to_owned(), 6.0),
+        ]
+        .into_iter()
+        .collect();
+        let report = Report {
+            sent: 96,
+            probes_sent: 3,
+            probes_seen: 2,
+            ..Report::default()
+        };
+        let p = account(&before, &after, true, &report, Transport::Udp);
+        assert_eq!(p.appended, 90);
+        assert_eq!(p.received, 90);
+        assert!(p.dropped.is_empty());
+        assert_eq!(p.kernel_udp_drops, 5);
+        assert_eq!(p.unaccounted, 1);
+    }
+}
