@@ -11,6 +11,7 @@
 pub mod agg;
 pub mod check;
 pub mod config;
+pub mod dashboard;
 pub mod gen;
 pub mod import;
 pub mod ingest;
