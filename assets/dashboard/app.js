@@ -199,11 +199,15 @@
   });
   $('chart').addEventListener('blur', () => { st.cursor = null; });
 
-  let resizeTimer = null;
-  window.addEventListener('resize', () => {
-    clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => { if (st.chart) st.chart.setSize(chartSize()); }, 150);
-  });
+  // The chart follows its box (window resize, phone rotation), once per frame at most.
+  let resizeFrame = 0;
+  new ResizeObserver(() => {
+    cancelAnimationFrame(resizeFrame);
+    resizeFrame = requestAnimationFrame(() => {
+      const size = chartSize();
+      if (st.chart && (size.width !== st.chart.width || size.height !== st.chart.height)) st.chart.setSize(size);
+    });
+  }).observe(document.getElementById('main'));
 
   // ---- ranked lists ------------------------------------------------------------------------
   const SVG = 'http://www.w3.org/2000/svg';
