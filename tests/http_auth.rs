@@ -107,7 +107,10 @@ fn token_required_for_data_not_for_pixel_health_or_shell() {
     // counted, and the token is nowhere.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while metric(port, "pixeld_appended_events_total") < 2 {
-        assert!(std::time::Instant::now() < deadline, "the pixel was not logged");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pixel was not logged"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(metric(port, "pixeld_appended_events_total"), 2);
