@@ -614,6 +614,40 @@ mod tests {
     }
 
     #[test]
+    fn auth_token_required_off_loopback_and_never_shown() {
+        let token = "0123456789abcdef-token";
+        let raw = RawConfig::parse("[listen]\nhttp = \"0.0.0.0:5580\"\n", "f").unwrap();
+        let e = Config::from_raw(&raw, "f").unwrap_err().to_string();
+        assert!(
+            e.contains("auth_token") && e.contains("0.0.0.0:5580"),
+            "{e}"
+        );
+        let raw = RawConfig::parse(
+            &format!("auth_token = \"{token}\"\n[listen]\nhttp = \"0.0.0.0:5580\"\n"),
+            "f",
+        )
+        .unwrap();
+        let c = Config::from_raw(&raw, "f").unwrap();
+        assert!(c.ingest.auth_token.is_some());
+        for shown in [
+            raw.to_toml(),
+            format!("{raw:?}"),
+            format!("{c:?}"),
+            c.to_string(),
+        ] {
+            assert!(!shown.contains(token), "{shown}");
+        }
+        assert!(raw.to_toml().contains(REDACTED_TOKEN));
+        let raw = RawConfig::parse("auth_token = \"tooshort\"\n", "f").unwrap();
+        let e = Config::from_raw(&raw, "f").unwrap_err().to_string();
+        assert!(e.contains("auth_token") && !e.contains("tooshort"), "{e}");
+        // Loopback needs none.
+        let c = Config::from_raw(&RawConfig::defaults(), "f").unwrap();
+        assert!(c.ingest.auth_token.is_none());
+        assert_eq!(c.ingest.live_max_clients, 1000);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = RawConfig::parse("[log]\nbatch_max_byte = 5\n", "f.toml").unwrap_err();
         assert!(e.to_string().contains("batch_max_byte"), "{e}");

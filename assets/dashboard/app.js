@@ -333,10 +333,16 @@
     loadPrevious().then(loadSparks).catch(report);
   }
 
+  // At most one refresh in flight and one timer pending, however many snapshots arrive.
+  let refreshTimer = null;
   function scheduleRefresh() {
-    const wait = st.lastRefresh + REFRESH_MIN_MS - Date.now();
     if (st.refreshing) { st.refreshAgain = true; return; }
-    if (wait > 0) { setTimeout(scheduleRefresh, wait); return; }
+    if (refreshTimer) return;
+    const wait = st.lastRefresh + REFRESH_MIN_MS - Date.now();
+    if (wait > 0) {
+      refreshTimer = setTimeout(() => { refreshTimer = null; scheduleRefresh(); }, wait);
+      return;
+    }
     refresh().catch(report);
   }
 

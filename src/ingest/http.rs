@@ -84,9 +84,8 @@ impl AuthToken {
     pub fn accepts(&self, header: Option<&hyper::header::HeaderValue>) -> bool {
         use subtle::ConstantTimeEq;
         let Some(given) = header.map(|h| h.as_bytes()).and_then(|h| {
-            h.get(..7)
-                .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
-                .map(|_| &h[7..])
+            let (scheme, rest) = (h.get(..7)?, h.get(7..)?);
+            scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
         }) else {
             return false;
         };
