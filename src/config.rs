@@ -120,6 +120,31 @@ pub struct RawAgg {
     pub fields: crate::parse::event::FieldNames,
 }
 
+/// `[dashboard]`: the page served on `GET /` and its live stream. See config/pixeld.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboard {
+    pub live_max_clients: u64,
+}
+
+/// The API token as written in the file. Its `Debug` never shows it (configs get logged).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawSecret(pub String);
+
+impl fmt::Debug for RawSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("<redacted>")
+        }
+    }
+}
+
+/// What `pixeld validate` prints instead of a configured token.
+pub const REDACTED_TOKEN: &str = "<set, not shown>";
+
 /// The config file as written. Every field may be omitted; omitted fields take the values
 /// of the embedded default file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,10 +155,13 @@ pub struct RawConfig {
     pub shards: ShardCount,
     /// How long a clean stop may take before the process gives up on a stuck shard.
     pub shutdown_timeout: String,
+    /// Bearer token the HTTP API asks for ("" = none; required off loopback).
+    pub auth_token: RawSecret,
     pub listen: RawListen,
     pub ingest: RawIngest,
     pub log: RawLog,
     pub agg: RawAgg,
+    pub dashboard: RawDashboard,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,9 +211,14 @@ impl RawConfig {
         }
     }
 
-    /// The effective config as TOML (for `pixeld validate`).
+    /// The effective config as TOML (for `pixeld validate`). A configured `auth_token` is
+    /// replaced by [`REDACTED_TOKEN`]: the token never reaches a terminal or a log.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut shown = self.clone();
+        if !shown.auth_token.0.is_empty() {
+            shown.auth_token = RawSecret(REDACTED_TOKEN.into());
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
 
@@ -438,6 +471,16 @@ impl Config {
             )?,
             http_max_body: size("ingest.http_max_body", &i.http_max_body, 1 << 10, 256 << 20)?
                 as usize,
+            auth_token: None,
+            live_max_clients: match raw.dashboard.live_max_clients {
+                n @ 1..=100_000 => n as usize,
+                n => {
+                    return Err(invalid(
+                        "dashboard.live_max_clients",
+                        format!("is {n}, must be between 1 and 100000"),
+                    ))
+                }
+            },
             trusted_proxies: i
                 .trusted_proxies
                 .iter()
@@ -502,6 +545,10 @@ impl Config {
                 ),
             ));
         }
+        let http = addr("listen.http", &raw.listen.http)?;
+        let mut ingest = ingest;
+        ingest.auth_token =
+            auth_token(&raw.auth_token, http).map_err(|r| invalid("auth_token", r))?;
         Ok(Config {
             shutdown_timeout: duration(
                 "shutdown_timeout",
@@ -514,10 +561,32 @@ impl Config {
             shards,
             udp: addr("listen.udp", &raw.listen.udp)?,
             tcp: addr("listen.tcp", &raw.listen.tcp)?,
-            http: addr("listen.http", &raw.listen.http)?,
+            http,
             log: LogTemplate(log),
         })
     }
+}
+
+/// Validates the API token against the HTTP address: a non-loopback address without a
+/// token would publish every query, metric and the log to the network, so it is refused.
+fn auth_token(
+    raw: &RawSecret,
+    http: SocketAddr,
+) -> Result<Option<crate::ingest::http::AuthToken>, String> {
+    let t = raw.0.as_str();
+    if t.is_empty() {
+        if !http.ip().is_loopback() {
+            return Err(format!(
+                "is not set, but listen.http = {http} is not a loopback address: anyone who can reach it could read the analytics and the log. Set auth_token (at least {} characters, e.g. `openssl rand -hex 32`) or bind listen.http to 127.0.0.1",
+                crate::ingest::http::AuthToken::MIN_LEN
+            ));
+        }
+        return Ok(None);
+    }
+    // Never echo the value: only its length and what is wrong with it.
+    crate::ingest::http::AuthToken::new(t)
+        .map(Some)
+        .map_err(|why| format!("is not usable ({} characters): {why}", t.chars().count()))
 }
 
 #[cfg(test)]
@@ -542,6 +611,40 @@ mod tests {
         assert_eq!(again, raw);
         // An empty file means the defaults.
         assert_eq!(RawConfig::parse("", "empty").unwrap(), raw);
+    }
+
+    #[test]
+    fn auth_token_required_off_loopback_and_never_shown() {
+        let token = "0123456789abcdef-token";
+        let raw = RawConfig::parse("[listen]\nhttp = \"0.0.0.0:5580\"\n", "f").unwrap();
+        let e = Config::from_raw(&raw, "f").unwrap_err().to_string();
+        assert!(
+            e.contains("auth_token") && e.contains("0.0.0.0:5580"),
+            "{e}"
+        );
+        let raw = RawConfig::parse(
+            &format!("auth_token = \"{token}\"\n[listen]\nhttp = \"0.0.0.0:5580\"\n"),
+            "f",
+        )
+        .unwrap();
+        let c = Config::from_raw(&raw, "f").unwrap();
+        assert!(c.ingest.auth_token.is_some());
+        for shown in [
+            raw.to_toml(),
+            format!("{raw:?}"),
+            format!("{c:?}"),
+            c.to_string(),
+        ] {
+            assert!(!shown.contains(token), "{shown}");
+        }
+        assert!(raw.to_toml().contains(REDACTED_TOKEN));
+        let raw = RawConfig::parse("auth_token = \"tooshort\"\n", "f").unwrap();
+        let e = Config::from_raw(&raw, "f").unwrap_err().to_string();
+        assert!(e.contains("auth_token") && !e.contains("tooshort"), "{e}");
+        // Loopback needs none.
+        let c = Config::from_raw(&RawConfig::defaults(), "f").unwrap();
+        assert!(c.ingest.auth_token.is_none());
+        assert_eq!(c.ingest.live_max_clients, 1000);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod agg;
 pub mod blast;
 pub mod check;
 pub mod config;
+pub mod dashboard;
 pub mod gen;
 pub mod import;
 pub mod ingest;

@@ -202,6 +202,12 @@ pub struct ShardStats {
     pub ready: AtomicBool,
     pub poisoned: AtomicBool,
     pub disk_full: AtomicBool,
+    /// HTTP requests refused with 401 (missing or wrong bearer token).
+    pub http_unauthorized: AtomicU64,
+    /// Open `/v1/live` streams on this shard (gauge), and streams refused at
+    /// `dashboard.live_max_clients`.
+    pub live_clients: AtomicU64,
+    pub live_refused: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the fsync duration histogram buckets.
@@ -611,10 +617,58 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "# HELP pixeld_ready Whether the process is ready (1) or not (0).\n# TYPE pixeld_ready gauge\npixeld_ready {}",
         u8::from(not_ready(all).is_none())
     );
+    counter(
+        &mut o,
+        "pixeld_http_unauthorized_total",
+        "HTTP requests refused for a missing or wrong bearer token.",
+        vec![(
+            String::new(),
+            sum(&|s| ShardStats::get(&s.http_unauthorized)),
+        )],
+    );
+    counter(
+        &mut o,
+        "pixeld_live_refused_total",
+        "/v1/live streams refused at dashboard.live_max_clients.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.live_refused)))],
+    );
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_live_clients Open /v1/live streams.\n# TYPE pixeld_live_clients gauge\npixeld_live_clients {}",
+        sum(&|s| ShardStats::get(&s.live_clients))
+    );
     let _ = writeln!(
         o,
         "# HELP pixeld_build_info Build information.\n# TYPE pixeld_build_info gauge\npixeld_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
     o
+}
+
+/// The numbers of the dashboard's health strip, read from the same counters as [`render`]
+/// (sums over shards): events received, appended and dropped by reason, kernel UDP drops,
+/// events received but not yet in the log (received − appended − dropped: what a crash now
+/// could lose from the write-behind queue), per-shard durable offsets, readiness. Counters,
+/// not rates: a client derives rates from two samples and their `t_ms`.
+pub fn health(all: &[std::sync::Arc<ShardStats>]) -> serde_json::Value {
+    let sum = |f: &dyn Fn(&ShardStats) -> u64| all.iter().map(|s| f(s)).sum::<u64>();
+    let received = sum(&|s| s.received_total());
+    let appended = sum(&|s| ShardStats::get(&s.appended_events));
+    let dropped = sum(&|s| s.dropped_total());
+    let by_reason: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_string(), sum(&|s| s.dropped(*r)).into()))
+        .collect();
+    serde_json::json!({
+        "t_ms": crate::log::now_ns() / 1_000_000,
+        "shards": all.len(),
+        "ready": not_ready(all).is_none(),
+        "received_events_total": received,
+        "appended_events_total": appended,
+        "dropped_events_total": by_reason,
+        "udp_kernel_drops_total": sum(&|s| ShardStats::get(&s.udp_kernel_drops)),
+        "pending_events": received.saturating_sub(appended + dropped),
+        "durable_offset": all.iter().map(|s| s.durable_offset().map_or(-1, |o| o as i64)).collect::<Vec<_>>(),
+        "live_clients": sum(&|s| ShardStats::get(&s.live_clients)),
+    })
 }

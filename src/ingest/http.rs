@@ -14,6 +14,13 @@
 //!   shard cannot take it.
 //! - `GET /v1/top`, `/v1/timeseries`, `/v1/summary`, `/v1/realtime`: the query API (`query`).
 //! - `GET /metrics`, `/healthz`, `/readyz`.
+//! - `GET /` and `/dashboard/*`: the dashboard's static page (`dashboard`); `GET /v1/live`:
+//!   its server-sent-events stream (`dashboard::live`).
+//!
+//! Access: with `auth_token` configured, [`route`] checks `Authorization: Bearer …` (compared
+//! in constant time) before anything else, for every path except the pixel (browsers send it
+//! without a token), health, and the dashboard's static shell, which holds no data. One
+//! central check, so that no endpoint added later can forget it.
 
 use std::convert::Infallible;
 use std::io;
@@ -25,6 +32,7 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
+use http_body_util::Either;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -39,6 +47,57 @@ pub const PIXEL_GIF: [u8; 43] = [
     0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
+
+/// A response body: a whole body, or the endless stream of `/v1/live`.
+pub type Body = Either<Full<Bytes>, crate::dashboard::live::LiveBody>;
+
+/// The API token (`auth_token`). Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct AuthToken(Vec<u8>);
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthToken(<redacted>)")
+    }
+}
+
+impl AuthToken {
+    /// Shortest accepted token: a guessable one would defeat the point.
+    pub const MIN_LEN: usize = 16;
+
+    /// Checks that `t` can travel in an `Authorization` header and is long enough; the
+    /// reason never contains the token.
+    pub fn new(t: &str) -> Result<AuthToken, String> {
+        if t.len() < Self::MIN_LEN {
+            return Err(format!("shorter than {} characters", Self::MIN_LEN));
+        }
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "only printable ASCII without spaces can travel in an Authorization header".into(),
+            );
+        }
+        Ok(AuthToken(t.as_bytes().to_vec()))
+    }
+
+    /// Whether an `Authorization` header value carries this token. The comparison takes the
+    /// same time wherever the first wrong byte is (`subtle`), so timing cannot guess it.
+    pub fn accepts(&self, header: Option<&hyper::header::HeaderValue>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(given) = header.map(|h| h.as_bytes()).and_then(|h| {
+            let (scheme, rest) = (h.get(..7)?, h.get(7..)?);
+            scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+        }) else {
+            return false;
+        };
+        bool::from(given.trim_ascii().ct_eq(&self.0))
+    }
+}
+
+/// Paths served without a token: the pixel (browsers cannot add one), health probes, and
+/// the dashboard's static shell (no data in it; the page asks for the token).
+fn is_public(path: &str) -> bool {
+    matches!(path, "/p.gif" | "/healthz" | "/readyz") || crate::dashboard::asset(path).is_some()
+}
 
 /// What every shard's HTTP server needs.
 pub struct HttpContext {
@@ -71,7 +130,7 @@ pub async fn run(listener: TcpListener, ctx: Rc<HttpContext>) -> io::Result<()> 
         glommio::spawn_local(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(req, peer, &ctx).await) }
+                async move { Ok::<_, Infallible>(route(req, peer, ctx).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(HyperStream(stream), service)
@@ -94,7 +153,7 @@ fn response(
     r
 }
 
-fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     response(status, "application/json", v.to_string())
 }
 
@@ -108,6 +167,43 @@ fn unavailable(why: AppendError) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static("1"),
     );
     r
+}
+
+/// The access check, then the dashboard and its live stream, then every other endpoint.
+async fn route(
+    req: Request<Incoming>,
+    peer: Option<SocketAddr>,
+    ctx: Rc<HttpContext>,
+) -> Response<Body> {
+    let path = req.uri().path();
+    if let Some(token) = &ctx.ingest.cfg.auth_token {
+        if !is_public(path) && !token.accepts(req.headers().get(hyper::header::AUTHORIZATION)) {
+            ShardStats::add(&ctx.ingest.stats.http_unauthorized, 1);
+            let mut r = json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "this pixeld requires a token: send `Authorization: Bearer <auth_token>` (see auth_token in the config)"}),
+            );
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer realm=\"pixeld\""),
+            );
+            return r.map(Either::Left);
+        }
+    }
+    if path == "/v1/live" {
+        if req.method() != Method::GET {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "method not allowed"}),
+            )
+            .map(Either::Left);
+        }
+        return crate::dashboard::live::respond(&req, ctx);
+    }
+    if let Some(asset) = crate::dashboard::asset(path) {
+        return crate::dashboard::serve(&req, asset).map(Either::Left);
+    }
+    handle(req, peer, &ctx).await.map(Either::Left)
 }
 
 async fn handle(

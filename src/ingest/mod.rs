@@ -42,6 +42,11 @@ pub struct IngestConfig {
     pub http_max_body: usize,
     /// Peers whose `X-Forwarded-For` is believed for the client address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The bearer token every HTTP request but the pixel, health and the dashboard's shell
+    /// must carry (`auth_token`); None on loopback without one.
+    pub auth_token: Option<http::AuthToken>,
+    /// Open `/v1/live` streams allowed per shard (`dashboard.live_max_clients`).
+    pub live_max_clients: usize,
 }
 
 impl Default for IngestConfig {
@@ -54,6 +59,8 @@ impl Default for IngestConfig {
             tcp_idle_timeout: Duration::from_secs(300),
             http_max_body: 1 << 20,
             trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            auth_token: None,
+            live_max_clients: 1000,
         }
     }
 }

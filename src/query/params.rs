@@ -333,6 +333,23 @@ fn parse_series(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Req
     })
 }
 
+/// The parameters of `GET /v1/live`: the last `minutes` (1..=60, default 30) minutes, the
+/// current one included, of one site or all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveParams {
+    pub minutes: i64,
+    pub site: Option<String>,
+}
+
+/// Validates the query string of `/v1/live`.
+pub fn parse_live(query: Option<&str>) -> Result<LiveParams, BadParam> {
+    let p = pairs(query, &["minutes", "site"])?;
+    Ok(LiveParams {
+        minutes: number(&p, "minutes", 30, MAX_REALTIME_MINUTES)?,
+        site: site(&p)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +411,32 @@ mod tests {
             assert_eq!(e.param, param, "{q}");
         }
         assert!(parse("/v1/nope", None, NOW, &cfg()).is_none());
+    }
+
+    #[test]
+    fn live_parameters() {
+        assert_eq!(
+            parse_live(None),
+            Ok(LiveParams {
+                minutes: 30,
+                site: None
+            })
+        );
+        assert_eq!(
+            parse_live(Some("minutes=5&site=Shop.Example")),
+            Ok(LiveParams {
+                minutes: 5,
+                site: Some("shop.example".into())
+            })
+        );
+        for (q, param) in [
+            ("minutes=0", "minutes"),
+            ("minutes=61", "minutes"),
+            ("site=", "site"),
+            ("from=-1h", "from"),
+        ] {
+            assert_eq!(parse_live(Some(q)).unwrap_err().param, param, "{q}");
+        }
     }
 
     #[test]

@@ -1,0 +1,504 @@
+// pixeld's dashboard: vanilla JS, no build step, no other origin. Everything it shows comes
+// from the public JSON API, so this file is also a worked example of it:
+//  - the realtime view (30 min) is pushed by GET /v1/live (server-sent events, read with
+//    fetch streaming so that the bearer token can travel in a header, which EventSource
+//    cannot send);
+//  - longer views read /v1/timeseries, /v1/summary and /v1/top, refreshed when the live
+//    stream says the aggregates changed (at most every 5 s), never on a blind timer;
+//  - the health strip comes from the stream's `health` events: the counters of /metrics.
+// State for tests and the curious: window.pixeldDashboard.
+'use strict';
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const nf = new Intl.NumberFormat(undefined);
+  const nf1 = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+  const pf = new Intl.NumberFormat(undefined, { style: 'percent', maximumFractionDigits: 1 });
+  // Okabe–Ito: distinguishable with every common colour-vision deficiency.
+  const BLUE = '#0072B2', ORANGE = '#E69F00', VERMILLION = '#D55E00';
+
+  const RANGES = {
+    '30m': { minutes: 30, step: '1m', stepMin: 1, live: true, label: 'the last 30 minutes (live)' },
+    '6h': { minutes: 360, step: '1m', stepMin: 1, label: 'the last 6 hours' },
+    '24h': { minutes: 1440, step: '1h', stepMin: 60, label: 'the last 24 hours' },
+    '7d': { minutes: 10080, step: '1h', stepMin: 60, label: 'the last 7 days' },
+  };
+  const REFRESH_MIN_MS = 5000;
+  const SPARK_MIN_MS = 15000;
+  const STALL_MS = 15000;
+
+  const st = {
+    site: '', range: '30m',
+    token: sessionStorage.getItem('pixeld-token') || '',
+    from: null, to: null,           // epoch seconds of the range shown
+    headline: null, points: [], top: { pages: [], refs: [], sites: [] },
+    prev: null, prevKey: '',
+    sparks: {}, sparkKey: '', sparkAt: 0,
+    lastRefresh: 0, refreshing: false, refreshAgain: false,
+    live: { gen: 0, abort: null, lastId: null, retry: 3000, events: 0, snapshots: 0, lastHealth: null },
+    chart: null, cursor: null,
+  };
+  window.pixeldDashboard = st;
+
+  class AuthError extends Error {}
+
+  function headers() {
+    return st.token ? { Authorization: 'Bearer ' + st.token } : {};
+  }
+
+  async function api(path) {
+    const r = await fetch(path, { headers: headers(), cache: 'no-store' });
+    if (r.status === 401) { askToken(); throw new AuthError('token needed'); }
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(body.error || ('HTTP ' + r.status));
+    return body;
+  }
+
+  const secs = (rfc3339) => Math.round(Date.parse(rfc3339) / 1000);
+  const q = (o) => new URLSearchParams(Object.entries(o).filter(([, v]) => v !== '' && v != null)).toString();
+
+  function status(text, kind) {
+    const s = $('status');
+    s.textContent = text;
+    s.dataset.kind = kind || '';
+  }
+
+  // ---- token -------------------------------------------------------------------------------
+  function askToken(message) {
+    const box = $('auth');
+    if (!box.hidden && !message) return;
+    box.hidden = false;
+    $('main').setAttribute('aria-hidden', 'true');
+    $('auth-error').textContent = message || (st.token ? 'The token was refused.' : '');
+    status('token needed', 'warn');
+    $('token').focus();
+  }
+
+  $('auth-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    st.token = $('token').value.trim();
+    sessionStorage.setItem('pixeld-token', st.token);
+    $('auth').hidden = true;
+    $('main').removeAttribute('aria-hidden');
+    $('token').value = '';
+    restart();
+  });
+
+  // ---- formatting --------------------------------------------------------------------------
+  function duration(s) {
+    if (s < 60) return nf.format(s) + ' s';
+    if (s < 3600) return nf1.format(s / 60) + ' min';
+    return nf1.format(s / 3600) + ' h';
+  }
+
+  function setTile(id, value, prev, fmt) {
+    const tile = $(id);
+    const v = tile.querySelector('.value');
+    v.dataset.value = String(value);
+    v.textContent = fmt ? fmt(value) : nf.format(value);
+    const d = tile.querySelector('.delta');
+    if (prev == null) { d.textContent = ''; d.dataset.dir = ''; return; }
+    if (prev === 0) {
+      d.textContent = value === 0 ? 'no change vs previous period' : 'new vs previous period (was 0)';
+      d.dataset.dir = value === 0 ? 'flat' : 'up';
+      return;
+    }
+    const ch = (value - prev) / prev;
+    const dir = ch > 0 ? 'up' : ch < 0 ? 'down' : 'flat';
+    // An arrow and a sign, not colour alone.
+    d.textContent = (dir === 'up' ? '▲ +' : dir === 'down' ? '▼ ' : '■ ') + pf.format(ch) + ' vs previous period';
+    d.dataset.dir = dir;
+  }
+
+  // ---- headline ----------------------------------------------------------------------------
+  function renderHeadline() {
+    const h = st.headline;
+    if (!h) return;
+    const p = st.prev;
+    setTile('t-views', h.views, p && p.views);
+    setTile('t-uniques', h.uniques, p && p.uniques);
+    setTile('t-engaged', h.engaged_seconds, p && p.engaged_seconds, duration);
+    if (h.current_visitors != null) setTile('t-current', h.current_visitors, null);
+    const main = $('main');
+    main.dataset.from = String(st.from);
+    main.dataset.to = String(st.to);
+    main.dataset.site = st.site;
+    main.dataset.range = st.range;
+    const f = new Date(st.from * 1000), t = new Date(st.to * 1000);
+    $('range-text').textContent = (st.site || 'All sites') + ' · ' + RANGES[st.range].label + ' · ' +
+      f.toLocaleString() + ' – ' + t.toLocaleString();
+  }
+
+  // The previous period of the same length, fetched once per range.
+  async function loadPrevious() {
+    const len = st.to - st.from;
+    const key = [st.site, st.from, st.to].join('|');
+    if (key === st.prevKey) return;
+    st.prevKey = key;
+    const gen = st.live.gen;
+    let prev = null;
+    try {
+      prev = await api('/v1/summary?' + q({ from: st.from - len, to: st.from, site: st.site }));
+    } catch (e) {
+      if (e instanceof AuthError) throw e; // else older than the aggregates keep: no comparison
+    }
+    if (gen !== st.live.gen) return;
+    st.prev = prev;
+    renderHeadline();
+  }
+
+  // ---- chart -------------------------------------------------------------------------------
+  function chartSize() {
+    const el = $('chart');
+    return { width: Math.max(el.clientWidth, 280), height: window.innerWidth < 600 ? 200 : 260 };
+  }
+
+  function renderChart() {
+    const pts = st.points;
+    const xs = pts.map((p) => secs(p.t));
+    const data = [xs, pts.map((p) => p.views), pts.map((p) => p.uniques == null ? null : p.uniques)];
+    const el = $('chart');
+    el.dataset.points = String(pts.length);
+    $('chart-step').textContent = '(' + (RANGES[st.range].stepMin === 1 ? 'per minute' : 'per hour') + ')';
+    let peak = null;
+    for (const p of pts) if (!peak || p.views > peak.views) peak = p;
+    el.setAttribute('aria-label', 'Views and unique visitors, ' + nf.format(pts.length) + ' buckets' +
+      (peak ? ', peak ' + nf.format(peak.views) + ' views at ' + new Date(peak.t).toLocaleString() : ''));
+    if (!window.uPlot) return;
+    if (st.chart) { st.chart.setData(data); return; }
+    const opts = {
+      ...chartSize(),
+      cursor: { points: { size: 8 } },
+      legend: { live: true },
+      scales: { x: { time: true } },
+      axes: [{}, { values: (u, v) => v.map((x) => nf.format(x)), size: 60 }],
+      series: [
+        { value: (u, v) => v == null ? '–' : new Date(v * 1000).toLocaleString() },
+        { label: 'Views', stroke: BLUE, width: 2, fill: 'rgba(0,114,178,0.10)', value: (u, v) => v == null ? '–' : nf.format(v) },
+        { label: 'Unique visitors', stroke: ORANGE, width: 2, dash: [6, 4], value: (u, v) => v == null ? '–' : nf.format(v) },
+      ],
+    };
+    st.chart = new window.uPlot(opts, data, el);
+  }
+
+  // Keyboard: ← → move the cursor bucket by bucket (the legend shows its values).
+  $('chart').addEventListener('keydown', (e) => {
+    const u = st.chart;
+    if (!u || !u.data[0].length) return;
+    const n = u.data[0].length;
+    let i = st.cursor == null ? n - 1 : st.cursor;
+    if (e.key === 'ArrowLeft') i = Math.max(0, i - 1);
+    else if (e.key === 'ArrowRight') i = Math.min(n - 1, i + 1);
+    else if (e.key === 'Home') i = 0;
+    else if (e.key === 'End') i = n - 1;
+    else return;
+    e.preventDefault();
+    st.cursor = i;
+    const left = u.valToPos(u.data[0][i], 'x');
+    const top = u.valToPos(u.data[1][i] || 0, 'y');
+    u.setCursor({ left, top });
+  });
+  $('chart').addEventListener('blur', () => { st.cursor = null; });
+
+  // The chart follows its box (window resize, phone rotation), once per frame at most.
+  let resizeFrame = 0;
+  new ResizeObserver(() => {
+    cancelAnimationFrame(resizeFrame);
+    resizeFrame = requestAnimationFrame(() => {
+      const size = chartSize();
+      if (st.chart && (size.width !== st.chart.width || size.height !== st.chart.height)) st.chart.setSize(size);
+    });
+  }).observe(document.getElementById('main'));
+
+  // ---- ranked lists ------------------------------------------------------------------------
+  const SVG = 'http://www.w3.org/2000/svg';
+
+  function sparkline(values) {
+    const w = 90, h = 22;
+    const svg = document.createElementNS(SVG, 'svg');
+    svg.setAttribute('viewBox', `0 0 ${w} ${h}`);
+    svg.setAttribute('width', String(w));
+    svg.setAttribute('height', String(h));
+    svg.setAttribute('class', 'spark');
+    svg.setAttribute('aria-hidden', 'true');
+    if (!values || values.length < 2) return svg;
+    const max = Math.max(1, ...values);
+    const pts = values.map((v, i) => `${(i * (w - 2) / (values.length - 1) + 1).toFixed(1)},${(h - 1 - v * (h - 2) / max).toFixed(1)}`);
+    const line = document.createElementNS(SVG, 'polyline');
+    line.setAttribute('points', pts.join(' '));
+    svg.appendChild(line);
+    return svg;
+  }
+
+  function renderList(id, items, total, withSpark) {
+    const ol = $(id);
+    ol.replaceChildren();
+    if (!items.length) {
+      const li = document.createElement('li');
+      li.className = 'empty';
+      li.textContent = 'nothing in this range';
+      ol.appendChild(li);
+      return;
+    }
+    for (const it of items) {
+      const li = document.createElement('li');
+      li.dataset.key = it.key;
+      li.dataset.views = String(it.views);
+      const share = total > 0 ? it.views / total : 0;
+      const name = document.createElement('span');
+      name.className = 'key';
+      // The scheme is noise in a narrow column; the full key stays in the title.
+      name.textContent = it.key.replace(/^https?:\/\//, '');
+      name.title = it.key;
+      const num = document.createElement('span');
+      num.className = 'num';
+      num.textContent = nf.format(it.views);
+      const pct = document.createElement('span');
+      pct.className = 'pct';
+      pct.textContent = pf.format(share);
+      const bar = document.createElement('span');
+      bar.className = 'share';
+      const fill = document.createElement('span');
+      fill.style.width = (share * 100).toFixed(1) + '%';
+      bar.appendChild(fill);
+      li.append(name);
+      if (withSpark) li.append(sparkline(st.sparks[it.key]));
+      li.append(num, pct, bar);
+      li.setAttribute('aria-label', `${it.key}: ${nf.format(it.views)} views, ${pf.format(share)} of all`);
+      ol.appendChild(li);
+    }
+  }
+
+  function renderLists() {
+    const total = st.headline ? st.headline.views : 0;
+    renderList('top-pages', st.top.pages, total, true);
+    renderList('top-refs', st.top.refs, total, false);
+    renderList('top-sites', st.top.sites, total, false);
+  }
+
+  // Per-page sparklines: one series per listed page, refreshed when the list or the range
+  // changes, else at most every 15 s.
+  async function loadSparks() {
+    const r = RANGES[st.range];
+    const key = [st.site, st.range, st.top.pages.map((p) => p.key).join('\n')].join('|');
+    const now = Date.now();
+    if (key === st.sparkKey && now - st.sparkAt < SPARK_MIN_MS) return;
+    st.sparkKey = key;
+    st.sparkAt = now;
+    const gen = st.live.gen;
+    const out = {};
+    await Promise.all(st.top.pages.map(async (p) => {
+      try {
+        const s = await api('/v1/timeseries?' + q({ from: st.from, to: st.to, step: r.step, site: st.site, url: p.key }));
+        out[p.key] = s.points.map((x) => x.views);
+      } catch (e) {
+        if (e instanceof AuthError) throw e;
+      }
+    }));
+    if (gen !== st.live.gen) return;
+    st.sparks = out;
+    renderLists();
+  }
+
+  function mergeSites(items) {
+    // Keep every site seen in the selector, so that one can be chosen while quiet.
+    const sel = $('site');
+    const have = new Set([...sel.options].map((o) => o.value));
+    for (const it of items) {
+      if (!have.has(it.key)) {
+        const o = document.createElement('option');
+        o.value = it.key;
+        o.textContent = it.key;
+        sel.appendChild(o);
+      }
+    }
+  }
+
+  // ---- data: realtime from the stream, longer ranges from the query API --------------------
+  function applySnapshot(s) {
+    st.live.snapshots++;
+    if (s.current_visitors != null) {
+      setTile('t-current', s.current_visitors, null);
+    }
+    mergeSites(s.top_sites || []);
+    if (!RANGES[st.range].live) { scheduleRefresh(); return; }
+    st.from = secs(s.from);
+    st.to = secs(s.to);
+    st.headline = s;
+    st.points = s.points;
+    st.top = { pages: s.top_urls, refs: s.top_ref_domains, sites: s.top_sites };
+    renderHeadline();
+    renderChart();
+    renderLists();
+    document.body.dataset.ready = 'true';
+    loadPrevious().then(loadSparks).catch(report);
+  }
+
+  // At most one refresh in flight and one timer pending, however many snapshots arrive.
+  let refreshTimer = null;
+  function scheduleRefresh() {
+    if (st.refreshing) { st.refreshAgain = true; return; }
+    if (refreshTimer) return;
+    const wait = st.lastRefresh + REFRESH_MIN_MS - Date.now();
+    if (wait > 0) {
+      refreshTimer = setTimeout(() => { refreshTimer = null; scheduleRefresh(); }, wait);
+      return;
+    }
+    refresh().catch(report);
+  }
+
+  async function refresh() {
+    const r = RANGES[st.range];
+    if (r.live) return; // the stream drives it
+    const gen = st.live.gen;
+    st.refreshing = true;
+    st.lastRefresh = Date.now();
+    try {
+      const series = await api('/v1/timeseries?' + q({ from: '-' + r.minutes + 'm', to: 'now', step: r.step, site: st.site }));
+      const from = secs(series.from), to = secs(series.to);
+      const range = { from, to, site: st.site };
+      const [sum, refs, sites] = await Promise.all([
+        api('/v1/summary?' + q(range)),
+        api('/v1/top?' + q({ ...range, dim: 'ref_domain', limit: 10 })),
+        api('/v1/top?' + q({ ...range, dim: 'site', limit: 10 })),
+      ]);
+      if (gen !== st.live.gen) return; // the view changed meanwhile: this answer is stale
+      st.from = from;
+      st.to = to;
+      st.points = series.points;
+      st.headline = { ...sum, current_visitors: null };
+      st.top = { pages: sum.top_urls, refs: refs.items, sites: sites.items };
+      mergeSites(sites.items);
+      renderHeadline();
+      renderChart();
+      renderLists();
+      document.body.dataset.ready = 'true';
+      await loadPrevious();
+      await loadSparks();
+    } finally {
+      st.refreshing = false;
+      if (st.refreshAgain) { st.refreshAgain = false; scheduleRefresh(); }
+    }
+  }
+
+  // ---- health strip ------------------------------------------------------------------------
+  function applyHealth(h) {
+    const prev = st.live.lastHealth;
+    st.live.lastHealth = h;
+    $('h-shards').textContent = nf.format(h.shards) + (h.ready ? '' : ' (not ready)');
+    $('h-lag').textContent = nf.format(h.pending_events) + ' events not yet on disk';
+    $('h-live').textContent = nf.format(h.live_clients);
+    if (!prev || h.t_ms <= prev.t_ms) return;
+    const dt = (h.t_ms - prev.t_ms) / 1000;
+    const rate = (a, b) => Math.max(0, (a - b) / dt);
+    $('h-in').textContent = nf1.format(rate(h.received_events_total, prev.received_events_total)) + ' /s';
+    const drops = Object.keys(h.dropped_events_total)
+      .map((k) => [k, rate(h.dropped_events_total[k], prev.dropped_events_total[k] || 0)])
+      .filter(([, v]) => v > 0);
+    const kernel = rate(h.udp_kernel_drops_total, prev.udp_kernel_drops_total);
+    if (kernel > 0) drops.push(['udp_kernel', kernel]);
+    const dd = $('h-dropped');
+    dd.textContent = drops.length ? drops.map(([k, v]) => `${k} ${nf1.format(v)} /s`).join(', ') : '0 /s';
+    dd.dataset.bad = drops.length ? 'true' : '';
+  }
+
+  // ---- the live stream (SSE over fetch) ----------------------------------------------------
+  function handleBlock(block) {
+    let ev = 'message', data = [], id = null;
+    for (const line of block.split('\n')) {
+      if (!line || line.startsWith(':')) continue;
+      const i = line.indexOf(':');
+      const field = i < 0 ? line : line.slice(0, i);
+      const value = i < 0 ? '' : line.slice(i + 1).replace(/^ /, '');
+      if (field === 'event') ev = value;
+      else if (field === 'data') data.push(value);
+      else if (field === 'id') id = value;
+      else if (field === 'retry' && /^\d+$/.test(value)) st.live.retry = Number(value);
+    }
+    if (id != null) st.live.lastId = id;
+    if (!data.length) return;
+    st.live.events++;
+    let msg;
+    try { msg = JSON.parse(data.join('\n')); } catch { return; }
+    if (ev === 'snapshot') applySnapshot(msg);
+    else if (ev === 'health') applyHealth(msg);
+    else if (ev === 'error') status('live: ' + msg.error, 'warn');
+  }
+
+  async function liveLoop(gen) {
+    const L = st.live;
+    while (gen === L.gen) {
+      const ctrl = new AbortController();
+      L.abort = ctrl;
+      let stall = null;
+      const arm = () => { clearTimeout(stall); stall = setTimeout(() => ctrl.abort(), STALL_MS); };
+      try {
+        const h = headers();
+        if (L.lastId) h['Last-Event-ID'] = L.lastId;
+        const minutes = RANGES[st.range].live ? RANGES[st.range].minutes : 5;
+        arm();
+        const r = await fetch('/v1/live?' + q({ minutes, site: st.site }), { headers: h, signal: ctrl.signal, cache: 'no-store' });
+        if (r.status === 401) { clearTimeout(stall); askToken(); return; }
+        if (!r.ok || !r.body) {
+          const body = await r.json().catch(() => ({}));
+          throw new Error(body.error || ('HTTP ' + r.status));
+        }
+        status('live', 'ok');
+        const reader = r.body.getReader();
+        const dec = new TextDecoder();
+        let buf = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          arm();
+          buf += dec.decode(value, { stream: true }).replace(/\r\n?/g, '\n');
+          let i;
+          while ((i = buf.indexOf('\n\n')) >= 0) {
+            const block = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            if (gen === L.gen) handleBlock(block);
+          }
+        }
+      } catch (e) {
+        if (gen !== L.gen) return;
+        status('reconnecting… (' + (e.name === 'AbortError' ? 'stream stalled' : e.message) + ')', 'warn');
+      } finally {
+        clearTimeout(stall);
+      }
+      if (gen !== L.gen) return;
+      await new Promise((res) => setTimeout(res, L.retry));
+    }
+  }
+
+  function report(e) {
+    if (e instanceof AuthError) return;
+    status('error: ' + e.message, 'warn');
+  }
+
+  // A new view: forget what belongs to the old one, restart the stream.
+  function restart() {
+    const L = st.live;
+    L.gen++;
+    if (L.abort) L.abort.abort();
+    L.lastId = null;
+    st.prevKey = '';
+    st.prev = null;
+    st.sparkKey = '';
+    st.sparks = {};
+    st.lastRefresh = 0;
+    delete document.body.dataset.ready;
+    status('connecting…', '');
+    liveLoop(L.gen);
+    if (!RANGES[st.range].live) refresh().catch(report);
+  }
+
+  $('site').addEventListener('change', (e) => { st.site = e.target.value; restart(); });
+  for (const r of document.querySelectorAll('input[name=range]')) {
+    r.addEventListener('change', (e) => { if (e.target.checked) { st.range = e.target.value; restart(); } });
+  }
+
+  // The site list starts from the last week's top sites; the stream adds new ones.
+  api('/v1/top?' + q({ dim: 'site', from: '-7d', limit: 100 }))
+    .catch((e) => { if (e instanceof AuthError) throw e; return api('/v1/top?' + q({ dim: 'site', from: '-1h', limit: 100 })); })
+    .then((t) => mergeSites(t.items)).catch(report);
+  restart();
+})();

@@ -1,0 +1,179 @@
+// The dashboard in a real browser: Debian's Chromium, driven by playwright-core, against a
+// running pixeld that tests/dashboard_browser.rs started and fed. Run by that test; by hand:
+//   PIXELD_URL=http://127.0.0.1:5580 PIXELD_TOKEN=… PIXELD_OUT=/tmp node tests/browser/dashboard.mjs
+//
+// Asserts, each against pixeld's own JSON API for the range the page says it shows: the
+// headline views equal /v1/summary, the top pages equal /v1/top, the chart has one point per
+// bucket of /v1/timeseries; within 10 s of a new burst the live numbers grow by the burst;
+// the page asks for the token, works from the keyboard, and loads nothing from another
+// origin. Screenshots (desktop and phone) go to PIXELD_OUT. Exits non-zero on the first
+// failed check, naming it.
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+
+const BASE = process.env.PIXELD_URL;
+const TOKEN = process.env.PIXELD_TOKEN || '';
+const OUT = process.env.PIXELD_OUT || '.';
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const BURST = 500;
+if (!BASE) { console.error('PIXELD_URL is not set'); process.exit(2); }
+
+const auth = TOKEN ? { Authorization: 'Bearer ' + TOKEN } : {};
+async function api(path) {
+  const r = await fetch(BASE + path, { headers: auth });
+  assert.equal(r.status, 200, `${path}: HTTP ${r.status}`);
+  return r.json();
+}
+const digits = (s) => s.replace(/[^0-9]/g, '');
+let checks = 0;
+function ok(what) { checks++; console.log('ok ' + checks + ' - ' + what); }
+
+// What the page shows, read in one go (so that a snapshot cannot land halfway).
+async function shown(page) {
+  return page.evaluate(() => {
+    const m = document.getElementById('main');
+    const v = document.querySelector('#t-views .value');
+    const list = [...document.querySelectorAll('#top-pages li[data-key]')]
+      .map((li) => ({ key: li.dataset.key, views: Number(li.dataset.views) }));
+    const st = window.pixeldDashboard;
+    return {
+      from: Number(m.dataset.from), to: Number(m.dataset.to), site: m.dataset.site, range: m.dataset.range,
+      views: Number(v.dataset.value), viewsText: v.textContent,
+      viewsFormatted: new Intl.NumberFormat(undefined).format(Number(v.dataset.value)),
+      top: list,
+      points: Number(document.getElementById('chart').dataset.points),
+      chartLen: st.chart ? st.chart.data[0].length : -1,
+      chartViews: st.chart ? st.chart.data[1].reduce((a, b) => a + (b || 0), 0) : -1,
+    };
+  });
+}
+
+async function compareWithApi(page, step, label) {
+  const s = await shown(page);
+  const site = s.site ? '&site=' + encodeURIComponent(s.site) : '';
+  const range = `from=${s.from}&to=${s.to}${site}`;
+  const sum = await api(`/v1/summary?${range}`);
+  assert.equal(s.views, sum.views, `${label}: headline views ${s.views} != /v1/summary ${sum.views}`);
+  assert.equal(digits(s.viewsText), String(sum.views), `${label}: headline text ${s.viewsText}`);
+  assert.equal(s.viewsText, s.viewsFormatted, `${label}: headline not in the locale's format`);
+  ok(`${label}: headline views ${s.viewsText} = /v1/summary`);
+  const top = await api(`/v1/top?dim=url&limit=10&${range}`);
+  assert.deepEqual(s.top, top.items, `${label}: top pages differ from /v1/top`);
+  assert.ok(s.top.length > 0, `${label}: no top pages shown`);
+  ok(`${label}: top ${s.top.length} pages = /v1/top`);
+  const ts = await api(`/v1/timeseries?step=${step}&${range}`);
+  assert.equal(s.points, ts.points.length, `${label}: chart has ${s.points} points, /v1/timeseries ${ts.points.length}`);
+  assert.equal(s.chartLen, ts.points.length, `${label}: uPlot holds ${s.chartLen} points`);
+  const perStep = step === '1h' ? 3600 : 60;
+  assert.equal(ts.points.length, (s.to - s.from) / perStep, `${label}: not one point per bucket`);
+  assert.equal(s.chartViews, sum.views, `${label}: the chart's views do not add up to the headline`);
+  ok(`${label}: chart has one point per ${step} bucket (${s.points})`);
+  return s;
+}
+
+// playwright starts Chromium with a fresh, empty profile of its own (it refuses
+// --user-data-dir here); the flags keep Chromium from calling home.
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+let failed = false;
+try {
+  const context = await browser.newContext({ viewport: { width: 1440, height: 1000 }, locale: 'en-US' });
+  const page = await context.newPage();
+  const foreign = [];
+  const errors = [];
+  page.on('request', (r) => { if (!r.url().startsWith(BASE) && !r.url().startsWith('data:')) foreign.push(r.url()); });
+  page.on('pageerror', (e) => errors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error' && !/401/.test(m.text())) errors.push(m.text()); });
+
+  await page.goto(BASE + '/');
+  if (TOKEN) {
+    // The page meets a 401 and asks for the token.
+    await page.locator('#auth').waitFor({ state: 'visible', timeout: 10000 });
+    ok('the page asks for the token');
+    await page.fill('#token', 'not-the-token-but-long-enough');
+    await page.press('#token', 'Enter');
+    await page.locator('#auth-error').filter({ hasText: 'refused' }).waitFor({ timeout: 10000 });
+    ok('a wrong token is refused');
+    await page.fill('#token', TOKEN);
+    await page.press('#token', 'Enter');
+  }
+  await page.waitForSelector('body[data-ready=true]', { timeout: 15000 });
+  await page.waitForFunction(() => document.querySelectorAll('#top-pages .spark polyline').length > 0, null, { timeout: 15000 });
+  await page.waitForFunction(() => /\/s$/.test(document.getElementById('h-in').textContent), null, { timeout: 15000 });
+  ok('the realtime view renders from /v1/live');
+
+  await compareWithApi(page, '1m', 'realtime 30 min');
+  const health = await page.evaluate(() => document.getElementById('h-shards').textContent);
+  const metrics = await (await fetch(BASE + '/metrics', { headers: auth })).text();
+  const shards = metrics.split('\n').filter((l) => l.startsWith('pixeld_durable_offset{')).length;
+  assert.equal(health, String(shards), 'health strip shards != /metrics');
+  ok(`health strip shows ${health} shards, as /metrics`);
+  await page.screenshot({ path: join(OUT, 'dashboard.png'), fullPage: true });
+  ok('screenshot ' + join(OUT, 'dashboard.png'));
+
+  // A burst now: the live numbers must grow by it within 10 s, with no reload.
+  const before = await shown(page);
+  const now = Date.now() / 1000;
+  const lines = [];
+  for (let i = 0; i < BURST; i++) {
+    lines.push(JSON.stringify({ msec: now.toFixed(3), url: 'https://www.example.com/burst', urlref: '', vid: 'burst-' + (i % 50), action: 'pageview' }));
+  }
+  const r = await fetch(BASE + '/v1/events', { method: 'POST', body: lines.join('\n'), headers: auth });
+  assert.equal(r.status, 200, 'burst POST /v1/events');
+  await page.waitForFunction((want) => Number(document.querySelector('#t-views .value').dataset.value) >= want,
+    before.views + BURST, { timeout: 10000 });
+  const after = await shown(page);
+  assert.ok(after.top.some((t) => t.key === 'https://www.example.com/burst'), 'the burst page is not in the top pages');
+  ok(`live: views grew ${before.views} -> ${after.views} within 10 s of a burst of ${BURST}`);
+  await compareWithApi(page, '1m', 'realtime after the burst');
+
+  // Keyboard only: from the 30 min radio, → selects 6 h, → again 24 h (hour buckets).
+  await page.focus('#r-30m');
+  await page.keyboard.press('ArrowRight');
+  await page.keyboard.press('ArrowRight');
+  await page.waitForFunction(() => document.getElementById('main').dataset.range === '24h' && document.body.dataset.ready === 'true', null, { timeout: 15000 });
+  await compareWithApi(page, '1h', '24 h by keyboard');
+  await page.focus('#chart');
+  await page.keyboard.press('End');
+  const legend = await page.evaluate(() => [...document.querySelectorAll('.u-legend .u-value')].map((e) => e.textContent));
+  assert.ok(legend.some((t) => /\d/.test(t) && t !== '–'), 'chart cursor shows no values from the keyboard: ' + legend);
+  ok('the chart reads out bucket values from the keyboard: ' + legend.join(' | '));
+
+  // One site: numbers follow the selector.
+  const site = (await api('/v1/top?dim=site&from=-1h&limit=1')).items[0].key;
+  await page.selectOption('#site', site);
+  await page.waitForFunction((s) => document.getElementById('main').dataset.site === s && document.body.dataset.ready === 'true', site, { timeout: 15000 });
+  const one = await compareWithApi(page, '1h', `24 h, site ${site}`);
+  assert.equal(one.site, site);
+
+  // A phone: one column, nothing wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.click('label[for=r-30m]');
+  await page.waitForFunction(() => document.getElementById('main').dataset.range === '30m' && document.body.dataset.ready === 'true', null, { timeout: 15000 });
+  // The chart follows the new width on the next frames.
+  await page.waitForFunction(() => document.documentElement.scrollWidth <= window.innerWidth, null, { timeout: 5000 }).catch(() => {});
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  const wide = await page.evaluate(() => [...document.querySelectorAll('body *')]
+    .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 5)
+    .map((e) => `${e.tagName}#${e.id}.${e.className}: right ${Math.round(e.getBoundingClientRect().right)}`));
+  assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone screen: ${wide.join('; ')}`);
+  await page.screenshot({ path: join(OUT, 'dashboard-phone.png'), fullPage: true });
+  ok('phone layout fits 390 px; screenshot ' + join(OUT, 'dashboard-phone.png'));
+
+  assert.deepEqual(foreign, [], 'requests left the machine');
+  ok('no request to another origin');
+  assert.deepEqual(errors, [], 'errors in the page');
+  ok('no script errors');
+} catch (e) {
+  failed = true;
+  console.error('not ok - ' + (e && e.stack || e));
+} finally {
+  await browser.close();
+}
+console.log(`browser checks: ${checks} ok${failed ? ", 1 not ok" : ""}`);
+process.exit(failed ? 1 : 0);
