@@ -284,7 +284,16 @@ mod tests {
         for ok in ["a", "dash-board_1.v2", &"x".repeat(64)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".hidden", "a/b", "a b", "é", &"x".repeat(65), "..", "a\0"] {
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(65),
+            "..",
+            "a\0",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }

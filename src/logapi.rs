@@ -284,7 +284,10 @@ async fn read_log(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
                 Start::Time((ms.max(0) as u64).saturating_mul(1_000_000))
             }
             (Some(_), Some(_)) => {
-                return Err(bad_param("time", "give `offset` or `time`, not both".into()))
+                return Err(bad_param(
+                    "time",
+                    "give `offset` or `time`, not both".into(),
+                ))
             }
             (None, None) => {
                 return Err(bad_param(
@@ -293,10 +296,9 @@ async fn read_log(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
                 ))
             }
         };
-        let max_records = get(&p, "max_records")
-            .map_or(Ok(DEFAULT_RECORDS), |v| {
-                number("max_records", v, 1, MAX_RECORDS)
-            })?;
+        let max_records = get(&p, "max_records").map_or(Ok(DEFAULT_RECORDS), |v| {
+            number("max_records", v, 1, MAX_RECORDS)
+        })?;
         let max_bytes = get(&p, "max_bytes")
             .map_or(Ok(DEFAULT_BYTES), |v| number("max_bytes", v, 1, MAX_BYTES))?;
         let wait_ms = get(&p, "wait_ms").map_or(Ok(0), |v| number("wait_ms", v, 0, MAX_WAIT_MS))?;
@@ -328,9 +330,8 @@ async fn read_log(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
         };
         match result {
             Ok((body, n, next)) => {
-                let waiting = n == 0
-                    && Instant::now() < deadline
-                    && !api.shutdown.load(Ordering::Relaxed);
+                let waiting =
+                    n == 0 && Instant::now() < deadline && !api.shutdown.load(Ordering::Relaxed);
                 if !waiting {
                     return records_response(body, n, next);
                 }
@@ -558,7 +559,10 @@ async fn commit(name: &str, req: Request<Incoming>, api: &Arc<LogApi>) -> Resp {
     if let Err(e) = validate_name(name) {
         return consumer_error(e);
     }
-    let body = match Limited::new(req.into_body(), MAX_COMMIT_BODY).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_COMMIT_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()

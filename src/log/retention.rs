@@ -165,16 +165,34 @@ mod tests {
         );
         // A consumer at offset 10 has read the first segment only.
         let d = segments_to_delete_pinned(&bytes, &sealed, 50, 0, Some(10), None);
-        assert_eq!(d, Deletion { segments: 1, unread_by_pinned: 0 });
+        assert_eq!(
+            d,
+            Deletion {
+                segments: 1,
+                unread_by_pinned: 0
+            }
+        );
         // At offset 15 it is inside the second: that one stays.
         let d = segments_to_delete_pinned(&bytes, &sealed, 50, 0, Some(15), None);
         assert_eq!(d.segments, 1);
         // Offset 0: nothing read; the hard limit (260) lets one unread segment go.
         let d = segments_to_delete_pinned(&bytes, &sealed, 50, 0, Some(0), Some(260));
-        assert_eq!(d, Deletion { segments: 1, unread_by_pinned: 1 });
+        assert_eq!(
+            d,
+            Deletion {
+                segments: 1,
+                unread_by_pinned: 1
+            }
+        );
         // The pin never keeps what age and size would keep anyway.
         let d = segments_to_delete_pinned(&bytes, &sealed, 0, 0, Some(0), Some(0));
-        assert_eq!(d, Deletion { segments: 2, unread_by_pinned: 2 });
+        assert_eq!(
+            d,
+            Deletion {
+                segments: 2,
+                unread_by_pinned: 2
+            }
+        );
         let pin = RetentionPin::default();
         assert_eq!(pin.get(), None);
         pin.clone().set(Some(7));
