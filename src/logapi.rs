@@ -106,6 +106,18 @@ fn bad_param(param: &str, error: String) -> Resp {
     )
 }
 
+/// A bad parameter: its name and what is wrong (answered as 400 by [`Bad::resp`]).
+struct Bad(String, String);
+
+impl Bad {
+    fn new(param: &str, error: String) -> Self {
+        Bad(param.to_string(), error)
+    }
+    fn resp(self) -> Resp {
+        bad_param(&self.0, self.1)
+    }
+}
+
 fn error(status: StatusCode, error: String) -> Resp {
     json_response(status, &json!({ "error": error }))
 }
@@ -158,17 +170,17 @@ pub async fn handle(req: Request<Incoming>, api: &Arc<LogApi>) -> Resp {
 }
 
 /// The query string as (key, value) pairs; unknown or repeated keys are errors.
-fn params(query: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, Resp> {
+fn params(query: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, Bad> {
     let mut out: Vec<(String, String)> = Vec::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if !allowed.contains(&k.as_ref()) {
-            return Err(bad_param(
+            return Err(Bad::new(
                 &k,
                 format!("unknown parameter (allowed: {})", allowed.join(", ")),
             ));
         }
         if out.iter().any(|(o, _)| *o == k) {
-            return Err(bad_param(&k, "given more than once".into()));
+            return Err(Bad::new(&k, "given more than once".into()));
         }
         out.push((k.into_owned(), v.into_owned()));
     }
@@ -180,18 +192,18 @@ fn get<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
 }
 
 /// A non-negative integer in `min..=max`.
-fn number(param: &str, v: &str, min: u64, max: u64) -> Result<u64, Resp> {
+fn number(param: &str, v: &str, min: u64, max: u64) -> Result<u64, Bad> {
     let n: u64 = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         v.parse()
-            .map_err(|_| bad_param(param, format!("`{v}` is too large")))?
+            .map_err(|_| Bad::new(param, format!("`{v}` is too large")))?
     } else {
-        return Err(bad_param(
+        return Err(Bad::new(
             param,
             format!("`{v}` is not a non-negative integer"),
         ));
     };
     if n < min || n > max {
-        return Err(bad_param(
+        return Err(Bad::new(
             param,
             format!("{n} is out of range: it must be between {min} and {max}"),
         ));
@@ -199,14 +211,14 @@ fn number(param: &str, v: &str, min: u64, max: u64) -> Result<u64, Resp> {
     Ok(n)
 }
 
-fn shard_param(api: &LogApi, v: Option<&str>) -> Result<usize, Resp> {
+fn shard_param(api: &LogApi, v: Option<&str>) -> Result<usize, Bad> {
     let Some(v) = v else {
-        return Err(bad_param("shard", "is required".into()));
+        return Err(Bad::new("shard", "is required".into()));
     };
     let n = api.logs.len();
     let s = number("shard", v, 0, u64::MAX)?;
     if s >= n as u64 {
-        return Err(bad_param(
+        return Err(Bad::new(
             "shard",
             format!("shard {s} does not exist (shards are 0..{n}; see /v1/log/shards)"),
         ));
@@ -271,7 +283,7 @@ async fn read_log(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
         ],
     ) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(b) => return b.resp(),
     };
     let parsed = (|| {
         let shard = shard_param(api, get(&p, "shard"))?;
@@ -280,17 +292,14 @@ async fn read_log(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
             (None, Some(t)) => {
                 let now_ms = (crate::log::now_ns() / 1_000_000) as i64;
                 let ms = crate::query::params::parse_time("time", t, now_ms)
-                    .map_err(|e| bad_param("time", e.to_string()))?;
+                    .map_err(|e| Bad::new("time", e.to_string()))?;
                 Start::Time((ms.max(0) as u64).saturating_mul(1_000_000))
             }
             (Some(_), Some(_)) => {
-                return Err(bad_param(
-                    "time",
-                    "give `offset` or `time`, not both".into(),
-                ))
+                return Err(Bad::new("time", "give `offset` or `time`, not both".into()))
             }
             (None, None) => {
-                return Err(bad_param(
+                return Err(Bad::new(
                     "offset",
                     "is required (or `time`); the first offsets are in /v1/log/shards".into(),
                 ))
@@ -306,7 +315,7 @@ async fn read_log(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
     })();
     let (shard, start, max_records, max_bytes, wait_ms) = match parsed {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(b) => return b.resp(),
     };
     let Some(log) = api.logs.get(shard) else {
         return bad_param("shard", format!("shard {shard} does not exist"));
@@ -393,8 +402,8 @@ fn ts(ns: Option<u64>) -> Value {
 
 /// `GET /v1/log/shards`.
 async fn shards(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
-    if let Err(r) = params(query, &[]) {
-        return r;
+    if let Err(b) = params(query, &[]) {
+        return b.resp();
     }
     let logs = api.logs.clone();
     let durable: Vec<u64> = (0..logs.len()).map(|s| api.durable_next(s)).collect();
@@ -505,9 +514,12 @@ async fn delete_consumer(name: &str, api: &Arc<LogApi>) -> Resp {
     }
 }
 
+/// A commit: (shard, offset) pairs and the `retention_pin` to set, if given.
+type Commit = (Vec<(usize, u64)>, Option<bool>);
+
 /// The offsets of a commit body: `{"shard":N,"offset":O}`, a list of those, or
 /// `{"offsets":[…], "retention_pin": bool}` (the single form takes `retention_pin` too).
-fn parse_commit(v: &Value) -> Result<(Vec<(usize, u64)>, Option<bool>), String> {
+fn parse_commit(v: &Value) -> Result<Commit, String> {
     fn pair(v: &Value) -> Result<(usize, u64), String> {
         let Some(o) = v.as_object() else {
             return Err(format!("{v} is not an object {{\"shard\":N,\"offset\":O}}"));

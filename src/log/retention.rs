@@ -96,7 +96,7 @@ pub fn segments_to_delete_pinned(
         }
         let unread = pin.is_some_and(|p| s.next_offset > p);
         if unread {
-            if !hard_max_bytes.is_some_and(|hard| total > hard) {
+            if hard_max_bytes.is_none_or(|hard| total <= hard) {
                 break;
             }
             d.unread_by_pinned += 1;
