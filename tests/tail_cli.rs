@@ -112,10 +112,15 @@ fn a_named_consumer_resumes_where_it_committed() {
     let data = tmp.path().join("data");
     let mut s = Server::start(&data, &["--shards", "2"]);
     assert!(s.wait_for("ready").is_some(), "{}", s.seen.join("\n"));
-    for b in 0..5 {
-        post(s.http, &json_lines(&format!("a{b}"), 0..20, 90));
+    // Batches until every shard has records (a batch goes to the shard that accepts its
+    // connection), so that the consumer commits on every shard.
+    let mut n = 0;
+    while n < 100 || next_offsets(s.http).contains(&0) {
+        assert!(n < 2000, "posts never reached every shard");
+        post(s.http, &json_lines(&format!("a{n}"), 0..20, 90));
+        n += 20;
     }
-    let ends = wait_durable_total(s.http, 100);
+    let ends = wait_durable_total(s.http, n);
 
     // First run: everything from the beginning, commits every 7 records; then kill -9.
     let t = Tail::start(
@@ -130,7 +135,7 @@ fn a_named_consumer_resumes_where_it_committed() {
             "ndjson",
         ],
     );
-    let first = ndjson(&t.take(100));
+    let first = ndjson(&t.take(n as usize));
     let mut per_shard: Vec<Vec<u64>> = vec![Vec::new(); 2];
     for r in &first {
         per_shard[r["shard"].as_u64().unwrap() as usize].push(r["offset"].as_u64().unwrap());
@@ -165,7 +170,7 @@ fn a_named_consumer_resumes_where_it_committed() {
     for b in 5..8 {
         post(s.http, &json_lines(&format!("a{b}"), 0..20, 90));
     }
-    let ends2 = wait_durable_total(s.http, 160);
+    let ends2 = wait_durable_total(s.http, n + 60);
     let expect: u64 = (0..2).map(|sh| ends2[sh] - c[sh]).sum();
     let t = Tail::start(
         s.http,
