@@ -100,6 +100,7 @@ pub struct RawLog {
     pub segment_max_age: String,
     pub retention: String,
     pub retention_bytes: Size,
+    pub retention_bytes_hard: Size,
     pub compression: String,
     pub compression_level: i32,
     pub index_interval_bytes: Size,
@@ -389,6 +390,23 @@ impl Config {
             Size::Text(s) if s.trim() == "unlimited" => None,
             s => Some(size("log.retention_bytes", s, 1 << 20, u64::MAX)?),
         };
+        let retention_bytes_hard = match &l.retention_bytes_hard {
+            Size::Text(s) if s.trim() == "auto" => retention_bytes.map(|b| b.saturating_mul(2)),
+            Size::Text(s) if s.trim() == "unlimited" => None,
+            s => {
+                let hard = size("log.retention_bytes_hard", s, 1 << 20, u64::MAX)?;
+                if retention_bytes.is_some_and(|b| hard < b) {
+                    return Err(invalid(
+                        "log.retention_bytes_hard",
+                        format!(
+                            "is {}, smaller than log.retention_bytes; it must be at least that (or \"auto\", \"unlimited\")",
+                            bytesize::ByteSize(hard)
+                        ),
+                    ));
+                }
+                Some(hard)
+            }
+        };
         let log = LogConfig {
             dir: PathBuf::new(),
             shard: 0,
@@ -429,6 +447,8 @@ impl Config {
                 max_age: retention_age,
                 max_bytes: retention_bytes,
             },
+            retention_pin: crate::log::retention::RetentionPin::default(),
+            retention_bytes_hard,
         };
         let i = &raw.ingest;
         let max_line_bytes = size("ingest.max_line_bytes", &i.max_line_bytes, 256, 16 << 20)?;

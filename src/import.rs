@@ -35,6 +35,8 @@ pub enum ImportError {
     Executor(String),
     #[error("append refused: {0}")]
     Append(AppendError),
+    #[error("cannot open the consumer store: {0}")]
+    Consumers(#[from] crate::consumers::ConsumerError),
 }
 
 #[derive(Debug, Clone)]
@@ -70,7 +72,11 @@ pub fn import(cfg: &Config, opts: &ImportOptions) -> Result<ImportSummary, Impor
         );
     }
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    let log_cfg = cfg.log.for_shard(&cfg.data_dir, opts.shard);
+    let mut log_cfg = cfg.log.for_shard(&cfg.data_dir, opts.shard);
+    // Retention runs during an import too: it must respect pinned consumers as `serve` does.
+    let consumers =
+        crate::consumers::ConsumerStore::open(&cfg.data_dir, cfg.shards.max(opts.shard + 1))?;
+    log_cfg.retention_pin = consumers.pin(opts.shard);
     let opts = opts.clone();
     LocalExecutorBuilder::new(Placement::Unbound)
         .name("pixeld-import")

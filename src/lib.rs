@@ -4,7 +4,8 @@
 //! `shard` (one glommio executor per core) → `ingest` (sockets) → `parse` → `log` (the
 //! durable, segmented log each shard appends to) → `route` (increments to the owning shard
 //! over SPSC rings) → `agg` (minute/hour counters, uniques, top-N) → `query` (the JSON API);
-//! `replay`/`check`/`import` work on the log offline. See ARCHITECTURE.md for the whole path.
+//! `replay`/`check`/`import` work on the log offline; `logapi` serves it over HTTP to named
+//! `consumers`, and `tail` is their command-line client. See ARCHITECTURE.md for the whole path.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -12,11 +13,13 @@ pub mod agg;
 pub mod blast;
 pub mod check;
 pub mod config;
+pub mod consumers;
 pub mod dashboard;
 pub mod gen;
 pub mod import;
 pub mod ingest;
 pub mod log;
+pub mod logapi;
 pub mod metrics;
 pub mod parse;
 pub mod preflight;
@@ -25,3 +28,4 @@ pub mod replay;
 pub mod route;
 pub mod serve;
 pub mod shard;
+pub mod tail;

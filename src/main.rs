@@ -100,6 +100,38 @@ enum Command {
         inputs: Vec<PathBuf>,
     },
     /// Load generator: send realistic pixel hits to a running pixeld and account for each.
+    /// Follow a running pixeld's log over HTTP, printing records as they become durable.
+    Tail {
+        /// Config file: its `listen.http` is where pixeld is asked (see --http).
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// pixeld's HTTP address (overrides the config's `listen.http`).
+        #[arg(long)]
+        http: Option<String>,
+        /// Read as this named consumer: resume from its committed offsets, commit as it goes.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Start at this offset on every followed shard (where the consumer has no commit).
+        #[arg(long, conflicts_with_all = ["from_time", "from_end", "from_beginning"])]
+        from_offset: Option<u64>,
+        /// Start at the first record received at or after this time (RFC 3339, epoch seconds, -15m).
+        #[arg(long, conflicts_with_all = ["from_end", "from_beginning"])]
+        from_time: Option<String>,
+        /// Start with the records that become durable from now on (the default).
+        #[arg(long, conflicts_with = "from_beginning")]
+        from_end: bool,
+        /// Start at the first retained record.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Only this shard (repeatable; default: every shard).
+        #[arg(long)]
+        shard: Vec<usize>,
+        /// Commit a shard's offset every N records printed from it (and at exit).
+        #[arg(long, default_value_t = 1000)]
+        commit_every: u64,
+        #[arg(long, value_enum, default_value_t = Format::Raw)]
+        format: Format,
+    },
     Blast(Box<BlastArgs>),
 }
 
@@ -475,6 +507,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 s.elapsed,
                 s.records as f64 / s.elapsed.as_secs_f64().max(1e-9)
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail {
+            config,
+            http,
+            consumer,
+            from_offset,
+            from_time,
+            from_end: _,
+            from_beginning,
+            shard,
+            commit_every,
+            format,
+        } => {
+            let addr = match http {
+                Some(a) => a,
+                None => RawConfig::load(config.as_deref())?.0.listen.http,
+            };
+            let opts = pixeld::tail::TailOptions {
+                base_url: if addr.contains("://") {
+                    addr
+                } else {
+                    format!("http://{addr}")
+                },
+                consumer,
+                start: match (from_offset, from_time, from_beginning) {
+                    (Some(o), _, _) => pixeld::tail::TailStart::Offset(o),
+                    (None, Some(t), _) => pixeld::tail::TailStart::Time(t),
+                    (None, None, true) => pixeld::tail::TailStart::Beginning,
+                    (None, None, false) => pixeld::tail::TailStart::End,
+                },
+                format: match format {
+                    Format::Raw => pixeld::tail::TailFormat::Raw,
+                    Format::Ndjson => pixeld::tail::TailFormat::Ndjson,
+                },
+                commit_every,
+                shards: (!shard.is_empty()).then_some(shard),
+            };
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("cannot install the signal handler")?;
+            }
+            pixeld::tail::tail(&opts, stop)?;
             Ok(ExitCode::SUCCESS)
         }
     }

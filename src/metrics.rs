@@ -176,6 +176,8 @@ pub struct ShardStats {
     pub segments_rolled: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub bytes_deleted: AtomicU64,
+    /// Sealed segments deleted by `retention_bytes_hard` before a pinned consumer read them.
+    pub pinned_segments_deleted: AtomicU64,
     pub truncated_bytes: AtomicU64,
     pub corrupt_ranges: AtomicU64,
     pub indexes_rebuilt: AtomicU64,
@@ -607,6 +609,12 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         let v = s.durable_offset().map_or(-1, |o| o as i64);
         let _ = writeln!(o, "pixeld_durable_offset{{shard=\"{i}\"}} {v}");
     }
+    counter(
+        &mut o,
+        "pixeld_log_pinned_segments_deleted_total",
+        "Sealed segments deleted by retention_bytes_hard before a consumer with retention_pin read them.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.pinned_segments_deleted)))],
+    );
     let _ = writeln!(
         o,
         "# HELP pixeld_tcp_connections Open TCP connections.\n# TYPE pixeld_tcp_connections gauge\npixeld_tcp_connections {}",

@@ -40,6 +40,8 @@ pub enum ShardError {
         cpu: usize,
         reason: String,
     },
+    #[error("cannot open the consumer store: {0}")]
+    Consumers(#[from] crate::consumers::ConsumerError),
 }
 
 /// A running shard, as the supervisor sees it.
@@ -100,12 +102,30 @@ pub fn spawn_shards(
             .map(|_| Arc::new(ShardStats::default()))
             .collect(),
     );
+    // Consumer offsets are loaded before any shard starts, so that the first retention pass
+    // already sees every pin.
+    let consumers = Arc::new(crate::consumers::ConsumerStore::open(
+        &cfg.data_dir,
+        cfg.shards,
+    )?);
+    let log_api = Arc::new(crate::logapi::LogApi {
+        logs: (0..cfg.shards)
+            .map(|s| {
+                let c = cfg.log.for_shard(&cfg.data_dir, s);
+                crate::log::fetch::ShardLog::new(s, c.dir, c.index_interval_bytes)
+            })
+            .collect(),
+        all_stats: all_stats.clone(),
+        consumers: consumers.clone(),
+        shutdown: shutdown.clone(),
+    });
     let route_mesh = crate::route::mesh(cfg.shards);
     let query_mesh = crate::query::mesh(cfg.shards);
     for shard in 0..cfg.shards {
         let cpu = cpus[shard % cpus.len()];
         let stats = all_stats[shard].clone();
-        let log_cfg = cfg.log.for_shard(&cfg.data_dir, shard);
+        let mut log_cfg = cfg.log.for_shard(&cfg.data_dir, shard);
+        log_cfg.retention_pin = consumers.pin(shard);
         let net = Listeners {
             udp: cfg.udp,
             tcp: cfg.tcp,
@@ -115,6 +135,7 @@ pub fn spawn_shards(
             agg: cfg.agg.clone(),
             route_mesh: route_mesh.clone(),
             query_mesh: query_mesh.clone(),
+            log_api: log_api.clone(),
         };
         let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -151,6 +172,7 @@ struct Listeners {
     agg: crate::agg::AggConfig,
     route_mesh: crate::route::Mesh,
     query_mesh: crate::query::QueryMesh,
+    log_api: Arc<crate::logapi::LogApi>,
 }
 
 /// Waits until `shutdown` is set.
@@ -259,6 +281,7 @@ async fn run_shard(
         ingest: ingest.clone(),
         all_stats: net.all_stats,
         hub,
+        log_api: net.log_api,
     });
     let http_task = glommio::spawn_local(async move {
         if let Err(e) = crate::ingest::http::run(http, http_ctx).await {

@@ -14,6 +14,7 @@
 //!   shard cannot take it.
 //! - `GET /v1/top`, `/v1/timeseries`, `/v1/summary`, `/v1/realtime`: the query API (`query`).
 //! - `GET /metrics`, `/healthz`, `/readyz`.
+//! - `/v1/log`, `/v1/log/shards`, `/v1/consumers/…`: the log over HTTP (`logapi`).
 //! - `GET /` and `/dashboard/*`: the dashboard's static page (`dashboard`); `GET /v1/live`:
 //!   its server-sent-events stream (`dashboard::live`).
 //!
@@ -107,6 +108,8 @@ pub struct HttpContext {
     pub all_stats: Arc<Vec<Arc<ShardStats>>>,
     /// The query fan-out of this shard.
     pub hub: Rc<crate::query::Hub>,
+    /// The log over HTTP and named consumers (shared by every shard).
+    pub log_api: Arc<crate::logapi::LogApi>,
 }
 
 /// Binds `addr` (glommio sets `SO_REUSEPORT`).
@@ -211,13 +214,16 @@ async fn handle(
     peer: Option<SocketAddr>,
     ctx: &HttpContext,
 ) -> Response<Full<Bytes>> {
+    if crate::logapi::owns(req.uri().path()) {
+        return crate::logapi::handle(req, &ctx.log_api).await;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/p.gif") => pixel(&req, peer, ctx),
         (&Method::POST, "/v1/events") => events(req, peer, ctx).await,
         (&Method::GET, "/metrics") => response(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            metrics::render(&ctx.all_stats),
+            metrics::render(&ctx.all_stats) + &ctx.log_api.render_metrics(),
         ),
         (&Method::GET, "/v1/top" | "/v1/timeseries" | "/v1/summary" | "/v1/realtime") => {
             query(&req, ctx).await

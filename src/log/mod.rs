@@ -2,9 +2,10 @@
 //!
 //! `format` owns the bytes, `index` the sparse per-segment index, `writer` appends on a
 //! glommio shard with O_DIRECT I/O, `recovery` brings a shard's directory back to a clean
-//! state at start, `reader` reads it from anywhere (replay, check, later the HTTP log API), and
-//! `retention` decides what to delete. Only this module touches segment files.
+//! state at start, `reader` reads it from anywhere (replay, check), `fetch` bounds those reads
+//! to durable records for the HTTP log API, and `retention` decides what to delete. Only this module touches segment files.
 
+pub mod fetch;
 pub mod format;
 pub mod index;
 pub mod reader;

@@ -1,8 +1,8 @@
 //! Reading a shard's log from outside the writer: segment discovery, batch-by-batch scans with
 //! validation, and record iteration by offset or by receive time.
 //!
-//! Used by `pixeld replay`, `pixeld check`, recovery (before the writer opens) and, later, the
-//! HTTP log API. It only reads: sealed segments through memmap2 (they never change once
+//! Used by `pixeld replay`, `pixeld check`, recovery (before the writer opens) and the HTTP
+//! log API (through `fetch`). It only reads: sealed segments through memmap2 (they never change once
 //! sealed; retention may unlink one, which is safe while it is mapped), the open (newest)
 //! segment through `pread`, up to the last complete batch, because a live writer is still
 //! appending to it. Corrupt ranges of sealed segments are skipped with a warning and the rest
@@ -260,6 +260,19 @@ impl SegmentData {
         })
     }
 
+    /// The header of the batch at `pos` of an open segment, read alone (64 bytes), when the
+    /// whole batch lies within the file. None for mapped segments (their batches are checked
+    /// in place at no copying cost) and on any error (the full read then reports it).
+    fn open_header_at(&self, pos: u64) -> Option<BatchHeader> {
+        let SegmentData::Open { file, len, .. } = self else {
+            return None;
+        };
+        let mut buf = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut buf, pos).ok()?;
+        let h = decode_header(&buf).ok()?;
+        (pos + h.total_len() as u64 <= *len).then_some(h)
+    }
+
     /// The bytes of the batch at `pos`, or None at the end / at an invalid batch.
     fn batch_at(&mut self, pos: u64) -> io::Result<Result<&[u8], FormatError>> {
         match self {
@@ -359,6 +372,23 @@ impl ShardReader {
                 0
             };
             loop {
+                // The open segment has no index: skip its batches before the start by their
+                // header alone. Reading and checking each whole batch made every read near
+                // the end of a large open segment (a consumer following the log) copy and
+                // checksum the whole segment.
+                if let (false, Some(h)) = (started, data.open_header_at(pos)) {
+                    let before = match start {
+                        Start::Offset(o) => h.next_offset() <= o,
+                        Start::Time(t) => h.max_ts < t,
+                        Start::Beginning => false,
+                    };
+                    if before && h.base_offset >= expected {
+                        pos += h.total_len() as u64;
+                        expected = h.next_offset();
+                        last_next = Some(expected);
+                        continue;
+                    }
+                }
                 let batch = match data.batch_at(pos).map_err(|e| Error::io(&seg.path, e))? {
                     Ok(b) => b,
                     Err(e) => {

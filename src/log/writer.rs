@@ -31,7 +31,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use super::format::{self, BatchBuilder, BatchEncoder, BatchHeader, Codec, Source};
 use super::index::{IndexBuilder, SegmentSummary};
 use super::recovery::{self, RecoveryReport};
-use super::retention::{self, Retention};
+use super::retention::{self, Retention, RetentionPin};
 use super::{now_ns, os_error, Error};
 use crate::metrics::{DropReason, ShardStats};
 
@@ -63,6 +63,11 @@ pub struct LogConfig {
     pub max_pending_bytes: usize,
     pub max_record_bytes: usize,
     pub retention: Retention,
+    /// The lowest offset a consumer with `retention_pin` still has to read (set by the
+    /// consumer store; default: no pin).
+    pub retention_pin: RetentionPin,
+    /// Pinned segments are deleted anyway while the log is larger than this (None: never).
+    pub retention_bytes_hard: Option<u64>,
 }
 
 impl LogConfig {
@@ -85,6 +90,8 @@ impl LogConfig {
                 max_age: Some(Duration::from_secs(7 * 86400)),
                 max_bytes: None,
             },
+            retention_pin: RetentionPin::default(),
+            retention_bytes_hard: None,
         }
     }
 }
@@ -883,11 +890,29 @@ impl Flusher {
     async fn apply_retention(&mut self) -> Result<(), Error> {
         let cfg = &self.log.cfg;
         let summaries: Vec<SegmentSummary> = self.sealed.iter().map(|s| s.summary).collect();
-        let n = retention::segments_to_delete(&cfg.retention, &summaries, self.seg.len, now_ns());
-        for _ in 0..n {
+        let pin = cfg.retention_pin.get();
+        let d = retention::segments_to_delete_pinned(
+            &cfg.retention,
+            &summaries,
+            self.seg.len,
+            now_ns(),
+            pin,
+            cfg.retention_bytes_hard,
+        );
+        for _ in 0..d.segments {
             let Some(s) = self.sealed.pop_front() else {
                 break;
             };
+            if pin.is_some_and(|p| s.summary.next_offset > p) {
+                eprintln!(
+                    "pixeld: shard {}: retention_bytes_hard: deleting {} (offsets {}..{}) although a consumer with retention_pin has not read it",
+                    cfg.shard,
+                    s.path.display(),
+                    s.summary.base_offset,
+                    s.summary.next_offset
+                );
+                ShardStats::add(&self.log.stats.pinned_segments_deleted, 1);
+            }
             glommio::io::remove(&s.path)
                 .await
                 .map_err(|e| Error::io(&s.path, os_error(e)))?;

@@ -1,0 +1,675 @@
+//! The log over HTTP: `GET /v1/log/shards`, `GET /v1/log` (records by offset or time, with
+//! long polling), and named consumers' offsets (`/v1/consumers/…`). Served on the HTTP port
+//! by `ingest::http`, which hands every path [`owns`] claims to [`handle`].
+//!
+//! A request lands on whichever shard accepted the connection, and may ask for any shard's
+//! log: reads go through `log::fetch` on that shard's directory and stop at the shard's
+//! published durable offset. Everything that blocks — mmap and `pread` of segments, the
+//! consumer store's fsyncs — runs on glommio's blocking pool (`spawn_blocking`), never on the
+//! executor thread that also ingests; and every response is bounded (`max_records` ≤
+//! 10 000, `max_bytes` ≤ 8 MiB, `wait_ms` ≤ 30 s), so it is built whole in memory and sent
+//! with a `Content-Length`. Bad parameters answer 400 naming the parameter; an offset deleted
+//! by retention (or past the end) answers 416 with `first_offset` and `next_offset`.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::consumers::{validate_name, Consumer, ConsumerError, ConsumerStore};
+use crate::log::fetch::{FetchError, ShardLog};
+use crate::log::reader::Start;
+use crate::metrics::ShardStats;
+use crate::replay::{describe_warning, format_ts, ndjson_line};
+
+/// Largest `max_records` of one `GET /v1/log`.
+pub const MAX_RECORDS: u64 = 10_000;
+pub const DEFAULT_RECORDS: u64 = 1_000;
+/// Largest `max_bytes` (of NDJSON) of one `GET /v1/log`.
+pub const MAX_BYTES: u64 = 8 << 20;
+pub const DEFAULT_BYTES: u64 = 1 << 20;
+/// Longest `wait_ms`.
+pub const MAX_WAIT_MS: u64 = 30_000;
+/// Largest body of `PUT /v1/consumers/{name}/offsets`.
+const MAX_COMMIT_BODY: usize = 64 << 10;
+/// How often a long poll looks at the durable offset.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// What the log API needs, shared by every shard's HTTP server.
+pub struct LogApi {
+    /// Every shard's log, by shard number.
+    pub logs: Vec<ShardLog>,
+    /// Every shard's counters: the durable offsets.
+    pub all_stats: Arc<Vec<Arc<ShardStats>>>,
+    pub consumers: Arc<ConsumerStore>,
+    /// Set when the process stops: long polls answer at once.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl LogApi {
+    /// One past the last durable offset of `shard` (0 when nothing is durable).
+    fn durable_next(&self, shard: usize) -> u64 {
+        self.all_stats
+            .get(shard)
+            .and_then(|s| s.durable_offset())
+            .map_or(0, |o| o + 1)
+    }
+
+    /// `pixeld_consumer_lag_records{consumer,shard}`: for every consumer, on every shard it
+    /// has committed on, the durable records at or after its committed offset.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::from(
+            "# HELP pixeld_consumer_lag_records Durable records a named consumer has not committed, per shard.\n# TYPE pixeld_consumer_lag_records gauge\n",
+        );
+        for c in self.consumers.list() {
+            for (&shard, &offset) in &c.offsets {
+                let lag = self.durable_next(shard).saturating_sub(offset);
+                let _ = writeln!(
+                    o,
+                    "pixeld_consumer_lag_records{{consumer=\"{}\",shard=\"{shard}\"}} {lag}",
+                    c.name
+                );
+            }
+        }
+        o
+    }
+}
+
+/// Whether `path` belongs to the log API.
+pub fn owns(path: &str) -> bool {
+    matches!(path, "/v1/log" | "/v1/log/shards" | "/v1/consumers")
+        || path.starts_with("/v1/consumers/")
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn bad_param(param: &str, error: String) -> Resp {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": format!("parameter `{param}`: {error}"), "param": param}),
+    )
+}
+
+/// A bad parameter: its name and what is wrong (answered as 400 by [`Bad::resp`]).
+struct Bad(String, String);
+
+impl Bad {
+    fn new(param: &str, error: String) -> Self {
+        Bad(param.to_string(), error)
+    }
+    fn resp(self) -> Resp {
+        bad_param(&self.0, self.1)
+    }
+}
+
+fn error(status: StatusCode, error: String) -> Resp {
+    json_response(status, &json!({ "error": error }))
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed (allowed: {allow})"),
+    );
+    r.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static(allow),
+    );
+    r
+}
+
+/// Answers a request for a path [`owns`] claims.
+pub async fn handle(req: Request<Incoming>, api: &Arc<LogApi>) -> Resp {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match path.as_str() {
+        "/v1/log" => match method {
+            Method::GET => read_log(req.uri().query(), api).await,
+            _ => method_not_allowed("GET"),
+        },
+        "/v1/log/shards" => match method {
+            Method::GET => shards(req.uri().query(), api).await,
+            _ => method_not_allowed("GET"),
+        },
+        "/v1/consumers" => match method {
+            Method::GET => list_consumers(api),
+            _ => method_not_allowed("GET"),
+        },
+        p => {
+            let rest = p.strip_prefix("/v1/consumers/").unwrap_or_default();
+            match rest.split_once('/') {
+                None => match method {
+                    Method::GET => get_consumer(rest, api).await,
+                    Method::DELETE => delete_consumer(rest, api).await,
+                    _ => method_not_allowed("GET, DELETE"),
+                },
+                Some((name, "offsets")) => match method {
+                    Method::PUT => commit(name, req, api).await,
+                    _ => method_not_allowed("PUT"),
+                },
+                Some(_) => error(StatusCode::NOT_FOUND, "no such endpoint".into()),
+            }
+        }
+    }
+}
+
+/// The query string as (key, value) pairs; unknown or repeated keys are errors.
+fn params(query: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, Bad> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if !allowed.contains(&k.as_ref()) {
+            return Err(Bad::new(
+                &k,
+                format!("unknown parameter (allowed: {})", allowed.join(", ")),
+            ));
+        }
+        if out.iter().any(|(o, _)| *o == k) {
+            return Err(Bad::new(&k, "given more than once".into()));
+        }
+        out.push((k.into_owned(), v.into_owned()));
+    }
+    Ok(out)
+}
+
+fn get<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+/// A non-negative integer in `min..=max`.
+fn number(param: &str, v: &str, min: u64, max: u64) -> Result<u64, Bad> {
+    let n: u64 = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        v.parse()
+            .map_err(|_| Bad::new(param, format!("`{v}` is too large")))?
+    } else {
+        return Err(Bad::new(
+            param,
+            format!("`{v}` is not a non-negative integer"),
+        ));
+    };
+    if n < min || n > max {
+        return Err(Bad::new(
+            param,
+            format!("{n} is out of range: it must be between {min} and {max}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn shard_param(api: &LogApi, v: Option<&str>) -> Result<usize, Bad> {
+    let Some(v) = v else {
+        return Err(Bad::new("shard", "is required".into()));
+    };
+    let n = api.logs.len();
+    let s = number("shard", v, 0, u64::MAX)?;
+    if s >= n as u64 {
+        return Err(Bad::new(
+            "shard",
+            format!("shard {s} does not exist (shards are 0..{n}; see /v1/log/shards)"),
+        ));
+    }
+    Ok(s as usize)
+}
+
+/// A read of one shard's log, ready to run on the blocking pool.
+struct Read {
+    log: ShardLog,
+    start: Start,
+    max_records: u64,
+    max_bytes: u64,
+}
+
+/// What a read produced: the NDJSON body, its record count and the next offset to ask for.
+type ReadResult = Result<(Vec<u8>, u64, u64), FetchError>;
+
+impl Read {
+    fn run(&self, durable_next: u64) -> ReadResult {
+        let shard = self.log.shard;
+        let mut body = Vec::new();
+        let mut n = 0u64;
+        let end = self.log.read_durable(
+            self.start,
+            durable_next,
+            |rec| {
+                if n >= self.max_records {
+                    return ControlFlow::Break(());
+                }
+                let line = ndjson_line(shard, &rec);
+                // One record always goes out, however large: a consumer is never stuck.
+                if n > 0 && (body.len() + line.len() + 1) as u64 > self.max_bytes {
+                    return ControlFlow::Break(());
+                }
+                body.extend_from_slice(line.as_bytes());
+                body.push(b'\n');
+                n += 1;
+                ControlFlow::Continue(())
+            },
+            |w| eprintln!("pixeld: log API: {}", describe_warning(shard, &w)),
+        )?;
+        Ok((body, end.records, end.next_offset))
+    }
+}
+
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(f).await
+}
+
+/// `GET /v1/log?shard=N&(offset=O|time=T)[&max_records=M][&max_bytes=B][&wait_ms=W]`.
+async fn read_log(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
+    let p = match params(
+        query,
+        &[
+            "shard",
+            "offset",
+            "time",
+            "max_records",
+            "max_bytes",
+            "wait_ms",
+        ],
+    ) {
+        Ok(p) => p,
+        Err(b) => return b.resp(),
+    };
+    let parsed = (|| {
+        let shard = shard_param(api, get(&p, "shard"))?;
+        let start = match (get(&p, "offset"), get(&p, "time")) {
+            (Some(o), None) => Start::Offset(number("offset", o, 0, u64::MAX)?),
+            (None, Some(t)) => {
+                let now_ms = (crate::log::now_ns() / 1_000_000) as i64;
+                let ms = crate::query::params::parse_time("time", t, now_ms)
+                    .map_err(|e| Bad::new("time", e.to_string()))?;
+                Start::Time((ms.max(0) as u64).saturating_mul(1_000_000))
+            }
+            (Some(_), Some(_)) => {
+                return Err(Bad::new("time", "give `offset` or `time`, not both".into()))
+            }
+            (None, None) => {
+                return Err(Bad::new(
+                    "offset",
+                    "is required (or `time`); the first offsets are in /v1/log/shards".into(),
+                ))
+            }
+        };
+        let max_records = get(&p, "max_records").map_or(Ok(DEFAULT_RECORDS), |v| {
+            number("max_records", v, 1, MAX_RECORDS)
+        })?;
+        let max_bytes = get(&p, "max_bytes")
+            .map_or(Ok(DEFAULT_BYTES), |v| number("max_bytes", v, 1, MAX_BYTES))?;
+        let wait_ms = get(&p, "wait_ms").map_or(Ok(0), |v| number("wait_ms", v, 0, MAX_WAIT_MS))?;
+        Ok((shard, start, max_records, max_bytes, wait_ms))
+    })();
+    let (shard, start, max_records, max_bytes, wait_ms) = match parsed {
+        Ok(v) => v,
+        Err(b) => return b.resp(),
+    };
+    let Some(log) = api.logs.get(shard) else {
+        return bad_param("shard", format!("shard {shard} does not exist"));
+    };
+    let read = Arc::new(Read {
+        log: log.clone(),
+        start,
+        max_records,
+        max_bytes,
+    });
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        let durable_next = api.durable_next(shard);
+        // At the end: nothing to read until the durable offset moves.
+        let at_end = matches!(start, Start::Offset(o) if o == durable_next);
+        let result = if at_end {
+            Ok((Vec::new(), 0, durable_next))
+        } else {
+            let r = read.clone();
+            blocking(move || r.run(durable_next)).await
+        };
+        match result {
+            Ok((body, n, next)) => {
+                let waiting =
+                    n == 0 && Instant::now() < deadline && !api.shutdown.load(Ordering::Relaxed);
+                if !waiting {
+                    return records_response(body, n, next);
+                }
+            }
+            Err(FetchError::OutOfRange {
+                shard,
+                offset,
+                first_offset,
+                next_offset,
+            }) => {
+                let why = if offset < first_offset {
+                    "is below the first retained offset (older records were deleted by retention)"
+                } else {
+                    "is past the end of the durable log"
+                };
+                return json_response(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    &json!({
+                        "error": format!("offset {offset} of shard {shard} {why}; retained offsets are {first_offset}..{next_offset}"),
+                        "shard": shard,
+                        "offset": offset,
+                        "first_offset": first_offset,
+                        "next_offset": next_offset,
+                    }),
+                );
+            }
+            Err(FetchError::Log(e)) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading shard {shard}'s log failed: {e}"),
+                )
+            }
+        }
+        // Long poll: wait for the durable offset to move (or the deadline, or shutdown).
+        while api.durable_next(shard) == durable_next
+            && Instant::now() < deadline
+            && !api.shutdown.load(Ordering::Relaxed)
+        {
+            glommio::timer::sleep(POLL_EVERY).await;
+        }
+    }
+}
+
+fn records_response(body: Vec<u8>, n: u64, next: u64) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    h.insert("x-next-offset", next.into());
+    h.insert("x-record-count", n.into());
+    r
+}
+
+fn ts(ns: Option<u64>) -> Value {
+    ns.map_or(Value::Null, |t| format_ts(t).into())
+}
+
+/// `GET /v1/log/shards`.
+async fn shards(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
+    if let Err(b) = params(query, &[]) {
+        return b.resp();
+    }
+    let logs = api.logs.clone();
+    let durable: Vec<u64> = (0..logs.len()).map(|s| api.durable_next(s)).collect();
+    let result = blocking(move || {
+        logs.iter()
+            .zip(durable)
+            .map(|(l, d)| l.summary(d))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    match result {
+        Ok(summaries) => {
+            let shards: Vec<Value> = summaries
+                .iter()
+                .map(|s| {
+                    json!({
+                        "shard": s.shard,
+                        "first_offset": s.first_offset,
+                        "last_offset": s.last_offset,
+                        "durable_offset": s.durable_offset,
+                        "next_offset": s.next_offset,
+                        "first_recv_ts": ts(s.first_recv_ns),
+                        "last_recv_ts": ts(s.last_recv_ns),
+                        "bytes_on_disk": s.bytes_on_disk,
+                        "segments": s.segments,
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({ "shards": shards }))
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the logs failed: {e}"),
+        ),
+    }
+}
+
+fn consumer_error(e: ConsumerError) -> Resp {
+    match e {
+        ConsumerError::InvalidName { .. } => bad_param("name", e.to_string()),
+        ConsumerError::UnknownShard { .. } => bad_param("shard", e.to_string()),
+        ConsumerError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        ConsumerError::Io { .. } | ConsumerError::Corrupt { .. } => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the consumer store failed: {e}"),
+        ),
+    }
+}
+
+fn list_consumers(api: &LogApi) -> Resp {
+    let list: Vec<Value> = api
+        .consumers
+        .list()
+        .iter()
+        .map(|c| json!({"name": c.name, "retention_pin": c.retention_pin, "updated": format_ts(c.updated_ns)}))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "consumers": list }))
+}
+
+/// A consumer with its lag on every shard: records (durable records from its committed
+/// offset on) and seconds (the age of the oldest of those; 0 when caught up).
+async fn describe(c: Consumer, api: &Arc<LogApi>) -> Value {
+    let logs = api.logs.clone();
+    let durable: Vec<u64> = (0..logs.len()).map(|s| api.durable_next(s)).collect();
+    let offsets = c.offsets.clone();
+    let now = crate::log::now_ns();
+    let shards = blocking(move || {
+        logs.iter()
+            .zip(durable)
+            .map(|(log, next)| match offsets.get(&log.shard) {
+                None => json!({"shard": log.shard, "committed_offset": null, "next_offset": next, "lag_records": null, "lag_seconds": null}),
+                Some(&o) => {
+                    let oldest = log.recv_ns_at(o, next).ok().flatten();
+                    let lag_s = oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
+                    json!({"shard": log.shard, "committed_offset": o, "next_offset": next, "lag_records": next.saturating_sub(o), "lag_seconds": (lag_s * 1000.0).round() / 1000.0})
+                }
+            })
+            .collect::<Vec<Value>>()
+    })
+    .await;
+    json!({
+        "name": c.name,
+        "retention_pin": c.retention_pin,
+        "updated": format_ts(c.updated_ns),
+        "shards": shards,
+    })
+}
+
+async fn get_consumer(name: &str, api: &Arc<LogApi>) -> Resp {
+    if let Err(e) = validate_name(name) {
+        return consumer_error(e);
+    }
+    match api.consumers.get(name) {
+        Some(c) => json_response(StatusCode::OK, &describe(c, api).await),
+        None => consumer_error(ConsumerError::NotFound(name.to_string())),
+    }
+}
+
+async fn delete_consumer(name: &str, api: &Arc<LogApi>) -> Resp {
+    if let Err(e) = validate_name(name) {
+        return consumer_error(e);
+    }
+    let store = api.consumers.clone();
+    let n = name.to_string();
+    match blocking(move || store.delete(&n)).await {
+        Ok(()) => json_response(StatusCode::OK, &json!({ "deleted": name })),
+        Err(e) => consumer_error(e),
+    }
+}
+
+/// A commit: (shard, offset) pairs and the `retention_pin` to set, if given.
+type Commit = (Vec<(usize, u64)>, Option<bool>);
+
+/// The offsets of a commit body: `{"shard":N,"offset":O}`, a list of those, or
+/// `{"offsets":[…], "retention_pin": bool}` (the single form takes `retention_pin` too).
+fn parse_commit(v: &Value) -> Result<Commit, String> {
+    fn pair(v: &Value) -> Result<(usize, u64), String> {
+        let Some(o) = v.as_object() else {
+            return Err(format!("{v} is not an object {{\"shard\":N,\"offset\":O}}"));
+        };
+        if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "shard" | "offset")) {
+            return Err(format!("unknown field `{k}` in an offset"));
+        }
+        let field = |k: &str| {
+            o.get(k)
+                .ok_or_else(|| format!("`{k}` is missing"))?
+                .as_u64()
+                .ok_or_else(|| format!("`{k}` must be a non-negative integer, not {}", o[k]))
+        };
+        let shard = usize::try_from(field("shard")?).map_err(|e| e.to_string())?;
+        Ok((shard, field("offset")?))
+    }
+    let pin = |o: &serde_json::Map<String, Value>| match o.get("retention_pin") {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(x) => Err(format!("`retention_pin` must be true or false, not {x}")),
+    };
+    match v {
+        Value::Array(a) => Ok((a.iter().map(pair).collect::<Result<_, _>>()?, None)),
+        Value::Object(o) if o.contains_key("offsets") => {
+            if let Some(k) = o
+                .keys()
+                .find(|k| !matches!(k.as_str(), "offsets" | "retention_pin"))
+            {
+                return Err(format!("unknown field `{k}`"));
+            }
+            let Some(list) = o.get("offsets").and_then(Value::as_array) else {
+                return Err("`offsets` must be a list".into());
+            };
+            Ok((list.iter().map(pair).collect::<Result<_, _>>()?, pin(o)?))
+        }
+        Value::Object(o) => {
+            let mut rest = o.clone();
+            let p = pin(o)?;
+            rest.remove("retention_pin");
+            Ok((vec![pair(&Value::Object(rest))?], p))
+        }
+        _ => Err("the body must be a JSON object or list".into()),
+    }
+}
+
+/// `PUT /v1/consumers/{name}/offsets`: answers 200 with the consumer only once the commit is
+/// durable.
+async fn commit(name: &str, req: Request<Incoming>, api: &Arc<LogApi>) -> Resp {
+    if let Err(e) = validate_name(name) {
+        return consumer_error(e);
+    }
+    let body = match Limited::new(req.into_body(), MAX_COMMIT_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body larger than {MAX_COMMIT_BODY} bytes"),
+                );
+            }
+            return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"));
+        }
+    };
+    let parsed = serde_json::from_slice::<Value>(&body)
+        .map_err(|e| format!("the body is not JSON: {e}"))
+        .and_then(|v| parse_commit(&v));
+    let (offsets, retention_pin) = match parsed {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if offsets.is_empty() && retention_pin.is_none() {
+        return error(StatusCode::BAD_REQUEST, "nothing to commit".into());
+    }
+    for (i, &(shard, offset)) in offsets.iter().enumerate() {
+        if shard >= api.logs.len() {
+            return consumer_error(ConsumerError::UnknownShard {
+                shard,
+                shards: api.logs.len(),
+            });
+        }
+        if offsets[..i].iter().any(|(s, _)| *s == shard) {
+            return bad_param("shard", format!("shard {shard} is given more than once"));
+        }
+        let next = api.durable_next(shard);
+        if offset > next {
+            return bad_param(
+                "offset",
+                format!("offset {offset} is past the end of shard {shard}'s durable log (next offset {next})"),
+            );
+        }
+    }
+    let store = api.consumers.clone();
+    let n = name.to_string();
+    match blocking(move || store.commit(&n, &offsets, retention_pin)).await {
+        Ok(c) => json_response(StatusCode::OK, &describe(c, api).await),
+        Err(e) => consumer_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_bodies() {
+        let p = |s: &str| parse_commit(&serde_json::from_str(s).unwrap());
+        assert_eq!(p(r#"{"shard":1,"offset":5}"#), Ok((vec![(1, 5)], None)));
+        assert_eq!(
+            p(r#"{"shard":1,"offset":5,"retention_pin":true}"#),
+            Ok((vec![(1, 5)], Some(true)))
+        );
+        assert_eq!(
+            p(r#"[{"shard":0,"offset":1},{"shard":1,"offset":2}]"#),
+            Ok((vec![(0, 1), (1, 2)], None))
+        );
+        assert_eq!(
+            p(r#"{"offsets":[],"retention_pin":false}"#),
+            Ok((vec![], Some(false)))
+        );
+        for bad in [
+            r#"{"shard":-1,"offset":5}"#,
+            r#"{"shard":0,"offset":-5}"#,
+            r#"{"shard":0}"#,
+            r#"{"shard":0,"offset":1,"x":1}"#,
+            r#"{"shard":0,"offset":1.5}"#,
+            r#"{"offsets":{}}"#,
+            r#"{"shard":0,"offset":1,"retention_pin":"yes"}"#,
+            r#"3"#,
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn routes() {
+        for p in [
+            "/v1/log",
+            "/v1/log/shards",
+            "/v1/consumers",
+            "/v1/consumers/x",
+        ] {
+            assert!(owns(p), "{p}");
+        }
+        for p in ["/v1/logs", "/v1/log/x", "/v1/consumersx"] {
+            assert!(!owns(p), "{p}");
+        }
+    }
+}
