@@ -95,13 +95,14 @@ fn find_special(b: &[u8], mut i: usize) -> Option<usize> {
         let quote = x ^ (ONES * u64::from(b'"'));
         let backslash = x ^ (ONES * u64::from(b'\\'));
         // A byte is zero in `quote` (or `backslash`), or below 0x20 in `x`. Each test may
-        // flag bytes after a true hit, never before one, so "any" is exact and the scan
-        // below finds the first.
-        let hit = (quote.wrapping_sub(ONES) & !quote)
+        // flag bytes after a true hit (a borrow runs upwards), never before one, so the
+        // lowest flag (little-endian: the first byte) is exact.
+        let hit = ((quote.wrapping_sub(ONES) & !quote)
             | (backslash.wrapping_sub(ONES) & !backslash)
-            | (x.wrapping_sub(ONES * 0x20) & !x);
-        if hit & HIGH != 0 {
-            break;
+            | (x.wrapping_sub(ONES * 0x20) & !x))
+            & HIGH;
+        if hit != 0 {
+            return Some(i + (hit.trailing_zeros() / 8) as usize);
         }
         i += 8;
     }

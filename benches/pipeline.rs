@@ -1,0 +1,268 @@
+//! The in-process pipeline benchmark: pre-generated nginx lines fed straight into the shard
+//! pipeline — no sockets — on one shard (one core) and on two shards (two cores), reporting
+//! events/s for each and the ratio (issue 5's target: two shards ≥ 1.8 × one).
+//!
+//! Each shard is what `pixeld serve` runs, minus the socket: a glommio executor pinned to its
+//! own CPU with a real log (batch → zstd → CRC → O_DIRECT write, in a directory under
+//! `target/`), its router joined to the real routing mesh (glommio SPSC rings), receiving
+//! tasks applying what peers send, and the ticker. The feed is the TCP receive loop's body:
+//! an LF-framed stream cut into 64 KiB reads, decoded by `FrameDecoder`, each frame through
+//! `Ingest::line` (syslog header, `Log::append_pushback`, `Router::record_message`:
+//! event parse, routing, local aggregate updates), then `Router::flush` after each read,
+//! waiting while the log is congested — exactly what `ingest::tcp` does after `read`. Every
+//! shard gets its own share of the lines, as `SO_REUSEPORT` spreads connections. A run ends
+//! when every line is appended, every increment sent across a ring has been applied by its
+//! owner, and every log is closed (written and fsynced).
+//!
+//! It is a benchmark, never a test. Two figures come out: criterion's events/s for
+//! `pipeline/1-shard` and `pipeline/2-shards`, and, printed first, a direct comparison over a
+//! few runs with the CPU-seconds the process used per million events (from getrusage: the
+//! stable figure on a shared machine) and the wall-clock ratio.
+//!
+//! Run: `cargo bench --bench pipeline` (`PIXELD_BENCH_EVENTS=N` changes the 400 000 events
+//! per run; `PIXELD_BENCH_SHARDS=1` or `2` runs only that configuration in the direct
+//! comparison, for a profiler).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use glommio::{LocalExecutorBuilder, Placement};
+use pixeld::agg::{AggConfig, Aggregates};
+use pixeld::gen::HitGenerator;
+use pixeld::ingest::framing::{Event, FrameDecoder, Framing};
+use pixeld::ingest::{Ingest, IngestConfig};
+use pixeld::log::{LogConfig, Transport};
+use pixeld::metrics::ShardStats;
+use pixeld::route::{mesh, now_minute, Router, BATCH_INCS};
+
+/// The size of one socket read in `ingest::tcp`.
+const READ_CHUNK: usize = 64 << 10;
+
+fn events() -> usize {
+    std::env::var("PIXELD_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400_000)
+}
+
+/// One LF-framed stream per shard, `n` lines in all, event times inside the last half hour
+/// (as live traffic), with nginx's RFC 3164 syslog header.
+fn streams(n: usize, shards: usize) -> Vec<Vec<u8>> {
+    let now_ms = (now_minute() * 60_000) as u64;
+    let mut g = HitGenerator::new(7, now_ms - 30 * 60_000);
+    let mut out = vec![Vec::new(); shards];
+    let mut line = Vec::new();
+    for i in 0..n {
+        g.next_line(&mut line);
+        let s = &mut out[i % shards];
+        s.extend_from_slice(b"<190>Nov 22 01:39:03 pixel: ");
+        s.extend_from_slice(&line);
+        s.push(b'\n');
+    }
+    out
+}
+
+/// What one run measured.
+struct Run {
+    wall: Duration,
+    /// The whole process's CPU time during the run.
+    cpu: Duration,
+    /// Each shard's share of a core while it ran: its thread's CPU time over its wall time.
+    /// Below 100 % the shard waited (for a peer, for the disk) or, on a shared machine, was
+    /// descheduled.
+    on_cpu: Vec<f64>,
+}
+
+/// User + system CPU time of the process (`RUSAGE_SELF`) or of the calling thread
+/// (`RUSAGE_THREAD`).
+#[allow(unsafe_code)]
+fn cpu_time(who: libc::c_int) -> Duration {
+    // SAFETY: rusage is plain data for which all-zero is valid; getrusage only writes it.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Feeds `streams` (one per shard) through `streams.len()` shards; returns the time from the
+/// moment every shard is ready to the moment the last one is done.
+fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
+    let shards = streams.len();
+    let cpus = pixeld::shard::allowed_cpus();
+    let route_mesh = mesh(shards);
+    let all_stats: Arc<Vec<Arc<ShardStats>>> = Arc::new(
+        (0..shards)
+            .map(|_| Arc::new(ShardStats::default()))
+            .collect(),
+    );
+    let fed = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(shards + 1));
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let mut joins = Vec::new();
+    for shard in 0..shards {
+        let streams = streams.clone();
+        let (route_mesh, all_stats, fed, start) = (
+            route_mesh.clone(),
+            all_stats.clone(),
+            fed.clone(),
+            start.clone(),
+        );
+        let dir = tmp.path().join(format!("shard-{shard:03}"));
+        let join = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard % cpus.len()]))
+            .spawn(move || async move {
+                let stats = all_stats[shard].clone();
+                let (tx, rx) = route_mesh.join().await.expect("join the mesh");
+                let (log, flusher, _) =
+                    pixeld::log::Log::open(LogConfig::new(dir, shard), stats.clone())
+                        .await
+                        .expect("open the log");
+                let flusher = glommio::spawn_local(flusher.run());
+                let router = Router::new(
+                    Aggregates::new(AggConfig::default()),
+                    Some(tx),
+                    stats.clone(),
+                );
+                router.spawn_receivers(rx);
+                let stop = Arc::new(AtomicBool::new(false));
+                let ticker = glommio::spawn_local(router.clone().tick(stop.clone()));
+                let ingest = Rc::new(Ingest {
+                    log: log.clone(),
+                    stats: stats.clone(),
+                    cfg: IngestConfig::default(),
+                    router: router.clone(),
+                });
+                let peer = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5514)));
+                let mut decoder = FrameDecoder::new(Framing::Line, ingest.cfg.max_line_bytes);
+                let stream = &streams[shard];
+                start.wait();
+                let t0 = Instant::now();
+                let cpu0 = cpu_time(libc::RUSAGE_THREAD);
+                // `pos..end` is what the decoder has not consumed of what was "read" so far.
+                let (mut pos, mut end) = (0, 0);
+                while end < stream.len() {
+                    // Push back like a TCP connection: read nothing while the log is congested.
+                    while log.is_congested() {
+                        log.wait_for_space().await.expect("log space");
+                    }
+                    end = (end + READ_CHUNK).min(stream.len());
+                    let now = pixeld::log::now_ns();
+                    pos += decoder.decode(&stream[pos..end], |ev| {
+                        if let Event::Frame(f) = ev {
+                            stats.count_received(Transport::Tcp, 1, 0);
+                            // A refusal is counted by `line`, as in `ingest::tcp`.
+                            let _ = ingest.line(Transport::Tcp, peer, f, now);
+                        }
+                    });
+                    ingest.router.flush(BATCH_INCS).await;
+                }
+                router.flush(1).await;
+                fed.fetch_add(1, Ordering::SeqCst);
+                // Done when every shard has fed its lines and every increment sent over a
+                // ring has been applied by its owner.
+                loop {
+                    let sent: u64 = all_stats
+                        .iter()
+                        .map(|s| ShardStats::get(&s.agg.sent_incs))
+                        .sum();
+                    let applied: u64 = all_stats
+                        .iter()
+                        .map(|s| ShardStats::get(&s.agg.applied_incs))
+                        .sum();
+                    if fed.load(Ordering::SeqCst) == shards && sent == applied {
+                        break;
+                    }
+                    glommio::timer::sleep(Duration::from_micros(200)).await;
+                }
+                log.close();
+                flusher.await.expect("flusher");
+                let elapsed = t0.elapsed();
+                let cpu = cpu_time(libc::RUSAGE_THREAD) - cpu0;
+                stop.store(true, Ordering::Relaxed);
+                ticker.await;
+                assert_eq!(ShardStats::get(&stats.agg.lost_incs), 0);
+                (elapsed, cpu)
+            })
+            .expect("spawn a shard");
+        joins.push(join);
+    }
+    start.wait();
+    let cpu0 = cpu_time(libc::RUSAGE_SELF);
+    let done: Vec<(Duration, Duration)> = joins
+        .into_iter()
+        .map(|j| j.join().expect("shard thread"))
+        .collect();
+    let cpu = cpu_time(libc::RUSAGE_SELF) - cpu0;
+    Run {
+        wall: done.iter().map(|d| d.0).max().unwrap_or_default(),
+        cpu,
+        on_cpu: done
+            .iter()
+            .map(|(wall, cpu)| cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9))
+            .collect(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let n = events();
+    let one = Arc::new(streams(n, 1));
+    let two = Arc::new(streams(n, 2));
+    // The direct comparison, with CPU time (criterion reports wall-clock only).
+    // PIXELD_BENCH_SHARDS=1 or 2 runs only that configuration (for profiling it).
+    let only: Option<usize> = std::env::var("PIXELD_BENCH_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut rates = [vec![f64::NAN], vec![f64::NAN]];
+    for _ in 0..5 {
+        for (k, s) in [&one, &two].into_iter().enumerate() {
+            if only.is_some_and(|o| o != k + 1) {
+                continue;
+            }
+            let r = run(s);
+            let rate = n as f64 / r.wall.as_secs_f64();
+            let cpu_per_m = r.cpu.as_secs_f64() * 1e6 / n as f64;
+            let on_cpu: Vec<String> = r
+                .on_cpu
+                .iter()
+                .map(|s| format!("{:.0} %", s * 100.0))
+                .collect();
+            eprintln!(
+                "pipeline: {} shard(s): {n} events in {:.3} s = {:.0} events/s, {cpu_per_m:.2} CPU-s per million events, each shard on CPU {}",
+                k + 1,
+                r.wall.as_secs_f64(),
+                rate,
+                on_cpu.join(" / ")
+            );
+            rates[k].retain(|r| !r.is_nan());
+            rates[k].push(rate);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (r1, r2) = (median(&mut rates[0]), median(&mut rates[1]));
+    eprintln!(
+        "pipeline: median 1 shard {r1:.0} events/s, 2 shards {r2:.0} events/s, ratio {:.2}",
+        r2 / r1
+    );
+
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(n as u64));
+    for (name, s) in [("1-shard", &one), ("2-shards", &two)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| run(s).wall).sum())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
