@@ -16,8 +16,9 @@
 //!
 //! It is a benchmark, never a test. Two figures come out: criterion's events/s for
 //! `pipeline/1-shard` and `pipeline/2-shards`, and, printed first, a direct comparison over a
-//! few runs with the CPU-seconds the process used per million events (from getrusage: the
-//! stable figure on a shared machine) and the wall-clock ratio.
+//! few runs with the CPU-seconds the shard threads used per million events (getrusage: the
+//! stable figure on a shared machine), each shard's on-CPU share, the wall-clock ratio, and
+//! (one shard) the time the next start's `route::rebuild` takes to replay the log written.
 //!
 //! Run: `cargo bench --bench pipeline` (`PIXELD_BENCH_EVENTS=N` changes the 400 000 events
 //! per run; `PIXELD_BENCH_SHARDS=1` or `2` runs only that configuration in the direct
@@ -69,22 +70,24 @@ fn streams(n: usize, shards: usize) -> Vec<Vec<u8>> {
 /// What one run measured.
 struct Run {
     wall: Duration,
-    /// The whole process's CPU time during the run.
+    /// The shard threads' CPU time during the run, summed.
     cpu: Duration,
     /// Each shard's share of a core while it ran: its thread's CPU time over its wall time.
     /// Below 100 % the shard waited (for a peer, for the disk) or, on a shared machine, was
     /// descheduled.
     on_cpu: Vec<f64>,
+    /// One shard only: the time `route::rebuild` took to replay the log just written into
+    /// fresh aggregates, as at the next start, and how many records it replayed.
+    rebuild: Option<(Duration, u64)>,
 }
 
-/// User + system CPU time of the process (`RUSAGE_SELF`) or of the calling thread
-/// (`RUSAGE_THREAD`).
+/// User + system CPU time of the calling thread.
 #[allow(unsafe_code)]
-fn cpu_time(who: libc::c_int) -> Duration {
+fn thread_cpu() -> Duration {
     // SAFETY: rusage is plain data for which all-zero is valid; getrusage only writes it.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(who, &mut ru);
+        libc::getrusage(libc::RUSAGE_THREAD, &mut ru);
         ru
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
@@ -114,7 +117,8 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
             fed.clone(),
             start.clone(),
         );
-        let dir = tmp.path().join(format!("shard-{shard:03}"));
+        let tmp_dir = tmp.path().to_path_buf();
+        let dir = tmp_dir.join(format!("shard-{shard:03}"));
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpus[shard % cpus.len()]))
             .spawn(move || async move {
                 let stats = all_stats[shard].clone();
@@ -143,7 +147,7 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                 let stream = &streams[shard];
                 start.wait();
                 let t0 = Instant::now();
-                let cpu0 = cpu_time(libc::RUSAGE_THREAD);
+                let cpu0 = thread_cpu();
                 // `pos..end` is what the decoder has not consumed of what was "read" so far.
                 let (mut pos, mut end) = (0, 0);
                 while end < stream.len() {
@@ -183,29 +187,46 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                 log.close();
                 flusher.await.expect("flusher");
                 let elapsed = t0.elapsed();
-                let cpu = cpu_time(libc::RUSAGE_THREAD) - cpu0;
+                let cpu = thread_cpu() - cpu0;
                 stop.store(true, Ordering::Relaxed);
                 ticker.await;
                 assert_eq!(ShardStats::get(&stats.agg.lost_incs), 0);
-                (elapsed, cpu)
+                // The next start's rebuild of this log (one shard: no peers to wait for).
+                let mut rebuild = None;
+                if shards == 1 {
+                    let stats = Arc::new(ShardStats::default());
+                    let cfg = LogConfig::new(tmp_dir.join(format!("shard-{shard:03}")), shard);
+                    let (log, flusher, _) = pixeld::log::Log::open(cfg, stats.clone())
+                        .await
+                        .expect("reopen the log");
+                    let flusher = glommio::spawn_local(flusher.run());
+                    let router = Router::new(Aggregates::new(AggConfig::default()), None, stats);
+                    let t = Instant::now();
+                    let replayed = pixeld::route::rebuild(&router, &log, &AtomicBool::new(false))
+                        .await
+                        .expect("rebuild");
+                    rebuild = Some((t.elapsed(), replayed));
+                    log.close();
+                    flusher.await.expect("flusher");
+                }
+                (elapsed, cpu, rebuild)
             })
             .expect("spawn a shard");
         joins.push(join);
     }
     start.wait();
-    let cpu0 = cpu_time(libc::RUSAGE_SELF);
-    let done: Vec<(Duration, Duration)> = joins
+    let done: Vec<_> = joins
         .into_iter()
         .map(|j| j.join().expect("shard thread"))
         .collect();
-    let cpu = cpu_time(libc::RUSAGE_SELF) - cpu0;
     Run {
         wall: done.iter().map(|d| d.0).max().unwrap_or_default(),
-        cpu,
+        cpu: done.iter().map(|d| d.1).sum(),
         on_cpu: done
             .iter()
-            .map(|(wall, cpu)| cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9))
+            .map(|(wall, cpu, _)| cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9))
             .collect(),
+        rebuild: done.iter().find_map(|d| d.2),
     }
 }
 
@@ -239,6 +260,13 @@ fn bench(c: &mut Criterion) {
                 rate,
                 on_cpu.join(" / ")
             );
+            if let Some((t, replayed)) = r.rebuild {
+                eprintln!(
+                    "pipeline: rebuild of that log: {replayed} records in {:.3} s = {:.0} records/s",
+                    t.as_secs_f64(),
+                    replayed as f64 / t.as_secs_f64()
+                );
+            }
             rates[k].retain(|r| !r.is_nan());
             rates[k].push(rate);
         }
