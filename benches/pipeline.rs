@@ -72,18 +72,26 @@ struct Run {
     wall: Duration,
     /// The shard threads' CPU time during the run, summed.
     cpu: Duration,
+    /// The busiest shard thread's CPU time: the wall time the run would take if every shard
+    /// had a core to itself and never waited.
+    busiest: Duration,
     /// Each shard's share of a core while it ran: its thread's CPU time over its wall time.
     /// Below 100 % the shard waited (for a peer, for the disk) or, on a shared machine, was
     /// descheduled.
     on_cpu: Vec<f64>,
+    /// Per shard: (voluntary, involuntary) context switches, and (waits for a full ring,
+    /// time spent in them).
+    switches: Vec<(i64, i64)>,
+    waits: Vec<(u64, Duration)>,
     /// One shard only: the time `route::rebuild` took to replay the log just written into
     /// fresh aggregates, as at the next start, and how many records it replayed.
     rebuild: Option<(Duration, u64)>,
 }
 
-/// User + system CPU time of the calling thread.
+/// What getrusage tells of the calling thread: user + system CPU time, and the voluntary
+/// (it waited) and involuntary (it was preempted) context switches.
 #[allow(unsafe_code)]
-fn thread_cpu() -> Duration {
+fn thread_usage() -> (Duration, i64, i64) {
     // SAFETY: rusage is plain data for which all-zero is valid; getrusage only writes it.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
@@ -91,7 +99,7 @@ fn thread_cpu() -> Duration {
         ru
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    (tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_nvcsw, ru.ru_nivcsw)
 }
 
 /// Feeds `streams` (one per shard) through `streams.len()` shards; returns the time from the
@@ -147,7 +155,7 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                 let stream = &streams[shard];
                 start.wait();
                 let t0 = Instant::now();
-                let cpu0 = thread_cpu();
+                let usage0 = thread_usage();
                 // `pos..end` is what the decoder has not consumed of what was "read" so far.
                 let (mut pos, mut end) = (0, 0);
                 while end < stream.len() {
@@ -165,6 +173,11 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                         }
                     });
                     ingest.router.flush(BATCH_INCS).await;
+                    // A socket read awaits its io_uring completion, which lets the shard's
+                    // other tasks run: the receivers that drain the rings from its peers and
+                    // the log's flusher. Without a socket, this is that cooperation point
+                    // (glommio yields when I/O completions or timers are pending).
+                    glommio::yield_if_needed().await;
                 }
                 router.flush(1).await;
                 fed.fetch_add(1, Ordering::SeqCst);
@@ -187,7 +200,13 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                 log.close();
                 flusher.await.expect("flusher");
                 let elapsed = t0.elapsed();
-                let cpu = thread_cpu() - cpu0;
+                let usage = thread_usage();
+                let cpu = usage.0 - usage0.0;
+                let switches = (usage.1 - usage0.1, usage.2 - usage0.2);
+                let waits = (
+                    ShardStats::get(&stats.agg.ring_full_waits),
+                    Duration::from_nanos(ShardStats::get(&stats.agg.ring_wait_nanos)),
+                );
                 stop.store(true, Ordering::Relaxed);
                 ticker.await;
                 assert_eq!(ShardStats::get(&stats.agg.lost_incs), 0);
@@ -209,7 +228,7 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                     log.close();
                     flusher.await.expect("flusher");
                 }
-                (elapsed, cpu, rebuild)
+                (elapsed, cpu, rebuild, switches, waits)
             })
             .expect("spawn a shard");
         joins.push(join);
@@ -222,10 +241,13 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
     Run {
         wall: done.iter().map(|d| d.0).max().unwrap_or_default(),
         cpu: done.iter().map(|d| d.1).sum(),
+        busiest: done.iter().map(|d| d.1).max().unwrap_or_default(),
         on_cpu: done
             .iter()
-            .map(|(wall, cpu, _)| cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9))
+            .map(|d| d.1.as_secs_f64() / d.0.as_secs_f64().max(1e-9))
             .collect(),
+        switches: done.iter().map(|d| d.3).collect(),
+        waits: done.iter().map(|d| d.4).collect(),
         rebuild: done.iter().find_map(|d| d.2),
     }
 }
@@ -240,6 +262,7 @@ fn bench(c: &mut Criterion) {
         .ok()
         .and_then(|v| v.parse().ok());
     let mut rates = [vec![f64::NAN], vec![f64::NAN]];
+    let mut capacities = [vec![f64::NAN], vec![f64::NAN]];
     for _ in 0..5 {
         for (k, s) in [&one, &two].into_iter().enumerate() {
             if only.is_some_and(|o| o != k + 1) {
@@ -260,6 +283,15 @@ fn bench(c: &mut Criterion) {
                 rate,
                 on_cpu.join(" / ")
             );
+            for (shard, (sw, w)) in r.switches.iter().zip(&r.waits).enumerate() {
+                eprintln!(
+                    "pipeline:   shard {shard}: {} voluntary / {} involuntary context switches, {} waits for a full ring ({:.3} s)",
+                    sw.0,
+                    sw.1,
+                    w.0,
+                    w.1.as_secs_f64()
+                );
+            }
             if let Some((t, replayed)) = r.rebuild {
                 eprintln!(
                     "pipeline: rebuild of that log: {replayed} records in {:.3} s = {:.0} records/s",
@@ -269,6 +301,8 @@ fn bench(c: &mut Criterion) {
             }
             rates[k].retain(|r| !r.is_nan());
             rates[k].push(rate);
+            capacities[k].retain(|r| !r.is_nan());
+            capacities[k].push(n as f64 / r.busiest.as_secs_f64().max(1e-9));
         }
     }
     let median = |v: &mut Vec<f64>| {
@@ -279,6 +313,13 @@ fn bench(c: &mut Criterion) {
     eprintln!(
         "pipeline: median 1 shard {r1:.0} events/s, 2 shards {r2:.0} events/s, ratio {:.2}",
         r2 / r1
+    );
+    // On a shared machine the shards are descheduled (see "on CPU"); events per CPU-second
+    // of the busiest shard is the rate each shard on a core of its own would reach.
+    let (c1, c2) = (median(&mut capacities[0]), median(&mut capacities[1]));
+    eprintln!(
+        "pipeline: median events per CPU-second of the busiest shard: 1 shard {c1:.0}, 2 shards {c2:.0}, ratio {:.2}",
+        c2 / c1
     );
 
     let mut group = c.benchmark_group("pipeline");
