@@ -85,6 +85,8 @@ pub struct RawIngest {
     pub tcp_max_connections: u64,
     pub tcp_idle_timeout: String,
     pub http_max_body: Size,
+    pub http_max_connections: u64,
+    pub http_header_timeout: String,
     pub trusted_proxies: Vec<String>,
 }
 
@@ -491,6 +493,20 @@ impl Config {
             )?,
             http_max_body: size("ingest.http_max_body", &i.http_max_body, 1 << 10, 256 << 20)?
                 as usize,
+            http_max_connections: match i.http_max_connections {
+                n @ 1..=1_000_000 => n as usize,
+                n => {
+                    return Err(invalid(
+                        "ingest.http_max_connections",
+                        format!("is {n}, must be between 1 and 1000000"),
+                    ))
+                }
+            },
+            http_header_timeout: duration(
+                "ingest.http_header_timeout",
+                &i.http_header_timeout,
+                Duration::from_secs(1),
+            )?,
             auth_token: None,
             live_max_clients: match raw.dashboard.live_max_clients {
                 n @ 1..=100_000 => n as usize,

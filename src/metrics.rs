@@ -193,6 +193,10 @@ pub struct ShardStats {
     pub tcp_framing_errors: AtomicU64,
     /// TCP connections refused at `tcp_max_connections`.
     pub tcp_refused: AtomicU64,
+    /// HTTP connections refused at `http_max_connections`.
+    pub http_refused: AtomicU64,
+    /// Open HTTP connections (gauge).
+    pub http_connections: AtomicU64,
     /// Open TCP connections (gauge).
     pub tcp_connections: AtomicU64,
     /// fsync durations: counts per bucket of [`FSYNC_BUCKETS`] (+Inf last).
@@ -418,6 +422,12 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
     );
     counter(
         &mut o,
+        "pixeld_http_refused_total",
+        "HTTP connections refused at http_max_connections.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.http_refused)))],
+    );
+    counter(
+        &mut o,
         "pixeld_log_written_bytes_total",
         "Bytes written to log segments (compressed).",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.written_bytes)))],
@@ -619,6 +629,11 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         o,
         "# HELP pixeld_tcp_connections Open TCP connections.\n# TYPE pixeld_tcp_connections gauge\npixeld_tcp_connections {}",
         sum(&|s| ShardStats::get(&s.tcp_connections))
+    );
+    let _ = writeln!(
+        o,
+        "# HELP pixeld_http_connections Open HTTP connections.\n# TYPE pixeld_http_connections gauge\npixeld_http_connections {}",
+        sum(&|s| ShardStats::get(&s.http_connections))
     );
     let _ = writeln!(
         o,

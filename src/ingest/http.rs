@@ -128,18 +128,64 @@ pub async fn run(listener: TcpListener, ctx: Rc<HttpContext>) -> io::Result<()> 
                 continue;
             }
         };
+        let stats = ctx.ingest.stats.clone();
+        if ShardStats::get(&stats.http_connections) as usize >= ctx.ingest.cfg.http_max_connections
+        {
+            ShardStats::add(&stats.http_refused, 1);
+            drop(stream);
+            continue;
+        }
+        ShardStats::add(&stats.http_connections, 1);
         let peer = stream.peer_addr().ok();
         let ctx = ctx.clone();
+        let header_timeout = ctx.ingest.cfg.http_header_timeout;
         glommio::spawn_local(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(req, peer, ctx).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                // Slowloris: a request whose head is not complete in time is closed.
+                .timer(HyperTimer)
+                .header_read_timeout(header_timeout)
+                // Request heads above this get 431.
+                .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(HyperStream(stream), service)
                 .await;
+            stats
+                .http_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         })
         .detach();
+    }
+}
+
+/// The largest request head (request line and headers) read; hyper answers 431 above it.
+const MAX_HEAD_BYTES: usize = 16 << 10;
+
+/// hyper's timer (for `header_read_timeout`), on `futures-timer`'s global timer thread:
+/// hyper requires `Send + Sync` sleeps, which glommio's executor-local timers are not. One
+/// timer per connection waiting for a request head; nothing on the ingest path.
+#[derive(Clone, Copy)]
+struct HyperTimer;
+
+struct HyperSleep(futures_timer::Delay);
+
+impl std::future::Future for HyperSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HyperSleep {}
+
+impl hyper::rt::Timer for HyperTimer {
+    fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HyperSleep(futures_timer::Delay::new(duration)))
+    }
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(std::time::Instant::now()))
     }
 }
 

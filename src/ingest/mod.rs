@@ -40,6 +40,11 @@ pub struct IngestConfig {
     pub tcp_idle_timeout: Duration,
     /// Largest `POST /v1/events` body.
     pub http_max_body: usize,
+    /// Open HTTP connections allowed per shard; more are closed at once and counted.
+    pub http_max_connections: usize,
+    /// A request whose headers have not all arrived this long after its first byte (or a
+    /// keep-alive connection idle this long) is closed: slowloris.
+    pub http_header_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed for the client address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// The bearer token every HTTP request but the pixel, health and the dashboard's shell
@@ -58,6 +63,8 @@ impl Default for IngestConfig {
             tcp_max_connections: 10_000,
             tcp_idle_timeout: Duration::from_secs(300),
             http_max_body: 1 << 20,
+            http_max_connections: 10_000,
+            http_header_timeout: Duration::from_secs(10),
             trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
             auth_token: None,
             live_max_clients: 1000,
