@@ -88,6 +88,7 @@ pub struct RawIngest {
     pub http_max_connections: u64,
     pub http_header_timeout: String,
     pub trusted_proxies: Vec<String>,
+    pub allowed_sources: Vec<String>,
 }
 
 /// `[log]`: the durable log of each shard. See config/pixeld.toml for each field.
@@ -527,6 +528,21 @@ impl Config {
                             format!("has {a:?}, not an IP address ({e})"),
                         )
                     })
+                })
+                .collect::<Result<_, _>>()?,
+            allowed_sources: i
+                .allowed_sources
+                .iter()
+                .map(|a| {
+                    // A bare address is its own /32 or /128.
+                    a.parse::<ipnet::IpNet>()
+                        .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            invalid(
+                                "ingest.allowed_sources",
+                                format!("has {a:?}, not an address or CIDR block such as \"10.0.0.0/8\""),
+                            )
+                        })
                 })
                 .collect::<Result<_, _>>()?,
         };

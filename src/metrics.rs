@@ -30,10 +30,12 @@ pub enum DropReason {
     Oversize,
     /// The shard is shutting down.
     ShuttingDown,
+    /// A datagram from an address outside `ingest.allowed_sources`.
+    SourceNotAllowed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Empty,
         DropReason::PartialFrame,
         DropReason::Backpressure,
@@ -41,6 +43,7 @@ impl DropReason {
         DropReason::Poisoned,
         DropReason::Oversize,
         DropReason::ShuttingDown,
+        DropReason::SourceNotAllowed,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,6 +54,7 @@ impl DropReason {
             DropReason::Poisoned => "poisoned",
             DropReason::Oversize => "oversize",
             DropReason::ShuttingDown => "shutting_down",
+            DropReason::SourceNotAllowed => "source_not_allowed",
         }
     }
     fn slot(self) -> usize {
@@ -181,7 +185,7 @@ pub struct ShardStats {
     pub truncated_bytes: AtomicU64,
     pub corrupt_ranges: AtomicU64,
     pub indexes_rebuilt: AtomicU64,
-    dropped: [AtomicU64; 7],
+    dropped: [AtomicU64; DropReason::ALL.len()],
     /// Events received, by transport (`Transport as usize`: import, udp, tcp, http).
     received_events: [AtomicU64; 4],
     received_bytes: [AtomicU64; 4],
@@ -195,6 +199,9 @@ pub struct ShardStats {
     pub tcp_refused: AtomicU64,
     /// HTTP connections refused at `http_max_connections`.
     pub http_refused: AtomicU64,
+    /// TCP connections and HTTP ingest requests refused by `ingest.allowed_sources`.
+    pub tcp_source_refused: AtomicU64,
+    pub http_source_refused: AtomicU64,
     /// Open HTTP connections (gauge).
     pub http_connections: AtomicU64,
     /// Open TCP connections (gauge).
@@ -419,6 +426,21 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_tcp_refused_total",
         "TCP connections refused at tcp_max_connections.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.tcp_refused)))],
+    );
+    counter(
+        &mut o,
+        "pixeld_source_refused_total",
+        "TCP connections and HTTP ingest requests refused by ingest.allowed_sources (UDP datagrams: dropped{reason=\"source_not_allowed\"}).",
+        vec![
+            (
+                "{transport=\"tcp\"}".to_string(),
+                sum(&|s| ShardStats::get(&s.tcp_source_refused)),
+            ),
+            (
+                "{transport=\"http\"}".to_string(),
+                sum(&|s| ShardStats::get(&s.http_source_refused)),
+            ),
+        ],
     );
     counter(
         &mut o,

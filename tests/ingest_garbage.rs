@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-const REASONS: [&str; 7] = [
+const REASONS: [&str; 8] = [
     "empty",
     "partial_frame",
     "backpressure",
@@ -21,6 +21,7 @@ const REASONS: [&str; 7] = [
     "poisoned",
     "oversize",
     "shutting_down",
+    "source_not_allowed",
 ];
 
 fn tcp(port: u16) -> TcpStream {

@@ -264,6 +264,15 @@ async fn handle(
         return crate::logapi::handle(req, &ctx.log_api).await;
     }
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/p.gif") | (&Method::POST, "/v1/events")
+            if !ctx.ingest.cfg.allows(peer) =>
+        {
+            ShardStats::add(&ctx.ingest.stats.http_source_refused, 1);
+            json(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"error": "this address may not send hits (ingest.allowed_sources)"}),
+            )
+        }
         (&Method::GET, "/p.gif") => pixel(&req, peer, ctx),
         (&Method::POST, "/v1/events") => events(req, peer, ctx).await,
         (&Method::GET, "/metrics") => response(

@@ -47,6 +47,8 @@ pub struct IngestConfig {
     pub http_header_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed for the client address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Who may send hits (`ingest.allowed_sources`); empty: anyone.
+    pub allowed_sources: Vec<ipnet::IpNet>,
     /// The bearer token every HTTP request but the pixel, health and the dashboard's shell
     /// must carry (`auth_token`); None on loopback without one.
     pub auth_token: Option<http::AuthToken>,
@@ -66,6 +68,7 @@ impl Default for IngestConfig {
             http_max_connections: 10_000,
             http_header_timeout: Duration::from_secs(10),
             trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            allowed_sources: Vec::new(),
             auth_token: None,
             live_max_clients: 1000,
         }
@@ -79,6 +82,24 @@ pub struct Ingest {
     pub cfg: IngestConfig,
     /// Routes every appended record to the aggregates.
     pub router: Rc<crate::route::Router>,
+}
+
+impl IngestConfig {
+    /// Whether `peer` may send hits (`ingest.allowed_sources`). An IPv4 peer on an IPv6
+    /// socket (`::ffff:a.b.c.d`) is matched as IPv4.
+    pub fn allows(&self, peer: Option<SocketAddr>) -> bool {
+        if self.allowed_sources.is_empty() {
+            return true;
+        }
+        let Some(peer) = peer else { return false };
+        let ip = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.allowed_sources.iter().any(|n| n.contains(&ip))
+    }
 }
 
 impl Ingest {

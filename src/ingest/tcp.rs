@@ -41,6 +41,11 @@ pub async fn run(listener: TcpListener, ingest: Rc<Ingest>) -> io::Result<()> {
                 continue;
             }
         };
+        if !ingest.cfg.allows(stream.peer_addr().ok()) {
+            ShardStats::add(&ingest.stats.tcp_source_refused, 1);
+            drop(stream);
+            continue;
+        }
         if open.get() >= ingest.cfg.tcp_max_connections {
             ShardStats::add(&ingest.stats.tcp_refused, 1);
             drop(stream);

@@ -222,6 +222,10 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>) -> io::Result<()> {
                     stats.count_drop(DropReason::Oversize, 1);
                     continue;
                 }
+                if !ingest.cfg.allows(r.peer) {
+                    stats.count_drop(DropReason::SourceNotAllowed, 1);
+                    continue;
+                }
                 let bytes = batch.bufs[i].get(..r.len).unwrap_or_default();
                 let _ = ingest.line(Transport::Udp, r.peer, bytes, now);
             }
