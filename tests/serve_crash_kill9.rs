@@ -23,7 +23,14 @@ use pixeld::log::reader::Start;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-const CYCLES: u32 = 20;
+/// Cycles per run; `PIXELD_SOAK_CYCLES=500 cargo test --release --test serve_crash_kill9` is
+/// the long soak (docs/reliability.md).
+fn cycles() -> u32 {
+    std::env::var("PIXELD_SOAK_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
 const SHARDS: usize = 2;
 const URLS: u32 = 40;
 const VISITORS: u32 = 300;
@@ -149,7 +156,8 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
     // Bytes of a torn write appended to a newest segment after the previous kill.
     let mut torn: u64 = 0;
     let shards = SHARDS.to_string();
-    for cycle in 0..CYCLES {
+    let cycles = cycles();
+    for cycle in 0..cycles {
         let mut s = common::Server::start(&data, &["--shards", &shards]);
         let ready = s.wait_for(&format!("ready: {SHARDS} shards"));
         assert!(ready.is_some(), "cycle {cycle}: {:?}", s.seen);
@@ -374,7 +382,7 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
         .collect();
     assert_eq!(served, views);
     eprintln!(
-        "{CYCLES} kill -9 cycles: {total} records logged, {} acknowledged lines all present once, \
+        "{cycles} kill -9 cycles: {total} records logged, {} acknowledged lines all present once, \
          {truncations} restarts truncated a torn tail ({truncated_reported} bytes, all counted)",
         acked.len()
     );
