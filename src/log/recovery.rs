@@ -145,6 +145,7 @@ pub(crate) async fn recover(
             let trusted = marker.filter(|m| {
                 m.summary.base_offset == seg.base_offset
                     && m.summary.segment_len == bytes.len() as u64
+                    && tail_matches_marker(bytes, m)
             });
             report.clean_start = trusted.is_some();
             let scan = match trusted {
@@ -254,4 +255,24 @@ pub(crate) async fn recover(
         },
         report,
     ))
+}
+
+/// Whether the batches from the marker's last index entry to the end of `bytes` are all valid
+/// and end where the marker says: a cheap check (one index interval and a batch or so) that
+/// the segment was not damaged at its tail since the clean shutdown wrote the marker. Damage
+/// further back is found, reported and skipped by the first read (the rebuild).
+fn tail_matches_marker(bytes: &[u8], m: &SegmentIndex) -> bool {
+    let (mut pos, mut expected) = m.entries.last().map_or((0, m.summary.base_offset), |e| {
+        (e.position as usize, e.offset)
+    });
+    while pos < bytes.len() {
+        match crate::log::format::verify_batch(bytes.get(pos..).unwrap_or_default()) {
+            Ok(h) if h.base_offset == expected => {
+                pos += h.total_len();
+                expected = h.next_offset();
+            }
+            _ => return false,
+        }
+    }
+    pos == bytes.len() && expected == m.summary.next_offset
 }
