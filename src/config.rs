@@ -320,6 +320,16 @@ impl Config {
                 }
                 Ok(d)
             };
+        let count = |field: &'static str, n: u64, max: u64| -> Result<u64, ConfigError> {
+            if (1..=max).contains(&n) {
+                Ok(n)
+            } else {
+                Err(invalid(
+                    field,
+                    format!("is {n}, must be between 1 and {max}"),
+                ))
+            }
+        };
         let addr = |field: &'static str, s: &str| -> Result<SocketAddr, ConfigError> {
             s.parse().map_err(|e| {
                 invalid(
@@ -478,15 +488,7 @@ impl Config {
                     ))
                 }
             },
-            tcp_max_connections: match i.tcp_max_connections {
-                n @ 1..=1_000_000 => n as usize,
-                n => {
-                    return Err(invalid(
-                        "ingest.tcp_max_connections",
-                        format!("is {n}, must be between 1 and 1000000"),
-                    ))
-                }
-            },
+            tcp_max_connections: count("ingest.tcp_max_connections", i.tcp_max_connections, 1_000_000)? as usize,
             tcp_idle_timeout: duration(
                 "ingest.tcp_idle_timeout",
                 &i.tcp_idle_timeout,
@@ -494,30 +496,14 @@ impl Config {
             )?,
             http_max_body: size("ingest.http_max_body", &i.http_max_body, 1 << 10, 256 << 20)?
                 as usize,
-            http_max_connections: match i.http_max_connections {
-                n @ 1..=1_000_000 => n as usize,
-                n => {
-                    return Err(invalid(
-                        "ingest.http_max_connections",
-                        format!("is {n}, must be between 1 and 1000000"),
-                    ))
-                }
-            },
+            http_max_connections: count("ingest.http_max_connections", i.http_max_connections, 1_000_000)? as usize,
             http_header_timeout: duration(
                 "ingest.http_header_timeout",
                 &i.http_header_timeout,
                 Duration::from_secs(1),
             )?,
             auth_token: None,
-            live_max_clients: match raw.dashboard.live_max_clients {
-                n @ 1..=100_000 => n as usize,
-                n => {
-                    return Err(invalid(
-                        "dashboard.live_max_clients",
-                        format!("is {n}, must be between 1 and 100000"),
-                    ))
-                }
-            },
+            live_max_clients: count("dashboard.live_max_clients", raw.dashboard.live_max_clients, 100_000)? as usize,
             trusted_proxies: i
                 .trusted_proxies
                 .iter()
@@ -576,15 +562,11 @@ impl Config {
             future_minutes: whole("agg.future_allowance", &a.future_allowance, 60, 1, 24 * 60)?,
             event: crate::parse::event::EventConfig {
                 fields: f.clone(),
-                heartbeat_seconds: match a.heartbeat_seconds {
-                    n @ 1..=3600 => n,
-                    n => {
-                        return Err(invalid(
-                            "agg.heartbeat_seconds",
-                            format!("is {n}, must be between 1 and 3600"),
-                        ))
-                    }
-                },
+                heartbeat_seconds: count(
+                    "agg.heartbeat_seconds",
+                    u64::from(a.heartbeat_seconds),
+                    3600,
+                )? as u32,
                 url_keep_query: a.url_keep_query.clone(),
             },
         };

@@ -6,26 +6,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::time::Duration;
 
 use pixeld::log::reader::Start;
-
-/// POST /v1/events; None when the server is gone or the connection broke.
-fn post(port: u16, body: &[u8]) -> Option<u16> {
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    let head = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    c.write_all(head.as_bytes()).ok()?;
-    c.write_all(body).ok()?;
-    let mut out = Vec::new();
-    let _ = c.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
-    text.split(' ').nth(1)?.parse().ok()
-}
 
 fn line(batch: u64, i: u64) -> String {
     format!(
@@ -56,7 +38,7 @@ fn a_failed_fdatasync_poisons_the_shard_and_loses_no_acknowledged_batch() {
     while batch < 200 {
         batch += 1;
         let body: String = (0..10).map(|i| line(batch, i) + "\n").collect();
-        match post(s.http, body.as_bytes()) {
+        match common::try_post_events(s.http, body.as_bytes()) {
             Some(200) => {
                 assert_eq!(refused, 0, "batch {batch} acknowledged after a refusal");
                 acked.push(batch);

@@ -75,25 +75,6 @@ fn durable_offsets(port: u16) -> Option<Vec<Option<u64>>> {
     (found == SHARDS).then_some(v)
 }
 
-/// POST /v1/events; the status, or None when the connection failed (the server was killed).
-fn post(port: u16, body: &[u8]) -> Option<u16> {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let head = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    c.write_all(head.as_bytes()).ok()?;
-    c.write_all(body).ok()?;
-    let mut out = Vec::new();
-    let _ = c.read_to_end(&mut out);
-    String::from_utf8_lossy(&out)
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// The id and (url, vid) of a logged line, read by the test's own parser.
 fn parse(bytes: &[u8]) -> (String, String, String) {
     let text = std::str::from_utf8(bytes).unwrap();
@@ -102,14 +83,6 @@ fn parse(bytes: &[u8]) -> (String, String, String) {
     let v: Value = serde_json::from_str(json).unwrap();
     let s = |k: &str| v[k].as_str().unwrap().to_string();
     (s("id"), s("url"), s("vid"))
-}
-
-fn metric(port: u16, name: &str) -> u64 {
-    let (_, _, body) = common::http(port, "GET", "/metrics", &[], b"");
-    let text = String::from_utf8(body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
-        .unwrap_or(0)
 }
 
 /// What a start's recovery cut, as its stderr lines report it; checks that the metric counts
@@ -130,7 +103,7 @@ fn recovery_cut(s: &common::Server, torn: u64, what: &str) -> u64 {
         })
         .sum();
     assert_eq!(
-        metric(s.http, "pixeld_log_truncated_bytes_total"),
+        common::metric_sum(&common::metrics(s.http), "pixeld_log_truncated_bytes_total"),
         cut,
         "{what}: {:?}",
         s.seen
@@ -226,7 +199,7 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
                         .enumerate()
                         .map(|(i, id)| line(id, n + i as u64) + "\n")
                         .collect();
-                    match post(port, body.as_bytes()) {
+                    match common::try_post_events(port, body.as_bytes()) {
                         Some(200) => acked.lock().unwrap().extend(ids),
                         Some(_) => {}
                         None => return,

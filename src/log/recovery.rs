@@ -107,11 +107,13 @@ pub(crate) async fn recover(
                     None => reader::scan_segment(&[], seg.base_offset, interval, false),
                 };
                 for range in scan.corrupt.iter().chain(scan.tail.iter()) {
-                    eprintln!(
-                        "pixeld: shard {shard}: CORRUPT range in sealed segment {} at byte {} ({} bytes, expected offset {}): {}; the rest stays readable, run `pixeld check`",
-                        seg.path.display(), range.position, range.len, range.expected_offset, range.reason
+                    report_corrupt(
+                        shard,
+                        stats,
+                        &seg.path,
+                        range,
+                        "by recovery (sealed segment)",
                     );
-                    ShardStats::add(&stats.corrupt_ranges, 1);
                     report.corrupt.push((seg.path.clone(), range.clone()));
                 }
                 let mut idx = scan.index;
@@ -166,11 +168,13 @@ pub(crate) async fn recover(
             // drop the valid, possibly acknowledged, batches after it. (Kafka cuts at the
             // first invalid batch instead, and so loses them.)
             for range in &scan.corrupt {
-                eprintln!(
-                    "pixeld: shard {shard}: CORRUPT range in the newest segment {} at byte {} ({} bytes, expected offset {}): {}; the rest stays readable, run `pixeld check`",
-                    seg.path.display(), range.position, range.len, range.expected_offset, range.reason
+                report_corrupt(
+                    shard,
+                    stats,
+                    &seg.path,
+                    range,
+                    "by recovery (newest segment)",
                 );
-                ShardStats::add(&stats.corrupt_ranges, 1);
                 report.corrupt.push((seg.path.clone(), range.clone()));
             }
             let (index, valid_end) = (scan.index, scan.valid_end);
@@ -255,6 +259,27 @@ pub(crate) async fn recover(
         },
         report,
     ))
+}
+
+/// Logs a corrupt range (segment, byte, the offsets it made unreadable, who found it) and
+/// counts it in `pixeld_log_corrupt_ranges_total`: the one report for recovery and readers.
+pub(crate) fn report_corrupt(
+    shard: usize,
+    stats: &ShardStats,
+    segment: &std::path::Path,
+    range: &CorruptRange,
+    found: &str,
+) {
+    ShardStats::add(&stats.corrupt_ranges, 1);
+    eprintln!(
+        "pixeld: shard {shard}: CORRUPT range in segment {} at byte {} ({} bytes, offsets {}..{} unreadable), found {found}: {}; the rest stays readable, run `pixeld check`",
+        segment.display(),
+        range.position,
+        range.len,
+        range.expected_offset,
+        range.resumes_at.map_or_else(|| "end".into(), |o| o.to_string()),
+        range.reason
+    );
 }
 
 /// Whether the batches from the marker's last index entry to the end of `bytes` are all valid

@@ -241,15 +241,12 @@ impl Log {
                     .borrow_mut()
                     .insert((segment.clone(), range.position));
                 if new {
-                    ShardStats::add(&self.stats.corrupt_ranges, 1);
-                    eprintln!(
-                        "pixeld: shard {shard}: CORRUPT range in segment {} at byte {} ({} bytes, offsets {}..{} unreadable), found while {during}: {}; the rest stays readable, run `pixeld check`",
-                        segment.display(),
-                        range.position,
-                        range.len,
-                        range.expected_offset,
-                        range.resumes_at.map_or_else(|| "end".into(), |o| o.to_string()),
-                        range.reason
+                    super::recovery::report_corrupt(
+                        shard,
+                        &self.stats,
+                        segment,
+                        range,
+                        &format!("while {during}"),
                     );
                 }
             }

@@ -106,21 +106,7 @@ pub struct Server {
 impl Server {
     /// Starts `pixeld serve` on free loopback ports (plus `extra` arguments).
     pub fn start(data: &Path, extra: &[&str]) -> Server {
-        let (udp, tcp, http_port) = (free_udp_port(), free_tcp_port(), free_tcp_port());
-        let mut args: Vec<String> = vec![
-            "--udp".into(),
-            format!("127.0.0.1:{udp}"),
-            "--tcp".into(),
-            format!("127.0.0.1:{tcp}"),
-            "--http".into(),
-            format!("127.0.0.1:{http_port}"),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut s = Server::start_args(data, &args);
-        s.udp = udp;
-        s.tcp = tcp;
-        s.http = http_port;
-        s
+        Server::start_env(data, extra, &[])
     }
 
     pub fn start_args(data: &Path, extra: &[String]) -> Server {
@@ -240,6 +226,27 @@ pub fn http(
     let head = String::from_utf8_lossy(&out[..split]).into_owned();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head, out[split + 4..].to_vec())
+}
+
+/// `POST /v1/events` on a fresh connection: the status, or None when the server is gone or
+/// the connection broke (for tests that kill it).
+pub fn try_post_events(port: u16, body: &[u8]) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).ok()?;
+    c.write_all(body).ok()?;
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Whether the tests run as root (some scenarios need another user or a mount).
