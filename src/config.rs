@@ -166,6 +166,9 @@ pub struct RawConfig {
     pub log: RawLog,
     pub agg: RawAgg,
     pub dashboard: RawDashboard,
+    /// `[export.kafka]`: absent = no export.
+    #[serde(default)]
+    pub export: crate::export::RawExport,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +254,8 @@ pub struct Config {
     pub ingest: crate::ingest::IngestConfig,
     pub log: LogTemplate,
     pub agg: crate::agg::AggConfig,
+    /// The Kafka export, when `[export.kafka]` is present.
+    pub export: Option<crate::export::KafkaExportConfig>,
 }
 
 /// Log settings shared by every shard; [`LogTemplate::for_shard`] makes a shard's [`LogConfig`].
@@ -284,7 +289,11 @@ impl fmt::Display for Config {
             self.udp,
             self.tcp,
             self.http
-        )
+        )?;
+        if let Some(k) = &self.export {
+            write!(f, " export=kafka:{}@{}", k.topic, k.brokers)?;
+        }
+        Ok(())
     }
 }
 
@@ -597,6 +606,13 @@ impl Config {
             tcp: addr("listen.tcp", &raw.listen.tcp)?,
             http,
             log: LogTemplate(log),
+            export: match &raw.export.kafka {
+                None => None,
+                Some(k) => Some(
+                    crate::export::KafkaExportConfig::from_raw(k)
+                        .map_err(|e| invalid(e.field, e.reason))?,
+                ),
+            },
         })
     }
 }

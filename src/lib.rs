@@ -15,6 +15,7 @@ pub mod check;
 pub mod config;
 pub mod consumers;
 pub mod dashboard;
+pub mod export;
 pub mod gen;
 pub mod import;
 pub mod ingest;

@@ -49,6 +49,8 @@ pub struct LogApi {
     pub consumers: Arc<ConsumerStore>,
     /// Set when the process stops: long polls answer at once.
     pub shutdown: Arc<AtomicBool>,
+    /// The Kafka export's counters, when it is configured (its consumer is then reserved).
+    pub export: Option<Arc<crate::export::ExportStats>>,
 }
 
 impl LogApi {
@@ -58,6 +60,20 @@ impl LogApi {
             .get(shard)
             .and_then(|s| s.durable_offset())
             .map_or(0, |o| o + 1)
+    }
+
+    /// Every shard's durable offset + 1.
+    pub fn durable_nexts(&self) -> Vec<u64> {
+        (0..self.all_stats.len())
+            .map(|s| self.durable_next(s))
+            .collect()
+    }
+
+    /// The export's line for `/readyz`, when export is configured.
+    pub fn export_readiness(&self) -> Option<String> {
+        self.export
+            .as_ref()
+            .map(|e| e.readiness(&self.durable_nexts()))
     }
 
     /// `pixeld_consumer_lag_records{consumer,shard}`: for every consumer, on every shard it
@@ -76,6 +92,9 @@ impl LogApi {
                     c.name
                 );
             }
+        }
+        if let Some(e) = &self.export {
+            o.push_str(&e.render(&self.durable_nexts()));
         }
         o
     }
@@ -156,10 +175,12 @@ pub async fn handle(req: Request<Incoming>, api: &Arc<LogApi>) -> Resp {
             match rest.split_once('/') {
                 None => match method {
                     Method::GET => get_consumer(rest, api).await,
+                    Method::DELETE if reserved(rest, api) => reserved_resp(rest),
                     Method::DELETE => delete_consumer(rest, api).await,
                     _ => method_not_allowed("GET, DELETE"),
                 },
                 Some((name, "offsets")) => match method {
+                    Method::PUT if reserved(name, api) => reserved_resp(name),
                     Method::PUT => commit(name, req, api).await,
                     _ => method_not_allowed("PUT"),
                 },
@@ -167,6 +188,21 @@ pub async fn handle(req: Request<Incoming>, api: &Arc<LogApi>) -> Resp {
             }
         }
     }
+}
+
+/// Whether `name` is the Kafka export's own consumer while the export runs: its offsets
+/// move only with the broker's confirmations.
+fn reserved(name: &str, api: &LogApi) -> bool {
+    api.export.is_some() && name == crate::export::CONSUMER_NAME
+}
+
+fn reserved_resp(name: &str) -> Resp {
+    error(
+        StatusCode::CONFLICT,
+        format!(
+            "consumer {name:?} belongs to the Kafka export ([export.kafka]) and moves only when the broker confirms delivery; to move or delete it, stop pixeld, remove [export.kafka] from the config, start it, then change it here"
+        ),
+    )
 }
 
 /// The query string as (key, value) pairs; unknown or repeated keys are errors.

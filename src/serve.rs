@@ -36,6 +36,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error(transparent)]
     Preflight(#[from] crate::preflight::PreflightError),
+    #[error(transparent)]
+    Export(#[from] crate::export::kafka::ExportError),
     #[error("shard(s) {shards:?} did not stop within shutdown_timeout ({timeout:?}); exiting without them (their unsynced tail is recovered at the next start)")]
     ShutdownTimeout {
         shards: Vec<usize>,
@@ -135,6 +137,11 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     crate::preflight::check_system(cfg)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     crate::preflight::check_ports(cfg)?;
+    if let Some(k) = &cfg.export {
+        if let Some(warning) = crate::export::kafka::check_topic(k)? {
+            eprintln!("pixeld: export: {warning}");
+        }
+    }
     if let Ok(existing) = reader::list_shards(&cfg.data_dir) {
         let extra: Vec<usize> = existing
             .iter()
@@ -175,7 +182,18 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
         }
     });
     eprintln!("pixeld {}: starting {cfg}", env!("CARGO_PKG_VERSION"));
-    let handles = shard::spawn_shards(cfg, shutdown.clone(), tx)?;
+    let (handles, log_api) = shard::spawn_shards(cfg, shutdown.clone(), tx)?;
+    // The export thread waits for every shard to recover, then reads their logs.
+    let exporter = match (&cfg.export, &log_api.export) {
+        (Some(k), Some(stats)) => Some(crate::export::kafka::Exporter::spawn(
+            k.clone(),
+            cfg.agg.event.clone(),
+            log_api.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        )?),
+        _ => None,
+    };
     let all_stats: Vec<Arc<ShardStats>> = handles.iter().map(|h| h.stats.clone()).collect();
     let notify = Notifier::from_env();
     let progress = crossbeam_channel::tick(Duration::from_secs(1));
@@ -349,6 +367,11 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
         }
     }
     let stats: Vec<Arc<ShardStats>> = handles.iter().map(|h| h.stats.clone()).collect();
+    // The exporter saw the shutdown flag with the shards; it waits at most a few seconds for
+    // the broker to confirm what is in flight, then commits.
+    if let Some(x) = exporter {
+        x.join();
+    }
     for h in handles {
         let shard = h.shard;
         if let Err(e) = h.join() {

@@ -94,7 +94,7 @@ pub fn spawn_shards(
     cfg: &Config,
     shutdown: Arc<AtomicBool>,
     events: crossbeam_channel::Sender<ShardEvent>,
-) -> Result<Vec<ShardHandle>, ShardError> {
+) -> Result<(Vec<ShardHandle>, Arc<crate::logapi::LogApi>), ShardError> {
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(cfg.shards);
     let all_stats: Arc<Vec<Arc<ShardStats>>> = Arc::new(
@@ -108,6 +108,21 @@ pub fn spawn_shards(
         &cfg.data_dir,
         cfg.shards,
     )?);
+    // The Kafka export's consumer pins retention from the first start on (a shard it has not
+    // committed on yet keeps everything until the exporter records where it starts).
+    let export_consumer = consumers.get(crate::export::CONSUMER_NAME);
+    if cfg.export.is_some() {
+        if export_consumer.as_ref().is_none_or(|c| !c.retention_pin) {
+            consumers.commit(crate::export::CONSUMER_NAME, &[], Some(true))?;
+        }
+    } else if export_consumer.is_some_and(|c| c.retention_pin) {
+        eprintln!(
+            "pixeld: consumer {:?} of a former Kafka export still pins retention, but [export.kafka] is not configured; \
+             its unexported segments are kept up to log.retention_bytes_hard. Delete it (DELETE /v1/consumers/{}) if the export is gone for good",
+            crate::export::CONSUMER_NAME,
+            crate::export::CONSUMER_NAME
+        );
+    }
     let log_api = Arc::new(crate::logapi::LogApi {
         logs: (0..cfg.shards)
             .map(|s| {
@@ -118,6 +133,10 @@ pub fn spawn_shards(
         all_stats: all_stats.clone(),
         consumers: consumers.clone(),
         shutdown: shutdown.clone(),
+        export: cfg
+            .export
+            .as_ref()
+            .map(|k| Arc::new(crate::export::ExportStats::new(&k.topic, cfg.shards))),
     });
     let route_mesh = crate::route::mesh(cfg.shards);
     let query_mesh = crate::query::mesh(cfg.shards);
@@ -159,7 +178,7 @@ pub fn spawn_shards(
             join,
         });
     }
-    Ok(handles)
+    Ok((handles, log_api))
 }
 
 /// What a shard listens on.

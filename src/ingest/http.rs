@@ -284,14 +284,22 @@ async fn handle(
             query(&req, ctx).await
         }
         (&Method::GET, "/healthz") => response(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/readyz") => match metrics::not_ready(&ctx.all_stats) {
-            None => response(StatusCode::OK, "text/plain", "ready\n"),
-            Some(why) => response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("not ready: {why}\n"),
-            ),
-        },
+        (&Method::GET, "/readyz") => {
+            // The export's state is a detail line: a broker that is down never makes pixeld
+            // unready, since ingest goes on into the log.
+            let detail = ctx
+                .log_api
+                .export_readiness()
+                .map_or_else(String::new, |d| d + "\n");
+            match metrics::not_ready(&ctx.all_stats) {
+                None => response(StatusCode::OK, "text/plain", format!("ready\n{detail}")),
+                Some(why) => response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {why}\n{detail}"),
+                ),
+            }
+        }
         (
             _,
             "/p.gif" | "/v1/events" | "/metrics" | "/healthz" | "/readyz" | "/v1/top"
