@@ -332,20 +332,46 @@ fn run(
     let mut last_commit = Instant::now();
     let mut reports = Vec::new();
     let mut sent_this_run = 0u64;
+    // When a delivery report last came, or records went out while none were in flight.
+    let mut last_progress = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
         let now = Instant::now();
-        if producer.context().fatal.swap(false, Ordering::AcqRel) {
-            // An idempotent producer that hit a fatal error accepts nothing more: replace it.
-            // Dropping it purges what it held (reported as failed, ignored below: every
-            // shard rewinds to its watermark).
-            let why = producer
-                .client()
-                .fatal_error()
-                .map_or_else(|| "unknown".to_string(), |(c, s)| format!("{c:?}: {s}"));
+        let in_flight: usize = exports.iter().map(|e| e.flight.outstanding()).sum();
+        if in_flight == 0 {
+            last_progress = now;
+        }
+        let fatal = producer.context().fatal.swap(false, Ordering::AcqRel);
+        let stalled = now.duration_since(last_progress) >= cfg.stall_timeout;
+        if fatal || stalled {
+            // An idempotent producer that hit a fatal error accepts nothing more, and one the
+            // broker keeps answering with errors it retries forever (UNKNOWN_PRODUCER_ID from
+            // a broker that lost its state) never reports: replace it. Dropping it purges
+            // what it held; every shard rewinds to its watermark and sends again.
+            let why = if fatal {
+                let why = producer
+                    .client()
+                    .fatal_error()
+                    .map_or_else(|| "unknown".to_string(), |(c, s)| format!("{c:?}: {s}"));
+                format!("the producer hit a fatal error ({why})")
+            } else {
+                stats.count_error(ErrorKind::Stalled, 1);
+                format!(
+                    "{in_flight} records in flight and no delivery report for {:?} (export.kafka.stall_timeout)",
+                    cfg.stall_timeout
+                )
+            };
+            stats.set_error(why.clone());
             producer.context().say(
-                ErrorKind::Fatal,
-                &format!("the producer hit a fatal error ({why}); recreating it and re-sending from the last confirmed offsets"),
+                if fatal {
+                    ErrorKind::Fatal
+                } else {
+                    ErrorKind::Stalled
+                },
+                &format!(
+                    "{why}; recreating the producer and re-sending from the last confirmed offsets"
+                ),
             );
+            last_progress = now;
             // The old producer's reports die with it: every shard rewinds to its watermark.
             drop(producer);
             for e in &mut exports {
@@ -390,8 +416,10 @@ fn run(
                             (!v.is_empty()).then_some(v)
                         }),
                     };
-                    let offset = rec.offset.to_string();
-                    let recv = rec.recv_ts.to_string();
+                    let mut offset_buf = [0u8; 20];
+                    let mut recv_buf = [0u8; 20];
+                    let offset = decimal(rec.offset, &mut offset_buf);
+                    let recv = decimal(rec.recv_ts, &mut recv_buf);
                     let headers = OwnedHeaders::new_with_capacity(4)
                         .insert(Header {
                             key: "pixeld-shard",
@@ -399,11 +427,11 @@ fn run(
                         })
                         .insert(Header {
                             key: "pixeld-offset",
-                            value: Some(offset.as_str()),
+                            value: Some(offset),
                         })
                         .insert(Header {
                             key: "pixeld-recv-ts",
-                            value: Some(recv.as_str()),
+                            value: Some(recv),
                         })
                         .insert(Header {
                             key: "pixeld-host",
@@ -519,6 +547,9 @@ fn run(
         );
         let now = Instant::now();
         let mut ok = 0u64;
+        if !reports.is_empty() {
+            last_progress = now;
+        }
         for (opaque, r) in reports.drain(..) {
             let Some(e) = exports.get_mut(opaque >> SEQ_BITS) else {
                 continue;
@@ -550,7 +581,12 @@ fn run(
         for e in &exports {
             stats.set_delivered_next(e.shard, e.flight.watermark());
         }
-        if now.duration_since(last_commit) >= cfg.commit_interval {
+        // Commit every interval, and early when a shard has used half of its
+        // `max_uncommitted` allowance, so that the allowance never throttles the export.
+        let half_used = exports
+            .iter()
+            .any(|e| e.flight.watermark() - e.committed >= cfg.max_uncommitted.div_ceil(2));
+        if half_used || now.duration_since(last_commit) >= cfg.commit_interval {
             commit(api, stats, &ctx, &mut exports);
             last_commit = now;
         }
@@ -606,6 +642,31 @@ fn commit(api: &LogApi, stats: &ExportStats, ctx: &Context, exports: &mut [Shard
                 ErrorKind::Commit,
                 &format!("cannot store the export offsets: {e}; retrying (a restart now would re-send more)"),
             );
+        }
+    }
+}
+
+/// `n` in decimal, written into `buf` (a header value without an allocation).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decimal() {
+        let mut b = [0u8; 20];
+        for n in [0, 7, 10, 1_795_000_000_123_456_789, u64::MAX] {
+            assert_eq!(super::decimal(n, &mut b), n.to_string());
         }
     }
 }

@@ -199,6 +199,17 @@ impl Server {
     }
 }
 
+/// A test that panics must not leave its server running (it would hold ports and CPU, and
+/// keep retrying whatever it was connected to): the child is killed by its PID on drop.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// One HTTP/1.1 request on a fresh connection; returns (status, headers, body).
 pub fn http(
     port: u16,
