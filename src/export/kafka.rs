@@ -160,6 +160,7 @@ type KafkaProducer = BaseProducer<Context>;
 fn producer(
     cfg: &KafkaExportConfig,
     stats: &Arc<ExportStats>,
+    shards: usize,
 ) -> Result<KafkaProducer, ExportError> {
     let ctx = Context {
         reports: Mutex::new(Vec::new()),
@@ -168,7 +169,18 @@ fn producer(
         topic: cfg.topic.clone(),
         printed: Mutex::new(Vec::new()),
     };
-    cfg.client_config()
+    let mut client = cfg.client_config();
+    // librdkafka's queue must hold what the shards may have in flight at once, or `send`
+    // keeps answering QueueFull and every retry decompresses a batch again for a few records.
+    if !cfg
+        .properties
+        .iter()
+        .any(|(k, _)| k == "queue.buffering.max.messages")
+    {
+        let n = (shards as u64 * cfg.max_uncommitted + CHUNK).clamp(100_000, i32::MAX as u64);
+        client.set("queue.buffering.max.messages", n.to_string());
+    }
+    client
         .create_with_context(ctx)
         .map_err(ExportError::Producer)
 }
@@ -326,7 +338,7 @@ fn run(
         cfg.brokers,
         exports.iter().map(|e| e.committed).collect::<Vec<_>>()
     );
-    let mut producer = producer(cfg, stats)?;
+    let mut producer = producer(cfg, stats, shards)?;
     let mut parser = EventParser::new(event);
     let shard_labels: Vec<String> = (0..shards).map(|s| s.to_string()).collect();
     let mut last_commit = Instant::now();
@@ -379,7 +391,7 @@ fn run(
                 e.rewinding = false;
             }
             std::thread::sleep(MIN_BACKOFF);
-            producer = self::producer(cfg, stats)?;
+            producer = self::producer(cfg, stats, shards)?;
             continue;
         }
         let ctx = producer.context().clone();
@@ -583,9 +595,9 @@ fn run(
         }
         // Commit every interval, and early when a shard has used half of its
         // `max_uncommitted` allowance, so that the allowance never throttles the export.
-        let half_used = exports
-            .iter()
-            .any(|e| e.flight.watermark() - e.committed >= cfg.max_uncommitted.div_ceil(2));
+        let half_used = exports.iter().any(|e| {
+            e.flight.watermark().saturating_sub(e.committed) >= cfg.max_uncommitted.div_ceil(2)
+        });
         if half_used || now.duration_since(last_commit) >= cfg.commit_interval {
             commit(api, stats, &ctx, &mut exports);
             last_commit = now;
