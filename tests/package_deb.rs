@@ -76,6 +76,7 @@ fn the_package_holds_the_service_and_its_files() {
         "./usr/share/pixeld/nginx/pixel.conf",
         "./usr/share/doc/pixeld/README.md",
         "./usr/share/doc/pixeld/operations.md",
+        "./usr/share/doc/pixeld/scale-out.md",
     ] {
         assert!(
             listing.lines().any(|l| l.ends_with(path)),
