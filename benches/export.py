@@ -12,26 +12,14 @@ export costs pixeld per million records.
    reaches the record count, with pixeld's and tansu's CPU time read from /proc.
 Prints one JSON line. Everything runs on loopback and ends by PID.
 """
-import argparse, json, os, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, signal, subprocess, sys, tempfile, time, urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e import cpu_seconds as cpu_s, free_port  # noqa: E402  (the end-to-end bench's helpers)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIXELD = os.path.join(ROOT, "target", "release", "pixeld")
 TANSU = os.environ.get("PIXELD_TANSU", os.path.expanduser("~/.cache/pixeld/tansu-0.6.0/bin/tansu"))
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / TICK
 
 
 def metrics(port):

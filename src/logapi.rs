@@ -55,7 +55,7 @@ pub struct LogApi {
 
 impl LogApi {
     /// One past the last durable offset of `shard` (0 when nothing is durable).
-    fn durable_next(&self, shard: usize) -> u64 {
+    pub fn durable_next(&self, shard: usize) -> u64 {
         self.all_stats
             .get(shard)
             .and_then(|s| s.durable_offset())

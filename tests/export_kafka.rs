@@ -76,6 +76,13 @@ impl Broker {
         Broker { child, port }
     }
 
+    /// A broker on `port` holding the (empty) topic "hits".
+    fn with_topic(port: u16) -> Broker {
+        let b = Broker::start(port);
+        b.create_topic("hits");
+        b
+    }
+
     fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -192,6 +199,15 @@ fn config(dir: &Path, brokers: &str, extra: &str) -> PathBuf {
     path
 }
 
+/// `pixeld serve` with `cfg`, once its export has started.
+fn serve_exporting(data: &Path, cfg: &Path) -> Server {
+    let mut server = Server::start(data, &["--config", cfg.to_str().unwrap()]);
+    server
+        .wait_for("pixeld: export: to Kafka topic")
+        .expect("the export started");
+    server
+}
+
 /// Line `i`: a JSON pixel hit whose url and vid name `i`; every 1000th line is garbage.
 fn line(i: u64) -> String {
     if i % 1000 == 999 {
@@ -285,8 +301,7 @@ fn n_of(value: &[u8]) -> u64 {
 #[test]
 fn hundred_thousand_lines_reach_the_topic_with_keys_and_headers() {
     const N: u64 = 100_000;
-    let broker = Broker::start(free_tcp_port());
-    broker.create_topic("hits");
+    let broker = Broker::with_topic(free_tcp_port());
     let dir = common::tempdir();
     let cfg = config(
         dir.path(),
@@ -294,10 +309,7 @@ fn hundred_thousand_lines_reach_the_topic_with_keys_and_headers() {
         "key = \"url\"\ncompression = \"zstd\"\n[export.kafka.properties]\n\"linger.ms\" = 10",
     );
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &["--config", cfg.to_str().unwrap()]);
-    server
-        .wait_for("pixeld: export: to Kafka topic")
-        .expect("export started");
+    let server = serve_exporting(&data, &cfg);
     let t0 = common_now_ns();
     send(server.tcp, 0..N, 4);
     wait_metrics(
@@ -413,8 +425,7 @@ fn common_now_ns() -> u64 {
 fn kill9_during_export_resends_at_most_the_uncommitted() {
     const N: u64 = 60_000;
     const MAX_UNCOMMITTED: u64 = 3_000;
-    let broker = Broker::start(free_tcp_port());
-    broker.create_topic("hits");
+    let broker = Broker::with_topic(free_tcp_port());
     let dir = common::tempdir();
     let cfg = config(
         dir.path(),
@@ -422,10 +433,7 @@ fn kill9_during_export_resends_at_most_the_uncommitted() {
         &format!("max_uncommitted = {MAX_UNCOMMITTED}\ncommit_interval = \"100ms\""),
     );
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &["--config", cfg.to_str().unwrap()]);
-    server
-        .wait_for("pixeld: export: to Kafka topic")
-        .expect("export started");
+    let server = serve_exporting(&data, &cfg);
     // Lines keep arriving while the export runs; kill -9 once part of them is exported.
     let port = server.tcp;
     let sender = std::thread::spawn(move || {
@@ -445,10 +453,7 @@ fn kill9_during_export_resends_at_most_the_uncommitted() {
     server.signal("KILL");
     let _ = server.wait();
     let _ = sender.join();
-    let mut server = Server::start(&data, &["--config", cfg.to_str().unwrap()]);
-    server
-        .wait_for("pixeld: export: to Kafka topic")
-        .expect("export restarted");
+    let server = serve_exporting(&data, &cfg);
     let deadline = Instant::now() + Duration::from_secs(120);
     let durable = loop {
         let durable = durable_next(server.http, 2);
@@ -495,15 +500,11 @@ fn kill9_during_export_resends_at_most_the_uncommitted() {
 fn broker_down_then_back_empty_export_catches_up_and_ingest_never_stalls() {
     const N: u64 = 20_000;
     let port = free_tcp_port();
-    let mut broker = Broker::start(port);
-    broker.create_topic("hits");
+    let mut broker = Broker::with_topic(port);
     let dir = common::tempdir();
     let cfg = config(dir.path(), &broker.brokers(), "stall_timeout = \"3s\"");
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &["--config", cfg.to_str().unwrap()]);
-    server
-        .wait_for("pixeld: export: to Kafka topic")
-        .expect("export started");
+    let server = serve_exporting(&data, &cfg);
     send(server.tcp, 0..N, 2);
     wait_metrics(
         server.http,
@@ -551,8 +552,7 @@ fn broker_down_then_back_empty_export_catches_up_and_ingest_never_stalls() {
     );
     std::thread::sleep(Duration::from_secs(2));
     // Back, empty (its storage was memory): the topic is created again.
-    let broker = Broker::start(port);
-    broker.create_topic("hits");
+    let broker = Broker::with_topic(port);
     wait_metrics(
         server.http,
         "export caught up",

@@ -280,13 +280,6 @@ impl Exporter {
     }
 }
 
-fn durable_next(api: &LogApi, shard: usize) -> u64 {
-    api.all_stats
-        .get(shard)
-        .and_then(|s| s.durable_offset())
-        .map_or(0, |o| o + 1)
-}
-
 fn run(
     cfg: &KafkaExportConfig,
     event: EventConfig,
@@ -315,7 +308,7 @@ fn run(
             None => {
                 let o = match cfg.start {
                     StartAt::Earliest => log.first_offset().unwrap_or(0),
-                    StartAt::Latest => durable_next(api, shard),
+                    StartAt::Latest => api.durable_next(shard),
                 };
                 fresh.push((shard, o));
                 o
@@ -405,7 +398,7 @@ fn run(
                 e.flight.rewind();
                 e.rewinding = false;
             }
-            let durable = durable_next(api, e.shard);
+            let durable = api.durable_next(e.shard);
             let uncommitted = e.flight.read_end().saturating_sub(e.committed);
             let budget = cfg.max_uncommitted.saturating_sub(uncommitted).min(CHUNK);
             if budget == 0 || e.flight.read_end() >= durable || queue_full {
@@ -428,10 +421,10 @@ fn run(
                             (!v.is_empty()).then_some(v)
                         }),
                     };
-                    let mut offset_buf = [0u8; 20];
-                    let mut recv_buf = [0u8; 20];
-                    let offset = decimal(rec.offset, &mut offset_buf);
-                    let recv = decimal(rec.recv_ts, &mut recv_buf);
+                    let mut offset_buf = itoa::Buffer::new();
+                    let mut recv_buf = itoa::Buffer::new();
+                    let offset = offset_buf.format(rec.offset);
+                    let recv = recv_buf.format(rec.recv_ts);
                     let headers = OwnedHeaders::new_with_capacity(4)
                         .insert(Header {
                             key: "pixeld-shard",
@@ -654,31 +647,6 @@ fn commit(api: &LogApi, stats: &ExportStats, ctx: &Context, exports: &mut [Shard
                 ErrorKind::Commit,
                 &format!("cannot store the export offsets: {e}; retrying (a restart now would re-send more)"),
             );
-        }
-    }
-}
-
-/// `n` in decimal, written into `buf` (a header value without an allocation).
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn decimal() {
-        let mut b = [0u8; 20];
-        for n in [0, 7, 10, 1_795_000_000_123_456_789, u64::MAX] {
-            assert_eq!(super::decimal(n, &mut b), n.to_string());
         }
     }
 }
