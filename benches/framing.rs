@@ -7,6 +7,7 @@ use pixeld::gen::HitGenerator;
 use pixeld::ingest::framing::{Event, FrameDecoder, Framing};
 
 fn stream(octet: bool) -> (Vec<u8>, u64) {
+    // fixed-date: framing only splits bytes; a fixed date keeps the stream the same every run.
     let mut g = HitGenerator::new(9, 1_795_311_543_462);
     let mut out = Vec::new();
     let mut line = Vec::new();

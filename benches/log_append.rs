@@ -19,7 +19,8 @@ use pixeld::log::{now_ns, AppendError, Log, LogConfig, Source};
 use pixeld::metrics::ShardStats;
 
 fn lines(n: usize) -> Vec<Vec<u8>> {
-    let mut g = HitGenerator::new(42, 1_795_311_543_462);
+    // Event times near now, like the receive times the records get.
+    let mut g = HitGenerator::new(42, now_ns() / 1_000_000);
     (0..n)
         .map(|_| {
             let mut v = Vec::new();

@@ -113,6 +113,7 @@ pub fn query(data: &[u8]) {
     let path = ["/v1/top", "/v1/timeseries", "/v1/summary", "/v1/realtime"][usize::from(*which) % 4];
     let q = String::from_utf8_lossy(rest);
     let cfg = pixeld::agg::AggConfig::default();
+    // fixed-date: the parser is given its own `now`; it never reads the clock.
     let now_ms = 1_795_311_543_462;
     if let Some(Err(e)) = pixeld::query::params::parse(path, Some(&q), now_ms, &cfg) {
         assert!(!e.to_string().is_empty());

@@ -214,9 +214,10 @@ fn line(i: u64) -> String {
         return format!("garbage line {i}");
     }
     format!(
-        r#"{{"url":"https://Site{}.example/page/{i}?utm_source=x","vid":"v{}","msec":"1795000000.{:03}","n":{i}}}"#,
+        r#"{{"url":"https://Site{}.example/page/{i}?utm_source=x","vid":"v{}","msec":"{}.{:03}","n":{i}}}"#,
         i % 7,
         i % 5000,
+        common::data_ms() / 1000,
         i % 1000
     )
 }

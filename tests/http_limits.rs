@@ -89,7 +89,10 @@ fn slowloris_big_heads_big_bodies_and_too_many_connections() {
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
 
     // A body over http_max_body: 413, nothing stored.
-    let line = r#"{"msec":1795311543.462,"url":"https://www.example.com/big","vid":"v1"}"#;
+    let line = format!(
+        r#"{{"msec":{},"url":"https://www.example.com/big","vid":"v1"}}"#,
+        common::data_msec()
+    );
     let body: String = (0..100).map(|_| format!("{line}\n")).collect();
     let (st, _, b) = common::http(s.http, "POST", "/v1/events", &[], body.as_bytes());
     assert_eq!(st, 413, "{}", String::from_utf8_lossy(&b));

@@ -10,17 +10,24 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-const LINE: &str = r#"{"msec":1795311543.462,"url":"https://www.example.com/allow","vid":"v1"}"#;
+/// The hit every path sends, stamped now.
+fn line() -> String {
+    format!(
+        r#"{{"msec":{},"url":"https://www.example.com/allow","vid":"v1"}}"#,
+        common::data_msec()
+    )
+}
 
 /// Sends 10 datagrams, 10 TCP lines, one /p.gif and one POST; returns the HTTP statuses.
 fn send_all(s: &common::Server) -> (u16, u16) {
+    let line = line();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     for _ in 0..10 {
-        udp.send_to(LINE.as_bytes(), ("127.0.0.1", s.udp)).unwrap();
+        udp.send_to(line.as_bytes(), ("127.0.0.1", s.udp)).unwrap();
     }
     if let Ok(mut c) = TcpStream::connect(("127.0.0.1", s.tcp)) {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let body: String = (0..10).map(|_| format!("{LINE}\n")).collect();
+        let body: String = (0..10).map(|_| format!("{line}\n")).collect();
         let _ = c.write_all(body.as_bytes());
         let _ = c.shutdown(std::net::Shutdown::Write);
         let mut sink = Vec::new();
@@ -38,7 +45,7 @@ fn send_all(s: &common::Server) -> (u16, u16) {
         "POST",
         "/v1/events",
         &[],
-        format!("{LINE}\n").as_bytes(),
+        format!("{line}\n").as_bytes(),
     );
     (pixel, post)
 }

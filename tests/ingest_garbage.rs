@@ -120,8 +120,11 @@ fn garbage_on_every_port_is_kept_or_counted_and_serving_goes_on() {
         for _ in 0..10 {
             c.write_all(&chunk).unwrap();
         }
-        let ok =
-            br#"{"msec":1795311543.462,"url":"https://www.example.com/after-oversize","vid":"v1"}"#;
+        let ok = format!(
+            r#"{{"msec":{},"url":"https://www.example.com/after-oversize","vid":"v1"}}"#,
+            common::data_msec()
+        );
+        let ok = ok.as_bytes();
         c.write_all(format!("{} ", ok.len()).as_bytes()).unwrap();
         c.write_all(ok).unwrap();
         c.shutdown(Shutdown::Write).unwrap();
@@ -195,7 +198,11 @@ fn garbage_on_every_port_is_kept_or_counted_and_serving_goes_on() {
 
     // Both shards still ingest (a datagram each way) and answer.
     let before = common::metric_sum(&m, "pixeld_appended_events_total");
-    let line = br#"<190>Nov 22 01:39:03 pixel: {"msec":1795311543.462,"url":"https://www.example.com/still","vid":"v2"}"#;
+    let line = format!(
+        r#"<190>Nov 22 01:39:03 pixel: {{"msec":{},"url":"https://www.example.com/still","vid":"v2"}}"#,
+        common::data_msec()
+    );
+    let line = line.as_bytes();
     for _ in 0..50 {
         udp.send_to(line, ("127.0.0.1", s.udp)).unwrap();
     }

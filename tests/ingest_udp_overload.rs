@@ -39,7 +39,8 @@ fn a_udp_flood_is_accounted_for_exactly() {
                 for i in 0..PER_SENDER {
                     let seq = t * PER_SENDER + i;
                     let line = format!(
-                        r#"<190>Nov 22 01:39:03 pixel: {{"msec":1795311543.462,"url":"https://www.example.com/flood/{}","vid":"v{}","seq":{seq}}}"#,
+                        r#"<190>Nov 22 01:39:03 pixel: {{"msec":{},"url":"https://www.example.com/flood/{}","vid":"v{}","seq":{seq}}}"#,
+                        common::data_msec(),
                         seq % 100,
                         seq % 1000
                     );

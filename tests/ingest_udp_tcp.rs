@@ -98,7 +98,8 @@ fn udp_datagrams_are_logged_or_counted() {
     let mut sent = 0u64;
     for i in 0..5000u32 {
         let mut d = format!(
-            r#"<190>Nov 22 01:39:03 pixel: {{"msec":1795311543.{i:03},"url":"https%3A%2F%2Fex.com%2Fp{i}","ua":"Mozilla \"q\" \\b","vid":"v{}"}}"#,
+            r#"<190>Nov 22 01:39:03 pixel: {{"msec":{}.{i:03},"url":"https%3A%2F%2Fex.com%2Fp{i}","ua":"Mozilla \"q\" \\b","vid":"v{}"}}"#,
+            common::data_ms() / 1000,
             i % 97
         )
         .into_bytes();

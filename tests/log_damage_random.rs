@@ -86,7 +86,8 @@ fn random_damage_loses_only_the_damaged_batches_and_is_pinpointed() {
         for i in 0..5000 {
             writeln!(
                 stdin,
-                r#"{{"msec":1795311543.462,"url":"https://www.example.com/damage/{}","vid":"v{}","n":{i},"pad":"{}"}}"#,
+                r#"{{"msec":{},"url":"https://www.example.com/damage/{}","vid":"v{}","n":{i},"pad":"{}"}}"#,
+                common::data_msec(),
                 i % 50,
                 i % 300,
                 "p".repeat(100 + i % 50)

@@ -11,7 +11,8 @@ use pixeld::log::reader::Start;
 
 fn line(batch: u64, i: u64) -> String {
     format!(
-        r#"{{"msec":1795311543.462,"url":"https://www.example.com/fsync/{batch}","vid":"v{i}","action":"pageview","id":"b{batch}-{i}"}}"#
+        r#"{{"msec":{},"url":"https://www.example.com/fsync/{batch}","vid":"v{i}","action":"pageview","id":"b{batch}-{i}"}}"#,
+        common::data_msec()
     )
 }
 

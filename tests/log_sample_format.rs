@@ -10,6 +10,8 @@ use pixeld::log::format::{BatchBuilder, BatchEncoder, Codec, Source, Transport, 
 use pixeld::log::reader::{scan_segment, ShardReader, Start};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sample-v1.log");
+// fixed-date: the checked-in sample is decoded and read without retention or aggregation, so
+// its 2026-11-22 receive times never age; scripts/test also runs this file with the clock moved.
 const T: u64 = 1_795_311_543_462_000_000; // 2026-11-22T01:39:03.462Z
 
 fn expected() -> Vec<(u64, Source, u8, Vec<u8>)> {
@@ -18,8 +20,10 @@ fn expected() -> Vec<(u64, Source, u8, Vec<u8>)> {
     let http: SocketAddr = "10.1.2.3:443".parse().unwrap();
     vec![
         (T, Source { transport: Transport::Udp, peer: Some(udp) }, 0,
+         // fixed-date: the sample's lines are bytes to compare, never parsed or aggregated.
          br#"<190>Nov 22 01:39:03 pixel: {"ts":"2026-11-22T01:39:03.462+00:00","msec":1795311543.462,"url":"https%3A%2F%2Fm.sportsline.example%2Fnews%2F2026%2F11%2F22%2Fstory-4","urlref":"https%3A%2F%2Fwww.google.com%2F","vid":"2bcc3ed32675a41e","ua":"Mozilla/5.0 \"quoted\" \\backslash\\ tab\there","ip":"127.0.0.1","action":"pageview"}"#.to_vec()),
         (T + 1_000, Source { transport: Transport::Tcp, peer: Some(tcp) }, 0,
+         // fixed-date: as above.
          br#"{"msec":1795311543.463,"url":"https://ex.com/a","vid":"v1","action":"hb"}"#.to_vec()),
         (T - 5, Source::IMPORT, 0, Vec::new()),
         (T + 2_000, Source { transport: Transport::Http, peer: Some(http) }, FLAG_PARSE_ERROR,

@@ -256,7 +256,7 @@ fn civil(secs: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
 }
 
-/// `2026-11-22T01:39:00Z` of a minute since the epoch.
+/// RFC 3339 in UTC (`YYYY-MM-DDTHH:MM:00Z`) of a minute since the epoch.
 fn rfc(minute: i64) -> String {
     let t = civil(minute * 60);
     format!(
@@ -1666,7 +1666,7 @@ fn bad_parameters_are_400_naming_the_parameter() {
         ("/v1/timeseries?step=2m", "step"),
         ("/v1/timeseries?step=1m&from=-150m", "step"),
         ("/v1/timeseries?url=", "url"),
-        ("/v1/summary?to=2026-13-01T00:00:00Z", "to"),
+        ("/v1/summary?to=2100-13-01T00:00:00Z", "to"),
         ("/v1/summary?dim=url", "dim"),
         ("/v1/realtime?minutes=61", "minutes"),
         ("/v1/realtime?minutes=0", "minutes"),

@@ -32,6 +32,27 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir")
 }
 
+/// Now in milliseconds since the epoch. Test data is stamped relative to this, never with a
+/// fixed date: retention, the aggregate windows and relative query ranges all age against the
+/// clock (tests/fixed_dates.rs enforces it).
+pub fn now_ms() -> u64 {
+    pixeld::log::now_ns() / 1_000_000
+}
+
+/// The time test events are stamped with, in milliseconds since the epoch: now, as first asked
+/// for in this test process, and the same for every later call, so that a test can build the
+/// same line again to compare it with what was stored.
+pub fn data_ms() -> u64 {
+    static T: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *T.get_or_init(now_ms)
+}
+
+/// [`data_ms`] as nginx's `$msec` writes it: seconds with three decimals of milliseconds.
+pub fn data_msec() -> String {
+    let ms = data_ms();
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
 /// Deterministic contents for record `i` of round `round`, `len` bytes, no LF.
 pub fn record_bytes(round: u64, i: u64, len: usize) -> Vec<u8> {
     let head = format!("r{round}-i{i}-");
