@@ -15,7 +15,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use glommio::{LocalExecutorBuilder, Placement};
 use pixeld::gen::HitGenerator;
 use pixeld::log::format::{BatchBuilder, BatchEncoder, Codec};
-use pixeld::log::{now_ns, AppendError, Log, LogConfig, Source};
+use pixeld::log::{AppendError, Log, LogConfig, Source};
+use pixeld::sys::now_ns;
 use pixeld::metrics::ShardStats;
 
 fn lines(n: usize) -> Vec<Vec<u8>> {

@@ -107,7 +107,7 @@ fn thread_usage() -> (Duration, i64, i64) {
 /// moment every shard is ready to the moment the last one is done.
 fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
     let shards = streams.len();
-    let cpus = pixeld::shard::allowed_cpus();
+    let cpus = pixeld::sys::allowed_cpus();
     let route_mesh = mesh(shards);
     let all_stats: Arc<Vec<Arc<ShardStats>>> = Arc::new(
         (0..shards)
@@ -165,7 +165,7 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                         log.wait_for_space().await.expect("log space");
                     }
                     end = (end + READ_CHUNK).min(stream.len());
-                    let now = pixeld::log::now_ns();
+                    let now = pixeld::sys::now_ns();
                     pos += decoder.decode(&stream[pos..end], |ev| {
                         if let Event::Frame(f) = ev {
                             stats.count_received(Transport::Tcp, 1, 0);

@@ -39,7 +39,7 @@ fn make_batch(seed: u64) -> Batch {
 /// Sends `BATCHES` batches from CPU 0 to CPU 1; returns the time from the first send to the
 /// last batch handled.
 fn run(apply: bool) -> Duration {
-    let cpus = pixeld::shard::allowed_cpus();
+    let cpus = pixeld::sys::allowed_cpus();
     let mesh: MeshBuilder<RouteMsg, _> = MeshBuilder::full(2, RING_BATCHES);
     let m2 = mesh.clone();
     let producer = LocalExecutorBuilder::new(Placement::Fixed(cpus[0]))

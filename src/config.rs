@@ -357,7 +357,7 @@ impl Config {
                     format!("is {n}, must be between 1 and 1024 or \"auto\""),
                 ))
             }
-            ShardCount::Auto(s) if s == "auto" => crate::shard::allowed_cpus().len().max(1),
+            ShardCount::Auto(s) if s == "auto" => crate::sys::allowed_cpus().len().max(1),
             ShardCount::Auto(s) => {
                 return Err(invalid(
                     "shards",

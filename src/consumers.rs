@@ -211,7 +211,7 @@ impl ConsumerStore {
         if let Some(p) = retention_pin {
             c.retention_pin = p;
         }
-        c.updated_ns = crate::log::now_ns();
+        c.updated_ns = crate::sys::now_ns();
         self.write_file(&c)?;
         let mut state = lock(&self.state);
         state.insert(c.name.clone(), c.clone());

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
-use crate::log::{now_ns, AppendError, Log, Source};
+use crate::log::{AppendError, Log, Source};
+use crate::sys::now_ns;
 use crate::metrics::ShardStats;
 use crate::serve::{lock_data_dir, ServeError};
 

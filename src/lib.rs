@@ -29,4 +29,5 @@ pub mod replay;
 pub mod route;
 pub mod serve;
 pub mod shard;
+pub mod sys;
 pub mod tail;

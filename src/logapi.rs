@@ -326,7 +326,7 @@ async fn read_log(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
         let start = match (get(&p, "offset"), get(&p, "time")) {
             (Some(o), None) => Start::Offset(number("offset", o, 0, u64::MAX)?),
             (None, Some(t)) => {
-                let now_ms = (crate::log::now_ns() / 1_000_000) as i64;
+                let now_ms = (crate::sys::now_ns() / 1_000_000) as i64;
                 let ms = crate::query::params::parse_time("time", t, now_ms)
                     .map_err(|e| Bad::new("time", e.to_string()))?;
                 Start::Time((ms.max(0) as u64).saturating_mul(1_000_000))
@@ -505,7 +505,7 @@ async fn describe(c: Consumer, api: &Arc<LogApi>) -> Value {
     let logs = api.logs.clone();
     let durable: Vec<u64> = (0..logs.len()).map(|s| api.durable_next(s)).collect();
     let offsets = c.offsets.clone();
-    let now = crate::log::now_ns();
+    let now = crate::sys::now_ns();
     let shards = blocking(move || {
         logs.iter()
             .zip(durable)

@@ -316,7 +316,7 @@ fn blast(a: BlastArgs) -> Result<ExitCode> {
             Err(_) => parse_time(t)? / 1_000_000,
         },
         None => {
-            let now_ms = (pixeld::log::now_ns() / 1_000_000) as u64;
+            let now_ms = (pixeld::sys::now_ns() / 1_000_000) as u64;
             let ahead = if a.rate > 0 { None } else { count };
             blast::default_start_msec(now_ms, ahead, gen.ms_per_event)
         }

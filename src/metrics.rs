@@ -705,7 +705,7 @@ pub fn health(all: &[std::sync::Arc<ShardStats>]) -> serde_json::Value {
         .map(|r| (r.as_str().to_string(), sum(&|s| s.dropped(*r)).into()))
         .collect();
     serde_json::json!({
-        "t_ms": crate::log::now_ns() / 1_000_000,
+        "t_ms": crate::sys::now_ns() / 1_000_000,
         "shards": all.len(),
         "ready": not_ready(all).is_none(),
         "received_events_total": received,

@@ -65,7 +65,7 @@ pub fn mesh(shards: usize) -> Mesh {
 
 /// The current minute since the epoch.
 pub fn now_minute() -> i64 {
-    (crate::log::now_ns() / 60_000_000_000) as i64
+    (crate::sys::now_ns() / 60_000_000_000) as i64
 }
 
 /// One shard's router: its parser, its partition of the aggregates, its outgoing batches.
@@ -315,7 +315,7 @@ impl Router {
         while !stop.load(Ordering::Relaxed) {
             self.stats
                 .heartbeat_ns
-                .store(crate::log::now_ns(), Ordering::Relaxed);
+                .store(crate::sys::now_ns(), Ordering::Relaxed);
             glommio::timer::sleep(FLUSH_EVERY).await;
             self.flush(1).await;
             if last_evict.elapsed() >= Duration::from_secs(2) {

@@ -279,7 +279,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
                     // A shard is stalled when its ticker (every 2 ms) has not run for half the
                     // watchdog period (at least a second: a loaded machine delays timers).
                     let limit = notify.watchdog.map_or(Duration::from_secs(5), |w| w / 2).max(Duration::from_secs(1));
-                    let now = crate::log::now_ns();
+                    let now = crate::sys::now_ns();
                     let stalled: Vec<usize> = all_stats
                         .iter()
                         .enumerate()

@@ -61,32 +61,6 @@ impl ShardHandle {
     }
 }
 
-/// The CPUs this process may run on (its affinity mask), in order.
-pub fn allowed_cpus() -> Vec<usize> {
-    let mut cpus = affinity_cpus();
-    if cpus.is_empty() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        cpus = (0..n).collect();
-    }
-    cpus
-}
-
-#[allow(unsafe_code)]
-fn affinity_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is a plain bitmask for which all-zero is a valid value;
-    // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into it, and CPU_ISSET
-    // only reads it, for indexes below CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
 /// Starts every shard. Each joins the meshes, recovers its log, rebuilds its aggregates
 /// (with every other shard: see `route::rebuild`), binds its sockets, reports `Ready` (or `Failed`) on `events`, then
 /// runs until `shutdown` is set, when it writes and fsyncs everything and reports `Stopped`.
@@ -95,7 +69,7 @@ pub fn spawn_shards(
     shutdown: Arc<AtomicBool>,
     events: crossbeam_channel::Sender<ShardEvent>,
 ) -> Result<(Vec<ShardHandle>, Arc<crate::logapi::LogApi>), ShardError> {
-    let cpus = allowed_cpus();
+    let cpus = crate::sys::allowed_cpus();
     let mut handles = Vec::with_capacity(cfg.shards);
     let all_stats: Arc<Vec<Arc<ShardStats>>> = Arc::new(
         (0..cfg.shards)
@@ -325,7 +299,7 @@ async fn run_shard(
     }
     stats
         .heartbeat_ns
-        .store(crate::log::now_ns(), Ordering::Relaxed);
+        .store(crate::sys::now_ns(), Ordering::Relaxed);
     ShardStats::set_flag(&stats.ready, true);
     let _ = events.send(ShardEvent::Ready {
         shard,

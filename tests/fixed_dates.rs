@@ -6,7 +6,7 @@
 //! log with the default 7-day retention and failed by itself a week later.
 //!
 //! So every such literal in `tests/`, `benches/` and `fuzz/` must either go (stamp data relative
-//! to now: `pixeld::log::now_ns()`, `common::data_ms()`) or say on its own line, or in the
+//! to now: `pixeld::sys::now_ns()`, `common::data_ms()`) or say on its own line, or in the
 //! comment right above it, why it cannot age: a comment containing `fixed-date:` and the reason (a checked-in
 //! sample that is only read, a pure function given its own `now`). `scripts/test` then runs
 //! every test binary that carries such a marker, and the library's unit tests, a second and a
@@ -232,7 +232,7 @@ fn every_fixed_instant_in_the_tests_says_why_it_cannot_age() {
         unexplained.is_empty(),
         "fixed instants in test data age against retention, the aggregate windows and relative \
          query ranges, and break the suite by themselves weeks later. Stamp the data relative to \
-         now (pixeld::log::now_ns(), common::data_ms()), or, where a fixed date is the point \
+         now (pixeld::sys::now_ns(), common::data_ms()), or, where a fixed date is the point \
          (a checked-in sample that is only read, a pure function given its own `now`), add a \
          `// {MARKER} <why it cannot age>` comment on the line or in the comment right above it: \
          scripts/test then also runs that test binary with the clock 60 and 400 days ahead.\n{}",

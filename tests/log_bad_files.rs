@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use pixeld::log::format::Codec;
 use pixeld::log::reader::{list_segments, Start};
-use pixeld::log::{now_ns, Fsync, Log, LogConfig, Source};
+use pixeld::log::{Fsync, Log, LogConfig, Source};
+use pixeld::sys::now_ns;
 use pixeld::metrics::ShardStats;
 use rand::{Rng, SeedableRng};
 

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use pixeld::log::format::Codec;
 use pixeld::log::reader::{scan_segment, Start};
-use pixeld::log::{now_ns, AppendError, Fsync, Log, LogConfig, Source};
+use pixeld::log::{AppendError, Fsync, Log, LogConfig, Source};
+use pixeld::sys::now_ns;
 use pixeld::metrics::{DropReason, ShardStats};
 
 struct Mount(PathBuf);

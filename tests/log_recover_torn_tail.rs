@@ -71,7 +71,7 @@ fn every_cut_and_flip_in_the_last_batch_recovers_the_complete_batches() {
     let (batches, per_batch) = (4u64, 5u64);
     {
         let d = pristine.clone();
-        let t0 = pixeld::log::now_ns();
+        let t0 = pixeld::sys::now_ns();
         common::run(move || write_batches(d, batches, per_batch, t0));
     }
     let seg_name = segment_file_name(0);
@@ -120,7 +120,7 @@ fn every_cut_and_flip_in_the_last_batch_recovers_the_complete_batches() {
             }
             let flusher = glommio::spawn_local(flusher.run());
             let off = log
-                .append(pixeld::log::now_ns(), Source::IMPORT, 0, b"resumed")
+                .append(pixeld::sys::now_ns(), Source::IMPORT, 0, b"resumed")
                 .unwrap();
             if off != kept {
                 failures.push(format!("{name}: resumed at offset {off}, expected {kept}"));
@@ -162,7 +162,7 @@ fn zero_padding_after_a_crash_is_trimmed_silently_and_data_kept() {
     let dir = tmp.path().join("s");
     {
         let d = dir.clone();
-        let t0 = pixeld::log::now_ns();
+        let t0 = pixeld::sys::now_ns();
         common::run(move || write_batches(d, 3, 4, t0));
     }
     let path = dir.join(segment_file_name(0));
@@ -193,7 +193,7 @@ fn a_clean_shutdown_marker_skips_the_scan_and_agrees_with_it() {
     let dir = tmp.path().join("shard-000");
     // Receive times near now: the default retention (7 days) is judged against the clock, and
     // a fixed date here was deleted by the flusher a week after the test was written.
-    let t0 = pixeld::log::now_ns();
+    let t0 = pixeld::sys::now_ns();
     let d = dir.clone();
     common::run(move || write_batches(d, 7, 40, t0));
     // Close again cleanly (write_batches removed its marker): open, append, close.

@@ -11,7 +11,8 @@ use std::time::Duration;
 use pixeld::log::format::Codec;
 use pixeld::log::reader::{list_segments, Start, Warning};
 use pixeld::log::retention::Retention;
-use pixeld::log::{now_ns, Fsync, Log, LogConfig, Source};
+use pixeld::log::{Fsync, Log, LogConfig, Source};
+use pixeld::sys::now_ns;
 use pixeld::metrics::ShardStats;
 
 fn config(dir: &Path, retention: Retention) -> LogConfig {

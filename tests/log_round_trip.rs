@@ -37,7 +37,7 @@ fn round_trip_across_segment_rolls_by_offset_and_time() {
         })
         .collect();
     // Receive times near now: segment age and retention are judged against the clock.
-    let t0 = pixeld::log::now_ns() - 10_000_000_000;
+    let t0 = pixeld::sys::now_ns() - 10_000_000_000;
     let (cfg, sz) = (config(&dir), sizes.clone());
     let appended = common::run(move || async move {
         let (log, flusher, report) = Log::open(cfg, Arc::new(ShardStats::default()))

@@ -83,7 +83,7 @@ impl State {
 /// matches.
 fn boot() -> u64 {
     static BOOT: OnceLock<u64> = OnceLock::new();
-    *BOOT.get_or_init(|| crate::log::now_ns() / 1_000_000)
+    *BOOT.get_or_init(|| crate::sys::now_ns() / 1_000_000)
 }
 
 /// Increments applied to the aggregates so far, over every shard: it changes whenever any
@@ -177,7 +177,7 @@ impl Live {
             let state = State {
                 boot: boot(),
                 version: version(&self.ctx.all_stats),
-                minute: (crate::log::now_ns() / 60_000_000_000) as i64,
+                minute: (crate::sys::now_ns() / 60_000_000_000) as i64,
             };
             let due = self
                 .last_snapshot

@@ -409,7 +409,7 @@ impl ExportStats {
 
     /// Remembers `what` as the last error (shown by `/readyz` until a delivery succeeds).
     pub fn set_error(&self, what: String) {
-        let now = crate::log::now_ns();
+        let now = crate::sys::now_ns();
         let ok = self.last_ok_ns.load(Ordering::Relaxed);
         let mut e = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
         let since = match &*e {
@@ -422,7 +422,7 @@ impl ExportStats {
     pub fn delivered(&self, n: u64) {
         self.sent.fetch_add(n, Ordering::Relaxed);
         self.last_ok_ns
-            .store(crate::log::now_ns(), Ordering::Relaxed);
+            .store(crate::sys::now_ns(), Ordering::Relaxed);
     }
 
     pub fn set_delivered_next(&self, shard: usize, next: u64) {
@@ -453,7 +453,7 @@ impl ExportStats {
             Some((since, at, what)) if *at >= ok_ns => format!(
                 "export kafka topic {:?}: degraded for {}s: {what}; {lag} records not yet delivered (retrying)",
                 self.topic,
-                crate::log::now_ns().saturating_sub(*since) / 1_000_000_000
+                crate::sys::now_ns().saturating_sub(*since) / 1_000_000_000
             ),
             _ => format!(
                 "export kafka topic {:?}: ok; {lag} records not yet delivered",

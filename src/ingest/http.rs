@@ -39,7 +39,8 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::Ingest;
-use crate::log::{now_ns, AppendError, Transport};
+use crate::log::{AppendError, Transport};
+use crate::sys::now_ns;
 use crate::metrics::{self, ShardStats};
 
 /// A 1×1 transparent GIF (43 bytes), the classic tracking pixel.
@@ -114,7 +115,7 @@ pub struct HttpContext {
 
 /// Binds `addr` (glommio sets `SO_REUSEPORT`).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(crate::log::os_error)
+    TcpListener::bind(addr).map_err(crate::sys::os_error)
 }
 
 /// Serves connections until the shard stops.

@@ -17,7 +17,8 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::framing::{Event, FrameDecoder};
 use super::Ingest;
-use crate::log::{now_ns, Transport};
+use crate::log::Transport;
+use crate::sys::now_ns;
 use crate::metrics::{DropReason, ShardStats};
 
 /// Read size per `read` call.
@@ -25,7 +26,7 @@ const READ_CHUNK: usize = 64 << 10;
 
 /// Binds `addr` (glommio sets `SO_REUSEPORT`).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(crate::log::os_error)
+    TcpListener::bind(addr).map_err(crate::sys::os_error)
 }
 
 /// Accepts connections until the shard stops.
@@ -70,7 +71,7 @@ async fn connection(mut stream: TcpStream, ingest: &Ingest) -> io::Result<()> {
     let peer = stream.peer_addr().ok();
     stream
         .set_read_timeout(Some(ingest.cfg.tcp_idle_timeout))
-        .map_err(crate::log::os_error)?;
+        .map_err(crate::sys::os_error)?;
     let max = ingest.cfg.max_line_bytes;
     let mut decoder = FrameDecoder::new(ingest.cfg.tcp_framing, max);
     let mut buf = vec![0u8; max + 16 + READ_CHUNK];

@@ -201,13 +201,13 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>) -> io::Result<()> {
         // Wait (io_uring) until a datagram is there, without consuming it.
         sock.peek_from(&mut probe)
             .await
-            .map_err(crate::log::os_error)?;
+            .map_err(crate::sys::os_error)?;
         loop {
             recv_batch(fd, &mut batch)?;
             if batch.got.is_empty() {
                 break;
             }
-            let now = crate::log::now_ns();
+            let now = crate::sys::now_ns();
             for (i, r) in batch.got.iter().enumerate() {
                 if let Some(o) = r.rxq_ovfl {
                     // The count is cumulative per socket; it wraps at 2^32.

@@ -46,20 +46,3 @@ impl Error {
         }
     }
 }
-
-/// Converts a glommio error to an `io::Error` that keeps the OS error code (glommio's own
-/// conversion keeps only the kind), so that ENOSPC is recognised. Paths are added by
-/// [`Error::Io`].
-pub fn os_error<T>(e: glommio::GlommioError<T>) -> io::Error {
-    match e.raw_os_error() {
-        Some(code) => io::Error::from_raw_os_error(code),
-        None => io::Error::from(e),
-    }
-}
-
-/// Current wall-clock time in ns since the Unix epoch (receive timestamps).
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}

@@ -26,7 +26,8 @@ use glommio::io::OpenOptions;
 use super::index::{IndexBuilder, SegmentIndex};
 use super::reader::{self, CorruptRange};
 use super::writer::{write_file_durably, LogConfig, OpenSegment, SealedSegment};
-use super::{os_error, Error};
+use super::Error;
+use crate::sys::os_error;
 use crate::metrics::ShardStats;
 
 /// The clean-shutdown marker in a shard directory.

@@ -32,7 +32,8 @@ use super::format::{self, BatchBuilder, BatchEncoder, BatchHeader, Codec, Source
 use super::index::{IndexBuilder, SegmentSummary};
 use super::recovery::{self, RecoveryReport};
 use super::retention::{self, Retention, RetentionPin};
-use super::{now_ns, os_error, Error};
+use super::Error;
+use crate::sys::{now_ns, os_error};
 use crate::metrics::{DropReason, ShardStats};
 
 /// When appended data is made durable with fdatasync.

@@ -36,7 +36,7 @@ pub fn tempdir() -> tempfile::TempDir {
 /// fixed date: retention, the aggregate windows and relative query ranges all age against the
 /// clock (tests/fixed_dates.rs enforces it).
 pub fn now_ms() -> u64 {
-    pixeld::log::now_ns() / 1_000_000
+    pixeld::sys::now_ns() / 1_000_000
 }
 
 /// The time test events are stamped with, in milliseconds since the epoch: now, as first asked
