@@ -16,8 +16,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use pixeld::gen::HitGenerator;
 use pixeld::log::format::{BatchBuilder, BatchEncoder, Codec};
 use pixeld::log::{AppendError, Log, LogConfig, Source};
-use pixeld::sys::now_ns;
 use pixeld::metrics::ShardStats;
+use pixeld::sys::now_ns;
 
 fn lines(n: usize) -> Vec<Vec<u8>> {
     // Event times near now, like the receive times the records get.

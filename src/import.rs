@@ -17,9 +17,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
 use crate::log::{AppendError, Log, Source};
-use crate::sys::now_ns;
 use crate::metrics::ShardStats;
 use crate::serve::{lock_data_dir, ServeError};
+use crate::sys::now_ns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {

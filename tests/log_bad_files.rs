@@ -9,8 +9,8 @@ use std::sync::Arc;
 use pixeld::log::format::Codec;
 use pixeld::log::reader::{list_segments, Start};
 use pixeld::log::{Fsync, Log, LogConfig, Source};
-use pixeld::sys::now_ns;
 use pixeld::metrics::ShardStats;
+use pixeld::sys::now_ns;
 use rand::{Rng, SeedableRng};
 
 fn config(dir: &std::path::Path) -> LogConfig {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use pixeld::log::format::Codec;
 use pixeld::log::reader::{scan_segment, Start};
 use pixeld::log::{AppendError, Fsync, Log, LogConfig, Source};
-use pixeld::sys::now_ns;
 use pixeld::metrics::{DropReason, ShardStats};
+use pixeld::sys::now_ns;
 
 struct Mount(PathBuf);
 

@@ -41,7 +41,7 @@ async fn write_batches(dir: PathBuf, batches: u64, per_batch: u64, t0: u64) {
     flusher.await.unwrap();
     // These tests play crashes by editing the files afterwards; a crash leaves no
     // clean-shutdown marker (and one would rightly make recovery trust the segment).
-    std::fs::remove_file(dir.join(pixeld::log::recovery::CLEAN_MARKER)).unwrap();
+    std::fs::remove_file(dir.join(pixeld::log::segment::CLEAN_MARKER)).unwrap();
 }
 
 /// Start positions of the batches in a segment file.
@@ -214,11 +214,11 @@ fn a_clean_shutdown_marker_skips_the_scan_and_agrees_with_it() {
     };
     let first = open_append_close(dir.clone(), 280);
     assert!(!first.clean_start, "no marker: scanned");
-    assert!(dir.join(pixeld::log::recovery::CLEAN_MARKER).is_file());
+    assert!(dir.join(pixeld::log::segment::CLEAN_MARKER).is_file());
     // A copy without the marker recovers by scanning; both must agree on everything.
     let scanned_dir = tmp.path().join("scanned");
     copy_dir(&dir, &scanned_dir);
-    std::fs::remove_file(scanned_dir.join(pixeld::log::recovery::CLEAN_MARKER)).unwrap();
+    std::fs::remove_file(scanned_dir.join(pixeld::log::segment::CLEAN_MARKER)).unwrap();
     let clean = open_append_close(dir.clone(), 305);
     let scanned = open_append_close(scanned_dir.clone(), 305);
     assert!(clean.clean_start && !scanned.clean_start);

@@ -12,8 +12,8 @@ use pixeld::log::format::Codec;
 use pixeld::log::reader::{list_segments, Start, Warning};
 use pixeld::log::retention::Retention;
 use pixeld::log::{Fsync, Log, LogConfig, Source};
-use pixeld::sys::now_ns;
 use pixeld::metrics::ShardStats;
+use pixeld::sys::now_ns;
 
 fn config(dir: &Path, retention: Retention) -> LogConfig {
     let mut cfg = LogConfig::new(dir, 0);

@@ -40,8 +40,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::Ingest;
 use crate::log::{AppendError, Transport};
-use crate::sys::now_ns;
 use crate::metrics::{self, ShardStats};
+use crate::sys::now_ns;
 
 /// A 1×1 transparent GIF (43 bytes), the classic tracking pixel.
 pub const PIXEL_GIF: [u8; 43] = [

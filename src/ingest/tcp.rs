@@ -18,8 +18,8 @@ use glommio::net::{TcpListener, TcpStream};
 use super::framing::{Event, FrameDecoder};
 use super::Ingest;
 use crate::log::Transport;
-use crate::sys::now_ns;
 use crate::metrics::{DropReason, ShardStats};
+use crate::sys::now_ns;
 
 /// Read size per `read` call.
 const READ_CHUNK: usize = 64 << 10;

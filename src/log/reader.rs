@@ -20,6 +20,7 @@ use super::format::{
 };
 use super::index::{IndexBuilder, SegmentIndex};
 use super::Error;
+use crate::metrics::ShardStats;
 
 /// One segment file of a shard, as found in its directory.
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ pub fn list_segments(dir: &Path) -> Result<(Vec<SegmentFile>, Vec<PathBuf>), Err
             });
         } else if format::parse_file_name(&name, "idx").is_none()
             && !name.ends_with(".tmp")
-            && name != super::recovery::CLEAN_MARKER
+            && name != super::segment::CLEAN_MARKER
         {
             foreign.push(entry.path());
         }
@@ -571,4 +572,25 @@ impl ShardReader {
             None => scan_segment(&[], base_offset, self.index_interval, true),
         })
     }
+}
+
+/// Logs a corrupt range (segment, byte, the offsets it made unreadable, who found it) and
+/// counts it in `pixeld_log_corrupt_ranges_total`: the one report for recovery and readers.
+pub(crate) fn report_corrupt(
+    shard: usize,
+    stats: &ShardStats,
+    segment: &std::path::Path,
+    range: &CorruptRange,
+    found: &str,
+) {
+    ShardStats::add(&stats.corrupt_ranges, 1);
+    eprintln!(
+        "pixeld: shard {shard}: CORRUPT range in segment {} at byte {} ({} bytes, offsets {}..{} unreadable), found {found}: {}; the rest stays readable, run `pixeld check`",
+        segment.display(),
+        range.position,
+        range.len,
+        range.expected_offset,
+        range.resumes_at.map_or_else(|| "end".into(), |o| o.to_string()),
+        range.reason
+    );
 }

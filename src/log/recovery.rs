@@ -23,15 +23,13 @@ use std::path::PathBuf;
 
 use glommio::io::OpenOptions;
 
+use super::config::LogConfig;
 use super::index::{IndexBuilder, SegmentIndex};
-use super::reader::{self, CorruptRange};
-use super::writer::{write_file_durably, LogConfig, OpenSegment, SealedSegment};
+use super::reader::{self, report_corrupt, CorruptRange};
+use super::segment::{write_file_durably, OpenSegment, Recovered, SealedSegment, CLEAN_MARKER};
 use super::Error;
-use crate::sys::os_error;
 use crate::metrics::ShardStats;
-
-/// The clean-shutdown marker in a shard directory.
-pub const CLEAN_MARKER: &str = "clean-shutdown";
+use crate::sys::os_error;
 
 /// What recovery found and did, for the startup log and the tests.
 #[derive(Debug, Clone, Default)]
@@ -51,12 +49,6 @@ pub struct RecoveryReport {
     pub foreign_files: Vec<PathBuf>,
     /// The newest segment was trusted from a valid clean-shutdown marker (no tail scan).
     pub clean_start: bool,
-}
-
-pub(crate) struct Recovered {
-    pub sealed: VecDeque<SealedSegment>,
-    pub open: OpenSegment,
-    pub next_offset: u64,
 }
 
 pub(crate) async fn recover(
@@ -260,27 +252,6 @@ pub(crate) async fn recover(
         },
         report,
     ))
-}
-
-/// Logs a corrupt range (segment, byte, the offsets it made unreadable, who found it) and
-/// counts it in `pixeld_log_corrupt_ranges_total`: the one report for recovery and readers.
-pub(crate) fn report_corrupt(
-    shard: usize,
-    stats: &ShardStats,
-    segment: &std::path::Path,
-    range: &CorruptRange,
-    found: &str,
-) {
-    ShardStats::add(&stats.corrupt_ranges, 1);
-    eprintln!(
-        "pixeld: shard {shard}: CORRUPT range in segment {} at byte {} ({} bytes, offsets {}..{} unreadable), found {found}: {}; the rest stays readable, run `pixeld check`",
-        segment.display(),
-        range.position,
-        range.len,
-        range.expected_offset,
-        range.resumes_at.map_or_else(|| "end".into(), |o| o.to_string()),
-        range.reason
-    );
 }
 
 /// Whether the batches from the marker's last index entry to the end of `bytes` are all valid

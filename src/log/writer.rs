@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,76 +26,15 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::io::{DmaFile, OpenOptions};
 
-use super::format::{self, BatchBuilder, BatchEncoder, BatchHeader, Codec, Source};
-use super::index::{IndexBuilder, SegmentSummary};
-use super::recovery::{self, RecoveryReport};
-use super::retention::{self, Retention, RetentionPin};
+use super::config::{Fsync, LogConfig};
+use super::format::{self, BatchBuilder, BatchEncoder, BatchHeader, Source};
+use super::index::SegmentSummary;
+use super::retention;
+use super::segment::{write_file_durably, OpenSegment, Recovered, SealedSegment, CLEAN_MARKER};
 use super::Error;
-use crate::sys::{now_ns, os_error};
 use crate::metrics::{DropReason, ShardStats};
-
-/// When appended data is made durable with fdatasync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fsync {
-    /// Never explicitly: the OS writes back when it likes (kill -9 safe, not power-loss safe).
-    Never,
-    /// Group commit: at most this long after a write (default 50 ms).
-    Interval(Duration),
-    /// After every write of one or more batches, before anything is reported durable.
-    EveryBatch,
-}
-
-/// Everything the log of one shard needs to know; built from the validated config.
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub dir: PathBuf,
-    pub shard: usize,
-    pub codec: Codec,
-    pub zstd_level: i32,
-    pub batch_max_bytes: usize,
-    pub batch_max_delay: Duration,
-    pub fsync: Fsync,
-    pub segment_max_bytes: u64,
-    pub segment_max_age: Duration,
-    pub index_interval_bytes: u64,
-    /// Bound on sealed batches waiting for the disk (uncompressed bytes).
-    pub max_pending_bytes: usize,
-    pub max_record_bytes: usize,
-    pub retention: Retention,
-    /// The lowest offset a consumer with `retention_pin` still has to read (set by the
-    /// consumer store; default: no pin).
-    pub retention_pin: RetentionPin,
-    /// Pinned segments are deleted anyway while the log is larger than this (None: never).
-    pub retention_bytes_hard: Option<u64>,
-}
-
-impl LogConfig {
-    /// Defaults for tests and tools: the same values as the documented config.
-    pub fn new(dir: impl Into<PathBuf>, shard: usize) -> Self {
-        LogConfig {
-            dir: dir.into(),
-            shard,
-            codec: Codec::Zstd,
-            zstd_level: 1,
-            batch_max_bytes: 256 << 10,
-            batch_max_delay: Duration::from_millis(10),
-            fsync: Fsync::Interval(Duration::from_millis(50)),
-            segment_max_bytes: 256 << 20,
-            segment_max_age: Duration::from_secs(3600),
-            index_interval_bytes: 4096,
-            max_pending_bytes: 64 << 20,
-            max_record_bytes: 1 << 20,
-            retention: Retention {
-                max_age: Some(Duration::from_secs(7 * 86400)),
-                max_bytes: None,
-            },
-            retention_pin: RetentionPin::default(),
-            retention_bytes_hard: None,
-        }
-    }
-}
+use crate::sys::{now_ns, os_error};
 
 /// Why an append was refused. The record was not stored; the caller counts the drop under
 /// [`AppendError::reason`].
@@ -167,13 +106,15 @@ impl std::fmt::Debug for Log {
 }
 
 impl Log {
-    /// Recovers the shard's directory and opens it for appending. Must run on a glommio
-    /// executor; spawn [`Flusher::run`] next, or nothing is ever written.
-    pub async fn open(
+    /// Opens the log for appending on top of what recovery left (`Log::open`, in `mod.rs`,
+    /// runs recovery first: the writer never calls it). `corrupt` lists the ranges recovery
+    /// already reported, so that a later read does not count them again.
+    pub(crate) fn assemble(
         cfg: LogConfig,
         stats: Arc<ShardStats>,
-    ) -> Result<(Rc<Log>, Flusher, RecoveryReport), Error> {
-        let (recovered, report) = recovery::recover(&cfg, &stats).await?;
+        recovered: Recovered,
+        corrupt: std::collections::HashSet<(PathBuf, u64)>,
+    ) -> Result<(Rc<Log>, Flusher), Error> {
         let next = recovered.next_offset;
         if next > 0 {
             stats.set_durable_offset(next - 1);
@@ -199,13 +140,7 @@ impl Log {
             stats: stats.clone(),
             wake,
             cfg: cfg.clone(),
-            reported_corrupt: RefCell::new(
-                report
-                    .corrupt
-                    .iter()
-                    .map(|(p, r)| (p.clone(), r.position))
-                    .collect(),
-            ),
+            reported_corrupt: RefCell::new(corrupt),
         });
         let encoder =
             BatchEncoder::new(cfg.codec, cfg.zstd_level).map_err(|e| Error::io(&cfg.dir, e))?;
@@ -221,7 +156,7 @@ impl Log {
             last_retention: None,
             fail_fsync_after: fsync_fault_hook(cfg.shard),
         };
-        Ok((log, flusher, report))
+        Ok((log, flusher))
     }
 
     pub fn config(&self) -> &LogConfig {
@@ -242,7 +177,7 @@ impl Log {
                     .borrow_mut()
                     .insert((segment.clone(), range.position));
                 if new {
-                    super::recovery::report_corrupt(
+                    super::reader::report_corrupt(
                         shard,
                         &self.stats,
                         segment,
@@ -449,118 +384,6 @@ impl Future for SpaceWait<'_> {
         sh.space_waiters.push(cx.waker().clone());
         Poll::Pending
     }
-}
-
-/// A sealed segment the flusher knows about (for retention).
-#[derive(Debug, Clone)]
-pub(crate) struct SealedSegment {
-    pub summary: SegmentSummary,
-    pub path: PathBuf,
-    pub index_path: PathBuf,
-}
-
-/// The segment being appended to, owned by the flusher.
-pub(crate) struct OpenSegment {
-    pub file: DmaFile,
-    pub path: PathBuf,
-    pub base_offset: u64,
-    /// Logical length: the end of the last complete batch.
-    pub len: u64,
-    /// The bytes from the last aligned block boundary to `len`.
-    pub tail: Vec<u8>,
-    pub index: IndexBuilder,
-    /// Receive time of the segment's first record (for `segment_max_age`).
-    pub first_ts: Option<u64>,
-}
-
-impl OpenSegment {
-    pub(crate) async fn create(dir: &Path, base_offset: u64, interval: u64) -> Result<Self, Error> {
-        let path = dir.join(format::segment_file_name(base_offset));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .dma_open(&path)
-            .await
-            .map_err(|e| Error::io(&path, os_error(e)))?;
-        sync_dir(dir).await?;
-        Ok(OpenSegment {
-            file,
-            path,
-            base_offset,
-            len: 0,
-            tail: Vec::new(),
-            index: IndexBuilder::new(base_offset, interval),
-            first_ts: None,
-        })
-    }
-
-    /// Writes `bytes` after the logical end with one aligned O_DIRECT write that also
-    /// rewrites the partial block before it.
-    async fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let align = self.file.alignment().max(512);
-        let start = self.len - self.tail.len() as u64;
-        let total = self.tail.len() + bytes.len();
-        let padded = total.div_ceil(align as usize) * align as usize;
-        let mut buf = self.file.alloc_dma_buffer(padded);
-        {
-            let dst = buf.as_bytes_mut();
-            dst[..self.tail.len()].copy_from_slice(&self.tail);
-            dst[self.tail.len()..total].copy_from_slice(bytes);
-            dst[total..].fill(0);
-        }
-        let new_len = self.len + bytes.len() as u64;
-        let new_tail_start = new_len - new_len % align;
-        let keep_from = (new_tail_start - start) as usize;
-        let new_tail = buf.as_bytes()[keep_from..total].to_vec();
-        let written = self.file.write_at(buf, start).await.map_err(os_error)?;
-        if written < padded {
-            // A short O_DIRECT write means the device ran out of space.
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
-        self.len = new_len;
-        self.tail = new_tail;
-        Ok(())
-    }
-}
-
-async fn sync_dir(dir: &Path) -> Result<(), Error> {
-    let d = glommio::io::Directory::open(dir)
-        .await
-        .map_err(|e| Error::io(dir, os_error(e)))?;
-    d.sync().await.map_err(|e| Error::io(dir, os_error(e)))?;
-    d.close().await.map_err(|e| Error::io(dir, os_error(e)))
-}
-
-/// Writes a small file (an index) durably: DMA write to `<path>.tmp`, fdatasync, rename,
-/// directory fsync. Readers never see a half-written file.
-pub(crate) async fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .dma_open(&tmp)
-        .await
-        .map_err(|e| Error::io(&tmp, os_error(e)))?;
-    let align = file.alignment().max(512) as usize;
-    let padded = bytes.len().div_ceil(align).max(1) * align;
-    let mut buf = file.alloc_dma_buffer(padded);
-    buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-    buf.as_bytes_mut()[bytes.len()..].fill(0);
-    let io_err = |e: glommio::GlommioError<()>| Error::io(&tmp, os_error(e));
-    let n = file.write_at(buf, 0).await.map_err(io_err)?;
-    if n < padded {
-        return Err(Error::io(&tmp, io::Error::from_raw_os_error(libc::ENOSPC)));
-    }
-    file.truncate(bytes.len() as u64).await.map_err(io_err)?;
-    file.fdatasync().await.map_err(io_err)?;
-    file.close().await.map_err(io_err)?;
-    glommio::io::rename(&tmp, path)
-        .await
-        .map_err(|e| Error::io(path, os_error(e)))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    sync_dir(dir).await
 }
 
 fn is_disk_full(e: &io::Error) -> bool {
@@ -966,7 +789,7 @@ impl Flusher {
         // cannot be written: the next start scans instead.
         let mut index = seg.index.snapshot().clone();
         index.summary.segment_len = seg.len;
-        let marker = self.log.cfg.dir.join(super::recovery::CLEAN_MARKER);
+        let marker = self.log.cfg.dir.join(CLEAN_MARKER);
         if let Err(e) = write_file_durably(&marker, &index.encode()).await {
             eprintln!(
                 "pixeld: shard {}: no clean-shutdown marker ({e}); the next start scans the newest segment",
