@@ -16,9 +16,9 @@ use std::sync::Arc;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use pixeld::agg::hll::{vid_hash, Uniques};
 use pixeld::agg::{AggConfig, Aggregates, Batch, Dim, IncKind};
-use pixeld::gen::HitGenerator;
 use pixeld::metrics::ShardStats;
 use pixeld::route::{now_minute, Router};
+use pixeld::tools::gen::HitGenerator;
 
 fn bench(c: &mut Criterion) {
     let now_ms = (now_minute() * 60_000) as u64;

@@ -3,8 +3,8 @@
 //! connection does. Reports lines/s. Run: `cargo bench --bench framing`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use pixeld::gen::HitGenerator;
 use pixeld::ingest::framing::{Event, FrameDecoder, Framing};
+use pixeld::tools::gen::HitGenerator;
 
 fn stream(octet: bool) -> (Vec<u8>, u64) {
     // fixed-date: framing only splits bytes; a fixed date keeps the stream the same every run.

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use glommio::{LocalExecutorBuilder, Placement};
-use pixeld::gen::HitGenerator;
 use pixeld::log::format::{BatchBuilder, BatchEncoder, Codec};
 use pixeld::log::{AppendError, Log, LogConfig, Source};
 use pixeld::metrics::ShardStats;
 use pixeld::sys::now_ns;
+use pixeld::tools::gen::HitGenerator;
 
 fn lines(n: usize) -> Vec<Vec<u8>> {
     // Event times near now, like the receive times the records get.

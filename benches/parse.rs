@@ -5,9 +5,9 @@
 //! Run: `cargo bench --bench parse` (or `-- event` for the event group only).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use pixeld::gen::HitGenerator;
 use pixeld::parse::event::{EventConfig, EventParser};
 use pixeld::parse::syslog;
+use pixeld::tools::gen::HitGenerator;
 
 fn bench(c: &mut Criterion) {
     // fixed-date: parsing is a pure function of the line (the header's time is parsed, never

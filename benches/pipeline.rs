@@ -34,12 +34,12 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use glommio::{LocalExecutorBuilder, Placement};
 use pixeld::agg::{AggConfig, Aggregates};
-use pixeld::gen::HitGenerator;
 use pixeld::ingest::framing::{Event, FrameDecoder, Framing};
 use pixeld::ingest::{Ingest, IngestConfig};
 use pixeld::log::{LogConfig, Transport};
 use pixeld::metrics::ShardStats;
 use pixeld::route::{mesh, now_minute, Router, BATCH_INCS};
+use pixeld::tools::gen::HitGenerator;
 
 /// The size of one socket read in `ingest::tcp`.
 const READ_CHUNK: usize = 64 << 10;

@@ -10,24 +10,18 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agg;
-pub mod blast;
-pub mod check;
 pub mod config;
 pub mod consumers;
 pub mod dashboard;
+pub mod datadir;
 pub mod export;
-pub mod gen;
-pub mod import;
 pub mod ingest;
 pub mod log;
 pub mod logapi;
 pub mod metrics;
 pub mod parse;
-pub mod preflight;
 pub mod query;
-pub mod replay;
 pub mod route;
-pub mod serve;
-pub mod shard;
+pub mod server;
 pub mod sys;
-pub mod tail;
+pub mod tools;

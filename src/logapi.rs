@@ -23,9 +23,9 @@ use serde_json::{json, Value};
 
 use crate::consumers::{validate_name, Consumer, ConsumerError, ConsumerStore};
 use crate::log::fetch::{FetchError, ShardLog};
+use crate::log::ndjson::{describe_warning, format_ts, ndjson_line};
 use crate::log::reader::Start;
 use crate::metrics::ShardStats;
-use crate::replay::{describe_warning, format_ts, ndjson_line};
 
 /// Largest `max_records` of one `GET /v1/log`.
 pub const MAX_RECORDS: u64 = 10_000;

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use pixeld::config::{Config, RawConfig, ShardCount};
 use pixeld::log::reader::Start;
-use pixeld::replay::{ReplayFormat, ReplayOptions};
+use pixeld::tools::replay::{ReplayFormat, ReplayOptions};
 
 #[derive(Parser)]
 #[command(
@@ -265,8 +265,8 @@ fn resolve(addr: &str) -> Result<std::net::SocketAddr> {
 }
 
 fn blast(a: BlastArgs) -> Result<ExitCode> {
-    use pixeld::blast::{self, BlastOptions, Framing, Transport};
-    use pixeld::gen::{GenConfig, Header};
+    use pixeld::tools::blast::{self, BlastOptions, Framing, Transport};
+    use pixeld::tools::gen::{GenConfig, Header};
     let transport = match a.transport {
         BlastTransport::Udp => Transport::Udp,
         BlastTransport::Tcp => Transport::Tcp,
@@ -415,7 +415,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     raw.listen.http = a;
                 }
             })?;
-            pixeld::serve::serve(&cfg)?;
+            pixeld::server::supervisor::serve(&cfg)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { config } => {
@@ -429,7 +429,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !data_dir.is_dir() {
                 anyhow::bail!("no data dir at {}", data_dir.display());
             }
-            let shards = pixeld::check::check(&data_dir)?;
+            let shards = pixeld::tools::check::check(&data_dir)?;
             let mut ok = true;
             for s in &shards {
                 print!("{}", s.render());
@@ -469,7 +469,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-            let stats = pixeld::replay::replay(&opts, &mut out, &mut |w| {
+            let stats = pixeld::tools::replay::replay(&opts, &mut out, &mut |w| {
                 eprintln!("pixeld replay: warning: {w}")
             })?;
             let _ = out.flush();
@@ -490,13 +490,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     raw.log.fsync = f;
                 }
             })?;
-            let opts = pixeld::import::ImportOptions {
+            let opts = pixeld::tools::import::ImportOptions {
                 shard,
                 inputs,
                 report_durable,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
-            let s = pixeld::import::import(&cfg, &opts)?;
+            let s = pixeld::tools::import::import(&cfg, &opts)?;
             eprintln!(
                 "pixeld import: {} records ({} bytes, {} empty lines skipped) appended to shard {shard} from offset {}, durable offset {}, in {:.2?} ({:.0} records/s)",
                 s.records,
@@ -525,7 +525,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(a) => a,
                 None => RawConfig::load(config.as_deref())?.0.listen.http,
             };
-            let opts = pixeld::tail::TailOptions {
+            let opts = pixeld::tools::tail::TailOptions {
                 base_url: if addr.contains("://") {
                     addr
                 } else {
@@ -533,14 +533,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 consumer,
                 start: match (from_offset, from_time, from_beginning) {
-                    (Some(o), _, _) => pixeld::tail::TailStart::Offset(o),
-                    (None, Some(t), _) => pixeld::tail::TailStart::Time(t),
-                    (None, None, true) => pixeld::tail::TailStart::Beginning,
-                    (None, None, false) => pixeld::tail::TailStart::End,
+                    (Some(o), _, _) => pixeld::tools::tail::TailStart::Offset(o),
+                    (None, Some(t), _) => pixeld::tools::tail::TailStart::Time(t),
+                    (None, None, true) => pixeld::tools::tail::TailStart::Beginning,
+                    (None, None, false) => pixeld::tools::tail::TailStart::End,
                 },
                 format: match format {
-                    Format::Raw => pixeld::tail::TailFormat::Raw,
-                    Format::Ndjson => pixeld::tail::TailFormat::Ndjson,
+                    Format::Raw => pixeld::tools::tail::TailFormat::Raw,
+                    Format::Ndjson => pixeld::tools::tail::TailFormat::Ndjson,
                 },
                 commit_every,
                 shards: (!shard.is_empty()).then_some(shard),
@@ -550,7 +550,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 signal_hook::flag::register(sig, stop.clone())
                     .context("cannot install the signal handler")?;
             }
-            pixeld::tail::tail(&opts, stop)?;
+            pixeld::tools::tail::tail(&opts, stop)?;
             Ok(ExitCode::SUCCESS)
         }
     }

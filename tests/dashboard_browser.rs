@@ -87,7 +87,7 @@ fn dashboard_in_headless_chromium() {
         } else {
             150 + 40 * (12 - m) as usize
         };
-        let mut g = pixeld::gen::HitGenerator::new(m, start);
+        let mut g = pixeld::tools::gen::HitGenerator::new(m, start);
         let mut body = Vec::new();
         for _ in 0..n {
             g.next_line(&mut line);

@@ -139,7 +139,7 @@ fn corrupt_sealed_segment_is_detected_reported_and_skipped() {
     std::fs::write(victim, &bytes).unwrap();
 
     // check: corrupt, with the segment named; exit 1 from the CLI.
-    let c = pixeld::check::check_shard(0, &dir).unwrap();
+    let c = pixeld::tools::check::check_shard(0, &dir).unwrap();
     assert!(!c.is_ok());
     assert_eq!(c.corrupt.len(), 1, "{}", c.render());
     assert_eq!(&c.corrupt[0].0, victim);

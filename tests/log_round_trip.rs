@@ -130,7 +130,7 @@ fn round_trip_across_segment_rolls_by_offset_and_time() {
     assert!(warns.is_empty());
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].2, b"after reopen");
-    let check = pixeld::check::check_shard(0, &dir).unwrap();
+    let check = pixeld::tools::check::check_shard(0, &dir).unwrap();
     assert!(check.is_ok(), "{}", check.render());
     assert_eq!(check.records, n + 1);
 }

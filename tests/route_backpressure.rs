@@ -10,9 +10,9 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use pixeld::agg::{AggConfig, Aggregates};
-use pixeld::gen::HitGenerator;
 use pixeld::metrics::{AggOutcome, ShardStats};
 use pixeld::route::{now_minute, RouteMsg, Router, BATCH_INCS};
+use pixeld::tools::gen::HitGenerator;
 
 const EVENTS: usize = 20_000;
 

@@ -80,8 +80,10 @@ fn ready_after_rebuild_watchdog_and_stopping() {
     let tmp = common::tempdir();
     let data = tmp.path().join("data");
     // A log to rebuild from: 30 000 hits in shard 0.
-    let mut g =
-        pixeld::gen::HitGenerator::new(5, (pixeld::route::now_minute() as u64 - 30) * 60_000);
+    let mut g = pixeld::tools::gen::HitGenerator::new(
+        5,
+        (pixeld::route::now_minute() as u64 - 30) * 60_000,
+    );
     let mut lines = Vec::new();
     let mut l = Vec::new();
     for _ in 0..30_000 {

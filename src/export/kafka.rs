@@ -502,7 +502,7 @@ fn run(
                     stats.count_error(ErrorKind::LogRead, 1);
                     eprintln!(
                         "pixeld: export: {}; the unreadable records are not exported",
-                        crate::replay::describe_warning(e.shard, &w)
+                        crate::log::ndjson::describe_warning(e.shard, &w)
                     );
                 },
             );

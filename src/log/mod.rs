@@ -11,6 +11,7 @@ pub mod config;
 pub mod fetch;
 pub mod format;
 pub mod index;
+pub mod ndjson;
 pub mod reader;
 pub mod recovery;
 pub mod retention;

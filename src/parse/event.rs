@@ -1541,7 +1541,7 @@ mod tests {
         // The equivalence tests below would pass vacuously if the scanner refused everything
         // (the fallback then answers both ways): it must accept what nginx and gen.rs write.
         let keys = KeyTable::new(&FieldNames::default());
-        let mut g = crate::gen::HitGenerator::new(3, 1_795_311_543_462);
+        let mut g = crate::tools::gen::HitGenerator::new(3, 1_795_311_543_462);
         let mut line = Vec::new();
         let reference = NGINX_LINE.splitn(2, |&b| b == b'{').nth(1).unwrap();
         let reference = [b"{".as_slice(), reference].concat();
@@ -1638,7 +1638,7 @@ mod tests {
                 0..4,
             ),
         ) {
-            let mut g = crate::gen::HitGenerator::new(seed, 1_795_311_543_462);
+            let mut g = crate::tools::gen::HitGenerator::new(seed, 1_795_311_543_462);
             let mut line = Vec::new();
             g.next_line(&mut line);
             for (at, byte, op) in edits {

@@ -5,9 +5,6 @@
 //! shard to write and fsync what it holds and waits for them; on a shard failure it stops the
 //! others the same way and returns the failure (the process exits non-zero with its cause).
 
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,19 +12,15 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 
 use crate::config::Config;
+use crate::datadir::{lock_data_dir, restrict_file_modes};
 use crate::log::reader;
 use crate::metrics::ShardStats;
-use crate::shard::{self, ShardEvent};
+use crate::server::shard::{self, ShardEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot use data dir {}: {source}", path.display())]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("data dir {} is in use by another pixeld process{holder}; stop it first or use another --data-dir", path.display())]
-    Locked { path: PathBuf, holder: String },
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
     #[error(transparent)]
     Shard(#[from] shard::ShardError),
     #[error("shard {shard} failed: {error}")]
@@ -35,7 +28,7 @@ pub enum ServeError {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]
-    Preflight(#[from] crate::preflight::PreflightError),
+    Preflight(#[from] crate::server::preflight::PreflightError),
     #[error(transparent)]
     Export(#[from] crate::export::kafka::ExportError),
     #[error("shard(s) {shards:?} did not stop within shutdown_timeout ({timeout:?}); exiting without them (their unsynced tail is recovered at the next start)")]
@@ -43,61 +36,6 @@ pub enum ServeError {
         shards: Vec<usize>,
         timeout: Duration,
     },
-}
-
-/// Makes every directory and file this process creates private to its user (0700 / 0600):
-/// the log holds visitors' addresses and ids. systemd's `UMask=0077` does the same for the
-/// service; this covers `pixeld serve` and `import` started by hand.
-#[allow(unsafe_code)]
-fn restrict_file_modes() {
-    // SAFETY: umask only replaces the process's file-mode creation mask; it cannot fail and
-    // touches no memory of ours.
-    unsafe {
-        libc::umask(0o077);
-    }
-}
-
-/// An exclusive lock on a data dir, held for the life of the process (or of a tool run).
-#[derive(Debug)]
-pub struct DataDirLock {
-    _file: File,
-}
-
-/// Creates the data dir if needed and takes its lock, so that two pixeld processes (or
-/// `serve` and `import`) never append to the same log.
-pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, ServeError> {
-    let err = |source| ServeError::DataDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    restrict_file_modes();
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let path = dir.join(".lock");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(err)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path)
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .map_or_else(String::new, |pid| format!(" (pid {pid})"));
-            return Err(ServeError::Locked {
-                path: dir.to_path_buf(),
-                holder,
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
-    }
-    file.set_len(0).map_err(err)?;
-    write!(file, "{}", std::process::id()).map_err(err)?;
-    Ok(DataDirLock { _file: file })
 }
 
 /// The systemd notification socket (`NOTIFY_SOCKET`), when pixeld runs under `Type=notify`;
@@ -134,9 +72,9 @@ impl Notifier {
 pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     let started = Instant::now();
     restrict_file_modes();
-    crate::preflight::check_system(cfg)?;
+    crate::server::preflight::check_system(cfg)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    crate::preflight::check_ports(cfg)?;
+    crate::server::preflight::check_ports(cfg)?;
     if let Some(k) = &cfg.export {
         if let Some(warning) = crate::export::kafka::check_topic(k)? {
             eprintln!("pixeld: export: {warning}");

@@ -8,10 +8,8 @@
 use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
-use base64::Engine;
-
+use crate::log::ndjson::{describe_warning, ndjson_line};
 use crate::log::reader::{self, ShardReader, Start, Warning};
 use crate::log::{Error, RecordRef};
 
@@ -48,33 +46,6 @@ pub enum ReplayError {
     NoDataDir(PathBuf),
     #[error("writing output: {0}")]
     Output(io::Error),
-}
-
-/// Formats a receive time as RFC 3339 with nanoseconds, UTC.
-pub fn format_ts(ns: u64) -> String {
-    humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
-}
-
-/// Renders one record as an NDJSON line (without the LF).
-pub fn ndjson_line(shard: usize, rec: &RecordRef<'_>) -> String {
-    let mut obj = serde_json::Map::new();
-    obj.insert("shard".into(), shard.into());
-    obj.insert("offset".into(), rec.offset.into());
-    obj.insert("recv_ts".into(), format_ts(rec.recv_ts).into());
-    obj.insert("source".into(), rec.source.to_string().into());
-    if rec.flags != 0 {
-        obj.insert("flags".into(), rec.flags.into());
-    }
-    match std::str::from_utf8(rec.bytes) {
-        Ok(s) => obj.insert("line".into(), s.into()),
-        Err(_) => obj.insert(
-            "line_b64".into(),
-            base64::engine::general_purpose::STANDARD
-                .encode(rec.bytes)
-                .into(),
-        ),
-    };
-    serde_json::Value::Object(obj).to_string()
 }
 
 /// Streams records to `out`; warnings (corrupt ranges skipped, gaps) go to `warn`.
@@ -167,26 +138,4 @@ fn replay_shard(
         },
         warn,
     )
-}
-
-/// A one-line description of a reader warning, naming shard, segment and range.
-pub fn describe_warning(shard: usize, w: &Warning) -> String {
-    match w {
-        Warning::Corrupt { segment, range } => format!(
-            "shard {shard}: skipped corrupt range in {} at byte {} ({} bytes; records from offset {} unreadable{}): {}",
-            segment.display(),
-            range.position,
-            range.len,
-            range.expected_offset,
-            range.resumes_at.map_or_else(String::new, |o| format!(", resumes at {o}")),
-            range.reason
-        ),
-        Warning::BadIndex { path, reason } => format!(
-            "shard {shard}: index {} unusable ({reason}); scanned the segment instead",
-            path.display()
-        ),
-        Warning::Gap { from, to } => {
-            format!("shard {shard}: offsets {from}..{to} are missing between segments")
-        }
-    }
 }

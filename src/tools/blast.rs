@@ -1,4 +1,4 @@
-//! `pixeld blast`: the load generator. Sends generated pixel hits ([`crate::gen`]) to a
+//! `pixeld blast`: the load generator. Sends generated pixel hits ([`crate::tools::gen`]) to a
 //! running pixeld over UDP (batched `sendmmsg`, one datagram per hit as nginx sends them), TCP
 //! (large writes, LF or octet-counted framing) or HTTP (`POST /v1/events` NDJSON batches on
 //! keep-alive connections), open loop at a fixed rate or as fast as possible, from several
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::gen::{GenConfig, HitGenerator};
+use crate::tools::gen::{GenConfig, HitGenerator};
 
 /// Datagrams handed to the kernel per `sendmmsg` call.
 pub const UDP_BATCH: usize = 64;

@@ -11,9 +11,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::log::index::SegmentIndex;
+use crate::log::ndjson::format_ts;
 use crate::log::reader::{self, CorruptRange, ShardReader};
 use crate::log::Error;
-use crate::replay::format_ts;
 
 #[derive(Debug, Clone, Default)]
 pub struct ShardCheck {

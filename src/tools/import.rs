@@ -16,15 +16,15 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
+use crate::datadir::{lock_data_dir, DataDirError};
 use crate::log::{AppendError, Log, Source};
 use crate::metrics::ShardStats;
-use crate::serve::{lock_data_dir, ServeError};
 use crate::sys::now_ns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(transparent)]
-    Lock(#[from] ServeError),
+    Lock(#[from] DataDirError),
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
