@@ -622,19 +622,19 @@ impl Config {
 fn auth_token(
     raw: &RawSecret,
     http: SocketAddr,
-) -> Result<Option<crate::ingest::http::AuthToken>, String> {
+) -> Result<Option<crate::http::auth::AuthToken>, String> {
     let t = raw.0.as_str();
     if t.is_empty() {
         if !http.ip().is_loopback() {
             return Err(format!(
                 "is not set, but listen.http = {http} is not a loopback address: anyone who can reach it could read the analytics and the log. Set auth_token (at least {} characters, e.g. `openssl rand -hex 32`) or bind listen.http to 127.0.0.1",
-                crate::ingest::http::AuthToken::MIN_LEN
+                crate::http::auth::AuthToken::MIN_LEN
             ));
         }
         return Ok(None);
     }
     // Never echo the value: only its length and what is wrong with it.
-    crate::ingest::http::AuthToken::new(t)
+    crate::http::auth::AuthToken::new(t)
         .map(Some)
         .map_err(|why| format!("is not usable ({} characters): {why}", t.chars().count()))
 }

@@ -230,12 +230,12 @@ pub const FSYNC_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0
 pub const PARSE_ERROR_KINDS: [SyslogError; 9] = SyslogError::ALL;
 
 impl ShardStats {
-    pub fn count_received(&self, transport: crate::log::Transport, events: u64, bytes: u64) {
+    pub fn count_received(&self, transport: crate::transport::Transport, events: u64, bytes: u64) {
         let i = transport as usize;
         self.received_events[i].fetch_add(events, Ordering::Relaxed);
         self.received_bytes[i].fetch_add(bytes, Ordering::Relaxed);
     }
-    pub fn received(&self, transport: crate::log::Transport) -> (u64, u64) {
+    pub fn received(&self, transport: crate::transport::Transport) -> (u64, u64) {
         let i = transport as usize;
         (
             self.received_events[i].load(Ordering::Relaxed),
@@ -325,7 +325,7 @@ pub fn not_ready(all: &[std::sync::Arc<ShardStats>]) -> Option<String> {
 /// Renders every shard's counters in the Prometheus text format (version 0.0.4). Counters
 /// are summed over shards unless labelled by shard.
 pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
-    use crate::log::Transport;
+    use crate::transport::Transport;
     use std::fmt::Write;
     let mut o = String::with_capacity(8192);
     let sum = |f: &dyn Fn(&ShardStats) -> u64| all.iter().map(|s| f(s)).sum::<u64>();

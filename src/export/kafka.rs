@@ -29,8 +29,8 @@ use super::inflight::Inflight;
 use super::{ErrorKind, ExportStats, KafkaExportConfig, KeyField, StartAt, CONSUMER_NAME};
 use crate::log::fetch::FetchError;
 use crate::log::reader::Start;
-use crate::logapi::LogApi;
 use crate::parse::event::{EventConfig, EventParser};
+use crate::readers::LogReaders;
 
 /// Errors that stop the export from starting.
 #[derive(Debug, thiserror::Error)]
@@ -258,7 +258,7 @@ impl Exporter {
     pub fn spawn(
         cfg: KafkaExportConfig,
         event: EventConfig,
-        api: Arc<LogApi>,
+        api: Arc<LogReaders>,
         stats: Arc<ExportStats>,
         shutdown: Arc<AtomicBool>,
     ) -> Result<Exporter, ExportError> {
@@ -283,7 +283,7 @@ impl Exporter {
 fn run(
     cfg: &KafkaExportConfig,
     event: EventConfig,
-    api: &LogApi,
+    api: &LogReaders,
     stats: &Arc<ExportStats>,
     shutdown: &AtomicBool,
 ) -> Result<(), ExportError> {
@@ -625,7 +625,7 @@ fn run(
 }
 
 /// Commits every shard's watermark that moved.
-fn commit(api: &LogApi, stats: &ExportStats, ctx: &Context, exports: &mut [ShardExport]) {
+fn commit(api: &LogReaders, stats: &ExportStats, ctx: &Context, exports: &mut [ShardExport]) {
     let moved: Vec<(usize, u64)> = exports
         .iter()
         .filter(|e| e.flight.watermark() > e.committed)

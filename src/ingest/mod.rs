@@ -10,7 +10,6 @@
 //! pushes back on a socket.
 
 pub mod framing;
-pub mod http;
 pub mod tcp;
 pub mod udp;
 
@@ -51,7 +50,7 @@ pub struct IngestConfig {
     pub allowed_sources: Vec<ipnet::IpNet>,
     /// The bearer token every HTTP request but the pixel, health and the dashboard's shell
     /// must carry (`auth_token`); None on loopback without one.
-    pub auth_token: Option<http::AuthToken>,
+    pub auth_token: Option<crate::http::auth::AuthToken>,
     /// Open `/v1/live` streams allowed per shard (`dashboard.live_max_clients`).
     pub live_max_clients: usize,
 }

@@ -104,25 +104,10 @@ impl Codec {
     }
 }
 
-/// The transport a record arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// Appended by `pixeld import` (or a test), not received from the network.
-    Import,
-    Udp,
-    Tcp,
-    Http,
-}
+pub use crate::transport::Transport;
 
+/// The transport's nibble in a record's source byte (this file's byte table).
 impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Import => "import",
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Http => "http",
-        }
-    }
     fn to_nibble(self) -> u8 {
         match self {
             Transport::Import => 0,

@@ -68,7 +68,7 @@ pub fn spawn_shards(
     cfg: &Config,
     shutdown: Arc<AtomicBool>,
     events: crossbeam_channel::Sender<ShardEvent>,
-) -> Result<(Vec<ShardHandle>, Arc<crate::logapi::LogApi>), ShardError> {
+) -> Result<(Vec<ShardHandle>, Arc<crate::readers::LogReaders>), ShardError> {
     let cpus = crate::sys::allowed_cpus();
     let mut handles = Vec::with_capacity(cfg.shards);
     let all_stats: Arc<Vec<Arc<ShardStats>>> = Arc::new(
@@ -97,7 +97,7 @@ pub fn spawn_shards(
             crate::export::CONSUMER_NAME
         );
     }
-    let log_api = Arc::new(crate::logapi::LogApi {
+    let log_api = Arc::new(crate::readers::LogReaders {
         logs: (0..cfg.shards)
             .map(|s| {
                 let c = cfg.log.for_shard(&cfg.data_dir, s);
@@ -165,7 +165,7 @@ struct Listeners {
     agg: crate::agg::AggConfig,
     route_mesh: crate::route::Mesh,
     query_mesh: crate::query::QueryMesh,
-    log_api: Arc<crate::logapi::LogApi>,
+    log_api: Arc<crate::readers::LogReaders>,
 }
 
 /// Waits until `shutdown` is set.
@@ -249,7 +249,7 @@ async fn run_shard(
             net.tcp
         )
     })?;
-    let http = crate::ingest::http::bind(net.http).map_err(|e| {
+    let http = crate::http::bind(net.http).map_err(|e| {
         format!(
             "cannot bind HTTP {}: {e} (is another process on that port?)",
             net.http
@@ -269,7 +269,7 @@ async fn run_shard(
             }
         })
     };
-    let http_ctx = std::rc::Rc::new(crate::ingest::http::HttpContext {
+    let http_ctx = std::rc::Rc::new(crate::http::HttpContext {
         shard,
         ingest: ingest.clone(),
         all_stats: net.all_stats,
@@ -277,7 +277,7 @@ async fn run_shard(
         log_api: net.log_api,
     });
     let http_task = glommio::spawn_local(async move {
-        if let Err(e) = crate::ingest::http::run(http, http_ctx).await {
+        if let Err(e) = crate::http::run(http, http_ctx).await {
             eprintln!("pixeld: shard {shard}: HTTP accept stopped: {e}");
         }
     });

@@ -30,37 +30,37 @@ pub const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../../assets/dashboard/index.html"),
+        body: include_bytes!("../../../assets/dashboard/index.html"),
     },
     Asset {
         path: "/dashboard/app.js",
         content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../assets/dashboard/app.js"),
+        body: include_bytes!("../../../assets/dashboard/app.js"),
     },
     Asset {
         path: "/dashboard/style.css",
         content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../../assets/dashboard/style.css"),
+        body: include_bytes!("../../../assets/dashboard/style.css"),
     },
     Asset {
         path: "/dashboard/icon.svg",
         content_type: "image/svg+xml",
-        body: include_bytes!("../../assets/dashboard/icon.svg"),
+        body: include_bytes!("../../../assets/dashboard/icon.svg"),
     },
     Asset {
         path: "/dashboard/vendor/uplot.min.js",
         content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../assets/dashboard/vendor/uplot.min.js"),
+        body: include_bytes!("../../../assets/dashboard/vendor/uplot.min.js"),
     },
     Asset {
         path: "/dashboard/vendor/uplot.min.css",
         content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../../assets/dashboard/vendor/uplot.min.css"),
+        body: include_bytes!("../../../assets/dashboard/vendor/uplot.min.css"),
     },
     Asset {
         path: "/dashboard/vendor/LICENSE-uplot",
         content_type: "text/plain; charset=utf-8",
-        body: include_bytes!("../../assets/dashboard/vendor/LICENSE-uplot"),
+        body: include_bytes!("../../../assets/dashboard/vendor/LICENSE-uplot"),
     },
 ];
 
@@ -102,7 +102,7 @@ fn etag(asset: &Asset) -> &'static str {
 /// names the current ETag. Other methods get 405.
 pub fn serve(req: &Request<Incoming>, asset: &Asset) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return crate::ingest::http::json(
+        return crate::http::response::json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "method not allowed: the dashboard is read with GET"}),
         );

@@ -37,7 +37,8 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
-use crate::ingest::http::{json, Body, HttpContext};
+use crate::http::response::json;
+use crate::http::{Body, HttpContext};
 use crate::metrics::ShardStats;
 use crate::query::params::{parse_live, LiveParams};
 

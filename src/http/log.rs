@@ -1,6 +1,7 @@
 //! The log over HTTP: `GET /v1/log/shards`, `GET /v1/log` (records by offset or time, with
 //! long polling), and named consumers' offsets (`/v1/consumers/…`). Served on the HTTP port
-//! by `ingest::http`, which hands every path [`owns`] claims to [`handle`].
+//! by `http::router`, which hands every path [`owns`] claims to [`handle`]. What it reads
+//! through is [`crate::readers::LogReaders`].
 //!
 //! A request lands on whichever shard accepted the connection, and may ask for any shard's
 //! log: reads go through `log::fetch` on that shard's directory and stop at the shard's
@@ -12,7 +13,7 @@
 //! by retention (or past the end) answers 416 with `first_offset` and `next_offset`.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,11 +22,11 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::consumers::{validate_name, Consumer, ConsumerError, ConsumerStore};
+use crate::consumers::{validate_name, Consumer, ConsumerError};
 use crate::log::fetch::{FetchError, ShardLog};
 use crate::log::ndjson::{describe_warning, format_ts, ndjson_line};
 use crate::log::reader::Start;
-use crate::metrics::ShardStats;
+use crate::readers::LogReaders;
 
 /// Largest `max_records` of one `GET /v1/log`.
 pub const MAX_RECORDS: u64 = 10_000;
@@ -39,66 +40,6 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 const MAX_COMMIT_BODY: usize = 64 << 10;
 /// How often a long poll looks at the durable offset.
 const POLL_EVERY: Duration = Duration::from_millis(10);
-
-/// What the log API needs, shared by every shard's HTTP server.
-pub struct LogApi {
-    /// Every shard's log, by shard number.
-    pub logs: Vec<ShardLog>,
-    /// Every shard's counters: the durable offsets.
-    pub all_stats: Arc<Vec<Arc<ShardStats>>>,
-    pub consumers: Arc<ConsumerStore>,
-    /// Set when the process stops: long polls answer at once.
-    pub shutdown: Arc<AtomicBool>,
-    /// The Kafka export's counters, when it is configured (its consumer is then reserved).
-    pub export: Option<Arc<crate::export::ExportStats>>,
-}
-
-impl LogApi {
-    /// One past the last durable offset of `shard` (0 when nothing is durable).
-    pub fn durable_next(&self, shard: usize) -> u64 {
-        self.all_stats
-            .get(shard)
-            .and_then(|s| s.durable_offset())
-            .map_or(0, |o| o + 1)
-    }
-
-    /// Every shard's durable offset + 1.
-    pub fn durable_nexts(&self) -> Vec<u64> {
-        (0..self.all_stats.len())
-            .map(|s| self.durable_next(s))
-            .collect()
-    }
-
-    /// The export's line for `/readyz`, when export is configured.
-    pub fn export_readiness(&self) -> Option<String> {
-        self.export
-            .as_ref()
-            .map(|e| e.readiness(&self.durable_nexts()))
-    }
-
-    /// `pixeld_consumer_lag_records{consumer,shard}`: for every consumer, on every shard it
-    /// has committed on, the durable records at or after its committed offset.
-    pub fn render_metrics(&self) -> String {
-        use std::fmt::Write;
-        let mut o = String::from(
-            "# HELP pixeld_consumer_lag_records Durable records a named consumer has not committed, per shard.\n# TYPE pixeld_consumer_lag_records gauge\n",
-        );
-        for c in self.consumers.list() {
-            for (&shard, &offset) in &c.offsets {
-                let lag = self.durable_next(shard).saturating_sub(offset);
-                let _ = writeln!(
-                    o,
-                    "pixeld_consumer_lag_records{{consumer=\"{}\",shard=\"{shard}\"}} {lag}",
-                    c.name
-                );
-            }
-        }
-        if let Some(e) = &self.export {
-            o.push_str(&e.render(&self.durable_nexts()));
-        }
-        o
-    }
-}
 
 /// Whether `path` belongs to the log API.
 pub fn owns(path: &str) -> bool {
@@ -154,7 +95,7 @@ fn method_not_allowed(allow: &'static str) -> Resp {
 }
 
 /// Answers a request for a path [`owns`] claims.
-pub async fn handle(req: Request<Incoming>, api: &Arc<LogApi>) -> Resp {
+pub async fn handle(req: Request<Incoming>, api: &Arc<LogReaders>) -> Resp {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match path.as_str() {
@@ -192,7 +133,7 @@ pub async fn handle(req: Request<Incoming>, api: &Arc<LogApi>) -> Resp {
 
 /// Whether `name` is the Kafka export's own consumer while the export runs: its offsets
 /// move only with the broker's confirmations.
-fn reserved(name: &str, api: &LogApi) -> bool {
+fn reserved(name: &str, api: &LogReaders) -> bool {
     api.export.is_some() && name == crate::export::CONSUMER_NAME
 }
 
@@ -247,7 +188,7 @@ fn number(param: &str, v: &str, min: u64, max: u64) -> Result<u64, Bad> {
     Ok(n)
 }
 
-fn shard_param(api: &LogApi, v: Option<&str>) -> Result<usize, Bad> {
+fn shard_param(api: &LogReaders, v: Option<&str>) -> Result<usize, Bad> {
     let Some(v) = v else {
         return Err(Bad::new("shard", "is required".into()));
     };
@@ -306,7 +247,7 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
 }
 
 /// `GET /v1/log?shard=N&(offset=O|time=T)[&max_records=M][&max_bytes=B][&wait_ms=W]`.
-async fn read_log(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
+async fn read_log(query: Option<&str>, api: &Arc<LogReaders>) -> Resp {
     let p = match params(
         query,
         &[
@@ -437,7 +378,7 @@ fn ts(ns: Option<u64>) -> Value {
 }
 
 /// `GET /v1/log/shards`.
-async fn shards(query: Option<&str>, api: &Arc<LogApi>) -> Resp {
+async fn shards(query: Option<&str>, api: &Arc<LogReaders>) -> Resp {
     if let Err(b) = params(query, &[]) {
         return b.resp();
     }
@@ -489,7 +430,7 @@ fn consumer_error(e: ConsumerError) -> Resp {
     }
 }
 
-fn list_consumers(api: &LogApi) -> Resp {
+fn list_consumers(api: &LogReaders) -> Resp {
     let list: Vec<Value> = api
         .consumers
         .list()
@@ -501,7 +442,7 @@ fn list_consumers(api: &LogApi) -> Resp {
 
 /// A consumer with its lag on every shard: records (durable records from its committed
 /// offset on) and seconds (the age of the oldest of those; 0 when caught up).
-async fn describe(c: Consumer, api: &Arc<LogApi>) -> Value {
+async fn describe(c: Consumer, api: &Arc<LogReaders>) -> Value {
     let logs = api.logs.clone();
     let durable: Vec<u64> = (0..logs.len()).map(|s| api.durable_next(s)).collect();
     let offsets = c.offsets.clone();
@@ -528,7 +469,7 @@ async fn describe(c: Consumer, api: &Arc<LogApi>) -> Value {
     })
 }
 
-async fn get_consumer(name: &str, api: &Arc<LogApi>) -> Resp {
+async fn get_consumer(name: &str, api: &Arc<LogReaders>) -> Resp {
     if let Err(e) = validate_name(name) {
         return consumer_error(e);
     }
@@ -538,7 +479,7 @@ async fn get_consumer(name: &str, api: &Arc<LogApi>) -> Resp {
     }
 }
 
-async fn delete_consumer(name: &str, api: &Arc<LogApi>) -> Resp {
+async fn delete_consumer(name: &str, api: &Arc<LogReaders>) -> Resp {
     if let Err(e) = validate_name(name) {
         return consumer_error(e);
     }
@@ -603,7 +544,7 @@ fn parse_commit(v: &Value) -> Result<Commit, String> {
 
 /// `PUT /v1/consumers/{name}/offsets`: answers 200 with the consumer only once the commit is
 /// durable.
-async fn commit(name: &str, req: Request<Incoming>, api: &Arc<LogApi>) -> Resp {
+async fn commit(name: &str, req: Request<Incoming>, api: &Arc<LogReaders>) -> Resp {
     if let Err(e) = validate_name(name) {
         return consumer_error(e);
     }

@@ -1,0 +1,47 @@
+//! The HTTP layer: everything pixeld serves on its HTTP port, and the only part of pixeld that
+//! knows hyper. `server` accepts connections (limits, hyper on glommio), `router` sends each
+//! request through the access check (`auth`) to one file per group of endpoints:
+//! - `ingest`: `GET /p.gif`, `POST /v1/events`;
+//! - `query`: `GET /v1/top`, `/v1/timeseries`, `/v1/summary`, `/v1/realtime`;
+//! - `log`: `/v1/log`, `/v1/log/shards` and named consumers `/v1/consumers/…`;
+//! - `ops`: `GET /metrics`, `/healthz`, `/readyz`;
+//! - `dashboard`: `GET /`, `/dashboard/*` (embedded assets) and `GET /v1/live` (its stream).
+//!
+//! Below this layer nothing answers a request: the endpoints call `ingest`, `query`,
+//! `readers` and `metrics`, which know nothing of HTTP.
+
+pub mod auth;
+pub mod dashboard;
+pub mod ingest;
+pub mod log;
+pub mod ops;
+pub mod query;
+pub mod response;
+pub mod router;
+pub mod server;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use http_body_util::{Either, Full};
+use hyper::body::Bytes;
+
+use crate::ingest::Ingest;
+use crate::metrics::ShardStats;
+
+pub use server::{bind, run};
+
+/// A response body: a whole body, or the endless stream of `/v1/live`.
+pub type Body = Either<Full<Bytes>, dashboard::live::LiveBody>;
+
+/// What every shard's HTTP server needs.
+pub struct HttpContext {
+    pub shard: usize,
+    pub ingest: Rc<Ingest>,
+    /// Every shard's counters, for `/metrics` and `/readyz`.
+    pub all_stats: Arc<Vec<Arc<ShardStats>>>,
+    /// The query fan-out of this shard.
+    pub hub: Rc<crate::query::Hub>,
+    /// The log over HTTP and named consumers (shared by every shard).
+    pub log_api: Arc<crate::readers::LogReaders>,
+}

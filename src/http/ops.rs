@@ -1,0 +1,44 @@
+//! Operations endpoints: `GET /metrics` (every shard's counters, the consumers' lag and the
+//! export's counters, in the Prometheus text format), `GET /healthz` (the process answers) and
+//! `GET /readyz` (every shard recovered and none poisoned or out of disk; the export's state is
+//! a detail line, never a reason to be unready).
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Response, StatusCode};
+
+use super::response::response;
+use super::HttpContext;
+use crate::metrics;
+
+/// `GET /metrics`.
+pub(crate) fn metrics(ctx: &HttpContext) -> Response<Full<Bytes>> {
+    response(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        metrics::render(&ctx.all_stats) + &ctx.log_api.render_metrics(),
+    )
+}
+
+/// `GET /healthz`.
+pub(crate) fn healthz() -> Response<Full<Bytes>> {
+    response(StatusCode::OK, "text/plain", "ok\n")
+}
+
+/// `GET /readyz`.
+pub(crate) fn readyz(ctx: &HttpContext) -> Response<Full<Bytes>> {
+    // The export's state is a detail line: a broker that is down never makes pixeld
+    // unready, since ingest goes on into the log.
+    let detail = ctx
+        .log_api
+        .export_readiness()
+        .map_or_else(String::new, |d| d + "\n");
+    match metrics::not_ready(&ctx.all_stats) {
+        None => response(StatusCode::OK, "text/plain", format!("ready\n{detail}")),
+        Some(why) => response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("not ready: {why}\n{detail}"),
+        ),
+    }
+}

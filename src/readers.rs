@@ -1,0 +1,72 @@
+//! The readers' side of the durable logs: every shard's log directory (`log::fetch`), the
+//! shards' published durable offsets, the named consumers' store and the export's counters,
+//! in one object shared by every shard's HTTP server and the Kafka export. Nothing here
+//! touches a shard or knows HTTP: what can be read is what a shard published as durable.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::consumers::ConsumerStore;
+use crate::log::fetch::ShardLog;
+use crate::metrics::ShardStats;
+
+/// Every shard's durable log as readers outside the shards see it, shared by every shard's
+/// HTTP server (the log API, consumers, metrics, readiness) and the Kafka export.
+pub struct LogReaders {
+    /// Every shard's log, by shard number.
+    pub logs: Vec<ShardLog>,
+    /// Every shard's counters: the durable offsets.
+    pub all_stats: Arc<Vec<Arc<ShardStats>>>,
+    pub consumers: Arc<ConsumerStore>,
+    /// Set when the process stops: long polls answer at once.
+    pub shutdown: Arc<AtomicBool>,
+    /// The Kafka export's counters, when it is configured (its consumer is then reserved).
+    pub export: Option<Arc<crate::export::ExportStats>>,
+}
+
+impl LogReaders {
+    /// One past the last durable offset of `shard` (0 when nothing is durable).
+    pub fn durable_next(&self, shard: usize) -> u64 {
+        self.all_stats
+            .get(shard)
+            .and_then(|s| s.durable_offset())
+            .map_or(0, |o| o + 1)
+    }
+
+    /// Every shard's durable offset + 1.
+    pub fn durable_nexts(&self) -> Vec<u64> {
+        (0..self.all_stats.len())
+            .map(|s| self.durable_next(s))
+            .collect()
+    }
+
+    /// The export's line for `/readyz`, when export is configured.
+    pub fn export_readiness(&self) -> Option<String> {
+        self.export
+            .as_ref()
+            .map(|e| e.readiness(&self.durable_nexts()))
+    }
+
+    /// `pixeld_consumer_lag_records{consumer,shard}`: for every consumer, on every shard it
+    /// has committed on, the durable records at or after its committed offset.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::from(
+            "# HELP pixeld_consumer_lag_records Durable records a named consumer has not committed, per shard.\n# TYPE pixeld_consumer_lag_records gauge\n",
+        );
+        for c in self.consumers.list() {
+            for (&shard, &offset) in &c.offsets {
+                let lag = self.durable_next(shard).saturating_sub(offset);
+                let _ = writeln!(
+                    o,
+                    "pixeld_consumer_lag_records{{consumer=\"{}\",shard=\"{shard}\"}} {lag}",
+                    c.name
+                );
+            }
+        }
+        if let Some(e) = &self.export {
+            o.push_str(&e.render(&self.durable_nexts()));
+        }
+        o
+    }
+}
