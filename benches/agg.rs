@@ -14,9 +14,10 @@
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use pixeld::agg::hll::{vid_hash, Uniques};
+use pixeld::agg::hll::Uniques;
 use pixeld::agg::{AggConfig, Aggregates, Batch, Dim, IncKind};
 use pixeld::metrics::ShardStats;
+use pixeld::route::partition::vid_hash;
 use pixeld::route::{now_minute, Router};
 use pixeld::tools::gen::HitGenerator;
 

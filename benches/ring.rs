@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
-use pixeld::agg::hll::vid_hash;
 use pixeld::agg::{AggConfig, Aggregates, Batch, IncKind};
+use pixeld::route::partition::vid_hash;
 use pixeld::route::{now_minute, RouteMsg, BATCH_INCS, RING_BATCHES};
 
 const BATCHES: usize = 500;

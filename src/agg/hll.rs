@@ -10,7 +10,7 @@
 //! what it answered before.
 //!
 //! Visitors are partitioned over shards by the *top* bits of the same hash
-//! ([`owner_of_visitor`]); the sketch takes its register index from the low bits and its rank
+//! (`route::partition::owner_of_visitor`); the sketch takes its register index from the low bits and its rank
 //! from the bits above p, so the partition does not bias the registers. Because each visitor
 //! lives on exactly one shard, the distinct count over all shards is the sum of the per-shard
 //! estimates — no sketch crosses a thread at query time.
@@ -104,28 +104,10 @@ impl Uniques {
     }
 }
 
-const VID_SEED: u64 = 0x7069_7865_6c64_5f76; // "pixeld_v"
-
-/// The 64-bit hash of a visitor id.
-pub fn vid_hash(vid: &str) -> u64 {
-    wyhash::wyhash(vid.as_bytes(), VID_SEED)
-}
-
-/// The shard that owns a visitor: the top 32 bits of its hash, scaled onto `shards`.
-pub fn owner_of_visitor(hash: u64, shards: usize) -> usize {
-    (((hash >> 32) * shards as u64) >> 32) as usize
-}
-
-/// The shard that owns `key` of a dimension (`seed` differs per dimension so that a url and a
-/// referrer domain with the same text need not share a shard).
-pub fn owner_of_key(seed: u64, key: &str, shards: usize) -> usize {
-    let h = wyhash::wyhash(key.as_bytes(), seed);
-    (((h >> 32) * shards as u64) >> 32) as usize
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::partition::{owner_of_key, owner_of_visitor, vid_hash};
 
     #[test]
     fn merge_is_the_union_in_every_representation() {

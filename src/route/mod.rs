@@ -4,7 +4,8 @@
 //!
 //! The shard that appended a record parses it ([`crate::parse::event`]) and makes up to three
 //! increments: the url's (to `hash(url)`'s shard), the referrer domain's for a pageview (to
-//! `hash(ref_domain)`'s) and the visitor's (to `hash(vid)`'s, see `agg::hll`). An increment
+//! `hash(ref_domain)`'s) and the visitor's (to `hash(vid)`'s); the hashes and their seeds are
+//! in [`partition`]. An increment
 //! for this shard is applied at once; the others are appended to a per-peer [`Batch`] and
 //! shipped whole through glommio's channel mesh (`shared_channel`: a lock-free SPSC ring per
 //! ordered pair of executors, woken by eventfd). A batch is sent when it reaches
@@ -18,7 +19,12 @@
 //! waits are counted (`pixeld_route_full_waits_total`).
 //!
 //! Only records that were appended are routed, so the aggregates are a function of the log
-//! and the rebuild at start ([`rebuild`]) reproduces them.
+//! and the rebuild at start ([`rebuild::rebuild`]) reproduces them.
+
+pub use rebuild::rebuild;
+
+pub mod partition;
+pub mod rebuild;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -29,12 +35,12 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::shared_channel::ConnectedReceiver;
 
-use crate::agg::hll::{owner_of_key, owner_of_visitor, vid_hash};
 use crate::agg::{Aggregates, Batch, Inc, IncKind};
 use crate::log::reader::{ShardReader, Start};
 use crate::log::Log;
 use crate::metrics::{AggOutcome, ShardStats};
 use crate::parse::event::{Action, EventParser};
+use partition::{owner_of_key, owner_of_visitor, vid_hash, REF_SEED, URL_SEED};
 
 /// A batch is shipped once it holds this many increments.
 pub const BATCH_INCS: usize = 1024;
@@ -42,9 +48,6 @@ pub const BATCH_INCS: usize = 1024;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
 /// Ring capacity, in batches, per ordered pair of shards.
 pub const RING_BATCHES: usize = 64;
-
-const URL_SEED: u64 = 0x0075_726c;
-const REF_SEED: u64 = 0x0072_6566;
 
 /// What crosses a ring.
 #[derive(Debug)]
@@ -367,98 +370,4 @@ impl Router {
             }
         }
     }
-}
-
-/// Rebuilds this shard's share of the aggregates from its log: replays every record received
-/// inside the hour window (plus the future allowance) up to `end`, routing it like a live one,
-/// then waits until every peer has done the same, so that the aggregates are complete before
-/// the shard reports ready. Progress goes to stderr every 5 s.
-pub async fn rebuild(
-    router: &Rc<Router>,
-    log: &Log,
-    stop: &AtomicBool,
-) -> Result<u64, crate::log::Error> {
-    let started = Instant::now();
-    let cfg = log.config();
-    let reader = ShardReader::new(cfg.dir.clone(), cfg.index_interval_bytes);
-    let end = log.next_offset();
-    let (floor_min, future) = {
-        let a = router.agg.borrow();
-        (a.hour_floor(now_minute()), a.cfg.future_minutes)
-    };
-    let from_ns = ((floor_min - future).max(0) as u64) * 60_000_000_000;
-    let mut start = Start::Time(from_ns);
-    let mut first: Option<u64> = None;
-    let mut replayed = 0u64;
-    let mut last_report = Instant::now();
-    // One pass over the log; it pauses (and resumes by offset) only when a ring to another
-    // shard is full, to wait for room, or to stop.
-    loop {
-        let mut next = None;
-        let mut paused = false;
-        reader.read(
-            start,
-            |rec| {
-                if rec.offset >= end {
-                    return std::ops::ControlFlow::Break(());
-                }
-                first.get_or_insert(rec.offset);
-                router.record(rec.recv_ts, rec.bytes);
-                replayed += 1;
-                next = Some(rec.offset + 1);
-                if replayed.is_multiple_of(1024) {
-                    if last_report.elapsed() >= Duration::from_secs(5) {
-                        last_report = Instant::now();
-                        let rate = replayed as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                        let left = end.saturating_sub(first.unwrap_or(end) + replayed);
-                        eprintln!(
-                            "pixeld: shard {}: rebuilding aggregates: {replayed} records replayed ({:.0}/s), {left} to go, ETA {:.0} s",
-                            router.me,
-                            rate,
-                            left as f64 / rate.max(1.0)
-                        );
-                    }
-                    if !router.try_ship() || stop.load(Ordering::Relaxed) {
-                        paused = true;
-                        return std::ops::ControlFlow::Break(());
-                    }
-                }
-                std::ops::ControlFlow::Continue(())
-            },
-            |w| log.report_read_warning(&w, "rebuilding the aggregates"),
-        )?;
-        ShardStats::add(
-            &router.stats.agg.rebuilt_records,
-            replayed - ShardStats::get(&router.stats.agg.rebuilt_records),
-        );
-        router.flush(BATCH_INCS).await;
-        if stop.load(Ordering::Relaxed) {
-            return Ok(replayed);
-        }
-        match next {
-            Some(o) if paused => start = Start::Offset(o),
-            _ => break,
-        }
-    }
-    router.announce_rebuilt().await;
-    // Wait for every peer's rebuild (their increments to us arrive before their marker).
-    while router.rebuilt_peers.get() + 1 < router.shards {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(replayed);
-        }
-        glommio::timer::sleep(Duration::from_millis(2)).await;
-    }
-    router.publish_memory();
-    let secs = started.elapsed().as_secs_f64();
-    router
-        .stats
-        .agg
-        .rebuild_nanos
-        .store((secs * 1e9) as u64, Ordering::Relaxed);
-    eprintln!(
-        "pixeld: shard {}: aggregates rebuilt from {replayed} records in {secs:.2} s ({:.0} records/s)",
-        router.me,
-        replayed as f64 / secs.max(1e-9)
-    );
-    Ok(replayed)
 }
