@@ -26,12 +26,36 @@ pub enum ShardEvent {
         shard: usize,
         report: Box<RecoveryReport>,
     },
-    /// The shard failed and stopped; the message names the cause.
-    Failed { shard: usize, error: String },
+    /// The shard failed and stopped; the error names the cause.
+    Failed { shard: usize, error: ShardFailure },
     /// The shard stopped cleanly after a shutdown request.
     Stopped { shard: usize },
 }
 
+/// Why a running shard stopped. Typed, so that the supervisor (and a test) can tell a
+/// poisoned log (`Log(log::Error::Poisoned { .. })`) from a port in use.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardFailure {
+    #[error("stopped before every shard joined the routing mesh")]
+    MeshNotJoined,
+    #[error(transparent)]
+    Log(#[from] crate::log::Error),
+    #[error("rebuilding the aggregates from the log failed: {0}")]
+    Rebuild(#[source] crate::log::Error),
+    #[error("cannot bind {transport} {addr}: {source} (is another process on that port?)")]
+    Bind {
+        /// `UDP`, `TCP` or `HTTP`.
+        transport: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// The shard's thread ended abnormally (a panic); glommio's error is not `Sync`, so its
+    /// text is kept.
+    #[error("thread failed: {0}")]
+    Thread(String),
+}
+
+/// Why the shards could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
     #[error("shard {shard}: cannot start its executor on CPU {cpu}: {reason}")]
@@ -54,10 +78,10 @@ pub struct ShardHandle {
 
 impl ShardHandle {
     /// Waits for the shard's thread to end.
-    pub fn join(self) -> Result<(), String> {
+    pub fn join(self) -> Result<(), ShardFailure> {
         self.join
             .join()
-            .map_err(|e| format!("shard {} thread failed: {e}", self.shard))
+            .map_err(|e| ShardFailure::Thread(e.to_string()))
     }
 }
 
@@ -182,7 +206,7 @@ async fn run_shard(
     stats: Arc<ShardStats>,
     shutdown: Arc<AtomicBool>,
     events: &crossbeam_channel::Sender<ShardEvent>,
-) -> Result<(), String> {
+) -> Result<(), ShardFailure> {
     // Join both meshes first: a shard that failed before joining would leave the others
     // waiting, so the joins give up on shutdown.
     let meshes = futures_lite::future::or(
@@ -198,11 +222,9 @@ async fn run_shard(
     )
     .await;
     let Some(((route_tx, route_rx), (query_tx, query_rx))) = meshes else {
-        return Err("stopped before every shard joined the routing mesh".into());
+        return Err(ShardFailure::MeshNotJoined);
     };
-    let (log, flusher, report) = Log::open(log_cfg, stats.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    let (log, flusher, report) = Log::open(log_cfg, stats.clone()).await?;
     let flusher = glommio::spawn_local(flusher.run());
     let router = crate::route::Router::new(
         crate::agg::Aggregates::new(net.agg),
@@ -216,22 +238,22 @@ async fn run_shard(
     if let Err(e) = crate::route::rebuild(&router, &log, &shutdown).await {
         log.close();
         let _ = flusher.await;
-        return Err(format!(
-            "rebuilding the aggregates from the log failed: {e}"
-        ));
+        return Err(ShardFailure::Rebuild(e));
     }
     if shutdown.load(Ordering::Relaxed) {
         log.close();
-        return flusher.await.map_err(|e| e.to_string());
+        return Ok(flusher.await?);
     }
     let ticker = glommio::spawn_local(router.clone().tick(shutdown.clone()));
     // Bind after recovery: nothing is accepted before the log is consistent.
-    let (udp, granted) = crate::ingest::udp::bind(net.udp, net.ingest.udp_rcvbuf).map_err(|e| {
-        format!(
-            "cannot bind UDP {}: {e} (is another process on that port?)",
-            net.udp
-        )
-    })?;
+    let (udp, granted) =
+        crate::ingest::udp::bind(net.udp, net.ingest.udp_rcvbuf).map_err(|source| {
+            ShardFailure::Bind {
+                transport: "UDP",
+                addr: net.udp,
+                source,
+            }
+        })?;
     // Linux reports twice the size it was set to (it counts its bookkeeping) and caps the
     // setting at net.core.rmem_max.
     let usable = granted / 2;
@@ -243,17 +265,15 @@ async fn run_shard(
     } else {
         eprintln!("pixeld: shard {shard}: UDP receive buffer: {usable} bytes");
     }
-    let tcp = crate::ingest::tcp::bind(net.tcp).map_err(|e| {
-        format!(
-            "cannot bind TCP {}: {e} (is another process on that port?)",
-            net.tcp
-        )
+    let tcp = crate::ingest::tcp::bind(net.tcp).map_err(|source| ShardFailure::Bind {
+        transport: "TCP",
+        addr: net.tcp,
+        source,
     })?;
-    let http = crate::http::bind(net.http).map_err(|e| {
-        format!(
-            "cannot bind HTTP {}: {e} (is another process on that port?)",
-            net.http
-        )
+    let http = crate::http::bind(net.http).map_err(|source| ShardFailure::Bind {
+        transport: "HTTP",
+        addr: net.http,
+        source,
     })?;
     let ingest = std::rc::Rc::new(crate::ingest::Ingest {
         log: log.clone(),
@@ -314,7 +334,7 @@ async fn run_shard(
             log.close();
         })
     };
-    let result = flusher.await.map_err(|e| e.to_string());
+    let result = flusher.await.map_err(ShardFailure::from);
     drop((watcher, udp_task, tcp_task, http_task, ticker));
     result
 }

@@ -24,7 +24,11 @@ pub enum ServeError {
     #[error(transparent)]
     Shard(#[from] shard::ShardError),
     #[error("shard {shard} failed: {error}")]
-    ShardFailed { shard: usize, error: String },
+    ShardFailed {
+        shard: usize,
+        #[source]
+        error: shard::ShardFailure,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]
