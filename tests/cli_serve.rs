@@ -228,6 +228,10 @@ fn too_low_memlock_limit_is_one_clear_line() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test-only fault hooks: cargo test --features fault-injection (scripts/test does)"
+)]
 fn a_shard_stuck_at_shutdown_is_given_up_after_shutdown_timeout() {
     let tmp = common::tempdir();
     let data = tmp.path().join("data");

@@ -13,6 +13,8 @@
 //!   restarted empty: the export catches up, and every record is in what was consumed before
 //!   the kill or after the restart.
 
+#![cfg(feature = "kafka")]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -17,6 +17,10 @@ fn line(batch: u64, i: u64) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test-only fault hooks: cargo test --features fault-injection (scripts/test does)"
+)]
 fn a_failed_fdatasync_poisons_the_shard_and_loses_no_acknowledged_batch() {
     let tmp = common::tempdir();
     let data = tmp.path().join("data");

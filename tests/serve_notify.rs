@@ -135,6 +135,10 @@ fn ready_after_rebuild_watchdog_and_stopping() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test-only fault hooks: cargo test --features fault-injection (scripts/test does)"
+)]
 fn a_stalled_shard_starves_the_watchdog() {
     let tmp = common::tempdir();
     let data = tmp.path().join("data");

@@ -10,6 +10,7 @@
 //! shard — and loses nothing (docs/scale-out.md).
 
 pub mod inflight;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 
 use std::collections::BTreeMap;
@@ -285,16 +286,28 @@ impl KafkaExportConfig {
             properties,
         };
         // librdkafka checks every property's name and value without connecting anywhere.
+        #[cfg(feature = "kafka")]
         cfg.client_config().create_native_config().map_err(|e| {
             invalid(
                 "export.kafka.properties",
                 format!("refused by librdkafka: {e}"),
             )
         })?;
+        #[cfg(not(feature = "kafka"))]
+        let _ = cfg;
+        #[cfg(not(feature = "kafka"))]
+        return Err(invalid(
+            "export.kafka",
+            "is set, but this pixeld was built without the Kafka export (cargo feature `kafka`); \
+             rebuild with default features, or remove [export.kafka]"
+                .into(),
+        ));
+        #[cfg(feature = "kafka")]
         Ok(cfg)
     }
 
     /// The producer's librdkafka configuration.
+    #[cfg(feature = "kafka")]
     pub fn client_config(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         for (k, v) in &self.properties {
@@ -503,7 +516,7 @@ impl ExportStats {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "kafka"))]
 mod tests {
     use super::*;
 

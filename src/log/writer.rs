@@ -410,6 +410,7 @@ pub struct Flusher {
 /// (N+1)-th fdatasync of the open segment fail, as a disk that lost written pages would, so
 /// that the suite can check the poisoning path (`tests/log_fsync_failure.rs`). Read once, at
 /// open; unset in production.
+#[cfg(feature = "fault-injection")]
 fn fsync_fault_hook(shard: usize) -> Option<u64> {
     let v = std::env::var("PIXELD_TEST_FAIL_FSYNC_AFTER").ok()?;
     let (n, only) = match v.split_once('@') {
@@ -425,6 +426,12 @@ fn fsync_fault_hook(shard: usize) -> Option<u64> {
         n + 1
     );
     Some(n)
+}
+
+/// Without the `fault-injection` feature no fdatasync is ever made to fail.
+#[cfg(not(feature = "fault-injection"))]
+fn fsync_fault_hook(_shard: usize) -> Option<u64> {
+    None
 }
 
 /// Encoded batches written with one O_DIRECT write: under load several pending batches are

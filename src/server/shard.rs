@@ -306,17 +306,7 @@ async fn run_shard(
             eprintln!("pixeld: shard {shard}: TCP accept stopped: {e}");
         }
     });
-    // Test-only fault hook: PIXELD_TEST_STALL_SHARD=N blocks shard N's thread one second
-    // after it is ready, as a stuck loop would (tests/serve_notify.rs checks the watchdog).
-    let stall = std::env::var("PIXELD_TEST_STALL_SHARD").ok();
-    if stall.and_then(|v| v.parse::<usize>().ok()) == Some(shard) {
-        eprintln!("pixeld: shard {shard}: PIXELD_TEST_STALL_SHARD set: stalling this shard in 1 s");
-        glommio::spawn_local(async {
-            glommio::timer::sleep(Duration::from_secs(1)).await;
-            std::thread::sleep(Duration::from_secs(3600));
-        })
-        .detach();
-    }
+    stall_fault_hook(shard);
     stats
         .heartbeat_ns
         .store(crate::sys::now_ns(), Ordering::Relaxed);
@@ -338,3 +328,22 @@ async fn run_shard(
     drop((watcher, udp_task, tcp_task, http_task, ticker));
     result
 }
+
+/// Test-only fault hook (cargo feature `fault-injection`): `PIXELD_TEST_STALL_SHARD=N` blocks
+/// shard N's thread one second after it is ready, as a stuck loop would (the systemd watchdog
+/// test checks that pixeld then stops feeding the watchdog).
+#[cfg(feature = "fault-injection")]
+fn stall_fault_hook(shard: usize) {
+    let stall = std::env::var("PIXELD_TEST_STALL_SHARD").ok();
+    if stall.and_then(|v| v.parse::<usize>().ok()) == Some(shard) {
+        eprintln!("pixeld: shard {shard}: PIXELD_TEST_STALL_SHARD set: stalling this shard in 1 s");
+        glommio::spawn_local(async {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            std::thread::sleep(Duration::from_secs(3600));
+        })
+        .detach();
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn stall_fault_hook(_shard: usize) {}

@@ -33,6 +33,7 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error(transparent)]
     Preflight(#[from] crate::server::preflight::PreflightError),
+    #[cfg(feature = "kafka")]
     #[error(transparent)]
     Export(#[from] crate::export::kafka::ExportError),
     #[error("shard(s) {shards:?} did not stop within shutdown_timeout ({timeout:?}); exiting without them (their unsynced tail is recovered at the next start)")]
@@ -79,6 +80,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     crate::server::preflight::check_system(cfg)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     crate::server::preflight::check_ports(cfg)?;
+    #[cfg(feature = "kafka")]
     if let Some(k) = &cfg.export {
         if let Some(warning) = crate::export::kafka::check_topic(k)? {
             eprintln!("pixeld: export: {warning}");
@@ -125,7 +127,11 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     });
     eprintln!("pixeld {}: starting {cfg}", env!("CARGO_PKG_VERSION"));
     let (handles, log_api) = shard::spawn_shards(cfg, shutdown.clone(), tx)?;
+    // The shards hold the readers too; only the export takes them from here.
+    #[cfg(not(feature = "kafka"))]
+    drop(log_api);
     // The export thread waits for every shard to recover, then reads their logs.
+    #[cfg(feature = "kafka")]
     let exporter = match (&cfg.export, &log_api.export) {
         (Some(k), Some(stats)) => Some(crate::export::kafka::Exporter::spawn(
             k.clone(),
@@ -311,6 +317,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     let stats: Vec<Arc<ShardStats>> = handles.iter().map(|h| h.stats.clone()).collect();
     // The exporter saw the shutdown flag with the shards; it waits at most a few seconds for
     // the broker to confirm what is in flight, then commits.
+    #[cfg(feature = "kafka")]
     if let Some(x) = exporter {
         x.join();
     }
