@@ -252,6 +252,8 @@ pub struct Config {
     pub tcp: SocketAddr,
     pub http: SocketAddr,
     pub ingest: crate::ingest::IngestConfig,
+    /// The HTTP port's access and dashboard settings.
+    pub http_server: crate::http::HttpConfig,
     pub log: LogTemplate,
     pub agg: crate::agg::AggConfig,
     /// The Kafka export, when `[export.kafka]` is present.
@@ -511,8 +513,6 @@ impl Config {
                 &i.http_header_timeout,
                 Duration::from_secs(1),
             )?,
-            auth_token: None,
-            live_max_clients: count("dashboard.live_max_clients", raw.dashboard.live_max_clients, 100_000)? as usize,
             trusted_proxies: i
                 .trusted_proxies
                 .iter()
@@ -589,9 +589,14 @@ impl Config {
             ));
         }
         let http = addr("listen.http", &raw.listen.http)?;
-        let mut ingest = ingest;
-        ingest.auth_token =
-            auth_token(&raw.auth_token, http).map_err(|r| invalid("auth_token", r))?;
+        let http_server = crate::http::HttpConfig {
+            auth_token: auth_token(&raw.auth_token, http).map_err(|r| invalid("auth_token", r))?,
+            live_max_clients: count(
+                "dashboard.live_max_clients",
+                raw.dashboard.live_max_clients,
+                100_000,
+            )? as usize,
+        };
         Ok(Config {
             shutdown_timeout: duration(
                 "shutdown_timeout",
@@ -600,6 +605,7 @@ impl Config {
             )?,
             agg,
             ingest,
+            http_server,
             data_dir: raw.data_dir.clone(),
             shards,
             udp: addr("listen.udp", &raw.listen.udp)?,
@@ -678,7 +684,7 @@ mod tests {
         )
         .unwrap();
         let c = Config::from_raw(&raw, "f").unwrap();
-        assert!(c.ingest.auth_token.is_some());
+        assert!(c.http_server.auth_token.is_some());
         for shown in [
             raw.to_toml(),
             format!("{raw:?}"),
@@ -693,8 +699,8 @@ mod tests {
         assert!(e.contains("auth_token") && !e.contains("tooshort"), "{e}");
         // Loopback needs none.
         let c = Config::from_raw(&RawConfig::defaults(), "f").unwrap();
-        assert!(c.ingest.auth_token.is_none());
-        assert_eq!(c.ingest.live_max_clients, 1000);
+        assert!(c.http_server.auth_token.is_none());
+        assert_eq!(c.http_server.live_max_clients, 1000);
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! The readers' side of the durable logs: every shard's log directory (`log::fetch`), the
-//! shards' published durable offsets, the named consumers' store and the export's counters,
-//! in one object shared by every shard's HTTP server and the Kafka export. Nothing here
+//! shards' published durable offsets and the named consumers' store, in one object shared by every shard's HTTP server and the Kafka export. Nothing here
 //! touches a shard or knows HTTP: what can be read is what a shard published as durable.
 
 use std::sync::atomic::AtomicBool;
@@ -20,8 +19,9 @@ pub struct LogReaders {
     pub consumers: Arc<ConsumerStore>,
     /// Set when the process stops: long polls answer at once.
     pub shutdown: Arc<AtomicBool>,
-    /// The Kafka export's counters, when it is configured (its consumer is then reserved).
-    pub export: Option<Arc<crate::export::ExportStats>>,
+    /// A consumer that only its owner may commit or delete over the API (the Kafka export's,
+    /// while the export is configured: its offsets move only with the broker's confirmations).
+    pub reserved_consumer: Option<&'static str>,
 }
 
 impl LogReaders {
@@ -40,13 +40,6 @@ impl LogReaders {
             .collect()
     }
 
-    /// The export's line for `/readyz`, when export is configured.
-    pub fn export_readiness(&self) -> Option<String> {
-        self.export
-            .as_ref()
-            .map(|e| e.readiness(&self.durable_nexts()))
-    }
-
     /// `pixeld_consumer_lag_records{consumer,shard}`: for every consumer, on every shard it
     /// has committed on, the durable records at or after its committed offset.
     pub fn render_metrics(&self) -> String {
@@ -63,9 +56,6 @@ impl LogReaders {
                     c.name
                 );
             }
-        }
-        if let Some(e) = &self.export {
-            o.push_str(&e.render(&self.durable_nexts()));
         }
         o
     }

@@ -134,7 +134,7 @@ pub async fn handle(req: Request<Incoming>, api: &Arc<LogReaders>) -> Resp {
 /// Whether `name` is the Kafka export's own consumer while the export runs: its offsets
 /// move only with the broker's confirmations.
 fn reserved(name: &str, api: &LogReaders) -> bool {
-    api.export.is_some() && name == crate::export::CONSUMER_NAME
+    api.reserved_consumer == Some(name)
 }
 
 fn reserved_resp(name: &str) -> Resp {

@@ -31,12 +31,33 @@ use crate::metrics::ShardStats;
 
 pub use server::{bind, run};
 
+/// Settings of the HTTP port that are not about ingest (those are in `IngestConfig`, shared
+/// with UDP and TCP): who may read, and how many live streams a shard serves.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The bearer token every HTTP request but the pixel, health and the dashboard's shell
+    /// must carry (`auth_token`); None on loopback without one.
+    pub auth_token: Option<auth::AuthToken>,
+    /// Open `/v1/live` streams allowed per shard (`dashboard.live_max_clients`).
+    pub live_max_clients: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            auth_token: None,
+            live_max_clients: 1000,
+        }
+    }
+}
+
 /// A response body: a whole body, or the endless stream of `/v1/live`.
 pub type Body = Either<Full<Bytes>, dashboard::live::LiveBody>;
 
 /// What every shard's HTTP server needs.
 pub struct HttpContext {
     pub shard: usize,
+    pub cfg: HttpConfig,
     pub ingest: Rc<Ingest>,
     /// Every shard's counters, for `/metrics` and `/readyz`.
     pub all_stats: Arc<Vec<Arc<ShardStats>>>,
@@ -44,4 +65,6 @@ pub struct HttpContext {
     pub hub: Rc<crate::query::Hub>,
     /// The log over HTTP and named consumers (shared by every shard).
     pub log_api: Arc<crate::readers::LogReaders>,
+    /// The Kafka export's counters, when it is configured (`/metrics`, `/readyz`).
+    pub export: Option<Arc<crate::export::ExportStats>>,
 }

@@ -16,7 +16,12 @@ pub(crate) fn metrics(ctx: &HttpContext) -> Response<Full<Bytes>> {
     response(
         StatusCode::OK,
         "text/plain; version=0.0.4",
-        metrics::render(&ctx.all_stats) + &ctx.log_api.render_metrics(),
+        metrics::render(&ctx.all_stats)
+            + &ctx.log_api.render_metrics()
+            + &ctx
+                .export
+                .as_ref()
+                .map_or_else(String::new, |e| e.render(&ctx.log_api.durable_nexts())),
     )
 }
 
@@ -29,10 +34,9 @@ pub(crate) fn healthz() -> Response<Full<Bytes>> {
 pub(crate) fn readyz(ctx: &HttpContext) -> Response<Full<Bytes>> {
     // The export's state is a detail line: a broker that is down never makes pixeld
     // unready, since ingest goes on into the log.
-    let detail = ctx
-        .log_api
-        .export_readiness()
-        .map_or_else(String::new, |d| d + "\n");
+    let detail = ctx.export.as_ref().map_or_else(String::new, |e| {
+        e.readiness(&ctx.log_api.durable_nexts()) + "\n"
+    });
     match metrics::not_ready(&ctx.all_stats) {
         None => response(StatusCode::OK, "text/plain", format!("ready\n{detail}")),
         Some(why) => response(

@@ -20,7 +20,7 @@ pub(crate) async fn route(
     ctx: Rc<HttpContext>,
 ) -> Response<Body> {
     let path = req.uri().path();
-    if let Some(token) = &ctx.ingest.cfg.auth_token {
+    if let Some(token) = &ctx.cfg.auth_token {
         if !auth::is_public(path) && !token.accepts(req.headers().get(hyper::header::AUTHORIZATION))
         {
             ShardStats::add(&ctx.ingest.stats.http_unauthorized, 1);

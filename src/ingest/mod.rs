@@ -48,11 +48,6 @@ pub struct IngestConfig {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Who may send hits (`ingest.allowed_sources`); empty: anyone.
     pub allowed_sources: Vec<ipnet::IpNet>,
-    /// The bearer token every HTTP request but the pixel, health and the dashboard's shell
-    /// must carry (`auth_token`); None on loopback without one.
-    pub auth_token: Option<crate::http::auth::AuthToken>,
-    /// Open `/v1/live` streams allowed per shard (`dashboard.live_max_clients`).
-    pub live_max_clients: usize,
 }
 
 impl Default for IngestConfig {
@@ -68,8 +63,6 @@ impl Default for IngestConfig {
             http_header_timeout: Duration::from_secs(10),
             trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
             allowed_sources: Vec::new(),
-            auth_token: None,
-            live_max_clients: 1000,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Bounded reads of durable records from any shard's log, and a shard's summary: what the
-//! HTTP log API (`crate::logapi`) and named consumers read through.
+//! HTTP log API (`crate::http::log`) and named consumers read through.
 //!
 //! A request may land on any shard's executor (`SO_REUSEPORT`), so everything here works on a
 //! shard's directory from any thread, through [`ShardReader`]; the caller passes the shard's

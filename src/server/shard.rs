@@ -68,6 +68,14 @@ pub enum ShardError {
     Consumers(#[from] crate::consumers::ConsumerError),
 }
 
+/// What [`spawn_shards`] started: the shards, the readers' view of their logs, and the
+/// export's counters when the export is configured.
+pub struct Started {
+    pub handles: Vec<ShardHandle>,
+    pub readers: Arc<crate::readers::LogReaders>,
+    pub export: Option<Arc<crate::export::ExportStats>>,
+}
+
 /// A running shard, as the supervisor sees it.
 pub struct ShardHandle {
     pub shard: usize,
@@ -92,7 +100,7 @@ pub fn spawn_shards(
     cfg: &Config,
     shutdown: Arc<AtomicBool>,
     events: crossbeam_channel::Sender<ShardEvent>,
-) -> Result<(Vec<ShardHandle>, Arc<crate::readers::LogReaders>), ShardError> {
+) -> Result<Started, ShardError> {
     let cpus = crate::sys::allowed_cpus();
     let mut handles = Vec::with_capacity(cfg.shards);
     let all_stats: Arc<Vec<Arc<ShardStats>>> = Arc::new(
@@ -131,11 +139,12 @@ pub fn spawn_shards(
         all_stats: all_stats.clone(),
         consumers: consumers.clone(),
         shutdown: shutdown.clone(),
-        export: cfg
-            .export
-            .as_ref()
-            .map(|k| Arc::new(crate::export::ExportStats::new(&k.topic, cfg.shards))),
+        reserved_consumer: cfg.export.as_ref().map(|_| crate::export::CONSUMER_NAME),
     });
+    let export = cfg
+        .export
+        .as_ref()
+        .map(|k| Arc::new(crate::export::ExportStats::new(&k.topic, cfg.shards)));
     let route_mesh = crate::route::mesh(cfg.shards);
     let query_mesh = crate::query::mesh(cfg.shards);
     for shard in 0..cfg.shards {
@@ -148,11 +157,13 @@ pub fn spawn_shards(
             tcp: cfg.tcp,
             http: cfg.http,
             ingest: cfg.ingest.clone(),
+            http_cfg: cfg.http_server.clone(),
             all_stats: all_stats.clone(),
             agg: cfg.agg.clone(),
             route_mesh: route_mesh.clone(),
             query_mesh: query_mesh.clone(),
             log_api: log_api.clone(),
+            export: export.clone(),
         };
         let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -176,7 +187,11 @@ pub fn spawn_shards(
             join,
         });
     }
-    Ok((handles, log_api))
+    Ok(Started {
+        handles,
+        readers: log_api,
+        export,
+    })
 }
 
 /// What a shard listens on.
@@ -185,11 +200,13 @@ struct Listeners {
     tcp: std::net::SocketAddr,
     http: std::net::SocketAddr,
     ingest: crate::ingest::IngestConfig,
+    http_cfg: crate::http::HttpConfig,
     all_stats: Arc<Vec<Arc<ShardStats>>>,
     agg: crate::agg::AggConfig,
     route_mesh: crate::route::Mesh,
     query_mesh: crate::query::QueryMesh,
     log_api: Arc<crate::readers::LogReaders>,
+    export: Option<Arc<crate::export::ExportStats>>,
 }
 
 /// Waits until `shutdown` is set.
@@ -291,10 +308,12 @@ async fn run_shard(
     };
     let http_ctx = std::rc::Rc::new(crate::http::HttpContext {
         shard,
+        cfg: net.http_cfg,
         ingest: ingest.clone(),
         all_stats: net.all_stats,
         hub,
         log_api: net.log_api,
+        export: net.export,
     });
     let http_task = glommio::spawn_local(async move {
         if let Err(e) = crate::http::run(http, http_ctx).await {

@@ -126,13 +126,17 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
         }
     });
     eprintln!("pixeld {}: starting {cfg}", env!("CARGO_PKG_VERSION"));
-    let (handles, log_api) = shard::spawn_shards(cfg, shutdown.clone(), tx)?;
+    let shard::Started {
+        handles,
+        readers: log_api,
+        export,
+    } = shard::spawn_shards(cfg, shutdown.clone(), tx)?;
     // The shards hold the readers too; only the export takes them from here.
     #[cfg(not(feature = "kafka"))]
-    drop(log_api);
+    drop((log_api, export));
     // The export thread waits for every shard to recover, then reads their logs.
     #[cfg(feature = "kafka")]
-    let exporter = match (&cfg.export, &log_api.export) {
+    let exporter = match (&cfg.export, &export) {
         (Some(k), Some(stats)) => Some(crate::export::kafka::Exporter::spawn(
             k.clone(),
             cfg.agg.event.clone(),

@@ -239,7 +239,7 @@ pub fn respond(req: &Request<Incoming>, ctx: Rc<HttpContext>) -> Response<Body> 
         }
     };
     let stats = ctx.ingest.stats.clone();
-    let max = ctx.ingest.cfg.live_max_clients as u64;
+    let max = ctx.cfg.live_max_clients as u64;
     // Only this shard's thread changes its gauge, so check-then-add cannot overshoot.
     if ShardStats::get(&stats.live_clients) >= max {
         ShardStats::add(&stats.live_refused, 1);
