@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::consumers::ConsumerStore;
 use crate::log::fetch::ShardLog;
+use crate::metrics::prom::{Kind, Prom};
 use crate::metrics::ShardStats;
 
 /// Every shard's durable log as readers outside the shards see it, shared by every shard's
@@ -43,20 +44,23 @@ impl LogReaders {
     /// `pixeld_consumer_lag_records{consumer,shard}`: for every consumer, on every shard it
     /// has committed on, the durable records at or after its committed offset.
     pub fn render_metrics(&self) -> String {
-        use std::fmt::Write;
-        let mut o = String::from(
-            "# HELP pixeld_consumer_lag_records Durable records a named consumer has not committed, per shard.\n# TYPE pixeld_consumer_lag_records gauge\n",
-        );
+        let mut rows = Vec::new();
         for c in self.consumers.list() {
             for (&shard, &offset) in &c.offsets {
                 let lag = self.durable_next(shard).saturating_sub(offset);
-                let _ = writeln!(
-                    o,
-                    "pixeld_consumer_lag_records{{consumer=\"{}\",shard=\"{shard}\"}} {lag}",
-                    c.name
-                );
+                rows.push((
+                    format!("{{consumer=\"{}\",shard=\"{shard}\"}}", c.name),
+                    lag,
+                ));
             }
         }
-        o
+        let mut p = Prom::default();
+        p.rows(
+            "pixeld_consumer_lag_records",
+            Kind::Gauge,
+            "Durable records a named consumer has not committed, per shard.",
+            rows,
+        );
+        p.finish()
     }
 }

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::prom::{Kind, Prom};
+
 /// The named consumer whose offsets are the export offsets.
 pub const CONSUMER_NAME: &str = "kafka-export";
 
@@ -477,42 +479,35 @@ impl ExportStats {
 
     /// The export's metrics, in the Prometheus text format.
     pub fn render(&self, durable_next: &[u64]) -> String {
-        use std::fmt::Write;
-        let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "# HELP pixeld_export_lag_records Durable records the Kafka broker has not confirmed, per shard.\n# TYPE pixeld_export_lag_records gauge"
+        let mut p = Prom::default();
+        p.rows(
+            "pixeld_export_lag_records",
+            Kind::Gauge,
+            "Durable records the Kafka broker has not confirmed, per shard.",
+            durable_next
+                .iter()
+                .enumerate()
+                .map(|(s, &d)| (format!("{{shard=\"{s}\"}}"), self.lag(s, d))),
+        )
+        .counter(
+            "pixeld_export_sent_total",
+            "Records the Kafka broker confirmed since start.",
+            self.sent.load(Ordering::Relaxed),
+        )
+        .rows(
+            "pixeld_export_errors_total",
+            Kind::Counter,
+            "Errors of the Kafka export, by kind.",
+            ErrorKind::ALL
+                .iter()
+                .map(|k| (format!("{{kind=\"{}\"}}", k.as_str()), self.errors(*k))),
+        )
+        .counter(
+            "pixeld_export_skipped_records_total",
+            "Records never exported: deleted by retention_bytes_hard before export read them, or refused by the producer.",
+            self.skipped.load(Ordering::Relaxed),
         );
-        for (s, &d) in durable_next.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "pixeld_export_lag_records{{shard=\"{s}\"}} {}",
-                self.lag(s, d)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP pixeld_export_sent_total Records the Kafka broker confirmed since start.\n# TYPE pixeld_export_sent_total counter\npixeld_export_sent_total {}",
-            self.sent.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            o,
-            "# HELP pixeld_export_errors_total Errors of the Kafka export, by kind.\n# TYPE pixeld_export_errors_total counter"
-        );
-        for k in ErrorKind::ALL {
-            let _ = writeln!(
-                o,
-                "pixeld_export_errors_total{{kind=\"{}\"}} {}",
-                k.as_str(),
-                self.errors(k)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP pixeld_export_skipped_records_total Records never exported: deleted by retention_bytes_hard before export read them, or refused by the producer.\n# TYPE pixeld_export_skipped_records_total counter\npixeld_export_skipped_records_total {}",
-            self.skipped.load(Ordering::Relaxed)
-        );
-        o
+        p.finish()
     }
 }
 

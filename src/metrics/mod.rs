@@ -6,9 +6,13 @@
 //! drop has a counter with a bounded reason, and the counters add up:
 //! received = appended + dropped.
 
+pub mod prom;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
+
+use prom::{Kind, Prom};
 
 use crate::parse::event::EventError;
 use crate::parse::syslog::SyslogError;
@@ -326,14 +330,10 @@ pub fn not_ready(all: &[std::sync::Arc<ShardStats>]) -> Option<String> {
 /// are summed over shards unless labelled by shard.
 pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
     use crate::transport::Transport;
-    use std::fmt::Write;
-    let mut o = String::with_capacity(8192);
+    let mut p = Prom::with_capacity(8192);
     let sum = |f: &dyn Fn(&ShardStats) -> u64| all.iter().map(|s| f(s)).sum::<u64>();
-    let counter = |o: &mut String, name: &str, help: &str, rows: Vec<(String, u64)>| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (labels, v) in rows {
-            let _ = writeln!(o, "{name}{labels} {v}");
-        }
+    let counter = |p: &mut Prom, name: &str, help: &str, rows: Vec<(String, u64)>| {
+        p.rows(name, Kind::Counter, help, rows);
     };
     let transports = [
         Transport::Import,
@@ -342,7 +342,7 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         Transport::Http,
     ];
     counter(
-        &mut o,
+        &mut p,
         "pixeld_received_events_total",
         "Events received, by transport.",
         transports
@@ -356,7 +356,7 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             .collect(),
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_received_bytes_total",
         "Bytes received, by transport.",
         transports
@@ -370,13 +370,13 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             .collect(),
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_appended_events_total",
         "Events written to the log.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.appended_events)))],
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_dropped_events_total",
         "Events not appended, by reason.",
         DropReason::ALL
@@ -390,7 +390,7 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             .collect(),
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_parse_errors_total",
         "Lines whose syslog header did not parse (kept, flagged), by kind.",
         PARSE_ERROR_KINDS
@@ -404,7 +404,7 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             .collect(),
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_udp_kernel_drops_total",
         "Datagrams the kernel dropped on pixeld's UDP sockets (SO_RXQ_OVFL).",
         vec![(
@@ -413,7 +413,7 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         )],
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_tcp_framing_errors_total",
         "TCP connections closed for a bad octet count.",
         vec![(
@@ -422,13 +422,13 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         )],
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_tcp_refused_total",
         "TCP connections refused at tcp_max_connections.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.tcp_refused)))],
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_source_refused_total",
         "TCP connections and HTTP ingest requests refused by ingest.allowed_sources (UDP datagrams: dropped{reason=\"source_not_allowed\"}).",
         vec![
@@ -443,31 +443,31 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         ],
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_http_refused_total",
         "HTTP connections refused at http_max_connections.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.http_refused)))],
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_log_written_bytes_total",
         "Bytes written to log segments (compressed).",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.written_bytes)))],
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_log_truncated_bytes_total",
         "Bytes of torn tail cut by recovery.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.truncated_bytes)))],
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_log_corrupt_ranges_total",
         "Corrupt ranges found in sealed segments at start.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.corrupt_ranges)))],
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_agg_records_total",
         "Appended records on their way to the aggregates, by outcome (they add up to the records appended and replayed).",
         AggOutcome::ALL
@@ -481,7 +481,7 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             .collect(),
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_agg_unparsed_total",
         "Logged records that are not analytics events, by kind.",
         EventError::ALL
@@ -556,34 +556,33 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             |s| ShardStats::get(&s.agg.ring_full_waits),
         ),
     ] {
-        counter(&mut o, name, help, vec![(String::new(), sum(&f))]);
+        counter(&mut p, name, help, vec![(String::new(), sum(&f))]);
     }
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_route_ring_wait_seconds_total Time ingest waited for ring room.\n# TYPE pixeld_route_ring_wait_seconds_total counter\npixeld_route_ring_wait_seconds_total {}",
-        sum(&|s| ShardStats::get(&s.agg.ring_wait_nanos)) as f64 / 1e9
+    p.counter(
+        "pixeld_route_ring_wait_seconds_total",
+        "Time ingest waited for ring room.",
+        sum(&|s| ShardStats::get(&s.agg.ring_wait_nanos)) as f64 / 1e9,
     );
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_agg_rebuild_seconds How long the rebuild at start took, per shard.\n# TYPE pixeld_agg_rebuild_seconds gauge"
+    p.rows(
+        "pixeld_agg_rebuild_seconds",
+        Kind::Gauge,
+        "How long the rebuild at start took, per shard.",
+        all.iter().enumerate().map(|(i, s)| {
+            (
+                format!("{{shard=\"{i}\"}}"),
+                ShardStats::get(&s.agg.rebuild_nanos) as f64 / 1e9,
+            )
+        }),
     );
-    for (i, s) in all.iter().enumerate() {
-        let v = ShardStats::get(&s.agg.rebuild_nanos) as f64 / 1e9;
-        let _ = writeln!(o, "pixeld_agg_rebuild_seconds{{shard=\"{i}\"}} {v}");
-    }
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_agg_cells Live (bucket, key) cells of the aggregates.\n# TYPE pixeld_agg_cells gauge\npixeld_agg_cells {}",
-        sum(&|s| ShardStats::get(&s.agg.cells))
+    p.gauge(
+        "pixeld_agg_cells",
+        "Live (bucket, key) cells of the aggregates.",
+        sum(&|s| ShardStats::get(&s.agg.cells)),
     );
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_agg_memory_bytes Approximate heap bytes of the aggregates (tables, sketches, key names).\n# TYPE pixeld_agg_memory_bytes gauge\npixeld_agg_memory_bytes {}",
-        sum(&|s| ShardStats::get(&s.agg.memory_bytes))
-    );
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_query_duration_seconds Query API request duration.\n# TYPE pixeld_query_duration_seconds histogram"
+    p.gauge(
+        "pixeld_agg_memory_bytes",
+        "Approximate heap bytes of the aggregates (tables, sketches, key names).",
+        sum(&|s| ShardStats::get(&s.agg.memory_bytes)),
     );
     let mut qb = vec![0u64; QUERY_BUCKETS.len() + 1];
     for s in all {
@@ -591,79 +590,61 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             *b += v;
         }
     }
-    let mut cum = 0;
-    for (i, b) in qb.iter().enumerate() {
-        cum += b;
-        let le = QUERY_BUCKETS
-            .get(i)
-            .map_or("+Inf".to_string(), |v| v.to_string());
-        let _ = writeln!(
-            o,
-            "pixeld_query_duration_seconds_bucket{{le=\"{le}\"}} {cum}"
-        );
-    }
-    let _ = writeln!(
-        o,
-        "pixeld_query_duration_seconds_sum {}",
-        sum(&|s| ShardStats::get(&s.agg.query_nanos)) as f64 / 1e9
+    p.histogram(
+        "pixeld_query_duration_seconds",
+        "Query API request duration.",
+        &QUERY_BUCKETS,
+        &qb,
+        sum(&|s| ShardStats::get(&s.agg.query_nanos)) as f64 / 1e9,
     );
-    let _ = writeln!(o, "pixeld_query_duration_seconds_count {cum}");
     // fsync duration histogram, over all shards.
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_fsync_duration_seconds fdatasync duration.\n# TYPE pixeld_fsync_duration_seconds histogram"
-    );
     let mut buckets = vec![0u64; FSYNC_BUCKETS.len() + 1];
     for s in all {
         for (b, v) in buckets.iter_mut().zip(s.fsync_buckets()) {
             *b += v;
         }
     }
-    let mut cum = 0;
-    for (i, b) in buckets.iter().enumerate() {
-        cum += b;
-        let le = FSYNC_BUCKETS
-            .get(i)
-            .map_or("+Inf".to_string(), |v| v.to_string());
-        let _ = writeln!(
-            o,
-            "pixeld_fsync_duration_seconds_bucket{{le=\"{le}\"}} {cum}"
-        );
-    }
-    let secs = sum(&|s| ShardStats::get(&s.fsync_nanos)) as f64 / 1e9;
-    let _ = writeln!(o, "pixeld_fsync_duration_seconds_sum {secs}");
-    let _ = writeln!(o, "pixeld_fsync_duration_seconds_count {cum}");
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_durable_offset Highest durable offset per shard (-1: none).\n# TYPE pixeld_durable_offset gauge"
+    p.histogram(
+        "pixeld_fsync_duration_seconds",
+        "fdatasync duration.",
+        &FSYNC_BUCKETS,
+        &buckets,
+        sum(&|s| ShardStats::get(&s.fsync_nanos)) as f64 / 1e9,
     );
-    for (i, s) in all.iter().enumerate() {
-        let v = s.durable_offset().map_or(-1, |o| o as i64);
-        let _ = writeln!(o, "pixeld_durable_offset{{shard=\"{i}\"}} {v}");
-    }
+    p.rows(
+        "pixeld_durable_offset",
+        Kind::Gauge,
+        "Highest durable offset per shard (-1: none).",
+        all.iter().enumerate().map(|(i, s)| {
+            (
+                format!("{{shard=\"{i}\"}}"),
+                s.durable_offset().map_or(-1, |o| o as i64),
+            )
+        }),
+    );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_log_pinned_segments_deleted_total",
         "Sealed segments deleted by retention_bytes_hard before a consumer with retention_pin read them.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.pinned_segments_deleted)))],
     );
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_tcp_connections Open TCP connections.\n# TYPE pixeld_tcp_connections gauge\npixeld_tcp_connections {}",
-        sum(&|s| ShardStats::get(&s.tcp_connections))
+    p.gauge(
+        "pixeld_tcp_connections",
+        "Open TCP connections.",
+        sum(&|s| ShardStats::get(&s.tcp_connections)),
     );
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_http_connections Open HTTP connections.\n# TYPE pixeld_http_connections gauge\npixeld_http_connections {}",
-        sum(&|s| ShardStats::get(&s.http_connections))
+    p.gauge(
+        "pixeld_http_connections",
+        "Open HTTP connections.",
+        sum(&|s| ShardStats::get(&s.http_connections)),
     );
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_ready Whether the process is ready (1) or not (0).\n# TYPE pixeld_ready gauge\npixeld_ready {}",
-        u8::from(not_ready(all).is_none())
+    p.gauge(
+        "pixeld_ready",
+        "Whether the process is ready (1) or not (0).",
+        u8::from(not_ready(all).is_none()),
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_http_unauthorized_total",
         "HTTP requests refused for a missing or wrong bearer token.",
         vec![(
@@ -672,22 +653,23 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         )],
     );
     counter(
-        &mut o,
+        &mut p,
         "pixeld_live_refused_total",
         "/v1/live streams refused at dashboard.live_max_clients.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.live_refused)))],
     );
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_live_clients Open /v1/live streams.\n# TYPE pixeld_live_clients gauge\npixeld_live_clients {}",
-        sum(&|s| ShardStats::get(&s.live_clients))
+    p.gauge(
+        "pixeld_live_clients",
+        "Open /v1/live streams.",
+        sum(&|s| ShardStats::get(&s.live_clients)),
     );
-    let _ = writeln!(
-        o,
-        "# HELP pixeld_build_info Build information.\n# TYPE pixeld_build_info gauge\npixeld_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+    p.rows(
+        "pixeld_build_info",
+        Kind::Gauge,
+        "Build information.",
+        [(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
     );
-    o
+    p.finish()
 }
 
 /// The numbers of the dashboard's health strip, read from the same counters as [`render`]
