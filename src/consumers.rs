@@ -4,7 +4,7 @@
 //! A consumer reads the log by offset and commits the next offset it wants per shard (Kafka's
 //! meaning: every record below it is processed). The store is plain library code with a
 //! blocking API — the HTTP handlers call it from glommio's blocking pool, and the Kafka export
-//! (a later issue) will use it as a built-in consumer — so it must never run on a shard's
+//! uses it from its own thread as the built-in consumer `kafka-export` — so it must never run on a shard's
 //! executor thread directly: a commit fsyncs. A commit returns only after the consumer's file
 //! is replaced atomically (temp file, fdatasync, rename, directory fsync), so an acknowledged
 //! commit survives kill -9 and power loss. Commits are serialised by one I/O mutex (two shards

@@ -12,6 +12,7 @@
 //! with a `Content-Length`. Bad parameters answer 400 naming the parameter; an offset deleted
 //! by retention (or past the end) answers 416 with `first_offset` and `next_offset`.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -146,26 +147,13 @@ fn reserved_resp(name: &str) -> Resp {
     )
 }
 
-/// The query string as (key, value) pairs; unknown or repeated keys are errors.
-fn params(query: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, Bad> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if !allowed.contains(&k.as_ref()) {
-            return Err(Bad::new(
-                &k,
-                format!("unknown parameter (allowed: {})", allowed.join(", ")),
-            ));
-        }
-        if out.iter().any(|(o, _)| *o == k) {
-            return Err(Bad::new(&k, "given more than once".into()));
-        }
-        out.push((k.into_owned(), v.into_owned()));
-    }
-    Ok(out)
+/// The query string, with unknown and repeated parameters refused (the query API's rule).
+fn params(query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, Bad> {
+    crate::query::params::pairs(query, allowed).map_err(|e| Bad(e.param, e.reason))
 }
 
-fn get<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+fn get<'a>(p: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
+    p.get(k).map(String::as_str)
 }
 
 /// A non-negative integer in `min..=max`.

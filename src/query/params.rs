@@ -123,8 +123,9 @@ pub fn parse_time(param: &str, v: &str, now_ms: i64) -> Result<i64, BadParam> {
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-/// The query string as a map; repeated or unknown parameters are errors.
-fn pairs(query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, BadParam> {
+/// The query string as a map; repeated or unknown parameters are errors. Every JSON endpoint
+/// (the query API, the log API) reads its parameters through here.
+pub fn pairs(query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, BadParam> {
     let mut m = HashMap::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if !allowed.contains(&k.as_ref()) {
