@@ -300,305 +300,27 @@ impl fmt::Display for Config {
 }
 
 impl Config {
-    /// Validates `raw`; `origin` names the file in messages.
+    /// Validates `raw`; `origin` names the file in messages. Each section validates itself
+    /// (below, and `export::KafkaExportConfig::from_raw`); this only puts them together and
+    /// checks what spans sections.
     pub fn from_raw(raw: &RawConfig, origin: &str) -> Result<Config, ConfigError> {
-        let invalid = |field: &'static str, reason: String| ConfigError::Invalid {
-            origin: origin.to_string(),
-            field,
-            reason,
-        };
-        let size =
-            |field: &'static str, s: &Size, min: u64, max: u64| -> Result<u64, ConfigError> {
-                let v = s.parse().map_err(|r| invalid(field, r))?;
-                if v < min || v > max {
-                    return Err(invalid(
-                        field,
-                        format!(
-                            "is {}, must be between {} and {}",
-                            bytesize::ByteSize(v),
-                            bytesize::ByteSize(min),
-                            bytesize::ByteSize(max)
-                        ),
-                    ));
-                }
-                Ok(v)
-            };
-        let duration =
-            |field: &'static str, s: &str, min: Duration| -> Result<Duration, ConfigError> {
-                let d = parse_duration(s).map_err(|r| invalid(field, r))?;
-                if d < min {
-                    return Err(invalid(field, format!("is {s}, must be at least {min:?}")));
-                }
-                Ok(d)
-            };
-        let count = |field: &'static str, n: u64, max: u64| -> Result<u64, ConfigError> {
-            if (1..=max).contains(&n) {
-                Ok(n)
-            } else {
-                Err(invalid(
-                    field,
-                    format!("is {n}, must be between 1 and {max}"),
-                ))
-            }
-        };
-        let addr = |field: &'static str, s: &str| -> Result<SocketAddr, ConfigError> {
-            s.parse().map_err(|e| {
-                invalid(
-                    field,
-                    format!(
-                        "is not an IP:port address ({s:?}: {e}); write e.g. \"127.0.0.1:5514\""
-                    ),
-                )
-            })
-        };
-        let shards = match &raw.shards {
-            ShardCount::Count(n) if (1..=1024).contains(n) => *n as usize,
-            ShardCount::Count(n) => {
-                return Err(invalid(
-                    "shards",
-                    format!("is {n}, must be between 1 and 1024 or \"auto\""),
-                ))
-            }
-            ShardCount::Auto(s) if s == "auto" => crate::sys::allowed_cpus().len().max(1),
-            ShardCount::Auto(s) => {
-                return Err(invalid(
-                    "shards",
-                    format!("is {s:?}, must be a number or \"auto\""),
-                ))
-            }
-        };
-        let l = &raw.log;
-        let fsync = match l.fsync.as_str() {
-            "interval" => Fsync::Interval(duration(
-                "log.fsync_interval",
-                &l.fsync_interval,
-                Duration::from_millis(1),
-            )?),
-            "batch" => Fsync::EveryBatch,
-            "never" => Fsync::Never,
-            other => {
-                return Err(invalid(
-                    "log.fsync",
-                    format!("is {other:?}, must be \"interval\", \"batch\" or \"never\""),
-                ))
-            }
-        };
-        let codec = match l.compression.as_str() {
-            "zstd" => Codec::Zstd,
-            "none" => Codec::None,
-            other => {
-                return Err(invalid(
-                    "log.compression",
-                    format!("is {other:?}, must be \"zstd\" or \"none\""),
-                ))
-            }
-        };
-        if !(-7..=19).contains(&l.compression_level) {
-            return Err(invalid(
-                "log.compression_level",
-                format!("is {}, must be between -7 and 19", l.compression_level),
-            ));
-        }
-        let batch_max_bytes = size("log.batch_max_bytes", &l.batch_max_bytes, 1 << 10, 16 << 20)?;
-        let max_record_bytes = size(
-            "log.max_record_bytes",
-            &l.max_record_bytes,
-            1 << 10,
-            MAX_RECORD as u64,
-        )?;
-        let retention_age = match l.retention.trim() {
-            "forever" => None,
-            s => Some(duration("log.retention", s, Duration::from_secs(60))?),
-        };
-        let retention_bytes = match &l.retention_bytes {
-            Size::Text(s) if s.trim() == "unlimited" => None,
-            s => Some(size("log.retention_bytes", s, 1 << 20, u64::MAX)?),
-        };
-        let retention_bytes_hard = match &l.retention_bytes_hard {
-            Size::Text(s) if s.trim() == "auto" => retention_bytes.map(|b| b.saturating_mul(2)),
-            Size::Text(s) if s.trim() == "unlimited" => None,
-            s => {
-                let hard = size("log.retention_bytes_hard", s, 1 << 20, u64::MAX)?;
-                if retention_bytes.is_some_and(|b| hard < b) {
-                    return Err(invalid(
-                        "log.retention_bytes_hard",
-                        format!(
-                            "is {}, smaller than log.retention_bytes; it must be at least that (or \"auto\", \"unlimited\")",
-                            bytesize::ByteSize(hard)
-                        ),
-                    ));
-                }
-                Some(hard)
-            }
-        };
-        let log = LogConfig {
-            dir: PathBuf::new(),
-            shard: 0,
-            codec,
-            zstd_level: l.compression_level,
-            batch_max_bytes: batch_max_bytes as usize,
-            batch_max_delay: duration(
-                "log.batch_max_delay",
-                &l.batch_max_delay,
-                Duration::from_micros(100),
-            )?,
-            fsync,
-            segment_max_bytes: size(
-                "log.segment_max_bytes",
-                &l.segment_max_bytes,
-                64 << 10,
-                1 << 40,
-            )?,
-            segment_max_age: duration(
-                "log.segment_max_age",
-                &l.segment_max_age,
-                Duration::from_secs(1),
-            )?,
-            index_interval_bytes: size(
-                "log.index_interval_bytes",
-                &l.index_interval_bytes,
-                512,
-                64 << 20,
-            )?,
-            max_pending_bytes: size(
-                "log.max_pending_bytes",
-                &l.max_pending_bytes,
-                1 << 20,
-                1 << 40,
-            )? as usize,
-            max_record_bytes: max_record_bytes as usize,
-            retention: Retention {
-                max_age: retention_age,
-                max_bytes: retention_bytes,
-            },
-            retention_pin: crate::log::retention::RetentionPin::default(),
-            retention_bytes_hard,
-        };
-        let i = &raw.ingest;
-        let max_line_bytes = size("ingest.max_line_bytes", &i.max_line_bytes, 256, 16 << 20)?;
-        if max_line_bytes > log.max_record_bytes as u64 {
-            return Err(invalid(
-                "ingest.max_line_bytes",
-                format!(
-                    "is larger than log.max_record_bytes ({})",
-                    log.max_record_bytes
-                ),
-            ));
-        }
-        let ingest = crate::ingest::IngestConfig {
-            max_line_bytes: max_line_bytes as usize,
-            udp_rcvbuf: size("ingest.udp_rcvbuf", &i.udp_rcvbuf, 4 << 10, 1 << 30)? as usize,
-            tcp_framing: match i.tcp_framing.as_str() {
-                "auto" => crate::ingest::Framing::Auto,
-                "octet" => crate::ingest::Framing::Octet,
-                "line" => crate::ingest::Framing::Line,
-                other => {
-                    return Err(invalid(
-                        "ingest.tcp_framing",
-                        format!("is {other:?}, must be \"auto\", \"octet\" or \"line\""),
-                    ))
-                }
-            },
-            tcp_max_connections: count("ingest.tcp_max_connections", i.tcp_max_connections, 1_000_000)? as usize,
-            tcp_idle_timeout: duration(
-                "ingest.tcp_idle_timeout",
-                &i.tcp_idle_timeout,
-                Duration::from_secs(1),
-            )?,
-            http_max_body: size("ingest.http_max_body", &i.http_max_body, 1 << 10, 256 << 20)?
-                as usize,
-            http_max_connections: count("ingest.http_max_connections", i.http_max_connections, 1_000_000)? as usize,
-            http_header_timeout: duration(
-                "ingest.http_header_timeout",
-                &i.http_header_timeout,
-                Duration::from_secs(1),
-            )?,
-            trusted_proxies: i
-                .trusted_proxies
-                .iter()
-                .map(|a| {
-                    a.parse().map_err(|e| {
-                        invalid(
-                            "ingest.trusted_proxies",
-                            format!("has {a:?}, not an IP address ({e})"),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            allowed_sources: i
-                .allowed_sources
-                .iter()
-                .map(|a| {
-                    // A bare address is its own /32 or /128.
-                    a.parse::<ipnet::IpNet>()
-                        .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| {
-                            invalid(
-                                "ingest.allowed_sources",
-                                format!("has {a:?}, not an address or CIDR block such as \"10.0.0.0/8\""),
-                            )
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let a = &raw.agg;
-        let whole = |field: &'static str, s: &str, unit: u64, min: u64, max: u64| {
-            let d = duration(field, s, Duration::from_secs(unit))?.as_secs();
-            if d % unit != 0 || d / unit < min || d / unit > max {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "is {s:?}; must be whole {} between {min} and {max}",
-                        if unit == 60 { "minutes" } else { "hours" }
-                    ),
-                ));
-            }
-            Ok((d / unit) as i64)
-        };
-        let f = &a.fields;
-        for (field, names) in [
-            ("agg.fields.msec", &f.msec),
-            ("agg.fields.url", &f.url),
-            ("agg.fields.action", &f.action),
-        ] {
-            if names.is_empty() {
-                return Err(invalid(field, "needs at least one field name".into()));
-            }
-        }
-        let agg = crate::agg::AggConfig {
-            minute_window: whole("agg.minute_window", &a.minute_window, 60, 60, 31 * 24 * 60)?,
-            hour_window: whole("agg.hour_window", &a.hour_window, 3600, 1, 3 * 366 * 24)?,
-            future_minutes: whole("agg.future_allowance", &a.future_allowance, 60, 1, 24 * 60)?,
-            event: crate::parse::event::EventConfig {
-                fields: f.clone(),
-                heartbeat_seconds: count(
-                    "agg.heartbeat_seconds",
-                    u64::from(a.heartbeat_seconds),
-                    3600,
-                )? as u32,
-                url_keep_query: a.url_keep_query.clone(),
-            },
-        };
-        if agg.minute_window > agg.hour_window * 60 {
-            return Err(invalid(
-                "agg.minute_window",
-                format!(
-                    "is longer than agg.hour_window ({:?}); the hour buckets must cover the minute buckets",
-                    a.hour_window
-                ),
-            ));
-        }
-        let http = addr("listen.http", &raw.listen.http)?;
+        let c = Check { origin };
+        let shards = shard_count(&raw.shards, &c)?;
+        let log = log_section(&raw.log, &c)?;
+        let ingest = ingest_section(&raw.ingest, log.max_record_bytes, &c)?;
+        let agg = agg_section(&raw.agg, &c)?;
+        let http = c.addr("listen.http", &raw.listen.http)?;
         let http_server = crate::http::HttpConfig {
-            auth_token: auth_token(&raw.auth_token, http).map_err(|r| invalid("auth_token", r))?,
-            live_max_clients: count(
+            auth_token: auth_token(&raw.auth_token, http)
+                .map_err(|r| c.invalid("auth_token", r))?,
+            live_max_clients: c.count(
                 "dashboard.live_max_clients",
                 raw.dashboard.live_max_clients,
                 100_000,
             )? as usize,
         };
         Ok(Config {
-            shutdown_timeout: duration(
+            shutdown_timeout: c.duration(
                 "shutdown_timeout",
                 &raw.shutdown_timeout,
                 Duration::from_secs(1),
@@ -608,19 +330,344 @@ impl Config {
             http_server,
             data_dir: raw.data_dir.clone(),
             shards,
-            udp: addr("listen.udp", &raw.listen.udp)?,
-            tcp: addr("listen.tcp", &raw.listen.tcp)?,
+            udp: c.addr("listen.udp", &raw.listen.udp)?,
+            tcp: c.addr("listen.tcp", &raw.listen.tcp)?,
             http,
             log: LogTemplate(log),
             export: match &raw.export.kafka {
                 None => None,
                 Some(k) => Some(
                     crate::export::KafkaExportConfig::from_raw(k)
-                        .map_err(|e| invalid(e.field, e.reason))?,
+                        .map_err(|e| c.invalid(e.field, e.reason))?,
                 ),
             },
         })
     }
+}
+
+/// The checks every section's values go through, each naming the file and the key when it
+/// refuses one.
+struct Check<'a> {
+    origin: &'a str,
+}
+
+impl Check<'_> {
+    fn invalid(&self, field: &'static str, reason: String) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            field,
+            reason,
+        }
+    }
+
+    /// A size in `min..=max` bytes.
+    fn size(&self, field: &'static str, s: &Size, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let v = s.parse().map_err(|r| self.invalid(field, r))?;
+        if v < min || v > max {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "is {}, must be between {} and {}",
+                    bytesize::ByteSize(v),
+                    bytesize::ByteSize(min),
+                    bytesize::ByteSize(max)
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// A duration of at least `min`.
+    fn duration(
+        &self,
+        field: &'static str,
+        s: &str,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = parse_duration(s).map_err(|r| self.invalid(field, r))?;
+        if d < min {
+            return Err(self.invalid(field, format!("is {s}, must be at least {min:?}")));
+        }
+        Ok(d)
+    }
+
+    /// A whole number in `1..=max`.
+    fn count(&self, field: &'static str, n: u64, max: u64) -> Result<u64, ConfigError> {
+        if (1..=max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(self.invalid(field, format!("is {n}, must be between 1 and {max}")))
+        }
+    }
+
+    /// An `IP:port` address.
+    fn addr(&self, field: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.parse().map_err(|e| {
+            self.invalid(
+                field,
+                format!("is not an IP:port address ({s:?}: {e}); write e.g. \"127.0.0.1:5514\""),
+            )
+        })
+    }
+}
+
+/// `shards`: a count, or `"auto"` for one per CPU this process may run on.
+fn shard_count(shards: &ShardCount, c: &Check) -> Result<usize, ConfigError> {
+    Ok(match shards {
+        ShardCount::Count(n) if (1..=1024).contains(n) => *n as usize,
+        ShardCount::Count(n) => {
+            return Err(c.invalid(
+                "shards",
+                format!("is {n}, must be between 1 and 1024 or \"auto\""),
+            ))
+        }
+        ShardCount::Auto(s) if s == "auto" => crate::sys::allowed_cpus().len().max(1),
+        ShardCount::Auto(s) => {
+            return Err(c.invalid("shards", format!("is {s:?}, must be a number or \"auto\"")))
+        }
+    })
+}
+
+/// `[log]`: the template every shard's `LogConfig` is made from.
+fn log_section(l: &RawLog, c: &Check) -> Result<LogConfig, ConfigError> {
+    let fsync = match l.fsync.as_str() {
+        "interval" => Fsync::Interval(c.duration(
+            "log.fsync_interval",
+            &l.fsync_interval,
+            Duration::from_millis(1),
+        )?),
+        "batch" => Fsync::EveryBatch,
+        "never" => Fsync::Never,
+        other => {
+            return Err(c.invalid(
+                "log.fsync",
+                format!("is {other:?}, must be \"interval\", \"batch\" or \"never\""),
+            ))
+        }
+    };
+    let codec = match l.compression.as_str() {
+        "zstd" => Codec::Zstd,
+        "none" => Codec::None,
+        other => {
+            return Err(c.invalid(
+                "log.compression",
+                format!("is {other:?}, must be \"zstd\" or \"none\""),
+            ))
+        }
+    };
+    if !(-7..=19).contains(&l.compression_level) {
+        return Err(c.invalid(
+            "log.compression_level",
+            format!("is {}, must be between -7 and 19", l.compression_level),
+        ));
+    }
+    let batch_max_bytes = c.size("log.batch_max_bytes", &l.batch_max_bytes, 1 << 10, 16 << 20)?;
+    let max_record_bytes = c.size(
+        "log.max_record_bytes",
+        &l.max_record_bytes,
+        1 << 10,
+        MAX_RECORD as u64,
+    )?;
+    let retention_age = match l.retention.trim() {
+        "forever" => None,
+        s => Some(c.duration("log.retention", s, Duration::from_secs(60))?),
+    };
+    let retention_bytes = match &l.retention_bytes {
+        Size::Text(s) if s.trim() == "unlimited" => None,
+        s => Some(c.size("log.retention_bytes", s, 1 << 20, u64::MAX)?),
+    };
+    let retention_bytes_hard = match &l.retention_bytes_hard {
+        Size::Text(s) if s.trim() == "auto" => retention_bytes.map(|b| b.saturating_mul(2)),
+        Size::Text(s) if s.trim() == "unlimited" => None,
+        s => {
+            let hard = c.size("log.retention_bytes_hard", s, 1 << 20, u64::MAX)?;
+            if retention_bytes.is_some_and(|b| hard < b) {
+                return Err(c.invalid(
+                    "log.retention_bytes_hard",
+                    format!(
+                        "is {}, smaller than log.retention_bytes; it must be at least that (or \"auto\", \"unlimited\")",
+                        bytesize::ByteSize(hard)
+                    ),
+                ));
+            }
+            Some(hard)
+        }
+    };
+    Ok(LogConfig {
+        dir: PathBuf::new(),
+        shard: 0,
+        codec,
+        zstd_level: l.compression_level,
+        batch_max_bytes: batch_max_bytes as usize,
+        batch_max_delay: c.duration(
+            "log.batch_max_delay",
+            &l.batch_max_delay,
+            Duration::from_micros(100),
+        )?,
+        fsync,
+        segment_max_bytes: c.size(
+            "log.segment_max_bytes",
+            &l.segment_max_bytes,
+            64 << 10,
+            1 << 40,
+        )?,
+        segment_max_age: c.duration(
+            "log.segment_max_age",
+            &l.segment_max_age,
+            Duration::from_secs(1),
+        )?,
+        index_interval_bytes: c.size(
+            "log.index_interval_bytes",
+            &l.index_interval_bytes,
+            512,
+            64 << 20,
+        )?,
+        max_pending_bytes: c.size(
+            "log.max_pending_bytes",
+            &l.max_pending_bytes,
+            1 << 20,
+            1 << 40,
+        )? as usize,
+        max_record_bytes: max_record_bytes as usize,
+        retention: Retention {
+            max_age: retention_age,
+            max_bytes: retention_bytes,
+        },
+        retention_pin: crate::log::retention::RetentionPin::default(),
+        retention_bytes_hard,
+    })
+}
+
+/// `[ingest]`: receive limits, framing, who may send and whose `X-Forwarded-For` is believed.
+fn ingest_section(
+    i: &RawIngest,
+    max_record_bytes: usize,
+    c: &Check,
+) -> Result<crate::ingest::IngestConfig, ConfigError> {
+    let max_line_bytes = c.size("ingest.max_line_bytes", &i.max_line_bytes, 256, 16 << 20)?;
+    if max_line_bytes > max_record_bytes as u64 {
+        return Err(c.invalid(
+            "ingest.max_line_bytes",
+            format!("is larger than log.max_record_bytes ({})", max_record_bytes),
+        ));
+    }
+    Ok(crate::ingest::IngestConfig {
+        max_line_bytes: max_line_bytes as usize,
+        udp_rcvbuf: c.size("ingest.udp_rcvbuf", &i.udp_rcvbuf, 4 << 10, 1 << 30)? as usize,
+        tcp_framing: match i.tcp_framing.as_str() {
+            "auto" => crate::ingest::Framing::Auto,
+            "octet" => crate::ingest::Framing::Octet,
+            "line" => crate::ingest::Framing::Line,
+            other => {
+                return Err(c.invalid(
+                    "ingest.tcp_framing",
+                    format!("is {other:?}, must be \"auto\", \"octet\" or \"line\""),
+                ))
+            }
+        },
+        tcp_max_connections: c.count(
+            "ingest.tcp_max_connections",
+            i.tcp_max_connections,
+            1_000_000,
+        )? as usize,
+        tcp_idle_timeout: c.duration(
+            "ingest.tcp_idle_timeout",
+            &i.tcp_idle_timeout,
+            Duration::from_secs(1),
+        )?,
+        http_max_body: c.size("ingest.http_max_body", &i.http_max_body, 1 << 10, 256 << 20)?
+            as usize,
+        http_max_connections: c.count(
+            "ingest.http_max_connections",
+            i.http_max_connections,
+            1_000_000,
+        )? as usize,
+        http_header_timeout: c.duration(
+            "ingest.http_header_timeout",
+            &i.http_header_timeout,
+            Duration::from_secs(1),
+        )?,
+        trusted_proxies: i
+            .trusted_proxies
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|e| {
+                    c.invalid(
+                        "ingest.trusted_proxies",
+                        format!("has {a:?}, not an IP address ({e})"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        allowed_sources: i
+            .allowed_sources
+            .iter()
+            .map(|a| {
+                // A bare address is its own /32 or /128.
+                a.parse::<ipnet::IpNet>()
+                    .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        c.invalid(
+                            "ingest.allowed_sources",
+                            format!(
+                                "has {a:?}, not an address or CIDR block such as \"10.0.0.0/8\""
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// `[agg]`: the windows, the future allowance and what an event is made of.
+fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigError> {
+    let whole = |field: &'static str, s: &str, unit: u64, min: u64, max: u64| {
+        let d = c.duration(field, s, Duration::from_secs(unit))?.as_secs();
+        if d % unit != 0 || d / unit < min || d / unit > max {
+            return Err(c.invalid(
+                field,
+                format!(
+                    "is {s:?}; must be whole {} between {min} and {max}",
+                    if unit == 60 { "minutes" } else { "hours" }
+                ),
+            ));
+        }
+        Ok((d / unit) as i64)
+    };
+    let f = &a.fields;
+    for (field, names) in [
+        ("agg.fields.msec", &f.msec),
+        ("agg.fields.url", &f.url),
+        ("agg.fields.action", &f.action),
+    ] {
+        if names.is_empty() {
+            return Err(c.invalid(field, "needs at least one field name".into()));
+        }
+    }
+    let agg = crate::agg::AggConfig {
+        minute_window: whole("agg.minute_window", &a.minute_window, 60, 60, 31 * 24 * 60)?,
+        hour_window: whole("agg.hour_window", &a.hour_window, 3600, 1, 3 * 366 * 24)?,
+        future_minutes: whole("agg.future_allowance", &a.future_allowance, 60, 1, 24 * 60)?,
+        event: crate::parse::event::EventConfig {
+            fields: f.clone(),
+            heartbeat_seconds: c.count(
+                "agg.heartbeat_seconds",
+                u64::from(a.heartbeat_seconds),
+                3600,
+            )? as u32,
+            url_keep_query: a.url_keep_query.clone(),
+        },
+    };
+    if agg.minute_window > agg.hour_window * 60 {
+        return Err(c.invalid(
+            "agg.minute_window",
+            format!(
+                "is longer than agg.hour_window ({:?}); the hour buckets must cover the minute buckets",
+                a.hour_window
+            ),
+        ));
+    }
+    Ok(agg)
 }
 
 /// Validates the API token against the HTTP address: a non-loopback address without a
