@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use pixeld::config::{Config, RawConfig, ShardCount};
 use pixeld::log::reader::Start;
+use pixeld::tools::blast_args::{self, BlastArgs};
 use pixeld::tools::replay::{ReplayFormat, ReplayOptions};
 
 #[derive(Parser)]
@@ -135,104 +136,6 @@ enum Command {
     Blast(Box<BlastArgs>),
 }
 
-#[derive(clap::Args)]
-struct BlastArgs {
-    /// Config whose `listen` addresses are the default targets (else the embedded defaults).
-    #[arg(long, short = 'c')]
-    config: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = BlastTransport::Udp)]
-    transport: BlastTransport,
-    /// Where hits go (default: the config's listen address of the transport).
-    #[arg(long)]
-    target: Option<String>,
-    /// pixeld's HTTP address: the target of `--transport http` and where `/metrics` is read.
-    #[arg(long)]
-    http: Option<String>,
-    /// Full URL of pixeld's metrics (default: http://<--http>/metrics).
-    #[arg(long, conflicts_with = "no_metrics")]
-    metrics: Option<String>,
-    /// Do not read pixeld's counters (when sending to another receiver).
-    #[arg(long)]
-    no_metrics: bool,
-    /// Events per second over all connections, open loop; 0 = as fast as possible.
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
-    /// Events to send (default 1000000 unless --duration is given).
-    #[arg(long)]
-    count: Option<u64>,
-    /// Stop after this long (e.g. 30s, 5m).
-    #[arg(long)]
-    duration: Option<humantime::Duration>,
-    /// Parallel connections (UDP: sockets), one thread each.
-    #[arg(long, default_value_t = 1)]
-    connections: usize,
-    /// TCP framing.
-    #[arg(long, value_enum, default_value_t = BlastFraming::Line)]
-    framing: BlastFraming,
-    /// Events per TCP write or per HTTP POST.
-    #[arg(long)]
-    batch: Option<usize>,
-    /// nginx's syslog header in front of each line (default: syslog for udp/tcp, none for
-    /// http and --out).
-    #[arg(long, value_enum)]
-    header: Option<BlastHeader>,
-    /// Same seed, same lines.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Event time of the first line: RFC 3339 or epoch milliseconds (default: so that events
-    /// are stamped near now).
-    #[arg(long)]
-    start: Option<String>,
-    /// Events per second of event time (default: --rate, else 100000).
-    #[arg(long)]
-    event_rate: Option<f64>,
-    /// Distinct sites.
-    #[arg(long, default_value_t = 6)]
-    sites: usize,
-    /// Distinct pages per site.
-    #[arg(long, default_value_t = 5000)]
-    urls: u64,
-    /// Distinct visitors.
-    #[arg(long, default_value_t = 200_000)]
-    visitors: u64,
-    /// Share of heartbeats.
-    #[arg(long, default_value_t = 0.25)]
-    heartbeats: f64,
-    /// Share of late events (stamped 1 minute to --late-max early).
-    #[arg(long, default_value_t = 0.0)]
-    late: f64,
-    #[arg(long, default_value = "1h")]
-    late_max: humantime::Duration,
-    /// Write the lines to FILE ("-": stdout) instead of sending them.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-    /// How long to wait for pixeld's counters to take in what was sent.
-    #[arg(long, default_value = "30s")]
-    settle_timeout: humantime::Duration,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum BlastTransport {
-    Udp,
-    Tcp,
-    Http,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum BlastFraming {
-    Line,
-    Octet,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BlastHeader {
-    Syslog,
-    None,
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Raw,
@@ -249,146 +152,39 @@ fn load(common: &Common, tweak: impl FnOnce(&mut RawConfig)) -> Result<Config> {
 }
 
 fn parse_time(s: &str) -> Result<u64> {
-    let t = humantime::parse_rfc3339_weak(s)
-        .with_context(|| format!("{s:?} is not an RFC 3339 time such as 2026-11-22T01:40:00Z"))?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH)
-        .context("time before 1970")?
-        .as_nanos() as u64)
-}
-
-fn resolve(addr: &str) -> Result<std::net::SocketAddr> {
-    use std::net::ToSocketAddrs;
-    addr.to_socket_addrs()
-        .with_context(|| format!("{addr:?} is not a host:port address"))?
-        .next()
-        .with_context(|| format!("{addr:?} resolves to no address"))
+    pixeld::log::ndjson::parse_rfc3339(s)
+        .with_context(|| format!("{s:?} is not an RFC 3339 time such as 2026-11-22T01:40:00Z"))
 }
 
 fn blast(a: BlastArgs) -> Result<ExitCode> {
-    use pixeld::tools::blast::{self, BlastOptions, Framing, Transport};
-    use pixeld::tools::gen::{GenConfig, Header};
-    let transport = match a.transport {
-        BlastTransport::Udp => Transport::Udp,
-        BlastTransport::Tcp => Transport::Tcp,
-        BlastTransport::Http => Transport::Http,
-    };
-    let header = match a.header {
-        Some(BlastHeader::Syslog) if a.out.is_none() && transport == Transport::Http => {
-            anyhow::bail!("--header syslog cannot be used with --transport http: POST /v1/events takes JSON lines")
+    let json = a.json;
+    match blast_args::run(a)? {
+        blast_args::Outcome::Wrote {
+            lines,
+            bytes,
+            seed,
+            start_msec,
+        } => {
+            eprintln!("pixeld blast: wrote {lines} lines ({bytes} bytes), seed {seed}, first event time {start_msec} ms");
+            Ok(ExitCode::SUCCESS)
         }
-        Some(BlastHeader::Syslog) => Header::Syslog,
-        Some(BlastHeader::None) => Header::None,
-        None if a.out.is_some() || transport == Transport::Http => Header::None,
-        None => Header::Syslog,
-    };
-    if a.connections == 0 {
-        anyhow::bail!("--connections must be at least 1");
-    }
-    for (name, v) in [("--heartbeats", a.heartbeats), ("--late", a.late)] {
-        if !(0.0..=1.0).contains(&v) {
-            anyhow::bail!("{name} is a share between 0 and 1, not {v}");
+        blast_args::Outcome::Sent(report) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.render());
+            }
+            let ok = report
+                .pixeld
+                .as_ref()
+                .is_none_or(|p| p.settled && p.unaccounted == 0);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
     }
-    let event_rate = a
-        .event_rate
-        .unwrap_or(if a.rate > 0 { a.rate as f64 } else { 100_000.0 });
-    if !event_rate.is_finite() || event_rate <= 0.0 {
-        anyhow::bail!("--event-rate must be positive");
-    }
-    let gen = GenConfig {
-        sites: a.sites.max(1),
-        urls_per_site: a.urls.max(1),
-        visitors: a.visitors.max(1),
-        heartbeat_share: a.heartbeats,
-        late_share: a.late,
-        late_max_ms: a.late_max.as_millis() as u64,
-        ms_per_event: 1000.0 / event_rate,
-        header,
-        ..GenConfig::default()
-    };
-    let count = match (a.count, a.duration) {
-        (None, None) => Some(1_000_000),
-        (c, _) => c,
-    };
-    let start_msec = match &a.start {
-        Some(t) => match t.parse::<u64>() {
-            Ok(ms) => ms,
-            Err(_) => parse_time(t)? / 1_000_000,
-        },
-        None => {
-            let now_ms = (pixeld::sys::now_ns() / 1_000_000) as u64;
-            let ahead = if a.rate > 0 { None } else { count };
-            blast::default_start_msec(now_ms, ahead, gen.ms_per_event)
-        }
-    };
-    if let Some(path) = &a.out {
-        let n = a
-            .count
-            .context("--out needs --count (how many lines to write)")?;
-        let stdout = std::io::stdout();
-        let mut w: Box<dyn Write> = if path.as_os_str() == "-" {
-            Box::new(std::io::BufWriter::with_capacity(1 << 20, stdout.lock()))
-        } else {
-            Box::new(std::io::BufWriter::with_capacity(
-                1 << 20,
-                std::fs::File::create(path)
-                    .with_context(|| format!("cannot create {}", path.display()))?,
-            ))
-        };
-        let bytes = blast::write_lines(a.seed, start_msec, &gen, n, &mut w)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("pixeld blast: wrote {n} lines ({bytes} bytes), seed {}, first event time {start_msec} ms", a.seed);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let (raw, _) = RawConfig::load(a.config.as_deref())?;
-    let http = a.http.unwrap_or(raw.listen.http);
-    let target = match (a.target, transport) {
-        (Some(t), _) => t,
-        (None, Transport::Udp) => raw.listen.udp,
-        (None, Transport::Tcp) => raw.listen.tcp,
-        (None, Transport::Http) => http.clone(),
-    };
-    let metrics = match (a.no_metrics, a.metrics) {
-        (true, _) => None,
-        (false, Some(m)) => Some(m),
-        (false, None) => Some(format!("http://{http}/metrics")),
-    };
-    let opts = BlastOptions {
-        transport,
-        target: resolve(&target)?,
-        framing: match a.framing {
-            BlastFraming::Line => Framing::Line,
-            BlastFraming::Octet => Framing::Octet,
-        },
-        connections: a.connections,
-        rate: a.rate,
-        count,
-        duration: a.duration.map(Into::into),
-        seed: a.seed,
-        start_msec,
-        gen,
-        batch: a.batch.unwrap_or(match transport {
-            Transport::Http => 1000,
-            _ => 1024,
-        }),
-        metrics,
-        settle_timeout: a.settle_timeout.into(),
-    };
-    let report = blast::run(&opts)?;
-    if a.json {
-        println!("{}", report.to_json());
-    } else {
-        print!("{}", report.render());
-    }
-    let ok = report
-        .pixeld
-        .as_ref()
-        .is_none_or(|p| p.settled && p.unaccounted == 0);
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

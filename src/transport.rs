@@ -4,9 +4,11 @@
 //! those layers has to import another to name it.
 
 /// The transport a record arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Transport {
-    /// Appended by `pixeld import` (or a test), not received from the network.
+    /// Appended by `pixeld import` (or a test), not received from the network. Not a choice
+    /// of `pixeld blast --transport`.
+    #[value(skip)]
     Import,
     Udp,
     Tcp,

@@ -42,9 +42,11 @@
 //! the bytes may be a truncated record.
 
 /// How a TCP connection's byte stream is split into frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Framing {
-    /// Per-frame detection between octet-counted and line framing; see the module docs.
+    /// Per-frame detection between octet-counted and line framing; see the module docs. A
+    /// receiver's choice only: `pixeld blast --framing` sends `line` or `octet`.
+    #[value(skip)]
     Auto,
     /// RFC 6587 octet counting only: every frame is `LEN SP MSG`.
     Octet,

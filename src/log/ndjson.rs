@@ -16,6 +16,13 @@ pub fn format_ts(ns: u64) -> String {
     humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
 }
 
+/// Parses an RFC 3339 time (UTC or with an offset, as [`format_ts`] writes it) to ns since
+/// the epoch; None when it is not one or lies before 1970.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(s).ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_nanos() as u64)
+}
+
 /// Renders one record as an NDJSON line (without the LF).
 pub fn ndjson_line(shard: usize, rec: &RecordRef<'_>) -> String {
     let mut obj = serde_json::Map::new();

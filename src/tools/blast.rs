@@ -27,37 +27,12 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::ingest::framing::Framing;
 use crate::tools::gen::{GenConfig, HitGenerator};
+use crate::transport::Transport;
 
 /// Datagrams handed to the kernel per `sendmmsg` call.
 pub const UDP_BATCH: usize = 64;
-
-/// How hits travel to pixeld.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Http,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Http => "http",
-        }
-    }
-}
-
-/// TCP framing (RFC 6587).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// Each line followed by LF (Vector, Fluent Bit).
-    Line,
-    /// `LEN SP LINE` (rsyslog `omfwd`).
-    Octet,
-}
 
 /// What to send, where, how fast.
 #[derive(Debug, Clone)]
@@ -110,6 +85,10 @@ pub enum BlastError {
     Http { url: String, reason: String },
     #[error("a sender thread panicked")]
     Thread,
+    #[error("blast sends over udp, tcp or http, not {0:?}")]
+    NotASender(Transport),
+    #[error("blast sends line or octet framing; `auto` is for receivers")]
+    AutoFraming,
 }
 
 /// Counter deltas read from pixeld's `/metrics` over the run.
@@ -296,6 +275,12 @@ struct ThreadResult {
 
 /// Runs a blast and accounts for it.
 pub fn run(opts: &BlastOptions) -> Result<Report, BlastError> {
+    if opts.transport == Transport::Import {
+        return Err(BlastError::NotASender(opts.transport));
+    }
+    if opts.framing == Framing::Auto {
+        return Err(BlastError::AutoFraming);
+    }
     let agent = http_agent();
     let before = match &opts.metrics {
         Some(url) => Some(scrape(&agent, url)?),
@@ -464,6 +449,8 @@ fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> 
     let mut res = ThreadResult::default();
     let started = Instant::now();
     match opts.transport {
+        // Refused by `run` before any sender starts.
+        Transport::Import => return Err(BlastError::NotASender(opts.transport)),
         Transport::Udp => {
             let bind: SocketAddr = if opts.target.is_ipv4() {
                 ([0, 0, 0, 0], 0).into()
@@ -513,7 +500,8 @@ fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> 
                 let n = range.end - range.start;
                 for i in range {
                     match opts.framing {
-                        Framing::Line => {
+                        // `Auto` is refused by `run`: a sender picks one framing.
+                        Framing::Line | Framing::Auto => {
                             g.append_line(i, &mut buf);
                             buf.push(b'\n');
                         }

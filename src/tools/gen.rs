@@ -56,7 +56,7 @@ const MONTHS: [&str; 12] = [
 const INCS: [u32; 4] = [5, 10, 15, 30];
 
 /// What goes in front of each JSON line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Header {
     /// The bare JSON object (what nginx writes to a file, and what `POST /v1/events` takes).
     None,

@@ -4,6 +4,7 @@
 //! `replay`, `check` and `import`. Nothing in the server imports this module.
 
 pub mod blast;
+pub mod blast_args;
 pub mod check;
 pub mod gen;
 pub mod import;
