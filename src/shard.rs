@@ -313,7 +313,7 @@ async fn run_shard(
         }
     });
     // Test-only fault hook: PIXELD_TEST_STALL_SHARD=N blocks shard N's thread one second
-    // after it is ready, as a stuck loop would (tests/serve_notify.rs checks the watchdog).
+    // after it is ready, as a stuck loop would (tests/serve/notify.rs checks the watchdog).
     let stall = std::env::var("PIXELD_TEST_STALL_SHARD").ok();
     if stall.and_then(|v| v.parse::<usize>().ok()) == Some(shard) {
         eprintln!("pixeld: shard {shard}: PIXELD_TEST_STALL_SHARD set: stalling this shard in 1 s");

@@ -1,0 +1,8 @@
+//! The exports of a real `pixeld serve` to other systems: the Kafka export against a real
+//! Kafka-protocol broker (`tansu`). A test binary of its own, so that `cargo test --test
+//! export` runs just it; each module is one subject.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod kafka;
