@@ -408,7 +408,7 @@ pub struct Flusher {
 
 /// Test-only fault hook: `PIXELD_TEST_FAIL_FSYNC_AFTER=N` (optionally `N@SHARD`) makes the
 /// (N+1)-th fdatasync of the open segment fail, as a disk that lost written pages would, so
-/// that the suite can check the poisoning path (`tests/log_fsync_failure.rs`). Read once, at
+/// that the suite can check the poisoning path (`tests/log/fsync_failure.rs`). Read once, at
 /// open; unset in production.
 #[cfg(feature = "fault-injection")]
 fn fsync_fault_hook(shard: usize) -> Option<u64> {

@@ -349,8 +349,8 @@ async fn run_shard(
 }
 
 /// Test-only fault hook (cargo feature `fault-injection`): `PIXELD_TEST_STALL_SHARD=N` blocks
-/// shard N's thread one second after it is ready, as a stuck loop would (the systemd watchdog
-/// test checks that pixeld then stops feeding the watchdog).
+/// shard N's thread one second after it is ready, as a stuck loop would (tests/serve/notify.rs
+/// checks that pixeld then stops feeding the systemd watchdog).
 #[cfg(feature = "fault-injection")]
 fn stall_fault_hook(shard: usize) {
     let stall = std::env::var("PIXELD_TEST_STALL_SHARD").ok();

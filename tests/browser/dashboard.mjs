@@ -1,5 +1,5 @@
 // The dashboard in a real browser: Debian's Chromium, driven by playwright-core, against a
-// running pixeld that tests/dashboard_browser.rs started and fed. Run by that test; by hand:
+// running pixeld that tests/query/dashboard_browser.rs started and fed. Run by that test; by hand:
 //   PIXELD_URL=http://127.0.0.1:5580 PIXELD_TOKEN=… PIXELD_OUT=/tmp node tests/browser/dashboard.mjs
 //
 // Asserts, each against pixeld's own JSON API for the range the page says it shows: the

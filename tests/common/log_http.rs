@@ -1,6 +1,7 @@
-//! Helpers for the log-over-HTTP scenario tests (`log_http_read`, `consumers_offsets`,
-//! `tail_cli`): posting lines, sending raw bytes over TCP, reading a shard page by page, and
-//! waiting for records to become durable. Included with `#[path]` next to `mod common`.
+//! Helpers for the log-over-HTTP scenario tests (`log::http_read`, `tools::consumers`,
+//! `tools::tail`): posting lines, sending raw bytes over TCP, reading a shard page by page, and
+//! waiting for records to become durable. `common::log_http`, used as
+//! `use crate::common::log_http::*;`.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 
-use super::common::http;
+use super::http;
 
 /// Posts JSON lines to `/v1/events` (200 only once durable).
 pub fn post(port: u16, lines: &[String]) {

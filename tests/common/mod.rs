@@ -1,11 +1,17 @@
-//! Helpers shared by the scenario tests: a glommio executor to run log code on, temp dirs on
-//! a real filesystem (O_DIRECT needs one), and deterministic record contents.
+//! Helpers shared by the scenario tests, a module of every test binary that links pixeld
+//! (`#[path = "../common/mod.rs"] mod common;` in each `tests/<area>/main.rs`): a glommio
+//! executor to run log code on, temp dirs on a real filesystem (O_DIRECT needs one),
+//! deterministic record contents, a running `pixeld serve` ([`Server`], started directly or
+//! with [`Server::builder`]) and HTTP requests to it; [`log_http`] holds the log-over-HTTP
+//! helpers.
 #![allow(dead_code)]
+
+pub mod log_http;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -122,9 +128,17 @@ pub struct Server {
     pub udp: u16,
     pub tcp: u16,
     pub http: u16,
+    /// What [`ServerBuilder`] made for this server (its config file, a data dir it was not
+    /// given), removed once the server is stopped.
+    scratch: Option<tempfile::TempDir>,
 }
 
 impl Server {
+    /// A [`ServerBuilder`]: `Server::builder().data(&data).shards(2).config("...").start()`.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
     /// Starts `pixeld serve` on free loopback ports (plus `extra` arguments).
     pub fn start(data: &Path, extra: &[&str]) -> Server {
         Server::start_env(data, extra, &[])
@@ -184,6 +198,7 @@ impl Server {
             udp: 0,
             tcp: 0,
             http: 0,
+            scratch: None,
         }
     }
 
@@ -217,6 +232,75 @@ impl Server {
             self.seen.push(l);
         }
         (status.code(), self.seen.join("\n"))
+    }
+}
+
+/// How to start a `pixeld serve` on free loopback ports ([`Server::start_env`] underneath):
+/// the data dir, config text, shard count, extra arguments and environment, each optional.
+#[derive(Default)]
+pub struct ServerBuilder {
+    data: Option<PathBuf>,
+    config: Option<String>,
+    shards: Option<usize>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl ServerBuilder {
+    /// The data dir (`--data-dir`); without it, a fresh temp dir removed with the server.
+    pub fn data(mut self, dir: &Path) -> Self {
+        self.data = Some(dir.to_path_buf());
+        self
+    }
+
+    /// TOML config text, written to a temp file (removed with the server) passed as
+    /// `--config`.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    /// `--shards n`.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n);
+        self
+    }
+
+    /// More arguments after the others (may be called again: they add up).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An environment variable of the server process only (e.g. a test-only fault hook).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the server; wait for its `ready` line with [`Server::wait_for`].
+    pub fn start(self) -> Server {
+        let scratch = tempdir();
+        let data = self.data.unwrap_or_else(|| scratch.path().join("data"));
+        let mut args: Vec<String> = Vec::new();
+        if let Some(n) = self.shards {
+            args.extend(["--shards".to_string(), n.to_string()]);
+        }
+        if let Some(text) = &self.config {
+            let path = scratch.path().join("pixeld.toml");
+            std::fs::write(&path, text).expect("write the config file");
+            args.extend(["--config".to_string(), path.display().to_string()]);
+        }
+        args.extend(self.args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut s = Server::start_env(&data, &args, &env);
+        s.scratch = Some(scratch);
+        s
     }
 }
 

@@ -1,0 +1,16 @@
+//! Ingest into a real `pixeld serve`: UDP syslog, TCP (line and octet framing) and HTTP
+//! (pixel and acknowledged batches), through Debian's nginx with the shipped snippet, under
+//! garbage and a UDP flood, with a source allow-list; every line is logged or counted, and the
+//! counters add up. Also the routing mesh between shards under backpressure. One test binary;
+//! each module is one subject.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod allowed_sources;
+mod garbage;
+mod http;
+mod nginx;
+mod route_backpressure;
+mod udp_overload;
+mod udp_tcp;

@@ -1,0 +1,10 @@
+//! Answers of a real `pixeld serve`: the query API against an independent model of the event
+//! spec, the live stream (`/v1/live`) and the dashboard's assets, and the dashboard itself in
+//! a headless Chromium. One test binary; each module is one subject.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod aggregates;
+mod dashboard_browser;
+mod dashboard_live;

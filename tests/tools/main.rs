@@ -1,0 +1,11 @@
+//! The command-line tools and the log's consumers against a real `pixeld serve`: `pixeld
+//! blast` (the load generator's accounting), `pixeld tail` (resuming from committed offsets)
+//! and named consumers with committed offsets, lag and retention pins. One test binary; each
+//! module is one subject.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod blast;
+mod consumers;
+mod tail;
