@@ -11,6 +11,8 @@
 //!
 //! Run: `cargo bench --bench agg`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};

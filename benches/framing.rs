@@ -2,6 +2,8 @@
 //! (Vector, Fluent Bit) and octet-counted (rsyslog) framing, decoded in 64 KiB reads as a
 //! connection does. Reports lines/s. Run: `cargo bench --bench framing`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use pixeld::ingest::framing::{Event, FrameDecoder, Framing};
 use pixeld::tools::gen::HitGenerator;

@@ -8,6 +8,8 @@
 //! Levels 1 and 3, and -3 (zstd "fast" mode, for boxes where compression is the bottleneck).
 //! The compression ratio is printed once per level. Run: `cargo bench --bench log_append`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

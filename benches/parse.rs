@@ -4,6 +4,8 @@
 //! url normalization). Figures are ns per line via `Throughput::Elements`.
 //! Run: `cargo bench --bench parse` (or `-- event` for the event group only).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use pixeld::parse::event::{EventConfig, EventParser};
 use pixeld::parse::syslog;

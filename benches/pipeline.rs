@@ -25,6 +25,8 @@
 //! comparison, for a profiler). Under `cargo test --all-targets` (no `--bench`) it only
 //! checks that both configurations run, on 20 000 events.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

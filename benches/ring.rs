@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench ring`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

@@ -1,8 +1,6 @@
 //! The `pixeld` command line: parses arguments, loads the config, calls the library, and maps
 //! errors to messages and exit codes. Nothing else lives here.
 
-#![deny(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

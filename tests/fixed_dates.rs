@@ -13,6 +13,8 @@
 //! third time with the clock moved 60 and 400 days ahead (libfaketime), which proves the reason.
 //! This file does not link pixeld: it reads the sources as text.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 /// The marker that excuses a fixed instant on its own line or in the comment right above it.

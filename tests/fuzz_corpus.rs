@@ -5,7 +5,7 @@
 //! (`fuzz/targets.rs`) that `cargo fuzz run <target>` drives for hours. A crash that a fuzzer
 //! finds gets its input added to the corpus, so it stays fixed.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 include!("../fuzz/targets.rs");
 

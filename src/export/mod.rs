@@ -511,7 +511,8 @@ impl ExportStats {
     }
 }
 
-#[cfg(all(test, feature = "kafka"))]
+#[cfg(test)]
+#[cfg(feature = "kafka")]
 mod tests {
     use super::*;
 

@@ -3,6 +3,7 @@
 //! export` runs just it; each module is one subject. Built only with the `kafka` feature
 //! (on by default).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![cfg(feature = "kafka")]
 
 #[path = "../common/mod.rs"]

@@ -4,6 +4,8 @@
 //! counters add up. Also the routing mesh between shards under backpressure. One test binary;
 //! each module is one subject.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 

@@ -4,6 +4,8 @@
 //! files and retention are handled, the checked-in sample segment still decodes, and the log
 //! reads back over HTTP. One test binary; each module is one subject.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 

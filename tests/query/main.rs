@@ -2,6 +2,8 @@
 //! spec, the live stream (`/v1/live`) and the dashboard's assets, and the dashboard itself in
 //! a headless Chromium. One test binary; each module is one subject.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 

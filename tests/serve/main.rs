@@ -3,6 +3,8 @@
 //! load, a kill -9 crash loop, the HTTP port's auth token and limits, the shipped systemd unit
 //! and the Debian package. One test binary; each module is one subject.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 

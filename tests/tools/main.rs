@@ -3,6 +3,8 @@
 //! and named consumers with committed offsets, lag and retention pins. One test binary; each
 //! module is one subject.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 
