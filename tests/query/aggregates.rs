@@ -1093,17 +1093,7 @@ fn get(s: &Server, path: &str) -> (u16, Vec<u8>) {
 }
 
 fn metrics(s: &Server) -> BTreeMap<String, f64> {
-    let (st, b) = get(s, "/metrics");
-    assert_eq!(st, 200);
-    String::from_utf8(b)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
+    common::metrics(s.http)
 }
 
 fn m(mx: &BTreeMap<String, f64>, k: &str) -> u64 {
