@@ -148,60 +148,10 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     };
     let all_stats: Vec<Arc<ShardStats>> = handles.iter().map(|h| h.stats.clone()).collect();
     let notify = Notifier::from_env();
-    let progress = crossbeam_channel::tick(Duration::from_secs(1));
-    let mut last_replayed = 0u64;
-    let mut ready = 0;
-    let mut failure: Option<ServeError> = None;
-    let mut stopped = 0;
-    // Which shards have ended (for naming the stuck ones at a shutdown timeout).
-    let mut stopped_shards = vec![false; handles.len()];
+    let mut tally = Tally::new(handles.len());
     // Phase 1: recovery.
-    while ready + stopped < handles.len() && failure.is_none() {
-        crossbeam_channel::select! {
-            recv(rx) -> ev => match ev {
-                Ok(ShardEvent::Ready { shard, report }) => {
-                    ready += 1;
-                    eprintln!(
-                        "pixeld: shard {shard} recovered: {} segments, {} records, next offset {}, {} bytes{}{}{}",
-                        report.segments, report.records, report.next_offset, report.bytes,
-                        if report.clean_start { " (clean shutdown: newest segment trusted without a scan)" } else { "" },
-                        if report.truncated_bytes > 0 { format!(", torn tail of {} bytes truncated", report.truncated_bytes) } else { String::new() },
-                        if report.corrupt.is_empty() { String::new() } else { format!(", {} CORRUPT ranges (see above)", report.corrupt.len()) },
-                    );
-                }
-                Ok(ShardEvent::Failed { shard, error }) => {
-                    stopped += 1;
-                    if let Some(s) = stopped_shards.get_mut(shard) {
-                        *s = true;
-                    }
-                    failure = Some(ServeError::ShardFailed { shard, error });
-                }
-                Ok(ShardEvent::Stopped { shard }) => {
-                    stopped += 1;
-                    if let Some(s) = stopped_shards.get_mut(shard) {
-                        *s = true;
-                    }
-                }
-                Err(_) => break,
-            },
-            recv(sig_rx) -> _ => break,
-            recv(progress) -> _ => {
-                // Tell systemd how recovery is going, and extend its start timeout while
-                // the rebuild makes progress.
-                let replayed: u64 = all_stats.iter().map(|s| ShardStats::get(&s.agg.rebuilt_records)).sum();
-                let rate = replayed.saturating_sub(last_replayed);
-                last_replayed = replayed;
-                notify.send(&[
-                    NotifyState::Status(&format!(
-                        "recovering: {ready}/{} shards ready, {replayed} records replayed into the aggregates ({rate}/s)",
-                        handles.len()
-                    )),
-                    NotifyState::ExtendTimeoutUsec(if rate > 0 { 30_000_000 } else { 0 }),
-                ]);
-            },
-        }
-    }
-    if failure.is_none() && ready == handles.len() {
+    wait_recovered(&rx, &sig_rx, &mut tally, &all_stats, &notify);
+    if tally.failure.is_none() && tally.ready == handles.len() {
         eprintln!(
             "pixeld: ready: {} shards recovered in {:.2?}; listening on udp {}, tcp {}, http {}",
             handles.len(),
@@ -220,61 +170,8 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
                 cfg.http
             )),
         ]);
-        // Phase 2: running. Wait for a signal or a failing shard; feed the watchdog only
-        // while every shard's loop is responsive.
-        let period = notify.watchdog.map_or(Duration::from_secs(1), |w| w / 2);
-        let watchdog = crossbeam_channel::tick(period);
-        let mut stalled_before = false;
-        loop {
-            crossbeam_channel::select! {
-                recv(watchdog) -> _ => {
-                    // A shard is stalled when its ticker (every 2 ms) has not run for half the
-                    // watchdog period (at least a second: a loaded machine delays timers).
-                    let limit = notify.watchdog.map_or(Duration::from_secs(5), |w| w / 2).max(Duration::from_secs(1));
-                    let now = crate::sys::now_ns();
-                    let stalled: Vec<usize> = all_stats
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, s)| now.saturating_sub(ShardStats::get(&s.heartbeat_ns)) > limit.as_nanos() as u64)
-                        .map(|(i, _)| i)
-                        .collect();
-                    if stalled.is_empty() {
-                        notify.send(&[NotifyState::Watchdog]);
-                        if stalled_before {
-                            eprintln!("pixeld: every shard is responsive again");
-                            notify.send(&[NotifyState::Status("ready")]);
-                        }
-                    } else if !stalled_before {
-                        let msg = format!("shard(s) {stalled:?} unresponsive for more than {limit:?}; watchdog not fed");
-                        eprintln!("pixeld: {msg}");
-                        notify.send(&[NotifyState::Status(&msg)]);
-                    }
-                    stalled_before = !stalled.is_empty();
-                },
-                recv(rx) -> ev => match ev {
-                    Ok(ShardEvent::Failed { shard, error }) => {
-                        stopped += 1;
-                        if let Some(s) = stopped_shards.get_mut(shard) {
-                            *s = true;
-                        }
-                        failure = Some(ServeError::ShardFailed { shard, error });
-                        break;
-                    }
-                    Ok(ShardEvent::Stopped { shard }) => {
-                    stopped += 1;
-                    if let Some(s) = stopped_shards.get_mut(shard) {
-                        *s = true;
-                    }
-                }
-                    Ok(ShardEvent::Ready { .. }) => {}
-                    Err(_) => break,
-                },
-                recv(sig_rx) -> s => {
-                    eprintln!("pixeld: signal {} received; writing and syncing every shard", s.unwrap_or(0));
-                    break;
-                }
-            }
-        }
+        // Phase 2: running.
+        run_until_stop(&rx, &sig_rx, &mut tally, &all_stats, &notify);
     }
     // Phase 3: stop every shard; each seals, writes and fsyncs what it holds.
     notify.send(&[
@@ -282,42 +179,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
         NotifyState::Status("stopping: writing and syncing every shard"),
     ]);
     shutdown.store(true, Ordering::Relaxed);
-    let deadline = Instant::now() + cfg.shutdown_timeout;
-    while stopped < handles.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ev = match rx.recv_timeout(left) {
-            Ok(ev) => Ok(ev),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                let stuck: Vec<usize> =
-                    (0..handles.len()).filter(|&i| !stopped_shards[i]).collect();
-                // Stuck threads cannot be joined: end the process here, loudly.
-                return Err(ServeError::ShutdownTimeout {
-                    shards: stuck,
-                    timeout: cfg.shutdown_timeout,
-                });
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
-        };
-        match ev {
-            Ok(ShardEvent::Failed { shard, error }) => {
-                stopped += 1;
-                if let Some(s) = stopped_shards.get_mut(shard) {
-                    *s = true;
-                }
-                if failure.is_none() {
-                    failure = Some(ServeError::ShardFailed { shard, error });
-                }
-            }
-            Ok(ShardEvent::Stopped { shard }) => {
-                stopped += 1;
-                if let Some(s) = stopped_shards.get_mut(shard) {
-                    *s = true;
-                }
-            }
-            Ok(ShardEvent::Ready { .. }) => {}
-            Err(_) => break,
-        }
-    }
+    stop_all(&rx, &mut tally, cfg.shutdown_timeout)?;
     let stats: Vec<Arc<ShardStats>> = handles.iter().map(|h| h.stats.clone()).collect();
     // The exporter saw the shutdown flag with the shards; it waits at most a few seconds for
     // the broker to confirm what is in flight, then commits.
@@ -328,10 +190,21 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     for h in handles {
         let shard = h.shard;
         if let Err(e) = h.join() {
-            failure.get_or_insert(ServeError::ShardFailed { shard, error: e });
+            tally
+                .failure
+                .get_or_insert(ServeError::ShardFailed { shard, error: e });
         }
     }
     sig_handle.close();
+    report_stopped(&stats);
+    match tally.failure {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+/// One line per shard at exit: what it received, appended and dropped, and where its log ends.
+fn report_stopped(stats: &[Arc<ShardStats>]) {
     for (i, s) in stats.iter().enumerate() {
         let drops: Vec<String> = crate::metrics::DropReason::ALL
             .iter()
@@ -349,8 +222,179 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
                 .map_or_else(|| "none".to_string(), |o| o.to_string())
         );
     }
-    match failure {
-        Some(f) => Err(f),
-        None => Ok(()),
+}
+
+/// What the supervisor knows of its shards: how many recovered, which have ended, and the
+/// first failure.
+struct Tally {
+    ready: usize,
+    stopped: usize,
+    /// Which shards have ended (to name the stuck ones at a shutdown timeout).
+    ended: Vec<bool>,
+    failure: Option<ServeError>,
+}
+
+impl Tally {
+    fn new(shards: usize) -> Self {
+        Tally {
+            ready: 0,
+            stopped: 0,
+            ended: vec![false; shards],
+            failure: None,
+        }
     }
+
+    /// Takes in one shard event; logs a recovery, keeps the first failure.
+    fn record(&mut self, ev: ShardEvent) {
+        match ev {
+            ShardEvent::Ready { shard, report } => {
+                self.ready += 1;
+                eprintln!(
+                    "pixeld: shard {shard} recovered: {} segments, {} records, next offset {}, {} bytes{}{}{}",
+                    report.segments, report.records, report.next_offset, report.bytes,
+                    if report.clean_start { " (clean shutdown: newest segment trusted without a scan)" } else { "" },
+                    if report.truncated_bytes > 0 { format!(", torn tail of {} bytes truncated", report.truncated_bytes) } else { String::new() },
+                    if report.corrupt.is_empty() { String::new() } else { format!(", {} CORRUPT ranges (see above)", report.corrupt.len()) },
+                );
+            }
+            ShardEvent::Failed { shard, error } => {
+                self.ended(shard);
+                self.failure
+                    .get_or_insert(ServeError::ShardFailed { shard, error });
+            }
+            ShardEvent::Stopped { shard } => self.ended(shard),
+        }
+    }
+
+    fn ended(&mut self, shard: usize) {
+        self.stopped += 1;
+        if let Some(s) = self.ended.get_mut(shard) {
+            *s = true;
+        }
+    }
+}
+
+/// Phase 1: waits until every shard has recovered its log and rebuilt its aggregates (or one
+/// failed, or a signal came), telling systemd how the rebuild goes and extending its start
+/// timeout while it makes progress.
+fn wait_recovered(
+    rx: &crossbeam_channel::Receiver<ShardEvent>,
+    sig_rx: &crossbeam_channel::Receiver<i32>,
+    tally: &mut Tally,
+    all_stats: &[Arc<ShardStats>],
+    notify: &Notifier,
+) {
+    let progress = crossbeam_channel::tick(Duration::from_secs(1));
+    let mut last_replayed = 0u64;
+    let shards = tally.ended.len();
+    while tally.ready + tally.stopped < shards && tally.failure.is_none() {
+        crossbeam_channel::select! {
+            recv(rx) -> ev => match ev {
+                Ok(ev) => tally.record(ev),
+                Err(_) => break,
+            },
+            recv(sig_rx) -> _ => break,
+            recv(progress) -> _ => {
+                let replayed: u64 = all_stats.iter().map(|s| ShardStats::get(&s.agg.rebuilt_records)).sum();
+                let rate = replayed.saturating_sub(last_replayed);
+                last_replayed = replayed;
+                notify.send(&[
+                    NotifyState::Status(&format!(
+                        "recovering: {}/{shards} shards ready, {replayed} records replayed into the aggregates ({rate}/s)",
+                        tally.ready
+                    )),
+                    NotifyState::ExtendTimeoutUsec(if rate > 0 { 30_000_000 } else { 0 }),
+                ]);
+            },
+        }
+    }
+}
+
+/// Phase 2: waits for a signal or a failing shard; feeds systemd's watchdog only while every
+/// shard's loop is responsive.
+fn run_until_stop(
+    rx: &crossbeam_channel::Receiver<ShardEvent>,
+    sig_rx: &crossbeam_channel::Receiver<i32>,
+    tally: &mut Tally,
+    all_stats: &[Arc<ShardStats>],
+    notify: &Notifier,
+) {
+    let period = notify.watchdog.map_or(Duration::from_secs(1), |w| w / 2);
+    let watchdog = crossbeam_channel::tick(period);
+    // A shard is stalled when its ticker (every 2 ms) has not run for half the watchdog
+    // period (at least a second: a loaded machine delays timers).
+    let limit = notify
+        .watchdog
+        .map_or(Duration::from_secs(5), |w| w / 2)
+        .max(Duration::from_secs(1));
+    let mut stalled_before = false;
+    loop {
+        crossbeam_channel::select! {
+            recv(watchdog) -> _ => {
+                let stalled = stalled_shards(all_stats, limit);
+                if stalled.is_empty() {
+                    notify.send(&[NotifyState::Watchdog]);
+                    if stalled_before {
+                        eprintln!("pixeld: every shard is responsive again");
+                        notify.send(&[NotifyState::Status("ready")]);
+                    }
+                } else if !stalled_before {
+                    let msg = format!("shard(s) {stalled:?} unresponsive for more than {limit:?}; watchdog not fed");
+                    eprintln!("pixeld: {msg}");
+                    notify.send(&[NotifyState::Status(&msg)]);
+                }
+                stalled_before = !stalled.is_empty();
+            },
+            recv(rx) -> ev => match ev {
+                Ok(ev) => {
+                    tally.record(ev);
+                    if tally.failure.is_some() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            },
+            recv(sig_rx) -> s => {
+                eprintln!("pixeld: signal {} received; writing and syncing every shard", s.unwrap_or(0));
+                break;
+            }
+        }
+    }
+}
+
+/// The shards whose heartbeat is older than `limit`.
+fn stalled_shards(all_stats: &[Arc<ShardStats>], limit: Duration) -> Vec<usize> {
+    let now = crate::sys::now_ns();
+    all_stats
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            now.saturating_sub(ShardStats::get(&s.heartbeat_ns)) > limit.as_nanos() as u64
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Phase 3: waits until every shard has ended, up to `timeout`; a shard still running then
+/// cannot be joined, so the process ends without it, naming it.
+fn stop_all(
+    rx: &crossbeam_channel::Receiver<ShardEvent>,
+    tally: &mut Tally,
+    timeout: Duration,
+) -> Result<(), ServeError> {
+    let deadline = Instant::now() + timeout;
+    while tally.stopped < tally.ended.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) => tally.record(ev),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let shards = (0..tally.ended.len())
+                    .filter(|&i| !tally.ended[i])
+                    .collect();
+                return Err(ServeError::ShutdownTimeout { shards, timeout });
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Ok(())
 }
