@@ -288,16 +288,123 @@ fn run(
     shutdown: &AtomicBool,
 ) -> Result<(), ExportError> {
     // The start offsets of a shard export has never seen depend on the recovered log.
+    if !wait_for_shards(api, shutdown) {
+        return Ok(());
+    }
+    let mut exports = start_offsets(cfg, api, stats)?;
+    let shards = exports.len();
+    let mut producer = producer(cfg, stats, shards)?;
+    let mut pass = Pass {
+        cfg,
+        api,
+        stats,
+        labels: (0..shards).map(|s| s.to_string()).collect(),
+        parser: EventParser::new(event),
+    };
+    let mut last_commit = Instant::now();
+    let mut reports = Vec::new();
+    let mut sent_this_run = 0u64;
+    // When a delivery report last came, or records went out while none were in flight.
+    let mut last_progress = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let in_flight: usize = exports.iter().map(|e| e.flight.outstanding()).sum();
+        if in_flight == 0 {
+            last_progress = now;
+        }
+        if let Some(why) = stuck(
+            cfg,
+            stats,
+            &producer,
+            in_flight,
+            now.duration_since(last_progress),
+        ) {
+            // The old producer's reports die with it: every shard rewinds to its watermark.
+            last_progress = now;
+            drop(producer);
+            for e in &mut exports {
+                e.flight.rewind();
+                e.rewinding = false;
+            }
+            stats.set_error(why);
+            std::thread::sleep(MIN_BACKOFF);
+            producer = self::producer(cfg, stats, shards)?;
+            continue;
+        }
+        let ctx = producer.context().clone();
+        let mut produced_any = false;
+        let mut queue_full = false;
+        for e in &mut exports {
+            if e.rewinding {
+                if e.flight.outstanding() > 0 || now < e.retry_at {
+                    continue;
+                }
+                e.flight.rewind();
+                e.rewinding = false;
+            }
+            if queue_full {
+                continue;
+            }
+            let (n, full) = pass.produce(e, &producer, &ctx, now);
+            produced_any |= n > 0;
+            queue_full |= full;
+        }
+        // Serve delivery reports: at once when there is more to produce, else wait a little
+        // for reports or new durable records.
+        producer.poll(if produced_any && !queue_full {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        });
+        let now = Instant::now();
+        let ok = take_reports(cfg, stats, &ctx, &mut exports, &mut reports, now);
+        if ok.1 {
+            last_progress = now;
+        }
+        if ok.0 > 0 {
+            stats.delivered(ok.0);
+            sent_this_run += ok.0;
+        }
+        for e in &exports {
+            stats.set_delivered_next(e.shard, e.flight.watermark());
+        }
+        // Commit every interval, and early when a shard has used half of its
+        // `max_uncommitted` allowance, so that the allowance never throttles the export.
+        let half_used = exports.iter().any(|e| {
+            e.flight.watermark().saturating_sub(e.committed) >= cfg.max_uncommitted.div_ceil(2)
+        });
+        if half_used || now.duration_since(last_commit) >= cfg.commit_interval {
+            commit(api, stats, &ctx, &mut exports);
+            last_commit = now;
+        }
+    }
+    stop(api, stats, &producer, &mut exports, sent_this_run);
+    Ok(())
+}
+
+/// Waits until every shard has recovered; false when the process stops first.
+fn wait_for_shards(api: &LogReaders, shutdown: &AtomicBool) -> bool {
     while !api
         .all_stats
         .iter()
         .all(|s| crate::metrics::ShardStats::flag(&s.ready))
     {
         if shutdown.load(Ordering::Relaxed) {
-            return Ok(());
+            return false;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
+}
+
+/// Every shard's start: its committed export offset, or for a shard the export has never
+/// seen, the first retained or the next durable offset (`export.kafka.start`), committed at
+/// once so that the consumer pins retention from there.
+fn start_offsets(
+    cfg: &KafkaExportConfig,
+    api: &LogReaders,
+    stats: &ExportStats,
+) -> Result<Vec<ShardExport>, ExportError> {
     let shards = api.logs.len();
     let stored = api.consumers.get(CONSUMER_NAME);
     let mut fresh = Vec::new();
@@ -331,273 +438,273 @@ fn run(
         cfg.brokers,
         exports.iter().map(|e| e.committed).collect::<Vec<_>>()
     );
-    let mut producer = producer(cfg, stats, shards)?;
-    let mut parser = EventParser::new(event);
-    let shard_labels: Vec<String> = (0..shards).map(|s| s.to_string()).collect();
-    let mut last_commit = Instant::now();
-    let mut reports = Vec::new();
-    let mut sent_this_run = 0u64;
-    // When a delivery report last came, or records went out while none were in flight.
-    let mut last_progress = Instant::now();
-    while !shutdown.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        let in_flight: usize = exports.iter().map(|e| e.flight.outstanding()).sum();
-        if in_flight == 0 {
-            last_progress = now;
+    Ok(exports)
+}
+
+/// Why the producer must be replaced, when it must: an idempotent producer that hit a fatal
+/// error accepts nothing more, and one the broker keeps answering with errors it retries
+/// forever (UNKNOWN_PRODUCER_ID from a broker that lost its state) never reports. Dropping it
+/// purges what it held; every shard then rewinds to its watermark and sends again.
+fn stuck(
+    cfg: &KafkaExportConfig,
+    stats: &ExportStats,
+    producer: &KafkaProducer,
+    in_flight: usize,
+    since_progress: Duration,
+) -> Option<String> {
+    let fatal = producer.context().fatal.swap(false, Ordering::AcqRel);
+    if !fatal && since_progress < cfg.stall_timeout {
+        return None;
+    }
+    let why = if fatal {
+        let why = producer
+            .client()
+            .fatal_error()
+            .map_or_else(|| "unknown".to_string(), |(c, s)| format!("{c:?}: {s}"));
+        format!("the producer hit a fatal error ({why})")
+    } else {
+        stats.count_error(ErrorKind::Stalled, 1);
+        format!(
+            "{in_flight} records in flight and no delivery report for {:?} (export.kafka.stall_timeout)",
+            cfg.stall_timeout
+        )
+    };
+    producer.context().say(
+        if fatal {
+            ErrorKind::Fatal
+        } else {
+            ErrorKind::Stalled
+        },
+        &format!("{why}; recreating the producer and re-sending from the last confirmed offsets"),
+    );
+    Some(why)
+}
+
+/// What producing needs besides the shards' state.
+struct Pass<'a> {
+    cfg: &'a KafkaExportConfig,
+    api: &'a LogReaders,
+    stats: &'a ExportStats,
+    /// The `pixeld-shard` header values.
+    labels: Vec<String>,
+    /// Parses the key field out of each record.
+    parser: EventParser,
+}
+
+impl Pass<'_> {
+    /// Reads shard `e`'s durable records after what it has produced and produces them, within
+    /// its `max_uncommitted` allowance; returns how many, and whether librdkafka's queue is
+    /// full (nothing more should be produced before `poll`).
+    fn produce(
+        &mut self,
+        e: &mut ShardExport,
+        producer: &KafkaProducer,
+        ctx: &Context,
+        now: Instant,
+    ) -> (u64, bool) {
+        let Pass {
+            cfg,
+            api,
+            stats,
+            labels,
+            parser,
+        } = self;
+        let durable = api.durable_next(e.shard);
+        let uncommitted = e.flight.read_end().saturating_sub(e.committed);
+        let budget = cfg.max_uncommitted.saturating_sub(uncommitted).min(CHUNK);
+        if budget == 0 || e.flight.read_end() >= durable {
+            return (0, false);
         }
-        let fatal = producer.context().fatal.swap(false, Ordering::AcqRel);
-        let stalled = now.duration_since(last_progress) >= cfg.stall_timeout;
-        if fatal || stalled {
-            // An idempotent producer that hit a fatal error accepts nothing more, and one the
-            // broker keeps answering with errors it retries forever (UNKNOWN_PRODUCER_ID from
-            // a broker that lost its state) never reports: replace it. Dropping it purges
-            // what it held; every shard rewinds to its watermark and sends again.
-            let why = if fatal {
-                let why = producer
-                    .client()
-                    .fatal_error()
-                    .map_or_else(|| "unknown".to_string(), |(c, s)| format!("{c:?}: {s}"));
-                format!("the producer hit a fatal error ({why})")
-            } else {
-                stats.count_error(ErrorKind::Stalled, 1);
-                format!(
-                    "{in_flight} records in flight and no delivery report for {:?} (export.kafka.stall_timeout)",
-                    cfg.stall_timeout
-                )
-            };
-            stats.set_error(why.clone());
-            producer.context().say(
-                if fatal {
-                    ErrorKind::Fatal
-                } else {
-                    ErrorKind::Stalled
-                },
-                &format!(
-                    "{why}; recreating the producer and re-sending from the last confirmed offsets"
-                ),
-            );
-            last_progress = now;
-            // The old producer's reports die with it: every shard rewinds to its watermark.
-            drop(producer);
-            for e in &mut exports {
-                e.flight.rewind();
-                e.rewinding = false;
-            }
-            std::thread::sleep(MIN_BACKOFF);
-            producer = self::producer(cfg, stats, shards)?;
-            continue;
-        }
-        let ctx = producer.context().clone();
-        let mut produced_any = false;
+        let mut n = 0u64;
         let mut queue_full = false;
-        for e in &mut exports {
-            if e.rewinding {
-                if e.flight.outstanding() > 0 || now < e.retry_at {
-                    continue;
+        let from = e.flight.read_end();
+        let read = api.logs[e.shard].read_durable(
+            Start::Offset(from),
+            durable,
+            |rec| {
+                let key: Option<&str> = match cfg.key {
+                    KeyField::None => None,
+                    k => parser.parse(rec.bytes).ok().and_then(|ev| {
+                        let v = match k {
+                            KeyField::Url => ev.url,
+                            KeyField::Site => ev.site,
+                            _ => ev.vid,
+                        };
+                        (!v.is_empty()).then_some(v)
+                    }),
+                };
+                let mut offset_buf = itoa::Buffer::new();
+                let mut recv_buf = itoa::Buffer::new();
+                let offset = offset_buf.format(rec.offset);
+                let recv = recv_buf.format(rec.recv_ts);
+                let headers = OwnedHeaders::new_with_capacity(4)
+                    .insert(Header {
+                        key: "pixeld-shard",
+                        value: Some(labels[e.shard].as_str()),
+                    })
+                    .insert(Header {
+                        key: "pixeld-offset",
+                        value: Some(offset),
+                    })
+                    .insert(Header {
+                        key: "pixeld-recv-ts",
+                        value: Some(recv),
+                    })
+                    .insert(Header {
+                        key: "pixeld-host",
+                        value: Some(cfg.host.as_str()),
+                    });
+                let seq = e.flight.next_seq();
+                let opaque = (e.shard << SEQ_BITS) | (seq as usize & SEQ_MASK);
+                let mut record = BaseRecord::<str, [u8], usize>::with_opaque_to(&cfg.topic, opaque)
+                    .payload(rec.bytes)
+                    .headers(headers)
+                    .timestamp((rec.recv_ts / 1_000_000) as i64);
+                if let Some(k) = key {
+                    record = record.key(k);
                 }
-                e.flight.rewind();
-                e.rewinding = false;
-            }
-            let durable = api.durable_next(e.shard);
-            let uncommitted = e.flight.read_end().saturating_sub(e.committed);
-            let budget = cfg.max_uncommitted.saturating_sub(uncommitted).min(CHUNK);
-            if budget == 0 || e.flight.read_end() >= durable || queue_full {
-                continue;
-            }
-            let mut n = 0u64;
-            let from = e.flight.read_end();
-            let read = api.logs[e.shard].read_durable(
-                Start::Offset(from),
-                durable,
-                |rec| {
-                    let key: Option<&str> = match cfg.key {
-                        KeyField::None => None,
-                        k => parser.parse(rec.bytes).ok().and_then(|ev| {
-                            let v = match k {
-                                KeyField::Url => ev.url,
-                                KeyField::Site => ev.site,
-                                _ => ev.vid,
-                            };
-                            (!v.is_empty()).then_some(v)
-                        }),
-                    };
-                    let mut offset_buf = itoa::Buffer::new();
-                    let mut recv_buf = itoa::Buffer::new();
-                    let offset = offset_buf.format(rec.offset);
-                    let recv = recv_buf.format(rec.recv_ts);
-                    let headers = OwnedHeaders::new_with_capacity(4)
-                        .insert(Header {
-                            key: "pixeld-shard",
-                            value: Some(shard_labels[e.shard].as_str()),
-                        })
-                        .insert(Header {
-                            key: "pixeld-offset",
-                            value: Some(offset),
-                        })
-                        .insert(Header {
-                            key: "pixeld-recv-ts",
-                            value: Some(recv),
-                        })
-                        .insert(Header {
-                            key: "pixeld-host",
-                            value: Some(cfg.host.as_str()),
-                        });
-                    let seq = e.flight.next_seq();
-                    let opaque = (e.shard << SEQ_BITS) | (seq as usize & SEQ_MASK);
-                    let mut record = BaseRecord::<str, [u8], usize>::with_opaque_to(&cfg.topic, opaque)
-                        .payload(rec.bytes)
-                        .headers(headers)
-                        .timestamp((rec.recv_ts / 1_000_000) as i64);
-                    if let Some(k) = key {
-                        record = record.key(k);
-                    }
-                    match producer.send(record) {
-                        Ok(()) => {
-                            e.flight.push(rec.offset);
-                            n += 1;
-                            if n >= budget {
-                                ControlFlow::Break(())
-                            } else {
-                                ControlFlow::Continue(())
-                            }
-                        }
-                        Err((err, _)) => {
-                            match err.rdkafka_error_code() {
-                                Some(RDKafkaErrorCode::QueueFull) => {
-                                    // librdkafka's queue is full: let `poll` drain
-                                    // deliveries, and come back to this record.
-                                    queue_full = true;
-                                }
-                                Some(
-                                    RDKafkaErrorCode::MessageSizeTooLarge
-                                    | RDKafkaErrorCode::InvalidMessageSize,
-                                ) => {
-                                    // This record can never be sent: count it as skipped,
-                                    // loudly, instead of stalling the shard forever.
-                                    e.flight.skip_to(rec.offset + 1);
-                                    stats.skipped.fetch_add(1, Ordering::Relaxed);
-                                    stats.count_error(ErrorKind::Produce, 1);
-                                    ctx.say(
-                                        ErrorKind::Produce,
-                                        &format!(
-                                            "shard {} offset {} ({} bytes) is larger than the producer's message.max.bytes: SKIPPED, counted in pixeld_export_skipped_records_total; raise message.max.bytes in [export.kafka.properties] and on the topic",
-                                            e.shard, rec.offset, rec.bytes.len()
-                                        ),
-                                    );
-                                    n += 1;
-                                    return ControlFlow::Continue(());
-                                }
-                                _ => {
-                                    stats.count_error(ErrorKind::Produce, 1);
-                                    stats.set_error(err.to_string());
-                                    ctx.say(ErrorKind::Produce, &format!("cannot produce: {err}"));
-                                    queue_full = true;
-                                }
-                            }
+                match producer.send(record) {
+                    Ok(()) => {
+                        e.flight.push(rec.offset);
+                        n += 1;
+                        if n >= budget {
                             ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
                         }
                     }
-                },
-                |w| {
-                    stats.count_error(ErrorKind::LogRead, 1);
-                    eprintln!(
-                        "pixeld: export: {}; the unreadable records are not exported",
-                        crate::log::ndjson::describe_warning(e.shard, &w)
-                    );
-                },
-            );
-            match read {
-                Ok(end) => {
-                    // A read that ended past unreadable records moves on without them.
-                    if !queue_full && n < budget {
-                        e.flight.skip_to(end.next_offset);
+                    Err((err, _)) => {
+                        match err.rdkafka_error_code() {
+                            Some(RDKafkaErrorCode::QueueFull) => {
+                                // librdkafka's queue is full: let `poll` drain
+                                // deliveries, and come back to this record.
+                                queue_full = true;
+                            }
+                            Some(
+                                RDKafkaErrorCode::MessageSizeTooLarge
+                                | RDKafkaErrorCode::InvalidMessageSize,
+                            ) => {
+                                // This record can never be sent: count it as skipped,
+                                // loudly, instead of stalling the shard forever.
+                                e.flight.skip_to(rec.offset + 1);
+                                stats.skipped.fetch_add(1, Ordering::Relaxed);
+                                stats.count_error(ErrorKind::Produce, 1);
+                                ctx.say(
+                                    ErrorKind::Produce,
+                                    &format!(
+                                        "shard {} offset {} ({} bytes) is larger than the producer's message.max.bytes: SKIPPED, counted in pixeld_export_skipped_records_total; raise message.max.bytes in [export.kafka.properties] and on the topic",
+                                        e.shard, rec.offset, rec.bytes.len()
+                                    ),
+                                );
+                                n += 1;
+                                return ControlFlow::Continue(());
+                            }
+                            _ => {
+                                stats.count_error(ErrorKind::Produce, 1);
+                                stats.set_error(err.to_string());
+                                ctx.say(ErrorKind::Produce, &format!("cannot produce: {err}"));
+                                queue_full = true;
+                            }
+                        }
+                        ControlFlow::Break(())
                     }
                 }
-                Err(FetchError::OutOfRange {
-                    offset,
-                    first_offset,
-                    ..
-                }) if offset < first_offset => {
-                    let lost = first_offset - offset;
-                    stats.skipped.fetch_add(lost, Ordering::Relaxed);
-                    stats.set_error(format!(
-                        "shard {} offsets {offset}..{first_offset} deleted before export",
-                        e.shard
-                    ));
-                    eprintln!(
-                        "pixeld: export: shard {} offsets {offset}..{first_offset} ({lost} records) were deleted by retention (log.retention_bytes_hard) before the export delivered them: SKIPPED, counted in pixeld_export_skipped_records_total; the broker was too slow or down for too long for the disk",
-                        e.shard
-                    );
-                    e.flight.skip_to(first_offset);
+            },
+            |w| {
+                stats.count_error(ErrorKind::LogRead, 1);
+                eprintln!(
+                    "pixeld: export: {}; the unreadable records are not exported",
+                    crate::log::ndjson::describe_warning(e.shard, &w)
+                );
+            },
+        );
+        match read {
+            Ok(end) => {
+                // A read that ended past unreadable records moves on without them.
+                if !queue_full && n < budget {
+                    e.flight.skip_to(end.next_offset);
                 }
-                Err(err) => {
-                    stats.count_error(ErrorKind::LogRead, 1);
-                    stats.set_error(err.to_string());
-                    ctx.say(ErrorKind::LogRead, &format!("shard {}: {err}", e.shard));
+            }
+            Err(FetchError::OutOfRange {
+                offset,
+                first_offset,
+                ..
+            }) if offset < first_offset => {
+                let lost = first_offset - offset;
+                stats.skipped.fetch_add(lost, Ordering::Relaxed);
+                stats.set_error(format!(
+                    "shard {} offsets {offset}..{first_offset} deleted before export",
+                    e.shard
+                ));
+                eprintln!(
+                    "pixeld: export: shard {} offsets {offset}..{first_offset} ({lost} records) were deleted by retention (log.retention_bytes_hard) before the export delivered them: SKIPPED, counted in pixeld_export_skipped_records_total; the broker was too slow or down for too long for the disk",
+                    e.shard
+                );
+                e.flight.skip_to(first_offset);
+            }
+            Err(err) => {
+                stats.count_error(ErrorKind::LogRead, 1);
+                stats.set_error(err.to_string());
+                ctx.say(ErrorKind::LogRead, &format!("shard {}: {err}", e.shard));
+                e.fail(now);
+            }
+        }
+        (n, queue_full)
+    }
+}
+
+/// Takes the delivery reports `poll` collected: confirms, or rewinds a shard whose delivery
+/// failed. Returns the records confirmed and whether any report came.
+fn take_reports(
+    cfg: &KafkaExportConfig,
+    stats: &ExportStats,
+    ctx: &Context,
+    exports: &mut [ShardExport],
+    reports: &mut Vec<Report>,
+    now: Instant,
+) -> (u64, bool) {
+    std::mem::swap(
+        reports,
+        &mut *ctx.reports.lock().unwrap_or_else(|e| e.into_inner()),
+    );
+    let mut ok = 0u64;
+    let any = !reports.is_empty();
+    for (opaque, r) in reports.drain(..) {
+        let Some(e) = exports.get_mut(opaque >> SEQ_BITS) else {
+            continue;
+        };
+        let seq = (opaque & SEQ_MASK) as u64;
+        match r {
+            Ok(()) => {
+                if e.flight.confirm(seq) {
+                    ok += 1;
+                    if !e.rewinding {
+                        e.backoff = MIN_BACKOFF;
+                    }
+                }
+            }
+            Err((kind, what)) => {
+                if e.flight.fail(seq) {
+                    stats.count_error(kind, 1);
+                    stats.set_error(what.clone());
+                    ctx.say(kind, &format!("delivery to topic {:?} failed: {what}; re-sending shard {} from offset {}", cfg.topic, e.shard, e.flight.watermark()));
                     e.fail(now);
                 }
             }
-            produced_any |= n > 0;
-        }
-        // Serve delivery reports: at once when there is more to produce, else wait a little
-        // for reports or new durable records.
-        producer.poll(if produced_any && !queue_full {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(20)
-        });
-        std::mem::swap(
-            &mut reports,
-            &mut *ctx.reports.lock().unwrap_or_else(|e| e.into_inner()),
-        );
-        let now = Instant::now();
-        let mut ok = 0u64;
-        if !reports.is_empty() {
-            last_progress = now;
-        }
-        for (opaque, r) in reports.drain(..) {
-            let Some(e) = exports.get_mut(opaque >> SEQ_BITS) else {
-                continue;
-            };
-            let seq = (opaque & SEQ_MASK) as u64;
-            match r {
-                Ok(()) => {
-                    if e.flight.confirm(seq) {
-                        ok += 1;
-                        if !e.rewinding {
-                            e.backoff = MIN_BACKOFF;
-                        }
-                    }
-                }
-                Err((kind, what)) => {
-                    if e.flight.fail(seq) {
-                        stats.count_error(kind, 1);
-                        stats.set_error(what.clone());
-                        ctx.say(kind, &format!("delivery to topic {:?} failed: {what}; re-sending shard {} from offset {}", cfg.topic, e.shard, e.flight.watermark()));
-                        e.fail(now);
-                    }
-                }
-            }
-        }
-        if ok > 0 {
-            stats.delivered(ok);
-            sent_this_run += ok;
-        }
-        for e in &exports {
-            stats.set_delivered_next(e.shard, e.flight.watermark());
-        }
-        // Commit every interval, and early when a shard has used half of its
-        // `max_uncommitted` allowance, so that the allowance never throttles the export.
-        let half_used = exports.iter().any(|e| {
-            e.flight.watermark().saturating_sub(e.committed) >= cfg.max_uncommitted.div_ceil(2)
-        });
-        if half_used || now.duration_since(last_commit) >= cfg.commit_interval {
-            commit(api, stats, &ctx, &mut exports);
-            last_commit = now;
         }
     }
-    // Stop: stop producing, give the broker a moment to confirm what is in flight, then
-    // commit what it confirmed. The rest is sent again at the next start.
+    (ok, any)
+}
+
+/// Stop: stop producing, give the broker a moment to confirm what is in flight, then commit
+/// what it confirmed. The rest is sent again at the next start.
+fn stop(
+    api: &LogReaders,
+    stats: &ExportStats,
+    producer: &KafkaProducer,
+    exports: &mut [ShardExport],
+    mut sent_this_run: u64,
+) {
     let _ = producer.flush(STOP_FLUSH);
     producer.poll(Duration::ZERO);
     let mut ok = 0;
@@ -616,12 +723,11 @@ fn run(
     }
     stats.delivered(ok);
     sent_this_run += ok;
-    commit(api, stats, producer.context(), &mut exports);
+    commit(api, stats, producer.context(), exports);
     eprintln!(
         "pixeld: export: stopped: {sent_this_run} records confirmed this run; export offsets {:?}",
         exports.iter().map(|e| e.committed).collect::<Vec<_>>()
     );
-    Ok(())
 }
 
 /// Commits every shard's watermark that moved.
