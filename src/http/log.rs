@@ -1,6 +1,6 @@
-//! The log over HTTP: `GET /v1/log/shards`, `GET /v1/log` (records by offset or time, with
-//! long polling), and named consumers' offsets (`/v1/consumers/…`). Served on the HTTP port
-//! by `http::router`, which hands every path [`owns`] claims to [`handle`]. What it reads
+//! The log over HTTP: `GET /v1/log/shards` and `GET /v1/log` (records by offset or time, with
+//! long polling); named consumers' offsets are `consumers.rs` beside it. Served on the HTTP
+//! port by `http::router`, which hands every path [`owns`] claims to [`handle`]. What it reads
 //! through is [`crate::readers::LogReaders`].
 //!
 //! A request lands on whichever shard accepted the connection, and may ask for any shard's
@@ -18,12 +18,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::consumers::{validate_name, Consumer, ConsumerError};
+use super::blocking;
+use super::response::{bad_param, error, json_response, method_not_allowed, Resp};
 use crate::log::fetch::{FetchError, ShardLog};
 use crate::log::ndjson::{describe_warning, format_ts, ndjson_line};
 use crate::log::reader::Start;
@@ -37,34 +38,12 @@ pub const MAX_BYTES: u64 = 8 << 20;
 pub const DEFAULT_BYTES: u64 = 1 << 20;
 /// Longest `wait_ms`.
 pub const MAX_WAIT_MS: u64 = 30_000;
-/// Largest body of `PUT /v1/consumers/{name}/offsets`.
-const MAX_COMMIT_BODY: usize = 64 << 10;
 /// How often a long poll looks at the durable offset.
 const POLL_EVERY: Duration = Duration::from_millis(10);
 
 /// Whether `path` belongs to the log API.
 pub fn owns(path: &str) -> bool {
-    matches!(path, "/v1/log" | "/v1/log/shards" | "/v1/consumers")
-        || path.starts_with("/v1/consumers/")
-}
-
-type Resp = Response<Full<Bytes>>;
-
-fn json_response(status: StatusCode, v: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn bad_param(param: &str, error: String) -> Resp {
-    json_response(
-        StatusCode::BAD_REQUEST,
-        &json!({"error": format!("parameter `{param}`: {error}"), "param": param}),
-    )
+    matches!(path, "/v1/log" | "/v1/log/shards")
 }
 
 /// A bad parameter: its name and what is wrong (answered as 400 by [`Bad::resp`]).
@@ -77,22 +56,6 @@ impl Bad {
     fn resp(self) -> Resp {
         bad_param(&self.0, self.1)
     }
-}
-
-fn error(status: StatusCode, error: String) -> Resp {
-    json_response(status, &json!({ "error": error }))
-}
-
-fn method_not_allowed(allow: &'static str) -> Resp {
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("method not allowed (allowed: {allow})"),
-    );
-    r.headers_mut().insert(
-        hyper::header::ALLOW,
-        hyper::header::HeaderValue::from_static(allow),
-    );
-    r
 }
 
 /// Answers a request for a path [`owns`] claims.
@@ -108,43 +71,8 @@ pub async fn handle(req: Request<Incoming>, api: &Arc<LogReaders>) -> Resp {
             Method::GET => shards(req.uri().query(), api).await,
             _ => method_not_allowed("GET"),
         },
-        "/v1/consumers" => match method {
-            Method::GET => list_consumers(api),
-            _ => method_not_allowed("GET"),
-        },
-        p => {
-            let rest = p.strip_prefix("/v1/consumers/").unwrap_or_default();
-            match rest.split_once('/') {
-                None => match method {
-                    Method::GET => get_consumer(rest, api).await,
-                    Method::DELETE if reserved(rest, api) => reserved_resp(rest),
-                    Method::DELETE => delete_consumer(rest, api).await,
-                    _ => method_not_allowed("GET, DELETE"),
-                },
-                Some((name, "offsets")) => match method {
-                    Method::PUT if reserved(name, api) => reserved_resp(name),
-                    Method::PUT => commit(name, req, api).await,
-                    _ => method_not_allowed("PUT"),
-                },
-                Some(_) => error(StatusCode::NOT_FOUND, "no such endpoint".into()),
-            }
-        }
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint".into()),
     }
-}
-
-/// Whether `name` is the Kafka export's own consumer while the export runs: its offsets
-/// move only with the broker's confirmations.
-fn reserved(name: &str, api: &LogReaders) -> bool {
-    api.reserved_consumer == Some(name)
-}
-
-fn reserved_resp(name: &str) -> Resp {
-    error(
-        StatusCode::CONFLICT,
-        format!(
-            "consumer {name:?} belongs to the Kafka export ([export.kafka]) and moves only when the broker confirms delivery; to move or delete it, stop pixeld, remove [export.kafka] from the config, start it, then change it here"
-        ),
-    )
 }
 
 /// The query string, with unknown and repeated parameters refused (the query API's rule).
@@ -228,10 +156,6 @@ impl Read {
         )?;
         Ok((body, end.records, end.next_offset))
     }
-}
-
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    glommio::executor().spawn_blocking(f).await
 }
 
 /// `GET /v1/log?shard=N&(offset=O|time=T)[&max_records=M][&max_bytes=B][&wait_ms=W]`.
@@ -403,238 +327,5 @@ async fn shards(query: Option<&str>, api: &Arc<LogReaders>) -> Resp {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("reading the logs failed: {e}"),
         ),
-    }
-}
-
-fn consumer_error(e: ConsumerError) -> Resp {
-    match e {
-        ConsumerError::InvalidName { .. } => bad_param("name", e.to_string()),
-        ConsumerError::UnknownShard { .. } => bad_param("shard", e.to_string()),
-        ConsumerError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
-        ConsumerError::Io { .. } | ConsumerError::Corrupt { .. } => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the consumer store failed: {e}"),
-        ),
-    }
-}
-
-fn list_consumers(api: &LogReaders) -> Resp {
-    let list: Vec<Value> = api
-        .consumers
-        .list()
-        .iter()
-        .map(|c| json!({"name": c.name, "retention_pin": c.retention_pin, "updated": format_ts(c.updated_ns)}))
-        .collect();
-    json_response(StatusCode::OK, &json!({ "consumers": list }))
-}
-
-/// A consumer with its lag on every shard: records (durable records from its committed
-/// offset on) and seconds (the age of the oldest of those; 0 when caught up).
-async fn describe(c: Consumer, api: &Arc<LogReaders>) -> Value {
-    let logs = api.logs.clone();
-    let durable: Vec<u64> = (0..logs.len()).map(|s| api.durable_next(s)).collect();
-    let offsets = c.offsets.clone();
-    let now = crate::sys::now_ns();
-    let shards = blocking(move || {
-        logs.iter()
-            .zip(durable)
-            .map(|(log, next)| match offsets.get(&log.shard) {
-                None => json!({"shard": log.shard, "committed_offset": null, "next_offset": next, "lag_records": null, "lag_seconds": null}),
-                Some(&o) => {
-                    let oldest = log.recv_ns_at(o, next).ok().flatten();
-                    let lag_s = oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
-                    json!({"shard": log.shard, "committed_offset": o, "next_offset": next, "lag_records": next.saturating_sub(o), "lag_seconds": (lag_s * 1000.0).round() / 1000.0})
-                }
-            })
-            .collect::<Vec<Value>>()
-    })
-    .await;
-    json!({
-        "name": c.name,
-        "retention_pin": c.retention_pin,
-        "updated": format_ts(c.updated_ns),
-        "shards": shards,
-    })
-}
-
-async fn get_consumer(name: &str, api: &Arc<LogReaders>) -> Resp {
-    if let Err(e) = validate_name(name) {
-        return consumer_error(e);
-    }
-    match api.consumers.get(name) {
-        Some(c) => json_response(StatusCode::OK, &describe(c, api).await),
-        None => consumer_error(ConsumerError::NotFound(name.to_string())),
-    }
-}
-
-async fn delete_consumer(name: &str, api: &Arc<LogReaders>) -> Resp {
-    if let Err(e) = validate_name(name) {
-        return consumer_error(e);
-    }
-    let store = api.consumers.clone();
-    let n = name.to_string();
-    match blocking(move || store.delete(&n)).await {
-        Ok(()) => json_response(StatusCode::OK, &json!({ "deleted": name })),
-        Err(e) => consumer_error(e),
-    }
-}
-
-/// A commit: (shard, offset) pairs and the `retention_pin` to set, if given.
-type Commit = (Vec<(usize, u64)>, Option<bool>);
-
-/// The offsets of a commit body: `{"shard":N,"offset":O}`, a list of those, or
-/// `{"offsets":[…], "retention_pin": bool}` (the single form takes `retention_pin` too).
-fn parse_commit(v: &Value) -> Result<Commit, String> {
-    fn pair(v: &Value) -> Result<(usize, u64), String> {
-        let Some(o) = v.as_object() else {
-            return Err(format!("{v} is not an object {{\"shard\":N,\"offset\":O}}"));
-        };
-        if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "shard" | "offset")) {
-            return Err(format!("unknown field `{k}` in an offset"));
-        }
-        let field = |k: &str| {
-            o.get(k)
-                .ok_or_else(|| format!("`{k}` is missing"))?
-                .as_u64()
-                .ok_or_else(|| format!("`{k}` must be a non-negative integer, not {}", o[k]))
-        };
-        let shard = usize::try_from(field("shard")?).map_err(|e| e.to_string())?;
-        Ok((shard, field("offset")?))
-    }
-    let pin = |o: &serde_json::Map<String, Value>| match o.get("retention_pin") {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(x) => Err(format!("`retention_pin` must be true or false, not {x}")),
-    };
-    match v {
-        Value::Array(a) => Ok((a.iter().map(pair).collect::<Result<_, _>>()?, None)),
-        Value::Object(o) if o.contains_key("offsets") => {
-            if let Some(k) = o
-                .keys()
-                .find(|k| !matches!(k.as_str(), "offsets" | "retention_pin"))
-            {
-                return Err(format!("unknown field `{k}`"));
-            }
-            let Some(list) = o.get("offsets").and_then(Value::as_array) else {
-                return Err("`offsets` must be a list".into());
-            };
-            Ok((list.iter().map(pair).collect::<Result<_, _>>()?, pin(o)?))
-        }
-        Value::Object(o) => {
-            let mut rest = o.clone();
-            let p = pin(o)?;
-            rest.remove("retention_pin");
-            Ok((vec![pair(&Value::Object(rest))?], p))
-        }
-        _ => Err("the body must be a JSON object or list".into()),
-    }
-}
-
-/// `PUT /v1/consumers/{name}/offsets`: answers 200 with the consumer only once the commit is
-/// durable.
-async fn commit(name: &str, req: Request<Incoming>, api: &Arc<LogReaders>) -> Resp {
-    if let Err(e) = validate_name(name) {
-        return consumer_error(e);
-    }
-    let body = match Limited::new(req.into_body(), MAX_COMMIT_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body larger than {MAX_COMMIT_BODY} bytes"),
-                );
-            }
-            return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"));
-        }
-    };
-    let parsed = serde_json::from_slice::<Value>(&body)
-        .map_err(|e| format!("the body is not JSON: {e}"))
-        .and_then(|v| parse_commit(&v));
-    let (offsets, retention_pin) = match parsed {
-        Ok(x) => x,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    if offsets.is_empty() && retention_pin.is_none() {
-        return error(StatusCode::BAD_REQUEST, "nothing to commit".into());
-    }
-    for (i, &(shard, offset)) in offsets.iter().enumerate() {
-        if shard >= api.logs.len() {
-            return consumer_error(ConsumerError::UnknownShard {
-                shard,
-                shards: api.logs.len(),
-            });
-        }
-        if offsets[..i].iter().any(|(s, _)| *s == shard) {
-            return bad_param("shard", format!("shard {shard} is given more than once"));
-        }
-        let next = api.durable_next(shard);
-        if offset > next {
-            return bad_param(
-                "offset",
-                format!("offset {offset} is past the end of shard {shard}'s durable log (next offset {next})"),
-            );
-        }
-    }
-    let store = api.consumers.clone();
-    let n = name.to_string();
-    match blocking(move || store.commit(&n, &offsets, retention_pin)).await {
-        Ok(c) => json_response(StatusCode::OK, &describe(c, api).await),
-        Err(e) => consumer_error(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commit_bodies() {
-        let p = |s: &str| parse_commit(&serde_json::from_str(s).unwrap());
-        assert_eq!(p(r#"{"shard":1,"offset":5}"#), Ok((vec![(1, 5)], None)));
-        assert_eq!(
-            p(r#"{"shard":1,"offset":5,"retention_pin":true}"#),
-            Ok((vec![(1, 5)], Some(true)))
-        );
-        assert_eq!(
-            p(r#"[{"shard":0,"offset":1},{"shard":1,"offset":2}]"#),
-            Ok((vec![(0, 1), (1, 2)], None))
-        );
-        assert_eq!(
-            p(r#"{"offsets":[],"retention_pin":false}"#),
-            Ok((vec![], Some(false)))
-        );
-        for bad in [
-            r#"{"shard":-1,"offset":5}"#,
-            r#"{"shard":0,"offset":-5}"#,
-            r#"{"shard":0}"#,
-            r#"{"shard":0,"offset":1,"x":1}"#,
-            r#"{"shard":0,"offset":1.5}"#,
-            r#"{"offsets":{}}"#,
-            r#"{"shard":0,"offset":1,"retention_pin":"yes"}"#,
-            r#"3"#,
-        ] {
-            assert!(p(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn routes() {
-        for p in [
-            "/v1/log",
-            "/v1/log/shards",
-            "/v1/consumers",
-            "/v1/consumers/x",
-        ] {
-            assert!(owns(p), "{p}");
-        }
-        for p in ["/v1/logs", "/v1/log/x", "/v1/consumersx"] {
-            assert!(!owns(p), "{p}");
-        }
     }
 }

@@ -3,7 +3,7 @@
 //! request through the access check (`auth`) to one file per group of endpoints:
 //! - `ingest`: `GET /p.gif`, `POST /v1/events`;
 //! - `query`: `GET /v1/top`, `/v1/timeseries`, `/v1/summary`, `/v1/realtime`;
-//! - `log`: `/v1/log`, `/v1/log/shards` and named consumers `/v1/consumers/…`;
+//! - `log`: `/v1/log`, `/v1/log/shards`; `consumers`: named consumers `/v1/consumers/…`;
 //! - `ops`: `GET /metrics`, `/healthz`, `/readyz`;
 //! - `dashboard`: `GET /`, `/dashboard/*` (embedded assets) and `GET /v1/live` (its stream).
 //!
@@ -11,6 +11,7 @@
 //! `readers` and `metrics`, which know nothing of HTTP.
 
 pub mod auth;
+pub mod consumers;
 pub mod dashboard;
 pub mod ingest;
 pub mod log;
@@ -67,4 +68,10 @@ pub struct HttpContext {
     pub log_api: Arc<crate::readers::LogReaders>,
     /// The Kafka export's counters, when it is configured (`/metrics`, `/readyz`).
     pub export: Option<Arc<crate::export::ExportStats>>,
+}
+
+/// Runs `f` on glommio's blocking pool: segment reads and the consumer store's fsyncs never
+/// run on the executor thread that also ingests.
+pub(crate) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(f).await
 }

@@ -1,11 +1,13 @@
 //! Building responses: a body with its content type, a JSON answer, and the 503 with
-//! `Retry-After` that every ingest endpoint gives when the log refuses. Errors are JSON
+//! `Retry-After` that every ingest endpoint gives when the log refuses, and the error answers
+//! of the log and consumer APIs (400 naming the parameter, 405 with `Allow`). Errors are JSON
 //! objects with an `error` sentence naming the cause (and `param` or `reason` where one
 //! applies), so a client can show them as they are.
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
+use serde_json::{json, Value};
 
 use crate::log::AppendError;
 
@@ -34,6 +36,45 @@ pub(crate) fn unavailable(why: AppendError) -> Response<Full<Bytes>> {
     r.headers_mut().insert(
         hyper::header::RETRY_AFTER,
         hyper::header::HeaderValue::from_static("1"),
+    );
+    r
+}
+
+/// A whole response, as the JSON endpoints build it.
+pub(crate) type Resp = Response<Full<Bytes>>;
+
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// 400 naming the parameter.
+pub(crate) fn bad_param(param: &str, error: String) -> Resp {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": format!("parameter `{param}`: {error}"), "param": param}),
+    )
+}
+
+/// `{"error": …}` with `status`.
+pub(crate) fn error(status: StatusCode, error: String) -> Resp {
+    json_response(status, &json!({ "error": error }))
+}
+
+/// 405 with the `Allow` header.
+pub(crate) fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed (allowed: {allow})"),
+    );
+    r.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static(allow),
     );
     r
 }

@@ -10,7 +10,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::response::json;
-use super::{auth, dashboard, ingest, log, ops, query, Body, HttpContext};
+use super::{auth, consumers, dashboard, ingest, log, ops, query, Body, HttpContext};
 use crate::metrics::ShardStats;
 
 /// The access check, then the dashboard and its live stream, then every other endpoint.
@@ -58,6 +58,9 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     if log::owns(req.uri().path()) {
         return log::handle(req, &ctx.log_api).await;
+    }
+    if consumers::owns(req.uri().path()) {
+        return consumers::handle(req, &ctx.log_api).await;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/p.gif") | (&Method::POST, "/v1/events")
