@@ -28,6 +28,7 @@ use super::response::{bad_param, error, json_response, method_not_allowed, Resp}
 use crate::log::fetch::{FetchError, ShardLog};
 use crate::log::ndjson::{describe_warning, format_ts, ndjson_line};
 use crate::log::reader::Start;
+use crate::query::params::{bad, pairs, parse_time, BadParam};
 use crate::readers::LogReaders;
 
 /// Largest `max_records` of one `GET /v1/log`.
@@ -46,16 +47,9 @@ pub fn owns(path: &str) -> bool {
     matches!(path, "/v1/log" | "/v1/log/shards")
 }
 
-/// A bad parameter: its name and what is wrong (answered as 400 by [`Bad::resp`]).
-struct Bad(String, String);
-
-impl Bad {
-    fn new(param: &str, error: String) -> Self {
-        Bad(param.to_string(), error)
-    }
-    fn resp(self) -> Resp {
-        bad_param(&self.0, self.1)
-    }
+/// A parameter the query API's rules refused, answered as 400 naming it.
+fn refused(b: BadParam) -> Resp {
+    bad_param(&b.param, b.reason)
 }
 
 /// Answers a request for a path [`owns`] claims.
@@ -75,28 +69,20 @@ pub async fn handle(req: Request<Incoming>, api: &Arc<LogReaders>) -> Resp {
     }
 }
 
-/// The query string, with unknown and repeated parameters refused (the query API's rule).
-fn params(query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, Bad> {
-    crate::query::params::pairs(query, allowed).map_err(|e| Bad(e.param, e.reason))
-}
-
 fn get<'a>(p: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
     p.get(k).map(String::as_str)
 }
 
 /// A non-negative integer in `min..=max`.
-fn number(param: &str, v: &str, min: u64, max: u64) -> Result<u64, Bad> {
+fn number(param: &str, v: &str, min: u64, max: u64) -> Result<u64, BadParam> {
     let n: u64 = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         v.parse()
-            .map_err(|_| Bad::new(param, format!("`{v}` is too large")))?
+            .map_err(|_| bad(param, format!("`{v}` is too large")))?
     } else {
-        return Err(Bad::new(
-            param,
-            format!("`{v}` is not a non-negative integer"),
-        ));
+        return Err(bad(param, format!("`{v}` is not a non-negative integer")));
     };
     if n < min || n > max {
-        return Err(Bad::new(
+        return Err(bad(
             param,
             format!("{n} is out of range: it must be between {min} and {max}"),
         ));
@@ -104,14 +90,14 @@ fn number(param: &str, v: &str, min: u64, max: u64) -> Result<u64, Bad> {
     Ok(n)
 }
 
-fn shard_param(api: &LogReaders, v: Option<&str>) -> Result<usize, Bad> {
+fn shard_param(api: &LogReaders, v: Option<&str>) -> Result<usize, BadParam> {
     let Some(v) = v else {
-        return Err(Bad::new("shard", "is required".into()));
+        return Err(bad("shard", "is required"));
     };
     let n = api.logs.len();
     let s = number("shard", v, 0, u64::MAX)?;
     if s >= n as u64 {
-        return Err(Bad::new(
+        return Err(bad(
             "shard",
             format!("shard {s} does not exist (shards are 0..{n}; see /v1/log/shards)"),
         ));
@@ -160,7 +146,7 @@ impl Read {
 
 /// `GET /v1/log?shard=N&(offset=O|time=T)[&max_records=M][&max_bytes=B][&wait_ms=W]`.
 async fn read_log(query: Option<&str>, api: &Arc<LogReaders>) -> Resp {
-    let p = match params(
+    let p = match pairs(
         query,
         &[
             "shard",
@@ -172,7 +158,7 @@ async fn read_log(query: Option<&str>, api: &Arc<LogReaders>) -> Resp {
         ],
     ) {
         Ok(p) => p,
-        Err(b) => return b.resp(),
+        Err(b) => return refused(b),
     };
     let parsed = (|| {
         let shard = shard_param(api, get(&p, "shard"))?;
@@ -180,17 +166,14 @@ async fn read_log(query: Option<&str>, api: &Arc<LogReaders>) -> Resp {
             (Some(o), None) => Start::Offset(number("offset", o, 0, u64::MAX)?),
             (None, Some(t)) => {
                 let now_ms = (crate::sys::now_ns() / 1_000_000) as i64;
-                let ms = crate::query::params::parse_time("time", t, now_ms)
-                    .map_err(|e| Bad::new("time", e.to_string()))?;
+                let ms = parse_time("time", t, now_ms)?;
                 Start::Time((ms.max(0) as u64).saturating_mul(1_000_000))
             }
-            (Some(_), Some(_)) => {
-                return Err(Bad::new("time", "give `offset` or `time`, not both".into()))
-            }
+            (Some(_), Some(_)) => return Err(bad("time", "give `offset` or `time`, not both")),
             (None, None) => {
-                return Err(Bad::new(
+                return Err(bad(
                     "offset",
-                    "is required (or `time`); the first offsets are in /v1/log/shards".into(),
+                    "is required (or `time`); the first offsets are in /v1/log/shards",
                 ))
             }
         };
@@ -204,7 +187,7 @@ async fn read_log(query: Option<&str>, api: &Arc<LogReaders>) -> Resp {
     })();
     let (shard, start, max_records, max_bytes, wait_ms) = match parsed {
         Ok(v) => v,
-        Err(b) => return b.resp(),
+        Err(b) => return refused(b),
     };
     let Some(log) = api.logs.get(shard) else {
         return bad_param("shard", format!("shard {shard} does not exist"));
@@ -291,8 +274,8 @@ fn ts(ns: Option<u64>) -> Value {
 
 /// `GET /v1/log/shards`.
 async fn shards(query: Option<&str>, api: &Arc<LogReaders>) -> Resp {
-    if let Err(b) = params(query, &[]) {
-        return b.resp();
+    if let Err(b) = pairs(query, &[]) {
+        return refused(b);
     }
     let logs = api.logs.clone();
     let durable: Vec<u64> = (0..logs.len()).map(|s| api.durable_next(s)).collect();

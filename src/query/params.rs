@@ -21,7 +21,8 @@ pub struct BadParam {
     pub reason: String,
 }
 
-fn bad(param: &str, reason: impl Into<String>) -> BadParam {
+/// A [`BadParam`] for `param`.
+pub fn bad(param: &str, reason: impl Into<String>) -> BadParam {
     BadParam {
         param: param.to_string(),
         reason: reason.into(),

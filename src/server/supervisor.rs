@@ -228,8 +228,8 @@ fn report_stopped(stats: &[Arc<ShardStats>]) {
 /// first failure.
 struct Tally {
     ready: usize,
-    stopped: usize,
-    /// Which shards have ended (to name the stuck ones at a shutdown timeout).
+    /// Which shards have ended (each reports `Failed` or `Stopped` once); the stuck ones are
+    /// named at a shutdown timeout.
     ended: Vec<bool>,
     failure: Option<ServeError>,
 }
@@ -238,7 +238,6 @@ impl Tally {
     fn new(shards: usize) -> Self {
         Tally {
             ready: 0,
-            stopped: 0,
             ended: vec![false; shards],
             failure: None,
         }
@@ -267,10 +266,14 @@ impl Tally {
     }
 
     fn ended(&mut self, shard: usize) {
-        self.stopped += 1;
         if let Some(s) = self.ended.get_mut(shard) {
             *s = true;
         }
+    }
+
+    /// How many shards have ended.
+    fn stopped(&self) -> usize {
+        self.ended.iter().filter(|e| **e).count()
     }
 }
 
@@ -287,7 +290,7 @@ fn wait_recovered(
     let progress = crossbeam_channel::tick(Duration::from_secs(1));
     let mut last_replayed = 0u64;
     let shards = tally.ended.len();
-    while tally.ready + tally.stopped < shards && tally.failure.is_none() {
+    while tally.ready + tally.stopped() < shards && tally.failure.is_none() {
         crossbeam_channel::select! {
             recv(rx) -> ev => match ev {
                 Ok(ev) => tally.record(ev),
@@ -383,7 +386,7 @@ fn stop_all(
     timeout: Duration,
 ) -> Result<(), ServeError> {
     let deadline = Instant::now() + timeout;
-    while tally.stopped < tally.ended.len() {
+    while tally.stopped() < tally.ended.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(ev) => tally.record(ev),

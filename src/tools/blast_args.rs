@@ -119,11 +119,8 @@ pub enum BlastArgsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{addr:?} is not a host:port address{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
-    Address {
-        addr: String,
-        reason: Option<String>,
-    },
+    #[error("{addr:?} is not a usable host:port address: {reason}")]
+    Address { addr: String, reason: String },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -261,12 +258,12 @@ pub fn run(a: BlastArgs) -> Result<Outcome, BlastArgsError> {
 /// The first address `addr` (host:port) resolves to.
 fn resolve(addr: &str) -> Result<SocketAddr, BlastArgsError> {
     use std::net::ToSocketAddrs;
-    let bad = |reason: Option<String>| BlastArgsError::Address {
+    let bad = |reason: String| BlastArgsError::Address {
         addr: addr.to_string(),
         reason,
     };
     addr.to_socket_addrs()
-        .map_err(|e| bad(Some(e.to_string())))?
+        .map_err(|e| bad(e.to_string()))?
         .next()
-        .ok_or_else(|| bad(Some("it resolves to no address".into())))
+        .ok_or_else(|| bad("it resolves to no address".into()))
 }

@@ -120,6 +120,16 @@ pub fn free_tcp_port() -> u16 {
         .port()
 }
 
+/// Sends `sig` (e.g. `TERM`, `KILL`) to a child process by its PID.
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
 /// A running `pixeld serve`, stopped by its PID.
 pub struct Server {
     pub child: Child,
@@ -218,12 +228,7 @@ impl Server {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        signal(&self.child, sig);
     }
 
     pub fn wait(mut self) -> (Option<i32>, String) {

@@ -304,7 +304,7 @@ fn hundred_thousand_lines_reach_the_topic_with_keys_and_headers() {
     );
     let data = dir.path().join("data");
     let server = serve_exporting(&data, &cfg);
-    let t0 = common_now_ns();
+    let t0 = pixeld::sys::now_ns();
     send(server.tcp, 0..N, 4);
     wait_metrics(
         server.http,
@@ -337,7 +337,10 @@ fn hundred_thousand_lines_reach_the_topic_with_keys_and_headers() {
         );
         assert_eq!(m.header("pixeld-host"), "edge-test-1");
         let recv: u64 = m.header("pixeld-recv-ts").parse().unwrap();
-        assert!(recv >= t0 && recv <= common_now_ns(), "recv ts {recv}");
+        assert!(
+            recv >= t0 && recv <= pixeld::sys::now_ns(),
+            "recv ts {recv}"
+        );
         assert_eq!(m.timestamp_ms, Some((recv / 1_000_000) as i64));
     }
     assert_eq!(ids, all_ids(&durable), "every (shard, offset) of the log");
@@ -398,13 +401,6 @@ fn hundred_thousand_lines_reach_the_topic_with_keys_and_headers() {
             && out.contains("create it"),
         "{out}"
     );
-}
-
-fn common_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
 }
 
 #[test]

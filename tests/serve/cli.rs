@@ -270,11 +270,7 @@ fn a_shard_stuck_at_shutdown_is_given_up_after_shutdown_timeout() {
         }
     }
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    common::signal(&child, "TERM");
     let status = child.wait().unwrap();
     while let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(2)) {
         seen.push(l);

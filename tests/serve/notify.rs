@@ -123,11 +123,7 @@ fn ready_after_rebuild_watchdog_and_stopping() {
     }
     assert!(pings >= 4, "{pings} watchdog pings in 1.5 s");
     // SIGTERM: STOPPING=1, then a clean exit.
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    common::signal(&child, "TERM");
     until(&sock, "STOPPING=1", Duration::from_secs(10));
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }

@@ -57,12 +57,7 @@ impl Tail {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        common::signal(&self.child, sig);
     }
 
     /// Waits for the exit; returns the exit code and whatever else was printed.
