@@ -12,7 +12,7 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
 use super::blocking;
-use super::response::{bad_param, error, json_response, method_not_allowed, Resp};
+use super::response::{bad_param, error, json, method_not_allowed, Resp};
 use crate::consumers::{validate_name, Consumer, ConsumerError};
 use crate::log::ndjson::format_ts;
 use crate::readers::LogReaders;
@@ -86,7 +86,7 @@ fn list_consumers(api: &LogReaders) -> Resp {
         .iter()
         .map(|c| json!({"name": c.name, "retention_pin": c.retention_pin, "updated": format_ts(c.updated_ns)}))
         .collect();
-    json_response(StatusCode::OK, &json!({ "consumers": list }))
+    json(StatusCode::OK, json!({ "consumers": list }))
 }
 
 /// A consumer with its lag on every shard: records (durable records from its committed
@@ -123,7 +123,7 @@ async fn get_consumer(name: &str, api: &Arc<LogReaders>) -> Resp {
         return consumer_error(e);
     }
     match api.consumers.get(name) {
-        Some(c) => json_response(StatusCode::OK, &describe(c, api).await),
+        Some(c) => json(StatusCode::OK, describe(c, api).await),
         None => consumer_error(ConsumerError::NotFound(name.to_string())),
     }
 }
@@ -135,7 +135,7 @@ async fn delete_consumer(name: &str, api: &Arc<LogReaders>) -> Resp {
     let store = api.consumers.clone();
     let n = name.to_string();
     match blocking(move || store.delete(&n)).await {
-        Ok(()) => json_response(StatusCode::OK, &json!({ "deleted": name })),
+        Ok(()) => json(StatusCode::OK, json!({ "deleted": name })),
         Err(e) => consumer_error(e),
     }
 }
@@ -245,7 +245,7 @@ async fn commit(name: &str, req: Request<Incoming>, api: &Arc<LogReaders>) -> Re
     let store = api.consumers.clone();
     let n = name.to_string();
     match blocking(move || store.commit(&n, &offsets, retention_pin)).await {
-        Ok(c) => json_response(StatusCode::OK, &describe(c, api).await),
+        Ok(c) => json(StatusCode::OK, describe(c, api).await),
         Err(e) => consumer_error(e),
     }
 }

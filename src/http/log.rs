@@ -24,7 +24,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::blocking;
-use super::response::{bad_param, error, json_response, method_not_allowed, Resp};
+use super::response::{bad_param, error, json, method_not_allowed, Resp};
 use crate::log::fetch::{FetchError, ShardLog};
 use crate::log::ndjson::{describe_warning, format_ts, ndjson_line};
 use crate::log::reader::Start;
@@ -228,9 +228,9 @@ async fn read_log(query: Option<&str>, api: &Arc<LogReaders>) -> Resp {
                 } else {
                     "is past the end of the durable log"
                 };
-                return json_response(
+                return json(
                     StatusCode::RANGE_NOT_SATISFIABLE,
-                    &json!({
+                    json!({
                         "error": format!("offset {offset} of shard {shard} {why}; retained offsets are {first_offset}..{next_offset}"),
                         "shard": shard,
                         "offset": offset,
@@ -304,7 +304,7 @@ async fn shards(query: Option<&str>, api: &Arc<LogReaders>) -> Resp {
                     })
                 })
                 .collect();
-            json_response(StatusCode::OK, &json!({ "shards": shards }))
+            json(StatusCode::OK, json!({ "shards": shards }))
         }
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

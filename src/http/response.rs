@@ -7,7 +7,7 @@
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::log::AppendError;
 
@@ -43,27 +43,17 @@ pub(crate) fn unavailable(why: AppendError) -> Response<Full<Bytes>> {
 /// A whole response, as the JSON endpoints build it.
 pub(crate) type Resp = Response<Full<Bytes>>;
 
-pub(crate) fn json_response(status: StatusCode, v: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 /// 400 naming the parameter.
 pub(crate) fn bad_param(param: &str, error: String) -> Resp {
-    json_response(
+    json(
         StatusCode::BAD_REQUEST,
-        &json!({"error": format!("parameter `{param}`: {error}"), "param": param}),
+        json!({"error": format!("parameter `{param}`: {error}"), "param": param}),
     )
 }
 
 /// `{"error": …}` with `status`.
 pub(crate) fn error(status: StatusCode, error: String) -> Resp {
-    json_response(status, &json!({ "error": error }))
+    json(status, json!({ "error": error }))
 }
 
 /// 405 with the `Allow` header.
