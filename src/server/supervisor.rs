@@ -170,6 +170,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
                 cfg.http
             )),
         ]);
+        tally.say_complete(&notify);
         // Phase 2: running.
         run_until_stop(&rx, &sig_rx, &mut tally, &all_stats, &notify);
     }
@@ -228,6 +229,12 @@ fn report_stopped(stats: &[Arc<ShardStats>]) {
 /// first failure.
 struct Tally {
     ready: usize,
+    /// Shards whose aggregates caught up, what they replayed, and whether that was said.
+    caught_up: usize,
+    replayed: u64,
+    missing: u64,
+    catchup_seconds: f64,
+    complete_said: bool,
     /// Which shards have ended (each reports `Failed` or `Stopped` once); the stuck ones are
     /// named at a shutdown timeout.
     ended: Vec<bool>,
@@ -238,6 +245,11 @@ impl Tally {
     fn new(shards: usize) -> Self {
         Tally {
             ready: 0,
+            caught_up: 0,
+            replayed: 0,
+            missing: 0,
+            catchup_seconds: 0.0,
+            complete_said: false,
             ended: vec![false; shards],
             failure: None,
         }
@@ -261,8 +273,34 @@ impl Tally {
                 self.failure
                     .get_or_insert(ServeError::ShardFailed { shard, error });
             }
+            ShardEvent::CaughtUp { catchup, .. } => {
+                self.caught_up += 1;
+                self.replayed += catchup.replayed;
+                self.missing += catchup.missing;
+                self.catchup_seconds = self.catchup_seconds.max(catchup.seconds);
+            }
             ShardEvent::Stopped { shard } => self.ended(shard),
         }
+    }
+
+    /// Says once, after the ready line, that every shard's aggregates have caught up.
+    fn say_complete(&mut self, notify: &Notifier) {
+        if self.complete_said || self.caught_up < self.ended.len() {
+            return;
+        }
+        self.complete_said = true;
+        eprintln!(
+            "pixeld: aggregates complete: {} shards; {} log records replayed after the checkpoints in {:.2} s{}",
+            self.ended.len(),
+            self.replayed,
+            self.catchup_seconds,
+            if self.missing > 0 {
+                format!("; {} records already deleted by retention could not be replayed", self.missing)
+            } else {
+                String::new()
+            }
+        );
+        notify.send(&[NotifyState::Status("ready; aggregates complete")]);
     }
 
     fn ended(&mut self, shard: usize) {
@@ -354,6 +392,7 @@ fn run_until_stop(
                     if tally.failure.is_some() {
                         break;
                     }
+                    tally.say_complete(notify);
                 }
                 Err(_) => break,
             },

@@ -1,0 +1,143 @@
+//! Checkpoints of one owner shard's aggregates, tied to log offsets (the files are
+//! `agg::store`'s): every `agg.checkpoint_interval` once the catch-up after a start is
+//! complete, and once more at a clean stop.
+//!
+//! A checkpoint is exact: the state is encoded on the shard's executor between two
+//! increments, together with the applied vector at that instant ([`Router::applied_vector`]),
+//! so the state is exactly "every record of source `s` below `applied[s]`". It is written only
+//! once each of those offsets is durable in its source's log (the sources publish their
+//! durable offsets in `ShardStats`): a crash can lose the tail of a log that was not yet
+//! fsynced, and a checkpoint must never hold increments of records the log does not. The
+//! write itself is the log's durable small-file write (temp, fdatasync, rename, directory
+//! fsync) on this executor; the wait polls and never blocks a peer.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Router;
+use crate::agg::store::{StoreError, Writer};
+use crate::metrics::ShardStats;
+
+/// How long a checkpoint waits for the sources' logs to make its offsets durable.
+const DURABLE_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a checkpoint was not written (the previous one stays valid).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("shard {source_shard}'s log did not make offset {offset} durable within {DURABLE_WAIT:?}")]
+    NotDurable { source_shard: usize, offset: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Takes one checkpoint now (when anything changed); Ok(false) when there was nothing to
+/// write.
+pub async fn checkpoint_once(
+    router: &Rc<Router>,
+    writer: &mut Writer,
+    all_stats: &[Arc<ShardStats>],
+    durable_wait: Duration,
+) -> Result<bool, CheckpointError> {
+    let s = &router.stats.agg;
+    let t = Instant::now();
+    let applied = router.applied_vector();
+    let pending = {
+        let mut agg = router.agg.borrow_mut();
+        if !agg.is_dirty() && writer.written_applied() == Some(applied.as_slice()) {
+            return Ok(false);
+        }
+        writer.prepare(&mut agg, applied)
+    };
+    ShardStats::add(&s.checkpoint_nanos, t.elapsed().as_nanos() as u64);
+    let deadline = Instant::now() + durable_wait;
+    for (src, &offset) in pending.applied.iter().enumerate() {
+        let Some(stats) = all_stats.get(src) else {
+            continue;
+        };
+        while offset > 0 && stats.durable_offset().is_none_or(|d| d + 1 < offset) {
+            if Instant::now() >= deadline {
+                return Err(CheckpointError::NotDurable {
+                    source_shard: src,
+                    offset: offset - 1,
+                });
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let bytes = pending.len() as u64;
+    writer.commit(pending).await?;
+    ShardStats::add(&s.checkpoints, 1);
+    ShardStats::add(&s.checkpoint_bytes, bytes);
+    s.checkpoint_last_ns
+        .store(crate::sys::now_ns(), Ordering::Relaxed);
+    Ok(true)
+}
+
+/// Checkpoints every `interval` once this owner's catch-up is complete, until `stop`;
+/// returns the writer for the last checkpoint at the clean stop. A failure is reported on
+/// stderr (once until a checkpoint succeeds again) and counted; the next one is a base.
+pub async fn run(
+    router: Rc<Router>,
+    mut writer: Writer,
+    all_stats: Arc<Vec<Arc<ShardStats>>>,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) -> Writer {
+    let mut last = Instant::now();
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        if last.elapsed() < interval || !router.complete() {
+            continue;
+        }
+        last = Instant::now();
+        match checkpoint_once(&router, &mut writer, &all_stats, DURABLE_WAIT).await {
+            Ok(_) => {
+                if failing {
+                    eprintln!(
+                        "pixeld: shard {}: checkpoints of the aggregates are written again",
+                        router.shard()
+                    );
+                }
+                failing = false;
+            }
+            Err(e) => {
+                ShardStats::add(&router.stats.agg.checkpoint_failures, 1);
+                if !failing {
+                    eprintln!(
+                        "pixeld: shard {}: checkpoint of the aggregates failed: {e}; the previous checkpoint stays \
+                         (a restart replays more of the log), retrying every {interval:?}",
+                        router.shard()
+                    );
+                }
+                failing = true;
+            }
+        }
+    }
+    writer
+}
+
+/// The last checkpoint at a clean stop (after the log is closed and synced): skipped when the
+/// catch-up had not completed (the previous checkpoint stays, and the next start replays from
+/// it). Reports on stderr.
+pub async fn at_stop(router: &Rc<Router>, writer: &mut Writer, all_stats: &[Arc<ShardStats>]) {
+    if !router.complete() {
+        eprintln!(
+            "pixeld: shard {}: stopping before the aggregates caught up; no checkpoint (the next start replays from the previous one)",
+            router.shard()
+        );
+        return;
+    }
+    match checkpoint_once(router, writer, all_stats, Duration::from_secs(10)).await {
+        Ok(_) => {}
+        Err(e) => {
+            ShardStats::add(&router.stats.agg.checkpoint_failures, 1);
+            eprintln!(
+                "pixeld: shard {}: checkpoint at stop failed: {e}; the next start replays from the previous one",
+                router.shard()
+            );
+        }
+    }
+}
