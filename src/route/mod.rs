@@ -82,6 +82,88 @@ pub fn now_minute() -> i64 {
     (crate::sys::now_ns() / 60_000_000_000) as i64
 }
 
+/// Which event minutes aggregate at the current time: from `floor` (the hour window's
+/// start) to `future` minutes past the receive time.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub floor: i64,
+    pub future: i64,
+}
+
+/// Parses one record's message and makes its increments: the url's, the referrer domain's
+/// for a pageview, and the visitor's, each with the shard that owns it (of `shards`; a hit
+/// without a visitor id stays on `me`, the shard that appended it). Counts the record's
+/// outcome in `stats`. The one place that decides what a record adds to the aggregates,
+/// shared by live routing, the catch-up and `pixeld check --aggregates`.
+pub fn increments(
+    parser: &mut EventParser,
+    stats: &crate::metrics::AggStats,
+    window: Window,
+    (me, shards): (usize, usize),
+    recv_ts: u64,
+    msg: &[u8],
+    mut emit: impl FnMut(usize, Inc, &str, &str),
+) {
+    let s = stats;
+    let ev = match parser.parse_message(msg) {
+        Ok(ev) => ev,
+        Err(e) => {
+            s.count_unparsed(e);
+            return;
+        }
+    };
+    if ev.invalid_utf8 {
+        ShardStats::add(&s.invalid_utf8, 1);
+    }
+    if ev.bad_timestamp {
+        ShardStats::add(&s.bad_timestamp, 1);
+    }
+    let recv_ms = (recv_ts / 1_000_000) as i64;
+    let ts_ms = match ev.ts_ms {
+        Some(t) => t,
+        None => {
+            ShardStats::add(&s.no_timestamp, 1);
+            recv_ms
+        }
+    };
+    let minute = ts_ms.div_euclid(60_000);
+    if ts_ms > recv_ms + window.future * 60_000 || minute < window.floor {
+        s.count(AggOutcome::OutOfWindow);
+        return;
+    }
+    s.count(AggOutcome::Aggregated);
+    let pv = ev.action == Action::Pageview;
+    let engaged = ev.engaged_seconds;
+    let vid = if ev.vid.is_empty() {
+        ShardStats::add(&s.no_vid, 1);
+        None
+    } else {
+        Some(vid_hash(ev.vid))
+    };
+    emit(
+        owner_of_key(URL_SEED, ev.url, shards),
+        Inc::new(IncKind::Url, pv, minute, engaged, None),
+        ev.site,
+        ev.url,
+    );
+    if pv {
+        emit(
+            owner_of_key(REF_SEED, ev.ref_domain, shards),
+            Inc::new(IncKind::Ref, pv, minute, 0, None),
+            ev.site,
+            ev.ref_domain,
+        );
+    }
+    // A hit without a visitor id still counts in the totals, on the shard that appended it.
+    let owner = vid.map_or(me, |h| owner_of_visitor(h, shards));
+    emit(
+        owner,
+        Inc::new(IncKind::Visitor, pv, minute, engaged, vid),
+        ev.site,
+        "",
+    );
+}
+
 /// One shard's router: its parser, its partition of the aggregates, its outgoing batches.
 pub struct Router {
     me: usize,
@@ -202,112 +284,42 @@ impl Router {
     /// Routes one appended record whose syslog header the caller already stripped (`msg` is
     /// the whole record when it had none).
     pub fn record_message(&self, recv_ts: u64, msg: &[u8]) {
-        let mut parser = self.parser.borrow_mut();
-        let ev = match parser.parse_message(msg) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.stats.agg.count_unparsed(e);
-                return;
-            }
-        };
-        let s = &self.stats.agg;
-        if ev.invalid_utf8 {
-            ShardStats::add(&s.invalid_utf8, 1);
-        }
-        if ev.bad_timestamp {
-            ShardStats::add(&s.bad_timestamp, 1);
-        }
-        let recv_ms = (recv_ts / 1_000_000) as i64;
-        let ts_ms = match ev.ts_ms {
-            Some(t) => t,
-            None => {
-                ShardStats::add(&s.no_timestamp, 1);
-                recv_ms
-            }
-        };
-        let minute = ts_ms.div_euclid(60_000);
         let (now, future, floor) = {
             let agg = self.agg.borrow();
             let now = self.now_min.get();
             (now, agg.cfg.future_minutes, agg.hour_floor(now))
         };
-        if ts_ms > recv_ms + future * 60_000 || minute < floor {
-            s.count(AggOutcome::OutOfWindow);
-            return;
-        }
-        s.count(AggOutcome::Aggregated);
-        let pv = ev.action == Action::Pageview;
-        let engaged = ev.engaged_seconds;
-        let vid = if ev.vid.is_empty() {
-            ShardStats::add(&s.no_vid, 1);
-            None
-        } else {
-            Some(vid_hash(ev.vid))
-        };
-        let n = self.shards;
-        self.send(
-            owner_of_key(URL_SEED, ev.url, n),
-            IncKind::Url,
-            pv,
-            minute,
-            engaged,
-            ev.site,
-            ev.url,
-            None,
-            now,
-        );
-        if pv {
-            self.send(
-                owner_of_key(REF_SEED, ev.ref_domain, n),
-                IncKind::Ref,
-                pv,
-                minute,
-                0,
-                ev.site,
-                ev.ref_domain,
-                None,
-                now,
-            );
-        }
-        // A hit without a visitor id still counts in the totals, on this shard.
-        let owner = vid.map_or(self.me, |h| owner_of_visitor(h, n));
-        self.send(
-            owner,
-            IncKind::Visitor,
-            pv,
-            minute,
-            engaged,
-            ev.site,
-            "",
-            vid,
-            now,
+        let window = Window { floor, future };
+        increments(
+            &mut self.parser.borrow_mut(),
+            &self.stats.agg,
+            window,
+            (self.me, self.shards),
+            recv_ts,
+            msg,
+            |owner, inc, site, key| self.send(owner, inc, site, key, now),
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &self,
-        owner: usize,
-        kind: IncKind,
-        pv: bool,
-        minute: i64,
-        engaged: u32,
-        site: &str,
-        key: &str,
-        vid: Option<u64>,
-        now: i64,
-    ) {
+    fn send(&self, owner: usize, inc: Inc, site: &str, key: &str, now: i64) {
         if let Some(at) = self.replay_at.get() {
             if self.floors.borrow().get(owner).is_some_and(|&f| at < f) {
                 return;
             }
         }
         if owner == self.me || self.senders.is_none() {
-            let inc = Inc::new(kind, pv, minute, engaged, vid);
             self.agg.borrow_mut().apply(&inc, site, key, now);
             ShardStats::add(&self.stats.agg.local_incs, 1);
         } else if let Some(b) = self.pending.borrow_mut().get_mut(owner) {
-            b.push(kind, pv, minute, engaged, site, key, vid);
+            b.push(
+                inc.kind,
+                inc.pageview,
+                inc.minute,
+                inc.engaged,
+                site,
+                key,
+                inc.has_vid.then_some(inc.vid),
+            );
         }
     }
 

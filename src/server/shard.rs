@@ -456,12 +456,14 @@ async fn run_shard(
             }
         })
     };
+    // The checkpointer stops when the log does (a clean stop, or a failure of the log).
+    let log_ended = Arc::new(AtomicBool::new(false));
     let checkpointer = glommio::spawn_local(crate::route::checkpoint::run(
         router.clone(),
         writer,
         net.all_stats.clone(),
         router.agg.borrow().cfg.checkpoint_interval,
-        shutdown.clone(),
+        log_ended.clone(),
     ));
     let watcher = {
         let log = log.clone();
@@ -474,6 +476,7 @@ async fn run_shard(
         })
     };
     let result = flusher.await.map_err(ShardFailure::from);
+    log_ended.store(true, Ordering::Relaxed);
     drop((watcher, udp_task, tcp_task, http_task, ticker, catchup));
     // The last checkpoint, once this shard's log is synced (a failed log keeps the previous).
     let mut writer = checkpointer.await;
