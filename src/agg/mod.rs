@@ -426,6 +426,60 @@ impl Aggregates {
             || self.hours.iter().any(|(_, b)| b.dirty)
     }
 
+    /// The numbers of the buckets held at minute (`hour` false) or hour resolution.
+    pub fn bucket_numbers(&self, hour: bool) -> Vec<i64> {
+        let tier = if hour { &self.hours } else { &self.minutes };
+        let mut v: Vec<i64> = tier.iter().map(|(n, _)| n).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// One bucket's cells as sorted lines of text keyed by name, not id (so that two states
+    /// built in different orders compare): what `pixeld check --aggregates` compares.
+    pub fn bucket_lines(&self, hour: bool, number: i64) -> Vec<String> {
+        let tier = if hour { &self.hours } else { &self.minutes };
+        let Some(b) = tier.get(number) else {
+            return Vec::new();
+        };
+        let site_line = |c: &SiteCell| {
+            let u = store::format::uniques_bytes(&c.uniques);
+            format!(
+                "views {} hits {} engaged {} uniques {} (registers crc {:08x}, {} bytes)",
+                c.views,
+                c.hits,
+                c.engaged,
+                c.uniques.estimate(),
+                crc32c::crc32c(&u),
+                u.len()
+            )
+        };
+        let mut out: Vec<String> = Vec::new();
+        for (id, c) in &b.urls {
+            out.push(format!(
+                "url {:?}: views {} hits {} engaged {}",
+                self.urls.name(*id),
+                c.views,
+                c.hits,
+                c.engaged
+            ));
+        }
+        for (k, v) in &b.refs {
+            out.push(format!(
+                "referrer {:?} of site {:?}: views {v}",
+                self.refs.name((k & 0xffff_ffff) as u32),
+                self.sites.name((k >> 32) as u32)
+            ));
+        }
+        for (id, c) in &b.sites {
+            out.push(format!("site {:?}: {}", self.sites.name(*id), site_line(c)));
+        }
+        if b.all.hits > 0 {
+            out.push(format!("all sites: {}", site_line(&b.all)));
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// Frees the buckets that left the windows at `now_min`.
     pub fn evict(&mut self, now_min: i64) {
         self.minutes.evict_before(self.minute_floor(now_min));
