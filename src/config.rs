@@ -661,16 +661,16 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
         checkpoint_interval: c.duration(
             "agg.checkpoint_interval",
             &a.checkpoint_interval,
-            Duration::from_secs(1),
+            Duration::from_millis(1),
         )?,
     };
-    if agg.checkpoint_interval < Duration::from_secs(1)
+    if agg.checkpoint_interval < Duration::from_millis(100)
         || agg.checkpoint_interval > Duration::from_secs(24 * 3600)
     {
         return Err(c.invalid(
             "agg.checkpoint_interval",
             format!(
-                "is {:?}; must be between 1s and 24h",
+                "is {:?}; must be between 100ms and 24h",
                 a.checkpoint_interval
             ),
         ));

@@ -442,15 +442,23 @@ impl Aggregates {
             return Vec::new();
         };
         let site_line = |c: &SiteCell| {
-            let u = store::format::uniques_bytes(&c.uniques);
+            let u: Vec<u8> = c
+                .uniques
+                .canonical()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
             format!(
-                "views {} hits {} engaged {} uniques {} (registers crc {:08x}, {} bytes)",
+                "views {} hits {} engaged {} uniques {} (crc {:08x} of {} words)",
                 c.views,
                 c.hits,
                 c.engaged,
-                c.uniques.estimate(),
+                match &c.uniques {
+                    Uniques::Exact(set) => format!("exactly {}", set.len()),
+                    Uniques::Sketch(_) => "a sketch".to_string(),
+                },
                 crc32c::crc32c(&u),
-                u.len()
+                u.len() / 8
             )
         };
         let mut out: Vec<String> = Vec::new();

@@ -75,7 +75,8 @@ pub async fn checkpoint_once(
     Ok(true)
 }
 
-/// Checkpoints every `interval` once this owner's catch-up is complete, until `stop`;
+/// Checkpoints as soon as this owner's catch-up is complete, then every `interval`, until
+/// `stop`;
 /// returns the writer for the last checkpoint at the clean stop. A failure is reported on
 /// stderr (once until a checkpoint succeeds again) and counted; the next one is a base.
 pub async fn run(
@@ -85,14 +86,17 @@ pub async fn run(
     interval: Duration,
     stop: Arc<AtomicBool>,
 ) -> Writer {
-    let mut last = Instant::now();
+    let mut last: Option<Instant> = None;
     let mut failing = false;
+    let tick = (interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(50));
     while !stop.load(Ordering::Relaxed) {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-        if last.elapsed() < interval || !router.complete() {
+        glommio::timer::sleep(tick).await;
+        // The first checkpoint as soon as the catch-up is complete (so that a restart after
+        // a long rebuild does not redo it), then every `interval`.
+        if !router.complete() || last.is_some_and(|l| l.elapsed() < interval) {
             continue;
         }
-        last = Instant::now();
+        last = Some(Instant::now());
         match checkpoint_once(&router, &mut writer, &all_stats, DURABLE_WAIT).await {
             Ok(_) => {
                 if failing {

@@ -188,13 +188,6 @@ fn put_uniques(out: &mut Vec<u8>, u: &Uniques) {
     }
 }
 
-/// The on-disk bytes of a uniques value (for comparing two states register by register).
-pub fn uniques_bytes(u: &Uniques) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_uniques(&mut out, u);
-    out
-}
-
 fn put_site_cell(out: &mut Vec<u8>, c: &SiteCell) {
     put_u64(out, c.views);
     put_u64(out, c.hits);
