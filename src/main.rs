@@ -238,7 +238,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let (raw, origin) = RawConfig::load(config.as_deref())?;
                 let cfg = Config::from_raw(&raw, &origin)?;
                 let _lock = pixeld::datadir::lock_data_dir(&data_dir)?;
-                eprintln!("pixeld check --aggregates: recomputing the store under {} from its logs", data_dir.display());
+                eprintln!(
+                    "pixeld check --aggregates: recomputing the store under {} from its logs",
+                    data_dir.display()
+                );
                 let r = pixeld::tools::check_aggregates::check_aggregates(&data_dir, &cfg.agg)?;
                 print!("{}", r.render());
                 return Ok(if r.is_ok() {

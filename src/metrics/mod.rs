@@ -701,6 +701,27 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
     );
     counter(
         &mut p,
+        "pixeld_log_segments_rolled_total",
+        "Segments sealed and a new one started.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.segments_rolled)))],
+    );
+    counter(
+        &mut p,
+        "pixeld_log_segments_deleted_total",
+        "Sealed segments deleted by retention (age or bytes).",
+        vec![(
+            String::new(),
+            sum(&|s| ShardStats::get(&s.segments_deleted)),
+        )],
+    );
+    counter(
+        &mut p,
+        "pixeld_log_deleted_bytes_total",
+        "Bytes of the segments retention deleted.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.bytes_deleted)))],
+    );
+    counter(
+        &mut p,
         "pixeld_log_pinned_segments_deleted_total",
         "Sealed segments deleted by retention_bytes_hard before a consumer with retention_pin read them.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.pinned_segments_deleted)))],

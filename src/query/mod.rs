@@ -586,4 +586,3 @@ pub fn with_completeness(body: String, complete: bool, catchup_records: u64) -> 
         None => body,
     }
 }
-

@@ -26,7 +26,9 @@ const DURABLE_WAIT: Duration = Duration::from_secs(30);
 /// Why a checkpoint was not written (the previous one stays valid).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("shard {source_shard}'s log did not make offset {offset} durable within {DURABLE_WAIT:?}")]
+    #[error(
+        "shard {source_shard}'s log did not make offset {offset} durable within {DURABLE_WAIT:?}"
+    )]
     NotDurable { source_shard: usize, offset: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -383,7 +383,11 @@ impl Router {
         let next = self.live_next.get();
         for peer in (0..self.shards).filter(|&p| p != self.me) {
             let stale = self.marked.borrow().get(peer).is_some_and(|&m| m < next);
-            let empty = self.pending.borrow().get(peer).is_some_and(|b| b.is_empty());
+            let empty = self
+                .pending
+                .borrow()
+                .get(peer)
+                .is_some_and(|b| b.is_empty());
             if stale && empty && senders.try_send_to(peer, RouteMsg::Mark(next)).is_ok() {
                 self.set_marked(peer, next);
             }

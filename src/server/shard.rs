@@ -281,7 +281,12 @@ fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
         .map(|src| {
             loaded
                 .iter()
-                .map(|l| l.applied.as_ref().and_then(|a| a.get(src).copied()).unwrap_or(0))
+                .map(|l| {
+                    l.applied
+                        .as_ref()
+                        .and_then(|a| a.get(src).copied())
+                        .unwrap_or(0)
+                })
                 .collect()
         })
         .collect();
@@ -291,10 +296,7 @@ fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
         .zip(from)
         .enumerate()
         .map(|(o, ((writer, floors), from))| {
-            let l = std::mem::replace(
-                &mut loaded[o],
-                store::load_nothing(&cfg.agg),
-            );
+            let l = std::mem::replace(&mut loaded[o], store::load_nothing(&cfg.agg));
             ShardStore {
                 applied: l.applied.unwrap_or_else(|| vec![0; n]),
                 agg: l.agg,

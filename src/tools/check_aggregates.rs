@@ -30,7 +30,12 @@ pub struct AggCheck {
     pub buckets: u64,
     /// The first minute compared (earlier buckets were not fully in the retained logs).
     pub from_minute: i64,
+    /// What makes the check fail besides a difference (an owner with no usable checkpoint,
+    /// a log that cannot be read).
     pub problems: Vec<String>,
+    /// What loading found and skipped, as a start would (damaged files outside the loaded
+    /// chain): reported, not a failure.
+    pub notes: Vec<String>,
     pub first_difference: Option<String>,
 }
 
@@ -47,6 +52,9 @@ impl AggCheck {
                 s,
                 "owner {o:03}: checkpoint {seq}, applied offsets {applied:?}"
             );
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
         }
         for p in &self.problems {
             let _ = writeln!(s, "problem: {p}");
@@ -103,7 +111,8 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
         .collect();
     let mut applied = Vec::with_capacity(n);
     for (o, l) in loaded.iter().enumerate() {
-        out.problems.extend(l.problems.iter().map(|p| format!("owner {o}: {p}")));
+        out.notes
+            .extend(l.problems.iter().map(|p| format!("owner {o}: {p}")));
         match &l.applied {
             Some(a) => applied.push(a.clone()),
             None => {
@@ -124,14 +133,15 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
     let mut parser = EventParser::new(cfg.event.clone());
     let mut from_minute = window.floor;
     for src in 0..n {
-        let upto = applied.iter().map(|a| a.get(src).copied().unwrap_or(0)).max();
+        let upto = applied
+            .iter()
+            .map(|a| a.get(src).copied().unwrap_or(0))
+            .max();
         let Some(upto) = upto.filter(|&u| u > 0) else {
             continue;
         };
-        let log_cfg = crate::log::LogConfig::new(
-            data_dir.join(crate::log::format::shard_dir_name(src)),
-            src,
-        );
+        let log_cfg =
+            crate::log::LogConfig::new(data_dir.join(crate::log::format::shard_dir_name(src)), src);
         let reader = ShardReader::new(log_cfg.dir.clone(), log_cfg.index_interval_bytes);
         let mut first = true;
         reader.read(
@@ -173,8 +183,9 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
                 ControlFlow::Continue(())
             },
             |w| {
-                out.problems
-                    .push(format!("shard {src}'s log: {w:?} (records there cannot be compared)"))
+                out.problems.push(format!(
+                    "shard {src}'s log: {w:?} (records there cannot be compared)"
+                ))
             },
         )?;
     }
@@ -183,7 +194,10 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
     'owners: for (o, (l, e)) in loaded.iter().zip(&expected).enumerate() {
         for hour in [false, true] {
             let (floor, width) = if hour {
-                (from_minute.div_euclid(60) + i64::from(from_minute.rem_euclid(60) != 0), 60)
+                (
+                    from_minute.div_euclid(60) + i64::from(from_minute.rem_euclid(60) != 0),
+                    60,
+                )
             } else {
                 (from_minute.max(e.minute_floor(now)), 1)
             };

@@ -1593,7 +1593,10 @@ fn answers_match_an_independent_model_across_shards_and_restart() {
         assert_eq!(code, Some(0), "{log}");
         let (ok, report) = common::check_aggregates(&dirs[i], Some(CONFIG));
         if !ok {
-            errs.push(format!("[{} shard(s)] check --aggregates: {report}", shard_counts[i]));
+            errs.push(format!(
+                "[{} shard(s)] check --aggregates: {report}",
+                shard_counts[i]
+            ));
         }
         let mut s = start(&dirs[i], shard_counts[i]);
         for from_log in [false, true] {
@@ -1608,7 +1611,11 @@ fn answers_match_an_independent_model_across_shards_and_restart() {
             let what = format!(
                 "[{} shard(s), restarted {}]",
                 shard_counts[i],
-                if from_log { "from the log" } else { "from the checkpoint" }
+                if from_log {
+                    "from the log"
+                } else {
+                    "from the checkpoint"
+                }
             );
             let mx = metrics(&s);
             let want = if from_log { lines } else { 0 };

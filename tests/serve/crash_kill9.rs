@@ -287,11 +287,7 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
         "{:?}",
         s.seen
     );
-    assert!(
-        s.wait_for("aggregates complete").is_some(),
-        "{:?}",
-        s.seen
-    );
+    assert!(s.wait_for("aggregates complete").is_some(), "{:?}", s.seen);
     let cut = recovery_cut(&s, torn, "last start");
     truncated_reported += cut;
     truncations += u32::from(cut > 0);

@@ -113,7 +113,11 @@ fn ready_then_aggregates_complete_watchdog_and_stopping() {
         before.iter().any(|l| l.starts_with("STATUS=ready")),
         "{before:?}"
     );
-    let complete = until(&sock, "STATUS=ready; aggregates complete", Duration::from_secs(60));
+    let complete = until(
+        &sock,
+        "STATUS=ready; aggregates complete",
+        Duration::from_secs(60),
+    );
     assert!(!complete.is_empty());
     assert_eq!(metric(port, "pixeld_agg_rebuilt_records_total"), 30_000);
     assert_eq!(metric(port, "pixeld_agg_complete"), 1);

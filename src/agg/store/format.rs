@@ -324,9 +324,13 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FormatError> {
     let fingerprint = c.u64()?;
     let written_ns = c.u64()?;
     let body_len = c.u64()?;
-    let applied = (0..shards).map(|_| c.u64()).collect::<Result<Vec<_>, _>>()?;
+    let applied = (0..shards)
+        .map(|_| c.u64())
+        .collect::<Result<Vec<_>, _>>()?;
     if (c.at as u64).checked_add(body_len) != Some(data.len() as u64) {
-        return Err(FormatError::Damaged("body length disagrees with the file size"));
+        return Err(FormatError::Damaged(
+            "body length disagrees with the file size",
+        ));
     }
     Ok(Header {
         kind,
@@ -340,10 +344,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FormatError> {
     })
 }
 
-fn get_names(
-    c: &mut Cursor<'_>,
-    names: &mut super::super::Names,
-) -> Result<usize, FormatError> {
+fn get_names(c: &mut Cursor<'_>, names: &mut super::super::Names) -> Result<usize, FormatError> {
     let first = c.u32()? as usize;
     if first != names.len() {
         return Err(FormatError::Damaged("names do not continue the parent's"));
@@ -375,7 +376,11 @@ fn get_uniques(c: &mut Cursor<'_>) -> Result<Uniques, FormatError> {
             let data = c.u64()?;
             let n = c.count(4)?;
             let words = (0..n).map(|_| c.u32()).collect::<Result<Vec<_>, _>>()?;
-            let words = if n == 0 && data & 3 == 0 { None } else { Some(words) };
+            let words = if n == 0 && data & 3 == 0 {
+                None
+            } else {
+                Some(words)
+            };
             let s: Sketch = serde_json::from_value(serde_json::json!([data, words]))
                 .map_err(|_| FormatError::Damaged("an invalid sketch"))?;
             Ok(Uniques::Sketch(Box::new(s)))
@@ -488,7 +493,15 @@ mod tests {
         }
         // One bucket whose uniques turned into a sketch.
         for v in 0..3000u64 {
-            b.push(IncKind::Visitor, true, now, 0, "a.example", "", Some(v * 7919));
+            b.push(
+                IncKind::Visitor,
+                true,
+                now,
+                0,
+                "a.example",
+                "",
+                Some(v * 7919),
+            );
         }
         a.apply_batch(&b, now);
         a
@@ -526,8 +539,24 @@ mod tests {
         assert!(!a.is_dirty());
         // Later increments: one old bucket changes, a new url appears.
         let mut b = Batch::default();
-        b.push(IncKind::Url, true, now - 300, 5, "a.example", "https://a.example/new", None);
-        b.push(IncKind::Visitor, true, now - 300, 5, "c.example", "", Some(99));
+        b.push(
+            IncKind::Url,
+            true,
+            now - 300,
+            5,
+            "a.example",
+            "https://a.example/new",
+            None,
+        );
+        b.push(
+            IncKind::Visitor,
+            true,
+            now - 300,
+            5,
+            "c.example",
+            "",
+            Some(99),
+        );
         a.apply_batch(&b, now);
         assert!(a.is_dirty());
         let delta = encode(&mut a, &header(Kind::Delta, 2, 1));
@@ -535,7 +564,10 @@ mod tests {
 
         let mut r = Aggregates::new(AggConfig::default());
         let h = decode_into(&base, &mut r).unwrap();
-        assert_eq!((h.kind, h.seq, h.applied.clone()), (Kind::Base, 1, vec![10, 20]));
+        assert_eq!(
+            (h.kind, h.seq, h.applied.clone()),
+            (Kind::Base, 1, vec![10, 20])
+        );
         let h = decode_into(&delta, &mut r).unwrap();
         assert_eq!((h.kind, h.parent), (Kind::Delta, 1));
         assert_eq!(answers(&r, now), answers(&a, now));
@@ -546,7 +578,11 @@ mod tests {
         let x = encode(&mut again, &header(Kind::Base, 3, 0));
         let y = encode(&mut a, &header(Kind::Base, 3, 0));
         let first_diff = x.iter().zip(&y).position(|(p, q)| p != q);
-        assert_eq!((first_diff, x.len()), (None, y.len()), "the same state writes the same bytes");
+        assert_eq!(
+            (first_diff, x.len()),
+            (None, y.len()),
+            "the same state writes the same bytes"
+        );
     }
 
     #[test]
@@ -581,7 +617,8 @@ mod tests {
     /// from; regenerate with `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v1`.
     #[test]
     fn sample_v1_decodes() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v1.agg");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v1.agg");
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
         let mut a = sample_state(now);
@@ -605,6 +642,11 @@ mod tests {
             }
         );
         assert_eq!(answers(&r, now), answers(&a, now));
-        assert_eq!(r.totals(now, now + 1, Some("a.example")).uniques.map(|u| u > 2900), Some(true));
+        assert_eq!(
+            r.totals(now, now + 1, Some("a.example"))
+                .uniques
+                .map(|u| u > 2900),
+            Some(true)
+        );
     }
 }

@@ -171,7 +171,13 @@ pub fn load(
         };
         links.push(link);
     }
-    let max_seq = links.iter().flatten().map(|l| l.seq).max().unwrap_or(0).max(max_named);
+    let max_seq = links
+        .iter()
+        .flatten()
+        .map(|l| l.seq)
+        .max()
+        .unwrap_or(0)
+        .max(max_named);
     // Newest base first; each with the longest run of deltas that continue it.
     let bases: Vec<usize> = (0..links.len())
         .rev()
