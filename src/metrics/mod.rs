@@ -131,6 +131,8 @@ pub struct AggStats {
     pub checkpoint_bytes: AtomicU64,
     pub checkpoint_failures: AtomicU64,
     pub checkpoint_nanos: AtomicU64,
+    /// The longest encode of one checkpoint (the executor runs nothing else meanwhile).
+    pub checkpoint_max_nanos: AtomicU64,
     pub store_problems: AtomicU64,
     pub checkpoint_last_ns: AtomicU64,
     /// Gauges: live cells, url cells and their table bytes, approximate heap bytes.
@@ -639,6 +641,15 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_agg_checkpoint_seconds_total",
         "Executor time spent encoding checkpoints.",
         sum(&|s| ShardStats::get(&s.agg.checkpoint_nanos)) as f64 / 1e9,
+    );
+    p.gauge(
+        "pixeld_agg_checkpoint_encode_max_seconds",
+        "The longest encode of one checkpoint on a shard's executor (nothing else runs on it meanwhile).",
+        all.iter()
+            .map(|s| ShardStats::get(&s.agg.checkpoint_max_nanos))
+            .max()
+            .unwrap_or(0) as f64
+            / 1e9,
     );
     p.rows(
         "pixeld_agg_checkpoint_timestamp_seconds",

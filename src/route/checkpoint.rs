@@ -52,7 +52,9 @@ pub async fn checkpoint_once(
         }
         writer.prepare(&mut agg, applied)
     };
-    ShardStats::add(&s.checkpoint_nanos, t.elapsed().as_nanos() as u64);
+    let took = t.elapsed().as_nanos() as u64;
+    ShardStats::add(&s.checkpoint_nanos, took);
+    s.checkpoint_max_nanos.fetch_max(took, Ordering::Relaxed);
     let deadline = Instant::now() + durable_wait;
     for (src, &offset) in pending.applied.iter().enumerate() {
         let Some(stats) = all_stats.get(src) else {

@@ -59,6 +59,8 @@ pub async fn rebuild(
     };
     let mut first: Option<u64> = None;
     let mut replayed = 0u64;
+    // Where the last slice stopped, so that the next starts there without a search.
+    let mut resume = None;
     let mut last_report = Instant::now();
     let gauge = &router.stats.agg.catchup_records;
     let left_from = |next: u64| end.saturating_sub(next);
@@ -75,8 +77,9 @@ pub async fn rebuild(
         let mut next = None;
         let mut paused = false;
         let mut in_slice = 0u64;
-        reader.read(
+        reader.read_resumable(
             start,
+            &mut resume,
             |rec| {
                 if rec.offset >= end {
                     return std::ops::ControlFlow::Break(());

@@ -235,9 +235,18 @@ fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
     use crate::agg::store;
     let fp = store::fingerprint(&cfg.agg);
     let n = cfg.shards;
-    let mut loaded: Vec<store::Loaded> = (0..n)
-        .map(|o| store::load(&cfg.data_dir, o, n, fp, &cfg.agg))
-        .collect();
+    // One thread per owner: reading and decoding the chains is most of a start's time. A
+    // panic while decoding is a bug (damage is reported as a problem, not a panic): it is
+    // re-raised rather than hidden behind an empty store that would overwrite good links.
+    let mut loaded: Vec<store::Loaded> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|o| scope.spawn(move || store::load(&cfg.data_dir, o, n, fp, &cfg.agg)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
     for (o, l) in loaded.iter().enumerate() {
         for p in &l.problems {
             eprintln!("pixeld: shard {o}: aggregate store: {p}");
