@@ -400,7 +400,9 @@ fn get_site_cell(c: &mut Cursor<'_>) -> Result<SiteCell, FormatError> {
 
 fn get_bucket(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Bucket, FormatError> {
     let mut b = Bucket::default();
+    // Counts are bounded by the bytes left (`count`), so reserving them is safe.
     let n = c.count(16)?;
+    b.urls.reserve(n);
     for _ in 0..n {
         let id = c.u32()?;
         if id as usize >= names.1 {
@@ -414,6 +416,7 @@ fn get_bucket(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Bucket
         b.urls.insert(id, cell);
     }
     let n = c.count(12)?;
+    b.refs.reserve(n);
     for _ in 0..n {
         let k = c.u64()?;
         if (k >> 32) as usize >= names.0 || (k & 0xffff_ffff) as usize >= names.2 {
@@ -422,6 +425,7 @@ fn get_bucket(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Bucket
         b.refs.insert(k, c.u32()?);
     }
     let n = c.count(29)?;
+    b.sites.reserve(n);
     for _ in 0..n {
         let id = c.u32()?;
         if id as usize >= names.0 {
