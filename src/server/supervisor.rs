@@ -36,6 +36,14 @@ pub enum ServeError {
     #[cfg(feature = "kafka")]
     #[error(transparent)]
     Export(#[from] crate::export::kafka::ExportError),
+    #[error("data dir {} holds the logs of shards {extra:?} ({bytes} bytes of segments) beyond the {shards} shards of this run: their records would leave every answer and the aggregates. Start with `shards = {need}` or more (a shard count can grow, not shrink), or move those directories out of the data dir if their records are to be dropped from the answers (`pixeld replay --data-dir` still reads them there)", data_dir.display())]
+    ShardsShrunk {
+        data_dir: std::path::PathBuf,
+        extra: Vec<usize>,
+        bytes: u64,
+        shards: usize,
+        need: usize,
+    },
     #[error("shard(s) {shards:?} did not stop within shutdown_timeout ({timeout:?}); exiting without them (their unsynced tail is recovered at the next start)")]
     ShutdownTimeout {
         shards: Vec<usize>,
@@ -73,6 +81,61 @@ impl Notifier {
     }
 }
 
+/// Refuses a run with fewer shards than the data dir has logs holding records: every shard's
+/// log is a source of the answers, and a shard beyond the count would be read by nobody. Empty
+/// shard directories beyond the count (a run that never appended there) are only reported.
+fn check_shard_count(cfg: &Config) -> Result<(), ServeError> {
+    let Ok(existing) = reader::list_shards(&cfg.data_dir) else {
+        return Ok(());
+    };
+    let mut extra = Vec::new();
+    let mut bytes = 0;
+    for (n, dir) in existing.iter().filter(|(n, _)| *n >= cfg.shards) {
+        // Holds records when its first one reads (segments may be preallocated while empty).
+        let mut first = None;
+        let _ = reader::ShardReader::new(dir, cfg.log.for_shard(&cfg.data_dir, *n).index_interval_bytes).read(
+            reader::Start::Beginning,
+            |rec| {
+                first = Some(rec.offset);
+                std::ops::ControlFlow::Break(())
+            },
+            |_| {},
+        );
+        let held: u64 = match first {
+            None => 0,
+            Some(_) => reader::list_segments(dir)
+                .map(|(segs, _)| {
+                    segs.iter()
+                        .filter_map(|s| std::fs::metadata(&s.path).ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0)
+                .max(1),
+        };
+        if held > 0 {
+            extra.push(*n);
+            bytes += held;
+        } else {
+            eprintln!(
+                "pixeld: {} is beyond the {} shards of this run and holds no records; it is left alone",
+                dir.display(),
+                cfg.shards
+            );
+        }
+    }
+    match extra.last() {
+        None => Ok(()),
+        Some(&last) => Err(ServeError::ShardsShrunk {
+            data_dir: cfg.data_dir.clone(),
+            extra,
+            bytes,
+            shards: cfg.shards,
+            need: last + 1,
+        }),
+    }
+}
+
 /// Runs the appliance until a signal or a failure.
 pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     let started = Instant::now();
@@ -86,20 +149,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
             eprintln!("pixeld: export: {warning}");
         }
     }
-    if let Ok(existing) = reader::list_shards(&cfg.data_dir) {
-        let extra: Vec<usize> = existing
-            .iter()
-            .map(|(n, _)| *n)
-            .filter(|n| *n >= cfg.shards)
-            .collect();
-        if !extra.is_empty() {
-            eprintln!(
-                "pixeld: data dir holds shard directories {extra:?} beyond the {} shards of this run; \
-                 they are not appended to but stay readable by `pixeld replay` and `pixeld check`",
-                cfg.shards
-            );
-        }
-    }
+    check_shard_count(cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::unbounded();
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);

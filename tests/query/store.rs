@@ -4,7 +4,10 @@
 //!   the segments the answers came from; `pixeld check --aggregates` then still agrees;
 //! - ingest runs from the first moment of a start while the aggregates catch up on a large
 //!   log: every UDP datagram sent right after `ready` is appended and aggregated, and every
-//!   answer in between says whether it is complete.
+//!   answer in between says whether it is complete;
+//! - the shard count can grow between runs (the store is rebuilt from every log, said on
+//!   stderr, answers unchanged) and is refused, naming the fix, when it would shrink below a
+//!   log that holds records.
 
 use std::net::UdpSocket;
 use std::path::Path;
@@ -21,9 +24,13 @@ const CONFIG: &str = "[log]\ncompression = \"none\"\nsegment_max_bytes = \"64KiB
                       [agg]\ncheckpoint_interval = \"200ms\"\n";
 
 fn start(data: &Path, config: &str) -> Server {
+    start_with(data, config, 2)
+}
+
+fn start_with(data: &Path, config: &str, shards: usize) -> Server {
     let mut s = Server::builder()
         .data(data)
-        .shards(2)
+        .shards(shards)
         .config(config)
         .start();
     assert!(s.wait_for("pixeld: ready").is_some(), "{:?}", s.seen);
@@ -233,5 +240,76 @@ fn ingest_runs_while_the_aggregates_catch_up() {
         common::metric_sum(&m, "pixeld_agg_rebuilt_records_total"),
         200_000
     );
+    stop(s);
+}
+
+/// Answers without the uniques, which a different shard count estimates differently (each
+/// owner's sketch covers its slice of the visitors).
+fn without_uniques(answers: &[String]) -> Vec<Value> {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("uniques");
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    answers
+        .iter()
+        .map(|a| {
+            let mut v: Value = serde_json::from_str(a).unwrap();
+            strip(&mut v);
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn shard_count_grows_with_a_rebuild_and_refuses_to_shrink() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let t0 = pixeld::route::now_minute();
+    let s = start_with(&data, CONFIG, 2);
+    post_all(&s, &hits(7, 4000));
+    std::thread::sleep(Duration::from_millis(600));
+    let two = answers(&s, t0);
+    stop(s);
+
+    // 2 → 3: the checkpoints were written for 2 shards; the store is rebuilt from the logs.
+    let s = start_with(&data, CONFIG, 3);
+    assert!(
+        s.seen.iter().any(|l| l.contains("written by a run with 2 shards")),
+        "{:?}",
+        s.seen
+    );
+    let three = answers(&s, t0);
+    assert_eq!(without_uniques(&three), without_uniques(&two));
+    stop(s);
+    let (ok, report) = common::check_aggregates(&data, Some(CONFIG));
+    assert!(ok, "{report}");
+
+    // 3 → 1: shard 1's log holds records (shard 2's does not): refused, naming the fix.
+    let s = Server::builder()
+        .data(&data)
+        .shards(1)
+        .config(CONFIG)
+        .start();
+    let (code, log) = s.wait();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains("holds the logs of shards [1]") && log.contains("`shards = 2` or more"),
+        "{log}"
+    );
+
+    // 3 → 2 is fine (shard 2 never appended): answers as with 2 and 3 shards.
+    let s = start_with(&data, CONFIG, 2);
+    assert!(
+        s.seen.iter().any(|l| l.contains("holds no records; it is left alone")),
+        "{:?}",
+        s.seen
+    );
+    assert_eq!(without_uniques(&answers(&s, t0)), without_uniques(&two));
     stop(s);
 }
