@@ -93,7 +93,11 @@ fn check_shard_count(cfg: &Config) -> Result<(), ServeError> {
     for (n, dir) in existing.iter().filter(|(n, _)| *n >= cfg.shards) {
         // Holds records when its first one reads (segments may be preallocated while empty).
         let mut first = None;
-        let _ = reader::ShardReader::new(dir, cfg.log.for_shard(&cfg.data_dir, *n).index_interval_bytes).read(
+        let _ = reader::ShardReader::new(
+            dir,
+            cfg.log.for_shard(&cfg.data_dir, *n).index_interval_bytes,
+        )
+        .read(
             reader::Start::Beginning,
             |rec| {
                 first = Some(rec.offset);

@@ -280,7 +280,9 @@ fn shard_count_grows_with_a_rebuild_and_refuses_to_shrink() {
     // 2 → 3: the checkpoints were written for 2 shards; the store is rebuilt from the logs.
     let s = start_with(&data, CONFIG, 3);
     assert!(
-        s.seen.iter().any(|l| l.contains("written by a run with 2 shards")),
+        s.seen
+            .iter()
+            .any(|l| l.contains("written by a run with 2 shards")),
         "{:?}",
         s.seen
     );
@@ -306,7 +308,9 @@ fn shard_count_grows_with_a_rebuild_and_refuses_to_shrink() {
     // 3 → 2 is fine (shard 2 never appended): answers as with 2 and 3 shards.
     let s = start_with(&data, CONFIG, 2);
     assert!(
-        s.seen.iter().any(|l| l.contains("holds no records; it is left alone")),
+        s.seen
+            .iter()
+            .any(|l| l.contains("holds no records; it is left alone")),
         "{:?}",
         s.seen
     );
