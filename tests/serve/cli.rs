@@ -1,6 +1,7 @@
 //! The `pixeld` binary end to end: serve starts every shard, reports ready, stops cleanly on
 //! SIGTERM; a failing shard makes the process exit non-zero naming the shard; the data dir
-//! is locked; shard directories beyond `--shards` that hold records refuse the start and stay readable by `replay` and `check`; validate names bad fields.
+//! is locked; shard directories beyond `--shards` that hold records refuse the start and
+//! stay readable by `replay` and `check`; validate names bad fields.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
