@@ -7,7 +7,7 @@
 //! (`00000000000000000007.ckpt`), a *base* (the whole state) followed by *deltas* (the buckets
 //! that changed since the link before, and the names interned since), each carrying the
 //! applied-offset vector: for every source shard, the next offset of its log whose increments
-//! are not in the state. The bytes are [`format`]'s. [`Writer`] appends links on the shard's
+//! are not in the state. The bytes are [`format`](mod@format)'s. [`Writer`] appends links on the shard's
 //! own executor through glommio's DMA files (temp → fdatasync → rename → directory fsync, the
 //! log's `write_file_durably`) and folds the chain into a new base when the deltas outweigh
 //! it; the previous chain is kept until the new base is durable, as a fallback. [`load`] picks
