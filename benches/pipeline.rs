@@ -224,9 +224,17 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                     let flusher = glommio::spawn_local(flusher.run());
                     let router = Router::new(Aggregates::new(AggConfig::default()), None, stats);
                     let t = Instant::now();
-                    let replayed = pixeld::route::rebuild(&router, &log, &AtomicBool::new(false))
-                        .await
-                        .expect("rebuild");
+                    let end = log.next_offset();
+                    let replayed = pixeld::route::rebuild(
+                        &router,
+                        &log,
+                        pixeld::route::ReplayFrom::Window,
+                        end,
+                        &AtomicBool::new(false),
+                    )
+                    .await
+                    .expect("rebuild")
+                    .replayed;
                     rebuild = Some((t.elapsed(), replayed));
                     log.close();
                     flusher.await.expect("flusher");

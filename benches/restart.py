@@ -11,17 +11,18 @@ For each record count and shard count it:
    times spread evenly over --days days ending now;
 2. appends them to the shards' logs with `pixeld import` (an equal share per shard, the
    receive time of each record being the import's);
-3. starts `pixeld serve` once and stops it cleanly (so the next start sees a clean-shutdown
-   marker), then measures a start after the clean stop; then starts, kills it with SIGKILL
-   once it is ready, and measures the start after the kill.
+3. measures the first start (no aggregate store yet: the whole log is replayed, beside live
+   ingest) and stops it cleanly (it writes a checkpoint); measures a start after the clean
+   stop; kills that one with SIGKILL once complete, and measures the start after the kill.
 
 What is measured from the moment `serve` is started (wall clock, loopback only):
 - `http_s`, `tcp_s`: the HTTP port answers `/healthz`; a TCP connection to the TCP port is
   accepted;
 - `udp_s`: a probe datagram sent every 10 ms shows up in
   `pixeld_received_events_total{transport="udp"}` (the UDP socket is bound and read);
-- `complete_s`: pixeld reports ready (stderr `ready`), which today also means the rebuild of
-  the aggregates from the log is complete;
+- `ready_s`: pixeld reports ready (stderr `pixeld: ready`): logs recovered, sockets bound;
+- `complete_s`: pixeld reports `pixeld: aggregates complete`: the aggregates loaded from the
+  store (`<data_dir>/agg`) and the log replayed after it (all of it when there is no store);
 - `cpu_s`: the receiver's CPU-seconds until then, and the rebuild's own figure
   (`pixeld_agg_rebuild_seconds`, the slowest shard).
 
@@ -87,7 +88,7 @@ def measure(a, data, shards):
     seen = {}
     stderr = ""
     deadline = t0 + a.timeout
-    while time.perf_counter() < deadline and len(seen) < 4:
+    while time.perf_counter() < deadline and len(seen) < 5:
         now = time.perf_counter() - t0
         try:
             stderr += os.read(p.stderr.fileno(), 1 << 16).decode(errors="replace")
@@ -95,6 +96,8 @@ def measure(a, data, shards):
             pass
         if "ready" not in seen and "pixeld: ready" in stderr:
             seen["ready"] = now
+        if "complete" not in seen and "pixeld: aggregates complete" in stderr:
+            seen["complete"] = now
         if "http" not in seen and healthy(ports["http"]):
             seen["http"] = now
         if "tcp" not in seen and accepts(ports["tcp"]):
@@ -106,12 +109,12 @@ def measure(a, data, shards):
         if p.poll() is not None:
             raise SystemExit("pixeld serve exited: %s" % stderr[-2000:])
         time.sleep(0.01)
-    if len(seen) < 4:
+    if len(seen) < 5:
         stop(p)
         raise SystemExit("not ready within --timeout %ss: %s" % (a.timeout, stderr[-2000:]))
     m = metrics(ports["http"])
     rebuild = max((v for k, v in m.items() if k.startswith("pixeld_agg_rebuild_seconds")), default=0)
-    return p, {"http_s": seen["http"], "tcp_s": seen["tcp"], "udp_s": seen["udp"], "complete_s": seen["ready"],
+    return p, {"http_s": seen["http"], "tcp_s": seen["tcp"], "udp_s": seen["udp"], "ready_s": seen["ready"], "complete_s": seen["complete"],
                "cpu_s": cpu_seconds(p.pid), "rebuild_s": rebuild}
 
 
@@ -155,17 +158,18 @@ def main():
                 t = time.perf_counter()
                 fill(a, data, n, shards)
                 log("%d records into %d shard(s) in %.1f s" % (n, shards, time.perf_counter() - t))
-                p, _ = measure(a, data, shards)      # the first start after import
+                p, first = measure(a, data, shards)  # the first start after import: no store
                 stop(p, timeout=a.timeout)
                 p, clean = measure(a, data, shards)
                 p.send_signal(signal.SIGKILL); p.wait()
                 p, killed = measure(a, data, shards)
                 stop(p, timeout=a.timeout)
-                for kind, r in (("clean stop", clean), ("kill -9", killed)):
+                for kind, r in (("no store", first), ("clean stop", clean), ("kill -9", killed)):
                     r.update({"records": n, "shards": shards, "after": kind})
                     log("%9d records, %d shard(s), after %-10s ports: http %.2f s, tcp %.2f s, udp %.2f s; "
-                        "complete %.2f s (rebuild %.2f s); cpu %.2f s"
-                        % (n, shards, kind, r["http_s"], r["tcp_s"], r["udp_s"], r["complete_s"], r["rebuild_s"], r["cpu_s"]))
+                        "ready %.2f s; complete %.2f s (catch-up %.2f s); cpu %.2f s"
+                        % (n, shards, kind, r["http_s"], r["tcp_s"], r["udp_s"], r["ready_s"], r["complete_s"],
+                           r["rebuild_s"], r["cpu_s"]))
                     results.append(r)
                 shutil.rmtree(data, ignore_errors=True)
     finally:

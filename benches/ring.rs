@@ -54,7 +54,7 @@ fn run(apply: bool) -> Duration {
                     break;
                 }
             }
-            let _ = tx.send_to(peer, RouteMsg::Rebuilt).await;
+            let _ = tx.send_to(peer, RouteMsg::Rebuilt(0)).await;
         })
         .expect("producer");
     let consumer = LocalExecutorBuilder::new(Placement::Fixed(cpus[1 % cpus.len()]))
@@ -73,7 +73,8 @@ fn run(apply: bool) -> Duration {
                             agg.apply_batch(&b, now);
                         }
                     }
-                    RouteMsg::Rebuilt => break,
+                    RouteMsg::Rebuilt(_) => break,
+                    RouteMsg::Mark(_) => {}
                 }
             }
             started.map_or(Duration::ZERO, |s| s.elapsed())

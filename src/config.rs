@@ -120,6 +120,7 @@ pub struct RawAgg {
     pub future_allowance: String,
     pub heartbeat_seconds: u32,
     pub url_keep_query: Vec<String>,
+    pub checkpoint_interval: String,
     /// `[agg.fields]`: the JSON field names of each event field, alternatives in order.
     pub fields: crate::parse::event::FieldNames,
 }
@@ -657,7 +658,23 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
             )? as u32,
             url_keep_query: a.url_keep_query.clone(),
         },
+        checkpoint_interval: c.duration(
+            "agg.checkpoint_interval",
+            &a.checkpoint_interval,
+            Duration::from_millis(1),
+        )?,
     };
+    if agg.checkpoint_interval < Duration::from_millis(100)
+        || agg.checkpoint_interval > Duration::from_secs(24 * 3600)
+    {
+        return Err(c.invalid(
+            "agg.checkpoint_interval",
+            format!(
+                "is {:?}; must be between 100ms and 24h",
+                a.checkpoint_interval
+            ),
+        ));
+    }
     if agg.minute_window > agg.hour_window * 60 {
         return Err(c.invalid(
             "agg.minute_window",

@@ -58,10 +58,17 @@ enum Command {
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
-    /// Verify every batch of every segment; exit 1 if anything is corrupt.
+    /// Verify every batch of every segment; exit 1 if anything is corrupt. With
+    /// --aggregates, recompute the aggregate store from the logs and compare (stop the server
+    /// first); exit 1 naming the first difference.
     Check {
         #[arg(long)]
         data_dir: PathBuf,
+        #[arg(long)]
+        aggregates: bool,
+        /// The config the server runs with (its [agg] settings); the embedded default without.
+        #[arg(long, short = 'c', requires = "aggregates")]
+        config: Option<PathBuf>,
     },
     /// Stream records to stdout in offset order per shard.
     Replay {
@@ -219,9 +226,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", raw.to_toml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { data_dir } => {
+        Command::Check {
+            data_dir,
+            aggregates,
+            config,
+        } => {
             if !data_dir.is_dir() {
                 anyhow::bail!("no data dir at {}", data_dir.display());
+            }
+            if aggregates {
+                let (raw, origin) = RawConfig::load(config.as_deref())?;
+                let cfg = Config::from_raw(&raw, &origin)?;
+                let _lock = pixeld::datadir::lock_data_dir(&data_dir)?;
+                eprintln!(
+                    "pixeld check --aggregates: recomputing the store under {} from its logs",
+                    data_dir.display()
+                );
+                let r = pixeld::tools::check_aggregates::check_aggregates(&data_dir, &cfg.agg)?;
+                print!("{}", r.render());
+                return Ok(if r.is_ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
             }
             let shards = pixeld::tools::check::check(&data_dir)?;
             let mut ok = true;

@@ -67,6 +67,14 @@ impl<S: Default> Tier<S> {
         }
     }
 
+    /// Every bucket held, with its cells, for writing.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (i64, &mut S)> {
+        self.slots
+            .iter_mut()
+            .filter(|s| s.0 != i64::MIN)
+            .map(|s| (s.0, &mut s.1))
+    }
+
     /// Every bucket held, with its cells.
     pub fn iter(&self) -> impl Iterator<Item = (i64, &S)> {
         self.slots

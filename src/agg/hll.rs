@@ -95,6 +95,46 @@ impl Uniques {
         }
     }
 
+    /// What two equal sets of visitors have in common however they were inserted: the sorted
+    /// hashes of an exact set, or a sketch's registers. A HyperLogLog slice also caches its
+    /// harmonic sum as an `f32` summed in insertion order, whose last bits depend on that
+    /// order; it is left out, and so is the order of the sparse forms.
+    pub fn canonical(&self) -> Vec<u64> {
+        match self {
+            Uniques::Exact(set) => {
+                let mut v: Vec<u64> = set.iter().copied().collect();
+                v.sort_unstable();
+                v
+            }
+            Uniques::Sketch(s) => {
+                let (data, words): (u64, Option<Vec<u32>>) = serde_json::to_value(&**s)
+                    .and_then(serde_json::from_value)
+                    .unwrap_or((0, None));
+                let mut v: Vec<u64> = match words {
+                    // HyperLogLog: [zero registers, harmonic sum, registers…].
+                    Some(w) if data & 3 == 3 => w
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != 1)
+                        .map(|(_, x)| u64::from(*x))
+                        .collect(),
+                    Some(w) => {
+                        let mut v: Vec<u64> = w.iter().map(|x| u64::from(*x)).collect();
+                        v.sort_unstable();
+                        v
+                    }
+                    None => {
+                        let mut v = vec![(data >> 2) & 0xffff_ffff, data >> 34];
+                        v.sort_unstable();
+                        v
+                    }
+                };
+                v.insert(0, u64::MAX);
+                v
+            }
+        }
+    }
+
     /// Heap bytes held.
     pub fn size_of(&self) -> usize {
         match self {

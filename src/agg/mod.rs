@@ -16,6 +16,7 @@
 
 pub mod buckets;
 pub mod hll;
+pub mod store;
 pub mod topn;
 
 use hashbrown::HashMap;
@@ -34,6 +35,8 @@ pub struct AggConfig {
     /// Events more than this many minutes after their receive time are not aggregated.
     pub future_minutes: i64,
     pub event: crate::parse::event::EventConfig,
+    /// How often each owner checkpoints its aggregates (`agg::store`).
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl Default for AggConfig {
@@ -43,6 +46,7 @@ impl Default for AggConfig {
             hour_window: 35 * 24,
             future_minutes: 5,
             event: crate::parse::event::EventConfig::default(),
+            checkpoint_interval: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -94,6 +98,9 @@ impl Inc {
 pub struct Batch {
     text: String,
     pub incs: Vec<Inc>,
+    /// The sender's stamp: every record its ingest appended below this log offset has its
+    /// increments for this owner in this batch or an earlier one (see `route`).
+    pub upto: u64,
 }
 
 impl Batch {
@@ -175,6 +182,8 @@ pub struct Bucket {
     pub sites: HashMap<u32, SiteCell>,
     /// All sites (of this shard's visitors).
     pub all: SiteCell,
+    /// Changed since the last checkpoint (see `store`).
+    pub dirty: bool,
 }
 
 /// Interned key names: dense ids, so that cells are small and queries sum into vectors.
@@ -311,6 +320,8 @@ pub struct Aggregates {
     hours: Tier<Bucket>,
     /// Increments refused because their bucket had already left the window.
     pub stale: u64,
+    /// How many sites, urls and referrers the last checkpoint held (a delta carries the rest).
+    written_names: (usize, usize, usize),
 }
 
 impl Aggregates {
@@ -326,6 +337,7 @@ impl Aggregates {
             minutes,
             hours,
             stale: 0,
+            written_names: (0, 0, 0),
         }
     }
 
@@ -344,11 +356,15 @@ impl Aggregates {
     fn each_bucket(&mut self, minute: i64, now_min: i64, mut f: impl FnMut(&mut Bucket)) {
         if minute >= self.minute_floor(now_min) {
             if let Some(b) = self.minutes.get_mut(minute) {
+                b.dirty = true;
                 f(b);
             }
         }
         match self.hours.get_mut(minute.div_euclid(60)) {
-            Some(b) => f(b),
+            Some(b) => {
+                b.dirty = true;
+                f(b)
+            }
             None => self.stale += 1,
         }
     }
@@ -401,6 +417,75 @@ impl Aggregates {
                 });
             }
         }
+    }
+
+    /// Whether anything changed since the last checkpoint (a bucket or a new name).
+    pub fn is_dirty(&self) -> bool {
+        self.written_names != (self.sites.len(), self.urls.len(), self.refs.len())
+            || self.minutes.iter().any(|(_, b)| b.dirty)
+            || self.hours.iter().any(|(_, b)| b.dirty)
+    }
+
+    /// The numbers of the buckets held at minute (`hour` false) or hour resolution.
+    pub fn bucket_numbers(&self, hour: bool) -> Vec<i64> {
+        let tier = if hour { &self.hours } else { &self.minutes };
+        let mut v: Vec<i64> = tier.iter().map(|(n, _)| n).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// One bucket's cells as sorted lines of text keyed by name, not id (so that two states
+    /// built in different orders compare): what `pixeld check --aggregates` compares.
+    pub fn bucket_lines(&self, hour: bool, number: i64) -> Vec<String> {
+        let tier = if hour { &self.hours } else { &self.minutes };
+        let Some(b) = tier.get(number) else {
+            return Vec::new();
+        };
+        let site_line = |c: &SiteCell| {
+            let u: Vec<u8> = c
+                .uniques
+                .canonical()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            format!(
+                "views {} hits {} engaged {} uniques {} (crc {:08x} of {} words)",
+                c.views,
+                c.hits,
+                c.engaged,
+                match &c.uniques {
+                    Uniques::Exact(set) => format!("exactly {}", set.len()),
+                    Uniques::Sketch(_) => "a sketch".to_string(),
+                },
+                crc32c::crc32c(&u),
+                u.len() / 8
+            )
+        };
+        let mut out: Vec<String> = Vec::new();
+        for (id, c) in &b.urls {
+            out.push(format!(
+                "url {:?}: views {} hits {} engaged {}",
+                self.urls.name(*id),
+                c.views,
+                c.hits,
+                c.engaged
+            ));
+        }
+        for (k, v) in &b.refs {
+            out.push(format!(
+                "referrer {:?} of site {:?}: views {v}",
+                self.refs.name((k & 0xffff_ffff) as u32),
+                self.sites.name((k >> 32) as u32)
+            ));
+        }
+        for (id, c) in &b.sites {
+            out.push(format!("site {:?}: {}", self.sites.name(*id), site_line(c)));
+        }
+        if b.all.hits > 0 {
+            out.push(format!("all sites: {}", site_line(&b.all)));
+        }
+        out.sort_unstable();
+        out
     }
 
     /// Frees the buckets that left the windows at `now_min`.

@@ -1,6 +1,7 @@
 //! `GET /v1/top`, `/v1/timeseries`, `/v1/summary`, `/v1/realtime`: the query API. The
 //! parameters are parsed by `query::params` (400 naming the parameter), the answer is the
-//! shard's query fan-out (`query::Hub`, 503 when a shard does not answer in time).
+//! shard's query fan-out (`query::Hub`, 503 when a shard does not answer in time). Every
+//! answer says whether the aggregates are complete (`query::with_completeness`).
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -29,7 +30,15 @@ pub(crate) async fn query(req: &Request<Incoming>, ctx: &HttpContext) -> Respons
             serde_json::json!({"error": e.to_string(), "param": e.param}),
         ),
         Some(Ok(q)) => match ctx.hub.answer(q).await {
-            Ok(body) => response(StatusCode::OK, "application/json", body),
+            Ok(body) => response(
+                StatusCode::OK,
+                "application/json",
+                crate::query::with_completeness(
+                    body,
+                    crate::metrics::aggregates_complete(&ctx.all_stats),
+                    crate::metrics::catchup_records(&ctx.all_stats),
+                ),
+            ),
             Err(e) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"error": e.to_string()}),

@@ -128,7 +128,7 @@ impl Ingest {
         };
         match appended {
             Ok(o) => {
-                self.router.record_message(recv_ts, msg);
+                self.router.live(o, recv_ts, msg);
                 Ok(Some(o))
             }
             Err(e) => {

@@ -208,6 +208,15 @@ pub enum Start {
     Time(u64),
 }
 
+/// Where a [`ShardReader::read_resumable`] stopped: the segment, the byte position of the
+/// batch holding the record it stopped at, and that batch's base offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub segment_base: u64,
+    pub pos: u64,
+    pub expected: u64,
+}
+
 /// Something a reader skipped and wants the caller to report.
 #[derive(Debug, Clone)]
 pub enum Warning {
@@ -323,12 +332,31 @@ impl ShardReader {
     pub fn read(
         &self,
         start: Start,
+        visit: impl FnMut(RecordRef<'_>) -> ControlFlow<()>,
+        warn: impl FnMut(Warning),
+    ) -> Result<(), Error> {
+        self.read_resumable(start, &mut None, visit, warn)
+    }
+
+    /// [`Self::read`], resumable without searching again: when `visit` stops the read,
+    /// `resume` is set to the batch holding the record it stopped at, and a later call with
+    /// that `resume` (and `Start::Offset` of the next record wanted) starts right there instead
+    /// of walking an index-less open segment from its beginning. A stale `resume` (its segment
+    /// deleted meanwhile) falls back to the search by `start`.
+    pub fn read_resumable(
+        &self,
+        start: Start,
+        resume: &mut Option<Resume>,
         mut visit: impl FnMut(RecordRef<'_>) -> ControlFlow<()>,
         mut warn: impl FnMut(Warning),
     ) -> Result<(), Error> {
         let (segments, _) = list_segments(&self.dir)?;
-        let first = match start {
-            Start::Offset(o) => segments
+        let hint = resume.take();
+        let first = match (start, hint) {
+            (_, Some(r)) => segments
+                .partition_point(|s| s.base_offset <= r.segment_base)
+                .saturating_sub(1),
+            (Start::Offset(o), None) => segments
                 .partition_point(|s| s.base_offset <= o)
                 .saturating_sub(1),
             _ => 0,
@@ -361,16 +389,18 @@ impl ShardReader {
                 }
             }
             let mut data = open_segment(seg, is_open)?;
+            let resumed = hint.filter(|r| r.segment_base == seg.base_offset && !started);
             let mut pos = match (start, &index, started) {
+                _ if resumed.is_some() => resumed.map_or(0, |r| r.pos),
                 (Start::Offset(o), Some(idx), false) => idx.position_for_offset(o),
                 (Start::Time(t), Some(idx), false) => idx.position_for_time(t),
                 _ => 0,
             };
             // The base offset the next batch must have (0 = unknown: we started mid-segment).
-            let mut expected = if pos == 0 {
-                seg.base_offset.max(last_next.unwrap_or(0))
-            } else {
-                0
+            let mut expected = match resumed {
+                Some(r) => r.expected,
+                None if pos == 0 => seg.base_offset.max(last_next.unwrap_or(0)),
+                None => 0,
             };
             loop {
                 // The open segment has no index: skip its batches before the start by their
@@ -458,6 +488,7 @@ impl ShardReader {
                     }
                 };
                 let h = decoded.header;
+                let at = pos;
                 pos += total;
                 if h.base_offset < expected {
                     continue; // a batch that goes backwards is not trusted
@@ -479,6 +510,11 @@ impl ShardReader {
                         }
                     }
                     if visit(rec).is_break() {
+                        *resume = Some(Resume {
+                            segment_base: seg.base_offset,
+                            pos: at,
+                            expected: h.base_offset,
+                        });
                         return Ok(());
                     }
                 }

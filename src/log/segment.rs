@@ -99,6 +99,9 @@ impl OpenSegment {
 }
 
 pub(crate) async fn sync_dir(dir: &Path) -> Result<(), Error> {
+    // glommio opens a relative directory path so that its fsync fails with EBADF: resolve it
+    // first (a relative `--data-dir` made every checkpoint fail on its directory sync).
+    let dir = &std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
     let d = glommio::io::Directory::open(dir)
         .await
         .map_err(|e| Error::io(dir, os_error(e)))?;
@@ -135,4 +138,30 @@ pub(crate) async fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), 
         .map_err(|e| Error::io(path, os_error(e)))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     sync_dir(dir).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relative directory (a `--data-dir data` start) is synced like an absolute one.
+    #[test]
+    fn durable_write_under_a_relative_directory() {
+        let dir = tempfile::tempdir_in("target").expect("tempdir under target/");
+        let rel = dir
+            .path()
+            .strip_prefix(std::env::current_dir().expect("cwd"))
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| dir.path().to_path_buf());
+        assert!(rel.is_relative(), "{}", rel.display());
+        let path = rel.join("x.bin");
+        let ex = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { write_file_durably(&path, b"hello").await })
+            .expect("executor");
+        ex.join().expect("join").expect("durable write");
+        assert_eq!(
+            std::fs::read(dir.path().join("x.bin")).expect("read"),
+            b"hello"
+        );
+    }
 }

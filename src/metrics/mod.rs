@@ -119,6 +119,22 @@ pub struct AggStats {
     /// Records replayed by the rebuild at start, and how long it took.
     pub rebuilt_records: AtomicU64,
     pub rebuild_nanos: AtomicU64,
+    /// Catch-up at start: log records of this shard still to replay into the aggregates
+    /// (gauge), and 1 once every owner has applied everything up to the log's end at start.
+    pub catchup_records: AtomicU64,
+    pub complete: AtomicU64,
+    /// Records the catch-up needed that retention had already deleted.
+    pub catchup_missing: AtomicU64,
+    /// The aggregate store (`agg::store`): checkpoints written, their bytes, failed writes,
+    /// damaged links found at start, and the newest durable checkpoint's wall clock (ns).
+    pub checkpoints: AtomicU64,
+    pub checkpoint_bytes: AtomicU64,
+    pub checkpoint_failures: AtomicU64,
+    pub checkpoint_nanos: AtomicU64,
+    /// The longest encode of one checkpoint (the executor runs nothing else meanwhile).
+    pub checkpoint_max_nanos: AtomicU64,
+    pub store_problems: AtomicU64,
+    pub checkpoint_last_ns: AtomicU64,
     /// Gauges: live cells, url cells and their table bytes, approximate heap bytes.
     pub cells: AtomicU64,
     pub url_cells: AtomicU64,
@@ -326,6 +342,18 @@ pub fn not_ready(all: &[std::sync::Arc<ShardStats>]) -> Option<String> {
     None
 }
 
+/// Whether every shard's aggregates are complete (the catch-up after a start is over).
+pub fn aggregates_complete(all: &[std::sync::Arc<ShardStats>]) -> bool {
+    all.iter().all(|s| ShardStats::get(&s.agg.complete) == 1)
+}
+
+/// Log records still to replay into the aggregates, over all shards.
+pub fn catchup_records(all: &[std::sync::Arc<ShardStats>]) -> u64 {
+    all.iter()
+        .map(|s| ShardStats::get(&s.agg.catchup_records))
+        .sum()
+}
+
 /// Renders every shard's counters in the Prometheus text format (version 0.0.4). Counters
 /// are summed over shards unless labelled by shard.
 pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
@@ -526,6 +554,31 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             |s| ShardStats::get(&s.agg.rebuilt_records),
         ),
         (
+            "pixeld_agg_checkpoints_total",
+            "Checkpoints of the aggregates written durably (agg::store).",
+            |s| ShardStats::get(&s.agg.checkpoints),
+        ),
+        (
+            "pixeld_agg_checkpoint_bytes_total",
+            "Bytes of the checkpoints written.",
+            |s| ShardStats::get(&s.agg.checkpoint_bytes),
+        ),
+        (
+            "pixeld_agg_checkpoint_failures_total",
+            "Checkpoints that could not be written (the previous one stays; the next is a base).",
+            |s| ShardStats::get(&s.agg.checkpoint_failures),
+        ),
+        (
+            "pixeld_agg_store_problems_total",
+            "Damaged or unusable checkpoint files found at start (reported on stderr).",
+            |s| ShardStats::get(&s.agg.store_problems),
+        ),
+        (
+            "pixeld_agg_catchup_missing_records_total",
+            "Records the catch-up at start needed but retention had deleted.",
+            |s| ShardStats::get(&s.agg.catchup_missing),
+        ),
+        (
             "pixeld_route_local_increments_total",
             "Increments applied on the shard that made them.",
             |s| ShardStats::get(&s.agg.local_incs),
@@ -571,6 +624,41 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             (
                 format!("{{shard=\"{i}\"}}"),
                 ShardStats::get(&s.agg.rebuild_nanos) as f64 / 1e9,
+            )
+        }),
+    );
+    p.gauge(
+        "pixeld_agg_catchup_records",
+        "Log records still to replay into the aggregates after a start (0: complete).",
+        sum(&|s| ShardStats::get(&s.agg.catchup_records)),
+    );
+    p.gauge(
+        "pixeld_agg_complete",
+        "1 when the aggregates hold every record of the log, 0 during the catch-up after a start.",
+        u64::from(aggregates_complete(all)),
+    );
+    p.counter(
+        "pixeld_agg_checkpoint_seconds_total",
+        "Executor time spent encoding checkpoints.",
+        sum(&|s| ShardStats::get(&s.agg.checkpoint_nanos)) as f64 / 1e9,
+    );
+    p.gauge(
+        "pixeld_agg_checkpoint_encode_max_seconds",
+        "The longest encode of one checkpoint on a shard's executor (nothing else runs on it meanwhile).",
+        all.iter()
+            .map(|s| ShardStats::get(&s.agg.checkpoint_max_nanos))
+            .max()
+            .unwrap_or(0) as f64
+            / 1e9,
+    );
+    p.rows(
+        "pixeld_agg_checkpoint_timestamp_seconds",
+        Kind::Gauge,
+        "Wall clock of each shard's newest durable checkpoint (0: none yet).",
+        all.iter().enumerate().map(|(i, s)| {
+            (
+                format!("{{shard=\"{i}\"}}"),
+                ShardStats::get(&s.agg.checkpoint_last_ns) as f64 / 1e9,
             )
         }),
     );
@@ -621,6 +709,27 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
                 s.durable_offset().map_or(-1, |o| o as i64),
             )
         }),
+    );
+    counter(
+        &mut p,
+        "pixeld_log_segments_rolled_total",
+        "Segments sealed and a new one started.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.segments_rolled)))],
+    );
+    counter(
+        &mut p,
+        "pixeld_log_segments_deleted_total",
+        "Sealed segments deleted by retention (age or bytes).",
+        vec![(
+            String::new(),
+            sum(&|s| ShardStats::get(&s.segments_deleted)),
+        )],
+    );
+    counter(
+        &mut p,
+        "pixeld_log_deleted_bytes_total",
+        "Bytes of the segments retention deleted.",
+        vec![(String::new(), sum(&|s| ShardStats::get(&s.bytes_deleted)))],
     );
     counter(
         &mut p,
@@ -690,6 +799,8 @@ pub fn health(all: &[std::sync::Arc<ShardStats>]) -> serde_json::Value {
         "t_ms": crate::sys::now_ns() / 1_000_000,
         "shards": all.len(),
         "ready": not_ready(all).is_none(),
+        "aggregates_complete": aggregates_complete(all),
+        "catchup_records": catchup_records(all),
         "received_events_total": received,
         "appended_events_total": appended,
         "dropped_events_total": by_reason,

@@ -571,3 +571,18 @@ fn points(p: Option<&Part>, from: i64, step: i64) -> Vec<Point> {
         })
         .collect()
 }
+
+/// Adds `"complete"` and `"catchup_records"` in front of an answer's fields. During the
+/// catch-up after a start (see `route::rebuild`) the aggregates hold the loaded checkpoints,
+/// everything ingested since the start, and the part of the logs replayed so far: an answer
+/// then is a lower bound, and says so (`"complete": false`, with the log records still to
+/// replay) instead of passing for the final figure.
+pub fn with_completeness(body: String, complete: bool, catchup_records: u64) -> String {
+    match body.strip_prefix('{') {
+        Some(rest) => {
+            let sep = if rest.starts_with('}') { "" } else { "," };
+            format!("{{\"complete\":{complete},\"catchup_records\":{catchup_records}{sep}{rest}")
+        }
+        None => body,
+    }
+}

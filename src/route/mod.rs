@@ -19,10 +19,18 @@
 //! waits are counted (`pixeld_route_full_waits_total`).
 //!
 //! Only records that were appended are routed, so the aggregates are a function of the log
-//! and the rebuild at start ([`rebuild::rebuild`]) reproduces them.
+//! and the catch-up at start ([`rebuild::rebuild`]) reproduces them.
+//!
+//! Offsets: rings are FIFO, so a source stamps each batch (and, when it has nothing to send,
+//! a `Mark`) with the next offset of its log that ingest has not routed yet. An owner keeps,
+//! per source, the highest stamp it has applied: its *applied vector*, which a checkpoint
+//! records ([`checkpoint`]) and a start replays from. During the catch-up after a start,
+//! replayed and live increments share the rings; the replay of a source ends with a
+//! `Rebuilt(end)` message, and an owner checkpoints only once every source's has arrived.
 
-pub use rebuild::rebuild;
+pub use rebuild::{rebuild, ReplayFrom};
 
+pub mod checkpoint;
 pub mod partition;
 pub mod rebuild;
 
@@ -53,8 +61,11 @@ pub const RING_BATCHES: usize = 64;
 #[derive(Debug)]
 pub enum RouteMsg {
     Batch(Batch),
-    /// The sender finished replaying its log: every increment of the rebuild is ahead of this.
-    Rebuilt,
+    /// Nothing more for this owner from records below this offset of the sender's log.
+    Mark(u64),
+    /// The sender finished replaying its log up to this offset (its end at start): every
+    /// increment of the replay is ahead of this.
+    Rebuilt(u64),
 }
 
 /// The mesh every shard joins at start.
@@ -71,6 +82,88 @@ pub fn now_minute() -> i64 {
     (crate::sys::now_ns() / 60_000_000_000) as i64
 }
 
+/// Which event minutes aggregate at the current time: from `floor` (the hour window's
+/// start) to `future` minutes past the receive time.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub floor: i64,
+    pub future: i64,
+}
+
+/// Parses one record's message and makes its increments: the url's, the referrer domain's
+/// for a pageview, and the visitor's, each with the shard that owns it (of `shards`; a hit
+/// without a visitor id stays on `me`, the shard that appended it). Counts the record's
+/// outcome in `stats`. The one place that decides what a record adds to the aggregates,
+/// shared by live routing, the catch-up and `pixeld check --aggregates`.
+pub fn increments(
+    parser: &mut EventParser,
+    stats: &crate::metrics::AggStats,
+    window: Window,
+    (me, shards): (usize, usize),
+    recv_ts: u64,
+    msg: &[u8],
+    mut emit: impl FnMut(usize, Inc, &str, &str),
+) {
+    let s = stats;
+    let ev = match parser.parse_message(msg) {
+        Ok(ev) => ev,
+        Err(e) => {
+            s.count_unparsed(e);
+            return;
+        }
+    };
+    if ev.invalid_utf8 {
+        ShardStats::add(&s.invalid_utf8, 1);
+    }
+    if ev.bad_timestamp {
+        ShardStats::add(&s.bad_timestamp, 1);
+    }
+    let recv_ms = (recv_ts / 1_000_000) as i64;
+    let ts_ms = match ev.ts_ms {
+        Some(t) => t,
+        None => {
+            ShardStats::add(&s.no_timestamp, 1);
+            recv_ms
+        }
+    };
+    let minute = ts_ms.div_euclid(60_000);
+    if ts_ms > recv_ms + window.future * 60_000 || minute < window.floor {
+        s.count(AggOutcome::OutOfWindow);
+        return;
+    }
+    s.count(AggOutcome::Aggregated);
+    let pv = ev.action == Action::Pageview;
+    let engaged = ev.engaged_seconds;
+    let vid = if ev.vid.is_empty() {
+        ShardStats::add(&s.no_vid, 1);
+        None
+    } else {
+        Some(vid_hash(ev.vid))
+    };
+    emit(
+        owner_of_key(URL_SEED, ev.url, shards),
+        Inc::new(IncKind::Url, pv, minute, engaged, None),
+        ev.site,
+        ev.url,
+    );
+    if pv {
+        emit(
+            owner_of_key(REF_SEED, ev.ref_domain, shards),
+            Inc::new(IncKind::Ref, pv, minute, 0, None),
+            ev.site,
+            ev.ref_domain,
+        );
+    }
+    // A hit without a visitor id still counts in the totals, on the shard that appended it.
+    let owner = vid.map_or(me, |h| owner_of_visitor(h, shards));
+    emit(
+        owner,
+        Inc::new(IncKind::Visitor, pv, minute, engaged, vid),
+        ev.site,
+        "",
+    );
+}
+
 /// One shard's router: its parser, its partition of the aggregates, its outgoing batches.
 pub struct Router {
     me: usize,
@@ -83,6 +176,17 @@ pub struct Router {
     /// The minute used for window checks, refreshed by the ticker and each flush.
     now_min: Cell<i64>,
     rebuilt_peers: Cell<usize>,
+    /// The next offset of this shard's log that ingest has not routed (the stamp).
+    live_next: Cell<u64>,
+    /// While a replayed record is routed: its offset, so that `send` skips the owners whose
+    /// checkpoint already holds it (`floors`, per owner).
+    replay_at: Cell<Option<u64>>,
+    floors: RefCell<Vec<u64>>,
+    /// Per source: the highest stamp applied here, and whether its replay has arrived.
+    applied: RefCell<Vec<u64>>,
+    caught_up: RefCell<Vec<bool>>,
+    /// Per peer: the last stamp sent (batch or mark).
+    marked: RefCell<Vec<u64>>,
 }
 
 impl Router {
@@ -106,7 +210,58 @@ impl Router {
             stats,
             now_min: Cell::new(now_minute()),
             rebuilt_peers: Cell::new(0),
+            live_next: Cell::new(0),
+            replay_at: Cell::new(None),
+            floors: RefCell::new(vec![0; shards]),
+            applied: RefCell::new(vec![0; shards]),
+            caught_up: RefCell::new(vec![false; shards]),
+            marked: RefCell::new(vec![0; shards]),
         })
+    }
+
+    /// Sets up the catch-up after a start: the log's end at open (`end`, the first live
+    /// offset), per owner the offset of this shard's log its loaded state already holds
+    /// (`floors`), and per source the applied vector this shard loaded (`applied`).
+    pub fn start_catchup(&self, end: u64, floors: Vec<u64>, applied: Vec<u64>) {
+        self.live_next.set(end);
+        *self.floors.borrow_mut() = floors;
+        *self.applied.borrow_mut() = applied;
+    }
+
+    /// Whether this owner has applied every source's replay (and its own).
+    pub fn complete(&self) -> bool {
+        self.caught_up.borrow().iter().all(|c| *c)
+    }
+
+    /// The applied vector to checkpoint (this shard's own entry is its live stamp, since its
+    /// own increments are applied as they are made). Meaningful once [`Self::complete`].
+    pub fn applied_vector(&self) -> Vec<u64> {
+        let mut a = self.applied.borrow().clone();
+        if let Some(me) = a.get_mut(self.me) {
+            *me = (*me).max(self.live_next.get());
+        }
+        a
+    }
+
+    fn note_applied(&self, src: usize, upto: u64) {
+        if let Some(a) = self.applied.borrow_mut().get_mut(src) {
+            *a = (*a).max(upto);
+        }
+    }
+
+    /// Routes one record ingest has just appended at `offset` (`msg` without its syslog
+    /// header), advancing the stamp.
+    pub fn live(&self, offset: u64, recv_ts: u64, msg: &[u8]) {
+        self.record_message(recv_ts, msg);
+        self.live_next.set(offset + 1);
+    }
+
+    /// Routes one record replayed from the log at start, to the owners whose loaded state
+    /// does not hold it yet.
+    fn replayed(&self, offset: u64, recv_ts: u64, bytes: &[u8]) {
+        self.replay_at.set(Some(offset));
+        self.record(recv_ts, bytes);
+        self.replay_at.set(None);
     }
 
     pub fn shard(&self) -> usize {
@@ -129,107 +284,42 @@ impl Router {
     /// Routes one appended record whose syslog header the caller already stripped (`msg` is
     /// the whole record when it had none).
     pub fn record_message(&self, recv_ts: u64, msg: &[u8]) {
-        let mut parser = self.parser.borrow_mut();
-        let ev = match parser.parse_message(msg) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.stats.agg.count_unparsed(e);
-                return;
-            }
-        };
-        let s = &self.stats.agg;
-        if ev.invalid_utf8 {
-            ShardStats::add(&s.invalid_utf8, 1);
-        }
-        if ev.bad_timestamp {
-            ShardStats::add(&s.bad_timestamp, 1);
-        }
-        let recv_ms = (recv_ts / 1_000_000) as i64;
-        let ts_ms = match ev.ts_ms {
-            Some(t) => t,
-            None => {
-                ShardStats::add(&s.no_timestamp, 1);
-                recv_ms
-            }
-        };
-        let minute = ts_ms.div_euclid(60_000);
         let (now, future, floor) = {
             let agg = self.agg.borrow();
             let now = self.now_min.get();
             (now, agg.cfg.future_minutes, agg.hour_floor(now))
         };
-        if ts_ms > recv_ms + future * 60_000 || minute < floor {
-            s.count(AggOutcome::OutOfWindow);
-            return;
-        }
-        s.count(AggOutcome::Aggregated);
-        let pv = ev.action == Action::Pageview;
-        let engaged = ev.engaged_seconds;
-        let vid = if ev.vid.is_empty() {
-            ShardStats::add(&s.no_vid, 1);
-            None
-        } else {
-            Some(vid_hash(ev.vid))
-        };
-        let n = self.shards;
-        self.send(
-            owner_of_key(URL_SEED, ev.url, n),
-            IncKind::Url,
-            pv,
-            minute,
-            engaged,
-            ev.site,
-            ev.url,
-            None,
-            now,
-        );
-        if pv {
-            self.send(
-                owner_of_key(REF_SEED, ev.ref_domain, n),
-                IncKind::Ref,
-                pv,
-                minute,
-                0,
-                ev.site,
-                ev.ref_domain,
-                None,
-                now,
-            );
-        }
-        // A hit without a visitor id still counts in the totals, on this shard.
-        let owner = vid.map_or(self.me, |h| owner_of_visitor(h, n));
-        self.send(
-            owner,
-            IncKind::Visitor,
-            pv,
-            minute,
-            engaged,
-            ev.site,
-            "",
-            vid,
-            now,
+        let window = Window { floor, future };
+        increments(
+            &mut self.parser.borrow_mut(),
+            &self.stats.agg,
+            window,
+            (self.me, self.shards),
+            recv_ts,
+            msg,
+            |owner, inc, site, key| self.send(owner, inc, site, key, now),
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &self,
-        owner: usize,
-        kind: IncKind,
-        pv: bool,
-        minute: i64,
-        engaged: u32,
-        site: &str,
-        key: &str,
-        vid: Option<u64>,
-        now: i64,
-    ) {
+    fn send(&self, owner: usize, inc: Inc, site: &str, key: &str, now: i64) {
+        if let Some(at) = self.replay_at.get() {
+            if self.floors.borrow().get(owner).is_some_and(|&f| at < f) {
+                return;
+            }
+        }
         if owner == self.me || self.senders.is_none() {
-            let inc = Inc::new(kind, pv, minute, engaged, vid);
             self.agg.borrow_mut().apply(&inc, site, key, now);
             ShardStats::add(&self.stats.agg.local_incs, 1);
         } else if let Some(b) = self.pending.borrow_mut().get_mut(owner) {
-            b.push(kind, pv, minute, engaged, site, key, vid);
+            b.push(
+                inc.kind,
+                inc.pageview,
+                inc.minute,
+                inc.engaged,
+                site,
+                key,
+                inc.has_vid.then_some(inc.vid),
+            );
         }
     }
 
@@ -251,6 +341,9 @@ impl Router {
                     _ => continue,
                 }
             };
+            let mut batch = batch;
+            batch.upto = self.live_next.get();
+            self.set_marked(peer, batch.upto);
             let incs = batch.len() as u64;
             let s = &self.stats.agg;
             match senders.try_send_to(peer, RouteMsg::Batch(batch)) {
@@ -274,6 +367,33 @@ impl Router {
         }
     }
 
+    fn set_marked(&self, peer: usize, upto: u64) {
+        if let Some(m) = self.marked.borrow_mut().get_mut(peer) {
+            *m = upto;
+        }
+    }
+
+    /// Tells every peer that has had no batch since the stamp moved where the stamp is, so
+    /// that its applied vector advances on a quiet ring too. Never waits: a full ring has
+    /// batches coming, which carry the stamp.
+    fn send_marks(&self) {
+        let Some(senders) = &self.senders else {
+            return;
+        };
+        let next = self.live_next.get();
+        for peer in (0..self.shards).filter(|&p| p != self.me) {
+            let stale = self.marked.borrow().get(peer).is_some_and(|&m| m < next);
+            let empty = self
+                .pending
+                .borrow()
+                .get(peer)
+                .is_some_and(|b| b.is_empty());
+            if stale && empty && senders.try_send_to(peer, RouteMsg::Mark(next)).is_ok() {
+                self.set_marked(peer, next);
+            }
+        }
+    }
+
     fn count_shipped(&self, incs: u64) {
         ShardStats::add(&self.stats.agg.sent_incs, incs);
         ShardStats::add(&self.stats.agg.sent_batches, 1);
@@ -293,7 +413,8 @@ impl Router {
             if b.len() < BATCH_INCS {
                 continue;
             }
-            let batch = std::mem::take(b);
+            let mut batch = std::mem::take(b);
+            batch.upto = self.live_next.get();
             let incs = batch.len() as u64;
             match senders.try_send_to(peer, RouteMsg::Batch(batch)) {
                 Ok(()) => self.count_shipped(incs),
@@ -314,6 +435,7 @@ impl Router {
     /// `stop`.
     pub async fn tick(self: Rc<Self>, stop: Arc<AtomicBool>) {
         let mut last_evict = Instant::now();
+        let mut last_mark = Instant::now();
         self.publish_memory();
         while !stop.load(Ordering::Relaxed) {
             self.stats
@@ -321,6 +443,10 @@ impl Router {
                 .store(crate::sys::now_ns(), Ordering::Relaxed);
             glommio::timer::sleep(FLUSH_EVERY).await;
             self.flush(1).await;
+            if last_mark.elapsed() >= Duration::from_millis(200) {
+                last_mark = Instant::now();
+                self.send_marks();
+            }
             if last_evict.elapsed() >= Duration::from_secs(2) {
                 last_evict = Instant::now();
                 self.agg.borrow_mut().evict(self.now_min.get());
@@ -341,32 +467,45 @@ impl Router {
         s.stale_incs.store(agg.stale, Ordering::Relaxed);
     }
 
-    /// Applies what one peer sends, until its ring closes.
-    pub async fn receive(self: Rc<Self>, stream: ConnectedReceiver<RouteMsg>) {
+    /// Applies what peer `src` sends, until its ring closes.
+    pub async fn receive(self: Rc<Self>, src: usize, stream: ConnectedReceiver<RouteMsg>) {
         while let Some(msg) = stream.recv().await {
             match msg {
                 RouteMsg::Batch(b) => {
                     self.agg.borrow_mut().apply_batch(&b, self.now_min.get());
                     ShardStats::add(&self.stats.agg.applied_incs, b.len() as u64);
+                    self.note_applied(src, b.upto);
                 }
-                RouteMsg::Rebuilt => self.rebuilt_peers.set(self.rebuilt_peers.get() + 1),
+                RouteMsg::Mark(upto) => self.note_applied(src, upto),
+                RouteMsg::Rebuilt(end) => {
+                    self.note_applied(src, end);
+                    if let Some(c) = self.caught_up.borrow_mut().get_mut(src) {
+                        *c = true;
+                    }
+                    self.rebuilt_peers.set(self.rebuilt_peers.get() + 1);
+                }
             }
         }
     }
 
     /// Starts one receiving task per peer.
     pub fn spawn_receivers(self: &Rc<Self>, mut receivers: Receivers<RouteMsg>) {
-        for (_, stream) in receivers.streams() {
-            glommio::spawn_local(self.clone().receive(stream)).detach();
+        for (src, stream) in receivers.streams() {
+            glommio::spawn_local(self.clone().receive(src, stream)).detach();
         }
     }
 
-    /// Tells every peer that this shard's rebuild is complete (after everything it routed).
-    async fn announce_rebuilt(&self) {
+    /// Tells every peer that this shard's replay is complete up to `end` (after everything it
+    /// routed), and marks its own.
+    async fn announce_rebuilt(&self, end: u64) {
         self.flush(1).await;
+        if let Some(c) = self.caught_up.borrow_mut().get_mut(self.me) {
+            *c = true;
+        }
         if let Some(senders) = &self.senders {
             for peer in (0..self.shards).filter(|&p| p != self.me) {
-                let _ = senders.send_to(peer, RouteMsg::Rebuilt).await;
+                let _ = senders.send_to(peer, RouteMsg::Rebuilt(end)).await;
+                self.set_marked(peer, end);
             }
         }
     }

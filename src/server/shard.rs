@@ -28,6 +28,12 @@ pub enum ShardEvent {
     },
     /// The shard failed and stopped; the error names the cause.
     Failed { shard: usize, error: ShardFailure },
+    /// The shard's aggregates hold every record of every log up to its end at start: the
+    /// catch-up (replay of the logs after the loaded checkpoints) is over.
+    CaughtUp {
+        shard: usize,
+        catchup: crate::route::rebuild::CatchUp,
+    },
     /// The shard stopped cleanly after a shutdown request.
     Stopped { shard: usize },
 }
@@ -145,6 +151,7 @@ pub fn spawn_shards(
         .export
         .as_ref()
         .map(|k| Arc::new(crate::export::ExportStats::new(&k.topic, cfg.shards)));
+    let mut stores = load_stores(cfg, &all_stats);
     let route_mesh = crate::route::mesh(cfg.shards);
     let query_mesh = crate::query::mesh(cfg.shards);
     for shard in 0..cfg.shards {
@@ -152,6 +159,7 @@ pub fn spawn_shards(
         let stats = all_stats[shard].clone();
         let mut log_cfg = cfg.log.for_shard(&cfg.data_dir, shard);
         log_cfg.retention_pin = consumers.pin(shard);
+        let store = stores.remove(0);
         let net = Listeners {
             udp: cfg.udp,
             tcp: cfg.tcp,
@@ -159,11 +167,11 @@ pub fn spawn_shards(
             ingest: cfg.ingest.clone(),
             http_cfg: cfg.http_server.clone(),
             all_stats: all_stats.clone(),
-            agg: cfg.agg.clone(),
             route_mesh: route_mesh.clone(),
             query_mesh: query_mesh.clone(),
             log_api: log_api.clone(),
             export: export.clone(),
+            store,
         };
         let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -202,11 +210,111 @@ struct Listeners {
     ingest: crate::ingest::IngestConfig,
     http_cfg: crate::http::HttpConfig,
     all_stats: Arc<Vec<Arc<ShardStats>>>,
-    agg: crate::agg::AggConfig,
     route_mesh: crate::route::Mesh,
     query_mesh: crate::query::QueryMesh,
     log_api: Arc<crate::readers::LogReaders>,
     export: Option<Arc<crate::export::ExportStats>>,
+    store: ShardStore,
+}
+
+/// What a shard starts its aggregates from: its loaded checkpoint chain and what its log's
+/// replay must send to whom.
+struct ShardStore {
+    agg: crate::agg::Aggregates,
+    writer: crate::agg::store::Writer,
+    /// Per owner: the offset of this shard's log that owner's checkpoint already holds.
+    floors: Vec<u64>,
+    /// Per source: this owner's loaded applied vector.
+    applied: Vec<u64>,
+    from: crate::route::ReplayFrom,
+}
+
+/// Loads every owner's checkpoint chain (before any shard starts, since each source's replay
+/// depends on every owner's), reporting what it found on stderr.
+fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
+    use crate::agg::store;
+    let fp = store::fingerprint(&cfg.agg);
+    let n = cfg.shards;
+    // One thread per owner: reading and decoding the chains is most of a start's time. A
+    // panic while decoding is a bug (damage is reported as a problem, not a panic): it is
+    // re-raised rather than hidden behind an empty store that would overwrite good links.
+    let mut loaded: Vec<store::Loaded> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|o| scope.spawn(move || store::load(&cfg.data_dir, o, n, fp, &cfg.agg)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    for (o, l) in loaded.iter().enumerate() {
+        for p in &l.problems {
+            eprintln!("pixeld: shard {o}: aggregate store: {p}");
+        }
+        if let Some(s) = all_stats.get(o) {
+            ShardStats::add(&s.agg.store_problems, l.problems.len() as u64);
+        }
+        match &l.applied {
+            Some(a) => eprintln!(
+                "pixeld: shard {o}: aggregates loaded from checkpoint {} (base {} + {} deltas, {} bytes, taken {:.0} s ago); \
+                 the logs are replayed from offsets {a:?}",
+                l.seq,
+                l.base_seq,
+                l.links.saturating_sub(1),
+                l.base_bytes + l.delta_bytes,
+                crate::sys::now_ns().saturating_sub(l.written_ns) as f64 / 1e9
+            ),
+            None => eprintln!(
+                "pixeld: shard {o}: no usable checkpoint of the aggregates; they are rebuilt from what the logs hold"
+            ),
+        }
+    }
+    let from: Vec<crate::route::ReplayFrom> = (0..n)
+        .map(|src| {
+            let floors: Option<Vec<u64>> = loaded
+                .iter()
+                .map(|l| l.applied.as_ref().and_then(|a| a.get(src).copied()))
+                .collect();
+            match floors.and_then(|f| f.into_iter().min()) {
+                Some(o) => crate::route::ReplayFrom::Offset(o),
+                None => crate::route::ReplayFrom::Window,
+            }
+        })
+        .collect();
+    let writers: Vec<store::Writer> = loaded
+        .iter()
+        .enumerate()
+        .map(|(o, l)| store::Writer::new(&cfg.data_dir, o, n, fp, l))
+        .collect();
+    let floors: Vec<Vec<u64>> = (0..n)
+        .map(|src| {
+            loaded
+                .iter()
+                .map(|l| {
+                    l.applied
+                        .as_ref()
+                        .and_then(|a| a.get(src).copied())
+                        .unwrap_or(0)
+                })
+                .collect()
+        })
+        .collect();
+    writers
+        .into_iter()
+        .zip(floors)
+        .zip(from)
+        .enumerate()
+        .map(|(o, ((writer, floors), from))| {
+            let l = std::mem::replace(&mut loaded[o], store::load_nothing(&cfg.agg));
+            ShardStore {
+                applied: l.applied.unwrap_or_else(|| vec![0; n]),
+                agg: l.agg,
+                writer,
+                floors,
+                from,
+            }
+        })
+        .collect()
 }
 
 /// Waits until `shutdown` is set.
@@ -243,20 +351,21 @@ async fn run_shard(
     };
     let (log, flusher, report) = Log::open(log_cfg, stats.clone()).await?;
     let flusher = glommio::spawn_local(flusher.run());
-    let router = crate::route::Router::new(
-        crate::agg::Aggregates::new(net.agg),
-        Some(route_tx),
-        stats.clone(),
-    );
+    // Ingest first: the aggregates start from the loaded checkpoint and catch up on the log
+    // beside live ingest (see `route::rebuild`).
+    let end = log.next_offset();
+    let ShardStore {
+        agg,
+        writer,
+        floors,
+        applied,
+        from,
+    } = net.store;
+    let router = crate::route::Router::new(agg, Some(route_tx), stats.clone());
+    router.start_catchup(end, floors, applied);
     router.spawn_receivers(route_rx);
     let hub = crate::query::Hub::new(router.agg.clone(), Some(query_tx));
     hub.spawn_responders(query_rx);
-    // Rebuild the aggregates from the log before anything new is accepted.
-    if let Err(e) = crate::route::rebuild(&router, &log, &shutdown).await {
-        log.close();
-        let _ = flusher.await;
-        return Err(ShardFailure::Rebuild(e));
-    }
     if shutdown.load(Ordering::Relaxed) {
         log.close();
         return Ok(flusher.await?);
@@ -296,7 +405,7 @@ async fn run_shard(
         log: log.clone(),
         stats: stats.clone(),
         cfg: net.ingest,
-        router,
+        router: router.clone(),
     });
     let udp_task = {
         let ingest = ingest.clone();
@@ -310,7 +419,7 @@ async fn run_shard(
         shard,
         cfg: net.http_cfg,
         ingest: ingest.clone(),
-        all_stats: net.all_stats,
+        all_stats: net.all_stats.clone(),
         hub,
         log_api: net.log_api,
         export: net.export,
@@ -334,8 +443,42 @@ async fn run_shard(
         shard,
         report: Box::new(report),
     });
+    let catchup = {
+        let (router, log, stop, events, stats) = (
+            router.clone(),
+            log.clone(),
+            shutdown.clone(),
+            events.clone(),
+            stats.clone(),
+        );
+        glommio::spawn_local(async move {
+            match crate::route::rebuild(&router, &log, from, end, &stop).await {
+                Ok(catchup) if router.complete() => {
+                    stats.agg.complete.store(1, Ordering::Relaxed);
+                    let _ = events.send(ShardEvent::CaughtUp { shard, catchup });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = events.send(ShardEvent::Failed {
+                        shard,
+                        error: ShardFailure::Rebuild(e),
+                    });
+                }
+            }
+        })
+    };
+    // The checkpointer stops when the log does (a clean stop, or a failure of the log).
+    let log_ended = Arc::new(AtomicBool::new(false));
+    let checkpointer = glommio::spawn_local(crate::route::checkpoint::run(
+        router.clone(),
+        writer,
+        net.all_stats.clone(),
+        router.agg.borrow().cfg.checkpoint_interval,
+        log_ended.clone(),
+    ));
     let watcher = {
         let log = log.clone();
+        let shutdown = shutdown.clone();
         glommio::spawn_local(async move {
             while !shutdown.load(Ordering::Relaxed) {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -344,7 +487,13 @@ async fn run_shard(
         })
     };
     let result = flusher.await.map_err(ShardFailure::from);
-    drop((watcher, udp_task, tcp_task, http_task, ticker));
+    log_ended.store(true, Ordering::Relaxed);
+    drop((watcher, udp_task, tcp_task, http_task, ticker, catchup));
+    // The last checkpoint, once this shard's log is synced (a failed log keeps the previous).
+    let mut writer = checkpointer.await;
+    if result.is_ok() {
+        crate::route::checkpoint::at_stop(&router, &mut writer, &net.all_stats).await;
+    }
     result
 }
 

@@ -36,6 +36,14 @@ pub enum ServeError {
     #[cfg(feature = "kafka")]
     #[error(transparent)]
     Export(#[from] crate::export::kafka::ExportError),
+    #[error("data dir {} holds the logs of shards {extra:?} ({bytes} bytes of segments) beyond the {shards} shards of this run: their records would leave every answer and the aggregates. Start with `shards = {need}` or more (a shard count can grow, not shrink), or move those directories out of the data dir if their records are to be dropped from the answers (`pixeld replay --data-dir` still reads them there)", data_dir.display())]
+    ShardsShrunk {
+        data_dir: std::path::PathBuf,
+        extra: Vec<usize>,
+        bytes: u64,
+        shards: usize,
+        need: usize,
+    },
     #[error("shard(s) {shards:?} did not stop within shutdown_timeout ({timeout:?}); exiting without them (their unsynced tail is recovered at the next start)")]
     ShutdownTimeout {
         shards: Vec<usize>,
@@ -73,6 +81,65 @@ impl Notifier {
     }
 }
 
+/// Refuses a run with fewer shards than the data dir has logs holding records: every shard's
+/// log is a source of the answers, and a shard beyond the count would be read by nobody. Empty
+/// shard directories beyond the count (a run that never appended there) are only reported.
+fn check_shard_count(cfg: &Config) -> Result<(), ServeError> {
+    let Ok(existing) = reader::list_shards(&cfg.data_dir) else {
+        return Ok(());
+    };
+    let mut extra = Vec::new();
+    let mut bytes = 0;
+    for (n, dir) in existing.iter().filter(|(n, _)| *n >= cfg.shards) {
+        // Holds records when its first one reads (segments may be preallocated while empty).
+        let mut first = None;
+        let _ = reader::ShardReader::new(
+            dir,
+            cfg.log.for_shard(&cfg.data_dir, *n).index_interval_bytes,
+        )
+        .read(
+            reader::Start::Beginning,
+            |rec| {
+                first = Some(rec.offset);
+                std::ops::ControlFlow::Break(())
+            },
+            |_| {},
+        );
+        let held: u64 = match first {
+            None => 0,
+            Some(_) => reader::list_segments(dir)
+                .map(|(segs, _)| {
+                    segs.iter()
+                        .filter_map(|s| std::fs::metadata(&s.path).ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0)
+                .max(1),
+        };
+        if held > 0 {
+            extra.push(*n);
+            bytes += held;
+        } else {
+            eprintln!(
+                "pixeld: {} is beyond the {} shards of this run and holds no records; it is left alone",
+                dir.display(),
+                cfg.shards
+            );
+        }
+    }
+    match extra.last() {
+        None => Ok(()),
+        Some(&last) => Err(ServeError::ShardsShrunk {
+            data_dir: cfg.data_dir.clone(),
+            extra,
+            bytes,
+            shards: cfg.shards,
+            need: last + 1,
+        }),
+    }
+}
+
 /// Runs the appliance until a signal or a failure.
 pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     let started = Instant::now();
@@ -86,20 +153,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
             eprintln!("pixeld: export: {warning}");
         }
     }
-    if let Ok(existing) = reader::list_shards(&cfg.data_dir) {
-        let extra: Vec<usize> = existing
-            .iter()
-            .map(|(n, _)| *n)
-            .filter(|n| *n >= cfg.shards)
-            .collect();
-        if !extra.is_empty() {
-            eprintln!(
-                "pixeld: data dir holds shard directories {extra:?} beyond the {} shards of this run; \
-                 they are not appended to but stay readable by `pixeld replay` and `pixeld check`",
-                cfg.shards
-            );
-        }
-    }
+    check_shard_count(cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::unbounded();
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
@@ -170,6 +224,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
                 cfg.http
             )),
         ]);
+        tally.say_complete(&notify);
         // Phase 2: running.
         run_until_stop(&rx, &sig_rx, &mut tally, &all_stats, &notify);
     }
@@ -228,6 +283,12 @@ fn report_stopped(stats: &[Arc<ShardStats>]) {
 /// first failure.
 struct Tally {
     ready: usize,
+    /// Shards whose aggregates caught up, what they replayed, and whether that was said.
+    caught_up: usize,
+    replayed: u64,
+    missing: u64,
+    catchup_seconds: f64,
+    complete_said: bool,
     /// Which shards have ended (each reports `Failed` or `Stopped` once); the stuck ones are
     /// named at a shutdown timeout.
     ended: Vec<bool>,
@@ -238,6 +299,11 @@ impl Tally {
     fn new(shards: usize) -> Self {
         Tally {
             ready: 0,
+            caught_up: 0,
+            replayed: 0,
+            missing: 0,
+            catchup_seconds: 0.0,
+            complete_said: false,
             ended: vec![false; shards],
             failure: None,
         }
@@ -261,8 +327,34 @@ impl Tally {
                 self.failure
                     .get_or_insert(ServeError::ShardFailed { shard, error });
             }
+            ShardEvent::CaughtUp { catchup, .. } => {
+                self.caught_up += 1;
+                self.replayed += catchup.replayed;
+                self.missing += catchup.missing;
+                self.catchup_seconds = self.catchup_seconds.max(catchup.seconds);
+            }
             ShardEvent::Stopped { shard } => self.ended(shard),
         }
+    }
+
+    /// Says once, after the ready line, that every shard's aggregates have caught up.
+    fn say_complete(&mut self, notify: &Notifier) {
+        if self.complete_said || self.caught_up < self.ended.len() {
+            return;
+        }
+        self.complete_said = true;
+        eprintln!(
+            "pixeld: aggregates complete: {} shards; {} log records replayed after the checkpoints in {:.2} s{}",
+            self.ended.len(),
+            self.replayed,
+            self.catchup_seconds,
+            if self.missing > 0 {
+                format!("; {} records already deleted by retention could not be replayed", self.missing)
+            } else {
+                String::new()
+            }
+        );
+        notify.send(&[NotifyState::Status("ready; aggregates complete")]);
     }
 
     fn ended(&mut self, shard: usize) {
@@ -354,6 +446,7 @@ fn run_until_stop(
                     if tally.failure.is_some() {
                         break;
                     }
+                    tally.say_complete(notify);
                 }
                 Err(_) => break,
             },

@@ -130,6 +130,28 @@ pub fn signal(child: &Child, sig: &str) {
     assert!(ok.success());
 }
 
+/// Runs `pixeld check --aggregates` on a stopped server's data dir (with the config text the
+/// server ran with); whether it passed, and its report.
+pub fn check_aggregates(data: &Path, config: Option<&str>) -> (bool, String) {
+    let dir = tempdir();
+    let mut cmd = Command::new(pixeld_bin());
+    cmd.args(["check", "--aggregates", "--data-dir"]).arg(data);
+    if let Some(text) = config {
+        let path = dir.path().join("pixeld.toml");
+        std::fs::write(&path, text).unwrap();
+        cmd.arg("--config").arg(path);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// A running `pixeld serve`, stopped by its PID.
 pub struct Server {
     pub child: Child,

@@ -104,6 +104,35 @@ fn round_trip_across_segment_rolls_by_offset_and_time() {
         assert_eq!(recs.first().map(|r| r.0), Some(from));
         assert_eq!(recs.len() as u64, n - from);
     }
+    // Read in slices that resume where the last stopped (the aggregates' catch-up does):
+    // every record once, in order, whatever the slice size.
+    let reader =
+        pixeld::log::reader::ShardReader::new(dir.clone(), config(&dir).index_interval_bytes);
+    for slice in [1u64, 7, 100, 1001] {
+        let (mut next, mut resume, mut seen) = (0u64, None, Vec::new());
+        while next < n {
+            let mut taken = 0;
+            reader
+                .read_resumable(
+                    Start::Offset(next),
+                    &mut resume,
+                    |r| {
+                        seen.push(r.offset);
+                        next = r.offset + 1;
+                        taken += 1;
+                        if taken == slice {
+                            std::ops::ControlFlow::Break(())
+                        } else {
+                            std::ops::ControlFlow::Continue(())
+                        }
+                    },
+                    |w| panic!("{w:?}"),
+                )
+                .unwrap();
+            assert!(taken > 0, "slice {slice}: stuck at {next}");
+        }
+        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "slice {slice}");
+    }
     let (none, _) = common::read_all(&dir, Start::Offset(n));
     assert!(none.is_empty());
     let (none, _) = common::read_all(&dir, Start::Time(t0 + n * 1000));

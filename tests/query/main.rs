@@ -10,3 +10,4 @@ mod common;
 mod aggregates;
 mod dashboard_browser;
 mod dashboard_live;
+mod store;

@@ -1,6 +1,7 @@
 //! The `pixeld` binary end to end: serve starts every shard, reports ready, stops cleanly on
 //! SIGTERM; a failing shard makes the process exit non-zero naming the shard; the data dir
-//! is locked; shard directories beyond `--shards` stay readable; validate names bad fields.
+//! is locked; shard directories beyond `--shards` that hold records refuse the start and
+//! stay readable by `replay` and `check`; validate names bad fields.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -106,22 +107,17 @@ fn a_failing_shard_fails_the_process_with_its_number() {
 }
 
 #[test]
-fn shard_dirs_beyond_the_shard_count_stay_readable() {
+fn shard_dirs_beyond_the_shard_count_refuse_the_start_and_stay_readable() {
     let tmp = common::tempdir();
     let data = tmp.path().join("data");
     import(&data, 0, "zero-a\nzero-b\n");
     import(&data, 2, "two-a\n");
-    let mut s = Server::start(&data, &["--shards", "1"]);
-    assert!(
-        s.wait_for("ready: 1 shards").is_some(),
-        "{}",
-        s.seen.join("\n")
-    );
-    s.signal("INT");
+    // Shard 2's record would be read by nobody: the start is refused, naming the fix.
+    let s = Server::start(&data, &["--shards", "1"]);
     let (code, log) = s.wait();
-    assert_eq!(code, Some(0), "{log}");
+    assert_ne!(code, Some(0), "{log}");
     assert!(
-        log.contains("[2]") && log.contains("stay readable"),
+        log.contains("holds the logs of shards [2]") && log.contains("`shards = 3` or more"),
         "{log}"
     );
     let out = Command::new(common::pixeld_bin())

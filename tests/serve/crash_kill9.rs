@@ -7,8 +7,11 @@
 //! - a torn tail (a partial batch the test appends after every other kill, as a power cut
 //!   would leave it) is truncated at the restart and counted (`pixeld_log_truncated_bytes_total`
 //!   equals the bytes the stderr lines report), and the recovered log reads without warnings;
-//! - after the last restart the aggregates rebuilt from the log (`/v1/summary`, `/v1/top`)
-//!   equal a reference the test computes from the log records itself, with its own parser.
+//! - after the last restart the aggregates — loaded from the checkpoints the killed runs wrote
+//!   every 200 ms (`agg.checkpoint_interval = "200ms"`) plus the log replayed after them —
+//!   (`/v1/summary`, `/v1/top`) equal a reference the test computes from the log records
+//!   itself, with its own parser; and after the final clean stop `pixeld check --aggregates`
+//!   finds the store equal, bucket by bucket, to a recomputation from the log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -22,6 +25,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::common;
+
+/// Checkpoints every 200 ms, so that kills land before, during and after them.
+const CONFIG: &str = "[agg]\ncheckpoint_interval = \"200ms\"\n";
 
 /// Cycles per run; `PIXELD_SOAK_CYCLES=500 cargo test --release --test serve crash_kill9`
 /// is the long soak (docs/reliability.md).
@@ -129,9 +135,12 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
     // Bytes of a torn write appended to a newest segment after the previous kill.
     let mut torn: u64 = 0;
     let shards = SHARDS.to_string();
+    let config = tmp.path().join("pixeld.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let config = config.display().to_string();
     let cycles = cycles();
     for cycle in 0..cycles {
-        let mut s = common::Server::start(&data, &["--shards", &shards]);
+        let mut s = common::Server::start(&data, &["--shards", &shards, "--config", &config]);
         let ready = s.wait_for(&format!("ready: {SHARDS} shards"));
         assert!(ready.is_some(), "cycle {cycle}: {:?}", s.seen);
         let cut = recovery_cut(&s, torn, &format!("cycle {cycle}"));
@@ -272,12 +281,13 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
     }
 
     // A last start: recovery of the last kill, then a clean stop.
-    let mut s = common::Server::start(&data, &["--shards", &shards]);
+    let mut s = common::Server::start(&data, &["--shards", &shards, "--config", &config]);
     assert!(
         s.wait_for(&format!("ready: {SHARDS} shards")).is_some(),
         "{:?}",
         s.seen
     );
+    assert!(s.wait_for("aggregates complete").is_some(), "{:?}", s.seen);
     let cut = recovery_cut(&s, torn, "last start");
     truncated_reported += cut;
     truncations += u32::from(cut > 0);
@@ -303,6 +313,12 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
     s.signal("TERM");
     let (code, log) = s.wait();
     assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("aggregates loaded from checkpoint"),
+        "no checkpoint survived the kills: {log}"
+    );
+    let (ok, report) = common::check_aggregates(&data, Some(CONFIG));
+    assert!(ok, "check --aggregates: {report}");
 
     // The reference, from the log itself.
     let mut ids: HashMap<String, u32> = HashMap::new();

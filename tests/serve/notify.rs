@@ -74,7 +74,7 @@ fn metric(port: u16, name: &str) -> u64 {
 }
 
 #[test]
-fn ready_after_rebuild_watchdog_and_stopping() {
+fn ready_then_aggregates_complete_watchdog_and_stopping() {
     let tmp = common::tempdir();
     let data = tmp.path().join("data");
     // A log to rebuild from: 30 000 hits in shard 0.
@@ -105,14 +105,22 @@ fn ready_after_rebuild_watchdog_and_stopping() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let (mut child, port) = start(&data, &sock_path, "2", None);
     let before = until(&sock, "READY=1", Duration::from_secs(60));
-    // Ready means rebuilt: every record of the log is in the aggregates already.
-    assert_eq!(metric(port, "pixeld_agg_rebuilt_records_total"), 30_000);
+    // Ready means ingest is up; the aggregates catch up on the log beside it, and a status
+    // line says when they are complete.
     let (st, _, _) = http(port, "GET", "/readyz", &[], b"");
     assert_eq!(st, 200);
     assert!(
         before.iter().any(|l| l.starts_with("STATUS=ready")),
         "{before:?}"
     );
+    let complete = until(
+        &sock,
+        "STATUS=ready; aggregates complete",
+        Duration::from_secs(60),
+    );
+    assert!(!complete.is_empty());
+    assert_eq!(metric(port, "pixeld_agg_rebuilt_records_total"), 30_000);
+    assert_eq!(metric(port, "pixeld_agg_complete"), 1);
     // WATCHDOG_USEC=400000: a keep-alive every 200 ms while every shard beats.
     let mut pings = 0;
     let t = Instant::now();

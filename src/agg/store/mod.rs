@@ -1,0 +1,469 @@
+//! The durable aggregate store: each owner shard's aggregates as a chain of checkpoints on
+//! disk, tied to the log offsets they are the function of, so that a start loads them and
+//! replays only the log after them — and so that hours older than the log's retention
+//! survive a restart.
+//!
+//! `<data_dir>/agg/shard-NNN/` holds one owner's chain: files named by their sequence number
+//! (`00000000000000000007.ckpt`), a *base* (the whole state) followed by *deltas* (the buckets
+//! that changed since the link before, and the names interned since), each carrying the
+//! applied-offset vector: for every source shard, the next offset of its log whose increments
+//! are not in the state. The bytes are [`format`](mod@format)'s. [`Writer`] appends links on the shard's
+//! own executor through glommio's DMA files (temp → fdatasync → rename → directory fsync, the
+//! log's `write_file_durably`) and folds the chain into a new base when the deltas outweigh
+//! it; the previous chain is kept until the new base is durable, as a fallback. [`load`] picks
+//! the newest chain whose links all check out (CRC, parent, shard count, fingerprint), stops
+//! at the first damaged link (reported, counted) and falls back to an older base, or to
+//! nothing (the log then rebuilds what it still holds).
+//!
+//! The protocol that makes the offsets exact (stamped batches, checkpoints written only once
+//! the offsets they name are durable in the sources' logs, replay from them at start) is in
+//! `route`; this module owns the files.
+
+pub mod format;
+
+use std::path::{Path, PathBuf};
+
+use super::{AggConfig, Aggregates};
+use format::{Encode, FormatError, Kind};
+
+/// Why the store could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing checkpoint {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: crate::log::Error,
+    },
+}
+
+/// The directory of owner `owner`'s checkpoints.
+pub fn owner_dir(data_dir: &Path, owner: usize) -> PathBuf {
+    data_dir
+        .join("agg")
+        .join(crate::log::format::shard_dir_name(owner))
+}
+
+fn file_name(seq: u64) -> String {
+    format!("{seq:020}.ckpt")
+}
+
+fn parse_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".ckpt")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The checkpoint files of one owner, by sequence number (ascending).
+fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for e in entries.flatten() {
+        if let Some(seq) = parse_file_name(&e.file_name().to_string_lossy()) {
+            out.push((seq, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A hash of everything that decides how a record aggregates: the event settings (field
+/// names, `url_keep_query`, `heartbeat_seconds`) and this build's aggregation version. A
+/// checkpoint written under another fingerprint is not loaded.
+pub fn fingerprint(cfg: &AggConfig) -> u64 {
+    /// Bumped whenever the code changes what a record adds to the aggregates.
+    const AGGREGATION_VERSION: u32 = 1;
+    let text = format!("v{AGGREGATION_VERSION} {:?}", cfg.event);
+    crate::route::partition::vid_hash(&text)
+}
+
+/// What [`load`] found for one owner.
+#[derive(Debug)]
+pub struct Loaded {
+    pub agg: Aggregates,
+    /// The applied-offset vector of the loaded state; None when nothing was loaded (the
+    /// state is empty and the log must be replayed from the window's start).
+    pub applied: Option<Vec<u64>>,
+    /// The newest link loaded, the newest number on disk (damaged or not), the base the chain
+    /// starts from, links in the chain and their bytes.
+    pub seq: u64,
+    pub max_seq: u64,
+    pub base_seq: u64,
+    pub links: usize,
+    pub base_bytes: u64,
+    pub delta_bytes: u64,
+    /// What was wrong with the store, one line each (damaged links, a changed shard count or
+    /// fingerprint), for stderr and the damaged-checkpoint counter.
+    pub problems: Vec<String>,
+    /// When the loaded state was taken (ns), 0 when nothing was loaded.
+    pub written_ns: u64,
+}
+
+/// A link of a chain, read and checked (CRC and header) but not yet applied.
+struct Link {
+    seq: u64,
+    path: PathBuf,
+    bytes: Vec<u8>,
+    header: format::Header,
+}
+
+/// Loads owner `owner`'s newest usable chain (see the module doc). Never fails: a store that
+/// cannot be read is reported in `problems` and loads as empty.
+pub fn load(
+    data_dir: &Path,
+    owner: usize,
+    shards: usize,
+    fingerprint: u64,
+    cfg: &AggConfig,
+) -> Loaded {
+    let mut problems = Vec::new();
+    let dir = owner_dir(data_dir, owner);
+    let files = match list(&dir) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(format!("cannot list the checkpoints: {e}"));
+            Vec::new()
+        }
+    };
+    let max_named = files.last().map_or(0, |f| f.0);
+    let mut links: Vec<Option<Link>> = Vec::with_capacity(files.len());
+    for (seq, path) in files {
+        let link = match std::fs::read(&path) {
+            Ok(bytes) => match format::decode_header(&bytes) {
+                Ok(header) if header.seq != seq => {
+                    problems.push(format!(
+                        "{}: names checkpoint {} inside; ignored",
+                        path.display(),
+                        header.seq
+                    ));
+                    None
+                }
+                Ok(header) => Some(Link {
+                    seq,
+                    path,
+                    bytes,
+                    header,
+                }),
+                Err(e) => {
+                    problems.push(format!("{}: {e}; ignored", path.display()));
+                    None
+                }
+            },
+            Err(e) => {
+                problems.push(format!("{}: cannot read: {e}; ignored", path.display()));
+                None
+            }
+        };
+        links.push(link);
+    }
+    let max_seq = links
+        .iter()
+        .flatten()
+        .map(|l| l.seq)
+        .max()
+        .unwrap_or(0)
+        .max(max_named);
+    // Newest base first; each with the longest run of deltas that continue it.
+    let bases: Vec<usize> = (0..links.len())
+        .rev()
+        .filter(|&i| {
+            links[i]
+                .as_ref()
+                .is_some_and(|l| l.header.kind == Kind::Base)
+        })
+        .collect();
+    for b in bases {
+        let Some(base) = &links[b] else { continue };
+        let h = &base.header;
+        if h.shards as usize != shards || h.owner as usize != owner {
+            problems.push(format!(
+                "{}: written by a run with {} shards (owner {}), this one has {shards}; \
+                 its aggregates are not loaded and the log rebuilds what it still holds",
+                base.path.display(),
+                h.shards,
+                h.owner
+            ));
+            break;
+        }
+        if h.fingerprint != fingerprint {
+            problems.push(format!(
+                "{}: written under other [agg] event settings (field names, url_keep_query, \
+                 heartbeat_seconds) or another pixeld aggregation version; its aggregates are not \
+                 loaded and the log rebuilds what it still holds",
+                base.path.display()
+            ));
+            break;
+        }
+        let mut chain = vec![b];
+        let mut parent = base.seq;
+        for (i, l) in links.iter().enumerate().skip(b + 1) {
+            match l {
+                Some(l)
+                    if l.header.kind == Kind::Delta
+                        && l.header.parent == parent
+                        && l.header.shards == h.shards
+                        && l.header.fingerprint == fingerprint =>
+                {
+                    chain.push(i);
+                    parent = l.seq;
+                }
+                Some(l) if l.header.kind == Kind::Base => break,
+                Some(l) => {
+                    problems.push(format!(
+                        "{}: does not continue checkpoint {parent}; the chain stops before it",
+                        l.path.display()
+                    ));
+                    break;
+                }
+                None => {
+                    problems.push(format!(
+                        "the chain from checkpoint {} stops at checkpoint {parent}: the next link is damaged",
+                        base.seq
+                    ));
+                    break;
+                }
+            }
+        }
+        // Apply; a body that fails to decode (its CRC passed) cuts the chain there.
+        while !chain.is_empty() {
+            let mut agg = Aggregates::new(cfg.clone());
+            let mut last = None;
+            let mut failed = None;
+            let (mut base_bytes, mut delta_bytes) = (0u64, 0u64);
+            for (n, &i) in chain.iter().enumerate() {
+                let Some(l) = &links[i] else { break };
+                match format::decode_into(&l.bytes, &mut agg) {
+                    Ok(h) => {
+                        if n == 0 {
+                            base_bytes = l.bytes.len() as u64;
+                        } else {
+                            delta_bytes += l.bytes.len() as u64;
+                        }
+                        last = Some((l.seq, h));
+                    }
+                    Err(e) => {
+                        problems.push(format!("{}: {e}", l.path.display()));
+                        failed = Some(n);
+                        break;
+                    }
+                }
+            }
+            match (failed, last) {
+                (None, Some((seq, h))) => {
+                    for m in agg.minutes.iter_mut() {
+                        m.1.dirty = false;
+                    }
+                    for m in agg.hours.iter_mut() {
+                        m.1.dirty = false;
+                    }
+                    return Loaded {
+                        agg,
+                        applied: Some(h.applied),
+                        seq,
+                        max_seq,
+                        base_seq: links[b].as_ref().map_or(0, |l| l.seq),
+                        links: chain.len(),
+                        base_bytes,
+                        delta_bytes,
+                        problems,
+                        written_ns: h.written_ns,
+                    };
+                }
+                (Some(n), _) => chain.truncate(n),
+                (None, None) => break,
+            }
+        }
+    }
+    Loaded {
+        agg: Aggregates::new(cfg.clone()),
+        applied: None,
+        seq: 0,
+        max_seq,
+        base_seq: 0,
+        links: 0,
+        base_bytes: 0,
+        delta_bytes: 0,
+        problems,
+        written_ns: 0,
+    }
+}
+
+/// An empty load (nothing found), e.g. to take a [`Loaded`]'s place.
+pub fn load_nothing(cfg: &AggConfig) -> Loaded {
+    Loaded {
+        agg: Aggregates::new(cfg.clone()),
+        applied: None,
+        seq: 0,
+        max_seq: 0,
+        base_seq: 0,
+        links: 0,
+        base_bytes: 0,
+        delta_bytes: 0,
+        problems: Vec::new(),
+        written_ns: 0,
+    }
+}
+
+/// A checkpoint encoded and waiting to be written (see [`Writer::prepare`]).
+pub struct Pending {
+    seq: u64,
+    kind: Kind,
+    bytes: Vec<u8>,
+    pub applied: Vec<u64>,
+}
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+    pub fn is_base(&self) -> bool {
+        self.kind == Kind::Base
+    }
+}
+
+/// Appends one owner's checkpoints.
+pub struct Writer {
+    dir: PathBuf,
+    owner: u32,
+    shards: u32,
+    fingerprint: u64,
+    /// The newest link written (0: none) and the base it continues.
+    seq: u64,
+    base_seq: u64,
+    links: usize,
+    base_bytes: u64,
+    delta_bytes: u64,
+    /// The next checkpoint must be a base (nothing loaded, or a write failed after its
+    /// buckets were marked clean).
+    force_base: bool,
+    /// The applied vector of the newest durable link.
+    written_applied: Option<Vec<u64>>,
+}
+
+/// A chain is folded into a new base after this many deltas.
+const MAX_DELTAS: usize = 64;
+
+impl Writer {
+    /// A writer continuing what [`load`] found (a new base first when nothing was loaded).
+    pub fn new(data_dir: &Path, owner: usize, shards: usize, fingerprint: u64, l: &Loaded) -> Self {
+        Writer {
+            dir: owner_dir(data_dir, owner),
+            owner: owner as u32,
+            shards: shards as u32,
+            fingerprint,
+            // New links get numbers above every file on disk, so that a link written after a
+            // damaged one can never be mistaken for a continuation of an older chain.
+            seq: l.max_seq,
+            base_seq: l.base_seq,
+            links: l.links,
+            base_bytes: l.base_bytes,
+            delta_bytes: l.delta_bytes,
+            force_base: l.applied.is_none() || l.seq != l.max_seq,
+            written_applied: l.applied.clone(),
+        }
+    }
+
+    /// Encodes the next checkpoint of `agg` at `applied` (a delta, or a base when the chain is
+    /// due for folding), marking its buckets clean.
+    pub fn prepare(&mut self, agg: &mut Aggregates, applied: Vec<u64>) -> Pending {
+        let base = self.force_base || self.links > MAX_DELTAS || self.delta_bytes > self.base_bytes;
+        let kind = if base { Kind::Base } else { Kind::Delta };
+        let seq = self.seq + 1;
+        let bytes = format::encode(
+            agg,
+            &Encode {
+                kind,
+                shards: self.shards,
+                owner: self.owner,
+                seq,
+                parent: if base { 0 } else { self.seq },
+                fingerprint: self.fingerprint,
+                written_ns: crate::sys::now_ns(),
+                applied: &applied,
+            },
+        );
+        // Until this one is durable, another delta cannot follow it safely.
+        self.force_base = true;
+        Pending {
+            seq,
+            kind,
+            bytes,
+            applied,
+        }
+    }
+
+    /// Writes `p` durably; after a base, deletes the chains before the previous one. On error
+    /// the next checkpoint is a base (what `p` held was marked clean).
+    pub async fn commit(&mut self, p: Pending) -> Result<(), StoreError> {
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            return Err(StoreError::Io {
+                path: self.dir.clone(),
+                source: e,
+            });
+        }
+        let path = self.dir.join(file_name(p.seq));
+        crate::log::segment::write_file_durably(&path, &p.bytes)
+            .await
+            .map_err(|source| StoreError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        self.force_base = false;
+        self.seq = p.seq;
+        self.written_applied = Some(p.applied);
+        let len = p.bytes.len() as u64;
+        if p.kind == Kind::Base {
+            let previous_base = self.base_seq;
+            self.base_seq = p.seq;
+            self.links = 1;
+            self.base_bytes = len;
+            self.delta_bytes = 0;
+            // Keep the previous chain as a fallback; older ones go.
+            if let Ok(files) = list(&self.dir) {
+                for (seq, path) in files {
+                    if seq < previous_base {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+            }
+        } else {
+            self.links += 1;
+            self.delta_bytes += len;
+        }
+        Ok(())
+    }
+
+    /// The newest link written.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The applied vector of the newest durable link (None: none yet).
+    pub fn written_applied(&self) -> Option<&[u64]> {
+        self.written_applied.as_deref()
+    }
+}
+
+/// Why a checkpoint could not be decoded, for tools that read one file.
+pub fn read_header(path: &Path) -> Result<format::Header, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    format::decode_header(&bytes).map_err(|e: FormatError| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,227 @@
+//! `pixeld check --aggregates`: proves that the aggregate store is a function of the log. It
+//! loads every owner's checkpoint chain exactly as a start would (`agg::store::load`),
+//! recomputes each owner's state from the retained logs — every record of source `s` below
+//! the owner's applied offset `applied[s]`, through the same `route::increments` as the
+//! server — and compares the two bucket by bucket: names, counts and sketch registers. Exit 1
+//! names the first difference.
+//!
+//! Only buckets the retained logs fully determine are compared: when retention has deleted
+//! the start of a log, buckets before its first retained receive time (plus the future
+//! allowance) are skipped, and the report says from where the comparison starts. Offline: it
+//! takes the data dir's lock, so a running server must be stopped first.
+
+use std::fmt::Write as _;
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use crate::agg::store;
+use crate::agg::{AggConfig, Aggregates};
+use crate::log::reader::{ShardReader, Start};
+use crate::metrics::AggStats;
+use crate::parse::event::EventParser;
+
+/// What the comparison found.
+#[derive(Debug, Default)]
+pub struct AggCheck {
+    pub shards: usize,
+    /// Per owner: the newest checkpoint loaded and its applied vector.
+    pub owners: Vec<(u64, Vec<u64>)>,
+    pub records: u64,
+    pub buckets: u64,
+    /// The first minute compared (earlier buckets were not fully in the retained logs).
+    pub from_minute: i64,
+    /// What makes the check fail besides a difference (an owner with no usable checkpoint,
+    /// a log that cannot be read).
+    pub problems: Vec<String>,
+    /// What loading found and skipped, as a start would (damaged files outside the loaded
+    /// chain): reported, not a failure.
+    pub notes: Vec<String>,
+    pub first_difference: Option<String>,
+}
+
+impl AggCheck {
+    pub fn is_ok(&self) -> bool {
+        self.first_difference.is_none() && self.problems.is_empty()
+    }
+
+    /// The report printed by `pixeld check --aggregates`.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for (o, (seq, applied)) in self.owners.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "owner {o:03}: checkpoint {seq}, applied offsets {applied:?}"
+            );
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
+        for p in &self.problems {
+            let _ = writeln!(s, "problem: {p}");
+        }
+        let _ = writeln!(
+            s,
+            "{} shards: {} records recomputed, {} buckets compared from {}: {}",
+            self.shards,
+            self.records,
+            self.buckets,
+            crate::query::params::minute_rfc3339(self.from_minute),
+            match &self.first_difference {
+                None if self.problems.is_empty() => "OK".to_string(),
+                None => "FAILED".to_string(),
+                Some(d) => format!("DIFFERENT: {d}"),
+            }
+        );
+        s
+    }
+}
+
+/// How many owners the store under `data_dir` has (its `agg/shard-NNN` directories).
+fn owners(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("agg"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    crate::log::format::parse_shard_dir_name(&e.file_name().to_string_lossy())
+                })
+                .map(|n| n + 1)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Loads the store and recomputes it from the logs (see the module doc).
+pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, crate::log::Error> {
+    let n = owners(data_dir);
+    let mut out = AggCheck {
+        shards: n,
+        ..AggCheck::default()
+    };
+    if n == 0 {
+        out.problems.push(format!(
+            "no aggregate store under {} (a server writes one every agg.checkpoint_interval and at stop)",
+            data_dir.join("agg").display()
+        ));
+        return Ok(out);
+    }
+    let fp = store::fingerprint(cfg);
+    let loaded: Vec<store::Loaded> = (0..n)
+        .map(|o| store::load(data_dir, o, n, fp, cfg))
+        .collect();
+    let mut applied = Vec::with_capacity(n);
+    for (o, l) in loaded.iter().enumerate() {
+        out.notes
+            .extend(l.problems.iter().map(|p| format!("owner {o}: {p}")));
+        match &l.applied {
+            Some(a) => applied.push(a.clone()),
+            None => {
+                out.problems
+                    .push(format!("owner {o}: no usable checkpoint to compare"));
+                applied.push(vec![0; n]);
+            }
+        }
+        out.owners.push((l.seq, applied[o].clone()));
+    }
+    let now = crate::route::now_minute();
+    let mut expected: Vec<Aggregates> = (0..n).map(|_| Aggregates::new(cfg.clone())).collect();
+    let window = crate::route::Window {
+        floor: expected[0].hour_floor(now),
+        future: cfg.future_minutes,
+    };
+    let stats = AggStats::default();
+    let mut parser = EventParser::new(cfg.event.clone());
+    let mut from_minute = window.floor;
+    for src in 0..n {
+        let upto = applied
+            .iter()
+            .map(|a| a.get(src).copied().unwrap_or(0))
+            .max();
+        let Some(upto) = upto.filter(|&u| u > 0) else {
+            continue;
+        };
+        let log_cfg =
+            crate::log::LogConfig::new(data_dir.join(crate::log::format::shard_dir_name(src)), src);
+        let reader = ShardReader::new(log_cfg.dir.clone(), log_cfg.index_interval_bytes);
+        let mut first = true;
+        reader.read(
+            Start::Beginning,
+            |rec| {
+                if rec.offset >= upto {
+                    return ControlFlow::Break(());
+                }
+                if first {
+                    first = false;
+                    // Records before this one are gone: buckets they could reach are skipped.
+                    if rec.offset > 0 {
+                        let m = (rec.recv_ts / 60_000_000_000) as i64 + cfg.future_minutes + 1;
+                        from_minute = from_minute.max(m);
+                    }
+                }
+                out.records += 1;
+                let msg = match crate::parse::syslog::parse(rec.bytes) {
+                    Ok(s) => s.msg,
+                    Err(_) => rec.bytes,
+                };
+                crate::route::increments(
+                    &mut parser,
+                    &stats,
+                    window,
+                    (src, n),
+                    rec.recv_ts,
+                    msg,
+                    |owner, inc, site, key| {
+                        let holds = applied
+                            .get(owner)
+                            .and_then(|a| a.get(src))
+                            .is_some_and(|&a| rec.offset < a);
+                        if let Some(e) = expected.get_mut(owner).filter(|_| holds) {
+                            e.apply(&inc, site, key, now);
+                        }
+                    },
+                );
+                ControlFlow::Continue(())
+            },
+            |w| {
+                out.problems.push(format!(
+                    "shard {src}'s log: {w:?} (records there cannot be compared)"
+                ))
+            },
+        )?;
+    }
+    out.from_minute = from_minute;
+    // Compare, owner by owner, minutes then hours.
+    'owners: for (o, (l, e)) in loaded.iter().zip(&expected).enumerate() {
+        for hour in [false, true] {
+            let (floor, width) = if hour {
+                (
+                    from_minute.div_euclid(60) + i64::from(from_minute.rem_euclid(60) != 0),
+                    60,
+                )
+            } else {
+                (from_minute.max(e.minute_floor(now)), 1)
+            };
+            let mut numbers = l.agg.bucket_numbers(hour);
+            numbers.extend(e.bucket_numbers(hour));
+            numbers.sort_unstable();
+            numbers.dedup();
+            for b in numbers.into_iter().filter(|&b| b >= floor) {
+                out.buckets += 1;
+                let (have, want) = (l.agg.bucket_lines(hour, b), e.bucket_lines(hour, b));
+                if have != want {
+                    let missing = want.iter().find(|w| !have.contains(w));
+                    let extra = have.iter().find(|h| !want.contains(h));
+                    out.first_difference = Some(format!(
+                        "owner {o}, {} bucket {}: the log gives {} but the store has {}",
+                        if hour { "hour" } else { "minute" },
+                        crate::query::params::minute_rfc3339(b * width),
+                        missing.map_or("nothing more", |s| s.as_str()),
+                        extra.map_or("nothing more", |s| s.as_str()),
+                    ));
+                    break 'owners;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
