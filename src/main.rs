@@ -70,6 +70,21 @@ enum Command {
         #[arg(long, short = 'c', requires = "aggregates")]
         config: Option<PathBuf>,
     },
+    /// Recompute the aggregate store from the logs under a (new) config, for the range the
+    /// logs still hold, keeping older buckets as they were; stop the server first.
+    RebuildAggregates {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The config the server will run with (its [agg] settings); the embedded default without.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// First minute to rebuild (RFC 3339); default: the first the logs fully hold.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range, exclusive (RFC 3339); default: now.
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Stream records to stdout in offset order per shard.
     Replay {
         #[arg(long)]
@@ -260,6 +275,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("no shard directories under {}", data_dir.display());
             }
             Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::RebuildAggregates {
+            data_dir,
+            config,
+            from,
+            to,
+        } => {
+            if !data_dir.is_dir() {
+                anyhow::bail!("no data dir at {}", data_dir.display());
+            }
+            let (raw, origin) = RawConfig::load(config.as_deref())?;
+            let cfg = Config::from_raw(&raw, &origin)?;
+            let minute = |t: &str| parse_time(t).map(|ns| (ns / 60_000_000_000) as i64);
+            let from = from.as_deref().map(minute).transpose()?;
+            let to = to.as_deref().map(minute).transpose()?;
+            let _lock = pixeld::datadir::lock_data_dir(&data_dir)?;
+            eprintln!(
+                "pixeld rebuild-aggregates: recomputing the store under {} from its logs",
+                data_dir.display()
+            );
+            let now = pixeld::route::now_minute();
+            let r = pixeld::tools::rebuild_aggregates::rebuild_aggregates(
+                &data_dir, &cfg.agg, from, to, now,
+            )?;
+            for n in &r.notes {
+                eprintln!("pixeld rebuild-aggregates: note: {n}");
+            }
+            for p in &r.problems {
+                eprintln!("pixeld rebuild-aggregates: problem: {p}");
+            }
+            let since = pixeld::query::params::minute_rfc3339(r.from_minute);
+            println!(
+                "{} owners: {} records recomputed; {} minute and {} hour buckets rebuilt; buckets before {since} (no longer in the logs) kept as they were",
+                r.owners, r.records, r.minute_buckets, r.hour_buckets
+            );
+            for w in &r.written {
+                println!("wrote {}", w.display());
+            }
+            Ok(if r.problems.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

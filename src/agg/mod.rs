@@ -434,6 +434,48 @@ impl Aggregates {
         v
     }
 
+    /// Replaces this state's bucket `number` (minute tier, or hour tier when `hour`) with
+    /// `other`'s — empty when `other` has none — translating `other`'s name ids into this
+    /// state's (new names are interned). Marks it dirty. What `pixeld rebuild-aggregates` uses
+    /// to put buckets recomputed from the log into a loaded store.
+    pub fn replace_bucket(&mut self, other: &Aggregates, hour: bool, number: i64) {
+        let mut b = Bucket {
+            dirty: true,
+            ..Bucket::default()
+        };
+        let src = if hour { &other.hours } else { &other.minutes };
+        if let Some(o) = src.get(number) {
+            b.urls.reserve(o.urls.len());
+            for (&id, cell) in &o.urls {
+                let (nid, new) = self.urls.intern(other.urls.name(id));
+                if new {
+                    let site = other.url_site.get(id as usize).copied().unwrap_or(0);
+                    let (s, _) = self.sites.intern(other.sites.name(site));
+                    self.url_site.push(s);
+                }
+                b.urls.insert(nid, *cell);
+            }
+            for (&k, &v) in &o.refs {
+                let (s, _) = self.sites.intern(other.sites.name((k >> 32) as u32));
+                let (r, _) = self.refs.intern(other.refs.name(k as u32));
+                b.refs.insert((u64::from(s) << 32) | u64::from(r), v);
+            }
+            for (&id, cell) in &o.sites {
+                let (s, _) = self.sites.intern(other.sites.name(id));
+                b.sites.insert(s, cell.clone());
+            }
+            b.all = o.all.clone();
+        }
+        let tier = if hour {
+            &mut self.hours
+        } else {
+            &mut self.minutes
+        };
+        if let Some(slot) = tier.get_mut(number) {
+            *slot = b;
+        }
+    }
+
     /// One bucket's cells as sorted lines of text keyed by name, not id (so that two states
     /// built in different orders compare): what `pixeld check --aggregates` compares.
     pub fn bucket_lines(&self, hour: bool, number: i64) -> Vec<String> {

@@ -131,6 +131,19 @@ pub fn load(
     fingerprint: u64,
     cfg: &AggConfig,
 ) -> Loaded {
+    load_with(data_dir, owner, shards, Some(fingerprint), cfg)
+}
+
+/// [`load`], accepting a chain written under any fingerprint (`fingerprint` None): for
+/// `pixeld rebuild-aggregates`, which recomputes what the logs hold under the new settings
+/// and keeps the rest as it was computed.
+pub fn load_with(
+    data_dir: &Path,
+    owner: usize,
+    shards: usize,
+    fingerprint: Option<u64>,
+    cfg: &AggConfig,
+) -> Loaded {
     let mut problems = Vec::new();
     let dir = owner_dir(data_dir, owner);
     let files = match list(&dir) {
@@ -200,11 +213,12 @@ pub fn load(
             ));
             break;
         }
-        if h.fingerprint != fingerprint {
+        if fingerprint.is_some_and(|f| f != h.fingerprint) {
             problems.push(format!(
                 "{}: written under other [agg] event settings (field names, url_keep_query, \
                  heartbeat_seconds) or another pixeld aggregation version; its aggregates are not \
-                 loaded and the log rebuilds what it still holds",
+                 loaded and the log rebuilds what it still holds (to keep what the log no longer \
+                 holds, stop pixeld and run `pixeld rebuild-aggregates` with the new config first)",
                 base.path.display()
             ));
             break;
@@ -217,7 +231,7 @@ pub fn load(
                     if l.header.kind == Kind::Delta
                         && l.header.parent == parent
                         && l.header.shards == h.shards
-                        && l.header.fingerprint == fingerprint =>
+                        && l.header.fingerprint == h.fingerprint =>
                 {
                     chain.push(i);
                     parent = l.seq;
@@ -460,6 +474,34 @@ impl Writer {
     pub fn written_applied(&self) -> Option<&[u64]> {
         self.written_applied.as_deref()
     }
+}
+
+/// Writes checkpoint `seq` of `owner` durably without an executor (temp, fsync, rename,
+/// directory fsync): for offline tools, which hold the data dir's lock.
+pub fn write_offline(
+    data_dir: &Path,
+    owner: usize,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<PathBuf, StoreError> {
+    use std::io::Write as _;
+    let dir = owner_dir(data_dir, owner);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let path = dir.join(file_name(seq));
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(&dir))?;
+    Ok(path)
 }
 
 /// Why a checkpoint could not be decoded, for tools that read one file.
