@@ -109,8 +109,8 @@ pub(crate) async fn sync_dir(dir: &Path) -> Result<(), Error> {
     d.close().await.map_err(|e| Error::io(dir, os_error(e)))
 }
 
-/// Writes a small file (an index) durably: DMA write to `<path>.tmp`, fdatasync, rename,
-/// directory fsync. Readers never see a half-written file.
+/// Writes a file (an index, a checkpoint) durably: DMA writes to `<path>.tmp`, fdatasync,
+/// rename, directory fsync. Readers never see a half-written file.
 pub(crate) async fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let file = OpenOptions::new()
@@ -121,14 +121,23 @@ pub(crate) async fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), 
         .await
         .map_err(|e| Error::io(&tmp, os_error(e)))?;
     let align = file.alignment().max(512) as usize;
-    let padded = bytes.len().div_ceil(align).max(1) * align;
-    let mut buf = file.alloc_dma_buffer(padded);
-    buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-    buf.as_bytes_mut()[bytes.len()..].fill(0);
     let io_err = |e: glommio::GlommioError<()>| Error::io(&tmp, os_error(e));
-    let n = file.write_at(buf, 0).await.map_err(io_err)?;
-    if n < padded {
-        return Err(Error::io(&tmp, io::Error::from_raw_os_error(libc::ENOSPC)));
+    // In pieces of at most 8 MiB: a checkpoint base can be hundreds of MB, and one DMA buffer
+    // of its size would double the memory it already takes.
+    // (A multiple of every DMA alignment, so each piece starts aligned.)
+    const PIECE: usize = 8 << 20;
+    for (i, chunk) in bytes.chunks(PIECE).enumerate() {
+        let padded = chunk.len().div_ceil(align) * align;
+        let mut buf = file.alloc_dma_buffer(padded);
+        buf.as_bytes_mut()[..chunk.len()].copy_from_slice(chunk);
+        buf.as_bytes_mut()[chunk.len()..].fill(0);
+        let n = file
+            .write_at(buf, (i * PIECE) as u64)
+            .await
+            .map_err(io_err)?;
+        if n < padded {
+            return Err(Error::io(&tmp, io::Error::from_raw_os_error(libc::ENOSPC)));
+        }
     }
     file.truncate(bytes.len() as u64).await.map_err(io_err)?;
     file.fdatasync().await.map_err(io_err)?;
@@ -144,7 +153,8 @@ pub(crate) async fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), 
 mod tests {
     use super::*;
 
-    /// A relative directory (a `--data-dir data` start) is synced like an absolute one.
+    /// A relative directory (a `--data-dir data` start) is synced like an absolute one, and a
+    /// file of several pieces is written whole.
     #[test]
     fn durable_write_under_a_relative_directory() {
         let dir = tempfile::tempdir_in("target").expect("tempdir under target/");
