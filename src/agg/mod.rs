@@ -174,7 +174,7 @@ pub struct SiteCell {
 }
 
 /// Every cell of one bucket on one shard.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Bucket {
     pub urls: HashMap<u32, UrlCell>,
     /// `(site id << 32) | referrer id` → pageviews.
@@ -187,7 +187,7 @@ pub struct Bucket {
 }
 
 /// Interned key names: dense ids, so that cells are small and queries sum into vectors.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Names {
     ids: HashMap<Box<str>, u32>,
     names: Vec<Box<str>>,
@@ -417,6 +417,36 @@ impl Aggregates {
                 });
             }
         }
+    }
+
+    /// What the next checkpoint writes, copied out so that it can be encoded off the shard's
+    /// executor: every name (ids must match), the names' checkpoint marks, and every bucket
+    /// (`base`) or the dirty ones, each marked dirty in the copy and clean here. Encoding the
+    /// copy gives the bytes encoding this state would have. Copying is a few memcpys per
+    /// bucket (cells are plain data); the encode — sorting, sketches — is the slow part.
+    pub fn checkpoint_snapshot(&mut self, base: bool) -> Aggregates {
+        let mut snap = Aggregates::new(self.cfg.clone());
+        snap.sites = self.sites.clone();
+        snap.urls = self.urls.clone();
+        snap.refs = self.refs.clone();
+        snap.url_site = self.url_site.clone();
+        snap.written_names = if base { (0, 0, 0) } else { self.written_names };
+        self.written_names = (self.sites.len(), self.urls.len(), self.refs.len());
+        for (from, to) in [
+            (&mut self.minutes, &mut snap.minutes),
+            (&mut self.hours, &mut snap.hours),
+        ] {
+            for (number, b) in from.iter_mut() {
+                if base || b.dirty {
+                    if let Some(slot) = to.get_mut(number) {
+                        *slot = b.clone();
+                        slot.dirty = true;
+                    }
+                }
+                b.dirty = false;
+            }
+        }
+        snap
     }
 
     /// Whether anything changed since the last checkpoint (a bucket or a new name).

@@ -639,12 +639,12 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
     );
     p.counter(
         "pixeld_agg_checkpoint_seconds_total",
-        "Executor time spent encoding checkpoints.",
+        "Time spent copying and encoding checkpoints (the encode runs off the shard's executor).",
         sum(&|s| ShardStats::get(&s.agg.checkpoint_nanos)) as f64 / 1e9,
     );
     p.gauge(
         "pixeld_agg_checkpoint_encode_max_seconds",
-        "The longest encode of one checkpoint on a shard's executor (nothing else runs on it meanwhile).",
+        "The longest a checkpoint held a shard's executor (copying what it writes; nothing else runs on it meanwhile).",
         all.iter()
             .map(|s| ShardStats::get(&s.agg.checkpoint_max_nanos))
             .max()

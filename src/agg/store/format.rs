@@ -589,6 +589,43 @@ mod tests {
         );
     }
 
+    /// A checkpoint encoded from a snapshot (off the executor) has the bytes encoding the
+    /// state itself gives, base and delta, and leaves the state clean the same way.
+    #[test]
+    fn a_snapshot_encodes_like_the_state() {
+        let now = 29_000_000;
+        let (mut a, mut b) = (sample_state(now), sample_state(now));
+        let direct = encode(&mut a, &header(Kind::Base, 1, 0));
+        let mut snap = b.checkpoint_snapshot(true);
+        assert!(!b.is_dirty());
+        assert!(encode(&mut snap, &header(Kind::Base, 1, 0)) == direct);
+        let mut later = Batch::default();
+        later.push(
+            IncKind::Url,
+            true,
+            now - 30,
+            5,
+            "z.example",
+            "https://z.example/",
+            None,
+        );
+        later.push(
+            IncKind::Visitor,
+            true,
+            now - 300,
+            5,
+            "a.example",
+            "",
+            Some(4242),
+        );
+        a.apply_batch(&later, now);
+        b.apply_batch(&later, now);
+        let direct = encode(&mut a, &header(Kind::Delta, 2, 1));
+        let mut snap = b.checkpoint_snapshot(false);
+        assert!(!b.is_dirty());
+        assert!(encode(&mut snap, &header(Kind::Delta, 2, 1)) == direct);
+    }
+
     #[test]
     fn every_damage_is_refused_without_panic() {
         let now = 29_000_000;

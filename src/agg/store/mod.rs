@@ -333,6 +333,44 @@ pub fn load_nothing(cfg: &AggConfig) -> Loaded {
     }
 }
 
+/// A checkpoint's state copied out of the shard, waiting to be encoded (see
+/// [`Writer::snapshot`]).
+pub struct Snapshot {
+    kind: Kind,
+    seq: u64,
+    parent: u64,
+    shards: u32,
+    owner: u32,
+    fingerprint: u64,
+    agg: Aggregates,
+    applied: Vec<u64>,
+}
+
+impl Snapshot {
+    /// Encodes it (CPU only: no I/O, no shared state).
+    pub fn encode(mut self) -> Pending {
+        let bytes = format::encode(
+            &mut self.agg,
+            &Encode {
+                kind: self.kind,
+                shards: self.shards,
+                owner: self.owner,
+                seq: self.seq,
+                parent: self.parent,
+                fingerprint: self.fingerprint,
+                written_ns: crate::sys::now_ns(),
+                applied: &self.applied,
+            },
+        );
+        Pending {
+            seq: self.seq,
+            kind: self.kind,
+            bytes,
+            applied: self.applied,
+        }
+    }
+}
+
 /// A checkpoint encoded and waiting to be written (see [`Writer::prepare`]).
 pub struct Pending {
     seq: u64,
@@ -398,28 +436,27 @@ impl Writer {
     /// Encodes the next checkpoint of `agg` at `applied` (a delta, or a base when the chain is
     /// due for folding), marking its buckets clean.
     pub fn prepare(&mut self, agg: &mut Aggregates, applied: Vec<u64>) -> Pending {
+        self.snapshot(agg, applied).encode()
+    }
+
+    /// The next checkpoint of `agg` at `applied`, copied out (see
+    /// [`Aggregates::checkpoint_snapshot`]) and not yet encoded: the part that must run on the
+    /// shard's executor, between two increments. [`Snapshot::encode`] may run on any thread.
+    pub fn snapshot(&mut self, agg: &mut Aggregates, applied: Vec<u64>) -> Snapshot {
         let base = self.force_base || self.links > MAX_DELTAS || self.delta_bytes > self.base_bytes;
-        let kind = if base { Kind::Base } else { Kind::Delta };
         let seq = self.seq + 1;
-        let bytes = format::encode(
-            agg,
-            &Encode {
-                kind,
-                shards: self.shards,
-                owner: self.owner,
-                seq,
-                parent: if base { 0 } else { self.seq },
-                fingerprint: self.fingerprint,
-                written_ns: crate::sys::now_ns(),
-                applied: &applied,
-            },
-        );
+        let snap = agg.checkpoint_snapshot(base);
         // Until this one is durable, another delta cannot follow it safely.
+        let parent = if base { 0 } else { self.seq };
         self.force_base = true;
-        Pending {
+        Snapshot {
+            kind: if base { Kind::Base } else { Kind::Delta },
             seq,
-            kind,
-            bytes,
+            parent,
+            shards: self.shards,
+            owner: self.owner,
+            fingerprint: self.fingerprint,
+            agg: snap,
             applied,
         }
     }
