@@ -241,6 +241,16 @@ pub struct Encode<'a> {
 /// wrote clean. The caller keeps the previous watermarks if the write then fails, and takes
 /// a base next time.
 pub fn encode(agg: &mut Aggregates, e: &Encode<'_>) -> Vec<u8> {
+    encode_inner(agg, e, false)
+}
+
+/// [`encode`] of a state that is dropped afterwards (a checkpoint snapshot): each bucket's
+/// memory is freed once written, so the snapshot shrinks as the bytes grow.
+pub fn encode_consuming(mut agg: Aggregates, e: &Encode<'_>) -> Vec<u8> {
+    encode_inner(&mut agg, e, true)
+}
+
+fn encode_inner(agg: &mut Aggregates, e: &Encode<'_>, consume: bool) -> Vec<u8> {
     let base = e.kind == Kind::Base;
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(&MAGIC);
@@ -275,6 +285,9 @@ pub fn encode(agg: &mut Aggregates, e: &Encode<'_>) -> Vec<u8> {
             if base || b.dirty {
                 put_bucket(&mut out, tier_no, number, b);
                 count += 1;
+            }
+            if consume {
+                *b = Bucket::default();
             }
             b.dirty = false;
         }
@@ -596,9 +609,9 @@ mod tests {
         let now = 29_000_000;
         let (mut a, mut b) = (sample_state(now), sample_state(now));
         let direct = encode(&mut a, &header(Kind::Base, 1, 0));
-        let mut snap = b.checkpoint_snapshot(true);
+        let snap = b.checkpoint_snapshot(true);
         assert!(!b.is_dirty());
-        assert!(encode(&mut snap, &header(Kind::Base, 1, 0)) == direct);
+        assert!(encode_consuming(snap, &header(Kind::Base, 1, 0)) == direct);
         let mut later = Batch::default();
         later.push(
             IncKind::Url,
@@ -621,9 +634,9 @@ mod tests {
         a.apply_batch(&later, now);
         b.apply_batch(&later, now);
         let direct = encode(&mut a, &header(Kind::Delta, 2, 1));
-        let mut snap = b.checkpoint_snapshot(false);
+        let snap = b.checkpoint_snapshot(false);
         assert!(!b.is_dirty());
-        assert!(encode(&mut snap, &header(Kind::Delta, 2, 1)) == direct);
+        assert!(encode_consuming(snap, &header(Kind::Delta, 2, 1)) == direct);
     }
 
     #[test]

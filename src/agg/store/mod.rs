@@ -348,9 +348,9 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Encodes it (CPU only: no I/O, no shared state).
-    pub fn encode(mut self) -> Pending {
-        let bytes = format::encode(
-            &mut self.agg,
+    pub fn encode(self) -> Pending {
+        let bytes = format::encode_consuming(
+            self.agg,
             &Encode {
                 kind: self.kind,
                 shards: self.shards,
