@@ -221,6 +221,19 @@ impl Names {
     fn memory(&self) -> usize {
         self.bytes + self.ids.capacity() * 21 + self.names.capacity() * 16
     }
+
+    /// A copy for a checkpoint that writes the names from `first` on: the same ids, the
+    /// names before `first` left empty (no allocation) and no lookup table.
+    fn tail_copy(&self, first: usize) -> Names {
+        let mut names: Vec<Box<str>> = Vec::with_capacity(self.names.len());
+        names.resize(first.min(self.names.len()), Box::default());
+        names.extend(self.names.iter().skip(first).cloned());
+        Names {
+            ids: HashMap::new(),
+            names,
+            bytes: 0,
+        }
+    }
 }
 
 /// The first `limit` of `(views, id)` in ranking order (views descending, then name
@@ -420,17 +433,18 @@ impl Aggregates {
     }
 
     /// What the next checkpoint writes, copied out so that it can be encoded off the shard's
-    /// executor: every name (ids must match), the names' checkpoint marks, and every bucket
+    /// executor: the names it writes (at their ids), the names' checkpoint marks, and every bucket
     /// (`base`) or the dirty ones, each marked dirty in the copy and clean here. Encoding the
     /// copy gives the bytes encoding this state would have. Copying is a few memcpys per
     /// bucket (cells are plain data); the encode — sorting, sketches — is the slow part.
     pub fn checkpoint_snapshot(&mut self, base: bool) -> Aggregates {
         let mut snap = Aggregates::new(self.cfg.clone());
-        snap.sites = self.sites.clone();
-        snap.urls = self.urls.clone();
-        snap.refs = self.refs.clone();
+        let marks = if base { (0, 0, 0) } else { self.written_names };
+        snap.sites = self.sites.tail_copy(marks.0);
+        snap.urls = self.urls.tail_copy(marks.1);
+        snap.refs = self.refs.tail_copy(marks.2);
         snap.url_site = self.url_site.clone();
-        snap.written_names = if base { (0, 0, 0) } else { self.written_names };
+        snap.written_names = marks;
         self.written_names = (self.sites.len(), self.urls.len(), self.refs.len());
         for (from, to) in [
             (&mut self.minutes, &mut snap.minutes),
