@@ -2,9 +2,10 @@
 //! `agg::store`'s): every `agg.checkpoint_interval` once the catch-up after a start is
 //! complete, and once more at a clean stop.
 //!
-//! A checkpoint is exact: the state is encoded on the shard's executor between two
+//! A checkpoint is exact: what it writes is copied on the shard's executor between two
 //! increments, together with the applied vector at that instant ([`Router::applied_vector`]),
-//! so the state is exactly "every record of source `s` below `applied[s]`". It is written only
+//! so the state is exactly "every record of source `s` below `applied[s]`"; the copy is
+//! encoded on glommio's blocking pool, off the executor. It is written only
 //! once each of those offsets is durable in its source's log (the sources publish their
 //! durable offsets in `ShardStats`): a crash can lose the tail of a log that was not yet
 //! fsynced, and a checkpoint must never hold increments of records the log does not. The
