@@ -520,6 +520,16 @@ impl Aggregates {
         }
     }
 
+    /// The numbers of the buckets either state holds at one resolution, sorted, once each:
+    /// what a bucket-by-bucket comparison or replacement walks.
+    pub fn bucket_numbers_of_both(&self, other: &Aggregates, hour: bool) -> Vec<i64> {
+        let mut v = self.bucket_numbers(hour);
+        v.extend(other.bucket_numbers(hour));
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// One bucket's cells as sorted lines of text keyed by name, not id (so that two states
     /// built in different orders compare): what `pixeld check --aggregates` compares.
     pub fn bucket_lines(&self, hour: bool, number: i64) -> Vec<String> {

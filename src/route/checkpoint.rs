@@ -203,11 +203,7 @@ mod tests {
 
     fn same(a: &Aggregates, b: &Aggregates) -> Result<(), TestCaseError> {
         for hour in [false, true] {
-            let mut numbers = a.bucket_numbers(hour);
-            numbers.extend(b.bucket_numbers(hour));
-            numbers.sort_unstable();
-            numbers.dedup();
-            for n in numbers {
+            for n in a.bucket_numbers_of_both(b, hour) {
                 prop_assert_eq!(
                     a.bucket_lines(hour, n),
                     b.bucket_lines(hour, n),

@@ -140,10 +140,7 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
             } else {
                 (from_minute.max(e.minute_floor(now)), 1)
             };
-            let mut numbers = l.agg.bucket_numbers(hour);
-            numbers.extend(e.bucket_numbers(hour));
-            numbers.sort_unstable();
-            numbers.dedup();
+            let numbers = l.agg.bucket_numbers_of_both(e, hour);
             for b in numbers.into_iter().filter(|&b| b >= floor) {
                 out.buckets += 1;
                 let (have, want) = (l.agg.bucket_lines(hour, b), e.bucket_lines(hour, b));

@@ -104,10 +104,7 @@ pub fn rebuild_aggregates(
     for (o, (l, e)) in loaded.iter_mut().zip(&rc.expected).enumerate() {
         let agg = &mut l.agg;
         for hour in [false, true] {
-            let mut numbers = agg.bucket_numbers(hour);
-            numbers.extend(e.bucket_numbers(hour));
-            numbers.sort_unstable();
-            numbers.dedup();
+            let numbers = agg.bucket_numbers_of_both(e, hour);
             for b in numbers {
                 let inside = if hour {
                     b * 60 >= lo && b.saturating_add(1).saturating_mul(60) <= hi

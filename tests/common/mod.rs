@@ -152,6 +152,22 @@ pub fn check_aggregates(data: &Path, config: Option<&str>) -> (bool, String) {
     )
 }
 
+/// Appends the lines of `file` to shard `shard`'s log under `data` with `pixeld import`
+/// (offline; each record's receive time is the import's).
+pub fn import_file(data: &Path, shard: usize, file: &Path) {
+    let out = Command::new(pixeld_bin())
+        .args(["import", "--shard", &shard.to_string(), "--data-dir"])
+        .arg(data)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pixeld import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A running `pixeld serve`, stopped by its PID.
 pub struct Server {
     pub child: Child,

@@ -13,7 +13,7 @@
 
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -180,15 +180,7 @@ fn ingest_runs_while_the_aggregates_catch_up() {
     // A log of 200 000 hits and no store: the start replays all of it.
     let src = tmp.path().join("hits");
     std::fs::write(&src, hits(3, 200_000)).unwrap();
-    let st = Command::new(common::pixeld_bin())
-        .args(["import", "--shard", "0", "--data-dir"])
-        .arg(&data)
-        .arg(&src)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::import_file(&data, 0, &src);
     let mut s = Server::builder().data(&data).shards(2).start();
     assert!(s.wait_for("pixeld: ready").is_some(), "{:?}", s.seen);
     // From the first moment: datagrams go in, and answers say how complete they are.

@@ -91,15 +91,7 @@ fn ready_then_aggregates_complete_watchdog_and_stopping() {
     }
     let src = tmp.path().join("hits");
     std::fs::write(&src, &lines).unwrap();
-    let st = Command::new(common::pixeld_bin())
-        .args(["import", "--shard", "0", "--data-dir"])
-        .arg(&data)
-        .arg(&src)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::import_file(&data, 0, &src);
 
     let sock_path = tmp.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
