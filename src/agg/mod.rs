@@ -122,18 +122,14 @@ impl Batch {
         key: &str,
         vid: Option<u64>,
     ) {
-        let site = self.span(site);
-        let key = self.span(key);
-        self.incs.push(Inc {
-            kind,
-            pageview,
-            has_vid: vid.is_some(),
-            minute,
-            engaged,
-            site,
-            key,
-            vid: vid.unwrap_or(0),
-        });
+        self.push_inc(Inc::new(kind, pageview, minute, engaged, vid), site, key);
+    }
+
+    /// Adds one increment made elsewhere, with its strings.
+    pub fn push_inc(&mut self, mut inc: Inc, site: &str, key: &str) {
+        inc.site = self.span(site);
+        inc.key = self.span(key);
+        self.incs.push(inc);
     }
 
     pub fn len(&self) -> usize {

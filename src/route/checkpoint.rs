@@ -158,7 +158,7 @@ pub async fn at_stop(router: &Rc<Router>, writer: &mut Writer, all_stats: &[Arc<
 
 #[cfg(test)]
 mod tests {
-    use crate::agg::store::format::{decode_into, encode, Encode, Kind};
+    use crate::agg::store::format::{decode_into, encode, Header, Kind};
     use crate::agg::{AggConfig, Aggregates, Inc};
     use crate::metrics::AggStats;
     use crate::parse::event::EventParser;
@@ -261,10 +261,9 @@ mod tests {
 
                 let mut live = Aggregates::new(cfg.clone());
                 apply(&mut live, owner, &incs[..a], now);
-                let applied = vec![0; shards];
-                let header = |kind, seq, parent| Encode {
+                let header = |kind, seq, parent| Header {
                     kind, shards: shards as u32, owner: owner as u32, seq, parent,
-                    fingerprint: 1, written_ns: 0, applied: &applied,
+                    fingerprint: 1, written_ns: 0, applied: vec![0; shards],
                 };
                 let base = encode(&mut live, &header(Kind::Base, 1, 0));
                 apply(&mut live, owner, &incs[a..b], now);

@@ -311,15 +311,7 @@ impl Router {
             self.agg.borrow_mut().apply(&inc, site, key, now);
             ShardStats::add(&self.stats.agg.local_incs, 1);
         } else if let Some(b) = self.pending.borrow_mut().get_mut(owner) {
-            b.push(
-                inc.kind,
-                inc.pageview,
-                inc.minute,
-                inc.engaged,
-                site,
-                key,
-                inc.has_vid.then_some(inc.vid),
-            );
+            b.push_inc(inc, site, key);
         }
     }
 
@@ -337,13 +329,10 @@ impl Router {
             let batch = {
                 let mut p = self.pending.borrow_mut();
                 match p.get_mut(peer) {
-                    Some(b) if b.len() >= threshold.max(1) => std::mem::take(b),
+                    Some(b) if b.len() >= threshold.max(1) => self.take_stamped(peer, b),
                     _ => continue,
                 }
             };
-            let mut batch = batch;
-            batch.upto = self.live_next.get();
-            self.set_marked(peer, batch.upto);
             let incs = batch.len() as u64;
             let s = &self.stats.agg;
             match senders.try_send_to(peer, RouteMsg::Batch(batch)) {
@@ -365,6 +354,14 @@ impl Router {
             }
             self.count_shipped(incs);
         }
+    }
+
+    /// Takes `peer`'s pending batch, stamped with the live offset (see the module doc).
+    fn take_stamped(&self, peer: usize, pending: &mut Batch) -> Batch {
+        let mut batch = std::mem::take(pending);
+        batch.upto = self.live_next.get();
+        self.set_marked(peer, batch.upto);
+        batch
     }
 
     fn set_marked(&self, peer: usize, upto: u64) {
@@ -413,8 +410,7 @@ impl Router {
             if b.len() < BATCH_INCS {
                 continue;
             }
-            let mut batch = std::mem::take(b);
-            batch.upto = self.live_next.get();
+            let batch = self.take_stamped(peer, b);
             let incs = batch.len() as u64;
             match senders.try_send_to(peer, RouteMsg::Batch(batch)) {
                 Ok(()) => self.count_shipped(incs),

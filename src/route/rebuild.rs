@@ -24,6 +24,16 @@ pub enum ReplayFrom {
     Window,
 }
 
+impl ReplayFrom {
+    /// The first offset the replay needs (0 for the window: it is found by time).
+    fn offset(self) -> u64 {
+        match self {
+            ReplayFrom::Offset(o) => o,
+            ReplayFrom::Window => 0,
+        }
+    }
+}
+
 /// What a catch-up did.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CatchUp {
@@ -64,13 +74,7 @@ pub async fn rebuild(
     let mut last_report = Instant::now();
     let gauge = &router.stats.agg.catchup_records;
     let left_from = |next: u64| end.saturating_sub(next);
-    gauge.store(
-        left_from(match from {
-            ReplayFrom::Offset(o) => o,
-            ReplayFrom::Window => 0,
-        }),
-        Ordering::Relaxed,
-    );
+    gauge.store(left_from(from.offset()), Ordering::Relaxed);
     // One pass over the log in slices; between slices (and when a ring to another shard is
     // full) it yields, so that ingest and queries run beside it.
     loop {
@@ -100,10 +104,12 @@ pub async fn rebuild(
             },
             |w| log.report_read_warning(&w, "replaying the log into the aggregates"),
         )?;
-        ShardStats::add(
-            &router.stats.agg.rebuilt_records,
-            replayed - ShardStats::get(&router.stats.agg.rebuilt_records),
-        );
+        // Only the catch-up counts these.
+        router
+            .stats
+            .agg
+            .rebuilt_records
+            .store(replayed, Ordering::Relaxed);
         if let Some(n) = next {
             gauge.store(left_from(n), Ordering::Relaxed);
         }
@@ -146,10 +152,7 @@ pub async fn rebuild(
              (offsets {}..{}); the aggregates miss them. Checkpoints run every agg.checkpoint_interval: \
              keep log.retention well above it",
             router.me,
-            match from {
-                ReplayFrom::Offset(o) => o,
-                ReplayFrom::Window => 0,
-            },
+            from.offset(),
             first.unwrap_or(end)
         );
     }

@@ -238,7 +238,7 @@ fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
     // One thread per owner: reading and decoding the chains is most of a start's time. A
     // panic while decoding is a bug (damage is reported as a problem, not a panic): it is
     // re-raised rather than hidden behind an empty store that would overwrite good links.
-    let mut loaded: Vec<store::Loaded> = std::thread::scope(|scope| {
+    let loaded: Vec<store::Loaded> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..n)
             .map(|o| scope.spawn(move || store::load(&cfg.data_dir, o, n, fp, &cfg.agg)))
             .collect();
@@ -269,48 +269,33 @@ fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
             ),
         }
     }
-    let from: Vec<crate::route::ReplayFrom> = (0..n)
-        .map(|src| {
-            let floors: Option<Vec<u64>> = loaded
-                .iter()
-                .map(|l| l.applied.as_ref().and_then(|a| a.get(src).copied()))
-                .collect();
-            match floors.and_then(|f| f.into_iter().min()) {
-                Some(o) => crate::route::ReplayFrom::Offset(o),
-                None => crate::route::ReplayFrom::Window,
-            }
-        })
-        .collect();
-    let writers: Vec<store::Writer> = loaded
-        .iter()
-        .enumerate()
-        .map(|(o, l)| store::Writer::new(&cfg.data_dir, o, n, fp, l))
-        .collect();
-    let floors: Vec<Vec<u64>> = (0..n)
+    // Per source, per owner: the offset of the source's log the owner's state holds (None:
+    // that owner loaded nothing, so the source replays its whole window).
+    let holds: Vec<Vec<Option<u64>>> = (0..n)
         .map(|src| {
             loaded
                 .iter()
-                .map(|l| {
-                    l.applied
-                        .as_ref()
-                        .and_then(|a| a.get(src).copied())
-                        .unwrap_or(0)
-                })
+                .map(|l| l.applied.as_ref().and_then(|a| a.get(src).copied()))
                 .collect()
         })
         .collect();
-    writers
+    loaded
         .into_iter()
-        .zip(floors)
-        .zip(from)
+        .zip(holds)
         .enumerate()
-        .map(|(o, ((writer, floors), from))| {
-            let l = std::mem::replace(&mut loaded[o], store::load_nothing(&cfg.agg));
+        .map(|(o, (l, holds))| {
+            let from = match holds.iter().copied().collect::<Option<Vec<u64>>>() {
+                Some(f) => f.into_iter().min().map_or(
+                    crate::route::ReplayFrom::Window,
+                    crate::route::ReplayFrom::Offset,
+                ),
+                None => crate::route::ReplayFrom::Window,
+            };
             ShardStore {
+                writer: store::Writer::new(&cfg.data_dir, o, n, fp, &l),
                 applied: l.applied.unwrap_or_else(|| vec![0; n]),
                 agg: l.agg,
-                writer,
-                floors,
+                floors: holds.iter().map(|h| h.unwrap_or(0)).collect(),
                 from,
             }
         })

@@ -124,7 +124,7 @@ pub fn rebuild_aggregates(
         let seq = l.max_seq + 1;
         let bytes = format::encode(
             agg,
-            &format::Encode {
+            &format::Header {
                 kind: format::Kind::Base,
                 shards: n as u32,
                 owner: o as u32,
@@ -132,7 +132,7 @@ pub fn rebuild_aggregates(
                 parent: 0,
                 fingerprint,
                 written_ns: crate::sys::now_ns(),
-                applied: &applied[o],
+                applied: applied[o].clone(),
             },
         );
         out.written

@@ -69,7 +69,7 @@ pub enum Kind {
     Delta,
 }
 
-/// A checkpoint's header.
+/// A checkpoint's header: what [`decode_header`] reads and [`encode`] writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub kind: Kind,
@@ -224,33 +224,21 @@ fn put_bucket(out: &mut Vec<u8>, tier: u8, number: i64, b: &Bucket) {
     put_site_cell(out, &b.all);
 }
 
-/// What [`encode`] should write.
-pub struct Encode<'a> {
-    pub kind: Kind,
-    pub shards: u32,
-    pub owner: u32,
-    pub seq: u64,
-    pub parent: u64,
-    pub fingerprint: u64,
-    pub written_ns: u64,
-    pub applied: &'a [u64],
-}
-
 /// Encodes a checkpoint of `agg`: every bucket (base) or the dirty ones (delta), and the
 /// names interned since the previous checkpoint (delta) or all of them (base). Marks what it
 /// wrote clean. The caller keeps the previous watermarks if the write then fails, and takes
 /// a base next time.
-pub fn encode(agg: &mut Aggregates, e: &Encode<'_>) -> Vec<u8> {
+pub fn encode(agg: &mut Aggregates, e: &Header) -> Vec<u8> {
     encode_inner(agg, e, false)
 }
 
 /// [`encode`] of a state that is dropped afterwards (a checkpoint snapshot): each bucket's
 /// memory is freed once written, so the snapshot shrinks as the bytes grow.
-pub fn encode_consuming(mut agg: Aggregates, e: &Encode<'_>) -> Vec<u8> {
+pub fn encode_consuming(mut agg: Aggregates, e: &Header) -> Vec<u8> {
     encode_inner(&mut agg, e, true)
 }
 
-fn encode_inner(agg: &mut Aggregates, e: &Encode<'_>, consume: bool) -> Vec<u8> {
+fn encode_inner(agg: &mut Aggregates, e: &Header, consume: bool) -> Vec<u8> {
     let base = e.kind == Kind::Base;
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(&MAGIC);
@@ -265,7 +253,7 @@ fn encode_inner(agg: &mut Aggregates, e: &Encode<'_>, consume: bool) -> Vec<u8> 
     put_u64(&mut out, e.fingerprint);
     put_u64(&mut out, e.written_ns);
     put_u64(&mut out, 0); // body_len, filled in below
-    for &a in e.applied {
+    for &a in &e.applied {
         put_u64(&mut out, a);
     }
     let body_at = out.len();
@@ -524,8 +512,8 @@ mod tests {
         a
     }
 
-    fn header(kind: Kind, seq: u64, parent: u64) -> Encode<'static> {
-        Encode {
+    fn header(kind: Kind, seq: u64, parent: u64) -> Header {
+        Header {
             kind,
             shards: 2,
             owner: 1,
@@ -533,7 +521,7 @@ mod tests {
             parent,
             fingerprint: 42,
             written_ns: 7,
-            applied: &[10, 20],
+            applied: vec![10, 20],
         }
     }
 

@@ -24,7 +24,7 @@ pub mod format;
 use std::path::{Path, PathBuf};
 
 use super::{AggConfig, Aggregates};
-use format::{Encode, FormatError, Kind};
+use format::{FormatError, Header, Kind};
 
 /// Why the store could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -317,61 +317,28 @@ pub fn load_with(
     }
 }
 
-/// An empty load (nothing found), e.g. to take a [`Loaded`]'s place.
-pub fn load_nothing(cfg: &AggConfig) -> Loaded {
-    Loaded {
-        agg: Aggregates::new(cfg.clone()),
-        applied: None,
-        seq: 0,
-        max_seq: 0,
-        base_seq: 0,
-        links: 0,
-        base_bytes: 0,
-        delta_bytes: 0,
-        problems: Vec::new(),
-        written_ns: 0,
-    }
-}
-
 /// A checkpoint's state copied out of the shard, waiting to be encoded (see
 /// [`Writer::snapshot`]).
 pub struct Snapshot {
-    kind: Kind,
-    seq: u64,
-    parent: u64,
-    shards: u32,
-    owner: u32,
-    fingerprint: u64,
+    header: Header,
     agg: Aggregates,
-    applied: Vec<u64>,
 }
 
 impl Snapshot {
-    /// Encodes it (CPU only: no I/O, no shared state).
-    pub fn encode(self) -> Pending {
-        let bytes = format::encode_consuming(
-            self.agg,
-            &Encode {
-                kind: self.kind,
-                shards: self.shards,
-                owner: self.owner,
-                seq: self.seq,
-                parent: self.parent,
-                fingerprint: self.fingerprint,
-                written_ns: crate::sys::now_ns(),
-                applied: &self.applied,
-            },
-        );
+    /// Encodes it (CPU only: no I/O, no shared state), stamped with the time of encoding.
+    pub fn encode(mut self) -> Pending {
+        self.header.written_ns = crate::sys::now_ns();
+        let bytes = format::encode_consuming(self.agg, &self.header);
         Pending {
-            seq: self.seq,
-            kind: self.kind,
+            seq: self.header.seq,
+            kind: self.header.kind,
             bytes,
-            applied: self.applied,
+            applied: self.header.applied,
         }
     }
 }
 
-/// A checkpoint encoded and waiting to be written (see [`Writer::prepare`]).
+/// A checkpoint encoded and waiting to be written (see [`Snapshot::encode`]).
 pub struct Pending {
     seq: u64,
     kind: Kind,
@@ -433,12 +400,6 @@ impl Writer {
         }
     }
 
-    /// Encodes the next checkpoint of `agg` at `applied` (a delta, or a base when the chain is
-    /// due for folding), marking its buckets clean.
-    pub fn prepare(&mut self, agg: &mut Aggregates, applied: Vec<u64>) -> Pending {
-        self.snapshot(agg, applied).encode()
-    }
-
     /// The next checkpoint of `agg` at `applied`, copied out (see
     /// [`Aggregates::checkpoint_snapshot`]) and not yet encoded: the part that must run on the
     /// shard's executor, between two increments. [`Snapshot::encode`] may run on any thread.
@@ -450,14 +411,17 @@ impl Writer {
         let parent = if base { 0 } else { self.seq };
         self.force_base = true;
         Snapshot {
-            kind: if base { Kind::Base } else { Kind::Delta },
-            seq,
-            parent,
-            shards: self.shards,
-            owner: self.owner,
-            fingerprint: self.fingerprint,
+            header: Header {
+                kind: if base { Kind::Base } else { Kind::Delta },
+                shards: self.shards,
+                owner: self.owner,
+                seq,
+                parent,
+                fingerprint: self.fingerprint,
+                written_ns: 0,
+                applied,
+            },
             agg: snap,
-            applied,
         }
     }
 
