@@ -49,7 +49,13 @@ fn build_deb(out_dir: &Path, revision: &str) -> Option<std::path::PathBuf> {
         return None;
     }
     // `--profile dev --no-build` packages the binary this test suite built (stripped), so the
-    // suite needs no release build; `cargo deb` alone packages a release build.
+    // suite needs no release build; `cargo deb` alone packages a release build. cargo-deb
+    // strips into one temp dir under target/ whatever `-o` says, so two runs at once (these
+    // tests run in parallel) can pack each other's half-written binary: one at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let out = run(Command::new("cargo")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["deb", "--no-build", "--profile", "dev", "--strip", "--fast"])
