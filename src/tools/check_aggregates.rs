@@ -15,7 +15,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use crate::agg::store;
-use crate::agg::{AggConfig, Aggregates};
+use crate::agg::{AggConfig, Aggregates, Res};
 use crate::log::reader::{ShardReader, Start};
 use crate::metrics::AggStats;
 use crate::parse::event::EventParser;
@@ -129,27 +129,26 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
     out.problems.extend(rc.problems);
     let (expected, from_minute) = (rc.expected, rc.from_minute);
     out.from_minute = from_minute;
-    // Compare, owner by owner, minutes then hours.
+    // Compare, owner by owner, minutes, hours, then days (a sealed day against its hours
+    // recomputed from the log).
     'owners: for (o, (l, e)) in loaded.iter().zip(&expected).enumerate() {
-        for hour in [false, true] {
-            let (floor, width) = if hour {
-                (
-                    from_minute.div_euclid(60) + i64::from(from_minute.rem_euclid(60) != 0),
-                    60,
-                )
+        for res in [Res::Minute, Res::Hour, Res::Day] {
+            let width = res.width();
+            let floor = if res == Res::Minute {
+                from_minute.max(e.minute_floor(now))
             } else {
-                (from_minute.max(e.minute_floor(now)), 1)
+                from_minute.div_euclid(width) + i64::from(from_minute.rem_euclid(width) != 0)
             };
-            let numbers = l.agg.bucket_numbers_of_both(e, hour);
+            let numbers = l.agg.bucket_numbers_of_both(e, res);
             for b in numbers.into_iter().filter(|&b| b >= floor) {
                 out.buckets += 1;
-                let (have, want) = (l.agg.bucket_lines(hour, b), e.bucket_lines(hour, b));
+                let (have, want) = (l.agg.bucket_lines(res, b), e.bucket_lines(res, b));
                 if have != want {
                     let missing = want.iter().find(|w| !have.contains(w));
                     let extra = have.iter().find(|h| !want.contains(h));
                     out.first_difference = Some(format!(
                         "owner {o}, {} bucket {}: the log gives {} but the store has {}",
-                        if hour { "hour" } else { "minute" },
+                        res.as_str(),
                         crate::query::params::minute_rfc3339(b * width),
                         missing.map_or("nothing more", |s| s.as_str()),
                         extra.map_or("nothing more", |s| s.as_str()),
