@@ -406,7 +406,7 @@ mod tests {
             ("limit=0", "limit"),
             ("limit=1001", "limit"),
             ("limit=x", "limit"),
-            ("from=-40d", "from"),
+            ("from=-401d", "from"),
             ("from=now&to=-1h", "to"),
             ("bogus=1", "bogus"),
             ("limit=1&limit=2", "limit"),
@@ -472,7 +472,7 @@ mod tests {
             panic!()
         };
         assert_eq!((range.from % 1440, range.to % 1440), (0, 0));
-        assert_eq!((range.to - range.from) / 1440, 10);
+        assert_eq!((range.to - range.from) / 1440, 11, "-60d..-50d rounded out to whole days");
         let e = parse("/v1/timeseries", Some("from=-60d&step=1h"), NOW, &cfg())
             .unwrap()
             .unwrap_err();
