@@ -460,6 +460,8 @@ impl Router {
         s.memory_bytes.store(m.bytes, Ordering::Relaxed);
         s.url_cells.store(m.url_cells, Ordering::Relaxed);
         s.url_cell_bytes.store(m.url_cell_bytes, Ordering::Relaxed);
+        s.sealed_files.store(m.sealed_files, Ordering::Relaxed);
+        s.sealed_bytes.store(m.sealed_bytes, Ordering::Relaxed);
         s.stale_incs.store(agg.stale, Ordering::Relaxed);
     }
 

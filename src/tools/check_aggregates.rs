@@ -27,7 +27,8 @@ pub struct AggCheck {
     /// Per owner: the newest checkpoint loaded and its applied vector.
     pub owners: Vec<(u64, Vec<u64>)>,
     pub records: u64,
-    pub buckets: u64,
+    /// Buckets compared: minutes, hours, days.
+    pub buckets: [u64; 3],
     /// The first minute compared (earlier buckets were not fully in the retained logs).
     pub from_minute: i64,
     /// What makes the check fail besides a difference (an owner with no usable checkpoint,
@@ -61,10 +62,12 @@ impl AggCheck {
         }
         let _ = writeln!(
             s,
-            "{} shards: {} records recomputed, {} buckets compared from {}: {}",
+            "{} shards: {} records recomputed, {} minute, {} hour and {} day buckets compared from {}: {}",
             self.shards,
             self.records,
-            self.buckets,
+            self.buckets[0],
+            self.buckets[1],
+            self.buckets[2],
             crate::query::params::minute_rfc3339(self.from_minute),
             match &self.first_difference {
                 None if self.problems.is_empty() => "OK".to_string(),
@@ -141,7 +144,7 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
             };
             let numbers = l.agg.bucket_numbers_of_both(e, res);
             for b in numbers.into_iter().filter(|&b| b >= floor) {
-                out.buckets += 1;
+                out.buckets[res.code() as usize] += 1;
                 let (have, want) = (l.agg.bucket_lines(res, b), e.bucket_lines(res, b));
                 if have != want {
                     let missing = want.iter().find(|w| !have.contains(w));
