@@ -495,15 +495,15 @@ impl Aggregates {
             }
         }
         let mut counted = false;
-        if let Some(b) = self.hours.get_mut(minute.div_euclid(60)) {
-            b.dirty = true;
-            f(b);
-            counted = true;
+        if minute >= self.hour_floor(now_min) {
+            if let Some(b) = self.hours.get_mut(minute.div_euclid(60)) {
+                b.dirty = true;
+                f(b);
+                counted = true;
+            }
         }
         let day = minute.div_euclid(1440);
-        if !counted
-            || (!self.sealed.is_empty() && self.sealed.contains_key(&(Res::Day, day)))
-        {
+        if !counted || (!self.sealed.is_empty() && self.sealed.contains_key(&(Res::Day, day))) {
             if minute >= self.day_floor(now_min) {
                 if let Some(b) = self.days.get_mut(day) {
                     b.dirty = true;
@@ -685,7 +685,8 @@ impl Aggregates {
         for (tier, number, path) in jobs {
             match SealedFile::open(path, *tier, *number, owner, names) {
                 Ok(f) => {
-                    self.sealed.insert((*tier, *number), Sealed::File(Arc::new(f)));
+                    self.sealed
+                        .insert((*tier, *number), Sealed::File(Arc::new(f)));
                 }
                 Err(e) => {
                     problems.push(format!("{e}; kept in memory instead"));
@@ -747,14 +748,19 @@ impl Aggregates {
         let hour_floor = self.hour_floor(now_min).div_euclid(60);
         let day_floor = self.day_floor(now_min).div_euclid(1440);
         for (tier, number) in std::mem::take(&mut self.listed) {
-            let floor = if tier == Res::Day { day_floor } else { hour_floor };
+            let floor = if tier == Res::Day {
+                day_floor
+            } else {
+                hour_floor
+            };
             if number < floor {
                 continue;
             }
             let path = dir.join(sealed::file_name(tier, number));
             match SealedFile::open(&path, tier, number, owner, names) {
                 Ok(f) => {
-                    self.sealed.insert((tier, number), Sealed::File(Arc::new(f)));
+                    self.sealed
+                        .insert((tier, number), Sealed::File(Arc::new(f)));
                 }
                 Err(e) => {
                     let start = number * tier.width();
@@ -1470,8 +1476,15 @@ mod tests {
                 out.push(format!("{f} {t} {:?}", a.top(dim, f, t, None, 50)));
                 out.push(format!("{:?}", a.top(dim, f, t, Some("s1"), 50)));
             }
-            out.push(format!("{:?} {:?}", a.totals(f, t, None), a.totals(f, t, Some("s0"))));
-            out.push(format!("{:?}", a.url_series(f, t, 60, "https://s1/u3", None)));
+            out.push(format!(
+                "{:?} {:?}",
+                a.totals(f, t, None),
+                a.totals(f, t, Some("s0"))
+            ));
+            out.push(format!(
+                "{:?}",
+                a.url_series(f, t, 60, "https://s1/u3", None)
+            ));
         }
         out
     }
@@ -1495,13 +1508,42 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             // Three days back; one busy hour with thousands of visitors (a sketch).
-            let m = if i % 3 == 0 { now - 1500 } else { now - (x % (3 * 1440)) as i64 };
+            let m = if i % 3 == 0 {
+                now - 1500
+            } else {
+                now - (x % (3 * 1440)) as i64
+            };
             let site = format!("s{}", x % 3);
-            b.push(IncKind::Url, i % 5 != 0, m, 4, &site, &format!("https://{site}/u{}", x % 40), None);
-            b.push(IncKind::Ref, true, m, 0, &site, &format!("r{}.example", x % 7), None);
-            b.push(IncKind::Visitor, i % 5 != 0, m, 4, &site, "", Some(x % 20_000));
+            b.push(
+                IncKind::Url,
+                i % 5 != 0,
+                m,
+                4,
+                &site,
+                &format!("https://{site}/u{}", x % 40),
+                None,
+            );
+            b.push(
+                IncKind::Ref,
+                true,
+                m,
+                0,
+                &site,
+                &format!("r{}.example", x % 7),
+                None,
+            );
+            b.push(
+                IncKind::Visitor,
+                i % 5 != 0,
+                m,
+                4,
+                &site,
+                "",
+                Some(x % 20_000),
+            );
         }
-        let (mut live, mut reference) = (Aggregates::new(cfg.clone()), Aggregates::new(cfg.clone()));
+        let (mut live, mut reference) =
+            (Aggregates::new(cfg.clone()), Aggregates::new(cfg.clone()));
         live.apply_batch(&b, now);
         reference.apply_batch(&b, now);
         let day = now.div_euclid(1440) * 1440;
@@ -1532,7 +1574,11 @@ mod tests {
         assert_eq!(answers(&live, &ranges), want);
         for res in [Res::Hour, Res::Day] {
             for n in live.bucket_numbers_of_both(&reference, res) {
-                assert_eq!(live.bucket_lines(res, n), reference.bucket_lines(res, n), "{res:?} {n}");
+                assert_eq!(
+                    live.bucket_lines(res, n),
+                    reference.bucket_lines(res, n),
+                    "{res:?} {n}"
+                );
             }
         }
         // A restart: the checkpoint lists the files, the late increments ride in the chain.
@@ -1563,7 +1609,10 @@ mod tests {
         store::format::decode_into(&bytes, &mut back).unwrap();
         let problems = back.open_sealed(dir.path(), 0, now);
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("rebuild-aggregates --from"), "{problems:?}");
+        assert!(
+            problems[0].contains("rebuild-aggregates --from"),
+            "{problems:?}"
+        );
         // Eviction retires the files that left the windows.
         live.evict(now + 20 * 1440);
         assert_eq!(live.memory().sealed_files, 0);

@@ -136,7 +136,9 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
     for _ in 0..urls {
         let id = c.u32()?;
         if id as usize >= names.1 || last.is_some_and(|l| l >= id) {
-            return Err(FormatError::Damaged("a url id without a name or out of order"));
+            return Err(FormatError::Damaged(
+                "a url id without a name or out of order",
+            ));
         }
         last = Some(id);
         c.take(12)?;
@@ -150,7 +152,9 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
             || (k & 0xffff_ffff) as usize >= names.2
             || last.is_some_and(|l| l >= k)
         {
-            return Err(FormatError::Damaged("a referrer cell without a name or out of order"));
+            return Err(FormatError::Damaged(
+                "a referrer cell without a name or out of order",
+            ));
         }
         last = Some(k);
         c.take(4)?;
@@ -160,7 +164,9 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
     for _ in 0..n {
         let id = c.u32()?;
         if id as usize >= names.0 || sites.last().is_some_and(|&(l, _)| l >= id) {
-            return Err(FormatError::Damaged("a site id without a name or out of order"));
+            return Err(FormatError::Damaged(
+                "a site id without a name or out of order",
+            ));
         }
         sites.push((id, c.at));
         c.take(24)?;
@@ -306,10 +312,11 @@ impl SealedFile {
         owner: u32,
         names: (usize, usize, usize),
     ) -> Result<SealedFile, SealedError> {
-        let (header, index) = check(bytes.as_slice(), names).map_err(|source| SealedError::Format {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (header, index) =
+            check(bytes.as_slice(), names).map_err(|source| SealedError::Format {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if header.tier != tier || header.number != number || header.owner != owner {
             return Err(SealedError::Mismatch {
                 path: path.to_path_buf(),
@@ -479,14 +486,25 @@ mod tests {
         assert_eq!(f.refs().count(), b.refs.len());
         for (id, c) in &b.sites {
             let got = f.site(*id).unwrap();
-            assert_eq!((got.views, got.uniques.canonical()), (c.views, c.uniques.canonical()));
+            assert_eq!(
+                (got.views, got.uniques.canonical()),
+                (c.views, c.uniques.canonical())
+            );
         }
         assert_eq!(f.all().uniques.estimate(), b.all.uniques.estimate());
         // The wrong bucket, the wrong owner, too few names: refused.
         let bytes = encode(&h, &b);
-        assert!(SealedFile::from_vec(Path::new("x"), bytes.clone(), Res::Day, h.number, 1, names).is_err());
-        assert!(SealedFile::from_vec(Path::new("x"), bytes.clone(), h.tier, h.number, 0, names).is_err());
-        assert!(SealedFile::from_vec(Path::new("x"), bytes, h.tier, h.number, 1, (0, 0, 0)).is_err());
+        assert!(
+            SealedFile::from_vec(Path::new("x"), bytes.clone(), Res::Day, h.number, 1, names)
+                .is_err()
+        );
+        assert!(
+            SealedFile::from_vec(Path::new("x"), bytes.clone(), h.tier, h.number, 0, names)
+                .is_err()
+        );
+        assert!(
+            SealedFile::from_vec(Path::new("x"), bytes, h.tier, h.number, 1, (0, 0, 0)).is_err()
+        );
     }
 
     #[test]

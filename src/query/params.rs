@@ -472,18 +472,27 @@ mod tests {
             panic!()
         };
         assert_eq!((range.from % 1440, range.to % 1440), (0, 0));
-        assert_eq!((range.to - range.from) / 1440, 11, "-60d..-50d rounded out to whole days");
+        assert_eq!(
+            (range.to - range.from) / 1440,
+            11,
+            "-60d..-50d rounded out to whole days"
+        );
         let e = parse("/v1/timeseries", Some("from=-60d&step=1h"), NOW, &cfg())
             .unwrap()
             .unwrap_err();
         assert!(e.reason.contains("step=1d"), "{e:?}");
-        assert!(parse("/v1/timeseries", Some("from=-60d&step=1d"), NOW, &cfg())
-            .unwrap()
-            .is_ok());
+        assert!(
+            parse("/v1/timeseries", Some("from=-60d&step=1d"), NOW, &cfg())
+                .unwrap()
+                .is_ok()
+        );
         let e = parse("/v1/summary", Some("from=-500d"), NOW, &cfg())
             .unwrap()
             .unwrap_err();
-        assert!(e.param == "from" && e.reason.contains("day_window"), "{e:?}");
+        assert!(
+            e.param == "from" && e.reason.contains("day_window"),
+            "{e:?}"
+        );
         let e = parse("/v1/timeseries", Some("step=2m"), NOW, &cfg())
             .unwrap()
             .unwrap_err();

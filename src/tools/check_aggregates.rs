@@ -192,7 +192,7 @@ pub fn recompute(
     };
     let mut expected: Vec<Aggregates> = (0..n).map(|_| Aggregates::new(cfg.clone())).collect();
     let window = crate::route::Window {
-        floor: expected[0].hour_floor(now),
+        floor: expected[0].day_floor(now),
         future: cfg.future_minutes,
     };
     let stats = AggStats::default();

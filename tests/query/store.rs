@@ -522,11 +522,22 @@ fn closed_hours_and_days_are_sealed_and_answer_as_memory_did() {
         "{files:?}"
     );
     assert!(sealed_files(&plain).is_empty());
-    assert_eq!(common::metric_sum(&common::metrics(p.http), "pixeld_agg_sealed_files"), 0);
+    assert_eq!(
+        common::metric_sum(&common::metrics(p.http), "pixeld_agg_sealed_files"),
+        0
+    );
     let want = tier_answers(&p, t0);
-    assert!(tier_answers(&s, t0) == want, "sealed answers differ from memory's");
+    assert!(
+        tier_answers(&s, t0) == want,
+        "sealed answers differ from memory's"
+    );
     // Late hits for sealed days and hours (two and three days ago), after they were sealed.
-    let late = hits_from(4, 2000, start + 86_400_000, gen(2.0 * 86_400_000.0 / 2000.0));
+    let late = hits_from(
+        4,
+        2000,
+        start + 86_400_000,
+        gen(2.0 * 86_400_000.0 / 2000.0),
+    );
     post_all(&s, &late);
     post_all(&p, &late);
     std::thread::sleep(Duration::from_millis(600));

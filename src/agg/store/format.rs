@@ -51,8 +51,8 @@
 //! bits, the representation tag, are kept). A bucket in a delta replaces the whole
 //! bucket of that number.
 
-use super::super::cells::{get_cells, put_cells, put_u32, put_u64, Cursor};
 pub use super::super::cells::FormatError;
+use super::super::cells::{get_cells, put_cells, put_u32, put_u64, Cursor};
 use super::super::{Aggregates, Bucket, Res};
 
 /// The eight bytes every checkpoint starts with.
@@ -258,7 +258,10 @@ fn get_names(c: &mut Cursor<'_>, names: &mut super::super::Names) -> Result<usiz
 /// and returns its header. On error `agg` may hold part of it: the caller discards it.
 pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatError> {
     let h = decode_header(bytes)?;
-    let mut c = Cursor::new(&bytes[..bytes.len() - 4], HEADER_LEN + 8 * h.shards as usize);
+    let mut c = Cursor::new(
+        &bytes[..bytes.len() - 4],
+        HEADER_LEN + 8 * h.shards as usize,
+    );
     get_names(&mut c, &mut agg.sites)?;
     let new_urls = get_names(&mut c, &mut agg.urls)?;
     for _ in 0..new_urls {
@@ -485,7 +488,15 @@ pub(crate) mod tests {
         let mut a = sample_state(now);
         let mut b = Batch::default();
         let old = now - 40 * 1440;
-        b.push(IncKind::Url, true, old, 3, "a.example", "https://a.example/p0", None);
+        b.push(
+            IncKind::Url,
+            true,
+            old,
+            3,
+            "a.example",
+            "https://a.example/p0",
+            None,
+        );
         b.push(IncKind::Visitor, true, old, 3, "a.example", "", Some(5));
         a.apply_batch(&b, now);
         a.listed = vec![(Res::Hour, now / 60 - 100), (Res::Day, now / 1440 - 30)];
@@ -507,7 +518,10 @@ pub(crate) mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let mut r = Aggregates::new(AggConfig::default());
         let h = decode_into(&bytes, &mut r).unwrap();
-        assert_eq!((h.version, h.kind, h.applied), (2, Kind::Base, vec![10, 20]));
+        assert_eq!(
+            (h.version, h.kind, h.applied),
+            (2, Kind::Base, vec![10, 20])
+        );
         assert_eq!(answers(&r, now), answers(&a, now));
         assert_eq!(r.sealed_list(), a.sealed_list());
         let d = (now - 40 * 1440).div_euclid(1440) * 1440;
