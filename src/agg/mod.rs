@@ -83,9 +83,10 @@ impl Res {
 /// The closed part of a sealed hour or day.
 #[derive(Debug)]
 pub enum Sealed {
-    /// Being written by a checkpoint: the hour's bucket itself, or nothing for a day (read
-    /// from its hours until the file is mapped).
-    Writing(Option<Box<Bucket>>),
+    /// Being written by a checkpoint: the hour's bucket itself (shared with the job that
+    /// encodes it, not copied), or nothing for a day (read from its hours until the file is
+    /// mapped).
+    Writing(Option<Arc<Bucket>>),
     /// Mapped from its file.
     File(Arc<SealedFile>),
 }
@@ -111,7 +112,7 @@ pub struct SealJob {
 
 #[derive(Debug)]
 enum SealPart {
-    Mem(Bucket),
+    Mem(Arc<Bucket>),
     File(Arc<SealedFile>),
 }
 
@@ -633,23 +634,24 @@ impl Aggregates {
             });
             let Some(mut b) = taken else { continue };
             b.dirty = false;
+            let b = Arc::new(b);
             jobs.push(SealJob {
                 tier: Res::Hour,
                 number: h,
                 parts: vec![SealPart::Mem(b.clone())],
                 direct: None,
             });
-            self.sealed
-                .insert((Res::Hour, h), Sealed::Writing(Some(Box::new(b))));
+            self.sealed.insert((Res::Hour, h), Sealed::Writing(Some(b)));
         }
         for d in days {
             let mut parts = Vec::new();
             for h in d * 24..(d + 1) * 24 {
                 if let Some(b) = self.hours.get(h).filter(|b| !b.is_empty()) {
-                    parts.push(SealPart::Mem(b.clone()));
+                    // Late increments of a sealed hour: small, copied.
+                    parts.push(SealPart::Mem(Arc::new(b.clone())));
                 }
                 match self.sealed.get(&(Res::Hour, h)) {
-                    Some(Sealed::Writing(Some(b))) => parts.push(SealPart::Mem((**b).clone())),
+                    Some(Sealed::Writing(Some(b))) => parts.push(SealPart::Mem(b.clone())),
                     Some(Sealed::File(f)) => parts.push(SealPart::File(f.clone())),
                     _ => {}
                 }
@@ -680,17 +682,23 @@ impl Aggregates {
     /// A file that cannot be mapped back is unsealed (its bucket returns to memory) and
     /// reported.
     pub fn seals_written(&mut self, jobs: &[(Res, i64, PathBuf)], owner: u32) -> Vec<String> {
+        let opened = open_sealed_files(jobs, owner, self.name_counts());
+        self.seals_mapped(opened)
+    }
+
+    /// [`Aggregates::seals_written`] with the files already opened (by
+    /// [`open_sealed_files`], which reads every byte and may run on another thread).
+    pub fn seals_mapped(&mut self, opened: Vec<Opened>) -> Vec<String> {
         let mut problems = Vec::new();
-        let names = self.name_counts();
-        for (tier, number, path) in jobs {
-            match SealedFile::open(path, *tier, *number, owner, names) {
+        for (tier, number, f) in opened {
+            match f {
                 Ok(f) => {
                     self.sealed
-                        .insert((*tier, *number), Sealed::File(Arc::new(f)));
+                        .insert((tier, number), Sealed::File(Arc::new(f)));
                 }
                 Err(e) => {
                     problems.push(format!("{e}; kept in memory instead"));
-                    self.unseal(*tier, *number, None);
+                    self.unseal(tier, number, None);
                 }
             }
         }
@@ -700,7 +708,16 @@ impl Aggregates {
     /// The checkpoint that would have listed `jobs` failed: their buckets return to memory.
     pub fn seals_failed(&mut self, jobs: Vec<SealJob>) {
         for j in jobs {
-            self.unseal(j.tier, j.number, j.direct);
+            let SealJob {
+                tier,
+                number,
+                parts,
+                direct,
+            } = j;
+            // Drop the job's share of the bucket first, so that unsealing takes it back
+            // without a copy.
+            drop(parts);
+            self.unseal(tier, number, direct);
         }
     }
 
@@ -714,7 +731,7 @@ impl Aggregates {
         match tier {
             Res::Hour => {
                 let closed = match entry {
-                    Sealed::Writing(Some(b)) => Some(*b),
+                    Sealed::Writing(Some(b)) => Some(Arc::unwrap_or_clone(b)),
                     Sealed::File(f) => {
                         self.retired.push(f.path.clone());
                         Some(f.to_bucket())
@@ -1312,6 +1329,21 @@ impl Aggregates {
             + (self.url_site.capacity() * 4) as u64;
         m
     }
+}
+
+/// A sealed file opened (or why not), by tier and number.
+pub type Opened = (Res, i64, Result<SealedFile, sealed::SealedError>);
+
+/// Maps and checks the sealed files just written (`jobs`: tier, number, path) of `owner`,
+/// whose ids have names below `names`: CPU and reads only, no shared state.
+pub fn open_sealed_files(
+    jobs: &[(Res, i64, PathBuf)],
+    owner: u32,
+    names: (usize, usize, usize),
+) -> Vec<Opened> {
+    jobs.iter()
+        .map(|(t, n, p)| (*t, *n, SealedFile::open(p, *t, *n, owner, names)))
+        .collect()
 }
 
 /// A minute since the epoch as the RFC 3339 time `--from`/`--to` take.

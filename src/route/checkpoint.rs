@@ -77,10 +77,16 @@ pub async fn checkpoint_once(
             return Err(e);
         }
     };
-    let problems = router
-        .agg
-        .borrow_mut()
-        .seals_written(&written, router.shard() as u32);
+    // Mapping reads every byte of the new files (the CRC): off the executor too.
+    let (owner, names) = (router.shard() as u32, router.agg.borrow().name_counts());
+    let opened = if written.is_empty() {
+        Vec::new()
+    } else {
+        glommio::executor()
+            .spawn_blocking(move || crate::agg::open_sealed_files(&written, owner, names))
+            .await
+    };
+    let problems = router.agg.borrow_mut().seals_mapped(opened);
     for p in &problems {
         eprintln!("pixeld: shard {}: {p}", router.shard());
     }
