@@ -504,13 +504,13 @@ impl Aggregates {
             }
         }
         let day = minute.div_euclid(1440);
-        if !counted || (!self.sealed.is_empty() && self.sealed.contains_key(&(Res::Day, day))) {
-            if minute >= self.day_floor(now_min) {
-                if let Some(b) = self.days.get_mut(day) {
-                    b.dirty = true;
-                    f(b);
-                    counted = true;
-                }
+        let late_for_sealed_day =
+            !self.sealed.is_empty() && self.sealed.contains_key(&(Res::Day, day));
+        if (!counted || late_for_sealed_day) && minute >= self.day_floor(now_min) {
+            if let Some(b) = self.days.get_mut(day) {
+                b.dirty = true;
+                f(b);
+                counted = true;
             }
         }
         if !counted {
