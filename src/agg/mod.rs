@@ -117,8 +117,15 @@ enum SealPart {
 }
 
 impl SealJob {
-    /// The sealed bucket: every part merged.
-    pub fn bucket(&self) -> Bucket {
+    /// The sealed bucket: its one part as it is (an hour), or every part merged (a day).
+    pub fn bucket(&self) -> Cow<'_, Bucket> {
+        match (self.parts.as_slice(), &self.direct) {
+            ([SealPart::Mem(b)], None) => Cow::Borrowed(&**b),
+            _ => Cow::Owned(self.merged()),
+        }
+    }
+
+    fn merged(&self) -> Bucket {
         let mut b = Bucket::default();
         for p in &self.parts {
             match p {
