@@ -9,7 +9,7 @@
 
 use hashbrown::HashMap;
 
-use super::hll::{Sketch, Uniques};
+use super::hll::Uniques;
 
 /// Counters of one url in one bucket (saturating: 4.29 billion per url per bucket).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -236,8 +236,8 @@ pub fn get_uniques(c: &mut Cursor<'_>) -> Result<Uniques, FormatError> {
             } else {
                 Some(words)
             };
-            let s: Sketch = serde_json::from_value(serde_json::json!([data, words]))
-                .map_err(|_| FormatError::Damaged("an invalid sketch"))?;
+            let s = super::hll::sketch_from_parts(data, words)
+                .ok_or(FormatError::Damaged("an invalid sketch"))?;
             Ok(Uniques::Sketch(Box::new(s)))
         }
         _ => Err(FormatError::Damaged("unknown uniques kind")),
