@@ -14,7 +14,7 @@
 //! the hot path: a closed day is the merge of its hours, made when the checkpoint seals it
 //! ([`sealed`]); closed hours and days then live in immutable mapped files, and what arrives
 //! for them later (late events) in small in-memory buckets of the same number, which every
-//! read adds to the file. Reads go through [`Aggregates::parts`], which covers a range with
+//! read adds to the file. Reads go through `Aggregates::parts`, which covers a range with
 //! whole days, whole hours and minutes. Only this shard's
 //! executor touches the state (`Rc<RefCell<…>>` in `route`); queries read it between
 //! increments. Nothing here allocates per event in the steady state except a new key's name.
