@@ -313,8 +313,35 @@ pub fn get_cells(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Buc
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `n` damaged copies of `bytes`, in turn: one flipped bit, truncated, 4 KiB zeroed (a
+    /// fixed xorshift sequence, so a failure repeats).
+    pub(crate) fn damaged_copies(bytes: &[u8], n: usize) -> Vec<Vec<u8>> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mut d = bytes.to_vec();
+                match i % 3 {
+                    0 => {
+                        let at = (x as usize) % d.len();
+                        d[at] ^= 1 << (x % 8);
+                    }
+                    1 => d.truncate((x as usize) % d.len()),
+                    _ => {
+                        let at = (x as usize) % d.len();
+                        let end = (at + 4096).min(d.len());
+                        d[at..end].fill(0);
+                    }
+                }
+                d
+            })
+            .collect()
+    }
 
     #[test]
     fn merge_adds_every_cell() {

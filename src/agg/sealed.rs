@@ -511,24 +511,10 @@ mod tests {
     fn every_damage_is_refused_without_panic() {
         let (h, b, names) = sample();
         let bytes = encode(&h, &b);
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for i in 0..300 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut d = bytes.clone();
-            match i % 3 {
-                0 => {
-                    let at = (x as usize) % d.len();
-                    d[at] ^= 1 << (x % 8);
-                }
-                1 => d.truncate((x as usize) % d.len()),
-                _ => {
-                    let at = (x as usize) % d.len();
-                    let end = (at + 4096).min(d.len());
-                    d[at..end].fill(0);
-                }
-            }
+        for (i, d) in crate::agg::cells::tests::damaged_copies(&bytes, 300)
+            .into_iter()
+            .enumerate()
+        {
             let r = SealedFile::from_vec(Path::new("x"), d, h.tier, h.number, 1, names);
             assert!(r.is_err(), "damage {i} accepted");
         }

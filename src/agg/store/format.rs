@@ -459,24 +459,10 @@ pub(crate) mod tests {
         let now = 29_000_000;
         let mut a = sample_state(now);
         let bytes = encode(&mut a, &header(Kind::Base, 1, 0));
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for i in 0..400 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut d = bytes.clone();
-            match i % 3 {
-                0 => {
-                    let at = (x as usize) % d.len();
-                    d[at] ^= 1 << (x % 8);
-                }
-                1 => d.truncate((x as usize) % d.len()),
-                _ => {
-                    let at = (x as usize) % d.len();
-                    let end = (at + 4096).min(d.len());
-                    d[at..end].fill(0);
-                }
-            }
+        for (i, d) in crate::agg::cells::tests::damaged_copies(&bytes, 400)
+            .into_iter()
+            .enumerate()
+        {
             let mut r = Aggregates::new(AggConfig::default());
             assert!(decode_into(&d, &mut r).is_err(), "damage {i} accepted");
         }
