@@ -53,7 +53,7 @@ fn now_ms() -> u64 {
 /// A line of `cycle`: a third stamped in a closed hour three days back (a new one each cycle,
 /// so that each cycle's checkpoints seal one), the rest now.
 fn line(id: &str, n: u64, cycle: u32) -> String {
-    let back = if n % 3 == 0 {
+    let back = if n.is_multiple_of(3) {
         (72 + u64::from(cycle)) * 3_600_000 + (n % 60) * 1000
     } else {
         0
