@@ -25,7 +25,10 @@ What is measured from the moment `serve` is started (wall clock, loopback only):
   store (`<data_dir>/agg`) and the log replayed after it (all of it when there is no store);
 - `cpu_s`: the receiver's CPU-seconds until then, and the rebuild's own figure
   (`pixeld_agg_rebuild_seconds`, the slowest shard);
-- once the first checkpoint after `complete` is written (it seals the closed hours and days):
+- `first_checkpoint_s`: from `complete` until the first checkpoint is written (the one that
+  seals the closed hours and days), and `checkpoint_hold_ms`, the longest the executor was held
+  for a checkpoint (`pixeld_agg_checkpoint_encode_max_seconds`);
+- once that checkpoint is written:
   `rss_mb` (VmRSS), `agg_mb` (`pixeld_agg_memory_bytes`, heap), `sealed_mb` / `sealed_files`
   (`pixeld_agg_sealed_bytes` / `_files`, mapped files; 0 for a build without them) and
   `store_mb` (bytes under `<data_dir>/agg`);
@@ -161,9 +164,11 @@ def msum(m, name):
 
 def memory_after_checkpoint(a, p, ports, data):
     """Waits for the first checkpoint after `complete` (it seals what closed), then reads memory."""
-    deadline = time.perf_counter() + a.timeout
+    t = time.perf_counter()
+    deadline = t + a.timeout
     while msum(metrics(ports["http"]), "pixeld_agg_checkpoints_total") < 1 and time.perf_counter() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
+    first_checkpoint = time.perf_counter() - t
     time.sleep(2.5)  # the memory gauges are published every 2 s
     m = metrics(ports["http"])
     rss = 0
@@ -179,7 +184,9 @@ def memory_after_checkpoint(a, p, ports, data):
             except OSError:
                 pass
     mb = 1 << 20
-    return {"rss_mb": rss / mb, "agg_mb": msum(m, "pixeld_agg_memory_bytes") / mb,
+    return {"first_checkpoint_s": first_checkpoint,
+            "checkpoint_hold_ms": msum(m, "pixeld_agg_checkpoint_encode_max_seconds") * 1000,
+            "rss_mb": rss / mb, "agg_mb": msum(m, "pixeld_agg_memory_bytes") / mb,
             "sealed_mb": msum(m, "pixeld_agg_sealed_bytes") / mb,
             "sealed_files": msum(m, "pixeld_agg_sealed_files"), "store_mb": store / mb}
 
@@ -238,6 +245,8 @@ def main():
                         % (n, shards, kind, r["http_s"], r["tcp_s"], r["udp_s"], r["ready_s"], r["complete_s"],
                            r["rebuild_s"], r["cpu_s"], r["rss_mb"], r["agg_mb"], r["sealed_mb"], r["sealed_files"],
                            r["store_mb"]))
+                    log("    first checkpoint after complete: written after %.2f s, executor held at most %.1f ms"
+                        % (r["first_checkpoint_s"], r["checkpoint_hold_ms"]))
                     log("    queries (median of 7, ms): " + ", ".join("%s %.1f" % (k[2:-3], r[k]) for k in QUERIES))
                     results.append(r)
                 shutil.rmtree(data, ignore_errors=True)
