@@ -24,7 +24,15 @@ What is measured from the moment `serve` is started (wall clock, loopback only):
 - `complete_s`: pixeld reports `pixeld: aggregates complete`: the aggregates loaded from the
   store (`<data_dir>/agg`) and the log replayed after it (all of it when there is no store);
 - `cpu_s`: the receiver's CPU-seconds until then, and the rebuild's own figure
-  (`pixeld_agg_rebuild_seconds`, the slowest shard).
+  (`pixeld_agg_rebuild_seconds`, the slowest shard);
+- `first_checkpoint_s`: from `complete` until the first checkpoint is written (the one that
+  seals the closed hours and days), and `checkpoint_hold_ms`, the longest the executor was held
+  for a checkpoint (`pixeld_agg_checkpoint_encode_max_seconds`);
+- once that checkpoint is written:
+  `rss_mb` (VmRSS), `agg_mb` (`pixeld_agg_memory_bytes`, heap), `sealed_mb` / `sealed_files`
+  (`pixeld_agg_sealed_bytes` / `_files`, mapped files; 0 for a build without them) and
+  `store_mb` (bytes under `<data_dir>/agg`);
+- then the median time of a few queries over 24 h, 7 and 30 days (`q_*_ms`, 7 runs each).
 
 Prints one line per run and a JSON array of every figure at the end. Every process it starts
 is stopped by its PID; traffic goes only to 127.0.0.1. The machine is shared: repeat a run
@@ -114,8 +122,73 @@ def measure(a, data, shards):
         raise SystemExit("not ready within --timeout %ss: %s" % (a.timeout, stderr[-2000:]))
     m = metrics(ports["http"])
     rebuild = max((v for k, v in m.items() if k.startswith("pixeld_agg_rebuild_seconds")), default=0)
-    return p, {"http_s": seen["http"], "tcp_s": seen["tcp"], "udp_s": seen["udp"], "ready_s": seen["ready"], "complete_s": seen["complete"],
-               "cpu_s": cpu_seconds(p.pid), "rebuild_s": rebuild}
+    r = {"http_s": seen["http"], "tcp_s": seen["tcp"], "udp_s": seen["udp"], "ready_s": seen["ready"], "complete_s": seen["complete"],
+         "cpu_s": cpu_seconds(p.pid), "rebuild_s": rebuild}
+    r.update(memory_after_checkpoint(a, p, ports, data))
+    r.update(query_times(ports))
+    return p, r
+
+
+QUERIES = {
+    "q_summary_30d_ms": "/v1/summary?from=-30d",
+    "q_daily_30d_ms": "/v1/timeseries?from=-30d&step=1d",
+    "q_hourly_7d_ms": "/v1/timeseries?from=-7d&step=1h",
+    "q_top_urls_30d_ms": "/v1/top?dim=url&from=-30d&limit=100",
+    "q_summary_24h_ms": "/v1/summary?from=-24h",
+}
+
+
+def query_times(ports):
+    """Median of 7 timings of each query (after one warm-up), in ms."""
+    out = {}
+    for name, q in QUERIES.items():
+        times = []
+        for i in range(8):
+            c = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=30)
+            t = time.perf_counter()
+            c.request("GET", q)
+            resp = c.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise SystemExit("%s answered %d" % (q, resp.status))
+            if i:
+                times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        out[name] = times[len(times) // 2]
+    return out
+
+
+def msum(m, name):
+    return sum(v for k, v in m.items() if k == name or k.startswith(name + "{"))
+
+
+def memory_after_checkpoint(a, p, ports, data):
+    """Waits for the first checkpoint after `complete` (it seals what closed), then reads memory."""
+    t = time.perf_counter()
+    deadline = t + a.timeout
+    while msum(metrics(ports["http"]), "pixeld_agg_checkpoints_total") < 1 and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    first_checkpoint = time.perf_counter() - t
+    time.sleep(2.5)  # the memory gauges are published every 2 s
+    m = metrics(ports["http"])
+    rss = 0
+    with open("/proc/%d/status" % p.pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+    store = 0
+    for root, _, files in os.walk(os.path.join(data, "agg")):
+        for name in files:
+            try:
+                store += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    mb = 1 << 20
+    return {"first_checkpoint_s": first_checkpoint,
+            "checkpoint_hold_ms": msum(m, "pixeld_agg_checkpoint_encode_max_seconds") * 1000,
+            "rss_mb": rss / mb, "agg_mb": msum(m, "pixeld_agg_memory_bytes") / mb,
+            "sealed_mb": msum(m, "pixeld_agg_sealed_bytes") / mb,
+            "sealed_files": msum(m, "pixeld_agg_sealed_files"), "store_mb": store / mb}
 
 
 def fill(a, data, n, shards):
@@ -167,9 +240,14 @@ def main():
                 for kind, r in (("no store", first), ("clean stop", clean), ("kill -9", killed)):
                     r.update({"records": n, "shards": shards, "after": kind})
                     log("%9d records, %d shard(s), after %-10s ports: http %.2f s, tcp %.2f s, udp %.2f s; "
-                        "ready %.2f s; complete %.2f s (catch-up %.2f s); cpu %.2f s"
+                        "ready %.2f s; complete %.2f s (catch-up %.2f s); cpu %.2f s; rss %.0f MB, agg heap %.0f MB, "
+                        "sealed %.0f MB in %d files, store %.0f MB"
                         % (n, shards, kind, r["http_s"], r["tcp_s"], r["udp_s"], r["ready_s"], r["complete_s"],
-                           r["rebuild_s"], r["cpu_s"]))
+                           r["rebuild_s"], r["cpu_s"], r["rss_mb"], r["agg_mb"], r["sealed_mb"], r["sealed_files"],
+                           r["store_mb"]))
+                    log("    first checkpoint after complete: written after %.2f s, executor held at most %.1f ms"
+                        % (r["first_checkpoint_s"], r["checkpoint_hold_ms"]))
+                    log("    queries (median of 7, ms): " + ", ".join("%s %.1f" % (k[2:-3], r[k]) for k in QUERIES))
                     results.append(r)
                 shutil.rmtree(data, ignore_errors=True)
     finally:

@@ -117,6 +117,7 @@ pub struct RawLog {
 pub struct RawAgg {
     pub minute_window: String,
     pub hour_window: String,
+    pub day_window: String,
     pub future_allowance: String,
     pub heartbeat_seconds: u32,
     pub url_keep_query: Vec<String>,
@@ -648,6 +649,7 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
     let agg = crate::agg::AggConfig {
         minute_window: whole("agg.minute_window", &a.minute_window, 60, 60, 31 * 24 * 60)?,
         hour_window: whole("agg.hour_window", &a.hour_window, 3600, 1, 3 * 366 * 24)?,
+        day_window: whole("agg.day_window", &a.day_window, 86400, 1, 100 * 366)?,
         future_minutes: whole("agg.future_allowance", &a.future_allowance, 60, 1, 24 * 60)?,
         event: crate::parse::event::EventConfig {
             fields: f.clone(),
@@ -680,6 +682,15 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
             "agg.minute_window",
             format!(
                 "is longer than agg.hour_window ({:?}); the hour buckets must cover the minute buckets",
+                a.hour_window
+            ),
+        ));
+    }
+    if agg.day_window * 24 < agg.hour_window {
+        return Err(c.invalid(
+            "agg.day_window",
+            format!(
+                "is shorter than agg.hour_window ({:?}); the day buckets must cover the hour buckets",
                 a.hour_window
             ),
         ));

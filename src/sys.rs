@@ -47,3 +47,18 @@ fn affinity_cpus() -> Vec<usize> {
             .collect()
     }
 }
+
+/// RFC 3339 (UTC, whole minutes: `2026-11-22T01:39:00Z`) of a minute since the epoch.
+pub fn minute_rfc3339(minute: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(minute * 60) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:00Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        ),
+        Err(_) => String::new(),
+    }
+}

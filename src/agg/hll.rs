@@ -144,6 +144,82 @@ impl Uniques {
     }
 }
 
+/// A sketch from its serialized parts (`cardinality-estimator`'s serde form: the data word and
+/// the words of its array or HyperLogLog representation), without a serde format in between:
+/// a minimal deserializer hands the crate the tuple it asks for. None when the crate refuses
+/// them (damaged bytes).
+pub fn sketch_from_parts(data: u64, words: Option<Vec<u32>>) -> Option<Sketch> {
+    use serde::Deserialize as _;
+    Sketch::deserialize(parts::Parts { data, words }).ok()
+}
+
+mod parts {
+    //! The deserializer behind [`super::sketch_from_parts`]: a 2-tuple of a `u64` and an
+    //! optional sequence of `u32`.
+    use serde::de::value::{Error, SeqDeserializer, U64Deserializer};
+    use serde::de::{DeserializeSeed, Deserializer, IntoDeserializer, SeqAccess, Visitor};
+    use serde::forward_to_deserialize_any;
+
+    pub struct Parts {
+        pub data: u64,
+        pub words: Option<Vec<u32>>,
+    }
+
+    impl<'de> Deserializer<'de> for Parts {
+        type Error = Error;
+        fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
+            v.visit_seq(Seq {
+                data: Some(self.data),
+                words: Some(self.words),
+            })
+        }
+        forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+            identifier ignored_any
+        }
+    }
+
+    struct Seq {
+        data: Option<u64>,
+        words: Option<Option<Vec<u32>>>,
+    }
+
+    impl<'de> SeqAccess<'de> for Seq {
+        type Error = Error;
+        fn next_element_seed<T: DeserializeSeed<'de>>(
+            &mut self,
+            seed: T,
+        ) -> Result<Option<T::Value>, Error> {
+            if let Some(d) = self.data.take() {
+                let de: U64Deserializer<Error> = d.into_deserializer();
+                return seed.deserialize(de).map(Some);
+            }
+            match self.words.take() {
+                Some(w) => seed.deserialize(Words(w)).map(Some),
+                None => Ok(None),
+            }
+        }
+    }
+
+    struct Words(Option<Vec<u32>>);
+
+    impl<'de> Deserializer<'de> for Words {
+        type Error = Error;
+        fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
+            match self.0 {
+                None => v.visit_none(),
+                Some(w) => v.visit_some(SeqDeserializer::<_, Error>::new(w.into_iter())),
+            }
+        }
+        forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+            identifier ignored_any
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +280,29 @@ mod tests {
             assert!(owner_of_key(1, &i.to_string(), 4) < 4);
         }
         assert!(seen.iter().all(|&c| c > 2000), "{seen:?}");
+    }
+
+    /// The direct decode gives the sketch a round trip through JSON gives, in every
+    /// representation (small, array, HyperLogLog).
+    #[test]
+    fn sketch_from_parts_matches_serde_json() {
+        for n in [1u64, 2, 50, 1000, 40_000] {
+            let mut s = Sketch::new();
+            for i in 0..n {
+                s.insert_hash(vid_hash(&i.to_string()));
+            }
+            let (data, words): (u64, Option<Vec<u32>>) =
+                serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+            let data = if words.is_some() { data & 3 } else { data };
+            let json: Sketch =
+                serde_json::from_value(serde_json::json!([data, words.clone()])).unwrap();
+            let direct = sketch_from_parts(data, words).unwrap();
+            assert_eq!(direct.estimate(), json.estimate(), "n={n}");
+            assert_eq!(
+                Uniques::Sketch(Box::new(direct)).canonical(),
+                Uniques::Sketch(Box::new(json)).canonical(),
+                "n={n}"
+            );
+        }
     }
 }

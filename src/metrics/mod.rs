@@ -140,6 +140,9 @@ pub struct AggStats {
     pub url_cells: AtomicU64,
     pub url_cell_bytes: AtomicU64,
     pub memory_bytes: AtomicU64,
+    /// Gauges: sealed hour and day files mapped, and their bytes.
+    pub sealed_files: AtomicU64,
+    pub sealed_bytes: AtomicU64,
     /// Query durations: counts per bucket of [`QUERY_BUCKETS`] (+Inf last), and their sum.
     query_buckets: [AtomicU64; QUERY_BUCKETS.len() + 1],
     pub query_nanos: AtomicU64,
@@ -671,6 +674,16 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_agg_memory_bytes",
         "Approximate heap bytes of the aggregates (tables, sketches, key names).",
         sum(&|s| ShardStats::get(&s.agg.memory_bytes)),
+    );
+    p.gauge(
+        "pixeld_agg_sealed_files",
+        "Closed hours and days sealed into immutable files and mapped (agg/shard-NNN/sealed/).",
+        sum(&|s| ShardStats::get(&s.agg.sealed_files)),
+    );
+    p.gauge(
+        "pixeld_agg_sealed_bytes",
+        "Bytes of the sealed hour and day files (read in place: page cache, not heap).",
+        sum(&|s| ShardStats::get(&s.agg.sealed_bytes)),
     );
     let mut qb = vec![0u64; QUERY_BUCKETS.len() + 1];
     for s in all {

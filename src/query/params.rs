@@ -68,20 +68,7 @@ pub struct Range {
     pub to: i64,
 }
 
-/// RFC 3339 (UTC, whole minutes: `2026-11-22T01:39:00Z`) of a minute since the epoch.
-pub fn minute_rfc3339(minute: i64) -> String {
-    match OffsetDateTime::from_unix_timestamp(minute * 60) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:00Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute()
-        ),
-        Err(_) => String::new(),
-    }
-}
+pub use crate::sys::minute_rfc3339;
 
 /// Parses a time parameter into ms since the epoch.
 pub fn parse_time(param: &str, v: &str, now_ms: i64) -> Result<i64, BadParam> {
@@ -164,23 +151,28 @@ fn range(
             "must be after `from` (and not in the future beyond the allowance)",
         ));
     }
-    let hour_floor = (now_min.div_euclid(60) - cfg.hour_window) * 60;
-    if from < hour_floor {
+    let day_floor = (now_min.div_euclid(1440) - cfg.day_window) * 1440;
+    if from < day_floor {
         return Err(bad(
             "from",
             format!(
-                "older than the aggregates keep (hour_window {} h): the earliest is {}",
-                cfg.hour_window,
-                minute_rfc3339(hour_floor)
+                "older than the aggregates keep (day_window {} d): the earliest is {}",
+                cfg.day_window,
+                minute_rfc3339(day_floor)
             ),
         ));
     }
+    // Older parts exist only as coarser buckets: widen to whole days before the hour
+    // window, to whole hours before the minute window (UTC).
+    let hour_floor = (now_min.div_euclid(60) - cfg.hour_window) * 60;
     let minute_floor = now_min - cfg.minute_window;
-    if from < minute_floor {
-        from = from.div_euclid(60) * 60;
-    }
-    if to < minute_floor {
-        to = (to + 59).div_euclid(60) * 60;
+    for (floor, width) in [(hour_floor, 1440), (minute_floor, 60)] {
+        if from < floor {
+            from = from.div_euclid(width) * width;
+        }
+        if to < floor {
+            to = (to + width - 1).div_euclid(width) * width;
+        }
     }
     Ok(Range { from, to })
 }
@@ -302,6 +294,17 @@ fn parse_series(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Req
     };
     let mut r = range(&p, now_ms, cfg, "-1h")?;
     let now_min = now_ms.div_euclid(60_000);
+    let hour_floor = (now_min.div_euclid(60) - cfg.hour_window) * 60;
+    if step < 1440 && r.from < hour_floor {
+        return Err(bad(
+            "step",
+            format!(
+                "{} is finer than a day, but the range starts before the hour window ({} d); use step=1d",
+                step_name(step),
+                cfg.hour_window / 24
+            ),
+        ));
+    }
     if step < 60 && r.from < now_min - cfg.minute_window {
         return Err(bad(
             "step",
@@ -403,7 +406,7 @@ mod tests {
             ("limit=0", "limit"),
             ("limit=1001", "limit"),
             ("limit=x", "limit"),
-            ("from=-40d", "from"),
+            ("from=-401d", "from"),
             ("from=now&to=-1h", "to"),
             ("bogus=1", "bogus"),
             ("limit=1&limit=2", "limit"),
@@ -461,6 +464,35 @@ mod tests {
             panic!()
         };
         assert_eq!((step, range.from % 60, range.to % 60), (60, 0, 0));
+        // Before the hour window (35 d): whole days, steps of a day, back to day_window.
+        let r = parse("/v1/summary", Some("from=-60d&to=-50d"), NOW, &cfg())
+            .unwrap()
+            .unwrap();
+        let Request::Summary { range, .. } = r else {
+            panic!()
+        };
+        assert_eq!((range.from % 1440, range.to % 1440), (0, 0));
+        assert_eq!(
+            (range.to - range.from) / 1440,
+            11,
+            "-60d..-50d rounded out to whole days"
+        );
+        let e = parse("/v1/timeseries", Some("from=-60d&step=1h"), NOW, &cfg())
+            .unwrap()
+            .unwrap_err();
+        assert!(e.reason.contains("step=1d"), "{e:?}");
+        assert!(
+            parse("/v1/timeseries", Some("from=-60d&step=1d"), NOW, &cfg())
+                .unwrap()
+                .is_ok()
+        );
+        let e = parse("/v1/summary", Some("from=-500d"), NOW, &cfg())
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.param == "from" && e.reason.contains("day_window"),
+            "{e:?}"
+        );
         let e = parse("/v1/timeseries", Some("step=2m"), NOW, &cfg())
             .unwrap()
             .unwrap_err();

@@ -17,8 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use super::Router;
-use crate::agg::store::{StoreError, Writer};
+use crate::agg::store::{Pending, StoreError, Writer};
+use crate::agg::Res;
 use crate::metrics::ShardStats;
 
 /// How long a checkpoint waits for the sources' logs to make its offsets durable.
@@ -36,7 +39,9 @@ pub enum CheckpointError {
 }
 
 /// Takes one checkpoint now (when anything changed); Ok(false) when there was nothing to
-/// write.
+/// write. Hours and days that closed are sealed into their files by it (written before the
+/// checkpoint that lists them, mapped once it is durable; handed back to memory if it fails),
+/// and sealed files that left their window are deleted once it no longer lists them.
 pub async fn checkpoint_once(
     router: &Rc<Router>,
     writer: &mut Writer,
@@ -45,22 +50,72 @@ pub async fn checkpoint_once(
 ) -> Result<bool, CheckpointError> {
     let s = &router.stats.agg;
     let t = Instant::now();
+    let now_min = super::now_minute();
     let applied = router.applied_vector();
-    let snapshot = {
+    let (snapshot, retired) = {
         let mut agg = router.agg.borrow_mut();
-        if !agg.is_dirty() && writer.written_applied() == Some(applied.as_slice()) {
+        if !agg.is_dirty(now_min) && writer.written_applied() == Some(applied.as_slice()) {
             return Ok(false);
         }
-        writer.snapshot(&mut agg, applied)
+        let snap = writer.snapshot(&mut agg, applied, now_min);
+        (snap, agg.take_retired())
     };
     // The executor is held only for the copy; the encode runs on glommio's blocking pool (a
     // thread that is not pinned), so ingest and queries go on meanwhile.
     let held = t.elapsed().as_nanos() as u64;
     s.checkpoint_max_nanos.fetch_max(held, Ordering::Relaxed);
-    let pending = glommio::executor()
+    let mut pending = glommio::executor()
         .spawn_blocking(move || snapshot.encode())
         .await;
     ShardStats::add(&s.checkpoint_nanos, t.elapsed().as_nanos() as u64);
+    let written = match write(&pending, writer, all_stats, durable_wait).await {
+        Ok(w) => w,
+        Err(e) => {
+            let mut agg = router.agg.borrow_mut();
+            agg.seals_failed(std::mem::take(&mut pending.seals));
+            agg.retire(retired);
+            return Err(e);
+        }
+    };
+    // Mapping reads every byte of the new files (the CRC): off the executor too.
+    let (owner, names) = (router.shard() as u32, router.agg.borrow().name_counts());
+    let opened = if written.is_empty() {
+        Vec::new()
+    } else {
+        glommio::executor()
+            .spawn_blocking(move || crate::agg::open_sealed_files(&written, owner, names))
+            .await
+    };
+    let problems = router.agg.borrow_mut().seals_mapped(opened);
+    for p in &problems {
+        eprintln!("pixeld: shard {}: {p}", router.shard());
+    }
+    ShardStats::add(&s.store_problems, problems.len() as u64);
+    for path in retired {
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!(
+                    "pixeld: shard {}: cannot delete {}, which left its window: {e}",
+                    router.shard(),
+                    path.display()
+                );
+            }
+        }
+    }
+    ShardStats::add(&s.checkpoints, 1);
+    ShardStats::add(&s.checkpoint_bytes, pending.len() as u64);
+    s.checkpoint_last_ns
+        .store(crate::sys::now_ns(), Ordering::Relaxed);
+    Ok(true)
+}
+
+/// Waits until the sources' logs made `pending`'s offsets durable, then writes it.
+async fn write(
+    pending: &Pending,
+    writer: &mut Writer,
+    all_stats: &[Arc<ShardStats>],
+    durable_wait: Duration,
+) -> Result<Vec<(Res, i64, PathBuf)>, CheckpointError> {
     let deadline = Instant::now() + durable_wait;
     for (src, &offset) in pending.applied.iter().enumerate() {
         let Some(stats) = all_stats.get(src) else {
@@ -76,13 +131,7 @@ pub async fn checkpoint_once(
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
     }
-    let bytes = pending.len() as u64;
-    writer.commit(pending).await?;
-    ShardStats::add(&s.checkpoints, 1);
-    ShardStats::add(&s.checkpoint_bytes, bytes);
-    s.checkpoint_last_ns
-        .store(crate::sys::now_ns(), Ordering::Relaxed);
-    Ok(true)
+    Ok(writer.commit(pending).await?)
 }
 
 /// Checkpoints as soon as this owner's catch-up is complete, then every `interval`, until
@@ -159,7 +208,7 @@ pub async fn at_stop(router: &Rc<Router>, writer: &mut Writer, all_stats: &[Arc<
 #[cfg(test)]
 mod tests {
     use crate::agg::store::format::{decode_into, encode, Header, Kind};
-    use crate::agg::{AggConfig, Aggregates, Inc};
+    use crate::agg::{AggConfig, Aggregates, Inc, Res};
     use crate::metrics::AggStats;
     use crate::parse::event::EventParser;
     use crate::route::{increments, Window};
@@ -202,13 +251,13 @@ mod tests {
     }
 
     fn same(a: &Aggregates, b: &Aggregates) -> Result<(), TestCaseError> {
-        for hour in [false, true] {
-            for n in a.bucket_numbers_of_both(b, hour) {
+        for res in [Res::Minute, Res::Hour, Res::Day] {
+            for n in a.bucket_numbers_of_both(b, res) {
                 prop_assert_eq!(
-                    a.bucket_lines(hour, n),
-                    b.bucket_lines(hour, n),
-                    "hour {} bucket {}",
-                    hour,
+                    a.bucket_lines(res, n),
+                    b.bucket_lines(res, n),
+                    "{:?} bucket {}",
+                    res,
                     n
                 );
             }
@@ -247,7 +296,7 @@ mod tests {
             let cfg = AggConfig::default();
             let now = (now_ms / 60_000) as i64;
             let probe = Aggregates::new(cfg.clone());
-            let window = Window { floor: probe.hour_floor(now), future: cfg.future_minutes };
+            let window = Window { floor: probe.day_floor(now), future: cfg.future_minutes };
             let incs = increments_of(&lines, shards, window, now_ms * 1_000_000);
             // The generated lines parse and reach both tiers.
             prop_assert!(incs.iter().map(Vec::len).sum::<usize>() >= 2 * n);
@@ -262,6 +311,7 @@ mod tests {
                 let mut live = Aggregates::new(cfg.clone());
                 apply(&mut live, owner, &incs[..a], now);
                 let header = |kind, seq, parent| Header {
+                    version: crate::agg::store::format::VERSION,
                     kind, shards: shards as u32, owner: owner as u32, seq, parent,
                     fingerprint: 1, written_ns: 0, applied: vec![0; shards],
                 };

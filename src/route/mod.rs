@@ -82,7 +82,7 @@ pub fn now_minute() -> i64 {
     (crate::sys::now_ns() / 60_000_000_000) as i64
 }
 
-/// Which event minutes aggregate at the current time: from `floor` (the hour window's
+/// Which event minutes aggregate at the current time: from `floor` (the day window's
 /// start) to `future` minutes past the receive time.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
@@ -287,7 +287,7 @@ impl Router {
         let (now, future, floor) = {
             let agg = self.agg.borrow();
             let now = self.now_min.get();
-            (now, agg.cfg.future_minutes, agg.hour_floor(now))
+            (now, agg.cfg.future_minutes, agg.day_floor(now))
         };
         let window = Window { floor, future };
         increments(
@@ -460,6 +460,8 @@ impl Router {
         s.memory_bytes.store(m.bytes, Ordering::Relaxed);
         s.url_cells.store(m.url_cells, Ordering::Relaxed);
         s.url_cell_bytes.store(m.url_cell_bytes, Ordering::Relaxed);
+        s.sealed_files.store(m.sealed_files, Ordering::Relaxed);
+        s.sealed_bytes.store(m.sealed_bytes, Ordering::Relaxed);
         s.stale_incs.store(agg.stale, Ordering::Relaxed);
     }
 

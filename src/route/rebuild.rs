@@ -62,7 +62,7 @@ pub async fn rebuild(
         ReplayFrom::Window => {
             let (floor_min, future) = {
                 let a = router.agg.borrow();
-                (a.hour_floor(now_minute()), a.cfg.future_minutes)
+                (a.day_floor(now_minute()), a.cfg.future_minutes)
             };
             Start::Time(((floor_min - future).max(0) as u64) * 60_000_000_000)
         }

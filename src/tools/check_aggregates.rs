@@ -15,7 +15,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use crate::agg::store;
-use crate::agg::{AggConfig, Aggregates};
+use crate::agg::{AggConfig, Aggregates, Res};
 use crate::log::reader::{ShardReader, Start};
 use crate::metrics::AggStats;
 use crate::parse::event::EventParser;
@@ -27,7 +27,8 @@ pub struct AggCheck {
     /// Per owner: the newest checkpoint loaded and its applied vector.
     pub owners: Vec<(u64, Vec<u64>)>,
     pub records: u64,
-    pub buckets: u64,
+    /// Buckets compared: minutes, hours, days.
+    pub buckets: [u64; 3],
     /// The first minute compared (earlier buckets were not fully in the retained logs).
     pub from_minute: i64,
     /// What makes the check fail besides a difference (an owner with no usable checkpoint,
@@ -61,10 +62,12 @@ impl AggCheck {
         }
         let _ = writeln!(
             s,
-            "{} shards: {} records recomputed, {} buckets compared from {}: {}",
+            "{} shards: {} records recomputed, {} minute, {} hour and {} day buckets compared from {}: {}",
             self.shards,
             self.records,
-            self.buckets,
+            self.buckets[0],
+            self.buckets[1],
+            self.buckets[2],
             crate::query::params::minute_rfc3339(self.from_minute),
             match &self.first_difference {
                 None if self.problems.is_empty() => "OK".to_string(),
@@ -129,27 +132,26 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
     out.problems.extend(rc.problems);
     let (expected, from_minute) = (rc.expected, rc.from_minute);
     out.from_minute = from_minute;
-    // Compare, owner by owner, minutes then hours.
+    // Compare, owner by owner, minutes, hours, then days (a sealed day against its hours
+    // recomputed from the log).
     'owners: for (o, (l, e)) in loaded.iter().zip(&expected).enumerate() {
-        for hour in [false, true] {
-            let (floor, width) = if hour {
-                (
-                    from_minute.div_euclid(60) + i64::from(from_minute.rem_euclid(60) != 0),
-                    60,
-                )
+        for res in [Res::Minute, Res::Hour, Res::Day] {
+            let width = res.width();
+            let floor = if res == Res::Minute {
+                from_minute.max(e.minute_floor(now))
             } else {
-                (from_minute.max(e.minute_floor(now)), 1)
+                from_minute.div_euclid(width) + i64::from(from_minute.rem_euclid(width) != 0)
             };
-            let numbers = l.agg.bucket_numbers_of_both(e, hour);
+            let numbers = l.agg.bucket_numbers_of_both(e, res);
             for b in numbers.into_iter().filter(|&b| b >= floor) {
-                out.buckets += 1;
-                let (have, want) = (l.agg.bucket_lines(hour, b), e.bucket_lines(hour, b));
+                out.buckets[res.code() as usize] += 1;
+                let (have, want) = (l.agg.bucket_lines(res, b), e.bucket_lines(res, b));
                 if have != want {
                     let missing = want.iter().find(|w| !have.contains(w));
                     let extra = have.iter().find(|h| !want.contains(h));
                     out.first_difference = Some(format!(
                         "owner {o}, {} bucket {}: the log gives {} but the store has {}",
-                        if hour { "hour" } else { "minute" },
+                        res.as_str(),
                         crate::query::params::minute_rfc3339(b * width),
                         missing.map_or("nothing more", |s| s.as_str()),
                         extra.map_or("nothing more", |s| s.as_str()),
@@ -190,7 +192,7 @@ pub fn recompute(
     };
     let mut expected: Vec<Aggregates> = (0..n).map(|_| Aggregates::new(cfg.clone())).collect();
     let window = crate::route::Window {
-        floor: expected[0].hour_floor(now),
+        floor: expected[0].day_floor(now),
         future: cfg.future_minutes,
     };
     let stats = AggStats::default();

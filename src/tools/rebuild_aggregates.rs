@@ -17,7 +17,7 @@
 use std::path::Path;
 
 use crate::agg::store::{self, format};
-use crate::agg::AggConfig;
+use crate::agg::{AggConfig, Res};
 use crate::tools::check_aggregates::{owners, recompute};
 
 /// Why nothing was rebuilt.
@@ -103,8 +103,9 @@ pub fn rebuild_aggregates(
     let fingerprint = store::fingerprint(cfg);
     for (o, (l, e)) in loaded.iter_mut().zip(&rc.expected).enumerate() {
         let agg = &mut l.agg;
-        for hour in [false, true] {
-            let numbers = agg.bucket_numbers_of_both(e, hour);
+        for res in [Res::Minute, Res::Hour] {
+            let hour = res == Res::Hour;
+            let numbers = agg.bucket_numbers_of_both(e, res);
             for b in numbers {
                 let inside = if hour {
                     b * 60 >= lo && b.saturating_add(1).saturating_mul(60) <= hi
@@ -112,7 +113,7 @@ pub fn rebuild_aggregates(
                     b >= lo && b < hi && b >= agg.minute_floor(now)
                 };
                 if inside {
-                    agg.replace_bucket(e, hour, b);
+                    agg.replace_bucket(e, res, b, now);
                     if hour {
                         out.hour_buckets += 1;
                     } else {
@@ -125,6 +126,7 @@ pub fn rebuild_aggregates(
         let bytes = format::encode(
             agg,
             &format::Header {
+                version: format::VERSION,
                 kind: format::Kind::Base,
                 shards: n as u32,
                 owner: o as u32,
@@ -137,6 +139,11 @@ pub fn rebuild_aggregates(
         );
         out.written
             .push(store::write_offline(data_dir, o, seq, &bytes)?);
+        // Sealed hours that were recomputed, and days to seal again from their hours: the
+        // new base no longer lists their files.
+        for path in agg.take_retired() {
+            let _ = std::fs::remove_file(path);
+        }
     }
     Ok(out)
 }

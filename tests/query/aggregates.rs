@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::common::{self, http, Server};
 
-const CONFIG: &str = "[agg]\nminute_window = \"2h\"\nhour_window = \"3h\"\n";
+const CONFIG: &str = "[agg]\nminute_window = \"2h\"\nhour_window = \"3h\"\nday_window = \"1d\"\n";
 const MIN_MS: i64 = 60_000;
 
 // ---------------------------------------------------------------------------------------------
@@ -821,7 +821,8 @@ impl Gen {
         };
         let roll = self.rng.gen_range(0..1000);
         let t = match roll {
-            0..=5 => self.now_ms - self.rng.gen_range(250 * MIN_MS..400 * MIN_MS),
+            // Before the day window (yesterday and today, UTC).
+            0..=5 => self.now_ms - self.rng.gen_range(3 * 1440 * MIN_MS..4 * 1440 * MIN_MS),
             6..=11 => self.now_ms + self.rng.gen_range(10 * MIN_MS..120 * MIN_MS),
             _ => self.time_in(),
         };
@@ -1685,7 +1686,8 @@ fn bad_parameters_are_400_naming_the_parameter() {
         ("/v1/top?from=1e99", "from"),
         ("/v1/top?from=99999999999999999999", "from"),
         ("/v1/top?from=-999999999999999d", "from"),
-        ("/v1/top?from=-4h", "from"),
+        ("/v1/top?from=-401d", "from"),
+        ("/v1/timeseries?step=1h&from=-4h", "step"),
         ("/v1/top?from=now&to=-1h", "to"),
         ("/v1/top?site=", "site"),
         ("/v1/top?bogus=1", "bogus"),

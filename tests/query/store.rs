@@ -7,6 +7,10 @@
 //!   answer in between says whether it is complete;
 //! - `pixeld rebuild-aggregates` recomputes the store under a changed config (the whole range
 //!   the logs hold, or `--from`/`--to`), keeps the rest, and the next start loads it;
+//! - closed hours and days are sealed into mapped files and answer exactly what memory
+//!   answered (a server that never seals, fed the same hits, is the reference), late events
+//!   for a sealed day included, across a restart, `check --aggregates` and log retention; days
+//!   older than the hour window are answered from the day tier;
 //! - the shard count can grow between runs (the store is rebuilt from every log, said on
 //!   stderr, answers unchanged) and is refused, naming the fix, when it would shrink below a
 //!   log that holds records.
@@ -80,6 +84,11 @@ fn hits(seed: u64, n: usize) -> Vec<u8> {
 
 fn hits_with(seed: u64, n: usize, cfg: pixeld::tools::gen::GenConfig) -> Vec<u8> {
     let start = (pixeld::route::now_minute() as u64 - 120) * 60_000;
+    hits_from(seed, n, start, cfg)
+}
+
+/// `n` generated hits from `seed`, stamped from `start` (ms since the epoch) on.
+fn hits_from(seed: u64, n: usize, start: u64, cfg: pixeld::tools::gen::GenConfig) -> Vec<u8> {
     let mut g = pixeld::tools::gen::HitGenerator::with_config(seed, start, cfg);
     let mut out = Vec::new();
     let mut l = Vec::new();
@@ -433,4 +442,122 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(&p, to.join(e.file_name())).unwrap();
         }
     }
+}
+
+/// Minute window 1 h, hour window 48 h, day window 30 d, checkpoints (which seal) every 200 ms.
+const TIERS: &str = "[log]\ncompression = \"none\"\nsegment_max_bytes = \"64KiB\"\n\
+                     [agg]\nminute_window = \"1h\"\nhour_window = \"48h\"\nday_window = \"30d\"\n\
+                     checkpoint_interval = \"200ms\"\n";
+
+/// Answers over the last four whole days (days, hours, tops) at `t0` (a minute).
+fn tier_answers(s: &Server, t0: i64) -> Vec<String> {
+    let d0 = (t0.div_euclid(1440) - 4) * 1440 * 60;
+    let h0 = (t0.div_euclid(60) - 40) * 3600;
+    let to = (t0 + 10) * 60;
+    [
+        format!("/v1/summary?from={d0}&to={to}"),
+        format!("/v1/timeseries?from={d0}&to={to}&step=1d"),
+        format!("/v1/timeseries?from={h0}&to={to}&step=1h"),
+        format!("/v1/top?dim=url&from={d0}&to={to}&limit=300"),
+        format!("/v1/top?dim=ref_domain&from={d0}&to={to}&limit=300"),
+        format!("/v1/top?dim=site&from={d0}&to={to}"),
+        format!("/v1/summary?from={h0}&to={to}"),
+    ]
+    .iter()
+    .map(|q| {
+        let (st, _, body) = common::http(s.http, "GET", q, &[], b"");
+        assert_eq!(st, 200, "{q}: {}", String::from_utf8_lossy(&body));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["complete"], Value::Bool(true), "{q}");
+        String::from_utf8(body).unwrap()
+    })
+    .collect()
+}
+
+fn sealed_files(data: &Path) -> Vec<String> {
+    let mut v: Vec<String> = (0..2)
+        .flat_map(|o| {
+            std::fs::read_dir(data.join(format!("agg/shard-{o:03}/sealed")))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn closed_hours_and_days_are_sealed_and_answer_as_memory_did() {
+    let tmp = common::tempdir();
+    let (data, plain) = (tmp.path().join("sealed"), tmp.path().join("plain"));
+    let t0 = pixeld::route::now_minute();
+    let gen = |ms_per_event: f64| pixeld::tools::gen::GenConfig {
+        visitors: 3000,
+        urls_per_site: 60,
+        late_share: 0.1,
+        late_max_ms: 6 * 3_600_000,
+        ms_per_event,
+        ..pixeld::tools::gen::GenConfig::default()
+    };
+    // Four days of hits up to now: the oldest two are older than the hour window.
+    let start = ((t0.div_euclid(1440) - 4) * 1440) as u64 * 60_000;
+    let span = (t0 as u64 * 60_000 - start) as f64;
+    let body = hits_from(3, 16_000, start, gen(span / 16_000.0));
+    let s = start_with(&data, TIERS, 2);
+    // The reference never checkpoints after its first (empty) one, so it never seals.
+    let p = start_with(&plain, &TIERS.replace("200ms", "24h"), 2);
+    post_all(&s, &body);
+    post_all(&p, &body);
+    let sealed_by = std::time::Instant::now() + Duration::from_secs(20);
+    while common::metric_sum(&common::metrics(s.http), "pixeld_agg_sealed_files") < 10 {
+        assert!(std::time::Instant::now() < sealed_by, "nothing sealed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let files = sealed_files(&data);
+    assert!(
+        files.iter().any(|f| f.starts_with("day-")) && files.iter().any(|f| f.starts_with("hour-")),
+        "{files:?}"
+    );
+    assert!(sealed_files(&plain).is_empty());
+    assert_eq!(
+        common::metric_sum(&common::metrics(p.http), "pixeld_agg_sealed_files"),
+        0
+    );
+    let want = tier_answers(&p, t0);
+    assert!(
+        tier_answers(&s, t0) == want,
+        "sealed answers differ from memory's"
+    );
+    // Late hits for sealed days and hours (two and three days ago), after they were sealed.
+    let late = hits_from(
+        4,
+        2000,
+        start + 86_400_000,
+        gen(2.0 * 86_400_000.0 / 2000.0),
+    );
+    post_all(&s, &late);
+    post_all(&p, &late);
+    std::thread::sleep(Duration::from_millis(600));
+    let want = tier_answers(&p, t0);
+    assert!(tier_answers(&s, t0) == want, "late hits for sealed buckets");
+    stop(p);
+    stop(s);
+    // A restart maps the files; the late hits come back from the checkpoint chain.
+    let s = start_with(&data, TIERS, 2);
+    assert!(tier_answers(&s, t0) == want, "after a restart");
+    stop(s);
+    let (ok, report) = common::check_aggregates(&data, Some(TIERS));
+    assert!(ok, "{report}");
+    assert!(!report.contains(" 0 day buckets"), "{report}");
+    // Retention deletes most of the logs; the days and hours stay.
+    let retained = TIERS.replace("[agg]", "retention_bytes = \"1MiB\"\n[agg]");
+    let s = start_with(&data, &retained, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let m = common::metrics(s.http);
+    assert!(common::metric_sum(&m, "pixeld_log_segments_deleted_total") > 0);
+    assert!(tier_answers(&s, t0) == want, "after retention");
+    stop(s);
 }

@@ -11,7 +11,9 @@
 //!   every 200 ms (`agg.checkpoint_interval = "200ms"`) plus the log replayed after them —
 //!   (`/v1/summary`, `/v1/top`) equal a reference the test computes from the log records
 //!   itself, with its own parser; and after the final clean stop `pixeld check --aggregates`
-//!   finds the store equal, bucket by bucket, to a recomputation from the log.
+//!   finds the store equal, bucket by bucket, to a recomputation from the log. A third of the
+//!   lines are stamped three days back, one more hour back per cycle, so that closed hours and
+//!   days are sealed into files during the cycles (and kills land during sealing too).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -48,8 +50,15 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn line(id: &str, n: u64) -> String {
-    let ms = now_ms();
+/// A line of `cycle`: a third stamped in a closed hour three days back (a new one each cycle,
+/// so that each cycle's checkpoints seal one), the rest now.
+fn line(id: &str, n: u64, cycle: u32) -> String {
+    let back = if n.is_multiple_of(3) {
+        (72 + u64::from(cycle)) * 3_600_000 + (n % 60) * 1000
+    } else {
+        0
+    };
+    let ms = now_ms() - back;
     format!(
         r#"{{"msec":{}.{:03},"url":"https://www.example.com/crash/{}","vid":"v{}","action":"pageview","id":"{id}"}}"#,
         ms / 1000,
@@ -162,7 +171,7 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
                     let chunk: String = (0..50)
                         .map(|_| {
                             n += 1;
-                            line(&format!("c{cycle}-tcp-{n}"), n) + "\n"
+                            line(&format!("c{cycle}-tcp-{n}"), n, cycle) + "\n"
                         })
                         .collect();
                     if c.write_all(chunk.as_bytes()).is_err() {
@@ -183,7 +192,7 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
                         n += 1;
                         let l = format!(
                             "<190>Nov 22 01:39:03 pixel: {}",
-                            line(&format!("c{cycle}-udp-{n}"), n)
+                            line(&format!("c{cycle}-udp-{n}"), n, cycle)
                         );
                         let _ = sock.send_to(l.as_bytes(), ("127.0.0.1", port));
                     }
@@ -206,7 +215,7 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
                     let body: String = ids
                         .iter()
                         .enumerate()
-                        .map(|(i, id)| line(id, n + i as u64) + "\n")
+                        .map(|(i, id)| line(id, n + i as u64, cycle) + "\n")
                         .collect();
                     match common::try_post_events(port, body.as_bytes()) {
                         Some(200) => acked.lock().unwrap().extend(ids),
@@ -291,7 +300,8 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
     let cut = recovery_cut(&s, torn, "last start");
     truncated_reported += cut;
     truncations += u32::from(cut > 0);
-    let from = "-2h";
+    // Back to the oldest stamp (widened to whole days): days, hours and minutes, sealed or not.
+    let from = format!("-{}h", 72 + cycles + 2);
     let (st, _, summary) = common::http(
         s.http,
         "GET",
@@ -319,6 +329,12 @@ fn kill_9_in_a_loop_loses_nothing_acknowledged_or_durable() {
     );
     let (ok, report) = common::check_aggregates(&data, Some(CONFIG));
     assert!(ok, "check --aggregates: {report}");
+    let sealed = (0..SHARDS)
+        .filter_map(|o| std::fs::read_dir(data.join(format!("agg/shard-{o:03}/sealed"))).ok())
+        .flat_map(|d| d.flatten())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "agb"))
+        .count();
+    assert!(sealed > 0, "no hour or day was sealed during the cycles");
 
     // The reference, from the log itself.
     let mut ids: HashMap<String, u32> = HashMap::new();

@@ -23,7 +23,8 @@ pub mod format;
 
 use std::path::{Path, PathBuf};
 
-use super::{AggConfig, Aggregates};
+use super::sealed::{self, SealedHeader};
+use super::{AggConfig, Aggregates, Res, SealJob};
 use format::{FormatError, Header, Kind};
 
 /// Why the store could not be written.
@@ -46,6 +47,11 @@ pub fn owner_dir(data_dir: &Path, owner: usize) -> PathBuf {
     data_dir
         .join("agg")
         .join(crate::log::format::shard_dir_name(owner))
+}
+
+/// The directory of owner `owner`'s sealed hours and days.
+pub fn sealed_dir(data_dir: &Path, owner: usize) -> PathBuf {
+    owner_dir(data_dir, owner).join("sealed")
 }
 
 fn file_name(seq: u64) -> String {
@@ -279,12 +285,13 @@ pub fn load_with(
             }
             match (failed, last) {
                 (None, Some((seq, h))) => {
-                    for m in agg.minutes.iter_mut() {
-                        m.1.dirty = false;
-                    }
-                    for m in agg.hours.iter_mut() {
-                        m.1.dirty = false;
-                    }
+                    agg.mark_clean();
+                    let now_min = (crate::sys::now_ns() / 60_000_000_000) as i64;
+                    problems.extend(agg.open_sealed(
+                        &sealed_dir(data_dir, owner),
+                        owner as u32,
+                        now_min,
+                    ));
                     return Loaded {
                         agg,
                         applied: Some(h.applied),
@@ -322,17 +329,36 @@ pub fn load_with(
 pub struct Snapshot {
     header: Header,
     agg: Aggregates,
+    /// The hours and days this checkpoint seals (their files are written before it).
+    pub seals: Vec<SealJob>,
 }
 
 impl Snapshot {
-    /// Encodes it (CPU only: no I/O, no shared state), stamped with the time of encoding.
+    /// Encodes it (CPU only: no I/O, no shared state), stamped with the time of encoding:
+    /// the checkpoint, and a sealed file per job (a day merged from its hours here).
     pub fn encode(mut self) -> Pending {
         self.header.written_ns = crate::sys::now_ns();
+        let sealed = self
+            .seals
+            .iter()
+            .map(|j| {
+                let h = SealedHeader {
+                    tier: j.tier,
+                    shards: self.header.shards,
+                    owner: self.header.owner,
+                    number: j.number,
+                    written_ns: self.header.written_ns,
+                };
+                (j.tier, j.number, sealed::encode(&h, &j.bucket()))
+            })
+            .collect();
         let bytes = format::encode_consuming(self.agg, &self.header);
         Pending {
             seq: self.header.seq,
             kind: self.header.kind,
             bytes,
+            sealed,
+            seals: self.seals,
             applied: self.header.applied,
         }
     }
@@ -343,12 +369,17 @@ pub struct Pending {
     seq: u64,
     kind: Kind,
     bytes: Vec<u8>,
+    /// Sealed files to write before the checkpoint: tier, number, bytes.
+    sealed: Vec<(Res, i64, Vec<u8>)>,
+    /// Their jobs, handed back to the state if the checkpoint fails.
+    pub seals: Vec<SealJob>,
     pub applied: Vec<u64>,
 }
 
 impl Pending {
+    /// Bytes of the checkpoint and its sealed files.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.bytes.len() + self.sealed.iter().map(|s| s.2.len()).sum::<usize>()
     }
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
@@ -403,15 +434,16 @@ impl Writer {
     /// The next checkpoint of `agg` at `applied`, copied out (see
     /// [`Aggregates::checkpoint_snapshot`]) and not yet encoded: the part that must run on the
     /// shard's executor, between two increments. [`Snapshot::encode`] may run on any thread.
-    pub fn snapshot(&mut self, agg: &mut Aggregates, applied: Vec<u64>) -> Snapshot {
+    pub fn snapshot(&mut self, agg: &mut Aggregates, applied: Vec<u64>, now_min: i64) -> Snapshot {
         let base = self.force_base || self.links > MAX_DELTAS || self.delta_bytes > self.base_bytes;
         let seq = self.seq + 1;
-        let snap = agg.checkpoint_snapshot(base);
+        let (snap, seals) = agg.checkpoint_snapshot(base, now_min);
         // Until this one is durable, another delta cannot follow it safely.
         let parent = if base { 0 } else { self.seq };
         self.force_base = true;
         Snapshot {
             header: Header {
+                version: format::VERSION,
                 kind: if base { Kind::Base } else { Kind::Delta },
                 shards: self.shards,
                 owner: self.owner,
@@ -422,17 +454,36 @@ impl Writer {
                 applied,
             },
             agg: snap,
+            seals,
         }
     }
 
-    /// Writes `p` durably; after a base, deletes the chains before the previous one. On error
-    /// the next checkpoint is a base (what `p` held was marked clean).
-    pub async fn commit(&mut self, p: Pending) -> Result<(), StoreError> {
-        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+    /// Writes `p` durably — its sealed files first, then the checkpoint that lists them —
+    /// and returns where the sealed files are; after a base, deletes the chains before the
+    /// previous one. On error the next checkpoint is a base (what `p` held was marked clean).
+    pub async fn commit(&mut self, p: &Pending) -> Result<Vec<(Res, i64, PathBuf)>, StoreError> {
+        let sealed_dir = self.dir.join("sealed");
+        let dir = if p.sealed.is_empty() {
+            &self.dir
+        } else {
+            &sealed_dir
+        };
+        if let Err(e) = std::fs::create_dir_all(dir) {
             return Err(StoreError::Io {
-                path: self.dir.clone(),
+                path: dir.clone(),
                 source: e,
             });
+        }
+        let mut written = Vec::with_capacity(p.sealed.len());
+        for (tier, number, bytes) in &p.sealed {
+            let path = sealed_dir.join(sealed::file_name(*tier, *number));
+            crate::log::segment::write_file_durably(&path, bytes)
+                .await
+                .map_err(|source| StoreError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+            written.push((*tier, *number, path));
         }
         let path = self.dir.join(file_name(p.seq));
         crate::log::segment::write_file_durably(&path, &p.bytes)
@@ -443,7 +494,7 @@ impl Writer {
             })?;
         self.force_base = false;
         self.seq = p.seq;
-        self.written_applied = Some(p.applied);
+        self.written_applied = Some(p.applied.clone());
         let len = p.bytes.len() as u64;
         if p.kind == Kind::Base {
             let previous_base = self.base_seq;
@@ -463,7 +514,7 @@ impl Writer {
             self.links += 1;
             self.delta_bytes += len;
         }
-        Ok(())
+        Ok(written)
     }
 
     /// The newest link written.

@@ -1,0 +1,372 @@
+//! The cells of one bucket (url, referrer and site counters, uniques) and their bytes: the
+//! in-memory tables the hot path updates, the lossless merge that adds two buckets up, and
+//! the one byte encoding of a bucket's cells that both checkpoints (`store::format`) and
+//! sealed bucket files (`sealed`) use.
+//!
+//! Decoding never trusts the disk: every read is bounds-checked ([`Cursor`]), counts are
+//! checked against the bytes left before anything is reserved, and no input can make it
+//! panic. The byte table of the cells is in `store/format.rs` ("Cells of a bucket").
+
+use hashbrown::HashMap;
+
+use super::hll::Uniques;
+
+/// Counters of one url in one bucket (saturating: 4.29 billion per url per bucket).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UrlCell {
+    pub views: u32,
+    pub hits: u32,
+    pub engaged: u32,
+}
+
+impl UrlCell {
+    pub fn add(&mut self, o: &UrlCell) {
+        self.views = self.views.saturating_add(o.views);
+        self.hits = self.hits.saturating_add(o.hits);
+        self.engaged = self.engaged.saturating_add(o.engaged);
+    }
+}
+
+/// Totals and uniques of one site (or of all sites) in one bucket.
+#[derive(Debug, Default, Clone)]
+pub struct SiteCell {
+    pub views: u64,
+    pub hits: u64,
+    pub engaged: u64,
+    pub uniques: Uniques,
+}
+
+impl SiteCell {
+    /// Adds `o` (counts add up; uniques merge losslessly).
+    pub fn merge(&mut self, o: &SiteCell) {
+        self.views += o.views;
+        self.hits += o.hits;
+        self.engaged += o.engaged;
+        self.uniques.merge(&o.uniques);
+    }
+}
+
+/// Every cell of one bucket on one shard.
+#[derive(Debug, Default, Clone)]
+pub struct Bucket {
+    pub urls: HashMap<u32, UrlCell>,
+    /// `(site id << 32) | referrer id` → pageviews.
+    pub refs: HashMap<u64, u32>,
+    pub sites: HashMap<u32, SiteCell>,
+    /// All sites (of this shard's visitors).
+    pub all: SiteCell,
+    /// Changed since the last checkpoint (see `store`).
+    pub dirty: bool,
+}
+
+impl Bucket {
+    /// Adds every cell of `o`: the bucket two disjoint sets of increments would have built
+    /// together (what sealing a day from its hours, and reading a sealed bucket with its
+    /// late increments, rely on).
+    pub fn merge(&mut self, o: &Bucket) {
+        for (id, c) in &o.urls {
+            self.urls.entry(*id).or_default().add(c);
+        }
+        for (k, v) in &o.refs {
+            let c = self.refs.entry(*k).or_default();
+            *c = c.saturating_add(*v);
+        }
+        for (id, c) in &o.sites {
+            self.sites.entry(*id).or_default().merge(c);
+        }
+        self.all.merge(&o.all);
+    }
+
+    /// Whether it holds no cell at all.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty() && self.refs.is_empty() && self.sites.is_empty() && self.all.hits == 0
+    }
+}
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("too short ({0} bytes)")]
+    Short(usize),
+    #[error("bad magic: not a file of this kind")]
+    Magic,
+    #[error("format version {0} is not one this build reads")]
+    Version(u16),
+    #[error("CRC mismatch: the file is damaged")]
+    Crc,
+    #[error("damaged: {0}")]
+    Damaged(&'static str),
+}
+
+/// Bounds-checked reads over bytes from the disk.
+pub struct Cursor<'a> {
+    pub b: &'a [u8],
+    pub at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(b: &'a [u8], at: usize) -> Self {
+        Cursor { b, at }
+    }
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(FormatError::Damaged("length overflows"))?;
+        let s = self
+            .b
+            .get(self.at..end)
+            .ok_or(FormatError::Damaged("a length points past the end"))?;
+        self.at = end;
+        Ok(s)
+    }
+    pub fn u8(&mut self) -> Result<u8, FormatError> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u32(&mut self) -> Result<u32, FormatError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    pub fn u64(&mut self) -> Result<u64, FormatError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    /// A count of items of at least `min_size` bytes each, refused when the rest cannot hold
+    /// them (so that a damaged count cannot make a huge allocation).
+    pub fn count(&mut self, min_size: usize) -> Result<usize, FormatError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_size) > self.b.len().saturating_sub(self.at) {
+            return Err(FormatError::Damaged("a count exceeds the file"));
+        }
+        Ok(n)
+    }
+}
+
+pub fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+pub fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_uniques(out: &mut Vec<u8>, u: &Uniques) {
+    match u {
+        Uniques::Exact(set) => {
+            out.push(0);
+            let mut v: Vec<u64> = set.iter().copied().collect();
+            v.sort_unstable();
+            put_u32(out, v.len() as u32);
+            for h in v {
+                put_u64(out, h);
+            }
+        }
+        Uniques::Sketch(s) => {
+            out.push(1);
+            // The estimator's own serde form: (data word, optional words).
+            let (data, words): (u64, Option<Vec<u32>>) = serde_json::to_value(&**s)
+                .and_then(serde_json::from_value)
+                .unwrap_or((0, None));
+            // With words, `data` is a tagged heap pointer: only its tag (low 2 bits) means
+            // anything on disk. Without, it holds the small representation's values.
+            put_u64(out, if words.is_some() { data & 3 } else { data });
+            let words = words.unwrap_or_default();
+            put_u32(out, words.len() as u32);
+            for w in words {
+                put_u32(out, w);
+            }
+        }
+    }
+}
+
+fn put_site_cell(out: &mut Vec<u8>, c: &SiteCell) {
+    put_u64(out, c.views);
+    put_u64(out, c.hits);
+    put_u64(out, c.engaged);
+    put_uniques(out, &c.uniques);
+}
+
+/// Appends the cells of `b`, each table sorted by key (the same bucket always writes the
+/// same bytes).
+pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
+    let mut urls: Vec<(&u32, &UrlCell)> = b.urls.iter().collect();
+    urls.sort_unstable_by_key(|(k, _)| **k);
+    put_u32(out, urls.len() as u32);
+    for (id, c) in urls {
+        put_u32(out, *id);
+        put_u32(out, c.views);
+        put_u32(out, c.hits);
+        put_u32(out, c.engaged);
+    }
+    let mut refs: Vec<(&u64, &u32)> = b.refs.iter().collect();
+    refs.sort_unstable_by_key(|(k, _)| **k);
+    put_u32(out, refs.len() as u32);
+    for (k, v) in refs {
+        put_u64(out, *k);
+        put_u32(out, *v);
+    }
+    let mut sites: Vec<(&u32, &SiteCell)> = b.sites.iter().collect();
+    sites.sort_unstable_by_key(|(k, _)| **k);
+    put_u32(out, sites.len() as u32);
+    for (id, c) in sites {
+        put_u32(out, *id);
+        put_site_cell(out, c);
+    }
+    put_site_cell(out, &b.all);
+}
+
+/// Reads one uniques value.
+pub fn get_uniques(c: &mut Cursor<'_>) -> Result<Uniques, FormatError> {
+    match c.u8()? {
+        0 => {
+            let n = c.count(8)?;
+            let mut set = hashbrown::HashSet::with_capacity(n);
+            for _ in 0..n {
+                set.insert(c.u64()?);
+            }
+            Ok(Uniques::Exact(set))
+        }
+        1 => {
+            let data = c.u64()?;
+            let n = c.count(4)?;
+            let words = (0..n).map(|_| c.u32()).collect::<Result<Vec<_>, _>>()?;
+            let words = if n == 0 && data & 3 == 0 {
+                None
+            } else {
+                Some(words)
+            };
+            let s = super::hll::sketch_from_parts(data, words)
+                .ok_or(FormatError::Damaged("an invalid sketch"))?;
+            Ok(Uniques::Sketch(Box::new(s)))
+        }
+        _ => Err(FormatError::Damaged("unknown uniques kind")),
+    }
+}
+
+/// Steps over one uniques value without decoding it (its structure checked).
+pub fn skip_uniques(c: &mut Cursor<'_>) -> Result<(), FormatError> {
+    match c.u8()? {
+        0 => {
+            let n = c.count(8)?;
+            c.take(n * 8)?;
+        }
+        1 => {
+            c.u64()?;
+            let n = c.count(4)?;
+            c.take(n * 4)?;
+        }
+        _ => return Err(FormatError::Damaged("unknown uniques kind")),
+    }
+    Ok(())
+}
+
+/// Reads one site cell.
+pub fn get_site_cell(c: &mut Cursor<'_>) -> Result<SiteCell, FormatError> {
+    Ok(SiteCell {
+        views: c.u64()?,
+        hits: c.u64()?,
+        engaged: c.u64()?,
+        uniques: get_uniques(c)?,
+    })
+}
+
+/// Reads the cells of one bucket, refusing ids at or above the name counts `names` (sites,
+/// urls, referrers).
+pub fn get_cells(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Bucket, FormatError> {
+    let mut b = Bucket::default();
+    // Counts are bounded by the bytes left (`count`), so reserving them is safe.
+    let n = c.count(16)?;
+    b.urls.reserve(n);
+    for _ in 0..n {
+        let id = c.u32()?;
+        if id as usize >= names.1 {
+            return Err(FormatError::Damaged("a url id without a name"));
+        }
+        let cell = UrlCell {
+            views: c.u32()?,
+            hits: c.u32()?,
+            engaged: c.u32()?,
+        };
+        b.urls.insert(id, cell);
+    }
+    let n = c.count(12)?;
+    b.refs.reserve(n);
+    for _ in 0..n {
+        let k = c.u64()?;
+        if (k >> 32) as usize >= names.0 || (k & 0xffff_ffff) as usize >= names.2 {
+            return Err(FormatError::Damaged("a referrer cell without a name"));
+        }
+        b.refs.insert(k, c.u32()?);
+    }
+    let n = c.count(29)?;
+    b.sites.reserve(n);
+    for _ in 0..n {
+        let id = c.u32()?;
+        if id as usize >= names.0 {
+            return Err(FormatError::Damaged("a site id without a name"));
+        }
+        b.sites.insert(id, get_site_cell(c)?);
+    }
+    b.all = get_site_cell(c)?;
+    Ok(b)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// `n` damaged copies of `bytes`, in turn: one flipped bit, truncated, 4 KiB zeroed (a
+    /// fixed xorshift sequence, so a failure repeats).
+    pub(crate) fn damaged_copies(bytes: &[u8], n: usize) -> Vec<Vec<u8>> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mut d = bytes.to_vec();
+                match i % 3 {
+                    0 => {
+                        let at = (x as usize) % d.len();
+                        d[at] ^= 1 << (x % 8);
+                    }
+                    1 => d.truncate((x as usize) % d.len()),
+                    _ => {
+                        let at = (x as usize) % d.len();
+                        let end = (at + 4096).min(d.len());
+                        d[at..end].fill(0);
+                    }
+                }
+                d
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merge_adds_every_cell() {
+        let mut a = Bucket::default();
+        a.urls.insert(
+            1,
+            UrlCell {
+                views: 1,
+                hits: 2,
+                engaged: 3,
+            },
+        );
+        a.all.uniques.insert_hash(7);
+        a.all.hits = 2;
+        let mut b = a.clone();
+        b.refs.insert(5, 4);
+        b.all.uniques.insert_hash(8);
+        a.merge(&b);
+        assert_eq!(a.urls[&1].hits, 4);
+        assert_eq!(a.refs[&5], 4);
+        assert_eq!((a.all.hits, a.all.uniques.estimate()), (4, 2));
+        let mut bytes = Vec::new();
+        put_cells(&mut bytes, &a);
+        let back = get_cells(&mut Cursor::new(&bytes, 0), (1, 2, 6)).unwrap();
+        assert_eq!(back.urls[&1], a.urls[&1]);
+        assert!(get_cells(&mut Cursor::new(&bytes, 0), (1, 1, 6)).is_err());
+    }
+}

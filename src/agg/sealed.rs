@@ -1,0 +1,537 @@
+//! Sealed buckets: a closed hour or day of one owner's aggregates as an immutable,
+//! CRC-checked file, read in place through `memmap2`, so that long history costs page cache
+//! (evictable, shared with nothing else) instead of heap, and a start maps it instead of
+//! decoding it.
+//!
+//! A bucket is sealed by the checkpoint that follows its close (`Aggregates::checkpoint_snapshot`:
+//! an hour once it ended more than `agg.minute_window` ago, a day likewise — a day's file is
+//! the merge of its hours, so the hot path never counts into days). The file is written
+//! before the checkpoint link that lists it, and is never written again: increments that
+//! arrive for a sealed bucket later (late events) go to a small in-memory bucket of the same
+//! number that the checkpoint chain carries, and every read adds the two. Files leave with
+//! their window (`agg.hour_window`, `agg.day_window`).
+//!
+//! Names are the owner's interned ids (the checkpoint chain holds the names), so the cells are
+//! the checkpoint's own bytes ([`crate::agg::cells`]): url and referrer cells are fixed-size
+//! records sorted by id, read and binary-searched in place; site cells are decoded when read.
+//!
+//! # Sealed bucket file, format version 1 (all integers little-endian)
+//! | at      | size     | field       | meaning                                                  |
+//! |---------|----------|-------------|----------------------------------------------------------|
+//! |  0      | 8        | magic       | `PXAGGSB1`                                               |
+//! |  8      | 2        | version     | 1                                                        |
+//! | 10      | 1        | tier        | 1 = hour, 2 = day                                        |
+//! | 11      | 1        | reserved    | 0                                                        |
+//! | 12      | 4        | shards      | shard count of the run that wrote it                     |
+//! | 16      | 4        | owner       | the shard whose aggregates these are                     |
+//! | 20      | 4        | reserved    | 0                                                        |
+//! | 24      | 8        | number      | hours or days since the Unix epoch                       |
+//! | 32      | 8        | written_ns  | wall clock when it was sealed (ns since the Unix epoch)  |
+//! | 40      | 8        | body_len    | bytes of the body                                        |
+//! | 48      | body_len | cells       | the bucket's cells, as in a checkpoint (`store/format.rs`, "Cells of a bucket") |
+//! | end − 4 | 4        | crc32c      | CRC-32C of every byte before it                          |
+//!
+//! The checked-in sample `tests/data/sample-v1.agb` is decoded by a test.
+
+use std::path::{Path, PathBuf};
+
+use super::cells::{get_cells, get_site_cell, put_cells, put_u32, put_u64, skip_uniques};
+use super::cells::{Bucket, Cursor, FormatError, SiteCell, UrlCell};
+use super::Res;
+
+/// The eight bytes every sealed bucket file starts with.
+pub const MAGIC: [u8; 8] = *b"PXAGGSB1";
+/// The version this build writes and reads.
+pub const VERSION: u16 = 1;
+const HEADER_LEN: usize = 48;
+
+/// What a sealed file says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedHeader {
+    pub tier: Res,
+    pub shards: u32,
+    pub owner: u32,
+    pub number: i64,
+    pub written_ns: u64,
+}
+
+/// The file name of a sealed bucket (under the owner's `sealed/` directory).
+pub fn file_name(tier: Res, number: i64) -> String {
+    let t = if tier == Res::Day { "day" } else { "hour" };
+    format!("{t}-{number:+011}.agb")
+}
+
+/// Encodes a sealed bucket file.
+pub fn encode(h: &SealedHeader, b: &Bucket) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.push(h.tier.code());
+    out.push(0);
+    put_u32(&mut out, h.shards);
+    put_u32(&mut out, h.owner);
+    put_u32(&mut out, 0);
+    put_u64(&mut out, h.number as u64);
+    put_u64(&mut out, h.written_ns);
+    put_u64(&mut out, 0);
+    put_cells(&mut out, b);
+    let body_len = (out.len() - HEADER_LEN) as u64;
+    out[40..48].copy_from_slice(&body_len.to_le_bytes());
+    let crc = crc32c::crc32c(&out);
+    put_u32(&mut out, crc);
+    out
+}
+
+/// Where the tables of a sealed bucket start inside its bytes.
+#[derive(Debug, Clone)]
+struct Index {
+    urls_at: usize,
+    urls: usize,
+    refs_at: usize,
+    refs: usize,
+    /// (site id, offset of its cell), ascending by id.
+    sites: Vec<(u32, usize)>,
+    all_at: usize,
+}
+
+/// Checks a sealed file's bytes (magic, version, CRC, every length and id against `names`)
+/// and indexes its tables.
+fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, Index), FormatError> {
+    if bytes.len() < HEADER_LEN + 4 {
+        return Err(FormatError::Short(bytes.len()));
+    }
+    if bytes[..8] != MAGIC {
+        return Err(FormatError::Magic);
+    }
+    let (data, crc) = bytes.split_at(bytes.len() - 4);
+    let version = u16::from_le_bytes([data[8], data[9]]);
+    if version != VERSION {
+        return Err(FormatError::Version(version));
+    }
+    let mut want = [0u8; 4];
+    want.copy_from_slice(crc);
+    if crc32c::crc32c(data) != u32::from_le_bytes(want) {
+        return Err(FormatError::Crc);
+    }
+    let mut c = Cursor::new(data, 10);
+    let tier = match Res::from_code(c.u8()?) {
+        Some(t @ (Res::Hour | Res::Day)) => t,
+        _ => return Err(FormatError::Damaged("unknown tier")),
+    };
+    c.at = 12;
+    let shards = c.u32()?;
+    let owner = c.u32()?;
+    c.at = 24;
+    let number = c.u64()? as i64;
+    let written_ns = c.u64()?;
+    let body_len = c.u64()?;
+    if (HEADER_LEN as u64).checked_add(body_len) != Some(data.len() as u64) {
+        return Err(FormatError::Damaged(
+            "body length disagrees with the file size",
+        ));
+    }
+    let urls = c.count(16)?;
+    let urls_at = c.at;
+    let mut last = None;
+    for _ in 0..urls {
+        let id = c.u32()?;
+        if id as usize >= names.1 || last.is_some_and(|l| l >= id) {
+            return Err(FormatError::Damaged(
+                "a url id without a name or out of order",
+            ));
+        }
+        last = Some(id);
+        c.take(12)?;
+    }
+    let refs = c.count(12)?;
+    let refs_at = c.at;
+    let mut last = None;
+    for _ in 0..refs {
+        let k = c.u64()?;
+        if (k >> 32) as usize >= names.0
+            || (k & 0xffff_ffff) as usize >= names.2
+            || last.is_some_and(|l| l >= k)
+        {
+            return Err(FormatError::Damaged(
+                "a referrer cell without a name or out of order",
+            ));
+        }
+        last = Some(k);
+        c.take(4)?;
+    }
+    let n = c.count(29)?;
+    let mut sites = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = c.u32()?;
+        if id as usize >= names.0 || sites.last().is_some_and(|&(l, _)| l >= id) {
+            return Err(FormatError::Damaged(
+                "a site id without a name or out of order",
+            ));
+        }
+        sites.push((id, c.at));
+        c.take(24)?;
+        skip_uniques(&mut c)?;
+    }
+    let all_at = c.at;
+    c.take(24)?;
+    skip_uniques(&mut c)?;
+    if c.at != data.len() {
+        return Err(FormatError::Damaged("bytes after the last cell"));
+    }
+    Ok((
+        SealedHeader {
+            tier,
+            shards,
+            owner,
+            number,
+            written_ns,
+        },
+        Index {
+            urls_at,
+            urls,
+            refs_at,
+            refs,
+            sites,
+            all_at,
+        },
+    ))
+}
+
+/// Why a sealed file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SealedError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Format { path: PathBuf, source: FormatError },
+    #[error("{}: holds {found:?} {found_number} of owner {found_owner}, expected {tier:?} {number} of owner {owner}", path.display())]
+    Mismatch {
+        path: PathBuf,
+        tier: Res,
+        number: i64,
+        owner: u32,
+        found: Res,
+        found_number: i64,
+        found_owner: u32,
+    },
+}
+
+/// The bytes of a sealed file: mapped from disk, or held (a sample, a test).
+enum Bytes {
+    Map(memmap2::Mmap),
+    Vec(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Vec(v) => v,
+        }
+    }
+}
+
+/// One sealed bucket, checked and indexed, read in place.
+pub struct SealedFile {
+    pub header: SealedHeader,
+    pub path: PathBuf,
+    bytes: Bytes,
+    index: Index,
+}
+
+impl std::fmt::Debug for SealedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedFile")
+            .field("header", &self.header)
+            .field("path", &self.path)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+impl SealedFile {
+    /// Maps and checks the sealed file of `tier` `number` of `owner` at `path` (every byte is
+    /// read once, for the CRC); its ids must have names below `names` (sites, urls, referrers).
+    pub fn open(
+        path: &Path,
+        tier: Res,
+        number: i64,
+        owner: u32,
+        names: (usize, usize, usize),
+    ) -> Result<SealedFile, SealedError> {
+        let io = |source| SealedError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: a sealed file is written under a temporary name, made durable and renamed
+        // into place, and never opened for writing again; pixeld holds the data directory's
+        // lock, so nothing truncates or rewrites it while the map lives (deletion keeps the
+        // mapped pages alive).
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Self::from_bytes(path, Bytes::Map(map), tier, number, owner, names)
+    }
+
+    /// [`SealedFile::open`] over bytes in memory.
+    pub fn from_vec(
+        path: &Path,
+        bytes: Vec<u8>,
+        tier: Res,
+        number: i64,
+        owner: u32,
+        names: (usize, usize, usize),
+    ) -> Result<SealedFile, SealedError> {
+        Self::from_bytes(path, Bytes::Vec(bytes), tier, number, owner, names)
+    }
+
+    fn from_bytes(
+        path: &Path,
+        bytes: Bytes,
+        tier: Res,
+        number: i64,
+        owner: u32,
+        names: (usize, usize, usize),
+    ) -> Result<SealedFile, SealedError> {
+        let (header, index) =
+            check(bytes.as_slice(), names).map_err(|source| SealedError::Format {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if header.tier != tier || header.number != number || header.owner != owner {
+            return Err(SealedError::Mismatch {
+                path: path.to_path_buf(),
+                tier,
+                number,
+                owner,
+                found: header.tier,
+                found_number: header.number,
+                found_owner: header.owner,
+            });
+        }
+        Ok(SealedFile {
+            header,
+            path: path.to_path_buf(),
+            bytes,
+            index,
+        })
+    }
+
+    fn b(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+
+    /// Bytes of the file.
+    pub fn len(&self) -> usize {
+        self.b().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn url_at(&self, i: usize) -> (u32, UrlCell) {
+        let at = self.index.urls_at + i * 16;
+        let b = self.b();
+        (
+            le_u32(b, at),
+            UrlCell {
+                views: le_u32(b, at + 4),
+                hits: le_u32(b, at + 8),
+                engaged: le_u32(b, at + 12),
+            },
+        )
+    }
+
+    /// Every url cell, ascending by id.
+    pub fn urls(&self) -> impl Iterator<Item = (u32, UrlCell)> + '_ {
+        (0..self.index.urls).map(|i| self.url_at(i))
+    }
+
+    /// The cell of url `id` (binary search in place).
+    pub fn url(&self, id: u32) -> Option<UrlCell> {
+        let (mut lo, mut hi) = (0, self.index.urls);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (k, c) = self.url_at(mid);
+            match k.cmp(&id) {
+                std::cmp::Ordering::Equal => return Some(c),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+
+    /// Every referrer cell: `(site id << 32 | referrer id, pageviews)`.
+    pub fn refs(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let b = self.b();
+        (0..self.index.refs).map(move |i| {
+            let at = self.index.refs_at + i * 12;
+            (le_u64(b, at), le_u32(b, at + 8))
+        })
+    }
+
+    /// Every site's pageviews (without decoding its uniques).
+    pub fn site_views(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.index
+            .sites
+            .iter()
+            .map(|&(id, at)| (id, le_u64(self.b(), at)))
+    }
+
+    fn cell_at(&self, at: usize) -> SiteCell {
+        // Checked at open: decoding cannot fail here; an empty cell if it ever did.
+        get_site_cell(&mut Cursor::new(self.b(), at)).unwrap_or_default()
+    }
+
+    /// The cell of site `id`, uniques decoded.
+    pub fn site(&self, id: u32) -> Option<SiteCell> {
+        let i = self
+            .index
+            .sites
+            .binary_search_by_key(&id, |&(k, _)| k)
+            .ok()?;
+        let at = self.index.sites.get(i)?.1;
+        Some(self.cell_at(at))
+    }
+
+    /// The cell of all sites, uniques decoded.
+    pub fn all(&self) -> SiteCell {
+        self.cell_at(self.index.all_at)
+    }
+
+    /// The whole bucket, decoded.
+    pub fn to_bucket(&self) -> Bucket {
+        let b = self.b();
+        let end = b.len().saturating_sub(4);
+        get_cells(
+            &mut Cursor::new(b.get(..end).unwrap_or_default(), HEADER_LEN),
+            (usize::MAX, usize::MAX, usize::MAX),
+        )
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agg::store::format::tests::sample_state;
+
+    /// The sealed hour of [`sample_state`] that holds a sketch.
+    fn sample() -> (SealedHeader, Bucket, (usize, usize, usize)) {
+        let now = 29_000_000;
+        let a = sample_state(now);
+        let h = now.div_euclid(60);
+        let b = a.materialize(Res::Hour, h);
+        let header = SealedHeader {
+            tier: Res::Hour,
+            shards: 2,
+            owner: 1,
+            number: h,
+            written_ns: 7,
+        };
+        (header, b, a.name_counts())
+    }
+
+    fn lines(b: &Bucket) -> String {
+        let mut urls: Vec<_> = b.urls.iter().collect();
+        urls.sort_unstable_by_key(|x| *x.0);
+        let mut refs: Vec<_> = b.refs.iter().collect();
+        refs.sort_unstable();
+        let mut sites: Vec<_> = b
+            .sites
+            .iter()
+            .map(|(k, c)| (*k, c.views, c.hits, c.engaged, c.uniques.canonical()))
+            .collect();
+        sites.sort_unstable();
+        format!(
+            "{urls:?} {refs:?} {sites:?} {} {:?}",
+            b.all.hits,
+            b.all.uniques.canonical()
+        )
+    }
+
+    #[test]
+    fn round_trips_in_place() {
+        let (h, b, names) = sample();
+        let bytes = encode(&h, &b);
+        let f = SealedFile::from_vec(Path::new("x"), bytes, h.tier, h.number, 1, names).unwrap();
+        assert_eq!(f.header, h);
+        assert_eq!(lines(&f.to_bucket()), lines(&b));
+        for (id, c) in &b.urls {
+            assert_eq!(f.url(*id), Some(*c));
+        }
+        assert_eq!(f.url(9999), None);
+        assert_eq!(f.urls().count(), b.urls.len());
+        assert_eq!(f.refs().count(), b.refs.len());
+        for (id, c) in &b.sites {
+            let got = f.site(*id).unwrap();
+            assert_eq!(
+                (got.views, got.uniques.canonical()),
+                (c.views, c.uniques.canonical())
+            );
+        }
+        assert_eq!(f.all().uniques.estimate(), b.all.uniques.estimate());
+        // The wrong bucket, the wrong owner, too few names: refused.
+        let bytes = encode(&h, &b);
+        assert!(
+            SealedFile::from_vec(Path::new("x"), bytes.clone(), Res::Day, h.number, 1, names)
+                .is_err()
+        );
+        assert!(
+            SealedFile::from_vec(Path::new("x"), bytes.clone(), h.tier, h.number, 0, names)
+                .is_err()
+        );
+        assert!(
+            SealedFile::from_vec(Path::new("x"), bytes, h.tier, h.number, 1, (0, 0, 0)).is_err()
+        );
+    }
+
+    #[test]
+    fn every_damage_is_refused_without_panic() {
+        let (h, b, names) = sample();
+        let bytes = encode(&h, &b);
+        for (i, d) in crate::agg::cells::tests::damaged_copies(&bytes, 300)
+            .into_iter()
+            .enumerate()
+        {
+            let r = SealedFile::from_vec(Path::new("x"), d, h.tier, h.number, 1, names);
+            assert!(r.is_err(), "damage {i} accepted");
+        }
+    }
+
+    /// The checked-in sample (tests/data/sample-v1.agb) decodes to the bucket it was written
+    /// from; regenerate with `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v1`.
+    #[test]
+    fn sealed_sample_v1_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v1.agb");
+        let (h, b, names) = sample();
+        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
+            std::fs::write(&path, encode(&h, &b)).unwrap();
+        }
+        let f = SealedFile::open(&path, h.tier, h.number, 1, names).unwrap();
+        assert_eq!(f.header, h);
+        assert_eq!(lines(&f.to_bucket()), lines(&b));
+    }
+}
