@@ -193,6 +193,10 @@ pub struct Inc {
     site: (u32, u32),
     key: (u32, u32),
     pub vid: u64,
+    /// A repair: the record is below what the owner's checkpoint holds, replayed only to
+    /// recompute an hour or a day whose sealed file was lost — it counts into that bucket
+    /// alone (`Aggregates::repair_hours`, `repair_days`).
+    pub repair: bool,
 }
 
 impl Inc {
@@ -207,6 +211,7 @@ impl Inc {
             site: (0, 0),
             key: (0, 0),
             vid: vid.unwrap_or(0),
+            repair: false,
         }
     }
 }
@@ -428,6 +433,10 @@ pub struct Aggregates {
     listed: Vec<(Res, i64)>,
     /// Sealed files that left their window: deleted once a checkpoint no longer lists them.
     retired: Vec<PathBuf>,
+    /// Hours, and days older than the hour window, whose sealed file was lost at load:
+    /// emptied, to be recomputed from the log (sorted).
+    pub repair_hours: Vec<i64>,
+    pub repair_days: Vec<i64>,
     /// Increments refused because their bucket had already left the window.
     pub stale: u64,
     /// How many sites, urls and referrers the last checkpoint held (a delta carries the rest).
@@ -451,6 +460,8 @@ impl Aggregates {
             sealed: HashMap::new(),
             listed: Vec::new(),
             retired: Vec::new(),
+            repair_hours: Vec::new(),
+            repair_days: Vec::new(),
             stale: 0,
             written_names: (0, 0, 0),
         }
@@ -495,7 +506,28 @@ impl Aggregates {
     /// Applies `f` to the minute bucket (when inside the minute window) and the hour bucket of
     /// `minute`, and to its day bucket when the day is sealed (late increments) or the hour
     /// has left its window; counts the increment stale when no bucket takes it.
-    fn each_bucket(&mut self, minute: i64, now_min: i64, mut f: impl FnMut(&mut Bucket)) {
+    fn each_bucket(&mut self, inc: &Inc, now_min: i64, mut f: impl FnMut(&mut Bucket)) {
+        let minute = inc.minute;
+        if inc.repair {
+            // Only the bucket being recomputed (an hour's minutes left the window long ago,
+            // and its day, when sealed, already holds it).
+            let (h, d) = (minute.div_euclid(60), minute.div_euclid(1440));
+            let b = if self.repair_hours.binary_search(&h).is_ok() {
+                self.hours.get_mut(h)
+            } else if self.repair_days.binary_search(&d).is_ok() {
+                self.days.get_mut(d)
+            } else {
+                None
+            };
+            match b {
+                Some(b) => {
+                    b.dirty = true;
+                    f(b);
+                }
+                None => self.stale += 1,
+            }
+            return;
+        }
         if minute >= self.minute_floor(now_min) {
             if let Some(b) = self.minutes.get_mut(minute) {
                 b.dirty = true;
@@ -543,7 +575,7 @@ impl Aggregates {
                     let (s, _) = self.sites.intern(site);
                     self.url_site.push(s);
                 }
-                self.each_bucket(inc.minute, now_min, |b| {
+                self.each_bucket(inc, now_min, |b| {
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1);
@@ -554,14 +586,14 @@ impl Aggregates {
                 let (s, _) = self.sites.intern(site);
                 let (r, _) = self.refs.intern(key);
                 let k = (u64::from(s) << 32) | u64::from(r);
-                self.each_bucket(inc.minute, now_min, |b| {
+                self.each_bucket(inc, now_min, |b| {
                     let c = b.refs.entry(k).or_default();
                     *c = c.saturating_add(pv);
                 });
             }
             IncKind::Visitor => {
                 let (s, _) = self.sites.intern(site);
-                self.each_bucket(inc.minute, now_min, |b| {
+                self.each_bucket(inc, now_min, |b| {
                     for c in [b.sites.entry(s).or_default(), &mut b.all] {
                         c.views += u64::from(pv);
                         c.hits += 1;
@@ -762,10 +794,14 @@ impl Aggregates {
         }
     }
 
-    /// Maps the sealed files a loaded chain lists, from `dir`; a listed file that is missing
-    /// or damaged is reported (and no longer listed) — what it held is lost unless the log
-    /// still holds it (`pixeld rebuild-aggregates --from --to` recomputes it). Files of
-    /// buckets that left their window at `now_min` are skipped silently.
+    /// Maps the sealed files a loaded chain lists, from `dir`. A listed file that is missing
+    /// or damaged is reported (and no longer listed), and what it held is made again where it
+    /// can be: a lost day whose hours are all inside the hour window is made again from them
+    /// by the next checkpoint (its late increments, which its hours hold too, are dropped); a
+    /// lost hour (or a lost day older than the hour window) is emptied and put in
+    /// [`Aggregates::repair_hours`] (`repair_days`), so that the catch-up recomputes it from
+    /// every record the logs still hold. Files of buckets that left their
+    /// window at `now_min` are skipped silently.
     pub fn open_sealed(&mut self, dir: &Path, owner: u32, now_min: i64) -> Vec<String> {
         let mut problems = Vec::new();
         let names = self.name_counts();
@@ -781,25 +817,55 @@ impl Aggregates {
                 continue;
             }
             let path = dir.join(sealed::file_name(tier, number));
-            match SealedFile::open(&path, tier, number, owner, names) {
+            let e = match SealedFile::open(&path, tier, number, owner, names) {
                 Ok(f) => {
                     self.sealed
                         .insert((tier, number), Sealed::File(Arc::new(f)));
+                    continue;
                 }
-                Err(e) => {
-                    let start = number * tier.width();
-                    problems.push(format!(
-                        "sealed {} {}: {e}; what it held is missing from the answers (if the log \
-                         still holds that time, `pixeld rebuild-aggregates --from {} --to {}` \
-                         recomputes it)",
-                        tier.as_str(),
-                        params_time(start),
-                        params_time(start),
-                        params_time(start + tier.width()),
-                    ));
+                Err(e) => e,
+            };
+            let start = number * tier.width();
+            let what = if tier == Res::Hour {
+                self.repair_hours.push(number);
+                if let Some(slot) = self.hours.get_mut(number) {
+                    *slot = Bucket {
+                        dirty: true,
+                        ..Bucket::default()
+                    };
                 }
-            }
+                "it is recomputed from what the logs still hold (records already deleted by \
+                 retention are missing from it)"
+                    .to_string()
+            } else if number * 24 >= hour_floor {
+                if let Some(slot) = self.days.get_mut(number) {
+                    *slot = Bucket {
+                        dirty: true,
+                        ..Bucket::default()
+                    };
+                }
+                "it is made again from its hours at the next checkpoint".to_string()
+            } else {
+                // Its hours left the window: recomputed from the log into the day itself.
+                self.repair_days.push(number);
+                if let Some(slot) = self.days.get_mut(number) {
+                    *slot = Bucket {
+                        dirty: true,
+                        ..Bucket::default()
+                    };
+                }
+                "its hours left the hour window, so it is recomputed from what the logs still \
+                 hold (records already deleted by retention are missing from it)"
+                    .to_string()
+            };
+            problems.push(format!(
+                "sealed {} {}: {e}; {what}",
+                tier.as_str(),
+                params_time(start),
+            ));
         }
+        self.repair_hours.sort_unstable();
+        self.repair_days.sort_unstable();
         problems
     }
 
@@ -1639,19 +1705,42 @@ mod tests {
         store::format::decode_into(&bytes, &mut back).unwrap();
         assert!(back.open_sealed(dir.path(), 0, now).is_empty());
         assert_eq!(answers(&back, &ranges), want);
-        // A damaged file is reported, not trusted.
-        let victim = dir.path().join(sealed::file_name(Res::Day, day / 1440 - 2));
-        let mut d = std::fs::read(&victim).unwrap();
-        d[60] ^= 1;
-        std::fs::write(&victim, d).unwrap();
+        // Damaged files are reported, not trusted. A day whose hours are all inside the hour
+        // window is made again from them by the next checkpoint: the same answers.
+        let damage = |tier, number| {
+            let victim = dir.path().join(sealed::file_name(tier, number));
+            let mut d = std::fs::read(&victim).unwrap();
+            d[60] ^= 1;
+            std::fs::write(&victim, d).unwrap();
+        };
+        damage(Res::Day, day / 1440 - 2);
+        let mut back = Aggregates::new(cfg.clone());
+        store::format::decode_into(&bytes, &mut back).unwrap();
+        let problems = back.open_sealed(dir.path(), 0, now);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("made again from its hours"),
+            "{problems:?}"
+        );
+        assert!(back.repair_hours.is_empty());
+        assert!(
+            seal(&mut back, now, dir.path()) == 1,
+            "the day sealed again"
+        );
+        assert_eq!(answers(&back, &ranges), want);
+        // A lost hour is emptied and left to the catch-up to recompute from the log.
+        let hour = (day - 1440) / 60 + 5;
+        damage(Res::Hour, hour);
         let mut back = Aggregates::new(cfg);
         store::format::decode_into(&bytes, &mut back).unwrap();
         let problems = back.open_sealed(dir.path(), 0, now);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
-            problems[0].contains("rebuild-aggregates --from"),
+            problems[0].contains("recomputed from what the logs"),
             "{problems:?}"
         );
+        assert_eq!(back.repair_hours, vec![hour]);
+        assert!(back.materialize(Res::Hour, hour).is_empty());
         // Eviction retires the files that left the windows.
         live.evict(now + 20 * 1440);
         assert_eq!(live.memory().sealed_files, 0);

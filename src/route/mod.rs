@@ -82,6 +82,26 @@ pub fn now_minute() -> i64 {
     (crate::sys::now_ns() / 60_000_000_000) as i64
 }
 
+/// An owner's hours and days to recompute from the records below its checkpoint (their
+/// sealed files were lost), sorted.
+#[derive(Debug, Clone, Default)]
+pub struct Repairs {
+    pub hours: Vec<i64>,
+    pub days: Vec<i64>,
+}
+
+impl Repairs {
+    pub fn is_empty(&self) -> bool {
+        self.hours.is_empty() && self.days.is_empty()
+    }
+
+    /// Whether an increment of event minute `minute` goes to a bucket being recomputed.
+    fn covers(&self, minute: i64) -> bool {
+        self.hours.binary_search(&minute.div_euclid(60)).is_ok()
+            || self.days.binary_search(&minute.div_euclid(1440)).is_ok()
+    }
+}
+
 /// Which event minutes aggregate at the current time: from `floor` (the day window's
 /// start) to `future` minutes past the receive time.
 #[derive(Debug, Clone, Copy)]
@@ -182,6 +202,9 @@ pub struct Router {
     /// checkpoint already holds it (`floors`, per owner).
     replay_at: Cell<Option<u64>>,
     floors: RefCell<Vec<u64>>,
+    /// Per owner: hours and days whose sealed file was lost (sorted), to which records below
+    /// its floor are still sent, as repairs (`Inc::repair`).
+    repairs: RefCell<Vec<Repairs>>,
     /// Per source: the highest stamp applied here, and whether its replay has arrived.
     applied: RefCell<Vec<u64>>,
     caught_up: RefCell<Vec<bool>>,
@@ -213,6 +236,7 @@ impl Router {
             live_next: Cell::new(0),
             replay_at: Cell::new(None),
             floors: RefCell::new(vec![0; shards]),
+            repairs: RefCell::new(vec![Repairs::default(); shards]),
             applied: RefCell::new(vec![0; shards]),
             caught_up: RefCell::new(vec![false; shards]),
             marked: RefCell::new(vec![0; shards]),
@@ -221,11 +245,19 @@ impl Router {
 
     /// Sets up the catch-up after a start: the log's end at open (`end`, the first live
     /// offset), per owner the offset of this shard's log its loaded state already holds
-    /// (`floors`), and per source the applied vector this shard loaded (`applied`).
-    pub fn start_catchup(&self, end: u64, floors: Vec<u64>, applied: Vec<u64>) {
+    /// (`floors`), per source the applied vector this shard loaded (`applied`), and per owner
+    /// the hours and days to recompute from records below its floor (`repairs`).
+    pub fn start_catchup(
+        &self,
+        end: u64,
+        floors: Vec<u64>,
+        applied: Vec<u64>,
+        repairs: Vec<Repairs>,
+    ) {
         self.live_next.set(end);
         *self.floors.borrow_mut() = floors;
         *self.applied.borrow_mut() = applied;
+        *self.repairs.borrow_mut() = repairs;
     }
 
     /// Whether this owner has applied every source's replay (and its own).
@@ -301,10 +333,19 @@ impl Router {
         );
     }
 
-    fn send(&self, owner: usize, inc: Inc, site: &str, key: &str, now: i64) {
+    fn send(&self, owner: usize, mut inc: Inc, site: &str, key: &str, now: i64) {
         if let Some(at) = self.replay_at.get() {
             if self.floors.borrow().get(owner).is_some_and(|&f| at < f) {
-                return;
+                // The owner holds it, unless its hour or day is one to recompute.
+                if !self
+                    .repairs
+                    .borrow()
+                    .get(owner)
+                    .is_some_and(|r| r.covers(inc.minute))
+                {
+                    return;
+                }
+                inc.repair = true;
             }
         }
         if owner == self.me || self.senders.is_none() {

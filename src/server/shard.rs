@@ -226,6 +226,9 @@ struct ShardStore {
     floors: Vec<u64>,
     /// Per source: this owner's loaded applied vector.
     applied: Vec<u64>,
+    /// Per owner: the hours and days whose sealed file was lost, recomputed by this log's
+    /// replay.
+    repairs: Vec<crate::route::Repairs>,
     from: crate::route::ReplayFrom,
 }
 
@@ -279,12 +282,30 @@ fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
                 .collect()
         })
         .collect();
+    // Hours whose sealed file was lost: every log is replayed from its window's start, and
+    // what lies below an owner's checkpoint is sent to it for those hours only.
+    let repairs: Vec<crate::route::Repairs> = loaded
+        .iter()
+        .map(|l| crate::route::Repairs {
+            hours: l.agg.repair_hours.clone(),
+            days: l.agg.repair_days.clone(),
+        })
+        .collect();
+    let repairing = repairs.iter().any(|r| !r.is_empty());
+    for (o, r) in repairs.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+        eprintln!(
+            "pixeld: shard {o}: {} sealed hour(s) and {} day(s) lost; every log is replayed from its start to recompute them",
+            r.hours.len(),
+            r.days.len()
+        );
+    }
     loaded
         .into_iter()
         .zip(holds)
         .enumerate()
         .map(|(o, (l, holds))| {
             let from = match holds.iter().copied().collect::<Option<Vec<u64>>>() {
+                Some(_) if repairing => crate::route::ReplayFrom::Window,
                 Some(f) => f.into_iter().min().map_or(
                     crate::route::ReplayFrom::Window,
                     crate::route::ReplayFrom::Offset,
@@ -296,6 +317,7 @@ fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
                 applied: l.applied.unwrap_or_else(|| vec![0; n]),
                 agg: l.agg,
                 floors: holds.iter().map(|h| h.unwrap_or(0)).collect(),
+                repairs: repairs.clone(),
                 from,
             }
         })
@@ -344,10 +366,11 @@ async fn run_shard(
         writer,
         floors,
         applied,
+        repairs,
         from,
     } = net.store;
     let router = crate::route::Router::new(agg, Some(route_tx), stats.clone());
-    router.start_catchup(end, floors, applied);
+    router.start_catchup(end, floors, applied, repairs);
     router.spawn_receivers(route_rx);
     let hub = crate::query::Hub::new(router.agg.clone(), Some(query_tx));
     hub.spawn_responders(query_rx);

@@ -9,8 +9,9 @@
 //!   the logs hold, or `--from`/`--to`), keeps the rest, and the next start loads it;
 //! - closed hours and days are sealed into mapped files and answer exactly what memory
 //!   answered (a server that never seals, fed the same hits, is the reference), late events
-//!   for a sealed day included, across a restart, `check --aggregates` and log retention; days
-//!   older than the hour window are answered from the day tier;
+//!   for a sealed day included, across a restart, `check --aggregates`, damaged sealed files
+//!   (an hour recomputed from the log, a day from its hours) and log retention; days older than
+//!   the hour window are answered from the day tier;
 //! - the shard count can grow between runs (the store is rebuilt from every log, said on
 //!   stderr, answers unchanged) and is refused, naming the fix, when it would shrink below a
 //!   log that holds records.
@@ -552,6 +553,45 @@ fn closed_hours_and_days_are_sealed_and_answer_as_memory_did() {
     let (ok, report) = common::check_aggregates(&data, Some(TIERS));
     assert!(ok, "{report}");
     assert!(!report.contains(" 0 day buckets"), "{report}");
+    // A damaged hour file and a damaged day file: reported; the hour recomputed from the log
+    // by the catch-up, the day made again from its hours — the same answers.
+    let sealed_dir = data.join("agg/shard-000/sealed");
+    let pick = |prefix: &str| {
+        let mut v: Vec<_> = std::fs::read_dir(&sealed_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+            .collect();
+        v.sort();
+        v.into_iter().nth(1).expect("a sealed file")
+    };
+    for victim in [pick("hour-"), pick("day-")] {
+        let mut bytes = std::fs::read(&victim).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x10;
+        std::fs::write(&victim, &bytes).unwrap();
+    }
+    let s = start_with(&data, TIERS, 2);
+    for what in ["sealed hour ", "sealed day "] {
+        assert!(
+            s.seen
+                .iter()
+                .any(|l| l.contains(what) && l.contains("recomputed from what the logs")),
+            "{what}: {:?}",
+            s.seen
+        );
+    }
+    let lost = "1 sealed hour(s) and 1 day(s) lost";
+    assert!(s.seen.iter().any(|l| l.contains(lost)), "{:?}", s.seen);
+    assert!(
+        tier_answers(&s, t0) == want,
+        "after losing two sealed files"
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    stop(s);
+    let (ok, report) = common::check_aggregates(&data, Some(TIERS));
+    assert!(ok, "after the repair: {report}");
     // Retention deletes most of the logs; the days and hours stay.
     let retained = TIERS.replace("[agg]", "retention_bytes = \"1MiB\"\n[agg]");
     let s = start_with(&data, &retained, 2);
