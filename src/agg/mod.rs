@@ -869,6 +869,16 @@ impl Aggregates {
         problems
     }
 
+    /// Lists again the lost sealed buckets nothing recomputed (a tool that writes the store
+    /// without a catch-up), so that the next start still sees them lost and repairs them.
+    pub fn relist_repairs(&mut self) {
+        let hours = std::mem::take(&mut self.repair_hours);
+        let days = std::mem::take(&mut self.repair_days);
+        self.listed
+            .extend(hours.into_iter().map(|h| (Res::Hour, h)));
+        self.listed.extend(days.into_iter().map(|d| (Res::Day, d)));
+    }
+
     /// Every sealed bucket this state lists, ascending.
     pub fn sealed_list(&self) -> Vec<(Res, i64)> {
         let mut v: Vec<(Res, i64)> = self.sealed.keys().copied().collect();
@@ -1003,6 +1013,7 @@ impl Aggregates {
             if let Some(Sealed::File(f)) = self.sealed.remove(&(Res::Hour, number)) {
                 self.retired.push(f.path.clone());
             }
+            self.repair_hours.retain(|&h| h != number);
             let day = number.div_euclid(24);
             if day * 24 >= self.hour_floor(now_min).div_euclid(60)
                 && self.sealed.contains_key(&(Res::Day, day))
@@ -1741,6 +1752,9 @@ mod tests {
         );
         assert_eq!(back.repair_hours, vec![hour]);
         assert!(back.materialize(Res::Hour, hour).is_empty());
+        // A tool that writes the store without a catch-up keeps it listed, lost.
+        back.relist_repairs();
+        assert!(back.sealed_list().contains(&(Res::Hour, hour)));
         // Eviction retires the files that left the windows.
         live.evict(now + 20 * 1440);
         assert_eq!(live.memory().sealed_files, 0);

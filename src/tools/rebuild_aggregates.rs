@@ -122,6 +122,9 @@ pub fn rebuild_aggregates(
                 }
             }
         }
+        // Lost sealed files outside what was recomputed stay listed: the next start repairs
+        // them from the logs.
+        agg.relist_repairs();
         let seq = l.max_seq + 1;
         let bytes = format::encode(
             agg,
