@@ -83,7 +83,7 @@ pub async fn checkpoint_once(
         Vec::new()
     } else {
         glommio::executor()
-            .spawn_blocking(move || crate::agg::open_sealed_files(&written, owner, names))
+            .spawn_blocking(move || crate::agg::seal::open_sealed_files(&written, owner, names))
             .await
     };
     let problems = router.agg.borrow_mut().seals_mapped(opened);

@@ -23,8 +23,9 @@ pub mod format;
 
 use std::path::{Path, PathBuf};
 
+use super::seal::SealJob;
 use super::sealed::{self, SealedHeader};
-use super::{AggConfig, Aggregates, Res, SealJob};
+use super::{AggConfig, Aggregates, Res};
 use format::{FormatError, Header, Kind};
 
 /// Why the store could not be written.
