@@ -1,4 +1,4 @@
-//! Time buckets: a ring of slots per resolution (minute, hour), each slot holding the cells of
+//! Time buckets: a ring of slots per resolution (minute, hour, day), each slot holding the cells of
 //! one bucket, evicted by the wall clock.
 //!
 //! A tier of width `w` minutes keeps the buckets `now/w - window ..= now/w + future`; bucket
@@ -84,24 +84,6 @@ impl<S: Default> Tier<S> {
     }
 }
 
-/// Splits the minutes `from..to` into whole buckets of the coarse tier (width `coarse`) where
-/// `from..to` covers them and `coarse_ok(bucket)` allows, and single minutes elsewhere.
-/// Returns `(width, bucket)` pairs in time order.
-pub fn cover(from: i64, to: i64, coarse: i64, coarse_ok: impl Fn(i64) -> bool) -> Vec<(i64, i64)> {
-    let mut out = Vec::new();
-    let mut m = from;
-    while m < to {
-        if m.rem_euclid(coarse) == 0 && m + coarse <= to && coarse_ok(m.div_euclid(coarse)) {
-            out.push((coarse, m.div_euclid(coarse)));
-            m += coarse;
-        } else {
-            out.push((1, m));
-            m += 1;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,14 +101,5 @@ mod tests {
         t.evict_before(12);
         assert_eq!(t.get(11), None);
         assert_eq!(t.get(18), Some(&5));
-    }
-
-    #[test]
-    fn cover_uses_whole_hours_inside() {
-        let c = cover(50, 190, 60, |_| true);
-        assert_eq!(c.iter().filter(|(w, _)| *w == 60).count(), 2); // 60..120, 120..180
-        assert_eq!(c.iter().map(|(w, _)| w).sum::<i64>(), 140);
-        let c = cover(60, 120, 60, |_| false);
-        assert_eq!(c.len(), 60);
     }
 }

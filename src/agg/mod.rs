@@ -502,8 +502,9 @@ impl Aggregates {
             }
         }
         let day = minute.div_euclid(1440);
+        // Only a closed day can be sealed: live events (an open day) skip the lookup.
         let late_for_sealed_day =
-            !self.sealed.is_empty() && self.sealed.contains_key(&(Res::Day, day));
+            self.closed(Res::Day, day, now_min) && self.sealed.contains_key(&(Res::Day, day));
         if (!counted || late_for_sealed_day) && minute >= self.day_floor(now_min) {
             if let Some(b) = self.days.get_mut(day) {
                 b.dirty = true;
@@ -661,13 +662,8 @@ impl Aggregates {
             if day * 24 >= self.hour_floor(now_min).div_euclid(60)
                 && self.sealed.contains_key(&(Res::Day, day))
             {
+                // Its late increments are dropped with it: its hours hold them too.
                 self.unseal(Res::Day, day, None);
-                if let Some(slot) = self.days.get_mut(day) {
-                    *slot = Bucket {
-                        dirty: true,
-                        ..Bucket::default()
-                    };
-                }
             }
         }
         if let Some(slot) = self.tier_mut(res).get_mut(number) {
@@ -690,26 +686,20 @@ impl Aggregates {
     /// The parts of day `d`: its sealed file and late increments; or, until it is sealed (or
     /// while its file is being written), its hours and what was counted into the day directly.
     fn day_parts<'a>(&'a self, d: i64, out: &mut Vec<PartRef<'a>>) {
-        match self.sealed.get(&(Res::Day, d)) {
-            Some(Sealed::File(f)) => {
-                out.push(PartRef::File(f));
-                if let Some(b) = self.days.get(d) {
-                    out.push(PartRef::Mem(b));
-                }
+        let sealed = self.sealed.get(&(Res::Day, d));
+        if let Some(Sealed::File(f)) = sealed {
+            out.push(PartRef::File(f));
+        }
+        // Being written: its hours hold everything (late increments go to both), so the
+        // day's own slot is not read until the file is mapped.
+        if !matches!(sealed, Some(Sealed::Writing(_))) {
+            if let Some(b) = self.days.get(d) {
+                out.push(PartRef::Mem(b));
             }
-            // Being written: its hours hold everything (late increments go to both).
-            Some(Sealed::Writing(_)) => {
-                for h in d * 24..(d + 1) * 24 {
-                    self.hour_parts(h, out);
-                }
-            }
-            None => {
-                if let Some(b) = self.days.get(d) {
-                    out.push(PartRef::Mem(b));
-                }
-                for h in d * 24..(d + 1) * 24 {
-                    self.hour_parts(h, out);
-                }
+        }
+        if !matches!(sealed, Some(Sealed::File(_))) {
+            for h in d * 24..(d + 1) * 24 {
+                self.hour_parts(h, out);
             }
         }
     }

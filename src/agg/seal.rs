@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::buckets::Tier;
 use super::cells::Bucket;
 use super::sealed::{self, SealedFile};
 use super::{Aggregates, Res, Sealed};
@@ -58,10 +59,27 @@ impl SealJob {
     }
 }
 
+/// Empties bucket `number` of `tier` (a slot tagged with it, holding nothing, marked dirty so
+/// that the next checkpoint writes it empty) and returns what it held, clean; None when the
+/// ring holds a newer bucket in its slot.
+fn empty_slot(tier: &mut Tier<Bucket>, number: i64) -> Option<Bucket> {
+    tier.get_mut(number).map(|slot| {
+        let mut old = std::mem::replace(
+            slot,
+            Bucket {
+                dirty: true,
+                ..Bucket::default()
+            },
+        );
+        old.dirty = false;
+        old
+    })
+}
+
 impl Aggregates {
     /// Whether `tier` bucket `number` is closed at `now_min`: it ended more than the minute
     /// window ago (so its minutes are gone too), and it may be sealed.
-    fn closed(&self, tier: Res, number: i64, now_min: i64) -> bool {
+    pub(super) fn closed(&self, tier: Res, number: i64, now_min: i64) -> bool {
         (number + 1) * tier.width() + self.cfg.minute_window <= now_min
     }
 
@@ -114,17 +132,9 @@ impl Aggregates {
         let (hours, days) = self.seal_candidates(now_min);
         let mut jobs = Vec::with_capacity(hours.len() + days.len());
         for h in hours {
-            let taken = self.hours.get_mut(h).map(|slot| {
-                std::mem::replace(
-                    slot,
-                    Bucket {
-                        dirty: true,
-                        ..Bucket::default()
-                    },
-                )
-            });
-            let Some(mut b) = taken else { continue };
-            b.dirty = false;
+            let Some(b) = empty_slot(&mut self.hours, h) else {
+                continue;
+            };
             let b = Arc::new(b);
             jobs.push(SealJob {
                 tier: Res::Hour,
@@ -147,17 +157,7 @@ impl Aggregates {
                     _ => {}
                 }
             }
-            let direct = self.days.get_mut(d).map(|slot| {
-                let mut b = std::mem::replace(
-                    slot,
-                    Bucket {
-                        dirty: true,
-                        ..Bucket::default()
-                    },
-                );
-                b.dirty = false;
-                b
-            });
+            let direct = empty_slot(&mut self.days, d);
             jobs.push(SealJob {
                 tier: Res::Day,
                 number: d,
@@ -278,37 +278,19 @@ impl Aggregates {
                 Err(e) => e,
             };
             let start = number * tier.width();
+            // What the file held is made again from scratch: its slot starts empty.
+            empty_slot(self.tier_mut(tier), number);
             let what = if tier == Res::Hour {
                 self.repair_hours.push(number);
-                if let Some(slot) = self.hours.get_mut(number) {
-                    *slot = Bucket {
-                        dirty: true,
-                        ..Bucket::default()
-                    };
-                }
                 "it is recomputed from what the logs still hold (records already deleted by \
                  retention are missing from it)"
-                    .to_string()
             } else if number * 24 >= hour_floor {
-                if let Some(slot) = self.days.get_mut(number) {
-                    *slot = Bucket {
-                        dirty: true,
-                        ..Bucket::default()
-                    };
-                }
-                "it is made again from its hours at the next checkpoint".to_string()
+                "it is made again from its hours at the next checkpoint"
             } else {
                 // Its hours left the window: recomputed from the log into the day itself.
                 self.repair_days.push(number);
-                if let Some(slot) = self.days.get_mut(number) {
-                    *slot = Bucket {
-                        dirty: true,
-                        ..Bucket::default()
-                    };
-                }
                 "its hours left the hour window, so it is recomputed from what the logs still \
                  hold (records already deleted by retention are missing from it)"
-                    .to_string()
             };
             problems.push(format!(
                 "sealed {} {}: {e}; {what}",

@@ -50,9 +50,12 @@ pub fn owner_dir(data_dir: &Path, owner: usize) -> PathBuf {
         .join(crate::log::format::shard_dir_name(owner))
 }
 
+/// The directory of an owner's sealed hours and days, under its checkpoint directory.
+const SEALED: &str = "sealed";
+
 /// The directory of owner `owner`'s sealed hours and days.
 pub fn sealed_dir(data_dir: &Path, owner: usize) -> PathBuf {
-    owner_dir(data_dir, owner).join("sealed")
+    owner_dir(data_dir, owner).join(SEALED)
 }
 
 fn file_name(seq: u64) -> String {
@@ -287,11 +290,10 @@ pub fn load_with(
             match (failed, last) {
                 (None, Some((seq, h))) => {
                     agg.mark_clean();
-                    let now_min = (crate::sys::now_ns() / 60_000_000_000) as i64;
                     problems.extend(agg.open_sealed(
                         &sealed_dir(data_dir, owner),
                         owner as u32,
-                        now_min,
+                        crate::route::now_minute(),
                     ));
                     return Loaded {
                         agg,
@@ -463,7 +465,7 @@ impl Writer {
     /// and returns where the sealed files are; after a base, deletes the chains before the
     /// previous one. On error the next checkpoint is a base (what `p` held was marked clean).
     pub async fn commit(&mut self, p: &Pending) -> Result<Vec<(Res, i64, PathBuf)>, StoreError> {
-        let sealed_dir = self.dir.join("sealed");
+        let sealed_dir = self.dir.join(SEALED);
         let dir = if p.sealed.is_empty() {
             &self.dir
         } else {
