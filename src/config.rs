@@ -133,6 +133,13 @@ pub struct RawDashboard {
     pub live_max_clients: u64,
 }
 
+/// `[tracker]`: the page-side script's server half. See config/pixeld.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracker {
+    pub derive_visitor_ids: bool,
+}
+
 /// The API token as written in the file. Its `Debug` never shows it (configs get logged).
 #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -168,6 +175,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub agg: RawAgg,
     pub dashboard: RawDashboard,
+    pub tracker: RawTracker,
     /// `[export.kafka]`: absent = no export.
     #[serde(default)]
     pub export: crate::export::RawExport,
@@ -320,6 +328,7 @@ impl Config {
                 raw.dashboard.live_max_clients,
                 100_000,
             )? as usize,
+            derive_visitor_ids: raw.tracker.derive_visitor_ids,
         };
         Ok(Config {
             shutdown_timeout: c.duration(

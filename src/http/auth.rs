@@ -46,8 +46,11 @@ impl AuthToken {
     }
 }
 
-/// Paths served without a token: the pixel (browsers cannot add one), health probes, and
-/// the dashboard's static shell (no data in it; the page asks for the token).
+/// Paths served without a token: the pixel and the tracking script (browsers cannot add
+/// one), health probes, and the dashboard's static shell (no data in it; the page asks for
+/// the token).
 pub(crate) fn is_public(path: &str) -> bool {
-    matches!(path, "/p.gif" | "/healthz" | "/readyz") || super::dashboard::asset(path).is_some()
+    matches!(path, "/p.gif" | "/healthz" | "/readyz")
+        || super::dashboard::asset(path).is_some()
+        || super::tracker::owns(path)
 }

@@ -1,9 +1,15 @@
 //! The ingest endpoints of the HTTP port; a request's events go to the log of the shard that
 //! serves it, through the same [`crate::ingest::Ingest::line`] as UDP and TCP.
-//! - `GET /p.gif?url=…&ref=…&vid=…&a=pv|hb`: stores one JSON line built from the query
-//!   parameters (kept percent-encoded, exactly like nginx's `$arg_*`), the `User-Agent`, the
-//!   `Referer` and the client address (`X-Forwarded-For` only from a trusted proxy), and
-//!   answers a 1×1 transparent GIF with `Cache-Control: no-store`.
+//! - `GET /p.gif?url=…&ref=…&vid=…&a=pv|hb|event&inc=…&n=…&p=…` (and `POST`, as
+//!   `navigator.sendBeacon` sends it; the body is ignored): stores one JSON line built from the
+//!   query parameters (kept percent-encoded, exactly like nginx's `$arg_*`), the `User-Agent`,
+//!   the `Referer` and the client address (`X-Forwarded-For` only from a trusted proxy), and
+//!   answers a 1×1 transparent GIF with `Cache-Control: no-store` and
+//!   `Access-Control-Allow-Origin: *` (the tracking script may live on another origin;
+//!   `OPTIONS` answers a CORS preflight). A hit without `vid` gets a cookieless id derived
+//!   from the day's salt ([`super::visitor`]). A prefetch or prerender request
+//!   (`Sec-Purpose: prefetch…`, `Purpose: prefetch`) is answered 204 and stored nowhere: no
+//!   reader saw a page; it is counted.
 //! - `POST /v1/events`: an NDJSON body (≤ `http_max_body`); answers 200
 //!   `{"accepted":N,"durable_offset":{"shard":S,"offset":O}}` only after the batch is durable
 //!   (fsynced) — the one path with an end-to-end acknowledgement. 413 over the limit, 400 for a
@@ -19,6 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use super::response::{json, response, unavailable};
 use super::HttpContext;
 use crate::log::Transport;
+use crate::metrics::ShardStats;
 use crate::sys::now_ns;
 
 /// A 1×1 transparent GIF (43 bytes), the classic tracking pixel.
@@ -50,11 +57,57 @@ fn client_ip(
     peer_ip
 }
 
+/// Whether the browser sent this request to prefetch or prerender a page nobody looks at
+/// yet (`Sec-Purpose: prefetch` and `prefetch;prerender`, or the older `Purpose`/`X-Moz`).
+fn is_prefetch(req: &Request<Incoming>) -> bool {
+    ["sec-purpose", "purpose", "x-moz"].iter().any(|h| {
+        req.headers()
+            .get(*h)
+            .is_some_and(|v| v.as_bytes().starts_with(b"prefetch"))
+    })
+}
+
+/// The headers every pixel answer carries: never cached, readable from any origin.
+fn pixel_headers(r: &mut Response<Full<Bytes>>) {
+    use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL};
+    let h = r.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+}
+
+/// `OPTIONS /p.gif`: the CORS preflight of a page on another origin.
+pub(crate) fn pixel_preflight() -> Response<Full<Bytes>> {
+    use hyper::header::{
+        HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+        ACCESS_CONTROL_MAX_AGE,
+    };
+    let mut r = response(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
+    pixel_headers(&mut r);
+    let h = r.headers_mut();
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type"),
+    );
+    h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    r
+}
+
+/// `GET` or `POST /p.gif`.
 pub(crate) fn pixel(
     req: &Request<Incoming>,
     peer: Option<SocketAddr>,
     ctx: &HttpContext,
 ) -> Response<Full<Bytes>> {
+    if is_prefetch(req) {
+        ShardStats::add(&ctx.ingest.stats.http_pixel_prefetch, 1);
+        let mut r = response(StatusCode::NO_CONTENT, "image/gif", Bytes::new());
+        pixel_headers(&mut r);
+        return r;
+    }
     let recv = now_ns();
     let mut obj = serde_json::Map::new();
     obj.insert(
@@ -75,6 +128,8 @@ pub(crate) fn pixel(
             "vid" => "vid",
             "a" => "action",
             "inc" => "inc",
+            "n" => "name",
+            "p" => "props",
             _ => continue,
         };
         obj.insert(key.into(), v.into());
@@ -84,14 +139,35 @@ pub(crate) fn pixel(
             .get(name)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
-    if let Some(ua) = header("user-agent") {
+    let ua = header("user-agent");
+    let ip = client_ip(req, peer, &ctx.ingest.cfg.trusted_proxies).map(|ip| ip.to_string());
+    let has_vid = obj
+        .get("vid")
+        .and_then(|v| v.as_str())
+        .is_some_and(|v| !v.is_empty());
+    if let (false, Some(ids)) = (has_vid, &ctx.visitor_ids) {
+        let site = obj
+            .get("url")
+            .and_then(|v| v.as_str())
+            .and_then(crate::parse::event::site_of);
+        if let Some(site) = site {
+            let (ip, ua) = (ip.as_deref().unwrap_or(""), ua.as_deref().unwrap_or(""));
+            match ids.derive(recv, &site, ip, ua) {
+                Some(vid) => {
+                    obj.insert("vid".into(), vid.into());
+                }
+                None => ShardStats::add(&ctx.ingest.stats.http_pixel_no_salt, 1),
+            }
+        }
+    }
+    if let Some(ua) = ua {
         obj.insert("ua".into(), ua.into());
     }
     if let Some(r) = header("referer") {
         obj.insert("referer".into(), r.into());
     }
-    if let Some(ip) = client_ip(req, peer, &ctx.ingest.cfg.trusted_proxies) {
-        obj.insert("ip".into(), ip.to_string().into());
+    if let Some(ip) = ip {
+        obj.insert("ip".into(), ip.into());
     }
     let line = serde_json::Value::Object(obj).to_string();
     ctx.ingest
@@ -102,10 +178,7 @@ pub(crate) fn pixel(
         .ingest
         .line(Transport::Http, peer, line.as_bytes(), recv);
     let mut r = response(StatusCode::OK, "image/gif", Bytes::from_static(&PIXEL_GIF));
-    r.headers_mut().insert(
-        hyper::header::CACHE_CONTROL,
-        hyper::header::HeaderValue::from_static("no-store"),
-    );
+    pixel_headers(&mut r);
     r
 }
 

@@ -1,7 +1,8 @@
 //! The HTTP layer: everything pixeld serves on its HTTP port, and the only part of pixeld that
 //! knows hyper. `server` accepts connections (limits, hyper on glommio), `router` sends each
 //! request through the access check (`auth`) to one file per group of endpoints:
-//! - `ingest`: `GET /p.gif`, `POST /v1/events`;
+//! - `ingest`: `GET`/`POST /p.gif`, `POST /v1/events`, with `visitor` (cookieless ids);
+//! - `tracker`: `GET /px.js` and `/px.<hash>.js`, the page-side script that sends the pixel;
 //! - `query`: `GET /v1/top`, `/v1/timeseries`, `/v1/summary`, `/v1/realtime`;
 //! - `log`: `/v1/log`, `/v1/log/shards`; `consumers`: named consumers `/v1/consumers/…`;
 //! - `ops`: `GET /metrics`, `/healthz`, `/readyz`;
@@ -20,6 +21,8 @@ pub mod query;
 pub mod response;
 pub mod router;
 pub mod server;
+pub mod tracker;
+pub mod visitor;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -41,6 +44,9 @@ pub struct HttpConfig {
     pub auth_token: Option<auth::AuthToken>,
     /// Open `/v1/live` streams allowed per shard (`dashboard.live_max_clients`).
     pub live_max_clients: usize,
+    /// Derive a cookieless visitor id for pixel hits without `vid`
+    /// (`tracker.derive_visitor_ids`; the salts live in `<data_dir>/tracker/`).
+    pub derive_visitor_ids: bool,
 }
 
 impl Default for HttpConfig {
@@ -48,6 +54,7 @@ impl Default for HttpConfig {
         HttpConfig {
             auth_token: None,
             live_max_clients: 1000,
+            derive_visitor_ids: true,
         }
     }
 }
@@ -68,6 +75,9 @@ pub struct HttpContext {
     pub log_api: Arc<crate::readers::LogReaders>,
     /// The Kafka export's counters, when it is configured (`/metrics`, `/readyz`).
     pub export: Option<Arc<crate::export::ExportStats>>,
+    /// Cookieless ids for pixel hits without `vid`; None when `tracker.derive_visitor_ids`
+    /// is off.
+    pub visitor_ids: Option<visitor::VisitorIds>,
 }
 
 /// Runs `f` on glommio's blocking pool: segment reads and the consumer store's fsyncs never

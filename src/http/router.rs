@@ -10,7 +10,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::response::json;
-use super::{auth, consumers, dashboard, ingest, log, ops, query, Body, HttpContext};
+use super::{auth, consumers, dashboard, ingest, log, ops, query, tracker, Body, HttpContext};
 use crate::metrics::ShardStats;
 
 /// The access check, then the dashboard and its live stream, then every other endpoint.
@@ -48,6 +48,9 @@ pub(crate) async fn route(
     if let Some(asset) = dashboard::asset(path) {
         return dashboard::serve(&req, asset).map(Either::Left);
     }
+    if tracker::owns(path) {
+        return tracker::serve(&req).map(Either::Left);
+    }
     handle(req, peer, &ctx).await.map(Either::Left)
 }
 
@@ -63,7 +66,7 @@ async fn handle(
         return consumers::handle(req, &ctx.log_api).await;
     }
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/p.gif") | (&Method::POST, "/v1/events")
+        (&Method::GET | &Method::POST, "/p.gif") | (&Method::POST, "/v1/events")
             if !ctx.ingest.cfg.allows(peer) =>
         {
             ShardStats::add(&ctx.ingest.stats.http_source_refused, 1);
@@ -72,7 +75,8 @@ async fn handle(
                 serde_json::json!({"error": "this address may not send hits (ingest.allowed_sources)"}),
             )
         }
-        (&Method::GET, "/p.gif") => ingest::pixel(&req, peer, ctx),
+        (&Method::GET | &Method::POST, "/p.gif") => ingest::pixel(&req, peer, ctx),
+        (&Method::OPTIONS, "/p.gif") => ingest::pixel_preflight(),
         (&Method::POST, "/v1/events") => ingest::events(req, peer, ctx).await,
         (&Method::GET, "/metrics") => ops::metrics(ctx),
         (&Method::GET, "/v1/top" | "/v1/timeseries" | "/v1/summary" | "/v1/realtime") => {

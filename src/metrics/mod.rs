@@ -240,6 +240,10 @@ pub struct ShardStats {
     pub disk_full: AtomicBool,
     /// HTTP requests refused with 401 (missing or wrong bearer token).
     pub http_unauthorized: AtomicU64,
+    /// `/p.gif` requests answered 204 and not stored: a prefetch or prerender.
+    pub http_pixel_prefetch: AtomicU64,
+    /// `/p.gif` hits without `vid` stored without a derived one: the day's salt was unusable.
+    pub http_pixel_no_salt: AtomicU64,
     /// Open `/v1/live` streams on this shard (gauge), and streams refused at
     /// `dashboard.live_max_clients`.
     pub live_clients: AtomicU64,
@@ -764,6 +768,24 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_ready",
         "Whether the process is ready (1) or not (0).",
         u8::from(not_ready(all).is_none()),
+    );
+    counter(
+        &mut p,
+        "pixeld_http_pixel_prefetch_total",
+        "/p.gif requests of a prefetch or prerender (Sec-Purpose: prefetch), answered 204 and not stored.",
+        vec![(
+            String::new(),
+            sum(&|s| ShardStats::get(&s.http_pixel_prefetch)),
+        )],
+    );
+    counter(
+        &mut p,
+        "pixeld_http_pixel_no_salt_total",
+        "/p.gif hits without vid stored without a derived visitor id because the day's salt could not be read or written (see the log).",
+        vec![(
+            String::new(),
+            sum(&|s| ShardStats::get(&s.http_pixel_no_salt)),
+        )],
     );
     counter(
         &mut p,

@@ -72,6 +72,8 @@ pub enum ShardError {
     },
     #[error("cannot open the consumer store: {0}")]
     Consumers(#[from] crate::consumers::ConsumerError),
+    #[error("{0} (or set tracker.derive_visitor_ids = false)")]
+    Salts(#[from] crate::http::visitor::SaltError),
 }
 
 /// What [`spawn_shards`] started: the shards, the readers' view of their logs, and the
@@ -151,6 +153,16 @@ pub fn spawn_shards(
         .export
         .as_ref()
         .map(|k| Arc::new(crate::export::ExportStats::new(&k.topic, cfg.shards)));
+    // One salt directory for every shard, so that they all derive the same ids.
+    let salts = if cfg.http_server.derive_visitor_ids {
+        let dir = std::path::absolute(&cfg.data_dir)
+            .unwrap_or_else(|_| cfg.data_dir.clone())
+            .join("tracker");
+        let today = crate::http::visitor::day_of(crate::sys::now_ns());
+        Some(Arc::new(crate::http::visitor::SaltDir::open(&dir, today)?))
+    } else {
+        None
+    };
     let mut stores = load_stores(cfg, &all_stats);
     let route_mesh = crate::route::mesh(cfg.shards);
     let query_mesh = crate::query::mesh(cfg.shards);
@@ -172,6 +184,7 @@ pub fn spawn_shards(
             log_api: log_api.clone(),
             export: export.clone(),
             store,
+            salts: salts.clone(),
         };
         let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -215,6 +228,7 @@ struct Listeners {
     log_api: Arc<crate::readers::LogReaders>,
     export: Option<Arc<crate::export::ExportStats>>,
     store: ShardStore,
+    salts: Option<Arc<crate::http::visitor::SaltDir>>,
 }
 
 /// What a shard starts its aggregates from: its loaded checkpoint chain and what its log's
@@ -431,6 +445,7 @@ async fn run_shard(
         hub,
         log_api: net.log_api,
         export: net.export,
+        visitor_ids: net.salts.map(crate::http::visitor::VisitorIds::new),
     });
     let http_task = glommio::spawn_local(async move {
         if let Err(e) = crate::http::run(http, http_ctx).await {

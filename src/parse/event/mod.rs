@@ -56,6 +56,7 @@ pub use fields::FieldNames;
 use fields::*;
 use json::*;
 use timestamp::*;
+pub use url::site_of;
 use url::*;
 
 /// How records become events.
@@ -86,6 +87,10 @@ pub enum Action {
     Pageview,
     /// A page is still being looked at; counts engaged time.
     Heartbeat,
+    /// A custom event (`a=event` with a `name` and `props`, e.g. from the tracking script's
+    /// `px('signup', {…})`, outbound links, downloads): a hit, neither a view nor engaged
+    /// time. Its name and props stay in the log for dimensions that do not exist yet.
+    Event,
 }
 
 /// One analytics event. The strings borrow the [`EventParser`]'s buffers, so an event lives
@@ -128,7 +133,7 @@ pub enum EventError {
     NoUrl,
     #[error("event url is not an absolute url with a host")]
     BadUrl,
-    #[error("event action is neither pageview nor heartbeat")]
+    #[error("event action is neither pageview, heartbeat nor event")]
     UnknownAction,
 }
 
@@ -431,7 +436,7 @@ fn finish<'a>(cfg: &EventConfig, scratch: &'a mut Scratch) -> Result<Event<'a>, 
         None => return Err(EventError::UnknownAction),
     };
     let engaged_seconds = match action {
-        Action::Pageview => 0,
+        Action::Pageview | Action::Event => 0,
         Action::Heartbeat => found.inc.value.unwrap_or(cfg.heartbeat_seconds),
     };
     let ref_host = match scratch.referrer.as_str() {
@@ -473,6 +478,8 @@ fn action(s: &str) -> Option<Action> {
         Some(Action::Pageview)
     } else if s.eq_ignore_ascii_case("heartbeat") || s.eq_ignore_ascii_case("hb") {
         Some(Action::Heartbeat)
+    } else if s.eq_ignore_ascii_case("event") {
+        Some(Action::Event)
     } else {
         None
     }
@@ -899,6 +906,11 @@ mod tests {
                 Ok((Action::Heartbeat, 10)),
             ),
             (r#","action":"pv","inc":25"#, Ok((Action::Pageview, 0))),
+            (
+                r#","action":"event","name":"signup""#,
+                Ok((Action::Event, 0)),
+            ),
+            (r#","a":"EVENT","inc":25"#, Ok((Action::Event, 0))),
             (r#","action":"click""#, Err(EventError::UnknownAction)),
             (r#","action":7"#, Err(EventError::UnknownAction)),
         ];

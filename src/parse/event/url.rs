@@ -176,3 +176,13 @@ pub(super) fn normalize_url(
     }
     Some(host)
 }
+
+/// The site (lower-case host, no port or userinfo) of a url value as a hit carries it,
+/// percent-encoded or not: the same site the aggregates count the hit under. `None` when it
+/// is not an absolute url with a host.
+pub fn site_of(value: &str) -> Option<String> {
+    let (mut bytes, mut url) = (Vec::new(), String::new());
+    decode_into(value, &mut bytes, &mut url);
+    let a = authority(&url)?;
+    url.get(a.host).map(str::to_ascii_lowercase)
+}
