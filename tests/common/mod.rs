@@ -3,10 +3,12 @@
 //! executor to run log code on, temp dirs on a real filesystem (O_DIRECT needs one),
 //! deterministic record contents, a running `pixeld serve` ([`Server`], started directly or
 //! with [`Server::builder`]) and HTTP requests to it; [`log_http`] holds the log-over-HTTP
-//! helpers.
+//! helpers, [`nginx`] a real nginx, [`browser`] a real Chromium.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod log_http;
+pub mod nginx;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};

@@ -13,6 +13,7 @@ mod allowed_sources;
 mod garbage;
 mod http;
 mod nginx;
+mod pixel;
 mod route_backpressure;
 mod udp_overload;
 mod udp_tcp;

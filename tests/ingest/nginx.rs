@@ -9,44 +9,19 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
+
 use std::time::{Duration, Instant};
 
+use crate::common::nginx::{nginx_bin, Nginx};
 use crate::common::{self, Server};
 
 const REQUESTS: usize = 20_000;
 const CLIENTS: usize = 4;
 
-fn nginx_bin() -> Option<PathBuf> {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-QUIT")
-            .arg(self.0.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The shipped snippet, pointed at our ports, plus a file log of the same format.
-fn nginx_conf(dir: &Path, http_port: u16, udp_port: u16) -> PathBuf {
+fn nginx_conf(dir: &Path, http_port: u16, udp_port: u16) -> String {
     let snippet = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/nginx/pixel.conf"
@@ -70,18 +45,7 @@ fn nginx_conf(dir: &Path, http_port: u16, udp_port: u16) -> PathBuf {
                 access.display()
             ),
         );
-    std::fs::write(dir.join("pixel.conf"), snippet).unwrap();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/pixel.conf;\n}}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    conf
+    snippet
 }
 
 /// Sends `paths` over one keep-alive connection, reading each response fully.
@@ -130,26 +94,7 @@ fn nginx_syslog_to_pixeld_loses_nothing() {
     assert!(s.wait_for("ready").is_some(), "{}", s.seen.join("\n"));
     let port = common::free_tcp_port();
     let conf = nginx_conf(tmp.path(), port, s.udp);
-    let ngx = Nginx(
-        Command::new(&nginx)
-            .arg("-p")
-            .arg(tmp.path())
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start nginx"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            std::fs::read_to_string(tmp.path().join("error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ngx = Nginx::start(&nginx, tmp.path(), &conf, port);
 
     // Varied hits: percent-encoded urls and referrers, UTF-8 and quotes in the UA.
     let agents = [

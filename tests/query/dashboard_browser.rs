@@ -9,49 +9,17 @@
 //! unless `PIXELD_SKIP_BROWSER=1` is set, which skips it with a printed reason (for
 //! developers without a browser; CI never sets it).
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::common::{http, Server};
+use crate::common::{browser, http, Server};
 
 const TOKEN: &str = "dashboard-test-token-0123456789";
 
-fn chromium() -> PathBuf {
-    std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
-}
-
-/// Why the browser test cannot run here, if it cannot.
-fn missing(browser_dir: &Path) -> Option<String> {
-    if !chromium().exists() {
-        return Some(format!(
-            "{} not found: install Debian's chromium (`apt-get install chromium`; scripts/test does)",
-            chromium().display()
-        ));
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        return Some("node not found: install Node.js 20 (scripts/test needs it)".into());
-    }
-    if !browser_dir.join("node_modules/playwright-core").is_dir() {
-        return Some(format!(
-            "playwright-core is not installed: run `npm ci` in {} (scripts/test does)",
-            browser_dir.display()
-        ));
-    }
-    None
-}
-
 #[test]
 fn dashboard_in_headless_chromium() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let browser_dir = root.join("tests/browser");
-    if let Some(why) = missing(&browser_dir) {
-        if std::env::var("PIXELD_SKIP_BROWSER").as_deref() == Ok("1") {
-            eprintln!("SKIPPED dashboard_in_headless_chromium (PIXELD_SKIP_BROWSER=1): {why}");
-            return;
-        }
-        panic!("the browser test cannot run: {why}. Set PIXELD_SKIP_BROWSER=1 to skip it on a developer machine.");
+    if !browser::can_run("dashboard_in_headless_chromium") {
+        return;
     }
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
@@ -117,53 +85,19 @@ fn dashboard_in_headless_chromium() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let mut node = Command::new("node")
-        .arg(browser_dir.join("dashboard.mjs"))
-        .current_dir(&browser_dir)
-        .env("PIXELD_URL", format!("http://127.0.0.1:{}", s.http))
-        .env("PIXELD_TOKEN", TOKEN)
-        .env("PIXELD_OUT", &out_dir)
-        .env("CHROMIUM", chromium())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node");
     // Bounded: the script's own waits are ≤ 15 s each; give up on it after 3 minutes.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(st) = node.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = node.kill();
-            let _ = node.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut out = String::new();
-    let mut err = String::new();
-    node.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    node.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    eprintln!("{out}{err}");
+    let (passed, out, err) = browser::run_node(
+        "dashboard.mjs",
+        &[
+            ("PIXELD_URL", format!("http://127.0.0.1:{}", s.http)),
+            ("PIXELD_TOKEN", TOKEN.to_string()),
+            ("PIXELD_OUT", out_dir.display().to_string()),
+        ],
+        Duration::from_secs(180),
+    );
     s.signal("TERM");
     let (code, stderr) = s.wait();
-    assert!(
-        status.is_some(),
-        "the browser script did not finish within 3 minutes"
-    );
-    assert!(
-        status.is_some_and(|st| st.success()),
-        "browser checks failed:\n{out}\n{err}"
-    );
+    assert!(passed, "browser checks failed:\n{out}\n{err}");
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains(TOKEN));
     assert!(out_dir.join("dashboard.png").is_file());

@@ -89,9 +89,12 @@ fn token_required_for_data_not_for_pixel_health_or_shell() {
         b"{\"url\":\"https://ex.com/a\",\"vid\":\"v\"}\n",
     );
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
-    // No token needed: the pixel (browsers send none), health, the dashboard's shell.
+    // No token needed: the pixel and the tracking script (browsers send none), health,
+    // the dashboard's shell.
     for path in [
         "/p.gif?url=https%3A%2F%2Fex.com%2Fb&vid=w",
+        "/px.js",
+        pixeld::http::tracker::versioned_path(),
         "/healthz",
         "/readyz",
         "/",
@@ -101,6 +104,10 @@ fn token_required_for_data_not_for_pixel_health_or_shell() {
         let (st, _, _) = http(port, "GET", path, &[], b"");
         assert_eq!(st, 200, "{path}");
     }
+    // A path that only looks like the script is not public.
+    let (st, _, _) = http(port, "GET", "/px.0123456789abcdef.js", &[], b"");
+    assert_eq!(st, 401);
+    refused += 1;
     // Both events were taken (the pixel's is written within the batch delay), the refusals
     // counted, and the token is nowhere.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
