@@ -33,7 +33,7 @@ impl Nginx {
             ),
         )
         .unwrap();
-        let ngx = Nginx(
+        let mut ngx = Nginx(
             Command::new(bin)
                 .arg("-p")
                 .arg(dir)
@@ -46,8 +46,9 @@ impl Nginx {
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = ngx.0.try_wait().ok().flatten();
             assert!(
-                Instant::now() < deadline,
+                exited.is_none() && Instant::now() < deadline,
                 "nginx did not start: {}",
                 std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
             );

@@ -1,6 +1,7 @@
 //! Answers of a real `pixeld serve`: the query API against an independent model of the event
 //! spec, the live stream (`/v1/live`) and the dashboard's assets, and the dashboard itself in
-//! a headless Chromium. One test binary; each module is one subject.
+//! a headless Chromium, and the tracking script in one. One test binary; each module is one
+//! subject.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,3 +12,4 @@ mod aggregates;
 mod dashboard_browser;
 mod dashboard_live;
 mod store;
+mod tracker_browser;
