@@ -281,6 +281,14 @@ fn shard_count_grows_with_a_rebuild_and_refuses_to_shrink() {
     let t0 = pixeld::route::now_minute();
     let s = start_with(&data, CONFIG, 2);
     post_all(&s, &hits(7, 4000));
+    // The kernel picks the shard of each connection (SO_REUSEPORT): post more, one line a
+    // connection, until shard 1's log holds records too, which the refusal below needs.
+    let more = hits(8, 200);
+    let mut lines = more.split_inclusive(|b| *b == b'\n');
+    while common::log_http::next_offsets(s.http)[1] == 0 {
+        let line = lines.next().expect("200 connections all landed on shard 0");
+        assert_eq!(common::try_post_events(s.http, line), Some(200));
+    }
     std::thread::sleep(Duration::from_millis(600));
     let two = answers(&s, t0);
     stop(s);
