@@ -29,6 +29,15 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(crate::sys::os_error)
 }
 
+/// A listening socket from elsewhere (systemd's socket activation).
+#[allow(unsafe_code)]
+pub fn adopt(fd: std::os::fd::OwnedFd) -> TcpListener {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: `fd` is owned and open, a listening stream socket (checked by
+    // `server::activation`); ownership passes to the listener.
+    unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }
+}
+
 /// Accepts connections until the shard stops.
 pub async fn run(listener: TcpListener, ingest: Rc<Ingest>) -> io::Result<()> {
     let open = Rc::new(Cell::new(0usize));

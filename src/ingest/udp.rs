@@ -39,6 +39,18 @@ pub fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<(UdpSocket, usize)> {
     Ok((UdpSocket::from(s), granted))
 }
 
+/// A bound UDP socket from elsewhere (systemd's socket activation), set up like [`bind`]'s:
+/// the receive buffer asked for (systemd's `ReceiveBuffer=` may have set a larger one, which
+/// is kept) and drop counting.
+pub fn adopt(s: socket2::Socket, rcvbuf: usize) -> io::Result<(UdpSocket, usize)> {
+    if s.recv_buffer_size()? / 2 < rcvbuf {
+        s.set_recv_buffer_size(rcvbuf)?;
+    }
+    set_rxq_ovfl(&s)?;
+    let granted = s.recv_buffer_size()?;
+    Ok((UdpSocket::from(s), granted))
+}
+
 #[allow(unsafe_code)]
 fn set_rxq_ovfl(s: &socket2::Socket) -> io::Result<()> {
     let one: libc::c_int = 1;

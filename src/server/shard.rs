@@ -72,6 +72,8 @@ pub enum ShardError {
     },
     #[error("cannot open the consumer store: {0}")]
     Consumers(#[from] crate::consumers::ConsumerError),
+    #[error("cannot duplicate a socket systemd passed: {0}")]
+    Activated(std::io::Error),
     #[error("{0} (or set tracker.derive_visitor_ids = false)")]
     Salts(#[from] crate::http::visitor::SaltError),
 }
@@ -106,6 +108,7 @@ impl ShardHandle {
 /// runs until `shutdown` is set, when it writes and fsyncs everything and reports `Stopped`.
 pub fn spawn_shards(
     cfg: &Config,
+    activated: Option<crate::server::activation::Activated>,
     shutdown: Arc<AtomicBool>,
     events: crossbeam_channel::Sender<ShardEvent>,
 ) -> Result<Started, ShardError> {
@@ -185,6 +188,10 @@ pub fn spawn_shards(
             export: export.clone(),
             store,
             salts: salts.clone(),
+            sockets: match &activated {
+                Some(a) => Some(a.for_shard(shard).map_err(ShardError::Activated)?),
+                None => None,
+            },
         };
         let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -229,6 +236,8 @@ struct Listeners {
     export: Option<Arc<crate::export::ExportStats>>,
     store: ShardStore,
     salts: Option<Arc<crate::http::visitor::SaltDir>>,
+    /// The shard's listeners when systemd passed them (socket activation); else it binds.
+    sockets: Option<crate::server::activation::ShardSockets>,
 }
 
 /// What a shard starts its aggregates from: its loaded checkpoint chain and what its log's
@@ -338,6 +347,48 @@ fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
         .collect()
 }
 
+/// A shard's listeners: UDP socket (and the receive buffer the kernel granted), TCP and HTTP.
+type Bound = (
+    glommio::net::UdpSocket,
+    usize,
+    glommio::net::TcpListener,
+    glommio::net::TcpListener,
+);
+
+/// Binds the configured addresses (SO_REUSEPORT: every shard its own sockets).
+fn bind_listeners(
+    udp: std::net::SocketAddr,
+    tcp: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    rcvbuf: usize,
+) -> Result<Bound, ShardFailure> {
+    let bind = |transport, addr| {
+        move |source| ShardFailure::Bind {
+            transport,
+            addr,
+            source,
+        }
+    };
+    let (u, granted) = crate::ingest::udp::bind(udp, rcvbuf).map_err(bind("UDP", udp))?;
+    let t = crate::ingest::tcp::bind(tcp).map_err(bind("TCP", tcp))?;
+    let h = crate::http::bind(http).map_err(bind("HTTP", http))?;
+    Ok((u, granted, t, h))
+}
+
+/// The sockets systemd passed, as this shard's listeners.
+fn from_activation(
+    fds: crate::server::activation::ShardSockets,
+    rcvbuf: usize,
+) -> std::io::Result<Bound> {
+    let (udp, granted) = crate::ingest::udp::adopt(
+        socket2::Socket::from(std::net::UdpSocket::from(fds.udp)),
+        rcvbuf,
+    )?;
+    let tcp = crate::ingest::tcp::adopt(fds.tcp);
+    let http = crate::ingest::tcp::adopt(fds.http);
+    Ok((udp, granted, tcp, http))
+}
+
 /// Waits until `shutdown` is set.
 async fn stopped(shutdown: &AtomicBool) {
     while !shutdown.load(Ordering::Relaxed) {
@@ -393,15 +444,19 @@ async fn run_shard(
         return Ok(flusher.await?);
     }
     let ticker = glommio::spawn_local(router.clone().tick(shutdown.clone()));
-    // Bind after recovery: nothing is accepted before the log is consistent.
-    let (udp, granted) =
-        crate::ingest::udp::bind(net.udp, net.ingest.udp_rcvbuf).map_err(|source| {
-            ShardFailure::Bind {
-                transport: "UDP",
+    // Bind after recovery: nothing is accepted before the log is consistent. Sockets systemd
+    // passed are already bound (and may have queued hits meanwhile).
+    let bound = match net.sockets {
+        Some(fds) => {
+            from_activation(fds, net.ingest.udp_rcvbuf).map_err(|source| ShardFailure::Bind {
+                transport: "activated",
                 addr: net.udp,
                 source,
-            }
-        })?;
+            })?
+        }
+        None => bind_listeners(net.udp, net.tcp, net.http, net.ingest.udp_rcvbuf)?,
+    };
+    let (udp, granted, tcp, http) = bound;
     // Linux reports twice the size it was set to (it counts its bookkeeping) and caps the
     // setting at net.core.rmem_max.
     let usable = granted / 2;
@@ -413,16 +468,6 @@ async fn run_shard(
     } else {
         eprintln!("pixeld: shard {shard}: UDP receive buffer: {usable} bytes");
     }
-    let tcp = crate::ingest::tcp::bind(net.tcp).map_err(|source| ShardFailure::Bind {
-        transport: "TCP",
-        addr: net.tcp,
-        source,
-    })?;
-    let http = crate::http::bind(net.http).map_err(|source| ShardFailure::Bind {
-        transport: "HTTP",
-        addr: net.http,
-        source,
-    })?;
     let ingest = std::rc::Rc::new(crate::ingest::Ingest {
         log: log.clone(),
         stats: stats.clone(),
@@ -502,16 +547,22 @@ async fn run_shard(
     let watcher = {
         let log = log.clone();
         let shutdown = shutdown.clone();
+        let receivers = (udp_task, tcp_task, http_task);
         glommio::spawn_local(async move {
             while !shutdown.load(Ordering::Relaxed) {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
+            // Stop reading before the log stops taking lines: what the sockets still hold
+            // stays in the kernel's queues, for the next process when systemd holds the
+            // sockets (socket activation), instead of being read and refused as
+            // `shutting_down`. (Each task waits at an await point, never inside a receive.)
+            drop(receivers);
             log.close();
         })
     };
     let result = flusher.await.map_err(ShardFailure::from);
     log_ended.store(true, Ordering::Relaxed);
-    drop((watcher, udp_task, tcp_task, http_task, ticker, catchup));
+    drop((watcher, ticker, catchup));
     // The last checkpoint, once this shard's log is synced (a failed log keeps the previous).
     let mut writer = checkpointer.await;
     if result.is_ok() {

@@ -33,6 +33,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error(transparent)]
     Preflight(#[from] crate::server::preflight::PreflightError),
+    #[error(transparent)]
+    Activation(#[from] crate::server::activation::ActivationError),
     #[cfg(feature = "kafka")]
     #[error(transparent)]
     Export(#[from] crate::export::kafka::ExportError),
@@ -146,7 +148,30 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     restrict_file_modes();
     crate::server::preflight::check_system(cfg)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    crate::server::preflight::check_ports(cfg)?;
+    // Sockets passed by systemd (pixeld.socket) are served as they are; otherwise the
+    // configured addresses must be free.
+    let activated = crate::server::activation::take(cfg)?;
+    let mut served = cfg.clone();
+    match &activated {
+        Some(a) => {
+            for (kind, configured, got) in [
+                ("udp", cfg.udp, a.udp),
+                ("tcp", cfg.tcp, a.tcp),
+                ("http", cfg.http, a.http),
+            ] {
+                if configured != got {
+                    eprintln!("pixeld: listen.{kind} ({configured}) is not used: systemd passed a socket on {got}");
+                }
+            }
+            eprintln!(
+                "pixeld: socket activation: serving the sockets systemd passed (udp, tcp, http: {:?} sockets)",
+                a.counts()
+            );
+            (served.udp, served.tcp, served.http) = (a.udp, a.tcp, a.http);
+        }
+        None => crate::server::preflight::check_ports(cfg)?,
+    }
+    let cfg = &served;
     #[cfg(feature = "kafka")]
     if let Some(k) = &cfg.export {
         if let Some(warning) = crate::export::kafka::check_topic(k)? {
@@ -184,7 +209,7 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
         handles,
         readers: log_api,
         export,
-    } = shard::spawn_shards(cfg, shutdown.clone(), tx)?;
+    } = shard::spawn_shards(cfg, activated, shutdown.clone(), tx)?;
     // The shards hold the readers too; only the export takes them from here.
     #[cfg(not(feature = "kafka"))]
     drop((log_api, export));

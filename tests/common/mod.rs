@@ -224,7 +224,9 @@ impl Server {
         s
     }
 
-    fn spawn(mut cmd: Command, data: &Path, extra: &[String]) -> Server {
+    /// Starts `cmd serve --data-dir DATA EXTRA…` (ports as `extra` names them; set the
+    /// fields for the helpers that use them).
+    pub fn spawn(mut cmd: Command, data: &Path, extra: &[String]) -> Server {
         let mut child = cmd
             .args(["serve", "--data-dir"])
             .arg(data)

@@ -15,5 +15,6 @@ mod http_auth;
 mod http_limits;
 mod notify;
 mod package_deb;
+mod socket_activation;
 mod startup_errors;
 mod systemd_unit;
