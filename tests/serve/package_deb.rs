@@ -77,6 +77,7 @@ fn the_package_holds_the_service_and_its_files() {
     for path in [
         "./usr/bin/pixeld",
         "./usr/lib/systemd/system/pixeld.service",
+        "./usr/lib/systemd/system/pixeld.socket",
         "./usr/lib/sysctl.d/60-pixeld.conf",
         "./etc/pixeld/pixeld.toml",
         "./usr/share/pixeld/nginx/pixel.conf",
