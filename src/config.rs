@@ -87,6 +87,7 @@ pub struct RawIngest {
     pub http_max_body: Size,
     pub http_max_connections: u64,
     pub http_header_timeout: String,
+    pub idempotency_horizon: String,
     pub trusted_proxies: Vec<String>,
     pub allowed_sources: Vec<String>,
 }
@@ -596,6 +597,11 @@ fn ingest_section(
         http_header_timeout: c.duration(
             "ingest.http_header_timeout",
             &i.http_header_timeout,
+            Duration::from_secs(1),
+        )?,
+        idempotency_horizon: c.duration(
+            "ingest.idempotency_horizon",
+            &i.idempotency_horizon,
             Duration::from_secs(1),
         )?,
         trusted_proxies: i

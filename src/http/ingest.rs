@@ -22,6 +22,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use super::idempotency::{Entry, KeyStore, PrefixMatch};
 use super::response::{json, response, unavailable};
 use super::HttpContext;
 use crate::log::Transport;
@@ -182,11 +186,62 @@ pub(crate) fn pixel(
     r
 }
 
+/// How a batch's lines went into the log: the last offset appended, or the refusal and how
+/// many lines (a prefix) were appended before it.
+type Appended = Result<Option<u64>, (usize, crate::log::AppendError)>;
+
+/// Appends `lines` to this shard's log without yielding (so that they are contiguous).
+fn append(lines: &[&[u8]], peer: Option<SocketAddr>, ctx: &HttpContext) -> Appended {
+    let stats = &ctx.ingest.stats;
+    let recv = now_ns();
+    let mut last = None;
+    for (i, l) in lines.iter().enumerate() {
+        match ctx.ingest.line(Transport::Http, peer, l, recv) {
+            Ok(o) => last = o.or(last),
+            Err(e) => {
+                // Lines after a refusal are not offered to the log; count them too.
+                stats.count_drop(e.reason(), (lines.len() - i - 1) as u64);
+                return Err((i, e));
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// A 503 that says how many leading lines of the batch were stored (appended; with an
+/// `Idempotency-Key`, also waited durable), so that a client without a key can resend just
+/// the rest.
+fn refused(e: crate::log::AppendError, stored: usize, lines: usize) -> Response<Full<Bytes>> {
+    let mut r = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"error": e.to_string(), "reason": e.reason().as_str(), "stored": stored, "lines": lines}),
+    );
+    r.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: String) -> Response<Full<Bytes>> {
+    json(status, serde_json::json!({ "error": msg }))
+}
+
 pub(crate) async fn events(
     req: Request<Incoming>,
     peer: Option<SocketAddr>,
     ctx: &HttpContext,
 ) -> Response<Full<Bytes>> {
+    let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if super::idempotency::valid_key(k) => Some(k.to_string()),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces".into(),
+            )
+        }
+    };
     let limit = ctx.ingest.cfg.http_max_body;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
@@ -194,15 +249,12 @@ pub(crate) async fn events(
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                return json(
+                return error(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    serde_json::json!({"error": format!("body larger than http_max_body ({limit} bytes)")}),
+                    format!("body larger than http_max_body ({limit} bytes)"),
                 );
             }
-            return json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": format!("cannot read body: {e}")}),
-            );
+            return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"));
         }
     };
     // Validate the whole body before storing any of it, so a 400 stores nothing.
@@ -225,30 +277,191 @@ pub(crate) async fn events(
             return unavailable(e);
         }
     }
-    let stats = &ctx.ingest.stats;
-    stats.count_received(Transport::Http, lines.len() as u64, body.len() as u64);
-    let recv = now_ns();
-    let mut last = None;
-    for (i, l) in lines.iter().enumerate() {
-        match ctx.ingest.line(Transport::Http, peer, l, recv) {
-            Ok(o) => last = o.or(last),
-            Err(e) => {
-                // Lines after a refusal are not offered to the log; count them too.
-                stats.count_drop(e.reason(), (lines.len() - i - 1) as u64);
-                return unavailable(e);
-            }
-        }
+    ctx.ingest
+        .stats
+        .count_received(Transport::Http, lines.len() as u64, body.len() as u64);
+    if let (Some(key), Some(store)) = (key, &ctx.keys) {
+        return keyed(key, store, &body, &lines, peer, ctx).await;
     }
+    let last = match append(&lines, peer, ctx) {
+        Ok(last) => last,
+        Err((stored, e)) => return refused(e, stored, lines.len()),
+    };
+    match durable_answer(last, lines.len(), ctx).await {
+        Ok(v) => json(StatusCode::OK, v),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// Waits until `last` (this shard's) is durable; the 200 answer of a batch of `n` lines.
+async fn durable_answer(
+    last: Option<u64>,
+    n: usize,
+    ctx: &HttpContext,
+) -> Result<serde_json::Value, crate::log::AppendError> {
     ctx.ingest.router.flush(crate::route::BATCH_INCS).await;
     let durable = match last {
-        Some(o) => match ctx.ingest.log.wait_durable(o).await {
-            Ok(d) => Some(d),
-            Err(e) => return unavailable(e),
-        },
+        Some(o) => Some(ctx.ingest.log.wait_durable(o).await?),
         None => ctx.ingest.log.durable_offset(),
     };
-    json(
-        StatusCode::OK,
-        serde_json::json!({"accepted": lines.len(), "durable_offset": {"shard": ctx.shard, "offset": durable}}),
+    Ok(
+        serde_json::json!({"accepted": n, "durable_offset": {"shard": ctx.shard, "offset": durable}}),
     )
 }
+
+/// A batch with an `Idempotency-Key` (see [`super::idempotency`]): answered once, stored once.
+async fn keyed(
+    key: String,
+    store: &Arc<KeyStore>,
+    body: &[u8],
+    lines: &[&[u8]],
+    peer: Option<SocketAddr>,
+    ctx: &HttpContext,
+) -> Response<Full<Bytes>> {
+    let Some(_held) = store.hold(&key) else {
+        let mut r = error(
+            StatusCode::CONFLICT,
+            format!(
+                "a request with Idempotency-Key {key:?} is in progress; retry once it is answered"
+            ),
+        );
+        r.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("1"),
+        );
+        return r;
+    };
+    let fp = super::idempotency::fingerprint(body);
+    let (st, k) = (store.clone(), key.clone());
+    let known = match super::blocking(move || {
+        st.prune_now_and_then()?;
+        st.get(&k)
+    })
+    .await
+    {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    // What earlier attempts stored.
+    let prior = match &known {
+        None => 0,
+        Some(e) if e.fingerprint != fp => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("Idempotency-Key {key:?} was used for a different body within ingest.idempotency_horizon; send a new batch with a new key"),
+            )
+        }
+        Some(Entry {
+            answer: Some(a), ..
+        }) => {
+            let mut r = json(StatusCode::OK, a.clone());
+            r.headers_mut().insert(
+                "idempotent-replayed",
+                hyper::header::HeaderValue::from_static("true"),
+            );
+            return r;
+        }
+        Some(e) => match stored_before(e, lines, ctx).await {
+            Ok(n) => n,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        },
+    };
+    let mut entry = Entry {
+        key,
+        fingerprint: fp,
+        shard: ctx.shard,
+        floor: ctx.ingest.log.next_offset(),
+        lines: lines.len() as u64,
+        prior: prior as u64,
+        answer: None,
+    };
+    let (st, e) = (store.clone(), entry.clone());
+    if let Err(e) = super::blocking(move || st.put(&e, true)).await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let rest = lines.get(prior..).unwrap_or_default();
+    let last = match append(rest, peer, ctx) {
+        Ok(last) => last,
+        Err((stored, e)) => {
+            // Made durable before answering, so that a retry reading the log sees them.
+            if stored > 0 {
+                ctx.ingest.router.flush(crate::route::BATCH_INCS).await;
+                let _ = ctx
+                    .ingest
+                    .log
+                    .wait_durable(ctx.ingest.log.next_offset().saturating_sub(1))
+                    .await;
+            }
+            return refused(e, prior + stored, lines.len());
+        }
+    };
+    let answer = match durable_answer(last, lines.len(), ctx).await {
+        Ok(v) => v,
+        Err(e) => return unavailable(e),
+    };
+    abort_fault_hook();
+    entry.answer = Some(answer.clone());
+    let st = store.clone();
+    if let Err(e) = super::blocking(move || st.put(&entry, false)).await {
+        // The batch is stored; a retry resolves the pending entry from the log.
+        eprintln!("pixeld: {e}");
+    }
+    json(StatusCode::OK, answer)
+}
+
+/// How many leading lines of a pending entry's batch its attempts stored: `prior`, plus the
+/// run found in its shard's durable log from its floor.
+async fn stored_before(e: &Entry, lines: &[&[u8]], ctx: &HttpContext) -> Result<usize, String> {
+    let prior = (e.prior as usize).min(lines.len());
+    let rest: Vec<Vec<u8>> = lines
+        .get(prior..)
+        .unwrap_or_default()
+        .iter()
+        .map(|l| l.to_vec())
+        .collect();
+    let Some(log) = ctx.log_api.logs.get(e.shard).cloned() else {
+        return Ok(prior);
+    };
+    let durable_next = ctx.log_api.durable_next(e.shard);
+    let (floor, shard) = (e.floor, e.shard);
+    let found = super::blocking(move || {
+        let refs: Vec<&[u8]> = rest.iter().map(Vec::as_slice).collect();
+        let mut m = PrefixMatch::new(&refs);
+        log.read_durable(
+            crate::log::reader::Start::Offset(floor),
+            durable_next,
+            |rec| {
+                if m.push(rec.bytes) {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                }
+            },
+            |_| {},
+        )
+        .map(|_| m.stored())
+    })
+    .await;
+    match found {
+        Ok(n) => Ok(prior + n),
+        // The floor left the log (retention): nothing of this attempt can be found.
+        Err(crate::log::fetch::FetchError::OutOfRange { .. }) => Ok(prior),
+        Err(e) => Err(format!(
+            "cannot read shard {shard}'s log to resolve the earlier attempt: {e}"
+        )),
+    }
+}
+
+/// Test-only fault hook (cargo feature `fault-injection`): `PIXELD_TEST_ABORT_AFTER_DURABLE=1`
+/// kills the process once a keyed batch is durable, before it is answered or its key
+/// completed, as a crash there would (tests/ingest/idempotency.rs retries it).
+#[cfg(feature = "fault-injection")]
+fn abort_fault_hook() {
+    if std::env::var_os("PIXELD_TEST_ABORT_AFTER_DURABLE").is_some() {
+        eprintln!("pixeld: PIXELD_TEST_ABORT_AFTER_DURABLE set: aborting before the answer");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn abort_fault_hook() {}

@@ -1,7 +1,8 @@
 //! The HTTP layer: everything pixeld serves on its HTTP port, and the only part of pixeld that
 //! knows hyper. `server` accepts connections (limits, hyper on glommio), `router` sends each
 //! request through the access check (`auth`) to one file per group of endpoints:
-//! - `ingest`: `GET`/`POST /p.gif`, `POST /v1/events`, with `visitor` (cookieless ids);
+//! - `ingest`: `GET`/`POST /p.gif`, `POST /v1/events`, with `visitor` (cookieless ids) and
+//!   `idempotency` (`Idempotency-Key`: batches stored once);
 //! - `tracker`: `GET /px.js` and `/px.<hash>.js`, the page-side script that sends the pixel;
 //! - `query`: `GET /v1/top`, `/v1/timeseries`, `/v1/summary`, `/v1/realtime`;
 //! - `log`: `/v1/log`, `/v1/log/shards`; `consumers`: named consumers `/v1/consumers/…`;
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod consumers;
 pub mod dashboard;
+pub mod idempotency;
 pub mod ingest;
 pub mod log;
 pub mod ops;
@@ -78,6 +80,8 @@ pub struct HttpContext {
     /// Cookieless ids for pixel hits without `vid`; None when `tracker.derive_visitor_ids`
     /// is off.
     pub visitor_ids: Option<visitor::VisitorIds>,
+    /// The `Idempotency-Key` store of `POST /v1/events`, shared by every shard.
+    pub keys: Option<Arc<idempotency::KeyStore>>,
 }
 
 /// Runs `f` on glommio's blocking pool: segment reads and the consumer store's fsyncs never

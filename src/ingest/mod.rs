@@ -44,6 +44,8 @@ pub struct IngestConfig {
     /// A request whose headers have not all arrived this long after its first byte (or a
     /// keep-alive connection idle this long) is closed: slowloris.
     pub http_header_timeout: Duration,
+    /// How long an `Idempotency-Key` of `POST /v1/events` is remembered.
+    pub idempotency_horizon: Duration,
     /// Peers whose `X-Forwarded-For` is believed for the client address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Who may send hits (`ingest.allowed_sources`); empty: anyone.
@@ -61,6 +63,7 @@ impl Default for IngestConfig {
             http_max_body: 1 << 20,
             http_max_connections: 10_000,
             http_header_timeout: Duration::from_secs(10),
+            idempotency_horizon: Duration::from_secs(86_400),
             trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
             allowed_sources: Vec::new(),
         }

@@ -72,6 +72,8 @@ pub enum ShardError {
     },
     #[error("cannot open the consumer store: {0}")]
     Consumers(#[from] crate::consumers::ConsumerError),
+    #[error("{0}; pixeld needs a writable data_dir")]
+    Keys(#[from] crate::http::idempotency::KeyError),
     #[error("cannot duplicate a socket systemd passed: {0}")]
     Activated(std::io::Error),
     #[error("{0} (or set tracker.derive_visitor_ids = false)")]
@@ -166,6 +168,13 @@ pub fn spawn_shards(
     } else {
         None
     };
+    // One Idempotency-Key store for every shard: a retry may reach any of them.
+    let keys = Arc::new(crate::http::idempotency::KeyStore::open(
+        &std::path::absolute(&cfg.data_dir)
+            .unwrap_or_else(|_| cfg.data_dir.clone())
+            .join("idempotency"),
+        cfg.ingest.idempotency_horizon,
+    )?);
     let mut stores = load_stores(cfg, &all_stats);
     let route_mesh = crate::route::mesh(cfg.shards);
     let query_mesh = crate::query::mesh(cfg.shards);
@@ -188,6 +197,7 @@ pub fn spawn_shards(
             export: export.clone(),
             store,
             salts: salts.clone(),
+            keys: keys.clone(),
             sockets: match &activated {
                 Some(a) => Some(a.for_shard(shard).map_err(ShardError::Activated)?),
                 None => None,
@@ -236,6 +246,7 @@ struct Listeners {
     export: Option<Arc<crate::export::ExportStats>>,
     store: ShardStore,
     salts: Option<Arc<crate::http::visitor::SaltDir>>,
+    keys: Arc<crate::http::idempotency::KeyStore>,
     /// The shard's listeners when systemd passed them (socket activation); else it binds.
     sockets: Option<crate::server::activation::ShardSockets>,
 }
@@ -491,6 +502,7 @@ async fn run_shard(
         log_api: net.log_api,
         export: net.export,
         visitor_ids: net.salts.map(crate::http::visitor::VisitorIds::new),
+        keys: Some(net.keys),
     });
     let http_task = glommio::spawn_local(async move {
         if let Err(e) = crate::http::run(http, http_ctx).await {

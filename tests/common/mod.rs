@@ -394,13 +394,22 @@ pub fn http(
 /// `POST /v1/events` on a fresh connection: the status, or None when the server is gone or
 /// the connection broke (for tests that kill it).
 pub fn try_post_events(port: u16, body: &[u8]) -> Option<u16> {
+    try_post_events_with(port, &[], body)
+}
+
+/// [`try_post_events`] with extra headers.
+pub fn try_post_events_with(port: u16, headers: &[(&str, &str)], body: &[u8]) -> Option<u16> {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    let head = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+    let mut head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
     c.write_all(head.as_bytes()).ok()?;
     c.write_all(body).ok()?;
     let mut out = Vec::new();
