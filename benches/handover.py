@@ -7,7 +7,8 @@ Build first, then run (Python 3.11 standard library only, as root for SO_RCVBUFF
     cargo build --release && python3 benches/handover.py --rate 20000 --duration 60 --restarts 3
 
 It plays systemd's socket unit: binds the UDP, TCP and HTTP listeners itself (the UDP receive
-buffer forced to --rcvbuf, as `ReceiveBuffer=` does), starts `pixeld serve` with them as fds
+buffer forced to --rcvbuf, as `ReceiveBuffer=` does; one UDP socket read by every shard, or
+with --udp-per-shard one per shard on the same port, as `ReusePort=yes` would), starts `pixeld serve` with them as fds
 3-5 and LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, and keeps them across restarts. `pixeld blast
 --transport udp` sends numbered lines (`seq`) at --rate for --duration; meanwhile pixeld is
 stopped and started again --restarts times, evenly spaced, with SIGTERM (mode `term`, as
@@ -26,20 +27,29 @@ ROOT = os.path.dirname(HERE)
 SO_RCVBUFFORCE = 33
 
 
-def bind_listeners(rcvbuf):
+def bind_udp(rcvbuf, port, reuse):
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if reuse:
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         udp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
     except PermissionError:
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    udp.bind(("127.0.0.1", 0))
+    udp.bind(("127.0.0.1", port))
+    return udp
+
+
+def bind_listeners(rcvbuf, udp_sockets):
+    """UDP: one socket, or `udp_sockets` on one port with SO_REUSEPORT (one per shard)."""
+    first = bind_udp(rcvbuf, 0, udp_sockets > 1)
+    udps = [first] + [bind_udp(rcvbuf, first.getsockname()[1], True) for _ in range(udp_sockets - 1)]
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.bind(("127.0.0.1", 0))
     tcp.listen(4096)
     http = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     http.bind(("127.0.0.1", 0))
     http.listen(4096)
-    return udp, tcp, http
+    return udps + [tcp, http]
 
 
 class Pixeld:
@@ -53,7 +63,8 @@ class Pixeld:
             for i, h in enumerate(high):
                 os.dup2(h, 3 + i, inheritable=True)
 
-        env = dict(os.environ, LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES="udp:tcp:http")
+        names = ":".join(["udp"] * (len(fds) - 2) + ["tcp", "http"])
+        env = dict(os.environ, LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names)
         self.p = subprocess.Popen(
             ["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"', binary, "serve",
              "--data-dir", data, "--shards", str(shards)],
@@ -91,7 +102,7 @@ def run(args, mode):
     binary = os.path.join(ROOT, "target/release/pixeld")
     tmp = tempfile.mkdtemp(prefix="pixeld-handover-")
     data = os.path.join(tmp, "data")
-    socks = bind_listeners(args.rcvbuf)
+    socks = bind_listeners(args.rcvbuf, args.shards if args.udp_per_shard else 1)
     granted = socks[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     udp_addr = "127.0.0.1:%d" % socks[0].getsockname()[1]
     px = Pixeld(binary, data, socks, args.shards)
@@ -132,7 +143,7 @@ def run(args, mode):
     for s in socks:
         s.close()
     subprocess.run(["rm", "-rf", tmp])
-    return {"mode": mode, "rate": args.rate, "duration_s": args.duration, "restarts": args.restarts,
+    return {"mode": mode, "udp_sockets": len(socks) - 2, "rate": args.rate, "duration_s": args.duration, "restarts": args.restarts,
             "shards": args.shards, "rcvbuf_granted": granted, "sent": sent, "distinct_logged": len(seqs),
             "missing": missing, "duplicated": doubled, "kernel_drops": drops, "gaps_s": gaps,
             "cpu_s": round(cpu, 2), "blast": next((l for l in out.splitlines() if l.startswith("sent ")), "")}
@@ -146,6 +157,8 @@ def main():
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--rcvbuf", type=int, default=32 << 20)
     ap.add_argument("--modes", nargs="+", default=["term", "kill9"])
+    ap.add_argument("--udp-per-shard", action="store_true",
+                    help="pass one UDP socket per shard (SO_REUSEPORT) instead of one shared by every shard")
     args = ap.parse_args()
     results = []
     for mode in args.modes:

@@ -121,8 +121,11 @@ pub struct Report {
     pub seconds: f64,
     /// Largest lag behind the open-loop schedule (0 at rate 0).
     pub max_lag_seconds: f64,
-    /// HTTP: events in batches answered 503 (a prefix of such a batch may be stored).
+    /// HTTP: events in batches still answered 503 or 409 after every retry (a prefix of such
+    /// a batch may be stored; its key lets a later retry store exactly the rest).
     pub http_refused_events: u64,
+    /// HTTP: batches sent again after a 503, a 409 or a failed connection (same key).
+    pub http_retries: u64,
     /// UDP: empty probe datagrams sent / seen by pixeld.
     pub probes_sent: u64,
     pub probes_seen: u64,
@@ -149,6 +152,7 @@ impl Report {
         });
         if self.transport == "http" {
             v["http_refused_events"] = self.http_refused_events.into();
+            v["http_retries"] = self.http_retries.into();
         }
         if self.transport == "udp" {
             v["probes_sent"] = self.probes_sent.into();
@@ -187,9 +191,15 @@ impl Report {
             );
         }
         s.push('\n');
+        if self.http_retries > 0 {
+            s += &format!(
+                "HTTP: {} batches retried with their Idempotency-Key\n",
+                self.http_retries
+            );
+        }
         if self.http_refused_events > 0 {
             s += &format!(
-                "HTTP 503 for {} events (pixeld could not take them)\n",
+                "HTTP 503 for {} events after {HTTP_ATTEMPTS} attempts (pixeld could not take them)\n",
                 self.http_refused_events
             );
         }
@@ -269,6 +279,7 @@ struct ThreadResult {
     bytes: u64,
     max_lag: f64,
     http_refused: u64,
+    http_retries: u64,
     /// The UDP socket, kept for the probes.
     udp: Option<UdpSocket>,
 }
@@ -359,6 +370,7 @@ pub fn run(opts: &BlastOptions) -> Result<Report, BlastError> {
         report.bytes += r.bytes;
         report.max_lag_seconds = report.max_lag_seconds.max(r.max_lag);
         report.http_refused_events += r.http_refused;
+        report.http_retries += r.http_retries;
     }
     if let (Some(url), Some(before)) = (&opts.metrics, before) {
         // TCP and HTTP deliver everything (or the sender saw an error), so their counters are
@@ -527,6 +539,8 @@ fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> 
         Transport::Http => {
             let agent = http_agent();
             let url = format!("http://{}/v1/events", opts.target);
+            // Keys unique to this run: another blast never meets them.
+            let run: u64 = rand::random();
             let mut body = Vec::with_capacity(opts.batch.max(1) * 320);
             let mut nth = 0;
             while let Some(range) = plan.chunk(nth) {
@@ -539,28 +553,55 @@ fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> 
                     body.push(b'\n');
                 }
                 let len = body.len() as u64;
-                let mut resp = agent
-                    .post(&url)
-                    .header("content-type", "application/x-ndjson")
-                    .send(&body[..])
-                    .map_err(|e| BlastError::Http {
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })?;
-                let status = resp.status().as_u16();
-                let text = resp.body_mut().read_to_string().unwrap_or_default();
-                match status {
-                    200 => {}
-                    503 => res.http_refused += n,
-                    _ => {
-                        return Err(BlastError::HttpStatus {
-                            url,
-                            status,
-                            body: format!(
-                                "{} (a batch of {n} events, {len} bytes; see --batch)",
-                                text.trim()
-                            ),
-                        })
+                // Each batch carries its own Idempotency-Key, so that a retry after a 503, a
+                // 409, a timeout or a broken connection is stored once (pixeld stores only what
+                // the first attempt had not).
+                let key = format!("blast-{run:016x}-{}-{nth}", plan.k);
+                let mut attempt = 0u32;
+                loop {
+                    attempt += 1;
+                    let sent = agent
+                        .post(&url)
+                        .header("content-type", "application/x-ndjson")
+                        .header("idempotency-key", &key)
+                        .send(&body[..]);
+                    let (status, text) = match sent {
+                        Ok(mut resp) => (
+                            resp.status().as_u16(),
+                            resp.body_mut().read_to_string().unwrap_or_default(),
+                        ),
+                        Err(_) if attempt < HTTP_ATTEMPTS => {
+                            res.http_retries += 1;
+                            std::thread::sleep(Duration::from_millis(200));
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(BlastError::Http {
+                                url: url.clone(),
+                                reason: format!("{e} (after {attempt} attempts)"),
+                            })
+                        }
+                    };
+                    match status {
+                        200 => break,
+                        503 | 409 if attempt < HTTP_ATTEMPTS => {
+                            res.http_retries += 1;
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        503 | 409 => {
+                            res.http_refused += n;
+                            break;
+                        }
+                        _ => {
+                            return Err(BlastError::HttpStatus {
+                                url,
+                                status,
+                                body: format!(
+                                    "{} (a batch of {n} events, {len} bytes; see --batch)",
+                                    text.trim()
+                                ),
+                            })
+                        }
                     }
                 }
                 res.sent += n;
@@ -657,6 +698,9 @@ fn sendmmsg(sock: &UdpSocket, buf: &[u8], ends: &[usize], from: usize) -> io::Re
     }
     Ok(n as usize)
 }
+
+/// Attempts per HTTP batch (every 200 ms) before it is counted as refused.
+const HTTP_ATTEMPTS: u32 = 50;
 
 /// A small HTTP client for `/metrics` and `POST /v1/events`: no TLS, answers of any status
 /// returned as answers, a bounded wait.
