@@ -29,13 +29,17 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(crate::sys::os_error)
 }
 
-/// A listening socket from elsewhere (systemd's socket activation).
+/// A listening socket from elsewhere (systemd's socket activation), made non-blocking:
+/// systemd passes blocking sockets (unless `NonBlocking=yes`), and glommio first tries a
+/// plain `accept`, which on a blocking socket would stall the shard until a client comes.
 #[allow(unsafe_code)]
-pub fn adopt(fd: std::os::fd::OwnedFd) -> TcpListener {
+pub fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<TcpListener> {
     use std::os::fd::{FromRawFd, IntoRawFd};
-    // SAFETY: `fd` is owned and open, a listening stream socket (checked by
+    let s = socket2::Socket::from(std::net::TcpListener::from(fd));
+    s.set_nonblocking(true)?;
+    // SAFETY: the descriptor is owned and open, a listening stream socket (checked by
     // `server::activation`); ownership passes to the listener.
-    unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }
+    Ok(unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
 }
 
 /// Accepts connections until the shard stops.

@@ -40,9 +40,11 @@ pub fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<(UdpSocket, usize)> {
 }
 
 /// A bound UDP socket from elsewhere (systemd's socket activation), set up like [`bind`]'s:
-/// the receive buffer asked for (systemd's `ReceiveBuffer=` may have set a larger one, which
+/// non-blocking, the receive buffer asked for (systemd's `ReceiveBuffer=` may have set a larger one, which
 /// is kept) and drop counting.
 pub fn adopt(s: socket2::Socket, rcvbuf: usize) -> io::Result<(UdpSocket, usize)> {
+    // systemd passes blocking sockets; `recvmmsg` must never wait on the executor thread.
+    s.set_nonblocking(true)?;
     if s.recv_buffer_size()? / 2 < rcvbuf {
         s.set_recv_buffer_size(rcvbuf)?;
     }

@@ -395,8 +395,8 @@ fn from_activation(
         socket2::Socket::from(std::net::UdpSocket::from(fds.udp)),
         rcvbuf,
     )?;
-    let tcp = crate::ingest::tcp::adopt(fds.tcp);
-    let http = crate::ingest::tcp::adopt(fds.http);
+    let tcp = crate::ingest::tcp::adopt(fds.tcp)?;
+    let http = crate::ingest::tcp::adopt(fds.http)?;
     Ok((udp, granted, tcp, http))
 }
 

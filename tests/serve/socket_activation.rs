@@ -91,6 +91,15 @@ fn restarts_lose_and_double_nothing_while_systemd_holds_the_sockets() {
         s
     };
     let mut s = start();
+    // pixeld made them non-blocking (the flag belongs to the socket, shared with this
+    // process's descriptors): systemd passes blocking sockets, on which a shard's first
+    // accept would stall it until a client came.
+    for fd in fds {
+        // SAFETY: fcntl(F_GETFL) on a descriptor this test owns; no memory is touched.
+        #[allow(unsafe_code)]
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert!(flags & libc::O_NONBLOCK != 0, "fd {fd} is still blocking");
+    }
 
     // The stream: numbered datagrams at a steady rate from another thread.
     let target = ports.0;
