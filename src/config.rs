@@ -88,6 +88,8 @@ pub struct RawIngest {
     pub http_max_connections: u64,
     pub http_header_timeout: String,
     pub idempotency_horizon: String,
+    pub pixel_overload: String,
+    pub pixel_max_wait: String,
     pub trusted_proxies: Vec<String>,
     pub allowed_sources: Vec<String>,
 }
@@ -604,6 +606,20 @@ fn ingest_section(
             &i.idempotency_horizon,
             Duration::from_secs(1),
         )?,
+        pixel_overload: match i.pixel_overload.as_str() {
+            "drop" => crate::ingest::PixelOverload::Drop,
+            "wait" => crate::ingest::PixelOverload::Wait(c.duration(
+                "ingest.pixel_max_wait",
+                &i.pixel_max_wait,
+                Duration::from_millis(1),
+            )?),
+            other => {
+                return Err(c.invalid(
+                    "ingest.pixel_overload",
+                    format!("is {other:?}; write \"drop\" (answer at once, count the hit as dropped) or \"wait\" (hold the answer up to pixel_max_wait for room in the log)"),
+                ))
+            }
+        },
         trusted_proxies: i
             .trusted_proxies
             .iter()
@@ -815,5 +831,25 @@ mod tests {
         assert_eq!(c.log.get().fsync, Fsync::EveryBatch);
         assert_eq!(c.log.get().retention.max_age, None);
         assert_eq!(c.log.get().retention.max_bytes, Some(10 << 30));
+        // The pixel's overload choice.
+        let raw = RawConfig::parse("[ingest]\npixel_overload = \"queue\"\n", "f").unwrap();
+        let e = Config::from_raw(&raw, "f").unwrap_err().to_string();
+        assert!(
+            e.contains("ingest.pixel_overload") && e.contains("\"wait\""),
+            "{e}"
+        );
+        let raw = RawConfig::parse(
+            "[ingest]\npixel_overload = \"wait\"\npixel_max_wait = \"50ms\"\n",
+            "f",
+        )
+        .unwrap();
+        let c = Config::from_raw(&raw, "f").unwrap();
+        assert_eq!(
+            c.ingest.pixel_overload,
+            crate::ingest::PixelOverload::Wait(Duration::from_millis(50))
+        );
+        assert_eq!(c.ingest.pixel_overload.describe(), "wait 50ms");
+        let c = Config::from_raw(&RawConfig::defaults(), "embedded").unwrap();
+        assert_eq!(c.ingest.pixel_overload, crate::ingest::PixelOverload::Drop);
     }
 }

@@ -387,6 +387,8 @@
     $('h-shards').textContent = nf.format(h.shards) + (h.ready ? '' : ' (not ready)');
     $('h-lag').textContent = nf.format(h.pending_events) + ' events not yet on disk';
     $('h-live').textContent = nf.format(h.live_clients);
+    const px = h.pixel || { overload: '?', waited_total: 0, dropped_total: 0 };
+    $('h-pixel').textContent = px.overload;
     if (!prev || h.t_ms <= prev.t_ms) return;
     const dt = (h.t_ms - prev.t_ms) / 1000;
     const rate = (a, b) => Math.max(0, (a - b) / dt);
@@ -399,6 +401,14 @@
     const dd = $('h-dropped');
     dd.textContent = drops.length ? drops.map(([k, v]) => `${k} ${nf1.format(v)} /s`).join(', ') : '0 /s';
     dd.dataset.bad = drops.length ? 'true' : '';
+    // The pixel's choice under a full log queue, and what it cost in the last interval.
+    const pp = prev.pixel || px;
+    const waited = rate(px.waited_total, pp.waited_total);
+    const lost = rate(px.dropped_total, pp.dropped_total);
+    const hp = $('h-pixel');
+    hp.textContent = px.overload + (waited > 0 ? `, ${nf1.format(waited)} /s waited` : '') +
+      (lost > 0 ? `, ${nf1.format(lost)} /s dropped` : '');
+    hp.dataset.bad = lost > 0 ? 'true' : '';
   }
 
   // ---- the live stream (SSE over fetch) ----------------------------------------------------

@@ -101,7 +101,7 @@ pub(crate) fn pixel_preflight() -> Response<Full<Bytes>> {
 }
 
 /// `GET` or `POST /p.gif`.
-pub(crate) fn pixel(
+pub(crate) async fn pixel(
     req: &Request<Incoming>,
     peer: Option<SocketAddr>,
     ctx: &HttpContext,
@@ -177,10 +177,27 @@ pub(crate) fn pixel(
     ctx.ingest
         .stats
         .count_received(Transport::Http, 1, line.len() as u64);
-    // A refusal is counted by `line`; the browser gets its pixel either way.
-    let _ = ctx
+    let stats = &ctx.ingest.stats;
+    if let (crate::ingest::PixelOverload::Wait(bound), true) =
+        (ctx.ingest.cfg.pixel_overload, ctx.ingest.log.is_congested())
+    {
+        ShardStats::add(&stats.http_pixel_waited, 1);
+        let room = async { ctx.ingest.log.wait_for_space().await.is_ok() };
+        let late = async {
+            glommio::timer::sleep(bound).await;
+            false
+        };
+        let _ = futures_lite::future::or(room, late).await;
+    }
+    // A refusal is counted by `line` (and here, as the pixel's); the browser gets its pixel
+    // either way: it would not retry.
+    if ctx
         .ingest
-        .line(Transport::Http, peer, line.as_bytes(), recv);
+        .line(Transport::Http, peer, line.as_bytes(), recv)
+        .is_err()
+    {
+        ShardStats::add(&stats.http_pixel_dropped, 1);
+    }
     let mut r = response(StatusCode::OK, "image/gif", Bytes::from_static(&PIXEL_GIF));
     pixel_headers(&mut r);
     r

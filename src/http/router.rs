@@ -75,7 +75,7 @@ async fn handle(
                 serde_json::json!({"error": "this address may not send hits (ingest.allowed_sources)"}),
             )
         }
-        (&Method::GET | &Method::POST, "/p.gif") => ingest::pixel(&req, peer, ctx),
+        (&Method::GET | &Method::POST, "/p.gif") => ingest::pixel(&req, peer, ctx).await,
         (&Method::OPTIONS, "/p.gif") => ingest::pixel_preflight(),
         (&Method::POST, "/v1/events") => ingest::events(req, peer, ctx).await,
         (&Method::GET, "/metrics") => ops::metrics(ctx),

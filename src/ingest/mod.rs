@@ -46,10 +46,33 @@ pub struct IngestConfig {
     pub http_header_timeout: Duration,
     /// How long an `Idempotency-Key` of `POST /v1/events` is remembered.
     pub idempotency_horizon: Duration,
+    /// What `/p.gif` does while the log's write-behind queue is full.
+    pub pixel_overload: PixelOverload,
     /// Peers whose `X-Forwarded-For` is believed for the client address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Who may send hits (`ingest.allowed_sources`); empty: anyone.
     pub allowed_sources: Vec<ipnet::IpNet>,
+}
+
+/// What the pixel does while the log cannot keep up (`ingest.pixel_overload`). A browser
+/// never retries a pixel, so a hit refused is lost either way; the choice is between
+/// answering at once and holding the reader's request a little.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelOverload {
+    /// Answer the GIF at once; a hit the log cannot take is dropped and counted.
+    Drop,
+    /// Hold the answer up to this long for room in the log's queue, then as `Drop`.
+    Wait(Duration),
+}
+
+impl PixelOverload {
+    /// As the config writes it, for the health strip.
+    pub fn describe(&self) -> String {
+        match self {
+            PixelOverload::Drop => "drop".into(),
+            PixelOverload::Wait(d) => format!("wait {}ms", d.as_millis()),
+        }
+    }
 }
 
 impl Default for IngestConfig {
@@ -64,6 +87,7 @@ impl Default for IngestConfig {
             http_max_connections: 10_000,
             http_header_timeout: Duration::from_secs(10),
             idempotency_horizon: Duration::from_secs(86_400),
+            pixel_overload: PixelOverload::Drop,
             trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
             allowed_sources: Vec::new(),
         }

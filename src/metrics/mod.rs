@@ -244,6 +244,10 @@ pub struct ShardStats {
     pub http_pixel_prefetch: AtomicU64,
     /// `/p.gif` hits without `vid` stored without a derived one: the day's salt was unusable.
     pub http_pixel_no_salt: AtomicU64,
+    /// `/p.gif` hits that met a full log queue: held for room (`pixel_overload = "wait"`),
+    /// and dropped (the log refused them, after the wait if any).
+    pub http_pixel_waited: AtomicU64,
+    pub http_pixel_dropped: AtomicU64,
     /// Open `/v1/live` streams on this shard (gauge), and streams refused at
     /// `dashboard.live_max_clients`.
     pub live_clients: AtomicU64,
@@ -780,6 +784,21 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
     );
     counter(
         &mut p,
+        "pixeld_http_pixel_overload_total",
+        "/p.gif hits that met a full log queue: waited for room (ingest.pixel_overload = \"wait\"), dropped (refused by the log, after the wait if any; also in pixeld_dropped_events_total).",
+        vec![
+            (
+                "{outcome=\"waited\"}".to_string(),
+                sum(&|s| ShardStats::get(&s.http_pixel_waited)),
+            ),
+            (
+                "{outcome=\"dropped\"}".to_string(),
+                sum(&|s| ShardStats::get(&s.http_pixel_dropped)),
+            ),
+        ],
+    );
+    counter(
+        &mut p,
         "pixeld_http_pixel_no_salt_total",
         "/p.gif hits without vid stored without a derived visitor id because the day's salt could not be read or written (see the log).",
         vec![(
@@ -821,7 +840,7 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
 /// events received but not yet in the log (received − appended − dropped: what a crash now
 /// could lose from the write-behind queue), per-shard durable offsets, readiness. Counters,
 /// not rates: a client derives rates from two samples and their `t_ms`.
-pub fn health(all: &[std::sync::Arc<ShardStats>]) -> serde_json::Value {
+pub fn health(all: &[std::sync::Arc<ShardStats>], pixel_overload: &str) -> serde_json::Value {
     let sum = |f: &dyn Fn(&ShardStats) -> u64| all.iter().map(|s| f(s)).sum::<u64>();
     let received = sum(&|s| s.received_total());
     let appended = sum(&|s| ShardStats::get(&s.appended_events));
@@ -843,5 +862,10 @@ pub fn health(all: &[std::sync::Arc<ShardStats>]) -> serde_json::Value {
         "pending_events": received.saturating_sub(appended + dropped),
         "durable_offset": all.iter().map(|s| s.durable_offset().map_or(-1, |o| o as i64)).collect::<Vec<_>>(),
         "live_clients": sum(&|s| ShardStats::get(&s.live_clients)),
+        "pixel": {
+            "overload": pixel_overload,
+            "waited_total": sum(&|s| ShardStats::get(&s.http_pixel_waited)),
+            "dropped_total": sum(&|s| ShardStats::get(&s.http_pixel_dropped)),
+        },
     })
 }

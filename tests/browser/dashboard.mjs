@@ -113,6 +113,9 @@ try {
   const shards = metrics.split('\n').filter((l) => l.startsWith('pixeld_durable_offset{')).length;
   assert.equal(health, String(shards), 'health strip shards != /metrics');
   ok(`health strip shows ${health} shards, as /metrics`);
+  const pixel = await page.evaluate(() => document.getElementById('h-pixel').textContent);
+  assert.ok(pixel.startsWith('drop'), `health strip's pixel overload: ${pixel}`);
+  ok(`health strip shows the pixel's overload choice (${pixel})`);
   await page.screenshot({ path: join(OUT, 'dashboard.png'), fullPage: true });
   ok('screenshot ' + join(OUT, 'dashboard.png'));
 

@@ -217,7 +217,11 @@ impl Live {
                 return event(
                     "health",
                     None,
-                    &crate::metrics::health(&self.ctx.all_stats).to_string(),
+                    &crate::metrics::health(
+                        &self.ctx.all_stats,
+                        &self.ctx.ingest.cfg.pixel_overload.describe(),
+                    )
+                    .to_string(),
                 );
             }
             glommio::timer::sleep(TICK).await;
