@@ -68,3 +68,39 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Resp {
     );
     r
 }
+
+/// An embedded file's answer to a `GET`/`HEAD`: 304 when `If-None-Match` names `etag` (a
+/// quoted strong tag), else 200 with `body`; the `ETag` header either way; 405 for another
+/// method (`what` names the file in the error). The caller adds its caching headers.
+pub(crate) fn static_file(
+    req: &hyper::Request<hyper::body::Incoming>,
+    etag: &str,
+    content_type: &str,
+    body: &'static [u8],
+    what: &str,
+) -> Response<Full<Bytes>> {
+    use hyper::header::{HeaderValue, ETAG, IF_NONE_MATCH};
+    use hyper::Method;
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": format!("method not allowed: {what} is read with GET")}),
+        );
+    }
+    let fresh = req
+        .headers()
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut r = if fresh {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        response(StatusCode::OK, content_type, Bytes::from_static(body))
+    };
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        r.headers_mut().insert(ETAG, v);
+    }
+    r
+}

@@ -13,9 +13,9 @@ use std::sync::OnceLock;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 
-use super::response::{json, response};
+use super::response::static_file;
 
 /// The script as served: `px.min.js`, made from the source `px.js` by `scripts/build-px`
 /// (the browser test checks that it is up to date and within its size budget).
@@ -40,31 +40,18 @@ pub fn owns(path: &str) -> bool {
 
 /// Answers `GET`/`HEAD` of either name; 304 when `If-None-Match` names the current bytes.
 pub fn serve(req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            serde_json::json!({"error": "method not allowed: the script is read with GET"}),
-        );
-    }
     let etag = format!("\"{}\"", hash());
-    let fresh = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    let mut r = if fresh {
-        response(StatusCode::NOT_MODIFIED, "text/javascript", Bytes::new())
-    } else {
-        response(
-            StatusCode::OK,
-            "text/javascript; charset=utf-8",
-            Bytes::from_static(SCRIPT),
-        )
-    };
-    let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
+    let mut r = static_file(
+        req,
+        &etag,
+        "text/javascript; charset=utf-8",
+        SCRIPT,
+        "the script",
+    );
+    if r.status() == StatusCode::METHOD_NOT_ALLOWED {
+        return r;
     }
+    let h = r.headers_mut();
     if req.uri().path() == "/px.js" {
         h.insert(
             header::CACHE_CONTROL,

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 
 /// One embedded file and the path it is served at.
 pub struct Asset {
@@ -101,34 +101,17 @@ fn etag(asset: &Asset) -> &'static str {
 /// Answers a GET or HEAD of an asset: 200 with the bytes, or 304 when `If-None-Match`
 /// names the current ETag. Other methods get 405.
 pub fn serve(req: &Request<Incoming>, asset: &Asset) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return crate::http::response::json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            serde_json::json!({"error": "method not allowed: the dashboard is read with GET"}),
-        );
+    let mut r = crate::http::response::static_file(
+        req,
+        etag(asset),
+        asset.content_type,
+        asset.body,
+        "the dashboard",
+    );
+    if r.status() == StatusCode::METHOD_NOT_ALLOWED {
+        return r;
     }
-    let tag = etag(asset);
-    let fresh = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
-    let mut r = if fresh {
-        let mut r = Response::new(Full::new(Bytes::new()));
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r
-    } else {
-        let mut r = Response::new(Full::new(Bytes::from_static(asset.body)));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(asset.content_type),
-        );
-        r
-    };
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(tag) {
-        h.insert(header::ETAG, v);
-    }
     // Revalidate every time: one round trip, and never a stale page after an upgrade.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
