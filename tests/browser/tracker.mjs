@@ -87,6 +87,7 @@ writeFileSync(join(ROOT, 'router.js'), `document.addEventListener('click', funct
 });`);
 page('spa.html', '', '<a id="two" href="/app/two">two</a> <a id="three" href="/app/three?x=1">three</a>');
 page('read.html', 'data-heartbeat="5"');
+page('hash.html', 'data-hash');
 page('close.html', 'data-heartbeat="10"');
 page('plain.html', '');
 page('local.html', 'data-vid="local"');
@@ -186,6 +187,24 @@ try {
     await summary('spa.test', (s) => s.views === 4, 'views of spa.test');
     clean(p, 'spa');
     ok('one load + 3 SPA navigations = 4 views, urls and referrers right, replaceState ignored');
+    await ctx.close();
+  }
+
+  // 1b. Hash routing (data-hash): a fragment change is a pageview, the fragment kept.
+  {
+    const ctx = await browser.newContext();
+    const p = await open(ctx);
+    await p.goto(site('hash.test') + '/hash.html#/start');
+    await hitsOf('hash.test', (h) => h.length === 1, 'the load');
+    await p.evaluate(() => { location.hash = '#/inbox'; });
+    const h = await hitsOf('hash.test', (h) => h.length === 2, 'a hash change');
+    const base = site('hash.test') + '/hash.html';
+    assert.deepEqual(h.map((x) => [x.url, x.urlref || '']), [
+      [base + '#/start', ''],
+      [base + '#/inbox', base + '#/start'],
+    ]);
+    clean(p, 'hash');
+    ok('data-hash: a fragment change is a pageview with the fragment, referred by the previous one');
     await ctx.close();
   }
 
