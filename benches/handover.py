@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Restart hand-over benchmark (issue 18): does a UDP stream survive pixeld restarts when
-systemd holds the sockets?
+"""Restart hand-over benchmark (issue 18): does a UDP stream (or a stream of HTTP batches with
+Idempotency-Keys, --transport http) survive pixeld restarts when systemd holds the sockets?
 
 Build first, then run (Python 3.11 standard library only, as root for SO_RCVBUFFORCE):
 
@@ -105,10 +105,16 @@ def run(args, mode):
     socks = bind_listeners(args.rcvbuf, args.shards if args.udp_per_shard else 1)
     granted = socks[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     udp_addr = "127.0.0.1:%d" % socks[0].getsockname()[1]
+    http_addr = "127.0.0.1:%d" % socks[-1].getsockname()[1]
     px = Pixeld(binary, data, socks, args.shards)
     assert px.ready.wait(60), "\n".join(px.lines)
+    if args.transport == "udp":
+        how = ["--transport", "udp", "--target", udp_addr]
+    else:
+        # Batches with an Idempotency-Key each, retried on 503, 409 and broken connections.
+        how = ["--transport", "http", "--target", http_addr, "--batch", str(args.batch)]
     blast = subprocess.Popen(
-        [binary, "blast", "--transport", "udp", "--target", udp_addr, "--no-metrics",
+        [binary, "blast", *how, "--no-metrics",
          "--rate", str(args.rate), "--duration", f"{args.duration}s", "--seed", "7"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     gaps, cpu, drops = [], 0.0, 0
@@ -143,7 +149,9 @@ def run(args, mode):
     for s in socks:
         s.close()
     subprocess.run(["rm", "-rf", tmp])
-    return {"mode": mode, "udp_sockets": len(socks) - 2, "rate": args.rate, "duration_s": args.duration, "restarts": args.restarts,
+    retries = re.search(r"(\d+) batches retried", out)
+    return {"mode": mode, "transport": args.transport, "udp_sockets": len(socks) - 2,
+            "http_retries": int(retries.group(1)) if retries else 0, "rate": args.rate, "duration_s": args.duration, "restarts": args.restarts,
             "shards": args.shards, "rcvbuf_granted": granted, "sent": sent, "distinct_logged": len(seqs),
             "missing": missing, "duplicated": doubled, "kernel_drops": drops, "gaps_s": gaps,
             "cpu_s": round(cpu, 2), "blast": next((l for l in out.splitlines() if l.startswith("sent ")), "")}
@@ -157,6 +165,9 @@ def main():
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--rcvbuf", type=int, default=32 << 20)
     ap.add_argument("--modes", nargs="+", default=["term", "kill9"])
+    ap.add_argument("--transport", choices=["udp", "http"], default="udp",
+                    help="udp: datagrams; http: POST /v1/events batches with Idempotency-Keys")
+    ap.add_argument("--batch", type=int, default=100, help="events per HTTP batch")
     ap.add_argument("--udp-per-shard", action="store_true",
                     help="pass one UDP socket per shard (SO_REUSEPORT) instead of one shared by every shard")
     args = ap.parse_args()

@@ -55,6 +55,16 @@ pub struct Entry {
     pub prior: u64,
     /// The answer once the whole batch is durable; None while pending.
     pub answer: Option<serde_json::Value>,
+    /// When the key was first seen (ms since the epoch, this process's clock; set by `put`):
+    /// the horizon counts from here.
+    #[serde(default)]
+    pub created_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Checks a key: 1 to 255 printable ASCII characters.
@@ -126,7 +136,8 @@ impl KeyStore {
         })
     }
 
-    /// Removes entries older than the horizon (by file time) and leftover temp files.
+    /// Removes entries older than the horizon (by file time: cheap, and the entry's own time
+    /// decides in [`KeyStore::get`] anyway) and leftover temp files.
     pub fn prune(&self) -> Result<usize, KeyError> {
         let now = SystemTime::now();
         let mut removed = 0;
@@ -168,15 +179,16 @@ impl KeyStore {
     /// The entry of `key`, if it is known and younger than the horizon.
     pub fn get(&self, key: &str) -> Result<Option<Entry>, KeyError> {
         let path = self.path(key);
-        let (text, modified) = match std::fs::read(&path) {
-            Ok(t) => (t, std::fs::metadata(&path).and_then(|m| m.modified()).ok()),
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("read", &path)(e)),
         };
-        let expired = modified
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > self.horizon);
         let entry: Option<Entry> = serde_json::from_slice(&text).ok();
+        // By the entry's own time, not the file's: the same clock as now.
+        let expired = entry.as_ref().is_some_and(|e| {
+            now_ms().saturating_sub(e.created_ms) > self.horizon.as_millis() as u64
+        });
         match entry {
             // Another key with the same file name (a hash collision) is not this key.
             Some(e) if e.key == key && !expired => Ok(Some(e)),
@@ -186,6 +198,11 @@ impl KeyStore {
 
     /// Writes `entry`; with `durable`, fsynced (file and directory) before returning.
     pub fn put(&self, entry: &Entry, durable: bool) -> Result<(), KeyError> {
+        let mut entry = entry.clone();
+        if entry.created_ms == 0 {
+            entry.created_ms = now_ms();
+        }
+        let entry = &entry;
         let path = self.path(&entry.key);
         let tmp = path.with_extension("tmp");
         let text = serde_json::to_vec(entry).map_err(|e| io("encode", &path)(e.into()))?;
@@ -282,9 +299,25 @@ mod tests {
             lines: 3,
             prior: 0,
             answer: None,
+            created_ms: 1,
         };
         s.put(&e, true).unwrap();
-        assert_eq!(s.get("k1").unwrap(), Some(e.clone()));
+        assert_eq!(
+            s.get("k1").unwrap(),
+            None,
+            "created long ago: over the horizon"
+        );
+        let e = Entry { created_ms: 0, ..e };
+        s.put(&e, true).unwrap();
+        let got = s.get("k1").unwrap().unwrap();
+        assert!(got.created_ms > 0);
+        assert_eq!(
+            Entry {
+                created_ms: 0,
+                ..got
+            },
+            e
+        );
         assert_eq!(s.get("k2").unwrap(), None);
         let held = s.hold("k1").unwrap();
         assert!(s.hold("k1").is_none(), "a key is held once");

@@ -391,6 +391,7 @@ async fn keyed(
         lines: lines.len() as u64,
         prior: prior as u64,
         answer: None,
+        created_ms: known.as_ref().map_or(0, |e| e.created_ms),
     };
     let (st, e) = (store.clone(), entry.clone());
     if let Err(e) = super::blocking(move || st.put(&e, true)).await {
