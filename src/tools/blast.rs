@@ -60,6 +60,8 @@ pub struct BlastOptions {
     pub metrics: Option<String>,
     /// How long to wait for the counters to take in what was sent.
     pub settle_timeout: Duration,
+    /// HTTP: an `Idempotency-Key` per batch (retries store it once).
+    pub idempotency_keys: bool,
 }
 
 /// Why a blast failed.
@@ -560,11 +562,13 @@ fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> 
                 let mut attempt = 0u32;
                 loop {
                     attempt += 1;
-                    let sent = agent
+                    let mut post = agent
                         .post(&url)
-                        .header("content-type", "application/x-ndjson")
-                        .header("idempotency-key", &key)
-                        .send(&body[..]);
+                        .header("content-type", "application/x-ndjson");
+                    if opts.idempotency_keys {
+                        post = post.header("idempotency-key", &key);
+                    }
+                    let sent = post.send(&body[..]);
                     let (status, text) = match sent {
                         Ok(mut resp) => (
                             resp.status().as_u16(),

@@ -50,6 +50,10 @@ pub struct BlastArgs {
     /// Events per TCP write or per HTTP POST.
     #[arg(long)]
     pub batch: Option<usize>,
+    /// HTTP: send batches without an `Idempotency-Key` (a retry may then store a batch twice;
+    /// for measuring the plain path).
+    #[arg(long)]
+    pub no_idempotency_keys: bool,
     /// nginx's syslog header in front of each line (default: syslog for udp/tcp, none for
     /// http and --out).
     #[arg(long, value_enum)]
@@ -251,6 +255,7 @@ pub fn run(a: BlastArgs) -> Result<Outcome, BlastArgsError> {
         }),
         metrics,
         settle_timeout: a.settle_timeout.into(),
+        idempotency_keys: !a.no_idempotency_keys,
     };
     Ok(Outcome::Sent(Box::new(blast::run(&opts)?)))
 }
