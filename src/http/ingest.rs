@@ -26,7 +26,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use super::idempotency::{Entry, KeyStore, PrefixMatch};
-use super::response::{json, response, unavailable};
+use super::response::{json, response, retry_soon, unavailable};
 use super::HttpContext;
 use crate::log::Transport;
 use crate::metrics::ShardStats;
@@ -229,15 +229,10 @@ fn append(lines: &[&[u8]], peer: Option<SocketAddr>, ctx: &HttpContext) -> Appen
 /// `Idempotency-Key`, also waited durable), so that a client without a key can resend just
 /// the rest.
 fn refused(e: crate::log::AppendError, stored: usize, lines: usize) -> Response<Full<Bytes>> {
-    let mut r = json(
+    retry_soon(json(
         StatusCode::SERVICE_UNAVAILABLE,
         serde_json::json!({"error": e.to_string(), "reason": e.reason().as_str(), "stored": stored, "lines": lines}),
-    );
-    r.headers_mut().insert(
-        hyper::header::RETRY_AFTER,
-        hyper::header::HeaderValue::from_static("1"),
-    );
-    r
+    ))
 }
 
 fn error(status: StatusCode, msg: String) -> Response<Full<Bytes>> {
@@ -336,17 +331,12 @@ async fn keyed(
     ctx: &HttpContext,
 ) -> Response<Full<Bytes>> {
     let Some(_held) = store.hold(&key) else {
-        let mut r = error(
+        return retry_soon(error(
             StatusCode::CONFLICT,
             format!(
                 "a request with Idempotency-Key {key:?} is in progress; retry once it is answered"
             ),
-        );
-        r.headers_mut().insert(
-            hyper::header::RETRY_AFTER,
-            hyper::header::HeaderValue::from_static("1"),
-        );
-        return r;
+        ));
     };
     let fp = super::idempotency::fingerprint(body);
     let (st, k) = (store.clone(), key.clone());

@@ -29,10 +29,14 @@ pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<By
 }
 
 pub(crate) fn unavailable(why: AppendError) -> Response<Full<Bytes>> {
-    let mut r = json(
+    retry_soon(json(
         StatusCode::SERVICE_UNAVAILABLE,
         serde_json::json!({"error": why.to_string(), "reason": why.reason().as_str()}),
-    );
+    ))
+}
+
+/// `r` with `Retry-After: 1`: the client should try again in a second.
+pub(crate) fn retry_soon(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     r.headers_mut().insert(
         hyper::header::RETRY_AFTER,
         hyper::header::HeaderValue::from_static("1"),

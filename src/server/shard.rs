@@ -158,21 +158,22 @@ pub fn spawn_shards(
         .export
         .as_ref()
         .map(|k| Arc::new(crate::export::ExportStats::new(&k.topic, cfg.shards)));
+    // Directories every shard shares, under the data dir (absolute: glommio threads resolve
+    // no relative path).
+    let data_dir = std::path::absolute(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
     // One salt directory for every shard, so that they all derive the same ids.
     let salts = if cfg.http_server.derive_visitor_ids {
-        let dir = std::path::absolute(&cfg.data_dir)
-            .unwrap_or_else(|_| cfg.data_dir.clone())
-            .join("tracker");
         let today = crate::http::visitor::day_of(crate::sys::now_ns());
-        Some(Arc::new(crate::http::visitor::SaltDir::open(&dir, today)?))
+        Some(Arc::new(crate::http::visitor::SaltDir::open(
+            &data_dir.join("tracker"),
+            today,
+        )?))
     } else {
         None
     };
     // One Idempotency-Key store for every shard: a retry may reach any of them.
     let keys = Arc::new(crate::http::idempotency::KeyStore::open(
-        &std::path::absolute(&cfg.data_dir)
-            .unwrap_or_else(|_| cfg.data_dir.clone())
-            .join("idempotency"),
+        &data_dir.join("idempotency"),
         cfg.ingest.idempotency_horizon,
     )?);
     let mut stores = load_stores(cfg, &all_stats);
