@@ -73,6 +73,22 @@ pub struct RawListen {
     pub tcp: String,
     /// HTTP listener (pixel, batch endpoint, queries, metrics).
     pub http: String,
+    /// Hand the sockets pixeld binds itself to systemd's file descriptor store: "auto", "yes"
+    /// or "no" (see [`FdStore`]).
+    pub fd_store: String,
+}
+
+/// `listen.fd_store`: whether the shards put the sockets they bind themselves in systemd's
+/// file descriptor store (`FDSTORE=1`), so that they outlive a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdStore {
+    /// When systemd says the service has a store (`$FDSTORE`, systemd 254 and later).
+    Auto,
+    /// Whenever pixeld runs under a service manager (`NOTIFY_SOCKET`), e.g. on systemd 252
+    /// with `FileDescriptorStoreMax=` set.
+    Yes,
+    /// Never.
+    No,
 }
 
 /// `[ingest]`: receiving hits. See config/pixeld.toml for each field.
@@ -264,6 +280,8 @@ pub struct Config {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub http: SocketAddr,
+    /// `listen.fd_store`.
+    pub fd_store: FdStore,
     pub ingest: crate::ingest::IngestConfig,
     /// The HTTP port's access and dashboard settings.
     pub http_server: crate::http::HttpConfig,
@@ -347,6 +365,17 @@ impl Config {
             udp: c.addr("listen.udp", &raw.listen.udp)?,
             tcp: c.addr("listen.tcp", &raw.listen.tcp)?,
             http,
+            fd_store: match raw.listen.fd_store.trim() {
+                "auto" => FdStore::Auto,
+                "yes" => FdStore::Yes,
+                "no" => FdStore::No,
+                other => {
+                    return Err(c.invalid(
+                        "listen.fd_store",
+                        format!("is {other:?}; write \"auto\", \"yes\" or \"no\""),
+                    ))
+                }
+            },
             log: LogTemplate(log),
             export: match &raw.export.kafka {
                 None => None,

@@ -35,7 +35,7 @@ use hyper::body::Bytes;
 use crate::ingest::Ingest;
 use crate::metrics::ShardStats;
 
-pub use server::{bind, run};
+pub use server::run;
 
 /// Settings of the HTTP port that are not about ingest (those are in `IngestConfig`, shared
 /// with UDP and TCP): who may read, and how many live streams a shard serves.

@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -16,11 +15,6 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::HttpContext;
 use crate::metrics::ShardStats;
-
-/// Binds `addr` (glommio sets `SO_REUSEPORT`).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(crate::sys::os_error)
-}
 
 /// Serves connections until the shard stops.
 pub async fn run(listener: TcpListener, ctx: Rc<HttpContext>) -> io::Result<()> {

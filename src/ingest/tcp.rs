@@ -24,9 +24,21 @@ use crate::sys::now_ns;
 /// Read size per `read` call.
 const READ_CHUNK: usize = 64 << 10;
 
-/// Binds `addr` (glommio sets `SO_REUSEPORT`).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(crate::sys::os_error)
+/// Binds and listens on `addr` with `SO_REUSEPORT` (every shard its own listener), as
+/// glommio's `TcpListener::bind` would, but returns the descriptor: the shard may hand it to
+/// systemd's file descriptor store before [`adopt`] makes it a listener. Used for the TCP and
+/// the HTTP port.
+pub fn bind(addr: SocketAddr) -> io::Result<std::os::fd::OwnedFd> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(std::net::TcpListener::from(s).into())
 }
 
 /// A listening socket from elsewhere (systemd's socket activation), made non-blocking:

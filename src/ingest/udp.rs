@@ -23,8 +23,10 @@ use crate::metrics::{DropReason, ShardStats};
 pub const BATCH: usize = 64;
 
 /// Binds `addr` with `SO_REUSEPORT`, the requested receive buffer and `SO_RXQ_OVFL`.
-/// Returns the socket and the receive buffer size the kernel actually granted.
-pub fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<(UdpSocket, usize)> {
+/// Returns the socket (made a glommio socket with `UdpSocket::from`, after the shard may have
+/// handed it to systemd's file descriptor store) and the receive buffer size the kernel
+/// actually granted.
+pub fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<(socket2::Socket, usize)> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
     } else {
@@ -36,7 +38,7 @@ pub fn bind(addr: SocketAddr, rcvbuf: usize) -> io::Result<(UdpSocket, usize)> {
     set_rxq_ovfl(&s)?;
     s.bind(&addr.into())?;
     let granted = s.recv_buffer_size()?;
-    Ok((UdpSocket::from(s), granted))
+    Ok((s, granted))
 }
 
 /// A bound UDP socket from elsewhere (systemd's socket activation), set up like [`bind`]'s:

@@ -11,6 +11,16 @@
 //! stream socket that does not listen, a closed descriptor, a kind missing, a count that fits
 //! neither rule) stops the start with one line naming the fix: never a silent fallback to
 //! binding a port of its own.
+//!
+//! The same descriptors also come back from systemd's file descriptor store
+//! (`FileDescriptorStoreMax=`, `sd_pid_notify_with_fds(3)` `FDSTORE=1`): when pixeld binds its
+//! sockets itself and `listen.fd_store` allows it, each shard hands its UDP, TCP and HTTP
+//! sockets to systemd under the names `stored-udp`, `stored-tcp` and `stored-http` (see
+//! [`store`]), and the next process after a restart (`systemctl restart`, `Restart=on-failure`
+//! after a crash) receives them in `LISTEN_FDS`. Stored sockets are accepted in any number: a
+//! restart with another shard count spreads them over the shards (shard `i` reads stored
+//! socket `j` for every `j ≡ i (mod shards)`, a shard without one reads a duplicate of socket
+//! `i mod stored`), so that none is left unread with datagrams queued in it.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -71,42 +81,68 @@ const KINDS: [(&str, &str); 3] = [
     ("http", "ListenStream"),
 ];
 
+/// The names under which pixeld puts its own sockets in systemd's file descriptor store, in
+/// the order of [`KINDS`].
+pub const STORED_NAMES: [&str; 3] = ["stored-udp", "stored-tcp", "stored-http"];
+
 /// The sockets systemd passed, by kind, and their addresses.
 #[derive(Debug)]
 pub struct Activated {
-    /// `[udp, tcp, http]`: one socket each, or one per shard.
+    /// `[udp, tcp, http]` from a socket unit: one socket each, or one per shard.
     kinds: [Vec<OwnedFd>; 3],
+    /// `[udp, tcp, http]` from the file descriptor store: any number.
+    stored: [Vec<OwnedFd>; 3],
+    shards: usize,
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub http: SocketAddr,
 }
 
-/// One shard's three listeners, as descriptors of its own.
-#[derive(Debug)]
+/// One shard's listeners, as descriptors of its own: per kind, those systemd holds (from a
+/// socket unit or the file descriptor store). An empty kind is bound by the shard itself.
+#[derive(Debug, Default)]
 pub struct ShardSockets {
-    pub udp: OwnedFd,
-    pub tcp: OwnedFd,
-    pub http: OwnedFd,
+    pub udp: Vec<OwnedFd>,
+    pub tcp: Vec<OwnedFd>,
+    pub http: Vec<OwnedFd>,
 }
 
 impl Activated {
-    /// Shard `shard`'s sockets: its own when systemd passed one per shard, else a duplicate
-    /// of the shared one.
+    /// Shard `shard`'s sockets: from a socket unit its own when systemd passed one per shard,
+    /// else a duplicate of the shared one; from the store every `j ≡ shard (mod shards)`, or a
+    /// duplicate of socket `shard mod stored` when there are fewer than shards.
     pub fn for_shard(&self, shard: usize) -> std::io::Result<ShardSockets> {
-        let pick = |fds: &Vec<OwnedFd>| -> std::io::Result<OwnedFd> {
-            fds.get(shard)
-                .or_else(|| fds.first())
-                .ok_or_else(|| std::io::Error::other("no socket"))?
-                .try_clone()
+        let pick = |i: usize| -> std::io::Result<Vec<OwnedFd>> {
+            let mut out = Vec::new();
+            let unit = &self.kinds[i];
+            if let Some(fd) = unit.get(shard).or_else(|| unit.first()) {
+                out.push(fd.try_clone()?);
+            }
+            let stored = &self.stored[i];
+            if !stored.is_empty() {
+                let mine: Vec<&OwnedFd> = stored
+                    .iter()
+                    .skip(shard)
+                    .step_by(self.shards.max(1))
+                    .collect();
+                if mine.is_empty() {
+                    out.push(stored[shard % stored.len()].try_clone()?);
+                } else {
+                    for fd in mine {
+                        out.push(fd.try_clone()?);
+                    }
+                }
+            }
+            Ok(out)
         };
         Ok(ShardSockets {
-            udp: pick(&self.kinds[0])?,
-            tcp: pick(&self.kinds[1])?,
-            http: pick(&self.kinds[2])?,
+            udp: pick(0)?,
+            tcp: pick(1)?,
+            http: pick(2)?,
         })
     }
 
-    /// How many sockets of each kind (`[udp, tcp, http]`).
+    /// How many sockets of each kind (`[udp, tcp, http]`) a socket unit passed.
     pub fn counts(&self) -> [usize; 3] {
         [
             self.kinds[0].len(),
@@ -114,6 +150,45 @@ impl Activated {
             self.kinds[2].len(),
         ]
     }
+
+    /// How many sockets of each kind (`[udp, tcp, http]`) came from the file descriptor store.
+    pub fn stored_counts(&self) -> [usize; 3] {
+        [
+            self.stored[0].len(),
+            self.stored[1].len(),
+            self.stored[2].len(),
+        ]
+    }
+}
+
+/// Whether shards put the sockets they bind themselves in systemd's file descriptor store:
+/// only under a service manager (`NOTIFY_SOCKET` set), and with `listen.fd_store = "auto"`
+/// only when it says the service has a store (`$FDSTORE`, set by systemd 254 and later when
+/// `FileDescriptorStoreMax=` > 0; older systemd logs a warning per socket otherwise).
+pub fn store_enabled(cfg: &Config) -> bool {
+    use crate::config::FdStore;
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return false;
+    }
+    match cfg.fd_store {
+        FdStore::Yes => true,
+        FdStore::No => false,
+        FdStore::Auto => std::env::var("FDSTORE")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0),
+    }
+}
+
+/// Hands one socket pixeld bound itself to systemd's file descriptor store, named for its
+/// kind (0 udp, 1 tcp, 2 http), so that it outlives this process: after a restart the next
+/// process receives it in `LISTEN_FDS`, with what was queued in it meanwhile.
+pub fn store(kind: usize, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    use sd_notify::NotifyState;
+    let name = STORED_NAMES
+        .get(kind)
+        .ok_or_else(|| std::io::Error::other("no such kind of listener"))?;
+    sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(name)], &[fd])
 }
 
 fn sock_type(fd: BorrowedFd<'_>) -> std::io::Result<(socket2::Type, bool, Option<SocketAddr>)> {
@@ -148,6 +223,7 @@ pub fn take(cfg: &Config) -> Result<Option<Activated>, ActivationError> {
 #[allow(unsafe_code)]
 fn classify(fds: Vec<(RawFd, String)>, cfg: &Config) -> Result<Activated, ActivationError> {
     let mut kinds: [Vec<OwnedFd>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut stored: [Vec<OwnedFd>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut addrs: [Option<SocketAddr>; 3] = [None; 3];
     for (fd, name) in fds {
         // SAFETY: fcntl(F_GETFD) on any integer touches no memory; it fails with EBADF when
@@ -170,10 +246,11 @@ fn classify(fds: Vec<(RawFd, String)>, cfg: &Config) -> Result<Activated, Activa
                 reason: e.to_string(),
             })?;
         let addr_text = addr.map_or_else(|| "no address".to_string(), |a| a.to_string());
+        let from_store = STORED_NAMES.contains(&name.as_str());
         let kind = match name.as_str() {
-            "udp" => 0,
-            "tcp" => 1,
-            "http" => 2,
+            "udp" | "stored-udp" => 0,
+            "tcp" | "stored-tcp" => 1,
+            "http" | "stored-http" => 2,
             _ if ty == socket2::Type::DGRAM => 0,
             _ if addr == Some(cfg.tcp) => 1,
             _ if addr == Some(cfg.http) => 2,
@@ -208,14 +285,21 @@ fn classify(fds: Vec<(RawFd, String)>, cfg: &Config) -> Result<Activated, Activa
             });
         }
         addrs[kind] = addrs[kind].or(addr);
-        kinds[kind].push(owned);
+        if from_store {
+            stored[kind].push(owned);
+        } else {
+            kinds[kind].push(owned);
+        }
     }
+    // With the file descriptor store in use, a kind it lacks (a failed store, a listener
+    // added since) is bound by the shards, which then store it.
+    let store_in_use = stored.iter().any(|s| !s.is_empty());
     for (i, (kind, directive)) in KINDS.iter().enumerate() {
         let n = kinds[i].len();
-        if n == 0 {
+        if n == 0 && !store_in_use {
             return Err(ActivationError::Missing { kind, directive });
         }
-        if n != 1 && n != cfg.shards {
+        if n > 1 && n != cfg.shards {
             return Err(ActivationError::Count {
                 kind,
                 n,
@@ -229,6 +313,8 @@ fn classify(fds: Vec<(RawFd, String)>, cfg: &Config) -> Result<Activated, Activa
         tcp: addr(1, cfg.tcp),
         http: addr(2, cfg.http),
         kinds,
+        stored,
+        shards: cfg.shards,
     })
 }
 
@@ -270,7 +356,7 @@ mod tests {
         assert_eq!(a.counts(), [1, 1, 1]);
         let s = a.for_shard(1).unwrap();
         assert_eq!(
-            socket2::SockRef::from(&s.tcp)
+            socket2::SockRef::from(&s.tcp[0])
                 .local_addr()
                 .unwrap()
                 .as_socket(),
@@ -297,6 +383,59 @@ mod tests {
         .unwrap();
         assert_eq!(a.counts(), [2, 1, 1]);
         assert_eq!((a.tcp, a.http), (ta, ha));
+    }
+
+    fn addr_of(fd: &OwnedFd) -> SocketAddr {
+        socket2::SockRef::from(fd)
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .unwrap()
+    }
+
+    #[test]
+    fn stored_sockets_spread_over_any_shard_count_and_missing_kinds_are_bound() {
+        // Four stored UDP sockets (a previous run of 4 shards), one TCP, no HTTP.
+        let udps: Vec<(RawFd, SocketAddr)> = (0..4).map(|_| udp()).collect();
+        let (t, ta) = listener();
+        let mut fds: Vec<(RawFd, String)> = udps
+            .iter()
+            .map(|(fd, _)| (*fd, "stored-udp".to_string()))
+            .collect();
+        fds.push((t, "stored-tcp".into()));
+        // Three shards now: shard 0 reads stored sockets 0 and 3, shard 1 socket 1, shard 2
+        // socket 2; every shard reads (a duplicate of) the one TCP listener; HTTP is bound.
+        let a = classify(fds, &cfg(3)).unwrap();
+        assert_eq!(a.counts(), [0, 0, 0]);
+        assert_eq!(a.stored_counts(), [4, 1, 0]);
+        let got: Vec<Vec<SocketAddr>> = (0..3)
+            .map(|s| a.for_shard(s).unwrap().udp.iter().map(addr_of).collect())
+            .collect();
+        assert_eq!(
+            got,
+            vec![vec![udps[0].1, udps[3].1], vec![udps[1].1], vec![udps[2].1]]
+        );
+        for s in 0..3 {
+            let mine = a.for_shard(s).unwrap();
+            assert_eq!(mine.tcp.iter().map(addr_of).collect::<Vec<_>>(), vec![ta]);
+            assert!(mine.http.is_empty());
+        }
+        // Two stored sockets, five shards: shards 2-4 read duplicates (2 mod 2 = 0, 1, 0).
+        let udps: Vec<(RawFd, SocketAddr)> = (0..2).map(|_| udp()).collect();
+        let fds = udps
+            .iter()
+            .map(|(fd, _)| (*fd, "stored-udp".to_string()))
+            .collect();
+        let a = classify(fds, &cfg(5)).unwrap();
+        let got: Vec<SocketAddr> = (0..5)
+            .map(|s| {
+                let u = a.for_shard(s).unwrap().udp;
+                assert_eq!(u.len(), 1);
+                addr_of(&u[0])
+            })
+            .collect();
+        let (x, y) = (udps[0].1, udps[1].1);
+        assert_eq!(got, vec![x, y, x, y, x]);
     }
 
     #[test]

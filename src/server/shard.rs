@@ -115,6 +115,12 @@ pub fn spawn_shards(
     events: crossbeam_channel::Sender<ShardEvent>,
 ) -> Result<Started, ShardError> {
     let cpus = crate::sys::allowed_cpus();
+    let fd_store = crate::server::activation::store_enabled(cfg);
+    if fd_store {
+        eprintln!(
+            "pixeld: listen.fd_store: the sockets pixeld binds go to systemd's file descriptor store (FDSTORE=1, named stored-udp/-tcp/-http), so that a restart keeps them"
+        );
+    }
     let mut handles = Vec::with_capacity(cfg.shards);
     let all_stats: Arc<Vec<Arc<ShardStats>>> = Arc::new(
         (0..cfg.shards)
@@ -200,9 +206,10 @@ pub fn spawn_shards(
             salts: salts.clone(),
             keys: keys.clone(),
             sockets: match &activated {
-                Some(a) => Some(a.for_shard(shard).map_err(ShardError::Activated)?),
-                None => None,
+                Some(a) => a.for_shard(shard).map_err(ShardError::Activated)?,
+                None => Default::default(),
             },
+            fd_store,
         };
         let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -248,8 +255,11 @@ struct Listeners {
     store: ShardStore,
     salts: Option<Arc<crate::http::visitor::SaltDir>>,
     keys: Arc<crate::http::idempotency::KeyStore>,
-    /// The shard's listeners when systemd passed them (socket activation); else it binds.
-    sockets: Option<crate::server::activation::ShardSockets>,
+    /// The shard's listeners systemd holds (socket activation, the file descriptor store);
+    /// it binds each kind it got none of.
+    sockets: crate::server::activation::ShardSockets,
+    /// Hand the sockets it binds to systemd's file descriptor store.
+    fd_store: bool,
 }
 
 /// What a shard starts its aggregates from: its loaded checkpoint chain and what its log's
@@ -359,46 +369,91 @@ fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
         .collect()
 }
 
-/// A shard's listeners: UDP socket (and the receive buffer the kernel granted), TCP and HTTP.
-type Bound = (
-    glommio::net::UdpSocket,
-    usize,
-    glommio::net::TcpListener,
-    glommio::net::TcpListener,
-);
+/// A shard's listeners: its UDP sockets (and the smallest receive buffer the kernel granted
+/// any of them), TCP and HTTP listeners. One of each, unless systemd's file descriptor store
+/// passed more (a restart with fewer shards than the stored sockets).
+struct Bound {
+    udp: Vec<glommio::net::UdpSocket>,
+    granted: usize,
+    tcp: Vec<glommio::net::TcpListener>,
+    http: Vec<glommio::net::TcpListener>,
+}
 
-/// Binds the configured addresses (SO_REUSEPORT: every shard its own sockets).
-fn bind_listeners(
-    udp: std::net::SocketAddr,
-    tcp: std::net::SocketAddr,
-    http: std::net::SocketAddr,
+/// This shard's listeners: those systemd holds for it (socket activation, the file
+/// descriptor store), and for each kind it holds none of, the configured address bound here
+/// with SO_REUSEPORT (every shard its own socket), then handed to systemd's file descriptor
+/// store when `store` is set, so that it outlives this process.
+fn listeners(
+    shard: usize,
+    held: crate::server::activation::ShardSockets,
+    addrs: [std::net::SocketAddr; 3],
     rcvbuf: usize,
+    store: bool,
 ) -> Result<Bound, ShardFailure> {
-    let bind = |transport, addr| {
+    use crate::server::activation;
+    let [udp, tcp, http] = addrs;
+    let failed = |transport, addr| {
         move |source| ShardFailure::Bind {
             transport,
             addr,
             source,
         }
     };
-    let (u, granted) = crate::ingest::udp::bind(udp, rcvbuf).map_err(bind("UDP", udp))?;
-    let t = crate::ingest::tcp::bind(tcp).map_err(bind("TCP", tcp))?;
-    let h = crate::http::bind(http).map_err(bind("HTTP", http))?;
-    Ok((u, granted, t, h))
-}
-
-/// The sockets systemd passed, as this shard's listeners.
-fn from_activation(
-    fds: crate::server::activation::ShardSockets,
-    rcvbuf: usize,
-) -> std::io::Result<Bound> {
-    let (udp, granted) = crate::ingest::udp::adopt(
-        socket2::Socket::from(std::net::UdpSocket::from(fds.udp)),
-        rcvbuf,
-    )?;
-    let tcp = crate::ingest::tcp::adopt(fds.tcp)?;
-    let http = crate::ingest::tcp::adopt(fds.http)?;
-    Ok((udp, granted, tcp, http))
+    let keep = |kind: usize, fd: std::os::fd::BorrowedFd<'_>| {
+        if store {
+            if let Err(e) = activation::store(kind, fd) {
+                eprintln!(
+                    "pixeld: shard {shard}: cannot put the {} socket in systemd's file descriptor store ({e}); a restart will not keep what is queued in it",
+                    activation::STORED_NAMES[kind]
+                );
+            }
+        }
+    };
+    let mut bound = Bound {
+        udp: Vec::new(),
+        granted: usize::MAX,
+        tcp: Vec::new(),
+        http: Vec::new(),
+    };
+    if held.udp.is_empty() {
+        let (s, granted) = crate::ingest::udp::bind(udp, rcvbuf).map_err(failed("UDP", udp))?;
+        let s = std::net::UdpSocket::from(s);
+        keep(0, std::os::fd::AsFd::as_fd(&s));
+        bound
+            .udp
+            .push(glommio::net::UdpSocket::from(socket2::Socket::from(s)));
+        bound.granted = granted;
+    }
+    for fd in held.udp {
+        let s = socket2::Socket::from(std::net::UdpSocket::from(fd));
+        let (s, granted) =
+            crate::ingest::udp::adopt(s, rcvbuf).map_err(failed("activated UDP", udp))?;
+        bound.udp.push(s);
+        bound.granted = bound.granted.min(granted);
+    }
+    for (kind, addr, transport, held, out) in [
+        (1, tcp, "TCP", held.tcp, &mut bound.tcp),
+        (2, http, "HTTP", held.http, &mut bound.http),
+    ] {
+        let fds = if held.is_empty() {
+            let fd = crate::ingest::tcp::bind(addr).map_err(failed(transport, addr))?;
+            keep(kind, std::os::fd::AsFd::as_fd(&fd));
+            vec![fd]
+        } else {
+            held
+        };
+        for fd in fds {
+            out.push(crate::ingest::tcp::adopt(fd).map_err(failed(
+                if kind == 1 {
+                    "activated TCP"
+                } else {
+                    "activated HTTP"
+                },
+                addr,
+            ))?);
+        }
+    }
+    Ok(bound)
 }
 
 /// Waits until `shutdown` is set.
@@ -458,17 +513,18 @@ async fn run_shard(
     let ticker = glommio::spawn_local(router.clone().tick(shutdown.clone()));
     // Bind after recovery: nothing is accepted before the log is consistent. Sockets systemd
     // passed are already bound (and may have queued hits meanwhile).
-    let bound = match net.sockets {
-        Some(fds) => {
-            from_activation(fds, net.ingest.udp_rcvbuf).map_err(|source| ShardFailure::Bind {
-                transport: "activated",
-                addr: net.udp,
-                source,
-            })?
-        }
-        None => bind_listeners(net.udp, net.tcp, net.http, net.ingest.udp_rcvbuf)?,
-    };
-    let (udp, granted, tcp, http) = bound;
+    let Bound {
+        udp,
+        granted,
+        tcp,
+        http,
+    } = listeners(
+        shard,
+        net.sockets,
+        [net.udp, net.tcp, net.http],
+        net.ingest.udp_rcvbuf,
+        net.fd_store,
+    )?;
     // Linux reports twice the size it was set to (it counts its bookkeeping) and caps the
     // setting at net.core.rmem_max.
     let usable = granted / 2;
@@ -486,14 +542,16 @@ async fn run_shard(
         cfg: net.ingest,
         router: router.clone(),
     });
-    let udp_task = {
+    // One task per socket (more than one only from systemd's file descriptor store).
+    let mut receivers = Vec::with_capacity(udp.len() + tcp.len() + http.len());
+    for udp in udp {
         let ingest = ingest.clone();
-        glommio::spawn_local(async move {
+        receivers.push(glommio::spawn_local(async move {
             if let Err(e) = crate::ingest::udp::run(udp, ingest).await {
                 eprintln!("pixeld: shard {shard}: UDP receive stopped: {e}");
             }
-        })
-    };
+        }));
+    }
     let http_ctx = std::rc::Rc::new(crate::http::HttpContext {
         shard,
         cfg: net.http_cfg,
@@ -505,16 +563,22 @@ async fn run_shard(
         visitor_ids: net.salts.map(crate::http::visitor::VisitorIds::new),
         keys: Some(net.keys),
     });
-    let http_task = glommio::spawn_local(async move {
-        if let Err(e) = crate::http::run(http, http_ctx).await {
-            eprintln!("pixeld: shard {shard}: HTTP accept stopped: {e}");
-        }
-    });
-    let tcp_task = glommio::spawn_local(async move {
-        if let Err(e) = crate::ingest::tcp::run(tcp, ingest).await {
-            eprintln!("pixeld: shard {shard}: TCP accept stopped: {e}");
-        }
-    });
+    for http in http {
+        let http_ctx = http_ctx.clone();
+        receivers.push(glommio::spawn_local(async move {
+            if let Err(e) = crate::http::run(http, http_ctx).await {
+                eprintln!("pixeld: shard {shard}: HTTP accept stopped: {e}");
+            }
+        }));
+    }
+    for tcp in tcp {
+        let ingest = ingest.clone();
+        receivers.push(glommio::spawn_local(async move {
+            if let Err(e) = crate::ingest::tcp::run(tcp, ingest).await {
+                eprintln!("pixeld: shard {shard}: TCP accept stopped: {e}");
+            }
+        }));
+    }
     stall_fault_hook(shard);
     stats
         .heartbeat_ns
@@ -560,7 +624,6 @@ async fn run_shard(
     let watcher = {
         let log = log.clone();
         let shutdown = shutdown.clone();
-        let receivers = (udp_task, tcp_task, http_task);
         glommio::spawn_local(async move {
             while !shutdown.load(Ordering::Relaxed) {
                 glommio::timer::sleep(Duration::from_millis(20)).await;

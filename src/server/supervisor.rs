@@ -163,10 +163,18 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
                     eprintln!("pixeld: listen.{kind} ({configured}) is not used: systemd passed a socket on {got}");
                 }
             }
-            eprintln!(
-                "pixeld: socket activation: serving the sockets systemd passed (udp, tcp, http: {:?} sockets)",
-                a.counts()
-            );
+            let stored = a.stored_counts();
+            if stored.iter().any(|&n| n > 0) {
+                eprintln!(
+                    "pixeld: serving the sockets systemd kept in its file descriptor store (udp, tcp, http: {stored:?} sockets; a kind without any is bound and stored) and {:?} from a socket unit",
+                    a.counts()
+                );
+            } else {
+                eprintln!(
+                    "pixeld: socket activation: serving the sockets systemd passed (udp, tcp, http: {:?} sockets)",
+                    a.counts()
+                );
+            }
             (served.udp, served.tcp, served.http) = (a.udp, a.tcp, a.http);
         }
         None => crate::server::preflight::check_ports(cfg)?,

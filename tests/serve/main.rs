@@ -10,6 +10,7 @@ mod common;
 
 mod cli;
 mod crash_kill9;
+mod fd_store;
 mod graceful_shutdown;
 mod http_auth;
 mod http_limits;
