@@ -155,6 +155,7 @@ impl Log {
             last_sync: Instant::now(),
             last_retention: None,
             fail_fsync_after: fsync_fault_hook(cfg.shard),
+            hold_writes: hold_writes_hook(cfg.shard),
         };
         Ok((log, flusher))
     }
@@ -404,6 +405,28 @@ pub struct Flusher {
     last_retention: Option<Instant>,
     /// Test-only fault hook: fdatasyncs left before one fails (`PIXELD_TEST_FAIL_FSYNC_AFTER`).
     fail_fsync_after: Option<u64>,
+    /// Test-only fault hook: no write while this file exists (`PIXELD_TEST_HOLD_WRITES`).
+    hold_writes: Option<std::path::PathBuf>,
+}
+
+/// Test-only fault hook: `PIXELD_TEST_HOLD_WRITES=PATH` holds every write of the log (not the
+/// appends to its memory) while PATH exists, as a disk that stalls would, so that the suite
+/// can fill the write-behind queue and check what the ingest paths do under backpressure
+/// (`tests/ingest/pixel.rs`, the pixel's overload modes). A closing log is never held.
+#[cfg(feature = "fault-injection")]
+fn hold_writes_hook(shard: usize) -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(std::env::var_os("PIXELD_TEST_HOLD_WRITES")?);
+    eprintln!(
+        "pixeld: shard {shard}: PIXELD_TEST_HOLD_WRITES set: no log write while {} exists",
+        path.display()
+    );
+    Some(path)
+}
+
+/// Without the `fault-injection` feature no write is ever held.
+#[cfg(not(feature = "fault-injection"))]
+fn hold_writes_hook(_shard: usize) -> Option<std::path::PathBuf> {
+    None
 }
 
 /// Test-only fault hook: `PIXELD_TEST_FAIL_FSYNC_AFTER=N` (optionally `N@SHARD`) makes the
@@ -478,6 +501,12 @@ impl Flusher {
         let log = self.log.clone();
         let cfg = &log.cfg;
         loop {
+            if let Some(gate) = &self.hold_writes {
+                if gate.exists() && !log.shared.borrow().closing {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
             if let Some(group) = self.retry.take() {
                 if !self.write_group(group).await? {
                     if log.shared.borrow().closing {

@@ -234,3 +234,92 @@ fn without_derived_ids_a_hit_keeps_no_visitor_and_no_salt_is_made() {
     let m = metrics(s.http);
     assert_eq!(m.get("pixeld_http_pixel_prefetch_total"), Some(&0.0));
 }
+
+/// One pixel hit (its url padded to ~12 KB, so that a few hundred fill the 1 MiB write-behind
+/// queue) from its own thread: its status.
+fn big_pixel(port: u16, n: usize) -> std::thread::JoinHandle<u16> {
+    std::thread::spawn(move || {
+        let pad = "x".repeat(12_000);
+        let path = format!("/p.gif?url=https%3A%2F%2Fwait.example%2F{n}%2F{pad}&a=pv");
+        http(port, "GET", &path, &[], b"").0
+    })
+}
+
+/// `pixeld_http_pixel_overload_total{outcome=…}`.
+fn overload(port: u16, outcome: &str) -> f64 {
+    metrics(port)
+        .get(&format!(
+            "pixeld_http_pixel_overload_total{{outcome=\"{outcome}\"}}"
+        ))
+        .copied()
+        .unwrap_or(-1.0)
+}
+
+/// Under real backpressure (the log's writes held by the test-only hook
+/// `PIXELD_TEST_HOLD_WRITES` while a file exists, so the 1 MiB write-behind queue fills):
+/// with `pixel_overload = "wait"` hits beyond the queue hold their answers until there is
+/// room, then every hit is stored; with `"drop"` every hit is answered at once and what the
+/// full queue refused is counted as dropped, the rest stored.
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test-only fault hooks: cargo test --features fault-injection (scripts/test does)"
+)]
+fn pixel_overload_waits_for_room_or_drops_and_counts() {
+    // ~2.9 MB of lines: more than the queue takes from HTTP (twice max_pending_bytes, the
+    // allowance of the paths that push back; the pixel waits from max_pending_bytes on).
+    const HITS: usize = 240;
+    for mode in ["wait", "drop"] {
+        let tmp = common::tempdir();
+        let gate = tmp.path().join("hold-writes");
+        std::fs::write(&gate, b"").unwrap();
+        let mut server = Server::builder()
+            .shards(1)
+            .config(&format!(
+                "[ingest]\npixel_overload = \"{mode}\"\npixel_max_wait = \"10m\"\n[log]\nmax_pending_bytes = \"1MiB\"\n"
+            ))
+            .env("PIXELD_TEST_HOLD_WRITES", gate.to_str().unwrap())
+            .start();
+        let s = &mut server;
+        assert!(s.wait_for("ready").is_some(), "{}", s.seen.join("\n"));
+        let hits: Vec<_> = (0..HITS).map(|n| big_pixel(s.http, n)).collect();
+        if mode == "wait" {
+            // Hits meet the full queue and wait; their answers are held while writes are.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while overload(s.http, "waited") < 1.0 {
+                assert!(std::time::Instant::now() < deadline, "no hit waited");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let answered = hits.iter().filter(|h| h.is_finished()).count();
+            assert!(answered < HITS, "every hit answered while the log was held");
+            std::fs::remove_file(&gate).unwrap();
+            let statuses: Vec<u16> = hits.into_iter().map(|h| h.join().unwrap()).collect();
+            assert!(statuses.iter().all(|&st| st == 200), "{statuses:?}");
+            assert_eq!(overload(s.http, "dropped"), 0.0);
+            assert_eq!(logged(s.http, HITS as u64).len(), HITS);
+        } else {
+            // Every hit is answered while the log's writes are still held.
+            let statuses: Vec<u16> = hits.into_iter().map(|h| h.join().unwrap()).collect();
+            assert!(statuses.iter().all(|&st| st == 200), "{statuses:?}");
+            let dropped = overload(s.http, "dropped") as usize;
+            assert!(dropped >= 1, "nothing dropped with the queue full");
+            assert_eq!(overload(s.http, "waited"), 0.0);
+            std::fs::remove_file(&gate).unwrap();
+            assert_eq!(
+                logged(s.http, (HITS - dropped) as u64).len(),
+                HITS - dropped
+            );
+            let m = metrics(s.http);
+            assert_eq!(
+                m.get("pixeld_dropped_events_total{reason=\"backpressure\"}")
+                    .copied()
+                    .unwrap_or(0.0) as usize,
+                dropped,
+                "{m:?}"
+            );
+        }
+        server.signal("TERM");
+        let (code, log) = server.wait();
+        assert_eq!(code, Some(0), "{log}");
+    }
+}
