@@ -18,4 +18,5 @@ mod notify;
 mod package_deb;
 mod socket_activation;
 mod startup_errors;
+mod systemd_real;
 mod systemd_unit;

@@ -29,13 +29,13 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 /// Builds the package from the already built test binary; `None` (with the reason printed)
 /// when cargo-deb is not installed outside CI. `scripts/test` installs it.
-fn build_deb(out_dir: &Path, revision: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn build_deb(out_dir: &Path, revision: &str) -> Option<std::path::PathBuf> {
     let have = Command::new("cargo")
         .args(["deb", "--version"])
         .output()
