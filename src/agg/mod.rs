@@ -371,6 +371,29 @@ pub struct Memory {
     pub sealed_bytes: u64,
 }
 
+/// A site cell as one line of text (counts, and the uniques' exact size or sketch with a CRC
+/// of its canonical words): what `pixeld check --aggregates` compares.
+pub fn site_line(c: &SiteCell) -> String {
+    let u: Vec<u8> = c
+        .uniques
+        .canonical()
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    format!(
+        "views {} hits {} engaged {} uniques {} (crc {:08x} of {} words)",
+        c.views,
+        c.hits,
+        c.engaged,
+        match &c.uniques {
+            Uniques::Exact(set) => format!("exactly {}", set.len()),
+            Uniques::Sketch(_) => "a sketch".to_string(),
+        },
+        crc32c::crc32c(&u),
+        u.len() / 8
+    )
+}
+
 /// One shard's aggregates.
 #[derive(Debug)]
 pub struct Aggregates {
@@ -400,6 +423,9 @@ pub struct Aggregates {
     pub stale: u64,
     /// How many sites, urls and referrers the last checkpoint held (a delta carries the rest).
     written_names: (usize, usize, usize),
+    /// Which owner a visitor's increments go to across shard-count changes (the store's
+    /// `agg/partitions`, read at load; see `agg::store::repartition`).
+    pub epochs: crate::route::partition::Epochs,
 }
 
 impl Aggregates {
@@ -423,6 +449,7 @@ impl Aggregates {
             repair_days: Vec::new(),
             stale: 0,
             written_names: (0, 0, 0),
+            epochs: Default::default(),
         }
     }
 
@@ -754,26 +781,39 @@ impl Aggregates {
     /// built in different orders compare): what `pixeld check --aggregates` compares.
     pub fn bucket_lines(&self, res: Res, number: i64) -> Vec<String> {
         let b = self.materialize(res, number);
-        let site_line = |c: &SiteCell| {
-            let u: Vec<u8> = c
-                .uniques
-                .canonical()
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect();
-            format!(
-                "views {} hits {} engaged {} uniques {} (crc {:08x} of {} words)",
-                c.views,
-                c.hits,
-                c.engaged,
-                match &c.uniques {
-                    Uniques::Exact(set) => format!("exactly {}", set.len()),
-                    Uniques::Sketch(_) => "a sketch".to_string(),
-                },
-                crc32c::crc32c(&u),
-                u.len() / 8
-            )
-        };
+        let mut out = self.key_lines(&b);
+        for (id, c) in &b.sites {
+            out.push(format!("site {:?}: {}", self.sites.name(*id), site_line(c)));
+        }
+        if b.all.hits > 0 {
+            out.push(format!("all sites: {}", site_line(&b.all)));
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// [`Aggregates::bucket_lines`] without the site cells: the url and referrer cells, each
+    /// of which lives on exactly one owner whatever the history of the shard count.
+    pub fn key_bucket_lines(&self, res: Res, number: i64) -> Vec<String> {
+        let mut out = self.key_lines(&self.materialize(res, number));
+        out.sort_unstable();
+        out
+    }
+
+    /// One bucket's site cells by site name, every part merged, and its all-sites cell: what
+    /// `pixeld check --aggregates` merges over the owners (a site's visitors may be spread
+    /// over several owners after a change of the shard count; the union is the same).
+    pub fn site_cells(&self, res: Res, number: i64) -> (Vec<(String, SiteCell)>, SiteCell) {
+        let b = self.materialize(res, number);
+        let sites = b
+            .sites
+            .iter()
+            .map(|(id, c)| (self.sites.name(*id).to_string(), c.clone()))
+            .collect();
+        (sites, b.all)
+    }
+
+    fn key_lines(&self, b: &Bucket) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for (id, c) in &b.urls {
             out.push(format!(
@@ -791,13 +831,6 @@ impl Aggregates {
                 self.sites.name((k >> 32) as u32)
             ));
         }
-        for (id, c) in &b.sites {
-            out.push(format!("site {:?}: {}", self.sites.name(*id), site_line(c)));
-        }
-        if b.all.hits > 0 {
-            out.push(format!("all sites: {}", site_line(&b.all)));
-        }
-        out.sort_unstable();
         out
     }
 

@@ -232,7 +232,11 @@ mod tests {
                     &mut parser,
                     &stats,
                     window,
-                    (i % shards, shards),
+                    (
+                        i % shards,
+                        shards,
+                        &crate::route::partition::Epochs::default(),
+                    ),
                     recv_ns,
                     line,
                     |o, inc, site, key| out.push((o, inc, site.to_string(), key.to_string())),

@@ -48,7 +48,7 @@ use crate::log::reader::{ShardReader, Start};
 use crate::log::Log;
 use crate::metrics::{AggOutcome, ShardStats};
 use crate::parse::event::{Action, EventParser};
-use partition::{owner_of_key, owner_of_visitor, vid_hash, REF_SEED, URL_SEED};
+use partition::{owner_of_key, vid_hash, Epochs, REF_SEED, URL_SEED};
 
 /// A batch is shipped once it holds this many increments.
 pub const BATCH_INCS: usize = 1024;
@@ -112,14 +112,15 @@ pub struct Window {
 
 /// Parses one record's message and makes its increments: the url's, the referrer domain's
 /// for a pageview, and the visitor's, each with the shard that owns it (of `shards`; a hit
-/// without a visitor id stays on `me`, the shard that appended it). Counts the record's
+/// without a visitor id stays on `me`, the shard that appended it; a visitor's owner follows
+/// `epochs` across shard-count changes). Counts the record's
 /// outcome in `stats`. The one place that decides what a record adds to the aggregates,
 /// shared by live routing, the catch-up and `pixeld check --aggregates`.
 pub fn increments(
     parser: &mut EventParser,
     stats: &crate::metrics::AggStats,
     window: Window,
-    (me, shards): (usize, usize),
+    (me, shards, epochs): (usize, usize, &Epochs),
     recv_ts: u64,
     msg: &[u8],
     mut emit: impl FnMut(usize, Inc, &str, &str),
@@ -175,7 +176,7 @@ pub fn increments(
         );
     }
     // A hit without a visitor id still counts in the totals, on the shard that appended it.
-    let owner = vid.map_or(me, |h| owner_of_visitor(h, shards));
+    let owner = vid.map_or(me, |h| epochs.owner_of_visitor(h, minute, shards));
     emit(
         owner,
         Inc::new(IncKind::Visitor, pv, minute, engaged, vid),
@@ -188,6 +189,8 @@ pub fn increments(
 pub struct Router {
     me: usize,
     shards: usize,
+    /// Visitor ownership across shard-count changes (the store's `agg/partitions`).
+    epochs: Epochs,
     pub agg: Rc<RefCell<Aggregates>>,
     parser: RefCell<EventParser>,
     pending: RefCell<Vec<Batch>>,
@@ -223,9 +226,11 @@ impl Router {
             .as_ref()
             .map_or((0, 1), |s| (s.peer_id(), s.nr_consumers()));
         let parser = EventParser::new(agg.cfg.event.clone());
+        let epochs = agg.epochs.clone();
         Rc::new(Router {
             me,
             shards,
+            epochs,
             agg: Rc::new(RefCell::new(agg)),
             parser: RefCell::new(parser),
             pending: RefCell::new((0..shards).map(|_| Batch::default()).collect()),
@@ -326,7 +331,7 @@ impl Router {
             &mut self.parser.borrow_mut(),
             &self.stats.agg,
             window,
-            (self.me, self.shards),
+            (self.me, self.shards, &self.epochs),
             recv_ts,
             msg,
             |owner, inc, site, key| self.send(owner, inc, site, key, now),

@@ -5,5 +5,6 @@
 
 pub mod activation;
 pub mod preflight;
+pub mod repartition;
 pub mod shard;
 pub mod supervisor;

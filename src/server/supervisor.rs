@@ -38,7 +38,7 @@ pub enum ServeError {
     #[cfg(feature = "kafka")]
     #[error(transparent)]
     Export(#[from] crate::export::kafka::ExportError),
-    #[error("data dir {} holds the logs of shards {extra:?} ({bytes} bytes of segments) beyond the {shards} shards of this run: their records would leave every answer and the aggregates. Start with `shards = {need}` or more (a shard count can grow, not shrink), or move those directories out of the data dir if their records are to be dropped from the answers (`pixeld replay --data-dir` still reads them there)", data_dir.display())]
+    #[error("data dir {} holds the logs of shards {extra:?} ({bytes} bytes of segments) beyond the {shards} shards of this run, and nobody would read them (the log API, consumers, a repair of the aggregates). Start with `shards = {need}` or more, or move those directories out of the data dir: what they hold stays in the aggregates (the aggregate store is re-partitioned for {shards} shards at start, see above), and `pixeld replay --data-dir` still reads them there", data_dir.display())]
     ShardsShrunk {
         data_dir: std::path::PathBuf,
         extra: Vec<usize>,
@@ -185,6 +185,12 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
         if let Some(warning) = crate::export::kafka::check_topic(k)? {
             eprintln!("pixeld: export: {warning}");
         }
+    }
+    // A changed shard count: the aggregate store is re-partitioned before the shards load it
+    // (and before a shrink is refused, so that it reads the logs it may need while they are
+    // still in place).
+    for line in crate::server::repartition::run(cfg) {
+        eprintln!("pixeld: {line}");
     }
     check_shard_count(cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));

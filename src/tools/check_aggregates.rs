@@ -132,8 +132,10 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
     out.problems.extend(rc.problems);
     let (expected, from_minute) = (rc.expected, rc.from_minute);
     out.from_minute = from_minute;
-    // Compare, owner by owner, minutes, hours, then days (a sealed day against its hours
-    // recomputed from the log).
+    // Compare the url and referrer cells owner by owner, minutes, hours, then days (a sealed
+    // day against its hours recomputed from the log); then the site cells of each bucket merged
+    // over the owners (after a change of the shard count a site's visitors of an old bucket
+    // sit on the owner the re-partition gave them, not on the visitor's owner).
     'owners: for (o, (l, e)) in loaded.iter().zip(&expected).enumerate() {
         for res in [Res::Minute, Res::Hour, Res::Day] {
             let width = res.width();
@@ -145,7 +147,7 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
             let numbers = l.agg.bucket_numbers_of_both(e, res);
             for b in numbers.into_iter().filter(|&b| b >= floor) {
                 out.buckets[res.code() as usize] += 1;
-                let (have, want) = (l.agg.bucket_lines(res, b), e.bucket_lines(res, b));
+                let (have, want) = (l.agg.key_bucket_lines(res, b), e.key_bucket_lines(res, b));
                 if have != want {
                     let missing = want.iter().find(|w| !have.contains(w));
                     let extra = have.iter().find(|h| !want.contains(h));
@@ -161,7 +163,74 @@ pub fn check_aggregates(data_dir: &Path, cfg: &AggConfig) -> Result<AggCheck, cr
             }
         }
     }
+    if out.first_difference.is_none() {
+        out.first_difference = compare_sites(&loaded, &expected, from_minute, now);
+    }
     Ok(out)
+}
+
+/// The first bucket whose site cells, merged over the owners, differ between the store and
+/// the logs (see [`check_aggregates`]).
+fn compare_sites(
+    loaded: &[store::Loaded],
+    expected: &[Aggregates],
+    from_minute: i64,
+    now: i64,
+) -> Option<String> {
+    let merged = |states: &mut dyn Iterator<Item = &Aggregates>, res: Res, b: i64| {
+        let mut sites: std::collections::BTreeMap<String, crate::agg::cells::SiteCell> =
+            std::collections::BTreeMap::new();
+        let mut all = crate::agg::cells::SiteCell::default();
+        for a in states {
+            let (s, al) = a.site_cells(res, b);
+            for (name, c) in s {
+                sites.entry(name).or_default().merge(&c);
+            }
+            all.merge(&al);
+        }
+        let mut lines: Vec<String> = sites
+            .iter()
+            .map(|(n, c)| format!("site {n:?}: {}", crate::agg::site_line(c)))
+            .collect();
+        if all.hits > 0 {
+            lines.push(format!("all sites: {}", crate::agg::site_line(&all)));
+        }
+        lines
+    };
+    let first = expected.first()?;
+    for res in [Res::Minute, Res::Hour, Res::Day] {
+        let width = res.width();
+        let floor = if res == Res::Minute {
+            from_minute.max(first.minute_floor(now))
+        } else {
+            from_minute.div_euclid(width) + i64::from(from_minute.rem_euclid(width) != 0)
+        };
+        let mut numbers: Vec<i64> = loaded
+            .iter()
+            .map(|l| &l.agg)
+            .chain(expected.iter())
+            .flat_map(|a| a.bucket_numbers(res))
+            .filter(|&b| b >= floor)
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        for b in numbers {
+            let have = merged(&mut loaded.iter().map(|l| &l.agg), res, b);
+            let want = merged(&mut expected.iter(), res, b);
+            if have != want {
+                let missing = want.iter().find(|w| !have.contains(w));
+                let extra = have.iter().find(|h| !want.contains(h));
+                return Some(format!(
+                    "{} bucket {} (site cells over all owners): the log gives {} but the store has {}",
+                    res.as_str(),
+                    crate::query::params::minute_rfc3339(b * width),
+                    missing.map_or("nothing more", |s| s.as_str()),
+                    extra.map_or("nothing more", |s| s.as_str()),
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Each owner's state recomputed from the retained logs: every record of source `s` below
@@ -197,6 +266,7 @@ pub fn recompute(
     };
     let stats = AggStats::default();
     let mut parser = EventParser::new(cfg.event.clone());
+    let epochs = crate::agg::store::repartition::read_epochs(data_dir);
     let mut from_minute = window.floor;
     for src in 0..n {
         let upto = applied
@@ -233,13 +303,13 @@ pub fn recompute(
                     &mut parser,
                     &stats,
                     window,
-                    (src, n),
+                    (src, n, &epochs),
                     rec.recv_ts,
                     msg,
                     |owner, inc, site, key| {
                         let holds = applied
                             .get(owner)
-                            .and_then(|a| a.get(src))
+                            .and_then(|a: &Vec<u64>| a.get(src))
                             .is_some_and(|&a| rec.offset < a);
                         if let Some(e) = expected.get_mut(owner).filter(|_| holds) {
                             e.apply(&inc, site, key, now);

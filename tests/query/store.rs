@@ -12,9 +12,10 @@
 //!   for a sealed day included, across a restart, `check --aggregates`, damaged sealed files
 //!   (an hour recomputed from the log, a day from its hours) and log retention; days older than
 //!   the hour window are answered from the day tier;
-//! - the shard count can grow between runs (the store is rebuilt from every log, said on
-//!   stderr, answers unchanged) and is refused, naming the fix, when it would shrink below a
-//!   log that holds records.
+//! - the shard count can change between runs, 2 → 3 → 1 → 3: the store is re-partitioned
+//!   (sealed files included) and every answer stays the same, uniques included; a shrink below
+//!   a log that holds records is refused, naming the fix, until that log is moved out (its
+//!   records stay in the answers), and a log moved back is not counted twice.
 
 use std::net::UdpSocket;
 use std::path::Path;
@@ -251,87 +252,189 @@ fn ingest_runs_while_the_aggregates_catch_up() {
     stop(s);
 }
 
-/// Answers without the uniques, which a different shard count estimates differently (each
-/// owner's sketch covers its slice of the visitors).
-fn without_uniques(answers: &[String]) -> Vec<Value> {
-    fn strip(v: &mut Value) {
-        match v {
-            Value::Object(m) => {
-                m.remove("uniques");
-                m.values_mut().for_each(strip);
-            }
-            Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
+/// Every log directory of `data` moved under `to` (shards `from..`), by name.
+fn move_logs(data: &Path, to: &Path, from: usize) -> Vec<String> {
+    std::fs::create_dir_all(to).unwrap();
+    let mut moved = Vec::new();
+    for shard in from..8 {
+        let name = format!("shard-{shard:03}");
+        if data.join(&name).exists() {
+            std::fs::rename(data.join(&name), to.join(&name)).unwrap();
+            moved.push(name);
         }
     }
-    answers
-        .iter()
-        .map(|a| {
-            let mut v: Value = serde_json::from_str(a).unwrap();
-            strip(&mut v);
-            v
-        })
-        .collect()
+    moved
 }
 
 #[test]
-fn shard_count_grows_with_a_rebuild_and_refuses_to_shrink() {
+fn shard_count_changes_keep_the_store_2_3_1_3() {
     let tmp = common::tempdir();
     let data = tmp.path().join("data");
     let t0 = pixeld::route::now_minute();
-    let s = start_with(&data, CONFIG, 2);
-    post_all(&s, &hits(7, 4000));
+    // Four days up to now, sealed hours and days included; few enough visitors that every
+    // uniques cell stays exact, so that the answers must equal the reference's to the unit.
+    let gen = |ms_per_event: f64| pixeld::tools::gen::GenConfig {
+        visitors: 800,
+        urls_per_site: 60,
+        late_share: 0.1,
+        late_max_ms: 6 * 3_600_000,
+        ms_per_event,
+        ..pixeld::tools::gen::GenConfig::default()
+    };
+    let start = ((t0.div_euclid(1440) - 4) * 1440) as u64 * 60_000;
+    let span = (t0 as u64 * 60_000 - start) as f64;
+    // The reference keeps 2 shards throughout and is fed the same hits.
+    let reference = start_with(&tmp.path().join("reference"), TIERS, 2);
+    let s = start_with(&data, TIERS, 2);
+    let body = hits_from(5, 8000, start, gen(span / 8000.0));
+    post_all(&s, &body);
+    post_all(&reference, &body);
     // The kernel picks the shard of each connection (SO_REUSEPORT): post more, one line a
-    // connection, until shard 1's log holds records too, which the refusal below needs.
+    // connection, until shard 1's log holds records too.
     let more = hits(8, 200);
     let mut lines = more.split_inclusive(|b| *b == b'\n');
     while common::log_http::next_offsets(s.http)[1] == 0 {
         let line = lines.next().expect("200 connections all landed on shard 0");
         assert_eq!(common::try_post_events(s.http, line), Some(200));
+        assert_eq!(common::try_post_events(reference.http, line), Some(200));
+    }
+    let sealed_by = std::time::Instant::now() + Duration::from_secs(20);
+    while common::metric_sum(&common::metrics(s.http), "pixeld_agg_sealed_files") < 10 {
+        assert!(std::time::Instant::now() < sealed_by, "nothing sealed");
+        std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(600));
-    let two = answers(&s, t0);
+    let two = tier_answers(&s, t0);
+    assert!(two == tier_answers(&reference, t0));
     stop(s);
+    // After each change, hits of the same visitors in the last hours (buckets that span the
+    // change): counted once, as by the reference, not once per owner.
+    let recent = |seed: u64| {
+        let from = (pixeld::route::now_minute() as u64 - 150) * 60_000;
+        hits_from(seed, 1500, from, gen(120.0 * 60_000.0 / 1500.0))
+    };
+    let same = |s: &Server, what: &str| {
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            tier_answers(s, t0) == tier_answers(&reference, t0),
+            "answers differ from the reference's {what}"
+        );
+    };
 
-    // 2 → 3: the checkpoints were written for 2 shards; the store is rebuilt from the logs.
-    let s = start_with(&data, CONFIG, 3);
+    // 2 → 3: re-partitioned, not rebuilt; every answer the same, uniques included.
+    let s = start_with(&data, TIERS, 3);
+    let said = s.seen.join("\n");
     assert!(
-        s.seen
-            .iter()
-            .any(|l| l.contains("written by a run with 2 shards")),
-        "{:?}",
-        s.seen
+        said.contains("re-partitioned from 2 to 3 shards")
+            && !said.contains("written by a run with"),
+        "{said}"
     );
-    let three = answers(&s, t0);
-    assert_eq!(without_uniques(&three), without_uniques(&two));
+    assert!(tier_answers(&s, t0) == two, "answers changed with 3 shards");
+    let body = recent(11);
+    post_all(&s, &body);
+    post_all(&reference, &body);
+    same(&s, "with 3 shards");
     stop(s);
-    let (ok, report) = common::check_aggregates(&data, Some(CONFIG));
+    let (ok, report) = common::check_aggregates(&data, Some(TIERS));
     assert!(ok, "{report}");
 
-    // 3 → 1: shard 1's log holds records (shard 2's does not): refused, naming the fix.
+    // 3 → 1: the store is re-partitioned first, then the start is refused while the logs of
+    // shards 1 (and 2) still hold records, naming the fix.
     let s = Server::builder()
         .data(&data)
         .shards(1)
-        .config(CONFIG)
+        .config(TIERS)
         .start();
     let (code, log) = s.wait();
     assert_ne!(code, Some(0), "{log}");
     assert!(
-        log.contains("holds the logs of shards [1]") && log.contains("`shards = 2` or more"),
+        log.contains("re-partitioned from 3 to 1 shards")
+            && log.contains("holds the logs of shards [1")
+            && log.contains("stays in the aggregates"),
         "{log}"
     );
+    // Moved out, as the message says: what they held stays in every answer.
+    let aside = tmp.path().join("aside");
+    let moved = move_logs(&data, &aside, 1);
+    assert!(moved.contains(&"shard-001".to_string()), "{moved:?}");
+    let s = start_with(&data, TIERS, 1);
+    same(&s, "with 1 shard");
+    let body = recent(12);
+    post_all(&s, &body);
+    post_all(&reference, &body);
+    same(&s, "with 1 shard, after more hits");
+    stop(s);
 
-    // 3 → 2 is fine (shard 2 never appended): answers as with 2 and 3 shards.
-    let s = start_with(&data, CONFIG, 2);
+    // 1 → 3 with the logs back: the store knows up to where it holds them
+    // (agg/dropped-sources) and replays nothing of them twice.
+    for name in &moved {
+        std::fs::rename(aside.join(name), data.join(name)).unwrap();
+    }
+    let s = start_with(&data, TIERS, 3);
     assert!(
         s.seen
             .iter()
-            .any(|l| l.contains("holds no records; it is left alone")),
+            .any(|l| l.contains("re-partitioned from 1 to 3 shards")),
         "{:?}",
         s.seen
     );
-    assert_eq!(without_uniques(&answers(&s, t0)), without_uniques(&two));
+    same(&s, "with 3 shards again");
+    let body = recent(13);
+    post_all(&s, &body);
+    post_all(&reference, &body);
+    same(&s, "with 3 shards again, after more hits");
     stop(s);
+    stop(reference);
+    let (ok, report) = common::check_aggregates(&data, Some(TIERS));
+    assert!(ok, "{report}");
+}
+
+/// A crash while hits arrive leaves the owners' checkpoints at different log offsets; the
+/// re-partition brings each to one frontier from the logs first. `check --aggregates` (which
+/// recomputes every bucket the logs hold) then agrees with the re-partitioned store.
+#[test]
+fn a_store_left_by_a_crash_is_re_partitioned_from_one_frontier() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let mut s = start_with(&data, CONFIG, 2);
+    let body = hits(21, 6000);
+    let chunks: Vec<Vec<u8>> = body
+        .split_inclusive(|b| *b == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .map(|c| c.concat())
+        .collect();
+    // Posts from two connections at a time until the kill, with checkpoints every 200 ms.
+    for (i, pair) in chunks.chunks(2).enumerate() {
+        let posts: Vec<_> = pair
+            .iter()
+            .map(|c| {
+                let (port, c) = (s.http, c.clone());
+                std::thread::spawn(move || common::try_post_events(port, &c))
+            })
+            .collect();
+        for p in posts {
+            let _ = p.join();
+        }
+        if i == 20 {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    s.signal("KILL");
+    let _ = s.wait();
+    let s = start_with(&data, CONFIG, 3);
+    let said = s.seen.join("\n");
+    assert!(said.contains("re-partitioned from 2 to 3 shards"), "{said}");
+    eprintln!(
+        "{}",
+        s.seen
+            .iter()
+            .find(|l| l.contains("re-partitioned"))
+            .unwrap()
+    );
+    stop(s);
+    let (ok, report) = common::check_aggregates(&data, Some(CONFIG));
+    assert!(ok, "{report}");
 }
 
 fn rebuild(data: &Path, config: &str, range: &[String]) -> String {

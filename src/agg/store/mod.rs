@@ -20,6 +20,7 @@
 //! `route`; this module owns the files.
 
 pub mod format;
+pub mod repartition;
 
 use std::path::{Path, PathBuf};
 
@@ -290,6 +291,7 @@ pub fn load_with(
             match (failed, last) {
                 (None, Some((seq, h))) => {
                     agg.mark_clean();
+                    agg.epochs = repartition::read_epochs(data_dir);
                     problems.extend(agg.open_sealed(
                         &sealed_dir(data_dir, owner),
                         owner as u32,
