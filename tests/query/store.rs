@@ -396,7 +396,7 @@ fn shard_count_changes_keep_the_store_2_3_1_3() {
 fn a_store_left_by_a_crash_is_re_partitioned_from_one_frontier() {
     let tmp = common::tempdir();
     let data = tmp.path().join("data");
-    let mut s = start_with(&data, CONFIG, 2);
+    let s = start_with(&data, CONFIG, 2);
     let body = hits(21, 6000);
     let chunks: Vec<Vec<u8>> = body
         .split_inclusive(|b| *b == b'\n')
