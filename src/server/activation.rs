@@ -82,7 +82,7 @@ const KINDS: [(&str, &str); 3] = [
 ];
 
 /// The names under which pixeld puts its own sockets in systemd's file descriptor store, in
-/// the order of [`KINDS`].
+/// the order udp, tcp, http.
 pub const STORED_NAMES: [&str; 3] = ["stored-udp", "stored-tcp", "stored-http"];
 
 /// The sockets systemd passed, by kind, and their addresses.

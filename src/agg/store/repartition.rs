@@ -17,7 +17,7 @@
 //! old count sent them, mapped the same way (`route::partition::Epochs`, kept in
 //! `agg/partitions`); later minutes go to the visitor's owner under the new count.
 //!
-//! [`write`] puts the new owners' stores in place durably: each new owner's sealed buckets as
+//! [`write()`] puts the new owners' stores in place durably: each new owner's sealed buckets as
 //! sealed files and its state as a base checkpoint (sequence 1, the common frontier as its
 //! applied vector, widened with zeros for new shards), all in `agg.repartition/`, then swaps
 //! that directory for `agg/` (renames and directory fsyncs); [`finish_interrupted`] completes
@@ -275,7 +275,7 @@ pub fn write(
     Ok(())
 }
 
-/// Completes or discards a re-partition a crash interrupted (see [`write`]'s order): a
+/// Completes or discards a re-partition a crash interrupted (see [`write()`]'s order): a
 /// staging directory beside a store is incomplete and removed; one without a store (the old
 /// one was already set aside) is complete and renamed into place; an old store set aside
 /// beside the new one is removed. Returns what it did, for stderr.
