@@ -426,6 +426,9 @@ pub struct Aggregates {
     /// Which owner a visitor's increments go to across shard-count changes (the store's
     /// `agg/partitions`, read at load; see `agg::store::repartition`).
     pub epochs: crate::route::partition::Epochs,
+    /// While `rebuild-aggregates` runs on a live server: every increment applied since it
+    /// took this owner's frontier, added back onto the buckets it recomputes from the logs.
+    pub recording: Option<Box<Aggregates>>,
 }
 
 impl Aggregates {
@@ -450,6 +453,7 @@ impl Aggregates {
             stale: 0,
             written_names: (0, 0, 0),
             epochs: Default::default(),
+            recording: None,
         }
     }
 
@@ -554,6 +558,9 @@ impl Aggregates {
 
     /// Applies one increment.
     pub fn apply(&mut self, inc: &Inc, site: &str, key: &str, now_min: i64) {
+        if let Some(r) = self.recording.as_deref_mut() {
+            r.apply(inc, site, key, now_min);
+        }
         let pv = u32::from(inc.pageview);
         match inc.kind {
             IncKind::Url => {
@@ -655,6 +662,28 @@ impl Aggregates {
     /// it was computed from. What `pixeld rebuild-aggregates` uses to put buckets recomputed
     /// from the log into a loaded store.
     pub fn replace_bucket(&mut self, other: &Aggregates, res: Res, number: i64, now_min: i64) {
+        let b = self.translated(other, res, number);
+        if res == Res::Hour {
+            if let Some(Sealed::File(f)) = self.sealed.remove(&(Res::Hour, number)) {
+                self.retired.push(f.path.clone());
+            }
+            self.repair_hours.retain(|&h| h != number);
+            let day = number.div_euclid(24);
+            if day * 24 >= self.hour_floor(now_min).div_euclid(60)
+                && self.sealed.contains_key(&(Res::Day, day))
+            {
+                // Its late increments are dropped with it: its hours hold them too.
+                self.unseal(Res::Day, day, None);
+            }
+        }
+        if let Some(slot) = self.tier_mut(res).get_mut(number) {
+            *slot = b;
+        }
+    }
+
+    /// `other`'s bucket `number` at `res`, every part merged, in this state's name ids (new
+    /// names are interned), marked dirty.
+    fn translated(&mut self, other: &Aggregates, res: Res, number: i64) -> Bucket {
         let mut b = Bucket {
             dirty: true,
             ..Bucket::default()
@@ -680,21 +709,20 @@ impl Aggregates {
             b.sites.insert(s, cell.clone());
         }
         b.all = o.all.clone();
-        if res == Res::Hour {
-            if let Some(Sealed::File(f)) = self.sealed.remove(&(Res::Hour, number)) {
-                self.retired.push(f.path.clone());
-            }
-            self.repair_hours.retain(|&h| h != number);
-            let day = number.div_euclid(24);
-            if day * 24 >= self.hour_floor(now_min).div_euclid(60)
-                && self.sealed.contains_key(&(Res::Day, day))
-            {
-                // Its late increments are dropped with it: its hours hold them too.
-                self.unseal(Res::Day, day, None);
-            }
+        b
+    }
+
+    /// Adds `other`'s bucket `number` at `res` (minute or hour) to this state's, translating
+    /// ids: what a live `rebuild-aggregates` adds back onto a recomputed bucket (the
+    /// increments applied while it ran).
+    pub fn add_bucket(&mut self, other: &Aggregates, res: Res, number: i64) {
+        let b = self.translated(other, res, number);
+        if b.is_empty() {
+            return;
         }
         if let Some(slot) = self.tier_mut(res).get_mut(number) {
-            *slot = b;
+            slot.merge(&b);
+            slot.dirty = true;
         }
     }
 

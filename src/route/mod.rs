@@ -33,6 +33,7 @@ pub use rebuild::{rebuild, ReplayFrom};
 pub mod checkpoint;
 pub mod partition;
 pub mod rebuild;
+pub mod recompute;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

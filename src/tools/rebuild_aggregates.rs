@@ -18,7 +18,8 @@ use std::path::Path;
 
 use crate::agg::store::{self, format};
 use crate::agg::{AggConfig, Res};
-use crate::tools::check_aggregates::{owners, recompute};
+use crate::route::recompute::recompute;
+use crate::tools::check_aggregates::owners;
 
 /// Why nothing was rebuilt.
 #[derive(Debug, thiserror::Error)]
