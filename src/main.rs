@@ -73,8 +73,14 @@ enum Command {
     /// Recompute the aggregate store from the logs under a (new) config, for the range the
     /// logs still hold, keeping older buckets as they were; stop the server first.
     RebuildAggregates {
-        #[arg(long)]
-        data_dir: PathBuf,
+        /// The data dir of a stopped server (offline rebuild; it takes the data dir's lock).
+        #[arg(long, required_unless_present = "server")]
+        data_dir: Option<PathBuf>,
+        /// Rebuild on this running server instead (e.g. http://127.0.0.1:5580, its
+        /// listen.http), through POST /v1/admin/rebuild-aggregates; ingest and queries go on.
+        /// Send its auth_token with PIXELD_TOKEN.
+        #[arg(long, conflicts_with_all = ["data_dir", "config"])]
+        server: Option<String>,
         /// The config the server will run with (its [agg] settings); the embedded default without.
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
@@ -281,11 +287,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::RebuildAggregates {
+            server: Some(server),
+            from,
+            to,
+            ..
+        } => {
+            let minute = |t: &str| parse_time(t).map(|ns| ns / 1_000_000_000);
+            let mut url = format!(
+                "{}/v1/admin/rebuild-aggregates",
+                server.trim_end_matches('/')
+            );
+            let mut sep = '?';
+            for (k, v) in [("from", &from), ("to", &to)] {
+                if let Some(t) = v {
+                    url.push_str(&format!("{sep}{k}={}", minute(t)?));
+                    sep = '&';
+                }
+            }
+            eprintln!("pixeld rebuild-aggregates: asking {server} to recompute the aggregates from its logs (ingest and queries go on)");
+            let (status, body) = pixeld::tools::rebuild_aggregates::online(&url)?;
+            println!("{body}");
+            Ok(if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("pixeld rebuild-aggregates: the server answered {status}");
+                ExitCode::from(1)
+            })
+        }
+        Command::RebuildAggregates {
             data_dir,
             config,
             from,
             to,
+            ..
         } => {
+            let Some(data_dir) = data_dir else {
+                anyhow::bail!("give --data-dir (offline) or --server (a running server)");
+            };
             if !data_dir.is_dir() {
                 anyhow::bail!("no data dir at {}", data_dir.display());
             }
@@ -294,7 +332,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let minute = |t: &str| parse_time(t).map(|ns| (ns / 60_000_000_000) as i64);
             let from = from.as_deref().map(minute).transpose()?;
             let to = to.as_deref().map(minute).transpose()?;
-            let _lock = pixeld::datadir::lock_data_dir(&data_dir)?;
+            let _lock = pixeld::datadir::lock_data_dir(&data_dir).map_err(|e| {
+                anyhow::anyhow!("{e}; to rebuild on the running server, use --server http://<its listen.http> instead of --data-dir")
+            })?;
             eprintln!(
                 "pixeld rebuild-aggregates: recomputing the store under {} from its logs",
                 data_dir.display()

@@ -681,6 +681,51 @@ impl Aggregates {
         }
     }
 
+    /// Whether a checkpoint is writing a sealed file (an hour or day in `Sealed::Writing`).
+    pub fn is_sealing(&self) -> bool {
+        self.sealed
+            .values()
+            .any(|s| matches!(s, Sealed::Writing(_)))
+    }
+
+    /// Replaces every minute bucket inside `[lo, hi)` (and inside the minute window at
+    /// `now_min`) and every hour bucket wholly inside it with `expected`'s — each plus
+    /// `add_back`'s bucket, when given — and returns how many of each it replaced: what
+    /// `pixeld rebuild-aggregates` does to each owner, offline and on a running server (where
+    /// `add_back` holds what was applied while the logs were read).
+    pub fn replace_range(
+        &mut self,
+        expected: &Aggregates,
+        (lo, hi): (i64, i64),
+        now_min: i64,
+        add_back: Option<&Aggregates>,
+    ) -> (u64, u64) {
+        let mut replaced = (0, 0);
+        for res in [Res::Minute, Res::Hour] {
+            let hour = res == Res::Hour;
+            for b in self.bucket_numbers_of_both(expected, res) {
+                let inside = if hour {
+                    b * 60 >= lo && b.saturating_add(1).saturating_mul(60) <= hi
+                } else {
+                    b >= lo && b < hi && b >= self.minute_floor(now_min)
+                };
+                if !inside {
+                    continue;
+                }
+                self.replace_bucket(expected, res, b, now_min);
+                if let Some(during) = add_back {
+                    self.add_bucket(during, res, b);
+                }
+                if hour {
+                    replaced.1 += 1;
+                } else {
+                    replaced.0 += 1;
+                }
+            }
+        }
+        replaced
+    }
+
     /// `other`'s bucket `number` at `res`, every part merged, in this state's name ids (new
     /// names are interned), marked dirty.
     fn translated(&mut self, other: &Aggregates, res: Res, number: i64) -> Bucket {

@@ -82,12 +82,21 @@ async fn handle(
         (&Method::GET, "/v1/top" | "/v1/timeseries" | "/v1/summary" | "/v1/realtime") => {
             query::query(&req, ctx).await
         }
+        (&Method::POST, "/v1/admin/rebuild-aggregates") => query::rebuild(&req, ctx).await,
         (&Method::GET, "/healthz") => ops::healthz(),
         (&Method::GET, "/readyz") => ops::readyz(ctx),
         (
             _,
-            "/p.gif" | "/v1/events" | "/metrics" | "/healthz" | "/readyz" | "/v1/top"
-            | "/v1/timeseries" | "/v1/summary" | "/v1/realtime",
+            "/p.gif"
+            | "/v1/events"
+            | "/metrics"
+            | "/healthz"
+            | "/readyz"
+            | "/v1/top"
+            | "/v1/timeseries"
+            | "/v1/summary"
+            | "/v1/realtime"
+            | "/v1/admin/rebuild-aggregates",
         ) => json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "method not allowed"}),

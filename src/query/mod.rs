@@ -11,6 +11,7 @@
 //! `MAX_IN_FLIGHT` fan-outs per shard, and a [`TIMEOUT`] on the answers.
 
 pub mod params;
+pub mod rebuild;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -52,12 +53,16 @@ pub enum Op {
     },
 }
 
-/// One shard's answer to an [`Op`].
+/// One shard's answer to an [`Op`] (or to a step of a live rebuild: see [`rebuild`]).
 #[derive(Debug, Clone)]
 pub enum Part {
     Top(Vec<Ranked>),
     Totals(Totals),
     Series(Vec<Totals>),
+    /// A shard's log frontier at the start of a rebuild (None: still catching up).
+    Frontier(usize, Option<Vec<u64>>),
+    /// Minute and hour buckets a shard replaced.
+    Rebuilt(u64, u64),
 }
 
 impl Op {
@@ -158,8 +163,21 @@ fn merge(op: &Op, parts: Vec<Part>) -> Part {
 /// What crosses the query mesh.
 #[derive(Debug)]
 pub enum QueryMsg {
-    Request { id: u64, from: usize, ops: Vec<Op> },
-    Response { id: u64, parts: Vec<Part> },
+    Request {
+        id: u64,
+        from: usize,
+        ops: Vec<Op>,
+    },
+    Response {
+        id: u64,
+        parts: Vec<Part>,
+    },
+    /// A step of a live `rebuild-aggregates` (see [`rebuild`]).
+    Rebuild {
+        id: u64,
+        from: usize,
+        step: rebuild::Step,
+    },
 }
 
 /// The query mesh every shard joins at start.
@@ -186,6 +204,9 @@ pub struct Hub {
     me: usize,
     shards: usize,
     agg: Rc<RefCell<Aggregates>>,
+    /// What a live rebuild needs (see [`rebuild`]); None in tests and tools.
+    rebuild: RefCell<Option<rebuild::Setup>>,
+    rebuilding: Cell<bool>,
     senders: Option<Senders<QueryMsg>>,
     waiting: RefCell<HashMap<u64, LocalSender<Vec<Part>>>>,
     next_id: Cell<u64>,
@@ -201,6 +222,8 @@ impl Hub {
             me,
             shards,
             agg,
+            rebuild: RefCell::new(None),
+            rebuilding: Cell::new(false),
             senders,
             waiting: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
@@ -242,12 +265,62 @@ impl Hub {
                         let _ = tx.try_send(parts);
                     }
                 }
+                QueryMsg::Rebuild { id, from, step } => {
+                    // Its own task: applying may wait for a checkpoint's sealing to finish.
+                    let hub = self.clone();
+                    glommio::spawn_local(async move {
+                        let parts = vec![hub.rebuild_step(step).await];
+                        if let Some(s) = &hub.senders {
+                            let _ = s.send_to(from, QueryMsg::Response { id, parts }).await;
+                        }
+                    })
+                    .detach();
+                }
             }
         }
     }
 
     /// Runs `ops` on every shard and merges the parts.
     pub async fn run(&self, ops: Vec<Op>) -> Result<Vec<Part>, QueryError> {
+        let all = {
+            let peer_ops = ops.clone();
+            self.fan_out(
+                move |id, from| QueryMsg::Request {
+                    id,
+                    from,
+                    ops: peer_ops.clone(),
+                },
+                || {
+                    let agg = self.agg.borrow();
+                    ops.iter().map(|op| op.run(&agg)).collect()
+                },
+                TIMEOUT,
+            )
+            .await?
+        };
+        // Transpose: per op, every shard's part.
+        let mut per_op: Vec<Vec<Part>> = ops.iter().map(|_| Vec::new()).collect();
+        for parts in all {
+            for (slot, p) in per_op.iter_mut().zip(parts) {
+                slot.push(p);
+            }
+        }
+        Ok(ops
+            .iter()
+            .zip(per_op)
+            .map(|(op, parts)| merge(op, parts))
+            .collect())
+    }
+
+    /// Sends `msg(id, me)` to every other shard, computes this shard's parts with `local`,
+    /// and collects every shard's parts (this one's first, the others' as they arrive) within
+    /// `timeout`. At most [`MAX_IN_FLIGHT`] at once.
+    async fn fan_out(
+        &self,
+        msg: impl Fn(u64, usize) -> QueryMsg,
+        local: impl FnOnce() -> Vec<Part>,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<Part>>, QueryError> {
         // A permit, released when dropped (glommio's `acquire` alone would leak the unit).
         let _permit = self
             .in_flight
@@ -263,12 +336,7 @@ impl Hub {
                 let (tx, rx) = local_channel::new_bounded(peers);
                 self.waiting.borrow_mut().insert(id, tx);
                 for peer in (0..self.shards).filter(|&p| p != self.me) {
-                    let msg = QueryMsg::Request {
-                        id,
-                        from: self.me,
-                        ops: ops.clone(),
-                    };
-                    if senders.send_to(peer, msg).await.is_err() {
+                    if senders.send_to(peer, msg(id, self.me)).await.is_err() {
                         self.waiting.borrow_mut().remove(&id);
                         return Err(QueryError::Stopped(peer));
                     }
@@ -277,12 +345,9 @@ impl Hub {
             }
             _ => None,
         };
-        {
-            let agg = self.agg.borrow();
-            all.push(ops.iter().map(|op| op.run(&agg)).collect());
-        }
+        all.push(local());
         if let Some(rx) = rx {
-            let deadline = Instant::now() + TIMEOUT;
+            let deadline = Instant::now() + timeout;
             while all.len() < self.shards {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let got = glommio::timer::timeout(left, async { Ok(rx.recv().await) }).await;
@@ -296,18 +361,7 @@ impl Hub {
             }
             self.waiting.borrow_mut().remove(&id);
         }
-        // Transpose: per op, every shard's part.
-        let mut per_op: Vec<Vec<Part>> = ops.iter().map(|_| Vec::new()).collect();
-        for parts in all {
-            for (slot, p) in per_op.iter_mut().zip(parts) {
-                slot.push(p);
-            }
-        }
-        Ok(ops
-            .iter()
-            .zip(per_op)
-            .map(|(op, parts)| merge(op, parts))
-            .collect())
+        Ok(all)
     }
 
     /// Answers a validated request as JSON.

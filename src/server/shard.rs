@@ -210,6 +210,7 @@ pub fn spawn_shards(
                 None => Default::default(),
             },
             fd_store,
+            data_dir: data_dir.clone(),
         };
         let (st, sd, ev) = (stats.clone(), shutdown.clone(), events.clone());
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -260,6 +261,8 @@ struct Listeners {
     sockets: crate::server::activation::ShardSockets,
     /// Hand the sockets it binds to systemd's file descriptor store.
     fd_store: bool,
+    /// The data dir, absolute (live `rebuild-aggregates` reads every log under it).
+    data_dir: std::path::PathBuf,
 }
 
 /// What a shard starts its aggregates from: its loaded checkpoint chain and what its log's
@@ -505,6 +508,14 @@ async fn run_shard(
     router.start_catchup(end, floors, applied, repairs);
     router.spawn_receivers(route_rx);
     let hub = crate::query::Hub::new(router.agg.clone(), Some(query_tx));
+    hub.set_rebuild(crate::query::rebuild::Setup {
+        data_dir: net.data_dir.clone(),
+        frontier: {
+            let router = router.clone();
+            Box::new(move || router.complete().then(|| router.applied_vector()))
+        },
+        all_stats: net.all_stats.clone(),
+    });
     hub.spawn_responders(query_rx);
     if shutdown.load(Ordering::Relaxed) {
         log.close();

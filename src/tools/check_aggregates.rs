@@ -229,4 +229,3 @@ fn compare_sites(
     }
     None
 }
-

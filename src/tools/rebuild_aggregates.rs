@@ -17,7 +17,7 @@
 use std::path::Path;
 
 use crate::agg::store::{self, format};
-use crate::agg::{AggConfig, Res};
+use crate::agg::AggConfig;
 use crate::route::recompute::recompute;
 use crate::tools::check_aggregates::owners;
 
@@ -104,25 +104,9 @@ pub fn rebuild_aggregates(
     let fingerprint = store::fingerprint(cfg);
     for (o, (l, e)) in loaded.iter_mut().zip(&rc.expected).enumerate() {
         let agg = &mut l.agg;
-        for res in [Res::Minute, Res::Hour] {
-            let hour = res == Res::Hour;
-            let numbers = agg.bucket_numbers_of_both(e, res);
-            for b in numbers {
-                let inside = if hour {
-                    b * 60 >= lo && b.saturating_add(1).saturating_mul(60) <= hi
-                } else {
-                    b >= lo && b < hi && b >= agg.minute_floor(now)
-                };
-                if inside {
-                    agg.replace_bucket(e, res, b, now);
-                    if hour {
-                        out.hour_buckets += 1;
-                    } else {
-                        out.minute_buckets += 1;
-                    }
-                }
-            }
-        }
+        let (minutes, hours) = agg.replace_range(e, (lo, hi), now, None);
+        out.minute_buckets += minutes;
+        out.hour_buckets += hours;
         // Lost sealed files outside what was recomputed stay listed: the next start repairs
         // them from the logs.
         agg.relist_repairs();
@@ -150,4 +134,38 @@ pub fn rebuild_aggregates(
         }
     }
     Ok(out)
+}
+
+/// `pixeld rebuild-aggregates --server URL`: posts to a running server's
+/// `POST /v1/admin/rebuild-aggregates` (`url` carries `from`/`to`), with `PIXELD_TOKEN` as its
+/// bearer token when set, and returns the status and body of the answer.
+pub fn online(url: &str) -> Result<(u16, String), OnlineError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(600)))
+        .build()
+        .into();
+    let mut req = agent.post(url);
+    if let Ok(token) = std::env::var("PIXELD_TOKEN") {
+        req = req.header("authorization", &format!("Bearer {token}"));
+    }
+    let err = |reason: String| OnlineError {
+        url: url.to_string(),
+        reason,
+    };
+    let mut resp = req.send_empty().map_err(|e| err(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| err(e.to_string()))?;
+    Ok((status, body))
+}
+
+/// Why a running server could not be asked.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot ask {url} to rebuild: {reason} (is pixeld serving there? --server takes its listen.http)")]
+pub struct OnlineError {
+    url: String,
+    reason: String,
 }

@@ -437,6 +437,82 @@ fn a_store_left_by_a_crash_is_re_partitioned_from_one_frontier() {
     assert!(ok, "{report}");
 }
 
+/// `pixeld rebuild-aggregates --server` on a running server while hits keep arriving: the
+/// range the logs hold is recomputed and replaced, the hits applied meanwhile are added back,
+/// and every answer equals a reference server's that was never rebuilt; the store then agrees
+/// with the logs. A second offline rebuild is refused while the server holds the data dir,
+/// naming `--server`.
+#[test]
+fn rebuild_aggregates_runs_on_a_live_server() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let t0 = pixeld::route::now_minute();
+    let s = start_with(&data, CONFIG, 2);
+    let reference = start_with(&tmp.path().join("reference"), CONFIG, 2);
+    let body = hits(41, 20_000);
+    post_all(&s, &body);
+    post_all(&reference, &body);
+    // Hits keep coming while the rebuild runs: one batch to each server in turn.
+    let stop_posting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poster = {
+        let (a, b, stop) = (s.http, reference.http, stop_posting.clone());
+        std::thread::spawn(move || {
+            let more = hits(42, 20_000);
+            let mut sent = 0;
+            for chunk in more
+                .split_inclusive(|b| *b == b'\n')
+                .collect::<Vec<_>>()
+                .chunks(50)
+            {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let chunk: Vec<u8> = chunk.concat();
+                assert_eq!(common::try_post_events(a, &chunk), Some(200));
+                assert_eq!(common::try_post_events(b, &chunk), Some(200));
+                sent += 1;
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let out = std::process::Command::new(common::pixeld_bin())
+        .args(["rebuild-aggregates", "--server"])
+        .arg(format!("http://127.0.0.1:{}", s.http))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{answer}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert!(v["rebuilt"]["records"].as_u64().unwrap() >= 20_000, "{v}");
+    assert!(v["rebuilt"]["minute_buckets"].as_u64().unwrap() > 0, "{v}");
+    std::thread::sleep(Duration::from_millis(200));
+    stop_posting.store(true, std::sync::atomic::Ordering::Relaxed);
+    let batches = poster.join().unwrap();
+    assert!(batches > 0);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        answers(&s, t0) == answers(&reference, t0),
+        "a live rebuild changed the answers"
+    );
+    // Offline while the server runs: refused, naming --server.
+    let out = std::process::Command::new(common::pixeld_bin())
+        .args(["rebuild-aggregates", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--server"), "{err}");
+    stop(reference);
+    stop(s);
+    let (ok, report) = common::check_aggregates(&data, Some(CONFIG));
+    assert!(ok, "{report}");
+}
+
 fn rebuild(data: &Path, config: &str, range: &[String]) -> String {
     let dir = common::tempdir();
     let path = dir.path().join("pixeld.toml");
