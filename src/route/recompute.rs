@@ -6,7 +6,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use crate::agg::{AggConfig, Aggregates};
+use crate::agg::{AggConfig, Aggregates, Inc};
 use crate::log::reader::{ShardReader, Start};
 use crate::metrics::AggStats;
 use crate::parse::event::EventParser;
@@ -54,56 +54,125 @@ pub fn recompute(
         let Some(upto) = upto.filter(|&u| u > 0) else {
             continue;
         };
-        let log_cfg =
-            crate::log::LogConfig::new(data_dir.join(crate::log::format::shard_dir_name(src)), src);
-        let reader = ShardReader::new(log_cfg.dir.clone(), log_cfg.index_interval_bytes);
-        let mut first = true;
-        reader.read(
+        let mut router = Routing {
+            parser: &mut parser,
+            stats: &stats,
+            window,
+            shards: n,
+            epochs: &epochs,
+        };
+        let read = router.read_log(
+            data_dir,
+            src,
             Start::Beginning,
-            |rec| {
-                if rec.offset >= upto {
-                    return ControlFlow::Break(());
+            upto,
+            |rec, owner, inc, site, key| {
+                let holds = applied
+                    .get(owner)
+                    .and_then(|a: &Vec<u64>| a.get(src))
+                    .is_some_and(|&a| rec.offset < a);
+                if let Some(e) = expected.get_mut(owner).filter(|_| holds) {
+                    e.apply(&inc, site, key, now);
                 }
-                if first {
-                    first = false;
-                    // Records before this one are gone: buckets they could reach are skipped.
-                    if rec.offset > 0 {
-                        let m = (rec.recv_ts / 60_000_000_000) as i64 + cfg.future_minutes + 1;
-                        from_minute = from_minute.max(m);
-                    }
-                }
-                rc.records += 1;
-                let msg = match crate::parse::syslog::parse(rec.bytes) {
-                    Ok(s) => s.msg,
-                    Err(_) => rec.bytes,
-                };
-                crate::route::increments(
-                    &mut parser,
-                    &stats,
-                    window,
-                    (src, n, &epochs),
-                    rec.recv_ts,
-                    msg,
-                    |owner, inc, site, key| {
-                        let holds = applied
-                            .get(owner)
-                            .and_then(|a: &Vec<u64>| a.get(src))
-                            .is_some_and(|&a| rec.offset < a);
-                        if let Some(e) = expected.get_mut(owner).filter(|_| holds) {
-                            e.apply(&inc, site, key, now);
-                        }
-                    },
-                );
-                ControlFlow::Continue(())
-            },
-            |w| {
-                rc.problems.push(format!(
-                    "shard {src}'s log: {w:?} (records there cannot be compared)"
-                ))
             },
         )?;
+        // Records before the first one read are gone: buckets they could reach are skipped.
+        if let Some(first) = read.first.filter(|f| f.offset > 0) {
+            let m = (first.recv_ts / 60_000_000_000) as i64 + cfg.future_minutes + 1;
+            from_minute = from_minute.max(m);
+        }
+        rc.records += read.records;
+        rc.problems.extend(
+            read.problems
+                .into_iter()
+                .map(|w| format!("shard {src}'s log: {w} (records there cannot be compared)")),
+        );
     }
     rc.expected = expected;
     rc.from_minute = from_minute;
     Ok(rc)
+}
+
+/// How records become increments when a log is read outside the server (the same
+/// `route::increments`, routed among `shards` with `epochs`).
+pub struct Routing<'a> {
+    pub parser: &'a mut EventParser,
+    pub stats: &'a AggStats,
+    pub window: crate::route::Window,
+    pub shards: usize,
+    pub epochs: &'a crate::route::partition::Epochs,
+}
+
+/// What [`Routing::read_log`] read.
+pub struct LogRead {
+    pub records: u64,
+    /// The first record read.
+    pub first: Option<Rec>,
+    /// The offset after the last record read.
+    pub next: u64,
+    /// What could not be read.
+    pub problems: Vec<String>,
+}
+
+/// One record as [`Routing::read_log`] hands it on.
+#[derive(Debug, Clone, Copy)]
+pub struct Rec {
+    pub offset: u64,
+    pub recv_ts: u64,
+}
+
+impl Routing<'_> {
+    /// Reads source `src`'s log under `data_dir` from `start` up to offset `upto`
+    /// (exclusive) and hands every increment of every record to `f` (the record, its owner,
+    /// the increment, its site and key). A record with no increments (unparsed, out of the
+    /// window) is counted in `records` all the same.
+    pub fn read_log(
+        &mut self,
+        data_dir: &Path,
+        src: usize,
+        start: Start,
+        upto: u64,
+        mut f: impl FnMut(&Rec, usize, Inc, &str, &str),
+    ) -> Result<LogRead, crate::log::Error> {
+        let log_cfg =
+            crate::log::LogConfig::new(data_dir.join(crate::log::format::shard_dir_name(src)), src);
+        let reader = ShardReader::new(log_cfg.dir.clone(), log_cfg.index_interval_bytes);
+        let mut out = LogRead {
+            records: 0,
+            first: None,
+            next: 0,
+            problems: Vec::new(),
+        };
+        reader.read(
+            start,
+            |rec| {
+                if rec.offset >= upto {
+                    return ControlFlow::Break(());
+                }
+                out.records += 1;
+                out.next = rec.offset + 1;
+                let msg = match crate::parse::syslog::parse(rec.bytes) {
+                    Ok(s) => s.msg,
+                    Err(_) => rec.bytes,
+                };
+                let r = Rec {
+                    offset: rec.offset,
+                    recv_ts: rec.recv_ts,
+                };
+                out.first.get_or_insert(r);
+                crate::route::increments(
+                    self.parser,
+                    self.stats,
+                    self.window,
+                    (src, self.shards, self.epochs),
+                    rec.recv_ts,
+                    msg,
+                    |owner, inc, site, key| f(&r, owner, inc, site, key),
+                );
+                ControlFlow::Continue(())
+            },
+            |w| out.problems.push(format!("{w:?}")),
+        )?;
+        Ok(out)
+    }
 }

@@ -12,13 +12,12 @@
 //! the frontier cannot be read, nothing is changed and the start rebuilds from the logs, as it
 //! always did, saying so.
 
-use std::ops::ControlFlow;
-
 use crate::agg::store::{self, repartition};
 use crate::config::Config;
-use crate::log::reader::{ShardReader, Start};
+use crate::log::reader::Start;
 use crate::metrics::AggStats;
 use crate::parse::event::EventParser;
+use crate::route::recompute::Routing;
 
 /// What a start did to the store (lines for stderr); nothing when the count is unchanged.
 pub fn run(cfg: &Config) -> Vec<String> {
@@ -79,51 +78,41 @@ pub fn run(cfg: &Config) -> Vec<String> {
             continue;
         }
         let dir = data_dir.join(crate::log::format::shard_dir_name(src));
-        let log_cfg = cfg.log.for_shard(data_dir, src);
-        let reader = ShardReader::new(dir.clone(), log_cfg.index_interval_bytes);
-        let mut problems = Vec::new();
-        let mut next = from;
-        let read = reader.read(
+        let mut routing = Routing {
+            parser: &mut parser,
+            stats: &stats,
+            window,
+            shards: old_n,
+            epochs: &epochs,
+        };
+        let read = routing.read_log(
+            data_dir,
+            src,
             Start::Offset(from),
-            |rec| {
-                if rec.offset >= upto {
-                    return ControlFlow::Break(());
+            upto,
+            |rec, owner, inc, site, key| {
+                let below = applied.get(owner).and_then(|a: &Vec<u64>| a.get(src));
+                if below.is_some_and(|&a| rec.offset >= a) {
+                    if let Some(agg) = aggs.get_mut(owner) {
+                        agg.apply(&inc, site, key, now);
+                    }
                 }
-                next = rec.offset + 1;
-                caught_up += 1;
-                let msg = match crate::parse::syslog::parse(rec.bytes) {
-                    Ok(s) => s.msg,
-                    Err(_) => rec.bytes,
-                };
-                crate::route::increments(
-                    &mut parser,
-                    &stats,
-                    window,
-                    (src, old_n, &epochs),
-                    rec.recv_ts,
-                    msg,
-                    |owner, inc, site, key| {
-                        let below = applied.get(owner).and_then(|a: &Vec<u64>| a.get(src));
-                        if below.is_some_and(|&a| rec.offset >= a) {
-                            if let Some(agg) = aggs.get_mut(owner) {
-                                agg.apply(&inc, site, key, now);
-                            }
-                        }
-                    },
-                );
-                ControlFlow::Continue(())
             },
-            |w| problems.push(format!("{w:?}")),
         );
-        if let Err(e) = read {
-            said.push(fallback(format!("reading {}: {e}", dir.display())));
-            return said;
-        }
-        if next < upto || !problems.is_empty() {
+        let read = match read {
+            Ok(r) => r,
+            Err(e) => {
+                said.push(fallback(format!("reading {}: {e}", dir.display())));
+                return said;
+            }
+        };
+        caught_up += read.records;
+        let gone = read.first.is_some_and(|f| f.offset > from);
+        if gone || read.next < upto || !read.problems.is_empty() {
             said.push(fallback(format!(
                 "{} could not be read from offset {from} to {upto}, which some owners had not applied{}",
                 dir.display(),
-                problems
+                read.problems
                     .first()
                     .map(|p| format!(": {p}"))
                     .unwrap_or_default()
@@ -160,7 +149,7 @@ pub fn run(cfg: &Config) -> Vec<String> {
     epochs.push(until, old_n);
     match repartition::write(data_dir, parts, fp, &applied_new, &dropped, &epochs) {
         Ok(()) => said.push(format!(
-            "aggregate store re-partitioned from {old_n} to {n} shards ({sealed} sealed hour and day files rewritten, {caught_up} log records applied to bring the old owners to one frontier); every hour and day it held is kept"
+            "aggregate store re-partitioned from {old_n} to {n} shards ({sealed} sealed hour and day files rewritten, {caught_up} log records read to bring the old owners to one frontier); every hour and day it held is kept"
         )),
         Err(e) => said.push(fallback(format!("writing the new store: {e}"))),
     }

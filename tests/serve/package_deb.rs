@@ -67,6 +67,14 @@ pub(crate) fn build_deb(out_dir: &Path, revision: &str) -> Option<std::path::Pat
     Some(deb)
 }
 
+/// Revisions 1 and 2 of the package (an install and its upgrade), or None as [`build_deb`].
+pub(crate) fn two_debs(dir: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    Some((
+        build_deb(&dir.join("r1"), "1")?,
+        build_deb(&dir.join("r2"), "2")?,
+    ))
+}
+
 #[test]
 fn the_package_holds_the_service_and_its_files() {
     let tmp = common::tempdir();
@@ -136,10 +144,7 @@ fn install_serve_upgrade_remove_purge() {
         return;
     }
     let tmp = common::tempdir();
-    let Some(deb1) = build_deb(&tmp.path().join("r1"), "1") else {
-        return;
-    };
-    let Some(deb2) = build_deb(&tmp.path().join("r2"), "2") else {
+    let Some((deb1, deb2)) = two_debs(tmp.path()) else {
         return;
     };
     run(Command::new("dpkg").arg("-i").arg(&deb1));

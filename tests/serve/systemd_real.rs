@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 use crate::common::log_http::{next_offsets, read_range};
-use crate::package_deb::{build_deb, in_ci};
+use crate::package_deb::{in_ci, two_debs};
 
 /// Datagrams per second of the stream.
 const RATE: u64 = 400;
@@ -256,10 +256,7 @@ fn restart_upgrade_and_crash_under_real_systemd_lose_and_double_nothing() {
         return;
     }
     let tmp = common::tempdir();
-    let Some(deb1) = build_deb(&tmp.path().join("r1"), "1") else {
-        return;
-    };
-    let Some(deb2) = build_deb(&tmp.path().join("r2"), "2") else {
+    let Some((deb1, deb2)) = two_debs(tmp.path()) else {
         return;
     };
     // A machine that cannot boot a container (no overlayfs, a sandbox that forbids it) skips,
