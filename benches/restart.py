@@ -6,6 +6,9 @@ Build first, then run (Python 3.11 standard library only):
 
     cargo build --release && python3 benches/restart.py --records 5000000 --shards 1 2
 
+With --reshard N, each data dir is started once more with N shards after the runs above: the
+store is re-partitioned (a changed shard count) and the 30-day answers are compared.
+
 For each record count and shard count it:
 1. writes that many realistic nginx lines with `pixeld blast --out` (fixed seed), their event
    times spread evenly over --days days ending now;
@@ -123,7 +126,12 @@ def measure(a, data, shards):
     m = metrics(ports["http"])
     rebuild = max((v for k, v in m.items() if k.startswith("pixeld_agg_rebuild_seconds")), default=0)
     r = {"http_s": seen["http"], "tcp_s": seen["tcp"], "udp_s": seen["udp"], "ready_s": seen["ready"], "complete_s": seen["complete"],
-         "cpu_s": cpu_seconds(p.pid), "rebuild_s": rebuild}
+         "cpu_s": cpu_seconds(p.pid), "rebuild_s": rebuild,
+         "repartitioned": "re-partitioned from" in stderr, "rebuilt_store": "written by a run with" in stderr}
+    c = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=30)
+    c.request("GET", "/v1/summary?from=-30d")
+    summary = json.loads(c.getresponse().read())
+    r["views_30d"], r["uniques_30d"] = summary.get("views"), summary.get("uniques")
     r.update(memory_after_checkpoint(a, p, ports, data))
     r.update(query_times(ports))
     return p, r
@@ -221,6 +229,8 @@ def main():
     ap.add_argument("--cpus", default="0,1", help="CPUs pixeld serve may run on (taskset)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--work", default=None, help="scratch directory (default: under target/)")
+    ap.add_argument("--reshard", type=int, default=None,
+                    help="then start once more with this many shards (the store is re-partitioned) and compare")
     a = ap.parse_args()
     a.work = a.work or tempfile.mkdtemp(prefix="restart-", dir=os.path.join(ROOT, "target"))
     results = []
@@ -237,7 +247,15 @@ def main():
                 p.send_signal(signal.SIGKILL); p.wait()
                 p, killed = measure(a, data, shards)
                 stop(p, timeout=a.timeout)
-                for kind, r in (("no store", first), ("clean stop", clean), ("kill -9", killed)):
+                runs = [("no store", first), ("clean stop", clean), ("kill -9", killed)]
+                if a.reshard:
+                    p, resharded = measure(a, data, a.reshard)
+                    stop(p, timeout=a.timeout)
+                    runs.append(("%d → %d shards" % (shards, a.reshard), resharded))
+                    log("re-partitioned: %s (store rebuilt instead: %s); 30-day views %s → %s, uniques %s → %s"
+                        % (resharded["repartitioned"], resharded["rebuilt_store"], killed["views_30d"],
+                           resharded["views_30d"], killed["uniques_30d"], resharded["uniques_30d"]))
+                for kind, r in runs:
                     r.update({"records": n, "shards": shards, "after": kind})
                     log("%9d records, %d shard(s), after %-10s ports: http %.2f s, tcp %.2f s, udp %.2f s; "
                         "ready %.2f s; complete %.2f s (catch-up %.2f s); cpu %.2f s; rss %.0f MB, agg heap %.0f MB, "
