@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Restart hand-over benchmark (issue 18): does a UDP stream (or a stream of HTTP batches with
-Idempotency-Keys, --transport http) survive pixeld restarts when systemd holds the sockets?
+Idempotency-Keys, --transport http, or a TCP relay, --transport tcp) survive pixeld restarts
+when systemd holds the sockets?
 
 Build first, then run (Python 3.11 standard library only, as root for SO_RCVBUFFORCE):
 
@@ -9,16 +10,36 @@ Build first, then run (Python 3.11 standard library only, as root for SO_RCVBUFF
 It plays systemd's socket unit: binds the UDP, TCP and HTTP listeners itself (the UDP receive
 buffer forced to --rcvbuf, as `ReceiveBuffer=` does; one UDP socket read by every shard, or
 with --udp-per-shard one per shard on the same port, as `ReusePort=yes` would), starts `pixeld serve` with them as fds
-3-5 and LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, and keeps them across restarts. `pixeld blast
---transport udp` sends numbered lines (`seq`) at --rate for --duration; meanwhile pixeld is
-stopped and started again --restarts times, evenly spaced, with SIGTERM (mode `term`, as
-`systemctl restart` does) or SIGKILL (mode `kill9`, a crash and `Restart=on-failure`). At the
-end pixeld is stopped cleanly and the log is read back with `pixeld replay`.
+3-5 and LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, and keeps them across restarts. `pixeld blast`
+sends numbered lines (`seq`) at --rate for --duration (or --batches HTTP batches); meanwhile
+pixeld is stopped and started again --restarts times, evenly spaced, with SIGTERM (mode
+`term`, as `systemctl restart` does) or SIGKILL (mode `kill9`, a crash and
+`Restart=on-failure`). A pixeld that exits by itself (the `abort` fault of --faults) is started
+again at once, as `Restart=on-failure` would. At the end pixeld is stopped cleanly and the log
+is read back with `pixeld replay`.
 
-Reported per mode: sent (blast), appended (distinct seq in the log), duplicated, missing, the
-kernel's UDP drops (SO_RXQ_OVFL, summed over the runs' stop lines), each restart's gap (from the
-signal until the next process is ready), and the CPU-seconds of the pixeld processes. Loopback
-only; every process is stopped by its PID.
+--transport http: `POST /v1/events` batches of --batch lines, each with an Idempotency-Key,
+retried by blast on 503, 409 and broken or refused connections. --faults passes
+PIXELD_TEST_HTTP_FAULTS to pixeld (needs a build with `--features fault-injection`, see
+--binary), e.g. the issue's 10 000 batches with random failures:
+
+    cargo build --release --no-default-features --features fault-injection
+    python3 benches/handover.py --transport http --batches 10000 --batch 20 --rate 4000 \\
+        --connections 8 --restarts 3 --modes kill9 \\
+        --faults 503:0.05,503-prefix:0.05,reset:0.05,abort:0.002
+
+--transport tcp: a relay, `pixeld blast --transport tcp` on one connection (--connections),
+which peeks for pixeld's FIN before each write and then reconnects (as rsyslog's omfwd does),
+and reconnects after a broken write, sending that write again. Right before each SIGKILL the
+kernel's queues of the relay's connections are read from /proc/net/tcp: the bytes pixeld's
+kernel had acknowledged but pixeld had not read (rx_queue) and those the relay's kernel still
+held (tx_queue), to explain what the kill loses.
+
+Reported per mode: sent (blast), distinct seqs logged, missing (seq 1..sent absent from the
+log, when one sender or --batches makes the sent seqs contiguous), doubled, the kernel's UDP
+drops (SO_RXQ_OVFL, summed over the runs' stop lines), each restart's gap (from the signal
+until the next process is ready), the crashes restarted, blast's retry and reconnect counts,
+and the CPU-seconds of the pixeld processes. Loopback only; every process is stopped by its PID.
 """
 import argparse, json, os, re, signal, socket, subprocess, sys, tempfile, threading, time
 
@@ -55,7 +76,7 @@ def bind_listeners(rcvbuf, udp_sockets):
 class Pixeld:
     """One `pixeld serve` on the held sockets; stderr collected by a thread."""
 
-    def __init__(self, binary, data, socks, shards):
+    def __init__(self, binary, data, socks, shards, extra_env):
         fds = [s.fileno() for s in socks]
 
         def place():
@@ -64,7 +85,7 @@ class Pixeld:
                 os.dup2(h, 3 + i, inheritable=True)
 
         names = ":".join(["udp"] * (len(fds) - 2) + ["tcp", "http"])
-        env = dict(os.environ, LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names)
+        env = dict(os.environ, LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names, **extra_env)
         self.p = subprocess.Popen(
             ["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"', binary, "serve",
              "--data-dir", data, "--shards", str(shards)],
@@ -88,81 +109,202 @@ class Pixeld:
         except OSError:
             return 0.0
 
+    def drops(self):
+        return sum(int(m.group(1)) for l in self.lines
+                   for m in [re.search(r"(\d+) kernel UDP drops", l)] if m)
+
     def stop(self, sig):
         cpu = self.cpu_seconds()
         self.p.send_signal(sig)
         self.p.wait(timeout=60)
         time.sleep(0.1)
-        drops = sum(int(m.group(1)) for l in self.lines
-                    for m in [re.search(r"(\d+) kernel UDP drops", l)] if m)
-        return cpu, drops
+        return cpu, self.drops()
+
+
+def tcp_queues(port):
+    """The relay's connections to pixeld's TCP `port`, from /proc/net/tcp: bytes queued for
+    pixeld to read (its side's rx_queue) and bytes the relay's kernel has not had acknowledged
+    (the relay's side's tx_queue)."""
+    rx = tx = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for row in f:
+            c = row.split()
+            local, remote, state = c[1], c[2], c[3]
+            if state != "01":  # ESTABLISHED
+                continue
+            t, r = (int(x, 16) for x in c[4].split(":"))
+            if int(local.split(":")[1], 16) == port:
+                rx += r
+            elif int(remote.split(":")[1], 16) == port:
+                tx += t
+    return rx, tx
+
+
+class Keeper:
+    """The running pixeld, started again at once when it exits by itself (`abort`), as
+    `Restart=on-failure` would, and restarted on request (SIGTERM or SIGKILL)."""
+
+    def __init__(self, binary, data, socks, shards, env):
+        self.args = (binary, data, socks, shards, env)
+        self.lock = threading.Lock()
+        self.cpu, self.drops, self.crashes, self.crash_gaps = 0.0, 0, 0, []
+        self.stopping = False
+        self.px = self._start()
+        self.log = []
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _start(self):
+        px = Pixeld(*self.args)
+        assert px.ready.wait(120), "\n".join(px.lines)
+        return px
+
+    def _watch(self):
+        while not self.stopping:
+            time.sleep(0.005)
+            with self.lock:
+                if self.stopping or self.px.p.poll() is None:
+                    continue
+                t = time.monotonic()
+                self.drops += self.px.drops()
+                self.log += self.px.lines
+                self.crashes += 1
+                self.px = self._start()
+                self.crash_gaps.append(round(time.monotonic() - t, 3))
+
+    def restart(self, sig, before_kill=None):
+        with self.lock:
+            t = time.monotonic()
+            if before_kill:
+                before_kill()
+            c, d = self.px.stop(sig)
+            self.cpu, self.drops = self.cpu + c, self.drops + d
+            self.log += self.px.lines
+            self.px = self._start()
+            return round(time.monotonic() - t, 3)
+
+    def stop(self):
+        with self.lock:
+            self.stopping = True
+            c, d = self.px.stop(signal.SIGTERM)
+            self.cpu, self.drops = self.cpu + c, self.drops + d
+            self.log += self.px.lines
+
+
+def missing_ranges(seqs, total):
+    """The runs of seq 1..total absent from `seqs`, as (first, last)."""
+    out, start = [], None
+    for n in range(1, total + 2):
+        if n <= total and n not in seqs:
+            start = n if start is None else start
+        elif start is not None:
+            out.append((start, n - 1))
+            start = None
+    return out
 
 
 def run(args, mode):
-    binary = os.path.join(ROOT, "target/release/pixeld")
     tmp = tempfile.mkdtemp(prefix="pixeld-handover-")
     data = os.path.join(tmp, "data")
     socks = bind_listeners(args.rcvbuf, args.shards if args.udp_per_shard else 1)
     granted = socks[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     udp_addr = "127.0.0.1:%d" % socks[0].getsockname()[1]
+    tcp_port = socks[-2].getsockname()[1]
     http_addr = "127.0.0.1:%d" % socks[-1].getsockname()[1]
-    px = Pixeld(binary, data, socks, args.shards)
-    assert px.ready.wait(60), "\n".join(px.lines)
+    env = {"PIXELD_TEST_HTTP_FAULTS": args.faults} if args.faults else {}
+    keeper = Keeper(args.binary, data, socks, args.shards, env)
+    duration = args.duration
     if args.transport == "udp":
         how = ["--transport", "udp", "--target", udp_addr]
+    elif args.transport == "tcp":
+        how = ["--transport", "tcp", "--target", "127.0.0.1:%d" % tcp_port,
+               "--connections", str(args.connections)]
     else:
         # Batches with an Idempotency-Key each, retried on 503, 409 and broken connections.
         how = ["--transport", "http", "--target", http_addr, "--batch", str(args.batch),
                "--connections", str(args.connections)]
+    if args.batches:
+        # Exactly --batches batches: seq 1..batches*batch, whatever the pacing.
+        how += ["--count", str(args.batches * args.batch)]
+        duration = args.batches * args.batch / args.rate
+    else:
+        how += ["--duration", f"{args.duration}s"]
     blast = subprocess.Popen(
-        [binary, "blast", *how, "--no-metrics",
-         "--rate", str(args.rate), "--duration", f"{args.duration}s", "--seed", "7"],
+        [args.binary, "blast", *how, "--no-metrics", "--json",
+         "--rate", str(args.rate), "--seed", "7"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    gaps, cpu, drops = [], 0.0, 0
-    every = args.duration / (args.restarts + 1)
+    gaps, queues = [], []
+
+    def snapshot():
+        if args.transport == "tcp":
+            queues.append(tcp_queues(tcp_port))
+
+    every = duration / (args.restarts + 1)
     t0 = time.monotonic()
     for r in range(args.restarts):
         time.sleep(max(0.0, t0 + every * (r + 1) - time.monotonic()))
-        t = time.monotonic()
-        c, d = px.stop(signal.SIGTERM if mode == "term" else signal.SIGKILL)
-        cpu, drops = cpu + c, drops + d
-        px = Pixeld(binary, data, socks, args.shards)
-        assert px.ready.wait(60), "\n".join(px.lines)
-        gaps.append(round(time.monotonic() - t, 3))
-    out, _ = blast.communicate(timeout=args.duration + 120)
-    m = re.search(r"sent (\d+) events", out)
-    sent = int(m.group(1)) if m else None
+        if blast.poll() is not None:
+            break
+        sig = signal.SIGTERM if mode == "term" else signal.SIGKILL
+        gaps.append(keeper.restart(sig, snapshot if mode == "kill9" else None))
+    out, _ = blast.communicate(timeout=duration * 3 + 300)
+    report = next((json.loads(l) for l in reversed(out.splitlines()) if l.startswith("{")), None)
+    assert report is not None, out
+    sent = report["sent"]
     time.sleep(2)
-    c, d = px.stop(signal.SIGTERM)
-    cpu, drops = cpu + c, drops + d
+    keeper.stop()
     seqs = {}
-    rep = subprocess.run([binary, "replay", "--data-dir", data, "--format", "ndjson"],
+    rep = subprocess.run([args.binary, "replay", "--data-dir", data, "--format", "ndjson"],
                          capture_output=True, text=True, check=True)
+    line_bytes = 0
     for rec in rep.stdout.splitlines():
         line = json.loads(rec).get("line", "")
         m = re.search(r'"seq":(\d+)', line)
         if m:
             n = int(m.group(1))
             seqs[n] = seqs.get(n, 0) + 1
-    total = sent or max(seqs, default=0)
-    if args.transport == "udp" and args.connections == 1:
-        # One sender: it sent exactly seq 1..total.
-        missing = sum(1 for n in range(1, total + 1) if n not in seqs)
+            line_bytes += len(line) + 1
+    contiguous = args.batches or args.connections == 1
+    total = args.batches * args.batch if args.batches else sent
+    if contiguous:
+        # One sender (or a fixed count): it sent exactly seq 1..total.
+        gaps_seq = missing_ranges(seqs, total)
+        missing = sum(b - a + 1 for a, b in gaps_seq)
     else:
         # Several senders share the seq space and stop mid-way at the deadline, so the sent
         # seqs have holes: count what was sent (answered) against what is logged.
+        gaps_seq = []
         missing = max(0, total - len(seqs))
     doubled = sum(c - 1 for c in seqs.values() if c > 1)
     for s in socks:
         s.close()
     subprocess.run(["rm", "-rf", tmp])
-    retries = re.search(r"(\d+) batches retried", out)
-    return {"mode": mode, "transport": args.transport, "udp_sockets": len(socks) - 2,
-            "http_retries": int(retries.group(1)) if retries else 0,
-            "http_batches": (sent or 0) // args.batch if args.transport == "http" else 0, "rate": args.rate, "duration_s": args.duration, "restarts": args.restarts,
-            "shards": args.shards, "rcvbuf_granted": granted, "sent": sent, "distinct_logged": len(seqs),
-            "missing": missing, "duplicated": doubled, "kernel_drops": drops, "gaps_s": gaps,
-            "cpu_s": round(cpu, 2), "blast": next((l for l in out.splitlines() if l.startswith("sent ")), "")}
+    avg = line_bytes / max(1, sum(seqs.values()))
+    out = {"mode": mode, "transport": args.transport, "shards": args.shards,
+           "rate": args.rate, "duration_s": round(duration, 1), "restarts": len(gaps),
+           "sent": sent, "distinct_logged": len(seqs), "missing": missing, "duplicated": doubled,
+           "gaps_s": gaps, "crash_restarts": keeper.crashes, "crash_gaps_s": keeper.crash_gaps,
+           "cpu_s": round(keeper.cpu, 2)}
+    if args.transport == "udp":
+        out.update({"udp_sockets": len(socks) - 2, "rcvbuf_granted": granted,
+                    "kernel_drops": keeper.drops})
+    if args.transport == "http":
+        out.update({"batches": (args.batches or sent // args.batch), "faults": args.faults,
+                    "http_retries": report.get("http_retries", 0),
+                    "http_retry_causes": report.get("http_retry_causes", {}),
+                    "http_refused_events": report.get("http_refused_events", 0),
+                    "fault_aborts_logged": sum("PIXELD_TEST_HTTP_FAULTS: aborting" in l
+                                               for l in keeper.log)})
+    if args.transport == "tcp":
+        out.update({k: report.get(k) for k in ("tcp_reconnects", "tcp_broken", "tcp_resent_lines",
+                                                 "tcp_unacked_lines_at_break")})
+        out["missing_runs"] = [[a, b, b - a + 1] for a, b in gaps_seq][:20]
+        # Before each SIGKILL: (pixeld's unread bytes, the relay's unacknowledged bytes), and
+        # the lines they hold at the log's average line length.
+        out["queues_at_kill"] = [[rx, tx, round(rx / avg), round(tx / avg)] for rx, tx in queues]
+        out["stop_lines"] = [l for l in keeper.log if " stopped: " in l]
+    out["blast"] = {k: report.get(k) for k in ("seconds", "events_per_second", "max_lag_seconds")}
+    return out
 
 
 def main():
@@ -173,10 +315,17 @@ def main():
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--rcvbuf", type=int, default=32 << 20)
     ap.add_argument("--modes", nargs="+", default=["term", "kill9"])
-    ap.add_argument("--transport", choices=["udp", "http"], default="udp",
-                    help="udp: datagrams; http: POST /v1/events batches with Idempotency-Keys")
-    ap.add_argument("--batch", type=int, default=100, help="events per HTTP batch")
-    ap.add_argument("--connections", type=int, default=1, help="HTTP: parallel clients")
+    ap.add_argument("--transport", choices=["udp", "http", "tcp"], default="udp",
+                    help="udp: datagrams; http: POST /v1/events batches with Idempotency-Keys; "
+                         "tcp: a relay's connection")
+    ap.add_argument("--batch", type=int, default=100, help="events per HTTP batch or TCP write")
+    ap.add_argument("--batches", type=int, default=0,
+                    help="send exactly this many batches (instead of --duration)")
+    ap.add_argument("--connections", type=int, default=1, help="HTTP, TCP: parallel clients")
+    ap.add_argument("--faults", default="",
+                    help="PIXELD_TEST_HTTP_FAULTS for pixeld (a fault-injection build)")
+    ap.add_argument("--binary", default=os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release/pixeld"))
     ap.add_argument("--udp-per-shard", action="store_true",
                     help="pass one UDP socket per shard (SO_REUSEPORT) instead of one shared by every shard")
     args = ap.parse_args()
