@@ -42,6 +42,7 @@ until the next process is ready), the crashes restarted, blast's retry and recon
 and the CPU-seconds of the pixeld processes. Loopback only; every process is stopped by its PID.
 """
 import argparse, json, os, re, signal, socket, subprocess, sys, tempfile, threading, time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -109,6 +110,11 @@ class Pixeld:
         except OSError:
             return 0.0
 
+    def recovered(self):
+        """Each shard's log end at this process's start ("shard N recovered: … next offset O")."""
+        return {int(m.group(1)): int(m.group(2)) for l in self.lines
+                for m in [re.search(r"shard (\d+) recovered: .*next offset (\d+)", l)] if m}
+
     def drops(self):
         return sum(int(m.group(1)) for l in self.lines
                    for m in [re.search(r"(\d+) kernel UDP drops", l)] if m)
@@ -119,6 +125,15 @@ class Pixeld:
         self.p.wait(timeout=60)
         time.sleep(0.1)
         return cpu, self.drops()
+
+
+def server_side_open(port):
+    """Whether a connection accepted on `port` is still established on pixeld's side (a
+    killed process's sockets are closed only once io_uring's teardown lets them go)."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        return any(int(c[1].split(":")[1], 16) == port and c[3] == "01"
+                   for c in (row.split() for row in f))
 
 
 def tcp_queues(port):
@@ -176,7 +191,7 @@ class Keeper:
         with self.lock:
             t = time.monotonic()
             if before_kill:
-                before_kill()
+                before_kill(self.px)
             c, d = self.px.stop(sig)
             self.cpu, self.drops = self.cpu + c, self.drops + d
             self.log += self.px.lines
@@ -233,11 +248,36 @@ def run(args, mode):
         [args.binary, "blast", *how, "--no-metrics", "--json",
          "--rate", str(args.rate), "--seed", "7"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    gaps, queues = [], []
+    gaps, kills = [], []
 
-    def snapshot():
-        if args.transport == "tcp":
-            queues.append(tcp_queues(tcp_port))
+    def snapshot(px):
+        """--freeze-at-kill (TCP): the state at a SIGKILL, frozen. Reads how many lines pixeld
+        has taken in (/metrics), stops pixeld and the relay (SIGSTOP), reads the relay's
+        connections' kernel queues once they have settled, kills pixeld, waits until its
+        sockets are gone (the kernel closes them only after io_uring's teardown, some ms after
+        the process is reaped; what a relay writes meanwhile is lost with the reset), and lets
+        the relay go on. So a kill loses exactly: what pixeld had read but not made durable,
+        what its kernel held unread, what the relay's kernel held unacknowledged."""
+        if args.transport != "tcp" or not args.freeze_at_kill:
+            return
+        with urllib.request.urlopen(f"http://{http_addr}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        # Lines taken in (appended to the log's memory: none is dropped here);
+        # pixeld_appended_events_total counts them only once written.
+        taken = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                    if l.startswith('pixeld_received_events_total{transport="tcp"}'))
+        os.kill(px.p.pid, signal.SIGSTOP)
+        os.kill(blast.pid, signal.SIGSTOP)
+        time.sleep(0.1)
+        rx, tx = tcp_queues(tcp_port)
+        keeper.cpu += px.cpu_seconds()
+        px.p.kill()
+        px.p.wait(timeout=60)
+        deadline = time.monotonic() + 5
+        while server_side_open(tcp_port) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(blast.pid, signal.SIGCONT)
+        kills.append({"start": px.recovered(), "taken": int(taken), "rx": rx, "tx": tx})
 
     every = duration / (args.restarts + 1)
     t0 = time.monotonic()
@@ -247,6 +287,9 @@ def run(args, mode):
             break
         sig = signal.SIGTERM if mode == "term" else signal.SIGKILL
         gaps.append(keeper.restart(sig, snapshot if mode == "kill9" else None))
+        if kills and "end" not in kills[-1]:
+            # The next process's log end: what the killed one had made durable.
+            kills[-1]["end"] = keeper.px.recovered()
     out, _ = blast.communicate(timeout=duration * 3 + 300)
     report = next((json.loads(l) for l in reversed(out.splitlines()) if l.startswith("{")), None)
     assert report is not None, out
@@ -299,9 +342,17 @@ def run(args, mode):
         out.update({k: report.get(k) for k in ("tcp_reconnects", "tcp_broken", "tcp_resent_lines",
                                                  "tcp_unacked_lines_at_break")})
         out["missing_runs"] = [[a, b, b - a + 1] for a, b in gaps_seq][:20]
-        # Before each SIGKILL: (pixeld's unread bytes, the relay's unacknowledged bytes), and
-        # the lines they hold at the log's average line length.
-        out["queues_at_kill"] = [[rx, tx, round(rx / avg), round(tx / avg)] for rx, tx in queues]
+        # Per SIGKILL with --freeze-at-kill (see snapshot): lines pixeld had read but not made
+        # durable (its start offset + lines taken in, read just before the freeze, − the next
+        # process's recovered log end; what it read between that read and the freeze shows up
+        # as the rest of the missing run), and the bytes pixeld's kernel held unread and the
+        # relay's kernel held unacknowledged, as lines at the log's average line length.
+        out["at_kill"] = [{
+            "read_not_durable_lines": k["taken"] + sum(k["start"].values()) - sum(k.get("end", {}).values()),
+            "pixeld_unread_lines": round(k["rx"] / avg), "relay_unacked_lines": round(k["tx"] / avg),
+            "pixeld_unread_bytes": k["rx"], "relay_unacked_bytes": k["tx"],
+            } for k in kills]
+        out["avg_line_bytes"] = round(avg, 1)
         out["stop_lines"] = [l for l in keeper.log if " stopped: " in l]
     out["blast"] = {k: report.get(k) for k in ("seconds", "events_per_second", "max_lag_seconds")}
     return out
@@ -324,6 +375,8 @@ def main():
     ap.add_argument("--connections", type=int, default=1, help="HTTP, TCP: parallel clients")
     ap.add_argument("--faults", default="",
                     help="PIXELD_TEST_HTTP_FAULTS for pixeld (a fault-injection build)")
+    ap.add_argument("--freeze-at-kill", action="store_true",
+                    help="tcp, kill9: freeze pixeld and the relay at each kill to account for every lost line")
     ap.add_argument("--binary", default=os.path.join(
         os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release/pixeld"))
     ap.add_argument("--udp-per-shard", action="store_true",

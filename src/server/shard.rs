@@ -510,8 +510,9 @@ async fn run_shard(
             eprintln!("pixeld: shard {shard}: HTTP accept stopped: {e}");
         }
     });
+    let tcp_stop = shutdown.clone();
     let tcp_task = glommio::spawn_local(async move {
-        if let Err(e) = crate::ingest::tcp::run(tcp, ingest).await {
+        if let Err(e) = crate::ingest::tcp::run(tcp, ingest, tcp_stop).await {
             eprintln!("pixeld: shard {shard}: TCP accept stopped: {e}");
         }
     });
@@ -560,7 +561,7 @@ async fn run_shard(
     let watcher = {
         let log = log.clone();
         let shutdown = shutdown.clone();
-        let receivers = (udp_task, tcp_task, http_task);
+        let receivers = (udp_task, http_task);
         glommio::spawn_local(async move {
             while !shutdown.load(Ordering::Relaxed) {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -570,6 +571,10 @@ async fn run_shard(
             // sockets (socket activation), instead of being read and refused as
             // `shutting_down`. (Each task waits at an await point, never inside a receive.)
             drop(receivers);
+            // TCP stops by itself on the flag: it reads each open connection until its relay
+            // closes it (bounded, `ingest::tcp::DRAIN_MAX`), since what an accepted
+            // connection holds dies with this process.
+            tcp_task.await;
             log.close();
         })
     };
