@@ -337,7 +337,10 @@ def run(args, mode):
                     "http_retry_causes": report.get("http_retry_causes", {}),
                     "http_refused_events": report.get("http_refused_events", 0),
                     "fault_aborts_logged": sum("PIXELD_TEST_HTTP_FAULTS: aborting" in l
-                                               for l in keeper.log)})
+                                               for l in keeper.log),
+                    # Keyed batches each aborted process had drawn on its shard before the abort.
+                    "draws_before_abort": [int(m.group(1)) for l in keeper.log
+                                           for m in [re.search(r"keyed batch (\d+) of this", l)] if m]})
     if args.transport == "tcp":
         out.update({k: report.get(k) for k in ("tcp_reconnects", "tcp_broken", "tcp_resent_lines",
                                                  "tcp_unacked_lines_at_break")})

@@ -212,12 +212,19 @@ mod imp {
         Fault::None
     }
 
-    thread_local! {
-        /// This shard's spec and generator; None until the first draw, and when unset.
-        static STATE: RefCell<Option<Option<(Spec, SmallRng)>>> = const { RefCell::new(None) };
+    /// One shard's faults: the spec, its generator, and the draws so far.
+    struct State {
+        spec: Spec,
+        rng: SmallRng,
+        draws: u64,
     }
 
-    fn init(shard: usize) -> Option<(Spec, SmallRng)> {
+    thread_local! {
+        /// This shard's state; None until the first draw, Some(None) when unset.
+        static STATE: RefCell<Option<Option<State>>> = const { RefCell::new(None) };
+    }
+
+    fn init(shard: usize) -> Option<State> {
         let text = std::env::var("PIXELD_TEST_HTTP_FAULTS").ok()?;
         let spec = match parse(&text) {
             Ok(s) => s,
@@ -234,21 +241,41 @@ mod imp {
             "pixeld: shard {shard}: PIXELD_TEST_HTTP_FAULTS set: keyed batches get 503 {}, 503 after a prefix {}, reset before the answer {}, abort after the fsync {} (seed {seed})",
             spec.refuse, spec.refuse_prefix, spec.reset, spec.abort
         );
-        Some((spec, SmallRng::seed_from_u64(seed)))
+        Some(State {
+            spec,
+            rng: SmallRng::seed_from_u64(seed),
+            draws: 0,
+        })
     }
 
     pub(super) fn draw(shard: usize, rest: usize) -> Fault {
         STATE.with(|st| {
             let mut st = st.borrow_mut();
-            let state = st.get_or_insert_with(|| init(shard));
-            let Some((spec, rng)) = state.as_mut() else {
+            let Some(state) = st.get_or_insert_with(|| init(shard)).as_mut() else {
                 return Fault::None;
             };
-            let u: f64 = rng.gen();
-            let spec = *spec;
-            pick(&spec, u, rest, |n| rng.gen_range(1..n))
+            state.draws += 1;
+            let u: f64 = state.rng.gen();
+            let spec = state.spec;
+            pick(&spec, u, rest, |n| state.rng.gen_range(1..n))
         })
     }
+
+    /// Draws made on this shard so far.
+    pub(super) fn draws() -> u64 {
+        STATE.with(|st| {
+            st.borrow()
+                .as_ref()
+                .and_then(|s| s.as_ref())
+                .map_or(0, |s| s.draws)
+        })
+    }
+}
+
+/// Keyed batches that drew on this shard (for the abort's message).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn draws() -> u64 {
+    imp::draws()
 }
 
 #[cfg(all(test, feature = "fault-injection"))]

@@ -491,7 +491,10 @@ fn abort_fault_hook(drawn: bool) {
         std::process::abort();
     }
     if drawn {
-        eprintln!("pixeld: PIXELD_TEST_HTTP_FAULTS: aborting after the fsync, before the answer");
+        eprintln!(
+            "pixeld: PIXELD_TEST_HTTP_FAULTS: aborting after the fsync, before the answer (keyed batch {} of this shard)",
+            super::faults::draws()
+        );
         std::process::abort();
     }
 }

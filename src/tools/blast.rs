@@ -350,12 +350,13 @@ pub fn run(opts: &BlastOptions) -> Result<Report, BlastError> {
         (c, _) => c,
     };
     // A chunk is the unit of work and of pacing: about a millisecond of events at the target
-    // rate, at most one write's worth. Chunk j goes to thread j mod connections.
+    // rate, at most one write's worth; for HTTP exactly one batch (`--batch` events per POST,
+    // whatever the rate). Chunk j goes to thread j mod connections.
     let max_chunk = match opts.transport {
         Transport::Udp => UDP_BATCH,
         _ => opts.batch.max(1),
     } as u64;
-    let chunk = if opts.rate == 0 {
+    let chunk = if opts.rate == 0 || opts.transport == Transport::Http {
         max_chunk
     } else {
         (opts.rate / connections as u64 / 1000).clamp(1, max_chunk)
