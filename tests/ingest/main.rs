@@ -12,6 +12,7 @@ mod common;
 mod allowed_sources;
 mod garbage;
 mod http;
+mod http_faults;
 mod idempotency;
 mod nginx;
 mod pixel;
