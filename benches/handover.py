@@ -156,6 +156,74 @@ def tcp_queues(port):
     return rx, tx
 
 
+RSYSLOG_CONF = """
+global(workDirectory="{work}")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="{listen}" ruleset="relay")
+template(name="asreceived" type="string" string="%rawmsg%")
+ruleset(name="relay") {{
+  action(type="omfwd" target="127.0.0.1" port="{pixeld}" protocol="tcp"
+         TCP_Framing="octet-counted" template="asreceived"
+         action.resumeRetryCount="-1" action.resumeInterval="1"
+         queue.type="LinkedList" queue.size="5000000" queue.dequeueBatchSize="1024")
+}}
+"""
+
+
+class Rsyslog:
+    """rsyslogd as the relay (--relay rsyslog): imtcp takes blast's lines, omfwd forwards each
+    as it was received, octet-counted, to pixeld's TCP port through an in-memory action queue,
+    retrying forever (every second while suspended). Its omfwd peeks for a FIN before each
+    send (CheckConnection) and reconnects."""
+
+    def __init__(self, tmp, pixeld_port):
+        work = os.path.join(tmp, "rsyslog")
+        os.makedirs(work)
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        conf = os.path.join(work, "rsyslog.conf")
+        with open(conf, "w") as f:
+            f.write(RSYSLOG_CONF.format(work=work, listen=self.port, pixeld=pixeld_port))
+        self.p = subprocess.Popen(["rsyslogd", "-n", "-f", conf, "-i", os.path.join(work, "pid")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        threading.Thread(target=lambda: self.lines.extend(l.rstrip() for l in self.p.stderr),
+                         daemon=True).start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                assert self.p.poll() is None, "\n".join(self.lines)
+                time.sleep(0.05)
+        raise AssertionError("rsyslogd does not listen: " + "\n".join(self.lines))
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        self.p.wait(timeout=60)
+
+
+def wait_quiet(http_addr, quiet=3.0, limit=300):
+    """Waits until pixeld's TCP intake has not moved for `quiet` s (the relay's queue is empty)."""
+    last, since, deadline = None, time.monotonic(), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{http_addr}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            now = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                      if l.startswith('pixeld_received_events_total{transport="tcp"}'))
+        except OSError:
+            now = None
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.2)
+
+
 class Keeper:
     """The running pixeld, started again at once when it exits by itself (`abort`), as
     `Restart=on-failure` would, and restarted on request (SIGTERM or SIGKILL)."""
@@ -229,10 +297,13 @@ def run(args, mode):
     env = {"PIXELD_TEST_HTTP_FAULTS": args.faults} if args.faults else {}
     keeper = Keeper(args.binary, data, socks, args.shards, env)
     duration = args.duration
+    relay = None
     if args.transport == "udp":
         how = ["--transport", "udp", "--target", udp_addr]
     elif args.transport == "tcp":
-        how = ["--transport", "tcp", "--target", "127.0.0.1:%d" % tcp_port,
+        relay = Rsyslog(tmp, tcp_port) if args.relay == "rsyslog" else None
+        target = relay.port if relay else tcp_port
+        how = ["--transport", "tcp", "--target", "127.0.0.1:%d" % target,
                "--connections", str(args.connections)]
     else:
         # Batches with an Idempotency-Key each, retried on 503, 409 and broken connections.
@@ -266,8 +337,9 @@ def run(args, mode):
         # pixeld_appended_events_total counts them only once written.
         taken = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
                     if l.startswith('pixeld_received_events_total{transport="tcp"}'))
+        sender = relay.p.pid if relay else blast.pid
         os.kill(px.p.pid, signal.SIGSTOP)
-        os.kill(blast.pid, signal.SIGSTOP)
+        os.kill(sender, signal.SIGSTOP)
         time.sleep(0.1)
         rx, tx = tcp_queues(tcp_port)
         keeper.cpu += px.cpu_seconds()
@@ -276,7 +348,7 @@ def run(args, mode):
         deadline = time.monotonic() + 5
         while server_side_open(tcp_port) and time.monotonic() < deadline:
             time.sleep(0.001)
-        os.kill(blast.pid, signal.SIGCONT)
+        os.kill(sender, signal.SIGCONT)
         kills.append({"start": px.recovered(), "taken": int(taken), "rx": rx, "tx": tx})
 
     every = duration / (args.restarts + 1)
@@ -295,6 +367,9 @@ def run(args, mode):
     assert report is not None, out
     sent = report["sent"]
     time.sleep(2)
+    if relay:
+        wait_quiet(http_addr)
+        relay.stop()
     keeper.stop()
     seqs = {}
     rep = subprocess.run([args.binary, "replay", "--data-dir", data, "--format", "ndjson"],
@@ -342,6 +417,9 @@ def run(args, mode):
                     "draws_before_abort": [int(m.group(1)) for l in keeper.log
                                            for m in [re.search(r"keyed batch (\d+) of this", l)] if m]})
     if args.transport == "tcp":
+        out["relay"] = args.relay
+        if relay:
+            out["rsyslog_messages"] = [l for l in relay.lines if "omfwd" in l or "error" in l][:10]
         out.update({k: report.get(k) for k in ("tcp_reconnects", "tcp_broken", "tcp_resent_lines",
                                                  "tcp_unacked_lines_at_break")})
         out["missing_runs"] = [[a, b, b - a + 1] for a, b in gaps_seq][:20]
@@ -378,6 +456,8 @@ def main():
     ap.add_argument("--connections", type=int, default=1, help="HTTP, TCP: parallel clients")
     ap.add_argument("--faults", default="",
                     help="PIXELD_TEST_HTTP_FAULTS for pixeld (a fault-injection build)")
+    ap.add_argument("--relay", choices=["blast", "rsyslog"], default="blast",
+                    help="tcp: blast writes to pixeld itself, or to an rsyslogd (imtcp → omfwd) that relays")
     ap.add_argument("--freeze-at-kill", action="store_true",
                     help="tcp, kill9: freeze pixeld and the relay at each kill to account for every lost line")
     ap.add_argument("--binary", default=os.path.join(

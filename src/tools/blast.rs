@@ -1,10 +1,13 @@
 //! `pixeld blast`: the load generator. Sends generated pixel hits ([`crate::tools::gen`]) to a
 //! running pixeld over UDP (batched `sendmmsg`, one datagram per hit as nginx sends them), TCP
-//! (large writes, LF or octet-counted framing) or HTTP (`POST /v1/events` NDJSON batches on
-//! keep-alive connections), open loop at a fixed rate or as fast as possible, from several
-//! connections (one thread each). Then it reads pixeld's `/metrics` and accounts for every
-//! event it sent: received, appended, dropped by reason, kernel UDP drops, and what is left
-//! unaccounted.
+//! (large writes, LF or octet-counted framing; like a relay it peeks for pixeld's FIN before
+//! each write and then continues on a new connection, and replaces a connection that breaks,
+//! sending the failed write again) or HTTP (`POST /v1/events` NDJSON batches on keep-alive
+//! connections, each with an `Idempotency-Key`, retried on 503, 409, refused and broken
+//! connections for up to a minute), open loop at a fixed rate or as fast as possible, from
+//! several connections (one thread each). Then it reads pixeld's `/metrics` and accounts for
+//! every event it sent: received, appended, dropped by reason, kernel UDP drops, and what is
+//! left unaccounted; and it reports its retries and reconnects by cause.
 //!
 //! Accounting is by counter deltas (`/metrics` before and after, once the counters have
 //! stopped moving), so it is exact only when nothing else sends to the same pixeld meanwhile.
