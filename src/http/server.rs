@@ -40,6 +40,9 @@ pub async fn run(listener: TcpListener, ctx: Rc<HttpContext>) -> io::Result<()> 
             continue;
         }
         ShardStats::add(&stats.http_connections, 1);
+        // A connection pixeld closes first (a keep-alive one at a stop or crash) must not keep
+        // the next process from binding the port (see `allow_rebind`).
+        let _ = crate::ingest::tcp::allow_rebind(&stream);
         let peer = stream.peer_addr().ok();
         let ctx = ctx.clone();
         let header_timeout = ctx.ingest.cfg.http_header_timeout;

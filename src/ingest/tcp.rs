@@ -133,6 +133,7 @@ pub async fn run(
         }
         open.set(open.get() + 1);
         ShardStats::add(&ingest.stats.tcp_connections, 1);
+        let _ = allow_rebind(&stream);
         let state = Rc::new(Open {
             fd: stream.as_raw_fd(),
             last_read: Cell::new(Instant::now()),
@@ -190,6 +191,16 @@ async fn drain(conns: &Conns) {
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `SO_REUSEADDR` on an accepted connection. The stop closes first (the FIN), so the
+/// connection then waits out TIME_WAIT (or FIN_WAIT2 while the relay has not closed) on
+/// pixeld's port; the kernel lets the next process's exclusive check of that port (the
+/// preflight binds it with `SO_REUSEADDR` only, no `SO_REUSEPORT`) pass such a socket only when
+/// the socket has the option too. Without it a restart that binds its own ports failed with
+/// "address in use" for up to a minute after a stop with relays connected.
+pub(crate) fn allow_rebind(stream: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(stream).set_reuse_address(true)
 }
 
 /// `shutdown(2)` of an open connection's socket (a failure means it is already closing).

@@ -1140,6 +1140,23 @@ mod tests {
     }
 
     #[test]
+    fn retries_back_off_and_resend_the_rest() {
+        assert_eq!(backoff(1), Duration::from_millis(25));
+        assert_eq!(backoff(2), Duration::from_millis(50));
+        assert_eq!(backoff(6), Duration::from_millis(800));
+        assert_eq!(backoff(7), Duration::from_secs(1));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(1));
+        let body = b"a\nbb\nccc\n";
+        assert_eq!(after_lines(body, 0), body);
+        assert_eq!(after_lines(body, 1), b"bb\nccc\n");
+        assert_eq!(after_lines(body, 3), b"");
+        assert_eq!(after_lines(body, 9), b"");
+        assert_eq!(stored_lines(r#"{"error":"x","stored":2,"lines":3}"#), 2);
+        assert_eq!(stored_lines(r#"{"error":"x"}"#), 0);
+        assert_eq!(stored_lines("not json"), 0);
+    }
+
+    #[test]
     fn accounting_subtracts_probes() {
         let before: Scrape = [
             ("pixeld_appended_events_total".to_owned(), 10.0),

@@ -17,5 +17,6 @@ mod idempotency;
 mod nginx;
 mod pixel;
 mod route_backpressure;
+mod tcp_stop;
 mod udp_overload;
 mod udp_tcp;
