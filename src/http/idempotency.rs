@@ -106,7 +106,9 @@ impl Drop for Held<'_> {
 }
 
 impl KeyStore {
-    /// Opens (creating, mode 0700) the directory and forgets keys older than `horizon`.
+    /// Opens (creating, mode 0700) the directory, removes the temp files a crash left (before
+    /// anything can write: the caller holds the data dir), and forgets keys older than
+    /// `horizon`.
     pub fn open(dir: &Path, horizon: Duration) -> Result<KeyStore, KeyError> {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         let s = KeyStore {
@@ -115,6 +117,7 @@ impl KeyStore {
             in_flight: Mutex::new(HashSet::new()),
             pruned: std::sync::atomic::AtomicU64::new(0),
         };
+        s.remove(|e| e.file_name().to_string_lossy().ends_with(".tmp"))?;
         s.prune()?;
         Ok(s)
     }
@@ -137,20 +140,27 @@ impl KeyStore {
     }
 
     /// Removes entries older than the horizon (by file time: cheap, and the entry's own time
-    /// decides in [`KeyStore::get`] anyway) and leftover temp files.
+    /// decides in [`KeyStore::get`] anyway). Never a temp file: it may be another shard's
+    /// [`KeyStore::put`] in progress (removing one made that put's rename fail, and its batch
+    /// answer 500); those a crash left are removed by [`KeyStore::open`].
     pub fn prune(&self) -> Result<usize, KeyError> {
         let now = SystemTime::now();
+        self.remove(|e| {
+            !e.file_name().to_string_lossy().ends_with(".tmp")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age > self.horizon)
+        })
+    }
+
+    /// Removes the files of the directory that `doomed` picks; how many.
+    fn remove(&self, doomed: impl Fn(&std::fs::DirEntry) -> bool) -> Result<usize, KeyError> {
         let mut removed = 0;
         for e in std::fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
             let Ok(e) = e else { continue };
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age > self.horizon);
-            let tmp = e.file_name().to_string_lossy().ends_with(".tmp");
-            if old || tmp {
+            if doomed(&e) {
                 std::fs::remove_file(e.path()).map_err(io("remove", &e.path()))?;
                 removed += 1;
             }
@@ -334,6 +344,20 @@ mod tests {
         assert!(valid_key("order-42_ä".split('_').next().unwrap()));
         assert!(!valid_key("") && !valid_key("a b") && !valid_key(&"x".repeat(256)));
         assert_ne!(fingerprint(b"a"), fingerprint(b"b"));
+    }
+
+    #[test]
+    fn only_open_removes_temp_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let leftover = tmp.path().join("0123.tmp");
+        std::fs::write(&leftover, b"{").unwrap();
+        let s = KeyStore::open(tmp.path(), Duration::from_millis(1)).unwrap();
+        assert!(!leftover.exists(), "a crash's leftover, removed at open");
+        let writing = tmp.path().join("4567.tmp");
+        std::fs::write(&writing, b"{").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        s.prune().unwrap();
+        assert!(writing.exists(), "maybe another shard's put in progress");
     }
 
     #[test]

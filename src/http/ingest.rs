@@ -25,6 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use super::faults::Fault;
 use super::idempotency::{Entry, KeyStore, PrefixMatch};
 use super::response::{json, response, retry_soon, unavailable};
 use super::HttpContext;
@@ -388,7 +389,23 @@ async fn keyed(
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     let rest = lines.get(prior..).unwrap_or_default();
-    let last = match append(rest, peer, ctx) {
+    // Test-only (`PIXELD_TEST_HTTP_FAULTS`; without the feature always `Fault::None`).
+    let fault = super::faults::draw(ctx.shard, rest.len());
+    let appended = match fault {
+        Fault::Refuse { at } => {
+            let taken = rest.get(..at).unwrap_or_default();
+            append(taken, peer, ctx).and_then(|_| {
+                // As if the log had refused line `at` under backpressure.
+                let e = crate::log::AppendError::Backpressure;
+                ctx.ingest
+                    .stats
+                    .count_drop(e.reason(), (rest.len() - taken.len()) as u64);
+                Err((taken.len(), e))
+            })
+        }
+        _ => append(rest, peer, ctx),
+    };
+    let last = match appended {
         Ok(last) => last,
         Err((stored, e)) => {
             // Made durable before answering, so that a retry reading the log sees them.
@@ -407,12 +424,15 @@ async fn keyed(
         Ok(v) => v,
         Err(e) => return unavailable(e),
     };
-    abort_fault_hook();
+    abort_fault_hook(fault == Fault::Abort);
     entry.answer = Some(answer.clone());
     let st = store.clone();
     if let Err(e) = super::blocking(move || st.put(&entry, false)).await {
         // The batch is stored; a retry resolves the pending entry from the log.
         eprintln!("pixeld: {e}");
+    }
+    if fault == Fault::Reset {
+        return super::faults::mark_reset(json(StatusCode::OK, answer));
     }
     json(StatusCode::OK, answer)
 }
@@ -462,14 +482,22 @@ async fn stored_before(e: &Entry, lines: &[&[u8]], ctx: &HttpContext) -> Result<
 
 /// Test-only fault hook (cargo feature `fault-injection`): `PIXELD_TEST_ABORT_AFTER_DURABLE=1`
 /// kills the process once a keyed batch is durable, before it is answered or its key
-/// completed, as a crash there would (tests/ingest/idempotency.rs retries it).
+/// completed, as a crash there would (tests/ingest/idempotency.rs retries it); so does an
+/// `abort` drawn by `PIXELD_TEST_HTTP_FAULTS` (`drawn`, see [`super::faults`]).
 #[cfg(feature = "fault-injection")]
-fn abort_fault_hook() {
+fn abort_fault_hook(drawn: bool) {
     if std::env::var_os("PIXELD_TEST_ABORT_AFTER_DURABLE").is_some() {
         eprintln!("pixeld: PIXELD_TEST_ABORT_AFTER_DURABLE set: aborting before the answer");
+        std::process::abort();
+    }
+    if drawn {
+        eprintln!(
+            "pixeld: PIXELD_TEST_HTTP_FAULTS: aborting after the fsync, before the answer (keyed batch {} of this shard)",
+            super::faults::draws()
+        );
         std::process::abort();
     }
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn abort_fault_hook() {}
+fn abort_fault_hook(_drawn: bool) {}

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod consumers;
 pub mod dashboard;
+mod faults;
 pub mod idempotency;
 pub mod ingest;
 pub mod log;

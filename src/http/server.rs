@@ -4,7 +4,6 @@
 //! the 16 KiB request-head limit, and the glue between glommio's `TcpStream` and hyper's I/O
 //! and timer traits. What a request means is decided by [`super::router`].
 
-use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -35,13 +34,23 @@ pub async fn run(listener: TcpListener, ctx: Rc<HttpContext>) -> io::Result<()> 
             continue;
         }
         ShardStats::add(&stats.http_connections, 1);
+        // A connection pixeld closes first (a keep-alive one at a stop or crash) must not keep
+        // the next process from binding the port (see `allow_rebind`).
+        let _ = crate::ingest::tcp::allow_rebind(&stream);
         let peer = stream.peer_addr().ok();
         let ctx = ctx.clone();
         let header_timeout = ctx.ingest.cfg.http_header_timeout;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         glommio::spawn_local(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(super::router::route(req, peer, ctx).await) }
+                async move {
+                    let r = super::router::route(req, peer, ctx).await;
+                    // Test-only (`PIXELD_TEST_HTTP_FAULTS`): an answer marked to be lost
+                    // becomes an error, on which hyper closes the connection without it.
+                    super::faults::reset_if_marked(&r, fd)?;
+                    Ok::<_, io::Error>(r)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 // Slowloris: a request whose head is not complete in time is closed.

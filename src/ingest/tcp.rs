@@ -6,11 +6,29 @@
 //! before it reads more, instead of dropping. Connections beyond `tcp_max_connections` are
 //! refused and counted; an idle connection is closed after `tcp_idle_timeout`; a frame cut off
 //! at EOF is counted as `partial_frame`; a bad octet count closes the connection and is counted.
+//!
+//! **A clean stop loses nothing a relay sent** (given a relay that looks for the server's FIN
+//! before it writes, as rsyslog's `omfwd` does): plain TCP has no acknowledgement a relay could
+//! resend from, and a socket closed with unread bytes answers with a reset that discards what
+//! its kernel had acknowledged, and what the relay's kernel still held. So at the shard's stop
+//! [`run`] first stops accepting (what waits in the accept queue stays there for the next
+//! process when systemd holds the socket), then shuts the write side of every open connection
+//! (a FIN: the relay reconnects, to the next process), and keeps reading and appending each
+//! one until the relay closes it. A connection whose relay has sent nothing for
+//! [`DRAIN_QUIET`] since the FIN (an idle relay: it will see the FIN before its next write),
+//! or that is still open after [`DRAIN_MAX`] (a relay that never looks), gets its read side
+//! shut: what its socket holds is read and appended, then it is closed; what such a relay
+//! writes after that is lost with a reset. Only then may the shard close its log.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -54,16 +72,64 @@ pub fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
 }
 
-/// Accepts connections until the shard stops.
-pub async fn run(listener: TcpListener, ingest: Rc<Ingest>) -> io::Result<()> {
+/// How long a stopping shard waits after its FIN for a relay that keeps sending to close its
+/// connection, before it shuts the read side (reads what is queued, then closes).
+pub const DRAIN_MAX: Duration = Duration::from_secs(2);
+
+/// After the FIN, a connection on which nothing arrives for this long belongs to an idle relay:
+/// its read side is shut without waiting for [`DRAIN_MAX`].
+pub const DRAIN_QUIET: Duration = Duration::from_millis(200);
+
+/// What the accept loop knows of one open connection, to stop it.
+struct Open {
+    /// The connection's socket; open while this entry is in [`Conns`] (the connection task
+    /// removes its entry before its stream closes the descriptor).
+    fd: RawFd,
+    /// When the connection last read something.
+    last_read: Cell<Instant>,
+}
+
+/// The open connections of a shard, by task number.
+type Conns = Rc<RefCell<HashMap<u64, Rc<Open>>>>;
+
+/// Removes a connection's entry when its task ends, before the stream is dropped.
+struct Registered {
+    conns: Conns,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.conns.borrow_mut().remove(&self.id);
+    }
+}
+
+/// Accepts connections until `shutdown` is set, then stops every open connection without
+/// losing what its relay sent (see the module doc) and returns once they are closed. The
+/// shard closes its log only after this returns.
+pub async fn run(
+    listener: TcpListener,
+    ingest: Rc<Ingest>,
+    shutdown: Arc<AtomicBool>,
+) -> io::Result<()> {
     let open = Rc::new(Cell::new(0usize));
+    let conns: Conns = Rc::default();
+    let mut next_id = 0u64;
     loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            while !shutdown.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
                 // Out of file descriptors and similar: log, back off, keep serving.
                 eprintln!("pixeld: tcp accept failed: {e}");
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -79,9 +145,20 @@ pub async fn run(listener: TcpListener, ingest: Rc<Ingest>) -> io::Result<()> {
         }
         open.set(open.get() + 1);
         ShardStats::add(&ingest.stats.tcp_connections, 1);
+        let _ = allow_rebind(&stream);
+        let state = Rc::new(Open {
+            fd: stream.as_raw_fd(),
+            last_read: Cell::new(Instant::now()),
+        });
+        next_id += 1;
+        conns.borrow_mut().insert(next_id, state.clone());
+        let registered = Registered {
+            conns: conns.clone(),
+            id: next_id,
+        };
         let (ingest, open) = (ingest.clone(), open.clone());
         glommio::spawn_local(async move {
-            let _ = connection(stream, &ingest).await;
+            let _ = connection(stream, &ingest, &state, registered).await;
             open.set(open.get() - 1);
             ingest
                 .stats
@@ -90,9 +167,71 @@ pub async fn run(listener: TcpListener, ingest: Rc<Ingest>) -> io::Result<()> {
         })
         .detach();
     }
+    // Stop accepting: the listener's queue is left to the next process.
+    drop(listener);
+    drain(&conns).await;
+    Ok(())
 }
 
-async fn connection(mut stream: TcpStream, ingest: &Ingest) -> io::Result<()> {
+/// Sends a FIN on every open connection, then waits until each has closed: shuts the read side
+/// of one that has been quiet for [`DRAIN_QUIET`], or of every one left after [`DRAIN_MAX`]
+/// (its task then reads what is queued and ends).
+async fn drain(conns: &Conns) {
+    let began = Instant::now();
+    for c in conns.borrow().values() {
+        shut(c, libc::SHUT_WR);
+    }
+    let mut cut = std::collections::HashSet::new();
+    while !conns.borrow().is_empty() {
+        let late = began.elapsed() >= DRAIN_MAX;
+        for (id, c) in conns.borrow().iter() {
+            let quiet =
+                began.elapsed() >= DRAIN_QUIET && c.last_read.get().elapsed() >= DRAIN_QUIET;
+            if (late || quiet) && cut.insert(*id) {
+                shut(c, libc::SHUT_RD);
+            }
+        }
+        if began.elapsed() >= DRAIN_MAX + Duration::from_secs(1) {
+            // Tasks that cannot finish (waiting for a log that no longer writes): the shard
+            // stops without them; what they read later is refused and counted.
+            eprintln!(
+                "pixeld: tcp: {} connection(s) still open {} s after the stop began; closing the log without them",
+                conns.borrow().len(),
+                began.elapsed().as_secs()
+            );
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `SO_REUSEADDR` on an accepted connection. The stop closes first (the FIN), so the
+/// connection then waits out TIME_WAIT (or FIN_WAIT2 while the relay has not closed) on
+/// pixeld's port; the kernel lets the next process's exclusive check of that port (the
+/// preflight binds it with `SO_REUSEADDR` only, no `SO_REUSEPORT`) pass such a socket only when
+/// the socket has the option too. Without it a restart that binds its own ports failed with
+/// "address in use" for up to a minute after a stop with relays connected.
+pub(crate) fn allow_rebind(stream: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(stream).set_reuse_address(true)
+}
+
+/// `shutdown(2)` of an open connection's socket (a failure means it is already closing).
+#[allow(unsafe_code)]
+fn shut(c: &Open, how: libc::c_int) {
+    // SAFETY: `c.fd` is the socket of a connection whose entry is in `Conns`, and an entry is
+    // removed (`Registered`) before the connection's stream closes the descriptor, all on this
+    // executor's thread; so the descriptor is that open socket. shutdown only changes its state.
+    let _ = unsafe { libc::shutdown(c.fd, how) };
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    ingest: &Ingest,
+    state: &Open,
+    registered: Registered,
+) -> io::Result<()> {
+    // Dropped before `stream` (declared after it): the entry goes before the descriptor closes.
+    let _registered = registered;
     let peer = stream.peer_addr().ok();
     stream
         .set_read_timeout(Some(ingest.cfg.tcp_idle_timeout))
@@ -132,6 +271,7 @@ async fn connection(mut stream: TcpStream, ingest: &Ingest) -> io::Result<()> {
             }
             return Ok(());
         }
+        state.last_read.set(Instant::now());
         stats.count_received(Transport::Tcp, 0, n as u64);
         let now = now_ns();
         let mut fatal = false;

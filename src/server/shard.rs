@@ -582,10 +582,12 @@ async fn run_shard(
             }
         }));
     }
+    // TCP tasks stop by themselves on the shutdown flag (they drain open connections first).
+    let mut tcp_tasks = Vec::with_capacity(tcp.len());
     for tcp in tcp {
-        let ingest = ingest.clone();
-        receivers.push(glommio::spawn_local(async move {
-            if let Err(e) = crate::ingest::tcp::run(tcp, ingest).await {
+        let (ingest, tcp_stop) = (ingest.clone(), shutdown.clone());
+        tcp_tasks.push(glommio::spawn_local(async move {
+            if let Err(e) = crate::ingest::tcp::run(tcp, ingest, tcp_stop).await {
                 eprintln!("pixeld: shard {shard}: TCP accept stopped: {e}");
             }
         }));
@@ -644,6 +646,12 @@ async fn run_shard(
             // sockets (socket activation), instead of being read and refused as
             // `shutting_down`. (Each task waits at an await point, never inside a receive.)
             drop(receivers);
+            // TCP stops by itself on the flag: it reads each open connection until its relay
+            // closes it (bounded, `ingest::tcp::DRAIN_MAX`), since what an accepted
+            // connection holds dies with this process.
+            for t in tcp_tasks {
+                t.await;
+            }
             log.close();
         })
     };

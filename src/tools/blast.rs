@@ -1,10 +1,13 @@
 //! `pixeld blast`: the load generator. Sends generated pixel hits ([`crate::tools::gen`]) to a
 //! running pixeld over UDP (batched `sendmmsg`, one datagram per hit as nginx sends them), TCP
-//! (large writes, LF or octet-counted framing) or HTTP (`POST /v1/events` NDJSON batches on
-//! keep-alive connections), open loop at a fixed rate or as fast as possible, from several
-//! connections (one thread each). Then it reads pixeld's `/metrics` and accounts for every
-//! event it sent: received, appended, dropped by reason, kernel UDP drops, and what is left
-//! unaccounted.
+//! (large writes, LF or octet-counted framing; like a relay it peeks for pixeld's FIN before
+//! each write and then continues on a new connection, and replaces a connection that breaks,
+//! sending the failed write again) or HTTP (`POST /v1/events` NDJSON batches on keep-alive
+//! connections, each with an `Idempotency-Key`, retried on 503, 409, refused and broken
+//! connections for up to a minute), open loop at a fixed rate or as fast as possible, from
+//! several connections (one thread each). Then it reads pixeld's `/metrics` and accounts for
+//! every event it sent: received, appended, dropped by reason, kernel UDP drops, and what is
+//! left unaccounted; and it reports its retries and reconnects by cause.
 //!
 //! Accounting is by counter deltas (`/metrics` before and after, once the counters have
 //! stopped moving), so it is exact only when nothing else sends to the same pixeld meanwhile.
@@ -128,6 +131,23 @@ pub struct Report {
     pub http_refused_events: u64,
     /// HTTP: batches sent again after a 503, a 409 or a failed connection (same key).
     pub http_retries: u64,
+    /// HTTP: those retries by cause (`503`; `503_partial`: a 503 saying a prefix of the batch
+    /// is stored; `409`; `refused`: no listener; `broken`: the connection reset or closed
+    /// before the answer; `timeout`).
+    pub http_retry_causes: BTreeMap<&'static str, u64>,
+    /// TCP: connections the server closed (FIN seen before a write, as rsyslog's `omfwd`
+    /// checks) that were left cleanly for a new one; nothing written to them is at risk.
+    pub tcp_reconnects: u64,
+    /// TCP: connections that broke under a write (reset, broken pipe) and were replaced.
+    pub tcp_broken: u64,
+    /// TCP: lines written again on a new connection because their write failed on a broken
+    /// one (whole chunks; a chunk the kernel took in part may arrive twice, or cut).
+    pub tcp_resent_lines: u64,
+    /// TCP: lines of earlier writes that the server's kernel had not acknowledged at the last
+    /// write before a connection broke (`SIOCOUTQ`): what the broken connection may have lost
+    /// on the client's side. What the server's kernel had acknowledged but pixeld had not
+    /// read or made durable is not visible here.
+    pub tcp_unacked_lines_at_break: u64,
     /// UDP: empty probe datagrams sent / seen by pixeld.
     pub probes_sent: u64,
     pub probes_seen: u64,
@@ -155,6 +175,13 @@ impl Report {
         if self.transport == "http" {
             v["http_refused_events"] = self.http_refused_events.into();
             v["http_retries"] = self.http_retries.into();
+            v["http_retry_causes"] = serde_json::json!(self.http_retry_causes);
+        }
+        if self.transport == "tcp" {
+            v["tcp_reconnects"] = self.tcp_reconnects.into();
+            v["tcp_broken"] = self.tcp_broken.into();
+            v["tcp_resent_lines"] = self.tcp_resent_lines.into();
+            v["tcp_unacked_lines_at_break"] = self.tcp_unacked_lines_at_break.into();
         }
         if self.transport == "udp" {
             v["probes_sent"] = self.probes_sent.into();
@@ -194,15 +221,31 @@ impl Report {
         }
         s.push('\n');
         if self.http_retries > 0 {
+            let causes: Vec<String> = self
+                .http_retry_causes
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             s += &format!(
-                "HTTP: {} batches retried with their Idempotency-Key\n",
-                self.http_retries
+                "HTTP: {} batches retried with their Idempotency-Key ({})\n",
+                self.http_retries,
+                causes.join(", ")
             );
         }
         if self.http_refused_events > 0 {
             s += &format!(
-                "HTTP 503 for {} events after {HTTP_ATTEMPTS} attempts (pixeld could not take them)\n",
-                self.http_refused_events
+                "HTTP 503 for {} events after retrying for {} s (pixeld could not take them)\n",
+                self.http_refused_events,
+                RETRY_FOR.as_secs()
+            );
+        }
+        if self.tcp_reconnects + self.tcp_broken > 0 {
+            s += &format!(
+                "TCP: {} connections closed by pixeld and replaced, {} broke under a write ({} lines re-sent; {} lines unacknowledged by pixeld's kernel at the last write before a break)\n",
+                self.tcp_reconnects,
+                self.tcp_broken,
+                self.tcp_resent_lines,
+                self.tcp_unacked_lines_at_break
             );
         }
         match &self.pixeld {
@@ -282,6 +325,11 @@ struct ThreadResult {
     max_lag: f64,
     http_refused: u64,
     http_retries: u64,
+    http_retry_causes: BTreeMap<&'static str, u64>,
+    tcp_reconnects: u64,
+    tcp_broken: u64,
+    tcp_resent_lines: u64,
+    tcp_unacked_lines_at_break: u64,
     /// The UDP socket, kept for the probes.
     udp: Option<UdpSocket>,
 }
@@ -305,12 +353,13 @@ pub fn run(opts: &BlastOptions) -> Result<Report, BlastError> {
         (c, _) => c,
     };
     // A chunk is the unit of work and of pacing: about a millisecond of events at the target
-    // rate, at most one write's worth. Chunk j goes to thread j mod connections.
+    // rate, at most one write's worth; for HTTP exactly one batch (`--batch` events per POST,
+    // whatever the rate). Chunk j goes to thread j mod connections.
     let max_chunk = match opts.transport {
         Transport::Udp => UDP_BATCH,
         _ => opts.batch.max(1),
     } as u64;
-    let chunk = if opts.rate == 0 {
+    let chunk = if opts.rate == 0 || opts.transport == Transport::Http {
         max_chunk
     } else {
         (opts.rate / connections as u64 / 1000).clamp(1, max_chunk)
@@ -373,6 +422,13 @@ pub fn run(opts: &BlastOptions) -> Result<Report, BlastError> {
         report.max_lag_seconds = report.max_lag_seconds.max(r.max_lag);
         report.http_refused_events += r.http_refused;
         report.http_retries += r.http_retries;
+        for (k, v) in &r.http_retry_causes {
+            *report.http_retry_causes.entry(k).or_default() += v;
+        }
+        report.tcp_reconnects += r.tcp_reconnects;
+        report.tcp_broken += r.tcp_broken;
+        report.tcp_resent_lines += r.tcp_resent_lines;
+        report.tcp_unacked_lines_at_break += r.tcp_unacked_lines_at_break;
     }
     if let (Some(url), Some(before)) = (&opts.metrics, before) {
         // TCP and HTTP deliver everything (or the sender saw an error), so their counters are
@@ -500,10 +556,7 @@ fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> 
             res.udp = Some(sock);
         }
         Transport::Tcp => {
-            let mut s = TcpStream::connect(opts.target).map_err(|source| BlastError::Connect {
-                addr: opts.target,
-                source,
-            })?;
+            let mut conn = TcpConn::connect(opts.target)?;
             let mut buf = Vec::with_capacity(opts.batch.max(1) * 320);
             let mut line = Vec::with_capacity(512);
             let mut nth = 0;
@@ -527,16 +580,13 @@ fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> 
                         }
                     }
                 }
-                s.write_all(&buf).map_err(|source| BlastError::Send {
-                    addr: opts.target,
-                    source,
-                })?;
+                conn.send(opts.target, &buf, n, &mut res)?;
                 res.sent += n;
                 res.bytes += buf.len() as u64;
             }
             // Everything written reaches pixeld before the FIN; nothing is read back, so the
             // close never turns into a reset that would discard unsent data.
-            let _ = s.shutdown(std::net::Shutdown::Write);
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
         Transport::Http => {
             let agent = http_agent();
@@ -559,6 +609,10 @@ fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> 
                 // 409, a timeout or a broken connection is stored once (pixeld stores only what
                 // the first attempt had not).
                 let key = format!("blast-{run:016x}-{}-{nth}", plan.k);
+                // Without a key, a 503 that says a prefix was stored is answered by sending
+                // only the rest (`skip` lines of the body are stored).
+                let mut skip = 0usize;
+                let first_try = Instant::now();
                 let mut attempt = 0u32;
                 loop {
                     attempt += 1;
@@ -568,45 +622,54 @@ fn sender(opts: &BlastOptions, plan: &Plan) -> Result<ThreadResult, BlastError> 
                     if opts.idempotency_keys {
                         post = post.header("idempotency-key", &key);
                     }
-                    let sent = post.send(&body[..]);
-                    let (status, text) = match sent {
-                        Ok(mut resp) => (
-                            resp.status().as_u16(),
-                            resp.body_mut().read_to_string().unwrap_or_default(),
-                        ),
-                        Err(_) if attempt < HTTP_ATTEMPTS => {
-                            res.http_retries += 1;
-                            std::thread::sleep(Duration::from_millis(200));
-                            continue;
+                    let sent = post.send(after_lines(&body, skip));
+                    let retry = match sent {
+                        Ok(mut resp) => {
+                            let status = resp.status().as_u16();
+                            let text = resp.body_mut().read_to_string().unwrap_or_default();
+                            match status {
+                                200 => break,
+                                503 | 409 => {
+                                    let stored = stored_lines(&text);
+                                    if !opts.idempotency_keys {
+                                        skip += stored;
+                                    }
+                                    if first_try.elapsed() >= RETRY_FOR {
+                                        res.http_refused += n;
+                                        break;
+                                    }
+                                    match (status, stored) {
+                                        (409, _) => "409",
+                                        (_, 0) => "503",
+                                        _ => "503_partial",
+                                    }
+                                }
+                                _ => {
+                                    return Err(BlastError::HttpStatus {
+                                        url,
+                                        status,
+                                        body: format!(
+                                            "{} (a batch of {n} events, {len} bytes; see --batch)",
+                                            text.trim()
+                                        ),
+                                    })
+                                }
+                            }
                         }
+                        Err(e) if first_try.elapsed() < RETRY_FOR => http_failure(&e),
                         Err(e) => {
                             return Err(BlastError::Http {
                                 url: url.clone(),
-                                reason: format!("{e} (after {attempt} attempts)"),
-                            })
-                        }
-                    };
-                    match status {
-                        200 => break,
-                        503 | 409 if attempt < HTTP_ATTEMPTS => {
-                            res.http_retries += 1;
-                            std::thread::sleep(Duration::from_millis(200));
-                        }
-                        503 | 409 => {
-                            res.http_refused += n;
-                            break;
-                        }
-                        _ => {
-                            return Err(BlastError::HttpStatus {
-                                url,
-                                status,
-                                body: format!(
-                                    "{} (a batch of {n} events, {len} bytes; see --batch)",
-                                    text.trim()
+                                reason: format!(
+                                    "{e} (after {attempt} attempts in {} s)",
+                                    first_try.elapsed().as_secs()
                                 ),
                             })
                         }
-                    }
+                    };
+                    res.http_retries += 1;
+                    *res.http_retry_causes.entry(retry).or_default() += 1;
+                    std::thread::sleep(backoff(attempt));
                 }
                 res.sent += n;
                 res.bytes += len;
@@ -703,8 +766,199 @@ fn sendmmsg(sock: &UdpSocket, buf: &[u8], ends: &[usize], from: usize) -> io::Re
     Ok(n as usize)
 }
 
-/// Attempts per HTTP batch (every 200 ms) before it is counted as refused.
-const HTTP_ATTEMPTS: u32 = 50;
+/// How long an HTTP batch is retried (503, 409, a refused or broken connection), and how long
+/// a TCP sender tries to connect again, before giving up: long enough for a pixeld to be
+/// restarted (`Restart=on-failure`) and recover.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// The wait before retry number `attempt` (1, 2, …): 25 ms doubling up to 1 s. (pixeld's
+/// `Retry-After: 1` is a hint for clients at large; a load generator retries sooner.)
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(25u64 << attempt.saturating_sub(1).min(6)).min(Duration::from_secs(1))
+}
+
+/// The cause of a failed `POST` as the report counts it.
+fn http_failure(e: &ureq::Error) -> &'static str {
+    match e {
+        ureq::Error::Timeout(_) => "timeout",
+        ureq::Error::ConnectionFailed => "refused",
+        ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => "refused",
+        _ => "broken",
+    }
+}
+
+/// `body` without its first `skip` lines.
+fn after_lines(body: &[u8], skip: usize) -> &[u8] {
+    let mut at = 0;
+    for _ in 0..skip {
+        match memchr::memchr(b'\n', &body[at..]) {
+            Some(i) => at += i + 1,
+            None => return &[],
+        }
+    }
+    &body[at..]
+}
+
+/// The `stored` count of a 503's JSON answer (0 when absent).
+fn stored_lines(answer: &str) -> usize {
+    serde_json::from_str::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|v| v.get("stored")?.as_u64())
+        .unwrap_or(0) as usize
+}
+
+/// A TCP sender's connection, replaced when pixeld closes it or it breaks (a relay's
+/// behaviour: rsyslog's `omfwd` peeks for the server's FIN before each send and reconnects).
+struct TcpConn {
+    stream: TcpStream,
+    /// Bytes and lines of the most recent writes (newest last), to tell how many lines the
+    /// unacknowledged bytes of a broken connection held.
+    recent: std::collections::VecDeque<(u64, u64)>,
+    recent_bytes: u64,
+    /// `SIOCOUTQ` after the last write: bytes the peer's kernel had not acknowledged.
+    unacked: u64,
+}
+
+impl TcpConn {
+    fn connect(addr: SocketAddr) -> Result<TcpConn, BlastError> {
+        let first = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match TcpStream::connect(addr) {
+                Ok(stream) => {
+                    return Ok(TcpConn {
+                        stream,
+                        recent: Default::default(),
+                        recent_bytes: 0,
+                        unacked: 0,
+                    })
+                }
+                Err(_) if first.elapsed() < RETRY_FOR => std::thread::sleep(backoff(attempt)),
+                Err(source) => return Err(BlastError::Connect { addr, source }),
+            }
+        }
+    }
+
+    /// Writes `buf` (`lines` lines), on a new connection when pixeld closed this one or it
+    /// breaks; counts what that cost in `res`.
+    fn send(
+        &mut self,
+        addr: SocketAddr,
+        buf: &[u8],
+        lines: u64,
+        res: &mut ThreadResult,
+    ) -> Result<(), BlastError> {
+        loop {
+            match peer_state(&self.stream) {
+                Peer::Open => {}
+                Peer::Closed => {
+                    // pixeld reads until we close: everything written so far is taken.
+                    let _ = self.stream.shutdown(std::net::Shutdown::Write);
+                    res.tcp_reconnects += 1;
+                    *self = TcpConn::connect(addr)?;
+                    continue;
+                }
+                Peer::Broken => {
+                    self.broken(res);
+                    *self = TcpConn::connect(addr)?;
+                    continue;
+                }
+            }
+            match self.stream.write_all(buf) {
+                Ok(()) => {
+                    self.unacked = outq(&self.stream);
+                    self.recent.push_back((buf.len() as u64, lines));
+                    self.recent_bytes += buf.len() as u64;
+                    // Enough recent writes to cover any send queue (a few MiB).
+                    while self.recent_bytes > (16 << 20) {
+                        match self.recent.pop_front() {
+                            Some((b, _)) => self.recent_bytes -= b,
+                            None => break,
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(source) if is_broken(&source) => {
+                    self.broken(res);
+                    res.tcp_resent_lines += lines;
+                    *self = TcpConn::connect(addr)?;
+                }
+                Err(source) => return Err(BlastError::Send { addr, source }),
+            }
+        }
+    }
+
+    /// Counts a broken connection and the lines its unacknowledged bytes held.
+    fn broken(&mut self, res: &mut ThreadResult) {
+        res.tcp_broken += 1;
+        let mut left = self.unacked;
+        for (bytes, lines) in self.recent.iter().rev() {
+            if left == 0 {
+                break;
+            }
+            let part = left.min(*bytes);
+            // Lines touched by the last `unacked` bytes (rounded up).
+            res.tcp_unacked_lines_at_break += (part * lines).div_ceil((*bytes).max(1));
+            left -= part;
+        }
+    }
+}
+
+fn is_broken(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+enum Peer {
+    Open,
+    /// The server sent its FIN.
+    Closed,
+    /// The connection was reset.
+    Broken,
+}
+
+/// What a non-blocking one-byte `MSG_PEEK` says of the connection (rsyslog's
+/// `CheckConnection`): nothing to read is an open connection, EOF a closed one.
+fn peer_state(s: &TcpStream) -> Peer {
+    let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(s).recv_with_flags(&mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok(0) => Peer::Closed,
+        // pixeld never writes on its TCP port; a byte would be someone else's business.
+        Ok(_) => Peer::Open,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Peer::Open
+        }
+        Err(_) => Peer::Broken,
+    }
+}
+
+/// Bytes in the socket's send queue not yet acknowledged by the peer (`SIOCOUTQ`); 0 when the
+/// kernel does not say.
+#[allow(unsafe_code)]
+fn outq(s: &TcpStream) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: the descriptor is the open socket `s` borrows; SIOCOUTQ (TIOCOUTQ) writes one
+    // c_int through the pointer, which points at `n`, alive for the call.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if rc == 0 {
+        n.max(0) as u64
+    } else {
+        0
+    }
+}
 
 /// A small HTTP client for `/metrics` and `POST /v1/events`: no TLS, answers of any status
 /// returned as answers, a bounded wait.
@@ -883,6 +1137,23 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn retries_back_off_and_resend_the_rest() {
+        assert_eq!(backoff(1), Duration::from_millis(25));
+        assert_eq!(backoff(2), Duration::from_millis(50));
+        assert_eq!(backoff(6), Duration::from_millis(800));
+        assert_eq!(backoff(7), Duration::from_secs(1));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(1));
+        let body = b"a\nbb\nccc\n";
+        assert_eq!(after_lines(body, 0), body);
+        assert_eq!(after_lines(body, 1), b"bb\nccc\n");
+        assert_eq!(after_lines(body, 3), b"");
+        assert_eq!(after_lines(body, 9), b"");
+        assert_eq!(stored_lines(r#"{"error":"x","stored":2,"lines":3}"#), 2);
+        assert_eq!(stored_lines(r#"{"error":"x"}"#), 0);
+        assert_eq!(stored_lines("not json"), 0);
     }
 
     #[test]

@@ -141,3 +141,16 @@ pub fn json_lines(tag: &str, range: std::ops::Range<u64>, len: usize) -> Vec<Str
         })
         .collect()
 }
+
+/// Every durable line of every shard, shard by shard in offset order.
+pub fn all_lines(port: u16) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (shard, end) in next_offsets(port).into_iter().enumerate() {
+        out.extend(
+            read_range(port, shard, 0, end, 1000)
+                .into_iter()
+                .map(|(_, b)| b),
+        );
+    }
+    out
+}
