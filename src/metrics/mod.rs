@@ -140,6 +140,11 @@ pub struct AggStats {
     pub url_cells: AtomicU64,
     pub url_cell_bytes: AtomicU64,
     pub memory_bytes: AtomicU64,
+    /// The parser's url/referrer cache (`parse::event::cache`): lookups answered from it,
+    /// normalisations done, and its heap bytes (published with the memory gauges).
+    pub parse_cache_hits: AtomicU64,
+    pub parse_cache_misses: AtomicU64,
+    pub parse_cache_bytes: AtomicU64,
     /// Gauges: sealed hour and day files mapped, and their bytes.
     pub sealed_files: AtomicU64,
     pub sealed_bytes: AtomicU64,
@@ -555,6 +560,16 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             |s| ShardStats::get(&s.agg.no_vid),
         ),
         (
+            "pixeld_parse_cache_hits_total",
+            "Urls and referrers whose normalised form came from the parser's cache.",
+            |s| ShardStats::get(&s.agg.parse_cache_hits),
+        ),
+        (
+            "pixeld_parse_cache_misses_total",
+            "Urls and referrers decoded and normalised (not in the parser's cache).",
+            |s| ShardStats::get(&s.agg.parse_cache_misses),
+        ),
+        (
             "pixeld_agg_stale_increments_total",
             "Increments whose hour had left the window when they arrived.",
             |s| ShardStats::get(&s.agg.stale_incs),
@@ -682,6 +697,11 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_agg_memory_bytes",
         "Approximate heap bytes of the aggregates (tables, sketches, key names).",
         sum(&|s| ShardStats::get(&s.agg.memory_bytes)),
+    );
+    p.gauge(
+        "pixeld_parse_cache_bytes",
+        "Heap bytes of the parser's url/referrer caches (bounded: a fixed number of slots).",
+        sum(&|s| ShardStats::get(&s.agg.parse_cache_bytes)),
     );
     p.gauge(
         "pixeld_agg_sealed_files",

@@ -510,6 +510,12 @@ impl Router {
         s.sealed_files.store(m.sealed_files, Ordering::Relaxed);
         s.sealed_bytes.store(m.sealed_bytes, Ordering::Relaxed);
         s.stale_incs.store(agg.stale, Ordering::Relaxed);
+        let parser = self.parser.borrow();
+        let c = parser.cache_counts();
+        s.parse_cache_hits.store(c.hits, Ordering::Relaxed);
+        s.parse_cache_misses.store(c.misses, Ordering::Relaxed);
+        s.parse_cache_bytes
+            .store(parser.cache_bytes() as u64, Ordering::Relaxed);
     }
 
     /// Applies what peer `src` sends, until its ring closes.

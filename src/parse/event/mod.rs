@@ -44,6 +44,7 @@ use time::OffsetDateTime;
 
 use super::syslog;
 
+mod cache;
 mod combined;
 mod fields;
 mod json;
@@ -51,6 +52,7 @@ mod scan;
 mod timestamp;
 mod url;
 
+pub use cache::Counts as CacheCounts;
 use combined::*;
 pub use fields::FieldNames;
 use fields::*;
@@ -243,10 +245,8 @@ struct Scratch {
     url: String,
     referrer: String,
     vid: String,
-    /// Percent-decoded bytes before their UTF-8 check.
+    /// Percent-decoded bytes before their UTF-8 check (the combined format's query).
     bytes: Vec<u8>,
-    /// The kept query parameters while the url is rebuilt.
-    query: String,
 }
 
 impl Scratch {
@@ -288,9 +288,10 @@ impl Scratch {
                 } else {
                     (&mut found.referrer, &mut self.referrer)
                 };
+                // Kept as sent: `finish` decodes and normalises it through the cache.
                 if slot.claim(alt) {
                     out.clear();
-                    found.invalid_utf8 |= decode_into(s, &mut self.bytes, out);
+                    out.push_str(s);
                 }
             }
             Field::Vid => {
@@ -345,6 +346,8 @@ pub struct EventParser {
     /// Whether JSON lines try the [`scan`] fast path first (only tests turn it off, to
     /// compare it with the serde_json visitor).
     fast: bool,
+    /// Urls and referrers normalised once per distinct text.
+    cache: cache::NormCache,
 }
 
 impl EventParser {
@@ -355,7 +358,18 @@ impl EventParser {
             lossy: String::new(),
             scratch: Scratch::default(),
             fast: true,
+            cache: cache::NormCache::new(),
         }
+    }
+
+    /// Lookups of the url/referrer cache answered from it, and normalisations done.
+    pub fn cache_counts(&self) -> CacheCounts {
+        self.cache.counts()
+    }
+
+    /// Heap bytes of the url/referrer cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.size_of()
     }
 
     /// The configuration this parser was made with.
@@ -383,6 +397,7 @@ impl EventParser {
             scratch,
             keys,
             fast,
+            cache,
         } = self;
         let msg = msg.trim_ascii();
         scratch.reset();
@@ -390,7 +405,7 @@ impl EventParser {
         // reads (and silently skip them in the ones it ignores), so the whole message is
         // checked once here: a valid one is then read as `&str` without a second check, an
         // invalid one is repaired into `lossy` and flagged.
-        let text: &str = match std::str::from_utf8(msg) {
+        let text: &str = match simdutf8::basic::from_utf8(msg) {
             Ok(text) => text,
             Err(_) => {
                 lossy.clear();
@@ -418,18 +433,25 @@ impl EventParser {
         } else {
             read_combined(text, keys, scratch)?;
         }
-        finish(cfg, scratch)
+        finish(cfg, scratch, cache)
     }
 }
 
-/// Checks and normalizes what a record gave into an event.
-fn finish<'a>(cfg: &EventConfig, scratch: &'a mut Scratch) -> Result<Event<'a>, EventError> {
+/// Checks and normalizes what a record gave into an event (url and referrer through
+/// `cache`).
+fn finish<'a>(
+    cfg: &EventConfig,
+    scratch: &'a mut Scratch,
+    cache: &'a mut cache::NormCache,
+) -> Result<Event<'a>, EventError> {
     let found = &scratch.found;
+    // Decoding never empties a non-empty value, so this is "no url or an empty one".
     if !found.url.is_set() || scratch.url.is_empty() {
         return Err(EventError::NoUrl);
     }
-    let host = normalize_url(&mut scratch.url, &mut scratch.query, &cfg.url_keep_query)
-        .ok_or(EventError::BadUrl)?;
+    let cache::NormCache { urls, refs } = cache;
+    let url = urls.get(&scratch.url, &cfg.url_keep_query);
+    let host = url.host.clone().ok_or(EventError::BadUrl)?;
     let action = match found.action.value {
         _ if !found.action.is_set() => Action::Pageview,
         Some(action) => action,
@@ -439,36 +461,31 @@ fn finish<'a>(cfg: &EventConfig, scratch: &'a mut Scratch) -> Result<Event<'a>, 
         Action::Pageview | Action::Event => 0,
         Action::Heartbeat => found.inc.value.unwrap_or(cfg.heartbeat_seconds),
     };
-    let ref_host = match scratch.referrer.as_str() {
-        "" | "-" => None,
-        referrer => Some(authority(referrer).map(|a| a.host)),
-    };
-    if let Some(Some(host)) = &ref_host {
-        if let Some(h) = scratch.referrer.get_mut(host.clone()) {
-            h.make_ascii_lowercase();
+    let mut invalid_utf8 = found.invalid_utf8 || url.invalid_utf8;
+    let ref_domain = match scratch.referrer.as_str() {
+        "" => DIRECT,
+        raw => {
+            let r = refs.get(raw);
+            invalid_utf8 |= r.invalid_utf8;
+            r.domain.as_str()
         }
-    }
+    };
     let (msec, time) = (found.msec.value, found.time.value);
     let ts_ms = match (msec, time) {
         (Ts::Ms(ms), _) | (_, Ts::Ms(ms)) => Some(ms),
         _ => None,
     };
     let scratch: &'a Scratch = scratch;
-    let ref_domain = match ref_host {
-        None => DIRECT,
-        Some(None) => INVALID,
-        Some(Some(host)) => scratch.referrer.get(host).unwrap_or(INVALID),
-    };
     Ok(Event {
         ts_ms,
         bad_timestamp: msec == Ts::Bad || time == Ts::Bad,
         action,
         engaged_seconds,
-        site: scratch.url.get(host).ok_or(EventError::BadUrl)?,
-        url: &scratch.url,
+        site: url.url.get(host).ok_or(EventError::BadUrl)?,
+        url: &url.url,
         ref_domain,
         vid: &scratch.vid,
-        invalid_utf8: scratch.found.invalid_utf8,
+        invalid_utf8,
     })
 }
 
@@ -1153,6 +1170,62 @@ mod tests {
                 }
             }
             same_both_ways(&line)?;
+        }
+
+        #[test]
+        fn the_url_cache_answers_what_a_fresh_parser_does(
+            pool in prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "https%3A%2F%2FA.example%2Fp%3Fid%3D1%26utm_source%3Dx%23top",
+                        "https://a.example/p?id=1&utm_source=x",
+                        "https%3A%2F%2Fa.example%2F%C3%A9t%C3%A9",
+                        "https%3A%2F%2Fa.example%2F%FF%FE",
+                        "https://B.example:8080/x#y",
+                        "https%3A%2F%2Fb.example%2Fx",
+                        "not a url",
+                        "%2D",
+                        "-",
+                        "https://[::1]:80/v6",
+                        "mailto:someone",
+                        "https://u@C.example/",
+                    ]),
+                    prop::sample::select(vec![
+                        "", "-", "%2D", "https%3A%2F%2Fwww.Google.com%2F", "https://t.co/x",
+                        "https%3A%2F%2Fa.example%2F%FF", "garbage", "https://a.example/p",
+                    ]),
+                    0usize..3,
+                ),
+                1..12,
+            ),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 1..60),
+            keep_id in any::<bool>(),
+        ) {
+            let cfg = EventConfig {
+                url_keep_query: if keep_id { vec!["id".to_owned()] } else { Vec::new() },
+                ..EventConfig::default()
+            };
+            let long = format!("https://long.example/{}", "x".repeat(3000));
+            let lines: Vec<String> = pool
+                .iter()
+                .map(|(url, referrer, variant)| {
+                    let url = if *variant == 2 { long.as_str() } else { url };
+                    let action = ["pv", "hb", "event"][*variant];
+                    serde_json::json!({"url": url, "urlref": referrer, "a": action}).to_string()
+                })
+                .collect();
+            // One slot each (every other value evicts it) and the shipped size.
+            let mut warm = [EventParser::new(cfg.clone()), EventParser::new(cfg.clone())];
+            warm[0].cache = cache::NormCache::with_slots(1, 1);
+            for i in order {
+                let line = lines[i.index(lines.len())].as_bytes();
+                let fresh = EventParser::new(cfg.clone()).parse(line).map(|e| format!("{e:?}"));
+                for w in &mut warm {
+                    prop_assert_eq!(w.parse(line).map(|e| format!("{e:?}")), fresh.clone());
+                }
+            }
+            let c = warm[1].cache_counts();
+            prop_assert!(c.hits + c.misses > 0);
         }
 
         #[test]

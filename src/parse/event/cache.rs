@@ -1,0 +1,212 @@
+//! Normalise once per distinct value: the url and referrer of a hit are decoded and normalised
+//! only the first time their exact text is seen, and read from a cache afterwards.
+//!
+//! Decoding a percent-encoded url, dropping its fragment and unkept query parameters,
+//! lower-casing scheme and host and finding the host cost about 1 400 instructions per event
+//! for the url and referrer together (callgrind, issue 19), the largest part of the parse —
+//! for values that repeat: a site has far fewer distinct pages and referrers than hits. Both
+//! steps are pure functions of the value's text (and of `url_keep_query`, fixed for a parser),
+//! so a cache keyed by that text gives exactly the uncached answer; a property test checks it
+//! against a fresh parser on shuffled repeats.
+//!
+//! The cache is direct-mapped: a fixed table of slots indexed by a 64-bit hash of the text,
+//! each holding the text and its result; a miss overwrites the slot, reusing its buffers. So
+//! memory is bounded (a few MiB per shard), a lookup is one hash, one slot and one comparison,
+//! and a stream of distinct values costs one normalisation each plus the copy into the slot —
+//! no rehash, no eviction scan, no allocation once the slots' buffers have grown. The key is
+//! compared in full, so a hash collision is a miss, never a wrong answer.
+
+use std::ops::Range;
+
+use super::url::{authority, decode_into, normalize_url};
+use super::{DIRECT, INVALID};
+
+/// Slots for distinct urls (a power of two).
+pub(super) const URL_SLOTS: usize = 1 << 14;
+/// Slots for distinct referrer values.
+pub(super) const REF_SLOTS: usize = 1 << 12;
+/// Values longer than this are normalised every time and not kept (a slot holds at most a few
+/// KiB, whatever a client sends).
+const MAX_KEY: usize = 2048;
+
+/// A url's text as the record gave it, normalised.
+#[derive(Debug, Default)]
+pub(super) struct UrlEntry {
+    hash: u64,
+    key: String,
+    /// Decoded and normalised; see [`super::Event::url`].
+    pub(super) url: String,
+    /// Where the host is in `url`; `None` when it is not an absolute url with a host.
+    pub(super) host: Option<Range<usize>>,
+    /// Percent-decoding met invalid UTF-8 (repaired with U+FFFD).
+    pub(super) invalid_utf8: bool,
+}
+
+/// A referrer's text as the record gave it, reduced to its domain.
+#[derive(Debug, Default)]
+pub(super) struct RefEntry {
+    hash: u64,
+    key: String,
+    /// See [`super::Event::ref_domain`].
+    pub(super) domain: String,
+    pub(super) invalid_utf8: bool,
+}
+
+/// The two caches.
+#[derive(Debug)]
+pub(super) struct NormCache {
+    pub(super) urls: UrlCache,
+    pub(super) refs: RefCache,
+}
+
+impl NormCache {
+    pub(super) fn new() -> Self {
+        Self::with_slots(URL_SLOTS, REF_SLOTS)
+    }
+
+    /// A cache of `urls` and `refs` slots (powers of two; tests use tiny ones to force
+    /// collisions).
+    pub(super) fn with_slots(urls: usize, refs: usize) -> Self {
+        NormCache {
+            urls: UrlCache {
+                slots: slots(urls),
+                long: UrlEntry::default(),
+                bytes: Vec::new(),
+                query: String::new(),
+                counts: Counts::default(),
+            },
+            refs: RefCache {
+                slots: slots(refs),
+                long: RefEntry::default(),
+                bytes: Vec::new(),
+                counts: Counts::default(),
+            },
+        }
+    }
+
+    /// Lookups answered from a slot, and normalisations done, over both caches.
+    pub(super) fn counts(&self) -> Counts {
+        Counts {
+            hits: self.urls.counts.hits + self.refs.counts.hits,
+            misses: self.urls.counts.misses + self.refs.counts.misses,
+        }
+    }
+
+    /// Heap bytes held by the slots and their buffers.
+    pub(super) fn size_of(&self) -> usize {
+        let url = |e: &UrlEntry| e.key.capacity() + e.url.capacity();
+        let rf = |e: &RefEntry| e.key.capacity() + e.domain.capacity();
+        self.urls.slots.iter().map(url).sum::<usize>()
+            + self.refs.slots.iter().map(rf).sum::<usize>()
+            + std::mem::size_of_val(&*self.urls.slots)
+            + std::mem::size_of_val(&*self.refs.slots)
+    }
+}
+
+/// Lookups answered from a slot, and normalisations done.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+fn slots<T: Default>(n: usize) -> Box<[T]> {
+    debug_assert!(n.is_power_of_two());
+    (0..n.max(1)).map(|_| T::default()).collect()
+}
+
+/// Distinct url texts, normalised.
+#[derive(Debug)]
+pub(super) struct UrlCache {
+    slots: Box<[UrlEntry]>,
+    /// The slot of a value too long to keep (refilled every time).
+    long: UrlEntry,
+    /// Percent-decoded bytes before their UTF-8 check; kept query parameters.
+    bytes: Vec<u8>,
+    query: String,
+    counts: Counts,
+}
+
+impl UrlCache {
+    /// The normalised form of url text `raw` (non-empty; as [`super::Scratch::put`] received
+    /// it), with `keep` the query parameters kept.
+    pub(super) fn get(&mut self, raw: &str, keep: &[String]) -> &UrlEntry {
+        let h = hash(raw);
+        let i = (h as usize) & (self.slots.len() - 1);
+        let e = match self.slots.get_mut(i) {
+            Some(e) if raw.len() <= MAX_KEY => e,
+            _ => &mut self.long,
+        };
+        if e.hash == h && e.key == raw {
+            self.counts.hits += 1;
+            return e;
+        }
+        self.counts.misses += 1;
+        e.hash = h;
+        e.key.clear();
+        e.key.push_str(raw);
+        e.url.clear();
+        e.invalid_utf8 = decode_into(raw, &mut self.bytes, &mut e.url);
+        e.host = normalize_url(&mut e.url, &mut self.query, keep);
+        e
+    }
+}
+
+/// Distinct referrer texts, reduced to their domains.
+#[derive(Debug)]
+pub(super) struct RefCache {
+    slots: Box<[RefEntry]>,
+    long: RefEntry,
+    bytes: Vec<u8>,
+    counts: Counts,
+}
+
+impl RefCache {
+    /// The domain of referrer text `raw` (non-empty).
+    pub(super) fn get(&mut self, raw: &str) -> &RefEntry {
+        let h = hash(raw);
+        let i = (h as usize) & (self.slots.len() - 1);
+        let e = match self.slots.get_mut(i) {
+            Some(e) if raw.len() <= MAX_KEY => e,
+            _ => &mut self.long,
+        };
+        if e.hash == h && e.key == raw {
+            self.counts.hits += 1;
+            return e;
+        }
+        self.counts.misses += 1;
+        e.hash = h;
+        e.key.clear();
+        e.key.push_str(raw);
+        e.domain.clear();
+        // Decoded into `domain` first, then cut down to the host (or replaced by a marker).
+        e.invalid_utf8 = decode_into(raw, &mut self.bytes, &mut e.domain);
+        if e.domain == "-" {
+            e.domain.clear();
+            e.domain.push_str(DIRECT);
+            return e;
+        }
+        let host = authority(&e.domain)
+            .map(|a| a.host)
+            .filter(|h| e.domain.get(h.clone()).is_some());
+        match host {
+            Some(h) => {
+                if let Some(part) = e.domain.get_mut(h.clone()) {
+                    part.make_ascii_lowercase();
+                }
+                // Both ends are character boundaries (checked above).
+                e.domain.truncate(h.end);
+                e.domain.drain(..h.start);
+            }
+            None => {
+                e.domain.clear();
+                e.domain.push_str(INVALID);
+            }
+        }
+        e
+    }
+}
+
+fn hash(s: &str) -> u64 {
+    wyhash::wyhash(s.as_bytes(), 0x6e6f_726d_6361_6368)
+}
