@@ -135,16 +135,16 @@ pub fn increments(
         }
     };
     if ev.invalid_utf8 {
-        ShardStats::add(&s.invalid_utf8, 1);
+        ShardStats::bump(&s.invalid_utf8, 1);
     }
     if ev.bad_timestamp {
-        ShardStats::add(&s.bad_timestamp, 1);
+        ShardStats::bump(&s.bad_timestamp, 1);
     }
     let recv_ms = (recv_ts / 1_000_000) as i64;
     let ts_ms = match ev.ts_ms {
         Some(t) => t,
         None => {
-            ShardStats::add(&s.no_timestamp, 1);
+            ShardStats::bump(&s.no_timestamp, 1);
             recv_ms
         }
     };
@@ -157,7 +157,7 @@ pub fn increments(
     let pv = ev.action == Action::Pageview;
     let engaged = ev.engaged_seconds;
     let vid = if ev.vid.is_empty() {
-        ShardStats::add(&s.no_vid, 1);
+        ShardStats::bump(&s.no_vid, 1);
         None
     } else {
         Some(vid_hash(ev.vid))
@@ -356,7 +356,7 @@ impl Router {
         }
         if owner == self.me || self.senders.is_none() {
             self.agg.borrow_mut().apply(&inc, site, key, now);
-            ShardStats::add(&self.stats.agg.local_incs, 1);
+            ShardStats::bump(&self.stats.agg.local_incs, 1);
         } else if let Some(b) = self.pending.borrow_mut().get_mut(owner) {
             b.push_inc(inc, site, key);
         }

@@ -24,6 +24,10 @@ pub fn owner_of_visitor(hash: u64, shards: usize) -> usize {
 /// The shard that owns `key` of a dimension (`seed` differs per dimension so that a url and a
 /// referrer domain with the same text need not share a shard).
 pub fn owner_of_key(seed: u64, key: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        // The formula below gives 0 for one shard; the hash is not needed for it.
+        return 0;
+    }
     let h = wyhash::wyhash(key.as_bytes(), seed);
     (((h >> 32) * shards as u64) >> 32) as usize
 }
