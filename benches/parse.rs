@@ -1,7 +1,9 @@
 //! Per-line parsing on realistic nginx lines (HitGenerator): the syslog header alone (what
 //! ingest does for every datagram and frame; RFC 3164 as nginx sends it, RFC 5424, bare) and
 //! the whole record into an analytics event (`event` group: header, JSON fields, decoding,
-//! url normalization). Figures are ns per line via `Throughput::Elements`.
+//! url normalization; once with 1 000 repeating lines, whose urls and referrers the parser's
+//! cache then holds, and once with 40 000 distinct ones, which miss it). Figures are ns per
+//! line via `Throughput::Elements`.
 //! Run: `cargo bench --bench parse` (or `-- event` for the event group only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -61,6 +63,35 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The url/referrer cache's two sides. Above, 1 000 lines repeat: after the first pass
+    // every url and referrer is a hit. Here every line's url and referrer are distinct and
+    // there are more of them than the cache has slots, so nearly every lookup is a miss:
+    // the cost of a site whose pages never repeat.
+    let distinct: Vec<Vec<u8>> = bare
+        .iter()
+        .cycle()
+        .take(40_000)
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(l).unwrap();
+            for key in ["url", "urlref"] {
+                if let Some(serde_json::Value::String(u)) = v.get_mut(key) {
+                    u.push_str(&format!("%2Fd{i}"));
+                }
+            }
+            serde_json::to_vec(&v).unwrap()
+        })
+        .collect();
+    assert!(distinct.iter().all(|l| parser.parse(l).is_ok()));
+    group.throughput(Throughput::Elements(distinct.len() as u64));
+    group.bench_function("bare-distinct-urls/40000-lines", |b| {
+        b.iter(|| {
+            for l in distinct.iter() {
+                let _ = black_box(parser.parse(black_box(l)));
+            }
+        })
+    });
     group.finish();
 }
 
