@@ -58,7 +58,7 @@ pub(super) fn percent_decode_into(src: &[u8], out: &mut Vec<u8>) {
 /// `String::from_utf8_lossy` does, without its allocation); says whether there was one.
 pub(super) fn push_lossy(bytes: &[u8], out: &mut String) -> bool {
     // Nearly always valid: one fast check and one copy.
-    if let Ok(text) = simdutf8::basic::from_utf8(bytes) {
+    if let Ok(text) = std::str::from_utf8(bytes) {
         out.push_str(text);
         return false;
     }
