@@ -69,26 +69,23 @@ impl NormCache {
     pub(super) fn with_slots(urls: usize, refs: usize) -> Self {
         NormCache {
             urls: UrlCache {
-                slots: slots(urls),
-                long: UrlEntry::default(),
+                table: Table::new(urls),
                 bytes: Vec::new(),
                 query: String::new(),
-                counts: Counts::default(),
             },
             refs: RefCache {
-                slots: slots(refs),
-                long: RefEntry::default(),
+                table: Table::new(refs),
                 bytes: Vec::new(),
-                counts: Counts::default(),
             },
         }
     }
 
     /// Lookups answered from a slot, and normalisations done, over both caches.
     pub(super) fn counts(&self) -> Counts {
+        let (u, r) = (self.urls.table.counts, self.refs.table.counts);
         Counts {
-            hits: self.urls.counts.hits + self.refs.counts.hits,
-            misses: self.urls.counts.misses + self.refs.counts.misses,
+            hits: u.hits + r.hits,
+            misses: u.misses + r.misses,
         }
     }
 
@@ -96,10 +93,10 @@ impl NormCache {
     pub(super) fn size_of(&self) -> usize {
         let url = |e: &UrlEntry| e.key.capacity() + e.url.capacity();
         let rf = |e: &RefEntry| e.key.capacity() + e.domain.capacity();
-        self.urls.slots.iter().map(url).sum::<usize>()
-            + self.refs.slots.iter().map(rf).sum::<usize>()
-            + std::mem::size_of_val(&*self.urls.slots)
-            + std::mem::size_of_val(&*self.refs.slots)
+        self.urls.table.slots.iter().map(url).sum::<usize>()
+            + self.refs.table.slots.iter().map(rf).sum::<usize>()
+            + std::mem::size_of_val(&*self.urls.table.slots)
+            + std::mem::size_of_val(&*self.refs.table.slots)
     }
 }
 
@@ -110,44 +107,84 @@ pub struct Counts {
     pub misses: u64,
 }
 
-fn slots<T: Default>(n: usize) -> Box<[T]> {
-    debug_assert!(n.is_power_of_two());
-    (0..n.max(1)).map(|_| T::default()).collect()
+/// An entry's key: the hash and the text it was filled from.
+trait Keyed: Default {
+    fn key(&mut self) -> (&mut u64, &mut String);
 }
 
-/// Distinct url texts, normalised.
+impl Keyed for UrlEntry {
+    fn key(&mut self) -> (&mut u64, &mut String) {
+        (&mut self.hash, &mut self.key)
+    }
+}
+
+impl Keyed for RefEntry {
+    fn key(&mut self) -> (&mut u64, &mut String) {
+        (&mut self.hash, &mut self.key)
+    }
+}
+
+/// The direct-mapped slots of one cache.
 #[derive(Debug)]
-pub(super) struct UrlCache {
-    slots: Box<[UrlEntry]>,
+struct Table<E> {
+    slots: Box<[E]>,
     /// The slot of a value too long to keep (refilled every time).
-    long: UrlEntry,
-    /// Percent-decoded bytes before their UTF-8 check; kept query parameters.
-    bytes: Vec<u8>,
-    query: String,
+    long: E,
     counts: Counts,
 }
 
-impl UrlCache {
-    /// The normalised form of url text `raw` (non-empty; as [`super::Scratch::put`] received
-    /// it), with `keep` the query parameters kept.
-    pub(super) fn get(&mut self, raw: &str, keep: &[String]) -> &UrlEntry {
+impl<E: Keyed> Table<E> {
+    fn new(n: usize) -> Self {
+        debug_assert!(n.is_power_of_two());
+        Table {
+            slots: (0..n.max(1)).map(|_| E::default()).collect(),
+            long: E::default(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// The slot of `raw`, and whether it holds `raw`'s result. On a miss the slot is keyed to
+    /// `raw` and the caller fills in the rest.
+    fn slot(&mut self, raw: &str) -> (&mut E, bool) {
         let h = hash(raw);
         let i = (h as usize) & (self.slots.len() - 1);
         let e = match self.slots.get_mut(i) {
             Some(e) if raw.len() <= MAX_KEY => e,
             _ => &mut self.long,
         };
-        if e.hash == h && e.key == raw {
+        let (hash, key) = e.key();
+        let hit = *hash == h && key == raw;
+        if hit {
             self.counts.hits += 1;
-            return e;
+        } else {
+            self.counts.misses += 1;
+            *hash = h;
+            key.clear();
+            key.push_str(raw);
         }
-        self.counts.misses += 1;
-        e.hash = h;
-        e.key.clear();
-        e.key.push_str(raw);
-        e.url.clear();
-        e.invalid_utf8 = decode_into(raw, &mut self.bytes, &mut e.url);
-        e.host = normalize_url(&mut e.url, &mut self.query, keep);
+        (e, hit)
+    }
+}
+
+/// Distinct url texts, normalised.
+#[derive(Debug)]
+pub(super) struct UrlCache {
+    table: Table<UrlEntry>,
+    /// Percent-decoded bytes before their UTF-8 check; kept query parameters.
+    bytes: Vec<u8>,
+    query: String,
+}
+
+impl UrlCache {
+    /// The normalised form of url text `raw` (non-empty; as [`super::Scratch::put`] received
+    /// it), with `keep` the query parameters kept.
+    pub(super) fn get(&mut self, raw: &str, keep: &[String]) -> &UrlEntry {
+        let (e, hit) = self.table.slot(raw);
+        if !hit {
+            e.url.clear();
+            e.invalid_utf8 = decode_into(raw, &mut self.bytes, &mut e.url);
+            e.host = normalize_url(&mut e.url, &mut self.query, keep);
+        }
         e
     }
 }
@@ -155,55 +192,47 @@ impl UrlCache {
 /// Distinct referrer texts, reduced to their domains.
 #[derive(Debug)]
 pub(super) struct RefCache {
-    slots: Box<[RefEntry]>,
-    long: RefEntry,
+    table: Table<RefEntry>,
     bytes: Vec<u8>,
-    counts: Counts,
 }
 
 impl RefCache {
     /// The domain of referrer text `raw` (non-empty).
     pub(super) fn get(&mut self, raw: &str) -> &RefEntry {
-        let h = hash(raw);
-        let i = (h as usize) & (self.slots.len() - 1);
-        let e = match self.slots.get_mut(i) {
-            Some(e) if raw.len() <= MAX_KEY => e,
-            _ => &mut self.long,
-        };
-        if e.hash == h && e.key == raw {
-            self.counts.hits += 1;
-            return e;
-        }
-        self.counts.misses += 1;
-        e.hash = h;
-        e.key.clear();
-        e.key.push_str(raw);
-        e.domain.clear();
-        // Decoded into `domain` first, then cut down to the host (or replaced by a marker).
-        e.invalid_utf8 = decode_into(raw, &mut self.bytes, &mut e.domain);
-        if e.domain == "-" {
-            e.domain.clear();
-            e.domain.push_str(DIRECT);
-            return e;
-        }
-        let host = authority(&e.domain)
-            .map(|a| a.host)
-            .filter(|h| e.domain.get(h.clone()).is_some());
-        match host {
-            Some(h) => {
-                if let Some(part) = e.domain.get_mut(h.clone()) {
-                    part.make_ascii_lowercase();
-                }
-                // Both ends are character boundaries (checked above).
-                e.domain.truncate(h.end);
-                e.domain.drain(..h.start);
-            }
-            None => {
-                e.domain.clear();
-                e.domain.push_str(INVALID);
-            }
+        let (e, hit) = self.table.slot(raw);
+        if !hit {
+            fill_referrer(e, raw, &mut self.bytes);
         }
         e
+    }
+}
+
+/// Decodes `raw` into `e.domain`, then cuts it down to the lower-case host, or replaces it by
+/// a marker: `(direct)` for `-`, `(invalid)` when it is not an absolute url with a host.
+fn fill_referrer(e: &mut RefEntry, raw: &str, bytes: &mut Vec<u8>) {
+    e.domain.clear();
+    e.invalid_utf8 = decode_into(raw, bytes, &mut e.domain);
+    if e.domain == "-" {
+        e.domain.clear();
+        e.domain.push_str(DIRECT);
+        return;
+    }
+    let host = authority(&e.domain)
+        .map(|a| a.host)
+        .filter(|h| e.domain.get(h.clone()).is_some());
+    match host {
+        Some(h) => {
+            if let Some(part) = e.domain.get_mut(h.clone()) {
+                part.make_ascii_lowercase();
+            }
+            // Both ends are character boundaries (checked above).
+            e.domain.truncate(h.end);
+            e.domain.drain(..h.start);
+        }
+        None => {
+            e.domain.clear();
+            e.domain.push_str(INVALID);
+        }
     }
 }
 
