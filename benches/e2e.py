@@ -29,6 +29,16 @@ What it does, all on loopback, the receiver pinned to CPU 0 and the sender to CP
      two queries.
 4. Prints one table and a JSON object with every figure.
 
+`--split` runs instead a side-by-side comparison over TCP that splits pixeld's cost (issue 19):
+the same lines (--events, default 5 M) at full speed and at 100 000/s (--rates), into, in turn,
+a bare TCP sink (a Python loop reading 1 MiB at a time: the kernel's receive cost, the floor),
+rsyslog (TCP → zstd file, logging only), pixeld as built, pixeld with the log's compression
+off (`[log] compression = "none"`), and with `--compare BIN` a second pixeld binary (the code
+before a change). Every receiver runs once per round, the rounds interleaved (--repeat, default
+3); each figure is the median with the range. Per receiver: CPU-seconds per million events,
+loss, bytes on disk per event. (pixeld with its aggregation off has no switch: the in-process
+`cargo bench --bench agg -- record` and `--bench log_append` figures split that part.)
+
 The machine is shared: wall-clock rates vary between runs; CPU-seconds per million events
 is the stable figure. Every process this script starts is stopped by its PID.
 """
@@ -92,10 +102,10 @@ def ensure_tools(a):
 
 
 class Pixeld:
-    def __init__(self, a, data, extra=()):
+    def __init__(self, a, data, extra=(), binary=None):
         self.udp, self.tcp, self.http = free_port(socket.SOCK_DGRAM), free_port(), free_port()
         self.data = data
-        self.p = subprocess.Popen(["taskset", "-c", "0", a.bin, "serve", "--data-dir", data, "--shards", "1",
+        self.p = subprocess.Popen(["taskset", "-c", "0", binary or a.bin, "serve", "--data-dir", data, "--shards", "1",
                                    "--udp", "127.0.0.1:%d" % self.udp, "--tcp", "127.0.0.1:%d" % self.tcp,
                                    "--http", "127.0.0.1:%d" % self.http] + list(extra),
                                   stderr=subprocess.PIPE, text=True)
@@ -375,6 +385,88 @@ def pixeld_from_file(a, path, n):
     return res
 
 
+SINK = r'''
+import socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[1]))); l.listen(8)
+print("listening", flush=True)
+c, _ = l.accept(); buf = bytearray(1 << 20); n = lines = 0
+while True:
+    k = c.recv_into(buf)
+    if not k: break
+    n += k; lines += buf.count(b"\n", 0, k)
+print(n, lines, flush=True)
+'''
+
+
+def split_sink(a, n, rate):
+    port = free_port()
+    p = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", SINK, str(port)],
+                         stdout=subprocess.PIPE, text=True)
+    p.stdout.readline()
+    cpu0 = cpu_seconds(p.pid)
+    r = blast(a, ["--count", str(n), "--no-metrics", "--transport", "tcp", "--target", "127.0.0.1:%d" % port]
+              + (["--rate", str(rate), "--event-rate", "100000"] if rate else []))
+    out = p.stdout.readline().split()
+    _, status, ru = os.wait4(p.pid, 0); p.returncode = status
+    cpu = ru.ru_utime + ru.ru_stime - cpu0
+    lines = int(out[1]) if len(out) == 2 else 0
+    return {"cpu_s_per_million": cpu / max(lines, 1) * 1e6, "lost": r["sent"] - lines, "disk_bytes_per_event": 0.0}
+
+
+def split_pixeld(a, n, rate, binary=None, config=None):
+    data = tempfile.mkdtemp(prefix="pixeld-", dir=a.work)
+    s = Pixeld(a, data, ["--config", config] if config else [], binary=binary)
+    cpu0 = cpu_seconds(s.p.pid)
+    r = blast(a, ["--count", str(n), "--http", "127.0.0.1:%d" % s.http, "--transport", "tcp",
+                  "--target", "127.0.0.1:%d" % s.tcp] + (["--rate", str(rate), "--event-rate", "100000"] if rate else []))
+    cpu = cpu_seconds(s.p.pid) - cpu0
+    stop(s.p)
+    px = r["pixeld"]
+    res = {"cpu_s_per_million": cpu / max(px["appended"], 1) * 1e6, "lost": r["sent"] - px["appended"],
+           "unaccounted": px["unaccounted"], "disk_bytes_per_event": dir_bytes(data, ".log") / max(px["appended"], 1)}
+    shutil.rmtree(data, ignore_errors=True)
+    return res
+
+
+def split(a):
+    """The --split comparison (module doc)."""
+    nozstd = os.path.join(a.work, "no-compression.toml")
+    open(nozstd, "w").write('[log]\ncompression = "none"\n')
+    receivers = [("bare TCP sink (kernel floor)", lambda n, r: split_sink(a, n, r))]
+    if "rsyslog" in a.peers:
+        receivers.append(("rsyslog, TCP -> zstd file", lambda n, r: rsyslog_run(
+            a, "tcp", n, lambda t, u: ["--transport", "tcp", "--target", "127.0.0.1:%d" % t]
+            + (["--rate", str(r), "--event-rate", "100000"] if r else []))))
+    receivers.append(("pixeld", lambda n, r: split_pixeld(a, n, r)))
+    receivers.append(("pixeld, log compression off", lambda n, r: split_pixeld(a, n, r, config=nozstd)))
+    if a.compare:
+        receivers.append(("pixeld --compare " + os.path.basename(a.compare), lambda n, r: split_pixeld(a, n, r, binary=a.compare)))
+    rates = [int(x) for x in a.rates.split(",")]
+    figures = {}
+    for rnd in range(a.repeat):
+        for rate in rates:
+            for name, run in receivers:
+                res = run(a.events, rate)
+                if "cpu_s_per_million_stored" in res:   # rsyslog_run's shape
+                    res = {"cpu_s_per_million": res["cpu_s_per_million_stored"], "lost": res["lost"],
+                           "disk_bytes_per_event": res["disk_bytes_per_event"]}
+                figures.setdefault((name, rate), []).append(res)
+                log("round %d, %s, %s: %s" % (rnd + 1, "full speed" if not rate else "%d/s" % rate, name,
+                                              json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()})))
+    rows = []
+    for (name, rate), runs in figures.items():
+        cpu = sorted(x["cpu_s_per_million"] for x in runs)
+        rows.append({"receiver": name, "rate": rate or "full speed", "cpu_s_per_million_median": cpu[len(cpu) // 2],
+                     "cpu_s_per_million_range": [cpu[0], cpu[-1]], "lost": [x["lost"] for x in runs],
+                     "disk_bytes_per_event": runs[-1]["disk_bytes_per_event"]})
+    print("%-40s %-11s %-26s %-10s %s" % ("receiver", "rate", "CPU-s per million (range)", "disk B/ev", "lost"))
+    for r in rows:
+        print("%-40s %-11s %-26s %-10.1f %s" % (r["receiver"], r["rate"], "%.2f (%.2f - %.2f)" % (
+            r["cpu_s_per_million_median"], *r["cpu_s_per_million_range"]), r["disk_bytes_per_event"], r["lost"]))
+    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "events": a.events, "repeat": a.repeat, "rows": rows}, indent=1))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000, help="events per TCP run (and in the peers' file)")
@@ -386,7 +478,15 @@ def main():
     ap.add_argument("--peers", default="rsyslog,redis,chdb", help="comma-separated subset of rsyslog,redis,chdb (or none)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "pixeld"))
+    ap.add_argument("--split", action="store_true", help="the side-by-side TCP comparison that splits the cost (module doc)")
+    ap.add_argument("--compare", default=None, help="--split: a second pixeld binary (e.g. the code before a change)")
+    ap.add_argument("--repeat", type=int, default=3, help="--split: interleaved rounds")
+    ap.add_argument("--rates", default="0,100000", help="--split: TCP rates, 0 = as fast as possible")
     a = ap.parse_args()
+    if a.split and "--events" not in sys.argv:
+        a.events = 5_000_000
+    if a.split and "--peers" not in sys.argv:
+        a.peers = "rsyslog"
     if not os.access(a.bin, os.X_OK):
         raise SystemExit("no pixeld binary at %s: run `cargo build --release` first" % a.bin)
     if len(os.sched_getaffinity(0)) < 2:
@@ -401,6 +501,12 @@ def main():
     # second of event time, so the largest run ends about now (all inside the last hour).
     a.start = now_ms - a.events // 100
     a.now_min = now_ms // 60000 + 1
+    if a.split:
+        try:
+            split(a)
+        finally:
+            shutil.rmtree(a.work, ignore_errors=True)
+        return
     results = {"date": time.strftime("%Y-%m-%d"), "seed": a.seed, "start_msec": a.start, "pixeld": [], "peers": [],
                "net.core.rmem_max": open("/proc/sys/net/core/rmem_max").read().strip(),
                "loadavg_at_start": open("/proc/loadavg").read().split()[:3]}
