@@ -5,7 +5,7 @@
 //! there) leaves a pending key that the retry, after a restart, resolves from the log:
 //! stored once.
 
-use crate::common::log_http::{next_offsets, read_range};
+use crate::common::log_http::all_lines;
 use crate::common::{self, http, Server};
 
 fn batch(tag: &str, n: usize) -> Vec<u8> {
@@ -20,19 +20,6 @@ fn post(port: u16, key: Option<&str>, body: &[u8]) -> (u16, String, serde_json::
     let (st, head, body) = http(port, "POST", "/v1/events", &headers, body);
     let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     (st, head.to_ascii_lowercase(), v)
-}
-
-/// Every logged line of every shard.
-fn logged(port: u16) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for (shard, end) in next_offsets(port).into_iter().enumerate() {
-        out.extend(
-            read_range(port, shard, 0, end, 1000)
-                .into_iter()
-                .map(|(_, b)| b),
-        );
-    }
-    out
 }
 
 #[test]
@@ -65,7 +52,7 @@ fn a_retried_batch_is_answered_again_and_stored_once() {
     // Without a key, a resend is a new batch (as before).
     assert_eq!(post(s.http, None, &batch("plain", 2)).0, 200);
     assert_eq!(post(s.http, None, &batch("plain", 2)).0, 200);
-    let lines = logged(s.http);
+    let lines = all_lines(s.http);
     assert_eq!(
         lines.len(),
         50 + 4,
@@ -77,7 +64,7 @@ fn a_retried_batch_is_answered_again_and_stored_once() {
     assert_eq!(st, 200, "{v}");
     assert!(!head.contains("idempotent-replayed"), "{head}");
     assert_eq!(v["accepted"], 5);
-    assert_eq!(logged(s.http).len(), 50 + 4 + 5);
+    assert_eq!(all_lines(s.http).len(), 50 + 4 + 5);
 }
 
 #[test]
@@ -115,7 +102,7 @@ fn a_crash_between_durable_and_answer_is_resolved_by_the_retry() {
     let (st, head, again) = post(s.http, Some("crash-1"), &body);
     assert_eq!((st, &again), (200, &v));
     assert!(head.contains("idempotent-replayed: true"), "{head}");
-    let lines = logged(s.http);
+    let lines = all_lines(s.http);
     assert_eq!(lines.len(), 200, "stored once");
     assert_eq!(lines[0], body.split(|&b| b == b'\n').next().unwrap());
 }

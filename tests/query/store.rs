@@ -102,14 +102,18 @@ fn hits_from(seed: u64, n: usize, start: u64, cfg: pixeld::tools::gen::GenConfig
     out
 }
 
-fn post_all(s: &Server, body: &[u8]) {
-    for chunk in body
-        .split_inclusive(|b| *b == b'\n')
+/// `body`'s lines in batches of `n` lines, each batch one POST body.
+fn batches(body: &[u8], n: usize) -> Vec<Vec<u8>> {
+    body.split_inclusive(|b| *b == b'\n')
         .collect::<Vec<_>>()
-        .chunks(500)
-    {
-        let body: Vec<u8> = chunk.concat();
-        assert_eq!(common::try_post_events(s.http, &body), Some(200));
+        .chunks(n)
+        .map(|c| c.concat())
+        .collect()
+}
+
+fn post_all(s: &Server, body: &[u8]) {
+    for batch in batches(body, 500) {
+        assert_eq!(common::try_post_events(s.http, &batch), Some(200));
     }
 }
 
@@ -398,12 +402,7 @@ fn a_store_left_by_a_crash_is_re_partitioned_from_one_frontier() {
     let data = tmp.path().join("data");
     let s = start_with(&data, CONFIG, 2);
     let body = hits(21, 6000);
-    let chunks: Vec<Vec<u8>> = body
-        .split_inclusive(|b| *b == b'\n')
-        .collect::<Vec<_>>()
-        .chunks(100)
-        .map(|c| c.concat())
-        .collect();
+    let chunks = batches(&body, 100);
     // Posts from two connections at a time until the kill, with checkpoints every 200 ms.
     for (i, pair) in chunks.chunks(2).enumerate() {
         let posts: Vec<_> = pair
@@ -459,15 +458,10 @@ fn rebuild_aggregates_runs_on_a_live_server() {
         std::thread::spawn(move || {
             let more = hits(42, 20_000);
             let mut sent = 0;
-            for chunk in more
-                .split_inclusive(|b| *b == b'\n')
-                .collect::<Vec<_>>()
-                .chunks(50)
-            {
+            for chunk in batches(&more, 50) {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                let chunk: Vec<u8> = chunk.concat();
                 assert_eq!(common::try_post_events(a, &chunk), Some(200));
                 assert_eq!(common::try_post_events(b, &chunk), Some(200));
                 sent += 1;
