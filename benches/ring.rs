@@ -74,7 +74,7 @@ fn run(apply: bool) -> Duration {
                         }
                     }
                     RouteMsg::Rebuilt(_) => break,
-                    RouteMsg::Mark(_) => {}
+                    RouteMsg::Mark(..) => {}
                 }
             }
             started.map_or(Duration::ZERO, |s| s.elapsed())

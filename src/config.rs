@@ -141,6 +141,9 @@ pub struct RawAgg {
     pub heartbeat_seconds: u32,
     pub url_keep_query: Vec<String>,
     pub checkpoint_interval: String,
+    pub visit_gap: String,
+    pub visit_late_allowance: String,
+    pub bounce_engaged_seconds: u32,
     /// `[agg.fields]`: the JSON field names of each event field, alternatives in order.
     pub fields: crate::parse::event::FieldNames,
 }
@@ -725,7 +728,38 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
             &a.checkpoint_interval,
             Duration::from_millis(1),
         )?,
+        visits: crate::agg::visits::VisitSettings {
+            gap_ms: c
+                .duration("agg.visit_gap", &a.visit_gap, Duration::from_secs(1))?
+                .as_millis() as i64,
+            late_allowance_ms: c
+                .duration(
+                    "agg.visit_late_allowance",
+                    &a.visit_late_allowance,
+                    Duration::from_secs(1),
+                )?
+                .as_millis() as i64,
+            bounce_engaged_seconds: a.bounce_engaged_seconds,
+        },
     };
+    for (field, text, ms) in [
+        ("agg.visit_gap", &a.visit_gap, agg.visits.gap_ms),
+        (
+            "agg.visit_late_allowance",
+            &a.visit_late_allowance,
+            agg.visits.late_allowance_ms,
+        ),
+    ] {
+        if ms > 24 * 3_600_000 {
+            return Err(c.invalid(field, format!("is {text:?}; must be at most 24h")));
+        }
+    }
+    if a.bounce_engaged_seconds > 3600 {
+        return Err(c.invalid(
+            "agg.bounce_engaged_seconds",
+            format!("is {}, must be at most 3600", a.bounce_engaged_seconds),
+        ));
+    }
     if agg.checkpoint_interval < Duration::from_millis(100)
         || agg.checkpoint_interval > Duration::from_secs(24 * 3600)
     {

@@ -10,6 +10,7 @@
 use hashbrown::HashMap;
 
 use super::hll::Uniques;
+use super::visits::VisitCounts;
 
 /// Counters of one url in one bucket (saturating: 4.29 billion per url per bucket).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub struct SiteCell {
     pub views: u64,
     pub hits: u64,
     pub engaged: u64,
+    /// What the visits starting in the bucket add (`agg::visits`; signed: the late part of a
+    /// sealed bucket may retract what its file holds).
+    pub visits: VisitCounts,
     pub uniques: Uniques,
 }
 
@@ -42,6 +46,7 @@ impl SiteCell {
         self.views += o.views;
         self.hits += o.hits;
         self.engaged += o.engaged;
+        self.visits.add(&o.visits);
         self.uniques.merge(&o.uniques);
     }
 }
@@ -79,7 +84,11 @@ impl Bucket {
 
     /// Whether it holds no cell at all.
     pub fn is_empty(&self) -> bool {
-        self.urls.is_empty() && self.refs.is_empty() && self.sites.is_empty() && self.all.hits == 0
+        self.urls.is_empty()
+            && self.refs.is_empty()
+            && self.sites.is_empty()
+            && self.all.hits == 0
+            && self.all.visits.is_zero()
     }
 }
 
@@ -102,11 +111,23 @@ pub enum FormatError {
 pub struct Cursor<'a> {
     pub b: &'a [u8],
     pub at: usize,
+    /// Whether site cells carry visit counts (checkpoint version 3, sealed version 2 on).
+    pub visits: bool,
 }
 
 impl<'a> Cursor<'a> {
     pub fn new(b: &'a [u8], at: usize) -> Self {
-        Cursor { b, at }
+        Cursor {
+            b,
+            at,
+            visits: true,
+        }
+    }
+
+    /// A cursor over bytes written before site cells carried visit counts.
+    pub fn without_visits(mut self) -> Self {
+        self.visits = false;
+        self
     }
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
         let end = self
@@ -184,6 +205,10 @@ fn put_site_cell(out: &mut Vec<u8>, c: &SiteCell) {
     put_u64(out, c.views);
     put_u64(out, c.hits);
     put_u64(out, c.engaged);
+    let v = &c.visits;
+    for x in [v.visits, v.bounces, v.views, v.duration_ms] {
+        put_u64(out, x as u64);
+    }
     put_uniques(out, &c.uniques);
 }
 
@@ -263,12 +288,30 @@ pub fn skip_uniques(c: &mut Cursor<'_>) -> Result<(), FormatError> {
 
 /// Reads one site cell.
 pub fn get_site_cell(c: &mut Cursor<'_>) -> Result<SiteCell, FormatError> {
+    let (views, hits, engaged) = (c.u64()?, c.u64()?, c.u64()?);
+    let visits = if c.visits {
+        VisitCounts {
+            visits: c.u64()? as i64,
+            bounces: c.u64()? as i64,
+            views: c.u64()? as i64,
+            duration_ms: c.u64()? as i64,
+        }
+    } else {
+        VisitCounts::default()
+    };
     Ok(SiteCell {
-        views: c.u64()?,
-        hits: c.u64()?,
-        engaged: c.u64()?,
+        views,
+        hits,
+        engaged,
+        visits,
         uniques: get_uniques(c)?,
     })
+}
+
+/// Steps over a site cell's counts (not its uniques).
+pub fn skip_site_counts(c: &mut Cursor<'_>) -> Result<(), FormatError> {
+    c.take(if c.visits { 56 } else { 24 })?;
+    Ok(())
 }
 
 /// Reads the cells of one bucket, refusing ids at or above the name counts `names` (sites,
@@ -299,7 +342,7 @@ pub fn get_cells(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Buc
         }
         b.refs.insert(k, c.u32()?);
     }
-    let n = c.count(29)?;
+    let n = c.count(if c.visits { 61 } else { 29 })?;
     b.sites.reserve(n);
     for _ in 0..n {
         let id = c.u32()?;

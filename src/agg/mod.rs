@@ -26,6 +26,7 @@ pub mod seal;
 pub mod sealed;
 pub mod store;
 pub mod topn;
+pub mod visits;
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ pub use cells::{Bucket, SiteCell, UrlCell};
 use hll::Uniques;
 use sealed::SealedFile;
 use topn::Ranked;
+use visits::{VisitCounts, VisitSettings, Visits};
 
 /// A resolution of the aggregates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,6 +115,8 @@ pub struct AggConfig {
     pub event: crate::parse::event::EventConfig,
     /// How often each owner checkpoints its aggregates (`agg::store`).
     pub checkpoint_interval: std::time::Duration,
+    /// How visits are cut and judged (`agg::visits`).
+    pub visits: VisitSettings,
 }
 
 impl Default for AggConfig {
@@ -124,6 +128,7 @@ impl Default for AggConfig {
             future_minutes: 5,
             event: crate::parse::event::EventConfig::default(),
             checkpoint_interval: std::time::Duration::from_secs(30),
+            visits: VisitSettings::default(),
         }
     }
 }
@@ -152,6 +157,10 @@ pub struct Inc {
     site: (u32, u32),
     key: (u32, u32),
     pub vid: u64,
+    /// Whether the hit counts for visits (a visitor's pageview or heartbeat not received
+    /// later than `agg.visit_late_allowance`; see `agg::visits`), and its event time.
+    pub visit: bool,
+    pub ts_ms: i64,
     /// A repair: the record is below what the owner's checkpoint holds, replayed only to
     /// recompute an hour or a day whose sealed file was lost — it counts into that bucket
     /// alone (`Aggregates::repair_hours`, `repair_days`).
@@ -170,8 +179,17 @@ impl Inc {
             site: (0, 0),
             key: (0, 0),
             vid: vid.unwrap_or(0),
+            visit: false,
+            ts_ms: minute.saturating_mul(60_000),
             repair: false,
         }
+    }
+
+    /// The same increment, counting for visits at event time `ts_ms`.
+    pub fn with_visit(mut self, ts_ms: i64) -> Self {
+        self.visit = self.has_vid;
+        self.ts_ms = ts_ms;
+        self
     }
 }
 
@@ -183,6 +201,9 @@ pub struct Batch {
     /// The sender's stamp: every record its ingest appended below this log offset has its
     /// increments for this owner in this batch or an earlier one (see `route`).
     pub upto: u64,
+    /// The sender's receive clock (ms): every record it routes later was received at or
+    /// after it (see `route`; what lets an owner forget visits).
+    pub clock_ms: i64,
 }
 
 impl Batch {
@@ -323,6 +344,8 @@ pub struct Totals {
     pub hits: u64,
     pub engaged: u64,
     pub uniques: Option<u64>,
+    /// Visits starting in the range (per site and in all; zero per url).
+    pub visits: VisitCounts,
 }
 
 impl Totals {
@@ -331,6 +354,7 @@ impl Totals {
         self.views += o.views;
         self.hits += o.hits;
         self.engaged += o.engaged;
+        self.visits.add(&o.visits);
         self.uniques = match (self.uniques, o.uniques) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
@@ -369,6 +393,9 @@ pub struct Memory {
     /// Sealed hours and days mapped from their files, and their bytes (page cache, not heap).
     pub sealed_files: u64,
     pub sealed_bytes: u64,
+    /// Visitors whose recent visits are kept, and their bytes (included in `bytes`).
+    pub visitors: u64,
+    pub visitor_bytes: u64,
 }
 
 /// A site cell as one line of text (counts, and the uniques' exact size or sketch with a CRC
@@ -381,10 +408,14 @@ pub fn site_line(c: &SiteCell) -> String {
         .flat_map(|x| x.to_le_bytes())
         .collect();
     format!(
-        "views {} hits {} engaged {} uniques {} (crc {:08x} of {} words)",
+        "views {} hits {} engaged {} visits {} bounces {} visit_views {} visit_ms {} uniques {} (crc {:08x} of {} words)",
         c.views,
         c.hits,
         c.engaged,
+        c.visits.visits,
+        c.visits.bounces,
+        c.visits.views,
+        c.visits.duration_ms,
         match &c.uniques {
             Uniques::Exact(set) => format!("exactly {}", set.len()),
             Uniques::Sketch(_) => "a sketch".to_string(),
@@ -429,6 +460,11 @@ pub struct Aggregates {
     /// While `rebuild-aggregates` runs on a live server: every increment applied since it
     /// took this owner's frontier, added back onto the buckets it recomputes from the logs.
     pub recording: Option<Box<Aggregates>>,
+    /// The recent visits of this shard's visitors (`agg::visits`).
+    pub visits: Visits,
+    /// The visits of records replayed only to repair a lost sealed bucket (kept apart: they
+    /// are below what `visits` has already seen).
+    repair_visits: Visits,
 }
 
 impl Aggregates {
@@ -436,6 +472,7 @@ impl Aggregates {
         let minutes = Tier::new(1, cfg.minute_window, cfg.future_minutes + 1);
         let hours = Tier::new(60, cfg.hour_window, 1);
         let days = Tier::new(1440, cfg.day_window, 1);
+        let cfg_visits = cfg.visits;
         Aggregates {
             cfg,
             sites: Names::default(),
@@ -454,6 +491,8 @@ impl Aggregates {
             written_names: (0, 0, 0),
             epochs: Default::default(),
             recording: None,
+            visits: Visits::new(cfg_visits),
+            repair_visits: Visits::new(cfg_visits),
         }
     }
 
@@ -559,8 +598,41 @@ impl Aggregates {
     /// Applies one increment.
     pub fn apply(&mut self, inc: &Inc, site: &str, key: &str, now_min: i64) {
         if let Some(r) = self.recording.as_deref_mut() {
-            r.apply(inc, site, key, now_min);
+            r.apply_counts(inc, site, key, now_min);
         }
+        self.apply_counts(inc, site, key, now_min);
+        if inc.kind == IncKind::Visitor && inc.visit && inc.has_vid {
+            let (s, _) = self.sites.intern(site);
+            let visits = if inc.repair {
+                &mut self.repair_visits
+            } else {
+                &mut self.visits
+            };
+            let mut changes: smallvec::SmallVec<[(i64, VisitCounts); 3]> = Default::default();
+            visits.observe(s, inc.vid, inc.ts_ms, inc.pageview, inc.engaged, |m, c| {
+                changes.push((m, c))
+            });
+            for (minute, c) in changes {
+                let at = Inc { minute, ..*inc };
+                if let Some(r) = self.recording.as_deref_mut() {
+                    r.apply_visit_change(&at, site, &c, now_min);
+                }
+                self.apply_visit_change(&at, site, &c, now_min);
+            }
+        }
+    }
+
+    /// Adds a change of what visits starting in `at.minute` add to `site`'s cells.
+    fn apply_visit_change(&mut self, at: &Inc, site: &str, c: &VisitCounts, now_min: i64) {
+        let (s, _) = self.sites.intern(site);
+        self.each_bucket(at, now_min, |b| {
+            b.sites.entry(s).or_default().visits.add(c);
+            b.all.visits.add(c);
+        });
+    }
+
+    /// Applies one increment's counts (not its visit).
+    fn apply_counts(&mut self, inc: &Inc, site: &str, key: &str, now_min: i64) {
         let pv = u32::from(inc.pageview);
         match inc.kind {
             IncKind::Url => {
@@ -1050,6 +1122,7 @@ impl Aggregates {
             t.views += cell.views;
             t.hits += cell.hits;
             t.engaged += cell.engaged;
+            t.visits.add(&cell.visits);
             // Merge sketches only when a second part contributes.
             if let Some(m) = &mut merged {
                 m.merge(&cell.uniques);
@@ -1150,6 +1223,9 @@ impl Aggregates {
         }
         m.bytes += (self.sites.memory() + self.urls.memory() + self.refs.memory()) as u64
             + (self.url_site.capacity() * 4) as u64;
+        m.visitors = (self.visits.len() + self.repair_visits.len()) as u64;
+        m.visitor_bytes = self.visits.memory_bytes() + self.repair_visits.memory_bytes();
+        m.bytes += m.visitor_bytes;
         m
     }
 }

@@ -338,6 +338,8 @@ impl Aggregates {
         snap.url_site = self.url_site.clone();
         snap.written_names = marks;
         snap.listed = self.sealed_list();
+        // Every link carries the whole visitor table (see `store/format.rs`).
+        snap.visits = self.visits.clone();
         self.written_names = self.name_counts();
         for (from, to) in [
             (&mut self.minutes, &mut snap.minutes),

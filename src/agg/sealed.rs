@@ -15,11 +15,11 @@
 //! the checkpoint's own bytes ([`crate::agg::cells`]): url and referrer cells are fixed-size
 //! records sorted by id, read and binary-searched in place; site cells are decoded when read.
 //!
-//! # Sealed bucket file, format version 1 (all integers little-endian)
+//! # Sealed bucket file, format version 2 (all integers little-endian; version 1 is still read)
 //! | at      | size     | field       | meaning                                                  |
 //! |---------|----------|-------------|----------------------------------------------------------|
 //! |  0      | 8        | magic       | `PXAGGSB1`                                               |
-//! |  8      | 2        | version     | 1                                                        |
+//! |  8      | 2        | version     | 2 (1: site cells without visit counts)                   |
 //! | 10      | 1        | tier        | 1 = hour, 2 = day                                        |
 //! | 11      | 1        | reserved    | 0                                                        |
 //! | 12      | 4        | shards      | shard count of the run that wrote it                     |
@@ -35,14 +35,15 @@
 
 use std::path::{Path, PathBuf};
 
-use super::cells::{get_cells, get_site_cell, put_cells, put_u32, put_u64, skip_uniques};
+use super::cells::{get_cells, get_site_cell, put_cells, put_u32, put_u64};
+use super::cells::{skip_site_counts, skip_uniques};
 use super::cells::{Bucket, Cursor, FormatError, SiteCell, UrlCell};
 use super::Res;
 
 /// The eight bytes every sealed bucket file starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGSB1";
 /// The version this build writes and reads.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 const HEADER_LEN: usize = 48;
 
 /// What a sealed file says about itself.
@@ -92,6 +93,8 @@ struct Index {
     /// (site id, offset of its cell), ascending by id.
     sites: Vec<(u32, usize)>,
     all_at: usize,
+    /// Whether its site cells carry visit counts (version 2).
+    visits: bool,
 }
 
 /// Checks a sealed file's bytes (magic, version, CRC, every length and id against `names`)
@@ -105,7 +108,7 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
     }
     let (data, crc) = bytes.split_at(bytes.len() - 4);
     let version = u16::from_le_bytes([data[8], data[9]]);
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(FormatError::Version(version));
     }
     let mut want = [0u8; 4];
@@ -114,6 +117,7 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
         return Err(FormatError::Crc);
     }
     let mut c = Cursor::new(data, 10);
+    c.visits = version >= 2;
     let tier = match Res::from_code(c.u8()?) {
         Some(t @ (Res::Hour | Res::Day)) => t,
         _ => return Err(FormatError::Damaged("unknown tier")),
@@ -169,11 +173,11 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
             ));
         }
         sites.push((id, c.at));
-        c.take(24)?;
+        skip_site_counts(&mut c)?;
         skip_uniques(&mut c)?;
     }
     let all_at = c.at;
-    c.take(24)?;
+    skip_site_counts(&mut c)?;
     skip_uniques(&mut c)?;
     if c.at != data.len() {
         return Err(FormatError::Damaged("bytes after the last cell"));
@@ -193,6 +197,7 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
             refs,
             sites,
             all_at,
+            visits: c.visits,
         },
     ))
 }
@@ -401,7 +406,9 @@ impl SealedFile {
 
     fn cell_at(&self, at: usize) -> SiteCell {
         // Checked at open: decoding cannot fail here; an empty cell if it ever did.
-        get_site_cell(&mut Cursor::new(self.b(), at)).unwrap_or_default()
+        let mut c = Cursor::new(self.b(), at);
+        c.visits = self.index.visits;
+        get_site_cell(&mut c).unwrap_or_default()
     }
 
     /// The cell of site `id`, uniques decoded.
@@ -424,11 +431,9 @@ impl SealedFile {
     pub fn to_bucket(&self) -> Bucket {
         let b = self.b();
         let end = b.len().saturating_sub(4);
-        get_cells(
-            &mut Cursor::new(b.get(..end).unwrap_or_default(), HEADER_LEN),
-            (usize::MAX, usize::MAX, usize::MAX),
-        )
-        .unwrap_or_default()
+        let mut c = Cursor::new(b.get(..end).unwrap_or_default(), HEADER_LEN);
+        c.visits = self.index.visits;
+        get_cells(&mut c, (usize::MAX, usize::MAX, usize::MAX)).unwrap_or_default()
     }
 }
 
@@ -461,12 +466,17 @@ mod tests {
         let mut sites: Vec<_> = b
             .sites
             .iter()
-            .map(|(k, c)| (*k, c.views, c.hits, c.engaged, c.uniques.canonical()))
+            .map(|(k, c)| {
+                let v = c.visits;
+                let v = (v.visits, v.bounces, v.views, v.duration_ms);
+                (*k, c.views, c.hits, c.engaged, v, c.uniques.canonical())
+            })
             .collect();
         sites.sort_unstable();
         format!(
-            "{urls:?} {refs:?} {sites:?} {} {:?}",
+            "{urls:?} {refs:?} {sites:?} {} {:?} {:?}",
             b.all.hits,
+            b.all.visits,
             b.all.uniques.canonical()
         )
     }
@@ -520,16 +530,41 @@ mod tests {
         }
     }
 
-    /// The checked-in sample (tests/data/sample-v1.agb) decodes to the bucket it was written
-    /// from; regenerate with `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v1`.
+    /// The checked-in sample of version 2 (tests/data/sample-v2.agb) decodes to the bucket it
+    /// was written from, visits included; regenerate with
+    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v2`.
+    #[test]
+    fn sealed_sample_v2_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v2.agb");
+        let (h, mut b, names) = sample();
+        // Visits in a site cell and in all (a late part may hold negative changes).
+        let v = crate::agg::visits::VisitCounts {
+            visits: 3,
+            bounces: -1,
+            views: 5,
+            duration_ms: 120_000,
+        };
+        if let Some(c) = b.sites.values_mut().next() {
+            c.visits = v;
+        }
+        b.all.visits = v;
+        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
+            std::fs::write(&path, encode(&h, &b)).unwrap();
+        }
+        let f = SealedFile::open(&path, h.tier, h.number, 1, names).unwrap();
+        assert_eq!(f.header, h);
+        assert_eq!(lines(&f.to_bucket()), lines(&b));
+        assert_eq!(f.all().visits, v);
+    }
+
+    /// The checked-in sample of version 1 (tests/data/sample-v1.agb, written by an earlier
+    /// build) still decodes to the bucket it was written from, without visits.
     #[test]
     fn sealed_sample_v1_decodes() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v1.agb");
         let (h, b, names) = sample();
-        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
-            std::fs::write(&path, encode(&h, &b)).unwrap();
-        }
         let f = SealedFile::open(&path, h.tier, h.number, 1, names).unwrap();
         assert_eq!(f.header, h);
         assert_eq!(lines(&f.to_bucket()), lines(&b));

@@ -102,6 +102,9 @@ pub struct AggStats {
     pub bad_timestamp: AtomicU64,
     pub invalid_utf8: AtomicU64,
     pub no_vid: AtomicU64,
+    /// Visitors' pageviews and heartbeats received later than `agg.visit_late_allowance`
+    /// after their event time: counted as views and hits, not for visits.
+    pub visit_too_late: AtomicU64,
     /// Increments applied on the shard that made them.
     pub local_incs: AtomicU64,
     /// Increments shipped to other shards, and in how many batches.
@@ -148,6 +151,9 @@ pub struct AggStats {
     /// Gauges: sealed hour and day files mapped, and their bytes.
     pub sealed_files: AtomicU64,
     pub sealed_bytes: AtomicU64,
+    /// Gauges: visitors whose recent visits are kept (`agg::visits`), and their bytes.
+    pub visitors: AtomicU64,
+    pub visitor_bytes: AtomicU64,
     /// Query durations: counts per bucket of [`QUERY_BUCKETS`] (+Inf last), and their sum.
     query_buckets: [AtomicU64; QUERY_BUCKETS.len() + 1],
     pub query_nanos: AtomicU64,
@@ -572,6 +578,11 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             |s| ShardStats::get(&s.agg.no_vid),
         ),
         (
+            "pixeld_agg_visit_too_late_total",
+            "Visitors' pageviews and heartbeats received more than agg.visit_late_allowance after their event time: views and hits, not counted for visits.",
+            |s| ShardStats::get(&s.agg.visit_too_late),
+        ),
+        (
             "pixeld_parse_cache_hits_total",
             "Urls and referrers whose normalised form came from the parser's cache.",
             |s| ShardStats::get(&s.agg.parse_cache_hits),
@@ -709,6 +720,16 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_agg_memory_bytes",
         "Approximate heap bytes of the aggregates (tables, sketches, key names).",
         sum(&|s| ShardStats::get(&s.agg.memory_bytes)),
+    );
+    p.gauge(
+        "pixeld_agg_visitors",
+        "Visitors whose recent visits are kept in memory (until agg.visit_gap + agg.visit_late_allowance after their last event).",
+        sum(&|s| ShardStats::get(&s.agg.visitors)),
+    );
+    p.gauge(
+        "pixeld_agg_visitor_bytes",
+        "Heap bytes of the kept visits (included in pixeld_agg_memory_bytes).",
+        sum(&|s| ShardStats::get(&s.agg.visitor_bytes)),
     );
     p.gauge(
         "pixeld_parse_cache_bytes",

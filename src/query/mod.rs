@@ -447,7 +447,7 @@ impl Hub {
                     Some(Part::Totals(t)) => *t,
                     _ => Totals::default(),
                 };
-                Ok(json!({
+                let mut body = json!({
                     "from": minute_rfc3339(range.from),
                     "to": minute_rfc3339(range.to),
                     "site": site,
@@ -455,10 +455,13 @@ impl Hub {
                     "hits": t.hits,
                     "uniques": t.uniques.unwrap_or(0),
                     "engaged_seconds": t.engaged,
-                    "top_urls": items(parts.get(1)),
-                    "top_ref_domains": items(parts.get(2)),
-                })
-                .to_string())
+                });
+                VisitFields::of(&t, true).insert_into(&mut body);
+                if let Some(o) = body.as_object_mut() {
+                    o.insert("top_urls".into(), items(parts.get(1)));
+                    o.insert("top_ref_domains".into(), items(parts.get(2)));
+                }
+                Ok(body.to_string())
             }
             Request::Realtime { range, site } => {
                 let parts = self
@@ -565,6 +568,8 @@ impl Hub {
             hits: u64,
             uniques: u64,
             engaged_seconds: u64,
+            #[serde(flatten)]
+            visits: VisitFields,
             current_visitors: u64,
             points: Vec<Point>,
             top_urls: Value,
@@ -580,6 +585,7 @@ impl Hub {
             hits: t.hits,
             uniques: t.uniques.unwrap_or(0),
             engaged_seconds: t.engaged,
+            visits: VisitFields::of(&t, true),
             current_visitors: cur.uniques.unwrap_or(0),
             points: points(parts.get(2), range.from, 1),
             top_urls: items(parts.get(3)),
@@ -608,6 +614,49 @@ struct Point {
     hits: u64,
     uniques: Option<u64>,
     engaged_seconds: u64,
+    #[serde(flatten)]
+    visits: VisitFields,
+}
+
+/// The visit figures of an answer (README, "Visits"): counts, and the ratios (null without
+/// visits). All null where visits are not kept (a url's series).
+#[derive(serde::Serialize, Default)]
+pub struct VisitFields {
+    visits: Option<i64>,
+    bounces: Option<i64>,
+    bounce_rate: Option<f64>,
+    /// Pageviews of those visits.
+    visit_views: Option<i64>,
+    views_per_visit: Option<f64>,
+    /// Mean visit duration, in seconds.
+    visit_duration: Option<f64>,
+}
+
+impl VisitFields {
+    /// The figures of `t` (`kept`: false for a url, whose totals hold no visits).
+    pub fn of(t: &Totals, kept: bool) -> Self {
+        if !kept {
+            return VisitFields::default();
+        }
+        let v = &t.visits;
+        let n = v.visits;
+        let ratio = |x: i64, scale: f64| (n > 0).then(|| x as f64 / n as f64 / scale);
+        VisitFields {
+            visits: Some(n),
+            bounces: Some(v.bounces),
+            bounce_rate: ratio(v.bounces, 1.0),
+            visit_views: Some(v.views),
+            views_per_visit: ratio(v.views, 1.0),
+            visit_duration: ratio(v.duration_ms, 1000.0),
+        }
+    }
+
+    /// As JSON fields to merge into an object.
+    fn insert_into(&self, obj: &mut Value) {
+        if let (Ok(Value::Object(m)), Some(o)) = (serde_json::to_value(self), obj.as_object_mut()) {
+            o.extend(m);
+        }
+    }
 }
 
 fn points(p: Option<&Part>, from: i64, step: i64) -> Vec<Point> {
@@ -622,6 +671,7 @@ fn points(p: Option<&Part>, from: i64, step: i64) -> Vec<Point> {
             hits: t.hits,
             uniques: t.uniques,
             engaged_seconds: t.engaged,
+            visits: VisitFields::of(t, t.uniques.is_some()),
         })
         .collect()
 }

@@ -57,13 +57,18 @@ pub const BATCH_INCS: usize = 1024;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
 /// Ring capacity, in batches, per ordered pair of shards.
 pub const RING_BATCHES: usize = 64;
+/// How far behind its wall clock a live shard puts its receive clock: more than a record
+/// can take from its receive time to its routing (a TCP read parked under push-back, a
+/// slow HTTP body), so that no record routed later was received before it.
+pub const CLOCK_MARGIN_MS: i64 = 60_000;
 
 /// What crosses a ring.
 #[derive(Debug)]
 pub enum RouteMsg {
     Batch(Batch),
-    /// Nothing more for this owner from records below this offset of the sender's log.
-    Mark(u64),
+    /// Nothing more for this owner from records below this offset of the sender's log, and
+    /// the sender's receive clock (see [`Batch::clock_ms`]).
+    Mark(u64, i64),
     /// The sender finished replaying its log up to this offset (its end at start): every
     /// increment of the replay is ahead of this.
     Rebuilt(u64),
@@ -109,6 +114,9 @@ impl Repairs {
 pub struct Window {
     pub floor: i64,
     pub future: i64,
+    /// `agg.visit_late_allowance`: a hit received later than this after its event time does
+    /// not count for visits.
+    pub visit_late_allowance_ms: i64,
 }
 
 /// Parses one record's message and makes its increments: the url's, the referrer domain's
@@ -126,6 +134,7 @@ pub fn increments(
     msg: &[u8],
     mut emit: impl FnMut(usize, Inc, &str, &str),
 ) {
+    let late_allowance_ms = window.visit_late_allowance_ms;
     let s = stats;
     let ev = match parser.parse_message(msg) {
         Ok(ev) => ev,
@@ -178,12 +187,16 @@ pub fn increments(
     }
     // A hit without a visitor id still counts in the totals, on the shard that appended it.
     let owner = vid.map_or(me, |h| epochs.owner_of_visitor(h, minute, shards));
-    emit(
-        owner,
-        Inc::new(IncKind::Visitor, pv, minute, engaged, vid),
-        ev.site,
-        "",
-    );
+    let mut inc = Inc::new(IncKind::Visitor, pv, minute, engaged, vid);
+    if vid.is_some() && matches!(ev.action, Action::Pageview | Action::Heartbeat) {
+        // Decided here, from the record alone, so that the catch-up decides the same.
+        if recv_ms.saturating_sub(ts_ms) > late_allowance_ms {
+            ShardStats::bump(&s.visit_too_late, 1);
+        } else {
+            inc = inc.with_visit(ts_ms);
+        }
+    }
+    emit(owner, inc, ev.site, "");
 }
 
 /// One shard's router: its parser, its partition of the aggregates, its outgoing batches.
@@ -212,8 +225,16 @@ pub struct Router {
     /// Per source: the highest stamp applied here, and whether its replay has arrived.
     applied: RefCell<Vec<u64>>,
     caught_up: RefCell<Vec<bool>>,
-    /// Per peer: the last stamp sent (batch or mark).
+    /// Per peer: the last stamp sent (batch or mark), and the receive clock sent with it.
     marked: RefCell<Vec<u64>>,
+    marked_clock: RefCell<Vec<i64>>,
+    /// This shard's receive clock: while it replays its log, the receive time of the record
+    /// replayed last (the log is in receive order, and live records come later); once its
+    /// replay is done, the wall clock less [`CLOCK_MARGIN_MS`]. 0: not known yet.
+    replay_clock: Cell<i64>,
+    replay_done: Cell<bool>,
+    /// Per source: the highest receive clock it has sent (this shard's own entry unused).
+    clocks: RefCell<Vec<i64>>,
 }
 
 impl Router {
@@ -246,6 +267,10 @@ impl Router {
             applied: RefCell::new(vec![0; shards]),
             caught_up: RefCell::new(vec![false; shards]),
             marked: RefCell::new(vec![0; shards]),
+            marked_clock: RefCell::new(vec![0; shards]),
+            replay_clock: Cell::new(0),
+            replay_done: Cell::new(false),
+            clocks: RefCell::new(vec![0; shards]),
         })
     }
 
@@ -297,6 +322,8 @@ impl Router {
     /// Routes one record replayed from the log at start, to the owners whose loaded state
     /// does not hold it yet.
     fn replayed(&self, offset: u64, recv_ts: u64, bytes: &[u8]) {
+        let recv_ms = (recv_ts / 1_000_000) as i64;
+        self.replay_clock.set(self.replay_clock.get().max(recv_ms));
         self.replay_at.set(Some(offset));
         self.record(recv_ts, bytes);
         self.replay_at.set(None);
@@ -322,12 +349,16 @@ impl Router {
     /// Routes one appended record whose syslog header the caller already stripped (`msg` is
     /// the whole record when it had none).
     pub fn record_message(&self, recv_ts: u64, msg: &[u8]) {
-        let (now, future, floor) = {
+        let (now, window) = {
             let agg = self.agg.borrow();
             let now = self.now_min.get();
-            (now, agg.cfg.future_minutes, agg.day_floor(now))
+            let window = Window {
+                floor: agg.day_floor(now),
+                future: agg.cfg.future_minutes,
+                visit_late_allowance_ms: agg.cfg.visits.late_allowance_ms,
+            };
+            (now, window)
         };
-        let window = Window { floor, future };
         increments(
             &mut self.parser.borrow_mut(),
             &self.stats.agg,
@@ -407,13 +438,45 @@ impl Router {
     fn take_stamped(&self, peer: usize, pending: &mut Batch) -> Batch {
         let mut batch = std::mem::take(pending);
         batch.upto = self.live_next.get();
-        self.set_marked(peer, batch.upto);
+        batch.clock_ms = self.receive_clock();
+        self.set_marked(peer, batch.upto, batch.clock_ms);
         batch
     }
 
-    fn set_marked(&self, peer: usize, upto: u64) {
+    fn set_marked(&self, peer: usize, upto: u64, clock_ms: i64) {
         if let Some(m) = self.marked.borrow_mut().get_mut(peer) {
             *m = upto;
+        }
+        if let Some(m) = self.marked_clock.borrow_mut().get_mut(peer) {
+            *m = clock_ms;
+        }
+    }
+
+    /// This shard's receive clock (see `replay_clock`).
+    fn receive_clock(&self) -> i64 {
+        if self.replay_done.get() {
+            let wall = (crate::sys::now_ns() / 1_000_000) as i64 - CLOCK_MARGIN_MS;
+            self.replay_clock.set(self.replay_clock.get().max(wall));
+        }
+        self.replay_clock.get()
+    }
+
+    /// The receive clock below which no source will send this owner a record any more: the
+    /// lowest of every source's (0 while one has not said).
+    fn owner_clock(&self) -> i64 {
+        let own = self.receive_clock();
+        self.clocks
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|&(src, _)| src != self.me)
+            .map(|(_, &c)| c)
+            .fold(own, i64::min)
+    }
+
+    fn note_clock(&self, src: usize, clock_ms: i64) {
+        if let Some(c) = self.clocks.borrow_mut().get_mut(src) {
+            *c = (*c).max(clock_ms);
         }
     }
 
@@ -425,15 +488,27 @@ impl Router {
             return;
         };
         let next = self.live_next.get();
+        let clock = self.receive_clock();
         for peer in (0..self.shards).filter(|&p| p != self.me) {
-            let stale = self.marked.borrow().get(peer).is_some_and(|&m| m < next);
+            // A quiet source still moves its clock on, so that owners can forget visits.
+            let stale = self.marked.borrow().get(peer).is_some_and(|&m| m < next)
+                || self
+                    .marked_clock
+                    .borrow()
+                    .get(peer)
+                    .is_some_and(|&c| c + 1000 <= clock);
             let empty = self
                 .pending
                 .borrow()
                 .get(peer)
                 .is_some_and(|b| b.is_empty());
-            if stale && empty && senders.try_send_to(peer, RouteMsg::Mark(next)).is_ok() {
-                self.set_marked(peer, next);
+            if stale
+                && empty
+                && senders
+                    .try_send_to(peer, RouteMsg::Mark(next, clock))
+                    .is_ok()
+            {
+                self.set_marked(peer, next, clock);
             }
         }
     }
@@ -492,7 +567,13 @@ impl Router {
             }
             if last_evict.elapsed() >= Duration::from_secs(2) {
                 last_evict = Instant::now();
-                self.agg.borrow_mut().evict(self.now_min.get());
+                let clock = self.owner_clock();
+                let mut agg = self.agg.borrow_mut();
+                agg.evict(self.now_min.get());
+                if clock > 0 {
+                    agg.visits.sweep(clock);
+                }
+                drop(agg);
                 self.publish_memory();
             }
         }
@@ -509,6 +590,8 @@ impl Router {
         s.url_cell_bytes.store(m.url_cell_bytes, Ordering::Relaxed);
         s.sealed_files.store(m.sealed_files, Ordering::Relaxed);
         s.sealed_bytes.store(m.sealed_bytes, Ordering::Relaxed);
+        s.visitors.store(m.visitors, Ordering::Relaxed);
+        s.visitor_bytes.store(m.visitor_bytes, Ordering::Relaxed);
         s.stale_incs.store(agg.stale, Ordering::Relaxed);
         let parser = self.parser.borrow();
         let c = parser.cache_counts();
@@ -526,8 +609,12 @@ impl Router {
                     self.agg.borrow_mut().apply_batch(&b, self.now_min.get());
                     ShardStats::add(&self.stats.agg.applied_incs, b.len() as u64);
                     self.note_applied(src, b.upto);
+                    self.note_clock(src, b.clock_ms);
                 }
-                RouteMsg::Mark(upto) => self.note_applied(src, upto),
+                RouteMsg::Mark(upto, clock) => {
+                    self.note_applied(src, upto);
+                    self.note_clock(src, clock);
+                }
                 RouteMsg::Rebuilt(end) => {
                     self.note_applied(src, end);
                     if let Some(c) = self.caught_up.borrow_mut().get_mut(src) {
@@ -550,13 +637,15 @@ impl Router {
     /// routed), and marks its own.
     async fn announce_rebuilt(&self, end: u64) {
         self.flush(1).await;
+        self.replay_done.set(true);
+        let clock = self.receive_clock();
         if let Some(c) = self.caught_up.borrow_mut().get_mut(self.me) {
             *c = true;
         }
         if let Some(senders) = &self.senders {
             for peer in (0..self.shards).filter(|&p| p != self.me) {
                 let _ = senders.send_to(peer, RouteMsg::Rebuilt(end)).await;
-                self.set_marked(peer, end);
+                self.set_marked(peer, end, clock);
             }
         }
     }

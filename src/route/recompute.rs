@@ -41,6 +41,7 @@ pub fn recompute(
     let window = crate::route::Window {
         floor: expected[0].day_floor(now),
         future: cfg.future_minutes,
+        visit_late_allowance_ms: cfg.visits.late_allowance_ms,
     };
     let stats = AggStats::default();
     let mut parser = EventParser::new(cfg.event.clone());
@@ -78,7 +79,12 @@ pub fn recompute(
         )?;
         // Records before the first one read are gone: buckets they could reach are skipped.
         if let Some(first) = read.first.filter(|f| f.offset > 0) {
-            let m = (first.recv_ts / 60_000_000_000) as i64 + cfg.future_minutes + 1;
+            // A visit whose first events were deleted starts later here than it did: one
+            // may start up to a gap (plus the late allowance) after the first record kept.
+            let v = &cfg.visits;
+            let visit_minutes = (v.gap_ms + v.late_allowance_ms + 59_999) / 60_000;
+            let m =
+                (first.recv_ts / 60_000_000_000) as i64 + cfg.future_minutes + 1 + visit_minutes;
             from_minute = from_minute.max(m);
         }
         rc.records += read.records;

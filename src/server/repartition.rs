@@ -67,6 +67,7 @@ pub fn run(cfg: &Config) -> Vec<String> {
     let window = crate::route::Window {
         floor: aggs[0].day_floor(now),
         future: cfg.agg.future_minutes,
+        visit_late_allowance_ms: cfg.agg.visits.late_allowance_ms,
     };
     let stats = AggStats::default();
     let mut parser = EventParser::new(cfg.agg.event.clone());

@@ -58,7 +58,7 @@ use super::super::{Aggregates, Bucket, Res};
 /// The eight bytes every checkpoint starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGCK1";
 /// The checkpoint format version this build writes and reads.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Size of the fixed header before the applied offsets.
 pub const HEADER_LEN: usize = 64;
 /// Largest shard count a header may declare; more is corruption.
@@ -171,6 +171,7 @@ fn encode_inner(agg: &mut Aggregates, e: &Header, consume: bool) -> Vec<u8> {
         }
     }
     out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+    agg.visits.put(&mut out);
     let body_len = (out.len() - body_at) as u64;
     out[56..64].copy_from_slice(&body_len.to_le_bytes());
     let crc = crc32c::crc32c(&out);
@@ -189,7 +190,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, FormatError> {
     let (data, crc) = bytes.split_at(bytes.len() - 4);
     let mut c = Cursor::new(data, 8);
     let version = u16::from_le_bytes([data[8], data[9]]);
-    if version != VERSION && version != 1 {
+    if !(1..=VERSION).contains(&version) {
         return Err(FormatError::Version(version));
     }
     let mut want = [0u8; 4];
@@ -262,6 +263,7 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
         &bytes[..bytes.len() - 4],
         HEADER_LEN + 8 * h.shards as usize,
     );
+    c.visits = h.version >= 3;
     get_names(&mut c, &mut agg.sites)?;
     let new_urls = get_names(&mut c, &mut agg.urls)?;
     for _ in 0..new_urls {
@@ -297,6 +299,10 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
         if let Some(s) = slot {
             *s = b;
         }
+    }
+    if h.version >= 3 {
+        // Every link carries the whole table: the newest one's is the state's.
+        agg.visits.get(&mut c, names.0)?;
     }
     if c.at != c.b.len() {
         return Err(FormatError::Damaged("bytes after the last bucket"));
@@ -489,18 +495,64 @@ pub(crate) mod tests {
         a
     }
 
-    /// The checked-in sample of version 2 (tests/data/sample-v2.agg) decodes to the state it
-    /// was written from; regenerate with `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v2`.
+    /// [`sample_state_v2`] with visits: two visitors on two sites, one of them with a late
+    /// event that joins two visits, one still open.
+    fn sample_state_v3(now: i64) -> Aggregates {
+        let mut a = sample_state_v2(now);
+        let mut b = Batch::default();
+        let t0 = (now - 120) * 60_000;
+        for (site, vid, dt_min, pv, engaged) in [
+            ("a.example", 11u64, 0i64, true, 0u32),
+            ("a.example", 11, 50, true, 0),
+            ("a.example", 11, 25, false, 30),
+            ("b.example", 12, 100, true, 3),
+        ] {
+            let ts = t0 + dt_min * 60_000;
+            let inc = crate::agg::Inc::new(IncKind::Visitor, pv, ts / 60_000, engaged, Some(vid))
+                .with_visit(ts);
+            b.push_inc(inc, site, "");
+        }
+        a.apply_batch(&b, now);
+        a
+    }
+
+    /// The checked-in sample of version 3 (tests/data/sample-v3.agg) decodes to the state it
+    /// was written from, visits and the visitor table included; regenerate with
+    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v3`.
+    #[test]
+    fn sample_v3_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v3.agg");
+        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
+        let now = 29_000_000;
+        let mut a = sample_state_v3(now);
+        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
+            std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let mut r = Aggregates::new(AggConfig::default());
+        let h = decode_into(&bytes, &mut r).unwrap();
+        assert_eq!((h.version, h.kind), (3, Kind::Base));
+        assert_eq!(answers(&r, now), answers(&a, now));
+        assert_eq!(r.visits.entries(), a.visits.entries());
+        assert_eq!(r.visits.len(), 2);
+        let v = r.totals(now - 200, now + 1, None).visits;
+        // The late event joined a's two visits: one visit of 50 minutes, and b's bounce.
+        assert_eq!(
+            (v.visits, v.bounces, v.views, v.duration_ms),
+            (2, 1, 3, 50 * 60_000)
+        );
+    }
+
+    /// The checked-in sample of version 2 (tests/data/sample-v2.agg, written by an earlier
+    /// build) still decodes to the state it was written from, without visits.
     #[test]
     fn sample_v2_decodes() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v2.agg");
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
-        let mut a = sample_state_v2(now);
-        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
-            std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
-        }
+        let a = sample_state_v2(now);
         let bytes = std::fs::read(&path).unwrap();
         let mut r = Aggregates::new(AggConfig::default());
         let h = decode_into(&bytes, &mut r).unwrap();

@@ -94,12 +94,18 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 }
 
 /// A hash of everything that decides how a record aggregates: the event settings (field
-/// names, `url_keep_query`, `heartbeat_seconds`) and this build's aggregation version. A
+/// names, `url_keep_query`, `heartbeat_seconds`), the visit settings and this build's
+/// aggregation version. A
 /// checkpoint written under another fingerprint is not loaded.
 pub fn fingerprint(cfg: &AggConfig) -> u64 {
     /// Bumped whenever the code changes what a record adds to the aggregates.
     const AGGREGATION_VERSION: u32 = 1;
-    let text = format!("v{AGGREGATION_VERSION} {:?}", cfg.event);
+    let mut text = format!("v{AGGREGATION_VERSION} {:?}", cfg.event);
+    // Visits came later: the default settings add nothing, so that an upgrade keeps the store
+    // (its older buckets hold no visits; `rebuild-aggregates` fills those the log still has).
+    if cfg.visits != crate::agg::visits::VisitSettings::default() {
+        text.push_str(&format!(" {:?}", cfg.visits));
+    }
     crate::route::partition::vid_hash(&text)
 }
 
