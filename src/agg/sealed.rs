@@ -31,7 +31,8 @@
 //! | 48      | body_len | cells       | the bucket's cells, as in a checkpoint (`store/format.rs`, "Cells of a bucket") |
 //! | end − 4 | 4        | crc32c      | CRC-32C of every byte before it                          |
 //!
-//! The checked-in sample `tests/data/sample-v1.agb` is decoded by a test.
+//! The checked-in samples `tests/data/sample-v2.agb` (and the older `sample-v1.agb`) are decoded
+//! by tests.
 
 use std::path::{Path, PathBuf};
 

@@ -247,9 +247,12 @@ impl Visits {
         before - self.table.len()
     }
 
-    /// Forgets everything (a re-partition deals visitors anew).
-    pub fn clear(&mut self) {
-        self.table.clear();
+    /// Takes every visitor of `other` (another owner's, before a re-partition), its site ids
+    /// translated by `site`. Visitors of two owners never collide: each had its own.
+    pub fn take_from(&mut self, other: &Visits, mut site: impl FnMut(u32) -> u32) {
+        for (&(s, vid), runs) in &other.table {
+            self.table.insert((site(s), vid), runs.clone());
+        }
     }
 
     /// Every visitor's visits, sorted by (site, visitor): what a checkpoint writes.

@@ -6,14 +6,14 @@
 //! [`Aggregates`]; nothing else reads or writes these bytes. Decoding never trusts the disk:
 //! the CRC is checked before anything else, every length is bounds-checked before it is used,
 //! and no input can make it panic (a proptest feeds it damaged files). A format change comes
-//! with a new version and a new checked-in sample (`tests/data/sample-v1.agg`, decoded by a
-//! test).
+//! with a new version and a new checked-in sample (`tests/data/sample-v3.agg`; the older
+//! `sample-v2.agg` and `sample-v1.agg` are still decoded by tests).
 //!
-//! # Checkpoint file, format version 2 (all integers little-endian; version 1 is still read)
+//! # Checkpoint file, format version 3 (all integers little-endian; versions 1 and 2 are still read)
 //! | at      | size    | field        | meaning                                                           |
 //! |---------|---------|--------------|-------------------------------------------------------------------|
 //! |  0      | 8       | magic        | `PXAGGCK1`                                                        |
-//! |  8      | 2       | version      | 2 (1: no day tier, no sealed list)                                |
+//! |  8      | 2       | version      | 3 (2: no visits; 1: no day tier, no sealed list either)           |
 //! | 10      | 1       | kind         | 0 = base (the whole state), 1 = delta (what changed since `parent`) |
 //! | 11      | 1       | reserved     | 0                                                                 |
 //! | 12      | 4       | shards       | shard count of the run that wrote it                              |
@@ -36,6 +36,7 @@
 //! | 4 + n × 9        | sealed    | version 2: u32 n, then n × (u8 tier, i64 bucket number), ascending: every bucket whose closed part is a sealed file (`agg::sealed`); the newest link's list is the store's |
 //! | 4                | buckets   | number of buckets that follow                                 |
 //! | per bucket       | bucket    | u8 tier (0 = minute, 1 = hour, 2 = day), i64 bucket number (minutes, hours or days since the epoch), then its cells (for a sealed bucket: what arrived after it was sealed) |
+//! | 4 + visitors     | visitors  | version 3: the whole table of recent visits (`agg::visits`), in every link (the newest link's is the state's): u32 n, then n × (u32 site id, u64 visitor hash, u32 k, k × (i64 first event ms, i64 last event ms, u32 pageviews, u32 engaged seconds)), sorted by (site, visitor), each visitor's visits ascending and more than `agg.visit_gap` apart |
 //!
 //! Cells of a bucket, each table sorted by key (so the same state always writes the same bytes):
 //! | size                 | field | meaning                                              |
@@ -45,7 +46,9 @@
 //! | 4 + n × (4 + cell)   | sites | u32 n, then (u32 site id, site cell)                |
 //! | cell                 | all   | the site cell of all sites                           |
 //!
-//! Site cell: u64 views, u64 hits, u64 engaged seconds, then the uniques: u8 0 = exact set
+//! Site cell: u64 views, u64 hits, u64 engaged seconds, (version 3) four i64 visit counts —
+//! visits, bounces, pageviews of those visits, their summed duration in ms (signed: the late
+//! part of a sealed bucket may retract what its file holds) — then the uniques: u8 0 = exact set
 //! (u32 n, n × u64 visitor hashes, ascending) or u8 1 = sketch (u64 `data` word, u32 n, n × u32
 //! words: `cardinality-estimator`'s own serialized form; when n > 0 only the word's low two
 //! bits, the representation tag, are kept). A bucket in a delta replaces the whole
