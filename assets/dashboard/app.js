@@ -85,7 +85,7 @@
 
   // ---- formatting --------------------------------------------------------------------------
   function duration(s) {
-    if (s < 60) return nf.format(s) + ' s';
+    if (s < 60) return nf.format(Math.round(s)) + ' s';
     if (s < 3600) return nf1.format(s / 60) + ' min';
     return nf1.format(s / 3600) + ' h';
   }
@@ -94,8 +94,15 @@
     const tile = $(id);
     const v = tile.querySelector('.value');
     v.dataset.value = String(value);
-    v.textContent = fmt ? fmt(value) : nf.format(value);
     const d = tile.querySelector('.delta');
+    if (value == null) {
+      // A ratio of a range without visits.
+      v.textContent = '–';
+      d.textContent = '';
+      d.dataset.dir = '';
+      return;
+    }
+    v.textContent = fmt ? fmt(value) : nf.format(value);
     if (prev == null) { d.textContent = ''; d.dataset.dir = ''; return; }
     if (prev === 0) {
       d.textContent = value === 0 ? 'no change vs previous period' : 'new vs previous period (was 0)';
@@ -117,6 +124,9 @@
     setTile('t-views', h.views, p && p.views);
     setTile('t-uniques', h.uniques, p && p.uniques);
     setTile('t-engaged', h.engaged_seconds, p && p.engaged_seconds, duration);
+    setTile('t-visits', h.visits, p && p.visits);
+    setTile('t-bounce', h.bounce_rate, p && p.bounce_rate, (x) => pf.format(x));
+    setTile('t-duration', h.visit_duration, p && p.visit_duration, duration);
     if (h.current_visitors != null) setTile('t-current', h.current_visitors, null);
     const main = $('main');
     main.dataset.from = String(st.from);

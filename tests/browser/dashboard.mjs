@@ -40,6 +40,9 @@ async function shown(page) {
     return {
       from: Number(m.dataset.from), to: Number(m.dataset.to), site: m.dataset.site, range: m.dataset.range,
       views: Number(v.dataset.value), viewsText: v.textContent,
+      visits: document.querySelector('#t-visits .value').dataset.value,
+      bounce: document.querySelector('#t-bounce .value').dataset.value,
+      visitDuration: document.querySelector('#t-duration .value').dataset.value,
       viewsFormatted: new Intl.NumberFormat(undefined).format(Number(v.dataset.value)),
       top: list,
       points: Number(document.getElementById('chart').dataset.points),
@@ -58,6 +61,10 @@ async function compareWithApi(page, step, label) {
   assert.equal(digits(s.viewsText), String(sum.views), `${label}: headline text ${s.viewsText}`);
   assert.equal(s.viewsText, s.viewsFormatted, `${label}: headline not in the locale's format`);
   ok(`${label}: headline views ${s.viewsText} = /v1/summary`);
+  assert.deepEqual([s.visits, s.bounce, s.visitDuration],
+    [String(sum.visits), String(sum.bounce_rate), String(sum.visit_duration)],
+    `${label}: headline visits, bounce rate, visit duration differ from /v1/summary`);
+  ok(`${label}: headline visits ${s.visits}, bounce rate ${s.bounce}, visit duration ${s.visitDuration} = /v1/summary`);
   const top = await api(`/v1/top?dim=url&limit=10&${range}`);
   assert.deepEqual(s.top, top.items, `${label}: top pages differ from /v1/top`);
   assert.ok(s.top.length > 0, `${label}: no top pages shown`);
