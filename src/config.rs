@@ -742,16 +742,18 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
             bounce_engaged_seconds: a.bounce_engaged_seconds,
         },
     };
-    for (field, text, ms) in [
-        ("agg.visit_gap", &a.visit_gap, agg.visits.gap_ms),
+    for (field, text, ms, max) in [
+        ("agg.visit_gap", &a.visit_gap, agg.visits.gap_ms, "24h"),
         (
             "agg.visit_late_allowance",
             &a.visit_late_allowance,
             agg.visits.late_allowance_ms,
+            "7d",
         ),
     ] {
-        if ms > 24 * 3_600_000 {
-            return Err(c.invalid(field, format!("is {text:?}; must be at most 24h")));
+        let max_ms = parse_duration(max).map_or(0, |d| d.as_millis() as i64);
+        if ms > max_ms {
+            return Err(c.invalid(field, format!("is {text:?}; must be at most {max}")));
         }
     }
     if a.bounce_engaged_seconds > 3600 {

@@ -154,7 +154,8 @@ pub fn split(old: &[Aggregates], n: usize) -> Vec<Part> {
         // Visits in progress go where the old owner's site cells went, as its visitors'
         // increments do until the next UTC midnight (`route::partition::Epochs`).
         let t = &mut to[o % n];
-        t.visits.take_from(&from.visits, |id| t.sites.intern(from.sites.name(id)).0);
+        t.visits
+            .take_from(&from.visits, |id| t.sites.intern(from.sites.name(id)).0);
         // Lost sealed files still to be recomputed from the logs: every new owner recomputes
         // its keys of them.
         for a in &mut to {
