@@ -622,6 +622,14 @@ impl Aggregates {
         }
     }
 
+    /// Forgets the visits of repair records (once every source's replay has arrived, no
+    /// more come).
+    pub fn end_repairs(&mut self) {
+        if !self.repair_visits.is_empty() {
+            self.repair_visits = Visits::new(self.cfg.visits);
+        }
+    }
+
     /// Adds a change of what visits starting in `at.minute` add to `site`'s cells.
     fn apply_visit_change(&mut self, at: &Inc, site: &str, c: &VisitCounts, now_min: i64) {
         let (s, _) = self.sites.intern(site);

@@ -573,6 +573,9 @@ impl Router {
                 if clock > 0 {
                     agg.visits.sweep(clock);
                 }
+                if self.complete() {
+                    agg.end_repairs();
+                }
                 drop(agg);
                 self.publish_memory();
             }
