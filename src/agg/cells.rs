@@ -51,6 +51,21 @@ impl SiteCell {
     }
 }
 
+/// Entries and exits of one url in one bucket: visits starting in it that entered or left
+/// the site on that url (signed, like the visit counts, on the visitor's owner).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PageCell {
+    pub entries: i32,
+    pub exits: i32,
+}
+
+impl PageCell {
+    pub fn add(&mut self, o: &PageCell) {
+        self.entries = self.entries.wrapping_add(o.entries);
+        self.exits = self.exits.wrapping_add(o.exits);
+    }
+}
+
 /// Every cell of one bucket on one shard.
 #[derive(Debug, Default, Clone)]
 pub struct Bucket {
@@ -60,6 +75,8 @@ pub struct Bucket {
     pub sites: HashMap<u32, SiteCell>,
     /// All sites (of this shard's visitors).
     pub all: SiteCell,
+    /// Entry and exit pages of this shard's visitors' visits, by url id.
+    pub pages: HashMap<u32, PageCell>,
     /// Changed since the last checkpoint (see `store`).
     pub dirty: bool,
 }
@@ -80,6 +97,9 @@ impl Bucket {
             self.sites.entry(*id).or_default().merge(c);
         }
         self.all.merge(&o.all);
+        for (id, c) in &o.pages {
+            self.pages.entry(*id).or_default().add(c);
+        }
     }
 
     /// Whether it holds no cell at all.
@@ -89,6 +109,7 @@ impl Bucket {
             && self.sites.is_empty()
             && self.all.hits == 0
             && self.all.visits.is_zero()
+            && self.pages.is_empty()
     }
 }
 
@@ -239,6 +260,41 @@ pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
         put_site_cell(out, c);
     }
     put_site_cell(out, &b.all);
+    // Cells whose changes cancelled out are left out.
+    let mut pages: Vec<(&u32, &PageCell)> = b
+        .pages
+        .iter()
+        .filter(|(_, c)| **c != PageCell::default())
+        .collect();
+    pages.sort_unstable_by_key(|(k, _)| **k);
+    put_u32(out, pages.len() as u32);
+    for (id, c) in pages {
+        put_u32(out, *id);
+        put_u32(out, c.entries as u32);
+        put_u32(out, c.exits as u32);
+    }
+}
+
+/// Reads a bucket's page cells (after its all-sites cell), refusing url ids at or above
+/// `urls`.
+pub fn get_pages(
+    c: &mut Cursor<'_>,
+    urls: usize,
+) -> Result<HashMap<u32, PageCell>, FormatError> {
+    let n = c.count(12)?;
+    let mut pages = HashMap::with_capacity(n);
+    for _ in 0..n {
+        let id = c.u32()?;
+        if id as usize >= urls {
+            return Err(FormatError::Damaged("a page cell without a name"));
+        }
+        let cell = PageCell {
+            entries: c.u32()? as i32,
+            exits: c.u32()? as i32,
+        };
+        pages.insert(id, cell);
+    }
+    Ok(pages)
 }
 
 /// Reads one uniques value.
@@ -352,6 +408,9 @@ pub fn get_cells(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Buc
         b.sites.insert(id, get_site_cell(c)?);
     }
     b.all = get_site_cell(c)?;
+    if c.visits {
+        b.pages = get_pages(c, names.1)?;
+    }
     Ok(b)
 }
 

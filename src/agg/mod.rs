@@ -35,11 +35,11 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use buckets::Tier;
-pub use cells::{Bucket, SiteCell, UrlCell};
+pub use cells::{Bucket, PageCell, SiteCell, UrlCell};
 use hll::Uniques;
 use sealed::SealedFile;
 use topn::Ranked;
-use visits::{VisitCounts, VisitSettings, Visits};
+use visits::{Delta, VisitCounts, VisitSettings, Visits};
 
 /// A resolution of the aggregates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -425,6 +425,14 @@ pub fn site_line(c: &SiteCell) -> String {
     )
 }
 
+/// A page cell as one line of text (what `pixeld check --aggregates` compares).
+pub fn page_line(url: &str, c: &PageCell) -> String {
+    format!("page {url:?}: entries {} exits {}", c.entries, c.exits)
+}
+
+/// A bucket's site cells by site name, its all-sites cell and its page cells by url.
+pub type SiteCells = (Vec<(String, SiteCell)>, SiteCell, Vec<(String, PageCell)>);
+
 /// One shard's aggregates.
 #[derive(Debug)]
 pub struct Aggregates {
@@ -603,23 +611,52 @@ impl Aggregates {
         self.apply_counts(inc, site, key, now_min);
         if inc.kind == IncKind::Visitor && inc.visit && inc.has_vid {
             let (s, _) = self.sites.intern(site);
+            // A pageview's key is its url (the visit's entry or exit page, maybe).
+            let url = if inc.pageview && !key.is_empty() {
+                self.intern_url(key, site)
+            } else {
+                visits::NO_URL
+            };
             let visits = if inc.repair {
                 &mut self.repair_visits
             } else {
                 &mut self.visits
             };
-            let mut changes: smallvec::SmallVec<[(i64, VisitCounts); 3]> = Default::default();
-            visits.observe(s, inc.vid, inc.ts_ms, inc.pageview, inc.engaged, |m, c| {
-                changes.push((m, c))
-            });
-            for (minute, c) in changes {
+            let urls = &self.urls;
+            let by_name = |a: u32, b: u32| urls.name(a).cmp(urls.name(b));
+            let mut changes: smallvec::SmallVec<[(i64, Delta); 6]> = Default::default();
+            visits.observe(
+                s,
+                inc.vid,
+                inc.ts_ms,
+                inc.pageview,
+                inc.engaged,
+                url,
+                &by_name,
+                |m, d| changes.push((m, d)),
+            );
+            for (minute, d) in changes {
                 let at = Inc { minute, ..*inc };
+                let page = match d {
+                    Delta::Entry(u, _) | Delta::Exit(u, _) => self.urls.name(u).to_string(),
+                    Delta::Counts(_) => String::new(),
+                };
                 if let Some(r) = self.recording.as_deref_mut() {
-                    r.apply_visit_change(&at, site, &c, now_min);
+                    r.apply_visit_change(&at, site, &d, &page, now_min);
                 }
-                self.apply_visit_change(&at, site, &c, now_min);
+                self.apply_visit_change(&at, site, &d, &page, now_min);
             }
         }
+    }
+
+    /// The id of url `name` (of `site`), interned if new.
+    fn intern_url(&mut self, name: &str, site: &str) -> u32 {
+        let (id, new) = self.urls.intern(name);
+        if new {
+            let (s, _) = self.sites.intern(site);
+            self.url_site.push(s);
+        }
+        id
     }
 
     /// Forgets the visits of repair records (once every source's replay has arrived, no
@@ -630,13 +667,30 @@ impl Aggregates {
         }
     }
 
-    /// Adds a change of what visits starting in `at.minute` add to `site`'s cells.
-    fn apply_visit_change(&mut self, at: &Inc, site: &str, c: &VisitCounts, now_min: i64) {
+    /// Adds a change of what visits starting in `at.minute` add to `site`'s cells, or to the
+    /// entries or exits of url `page`.
+    fn apply_visit_change(&mut self, at: &Inc, site: &str, d: &Delta, page: &str, now_min: i64) {
         let (s, _) = self.sites.intern(site);
-        self.each_bucket(at, now_min, |b| {
-            b.sites.entry(s).or_default().visits.add(c);
-            b.all.visits.add(c);
-        });
+        match *d {
+            Delta::Counts(c) => self.each_bucket(at, now_min, |b| {
+                b.sites.entry(s).or_default().visits.add(&c);
+                b.all.visits.add(&c);
+            }),
+            Delta::Entry(_, n) | Delta::Exit(_, n) => {
+                let u = self.intern_url(page, site);
+                let cell = match d {
+                    Delta::Entry(..) => PageCell {
+                        entries: n,
+                        exits: 0,
+                    },
+                    _ => PageCell {
+                        entries: 0,
+                        exits: n,
+                    },
+                };
+                self.each_bucket(at, now_min, |b| b.pages.entry(u).or_default().add(&cell));
+            }
+        }
     }
 
     /// Applies one increment's counts (not its visit).
@@ -941,6 +995,9 @@ impl Aggregates {
         if b.all.hits > 0 {
             out.push(format!("all sites: {}", site_line(&b.all)));
         }
+        for (id, c) in b.pages.iter().filter(|(_, c)| **c != PageCell::default()) {
+            out.push(page_line(self.urls.name(*id), c));
+        }
         out.sort_unstable();
         out
     }
@@ -953,17 +1010,23 @@ impl Aggregates {
         out
     }
 
-    /// One bucket's site cells by site name, every part merged, and its all-sites cell: what
+    /// One bucket's site cells by site name, every part merged, its all-sites cell and its
+    /// page cells (entries and exits, which live with the visitors too): what
     /// `pixeld check --aggregates` merges over the owners (a site's visitors may be spread
     /// over several owners after a change of the shard count; the union is the same).
-    pub fn site_cells(&self, res: Res, number: i64) -> (Vec<(String, SiteCell)>, SiteCell) {
+    pub fn site_cells(&self, res: Res, number: i64) -> SiteCells {
         let b = self.materialize(res, number);
         let sites = b
             .sites
             .iter()
             .map(|(id, c)| (self.sites.name(*id).to_string(), c.clone()))
             .collect();
-        (sites, b.all)
+        let pages = b
+            .pages
+            .iter()
+            .map(|(id, c)| (self.urls.name(*id).to_string(), *c))
+            .collect();
+        (sites, b.all, pages)
     }
 
     fn key_lines(&self, b: &Bucket) -> Vec<String> {

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use super::cells::{get_cells, get_site_cell, put_cells, put_u32, put_u64};
 use super::cells::{skip_site_counts, skip_uniques};
-use super::cells::{Bucket, Cursor, FormatError, SiteCell, UrlCell};
+use super::cells::{Bucket, Cursor, FormatError, PageCell, SiteCell, UrlCell};
 use super::Res;
 
 /// The eight bytes every sealed bucket file starts with.
@@ -94,8 +94,11 @@ struct Index {
     /// (site id, offset of its cell), ascending by id.
     sites: Vec<(u32, usize)>,
     all_at: usize,
-    /// Whether its site cells carry visit counts (version 2).
+    /// Whether its site cells carry visit counts and it has page cells (version 2).
     visits: bool,
+    /// Page cells (entries, exits): 12-byte records sorted by url id.
+    pages_at: usize,
+    pages: usize,
 }
 
 /// Checks a sealed file's bytes (magic, version, CRC, every length and id against `names`)
@@ -180,6 +183,22 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
     let all_at = c.at;
     skip_site_counts(&mut c)?;
     skip_uniques(&mut c)?;
+    let (mut pages_at, mut pages) = (c.at, 0);
+    if c.visits {
+        pages = c.count(12)?;
+        pages_at = c.at;
+        let mut last = None;
+        for _ in 0..pages {
+            let id = c.u32()?;
+            if id as usize >= names.1 || last.is_some_and(|l| l >= id) {
+                return Err(FormatError::Damaged(
+                    "a page cell without a name or out of order",
+                ));
+            }
+            last = Some(id);
+            c.take(8)?;
+        }
+    }
     if c.at != data.len() {
         return Err(FormatError::Damaged("bytes after the last cell"));
     }
@@ -199,6 +218,8 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
             sites,
             all_at,
             visits: c.visits,
+            pages_at,
+            pages,
         },
     ))
 }
@@ -388,6 +409,19 @@ impl SealedFile {
         None
     }
 
+    /// Every page cell: `(url id, entries and exits)`.
+    pub fn pages(&self) -> impl Iterator<Item = (u32, PageCell)> + '_ {
+        let b = self.b();
+        (0..self.index.pages).map(move |i| {
+            let at = self.index.pages_at + i * 12;
+            let cell = PageCell {
+                entries: le_u32(b, at + 4) as i32,
+                exits: le_u32(b, at + 8) as i32,
+            };
+            (le_u32(b, at), cell)
+        })
+    }
+
     /// Every referrer cell: `(site id << 32 | referrer id, pageviews)`.
     pub fn refs(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         let b = self.b();
@@ -474,8 +508,10 @@ mod tests {
             })
             .collect();
         sites.sort_unstable();
+        let mut pages: Vec<_> = b.pages.iter().collect();
+        pages.sort_unstable_by_key(|x| *x.0);
         format!(
-            "{urls:?} {refs:?} {sites:?} {} {:?} {:?}",
+            "{urls:?} {refs:?} {sites:?} {} {:?} {:?} {pages:?}",
             b.all.hits,
             b.all.visits,
             b.all.uniques.canonical()
@@ -546,10 +582,25 @@ mod tests {
             views: 5,
             duration_ms: 120_000,
         };
-        if let Some(c) = b.sites.values_mut().next() {
+        // The lowest site id: the same site whatever the table's iteration order.
+        if let Some(c) = b.sites.keys().min().copied().and_then(|k| b.sites.get_mut(&k)) {
             c.visits = v;
         }
         b.all.visits = v;
+        b.pages.insert(
+            1,
+            PageCell {
+                entries: 2,
+                exits: -1,
+            },
+        );
+        b.pages.insert(
+            0,
+            PageCell {
+                entries: 1,
+                exits: 3,
+            },
+        );
         if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
             std::fs::write(&path, encode(&h, &b)).unwrap();
         }
@@ -557,6 +608,11 @@ mod tests {
         assert_eq!(f.header, h);
         assert_eq!(lines(&f.to_bucket()), lines(&b));
         assert_eq!(f.all().visits, v);
+        let mut pages: Vec<(u32, PageCell)> = f.pages().collect();
+        pages.sort_by_key(|p| p.0);
+        let mut want: Vec<(u32, PageCell)> = b.pages.iter().map(|(k, c)| (*k, *c)).collect();
+        want.sort_by_key(|p| p.0);
+        assert_eq!(pages, want);
     }
 
     /// The checked-in sample of version 1 (tests/data/sample-v1.agb, written by an earlier

@@ -188,15 +188,20 @@ pub fn increments(
     // A hit without a visitor id still counts in the totals, on the shard that appended it.
     let owner = vid.map_or(me, |h| epochs.owner_of_visitor(h, minute, shards));
     let mut inc = Inc::new(IncKind::Visitor, pv, minute, engaged, vid);
+    let mut page = "";
     if vid.is_some() && matches!(ev.action, Action::Pageview | Action::Heartbeat) {
         // Decided here, from the record alone, so that the catch-up decides the same.
         if recv_ms.saturating_sub(ts_ms) > late_allowance_ms {
             ShardStats::bump(&s.visit_too_late, 1);
         } else {
             inc = inc.with_visit(ts_ms);
+            if pv {
+                // The page may be its visit's entry or exit.
+                page = ev.url;
+            }
         }
     }
-    emit(owner, inc, ev.site, "");
+    emit(owner, inc, ev.site, page);
 }
 
 /// One shard's router: its parser, its partition of the aggregates, its outgoing batches.

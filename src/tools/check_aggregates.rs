@@ -178,12 +178,17 @@ fn compare_sites(
         let mut sites: std::collections::BTreeMap<String, crate::agg::cells::SiteCell> =
             std::collections::BTreeMap::new();
         let mut all = crate::agg::cells::SiteCell::default();
+        let mut pages: std::collections::BTreeMap<String, crate::agg::PageCell> =
+            std::collections::BTreeMap::new();
         for a in states {
-            let (s, al) = a.site_cells(res, b);
+            let (s, al, p) = a.site_cells(res, b);
             for (name, c) in s {
                 sites.entry(name).or_default().merge(&c);
             }
             all.merge(&al);
+            for (url, c) in p {
+                pages.entry(url).or_default().add(&c);
+            }
         }
         let mut lines: Vec<String> = sites
             .iter()
@@ -192,6 +197,12 @@ fn compare_sites(
         if all.hits > 0 {
             lines.push(format!("all sites: {}", crate::agg::site_line(&all)));
         }
+        lines.extend(
+            pages
+                .iter()
+                .filter(|(_, c)| **c != crate::agg::PageCell::default())
+                .map(|(u, c)| crate::agg::page_line(u, c)),
+        );
         lines
     };
     let first = expected.first()?;
@@ -218,7 +229,7 @@ fn compare_sites(
                 let missing = want.iter().find(|w| !have.contains(w));
                 let extra = have.iter().find(|h| !want.contains(h));
                 return Some(format!(
-                    "{} bucket {} (site cells over all owners): the log gives {} but the store has {}",
+                    "{} bucket {} (site and page cells over all owners): the log gives {} but the store has {}",
                     res.as_str(),
                     crate::query::params::minute_rfc3339(b * width),
                     missing.map_or("nothing more", |s| s.as_str()),

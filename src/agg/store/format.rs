@@ -305,7 +305,7 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
     }
     if h.version >= 3 {
         // Every link carries the whole table: the newest one's is the state's.
-        agg.visits.get(&mut c, names.0)?;
+        agg.visits.get(&mut c, names.0, names.1)?;
     }
     if c.at != c.b.len() {
         return Err(FormatError::Damaged("bytes after the last bucket"));
@@ -504,16 +504,16 @@ pub(crate) mod tests {
         let mut a = sample_state_v2(now);
         let mut b = Batch::default();
         let t0 = (now - 120) * 60_000;
-        for (site, vid, dt_min, pv, engaged) in [
-            ("a.example", 11u64, 0i64, true, 0u32),
-            ("a.example", 11, 50, true, 0),
-            ("a.example", 11, 25, false, 30),
-            ("b.example", 12, 100, true, 3),
+        for (site, vid, dt_min, pv, engaged, page) in [
+            ("a.example", 11u64, 0i64, true, 0u32, "https://a.example/in"),
+            ("a.example", 11, 50, true, 0, "https://a.example/out"),
+            ("a.example", 11, 25, false, 30, ""),
+            ("b.example", 12, 100, true, 3, "https://b.example/"),
         ] {
             let ts = t0 + dt_min * 60_000;
             let inc = crate::agg::Inc::new(IncKind::Visitor, pv, ts / 60_000, engaged, Some(vid))
                 .with_visit(ts);
-            b.push_inc(inc, site, "");
+            b.push_inc(inc, site, page);
         }
         a.apply_batch(&b, now);
         a
@@ -545,6 +545,25 @@ pub(crate) mod tests {
             (v.visits, v.bounces, v.views, v.duration_ms),
             (2, 1, 3, 50 * 60_000)
         );
+        let m = (now - 120, now - 20);
+        for (agg, what) in [(&a, "written"), (&r, "read")] {
+            let b = agg.materialize(Res::Minute, m.0);
+            let mut pages: Vec<(String, i32, i32)> = b
+                .pages
+                .iter()
+                .map(|(id, c)| (agg.urls.name(*id).to_string(), c.entries, c.exits))
+                .collect();
+            pages.sort();
+            assert_eq!(
+                pages,
+                vec![
+                    ("https://a.example/in".to_string(), 1, 0),
+                    ("https://a.example/out".to_string(), 0, 1)
+                ],
+                "{what}"
+            );
+            assert_eq!(agg.materialize(Res::Minute, m.1).pages.len(), 1, "{what}");
+        }
     }
 
     /// The checked-in sample of version 2 (tests/data/sample-v2.agg, written by an earlier

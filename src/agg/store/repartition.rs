@@ -112,6 +112,18 @@ fn deal(
         out[t].sites.entry(s).or_default().merge(cell);
     }
     out[t].all.merge(&b.all);
+    // Entry and exit pages live with the visitors, like the site cells.
+    for (&id, cell) in &b.pages {
+        let agg = &mut to[t];
+        let name = from.urls.name(id);
+        let (nid, new) = agg.urls.intern(name);
+        if new {
+            let site = from.url_site.get(id as usize).copied().unwrap_or(0);
+            let (s, _) = agg.sites.intern(from.sites.name(site));
+            agg.url_site.push(s);
+        }
+        out[t].pages.entry(nid).or_default().add(cell);
+    }
 }
 
 /// The new owners' stores for `n` shards, from every old owner's state (`old[o]` is old owner
@@ -154,8 +166,18 @@ pub fn split(old: &[Aggregates], n: usize) -> Vec<Part> {
         // Visits in progress go where the old owner's site cells went, as its visitors'
         // increments do until the next UTC midnight (`route::partition::Epochs`).
         let t = &mut to[o % n];
-        t.visits
-            .take_from(&from.visits, |id| t.sites.intern(from.sites.name(id)).0);
+        let (sites, urls, url_site) = (&mut t.sites, &mut t.urls, &mut t.url_site);
+        t.visits.take_from(&from.visits, |is_url, id| {
+            if !is_url {
+                return sites.intern(from.sites.name(id)).0;
+            }
+            let (u, new) = urls.intern(from.urls.name(id));
+            if new {
+                let s = from.url_site.get(id as usize).copied().unwrap_or(0);
+                url_site.push(sites.intern(from.sites.name(s)).0);
+            }
+            u
+        });
         // Lost sealed files still to be recomputed from the logs: every new owner recomputes
         // its keys of them.
         for a in &mut to {
