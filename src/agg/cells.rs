@@ -277,10 +277,7 @@ pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
 
 /// Reads a bucket's page cells (after its all-sites cell), refusing url ids at or above
 /// `urls`.
-pub fn get_pages(
-    c: &mut Cursor<'_>,
-    urls: usize,
-) -> Result<HashMap<u32, PageCell>, FormatError> {
+pub fn get_pages(c: &mut Cursor<'_>, urls: usize) -> Result<HashMap<u32, PageCell>, FormatError> {
     let n = c.count(12)?;
     let mut pages = HashMap::with_capacity(n);
     for _ in 0..n {

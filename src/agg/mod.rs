@@ -368,15 +368,60 @@ pub enum Dim {
     Url,
     RefDomain,
     Site,
+    /// Urls by the visits that entered on them (`agg::visits`).
+    EntryPage,
+    /// Urls by the visits that left from them.
+    ExitPage,
+    /// Urls by engaged seconds (a top list's `sort=engaged_seconds`).
+    UrlEngaged,
 }
 
 impl Dim {
     pub fn as_str(self) -> &'static str {
         match self {
-            Dim::Url => "url",
+            Dim::Url | Dim::UrlEngaged => "url",
             Dim::RefDomain => "ref_domain",
             Dim::Site => "site",
+            Dim::EntryPage => "entry_page",
+            Dim::ExitPage => "exit_page",
         }
+    }
+
+    /// Whether its cells are partitioned by visitor (site totals, entry and exit pages), so
+    /// that every shard holds part of a key's count: the shards then send all their keys,
+    /// and the merge adds them up before ranking.
+    pub fn by_visitor(self) -> bool {
+        matches!(self, Dim::Site | Dim::EntryPage | Dim::ExitPage)
+    }
+
+    /// The name of the count a top list of it ranks by.
+    pub fn metric(self) -> &'static str {
+        match self {
+            Dim::EntryPage => "entries",
+            Dim::ExitPage => "exits",
+            Dim::UrlEngaged => "engaged_seconds",
+            _ => "views",
+        }
+    }
+}
+
+/// Everything known of one url over a range on one shard (a top list's items with `sort=`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UrlStats {
+    pub views: u64,
+    pub hits: u64,
+    pub engaged: u64,
+    pub entries: i64,
+    pub exits: i64,
+}
+
+impl UrlStats {
+    pub fn add(&mut self, o: &UrlStats) {
+        self.views += o.views;
+        self.hits += o.hits;
+        self.engaged += o.engaged;
+        self.entries += o.entries;
+        self.exits += o.exits;
     }
 }
 
@@ -1091,9 +1136,29 @@ impl Aggregates {
         };
         let parts = self.parts(from, to);
         let (names, sums) = match dim {
-            Dim::Url => {
+            Dim::EntryPage | Dim::ExitPage => {
+                let mut acc = vec![0i64; self.urls.len()];
+                let exits = dim == Dim::ExitPage;
+                let mut add = |id: u32, c: &PageCell| {
+                    let keep = site_id.is_none_or(|s| self.url_site.get(id as usize) == Some(&s));
+                    if let Some(a) = acc.get_mut(id as usize).filter(|_| keep) {
+                        *a += i64::from(if exits { c.exits } else { c.entries });
+                    }
+                };
+                for p in &parts {
+                    match p {
+                        PartRef::Mem(b) => b.pages.iter().for_each(|(&id, c)| add(id, c)),
+                        PartRef::File(f) => f.pages().for_each(|(id, c)| add(id, &c)),
+                    }
+                }
+                let acc = acc.into_iter().map(|x| x.max(0) as u64).collect();
+                (&self.urls, acc)
+            }
+            Dim::Url | Dim::UrlEngaged => {
+                let engaged = dim == Dim::UrlEngaged;
                 let mut acc = vec![0u64; self.urls.len()];
-                let mut add = |id: u32, views: u32| {
+                let mut add = |id: u32, c: &UrlCell| {
+                    let views = if engaged { c.engaged } else { c.views };
                     let keep = site_id.is_none_or(|s| self.url_site.get(id as usize) == Some(&s));
                     if keep {
                         if let Some(a) = acc.get_mut(id as usize) {
@@ -1103,8 +1168,8 @@ impl Aggregates {
                 };
                 for p in &parts {
                     match p {
-                        PartRef::Mem(b) => b.urls.iter().for_each(|(&id, c)| add(id, c.views)),
-                        PartRef::File(f) => f.urls().for_each(|(id, c)| add(id, c.views)),
+                        PartRef::Mem(b) => b.urls.iter().for_each(|(&id, c)| add(id, c)),
+                        PartRef::File(f) => f.urls().for_each(|(id, c)| add(id, &c)),
                     }
                 }
                 (&self.urls, acc)
@@ -1158,6 +1223,49 @@ impl Aggregates {
                 views,
             })
             .collect()
+    }
+
+    /// What this shard holds of each of `urls` over `from..to` (its url cells for the urls it
+    /// owns, the entries and exits of its visitors' visits for any), optionally of one site.
+    pub fn url_stats(
+        &self,
+        from: i64,
+        to: i64,
+        urls: &[String],
+        site: Option<&str>,
+    ) -> Vec<UrlStats> {
+        let site_id = site.map(|s| self.sites.get(s));
+        let ids: Vec<Option<u32>> =
+            urls.iter()
+                .map(|u| {
+                    let id = self.urls.get(u)?;
+                    match site_id {
+                        Some(s) => (s.is_some() && self.url_site.get(id as usize) == s.as_ref())
+                            .then_some(id),
+                        None => Some(id),
+                    }
+                })
+                .collect();
+        let mut out = vec![UrlStats::default(); urls.len()];
+        for p in self.parts(from, to) {
+            for (o, id) in out.iter_mut().zip(&ids) {
+                let Some(id) = *id else { continue };
+                let (c, pc) = match p {
+                    PartRef::Mem(b) => (b.urls.get(&id).copied(), b.pages.get(&id).copied()),
+                    PartRef::File(f) => (f.url(id), f.page(id)),
+                };
+                if let Some(c) = c {
+                    o.views += u64::from(c.views);
+                    o.hits += u64::from(c.hits);
+                    o.engaged += u64::from(c.engaged);
+                }
+                if let Some(pc) = pc {
+                    o.entries += i64::from(pc.entries);
+                    o.exits += i64::from(pc.exits);
+                }
+            }
+        }
+        out
     }
 
     /// This shard's totals over `from..to` (its visitors), optionally of one site.

@@ -409,6 +409,27 @@ impl SealedFile {
         None
     }
 
+    /// The page cell of url `id`.
+    pub fn page(&self, id: u32) -> Option<PageCell> {
+        let b = self.b();
+        let (mut lo, mut hi) = (0, self.index.pages);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let at = self.index.pages_at + mid * 12;
+            match le_u32(b, at).cmp(&id) {
+                std::cmp::Ordering::Equal => {
+                    return Some(PageCell {
+                        entries: le_u32(b, at + 4) as i32,
+                        exits: le_u32(b, at + 8) as i32,
+                    })
+                }
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+
     /// Every page cell: `(url id, entries and exits)`.
     pub fn pages(&self) -> impl Iterator<Item = (u32, PageCell)> + '_ {
         let b = self.b();
@@ -583,7 +604,13 @@ mod tests {
             duration_ms: 120_000,
         };
         // The lowest site id: the same site whatever the table's iteration order.
-        if let Some(c) = b.sites.keys().min().copied().and_then(|k| b.sites.get_mut(&k)) {
+        if let Some(c) = b
+            .sites
+            .keys()
+            .min()
+            .copied()
+            .and_then(|k| b.sites.get_mut(&k))
+        {
             c.visits = v;
         }
         b.all.visits = v;

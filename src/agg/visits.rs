@@ -311,7 +311,14 @@ impl Visits {
         }
         for (m, exit, url, d) in pages {
             if d != 0 {
-                change(m, if exit { Delta::Exit(url, d) } else { Delta::Entry(url, d) });
+                change(
+                    m,
+                    if exit {
+                        Delta::Exit(url, d)
+                    } else {
+                        Delta::Entry(url, d)
+                    },
+                );
             }
         }
     }
@@ -477,7 +484,9 @@ mod tests {
 
     fn observe(v: &mut Visits, out: &mut Cells, e: &Ev) {
         let &(site, vid, t, pv, eng, url) = e;
-        v.observe(site, vid, t, pv, eng, url, &by_id, |m, d| out.add(site, m, d));
+        v.observe(site, vid, t, pv, eng, url, &by_id, |m, d| {
+            out.add(site, m, d)
+        });
     }
 
     /// Cells built by observing `evs` in the given order.
@@ -580,8 +589,16 @@ mod tests {
         let mut out = Cells::default();
         for i in 0..50u64 {
             let site = (i % 3) as u32;
-            observe(&mut v, &mut out, &(site, i, i as i64 * MIN, i % 2 == 0, 3, 4));
-            observe(&mut v, &mut out, &(site, i, i as i64 * MIN + 45 * MIN, true, 3, 5));
+            observe(
+                &mut v,
+                &mut out,
+                &(site, i, i as i64 * MIN, i % 2 == 0, 3, 4),
+            );
+            observe(
+                &mut v,
+                &mut out,
+                &(site, i, i as i64 * MIN + 45 * MIN, true, 3, 5),
+            );
         }
         let mut bytes = Vec::new();
         v.put(&mut bytes);

@@ -51,6 +51,13 @@ pub enum Op {
         site: Option<String>,
         url: Option<String>,
     },
+    /// Everything known of these urls (views, hits, engaged seconds on their owners; entries
+    /// and exits on the visitors' owners).
+    UrlStats {
+        range: Range,
+        urls: Vec<String>,
+        site: Option<String>,
+    },
 }
 
 /// One shard's answer to an [`Op`] (or to a step of a live rebuild: see [`rebuild`]).
@@ -59,6 +66,7 @@ pub enum Part {
     Top(Vec<Ranked>),
     Totals(Totals),
     Series(Vec<Totals>),
+    UrlStats(Vec<crate::agg::UrlStats>),
     /// A shard's log frontier at the start of a rebuild (None: still catching up).
     Frontier(usize, Option<Vec<u64>>),
     /// Minute and hour buckets a shard replaced.
@@ -75,17 +83,16 @@ impl Op {
                 site,
                 limit,
             } => {
-                // Site totals are partitioned by visitor, not by site: every shard sends all
-                // its sites and `merge` adds them up before ranking.
-                let limit = if *dim == Dim::Site {
-                    usize::MAX
-                } else {
-                    *limit
-                };
+                // Site totals, entry and exit pages are partitioned by visitor, not by key:
+                // every shard sends all its keys and `merge` adds them up before ranking.
+                let limit = if dim.by_visitor() { usize::MAX } else { *limit };
                 Part::Top(agg.top(*dim, range.from, range.to, site.as_deref(), limit))
             }
             Op::Totals { range, site } => {
                 Part::Totals(agg.totals(range.from, range.to, site.as_deref()))
+            }
+            Op::UrlStats { range, urls, site } => {
+                Part::UrlStats(agg.url_stats(range.from, range.to, urls, site.as_deref()))
             }
             Op::Series {
                 range,
@@ -119,7 +126,7 @@ fn merge(op: &Op, parts: Vec<Part>) -> Part {
                     _ => None,
                 })
                 .collect();
-            if *dim == Dim::Site {
+            if dim.by_visitor() {
                 let mut sums: HashMap<String, u64> = HashMap::new();
                 for r in lists.into_iter().flatten() {
                     *sums.entry(r.key).or_default() += r.views;
@@ -141,6 +148,17 @@ fn merge(op: &Op, parts: Vec<Part>) -> Part {
                 }
             }
             Part::Totals(t)
+        }
+        Op::UrlStats { urls, .. } => {
+            let mut acc = vec![crate::agg::UrlStats::default(); urls.len()];
+            for p in &parts {
+                if let Part::UrlStats(l) = p {
+                    for (a, b) in acc.iter_mut().zip(l) {
+                        a.add(b);
+                    }
+                }
+            }
+            Part::UrlStats(acc)
         }
         Op::Series { .. } => {
             let mut acc: Vec<Totals> = Vec::new();
@@ -372,6 +390,7 @@ impl Hub {
                 range,
                 site,
                 limit,
+                sorted,
             } => {
                 let ops = vec![Op::Top {
                     dim,
@@ -380,14 +399,52 @@ impl Hub {
                     limit,
                 }];
                 let parts = self.run(ops).await?;
-                Ok(json!({
-                    "dim": dim.as_str(),
+                let items = if sorted {
+                    // Every metric of each url ranked: one more fan-out for those urls.
+                    let keys: Vec<String> = match parts.first() {
+                        Some(Part::Top(l)) => l.iter().map(|r| r.key.clone()).collect(),
+                        _ => Vec::new(),
+                    };
+                    let stats = self
+                        .run(vec![Op::UrlStats {
+                            range,
+                            urls: keys.clone(),
+                            site: site.clone(),
+                        }])
+                        .await?;
+                    let stats = match stats.into_iter().next() {
+                        Some(Part::UrlStats(l)) => l,
+                        _ => Vec::new(),
+                    };
+                    keys.iter()
+                        .zip(stats)
+                        .map(|(k, t)| {
+                            json!({
+                                "key": k,
+                                "views": t.views,
+                                "hits": t.hits,
+                                "engaged_seconds": t.engaged,
+                                "entries": t.entries,
+                                "exits": t.exits,
+                            })
+                        })
+                        .collect()
+                } else {
+                    items_of(dim, parts.first())
+                };
+                let mut body = json!({
+                    "dim": if sorted { "url" } else { dim.as_str() },
                     "from": minute_rfc3339(range.from),
                     "to": minute_rfc3339(range.to),
                     "site": site,
-                    "items": items(parts.first()),
-                })
-                .to_string())
+                    "items": items,
+                });
+                if sorted {
+                    if let Some(o) = body.as_object_mut() {
+                        o.insert("sort".into(), json!(dim.metric()));
+                    }
+                }
+                Ok(body.to_string())
             }
             Request::Timeseries {
                 range,
@@ -597,10 +654,20 @@ impl Hub {
 }
 
 fn items(p: Option<&Part>) -> Value {
+    items_of(Dim::Url, p)
+}
+
+/// A top list's items, each with the count it is ranked by (`views`, `entries`, …).
+fn items_of(dim: Dim, p: Option<&Part>) -> Value {
     match p {
         Some(Part::Top(l)) => l
             .iter()
-            .map(|r| json!({"key": r.key, "views": r.views}))
+            .map(|r| {
+                let mut m = serde_json::Map::new();
+                m.insert("key".into(), json!(r.key));
+                m.insert(dim.metric().into(), json!(r.views));
+                Value::Object(m)
+            })
             .collect(),
         _ => json!([]),
     }

@@ -40,10 +40,13 @@ pub const MAX_REALTIME_MINUTES: i64 = 60;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Top {
+        /// What the list ranks by (`sort=` turns `url` into the dimension of that metric).
         dim: Dim,
         range: Range,
         site: Option<String>,
         limit: usize,
+        /// `sort=` given: each item carries every metric of its url.
+        sorted: bool,
     },
     Timeseries {
         range: Range,
@@ -238,16 +241,39 @@ pub fn parse(
 }
 
 fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Request, BadParam> {
-    let p = pairs(query, &["dim", "from", "to", "limit", "site"])?;
-    let dim = match p.get("dim").map(String::as_str) {
+    let p = pairs(query, &["dim", "from", "to", "limit", "site", "sort"])?;
+    let mut dim = match p.get("dim").map(String::as_str) {
         Some("url") | None => Dim::Url,
         Some("ref_domain") => Dim::RefDomain,
         Some("site") => Dim::Site,
+        Some("entry_page") => Dim::EntryPage,
+        Some("exit_page") => Dim::ExitPage,
         Some(other) => {
             return Err(bad(
                 "dim",
-                format!("`{other}`: one of url, ref_domain, site"),
+                format!("`{other}`: one of url, ref_domain, site, entry_page, exit_page"),
             ))
+        }
+    };
+    let sorted = match p.get("sort").map(String::as_str) {
+        None => false,
+        Some(_) if dim != Dim::Url => {
+            return Err(bad("sort", "only with dim=url".to_string()));
+        }
+        Some(by) => {
+            dim = match by {
+                "views" => Dim::Url,
+                "entries" => Dim::EntryPage,
+                "exits" => Dim::ExitPage,
+                "engaged_seconds" => Dim::UrlEngaged,
+                other => {
+                    return Err(bad(
+                        "sort",
+                        format!("`{other}`: one of views, entries, exits, engaged_seconds"),
+                    ))
+                }
+            };
+            true
         }
     };
     Ok(Request::Top {
@@ -255,6 +281,7 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
         range: range(&p, now_ms, cfg, "-1h")?,
         site: site(&p)?,
         limit: number(&p, "limit", 10, MAX_LIMIT as i64)? as usize,
+        sorted,
     })
 }
 
@@ -398,11 +425,28 @@ mod tests {
                     to: now_min + 1
                 },
                 site: None,
-                limit: 10
+                limit: 10,
+                sorted: false,
             }
+        );
+        let sorted = parse("/v1/top", Some("sort=exits"), NOW, &cfg())
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                sorted,
+                Request::Top {
+                    dim: Dim::ExitPage,
+                    sorted: true,
+                    ..
+                }
+            ),
+            "{sorted:?}"
         );
         for (q, param) in [
             ("dim=foo", "dim"),
+            ("sort=uniques", "sort"),
+            ("dim=site&sort=views", "sort"),
             ("limit=0", "limit"),
             ("limit=1001", "limit"),
             ("limit=x", "limit"),
