@@ -13,3 +13,4 @@ mod dashboard_browser;
 mod dashboard_live;
 mod store;
 mod tracker_browser;
+mod visits;

@@ -1,0 +1,1415 @@
+//! Visits (sessions) of a real `pixeld serve` against an independent model: a seeded generator
+//! makes a few thousand lines of realistic visitor behaviour on three sites (multi-page visits
+//! with heartbeats, single-page visits on both sides of the bounce threshold, returning
+//! visitors, visitors on two sites, custom events and hits without a visitor id, events too late
+//! for visits) plus a fourth site of hand-built edge cases (visits joined and extended backwards
+//! by late arrivals, gaps close to `visit_gap` on both sides, heartbeat-only visits, the bounce
+//! threshold, the engaged seconds the parser gives a heartbeat's `inc`), each with its expected
+//! visits written by hand, which the model must reproduce first.
+//!
+//! The config compresses time (`visit_gap = 2m`, `visit_late_allowance = 3m`), so that every
+//! event that takes part in visits is stamped in the 2m30s before it is sent (at most 2m30s
+//! late plus the time to send it) and the deliberately late ones 10 to 60 minutes before (late
+//! by far more than the allowance): no event is near the allowance, no gap between two events
+//! of one visitor on one site is within 1 s of `visit_gap`, whatever the speed of the machine
+//! (the test fails, saying so, if sending took so long that this no longer holds).
+//!
+//! The lines go in three batches, each compared with the model of what was sent so far: the
+//! bulk, shuffled, in several requests; then late arrivals that join and extend visits; then,
+//! after a SIGTERM and a restart, more late arrivals joining and extending visits opened before
+//! the restart, followed at once by a SIGKILL (they were acknowledged, so durable) and a restart
+//! that must replay them; finally the aggregates are deleted and rebuilt from the log. The
+//! summary (whole range, sub-ranges, per site) and the time series (1m and 1h, per site) are
+//! compared field by field: views, hits, uniques and engaged seconds (which the server gives
+//! today) and the visit fields. All ranges are absolute (epoch seconds); event times are
+//! relative to the wall clock at the send, never a fixed date.
+//!
+//! The truth is computed here from what the generator rendered, never by pixeld's code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Map, Value};
+
+use crate::common::{self, http, Server};
+
+const CONFIG: &str = "[agg]\nminute_window = \"2h\"\nhour_window = \"3h\"\nday_window = \"1d\"\n\
+    visit_gap = \"2m\"\nvisit_late_allowance = \"3m\"\nbounce_engaged_seconds = 10\n";
+
+const MIN_MS: i64 = 60_000;
+/// `visit_gap`: consecutive events at most this far apart are one visit.
+const GAP_MS: i64 = 120_000;
+/// `visit_late_allowance`: an event received later than this after its time takes no part.
+const ALLOWANCE_MS: i64 = 180_000;
+/// `bounce_engaged_seconds`.
+const BOUNCE_ENGAGED: u64 = 10;
+/// Events that take part in visits are stamped in [send - SPAN_MS, send - 500 ms] ...
+const SPAN_MS: i64 = 150_000;
+/// ... that is at these offsets from the start of the span, [0, LAST_OFF].
+const LAST_OFF: i64 = SPAN_MS - 500;
+/// Events too late for visits are stamped at least this long before the send.
+const TOO_LATE_MS: i64 = 10 * MIN_MS;
+/// No two consecutive events of a visitor on a site are within this of `visit_gap`.
+const BAND_MS: i64 = 1_000;
+/// The margin kept below the allowance when checking that a batch arrived in time.
+const ARRIVAL_MARGIN_MS: i64 = 5_000;
+
+const SITES: [&str; 3] = ["shop.example.com", "blog.example.org", "news.example.net"];
+/// The site of the hand-built edge cases.
+const EDGE: &str = "edge.example.dev";
+
+const VISIT_KEYS: [&str; 6] = [
+    "visits",
+    "bounces",
+    "visit_views",
+    "bounce_rate",
+    "views_per_visit",
+    "visit_duration",
+];
+const FLOAT_KEYS: [&str; 3] = ["bounce_rate", "views_per_visit", "visit_duration"];
+
+// ---------------------------------------------------------------------------------------------
+// Events and the model.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pageview,
+    Heartbeat,
+    /// `a=event`: a hit, no view, no engaged time, no part in visits.
+    Custom,
+}
+
+/// One event as rendered into a line.
+#[derive(Debug, Clone)]
+struct Ev {
+    /// Event time, ms since the epoch.
+    t: i64,
+    kind: Kind,
+    /// The `inc` field, when the line has one.
+    inc: Option<i64>,
+    /// The canonical (lower-case) site.
+    site: &'static str,
+    vid: Option<String>,
+    /// Stamped [`TOO_LATE_MS`] or more before it is sent: too late for visits.
+    too_late: bool,
+    /// The request it is sent in: 1 the bulk, 2 the late arrivals, 3 after the restart.
+    batch: u8,
+}
+
+impl Ev {
+    /// Engaged seconds as the event spec gives them: a heartbeat's `inc` when it is an integer
+    /// in 0..=3600, else `heartbeat_seconds` (10); nothing for a pageview or a custom event
+    /// (whatever their `inc`).
+    fn engaged(&self) -> u64 {
+        match (self.kind, self.inc) {
+            (Kind::Heartbeat, Some(i)) if (0..=3600).contains(&i) => i as u64,
+            (Kind::Heartbeat, _) => 10,
+            _ => 0,
+        }
+    }
+
+    /// Whether it takes part in visits.
+    fn eligible(&self) -> bool {
+        self.vid.is_some() && self.kind != Kind::Custom && !self.too_late
+    }
+}
+
+/// One visit of the model.
+#[derive(Debug, Clone)]
+struct Visit {
+    site: &'static str,
+    vid: String,
+    /// The minute of its first event.
+    minute: i64,
+    pageviews: u64,
+    duration_ms: i64,
+    engaged: u64,
+}
+
+impl Visit {
+    fn bounce(&self) -> bool {
+        self.pageviews == 1 && self.engaged < BOUNCE_ENGAGED
+    }
+}
+
+/// The visits of `evs`: per visitor and site, the eligible events by time, cut wherever two
+/// consecutive ones are more than `visit_gap` apart.
+fn visits_of(evs: &[&Ev]) -> Vec<Visit> {
+    let mut by: BTreeMap<(&str, &'static str), Vec<&Ev>> = BTreeMap::new();
+    for e in evs.iter().filter(|e| e.eligible()) {
+        by.entry((e.vid.as_deref().unwrap(), e.site))
+            .or_default()
+            .push(e);
+    }
+    let mut out = Vec::new();
+    for ((vid, site), mut es) in by {
+        es.sort_by_key(|e| e.t);
+        let mut run: Vec<&Ev> = Vec::new();
+        let mut close = |run: &mut Vec<&Ev>| {
+            if let (Some(first), Some(last)) = (run.first(), run.last()) {
+                out.push(Visit {
+                    site,
+                    vid: vid.to_string(),
+                    minute: first.t.div_euclid(MIN_MS),
+                    pageviews: run.iter().filter(|e| e.kind == Kind::Pageview).count() as u64,
+                    duration_ms: last.t - first.t,
+                    engaged: run.iter().map(|e| e.engaged()).sum(),
+                });
+            }
+            run.clear();
+        };
+        for e in es {
+            if run.last().is_some_and(|p| e.t - p.t > GAP_MS) {
+                close(&mut run);
+            }
+            run.push(e);
+        }
+        close(&mut run);
+    }
+    out
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tot {
+    views: u64,
+    hits: u64,
+    engaged: u64,
+    uniques: u64,
+    visits: u64,
+    bounces: u64,
+    visit_views: u64,
+    duration_ms: i64,
+}
+
+/// What the server must answer once it has the events of some batches.
+struct Model {
+    evs: Vec<Ev>,
+    visits: Vec<Visit>,
+}
+
+impl Model {
+    fn new(evs: Vec<Ev>) -> Model {
+        let visits = visits_of(&evs.iter().collect::<Vec<_>>());
+        Model { evs, visits }
+    }
+
+    /// Totals of minutes [from, to) (visits by the minute they start).
+    fn totals(&self, from: i64, to: i64, site: Option<&str>) -> Tot {
+        let mut t = Tot::default();
+        let mut vids = BTreeSet::new();
+        let in_range = |m: i64, s: &str| (from..to).contains(&m) && site.is_none_or(|x| x == s);
+        for e in self
+            .evs
+            .iter()
+            .filter(|e| in_range(e.t.div_euclid(MIN_MS), e.site))
+        {
+            t.hits += 1;
+            t.views += u64::from(e.kind == Kind::Pageview);
+            t.engaged += e.engaged();
+            if let Some(v) = &e.vid {
+                vids.insert(v.as_str());
+            }
+        }
+        t.uniques = vids.len() as u64;
+        for v in self.visits.iter().filter(|v| in_range(v.minute, v.site)) {
+            t.visits += 1;
+            t.bounces += u64::from(v.bounce());
+            t.visit_views += v.pageviews;
+            t.duration_ms += v.duration_ms;
+        }
+        t
+    }
+
+    /// The fields of a summary or of a point.
+    fn fields(t: &Tot, o: &mut Map<String, Value>) {
+        let ratio = |n: f64| {
+            if t.visits == 0 {
+                Value::Null
+            } else {
+                json!(n / t.visits as f64)
+            }
+        };
+        o.insert("views".into(), json!(t.views));
+        o.insert("hits".into(), json!(t.hits));
+        o.insert("uniques".into(), json!(t.uniques));
+        o.insert("engaged_seconds".into(), json!(t.engaged));
+        o.insert("visits".into(), json!(t.visits));
+        o.insert("bounces".into(), json!(t.bounces));
+        o.insert("visit_views".into(), json!(t.visit_views));
+        o.insert("bounce_rate".into(), ratio(t.bounces as f64));
+        o.insert("views_per_visit".into(), ratio(t.visit_views as f64));
+        o.insert(
+            "visit_duration".into(),
+            ratio(t.duration_ms as f64 / 1000.0),
+        );
+    }
+
+    fn summary(&self, from: i64, to: i64, site: Option<&str>) -> Value {
+        let mut o = Map::new();
+        o.insert("from".into(), json!(rfc(from)));
+        o.insert("to".into(), json!(rfc(to)));
+        o.insert("site".into(), json!(site));
+        Self::fields(&self.totals(from, to, site), &mut o);
+        Value::Object(o)
+    }
+
+    fn series(&self, from: i64, to: i64, step: i64, site: Option<&str>) -> Value {
+        let points: Vec<Value> = (from..to)
+            .step_by(step as usize)
+            .map(|t| {
+                let mut o = Map::new();
+                o.insert("t".into(), json!(rfc(t)));
+                Self::fields(&self.totals(t, (t + step).min(to), site), &mut o);
+                Value::Object(o)
+            })
+            .collect();
+        json!({
+            "step": step_name(step), "from": rfc(from), "to": rfc(to), "site": site,
+            "url": null, "points": points,
+        })
+    }
+}
+
+fn step_name(step: i64) -> &'static str {
+    match step {
+        1 => "1m",
+        60 => "1h",
+        _ => unreachable!("the test asks for 1m and 1h only"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time formatting and line rendering (the line formats of aggregates.rs), written here rather
+// than borrowed from pixeld.
+// ---------------------------------------------------------------------------------------------
+
+fn civil(secs: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
+}
+
+/// RFC 3339 in UTC (`YYYY-MM-DDTHH:MM:00Z`) of a minute since the epoch.
+fn rfc(minute: i64) -> String {
+    let t = civil(minute * 60);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:00Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
+/// RFC 3339 with milliseconds, UTC (`ts`).
+fn ts_z(ms: i64) -> String {
+    let t = civil(ms.div_euclid(1000));
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        ms.rem_euclid(1000)
+    )
+}
+
+/// nginx `$msec`: seconds with three decimals.
+fn msec(ms: i64) -> String {
+    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
+}
+
+fn js(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn enc(s: &str) -> String {
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}
+
+const PATHS: [&str; 8] = [
+    "/",
+    "/products/1",
+    "/products/2",
+    "/blog/post-3",
+    "/docs/guide/ch4",
+    "/News/Story-5",
+    "/pricing",
+    "/café/menü",
+];
+
+/// The line of `e`: an application's JSON line (`msec` or `ts`, `a` or `action`) or the line
+/// `/p.gif` stores (encoded url and referrer, string `inc`), as aggregates.rs writes them.
+fn render(rng: &mut SmallRng, e: &Ev) -> Vec<u8> {
+    let pixel = rng.gen_bool(0.25);
+    let host = if rng.gen_bool(0.05) {
+        e.site.to_ascii_uppercase()
+    } else {
+        e.site.to_string()
+    };
+    let suffix = match rng.gen_range(0..10) {
+        0 => "?utm_source=newsletter",
+        1 => "#top",
+        _ => "",
+    };
+    let url = format!(
+        "https://{host}{}{suffix}",
+        PATHS[rng.gen_range(0..PATHS.len())]
+    );
+    let referrer = match rng.gen_range(0..4) {
+        0 => None,
+        1 => Some("https://www.google.com/search?q=pixel analytics".to_string()),
+        2 => Some(format!("https://{}/", e.site)),
+        _ => Some("https://t.co/AbC123".to_string()),
+    };
+    let shown = |s: &str| if pixel { enc(s) } else { s.to_string() };
+    let mut f: Vec<(&str, String)> = Vec::new();
+    if pixel || rng.gen_bool(0.7) {
+        f.push(("msec", msec(e.t)));
+    } else {
+        f.push(("ts", js(&ts_z(e.t))));
+    }
+    f.push(("url", js(&shown(&url))));
+    if let Some(r) = referrer {
+        f.push(("urlref", js(&shown(&r))));
+    }
+    if let Some(v) = &e.vid {
+        f.push(("vid", js(v)));
+    }
+    let key = if pixel || rng.gen_bool(0.5) {
+        "action"
+    } else {
+        "a"
+    };
+    match e.kind {
+        Kind::Pageview => {
+            if let Some(a) = [None, Some(""), Some("pageview"), Some("pv")][rng.gen_range(0..4)] {
+                f.push((key, js(a)));
+            }
+        }
+        Kind::Heartbeat => f.push((key, js(["hb", "heartbeat"][rng.gen_range(0..2)]))),
+        Kind::Custom => {
+            f.push((key, js("event")));
+            f.push(("name", js("signup")));
+        }
+    }
+    if let Some(i) = e.inc {
+        f.push((
+            "inc",
+            if pixel {
+                js(&i.to_string())
+            } else {
+                i.to_string()
+            },
+        ));
+    }
+    f.push(("ua", js("Mozilla/5.0 (Macintosh) Safari/605.1.15")));
+    if pixel {
+        f.push(("ip", js("198.51.100.7")));
+    }
+    let body: Vec<String> = f.iter().map(|(k, v)| format!("{}:{v}", js(k))).collect();
+    format!("{{{}}}", body.join(",")).into_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario.
+// ---------------------------------------------------------------------------------------------
+
+/// Builds events at offsets from the start of the eligible span.
+#[derive(Clone, Copy)]
+struct At {
+    /// The start of the span: send time - SPAN_MS.
+    w: i64,
+}
+
+impl At {
+    fn ev(
+        self,
+        off: i64,
+        kind: Kind,
+        inc: Option<i64>,
+        site: &'static str,
+        vid: Option<&str>,
+        batch: u8,
+    ) -> Ev {
+        assert!((0..=LAST_OFF).contains(&off), "offset {off}");
+        Ev {
+            t: self.w + off,
+            kind,
+            inc,
+            site,
+            vid: vid.map(str::to_string),
+            too_late: false,
+            batch,
+        }
+    }
+
+    /// An event `ago_ms` before the send (at least [`TOO_LATE_MS`]): too late for visits.
+    fn late(
+        self,
+        ago_ms: i64,
+        kind: Kind,
+        inc: Option<i64>,
+        site: &'static str,
+        vid: Option<&str>,
+        batch: u8,
+    ) -> Ev {
+        assert!(ago_ms >= TOO_LATE_MS);
+        Ev {
+            t: self.w + SPAN_MS - ago_ms,
+            kind,
+            inc,
+            site,
+            vid: vid.map(str::to_string),
+            too_late: true,
+            batch,
+        }
+    }
+}
+
+/// A hand-built edge case: one visitor's events (`(offset, kind, inc, site, batch)`) and the
+/// visits it must make on [`EDGE`] once batches 1, 1-2 and 1-3 are in: (visits, bounces,
+/// pageviews of the visits, sum of their durations in ms).
+struct Case {
+    vid: &'static str,
+    evs: Vec<Ev>,
+    want: [(u64, u64, u64, i64); 3],
+}
+
+fn edge_cases(at: At) -> Vec<Case> {
+    use Kind::{Custom as C, Heartbeat as H, Pageview as P};
+    let e = |vid: &'static str, v: &[(i64, Kind, Option<i64>, u8)]| -> Vec<Ev> {
+        v.iter()
+            .map(|&(off, k, inc, b)| at.ev(off, k, inc, EDGE, Some(vid), b))
+            .collect()
+    };
+    let same = |w: (u64, u64, u64, i64)| [w, w, w];
+    let c = |vid: &'static str, v: &[(i64, Kind, Option<i64>, u8)], want| Case {
+        vid,
+        evs: e(vid, v),
+        want,
+    };
+    let mut cases = vec![
+        // Two bounces 140 s apart, joined by a heartbeat arriving last.
+        c(
+            "edge-join",
+            &[
+                (5_000, P, None, 1),
+                (145_000, P, None, 1),
+                (75_000, H, Some(3), 2),
+            ],
+            [(2, 2, 2, 0), (1, 0, 2, 140_000), (1, 0, 2, 140_000)],
+        ),
+        // A bounce extended backwards by an earlier pageview arriving last: the visit now
+        // starts a minute earlier and is no bounce.
+        c(
+            "edge-extend",
+            &[
+                (100_000, P, None, 1),
+                (105_000, H, Some(4), 1),
+                (40_000, P, None, 2),
+            ],
+            [(1, 1, 1, 5_000), (1, 0, 2, 65_000), (1, 0, 2, 65_000)],
+        ),
+        // Gaps near visit_gap, on both sides.
+        c(
+            "edge-gap100",
+            &[(10_000, P, None, 1), (110_000, P, None, 1)],
+            same((1, 0, 2, 100_000)),
+        ),
+        c(
+            "edge-gap140",
+            &[(3_000, P, None, 1), (143_000, P, None, 1)],
+            same((2, 2, 2, 0)),
+        ),
+        c(
+            "edge-gap118",
+            &[(20_000, P, None, 1), (138_000, H, Some(20), 1)],
+            same((1, 0, 1, 118_000)),
+        ),
+        c(
+            "edge-gap122",
+            &[(21_000, P, None, 1), (143_000, P, None, 1)],
+            same((2, 2, 2, 0)),
+        ),
+        // A heartbeat after the gap is a visit of its own, without pageviews: no bounce.
+        c(
+            "edge-hbonly",
+            &[(1_000, P, None, 1), (130_000, H, Some(15), 1)],
+            same((2, 1, 1, 0)),
+        ),
+        // A custom event (with an `inc`) joins nothing and is engaged for nothing.
+        c(
+            "edge-custom",
+            &[
+                (2_000, P, None, 1),
+                (70_000, C, Some(25), 1),
+                (140_000, P, None, 1),
+            ],
+            same((2, 2, 2, 0)),
+        ),
+        // The bounce threshold and the engaged seconds of `inc`.
+        c(
+            "edge-b9",
+            &[(30_000, P, None, 1), (40_000, H, Some(9), 1)],
+            same((1, 1, 1, 10_000)),
+        ),
+        c(
+            "edge-b10",
+            &[(30_000, P, None, 1), (40_000, H, Some(10), 1)],
+            same((1, 0, 1, 10_000)),
+        ),
+        c(
+            "edge-bdefault",
+            &[(30_000, P, None, 1), (40_000, H, None, 1)],
+            same((1, 0, 1, 10_000)),
+        ),
+        c(
+            "edge-b5x2",
+            &[
+                (30_000, P, None, 1),
+                (40_000, H, Some(5), 1),
+                (50_000, H, Some(5), 1),
+            ],
+            same((1, 0, 1, 20_000)),
+        ),
+        c(
+            "edge-pvinc",
+            &[(30_000, P, Some(30), 1)],
+            same((1, 1, 1, 0)),
+        ),
+        c(
+            "edge-b3601",
+            &[(30_000, P, None, 1), (40_000, H, Some(3601), 1)],
+            same((1, 0, 1, 10_000)),
+        ),
+        c(
+            "edge-b0",
+            &[(30_000, P, None, 1), (40_000, H, Some(0), 1)],
+            same((1, 1, 1, 10_000)),
+        ),
+        c(
+            "edge-2pv",
+            &[(30_000, P, None, 1), (40_000, P, None, 1)],
+            same((1, 0, 2, 10_000)),
+        ),
+        // A pageview and a heartbeat at the same millisecond.
+        c(
+            "edge-dup",
+            &[(60_000, P, None, 1), (60_000, H, Some(15), 1)],
+            same((1, 0, 1, 0)),
+        ),
+        // Visits open at the SIGTERM, joined, extended backwards and engaged after the restart
+        // by events that arrive just before a SIGKILL.
+        c(
+            "edge-join-restart",
+            &[
+                (8_000, P, None, 1),
+                (146_000, P, None, 1),
+                (77_000, P, None, 3),
+            ],
+            [(2, 2, 2, 0), (2, 2, 2, 0), (1, 0, 3, 138_000)],
+        ),
+        c(
+            "edge-extend-restart",
+            &[
+                (125_000, P, None, 1),
+                (130_000, H, Some(6), 1),
+                (65_000, P, None, 3),
+            ],
+            [(1, 1, 1, 5_000), (1, 1, 1, 5_000), (1, 0, 2, 65_000)],
+        ),
+        c(
+            "edge-engaged-restart",
+            &[(90_000, P, None, 1), (100_000, H, Some(12), 3)],
+            [(1, 1, 1, 0), (1, 1, 1, 0), (1, 0, 1, 10_000)],
+        ),
+    ];
+    // The same visitor on two sites: visits are per site (one on shop, two here).
+    let mut cross = e("edge-cross", &[(500, P, None, 1), (140_000, P, None, 1)]);
+    cross.push(at.ev(70_000, P, None, SITES[0], Some("edge-cross"), 1));
+    cases.push(Case {
+        vid: "edge-cross",
+        evs: cross,
+        want: same((2, 2, 2, 0)),
+    });
+    // Too late for visits: counted as views, never as visits.
+    cases.push(Case {
+        vid: "edge-late",
+        evs: vec![
+            at.late(20 * MIN_MS, P, None, EDGE, Some("edge-late"), 1),
+            at.late(
+                19 * MIN_MS + 30_000,
+                H,
+                Some(20),
+                EDGE,
+                Some("edge-late"),
+                3,
+            ),
+        ],
+        want: same((0, 0, 0, 0)),
+    });
+    let mut lateplus = e("edge-lateplus", &[(50_000, P, None, 1)]);
+    lateplus.push(at.late(15 * MIN_MS, P, None, EDGE, Some("edge-lateplus"), 2));
+    cases.push(Case {
+        vid: "edge-lateplus",
+        evs: lateplus,
+        want: same((1, 1, 1, 0)),
+    });
+    cases
+}
+
+/// Whether no two consecutive eligible events of one visitor on one site (among those of
+/// batches up to each of 1, 2, 3) are within [`BAND_MS`] of `visit_gap`.
+fn band_safe(evs: &[Ev]) -> bool {
+    (1..=3).all(|upto| {
+        let mut by: BTreeMap<(&str, &str), Vec<i64>> = BTreeMap::new();
+        for e in evs.iter().filter(|e| e.batch <= upto && e.eligible()) {
+            by.entry((e.vid.as_deref().unwrap(), e.site))
+                .or_default()
+                .push(e.t);
+        }
+        by.values_mut().all(|ts| {
+            ts.sort_unstable();
+            ts.windows(2)
+                .all(|w| (w[1] - w[0] - GAP_MS).abs() > BAND_MS)
+        })
+    })
+}
+
+fn hb_inc(rng: &mut SmallRng) -> Option<i64> {
+    if rng.gen_bool(0.2) {
+        None
+    } else {
+        Some(rng.gen_range(5..=30))
+    }
+}
+
+fn pv_inc(rng: &mut SmallRng) -> Option<i64> {
+    rng.gen_bool(0.03).then_some(30)
+}
+
+/// One visitor of the three sites: a behaviour, decorations, and the batch of each event.
+fn visitor_try(rng: &mut SmallRng, at: At, vid: &str) -> Vec<Ev> {
+    use Kind::{Custom as C, Heartbeat as H, Pageview as P};
+    let home_i = rng.gen_range(0..SITES.len());
+    let home = SITES[home_i];
+    let mut v: Vec<Ev> = Vec::new();
+    let ev = |off: i64, k: Kind, inc: Option<i64>, site: &'static str| {
+        at.ev(off, k, inc, site, Some(vid), 1)
+    };
+    match rng.gen_range(0..100) {
+        // A visit of several pages, with heartbeats in between.
+        0..=44 => {
+            let mut t = rng.gen_range(0..40_000);
+            v.push(ev(t, P, pv_inc(rng), home));
+            for _ in 0..rng.gen_range(1..8) {
+                let g = match rng.gen_range(0..20) {
+                    0 => 100_000,
+                    1..=3 => rng.gen_range(60_000..=110_000),
+                    _ => rng.gen_range(2_000..60_000),
+                };
+                if t + g > LAST_OFF {
+                    break;
+                }
+                t += g;
+                if rng.gen_bool(0.45) {
+                    v.push(ev(t, H, hb_inc(rng), home));
+                } else {
+                    v.push(ev(t, P, pv_inc(rng), home));
+                }
+            }
+        }
+        // One page, engaged for less or more than the bounce threshold.
+        45..=64 => {
+            let mut t = rng.gen_range(0..120_000);
+            v.push(ev(t, P, pv_inc(rng), home));
+            let incs: Vec<Option<i64>> = match rng.gen_range(0..7) {
+                0 => vec![],
+                1 => vec![Some(rng.gen_range(5..=9))],
+                2 => vec![Some(rng.gen_range(10..=30))],
+                3 => vec![None],
+                4 => vec![Some(rng.gen_range(5..=9)), Some(rng.gen_range(5..=9))],
+                5 => vec![Some(rng.gen_range(1..=4)), Some(rng.gen_range(1..=4))],
+                _ => vec![Some(0)],
+            };
+            for inc in incs {
+                t += rng.gen_range(3_000..25_000);
+                if t > LAST_OFF {
+                    break;
+                }
+                v.push(ev(t, H, inc, home));
+            }
+        }
+        // A short visit, and a second one 125-140 s later.
+        65..=79 => {
+            let mut t = rng.gen_range(0..5_000);
+            v.push(ev(t, P, pv_inc(rng), home));
+            if rng.gen_bool(0.5) {
+                t += rng.gen_range(2_000..10_000);
+                v.push(ev(t, H, hb_inc(rng), home));
+            }
+            t += rng.gen_range(125_000..=(LAST_OFF - t).min(140_000));
+            v.push(ev(t, P, pv_inc(rng), home));
+            if LAST_OFF - t >= 1_000 && rng.gen_bool(0.5) {
+                t += rng.gen_range(1_000..=(LAST_OFF - t).min(4_000));
+                v.push(ev(t, H, hb_inc(rng), home));
+            }
+        }
+        // Two sites, interleaved: visits are per site.
+        80..=89 => {
+            let other = SITES[(home_i + rng.gen_range(1..SITES.len())) % SITES.len()];
+            let mut t = rng.gen_range(0..20_000);
+            v.push(ev(t, P, None, home));
+            let mut on_other = false;
+            for _ in 0..rng.gen_range(2..6) {
+                t += rng.gen_range(10_000..50_000);
+                if t > LAST_OFF {
+                    break;
+                }
+                let site = if rng.gen_bool(0.4) { other } else { home };
+                let first_there = site == other && !on_other;
+                on_other |= site == other;
+                let k = if first_there || rng.gen_bool(0.5) {
+                    P
+                } else {
+                    H
+                };
+                v.push(ev(t, k, if k == H { hb_inc(rng) } else { None }, site));
+            }
+        }
+        // Two pageviews with a custom event between them, one visit or two.
+        _ => {
+            let t = rng.gen_range(0..10_000);
+            v.push(ev(t, P, None, home));
+            let g = if rng.gen_bool(0.5) {
+                rng.gen_range(60_000..=115_000)
+            } else {
+                rng.gen_range(125_000..=LAST_OFF - t)
+            };
+            let inc = rng.gen_bool(0.5).then_some(25);
+            v.push(ev(t + rng.gen_range(1_000..g), C, inc, home));
+            v.push(ev(t + g, P, None, home));
+        }
+    }
+    // Decorations: a custom event during the visits, an event too late for visits.
+    if rng.gen_bool(0.12) {
+        let (a, b) = (v[0].t - at.w, v[v.len() - 1].t - at.w);
+        v.push(ev(rng.gen_range(a..=b), C, None, home));
+    }
+    if rng.gen_bool(0.1) {
+        let k = [P, H, C][rng.gen_range(0..3)];
+        let inc = if k == H { hb_inc(rng) } else { None };
+        let ago = rng.gen_range(TOO_LATE_MS..=60 * MIN_MS);
+        v.push(at.late(ago, k, inc, home, Some(vid), rng.gen_range(1..=3)));
+    }
+    // Some visitors' later events arrive late: after the bulk, or after the restart.
+    let first = v.iter().filter(|e| !e.too_late).map(|e| e.t).min().unwrap();
+    let (batch, min_off) = match rng.gen_range(0..100) {
+        0..=11 => (2, 40_000),
+        12..=23 => (3, 70_000),
+        _ => (1, 0),
+    };
+    for e in v.iter_mut().filter(|e| !e.too_late) {
+        if batch > 1 && e.t != first && e.t - at.w >= min_off {
+            e.batch = batch;
+        }
+    }
+    v
+}
+
+struct Scenario {
+    /// Every event and its line.
+    lines: Vec<(Ev, Vec<u8>)>,
+    cases: Vec<Case>,
+}
+
+impl Scenario {
+    /// The lines of batch `b`, in the order they are sent.
+    fn batch(&self, b: u8) -> Vec<&[u8]> {
+        self.lines
+            .iter()
+            .filter(|(e, _)| e.batch == b)
+            .map(|(_, l)| l.as_slice())
+            .collect()
+    }
+
+    /// The model once batches 1..=upto are in.
+    fn model(&self, upto: u8) -> Model {
+        Model::new(
+            self.lines
+                .iter()
+                .filter(|(e, _)| e.batch <= upto)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
+
+    /// The earliest time of an event of batch `b` that takes part in visits.
+    fn earliest_eligible(&self, b: u8) -> i64 {
+        self.lines
+            .iter()
+            .filter(|(e, _)| e.batch == b && e.eligible())
+            .map(|(e, _)| e.t)
+            .min()
+            .unwrap()
+    }
+}
+
+/// The whole scenario, for a send at `send_ms`.
+fn scenario(seed: u64, send_ms: i64) -> Scenario {
+    use Kind::{Custom as C, Heartbeat as H, Pageview as P};
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let at = At {
+        w: send_ms - SPAN_MS,
+    };
+    let cases = edge_cases(at);
+    let mut evs: Vec<Ev> = cases.iter().flat_map(|c| c.evs.iter().cloned()).collect();
+    // Hits without a visitor id, on the edge site too.
+    evs.push(at.ev(80_000, P, None, EDGE, None, 1));
+    evs.push(at.ev(81_000, H, None, EDGE, None, 3));
+    for i in 0..80 {
+        let site = SITES[rng.gen_range(0..SITES.len())];
+        let k = [P, P, H, C][i % 4];
+        let inc = if k == H { hb_inc(&mut rng) } else { None };
+        evs.push(if i % 8 == 7 {
+            at.late(
+                rng.gen_range(TOO_LATE_MS..=60 * MIN_MS),
+                k,
+                inc,
+                site,
+                None,
+                1,
+            )
+        } else {
+            let off = rng.gen_range(0..=LAST_OFF);
+            at.ev(off, k, inc, site, None, rng.gen_range(1..=3))
+        });
+    }
+    // The visitors of the three sites.
+    for i in 0..480u32 {
+        let vid = format!("v{:08x}", i.wrapping_mul(2_654_435_761));
+        let v = loop {
+            let v = visitor_try(&mut rng, at, &vid);
+            if band_safe(&v) {
+                break v;
+            }
+        };
+        evs.extend(v);
+    }
+    // What the model and the timing rely on.
+    assert!(band_safe(&evs), "a gap within 1 s of visit_gap");
+    for e in &evs {
+        let ago = send_ms - e.t;
+        assert!(
+            if e.too_late {
+                (TOO_LATE_MS..=60 * MIN_MS).contains(&ago)
+            } else {
+                (500..=SPAN_MS).contains(&ago)
+            },
+            "{e:?}"
+        );
+    }
+    let vids: BTreeSet<&str> = evs.iter().filter_map(|e| e.vid.as_deref()).collect();
+    assert!(vids.len() < 1000, "uniques stay exact");
+    evs.shuffle(&mut rng);
+    let lines = evs
+        .into_iter()
+        .map(|e| {
+            let l = render(&mut rng, &e);
+            (e, l)
+        })
+        .collect();
+    Scenario { lines, cases }
+}
+
+/// The model reproduces the visits written by hand for every edge case.
+fn check_cases(sc: &Scenario) {
+    for upto in 1..=3u8 {
+        let m = sc.model(upto);
+        for c in &sc.cases {
+            let mut got = (0, 0, 0, 0);
+            for v in m.visits.iter().filter(|v| v.vid == c.vid && v.site == EDGE) {
+                got.0 += 1;
+                got.1 += u64::from(v.bounce());
+                got.2 += v.pageviews;
+                got.3 += v.duration_ms;
+            }
+            assert_eq!(
+                got,
+                c.want[usize::from(upto) - 1],
+                "the model's visits of {} after batch {upto}",
+                c.vid
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries and comparing answers.
+// ---------------------------------------------------------------------------------------------
+
+enum Query {
+    Summary {
+        from: i64,
+        to: i64,
+        site: Option<&'static str>,
+    },
+    Series {
+        from: i64,
+        to: i64,
+        step: i64,
+        site: Option<&'static str>,
+    },
+}
+
+impl Query {
+    fn path(&self) -> String {
+        let sq = |s: &Option<&str>| s.map(|s| format!("&site={s}")).unwrap_or_default();
+        match self {
+            Query::Summary { from, to, site } => {
+                format!("/v1/summary?from={}&to={}{}", from * 60, to * 60, sq(site))
+            }
+            Query::Series {
+                from,
+                to,
+                step,
+                site,
+            } => format!(
+                "/v1/timeseries?from={}&to={}&step={}{}",
+                from * 60,
+                to * 60,
+                step_name(*step),
+                sq(site)
+            ),
+        }
+    }
+
+    fn want(&self, m: &Model) -> Value {
+        match *self {
+            Query::Summary { from, to, site } => m.summary(from, to, site),
+            Query::Series {
+                from,
+                to,
+                step,
+                site,
+            } => m.series(from, to, step, site),
+        }
+    }
+}
+
+/// The queries, for a send at `send_ms`.
+fn queries(send_ms: i64) -> Vec<Query> {
+    let send_min = send_ms.div_euclid(MIN_MS);
+    let (from, to) = (send_min - 62, send_min + 2);
+    // The minute of the earliest event that may take part in visits.
+    let span_min = (send_ms - SPAN_MS).div_euclid(MIN_MS);
+    let mut sites: Vec<Option<&'static str>> = vec![None, Some(EDGE)];
+    sites.extend(SITES.iter().map(|s| Some(*s)));
+    let mut qs = Vec::new();
+    for &site in &sites {
+        qs.push(Query::Summary { from, to, site });
+        qs.push(Query::Series {
+            from,
+            to,
+            step: 1,
+            site,
+        });
+    }
+    qs.push(Query::Summary {
+        from,
+        to,
+        site: Some("nonexistent.example"),
+    });
+    // Parts of the range: visits count in the minute they start only; a range with nothing
+    // but events too late for visits has views and no visits.
+    for (a, b) in [
+        (span_min, span_min + 1),
+        (span_min + 1, send_min + 1),
+        (send_min - 1, send_min + 1),
+        (from, send_min - 5),
+    ] {
+        for site in [None, Some(EDGE), Some(SITES[1])] {
+            qs.push(Query::Summary {
+                from: a,
+                to: b,
+                site,
+            });
+        }
+    }
+    let (h_from, h_to) = (from.div_euclid(60) * 60, (to + 59).div_euclid(60) * 60);
+    for site in [None, Some(EDGE), Some(SITES[0])] {
+        qs.push(Query::Series {
+            from: h_from,
+            to: h_to,
+            step: 60,
+            site,
+        });
+    }
+    qs
+}
+
+/// Differences from the model: those of the fields the server has without visits, and those
+/// of the visit fields.
+#[derive(Default)]
+struct Errs {
+    base: Vec<String>,
+    visit: Vec<String>,
+}
+
+impl Errs {
+    fn push(&mut self, key: &str, msg: String) {
+        if VISIT_KEYS.contains(&key) {
+            self.visit.push(msg);
+        } else {
+            self.base.push(msg);
+        }
+    }
+}
+
+/// Differences of `got` from `want`, in the fields `want` has (top lists are not compared);
+/// the visit ratios within 1e-6 (relative above 1), null when there are no visits.
+fn diff(path: &str, key: &str, got: &Value, want: &Value, out: &mut Errs) {
+    match (got, want) {
+        (Value::Object(g), Value::Object(w)) => {
+            for (k, wv) in w {
+                let p = format!("{path}.{k}");
+                match g.get(k) {
+                    None => out.push(k, format!("{p}: missing (expected {wv})")),
+                    Some(gv) => diff(&p, k, gv, wv, out),
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(w)) => {
+            if g.len() != w.len() {
+                out.push(
+                    key,
+                    format!("{path}: {} entries, expected {}", g.len(), w.len()),
+                );
+            }
+            for (i, (gv, wv)) in g.iter().zip(w).enumerate() {
+                diff(&format!("{path}[{i}]"), key, gv, wv, out);
+            }
+        }
+        _ if FLOAT_KEYS.contains(&key) => {
+            let ok = match (got.as_f64(), want.as_f64()) {
+                (Some(g), Some(w)) => (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                _ => got.is_null() && want.is_null(),
+            };
+            if !ok {
+                out.push(key, format!("{path}: got {got}, expected {want}"));
+            }
+        }
+        _ => {
+            if got != want {
+                out.push(key, format!("{path}: got {got}, expected {want}"));
+            }
+        }
+    }
+}
+
+/// Runs every query on `s` and records the differences from `m` (a few per query).
+fn check(what: &str, s: &Server, m: &Model, qs: &[Query], errs: &mut Errs) {
+    for q in qs {
+        let query = q.path();
+        let (st, body) = get(s, &query);
+        if st != 200 {
+            errs.base.push(format!(
+                "{what} {query}: status {st}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+            continue;
+        }
+        let got: Value = serde_json::from_slice(&body).unwrap();
+        let mut d = Errs::default();
+        if (got.get("complete"), got.get("catchup_records"))
+            != (Some(&Value::Bool(true)), Some(&Value::from(0u64)))
+        {
+            d.base.push(format!(
+                "not complete: {:?} {:?}",
+                got.get("complete"),
+                got.get("catchup_records")
+            ));
+        }
+        diff("", "", &got, &q.want(m), &mut d);
+        for (all, mine) in [(&mut errs.base, d.base), (&mut errs.visit, d.visit)] {
+            if !mine.is_empty() {
+                let n = mine.len();
+                all.push(format!(
+                    "{what} {query}: {n} differences, e.g.\n    {}",
+                    mine[..n.min(6)].join("\n    ")
+                ));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Talking to the server.
+// ---------------------------------------------------------------------------------------------
+
+fn now_ms() -> i64 {
+    common::now_ms() as i64
+}
+
+fn start(data: &Path, shards: usize) -> Server {
+    let mut s = Server::builder()
+        .data(data)
+        .shards(shards)
+        .config(CONFIG)
+        .start();
+    assert!(
+        s.wait_for("pixeld: ready").is_some(),
+        "{}",
+        s.seen.join("\n")
+    );
+    assert!(
+        s.wait_for("pixeld: aggregates complete").is_some(),
+        "{}",
+        s.seen.join("\n")
+    );
+    s
+}
+
+/// Posts `lines` in requests of at most `chunk` lines (200: durable), then checks that every
+/// event of the batch that takes part in visits arrived within the allowance (with a margin):
+/// otherwise the machine was too slow for the scenario's arithmetic.
+fn send(s: &Server, lines: &[&[u8]], chunk: usize, earliest_eligible: i64, what: &str) {
+    for c in lines.chunks(chunk) {
+        let mut body = Vec::new();
+        for l in c {
+            body.extend_from_slice(l);
+            body.push(b'\n');
+        }
+        let (st, _, b) = http(
+            s.http,
+            "POST",
+            "/v1/events",
+            &[("Content-Type", "application/x-ndjson")],
+            &body,
+        );
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    }
+    let late = now_ms() - earliest_eligible;
+    assert!(
+        late <= ALLOWANCE_MS - ARRIVAL_MARGIN_MS,
+        "{what}: sent too slowly: an event meant to take part in visits arrived {late} ms \
+         after its time, near or beyond the allowance ({ALLOWANCE_MS} ms)"
+    );
+}
+
+/// One GET; status 0 when the connection closed without a complete response.
+fn get(s: &Server, path: &str) -> (u16, Vec<u8>) {
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.http)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let Some(split) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (0, out);
+    };
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    (status, out[split + 4..].to_vec())
+}
+
+fn m(mx: &BTreeMap<String, f64>, k: &str) -> u64 {
+    mx.get(k).copied().unwrap_or(-1.0) as u64
+}
+
+/// Waits until `lines` lines are appended and aggregated and every shipped increment is
+/// applied (twice in a row), or fails with the metrics.
+fn wait_aggregated(s: &Server, lines: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stable = None;
+    loop {
+        let mx = common::metrics(s.http);
+        let appended = m(&mx, "pixeld_appended_events_total");
+        let aggregated = m(&mx, "pixeld_agg_records_total{outcome=\"aggregated\"}");
+        let sent = m(&mx, "pixeld_route_sent_increments_total");
+        let applied = m(&mx, "pixeld_route_applied_increments_total");
+        let done = appended == lines && aggregated == lines && sent == applied;
+        if done && stable == Some(sent) {
+            return;
+        }
+        stable = if done { Some(sent) } else { None };
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not everything aggregated after 30 s ({lines} lines sent): appended \
+             {appended}, aggregated {aggregated}, increments sent {sent}, applied {applied}\n{}",
+            mx.iter()
+                .filter(|(k, _)| k.contains("agg_") || k.contains("route_"))
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(60));
+    }
+}
+
+fn stop(s: Server, sig: &str) {
+    s.signal(sig);
+    let (code, log) = s.wait();
+    let want = if sig == "KILL" { None } else { Some(0) };
+    assert_eq!(code, want, "pixeld after SIG{sig}:\n{log}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario run.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the whole scenario against a `shards`-shard server; with `linger`, also waits until
+/// every visit is long closed (`visit_gap` + `visit_late_allowance` after the last event) and
+/// checks again, live, after a restart, and rebuilt from the log.
+fn run(shards: usize, linger: bool) {
+    let started = Instant::now();
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let mut s = start(&data, shards);
+
+    let send_ms = now_ms();
+    let sc = scenario(0x5EED_7157_0000 + shards as u64, send_ms);
+    check_cases(&sc);
+    let models = [sc.model(1), sc.model(2), sc.model(3)];
+    let qs = queries(send_ms);
+    let n = |b: u8| sc.batch(b).len() as u64;
+    let mut errs = Errs::default();
+    let tag = format!("[{shards} shard(s)]");
+
+    // The bulk, shuffled, in several requests.
+    send(&s, &sc.batch(1), 400, sc.earliest_eligible(1), &tag);
+    wait_aggregated(&s, n(1), &tag);
+    check(&format!("{tag} bulk"), &s, &models[0], &qs, &mut errs);
+
+    // Late arrivals that join and extend visits.
+    send(&s, &sc.batch(2), 1000, sc.earliest_eligible(2), &tag);
+    wait_aggregated(&s, n(1) + n(2), &tag);
+    check(
+        &format!("{tag} late arrivals"),
+        &s,
+        &models[1],
+        &qs,
+        &mut errs,
+    );
+
+    // SIGTERM and a restart: the same answers.
+    stop(s, "TERM");
+    s = start(&data, shards);
+    check(
+        &format!("{tag} restarted after SIGTERM"),
+        &s,
+        &models[1],
+        &qs,
+        &mut errs,
+    );
+
+    // More late arrivals for visits open before the restart; SIGKILL as soon as they are
+    // acknowledged (durable), so that the restart replays them.
+    send(&s, &sc.batch(3), 1000, sc.earliest_eligible(3), &tag);
+    let sent_all = Instant::now();
+    stop(s, "KILL");
+    s = start(&data, shards);
+    check(
+        &format!("{tag} restarted after SIGKILL"),
+        &s,
+        &models[2],
+        &qs,
+        &mut errs,
+    );
+
+    if linger {
+        let closed = send_ms + GAP_MS + ALLOWANCE_MS + 30_000;
+        std::thread::sleep(Duration::from_millis((closed - now_ms()).max(0) as u64));
+        check(
+            &format!("{tag} visits closed"),
+            &s,
+            &models[2],
+            &qs,
+            &mut errs,
+        );
+        stop(s, "TERM");
+        s = start(&data, shards);
+        check(
+            &format!("{tag} visits closed, restarted"),
+            &s,
+            &models[2],
+            &qs,
+            &mut errs,
+        );
+    }
+
+    // The aggregates deleted and rebuilt from the log (its receive times judge lateness).
+    stop(s, "TERM");
+    std::fs::remove_dir_all(data.join("agg")).unwrap();
+    let s = start(&data, shards);
+    check(
+        &format!("{tag} rebuilt from the log"),
+        &s,
+        &models[2],
+        &qs,
+        &mut errs,
+    );
+    stop(s, "TERM");
+
+    let all = &models[2];
+    let t = all.totals(i64::MIN, i64::MAX, None);
+    eprintln!(
+        "{tag} {} lines ({}+{}+{}), {} visits, {} bounces, {} queries per check; the last batch \
+         acknowledged {:.1?} after the start, done in {:.1?}",
+        sc.lines.len(),
+        n(1),
+        n(2),
+        n(3),
+        t.visits,
+        t.bounces,
+        qs.len(),
+        sent_all.duration_since(started),
+        started.elapsed()
+    );
+    let head = |v: &[String]| v.iter().take(40).cloned().collect::<Vec<_>>().join("\n");
+    assert!(
+        errs.base.is_empty() && errs.visit.is_empty(),
+        "{tag}: {} answers differ from the model in views, hits, uniques or engaged seconds:\n\
+         {}\n\n{} answers differ from the model in the visit fields:\n{}",
+        errs.base.len(),
+        head(&errs.base),
+        errs.visit.len(),
+        head(&errs.visit)
+    );
+}
+
+#[test]
+fn visits_match_the_model_1_shard() {
+    run(1, false);
+}
+
+#[test]
+fn visits_match_the_model_2_shards() {
+    run(2, false);
+}
+
+#[test]
+fn visits_match_the_model_3_shards() {
+    run(3, false);
+}
+
+/// The same, waiting until the visits are closed (about 5.5 minutes), so that closing them
+/// and a restart long after the allowance change nothing.
+#[test]
+#[ignore = "waits about 5.5 minutes for the visits to close: cargo test --test query visits -- --ignored"]
+fn visits_match_the_model_after_they_close() {
+    run(2, true);
+}
