@@ -31,6 +31,8 @@
     token: sessionStorage.getItem('pixeld-token') || '',
     from: null, to: null,           // epoch seconds of the range shown
     headline: null, points: [], top: { pages: [], refs: [], sites: [] },
+    // Top pages by views come with the summary; by another metric from /v1/top?sort=.
+    pageSort: 'views', viewPages: [], sortedPages: null,
     prev: null, prevKey: '',
     sparks: {}, sparkKey: '', sparkAt: 0,
     lastRefresh: 0, refreshing: false, refreshAgain: false,
@@ -239,7 +241,15 @@
     return svg;
   }
 
-  function renderList(id, items, total, withSpark) {
+  const METRIC = {
+    views: { label: 'views', fmt: (x) => nf.format(x), total: (h) => h.views },
+    entries: { label: 'entries', fmt: (x) => nf.format(x), total: (h) => h.visits },
+    exits: { label: 'exits', fmt: (x) => nf.format(x), total: (h) => h.visits },
+    engaged_seconds: { label: 'engaged', fmt: (x) => duration(x), total: (h) => h.engaged_seconds },
+  };
+
+  function renderList(id, items, total, withSpark, metric) {
+    const m = METRIC[metric || 'views'];
     const ol = $(id);
     ol.replaceChildren();
     if (!items.length) {
@@ -261,7 +271,11 @@
       name.title = it.key;
       const num = document.createElement('span');
       num.className = 'num';
-      num.textContent = nf.format(it.views);
+      num.textContent = m.fmt(it.views);
+      if (it.all) {
+        name.title = it.key + ' — ' + nf.format(it.all.views) + ' views, ' + nf.format(it.all.entries) +
+          ' entries, ' + nf.format(it.all.exits) + ' exits, ' + duration(it.all.engaged_seconds) + ' engaged';
+      }
       const pct = document.createElement('span');
       pct.className = 'pct';
       pct.textContent = pf.format(share);
@@ -273,14 +287,18 @@
       li.append(name);
       if (withSpark) li.append(sparkline(st.sparks[it.key]));
       li.append(num, pct, bar);
-      li.setAttribute('aria-label', `${it.key}: ${nf.format(it.views)} views, ${pf.format(share)} of all`);
+      li.setAttribute('aria-label', `${it.key}: ${m.fmt(it.views)} ${m.label}, ${pf.format(share)} of all`);
       ol.appendChild(li);
     }
   }
 
   function renderLists() {
     const total = st.headline ? st.headline.views : 0;
-    renderList('top-pages', st.top.pages, total, true);
+    const sort = st.sortedPages ? st.pageSort : 'views';
+    const pageTotal = st.headline ? (METRIC[sort].total(st.headline) || 0) : 0;
+    st.top.pages = st.sortedPages || st.viewPages;
+    $('top-pages').dataset.sort = sort;
+    renderList('top-pages', st.top.pages, pageTotal, true, sort);
     renderList('top-refs', st.top.refs, total, false);
     renderList('top-sites', st.top.sites, total, false);
   }
@@ -307,6 +325,29 @@
     if (gen !== st.live.gen) return;
     st.sparks = out;
     renderLists();
+  }
+
+  // The top pages by another metric than views: every metric of each, for the range shown.
+  async function loadSortedPages() {
+    const sort = st.pageSort;
+    if (sort === 'views') { st.sortedPages = null; return; }
+    const gen = st.live.gen;
+    const r = await api('/v1/top?' + q({ from: st.from, to: st.to, site: st.site, dim: 'url', sort, limit: 10 }));
+    if (gen !== st.live.gen || sort !== st.pageSort) return;
+    st.sortedPages = r.items.map((it) => ({ key: it.key, views: it[sort], all: it }));
+    renderLists();
+  }
+
+  for (const b of document.querySelectorAll('.sort button')) {
+    b.addEventListener('click', () => {
+      st.pageSort = b.dataset.sort;
+      for (const o of document.querySelectorAll('.sort button')) {
+        o.setAttribute('aria-pressed', String(o === b));
+      }
+      if (st.pageSort === 'views') st.sortedPages = null;
+      renderLists();
+      loadSortedPages().then(loadSparks).catch(report);
+    });
   }
 
   function mergeSites(items) {
@@ -336,11 +377,12 @@
     st.headline = s;
     st.points = s.points;
     st.top = { pages: s.top_urls, refs: s.top_ref_domains, sites: s.top_sites };
+    st.viewPages = s.top_urls;
     renderHeadline();
     renderChart();
     renderLists();
     document.body.dataset.ready = 'true';
-    loadPrevious().then(loadSparks).catch(report);
+    loadSortedPages().then(loadPrevious).then(loadSparks).catch(report);
   }
 
   // At most one refresh in flight and one timer pending, however many snapshots arrive.
@@ -377,11 +419,13 @@
       st.points = series.points;
       st.headline = { ...sum, current_visitors: null };
       st.top = { pages: sum.top_urls, refs: refs.items, sites: sites.items };
+      st.viewPages = sum.top_urls;
       mergeSites(sites.items);
       renderHeadline();
       renderChart();
       renderLists();
       document.body.dataset.ready = 'true';
+      await loadSortedPages();
       await loadPrevious();
       await loadSparks();
     } finally {
