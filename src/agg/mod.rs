@@ -470,6 +470,24 @@ pub fn site_line(c: &SiteCell) -> String {
     )
 }
 
+/// Adds one change of what visits add to bucket `b` (site `s`'s cell and all, or a page).
+fn visit_delta(b: &mut Bucket, s: u32, d: &Delta) {
+    match *d {
+        Delta::Counts(c) => {
+            b.sites.entry(s).or_default().visits.add(&c);
+            b.all.visits.add(&c);
+        }
+        Delta::Entry(u, n) => {
+            let p = b.pages.entry(u).or_default();
+            p.entries = p.entries.wrapping_add(n);
+        }
+        Delta::Exit(u, n) => {
+            let p = b.pages.entry(u).or_default();
+            p.exits = p.exits.wrapping_add(n);
+        }
+    }
+}
+
 /// A page cell as one line of text (what `pixeld check --aggregates` compares).
 pub fn page_line(url: &str, c: &PageCell) -> String {
     format!("page {url:?}: entries {} exits {}", c.entries, c.exits)
@@ -518,6 +536,8 @@ pub struct Aggregates {
     /// The visits of records replayed only to repair a lost sealed bucket (kept apart: they
     /// are below what `visits` has already seen).
     repair_visits: Visits,
+    /// The url [`Aggregates::intern_url`] interned last.
+    last_url: Option<u32>,
 }
 
 impl Aggregates {
@@ -546,6 +566,7 @@ impl Aggregates {
             recording: None,
             visits: Visits::new(cfg_visits),
             repair_visits: Visits::new(cfg_visits),
+            last_url: None,
         }
     }
 
@@ -651,56 +672,82 @@ impl Aggregates {
     /// Applies one increment.
     pub fn apply(&mut self, inc: &Inc, site: &str, key: &str, now_min: i64) {
         if let Some(r) = self.recording.as_deref_mut() {
-            r.apply_counts(inc, site, key, now_min);
+            r.apply_counts(inc, site, key, now_min, &[], None);
         }
-        self.apply_counts(inc, site, key, now_min);
-        if inc.kind == IncKind::Visitor && inc.visit && inc.has_vid {
-            let (s, _) = self.sites.intern(site);
-            // A pageview's key is its url (the visit's entry or exit page, maybe).
-            let url = if inc.pageview && !key.is_empty() {
-                self.intern_url(key, site)
-            } else {
-                visits::NO_URL
+        if !(inc.kind == IncKind::Visitor && inc.visit && inc.has_vid) {
+            self.apply_counts(inc, site, key, now_min, &[], None);
+            return;
+        }
+        let (s, _) = self.sites.intern(site);
+        // A pageview's key is its url (the visit's entry or exit page, maybe).
+        let url = if inc.pageview && !key.is_empty() {
+            self.intern_url(key, site)
+        } else {
+            visits::NO_URL
+        };
+        let visits = if inc.repair {
+            &mut self.repair_visits
+        } else {
+            &mut self.visits
+        };
+        let urls = &self.urls;
+        let by_name = |a: u32, b: u32| urls.name(a).cmp(urls.name(b));
+        let mut changes: smallvec::SmallVec<[(i64, Delta); 6]> = Default::default();
+        visits.observe(
+            s,
+            inc.vid,
+            inc.ts_ms,
+            inc.pageview,
+            inc.engaged,
+            url,
+            &by_name,
+            |m, d| changes.push((m, d)),
+        );
+        // The changes of the event's own minute (the usual case) ride along with its counts,
+        // in the same pass over its buckets; the others get one pass per minute.
+        changes.sort_unstable_by_key(|c| (c.0 != inc.minute, c.0));
+        let own = changes.iter().take_while(|c| c.0 == inc.minute).count();
+        let (same, other) = changes.split_at(own);
+        self.apply_counts(inc, site, key, now_min, same, Some(s));
+        for group in other.chunk_by(|a, b| a.0 == b.0) {
+            let at = Inc {
+                minute: group[0].0,
+                ..*inc
             };
-            let visits = if inc.repair {
-                &mut self.repair_visits
-            } else {
-                &mut self.visits
-            };
-            let urls = &self.urls;
-            let by_name = |a: u32, b: u32| urls.name(a).cmp(urls.name(b));
-            let mut changes: smallvec::SmallVec<[(i64, Delta); 6]> = Default::default();
-            visits.observe(
-                s,
-                inc.vid,
-                inc.ts_ms,
-                inc.pageview,
-                inc.engaged,
-                url,
-                &by_name,
-                |m, d| changes.push((m, d)),
-            );
-            for (minute, d) in changes {
-                let at = Inc { minute, ..*inc };
-                let page = match d {
-                    Delta::Entry(u, _) | Delta::Exit(u, _) => self.urls.name(u).to_string(),
-                    Delta::Counts(_) => String::new(),
-                };
-                if let Some(r) = self.recording.as_deref_mut() {
-                    r.apply_visit_change(&at, site, &d, &page, now_min);
+            self.each_bucket(&at, now_min, |b| {
+                for (_, d) in group {
+                    visit_delta(b, s, d);
                 }
-                self.apply_visit_change(&at, site, &d, &page, now_min);
+            });
+        }
+        if let Some(r) = self.recording.as_deref_mut() {
+            for (minute, d) in &changes {
+                let at = Inc {
+                    minute: *minute,
+                    ..*inc
+                };
+                let page = match *d {
+                    Delta::Entry(u, _) | Delta::Exit(u, _) => self.urls.name(u),
+                    Delta::Counts(_) => "",
+                };
+                r.apply_visit_change(&at, site, d, page, now_min);
             }
         }
     }
 
-    /// The id of url `name` (of `site`), interned if new.
+    /// The id of url `name` (of `site`), interned if new. The last one is remembered: a
+    /// record's url increment and its visitor's pageview name the same url, and on the
+    /// shard that owns both the second costs a compare instead of a lookup.
     fn intern_url(&mut self, name: &str, site: &str) -> u32 {
+        if let Some(id) = self.last_url.filter(|&id| self.urls.name(id) == name) {
+            return id;
+        }
         let (id, new) = self.urls.intern(name);
         if new {
             let (s, _) = self.sites.intern(site);
             self.url_site.push(s);
         }
+        self.last_url = Some(id);
         id
     }
 
@@ -738,16 +785,21 @@ impl Aggregates {
         }
     }
 
-    /// Applies one increment's counts (not its visit).
-    fn apply_counts(&mut self, inc: &Inc, site: &str, key: &str, now_min: i64) {
+    /// Applies one increment's counts, and for a visitor's the changes `visits` of its visit
+    /// (all of the increment's minute; `site_id`: its site's id when known).
+    fn apply_counts(
+        &mut self,
+        inc: &Inc,
+        site: &str,
+        key: &str,
+        now_min: i64,
+        visits: &[(i64, Delta)],
+        site_id: Option<u32>,
+    ) {
         let pv = u32::from(inc.pageview);
         match inc.kind {
             IncKind::Url => {
-                let (id, new) = self.urls.intern(key);
-                if new {
-                    let (s, _) = self.sites.intern(site);
-                    self.url_site.push(s);
-                }
+                let id = self.intern_url(key, site);
                 self.each_bucket(inc, now_min, |b| {
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
@@ -765,7 +817,7 @@ impl Aggregates {
                 });
             }
             IncKind::Visitor => {
-                let (s, _) = self.sites.intern(site);
+                let s = site_id.unwrap_or_else(|| self.sites.intern(site).0);
                 self.each_bucket(inc, now_min, |b| {
                     for c in [b.sites.entry(s).or_default(), &mut b.all] {
                         c.views += u64::from(pv);
@@ -773,6 +825,16 @@ impl Aggregates {
                         c.engaged += u64::from(inc.engaged);
                         if inc.has_vid {
                             c.uniques.insert_hash(inc.vid);
+                        }
+                        for (_, d) in visits {
+                            if let Delta::Counts(v) = d {
+                                c.visits.add(v);
+                            }
+                        }
+                    }
+                    for (_, d) in visits {
+                        if !matches!(d, Delta::Counts(_)) {
+                            visit_delta(b, s, d);
                         }
                     }
                 });
