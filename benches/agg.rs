@@ -3,6 +3,8 @@
 //! - `agg/record`: one shard's whole per-event path after the log — syslog header + JSON
 //!   event parse + routing + minute/hour cell updates + HLL insert (`Router::record`, one
 //!   shard so every increment is applied locally) — in ns/event;
+//! - `agg/record/…-without-visits`: the same with every event too late for visits (a zero
+//!   `visit_late_allowance`): the difference is the cost of visits;
 //! - `agg/apply`: applying already-routed increments (what an owner does per increment);
 //! - `agg/hll_insert`: one uniques-sketch insert;
 //! - `agg/query/*`: one shard's part of the two reference queries over 24 h of 100 000 urls
@@ -48,6 +50,22 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for l in &lines {
                 router.record(recv_ts, black_box(l));
+            }
+        })
+    });
+    // The same without visits (every event later than a zero allowance): the difference is
+    // what visits cost per event.
+    let mut no_visits = AggConfig::default();
+    no_visits.visits.late_allowance_ms = 0;
+    let router_nv = Router::new(
+        Aggregates::new(no_visits),
+        None,
+        Arc::new(ShardStats::default()),
+    );
+    group.bench_function("record/10k-events-without-visits", |b| {
+        b.iter(|| {
+            for l in &lines {
+                router_nv.record(recv_ts, black_box(l));
             }
         })
     });
