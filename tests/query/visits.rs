@@ -31,9 +31,10 @@
 //! relative to the wall clock at the send, never a fixed date.
 //!
 //! A fourth test runs the same scenario forty times faster (`visit_gap = 3s`, an allowance of
-//! 22 s), sends the batches at once, waits until the server has forgotten every visitor
-//! (`pixeld_agg_visitors` 0, about 85 s: the receive clock runs a minute behind the wall
-//! clock) and checks again, live, after a SIGKILL and a SIGTERM, and rebuilt from the log.
+//! 22 s), sends the three batches one right after the other (after a warm-up request), waits
+//! until the server has forgotten every visitor (`pixeld_agg_visitors` 0, about 85 s: the
+//! receive clock runs a minute behind the wall clock) and checks again, live, after a SIGKILL
+//! and a SIGTERM, and rebuilt from the log.
 //!
 //! The truth is computed here from what the generator rendered, never by pixeld's code.
 
