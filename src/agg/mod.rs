@@ -995,6 +995,11 @@ impl Aggregates {
             b.sites.insert(s, cell.clone());
         }
         b.all = o.all.clone();
+        for (&id, cell) in &o.pages {
+            let site = other.url_site.get(id as usize).copied().unwrap_or(0);
+            let nid = self.intern_url(other.urls.name(id), other.sites.name(site));
+            b.pages.insert(nid, *cell);
+        }
         b
     }
 
