@@ -10,7 +10,6 @@
 use hashbrown::HashMap;
 
 use super::hll::Uniques;
-use super::visits::VisitCounts;
 
 /// Counters of one url in one bucket (saturating: 4.29 billion per url per bucket).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +24,37 @@ impl UrlCell {
         self.views = self.views.saturating_add(o.views);
         self.hits = self.hits.saturating_add(o.hits);
         self.engaged = self.engaged.saturating_add(o.engaged);
+    }
+}
+
+/// What visits add to a site cell (signed: a change retracts what a visit added before).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VisitCounts {
+    pub visits: i64,
+    pub bounces: i64,
+    /// Pageviews of those visits.
+    pub views: i64,
+    /// Sum of their durations, in milliseconds.
+    pub duration_ms: i64,
+}
+
+impl VisitCounts {
+    pub fn add(&mut self, o: &VisitCounts) {
+        self.visits = self.visits.wrapping_add(o.visits);
+        self.bounces = self.bounces.wrapping_add(o.bounces);
+        self.views = self.views.wrapping_add(o.views);
+        self.duration_ms = self.duration_ms.wrapping_add(o.duration_ms);
+    }
+
+    pub fn sub(&mut self, o: &VisitCounts) {
+        self.visits = self.visits.wrapping_sub(o.visits);
+        self.bounces = self.bounces.wrapping_sub(o.bounces);
+        self.views = self.views.wrapping_sub(o.views);
+        self.duration_ms = self.duration_ms.wrapping_sub(o.duration_ms);
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == VisitCounts::default()
     }
 }
 

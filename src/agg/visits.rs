@@ -27,6 +27,7 @@
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
+pub use super::cells::VisitCounts;
 use super::cells::{put_u32, put_u64, Cursor, FormatError};
 
 /// How visits are cut and judged (validated from `[agg]`).
@@ -79,37 +80,6 @@ pub enum Delta {
     Entry(u32, i32),
     /// To the exits of a url.
     Exit(u32, i32),
-}
-
-/// What visits add to a site cell (signed: a change retracts what a visit added before).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VisitCounts {
-    pub visits: i64,
-    pub bounces: i64,
-    /// Pageviews of those visits.
-    pub views: i64,
-    /// Sum of their durations, in milliseconds.
-    pub duration_ms: i64,
-}
-
-impl VisitCounts {
-    pub fn add(&mut self, o: &VisitCounts) {
-        self.visits = self.visits.wrapping_add(o.visits);
-        self.bounces = self.bounces.wrapping_add(o.bounces);
-        self.views = self.views.wrapping_add(o.views);
-        self.duration_ms = self.duration_ms.wrapping_add(o.duration_ms);
-    }
-
-    fn sub(&mut self, o: &VisitCounts) {
-        self.visits = self.visits.wrapping_sub(o.visits);
-        self.bounces = self.bounces.wrapping_sub(o.bounces);
-        self.views = self.views.wrapping_sub(o.views);
-        self.duration_ms = self.duration_ms.wrapping_sub(o.duration_ms);
-    }
-
-    pub fn is_zero(&self) -> bool {
-        *self == VisitCounts::default()
-    }
 }
 
 impl Visit {
