@@ -391,6 +391,28 @@ pub fn http(
     (status, head, out[split + 4..].to_vec())
 }
 
+/// One `GET` on a fresh connection: (status, body), status 0 when the connection closed
+/// without a complete response (a server being killed).
+pub fn try_get(port: u16, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let Some(split) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (0, out);
+    };
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    (status, out[split + 4..].to_vec())
+}
+
 /// `POST /v1/events` on a fresh connection: the status, or None when the server is gone or
 /// the connection broke (for tests that kill it).
 pub fn try_post_events(port: u16, body: &[u8]) -> Option<u16> {

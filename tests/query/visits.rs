@@ -39,7 +39,6 @@
 //! The truth is computed here from what the generator rendered, never by pixeld's code.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -1799,22 +1798,7 @@ fn send(
 
 /// One GET; status 0 when the connection closed without a complete response.
 fn get(s: &Server, path: &str) -> (u16, Vec<u8>) {
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.http)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    c.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = c.read_to_end(&mut out);
-    let Some(split) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return (0, out);
-    };
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    (status, out[split + 4..].to_vec())
+    common::try_get(s.http, path)
 }
 
 fn m(mx: &BTreeMap<String, f64>, k: &str) -> u64 {
