@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod log_http;
+pub mod model;
 pub mod nginx;
 
 use std::future::Future;

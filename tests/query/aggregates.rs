@@ -16,12 +16,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use crate::common::model::{civil, enc, js, msec, rfc, ts_z};
 use crate::common::{self, http, Server};
 
 // Servers fed the same lines at different times agree on visits only if no event is too late
@@ -250,44 +250,12 @@ impl Truth {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Time formatting, written here rather than borrowed from pixeld.
+// Time parsing (formatting: common::model), written here rather than borrowed from pixeld.
 // ---------------------------------------------------------------------------------------------
-
-fn civil(secs: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
-}
-
-/// RFC 3339 in UTC (`YYYY-MM-DDTHH:MM:00Z`) of a minute since the epoch.
-fn rfc(minute: i64) -> String {
-    let t = civil(minute * 60);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:00Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute()
-    )
-}
 
 fn parse_rfc_minute(s: &str) -> i64 {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
     t.unix_timestamp().div_euclid(60)
-}
-
-/// RFC 3339 with milliseconds, UTC (`ts`).
-fn ts_z(ms: i64) -> String {
-    let t = civil(ms.div_euclid(1000));
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        ms.rem_euclid(1000)
-    )
 }
 
 /// nginx `$time_iso8601` at +01:00, whole seconds (so the event time is the second's start).
@@ -319,10 +287,6 @@ fn time_local(ms: i64) -> String {
         t.minute(),
         t.second()
     )
-}
-
-fn msec(ms: i64) -> String {
-    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,10 +358,6 @@ fn catalog() -> Vec<Page> {
         });
     }
     pages
-}
-
-fn enc(s: &str) -> String {
-    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
 fn mixed_case(rng: &mut SmallRng, host: &str) -> String {
@@ -543,10 +503,6 @@ struct Draft {
     qs: Vec<(String, String)>,
     /// Event time in the line (for the combined line's `[time_local]`).
     t_ms: i64,
-}
-
-fn js(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
 }
 
 impl Draft {

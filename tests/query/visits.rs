@@ -42,12 +42,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
+use crate::common::model::{enc, js, msec, rfc, ts_z};
 use crate::common::{self, http, Server};
 
 const MIN_MS: i64 = 60_000;
@@ -523,54 +523,9 @@ fn step_name(step: i64) -> &'static str {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Time formatting and line rendering (the line formats of aggregates.rs), written here rather
-// than borrowed from pixeld.
+// Line rendering (the line formats of aggregates.rs; times and escapes from common::model),
+// written here rather than borrowed from pixeld.
 // ---------------------------------------------------------------------------------------------
-
-fn civil(secs: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
-}
-
-/// RFC 3339 in UTC (`YYYY-MM-DDTHH:MM:00Z`) of a minute since the epoch.
-fn rfc(minute: i64) -> String {
-    let t = civil(minute * 60);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:00Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute()
-    )
-}
-
-/// RFC 3339 with milliseconds, UTC (`ts`).
-fn ts_z(ms: i64) -> String {
-    let t = civil(ms.div_euclid(1000));
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        ms.rem_euclid(1000)
-    )
-}
-
-/// nginx `$msec`: seconds with three decimals.
-fn msec(ms: i64) -> String {
-    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
-}
-
-fn js(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
-}
-
-fn enc(s: &str) -> String {
-    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
-}
 
 /// The paths of the three sites, and how often a page is one of them.
 const PATHS: [(&str, u32); 8] = [
