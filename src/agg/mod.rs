@@ -751,6 +751,29 @@ impl Aggregates {
         id
     }
 
+    /// Takes the visits in progress of `from` (another state: an old owner before a
+    /// re-partition, or a recomputation), translating its site and url ids into this one's.
+    pub fn take_visits(&mut self, from: &Aggregates) {
+        let (sites, urls, url_site) = (&mut self.sites, &mut self.urls, &mut self.url_site);
+        self.visits.take_from(&from.visits, |is_url, id| {
+            if !is_url {
+                return sites.intern(from.sites.name(id)).0;
+            }
+            let (u, new) = urls.intern(from.urls.name(id));
+            if new {
+                let s = from.url_site.get(id as usize).copied().unwrap_or(0);
+                url_site.push(sites.intern(from.sites.name(s)).0);
+            }
+            u
+        });
+    }
+
+    /// Replaces the visits in progress with `from`'s (see [`Aggregates::take_visits`]).
+    pub fn replace_visits(&mut self, from: &Aggregates) {
+        self.visits = Visits::new(self.cfg.visits);
+        self.take_visits(from);
+    }
+
     /// Forgets the visits of repair records (once every source's replay has arrived, no
     /// more come).
     pub fn end_repairs(&mut self) {

@@ -47,6 +47,10 @@ pub fn recompute(
     let mut parser = EventParser::new(cfg.event.clone());
     let epochs = crate::agg::store::repartition::read_epochs(data_dir);
     let mut from_minute = window.floor;
+    // Per owner and source: the latest receive time applied (ms). Records the owner has not
+    // applied yet come later in that log, so visits that ended more than gap + allowance
+    // before the lowest of them are out of any event's reach: forgotten, as a server would.
+    let mut clocks: Vec<Vec<i64>> = vec![vec![0; n]; n];
     for src in 0..n {
         let upto = applied
             .iter()
@@ -74,6 +78,9 @@ pub fn recompute(
                     .is_some_and(|&a| rec.offset < a);
                 if let Some(e) = expected.get_mut(owner).filter(|_| holds) {
                     e.apply(&inc, site, key, now);
+                    if let Some(c) = clocks.get_mut(owner).and_then(|c| c.get_mut(src)) {
+                        *c = (*c).max((rec.recv_ts / 1_000_000) as i64);
+                    }
                 }
             },
         )?;
@@ -93,6 +100,12 @@ pub fn recompute(
                 .into_iter()
                 .map(|w| format!("shard {src}'s log: {w} (records there cannot be compared)")),
         );
+    }
+    for (e, c) in expected.iter_mut().zip(&clocks) {
+        let clock = c.iter().copied().min().unwrap_or(0) - crate::route::CLOCK_MARGIN_MS;
+        if c.iter().all(|&x| x > 0) {
+            e.visits.sweep(clock);
+        }
     }
     rc.expected = expected;
     rc.from_minute = from_minute;

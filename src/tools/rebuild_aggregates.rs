@@ -105,6 +105,8 @@ pub fn rebuild_aggregates(
     for (o, (l, e)) in loaded.iter_mut().zip(&rc.expected).enumerate() {
         let agg = &mut l.agg;
         let (minutes, hours) = agg.replace_range(e, (lo, hi), now, None);
+        // The visits in progress as the settings now in force cut them (the same events).
+        agg.replace_visits(e);
         out.minute_buckets += minutes;
         out.hour_buckets += hours;
         // Lost sealed files outside what was recomputed stay listed: the next start repairs

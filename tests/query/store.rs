@@ -614,6 +614,68 @@ fn rebuild_aggregates_recomputes_under_a_new_config_and_keeps_the_rest() {
     stop(s);
 }
 
+/// A changed `visit_gap` cuts visits anew: the offline rebuild recomputes the visit counts of
+/// the retained range *and* the visits still in progress, so that hits after the restart
+/// continue them as a server that always had the new gap would.
+#[test]
+fn rebuild_aggregates_recuts_visits_in_progress_under_a_new_gap() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let t0 = pixeld::route::now_minute();
+    // An allowance covering every generated hit (two hours old at most), so that all count
+    // for visits; gap 30 min (A) against 90 s (C).
+    let config_a = CONFIG.replace("[agg]\n", "[agg]\nvisit_late_allowance = \"1d\"\n");
+    let config_c = config_a.replace("[agg]\n", "[agg]\nvisit_gap = \"90s\"\n");
+    let cfg = pixeld::tools::gen::GenConfig {
+        ms_per_event: 1_200.0, // two hours of event time, up to now
+        ..Default::default()
+    };
+    let s = start(&data, &config_a);
+    post_all(&s, &hits_with(21, 6000, cfg.clone()));
+    std::thread::sleep(Duration::from_millis(600));
+    let a_answers = answers(&s, t0);
+    stop(s);
+
+    // What C gives: a copy of the logs without the store, rebuilt at its start.
+    let fresh = tmp.path().join("fresh");
+    copy_dir(&data, &fresh);
+    std::fs::remove_dir_all(fresh.join("agg")).unwrap();
+    let s = start(&fresh, &config_c);
+    let c_answers = answers(&s, t0);
+    assert!(c_answers != a_answers, "the gap changes nothing");
+    // More hits of the same visitors, right after the last ones: they extend (or not) the
+    // visits in progress.
+    let more = hits_from(
+        21,
+        3000,
+        (pixeld::route::now_minute() as u64 - 1) * 60_000,
+        pixeld::tools::gen::GenConfig {
+            ms_per_event: 15.0,
+            ..Default::default()
+        },
+    );
+    post_all(&s, &more);
+    std::thread::sleep(Duration::from_millis(600));
+    let c_after = answers(&s, t0);
+    stop(s);
+
+    rebuild(&data, &config_c, &[]);
+    let s = start(&data, &config_c);
+    assert!(
+        answers(&s, t0) == c_answers,
+        "rebuilt store differs from the logs under the new gap"
+    );
+    post_all(&s, &more);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        answers(&s, t0) == c_after,
+        "visits in progress were not re-cut: later hits continue them differently"
+    );
+    stop(s);
+    let (ok, report) = common::check_aggregates(&data, Some(&config_c));
+    assert!(ok, "{report}");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {

@@ -165,19 +165,7 @@ pub fn split(old: &[Aggregates], n: usize) -> Vec<Part> {
         }
         // Visits in progress go where the old owner's site cells went, as its visitors'
         // increments do until the next UTC midnight (`route::partition::Epochs`).
-        let t = &mut to[o % n];
-        let (sites, urls, url_site) = (&mut t.sites, &mut t.urls, &mut t.url_site);
-        t.visits.take_from(&from.visits, |is_url, id| {
-            if !is_url {
-                return sites.intern(from.sites.name(id)).0;
-            }
-            let (u, new) = urls.intern(from.urls.name(id));
-            if new {
-                let s = from.url_site.get(id as usize).copied().unwrap_or(0);
-                url_site.push(sites.intern(from.sites.name(s)).0);
-            }
-            u
-        });
+        to[o % n].take_visits(from);
         // Lost sealed files still to be recomputed from the logs: every new owner recomputes
         // its keys of them.
         for a in &mut to {
