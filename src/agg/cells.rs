@@ -175,11 +175,6 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A cursor over bytes written before site cells carried visit counts.
-    pub fn without_visits(mut self) -> Self {
-        self.visits = false;
-        self
-    }
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
         let end = self
             .at

@@ -477,14 +477,16 @@ fn visit_delta(b: &mut Bucket, s: u32, d: &Delta) {
             b.sites.entry(s).or_default().visits.add(&c);
             b.all.visits.add(&c);
         }
-        Delta::Entry(u, n) => {
-            let p = b.pages.entry(u).or_default();
-            p.entries = p.entries.wrapping_add(n);
-        }
-        Delta::Exit(u, n) => {
-            let p = b.pages.entry(u).or_default();
-            p.exits = p.exits.wrapping_add(n);
-        }
+        Delta::Entry(u, entries) => b
+            .pages
+            .entry(u)
+            .or_default()
+            .add(&PageCell { entries, exits: 0 }),
+        Delta::Exit(u, exits) => b
+            .pages
+            .entry(u)
+            .or_default()
+            .add(&PageCell { entries: 0, exits }),
     }
 }
 
@@ -782,30 +784,16 @@ impl Aggregates {
         }
     }
 
-    /// Adds a change of what visits starting in `at.minute` add to `site`'s cells, or to the
-    /// entries or exits of url `page`.
+    /// Adds a change made by another state (the live one, to a recording) of what visits
+    /// starting in `at.minute` add: its page, when it has one, named `page` there.
     fn apply_visit_change(&mut self, at: &Inc, site: &str, d: &Delta, page: &str, now_min: i64) {
         let (s, _) = self.sites.intern(site);
-        match *d {
-            Delta::Counts(c) => self.each_bucket(at, now_min, |b| {
-                b.sites.entry(s).or_default().visits.add(&c);
-                b.all.visits.add(&c);
-            }),
-            Delta::Entry(_, n) | Delta::Exit(_, n) => {
-                let u = self.intern_url(page, site);
-                let cell = match d {
-                    Delta::Entry(..) => PageCell {
-                        entries: n,
-                        exits: 0,
-                    },
-                    _ => PageCell {
-                        entries: 0,
-                        exits: n,
-                    },
-                };
-                self.each_bucket(at, now_min, |b| b.pages.entry(u).or_default().add(&cell));
-            }
-        }
+        let d = match *d {
+            Delta::Counts(_) => *d,
+            Delta::Entry(_, n) => Delta::Entry(self.intern_url(page, site), n),
+            Delta::Exit(_, n) => Delta::Exit(self.intern_url(page, site), n),
+        };
+        self.each_bucket(at, now_min, |b| visit_delta(b, s, &d));
     }
 
     /// Applies one increment's counts, and for a visitor's the changes `visits` of its visit

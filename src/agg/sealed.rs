@@ -279,6 +279,21 @@ impl std::fmt::Debug for SealedFile {
     }
 }
 
+/// Binary search for `id` over `n` records sorted by id, the `i`th read by `at(i)`.
+fn search<T>(n: usize, id: u32, at: impl Fn(usize) -> (u32, T)) -> Option<T> {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let (k, c) = at(mid);
+        match k.cmp(&id) {
+            std::cmp::Ordering::Equal => return Some(c),
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+        }
+    }
+    None
+}
+
 fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     if let Some(s) = b.get(at..at + 4) {
@@ -396,51 +411,27 @@ impl SealedFile {
 
     /// The cell of url `id` (binary search in place).
     pub fn url(&self, id: u32) -> Option<UrlCell> {
-        let (mut lo, mut hi) = (0, self.index.urls);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let (k, c) = self.url_at(mid);
-            match k.cmp(&id) {
-                std::cmp::Ordering::Equal => return Some(c),
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-            }
-        }
-        None
+        search(self.index.urls, id, |i| self.url_at(i))
     }
 
-    /// The page cell of url `id`.
+    fn page_at(&self, i: usize) -> (u32, PageCell) {
+        let at = self.index.pages_at + i * 12;
+        let b = self.b();
+        let cell = PageCell {
+            entries: le_u32(b, at + 4) as i32,
+            exits: le_u32(b, at + 8) as i32,
+        };
+        (le_u32(b, at), cell)
+    }
+
+    /// The page cell of url `id` (binary search in place).
     pub fn page(&self, id: u32) -> Option<PageCell> {
-        let b = self.b();
-        let (mut lo, mut hi) = (0, self.index.pages);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let at = self.index.pages_at + mid * 12;
-            match le_u32(b, at).cmp(&id) {
-                std::cmp::Ordering::Equal => {
-                    return Some(PageCell {
-                        entries: le_u32(b, at + 4) as i32,
-                        exits: le_u32(b, at + 8) as i32,
-                    })
-                }
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-            }
-        }
-        None
+        search(self.index.pages, id, |i| self.page_at(i))
     }
 
-    /// Every page cell: `(url id, entries and exits)`.
+    /// Every page cell: `(url id, entries and exits)`, ascending by id.
     pub fn pages(&self) -> impl Iterator<Item = (u32, PageCell)> + '_ {
-        let b = self.b();
-        (0..self.index.pages).map(move |i| {
-            let at = self.index.pages_at + i * 12;
-            let cell = PageCell {
-                entries: le_u32(b, at + 4) as i32,
-                exits: le_u32(b, at + 8) as i32,
-            };
-            (le_u32(b, at), cell)
-        })
+        (0..self.index.pages).map(|i| self.page_at(i))
     }
 
     /// Every referrer cell: `(site id << 32 | referrer id, pageviews)`.

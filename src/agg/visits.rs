@@ -228,15 +228,11 @@ impl Visits {
             .get(i + 1)
             .copied()
             .filter(|v| first.is_some() && touches(v));
-        let mut old: SmallVec<[Visit; 2]> = SmallVec::new();
         let mut new = ev;
-        if let Some(a) = first {
-            old.push(a);
-            new.absorb(&a, cmp);
+        for v in first.iter().chain(&second) {
+            new.absorb(v, cmp);
         }
-        if let Some(b) = second {
-            old.push(b);
-            new.absorb(&b, cmp);
+        if second.is_some() {
             runs.remove(i + 1);
         }
         match first {
@@ -294,7 +290,7 @@ impl Visits {
                 }
             }
         };
-        for v in &old {
+        for v in first.iter().chain(&second) {
             add(v, -1);
         }
         add(&new, 1);

@@ -504,21 +504,33 @@ impl Hub {
                     Some(Part::Totals(t)) => *t,
                     _ => Totals::default(),
                 };
-                let mut body = json!({
-                    "from": minute_rfc3339(range.from),
-                    "to": minute_rfc3339(range.to),
-                    "site": site,
-                    "views": t.views,
-                    "hits": t.hits,
-                    "uniques": t.uniques.unwrap_or(0),
-                    "engaged_seconds": t.engaged,
-                });
-                VisitFields::of(&t, true).insert_into(&mut body);
-                if let Some(o) = body.as_object_mut() {
-                    o.insert("top_urls".into(), items(parts.get(1)));
-                    o.insert("top_ref_domains".into(), items(parts.get(2)));
+                #[derive(serde::Serialize)]
+                struct Summary {
+                    from: String,
+                    to: String,
+                    site: Option<String>,
+                    views: u64,
+                    hits: u64,
+                    uniques: u64,
+                    engaged_seconds: u64,
+                    #[serde(flatten)]
+                    visits: VisitFields,
+                    top_urls: Value,
+                    top_ref_domains: Value,
                 }
-                Ok(body.to_string())
+                Ok(serde_json::to_string(&Summary {
+                    from: minute_rfc3339(range.from),
+                    to: minute_rfc3339(range.to),
+                    site,
+                    views: t.views,
+                    hits: t.hits,
+                    uniques: t.uniques.unwrap_or(0),
+                    engaged_seconds: t.engaged,
+                    visits: VisitFields::of(&t, true),
+                    top_urls: items(parts.get(1)),
+                    top_ref_domains: items(parts.get(2)),
+                })
+                .unwrap_or_default())
             }
             Request::Realtime { range, site } => {
                 let parts = self
@@ -715,13 +727,6 @@ impl VisitFields {
             visit_views: Some(v.views),
             views_per_visit: ratio(v.views, 1.0),
             visit_duration: ratio(v.duration_ms, 1000.0),
-        }
-    }
-
-    /// As JSON fields to merge into an object.
-    fn insert_into(&self, obj: &mut Value) {
-        if let (Ok(Value::Object(m)), Some(o)) = (serde_json::to_value(self), obj.as_object_mut()) {
-            o.extend(m);
         }
     }
 }

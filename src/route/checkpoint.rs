@@ -300,7 +300,7 @@ mod tests {
             let cfg = AggConfig::default();
             let now = (now_ms / 60_000) as i64;
             let probe = Aggregates::new(cfg.clone());
-            let window = Window { floor: probe.day_floor(now), future: cfg.future_minutes, visit_late_allowance_ms: cfg.visits.late_allowance_ms };
+            let window = Window::at(&probe, now);
             let incs = increments_of(&lines, shards, window, now_ms * 1_000_000);
             // The generated lines parse and reach both tiers.
             prop_assert!(incs.iter().map(Vec::len).sum::<usize>() >= 2 * n);

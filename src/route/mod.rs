@@ -119,6 +119,17 @@ pub struct Window {
     pub visit_late_allowance_ms: i64,
 }
 
+impl Window {
+    /// The window of `agg`'s settings at minute `now_min`.
+    pub fn at(agg: &Aggregates, now_min: i64) -> Window {
+        Window {
+            floor: agg.day_floor(now_min),
+            future: agg.cfg.future_minutes,
+            visit_late_allowance_ms: agg.cfg.visits.late_allowance_ms,
+        }
+    }
+}
+
 /// Parses one record's message and makes its increments: the url's, the referrer domain's
 /// for a pageview, and the visitor's, each with the shard that owns it (of `shards`; a hit
 /// without a visitor id stays on `me`, the shard that appended it; a visitor's owner follows
@@ -354,16 +365,8 @@ impl Router {
     /// Routes one appended record whose syslog header the caller already stripped (`msg` is
     /// the whole record when it had none).
     pub fn record_message(&self, recv_ts: u64, msg: &[u8]) {
-        let (now, window) = {
-            let agg = self.agg.borrow();
-            let now = self.now_min.get();
-            let window = Window {
-                floor: agg.day_floor(now),
-                future: agg.cfg.future_minutes,
-                visit_late_allowance_ms: agg.cfg.visits.late_allowance_ms,
-            };
-            (now, window)
-        };
+        let now = self.now_min.get();
+        let window = Window::at(&self.agg.borrow(), now);
         increments(
             &mut self.parser.borrow_mut(),
             &self.stats.agg,

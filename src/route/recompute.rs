@@ -38,11 +38,7 @@ pub fn recompute(
         problems: Vec::new(),
     };
     let mut expected: Vec<Aggregates> = (0..n).map(|_| Aggregates::new(cfg.clone())).collect();
-    let window = crate::route::Window {
-        floor: expected[0].day_floor(now),
-        future: cfg.future_minutes,
-        visit_late_allowance_ms: cfg.visits.late_allowance_ms,
-    };
+    let window = crate::route::Window::at(&expected[0], now);
     let stats = AggStats::default();
     let mut parser = EventParser::new(cfg.event.clone());
     let epochs = crate::agg::store::repartition::read_epochs(data_dir);

@@ -64,11 +64,7 @@ pub fn run(cfg: &Config) -> Vec<String> {
         .map(|s| applied.iter().map(|a| a[s]).max().unwrap_or(0))
         .collect();
     // Bring every old owner to the frontier.
-    let window = crate::route::Window {
-        floor: aggs[0].day_floor(now),
-        future: cfg.agg.future_minutes,
-        visit_late_allowance_ms: cfg.agg.visits.late_allowance_ms,
-    };
+    let window = crate::route::Window::at(&aggs[0], now);
     let stats = AggStats::default();
     let mut parser = EventParser::new(cfg.agg.event.clone());
     let epochs = repartition::read_epochs(data_dir);
