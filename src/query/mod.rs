@@ -509,12 +509,8 @@ impl Hub {
                     from: String,
                     to: String,
                     site: Option<String>,
-                    views: u64,
-                    hits: u64,
-                    uniques: u64,
-                    engaged_seconds: u64,
                     #[serde(flatten)]
-                    visits: VisitFields,
+                    headline: Headline,
                     top_urls: Value,
                     top_ref_domains: Value,
                 }
@@ -522,11 +518,7 @@ impl Hub {
                     from: minute_rfc3339(range.from),
                     to: minute_rfc3339(range.to),
                     site,
-                    views: t.views,
-                    hits: t.hits,
-                    uniques: t.uniques.unwrap_or(0),
-                    engaged_seconds: t.engaged,
-                    visits: VisitFields::of(&t, true),
+                    headline: Headline::of(&t),
                     top_urls: items(parts.get(1)),
                     top_ref_domains: items(parts.get(2)),
                 })
@@ -633,12 +625,8 @@ impl Hub {
             from: String,
             to: String,
             site: Option<String>,
-            views: u64,
-            hits: u64,
-            uniques: u64,
-            engaged_seconds: u64,
             #[serde(flatten)]
-            visits: VisitFields,
+            headline: Headline,
             current_visitors: u64,
             points: Vec<Point>,
             top_urls: Value,
@@ -650,11 +638,7 @@ impl Hub {
             from: minute_rfc3339(range.from),
             to: minute_rfc3339(range.to),
             site,
-            views: t.views,
-            hits: t.hits,
-            uniques: t.uniques.unwrap_or(0),
-            engaged_seconds: t.engaged,
-            visits: VisitFields::of(&t, true),
+            headline: Headline::of(&t),
             current_visitors: cur.uniques.unwrap_or(0),
             points: points(parts.get(2), range.from, 1),
             top_urls: items(parts.get(3)),
@@ -662,6 +646,29 @@ impl Hub {
             top_sites: items(parts.get(5)),
         })
         .unwrap_or_default())
+    }
+}
+
+/// The totals of a range as a summary and a live snapshot answer them.
+#[derive(serde::Serialize)]
+struct Headline {
+    views: u64,
+    hits: u64,
+    uniques: u64,
+    engaged_seconds: u64,
+    #[serde(flatten)]
+    visits: VisitFields,
+}
+
+impl Headline {
+    fn of(t: &Totals) -> Self {
+        Headline {
+            views: t.views,
+            hits: t.hits,
+            uniques: t.uniques.unwrap_or(0),
+            engaged_seconds: t.engaged,
+            visits: VisitFields::of(t, true),
+        }
     }
 }
 

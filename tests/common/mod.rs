@@ -270,6 +270,13 @@ impl Server {
         }
     }
 
+    /// Waits until it reports ready and its aggregates complete; fails with its stderr.
+    pub fn wait_complete(&mut self) {
+        for what in ["pixeld: ready", "pixeld: aggregates complete"] {
+            assert!(self.wait_for(what).is_some(), "{}", self.seen.join("\n"));
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         signal(&self.child, sig);
     }
@@ -412,6 +419,66 @@ pub fn try_get(port: u16, path: &str) -> (u16, Vec<u8>) {
         .and_then(|x| x.parse().ok())
         .unwrap_or(0);
     (status, out[split + 4..].to_vec())
+}
+
+/// `POST /v1/events` of `lines` (one per line, newline-terminated) as NDJSON; fails unless
+/// answered 200.
+pub fn post_ndjson<'a>(port: u16, lines: impl IntoIterator<Item = &'a [u8]>) {
+    let mut body = Vec::new();
+    for l in lines {
+        body.extend_from_slice(l);
+        body.push(b'\n');
+    }
+    let (st, _, b) = http(
+        port,
+        "POST",
+        "/v1/events",
+        &[("Content-Type", "application/x-ndjson")],
+        &body,
+    );
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+}
+
+/// Waits until `lines` lines are appended, every record has an outcome and every shipped
+/// increment is applied (twice in a row, so that no batch was still pending), then returns
+/// the metrics; fails after 30 s with the counters that explain why.
+pub fn wait_aggregated(
+    port: u16,
+    lines: u64,
+    what: &str,
+) -> std::collections::BTreeMap<String, f64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut stable = None;
+    loop {
+        let mx = metrics(port);
+        let m = |k: &str| mx.get(k).copied().unwrap_or(-1.0) as u64;
+        let appended = m("pixeld_appended_events_total");
+        let outcomes: u64 = ["aggregated", "out_of_window", "unparsed"]
+            .iter()
+            .map(|o| m(&format!("pixeld_agg_records_total{{outcome=\"{o}\"}}")))
+            .sum();
+        let sent = m("pixeld_route_sent_increments_total");
+        let applied = m("pixeld_route_applied_increments_total");
+        let done = appended == lines && outcomes == lines && sent == applied;
+        if done && stable == Some(sent) {
+            return mx;
+        }
+        stable = if done { Some(sent) } else { None };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not everything aggregated after 30 s ({lines} lines sent):\n{}",
+            mx.iter()
+                .filter(
+                    |(k, _)| ["appended", "agg_", "route_", "received", "dropped", "kernel"]
+                        .iter()
+                        .any(|n| k.contains(n))
+                )
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(60));
+    }
 }
 
 /// `POST /v1/events` on a fresh connection: the status, or None when the server is gone or

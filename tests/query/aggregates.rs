@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::common::model::{civil, enc, js, msec, rfc, ts_z};
-use crate::common::{self, http, Server};
+use crate::common::{self, Server};
 
 // Servers fed the same lines at different times agree on visits only if no event is too late
 // for them (receive time − event time above the allowance): the allowance covers every
@@ -985,33 +985,12 @@ fn start(data: &std::path::Path, shards: usize) -> Server {
         .shards(shards)
         .config(CONFIG)
         .start();
-    assert!(
-        s.wait_for("pixeld: ready").is_some(),
-        "{}",
-        s.seen.join("\n")
-    );
-    assert!(
-        s.wait_for("pixeld: aggregates complete").is_some(),
-        "{}",
-        s.seen.join("\n")
-    );
+    s.wait_complete();
     s
 }
 
 fn post(s: &Server, lines: &[&[u8]]) {
-    let mut body = Vec::new();
-    for l in lines {
-        body.extend_from_slice(l);
-        body.push(b'\n');
-    }
-    let (st, _, b) = http(
-        s.http,
-        "POST",
-        "/v1/events",
-        &[("Content-Type", "application/x-ndjson")],
-        &body,
-    );
-    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    common::post_ndjson(s.http, lines.iter().copied());
 }
 
 fn send_tcp(s: &Server, lines: &[&[u8]]) {
@@ -1074,32 +1053,8 @@ fn dump(mx: &BTreeMap<String, f64>) -> String {
         .join("\n")
 }
 
-/// Waits until every line is appended, every record has an outcome and every shipped increment
-/// is applied (twice in a row, so that no batch was still pending), or fails with the metrics.
 fn wait_aggregated(s: &Server, lines: u64, what: &str) -> BTreeMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stable = None;
-    loop {
-        let mx = metrics(s);
-        let appended = m(&mx, "pixeld_appended_events_total");
-        let outcomes: u64 = ["aggregated", "out_of_window", "unparsed"]
-            .iter()
-            .map(|o| outcome(&mx, o))
-            .sum();
-        let sent = m(&mx, "pixeld_route_sent_increments_total");
-        let applied = m(&mx, "pixeld_route_applied_increments_total");
-        let done = appended == lines && outcomes == lines && sent == applied;
-        if done && stable == Some(sent) {
-            return mx;
-        }
-        stable = if done { Some(sent) } else { None };
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not everything aggregated after 30 s ({lines} lines sent):\n{}",
-            dump(&mx)
-        );
-        std::thread::sleep(Duration::from_millis(60));
-    }
+    common::wait_aggregated(s.http, lines, what)
 }
 
 fn check_counters(what: &str, mx: &BTreeMap<String, f64>, want: &Counters, errs: &mut Vec<String>) {

@@ -41,12 +41,7 @@ fn start_with(data: &Path, config: &str, shards: usize) -> Server {
         .shards(shards)
         .config(config)
         .start();
-    assert!(s.wait_for("pixeld: ready").is_some(), "{:?}", s.seen);
-    assert!(
-        s.wait_for("pixeld: aggregates complete").is_some(),
-        "{:?}",
-        s.seen
-    );
+    s.wait_complete();
     s
 }
 

@@ -48,7 +48,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
 use crate::common::model::{enc, js, msec, rfc, ts_z};
-use crate::common::{self, http, Server};
+use crate::common::{self, Server};
 
 const MIN_MS: i64 = 60_000;
 
@@ -1699,16 +1699,7 @@ fn start(data: &Path, shards: usize, tm: Timing) -> Server {
         .shards(shards)
         .config(&tm.config())
         .start();
-    assert!(
-        s.wait_for("pixeld: ready").is_some(),
-        "{}",
-        s.seen.join("\n")
-    );
-    assert!(
-        s.wait_for("pixeld: aggregates complete").is_some(),
-        "{}",
-        s.seen.join("\n")
-    );
+    s.wait_complete();
     s
 }
 
@@ -1725,19 +1716,7 @@ fn send(
     what: &str,
 ) {
     for c in lines.chunks(chunk) {
-        let mut body = Vec::new();
-        for l in c {
-            body.extend_from_slice(l);
-            body.push(b'\n');
-        }
-        let (st, _, b) = http(
-            s.http,
-            "POST",
-            "/v1/events",
-            &[("Content-Type", "application/x-ndjson")],
-            &body,
-        );
-        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+        common::post_ndjson(s.http, c.iter().copied());
     }
     let Some(earliest) = earliest_eligible else {
         return;
@@ -1760,34 +1739,15 @@ fn m(mx: &BTreeMap<String, f64>, k: &str) -> u64 {
     mx.get(k).copied().unwrap_or(-1.0) as u64
 }
 
-/// Waits until `lines` lines are appended and aggregated and every shipped increment is
-/// applied (twice in a row), or fails with the metrics.
+/// Waits until `lines` lines are appended and aggregated (every one of this test's lines is)
+/// and every shipped increment is applied.
 fn wait_aggregated(s: &Server, lines: u64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stable = None;
-    loop {
-        let mx = common::metrics(s.http);
-        let appended = m(&mx, "pixeld_appended_events_total");
-        let aggregated = m(&mx, "pixeld_agg_records_total{outcome=\"aggregated\"}");
-        let sent = m(&mx, "pixeld_route_sent_increments_total");
-        let applied = m(&mx, "pixeld_route_applied_increments_total");
-        let done = appended == lines && aggregated == lines && sent == applied;
-        if done && stable == Some(sent) {
-            return;
-        }
-        stable = if done { Some(sent) } else { None };
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not everything aggregated after 30 s ({lines} lines sent): appended \
-             {appended}, aggregated {aggregated}, increments sent {sent}, applied {applied}\n{}",
-            mx.iter()
-                .filter(|(k, _)| k.contains("agg_") || k.contains("route_"))
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(60));
-    }
+    let mx = common::wait_aggregated(s.http, lines, what);
+    assert_eq!(
+        m(&mx, "pixeld_agg_records_total{outcome=\"aggregated\"}"),
+        lines,
+        "{what}: lines not aggregated"
+    );
 }
 
 fn stop(s: Server, sig: &str) {
