@@ -92,7 +92,7 @@ fn bench(c: &mut Criterion) {
     let hashes: Vec<u64> = (0..10_000u64).map(|i| vid_hash(&i.to_string())).collect();
     group.bench_function("hll_insert/10k", |b| {
         b.iter(|| {
-            let mut u = Uniques::new();
+            let mut u: Uniques = Uniques::new();
             for &h in &hashes {
                 u.insert_hash(h);
             }

@@ -9,14 +9,16 @@
 
 use hashbrown::HashMap;
 
-use super::hll::Uniques;
+use super::hll::{Uniques, Visitors, URL_P};
 
-/// Counters of one url in one bucket (saturating: 4.29 billion per url per bucket).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Counters of one url in one bucket (saturating: 4.29 billion per url per bucket), and its
+/// distinct visitors.
+#[derive(Debug, Default, Clone)]
 pub struct UrlCell {
     pub views: u32,
     pub hits: u32,
     pub engaged: u32,
+    pub visitors: Visitors,
 }
 
 impl UrlCell {
@@ -24,6 +26,15 @@ impl UrlCell {
         self.views = self.views.saturating_add(o.views);
         self.hits = self.hits.saturating_add(o.hits);
         self.engaged = self.engaged.saturating_add(o.engaged);
+        self.visitors.merge(&o.visitors);
+    }
+}
+
+/// Equal counts and the same visitors (by [`Uniques::canonical`]).
+impl PartialEq for UrlCell {
+    fn eq(&self, o: &UrlCell) -> bool {
+        (self.views, self.hits, self.engaged) == (o.views, o.hits, o.engaged)
+            && self.visitors.to_uniques().canonical() == o.visitors.to_uniques().canonical()
     }
 }
 
@@ -164,6 +175,8 @@ pub struct Cursor<'a> {
     pub at: usize,
     /// Whether site cells carry visit counts (checkpoint version 3, sealed version 2 on).
     pub visits: bool,
+    /// Whether url cells carry their visitors (checkpoint version 4, sealed version 3 on).
+    pub url_visitors: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -172,6 +185,7 @@ impl<'a> Cursor<'a> {
             b,
             at,
             visits: true,
+            url_visitors: true,
         }
     }
 
@@ -218,7 +232,7 @@ pub fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_uniques(out: &mut Vec<u8>, u: &Uniques) {
+fn put_uniques<const P: usize>(out: &mut Vec<u8>, u: &Uniques<P>) {
     match u {
         Uniques::Exact(set) => {
             out.push(0);
@@ -258,18 +272,34 @@ fn put_site_cell(out: &mut Vec<u8>, c: &SiteCell) {
     put_uniques(out, &c.uniques);
 }
 
+/// The bytes of one url record in the url table (see "Cells of a bucket").
+pub const URL_RECORD: usize = 20;
+/// A url record's visitors offset when it has none.
+pub const NO_VISITORS: u32 = u32::MAX;
+
 /// Appends the cells of `b`, each table sorted by key (the same bucket always writes the
 /// same bytes).
 pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
     let mut urls: Vec<(&u32, &UrlCell)> = b.urls.iter().collect();
     urls.sort_unstable_by_key(|(k, _)| **k);
     put_u32(out, urls.len() as u32);
+    // Fixed-size records (a sealed file binary-searches them in place), each pointing into
+    // the blob of visitors that follows the table.
+    let mut blob = Vec::new();
     for (id, c) in urls {
         put_u32(out, *id);
         put_u32(out, c.views);
         put_u32(out, c.hits);
         put_u32(out, c.engaged);
+        if c.visitors.is_empty() {
+            put_u32(out, NO_VISITORS);
+        } else {
+            put_u32(out, blob.len() as u32);
+            put_uniques(&mut blob, &c.visitors.to_uniques());
+        }
     }
+    put_u32(out, blob.len() as u32);
+    out.extend_from_slice(&blob);
     let mut refs: Vec<(&u64, &u32)> = b.refs.iter().collect();
     refs.sort_unstable_by_key(|(k, _)| **k);
     put_u32(out, refs.len() as u32);
@@ -320,7 +350,7 @@ pub fn get_pages(c: &mut Cursor<'_>, urls: usize) -> Result<HashMap<u32, PageCel
 }
 
 /// Reads one uniques value.
-pub fn get_uniques(c: &mut Cursor<'_>) -> Result<Uniques, FormatError> {
+pub fn get_uniques<const P: usize>(c: &mut Cursor<'_>) -> Result<Uniques<P>, FormatError> {
     match c.u8()? {
         0 => {
             let n = c.count(8)?;
@@ -339,7 +369,7 @@ pub fn get_uniques(c: &mut Cursor<'_>) -> Result<Uniques, FormatError> {
             } else {
                 Some(words)
             };
-            let s = super::hll::sketch_from_parts(data, words)
+            let s = super::hll::sketch_from_parts::<P>(data, words)
                 .ok_or(FormatError::Damaged("an invalid sketch"))?;
             Ok(Uniques::Sketch(Box::new(s)))
         }
@@ -386,6 +416,27 @@ pub fn get_site_cell(c: &mut Cursor<'_>) -> Result<SiteCell, FormatError> {
     })
 }
 
+/// Reads the visitors of a url record at `at` in a blob of visitors.
+pub fn get_visitors(blob: &[u8], at: u32) -> Result<Visitors, FormatError> {
+    if at == NO_VISITORS {
+        return Ok(Visitors::None);
+    }
+    let mut c = Cursor::new(blob, at as usize);
+    Ok(Visitors::from_uniques(get_uniques::<URL_P>(&mut c)?))
+}
+
+/// Reads a url table's blob of visitors (after its records), checking that every record's
+/// offset in it starts a valid value.
+pub fn get_url_blob<'a>(c: &mut Cursor<'a>, offsets: &[u32]) -> Result<&'a [u8], FormatError> {
+    let n = c.count(1)?;
+    let blob = c.take(n)?;
+    for &at in offsets.iter().filter(|&&at| at != NO_VISITORS) {
+        let mut v = Cursor::new(blob, at as usize);
+        skip_uniques(&mut v)?;
+    }
+    Ok(blob)
+}
+
 /// Steps over a site cell's counts (not its uniques).
 pub fn skip_site_counts(c: &mut Cursor<'_>) -> Result<(), FormatError> {
     c.take(if c.visits { 56 } else { 24 })?;
@@ -397,8 +448,9 @@ pub fn skip_site_counts(c: &mut Cursor<'_>) -> Result<(), FormatError> {
 pub fn get_cells(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Bucket, FormatError> {
     let mut b = Bucket::default();
     // Counts are bounded by the bytes left (`count`), so reserving them is safe.
-    let n = c.count(16)?;
+    let n = c.count(if c.url_visitors { URL_RECORD } else { 16 })?;
     b.urls.reserve(n);
+    let mut offsets = Vec::new();
     for _ in 0..n {
         let id = c.u32()?;
         if id as usize >= names.1 {
@@ -408,8 +460,20 @@ pub fn get_cells(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Buc
             views: c.u32()?,
             hits: c.u32()?,
             engaged: c.u32()?,
+            visitors: Visitors::None,
         };
+        if c.url_visitors {
+            offsets.push((id, c.u32()?));
+        }
         b.urls.insert(id, cell);
+    }
+    if c.url_visitors {
+        let blob = get_url_blob(c, &[])?;
+        for (id, at) in offsets {
+            if let Some(cell) = b.urls.get_mut(&id) {
+                cell.visitors = get_visitors(blob, at)?;
+            }
+        }
     }
     let n = c.count(12)?;
     b.refs.reserve(n);
@@ -476,6 +540,7 @@ pub(crate) mod tests {
                 views: 1,
                 hits: 2,
                 engaged: 3,
+                ..UrlCell::default()
             },
         );
         a.all.uniques.insert_hash(7);

@@ -36,7 +36,7 @@ use hashbrown::HashMap;
 
 use buckets::Tier;
 pub use cells::{Bucket, PageCell, SiteCell, UrlCell};
-use hll::Uniques;
+use hll::{Uniques, Visitors};
 use sealed::SealedFile;
 use topn::Ranked;
 use visits::{Delta, VisitCounts, VisitSettings, Visits};
@@ -337,7 +337,8 @@ fn rank<'a>(
     ids
 }
 
-/// Views, hits, engaged seconds and uniques of a range (`uniques` None where not kept: per url).
+/// Views, hits, engaged seconds and uniques of a range (of a url: its distinct visitors; None
+/// from a shard that does not own it).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
     pub views: u64,
@@ -346,6 +347,8 @@ pub struct Totals {
     pub uniques: Option<u64>,
     /// Visits starting in the range (per site and in all; zero per url).
     pub visits: VisitCounts,
+    /// Whether these are one url's (which hold no visits).
+    pub per_url: bool,
 }
 
 impl Totals {
@@ -355,6 +358,7 @@ impl Totals {
         self.hits += o.hits;
         self.engaged += o.engaged;
         self.visits.add(&o.visits);
+        self.per_url |= o.per_url;
         self.uniques = match (self.uniques, o.uniques) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
@@ -374,12 +378,17 @@ pub enum Dim {
     ExitPage,
     /// Urls by engaged seconds (a top list's `sort=engaged_seconds`).
     UrlEngaged,
+    /// Urls by distinct visitors (`sort=visitors`).
+    UrlVisitors,
+    /// Urls by engaged seconds per visitor (`sort=avg_engaged_seconds`; ranked in
+    /// milliseconds).
+    UrlAvgEngaged,
 }
 
 impl Dim {
     pub fn as_str(self) -> &'static str {
         match self {
-            Dim::Url | Dim::UrlEngaged => "url",
+            Dim::Url | Dim::UrlEngaged | Dim::UrlVisitors | Dim::UrlAvgEngaged => "url",
             Dim::RefDomain => "ref_domain",
             Dim::Site => "site",
             Dim::EntryPage => "entry_page",
@@ -400,6 +409,8 @@ impl Dim {
             Dim::EntryPage => "entries",
             Dim::ExitPage => "exits",
             Dim::UrlEngaged => "engaged_seconds",
+            Dim::UrlVisitors => "visitors",
+            Dim::UrlAvgEngaged => "avg_engaged_seconds",
             _ => "views",
         }
     }
@@ -413,6 +424,10 @@ pub struct UrlStats {
     pub engaged: u64,
     pub entries: i64,
     pub exits: i64,
+    /// Distinct visitors (on the url's owner; zero elsewhere), and whether a sketch counted
+    /// them.
+    pub visitors: u64,
+    pub sketched: bool,
 }
 
 impl UrlStats {
@@ -422,6 +437,47 @@ impl UrlStats {
         self.engaged += o.engaged;
         self.entries += o.entries;
         self.exits += o.exits;
+        self.visitors += o.visitors;
+        self.sketched |= o.sketched;
+    }
+
+    /// Engaged seconds per visitor (None without visitors).
+    pub fn avg_engaged(&self) -> Option<f64> {
+        (self.visitors > 0).then(|| self.engaged as f64 / self.visitors as f64)
+    }
+}
+
+/// The union of a url's visitors over the parts of a range, without copying the first.
+#[derive(Default)]
+struct VisitorUnion<'a> {
+    first: Option<Cow<'a, Visitors>>,
+    merged: Option<Visitors>,
+}
+
+impl<'a> VisitorUnion<'a> {
+    fn add(&mut self, v: Cow<'a, Visitors>) {
+        if v.is_empty() {
+            return;
+        }
+        if let Some(m) = &mut self.merged {
+            m.merge(&v);
+        } else if let Some(f) = self.first.take() {
+            let mut m = f.into_owned();
+            m.merge(&v);
+            self.merged = Some(m);
+        } else {
+            self.first = Some(v);
+        }
+    }
+
+    fn get(&self) -> Option<&Visitors> {
+        self.merged.as_ref().or(self.first.as_deref())
+    }
+
+    /// The count, and whether a sketch made it.
+    fn count(&self) -> (u64, bool) {
+        self.get()
+            .map_or((0, false), |v| (v.estimate() as u64, !v.is_exact()))
     }
 }
 
@@ -446,14 +502,8 @@ pub struct Memory {
 /// A site cell as one line of text (counts, and the uniques' exact size or sketch with a CRC
 /// of its canonical words): what `pixeld check --aggregates` compares.
 pub fn site_line(c: &SiteCell) -> String {
-    let u: Vec<u8> = c
-        .uniques
-        .canonical()
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
     format!(
-        "views {} hits {} engaged {} visits {} bounces {} visit_views {} visit_ms {} uniques {} (crc {:08x} of {} words)",
+        "views {} hits {} engaged {} visits {} bounces {} visit_views {} visit_ms {} uniques {}",
         c.views,
         c.hits,
         c.engaged,
@@ -461,12 +511,22 @@ pub fn site_line(c: &SiteCell) -> String {
         c.visits.bounces,
         c.visits.views,
         c.visits.duration_ms,
-        match &c.uniques {
-            Uniques::Exact(set) => format!("exactly {}", set.len()),
-            Uniques::Sketch(_) => "a sketch".to_string(),
-        },
-        crc32c::crc32c(&u),
-        u.len() / 8
+        uniques_line(&c.uniques)
+    )
+}
+
+/// A set of distinct visitors as text: its exact size or a sketch, with a CRC of its
+/// canonical words.
+fn uniques_line<const P: usize>(u: &Uniques<P>) -> String {
+    let words: Vec<u8> = u.canonical().iter().flat_map(|x| x.to_le_bytes()).collect();
+    let size = match u {
+        Uniques::Exact(set) => format!("exactly {}", set.len()),
+        Uniques::Sketch(_) => "a sketch".to_string(),
+    };
+    format!(
+        "{size} (crc {:08x} of {} words)",
+        crc32c::crc32c(&words),
+        words.len() / 8
     )
 }
 
@@ -816,6 +876,9 @@ impl Aggregates {
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1);
                     c.engaged = c.engaged.saturating_add(inc.engaged);
+                    if inc.has_vid {
+                        c.visitors.insert_hash(inc.vid);
+                    }
                 });
             }
             IncKind::Ref => {
@@ -994,7 +1057,7 @@ impl Aggregates {
                 let (s, _) = self.sites.intern(other.sites.name(site));
                 self.url_site.push(s);
             }
-            b.urls.insert(nid, *cell);
+            b.urls.insert(nid, cell.clone());
         }
         for (&k, &v) in &o.refs {
             let (s, _) = self.sites.intern(other.sites.name((k >> 32) as u32));
@@ -1156,11 +1219,12 @@ impl Aggregates {
         let mut out: Vec<String> = Vec::new();
         for (id, c) in &b.urls {
             out.push(format!(
-                "url {:?}: views {} hits {} engaged {}",
+                "url {:?}: views {} hits {} engaged {} visitors {}",
                 self.urls.name(*id),
                 c.views,
                 c.hits,
-                c.engaged
+                c.engaged,
+                uniques_line(&c.visitors.to_uniques())
             ));
         }
         for (k, v) in &b.refs {
@@ -1252,6 +1316,53 @@ impl Aggregates {
                 }
                 (&self.urls, acc)
             }
+            Dim::UrlVisitors | Dim::UrlAvgEngaged => {
+                let n = self.urls.len();
+                let mut unions: Vec<VisitorUnion<'_>> = Vec::new();
+                unions.resize_with(n, VisitorUnion::default);
+                let mut engaged = vec![0u64; n];
+                let keep =
+                    |id: u32| site_id.is_none_or(|s| self.url_site.get(id as usize) == Some(&s));
+                fn slot<'v, 'a>(
+                    unions: &'v mut [VisitorUnion<'a>],
+                    engaged: &'v mut [u64],
+                    id: u32,
+                ) -> Option<(&'v mut VisitorUnion<'a>, &'v mut u64)> {
+                    let i = id as usize;
+                    unions.get_mut(i).zip(engaged.get_mut(i))
+                }
+                for p in &parts {
+                    match *p {
+                        PartRef::Mem(b) => {
+                            for (&id, c) in b.urls.iter().filter(|(&id, _)| keep(id)) {
+                                if let Some((u, e)) = slot(&mut unions, &mut engaged, id) {
+                                    *e += u64::from(c.engaged);
+                                    u.add(Cow::Borrowed(&c.visitors));
+                                }
+                            }
+                        }
+                        PartRef::File(f) => {
+                            for (id, c) in f.urls_with_visitors().filter(|(id, _)| keep(*id)) {
+                                if let Some((u, e)) = slot(&mut unions, &mut engaged, id) {
+                                    *e += u64::from(c.engaged);
+                                    u.add(Cow::Owned(c.visitors));
+                                }
+                            }
+                        }
+                    }
+                }
+                let acc = unions
+                    .iter()
+                    .zip(&engaged)
+                    .map(|(u, &e)| match (dim, u.count().0) {
+                        (Dim::UrlVisitors, v) => v,
+                        (_, 0) => 0,
+                        // Ranked in milliseconds per visitor.
+                        (_, v) => e.saturating_mul(1000) / v,
+                    })
+                    .collect();
+                (&self.urls, acc)
+            }
             Dim::RefDomain => {
                 let mut acc = vec![0u64; self.refs.len()];
                 let mut add = |k: u64, v: u32| {
@@ -1325,23 +1436,35 @@ impl Aggregates {
                 })
                 .collect();
         let mut out = vec![UrlStats::default(); urls.len()];
+        let mut unions: Vec<VisitorUnion<'_>> = Vec::new();
+        unions.resize_with(urls.len(), VisitorUnion::default);
         for p in self.parts(from, to) {
-            for (o, id) in out.iter_mut().zip(&ids) {
+            for ((o, u), id) in out.iter_mut().zip(&mut unions).zip(&ids) {
                 let Some(id) = *id else { continue };
                 let (c, pc) = match p {
-                    PartRef::Mem(b) => (b.urls.get(&id).copied(), b.pages.get(&id).copied()),
-                    PartRef::File(f) => (f.url(id), f.page(id)),
+                    PartRef::Mem(b) => (
+                        b.urls.get(&id).map(Cow::Borrowed),
+                        b.pages.get(&id).copied(),
+                    ),
+                    PartRef::File(f) => (f.url(id).map(Cow::Owned), f.page(id)),
                 };
                 if let Some(c) = c {
                     o.views += u64::from(c.views);
                     o.hits += u64::from(c.hits);
                     o.engaged += u64::from(c.engaged);
+                    u.add(match c {
+                        Cow::Borrowed(c) => Cow::Borrowed(&c.visitors),
+                        Cow::Owned(c) => Cow::Owned(c.visitors),
+                    });
                 }
                 if let Some(pc) = pc {
                     o.entries += i64::from(pc.entries);
                     o.exits += i64::from(pc.exits);
                 }
             }
+        }
+        for (o, u) in out.iter_mut().zip(&unions) {
+            (o.visitors, o.sketched) = u.count();
         }
         out
     }
@@ -1400,7 +1523,7 @@ impl Aggregates {
         t
     }
 
-    /// Views, hits and engaged seconds of one url over `from..to` (uniques are not kept per url).
+    /// Views, hits, engaged seconds and distinct visitors of one url over `from..to`.
     pub fn url_totals(&self, from: i64, to: i64, url: &str, site: Option<&str>) -> Totals {
         self.url_series(from, to, to - from, url, site)
             .into_iter()
@@ -1419,7 +1542,12 @@ impl Aggregates {
     ) -> Vec<Totals> {
         let step = step.max(1);
         let n = ((to - from).max(0) + step - 1) / step;
-        let mut out = vec![Totals::default(); n as usize];
+        let none = Totals {
+            per_url: true,
+            uniques: Some(0),
+            ..Totals::default()
+        };
+        let mut out = vec![none; n as usize];
         let Some(id) = self.urls.get(url) else {
             return out;
         };
@@ -1431,17 +1559,24 @@ impl Aggregates {
         }
         for (i, t) in out.iter_mut().enumerate() {
             let start = from + i as i64 * step;
+            let mut u = VisitorUnion::default();
             for p in self.parts(start, (start + step).min(to)) {
                 let c = match p {
-                    PartRef::Mem(b) => b.urls.get(&id).copied(),
-                    PartRef::File(f) => f.url(id),
+                    PartRef::Mem(b) => b.urls.get(&id).map(Cow::Borrowed),
+                    PartRef::File(f) => f.url(id).map(Cow::Owned),
                 };
                 if let Some(c) = c {
                     t.views += u64::from(c.views);
                     t.hits += u64::from(c.hits);
                     t.engaged += u64::from(c.engaged);
+                    u.add(match c {
+                        Cow::Borrowed(c) => Cow::Borrowed(&c.visitors),
+                        Cow::Owned(c) => Cow::Owned(c.visitors),
+                    });
                 }
             }
+            // The url's owner answers its visitors; the other shards none.
+            t.uniques = Some(u.count().0);
         }
         out
     }
@@ -1463,7 +1598,8 @@ impl Aggregates {
         {
             m.cells += (b.urls.len() + b.refs.len() + b.sites.len()) as u64;
             m.url_cells += b.urls.len() as u64;
-            let url_bytes = b.urls.capacity() * (size_of::<(u32, UrlCell)>() + 1);
+            let url_bytes = b.urls.capacity() * (size_of::<(u32, UrlCell)>() + 1)
+                + b.urls.values().map(|c| c.visitors.size_of()).sum::<usize>();
             m.url_cell_bytes += url_bytes as u64;
             m.bytes += (url_bytes
                 + b.refs.capacity() * (size_of::<(u64, u32)>() + 1)

@@ -15,11 +15,11 @@
 //! the checkpoint's own bytes ([`crate::agg::cells`]): url and referrer cells are fixed-size
 //! records sorted by id, read and binary-searched in place; site cells are decoded when read.
 //!
-//! # Sealed bucket file, format version 2 (all integers little-endian; version 1 is still read)
+//! # Sealed bucket file, format version 3 (all integers little-endian; versions 1 and 2 are still read)
 //! | at      | size     | field       | meaning                                                  |
 //! |---------|----------|-------------|----------------------------------------------------------|
 //! |  0      | 8        | magic       | `PXAGGSB1`                                               |
-//! |  8      | 2        | version     | 2 (1: site cells without visit counts)                   |
+//! |  8      | 2        | version     | 3 (2: url cells without visitors; 1: site cells without visit counts either) |
 //! | 10      | 1        | tier        | 1 = hour, 2 = day                                        |
 //! | 11      | 1        | reserved    | 0                                                        |
 //! | 12      | 4        | shards      | shard count of the run that wrote it                     |
@@ -31,20 +31,20 @@
 //! | 48      | body_len | cells       | the bucket's cells, as in a checkpoint (`store/format.rs`, "Cells of a bucket") |
 //! | end − 4 | 4        | crc32c      | CRC-32C of every byte before it                          |
 //!
-//! The checked-in samples `tests/data/sample-v2.agb` (and the older `sample-v1.agb`) are decoded
-//! by tests.
+//! The checked-in samples `tests/data/sample-v3.agb` (and the older `sample-v2.agb` and
+//! `sample-v1.agb`) are decoded by tests.
 
 use std::path::{Path, PathBuf};
 
 use super::cells::{get_cells, get_site_cell, put_cells, put_u32, put_u64};
-use super::cells::{skip_site_counts, skip_uniques};
+use super::cells::{get_url_blob, get_visitors, skip_site_counts, skip_uniques, URL_RECORD};
 use super::cells::{Bucket, Cursor, FormatError, PageCell, SiteCell, UrlCell};
 use super::Res;
 
 /// The eight bytes every sealed bucket file starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGSB1";
 /// The version this build writes and reads.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 const HEADER_LEN: usize = 48;
 
 /// What a sealed file says about itself.
@@ -89,6 +89,10 @@ pub fn encode(h: &SealedHeader, b: &Bucket) -> Vec<u8> {
 struct Index {
     urls_at: usize,
     urls: usize,
+    /// Bytes of a url record (16 up to version 2, 20 with the visitors' offset), and where
+    /// the blob of visitors starts and ends (version 3).
+    url_record: usize,
+    blob: (usize, usize),
     refs_at: usize,
     refs: usize,
     /// (site id, offset of its cell), ascending by id.
@@ -112,7 +116,7 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
     }
     let (data, crc) = bytes.split_at(bytes.len() - 4);
     let version = u16::from_le_bytes([data[8], data[9]]);
-    if version != VERSION && version != 1 {
+    if !(1..=VERSION).contains(&version) {
         return Err(FormatError::Version(version));
     }
     let mut want = [0u8; 4];
@@ -122,6 +126,7 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
     }
     let mut c = Cursor::new(data, 10);
     c.visits = version >= 2;
+    c.url_visitors = version >= 3;
     let tier = match Res::from_code(c.u8()?) {
         Some(t @ (Res::Hour | Res::Day)) => t,
         _ => return Err(FormatError::Damaged("unknown tier")),
@@ -138,9 +143,11 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
             "body length disagrees with the file size",
         ));
     }
-    let urls = c.count(16)?;
+    let url_record = if c.url_visitors { URL_RECORD } else { 16 };
+    let urls = c.count(url_record)?;
     let urls_at = c.at;
     let mut last = None;
+    let mut offsets = Vec::new();
     for _ in 0..urls {
         let id = c.u32()?;
         if id as usize >= names.1 || last.is_some_and(|l| l >= id) {
@@ -150,6 +157,14 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
         }
         last = Some(id);
         c.take(12)?;
+        if c.url_visitors {
+            offsets.push(c.u32()?);
+        }
+    }
+    let mut blob = (c.at, c.at);
+    if c.url_visitors {
+        let b = get_url_blob(&mut c, &offsets)?;
+        blob = (c.at - b.len(), c.at);
     }
     let refs = c.count(12)?;
     let refs_at = c.at;
@@ -213,6 +228,8 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
         Index {
             urls_at,
             urls,
+            url_record,
+            blob,
             refs_at,
             refs,
             sites,
@@ -391,27 +408,43 @@ impl SealedFile {
         self.len() == 0
     }
 
-    fn url_at(&self, i: usize) -> (u32, UrlCell) {
-        let at = self.index.urls_at + i * 16;
+    /// The `i`th url cell, its visitors decoded when `visitors`.
+    fn url_at(&self, i: usize, visitors: bool) -> (u32, UrlCell) {
+        let at = self.index.urls_at + i * self.index.url_record;
         let b = self.b();
-        (
-            le_u32(b, at),
-            UrlCell {
-                views: le_u32(b, at + 4),
-                hits: le_u32(b, at + 8),
-                engaged: le_u32(b, at + 12),
-            },
-        )
+        let mut cell = UrlCell {
+            views: le_u32(b, at + 4),
+            hits: le_u32(b, at + 8),
+            engaged: le_u32(b, at + 12),
+            ..UrlCell::default()
+        };
+        if visitors && self.index.url_record == URL_RECORD {
+            let blob = b
+                .get(self.index.blob.0..self.index.blob.1)
+                .unwrap_or_default();
+            // Checked at open: decoding cannot fail here; no visitors if it ever did.
+            cell.visitors = get_visitors(blob, le_u32(b, at + 16)).unwrap_or_default();
+        }
+        (le_u32(b, at), cell)
     }
 
-    /// Every url cell, ascending by id.
+    /// Every url cell, ascending by id, without its visitors (counts only: cheap).
     pub fn urls(&self) -> impl Iterator<Item = (u32, UrlCell)> + '_ {
-        (0..self.index.urls).map(|i| self.url_at(i))
+        (0..self.index.urls).map(|i| self.url_at(i, false))
     }
 
-    /// The cell of url `id` (binary search in place).
+    /// Every url cell, ascending by id, visitors decoded.
+    pub fn urls_with_visitors(&self) -> impl Iterator<Item = (u32, UrlCell)> + '_ {
+        (0..self.index.urls).map(|i| self.url_at(i, true))
+    }
+
+    /// The cell of url `id`, visitors decoded (binary search in place).
     pub fn url(&self, id: u32) -> Option<UrlCell> {
-        search(self.index.urls, id, |i| self.url_at(i))
+        search(self.index.urls, id, |i| {
+            let (k, _) = self.url_at(i, false);
+            (k, i)
+        })
+        .map(|i| self.url_at(i, true).1)
     }
 
     fn page_at(&self, i: usize) -> (u32, PageCell) {
@@ -480,6 +513,7 @@ impl SealedFile {
         let end = b.len().saturating_sub(4);
         let mut c = Cursor::new(b.get(..end).unwrap_or_default(), HEADER_LEN);
         c.visits = self.index.visits;
+        c.url_visitors = self.index.url_record == URL_RECORD;
         get_cells(&mut c, (usize::MAX, usize::MAX, usize::MAX)).unwrap_or_default()
     }
 }
@@ -538,7 +572,7 @@ mod tests {
         assert_eq!(f.header, h);
         assert_eq!(lines(&f.to_bucket()), lines(&b));
         for (id, c) in &b.urls {
-            assert_eq!(f.url(*id), Some(*c));
+            assert_eq!(f.url(*id).as_ref(), Some(c));
         }
         assert_eq!(f.url(9999), None);
         assert_eq!(f.urls().count(), b.urls.len());

@@ -426,6 +426,9 @@ impl Hub {
                                 "engaged_seconds": t.engaged,
                                 "entries": t.entries,
                                 "exits": t.exits,
+                                "visitors": t.visitors,
+                                "avg_engaged_seconds": t.avg_engaged(),
+                                "visitors_sketched": t.sketched,
                             })
                         })
                         .collect()
@@ -692,7 +695,8 @@ fn items_of(dim: Dim, p: Option<&Part>) -> Value {
     }
 }
 
-/// One point of a series as JSON (`uniques` null where not kept).
+/// One point of a series as JSON (of a url: `uniques` are its distinct visitors, and the
+/// visit figures are null).
 #[derive(serde::Serialize)]
 struct Point {
     t: String,
@@ -750,7 +754,7 @@ fn points(p: Option<&Part>, from: i64, step: i64) -> Vec<Point> {
             hits: t.hits,
             uniques: t.uniques,
             engaged_seconds: t.engaged,
-            visits: VisitFields::of(t, t.uniques.is_some()),
+            visits: VisitFields::of(t, !t.per_url),
         })
         .collect()
 }

@@ -266,10 +266,12 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
                 "entries" => Dim::EntryPage,
                 "exits" => Dim::ExitPage,
                 "engaged_seconds" => Dim::UrlEngaged,
+                "visitors" => Dim::UrlVisitors,
+                "avg_engaged_seconds" => Dim::UrlAvgEngaged,
                 other => {
                     return Err(bad(
                         "sort",
-                        format!("`{other}`: one of views, entries, exits, engaged_seconds"),
+                        format!("`{other}`: one of views, visitors, engaged_seconds, avg_engaged_seconds, entries, exits"),
                     ))
                 }
             };

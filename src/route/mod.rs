@@ -184,7 +184,7 @@ pub fn increments(
     };
     emit(
         owner_of_key(URL_SEED, ev.url, shards),
-        Inc::new(IncKind::Url, pv, minute, engaged, None),
+        Inc::new(IncKind::Url, pv, minute, engaged, vid),
         ev.site,
         ev.url,
     );

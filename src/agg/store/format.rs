@@ -6,14 +6,14 @@
 //! [`Aggregates`]; nothing else reads or writes these bytes. Decoding never trusts the disk:
 //! the CRC is checked before anything else, every length is bounds-checked before it is used,
 //! and no input can make it panic (a proptest feeds it damaged files). A format change comes
-//! with a new version and a new checked-in sample (`tests/data/sample-v3.agg`; the older
-//! `sample-v2.agg` and `sample-v1.agg` are still decoded by tests).
+//! with a new version and a new checked-in sample (`tests/data/sample-v4.agg`; the older
+//! `sample-v3.agg`, `sample-v2.agg` and `sample-v1.agg` are still decoded by tests).
 //!
-//! # Checkpoint file, format version 3 (all integers little-endian; versions 1 and 2 are still read)
+//! # Checkpoint file, format version 4 (all integers little-endian; versions 1 to 3 are still read)
 //! | at      | size    | field        | meaning                                                           |
 //! |---------|---------|--------------|-------------------------------------------------------------------|
 //! |  0      | 8       | magic        | `PXAGGCK1`                                                        |
-//! |  8      | 2       | version      | 3 (2: no visits; 1: no day tier, no sealed list either)           |
+//! |  8      | 2       | version      | 4 (3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
 //! | 10      | 1       | kind         | 0 = base (the whole state), 1 = delta (what changed since `parent`) |
 //! | 11      | 1       | reserved     | 0                                                                 |
 //! | 12      | 4       | shards       | shard count of the run that wrote it                              |
@@ -41,18 +41,20 @@
 //! Cells of a bucket, each table sorted by key (so the same state always writes the same bytes):
 //! | size                 | field | meaning                                              |
 //! |----------------------|-------|------------------------------------------------------|
-//! | 4 + n × 16           | urls  | u32 n, then (u32 url id, u32 views, u32 hits, u32 engaged seconds) |
+//! | 4 + n × 20           | urls  | u32 n, then (u32 url id, u32 views, u32 hits, u32 engaged seconds, u32 visitors at: byte offset of its visitors in the blob below, or 0xFFFF_FFFF for none) — version ≤ 3: 16-byte records without the offset |
+//! | 4 + len              | url visitors | version 4: u32 len, then the url records' visitors, each a uniques value (below) of p = 12 |
 //! | 4 + n × 12           | refs  | u32 n, then (u64 site id << 32 \| referrer id, u32 pageviews) |
 //! | 4 + n × (4 + cell)   | sites | u32 n, then (u32 site id, site cell)                |
 //! | cell                 | all   | the site cell of all sites                           |
 //!
 //! Site cell: u64 views, u64 hits, u64 engaged seconds, (version 3) four i64 visit counts —
 //! visits, bounces, pageviews of those visits, their summed duration in ms (signed: the late
-//! part of a sealed bucket may retract what its file holds) — then the uniques: u8 0 = exact set
-//! (u32 n, n × u64 visitor hashes, ascending) or u8 1 = sketch (u64 `data` word, u32 n, n × u32
-//! words: `cardinality-estimator`'s own serialized form; when n > 0 only the word's low two
-//! bits, the representation tag, are kept). A bucket in a delta replaces the whole
-//! bucket of that number.
+//! part of a sealed bucket may retract what its file holds) — then the uniques.
+//!
+//! Uniques value: u8 0 = exact set (u32 n, n × u64 visitor hashes, ascending) or u8 1 = sketch
+//! (u64 `data` word, u32 n, n × u32 words: `cardinality-estimator`'s own serialized form, at
+//! p = 14 for a site and p = 12 for a url; when n > 0 only the word's low two bits, the
+//! representation tag, are kept). A bucket in a delta replaces the whole bucket of that number.
 
 pub use super::super::cells::FormatError;
 use super::super::cells::{get_cells, put_cells, put_u32, put_u64, Cursor};
@@ -61,7 +63,7 @@ use super::super::{Aggregates, Bucket, Res};
 /// The eight bytes every checkpoint starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGCK1";
 /// The checkpoint format version this build writes and reads.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Size of the fixed header before the applied offsets.
 pub const HEADER_LEN: usize = 64;
 /// Largest shard count a header may declare; more is corruption.
@@ -267,6 +269,7 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
         HEADER_LEN + 8 * h.shards as usize,
     );
     c.visits = h.version >= 3;
+    c.url_visitors = h.version >= 4;
     get_names(&mut c, &mut agg.sites)?;
     let new_urls = get_names(&mut c, &mut agg.urls)?;
     for _ in 0..new_urls {
