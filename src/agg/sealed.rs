@@ -522,6 +522,7 @@ impl SealedFile {
 mod tests {
     use super::*;
     use crate::agg::store::format::tests::sample_state;
+    use crate::agg::visits::VisitCounts;
 
     /// The sealed hour of [`sample_state`] that holds a sketch.
     fn sample() -> (SealedHeader, Bucket, (usize, usize, usize)) {
@@ -540,8 +541,15 @@ mod tests {
     }
 
     fn lines(b: &Bucket) -> String {
-        let mut urls: Vec<_> = b.urls.iter().collect();
-        urls.sort_unstable_by_key(|x| *x.0);
+        let mut urls: Vec<_> = b
+            .urls
+            .iter()
+            .map(|(k, c)| {
+                let v = c.visitors.to_uniques().canonical();
+                (*k, c.views, c.hits, c.engaged, v)
+            })
+            .collect();
+        urls.sort_unstable();
         let mut refs: Vec<_> = b.refs.iter().collect();
         refs.sort_unstable();
         let mut sites: Vec<_> = b
@@ -613,16 +621,11 @@ mod tests {
         }
     }
 
-    /// The checked-in sample of version 2 (tests/data/sample-v2.agb) decodes to the bucket it
-    /// was written from, visits included; regenerate with
-    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v2`.
-    #[test]
-    fn sealed_sample_v2_decodes() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v2.agb");
+    /// [`sample`] with visits and page cells (what version 2 adds).
+    fn sample_v2() -> (SealedHeader, Bucket, (usize, usize, usize), VisitCounts) {
         let (h, mut b, names) = sample();
         // Visits in a site cell and in all (a late part may hold negative changes).
-        let v = crate::agg::visits::VisitCounts {
+        let v = VisitCounts {
             visits: 3,
             bounces: -1,
             views: 5,
@@ -653,9 +656,58 @@ mod tests {
                 exits: 3,
             },
         );
+        (h, b, names, v)
+    }
+
+    /// The checked-in sample of version 3 (tests/data/sample-v3.agb) decodes to the bucket it
+    /// was written from, url visitors included (none, one, a few, a sketch); regenerate with
+    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v3`.
+    #[test]
+    fn sealed_sample_v3_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v3.agb");
+        let (h, mut b, names, _) = sample_v2();
+        let mut ids: Vec<u32> = b.urls.keys().copied().collect();
+        ids.sort_unstable();
+        assert!(ids.len() >= 4);
+        for (&id, n) in ids.iter().zip([1u64, 3, 1000]) {
+            if let Some(c) = b.urls.get_mut(&id) {
+                for v in 0..n {
+                    c.visitors
+                        .insert_hash(crate::route::partition::vid_hash(&v.to_string()));
+                }
+            }
+        }
         if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
             std::fs::write(&path, encode(&h, &b)).unwrap();
         }
+        let f = SealedFile::open(&path, h.tier, h.number, 1, names).unwrap();
+        assert_eq!(f.header, h);
+        assert_eq!(lines(&f.to_bucket()), lines(&b));
+        let counts: Vec<(usize, bool)> = ids
+            .iter()
+            .map(|&id| {
+                let v = f.url(id).unwrap_or_default().visitors;
+                (v.estimate(), v.is_exact())
+            })
+            .collect();
+        assert_eq!(counts[..2], [(1, true), (3, true)]);
+        assert!(
+            !counts[2].1 && counts[2].0.abs_diff(1000) < 50,
+            "{counts:?}"
+        );
+        assert_eq!(counts[3], (0, true));
+        // Counts only: no visitors decoded.
+        assert!(f.urls().all(|(_, c)| c.visitors.is_empty()));
+    }
+
+    /// The checked-in sample of version 2 (tests/data/sample-v2.agb, written by an earlier
+    /// build) still decodes to the bucket it was written from, visits included.
+    #[test]
+    fn sealed_sample_v2_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v2.agb");
+        let (h, b, names, v) = sample_v2();
         let f = SealedFile::open(&path, h.tier, h.number, 1, names).unwrap();
         assert_eq!(f.header, h);
         assert_eq!(lines(&f.to_bucket()), lines(&b));
