@@ -246,6 +246,9 @@
     entries: { label: 'entries', fmt: (x) => nf.format(x), total: (h) => h.visits },
     exits: { label: 'exits', fmt: (x) => nf.format(x), total: (h) => h.visits },
     engaged_seconds: { label: 'engaged', fmt: (x) => duration(x), total: (h) => h.engaged_seconds },
+    // A url's visitors against the range's uniques; a mean is no share of a total.
+    visitors: { label: 'visitors', fmt: (x) => nf.format(x), total: (h) => h.uniques },
+    avg_engaged_seconds: { label: 'engaged per visitor', fmt: (x) => duration(x), total: () => 0 },
   };
 
   function renderList(id, items, total, withSpark, metric) {
@@ -274,11 +277,13 @@
       num.textContent = m.fmt(it.views);
       if (it.all) {
         name.title = it.key + ' — ' + nf.format(it.all.views) + ' views, ' + nf.format(it.all.entries) +
-          ' entries, ' + nf.format(it.all.exits) + ' exits, ' + duration(it.all.engaged_seconds) + ' engaged';
+          ' entries, ' + nf.format(it.all.exits) + ' exits, ' + duration(it.all.engaged_seconds) + ' engaged, ' +
+          nf.format(it.all.visitors) + ' visitors' +
+          (it.all.avg_engaged_seconds == null ? '' : ', ' + duration(it.all.avg_engaged_seconds) + ' engaged per visitor');
       }
       const pct = document.createElement('span');
       pct.className = 'pct';
-      pct.textContent = pf.format(share);
+      pct.textContent = total > 0 ? pf.format(share) : '';
       const bar = document.createElement('span');
       bar.className = 'share';
       const fill = document.createElement('span');
@@ -287,7 +292,7 @@
       li.append(name);
       if (withSpark) li.append(sparkline(st.sparks[it.key]));
       li.append(num, pct, bar);
-      li.setAttribute('aria-label', `${it.key}: ${m.fmt(it.views)} ${m.label}, ${pf.format(share)} of all`);
+      li.setAttribute('aria-label', `${it.key}: ${m.fmt(it.views)} ${m.label}` + (total > 0 ? `, ${pf.format(share)} of all` : ''));
       ol.appendChild(li);
     }
   }

@@ -149,16 +149,19 @@ try {
   await page.waitForFunction(() => document.getElementById('main').dataset.range === '24h' && document.body.dataset.ready === 'true', null, { timeout: 15000 });
   await compareWithApi(page, '1h', '24 h by keyboard');
 
-  // Top pages by entries: the list follows the sort buttons and equals /v1/top?sort=entries.
-  await page.click('.sort button[data-sort=entries]');
-  await page.waitForFunction(() => document.getElementById('top-pages').dataset.sort === 'entries', null, { timeout: 15000 });
-  const byEntries = await shown(page);
-  const eRange = `from=${byEntries.from}&to=${byEntries.to}` + (byEntries.site ? '&site=' + encodeURIComponent(byEntries.site) : '');
-  const entries = await api(`/v1/top?dim=url&sort=entries&limit=10&${eRange}`);
-  assert.deepEqual(byEntries.top, entries.items.map((it) => ({ key: it.key, views: it.entries })),
-    'top pages sorted by entries differ from /v1/top?sort=entries');
-  assert.ok(byEntries.top.length > 0, 'no entry pages shown');
-  ok(`top pages sorted by entries (${byEntries.top.length}) = /v1/top?dim=url&sort=entries`);
+  // Top pages by entries and by visitors: the list follows the sort buttons and equals
+  // /v1/top?sort=….
+  for (const sort of ['entries', 'visitors']) {
+    await page.click(`.sort button[data-sort=${sort}]`);
+    await page.waitForFunction((s) => document.getElementById('top-pages').dataset.sort === s, sort, { timeout: 15000 });
+    const bySort = await shown(page);
+    const range = `from=${bySort.from}&to=${bySort.to}` + (bySort.site ? '&site=' + encodeURIComponent(bySort.site) : '');
+    const want = await api(`/v1/top?dim=url&sort=${sort}&limit=10&${range}`);
+    assert.deepEqual(bySort.top, want.items.map((it) => ({ key: it.key, views: it[sort] })),
+      `top pages sorted by ${sort} differ from /v1/top?sort=${sort}`);
+    assert.ok(bySort.top.length > 0, `no pages shown by ${sort}`);
+    ok(`top pages sorted by ${sort} (${bySort.top.length}) = /v1/top?dim=url&sort=${sort}`);
+  }
   await page.click('.sort button[data-sort=views]');
   await page.waitForFunction(() => document.getElementById('top-pages').dataset.sort === 'views', null, { timeout: 15000 });
   await page.focus('#chart');

@@ -125,8 +125,10 @@ impl Truth {
         t
     }
 
+    /// A url's totals; its uniques are the distinct visitors of its hits.
     fn url_totals(&self, from: i64, to: i64, url: &str, site: Option<&str>) -> Tot {
         let mut t = Tot::default();
+        let mut vids = BTreeSet::new();
         for e in self.each(from, to) {
             if e.url != url || site.is_some_and(|s| s != e.site) {
                 continue;
@@ -134,7 +136,11 @@ impl Truth {
             t.views += u64::from(e.pv);
             t.hits += 1;
             t.engaged += e.engaged;
+            if let Some(v) = &e.vid {
+                vids.insert(v.as_str());
+            }
         }
+        t.uniques = vids.len() as u64;
         t
     }
 
@@ -198,7 +204,7 @@ impl Truth {
             pts.push(match url {
                 Some(u) => {
                     let x = self.url_totals(t, end, u, site);
-                    json!({"t": rfc(t), "views": x.views, "hits": x.hits, "uniques": null, "engaged_seconds": x.engaged})
+                    json!({"t": rfc(t), "views": x.views, "hits": x.hits, "uniques": x.uniques, "engaged_seconds": x.engaged})
                 }
                 None => {
                     let x = self.totals(t, end, site);
@@ -1097,12 +1103,19 @@ fn check_counters(what: &str, mx: &BTreeMap<String, f64>, want: &Counters, errs:
 
 /// Uniques are exact up to `EXACT_LIMIT` distinct visitors (per bucket and shard, so
 /// certainly when the whole answer is that small); beyond, the HyperLogLog++ sketch has a
-/// 0.81 % standard error, and three of them (2.5 %) bound every point of every run.
-fn uniques_ok(got: u64, want: u64) -> bool {
-    if want <= pixeld::agg::hll::EXACT_LIMIT as u64 {
+/// 0.81 % standard error, and three of them (2.5 %) bound every point of every run. A url's
+/// visitors (`url`) are exact up to `URL_EXACT_LIMIT`, then a sketch of 1.6 % (5 %).
+fn uniques_ok(got: u64, want: u64, url: bool) -> bool {
+    use pixeld::agg::hll::{EXACT_LIMIT, URL_EXACT_LIMIT};
+    let (exact, tolerance) = if url {
+        (URL_EXACT_LIMIT, 0.05)
+    } else {
+        (EXACT_LIMIT, 0.025)
+    };
+    if want <= exact as u64 {
         return got == want;
     }
-    (got as f64 - want as f64).abs() <= want as f64 * 0.025
+    (got as f64 - want as f64).abs() <= want as f64 * tolerance
 }
 
 /// The visit fields of summaries and series points.
@@ -1115,8 +1128,9 @@ const VISIT_KEYS: [&str; 6] = [
     "visit_duration",
 ];
 
-/// Differences of `got` from `want`: exact, except numbers under "uniques" (tolerance).
-fn diff(path: &str, got: &Value, want: &Value, out: &mut Vec<String>) {
+/// Differences of `got` from `want`: exact, except numbers under "uniques" (tolerance; `url`:
+/// of a url's series).
+fn diff(path: &str, got: &Value, want: &Value, url: bool, out: &mut Vec<String>) {
     match (got, want) {
         (Value::Object(g), Value::Object(w)) => {
             for (k, wv) in w {
@@ -1124,11 +1138,11 @@ fn diff(path: &str, got: &Value, want: &Value, out: &mut Vec<String>) {
                 match (g.get(k), wv.as_u64()) {
                     (None, _) => out.push(format!("{p}: missing (expected {wv})")),
                     (Some(gv), Some(wn)) if k == "uniques" && gv.is_u64() => {
-                        if !uniques_ok(gv.as_u64().unwrap(), wn) {
+                        if !uniques_ok(gv.as_u64().unwrap(), wn, url) {
                             out.push(format!("{p}: got {gv}, expected {wn} (±1 % or ±1)"));
                         }
                     }
-                    (Some(gv), _) => diff(&p, gv, wv, out),
+                    (Some(gv), _) => diff(&p, gv, wv, url, out),
                 }
             }
             // Visits are modelled by tests/query/visits.rs, not here.
@@ -1144,7 +1158,7 @@ fn diff(path: &str, got: &Value, want: &Value, out: &mut Vec<String>) {
                 out.push(format!("{path}: {} entries, expected {}", g.len(), w.len()));
             }
             for (i, (gv, wv)) in g.iter().zip(w).enumerate() {
-                diff(&format!("{path}[{i}]"), gv, wv, out);
+                diff(&format!("{path}[{i}]"), gv, wv, url, out);
             }
         }
         _ => {
@@ -1173,7 +1187,8 @@ fn compare(query: &str, st: u16, body: &[u8], want: &Value, errs: &mut Vec<Strin
         }
     }
     let mut d = Vec::new();
-    diff("", &got, want, &mut d);
+    let url = want.get("url").is_some_and(Value::is_string);
+    diff("", &got, want, url, &mut d);
     if !d.is_empty() {
         let n = d.len();
         d.truncate(6);
@@ -1501,7 +1516,13 @@ fn answers_match_an_independent_model_across_shards_and_restart() {
         let (a, b) = (parse(&before[0][i]), parse(&before[1][i]));
         if a != b {
             let mut d = Vec::new();
-            diff("", &b, &a, &mut d);
+            diff(
+                "",
+                &b,
+                &a,
+                a.get("url").is_some_and(Value::is_string),
+                &mut d,
+            );
             d.truncate(4);
             same.push(format!(
                 "{query}: 3 shards differ from 1 shard:\n    {}",

@@ -135,7 +135,12 @@ const VISIT_KEYS: [&str; 6] = [
     "visit_duration",
 ];
 const PAGE_KEYS: [&str; 2] = ["entries", "exits"];
-const FLOAT_KEYS: [&str; 3] = ["bounce_rate", "views_per_visit", "visit_duration"];
+const FLOAT_KEYS: [&str; 4] = [
+    "bounce_rate",
+    "views_per_visit",
+    "visit_duration",
+    "avg_engaged_seconds",
+];
 
 // ---------------------------------------------------------------------------------------------
 // Events and the model.
@@ -282,6 +287,8 @@ struct UrlRow {
     engaged: u64,
     entries: u64,
     exits: u64,
+    /// Distinct visitors of its events in the range (every kind, too late for visits or not).
+    visitors: u64,
 }
 
 impl UrlRow {
@@ -292,7 +299,19 @@ impl UrlRow {
             "engaged_seconds" => self.engaged,
             "entries" => self.entries,
             "exits" => self.exits,
+            "visitors" => self.visitors,
+            // Ranked in milliseconds per visitor.
+            "avg_engaged_seconds" if self.visitors > 0 => self.engaged * 1000 / self.visitors,
+            "avg_engaged_seconds" => 0,
             _ => unreachable!("{name}"),
+        }
+    }
+
+    fn avg_engaged(&self) -> Value {
+        if self.visitors == 0 {
+            Value::Null
+        } else {
+            json!(self.engaged as f64 / self.visitors as f64)
         }
     }
 }
@@ -311,7 +330,7 @@ enum List {
 }
 
 impl List {
-    const ALL: [List; 7] = [
+    const ALL: [List; 9] = [
         List::Views,
         List::Entry,
         List::Exit,
@@ -319,6 +338,8 @@ impl List {
         List::Sort("entries"),
         List::Sort("exits"),
         List::Sort("engaged_seconds"),
+        List::Sort("visitors"),
+        List::Sort("avg_engaged_seconds"),
     ];
 
     fn params(self) -> String {
@@ -389,6 +410,7 @@ impl Model {
     fn url_rows(&self, from: i64, to: i64, site: Option<&str>) -> BTreeMap<String, UrlRow> {
         let in_range = |m: i64, s: &str| (from..to).contains(&m) && site.is_none_or(|x| x == s);
         let mut rows: BTreeMap<String, UrlRow> = BTreeMap::new();
+        let mut vids: BTreeSet<(String, &str)> = BTreeSet::new();
         for e in self
             .evs
             .iter()
@@ -398,6 +420,11 @@ impl Model {
             r.hits += 1;
             r.views += u64::from(e.kind == Kind::Pageview);
             r.engaged += e.engaged();
+            if let Some(v) = &e.vid {
+                if vids.insert((e.url(), v.as_str())) {
+                    r.visitors += 1;
+                }
+            }
         }
         for v in self.visits.iter().filter(|v| in_range(v.minute, v.site)) {
             if let Some(u) = &v.entry {
@@ -441,7 +468,8 @@ impl Model {
             .map(|(k, r)| match list {
                 List::Sort(_) => json!({
                     "key": k, "views": r.views, "hits": r.hits, "engaged_seconds": r.engaged,
-                    "entries": r.entries, "exits": r.exits,
+                    "entries": r.entries, "exits": r.exits, "visitors": r.visitors,
+                    "avg_engaged_seconds": r.avg_engaged(), "visitors_sketched": false,
                 }),
                 _ => json!({"key": k, list.metric(): r.metric(list.metric())}),
             })
@@ -495,6 +523,32 @@ impl Model {
             self.top(List::Views, from, to, site, 10)["items"].clone(),
         );
         Value::Object(o)
+    }
+
+    /// A url's series: its views, hits, engaged seconds and distinct visitors (`uniques`)
+    /// per point; no visit figures.
+    fn url_series(&self, from: i64, to: i64, step: i64, url: &str) -> Value {
+        let points: Vec<Value> = (from..to)
+            .step_by(step as usize)
+            .map(|t| {
+                let r = self
+                    .url_rows(t, (t + step).min(to), None)
+                    .remove(url)
+                    .unwrap_or_default();
+                let mut o = json!({
+                    "t": rfc(t), "views": r.views, "hits": r.hits, "uniques": r.visitors,
+                    "engaged_seconds": r.engaged,
+                });
+                for k in VISIT_KEYS {
+                    o[k] = Value::Null;
+                }
+                o
+            })
+            .collect();
+        json!({
+            "step": step_name(step), "from": rfc(from), "to": rfc(to), "site": null,
+            "url": url, "points": points,
+        })
     }
 
     fn series(&self, from: i64, to: i64, step: i64, site: Option<&str>) -> Value {
@@ -1384,6 +1438,12 @@ enum Query {
         site: Option<&'static str>,
         limit: usize,
     },
+    UrlSeries {
+        from: i64,
+        to: i64,
+        step: i64,
+        url: String,
+    },
 }
 
 impl Query {
@@ -1418,6 +1478,28 @@ impl Query {
                 to * 60,
                 sq(site)
             ),
+            Query::UrlSeries {
+                from,
+                to,
+                step,
+                url,
+            } => {
+                let q: String = url
+                    .bytes()
+                    .map(|b| match b {
+                        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                format!(
+                    "/v1/timeseries?from={}&to={}&step={}&url={q}",
+                    from * 60,
+                    to * 60,
+                    step_name(*step)
+                )
+            }
         }
     }
 
@@ -1445,6 +1527,12 @@ impl Query {
                 site,
                 limit,
             } => m.top(list, from, to, site, limit),
+            Query::UrlSeries {
+                from,
+                to,
+                step,
+                ref url,
+            } => m.url_series(from, to, step, url),
         }
     }
 }
@@ -1499,6 +1587,17 @@ fn queries(send_ms: i64, tm: Timing) -> Vec<Query> {
             step: 60,
             site,
         });
+    }
+    // A url's series: its distinct visitors per minute and per hour.
+    for (site, path) in [(SITES[0], "/"), (SITES[1], "/products/1"), (EDGE, "/")] {
+        for (a, b, step) in [(from, to, 1), (h_from, h_to, 60)] {
+            qs.push(Query::UrlSeries {
+                from: a,
+                to: b,
+                step,
+                url: format!("https://{site}{path}"),
+            });
+        }
     }
     // Top lists of urls, entry and exit pages: every key, and the first three (the ranking's
     // cut); and by minute (entries and exits count in the minute a visit starts, views in
