@@ -144,6 +144,7 @@ pub struct RawAgg {
     pub visit_gap: String,
     pub visit_late_allowance: String,
     pub bounce_engaged_seconds: u32,
+    pub url_visitors: bool,
     /// `[agg.fields]`: the JSON field names of each event field, alternatives in order.
     pub fields: crate::parse::event::FieldNames,
 }
@@ -741,6 +742,7 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
                 .as_millis() as i64,
             bounce_engaged_seconds: a.bounce_engaged_seconds,
         },
+        url_visitors: a.url_visitors,
     };
     for (field, text, ms, max) in [
         ("agg.visit_gap", &a.visit_gap, agg.visits.gap_ms, "24h"),

@@ -117,6 +117,8 @@ pub struct AggConfig {
     pub checkpoint_interval: std::time::Duration,
     /// How visits are cut and judged (`agg::visits`).
     pub visits: VisitSettings,
+    /// Whether url cells count their distinct visitors (`agg.url_visitors`).
+    pub url_visitors: bool,
 }
 
 impl Default for AggConfig {
@@ -129,6 +131,7 @@ impl Default for AggConfig {
             event: crate::parse::event::EventConfig::default(),
             checkpoint_interval: std::time::Duration::from_secs(30),
             visits: VisitSettings::default(),
+            url_visitors: true,
         }
     }
 }
@@ -424,9 +427,9 @@ pub struct UrlStats {
     pub engaged: u64,
     pub entries: i64,
     pub exits: i64,
-    /// Distinct visitors (on the url's owner; zero elsewhere), and whether a sketch counted
-    /// them.
-    pub visitors: u64,
+    /// Distinct visitors (on the url's owner; zero elsewhere; None when `agg.url_visitors`
+    /// is off), and whether a sketch counted them.
+    pub visitors: Option<u64>,
     pub sketched: bool,
 }
 
@@ -437,13 +440,18 @@ impl UrlStats {
         self.engaged += o.engaged;
         self.entries += o.entries;
         self.exits += o.exits;
-        self.visitors += o.visitors;
+        self.visitors = match (self.visitors, o.visitors) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
         self.sketched |= o.sketched;
     }
 
     /// Engaged seconds per visitor (None without visitors).
     pub fn avg_engaged(&self) -> Option<f64> {
-        (self.visitors > 0).then(|| self.engaged as f64 / self.visitors as f64)
+        self.visitors
+            .filter(|&v| v > 0)
+            .map(|v| self.engaged as f64 / v as f64)
     }
 }
 
@@ -871,13 +879,14 @@ impl Aggregates {
         match inc.kind {
             IncKind::Url => {
                 let id = self.intern_url(key, site);
+                let visitor = (inc.has_vid && self.cfg.url_visitors).then_some(inc.vid);
                 self.each_bucket(inc, now_min, |b| {
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1);
                     c.engaged = c.engaged.saturating_add(inc.engaged);
-                    if inc.has_vid {
-                        c.visitors.insert_hash(inc.vid);
+                    if let Some(h) = visitor {
+                        c.visitors.insert_hash(h);
                     }
                 });
             }
@@ -1463,8 +1472,11 @@ impl Aggregates {
                 }
             }
         }
-        for (o, u) in out.iter_mut().zip(&unions) {
-            (o.visitors, o.sketched) = u.count();
+        if self.cfg.url_visitors {
+            for (o, u) in out.iter_mut().zip(&unions) {
+                let (v, sketched) = u.count();
+                (o.visitors, o.sketched) = (Some(v), sketched);
+            }
         }
         out
     }
@@ -1544,7 +1556,7 @@ impl Aggregates {
         let n = ((to - from).max(0) + step - 1) / step;
         let none = Totals {
             per_url: true,
-            uniques: Some(0),
+            uniques: self.cfg.url_visitors.then_some(0),
             ..Totals::default()
         };
         let mut out = vec![none; n as usize];
@@ -1576,7 +1588,9 @@ impl Aggregates {
                 }
             }
             // The url's owner answers its visitors; the other shards none.
-            t.uniques = Some(u.count().0);
+            if self.cfg.url_visitors {
+                t.uniques = Some(u.count().0);
+            }
         }
         out
     }
@@ -1704,6 +1718,76 @@ mod tests {
         assert_eq!(
             a.totals(h0, h0 + 240, None).hits,
             a.totals(now - 200, now + 1, None).hits
+        );
+    }
+
+    /// A url's visitors: distinct per bucket, the union over a range (not the sum), ranked by
+    /// `sort=visitors` and `avg_engaged_seconds`; nothing counted with `agg.url_visitors` off.
+    #[test]
+    fn url_visitors_are_the_union_over_a_range() {
+        let now = 1_000_020;
+        let u = |m: i64, url: &'static str, vid: u64| -> Row<'static> {
+            (IncKind::Url, false, m, "a.com", url, Some(vid))
+        };
+        let rows = [
+            // /1: visitors 1 and 2 in one minute, 1 again in the next hour's minute.
+            u(now - 61, "https://a.com/1", 1),
+            u(now - 61, "https://a.com/1", 2),
+            u(now - 61, "https://a.com/1", 1),
+            u(now - 1, "https://a.com/1", 1),
+            // /2: three visitors, one minute each; and a hit without a visitor id.
+            u(now - 3, "https://a.com/2", 3),
+            u(now - 2, "https://a.com/2", 4),
+            u(now - 1, "https://a.com/2", 5),
+            (
+                IncKind::Url,
+                true,
+                now - 1,
+                "a.com",
+                "https://a.com/2",
+                None,
+            ),
+        ];
+        for on in [true, false] {
+            let mut a = Aggregates::new(AggConfig {
+                url_visitors: on,
+                ..AggConfig::default()
+            });
+            a.apply_batch(&batch(&rows), now);
+            let urls = ["https://a.com/1".to_string(), "https://a.com/2".to_string()];
+            let st = a.url_stats(now - 120, now + 1, &urls, None);
+            let series = a.url_series(now - 120, now, 60, "https://a.com/1", None);
+            let points: Vec<Option<u64>> = series.iter().map(|t| t.uniques).collect();
+            if !on {
+                assert_eq!((st[0].visitors, st[1].visitors), (None, None));
+                assert_eq!(points, vec![None, None]);
+                continue;
+            }
+            // 1 and 2 over the range (1 twice is one), three distinct on /2.
+            assert_eq!((st[0].visitors, st[1].visitors), (Some(2), Some(3)));
+            assert_eq!(points, vec![Some(2), Some(1)]);
+            // Whole hours read the hour tier and agree with the minutes.
+            let h0 = (now - 61).div_euclid(60) * 60;
+            let hours = a.url_stats(h0, h0 + 120, &urls, None);
+            assert_eq!((hours[0].visitors, hours[1].visitors), (Some(2), Some(3)));
+            let top = a.top(Dim::UrlVisitors, now - 120, now + 1, None, 10);
+            let keys: Vec<(&str, u64)> = top.iter().map(|r| (r.key.as_str(), r.views)).collect();
+            assert_eq!(keys, vec![("https://a.com/2", 3), ("https://a.com/1", 2)]);
+            // Engaged: 10 per heartbeat (`batch`); /1: 40 / 2, /2: 30 / 3 seconds per visitor.
+            let avg = a.top(Dim::UrlAvgEngaged, now - 120, now + 1, None, 10);
+            assert_eq!(avg[0].key, "https://a.com/1");
+            assert_eq!(avg[0].views, 20_000);
+            assert_eq!(st[0].avg_engaged(), Some(20.0));
+            assert_eq!(st[1].avg_engaged(), Some(10.0));
+        }
+        // The default keeps the store's fingerprint; turning them off changes it.
+        let off = AggConfig {
+            url_visitors: false,
+            ..AggConfig::default()
+        };
+        assert_ne!(
+            store::fingerprint(&off),
+            store::fingerprint(&AggConfig::default())
         );
     }
 

@@ -260,6 +260,12 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
         Some(_) if dim != Dim::Url => {
             return Err(bad("sort", "only with dim=url".to_string()));
         }
+        Some(by @ ("visitors" | "avg_engaged_seconds")) if !cfg.url_visitors => {
+            return Err(bad(
+                "sort",
+                format!("`{by}`: per-url visitors are not counted (agg.url_visitors = false; set it to true, and the next start rebuilds the aggregates from the log)"),
+            ));
+        }
         Some(by) => {
             dim = match by {
                 "views" => Dim::Url,
@@ -462,6 +468,17 @@ mod tests {
             assert_eq!(e.param, param, "{q}");
         }
         assert!(parse("/v1/nope", None, NOW, &cfg()).is_none());
+        // Per-url visitors off: sorting by them is refused, naming the setting.
+        let off = AggConfig {
+            url_visitors: false,
+            ..cfg()
+        };
+        for q in ["sort=visitors", "sort=avg_engaged_seconds"] {
+            assert!(parse("/v1/top", Some(q), NOW, &cfg()).unwrap().is_ok());
+            let e = parse("/v1/top", Some(q), NOW, &off).unwrap().unwrap_err();
+            assert_eq!(e.param, "sort", "{q}");
+            assert!(e.to_string().contains("agg.url_visitors"), "{e}");
+        }
     }
 
     #[test]

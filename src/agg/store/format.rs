@@ -576,7 +576,7 @@ pub(crate) mod tests {
             let st = agg.url_stats(now - 60, now, &urls, None);
             let got: Vec<(u64, bool, u64)> = st
                 .iter()
-                .map(|s| (s.visitors, s.sketched, s.views))
+                .map(|s| (s.visitors.unwrap_or(u64::MAX), s.sketched, s.views))
                 .collect();
             assert_eq!(got[..2], [(1, false, 1), (3, false, 3)]);
             assert_eq!(got[3], (0, false, 1));

@@ -94,7 +94,7 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 }
 
 /// A hash of everything that decides how a record aggregates: the event settings (field
-/// names, `url_keep_query`, `heartbeat_seconds`), the visit settings and this build's
+/// names, `url_keep_query`, `heartbeat_seconds`), the visit settings, `url_visitors` and this build's
 /// aggregation version. A
 /// checkpoint written under another fingerprint is not loaded.
 pub fn fingerprint(cfg: &AggConfig) -> u64 {
@@ -105,6 +105,10 @@ pub fn fingerprint(cfg: &AggConfig) -> u64 {
     // (its older buckets hold no visits; `rebuild-aggregates` fills those the log still has).
     if cfg.visits != crate::agg::visits::VisitSettings::default() {
         text.push_str(&format!(" {:?}", cfg.visits));
+    }
+    // Likewise url visitors, on by default.
+    if !cfg.url_visitors {
+        text.push_str(" no url visitors");
     }
     crate::route::partition::vid_hash(&text)
 }
