@@ -419,7 +419,7 @@ pub fn get_site_cell(c: &mut Cursor<'_>) -> Result<SiteCell, FormatError> {
 /// Reads the visitors of a url record at `at` in a blob of visitors.
 pub fn get_visitors(blob: &[u8], at: u32) -> Result<Visitors, FormatError> {
     if at == NO_VISITORS {
-        return Ok(Visitors::None);
+        return Ok(Visitors::default());
     }
     let mut c = Cursor::new(blob, at as usize);
     Ok(Visitors::from_uniques(get_uniques::<URL_P>(&mut c)?))
@@ -460,7 +460,7 @@ pub fn get_cells(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Buc
             views: c.u32()?,
             hits: c.u32()?,
             engaged: c.u32()?,
-            visitors: Visitors::None,
+            visitors: Visitors::default(),
         };
         if c.url_visitors {
             offsets.push((id, c.u32()?));

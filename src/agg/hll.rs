@@ -167,46 +167,73 @@ pub fn sketch_from_parts<const P: usize>(data: u64, words: Option<Vec<u32>>) -> 
     Sketch::<P>::deserialize(parts::Parts { data, words }).ok()
 }
 
-/// The distinct visitors of one url in one bucket: nothing, one visitor held inline (most
-/// cells of most urls: 16 bytes and no allocation), or a [`Uniques`] at p = [`URL_P`] —
-/// exact up to [`URL_EXACT_LIMIT`], then a 3 KiB sketch with 1.6 % standard error. Unlike a
-/// site's uniques, a url's visitors live on the url's owner (every visitor of it), so its
-/// count over several owners is never needed.
-#[derive(Debug, Clone, Default)]
+/// Distinct visitors a url's [`Visitors`] keeps in a plain list before a [`Uniques`].
+pub const URL_FEW: usize = 32;
+
+/// The distinct visitors of one url in one bucket. Most cells of most urls have a few: up to
+/// [`URL_FEW`] hashes in a plain list (two inline, without an allocation), which an insert
+/// scans in contiguous memory — one cache line or a few, where a hash set costs a pointer
+/// chase and two random lines per insert, and a bucket holds many such cells (measured end to
+/// end: README, Performance). Beyond, a [`Uniques`] at p = [`URL_P`]: exact up to
+/// [`URL_EXACT_LIMIT`], then a 3 KiB sketch with 1.6 % standard error. Unlike a site's
+/// uniques, a url's visitors live on the url's owner (every visitor of it), so its count over
+/// several owners is never needed.
+#[derive(Debug, Clone)]
 pub enum Visitors {
-    #[default]
-    None,
-    One(u64),
+    Few(smallvec::SmallVec<[u64; 2]>),
     Many(Box<Uniques<URL_P>>),
 }
 
+impl Default for Visitors {
+    fn default() -> Self {
+        Visitors::Few(smallvec::SmallVec::new())
+    }
+}
+
 impl Visitors {
-    /// Adds one visitor hash.
-    pub fn insert_hash(&mut self, h: u64) {
+    /// Adds one visitor hash; false when it was known already (a sketch: always true).
+    pub fn insert_hash(&mut self, h: u64) -> bool {
         match self {
-            Visitors::None => *self = Visitors::One(h),
-            Visitors::One(a) if *a == h => {}
-            Visitors::One(a) => {
+            Visitors::Few(v) => {
+                if v.contains(&h) {
+                    return false;
+                }
+                if v.len() < URL_FEW {
+                    v.push(h);
+                    return true;
+                }
                 let mut u = Box::new(Uniques::new());
-                u.insert_hash(*a);
+                for &x in v.iter() {
+                    u.insert_hash(x);
+                }
                 u.insert_hash(h);
                 *self = Visitors::Many(u);
+                true
             }
-            Visitors::Many(u) => u.insert_hash(h),
+            Visitors::Many(u) => match &mut **u {
+                Uniques::Exact(set) if set.contains(&h) => false,
+                u => {
+                    u.insert_hash(h);
+                    true
+                }
+            },
         }
     }
 
     /// Adds every visitor of `o` (the union).
     pub fn merge(&mut self, o: &Visitors) {
         match o {
-            Visitors::None => {}
-            Visitors::One(h) => self.insert_hash(*h),
+            Visitors::Few(b) => {
+                for &h in b {
+                    let _ = self.insert_hash(h);
+                }
+            }
             Visitors::Many(b) => match self {
                 Visitors::Many(a) => a.merge(b),
-                _ => {
+                Visitors::Few(v) => {
                     let mut m = b.clone();
-                    if let Visitors::One(h) = self {
-                        m.insert_hash(*h);
+                    for &h in v.iter() {
+                        m.insert_hash(h);
                     }
                     *self = Visitors::Many(m);
                 }
@@ -217,14 +244,13 @@ impl Visitors {
     /// The number of distinct visitors.
     pub fn estimate(&self) -> usize {
         match self {
-            Visitors::None => 0,
-            Visitors::One(_) => 1,
+            Visitors::Few(v) => v.len(),
             Visitors::Many(u) => u.estimate(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        matches!(self, Visitors::None)
+        matches!(self, Visitors::Few(v) if v.is_empty())
     }
 
     /// Whether the count is exact (no sketch involved).
@@ -236,33 +262,30 @@ impl Visitors {
     pub fn to_uniques(&self) -> std::borrow::Cow<'_, Uniques<URL_P>> {
         use std::borrow::Cow;
         match self {
-            Visitors::None => Cow::Owned(Uniques::new()),
-            Visitors::One(h) => {
-                let mut u = Uniques::new();
-                u.insert_hash(*h);
-                Cow::Owned(u)
-            }
+            Visitors::Few(v) => Cow::Owned(Uniques::Exact(v.iter().copied().collect())),
             Visitors::Many(u) => Cow::Borrowed(&**u),
         }
     }
 
-    /// From a [`Uniques`] (read from the bytes of a bucket): the same form inserting its
-    /// visitors one by one gives.
+    /// From a [`Uniques`] (read from the bytes of a bucket): the form inserting its visitors
+    /// one by one gives (a list in ascending order while few).
     pub fn from_uniques(u: Uniques<URL_P>) -> Visitors {
-        match &u {
-            Uniques::Exact(set) if set.is_empty() => Visitors::None,
-            Uniques::Exact(set) if set.len() == 1 => {
-                Visitors::One(set.iter().next().copied().unwrap_or_default())
+        match u {
+            Uniques::Exact(set) if set.len() <= URL_FEW => {
+                let mut v: smallvec::SmallVec<[u64; 2]> = set.into_iter().collect();
+                v.sort_unstable();
+                Visitors::Few(v)
             }
-            _ => Visitors::Many(Box::new(u)),
+            u => Visitors::Many(Box::new(u)),
         }
     }
 
     /// Heap bytes held.
     pub fn size_of(&self) -> usize {
         match self {
+            Visitors::Few(v) if v.spilled() => v.capacity() * 8,
+            Visitors::Few(_) => 0,
             Visitors::Many(u) => size_of::<Uniques<URL_P>>() + u.size_of(),
-            _ => 0,
         }
     }
 }

@@ -879,14 +879,22 @@ impl Aggregates {
         match inc.kind {
             IncKind::Url => {
                 let id = self.intern_url(key, site);
-                let visitor = (inc.has_vid && self.cfg.url_visitors).then_some(inc.vid);
+                let mut visitor = (inc.has_vid && self.cfg.url_visitors).then_some(inc.vid);
+                let mut finest = true;
                 self.each_bucket(inc, now_min, |b| {
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1);
                     c.engaged = c.engaged.saturating_add(inc.engaged);
                     if let Some(h) = visitor {
-                        c.visitors.insert_hash(h);
+                        // A visitor the finest bucket knew already is in the coarser ones
+                        // (each of them took every insert the finer one took, or holds it in
+                        // its sealed part): they are left alone — a heartbeat's hour costs
+                        // nothing.
+                        if !c.visitors.insert_hash(h) && finest {
+                            visitor = None;
+                        }
+                        finest = false;
                     }
                 });
             }
