@@ -1799,6 +1799,77 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Url visitors in any arrival order, with some minutes outside the minute window
+        /// (hours only): every minute, hour and range answers the distinct visitors of a
+        /// model (the hour's insert skipped for a visitor its minute knew must lose nothing).
+        #[test]
+        fn url_visitors_in_any_order_are_the_distinct_ones(
+            evs in proptest::strategy::Strategy::prop_flat_map(
+                proptest::collection::vec((0u8..3, 0u64..12, 0i64..240), 1..200),
+                |v| proptest::strategy::Strategy::prop_shuffle(proptest::strategy::Just(v)),
+            ),
+            split in 0usize..200,
+        ) {
+            use proptest::prelude::*;
+            let now = 1_000_020;
+            let mut a = Aggregates::new(AggConfig {
+                minute_window: 30,
+                hour_window: 6,
+                ..AggConfig::default()
+            });
+            let url = |u: u8| format!("https://a.com/{u}");
+            let rows: Vec<(String, i64, u64)> = evs
+                .iter()
+                .map(|&(u, v, back)| (url(u), now - back, v))
+                .collect();
+            // Two batches (the split is arbitrary), so that both orders meet both tiers.
+            let split = split.min(rows.len());
+            for part in [&rows[..split], &rows[split..]] {
+                let mut b = Batch::default();
+                for (u, m, v) in part {
+                    let h = crate::route::partition::vid_hash(&v.to_string());
+                    b.push(IncKind::Url, false, *m, 1, "a.com", u, Some(h));
+                }
+                a.apply_batch(&b, now);
+            }
+            let distinct = |u: &str, from: i64, to: i64| -> u64 {
+                let set: std::collections::BTreeSet<u64> = rows
+                    .iter()
+                    .filter(|(x, m, _)| x == u && (from..to).contains(m))
+                    .map(|r| r.2)
+                    .collect();
+                set.len() as u64
+            };
+            let h_from = (now - 240).div_euclid(60) * 60;
+            let h_to = (now + 60).div_euclid(60) * 60;
+            let floor = a.minute_floor(now);
+            for u in (0..3).map(url) {
+                let hours: Vec<Option<u64>> =
+                    a.url_series(h_from, h_to, 60, &u, None).iter().map(|t| t.uniques).collect();
+                let want: Vec<Option<u64>> = (h_from..h_to)
+                    .step_by(60)
+                    .map(|h| Some(distinct(&u, h, h + 60)))
+                    .collect();
+                prop_assert_eq!(hours, want, "hours of {}", u);
+                let minutes: Vec<Option<u64>> =
+                    a.url_series(floor, now + 1, 1, &u, None).iter().map(|t| t.uniques).collect();
+                let want: Vec<Option<u64>> =
+                    (floor..=now).map(|m| Some(distinct(&u, m, m + 1))).collect();
+                prop_assert_eq!(minutes, want, "minutes of {}", u);
+                // A range of whole hours and loose minutes: the union, not the sum.
+                let st = a.url_stats(h_from, now + 1, std::slice::from_ref(&u), None);
+                prop_assert_eq!(st[0].visitors, Some(distinct(&u, h_from, now + 1)));
+                // Loose minutes before the minute floor are kept nowhere but in their hour,
+                // which a range that cuts the hour does not read.
+                let st = a.url_stats(floor - 7, now + 1, std::slice::from_ref(&u), None);
+                prop_assert_eq!(st[0].visitors, Some(distinct(&u, floor, now + 1)));
+            }
+        }
+    }
+
     #[test]
     fn rank_matches_a_full_sort() {
         let names: Vec<String> = (0..300)
