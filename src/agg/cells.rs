@@ -531,6 +531,12 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// A url cell is what the aggregates hold most of: counts and the visitors' inline form.
+    #[test]
+    fn a_url_cell_is_32_bytes() {
+        assert_eq!(size_of::<UrlCell>(), 32);
+    }
+
     #[test]
     fn merge_adds_every_cell() {
         let mut a = Bucket::default();

@@ -170,87 +170,91 @@ pub fn sketch_from_parts<const P: usize>(data: u64, words: Option<Vec<u32>>) -> 
 /// Distinct visitors a url's [`Visitors`] keeps in a plain list before a [`Uniques`].
 pub const URL_FEW: usize = 32;
 
-/// The distinct visitors of one url in one bucket. Most cells of most urls have a few: up to
-/// [`URL_FEW`] hashes in a plain list (two inline, without an allocation), which an insert
-/// scans in contiguous memory — one cache line or a few, where a hash set costs a pointer
-/// chase and two random lines per insert, and a bucket holds many such cells (measured end to
-/// end: README, Performance). Beyond, a [`Uniques`] at p = [`URL_P`]: exact up to
-/// [`URL_EXACT_LIMIT`], then a 3 KiB sketch with 1.6 % standard error. Unlike a site's
-/// uniques, a url's visitors live on the url's owner (every visitor of it), so its count over
-/// several owners is never needed.
-#[derive(Debug, Clone)]
+/// The distinct visitors of one url in one bucket, in 16 bytes of the url's cell (a cell
+/// exists for every url in every minute and hour it was hit, so its size is the aggregates'
+/// memory): none; one, inline (most cells of most urls); a few — up to [`URL_FEW`] hashes in
+/// a plain list, which an insert scans in contiguous memory where a hash set costs two random
+/// cache lines; beyond, a [`Uniques`] at p = [`URL_P`]: exact up to [`URL_EXACT_LIMIT`], then a
+/// 3 KiB sketch with 1.6 % standard error. Unlike a site's uniques, a url's visitors live on
+/// the url's owner (every visitor of it), so its count over several owners is never needed.
+#[derive(Debug, Clone, Default)]
 pub enum Visitors {
-    Few(smallvec::SmallVec<[u64; 2]>),
+    #[default]
+    None,
+    One(u64),
+    Few(Box<Vec<u64>>),
     Many(Box<Uniques<URL_P>>),
-}
-
-impl Default for Visitors {
-    fn default() -> Self {
-        Visitors::Few(smallvec::SmallVec::new())
-    }
 }
 
 impl Visitors {
     /// Adds one visitor hash; false when it was known already (a sketch: always true).
     pub fn insert_hash(&mut self, h: u64) -> bool {
         match self {
+            Visitors::None => *self = Visitors::One(h),
+            Visitors::One(a) if *a == h => return false,
+            Visitors::One(a) => {
+                let mut v = Vec::with_capacity(4);
+                v.extend([*a, h]);
+                *self = Visitors::Few(Box::new(v));
+            }
+            Visitors::Few(v) if v.contains(&h) => return false,
+            Visitors::Few(v) if v.len() < URL_FEW => v.push(h),
             Visitors::Few(v) => {
-                if v.contains(&h) {
-                    return false;
-                }
-                if v.len() < URL_FEW {
-                    v.push(h);
-                    return true;
-                }
                 let mut u = Box::new(Uniques::new());
                 for &x in v.iter() {
                     u.insert_hash(x);
                 }
                 u.insert_hash(h);
                 *self = Visitors::Many(u);
-                true
             }
             Visitors::Many(u) => match &mut **u {
-                Uniques::Exact(set) if set.contains(&h) => false,
-                u => {
-                    u.insert_hash(h);
-                    true
-                }
+                Uniques::Exact(set) if set.contains(&h) => return false,
+                u => u.insert_hash(h),
             },
+        }
+        true
+    }
+
+    /// The hashes of a list form (none, one or a few).
+    fn listed(&self) -> &[u64] {
+        match self {
+            Visitors::One(h) => std::slice::from_ref(h),
+            Visitors::Few(v) => v,
+            _ => &[],
         }
     }
 
     /// Adds every visitor of `o` (the union).
     pub fn merge(&mut self, o: &Visitors) {
         match o {
-            Visitors::Few(b) => {
-                for &h in b {
-                    let _ = self.insert_hash(h);
-                }
-            }
             Visitors::Many(b) => match self {
                 Visitors::Many(a) => a.merge(b),
-                Visitors::Few(v) => {
+                _ => {
                     let mut m = b.clone();
-                    for &h in v.iter() {
+                    for &h in self.listed() {
                         m.insert_hash(h);
                     }
                     *self = Visitors::Many(m);
                 }
             },
+            _ => {
+                for &h in o.listed() {
+                    let _ = self.insert_hash(h);
+                }
+            }
         }
     }
 
     /// The number of distinct visitors.
     pub fn estimate(&self) -> usize {
         match self {
-            Visitors::Few(v) => v.len(),
             Visitors::Many(u) => u.estimate(),
+            _ => self.listed().len(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        matches!(self, Visitors::Few(v) if v.is_empty())
+        matches!(self, Visitors::None)
     }
 
     /// Whether the count is exact (no sketch involved).
@@ -262,8 +266,8 @@ impl Visitors {
     pub fn to_uniques(&self) -> std::borrow::Cow<'_, Uniques<URL_P>> {
         use std::borrow::Cow;
         match self {
-            Visitors::Few(v) => Cow::Owned(Uniques::Exact(v.iter().copied().collect())),
             Visitors::Many(u) => Cow::Borrowed(&**u),
+            _ => Cow::Owned(Uniques::Exact(self.listed().iter().copied().collect())),
         }
     }
 
@@ -272,9 +276,13 @@ impl Visitors {
     pub fn from_uniques(u: Uniques<URL_P>) -> Visitors {
         match u {
             Uniques::Exact(set) if set.len() <= URL_FEW => {
-                let mut v: smallvec::SmallVec<[u64; 2]> = set.into_iter().collect();
+                let mut v: Vec<u64> = set.into_iter().collect();
                 v.sort_unstable();
-                Visitors::Few(v)
+                match v[..] {
+                    [] => Visitors::None,
+                    [h] => Visitors::One(h),
+                    _ => Visitors::Few(Box::new(v)),
+                }
             }
             u => Visitors::Many(Box::new(u)),
         }
@@ -283,8 +291,8 @@ impl Visitors {
     /// Heap bytes held.
     pub fn size_of(&self) -> usize {
         match self {
-            Visitors::Few(v) if v.spilled() => v.capacity() * 8,
-            Visitors::Few(_) => 0,
+            Visitors::None | Visitors::One(_) => 0,
+            Visitors::Few(v) => size_of::<Vec<u64>>() + v.capacity() * 8,
             Visitors::Many(u) => size_of::<Uniques<URL_P>>() + u.size_of(),
         }
     }
