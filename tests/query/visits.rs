@@ -25,9 +25,10 @@
 //! that must replay them; finally the aggregates are deleted and rebuilt from the log. The
 //! summary (whole range, sub-ranges, per site), the time series (1m and 1h, per site) and the
 //! top lists of urls (`dim=url`, `dim=entry_page`, `dim=exit_page`, `dim=url&sort=views|
-//! entries|exits|engaged_seconds`; whole range and minute by minute, every key and the first
-//! three) are compared field by field: views, hits, uniques and engaged seconds, the visit
-//! fields, entries and exits. All ranges are absolute (epoch seconds); event times are
+//! entries|exits|engaged_seconds|visitors|avg_engaged_seconds`; whole range and minute by
+//! minute, every key and the first three) and the series of three urls (1m and 1h: their
+//! distinct visitors as `uniques`) are compared field by field: views, hits, uniques and
+//! engaged seconds, the visit fields, entries, exits and each url's distinct visitors. All ranges are absolute (epoch seconds); event times are
 //! relative to the wall clock at the send, never a fixed date.
 //!
 //! A fourth test runs the same scenario forty times faster (`visit_gap = 3s`, an allowance of
