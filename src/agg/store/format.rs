@@ -523,6 +523,17 @@ pub(crate) mod tests {
         a
     }
 
+    /// Decodes the checked-in sample `tests/data/<name>` into an empty state.
+    fn read_sample(name: &str) -> (Header, Aggregates) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        let mut r = Aggregates::new(AggConfig::default());
+        let h = decode_into(&bytes, &mut r).unwrap();
+        (h, r)
+    }
+
     /// [`sample_state_v3`] with url visitors: one url seen by one visitor, one by three, one
     /// by 1 000 (a sketch), one hit without a visitor id.
     fn sample_state_v4(now: i64) -> Aggregates {
@@ -563,9 +574,7 @@ pub(crate) mod tests {
         if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
             std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
         }
-        let bytes = std::fs::read(&path).unwrap();
-        let mut r = Aggregates::new(AggConfig::default());
-        let h = decode_into(&bytes, &mut r).unwrap();
+        let (h, r) = read_sample("sample-v4.agg");
         assert_eq!((h.version, h.kind), (4, Kind::Base));
         assert_eq!(answers(&r, now), answers(&a, now));
         let urls: Vec<String> = ["/one", "/three", "/many", "/anon"]
@@ -594,14 +603,10 @@ pub(crate) mod tests {
     /// included.
     #[test]
     fn sample_v3_decodes() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v3.agg");
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
         let a = sample_state_v3(now);
-        let bytes = std::fs::read(&path).unwrap();
-        let mut r = Aggregates::new(AggConfig::default());
-        let h = decode_into(&bytes, &mut r).unwrap();
+        let (h, r) = read_sample("sample-v3.agg");
         assert_eq!((h.version, h.kind), (3, Kind::Base));
         assert_eq!(answers(&r, now), answers(&a, now));
         assert_eq!(r.visits.entries(), a.visits.entries());
@@ -637,14 +642,10 @@ pub(crate) mod tests {
     /// build) still decodes to the state it was written from, without visits.
     #[test]
     fn sample_v2_decodes() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v2.agg");
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
         let a = sample_state_v2(now);
-        let bytes = std::fs::read(&path).unwrap();
-        let mut r = Aggregates::new(AggConfig::default());
-        let h = decode_into(&bytes, &mut r).unwrap();
+        let (h, r) = read_sample("sample-v2.agg");
         assert_eq!(
             (h.version, h.kind, h.applied),
             (2, Kind::Base, vec![10, 20])
@@ -659,14 +660,10 @@ pub(crate) mod tests {
     /// build) still decodes to the state it was written from.
     #[test]
     fn sample_v1_decodes() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v1.agg");
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
         let a = sample_state(now);
-        let bytes = std::fs::read(&path).unwrap();
-        let mut r = Aggregates::new(AggConfig::default());
-        let h = decode_into(&bytes, &mut r).unwrap();
+        let (h, r) = read_sample("sample-v1.agg");
         assert_eq!(
             h,
             Header {
