@@ -120,6 +120,11 @@ pub struct Bucket {
     pub pages: HashMap<u32, PageCell>,
     /// Changed since the last checkpoint (see `store`).
     pub dirty: bool,
+    /// Of an hour: the url visitors of its minutes before this one are in its url cells;
+    /// those of its later minutes still in memory are only in theirs, and every read adds
+    /// them (`Aggregates::fold_url_visitors`). Not stored: 0 (nothing folded) is always
+    /// right, folding again being a union.
+    pub folded_upto: i64,
 }
 
 impl Bucket {
@@ -140,6 +145,17 @@ impl Bucket {
         self.all.merge(&o.all);
         for (id, c) in &o.pages {
             self.pages.entry(*id).or_default().add(c);
+        }
+    }
+
+    /// Adds the url visitors of `o` alone (a minute its hour has not folded yet).
+    pub fn merge_url_visitors(&mut self, o: &Bucket) {
+        for (id, c) in o.urls.iter().filter(|(_, c)| !c.visitors.is_empty()) {
+            self.urls
+                .entry(*id)
+                .or_default()
+                .visitors
+                .merge(&c.visitors);
         }
     }
 

@@ -41,6 +41,10 @@ use sealed::SealedFile;
 use topn::Ranked;
 use visits::{Delta, VisitCounts, VisitSettings, Visits};
 
+/// Minute buckets of url visitors one tick folds into their hours at most
+/// ([`Aggregates::fold_url_visitors`]).
+pub const FOLD_BUDGET: usize = 30;
+
 /// A resolution of the aggregates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Res {
@@ -94,11 +98,14 @@ pub enum Sealed {
     File(Arc<SealedFile>),
 }
 
-/// One part of a bucket being read: cells in memory, or a sealed file read in place.
+/// One part of a bucket being read: cells in memory, or a sealed file read in place; or, of
+/// an hour, a minute of it whose url visitors the hour has not folded yet (read for those
+/// alone: its counts are in the hour).
 #[derive(Clone, Copy)]
 enum PartRef<'a> {
     Mem(&'a Bucket),
     File(&'a SealedFile),
+    Visitors(&'a Bucket),
 }
 
 /// Aggregate settings (validated from `[agg]`).
@@ -679,23 +686,23 @@ impl Aggregates {
     /// Applies `f` to the minute bucket (when inside the minute window) and the hour bucket of
     /// `minute`, and to its day bucket when the day is sealed (late increments) or the hour
     /// has left its window; counts the increment stale when no bucket takes it.
-    fn each_bucket(&mut self, inc: &Inc, now_min: i64, mut f: impl FnMut(&mut Bucket)) {
+    fn each_bucket(&mut self, inc: &Inc, now_min: i64, mut f: impl FnMut(&mut Bucket, Res)) {
         let minute = inc.minute;
         if inc.repair {
             // Only the bucket being recomputed (an hour's minutes left the window long ago,
             // and its day, when sealed, already holds it).
             let (h, d) = (minute.div_euclid(60), minute.div_euclid(1440));
             let b = if self.repair_hours.binary_search(&h).is_ok() {
-                self.hours.get_mut(h)
+                self.hours.get_mut(h).map(|b| (b, Res::Hour))
             } else if self.repair_days.binary_search(&d).is_ok() {
-                self.days.get_mut(d)
+                self.days.get_mut(d).map(|b| (b, Res::Day))
             } else {
                 None
             };
             match b {
-                Some(b) => {
+                Some((b, res)) => {
                     b.dirty = true;
-                    f(b);
+                    f(b, res);
                 }
                 None => self.stale += 1,
             }
@@ -704,14 +711,14 @@ impl Aggregates {
         if minute >= self.minute_floor(now_min) {
             if let Some(b) = self.minutes.get_mut(minute) {
                 b.dirty = true;
-                f(b);
+                f(b, Res::Minute);
             }
         }
         let mut counted = false;
         if minute >= self.hour_floor(now_min) {
             if let Some(b) = self.hours.get_mut(minute.div_euclid(60)) {
                 b.dirty = true;
-                f(b);
+                f(b, Res::Hour);
                 counted = true;
             }
         }
@@ -722,7 +729,7 @@ impl Aggregates {
         if (!counted || late_for_sealed_day) && minute >= self.day_floor(now_min) {
             if let Some(b) = self.days.get_mut(day) {
                 b.dirty = true;
-                f(b);
+                f(b, Res::Day);
                 counted = true;
             }
         }
@@ -784,7 +791,7 @@ impl Aggregates {
                 minute: group[0].0,
                 ..*inc
             };
-            self.each_bucket(&at, now_min, |b| {
+            self.each_bucket(&at, now_min, |b, _| {
                 for (_, d) in group {
                     visit_delta(b, s, d);
                 }
@@ -861,7 +868,7 @@ impl Aggregates {
             Delta::Entry(_, n) => Delta::Entry(self.intern_url(page, site), n),
             Delta::Exit(_, n) => Delta::Exit(self.intern_url(page, site), n),
         };
-        self.each_bucket(at, now_min, |b| visit_delta(b, s, &d));
+        self.each_bucket(at, now_min, |b, _| visit_delta(b, s, &d));
     }
 
     /// Applies one increment's counts, and for a visitor's the changes `visits` of its visit
@@ -881,35 +888,41 @@ impl Aggregates {
                 let id = self.intern_url(key, site);
                 let mut visitor = (inc.has_vid && self.cfg.url_visitors).then_some(inc.vid);
                 let mut finest = true;
-                self.each_bucket(inc, now_min, |b| {
+                let mut in_minute = false;
+                self.each_bucket(inc, now_min, |b, res| {
+                    // The minute's cell alone takes the visitor when its hour has not folded
+                    // that minute yet (`fold_url_visitors`: reads add those minutes).
+                    let folded = inc.minute < b.folded_upto;
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1);
                     c.engaged = c.engaged.saturating_add(inc.engaged);
-                    if let Some(h) = visitor {
-                        // A visitor the finest bucket knew already is in the coarser ones
-                        // (each of them took every insert the finer one took, or holds it in
-                        // its sealed part): they are left alone — a heartbeat's hour costs
-                        // nothing.
-                        if !c.visitors.insert_hash(h) && finest {
-                            visitor = None;
-                        }
-                        finest = false;
+                    let Some(h) = visitor else { return };
+                    in_minute |= res == Res::Minute;
+                    if res == Res::Hour && in_minute && !folded {
+                        return;
                     }
+                    // A visitor the finest bucket knew already is in the coarser ones (each
+                    // of them took every insert the finer one took, holds it in its sealed
+                    // part or reads it from its minutes): they are left alone.
+                    if !c.visitors.insert_hash(h) && finest {
+                        visitor = None;
+                    }
+                    finest = false;
                 });
             }
             IncKind::Ref => {
                 let (s, _) = self.sites.intern(site);
                 let (r, _) = self.refs.intern(key);
                 let k = (u64::from(s) << 32) | u64::from(r);
-                self.each_bucket(inc, now_min, |b| {
+                self.each_bucket(inc, now_min, |b, _| {
                     let c = b.refs.entry(k).or_default();
                     *c = c.saturating_add(pv);
                 });
             }
             IncKind::Visitor => {
                 let s = site_id.unwrap_or_else(|| self.sites.intern(site).0);
-                self.each_bucket(inc, now_min, |b| {
+                self.each_bucket(inc, now_min, |b, _| {
                     for c in [b.sites.entry(s).or_default(), &mut b.all] {
                         c.views += u64::from(pv);
                         c.hits += 1;
@@ -1011,6 +1024,18 @@ impl Aggregates {
         if let Some(slot) = self.tier_mut(res).get_mut(number) {
             *slot = b;
         }
+        self.unfold_minute(res, number);
+    }
+
+    /// A minute bucket's cells changed from outside the hot path: its hour reads its url
+    /// visitors again until the ticker folds it anew (the hot path counts a visitor the
+    /// minute knows into the hour only when the hour reads the minute or folded it then).
+    fn unfold_minute(&mut self, res: Res, number: i64) {
+        if res == Res::Minute {
+            if let Some(h) = self.hours.get_mut(number.div_euclid(60)) {
+                h.folded_upto = h.folded_upto.min(number);
+            }
+        }
     }
 
     /// Whether a checkpoint is writing a sealed file (an hour or day in `Sealed::Writing`).
@@ -1106,12 +1131,20 @@ impl Aggregates {
             slot.merge(&b);
             slot.dirty = true;
         }
+        self.unfold_minute(res, number);
     }
 
     /// The parts of hour `h`: its in-memory bucket and its sealed part.
     fn hour_parts<'a>(&'a self, h: i64, out: &mut Vec<PartRef<'a>>) {
+        let mut folded = h * 60;
         if let Some(b) = self.hours.get(h) {
             out.push(PartRef::Mem(b));
+            folded = folded.max(b.folded_upto);
+        }
+        for m in folded..(h + 1) * 60 {
+            if let Some(b) = self.minutes.get(m) {
+                out.push(PartRef::Visitors(b));
+            }
         }
         match self.sealed.get(&(Res::Hour, h)) {
             Some(Sealed::Writing(Some(b))) => out.push(PartRef::Mem(b)),
@@ -1182,6 +1215,7 @@ impl Aggregates {
             match p {
                 PartRef::Mem(b) => out.merge(b),
                 PartRef::File(f) => out.merge(&f.to_bucket()),
+                PartRef::Visitors(b) => out.merge_url_visitors(b),
             }
         }
         out
@@ -1254,9 +1288,50 @@ impl Aggregates {
         out
     }
 
-    /// Frees the buckets that left the windows at `now_min`; sealed files that left go to
-    /// [`Aggregates::take_retired`].
+    /// Folds the url visitors of the minute buckets before `upto` into their hours' url cells,
+    /// at most `budget` minute buckets, the oldest hours first. The hot path counts a url's
+    /// visitor into its minute alone while the hour has not folded that minute (one insert per
+    /// event instead of two), and every read of the hour adds its unfolded minutes; folding is
+    /// a union, so folding a minute twice (after a restart, whose hours start unfolded) is
+    /// harmless. Called by the ticker for minutes that ended (a budget per tick, so that a
+    /// start's 48 hours of minutes do not stall the shard), and without a budget before
+    /// minutes leave the window and before hours are sealed.
+    pub fn fold_url_visitors(&mut self, upto: i64, mut budget: usize) {
+        let minutes = &self.minutes;
+        let mut hours: Vec<(i64, &mut Bucket)> = self
+            .hours
+            .iter_mut()
+            .filter(|(h, b)| (h * 60).max(b.folded_upto) < upto.min((h + 1) * 60))
+            .collect();
+        hours.sort_unstable_by_key(|(h, _)| *h);
+        for (h, hb) in hours {
+            let end = ((h + 1) * 60).min(upto);
+            let mut m = (h * 60).max(hb.folded_upto);
+            while m < end {
+                if let Some(mb) = minutes.get(m) {
+                    if budget == 0 {
+                        break;
+                    }
+                    budget -= 1;
+                    if mb.urls.values().any(|c| !c.visitors.is_empty()) {
+                        hb.merge_url_visitors(mb);
+                        // The chain must carry the hour as it now is: its minutes leave.
+                        hb.dirty = true;
+                    }
+                }
+                m += 1;
+            }
+            hb.folded_upto = m;
+            if budget == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Frees the buckets that left the windows at `now_min` (their url visitors folded into
+    /// their hours first); sealed files that left go to [`Aggregates::take_retired`].
     pub fn evict(&mut self, now_min: i64) {
+        self.fold_url_visitors(self.minute_floor(now_min), usize::MAX);
         let (hour, day) = (
             self.hour_floor(now_min).div_euclid(60),
             self.day_floor(now_min).div_euclid(1440),
@@ -1308,6 +1383,7 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.pages.iter().for_each(|(&id, c)| add(id, c)),
                         PartRef::File(f) => f.pages().for_each(|(id, c)| add(id, &c)),
+                        PartRef::Visitors(_) => {}
                     }
                 }
                 let acc = acc.into_iter().map(|x| x.max(0) as u64).collect();
@@ -1329,6 +1405,7 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.urls.iter().for_each(|(&id, c)| add(id, c)),
                         PartRef::File(f) => f.urls().for_each(|(id, c)| add(id, &c)),
+                        PartRef::Visitors(_) => {}
                     }
                 }
                 (&self.urls, acc)
@@ -1366,6 +1443,13 @@ impl Aggregates {
                                 }
                             }
                         }
+                        PartRef::Visitors(b) => {
+                            for (&id, c) in b.urls.iter().filter(|(&id, _)| keep(id)) {
+                                if let Some((u, _)) = slot(&mut unions, &mut engaged, id) {
+                                    u.add(Cow::Borrowed(&c.visitors));
+                                }
+                            }
+                        }
                     }
                 }
                 let acc = unions
@@ -1393,6 +1477,7 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.refs.iter().for_each(|(&k, &v)| add(k, v)),
                         PartRef::File(f) => f.refs().for_each(|(k, v)| add(k, v)),
+                        PartRef::Visitors(_) => {}
                     }
                 }
                 (&self.refs, acc)
@@ -1410,6 +1495,7 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.sites.iter().for_each(|(&id, c)| add(id, c.views)),
                         PartRef::File(f) => f.site_views().for_each(|(id, v)| add(id, v)),
+                        PartRef::Visitors(_) => {}
                     }
                 }
                 (&self.sites, acc)
@@ -1464,6 +1550,12 @@ impl Aggregates {
                         b.pages.get(&id).copied(),
                     ),
                     PartRef::File(f) => (f.url(id).map(Cow::Owned), f.page(id)),
+                    PartRef::Visitors(b) => {
+                        if let Some(c) = b.urls.get(&id) {
+                            u.add(Cow::Borrowed(&c.visitors));
+                        }
+                        continue;
+                    }
                 };
                 if let Some(c) = c {
                     o.views += u64::from(c.views);
@@ -1513,6 +1605,7 @@ impl Aggregates {
                     None => continue,
                 },
                 (PartRef::Mem(b), None) => Cow::Borrowed(&b.all),
+                (PartRef::Visitors(_), _) => continue,
                 (PartRef::File(f), Some(s)) => match f.site(s) {
                     Some(c) => Cow::Owned(c),
                     None => continue,
@@ -1584,6 +1677,12 @@ impl Aggregates {
                 let c = match p {
                     PartRef::Mem(b) => b.urls.get(&id).map(Cow::Borrowed),
                     PartRef::File(f) => f.url(id).map(Cow::Owned),
+                    PartRef::Visitors(b) => {
+                        if let Some(c) = b.urls.get(&id) {
+                            u.add(Cow::Borrowed(&c.visitors));
+                        }
+                        continue;
+                    }
                 };
                 if let Some(c) = c {
                     t.views += u64::from(c.views);
@@ -1812,6 +1911,7 @@ mod tests {
                 |v| proptest::strategy::Strategy::prop_shuffle(proptest::strategy::Just(v)),
             ),
             split in 0usize..200,
+            folds in proptest::collection::vec((0i64..240, 0usize..90), 2),
         ) {
             use proptest::prelude::*;
             let now = 1_000_020;
@@ -1825,15 +1925,18 @@ mod tests {
                 .iter()
                 .map(|&(u, v, back)| (url(u), now - back, v))
                 .collect();
-            // Two batches (the split is arbitrary), so that both orders meet both tiers.
+            // Two batches (the split is arbitrary), so that both orders meet both tiers, each
+            // followed by folding some minutes into their hours (up to an arbitrary minute,
+            // an arbitrary number of them: later events of a folded minute go to both).
             let split = split.min(rows.len());
-            for part in [&rows[..split], &rows[split..]] {
+            for (part, (back, budget)) in [&rows[..split], &rows[split..]].into_iter().zip(folds) {
                 let mut b = Batch::default();
                 for (u, m, v) in part {
                     let h = crate::route::partition::vid_hash(&v.to_string());
                     b.push(IncKind::Url, false, *m, 1, "a.com", u, Some(h));
                 }
                 a.apply_batch(&b, now);
+                a.fold_url_visitors(now - back, budget);
             }
             let distinct = |u: &str, from: i64, to: i64| -> u64 {
                 let set: std::collections::BTreeSet<u64> = rows

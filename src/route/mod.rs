@@ -577,6 +577,8 @@ impl Router {
                 last_evict = Instant::now();
                 let clock = self.owner_clock();
                 let mut agg = self.agg.borrow_mut();
+                // The minutes that ended: their url visitors into their hours.
+                agg.fold_url_visitors(self.now_min.get() - 1, crate::agg::FOLD_BUDGET);
                 agg.evict(self.now_min.get());
                 if clock > 0 {
                     agg.visits.sweep(clock);
