@@ -10,7 +10,10 @@
 //! lists merge exactly (see `topn`).
 //!
 //! Every increment updates its minute bucket (while inside `minute_window`) and its hour
-//! bucket; counts are commutative, so late events need no watermark. Days are not counted on
+//! bucket; counts are commutative, so late events need no watermark. A url's visitors are the
+//! exception: the hot path adds them to the minute alone, the ticker folds each ended minute
+//! into its hour ([`Aggregates::fold_url_visitors`]), and a read of an hour adds the minutes it
+//! has not folded yet. Days are not counted on
 //! the hot path: a closed day is the merge of its hours, made when the checkpoint seals it
 //! ([`sealed`]); closed hours and days then live in immutable mapped files, and what arrives
 //! for them later (late events) in small in-memory buckets of the same number, which every
