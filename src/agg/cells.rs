@@ -248,17 +248,19 @@ pub fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
+/// An exact uniques value: its hashes, ascending.
+fn put_exact(out: &mut Vec<u8>, mut v: Vec<u64>) {
+    out.push(0);
+    v.sort_unstable();
+    put_u32(out, v.len() as u32);
+    for h in v {
+        put_u64(out, h);
+    }
+}
+
 fn put_uniques<const P: usize>(out: &mut Vec<u8>, u: &Uniques<P>) {
     match u {
-        Uniques::Exact(set) => {
-            out.push(0);
-            let mut v: Vec<u64> = set.iter().copied().collect();
-            v.sort_unstable();
-            put_u32(out, v.len() as u32);
-            for h in v {
-                put_u64(out, h);
-            }
-        }
+        Uniques::Exact(set) => put_exact(out, set.iter().copied().collect()),
         Uniques::Sketch(s) => {
             out.push(1);
             // The estimator's own serde form: (data word, optional words).
@@ -311,7 +313,11 @@ pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
             put_u32(out, NO_VISITORS);
         } else {
             put_u32(out, blob.len() as u32);
-            put_uniques(&mut blob, &c.visitors.to_uniques());
+            // The same bytes as the `Uniques` the list would be, without building one.
+            match &c.visitors {
+                Visitors::Many(u) => put_uniques(&mut blob, u),
+                v => put_exact(&mut blob, v.listed().to_vec()),
+            }
         }
     }
     put_u32(out, blob.len() as u32);

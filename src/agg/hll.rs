@@ -215,8 +215,8 @@ impl Visitors {
         true
     }
 
-    /// The hashes of a list form (none, one or a few).
-    fn listed(&self) -> &[u64] {
+    /// The hashes of a list form (none, one or a few; nothing for a [`Uniques`]).
+    pub fn listed(&self) -> &[u64] {
         match self {
             Visitors::One(h) => std::slice::from_ref(h),
             Visitors::Few(v) => v,

@@ -111,6 +111,26 @@ enum PartRef<'a> {
     Visitors(&'a Bucket),
 }
 
+impl<'a> PartRef<'a> {
+    /// Url `id`'s cell in this part, and whether its counts belong to the part (not for a
+    /// minute read for its visitors alone).
+    fn url(self, id: u32) -> Option<(Cow<'a, UrlCell>, bool)> {
+        match self {
+            PartRef::Mem(b) => b.urls.get(&id).map(|c| (Cow::Borrowed(c), true)),
+            PartRef::File(f) => f.url(id).map(|c| (Cow::Owned(c), true)),
+            PartRef::Visitors(b) => b.urls.get(&id).map(|c| (Cow::Borrowed(c), false)),
+        }
+    }
+}
+
+/// The visitors of a url cell, borrowed or taken.
+fn visitors_of(c: Cow<'_, UrlCell>) -> Cow<'_, Visitors> {
+    match c {
+        Cow::Borrowed(c) => Cow::Borrowed(&c.visitors),
+        Cow::Owned(c) => Cow::Owned(c.visitors),
+    }
+}
+
 /// Aggregate settings (validated from `[agg]`).
 #[derive(Debug, Clone)]
 pub struct AggConfig {
@@ -465,37 +485,72 @@ impl UrlStats {
     }
 }
 
-/// The union of a url's visitors over the parts of a range, without copying the first.
-#[derive(Default)]
-struct VisitorUnion<'a> {
-    first: Option<Cow<'a, Visitors>>,
-    merged: Option<Visitors>,
+/// Distinct visitors that merge losslessly: a site's uniques, a url's visitors.
+trait Distinct: Clone {
+    fn merge_from(&mut self, o: &Self);
+    fn count(&self) -> usize;
+    fn exact(&self) -> bool;
 }
 
-impl<'a> VisitorUnion<'a> {
-    fn add(&mut self, v: Cow<'a, Visitors>) {
-        if v.is_empty() {
-            return;
+impl<const P: usize> Distinct for Uniques<P> {
+    fn merge_from(&mut self, o: &Self) {
+        self.merge(o);
+    }
+    fn count(&self) -> usize {
+        self.estimate()
+    }
+    fn exact(&self) -> bool {
+        matches!(self, Uniques::Exact(_))
+    }
+}
+
+impl Distinct for Visitors {
+    fn merge_from(&mut self, o: &Self) {
+        self.merge(o);
+    }
+    fn count(&self) -> usize {
+        self.estimate()
+    }
+    fn exact(&self) -> bool {
+        self.is_exact()
+    }
+}
+
+/// The union of distinct visitors over the parts of a range, without copying the first (a
+/// sketch is merged only when a second part contributes).
+struct VisitorUnion<'a, T: Distinct = Visitors> {
+    first: Option<Cow<'a, T>>,
+    merged: Option<T>,
+}
+
+impl<T: Distinct> Default for VisitorUnion<'_, T> {
+    fn default() -> Self {
+        VisitorUnion {
+            first: None,
+            merged: None,
         }
+    }
+}
+
+impl<'a, T: Distinct> VisitorUnion<'a, T> {
+    fn add(&mut self, v: Cow<'a, T>) {
         if let Some(m) = &mut self.merged {
-            m.merge(&v);
+            m.merge_from(&v);
         } else if let Some(f) = self.first.take() {
             let mut m = f.into_owned();
-            m.merge(&v);
+            m.merge_from(&v);
             self.merged = Some(m);
         } else {
             self.first = Some(v);
         }
     }
 
-    fn get(&self) -> Option<&Visitors> {
-        self.merged.as_ref().or(self.first.as_deref())
-    }
-
     /// The count, and whether a sketch made it.
     fn count(&self) -> (u64, bool) {
-        self.get()
-            .map_or((0, false), |v| (v.estimate() as u64, !v.is_exact()))
+        self.merged
+            .as_ref()
+            .or(self.first.as_deref())
+            .map_or((0, false), |v| (v.count() as u64, !v.exact()))
     }
 }
 
@@ -1547,28 +1602,19 @@ impl Aggregates {
         for p in self.parts(from, to) {
             for ((o, u), id) in out.iter_mut().zip(&mut unions).zip(&ids) {
                 let Some(id) = *id else { continue };
-                let (c, pc) = match p {
-                    PartRef::Mem(b) => (
-                        b.urls.get(&id).map(Cow::Borrowed),
-                        b.pages.get(&id).copied(),
-                    ),
-                    PartRef::File(f) => (f.url(id).map(Cow::Owned), f.page(id)),
-                    PartRef::Visitors(b) => {
-                        if let Some(c) = b.urls.get(&id) {
-                            u.add(Cow::Borrowed(&c.visitors));
-                        }
-                        continue;
+                if let Some((c, counts)) = p.url(id) {
+                    if counts {
+                        o.views += u64::from(c.views);
+                        o.hits += u64::from(c.hits);
+                        o.engaged += u64::from(c.engaged);
                     }
-                };
-                if let Some(c) = c {
-                    o.views += u64::from(c.views);
-                    o.hits += u64::from(c.hits);
-                    o.engaged += u64::from(c.engaged);
-                    u.add(match c {
-                        Cow::Borrowed(c) => Cow::Borrowed(&c.visitors),
-                        Cow::Owned(c) => Cow::Owned(c.visitors),
-                    });
+                    u.add(visitors_of(c));
                 }
+                let pc = match p {
+                    PartRef::Mem(b) => b.pages.get(&id).copied(),
+                    PartRef::File(f) => f.page(id),
+                    PartRef::Visitors(_) => None,
+                };
                 if let Some(pc) = pc {
                     o.entries += i64::from(pc.entries);
                     o.exits += i64::from(pc.exits);
@@ -1599,8 +1645,7 @@ impl Aggregates {
             None => None,
         };
         let mut t = Totals::default();
-        let mut merged: Option<Uniques> = None;
-        let mut first: Option<Cow<'_, SiteCell>> = None;
+        let mut uniques: VisitorUnion<'_, Uniques> = VisitorUnion::default();
         for p in self.parts(from, to) {
             let cell: Cow<'_, SiteCell> = match (p, site_id) {
                 (PartRef::Mem(b), Some(s)) => match b.sites.get(&s) {
@@ -1619,23 +1664,12 @@ impl Aggregates {
             t.hits += cell.hits;
             t.engaged += cell.engaged;
             t.visits.add(&cell.visits);
-            // Merge sketches only when a second part contributes.
-            if let Some(m) = &mut merged {
-                m.merge(&cell.uniques);
-            } else if let Some(f) = &first {
-                let mut m = f.uniques.clone();
-                m.merge(&cell.uniques);
-                merged = Some(m);
-            } else {
-                first = Some(cell);
-            }
+            uniques.add(match cell {
+                Cow::Borrowed(c) => Cow::Borrowed(&c.uniques),
+                Cow::Owned(c) => Cow::Owned(c.uniques),
+            });
         }
-        let uniques = match (merged, first) {
-            (Some(m), _) => m.estimate(),
-            (None, Some(f)) => f.uniques.estimate(),
-            (None, None) => 0,
-        };
-        t.uniques = Some(uniques as u64);
+        t.uniques = Some(uniques.count().0);
         t
     }
 
@@ -1677,24 +1711,13 @@ impl Aggregates {
             let start = from + i as i64 * step;
             let mut u = VisitorUnion::default();
             for p in self.parts(start, (start + step).min(to)) {
-                let c = match p {
-                    PartRef::Mem(b) => b.urls.get(&id).map(Cow::Borrowed),
-                    PartRef::File(f) => f.url(id).map(Cow::Owned),
-                    PartRef::Visitors(b) => {
-                        if let Some(c) = b.urls.get(&id) {
-                            u.add(Cow::Borrowed(&c.visitors));
-                        }
-                        continue;
+                if let Some((c, counts)) = p.url(id) {
+                    if counts {
+                        t.views += u64::from(c.views);
+                        t.hits += u64::from(c.hits);
+                        t.engaged += u64::from(c.engaged);
                     }
-                };
-                if let Some(c) = c {
-                    t.views += u64::from(c.views);
-                    t.hits += u64::from(c.hits);
-                    t.engaged += u64::from(c.engaged);
-                    u.add(match c {
-                        Cow::Borrowed(c) => Cow::Borrowed(&c.visitors),
-                        Cow::Owned(c) => Cow::Owned(c.visitors),
-                    });
+                    u.add(visitors_of(c));
                 }
             }
             // The url's owner answers its visitors; the other shards none.
