@@ -145,6 +145,8 @@ pub struct RawAgg {
     pub visit_late_allowance: String,
     pub bounce_engaged_seconds: u32,
     pub url_visitors: bool,
+    /// `exclude` (bots count only in the `bot` dimension) or `include`.
+    pub bots: String,
     /// `[agg.fields]`: the JSON field names of each event field, alternatives in order.
     pub fields: crate::parse::event::FieldNames,
 }
@@ -743,6 +745,16 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
             bounce_engaged_seconds: a.bounce_engaged_seconds,
         },
         url_visitors: a.url_visitors,
+        bots: match a.bots.as_str() {
+            "exclude" => false,
+            "include" => true,
+            other => {
+                return Err(c.invalid(
+                    "agg.bots",
+                    format!("`{other}`: \"exclude\" (the default: bots count only in the bot dimension) or \"include\" (in every metric)"),
+                ))
+            }
+        },
     };
     for (field, text, ms, max) in [
         ("agg.visit_gap", &a.visit_gap, agg.visits.gap_ms, "24h"),

@@ -118,6 +118,10 @@ pub struct Bucket {
     pub all: SiteCell,
     /// Entry and exit pages of this shard's visitors' visits, by url id.
     pub pages: HashMap<u32, PageCell>,
+    /// Pageviews and distinct visitors of this shard's visitors by profile id: one
+    /// combination of a site and the values of every dimension (`agg::dims`). `hits` and
+    /// `engaged` stay 0 (profiles count pageviews only).
+    pub profiles: HashMap<u32, UrlCell>,
     /// Changed since the last checkpoint (see `store`).
     pub dirty: bool,
     /// Of an hour: the url visitors of its minutes before this one are in its url cells;
@@ -146,6 +150,9 @@ impl Bucket {
         for (id, c) in &o.pages {
             self.pages.entry(*id).or_default().add(c);
         }
+        for (id, c) in &o.profiles {
+            self.profiles.entry(*id).or_default().add(c);
+        }
     }
 
     /// Adds the url visitors of `o` alone (a minute its hour has not folded yet).
@@ -167,6 +174,7 @@ impl Bucket {
             && self.all.hits == 0
             && self.all.visits.is_zero()
             && self.pages.is_empty()
+            && self.profiles.is_empty()
     }
 }
 
@@ -193,6 +201,8 @@ pub struct Cursor<'a> {
     pub visits: bool,
     /// Whether url cells carry their visitors (checkpoint version 4, sealed version 3 on).
     pub url_visitors: bool,
+    /// Whether buckets end with a profile table (checkpoint version 5, sealed version 4 on).
+    pub profiles: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -202,6 +212,7 @@ impl<'a> Cursor<'a> {
             at,
             visits: true,
             url_visitors: true,
+            profiles: true,
         }
     }
 
@@ -298,30 +309,7 @@ pub const NO_VISITORS: u32 = u32::MAX;
 /// Appends the cells of `b`, each table sorted by key (the same bucket always writes the
 /// same bytes).
 pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
-    let mut urls: Vec<(&u32, &UrlCell)> = b.urls.iter().collect();
-    urls.sort_unstable_by_key(|(k, _)| **k);
-    put_u32(out, urls.len() as u32);
-    // Fixed-size records (a sealed file binary-searches them in place), each pointing into
-    // the blob of visitors that follows the table.
-    let mut blob = Vec::new();
-    for (id, c) in urls {
-        put_u32(out, *id);
-        put_u32(out, c.views);
-        put_u32(out, c.hits);
-        put_u32(out, c.engaged);
-        if c.visitors.is_empty() {
-            put_u32(out, NO_VISITORS);
-        } else {
-            put_u32(out, blob.len() as u32);
-            // The same bytes as the `Uniques` the list would be, without building one.
-            match &c.visitors {
-                Visitors::Many(u) => put_uniques(&mut blob, u),
-                v => put_exact(&mut blob, v.listed().to_vec()),
-            }
-        }
-    }
-    put_u32(out, blob.len() as u32);
-    out.extend_from_slice(&blob);
+    put_url_table(out, &b.urls);
     let mut refs: Vec<(&u64, &u32)> = b.refs.iter().collect();
     refs.sort_unstable_by_key(|(k, _)| **k);
     put_u32(out, refs.len() as u32);
@@ -350,6 +338,35 @@ pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
         put_u32(out, c.entries as u32);
         put_u32(out, c.exits as u32);
     }
+    put_url_table(out, &b.profiles);
+}
+
+/// Appends a table of url cells (urls, or profiles) and its blob of visitors, sorted by id.
+fn put_url_table(out: &mut Vec<u8>, cells: &HashMap<u32, UrlCell>) {
+    let mut urls: Vec<(&u32, &UrlCell)> = cells.iter().collect();
+    urls.sort_unstable_by_key(|(k, _)| **k);
+    put_u32(out, urls.len() as u32);
+    // Fixed-size records (a sealed file binary-searches them in place), each pointing into
+    // the blob of visitors that follows the table.
+    let mut blob = Vec::new();
+    for (id, c) in urls {
+        put_u32(out, *id);
+        put_u32(out, c.views);
+        put_u32(out, c.hits);
+        put_u32(out, c.engaged);
+        if c.visitors.is_empty() {
+            put_u32(out, NO_VISITORS);
+        } else {
+            put_u32(out, blob.len() as u32);
+            // The same bytes as the `Uniques` the list would be, without building one.
+            match &c.visitors {
+                Visitors::Many(u) => put_uniques(&mut blob, u),
+                v => put_exact(&mut blob, v.listed().to_vec()),
+            }
+        }
+    }
+    put_u32(out, blob.len() as u32);
+    out.extend_from_slice(&blob);
 }
 
 /// Reads a bucket's page cells (after its all-sites cell), refusing url ids at or above
@@ -465,38 +482,15 @@ pub fn skip_site_counts(c: &mut Cursor<'_>) -> Result<(), FormatError> {
     Ok(())
 }
 
+/// How many sites, urls, referrers and profiles have names: ids at or above are refused.
+pub type NameCounts = (usize, usize, usize, usize);
+
 /// Reads the cells of one bucket, refusing ids at or above the name counts `names` (sites,
-/// urls, referrers).
-pub fn get_cells(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Bucket, FormatError> {
+/// urls, referrers, profiles).
+pub fn get_cells(c: &mut Cursor<'_>, names: NameCounts) -> Result<Bucket, FormatError> {
     let mut b = Bucket::default();
-    // Counts are bounded by the bytes left (`count`), so reserving them is safe.
-    let n = c.count(if c.url_visitors { URL_RECORD } else { 16 })?;
-    b.urls.reserve(n);
-    let mut offsets = Vec::new();
-    for _ in 0..n {
-        let id = c.u32()?;
-        if id as usize >= names.1 {
-            return Err(FormatError::Damaged("a url id without a name"));
-        }
-        let cell = UrlCell {
-            views: c.u32()?,
-            hits: c.u32()?,
-            engaged: c.u32()?,
-            visitors: Visitors::default(),
-        };
-        if c.url_visitors {
-            offsets.push((id, c.u32()?));
-        }
-        b.urls.insert(id, cell);
-    }
-    if c.url_visitors {
-        let blob = get_url_blob(c, &[])?;
-        for (id, at) in offsets {
-            if let Some(cell) = b.urls.get_mut(&id) {
-                cell.visitors = get_visitors(blob, at)?;
-            }
-        }
-    }
+    let url_visitors = c.url_visitors;
+    b.urls = get_url_table(c, names.1, url_visitors)?;
     let n = c.count(12)?;
     b.refs.reserve(n);
     for _ in 0..n {
@@ -519,7 +513,48 @@ pub fn get_cells(c: &mut Cursor<'_>, names: (usize, usize, usize)) -> Result<Buc
     if c.visits {
         b.pages = get_pages(c, names.1)?;
     }
+    if c.profiles {
+        b.profiles = get_url_table(c, names.3, true)?;
+    }
     Ok(b)
+}
+
+/// Reads a table of url cells (urls, or profiles: ids below `names`), with its blob of
+/// visitors when `visitors` (url tables of checkpoint version 4 and sealed version 3 on).
+fn get_url_table(
+    c: &mut Cursor<'_>,
+    names: usize,
+    visitors: bool,
+) -> Result<HashMap<u32, UrlCell>, FormatError> {
+    // Counts are bounded by the bytes left (`count`), so reserving them is safe.
+    let n = c.count(if visitors { URL_RECORD } else { 16 })?;
+    let mut cells = HashMap::with_capacity(n);
+    let mut offsets = Vec::new();
+    for _ in 0..n {
+        let id = c.u32()?;
+        if id as usize >= names {
+            return Err(FormatError::Damaged("a url or profile id without a name"));
+        }
+        let cell = UrlCell {
+            views: c.u32()?,
+            hits: c.u32()?,
+            engaged: c.u32()?,
+            visitors: Visitors::default(),
+        };
+        if visitors {
+            offsets.push((id, c.u32()?));
+        }
+        cells.insert(id, cell);
+    }
+    if visitors {
+        let blob = get_url_blob(c, &[])?;
+        for (id, at) in offsets {
+            if let Some(cell) = cells.get_mut(&id) {
+                cell.visitors = get_visitors(blob, at)?;
+            }
+        }
+    }
+    Ok(cells)
 }
 
 #[cfg(test)]
@@ -582,8 +617,8 @@ pub(crate) mod tests {
         assert_eq!((a.all.hits, a.all.uniques.estimate()), (4, 2));
         let mut bytes = Vec::new();
         put_cells(&mut bytes, &a);
-        let back = get_cells(&mut Cursor::new(&bytes, 0), (1, 2, 6)).unwrap();
+        let back = get_cells(&mut Cursor::new(&bytes, 0), (1, 2, 6, 0)).unwrap();
         assert_eq!(back.urls[&1], a.urls[&1]);
-        assert!(get_cells(&mut Cursor::new(&bytes, 0), (1, 1, 6)).is_err());
+        assert!(get_cells(&mut Cursor::new(&bytes, 0), (1, 1, 6, 0)).is_err());
     }
 }

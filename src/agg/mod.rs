@@ -24,6 +24,7 @@
 
 pub mod buckets;
 pub mod cells;
+pub mod dims;
 pub mod hll;
 pub mod seal;
 pub mod sealed;
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use buckets::Tier;
-pub use cells::{Bucket, PageCell, SiteCell, UrlCell};
+pub use cells::{Bucket, NameCounts, PageCell, SiteCell, UrlCell};
 use hll::{Uniques, Visitors};
 use sealed::SealedFile;
 use topn::Ranked;
@@ -149,6 +150,9 @@ pub struct AggConfig {
     pub visits: VisitSettings,
     /// Whether url cells count their distinct visitors (`agg.url_visitors`).
     pub url_visitors: bool,
+    /// Whether bots' hits count in every metric (`agg.bots = "include"`); by default they
+    /// count only in the `bot` dimension (`agg::dims`).
+    pub bots: bool,
 }
 
 impl Default for AggConfig {
@@ -162,6 +166,7 @@ impl Default for AggConfig {
             checkpoint_interval: std::time::Duration::from_secs(30),
             visits: VisitSettings::default(),
             url_visitors: true,
+            bots: false,
         }
     }
 }
@@ -175,6 +180,9 @@ pub enum IncKind {
     Ref,
     /// A hit of a visitor on `site` (totals and uniques).
     Visitor,
+    /// A pageview of a visitor on `site` whose dimensions' values are `key`, a profile key
+    /// (`parse::event::dims`).
+    Profile,
 }
 
 /// One compact increment; its strings live in the [`Batch`] text.
@@ -638,6 +646,8 @@ pub struct Aggregates {
     pub sites: Names,
     pub urls: Names,
     pub refs: Names,
+    /// Pageviews by combination of dimension values (`agg::dims`).
+    pub profiles: dims::Profiles,
     /// Site id of each url id.
     url_site: Vec<u32>,
     minutes: Tier<Bucket>,
@@ -659,7 +669,7 @@ pub struct Aggregates {
     /// Increments refused because their bucket had already left the window.
     pub stale: u64,
     /// How many sites, urls and referrers the last checkpoint held (a delta carries the rest).
-    written_names: (usize, usize, usize),
+    written_names: NameCounts,
     /// Which owner a visitor's increments go to across shard-count changes (the store's
     /// `agg/partitions`, read at load; see `agg::store::repartition`).
     pub epochs: crate::route::partition::Epochs,
@@ -686,6 +696,7 @@ impl Aggregates {
             sites: Names::default(),
             urls: Names::default(),
             refs: Names::default(),
+            profiles: dims::Profiles::default(),
             url_site: Vec::new(),
             minutes,
             hours,
@@ -696,7 +707,7 @@ impl Aggregates {
             repair_hours: Vec::new(),
             repair_days: Vec::new(),
             stale: 0,
-            written_names: (0, 0, 0),
+            written_names: (0, 0, 0, 0),
             epochs: Default::default(),
             recording: None,
             visits: Visits::new(cfg_visits),
@@ -720,9 +731,14 @@ impl Aggregates {
         (now_min.div_euclid(1440) - self.cfg.day_window) * 1440
     }
 
-    /// How many sites, urls and referrers have names.
-    pub fn name_counts(&self) -> (usize, usize, usize) {
-        (self.sites.len(), self.urls.len(), self.refs.len())
+    /// How many sites, urls, referrers and profiles have names.
+    pub fn name_counts(&self) -> NameCounts {
+        (
+            self.sites.len(),
+            self.urls.len(),
+            self.refs.len(),
+            self.profiles.len(),
+        )
     }
 
     fn tier(&self, r: Res) -> &Tier<Bucket> {
@@ -978,6 +994,18 @@ impl Aggregates {
                     *c = c.saturating_add(pv);
                 });
             }
+            IncKind::Profile => {
+                let (s, _) = self.sites.intern(site);
+                let id = self.profiles.intern(s, site, key);
+                let visitor = inc.has_vid.then_some(inc.vid);
+                self.each_bucket(inc, now_min, |b, _| {
+                    let c = b.profiles.entry(id).or_default();
+                    c.views = c.views.saturating_add(1);
+                    if let Some(h) = visitor {
+                        c.visitors.insert_hash(h);
+                    }
+                });
+            }
             IncKind::Visitor => {
                 let s = site_id.unwrap_or_else(|| self.sites.intern(site).0);
                 self.each_bucket(inc, now_min, |b, _| {
@@ -1173,6 +1201,12 @@ impl Aggregates {
             let site = other.url_site.get(id as usize).copied().unwrap_or(0);
             let nid = self.intern_url(other.urls.name(id), other.sites.name(site));
             b.pages.insert(nid, *cell);
+        }
+        for (&id, cell) in &o.profiles {
+            let (site, key) = other.profiles.split(id);
+            let (s, _) = self.sites.intern(site);
+            let nid = self.profiles.intern(s, site, key);
+            b.profiles.entry(nid).or_default().add(cell);
         }
         b
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::buckets::Tier;
-use super::cells::Bucket;
+use super::cells::{Bucket, NameCounts};
 use super::sealed::{self, SealedFile};
 use super::{Aggregates, Res, Sealed};
 
@@ -333,7 +333,7 @@ impl Aggregates {
     pub fn checkpoint_snapshot(&mut self, base: bool, now_min: i64) -> (Aggregates, Vec<SealJob>) {
         let jobs = self.take_seals(now_min);
         let mut snap = Aggregates::new(self.cfg.clone());
-        let marks = if base { (0, 0, 0) } else { self.written_names };
+        let marks = if base { (0, 0, 0, 0) } else { self.written_names };
         snap.sites = self.sites.tail_copy(marks.0);
         snap.urls = self.urls.tail_copy(marks.1);
         snap.refs = self.refs.tail_copy(marks.2);
@@ -370,7 +370,7 @@ pub type Opened = (Res, i64, Result<SealedFile, sealed::SealedError>);
 pub fn open_sealed_files(
     jobs: &[(Res, i64, PathBuf)],
     owner: u32,
-    names: (usize, usize, usize),
+    names: NameCounts,
 ) -> Vec<Opened> {
     jobs.iter()
         .map(|(t, n, p)| (*t, *n, SealedFile::open(p, *t, *n, owner, names)))

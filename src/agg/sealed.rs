@@ -38,13 +38,13 @@ use std::path::{Path, PathBuf};
 
 use super::cells::{get_cells, get_site_cell, put_cells, put_u32, put_u64};
 use super::cells::{get_url_blob, get_visitors, skip_site_counts, skip_uniques, URL_RECORD};
-use super::cells::{Bucket, Cursor, FormatError, PageCell, SiteCell, UrlCell};
+use super::cells::{Bucket, Cursor, FormatError, NameCounts, PageCell, SiteCell, UrlCell};
 use super::Res;
 
 /// The eight bytes every sealed bucket file starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGSB1";
 /// The version this build writes and reads.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 const HEADER_LEN: usize = 48;
 
 /// What a sealed file says about itself.
@@ -84,15 +84,58 @@ pub fn encode(h: &SealedHeader, b: &Bucket) -> Vec<u8> {
     out
 }
 
+/// Where a table of url cells (urls, or profiles) is inside a sealed bucket's bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct UrlTable {
+    at: usize,
+    n: usize,
+    /// Bytes of a record (16 for urls up to version 2, 20 with the visitors' offset), and
+    /// where the blob of visitors starts and ends (version 3).
+    record: usize,
+    blob: (usize, usize),
+}
+
+/// Checks a table of url cells at `c` (ids below `names`, ascending) and indexes it.
+fn check_url_table(
+    c: &mut Cursor<'_>,
+    names: usize,
+    visitors: bool,
+) -> Result<UrlTable, FormatError> {
+    let record = if visitors { URL_RECORD } else { 16 };
+    let n = c.count(record)?;
+    let at = c.at;
+    let mut last = None;
+    let mut offsets = Vec::new();
+    for _ in 0..n {
+        let id = c.u32()?;
+        if id as usize >= names || last.is_some_and(|l| l >= id) {
+            return Err(FormatError::Damaged(
+                "a url or profile id without a name or out of order",
+            ));
+        }
+        last = Some(id);
+        c.take(12)?;
+        if visitors {
+            offsets.push(c.u32()?);
+        }
+    }
+    let mut blob = (c.at, c.at);
+    if visitors {
+        let b = get_url_blob(c, &offsets)?;
+        blob = (c.at - b.len(), c.at);
+    }
+    Ok(UrlTable {
+        at,
+        n,
+        record,
+        blob,
+    })
+}
+
 /// Where the tables of a sealed bucket start inside its bytes.
 #[derive(Debug, Clone)]
 struct Index {
-    urls_at: usize,
-    urls: usize,
-    /// Bytes of a url record (16 up to version 2, 20 with the visitors' offset), and where
-    /// the blob of visitors starts and ends (version 3).
-    url_record: usize,
-    blob: (usize, usize),
+    urls: UrlTable,
     refs_at: usize,
     refs: usize,
     /// (site id, offset of its cell), ascending by id.
@@ -103,11 +146,13 @@ struct Index {
     /// Page cells (entries, exits): 12-byte records sorted by url id.
     pages_at: usize,
     pages: usize,
+    /// Profile cells (version 4; empty before).
+    profiles: UrlTable,
 }
 
 /// Checks a sealed file's bytes (magic, version, CRC, every length and id against `names`)
 /// and indexes its tables.
-fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, Index), FormatError> {
+fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), FormatError> {
     if bytes.len() < HEADER_LEN + 4 {
         return Err(FormatError::Short(bytes.len()));
     }
@@ -127,6 +172,7 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
     let mut c = Cursor::new(data, 10);
     c.visits = version >= 2;
     c.url_visitors = version >= 3;
+    c.profiles = version >= 4;
     let tier = match Res::from_code(c.u8()?) {
         Some(t @ (Res::Hour | Res::Day)) => t,
         _ => return Err(FormatError::Damaged("unknown tier")),
@@ -143,29 +189,8 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
             "body length disagrees with the file size",
         ));
     }
-    let url_record = if c.url_visitors { URL_RECORD } else { 16 };
-    let urls = c.count(url_record)?;
-    let urls_at = c.at;
-    let mut last = None;
-    let mut offsets = Vec::new();
-    for _ in 0..urls {
-        let id = c.u32()?;
-        if id as usize >= names.1 || last.is_some_and(|l| l >= id) {
-            return Err(FormatError::Damaged(
-                "a url id without a name or out of order",
-            ));
-        }
-        last = Some(id);
-        c.take(12)?;
-        if c.url_visitors {
-            offsets.push(c.u32()?);
-        }
-    }
-    let mut blob = (c.at, c.at);
-    if c.url_visitors {
-        let b = get_url_blob(&mut c, &offsets)?;
-        blob = (c.at - b.len(), c.at);
-    }
+    let url_visitors = c.url_visitors;
+    let urls = check_url_table(&mut c, names.1, url_visitors)?;
     let refs = c.count(12)?;
     let refs_at = c.at;
     let mut last = None;
@@ -214,6 +239,10 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
             c.take(8)?;
         }
     }
+    let mut profiles = UrlTable::default();
+    if c.profiles {
+        profiles = check_url_table(&mut c, names.3, true)?;
+    }
     if c.at != data.len() {
         return Err(FormatError::Damaged("bytes after the last cell"));
     }
@@ -226,10 +255,7 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
             written_ns,
         },
         Index {
-            urls_at,
             urls,
-            url_record,
-            blob,
             refs_at,
             refs,
             sites,
@@ -237,6 +263,7 @@ fn check(bytes: &[u8], names: (usize, usize, usize)) -> Result<(SealedHeader, In
             visits: c.visits,
             pages_at,
             pages,
+            profiles,
         },
     ))
 }
@@ -335,7 +362,7 @@ impl SealedFile {
         tier: Res,
         number: i64,
         owner: u32,
-        names: (usize, usize, usize),
+        names: NameCounts,
     ) -> Result<SealedFile, SealedError> {
         let io = |source| SealedError::Io {
             path: path.to_path_buf(),
@@ -358,7 +385,7 @@ impl SealedFile {
         tier: Res,
         number: i64,
         owner: u32,
-        names: (usize, usize, usize),
+        names: NameCounts,
     ) -> Result<SealedFile, SealedError> {
         Self::from_bytes(path, Bytes::Vec(bytes), tier, number, owner, names)
     }
@@ -369,7 +396,7 @@ impl SealedFile {
         tier: Res,
         number: i64,
         owner: u32,
-        names: (usize, usize, usize),
+        names: NameCounts,
     ) -> Result<SealedFile, SealedError> {
         let (header, index) =
             check(bytes.as_slice(), names).map_err(|source| SealedError::Format {
@@ -410,7 +437,12 @@ impl SealedFile {
 
     /// The `i`th url cell, its visitors decoded when `visitors`.
     fn url_at(&self, i: usize, visitors: bool) -> (u32, UrlCell) {
-        let at = self.index.urls_at + i * self.index.url_record;
+        self.cell_of(&self.index.urls, i, visitors)
+    }
+
+    /// The `i`th cell of table `t`, its visitors decoded when `visitors`.
+    fn cell_of(&self, t: &UrlTable, i: usize, visitors: bool) -> (u32, UrlCell) {
+        let at = t.at + i * t.record;
         let b = self.b();
         let mut cell = UrlCell {
             views: le_u32(b, at + 4),
@@ -418,10 +450,8 @@ impl SealedFile {
             engaged: le_u32(b, at + 12),
             ..UrlCell::default()
         };
-        if visitors && self.index.url_record == URL_RECORD {
-            let blob = b
-                .get(self.index.blob.0..self.index.blob.1)
-                .unwrap_or_default();
+        if visitors && t.record == URL_RECORD {
+            let blob = b.get(t.blob.0..t.blob.1).unwrap_or_default();
             // Checked at open: decoding cannot fail here; no visitors if it ever did.
             cell.visitors = get_visitors(blob, le_u32(b, at + 16)).unwrap_or_default();
         }
@@ -430,21 +460,26 @@ impl SealedFile {
 
     /// Every url cell, ascending by id, without its visitors (counts only: cheap).
     pub fn urls(&self) -> impl Iterator<Item = (u32, UrlCell)> + '_ {
-        (0..self.index.urls).map(|i| self.url_at(i, false))
+        (0..self.index.urls.n).map(|i| self.url_at(i, false))
     }
 
     /// Every url cell, ascending by id, visitors decoded.
     pub fn urls_with_visitors(&self) -> impl Iterator<Item = (u32, UrlCell)> + '_ {
-        (0..self.index.urls).map(|i| self.url_at(i, true))
+        (0..self.index.urls.n).map(|i| self.url_at(i, true))
     }
 
     /// The cell of url `id`, visitors decoded (binary search in place).
     pub fn url(&self, id: u32) -> Option<UrlCell> {
-        search(self.index.urls, id, |i| {
+        search(self.index.urls.n, id, |i| {
             let (k, _) = self.url_at(i, false);
             (k, i)
         })
         .map(|i| self.url_at(i, true).1)
+    }
+
+    /// Every profile cell, ascending by id, visitors decoded.
+    pub fn profiles(&self) -> impl Iterator<Item = (u32, UrlCell)> + '_ {
+        (0..self.index.profiles.n).map(|i| self.cell_of(&self.index.profiles, i, true))
     }
 
     fn page_at(&self, i: usize) -> (u32, PageCell) {
@@ -513,8 +548,9 @@ impl SealedFile {
         let end = b.len().saturating_sub(4);
         let mut c = Cursor::new(b.get(..end).unwrap_or_default(), HEADER_LEN);
         c.visits = self.index.visits;
-        c.url_visitors = self.index.url_record == URL_RECORD;
-        get_cells(&mut c, (usize::MAX, usize::MAX, usize::MAX)).unwrap_or_default()
+        c.url_visitors = self.index.urls.record == URL_RECORD;
+        c.profiles = self.index.profiles.record == URL_RECORD;
+        get_cells(&mut c, (usize::MAX, usize::MAX, usize::MAX, usize::MAX)).unwrap_or_default()
     }
 }
 

@@ -24,6 +24,7 @@ use hashbrown::HashMap;
 use serde_json::{json, Value};
 
 use crate::agg::topn::{self, Ranked};
+use crate::agg::dims::{DimFilter, DimRow};
 use crate::agg::{Aggregates, Dim, Totals};
 use params::{minute_rfc3339, step_name, BadParam, Range, Request};
 
@@ -58,6 +59,13 @@ pub enum Op {
         urls: Vec<String>,
         site: Option<String>,
     },
+    /// Pageviews and visitors by value of a pageview dimension (`agg::dims`).
+    Breakdown {
+        dim: usize,
+        range: Range,
+        site: Option<String>,
+        filter: DimFilter,
+    },
 }
 
 /// One shard's answer to an [`Op`] (or to a step of a live rebuild: see [`rebuild`]).
@@ -67,6 +75,7 @@ pub enum Part {
     Totals(Totals),
     Series(Vec<Totals>),
     UrlStats(Vec<crate::agg::UrlStats>),
+    Breakdown(Vec<DimRow>),
     /// A shard's log frontier at the start of a rebuild (None: still catching up).
     Frontier(usize, Option<Vec<u64>>),
     /// Minute and hour buckets a shard replaced.
@@ -94,6 +103,18 @@ impl Op {
             Op::UrlStats { range, urls, site } => {
                 Part::UrlStats(agg.url_stats(range.from, range.to, urls, site.as_deref()))
             }
+            Op::Breakdown {
+                dim,
+                range,
+                site,
+                filter,
+            } => Part::Breakdown(agg.breakdown(
+                *dim,
+                range.from,
+                range.to,
+                site.as_deref(),
+                filter,
+            )),
             Op::Series {
                 range,
                 step,
@@ -139,6 +160,25 @@ fn merge(op: &Op, parts: Vec<Part>) -> Part {
             } else {
                 Part::Top(topn::merge(lists, *limit))
             }
+        }
+        Op::Breakdown { .. } => {
+            // Shards hold disjoint visitors: their rows add up.
+            let mut sums: HashMap<String, DimRow> = HashMap::new();
+            for r in parts.into_iter().flat_map(|p| match p {
+                Part::Breakdown(l) => l,
+                _ => Vec::new(),
+            }) {
+                let e = sums.entry(r.key.clone()).or_insert(DimRow {
+                    views: 0,
+                    visitors: 0,
+                    sketched: false,
+                    ..r.clone()
+                });
+                e.views += r.views;
+                e.visitors += r.visitors;
+                e.sketched |= r.sketched;
+            }
+            Part::Breakdown(sums.into_values().collect())
         }
         Op::Totals { .. } => {
             let mut t = Totals::default();
@@ -385,6 +425,67 @@ impl Hub {
     /// Answers a validated request as JSON.
     pub async fn answer(&self, req: Request) -> Result<String, QueryError> {
         match req {
+            Request::Breakdown {
+                dim,
+                range,
+                site,
+                limit,
+                filter,
+                by_visitors,
+            } => {
+                let parts = self
+                    .run(vec![Op::Breakdown {
+                        dim,
+                        range,
+                        site: site.clone(),
+                        filter: filter.clone(),
+                    }])
+                    .await?;
+                let mut rows = match parts.into_iter().next() {
+                    Some(Part::Breakdown(l)) => l,
+                    _ => Vec::new(),
+                };
+                // Largest first; ties by key, so that the same data always lists the same way.
+                rows.sort_unstable_by(|a, b| {
+                    let (x, y) = if by_visitors {
+                        (a.visitors, b.visitors)
+                    } else {
+                        (a.views, b.views)
+                    };
+                    y.cmp(&x).then_with(|| a.key.cmp(&b.key))
+                });
+                let total_rows = rows.len();
+                rows.truncate(limit);
+                let items: Vec<Value> = rows
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "key": r.key,
+                            "views": r.views,
+                            "visitors": r.visitors,
+                            "visitors_sketched": r.sketched,
+                        })
+                    })
+                    .collect();
+                let dims = crate::parse::event::dims::DIMS;
+                let filters: serde_json::Map<String, Value> = filter
+                    .is
+                    .iter()
+                    .map(|(d, v)| (dims.get(*d).copied().unwrap_or("").to_string(), json!(v)))
+                    .collect();
+                Ok(json!({
+                    "dim": dims.get(dim).copied().unwrap_or(""),
+                    "from": minute_rfc3339(range.from),
+                    "to": minute_rfc3339(range.to),
+                    "site": site,
+                    "sort": if by_visitors { "visitors" } else { "views" },
+                    "filter": filters,
+                    "bots": if filter.bots { "include" } else { "exclude" },
+                    "total_rows": total_rows,
+                    "items": items,
+                })
+                .to_string())
+            }
             Request::Top {
                 dim,
                 range,

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::agg::dims::DimFilter;
 use crate::agg::{AggConfig, Dim};
+use crate::parse::event::dims::{dim_index, DIMS};
 
 /// A parameter the user got wrong; answered with 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +49,17 @@ pub enum Request {
         limit: usize,
         /// `sort=` given: each item carries every metric of its url.
         sorted: bool,
+    },
+    /// A top list of a pageview dimension (`agg::dims`): `/v1/top?dim=channel` and the like.
+    Breakdown {
+        /// Position in `parse::event::dims::DIMS`.
+        dim: usize,
+        range: Range,
+        site: Option<String>,
+        limit: usize,
+        filter: crate::agg::dims::DimFilter,
+        /// Ranked by distinct visitors instead of pageviews.
+        by_visitors: bool,
     },
     Timeseries {
         range: Range,
@@ -241,7 +254,21 @@ pub fn parse(
 }
 
 fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Request, BadParam> {
-    let p = pairs(query, &["dim", "from", "to", "limit", "site", "sort"])?;
+    let p = pairs(
+        query,
+        &["dim", "from", "to", "limit", "site", "sort", "filter", "bots"],
+    )?;
+    if let Some(d) = p.get("dim").and_then(|d| dim_index(d)) {
+        return parse_breakdown(d, &p, now_ms, cfg);
+    }
+    for k in ["filter", "bots"] {
+        if p.contains_key(k) {
+            return Err(bad(
+                k,
+                format!("only with a pageview dimension: dim= one of {}", DIMS.join(", ")),
+            ));
+        }
+    }
     let mut dim = match p.get("dim").map(String::as_str) {
         Some("url") | None => Dim::Url,
         Some("ref_domain") => Dim::RefDomain,
@@ -251,7 +278,10 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
         Some(other) => {
             return Err(bad(
                 "dim",
-                format!("`{other}`: one of url, ref_domain, site, entry_page, exit_page"),
+                format!(
+                    "`{other}`: one of url, ref_domain, site, entry_page, exit_page, {}",
+                    DIMS.join(", ")
+                ),
             ))
         }
     };
@@ -290,6 +320,58 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
         site: site(&p)?,
         limit: number(&p, "limit", 10, MAX_LIMIT as i64)? as usize,
         sorted,
+    })
+}
+
+/// `/v1/top` of a pageview dimension: `filter=dim:value,dim:value` (every pair must match),
+/// `bots=include|exclude` (default exclude; a `bot` breakdown or filter sees them anyway),
+/// `sort=views|visitors`.
+fn parse_breakdown(
+    dim: usize,
+    p: &HashMap<String, String>,
+    now_ms: i64,
+    cfg: &AggConfig,
+) -> Result<Request, BadParam> {
+    let mut filter = DimFilter::default();
+    if let Some(f) = p.get("filter") {
+        for pair in f.split(',').filter(|s| !s.trim().is_empty()) {
+            let (d, v) = pair.split_once(':').ok_or_else(|| {
+                bad(
+                    "filter",
+                    format!("`{pair}`: write dimension:value, e.g. channel:search"),
+                )
+            })?;
+            let d = dim_index(d.trim()).ok_or_else(|| {
+                bad(
+                    "filter",
+                    format!("`{d}`: a dimension, one of {}", DIMS.join(", ")),
+                )
+            })?;
+            filter.is.push((d, v.trim().to_string()));
+        }
+    }
+    filter.bots = match p.get("bots").map(String::as_str) {
+        None | Some("exclude") => false,
+        Some("include") => true,
+        Some(other) => return Err(bad("bots", format!("`{other}`: include or exclude"))),
+    };
+    let by_visitors = match p.get("sort").map(String::as_str) {
+        None | Some("views") => false,
+        Some("visitors") => true,
+        Some(other) => {
+            return Err(bad(
+                "sort",
+                format!("`{other}`: views or visitors for dim={}", DIMS[dim]),
+            ))
+        }
+    };
+    Ok(Request::Breakdown {
+        dim,
+        range: range(p, now_ms, cfg, "-1h")?,
+        site: site(p)?,
+        limit: number(p, "limit", 10, MAX_LIMIT as i64)? as usize,
+        filter,
+        by_visitors,
     })
 }
 

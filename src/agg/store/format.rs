@@ -63,7 +63,7 @@ use super::super::{Aggregates, Bucket, Res};
 /// The eight bytes every checkpoint starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGCK1";
 /// The checkpoint format version this build writes and reads.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Size of the fixed header before the applied offsets.
 pub const HEADER_LEN: usize = 64;
 /// Largest shard count a header may declare; more is corruption.
@@ -142,14 +142,15 @@ fn encode_inner(agg: &mut Aggregates, e: &Header, consume: bool) -> Vec<u8> {
         put_u64(&mut out, a);
     }
     let body_at = out.len();
-    let marks = if base { (0, 0, 0) } else { agg.written_names };
+    let marks = if base { (0, 0, 0, 0) } else { agg.written_names };
     put_names(&mut out, &agg.sites, marks.0);
     put_names(&mut out, &agg.urls, marks.1);
     for id in marks.1..agg.urls.len() {
         put_u32(&mut out, agg.url_site.get(id).copied().unwrap_or(0));
     }
     put_names(&mut out, &agg.refs, marks.2);
-    agg.written_names = (agg.sites.len(), agg.urls.len(), agg.refs.len());
+    put_names(&mut out, &agg.profiles.names, marks.3);
+    agg.written_names = agg.name_counts();
     let sealed = agg.sealed_list();
     put_u32(&mut out, sealed.len() as u32);
     for (tier, number) in sealed {
@@ -270,6 +271,7 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
     );
     c.visits = h.version >= 3;
     c.url_visitors = h.version >= 4;
+    c.profiles = h.version >= 5;
     get_names(&mut c, &mut agg.sites)?;
     let new_urls = get_names(&mut c, &mut agg.urls)?;
     for _ in 0..new_urls {
@@ -280,7 +282,12 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
         agg.url_site.push(s);
     }
     get_names(&mut c, &mut agg.refs)?;
-    let names = (agg.sites.len(), agg.urls.len(), agg.refs.len());
+    if c.profiles {
+        let first = agg.profiles.len();
+        get_names(&mut c, &mut agg.profiles.names)?;
+        agg.profiles.index_from(first, &mut agg.sites);
+    }
+    let names = agg.name_counts();
     if h.version >= 2 {
         let n = c.count(9)?;
         let mut listed = Vec::with_capacity(n);

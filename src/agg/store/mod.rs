@@ -100,7 +100,17 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 pub fn fingerprint(cfg: &AggConfig) -> u64 {
     /// Bumped whenever the code changes what a record adds to the aggregates.
     const AGGREGATION_VERSION: u32 = 1;
-    let mut text = format!("v{AGGREGATION_VERSION} {:?}", cfg.event);
+    // The user agent's field names came later: the text leaves them out (so that the default
+    // keeps an upgraded store) and adds them only when changed.
+    let mut event = cfg.event.clone();
+    let ua = std::mem::take(&mut event.fields.ua);
+    let mut text = format!("v{AGGREGATION_VERSION} {event:?}").replace(", ua: []", "");
+    if ua != crate::parse::event::FieldNames::default().ua {
+        text.push_str(&format!(" ua {ua:?}"));
+    }
+    if cfg.bots {
+        text.push_str(" bots counted");
+    }
     // Visits came later: the default settings add nothing, so that an upgrade keeps the store
     // (its older buckets hold no visits; `rebuild-aggregates` fills those the log still has).
     if cfg.visits != crate::agg::visits::VisitSettings::default() {

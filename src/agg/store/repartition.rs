@@ -124,6 +124,14 @@ fn deal(
         }
         out[t].pages.entry(nid).or_default().add(cell);
     }
+    // Profiles too.
+    for (&id, cell) in &b.profiles {
+        let agg = &mut to[t];
+        let (site, key) = from.profiles.split(id);
+        let (s, _) = agg.sites.intern(site);
+        let nid = agg.profiles.intern(s, site, key);
+        out[t].profiles.entry(nid).or_default().add(cell);
+    }
 }
 
 /// The new owners' stores for `n` shards, from every old owner's state (`old[o]` is old owner

@@ -23,6 +23,8 @@ pub struct FieldNames {
     pub action: Vec<String>,
     /// Seconds of engagement a heartbeat stands for, an integer 0..=3600.
     pub inc: Vec<String>,
+    /// The User-Agent header (nginx `$http_user_agent`): device, browser, OS, bot.
+    pub ua: Vec<String>,
 }
 
 impl Default for FieldNames {
@@ -38,6 +40,7 @@ impl Default for FieldNames {
             vid: names(&["vid"]),
             action: names(&["action", "a"]),
             inc: names(&["inc"]),
+            ua: names(&["ua", "user_agent", "http_user_agent"]),
         }
     }
 }
@@ -52,6 +55,7 @@ pub(super) enum Field {
     Vid,
     Action,
     Inc,
+    Ua,
 }
 
 impl FieldNames {
@@ -67,7 +71,7 @@ impl FieldNames {
 
     /// Every field with its names, in the order that decides which field a name shared by
     /// two fields stands for.
-    pub(super) fn fields(&self) -> [(Field, &Vec<String>); 7] {
+    pub(super) fn fields(&self) -> [(Field, &Vec<String>); 8] {
         [
             (Field::Msec, &self.msec),
             (Field::Time, &self.time),
@@ -76,6 +80,7 @@ impl FieldNames {
             (Field::Vid, &self.vid),
             (Field::Action, &self.action),
             (Field::Inc, &self.inc),
+            (Field::Ua, &self.ua),
         ]
     }
 }

@@ -45,6 +45,8 @@ use time::OffsetDateTime;
 use super::syslog;
 
 mod cache;
+pub mod channel;
+pub mod dims;
 mod combined;
 mod fields;
 mod json;
@@ -219,6 +221,7 @@ struct Found {
     url: Slot<()>,
     referrer: Slot<()>,
     vid: Slot<()>,
+    ua: Slot<()>,
     /// `None` for an unknown action.
     action: Slot<Option<Action>>,
     /// `None` when not an integer 0..=3600.
@@ -245,6 +248,9 @@ struct Scratch {
     url: String,
     referrer: String,
     vid: String,
+    ua: String,
+    /// A pageview's profile key (`dims`).
+    profile: String,
     /// Percent-decoded bytes before their UTF-8 check (the combined format's query).
     bytes: Vec<u8>,
 }
@@ -255,6 +261,8 @@ impl Scratch {
         self.url.clear();
         self.referrer.clear();
         self.vid.clear();
+        self.ua.clear();
+        self.profile.clear();
     }
 
     /// Records an `msec` value already read as a time (the scanner's exact reading of
@@ -328,6 +336,13 @@ impl Scratch {
                     _ => None,
                 }
                 .filter(|&n| n <= 3600)
+            }
+            Field::Ua => {
+                let Scalar::Str(s) = value else { return };
+                if found.ua.claim(alt) {
+                    self.ua.clear();
+                    self.ua.push_str(s);
+                }
             }
             Field::Msec | Field::Time | Field::Action | Field::Inc => {}
         }

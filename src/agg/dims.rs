@@ -1,0 +1,242 @@
+//! Profiles: the owner's side of a pageview's dimensions (`parse::event::dims`). A profile is
+//! one site with one value of every dimension; its cell (a [`super::UrlCell`] in
+//! [`super::Bucket::profiles`]: pageviews and distinct visitors) lives on the owner of the
+//! visitor, like the site cells, so shards add their parts up and never share a visitor.
+//!
+//! A breakdown by one dimension, filtered by others, sums the cells of the profiles that pass
+//! the filter, grouped by that dimension's value, and unites their visitors — exact, whatever
+//! the combination asked, because every pageview went to exactly one profile.
+//!
+//! Memory is bounded per dimension: at most [`VALUE_CAP`] distinct values of one dimension per
+//! owner; a new value past it becomes [`OTHER`] (counted in `pixeld_agg_dim_overflow_total`),
+//! so a flood of random `utm_campaign`s cannot grow the tables without end. Which values got
+//! in first follows arrival order, so only a dimension past its cap can answer differently
+//! after a rebuild from the log.
+
+use std::borrow::Cow;
+
+use hashbrown::HashMap;
+
+use super::{Aggregates, Names, PartRef, VisitorUnion};
+use crate::parse::event::dims::{self, DIMS, HUMAN, SEP};
+
+/// Distinct values of one dimension an owner keeps.
+pub const VALUE_CAP: usize = 10_000;
+/// What a value past the cap counts as.
+pub const OTHER: &str = "(other)";
+
+/// An owner's profiles: their names (`site` [`SEP`] the key), and per profile its site and the
+/// id of each of its values.
+#[derive(Debug, Default, Clone)]
+pub struct Profiles {
+    pub names: Names,
+    site: Vec<u32>,
+    values: Vec<[u32; DIMS.len()]>,
+    /// Per dimension, its values.
+    dim_values: Vec<Names>,
+    /// New values that became [`OTHER`].
+    pub overflow: u64,
+    buf: String,
+}
+
+/// One value of a breakdown on one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DimRow {
+    pub key: String,
+    pub views: u64,
+    /// Distinct visitors (this shard's: shards hold disjoint visitors), and whether a sketch
+    /// estimated them.
+    pub visitors: u64,
+    pub sketched: bool,
+}
+
+/// Which profiles a breakdown counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DimFilter {
+    /// `(dimension, value)` pairs a profile must all match.
+    pub is: Vec<(usize, String)>,
+    /// Whether bots' pageviews count (a `bot` breakdown or filter always sees them).
+    pub bots: bool,
+}
+
+impl Profiles {
+    /// Profiles with names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    fn dim_values(&mut self) -> &mut Vec<Names> {
+        if self.dim_values.is_empty() {
+            self.dim_values = vec![Names::default(); DIMS.len()];
+        }
+        &mut self.dim_values
+    }
+
+    /// Indexes names `first..` (interned by a checkpoint's decoding): their sites (interned in
+    /// `sites`) and values.
+    pub fn index_from(&mut self, first: usize, sites: &mut Names) {
+        for id in first..self.names.len() {
+            let name = self.names.name(id as u32).to_string();
+            let (site, key) = name.split_once(SEP).unwrap_or((name.as_str(), ""));
+            self.site.push(sites.intern(site).0);
+            let mut ids = [0u32; DIMS.len()];
+            for (d, v) in dims::values(key).enumerate() {
+                if let (Some(slot), Some(names)) = (ids.get_mut(d), self.dim_values().get_mut(d)) {
+                    *slot = names.intern(v).0;
+                }
+            }
+            self.values.push(ids);
+        }
+    }
+
+    /// The id of the profile of `key` on site `site` (id `s`), interned if new; a value new to
+    /// a dimension already holding [`VALUE_CAP`] becomes [`OTHER`].
+    pub fn intern(&mut self, s: u32, site: &str, key: &str) -> u32 {
+        self.buf.clear();
+        self.buf.push_str(site);
+        self.buf.push(SEP);
+        self.buf.push_str(key);
+        if let Some(id) = self.names.get(&self.buf) {
+            return id;
+        }
+        let mut name = String::with_capacity(self.buf.len());
+        name.push_str(site);
+        let mut ids = [0u32; DIMS.len()];
+        let mut overflow = 0;
+        for (d, v) in dims::values(key).enumerate() {
+            let Some(names) = self.dim_values().get_mut(d) else { continue };
+            let v = if names.get(v).is_some() || names.len() < VALUE_CAP {
+                v
+            } else {
+                overflow += 1;
+                OTHER
+            };
+            if let Some(slot) = ids.get_mut(d) {
+                *slot = names.intern(v).0;
+            }
+            name.push(SEP);
+            name.push_str(v);
+        }
+        self.overflow += overflow;
+        let (id, new) = self.names.intern(&name);
+        if new {
+            self.site.push(s);
+            self.values.push(ids);
+        }
+        id
+    }
+
+    /// The site and key of profile `id` (what [`Profiles::intern`] takes).
+    pub fn split(&self, id: u32) -> (&str, &str) {
+        let name = self.names.name(id);
+        name.split_once(SEP).unwrap_or((name, ""))
+    }
+
+    /// Heap bytes, roughly.
+    pub fn memory(&self) -> usize {
+        self.names.memory()
+            + self.site.capacity() * 4
+            + self.values.capacity() * 4 * DIMS.len()
+            + self.dim_values.iter().map(Names::memory).sum::<usize>()
+    }
+
+    /// Whether profile `id` is of site `site` (any when None) and passes `f`, given the id
+    /// of [`HUMAN`] among bot values and the filter's value ids (None: a value never seen,
+    /// which nothing matches).
+    fn passes(
+        &self,
+        id: u32,
+        site: Option<u32>,
+        human: Option<u32>,
+        is: &[(usize, Option<u32>)],
+    ) -> bool {
+        let i = id as usize;
+        let (Some(&s), Some(vals)) = (self.site.get(i), self.values.get(i)) else {
+            return false;
+        };
+        site.is_none_or(|want| want == s)
+            && human.is_none_or(|h| vals.get(dims::BOT) == Some(&h))
+            && is
+                .iter()
+                .all(|&(d, v)| v.is_some() && vals.get(d).copied() == v)
+    }
+}
+
+impl Aggregates {
+    /// This shard's pageviews and visitors by value of dimension `dim` over `from..to`,
+    /// optionally of one site, counting the profiles that pass `filter`.
+    pub fn breakdown(
+        &self,
+        dim: usize,
+        from: i64,
+        to: i64,
+        site: Option<&str>,
+        filter: &DimFilter,
+    ) -> Vec<DimRow> {
+        let p = &self.profiles;
+        let Some(values) = p.dim_values.get(dim) else {
+            return Vec::new();
+        };
+        let site_id = match site {
+            Some(s) => match self.sites.get(s) {
+                Some(id) => Some(id),
+                None => return Vec::new(),
+            },
+            None => None,
+        };
+        let bot_filtered = dim == dims::BOT || filter.is.iter().any(|(d, _)| *d == dims::BOT);
+        let human = if filter.bots || bot_filtered {
+            None
+        } else {
+            match p.dim_values.get(dims::BOT).and_then(|n| n.get(HUMAN)) {
+                Some(h) => Some(h),
+                // No human pageview at all: nothing to count.
+                None => return Vec::new(),
+            }
+        };
+        let is: Vec<(usize, Option<u32>)> = filter
+            .is
+            .iter()
+            .map(|(d, v)| (*d, p.dim_values.get(*d).and_then(|n| n.get(v))))
+            .collect();
+        let mut views: HashMap<u32, u64> = HashMap::new();
+        let mut unions: HashMap<u32, VisitorUnion<'_>> = HashMap::new();
+        for part in self.parts(from, to) {
+            let cells: Box<dyn Iterator<Item = (u32, Cow<'_, super::UrlCell>)>> = match part {
+                PartRef::Mem(b) => Box::new(b.profiles.iter().map(|(&id, c)| (id, Cow::Borrowed(c)))),
+                PartRef::File(f) => Box::new(f.profiles().map(|(id, c)| (id, Cow::Owned(c)))),
+                PartRef::Visitors(_) => continue,
+            };
+            for (id, c) in cells {
+                if !p.passes(id, site_id, human, &is) {
+                    continue;
+                }
+                let Some(&v) = p.values.get(id as usize).and_then(|vals| vals.get(dim)) else {
+                    continue;
+                };
+                *views.entry(v).or_default() += u64::from(c.views);
+                let visitors = match c {
+                    Cow::Borrowed(c) => Cow::Borrowed(&c.visitors),
+                    Cow::Owned(c) => Cow::Owned(c.visitors),
+                };
+                unions.entry(v).or_default().add(visitors);
+            }
+        }
+        views
+            .into_iter()
+            .map(|(v, n)| {
+                let (visitors, sketched) = unions.get(&v).map_or((0, false), |u| u.count());
+                DimRow {
+                    key: values.name(v).to_string(),
+                    views: n,
+                    visitors,
+                    sketched,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,92 @@
+//! The dimensions of a pageview — where it came from (channel, source, utm tags) and on what
+//! (device, browser, operating system, bot) — and the one string that carries their values
+//! from the parser to the aggregates: the *profile key*.
+//!
+//! Every pageview has a value for every dimension (`(none)` when a utm tag is absent,
+//! `(unknown)` when the user agent says nothing), so that each dimension's values add up to
+//! the same pageviews. The key joins the values in [`DIMS`] order with [`SEP`]; the owner of
+//! the visitor interns it once per distinct combination (`agg::dims`), so a pageview costs
+//! one lookup there, not one per dimension, and any breakdown or filter over these dimensions
+//! (one or two at a time) is a sum over the combinations. The order is stored (profile names
+//! in checkpoints): a dimension is only ever appended.
+
+/// The dimensions, in key order.
+pub const DIMS: [&str; 9] = [
+    "channel",
+    "source",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "device",
+    "browser",
+    "os",
+    "bot",
+];
+
+/// Positions in [`DIMS`].
+pub const CHANNEL: usize = 0;
+pub const BOT: usize = 8;
+
+/// Separates the values of a key (a control character no value keeps: see [`push_value`]).
+pub const SEP: char = '\u{1f}';
+/// The value of an absent utm tag.
+pub const NONE: &str = "(none)";
+/// The `bot` value of a pageview that is not a bot's.
+pub const HUMAN: &str = "human";
+
+/// The position of dimension `name` in [`DIMS`].
+pub fn dim_index(name: &str) -> Option<usize> {
+    DIMS.iter().position(|d| *d == name)
+}
+
+/// Appends one value to a key being built: [`SEP`] before every value but the first, control
+/// characters replaced by spaces, [`NONE`] for an empty value.
+pub fn push_value(key: &mut String, value: &str) {
+    if !key.is_empty() {
+        key.push(SEP);
+    }
+    let value = value.trim();
+    if value.is_empty() {
+        key.push_str(NONE);
+    } else if value.chars().any(char::is_control) {
+        key.extend(value.chars().map(|c| if c.is_control() { ' ' } else { c }));
+    } else {
+        key.push_str(value);
+    }
+}
+
+/// The values of a key, [`NONE`] for any missing at its end (a key of an older build).
+pub fn values(key: &str) -> impl Iterator<Item = &str> {
+    key.split(SEP).chain(std::iter::repeat(NONE)).take(DIMS.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_round_trips_and_keeps_no_control_character() {
+        let mut k = String::new();
+        for v in ["search", "www.google.com", "", " news\u{1f}letter\n", "x"] {
+            push_value(&mut k, v);
+        }
+        let got: Vec<&str> = values(&k).collect();
+        assert_eq!(
+            got,
+            [
+                "search",
+                "www.google.com",
+                NONE,
+                "news letter",
+                "x",
+                NONE,
+                NONE,
+                NONE,
+                NONE
+            ]
+        );
+        assert_eq!(dim_index("os"), Some(7));
+        assert_eq!(dim_index("bot"), Some(BOT));
+        assert_eq!(dim_index("nope"), None);
+    }
+}
