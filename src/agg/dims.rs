@@ -108,7 +108,9 @@ impl Profiles {
         let mut ids = [0u32; DIMS.len()];
         let mut overflow = 0;
         for (d, v) in dims::values(key).enumerate() {
-            let Some(names) = self.dim_values().get_mut(d) else { continue };
+            let Some(names) = self.dim_values().get_mut(d) else {
+                continue;
+            };
             let v = if names.get(v).is_some() || names.len() < VALUE_CAP {
                 v
             } else {
@@ -207,7 +209,9 @@ impl Aggregates {
         let mut unions: HashMap<u32, VisitorUnion<'_>> = HashMap::new();
         for part in self.parts(from, to) {
             let cells: Box<dyn Iterator<Item = (u32, Cow<'_, super::UrlCell>)>> = match part {
-                PartRef::Mem(b) => Box::new(b.profiles.iter().map(|(&id, c)| (id, Cow::Borrowed(c)))),
+                PartRef::Mem(b) => {
+                    Box::new(b.profiles.iter().map(|(&id, c)| (id, Cow::Borrowed(c))))
+                }
                 PartRef::File(f) => Box::new(f.profiles().map(|(id, c)| (id, Cow::Owned(c)))),
                 PartRef::Visitors(_) => continue,
             };

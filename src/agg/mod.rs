@@ -567,6 +567,8 @@ impl<'a, T: Distinct> VisitorUnion<'a, T> {
 pub struct Memory {
     /// Live (bucket, key) cells in memory.
     pub cells: u64,
+    /// Dimension values that became `(other)` (`agg::dims`): not memory, but published with it.
+    pub dim_overflow: u64,
     /// Url cells alone, and the bytes of their tables (for the bytes-per-cell figure).
     pub url_cells: u64,
     pub url_cell_bytes: u64,
@@ -631,13 +633,30 @@ fn visit_delta(b: &mut Bucket, s: u32, d: &Delta) {
     }
 }
 
+/// A profile cell as one line of text (what `pixeld check --aggregates` compares): its name
+/// with the separators shown as ` | `.
+pub fn profile_line(name: &str, c: &UrlCell) -> String {
+    format!(
+        "profile {:?}: views {} visitors {}",
+        name.replace(crate::parse::event::dims::SEP, " | "),
+        c.views,
+        uniques_line(&c.visitors.to_uniques())
+    )
+}
+
 /// A page cell as one line of text (what `pixeld check --aggregates` compares).
 pub fn page_line(url: &str, c: &PageCell) -> String {
     format!("page {url:?}: entries {} exits {}", c.entries, c.exits)
 }
 
-/// A bucket's site cells by site name, its all-sites cell and its page cells by url.
-pub type SiteCells = (Vec<(String, SiteCell)>, SiteCell, Vec<(String, PageCell)>);
+/// A bucket's site cells by site name, its all-sites cell, its page cells by url and its
+/// profile cells by profile name.
+pub type SiteCells = (
+    Vec<(String, SiteCell)>,
+    SiteCell,
+    Vec<(String, PageCell)>,
+    Vec<(String, UrlCell)>,
+);
 
 /// One shard's aggregates.
 #[derive(Debug)]
@@ -1327,6 +1346,9 @@ impl Aggregates {
         for (id, c) in b.pages.iter().filter(|(_, c)| **c != PageCell::default()) {
             out.push(page_line(self.urls.name(*id), c));
         }
+        for (id, c) in &b.profiles {
+            out.push(profile_line(self.profiles.names.name(*id), c));
+        }
         out.sort_unstable();
         out
     }
@@ -1355,7 +1377,12 @@ impl Aggregates {
             .iter()
             .map(|(id, c)| (self.urls.name(*id).to_string(), *c))
             .collect();
-        (sites, b.all, pages)
+        let profiles = b
+            .profiles
+            .iter()
+            .map(|(id, c)| (self.profiles.names.name(*id).to_string(), c.clone()))
+            .collect();
+        (sites, b.all, pages, profiles)
     }
 
     fn key_lines(&self, b: &Bucket) -> Vec<String> {
@@ -1777,7 +1804,12 @@ impl Aggregates {
             .map(|(_, b)| b)
             .chain(writing)
         {
-            m.cells += (b.urls.len() + b.refs.len() + b.sites.len()) as u64;
+            m.cells += (b.urls.len() + b.refs.len() + b.sites.len() + b.profiles.len()) as u64;
+            m.bytes += (b.profiles.capacity() * (size_of::<(u32, UrlCell)>() + 1)
+                + b.profiles
+                    .values()
+                    .map(|c| c.visitors.size_of())
+                    .sum::<usize>()) as u64;
             m.url_cells += b.urls.len() as u64;
             let url_bytes = b.urls.capacity() * (size_of::<(u32, UrlCell)>() + 1)
                 + b.urls.values().map(|c| c.visitors.size_of()).sum::<usize>();
@@ -1795,7 +1827,11 @@ impl Aggregates {
                 m.sealed_bytes += f.len() as u64;
             }
         }
-        m.bytes += (self.sites.memory() + self.urls.memory() + self.refs.memory()) as u64
+        m.dim_overflow = self.profiles.overflow;
+        m.bytes += (self.sites.memory()
+            + self.urls.memory()
+            + self.refs.memory()
+            + self.profiles.memory()) as u64
             + (self.url_site.capacity() * 4) as u64;
         m.visitors = (self.visits.len() + self.repair_visits.len()) as u64;
         m.visitor_bytes = self.visits.memory_bytes() + self.repair_visits.memory_bytes();

@@ -333,7 +333,11 @@ impl Aggregates {
     pub fn checkpoint_snapshot(&mut self, base: bool, now_min: i64) -> (Aggregates, Vec<SealJob>) {
         let jobs = self.take_seals(now_min);
         let mut snap = Aggregates::new(self.cfg.clone());
-        let marks = if base { (0, 0, 0, 0) } else { self.written_names };
+        let marks = if base {
+            (0, 0, 0, 0)
+        } else {
+            self.written_names
+        };
         snap.sites = self.sites.tail_copy(marks.0);
         snap.urls = self.urls.tail_copy(marks.1);
         snap.refs = self.refs.tail_copy(marks.2);

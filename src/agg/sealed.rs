@@ -561,7 +561,7 @@ mod tests {
     use crate::agg::visits::VisitCounts;
 
     /// The sealed hour of [`sample_state`] that holds a sketch.
-    fn sample() -> (SealedHeader, Bucket, (usize, usize, usize)) {
+    fn sample() -> (SealedHeader, Bucket, NameCounts) {
         let now = 29_000_000;
         let a = sample_state(now);
         let h = now.div_euclid(60);
@@ -640,7 +640,7 @@ mod tests {
                 .is_err()
         );
         assert!(
-            SealedFile::from_vec(Path::new("x"), bytes, h.tier, h.number, 1, (0, 0, 0)).is_err()
+            SealedFile::from_vec(Path::new("x"), bytes, h.tier, h.number, 1, (0, 0, 0, 0)).is_err()
         );
     }
 
@@ -658,7 +658,7 @@ mod tests {
     }
 
     /// [`sample`] with visits and page cells (what version 2 adds).
-    fn sample_v2() -> (SealedHeader, Bucket, (usize, usize, usize), VisitCounts) {
+    fn sample_v2() -> (SealedHeader, Bucket, NameCounts, VisitCounts) {
         let (h, mut b, names) = sample();
         // Visits in a site cell and in all (a late part may hold negative changes).
         let v = VisitCounts {

@@ -76,19 +76,24 @@ pub enum AggOutcome {
     OutOfWindow,
     /// Kept in the log but not an event (see `pixeld_agg_unparsed_total{kind}`).
     Unparsed,
+    /// A bot's hit (its user agent), counted only in the `bot` dimension (`agg.bots =
+    /// "exclude"`, the default).
+    Bot,
 }
 
 impl AggOutcome {
-    pub const ALL: [AggOutcome; 3] = [
+    pub const ALL: [AggOutcome; 4] = [
         AggOutcome::Aggregated,
         AggOutcome::OutOfWindow,
         AggOutcome::Unparsed,
+        AggOutcome::Bot,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
             AggOutcome::Aggregated => "aggregated",
             AggOutcome::OutOfWindow => "out_of_window",
             AggOutcome::Unparsed => "unparsed",
+            AggOutcome::Bot => "bot",
         }
     }
 }
@@ -96,7 +101,7 @@ impl AggOutcome {
 /// Counters of one shard's routing and aggregates. Written by the shard alone.
 #[derive(Debug, Default)]
 pub struct AggStats {
-    outcomes: [AtomicU64; 3],
+    outcomes: [AtomicU64; 4],
     unparsed: [AtomicU64; EventError::ALL.len()],
     pub no_timestamp: AtomicU64,
     pub bad_timestamp: AtomicU64,
@@ -154,6 +159,9 @@ pub struct AggStats {
     /// Gauges: visitors whose recent visits are kept (`agg::visits`), and their bytes.
     pub visitors: AtomicU64,
     pub visitor_bytes: AtomicU64,
+    /// Dimension values that became `(other)` past the cap (`agg::dims`), published by the
+    /// ticker.
+    pub dim_overflow: AtomicU64,
     /// Query durations: counts per bucket of [`QUERY_BUCKETS`] (+Inf last), and their sum.
     query_buckets: [AtomicU64; QUERY_BUCKETS.len() + 1],
     pub query_nanos: AtomicU64,
@@ -731,9 +739,14 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "Heap bytes of the kept visits (included in pixeld_agg_memory_bytes).",
         sum(&|s| ShardStats::get(&s.agg.visitor_bytes)),
     );
+    p.counter(
+        "pixeld_agg_dim_overflow_total",
+        "Pageviews whose value of a dimension was new past the cap of distinct values per dimension and shard (agg::dims::VALUE_CAP) and counted as (other).",
+        sum(&|s| ShardStats::get(&s.agg.dim_overflow)),
+    );
     p.gauge(
         "pixeld_parse_cache_bytes",
-        "Heap bytes of the parser's url/referrer caches (bounded: a fixed number of slots).",
+        "Heap bytes of the parser's url/referrer/user-agent caches (bounded: a fixed number of slots).",
         sum(&|s| ShardStats::get(&s.agg.parse_cache_bytes)),
     );
     p.gauge(

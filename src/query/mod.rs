@@ -23,8 +23,8 @@ use glommio::channels::shared_channel::ConnectedReceiver;
 use hashbrown::HashMap;
 use serde_json::{json, Value};
 
-use crate::agg::topn::{self, Ranked};
 use crate::agg::dims::{DimFilter, DimRow};
+use crate::agg::topn::{self, Ranked};
 use crate::agg::{Aggregates, Dim, Totals};
 use params::{minute_rfc3339, step_name, BadParam, Range, Request};
 
@@ -108,13 +108,9 @@ impl Op {
                 range,
                 site,
                 filter,
-            } => Part::Breakdown(agg.breakdown(
-                *dim,
-                range.from,
-                range.to,
-                site.as_deref(),
-                filter,
-            )),
+            } => {
+                Part::Breakdown(agg.breakdown(*dim, range.from, range.to, site.as_deref(), filter))
+            }
             Op::Series {
                 range,
                 step,

@@ -256,7 +256,9 @@ pub fn parse(
 fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Request, BadParam> {
     let p = pairs(
         query,
-        &["dim", "from", "to", "limit", "site", "sort", "filter", "bots"],
+        &[
+            "dim", "from", "to", "limit", "site", "sort", "filter", "bots",
+        ],
     )?;
     if let Some(d) = p.get("dim").and_then(|d| dim_index(d)) {
         return parse_breakdown(d, &p, now_ms, cfg);
@@ -265,7 +267,10 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
         if p.contains_key(k) {
             return Err(bad(
                 k,
-                format!("only with a pageview dimension: dim= one of {}", DIMS.join(", ")),
+                format!(
+                    "only with a pageview dimension: dim= one of {}",
+                    DIMS.join(", ")
+                ),
             ));
         }
     }

@@ -117,6 +117,8 @@ pub struct Window {
     /// `agg.visit_late_allowance`: a hit received later than this after its event time does
     /// not count for visits.
     pub visit_late_allowance_ms: i64,
+    /// `agg.bots = "include"`: bots' hits count like anyone's.
+    pub bots: bool,
 }
 
 impl Window {
@@ -126,12 +128,15 @@ impl Window {
             floor: agg.day_floor(now_min),
             future: agg.cfg.future_minutes,
             visit_late_allowance_ms: agg.cfg.visits.late_allowance_ms,
+            bots: agg.cfg.bots,
         }
     }
 }
 
-/// Parses one record's message and makes its increments: the url's, the referrer domain's
-/// for a pageview, and the visitor's, each with the shard that owns it (of `shards`; a hit
+/// Parses one record's message and makes its increments: for a pageview its profile's (its
+/// dimensions, `agg::dims`), then — unless a bot sent it and `agg.bots` excludes bots — the
+/// url's, the referrer domain's for a pageview, and the visitor's, each with the shard that
+/// owns it (of `shards`; a hit
 /// without a visitor id stays on `me`, the shard that appended it; a visitor's owner follows
 /// `epochs` across shard-count changes). Counts the record's
 /// outcome in `stats`. The one place that decides what a record adds to the aggregates,
@@ -173,15 +178,29 @@ pub fn increments(
         s.count(AggOutcome::OutOfWindow);
         return;
     }
-    s.count(AggOutcome::Aggregated);
     let pv = ev.action == Action::Pageview;
     let engaged = ev.engaged_seconds;
-    let vid = if ev.vid.is_empty() {
+    let vid = (!ev.vid.is_empty()).then(|| vid_hash(ev.vid));
+    // A visitor's pageviews go, with their dimensions, to the visitor's owner (a hit without
+    // a visitor id to the shard that appended it).
+    let owner = vid.map_or(me, |h| epochs.owner_of_visitor(h, minute, shards));
+    if pv {
+        emit(
+            owner,
+            Inc::new(IncKind::Profile, pv, minute, 0, vid),
+            ev.site,
+            ev.profile,
+        );
+    }
+    if ev.bot && !window.bots {
+        // Counted in the `bot` dimension alone.
+        s.count(AggOutcome::Bot);
+        return;
+    }
+    s.count(AggOutcome::Aggregated);
+    if vid.is_none() {
         ShardStats::bump(&s.no_vid, 1);
-        None
-    } else {
-        Some(vid_hash(ev.vid))
-    };
+    }
     emit(
         owner_of_key(URL_SEED, ev.url, shards),
         Inc::new(IncKind::Url, pv, minute, engaged, vid),
@@ -197,7 +216,6 @@ pub fn increments(
         );
     }
     // A hit without a visitor id still counts in the totals, on the shard that appended it.
-    let owner = vid.map_or(me, |h| epochs.owner_of_visitor(h, minute, shards));
     let mut inc = Inc::new(IncKind::Visitor, pv, minute, engaged, vid);
     let mut page = "";
     if vid.is_some() && matches!(ev.action, Action::Pageview | Action::Heartbeat) {
@@ -605,6 +623,7 @@ impl Router {
         s.sealed_bytes.store(m.sealed_bytes, Ordering::Relaxed);
         s.visitors.store(m.visitors, Ordering::Relaxed);
         s.visitor_bytes.store(m.visitor_bytes, Ordering::Relaxed);
+        s.dim_overflow.store(m.dim_overflow, Ordering::Relaxed);
         s.stale_incs.store(agg.stale, Ordering::Relaxed);
         let parser = self.parser.borrow();
         let c = parser.cache_counts();

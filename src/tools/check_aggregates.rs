@@ -180,8 +180,13 @@ fn compare_sites(
         let mut all = crate::agg::cells::SiteCell::default();
         let mut pages: std::collections::BTreeMap<String, crate::agg::PageCell> =
             std::collections::BTreeMap::new();
+        let mut profiles: std::collections::BTreeMap<String, crate::agg::UrlCell> =
+            std::collections::BTreeMap::new();
         for a in states {
-            let (s, al, p) = a.site_cells(res, b);
+            let (s, al, p, pr) = a.site_cells(res, b);
+            for (name, c) in pr {
+                profiles.entry(name).or_default().add(&c);
+            }
             for (name, c) in s {
                 sites.entry(name).or_default().merge(&c);
             }
@@ -203,6 +208,7 @@ fn compare_sites(
                 .filter(|(_, c)| **c != crate::agg::PageCell::default())
                 .map(|(u, c)| crate::agg::page_line(u, c)),
         );
+        lines.extend(profiles.iter().map(|(n, c)| crate::agg::profile_line(n, c)));
         lines
     };
     let first = expected.first()?;

@@ -453,7 +453,7 @@ pub fn wait_aggregated(
         let mx = metrics(port);
         let m = |k: &str| mx.get(k).copied().unwrap_or(-1.0) as u64;
         let appended = m("pixeld_appended_events_total");
-        let outcomes: u64 = ["aggregated", "out_of_window", "unparsed"]
+        let outcomes: u64 = ["aggregated", "out_of_window", "unparsed", "bot"]
             .iter()
             .map(|o| m(&format!("pixeld_agg_records_total{{outcome=\"{o}\"}}")))
             .sum();

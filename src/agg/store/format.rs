@@ -142,7 +142,11 @@ fn encode_inner(agg: &mut Aggregates, e: &Header, consume: bool) -> Vec<u8> {
         put_u64(&mut out, a);
     }
     let body_at = out.len();
-    let marks = if base { (0, 0, 0, 0) } else { agg.written_names };
+    let marks = if base {
+        (0, 0, 0, 0)
+    } else {
+        agg.written_names
+    };
     put_names(&mut out, &agg.sites, marks.0);
     put_names(&mut out, &agg.urls, marks.1);
     for id in marks.1..agg.urls.len() {

@@ -18,6 +18,8 @@
 
 use std::ops::Range;
 
+use super::agent::{Agent, AgentParser};
+use super::channel::{domain_class, utm_of, Channel, Utm};
 use super::url::{authority, decode_into, normalize_url};
 use super::{DIRECT, INVALID};
 
@@ -29,6 +31,8 @@ use super::{DIRECT, INVALID};
 pub(super) const URL_SLOTS: usize = 1 << 11;
 /// Slots for distinct referrer values.
 pub(super) const REF_SLOTS: usize = 1 << 9;
+/// Slots for distinct User-Agent headers.
+pub(super) const AGENT_SLOTS: usize = 1 << 9;
 /// Values longer than this are normalised every time and not kept (a slot holds at most a few
 /// KiB, whatever a client sends).
 const MAX_KEY: usize = 2048;
@@ -44,6 +48,8 @@ pub(super) struct UrlEntry {
     pub(super) host: Option<Range<usize>>,
     /// Percent-decoding met invalid UTF-8 (repaired with U+FFFD).
     pub(super) invalid_utf8: bool,
+    /// Its utm tags, read before the query is cut (`channel`).
+    pub(super) utm: Utm,
 }
 
 /// A referrer's text as the record gave it, reduced to its domain.
@@ -54,13 +60,24 @@ pub(super) struct RefEntry {
     /// See [`super::Event::ref_domain`].
     pub(super) domain: String,
     pub(super) invalid_utf8: bool,
+    /// What the domain alone says of the channel.
+    pub(super) class: Option<Channel>,
 }
 
-/// The two caches.
+/// A User-Agent header as the record gave it, classified.
+#[derive(Debug, Default)]
+pub(super) struct AgentEntry {
+    hash: u64,
+    key: String,
+    pub(super) agent: Agent,
+}
+
+/// The three caches.
 #[derive(Debug)]
 pub(super) struct NormCache {
     pub(super) urls: UrlCache,
     pub(super) refs: RefCache,
+    pub(super) agents: AgentCache,
 }
 
 impl NormCache {
@@ -81,15 +98,24 @@ impl NormCache {
                 table: Table::new(refs),
                 bytes: Vec::new(),
             },
+            agents: AgentCache {
+                table: Table::new(AGENT_SLOTS.min(urls.max(1))),
+                parser: AgentParser::new(),
+            },
         }
     }
 
-    /// Lookups answered from a slot, and normalisations done, over both caches.
+    /// Lookups answered from a slot, and normalisations (or classifications) done, over the
+    /// three caches.
     pub(super) fn counts(&self) -> Counts {
-        let (u, r) = (self.urls.table.counts, self.refs.table.counts);
+        let (u, r, a) = (
+            self.urls.table.counts,
+            self.refs.table.counts,
+            self.agents.table.counts,
+        );
         Counts {
-            hits: u.hits + r.hits,
-            misses: u.misses + r.misses,
+            hits: u.hits + r.hits + a.hits,
+            misses: u.misses + r.misses + a.misses,
         }
     }
 
@@ -97,10 +123,14 @@ impl NormCache {
     pub(super) fn size_of(&self) -> usize {
         let url = |e: &UrlEntry| e.key.capacity() + e.url.capacity();
         let rf = |e: &RefEntry| e.key.capacity() + e.domain.capacity();
+        let ag =
+            |e: &AgentEntry| e.key.capacity() + e.agent.browser.capacity() + e.agent.os.capacity();
         self.urls.table.slots.iter().map(url).sum::<usize>()
             + self.refs.table.slots.iter().map(rf).sum::<usize>()
             + std::mem::size_of_val(&*self.urls.table.slots)
             + std::mem::size_of_val(&*self.refs.table.slots)
+            + self.agents.table.slots.iter().map(ag).sum::<usize>()
+            + std::mem::size_of_val(&*self.agents.table.slots)
     }
 }
 
@@ -117,6 +147,12 @@ trait Keyed: Default {
 }
 
 impl Keyed for UrlEntry {
+    fn key(&mut self) -> (&mut u64, &mut String) {
+        (&mut self.hash, &mut self.key)
+    }
+}
+
+impl Keyed for AgentEntry {
     fn key(&mut self) -> (&mut u64, &mut String) {
         (&mut self.hash, &mut self.key)
     }
@@ -187,6 +223,7 @@ impl UrlCache {
         if !hit {
             e.url.clear();
             e.invalid_utf8 = decode_into(raw, &mut self.bytes, &mut e.url);
+            e.utm = utm_of(&e.url);
             e.host = normalize_url(&mut e.url, &mut self.query, keep);
         }
         e
@@ -206,8 +243,27 @@ impl RefCache {
         let (e, hit) = self.table.slot(raw);
         if !hit {
             fill_referrer(e, raw, &mut self.bytes);
+            e.class = domain_class(&e.domain);
         }
         e
+    }
+}
+
+/// Distinct User-Agent headers, classified.
+#[derive(Debug)]
+pub(super) struct AgentCache {
+    table: Table<AgentEntry>,
+    parser: AgentParser,
+}
+
+impl AgentCache {
+    /// What header `raw` says.
+    pub(super) fn get(&mut self, raw: &str) -> &Agent {
+        let (e, hit) = self.table.slot(raw);
+        if !hit {
+            self.parser.classify(raw, &mut e.agent);
+        }
+        &e.agent
     }
 }
 

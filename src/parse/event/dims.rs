@@ -57,7 +57,9 @@ pub fn push_value(key: &mut String, value: &str) {
 
 /// The values of a key, [`NONE`] for any missing at its end (a key of an older build).
 pub fn values(key: &str) -> impl Iterator<Item = &str> {
-    key.split(SEP).chain(std::iter::repeat(NONE)).take(DIMS.len())
+    key.split(SEP)
+        .chain(std::iter::repeat(NONE))
+        .take(DIMS.len())
 }
 
 #[cfg(test)]

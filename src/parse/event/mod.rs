@@ -44,10 +44,11 @@ use time::OffsetDateTime;
 
 use super::syslog;
 
+pub mod agent;
 mod cache;
 pub mod channel;
-pub mod dims;
 mod combined;
+pub mod dims;
 mod fields;
 mod json;
 mod scan;
@@ -123,6 +124,11 @@ pub struct Event<'a> {
     /// Some of the record was not UTF-8 (raw, or after percent-decoding) and was repaired with
     /// U+FFFD.
     pub invalid_utf8: bool,
+    /// Its user agent is a bot's (`agent`).
+    pub bot: bool,
+    /// A pageview's profile key: the value of each dimension (`dims`); empty for other
+    /// actions.
+    pub profile: &'a str,
 }
 
 /// Why a record gave no event. The variants carry no data so that counting one is a single
@@ -464,7 +470,7 @@ fn finish<'a>(
     if !found.url.is_set() || scratch.url.is_empty() {
         return Err(EventError::NoUrl);
     }
-    let cache::NormCache { urls, refs } = cache;
+    let cache::NormCache { urls, refs, agents } = cache;
     let url = urls.get(&scratch.url, &cfg.url_keep_query);
     let host = url.host.clone().ok_or(EventError::BadUrl)?;
     let action = match found.action.value {
@@ -477,14 +483,39 @@ fn finish<'a>(
         Action::Heartbeat => found.inc.value.unwrap_or(cfg.heartbeat_seconds),
     };
     let mut invalid_utf8 = found.invalid_utf8 || url.invalid_utf8;
-    let ref_domain = match scratch.referrer.as_str() {
-        "" => DIRECT,
+    let (ref_domain, ref_class) = match scratch.referrer.as_str() {
+        "" => (DIRECT, None),
         raw => {
             let r = refs.get(raw);
             invalid_utf8 |= r.invalid_utf8;
-            r.domain.as_str()
+            (r.domain.as_str(), r.class)
         }
     };
+    let agent = agents.get(&scratch.ua);
+    let site = url.url.get(host).ok_or(EventError::BadUrl)?;
+    if action == Action::Pageview {
+        let utm = &url.utm;
+        let p = &mut scratch.profile;
+        let channel = channel::classify(site, ref_domain, ref_class, utm);
+        let source = if utm.source.is_empty() {
+            ref_domain
+        } else {
+            &utm.source
+        };
+        for v in [
+            channel.as_str(),
+            source,
+            &utm.source,
+            &utm.medium,
+            &utm.campaign,
+            agent.device,
+            &agent.browser,
+            &agent.os,
+            agent.bot.as_deref().unwrap_or(dims::HUMAN),
+        ] {
+            dims::push_value(p, v);
+        }
+    }
     let (msec, time) = (found.msec.value, found.time.value);
     let ts_ms = match (msec, time) {
         (Ts::Ms(ms), _) | (_, Ts::Ms(ms)) => Some(ms),
@@ -496,11 +527,13 @@ fn finish<'a>(
         bad_timestamp: msec == Ts::Bad || time == Ts::Bad,
         action,
         engaged_seconds,
-        site: url.url.get(host).ok_or(EventError::BadUrl)?,
+        site,
         url: &url.url,
         ref_domain,
         vid: &scratch.vid,
         invalid_utf8,
+        bot: agent.bot.is_some(),
+        profile: &scratch.profile,
     })
 }
 
@@ -526,8 +559,35 @@ mod tests {
     const NGINX_LINE: &[u8] = br#"<190>Nov 22 01:39:03 pixel: {"ts":"2026-11-22T01:39:03.462+00:00","msec":1795311543.462,"url":"https%3A%2F%2Fm.sportsline.example%2Fnews%2F2026%2F11%2F22%2Fstory-4","urlref":"https%3A%2F%2Fwww.google.com%2F","vid":"2bcc3ed32675a41e","ua":"Mozilla/5.0 \"quoted\" \\backslash\\ tab\there","ip":"127.0.0.1","action":"pageview"}"#;
     const MS: i64 = 1_795_311_543_462;
 
-    fn parser() -> EventParser {
-        EventParser::new(EventConfig::default())
+    fn parser() -> Core {
+        Core(EventParser::new(EventConfig::default()))
+    }
+
+    /// A parser whose events leave out the dimensions (`profile`, `bot`: see
+    /// `dimensions_of_a_pageview`): the tests here are about the other fields.
+    struct Core(EventParser);
+
+    impl std::ops::Deref for Core {
+        type Target = EventParser;
+        fn deref(&self) -> &EventParser {
+            &self.0
+        }
+    }
+
+    impl std::ops::DerefMut for Core {
+        fn deref_mut(&mut self) -> &mut EventParser {
+            &mut self.0
+        }
+    }
+
+    impl Core {
+        fn parse(&mut self, record: &[u8]) -> Result<Event<'_>, EventError> {
+            self.0.parse(record).map(|e| Event {
+                bot: false,
+                profile: "",
+                ..e
+            })
+        }
     }
 
     /// A pageview of `url` on `site` with nothing else set, to update in each test.
@@ -542,6 +602,8 @@ mod tests {
             ref_domain: DIRECT,
             vid: "",
             invalid_utf8: false,
+            bot: false,
+            profile: "",
         }
     }
 
@@ -784,10 +846,10 @@ mod tests {
 
     #[test]
     fn url_keep_query() {
-        let mut p = EventParser::new(EventConfig {
+        let mut p = Core(EventParser::new(EventConfig {
             url_keep_query: vec!["id".into(), "page".into()],
             ..EventConfig::default()
-        });
+        }));
         let cases = [
             (
                 "https://a.example/p?utm=1&page=2&x&id=5#f",
@@ -951,10 +1013,10 @@ mod tests {
             let got = p.parse(&line).map(|e| (e.action, e.engaged_seconds));
             assert_eq!(got, want, "{fields}");
         }
-        let mut p = EventParser::new(EventConfig {
+        let mut p = Core(EventParser::new(EventConfig {
             heartbeat_seconds: 5,
             ..EventConfig::default()
-        });
+        }));
         let e = p
             .parse(br#"{"url":"https://s.example/","a":"hb"}"#)
             .unwrap();
@@ -973,10 +1035,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(fields.action, FieldNames::default().action);
-        let mut p = EventParser::new(EventConfig {
+        let mut p = Core(EventParser::new(EventConfig {
             fields,
             ..EventConfig::default()
-        });
+        }));
         let line = br#"{"u":"https://b.example/","page":"https://a.example/x","url":"https://c.example/","r":"https://r.example/","visitor":42,"t":"1795311543.462"}"#;
         let e = p.parse(line).unwrap();
         assert_eq!(
@@ -1061,8 +1123,8 @@ mod tests {
         let mut slow = parser();
         slow.fast = false;
         prop_assert_eq!(
-            fast.parse(line),
-            slow.parse(line),
+            fast.0.parse(line),
+            slow.0.parse(line),
             "{:?}",
             String::from_utf8_lossy(line)
         );

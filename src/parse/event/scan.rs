@@ -235,11 +235,20 @@ fn wanted_value(
 ) -> Option<usize> {
     let b = text.as_bytes();
     let (value, end) = match b.get(i)? {
-        b'"' => {
-            let (s, end) = plain_string(b, i + 1)?;
+        b'"' => match plain_string(b, i + 1) {
             // Both ends are at ASCII quotes, so they are character boundaries.
-            (Scalar::Str(text.get(i + 1..i + 1 + s.len())?), end)
-        }
+            Some((s, end)) => (Scalar::Str(text.get(i + 1..i + 1 + s.len())?), end),
+            // A user agent may hold quotes and backslashes (nginx escapes them): its string,
+            // checked by `skip_string`, is unescaped by serde_json (rare, so the allocation
+            // does not matter). Other fields keep the whole-line fallback.
+            None if field == Field::Ua => {
+                let end = skip_string(b, i + 1)?;
+                let s: String = serde_json::from_str(text.get(i..end)?).ok()?;
+                scratch.put(field, alt, Scalar::Str(&s));
+                return Some(end);
+            }
+            None => return None,
+        },
         b'-' | b'0'..=b'9' => {
             let n = number(b, i)?;
             if field == Field::Msec {
