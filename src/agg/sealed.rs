@@ -600,8 +600,14 @@ mod tests {
         sites.sort_unstable();
         let mut pages: Vec<_> = b.pages.iter().collect();
         pages.sort_unstable_by_key(|x| *x.0);
+        let mut profiles: Vec<_> = b
+            .profiles
+            .iter()
+            .map(|(k, c)| (*k, c.views, c.visitors.to_uniques().canonical()))
+            .collect();
+        profiles.sort_unstable();
         format!(
-            "{urls:?} {refs:?} {sites:?} {} {:?} {:?} {pages:?}",
+            "{urls:?} {refs:?} {sites:?} {} {:?} {:?} {pages:?} {profiles:?}",
             b.all.hits,
             b.all.visits,
             b.all.uniques.canonical()
@@ -695,9 +701,61 @@ mod tests {
         (h, b, names, v)
     }
 
-    /// The checked-in sample of version 3 (tests/data/sample-v3.agb) decodes to the bucket it
-    /// was written from, url visitors included (none, one, a few, a sketch); regenerate with
-    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v3`.
+    /// The checked-in sample of version 4 (tests/data/sample-v4.agb) decodes to the bucket it
+    /// was written from, profiles included; regenerate with
+    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v4`.
+    #[test]
+    fn sealed_sample_v4_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v4.agb");
+        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
+        let now = 29_000_000;
+        let a = crate::agg::store::format::tests::sample_state_v5(now);
+        let hour = (now - 2).div_euclid(60);
+        let b = a.materialize(Res::Hour, hour);
+        assert_eq!(b.profiles.len(), 3, "direct, bot and social in that hour");
+        let h = SealedHeader {
+            tier: Res::Hour,
+            shards: 2,
+            owner: 1,
+            number: hour,
+            written_ns: 7,
+        };
+        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
+            std::fs::write(&path, encode(&h, &b)).unwrap();
+        }
+        let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
+        assert_eq!(lines(&f.to_bucket()), lines(&b));
+        let mut got: Vec<(String, u32, usize)> = f
+            .profiles()
+            .map(|(id, c)| {
+                let name = a.profiles.names.name(id).to_string();
+                (name, c.views, c.visitors.estimate())
+            })
+            .collect();
+        got.sort();
+        let want: Vec<(String, u32, usize)> = {
+            let mut w: Vec<_> = b
+                .profiles
+                .iter()
+                .map(|(id, c)| {
+                    let name = a.profiles.names.name(*id).to_string();
+                    (name, c.views, c.visitors.estimate())
+                })
+                .collect();
+            w.sort();
+            w
+        };
+        assert_eq!(got, want);
+        assert!(got.iter().any(|(_, v, u)| (*v, *u) == (6, 5)));
+        // A file naming a profile the chain does not: refused.
+        let (s, u, r, p) = a.name_counts();
+        assert!(SealedFile::open(&path, h.tier, h.number, 1, (s, u, r, p - 1)).is_err());
+    }
+
+    /// The checked-in sample of version 3 (tests/data/sample-v3.agb, written by an earlier
+    /// build) decodes to the bucket it was written from, url visitors included (none, one, a
+    /// few, a sketch).
     #[test]
     fn sealed_sample_v3_decodes() {
         let path =
@@ -713,9 +771,6 @@ mod tests {
                         .insert_hash(crate::route::partition::vid_hash(&v.to_string()));
                 }
             }
-        }
-        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
-            std::fs::write(&path, encode(&h, &b)).unwrap();
         }
         let f = SealedFile::open(&path, h.tier, h.number, 1, names).unwrap();
         assert_eq!(f.header, h);

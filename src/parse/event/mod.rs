@@ -629,6 +629,64 @@ mod tests {
         );
     }
 
+    /// A pageview's profile key: its channel, source and utm tags (read before the url drops
+    /// them), its device, browser, OS and bot; other actions have none.
+    #[test]
+    fn dimensions_of_a_pageview() {
+        let mut p = EventParser::new(EventConfig::default());
+        let ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1";
+        let line = format!(
+            r#"{{"url":"https%3A%2F%2Fa.example%2Fp%3Futm_source%3DNews%2520letter%26utm_medium%3Demail%26x%3D1","urlref":"https://mail.google.com/","ua":"{ua}"}}"#
+        );
+        let e = p.parse(line.as_bytes()).unwrap();
+        assert_eq!(e.url, "https://a.example/p");
+        let key: Vec<&str> = dims::values(e.profile).collect();
+        assert_eq!(
+            key,
+            [
+                "email",
+                "News letter",
+                "News letter",
+                "email",
+                dims::NONE,
+                "mobile",
+                "Safari",
+                "iOS",
+                dims::HUMAN
+            ]
+        );
+        assert!(!e.bot);
+        let e = p
+            .parse(br#"{"url":"https://a.example/q","urlref":"https://a.example/p","ua":"Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"}"#)
+            .unwrap();
+        let key: Vec<&str> = dims::values(e.profile).collect();
+        assert_eq!(key[0], "internal");
+        assert_eq!(key[1], "a.example");
+        assert_eq!((key[5], key[8]), ("bot", "Googlebot"));
+        assert!(e.bot);
+        // No referrer, no tags, no user agent.
+        let e = p.parse(br#"{"url":"https://a.example/"}"#).unwrap();
+        let key: Vec<&str> = dims::values(e.profile).collect();
+        assert_eq!(
+            key,
+            [
+                "direct",
+                "(direct)",
+                dims::NONE,
+                dims::NONE,
+                dims::NONE,
+                "(unknown)",
+                "(unknown)",
+                "(unknown)",
+                dims::HUMAN
+            ]
+        );
+        let e = p
+            .parse(br#"{"url":"https://a.example/","a":"hb","ua":"curl/8.0"}"#)
+            .unwrap();
+        assert_eq!((e.profile, e.bot), ("", true));
+    }
+
     #[test]
     fn parser_is_reusable_and_forgets_the_previous_record() {
         let mut p = parser();
