@@ -310,6 +310,14 @@
 
   // Per-page sparklines: one series per listed page, refreshed when the list or the range
   // changes, else at most every 15 s.
+  // In the realtime view, snapshots arrive every few seconds: the lists at most every 15 s.
+  let dimsAt = 0;
+  function loadDimsThrottled() {
+    if (Date.now() - dimsAt < SPARK_MIN_MS) return null;
+    dimsAt = Date.now();
+    return loadDims();
+  }
+
   async function loadSparks() {
     const r = RANGES[st.range];
     const key = [st.site, st.range, st.top.pages.map((p) => p.key).join('\n')].join('|');
@@ -343,10 +351,35 @@
     renderLists();
   }
 
-  for (const b of document.querySelectorAll('.sort button')) {
+  // Channels and devices (`/v1/top?dim=`, bots left out), refreshed with the sparklines.
+  const DIM_LISTS = { 'top-channels': 'channel', 'top-devices': 'device' };
+  async function loadDims() {
+    const gen = st.live.gen;
+    const range = { from: st.from, to: st.to, site: st.site, limit: 10 };
+    const lists = await Promise.all(Object.entries(DIM_LISTS).map(async ([id, dim]) => {
+      const r = await api('/v1/top?' + q({ ...range, dim }));
+      return [id, r.items];
+    }));
+    if (gen !== st.live.gen) return;
+    const total = st.headline ? st.headline.views : 0;
+    for (const [id, items] of lists) renderList(id, items, total, false);
+  }
+
+  for (const group of document.querySelectorAll('[data-dim]')) {
+    group.addEventListener('click', () => {
+      const ol = group.closest('section').querySelector('ol');
+      DIM_LISTS[ol.id] = group.dataset.dim;
+      for (const o of group.parentElement.querySelectorAll('button')) {
+        o.setAttribute('aria-pressed', String(o === group));
+      }
+      loadDims().catch(report);
+    });
+  }
+
+  for (const b of document.querySelectorAll('.sort button[data-sort]')) {
     b.addEventListener('click', () => {
       st.pageSort = b.dataset.sort;
-      for (const o of document.querySelectorAll('.sort button')) {
+      for (const o of document.querySelectorAll('.sort button[data-sort]')) {
         o.setAttribute('aria-pressed', String(o === b));
       }
       if (st.pageSort === 'views') st.sortedPages = null;
@@ -387,7 +420,7 @@
     renderChart();
     renderLists();
     document.body.dataset.ready = 'true';
-    loadSortedPages().then(loadPrevious).then(loadSparks).catch(report);
+    loadSortedPages().then(loadPrevious).then(loadSparks).then(loadDimsThrottled).catch(report);
   }
 
   // At most one refresh in flight and one timer pending, however many snapshots arrive.
@@ -433,6 +466,7 @@
       await loadSortedPages();
       await loadPrevious();
       await loadSparks();
+      await loadDims();
     } finally {
       st.refreshing = false;
       if (st.refreshAgain) { st.refreshAgain = false; scheduleRefresh(); }

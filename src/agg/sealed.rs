@@ -15,11 +15,11 @@
 //! the checkpoint's own bytes ([`crate::agg::cells`]): url and referrer cells are fixed-size
 //! records sorted by id, read and binary-searched in place; site cells are decoded when read.
 //!
-//! # Sealed bucket file, format version 3 (all integers little-endian; versions 1 and 2 are still read)
+//! # Sealed bucket file, format version 4 (all integers little-endian; versions 1 to 3 are still read)
 //! | at      | size     | field       | meaning                                                  |
 //! |---------|----------|-------------|----------------------------------------------------------|
 //! |  0      | 8        | magic       | `PXAGGSB1`                                               |
-//! |  8      | 2        | version     | 3 (2: url cells without visitors; 1: site cells without visit counts either) |
+//! |  8      | 2        | version     | 4 (3: no profile cells; 2: url cells without visitors either; 1: site cells without visit counts either) |
 //! | 10      | 1        | tier        | 1 = hour, 2 = day                                        |
 //! | 11      | 1        | reserved    | 0                                                        |
 //! | 12      | 4        | shards      | shard count of the run that wrote it                     |
@@ -31,7 +31,7 @@
 //! | 48      | body_len | cells       | the bucket's cells, as in a checkpoint (`store/format.rs`, "Cells of a bucket") |
 //! | end − 4 | 4        | crc32c      | CRC-32C of every byte before it                          |
 //!
-//! The checked-in samples `tests/data/sample-v3.agb` (and the older `sample-v2.agb` and
+//! The checked-in samples `tests/data/sample-v4.agb` (and the older `sample-v3.agb` …
 //! `sample-v1.agb`) are decoded by tests.
 
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@ mod common;
 mod aggregates;
 mod dashboard_browser;
 mod dashboard_live;
+mod dimensions;
 mod store;
 mod tracker_browser;
 mod visits;

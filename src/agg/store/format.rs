@@ -6,14 +6,14 @@
 //! [`Aggregates`]; nothing else reads or writes these bytes. Decoding never trusts the disk:
 //! the CRC is checked before anything else, every length is bounds-checked before it is used,
 //! and no input can make it panic (a proptest feeds it damaged files). A format change comes
-//! with a new version and a new checked-in sample (`tests/data/sample-v4.agg`; the older
-//! `sample-v3.agg`, `sample-v2.agg` and `sample-v1.agg` are still decoded by tests).
+//! with a new version and a new checked-in sample (`tests/data/sample-v5.agg`; the older
+//! `sample-v4.agg` … `sample-v1.agg` are still decoded by tests).
 //!
-//! # Checkpoint file, format version 4 (all integers little-endian; versions 1 to 3 are still read)
+//! # Checkpoint file, format version 5 (all integers little-endian; versions 1 to 4 are still read)
 //! | at      | size    | field        | meaning                                                           |
 //! |---------|---------|--------------|-------------------------------------------------------------------|
 //! |  0      | 8       | magic        | `PXAGGCK1`                                                        |
-//! |  8      | 2       | version      | 4 (3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
+//! |  8      | 2       | version      | 5 (4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
 //! | 10      | 1       | kind         | 0 = base (the whole state), 1 = delta (what changed since `parent`) |
 //! | 11      | 1       | reserved     | 0                                                                 |
 //! | 12      | 4       | shards       | shard count of the run that wrote it                              |
@@ -33,6 +33,7 @@
 //! |------------------|-----------|--------------------------------------------------------------|
 //! | names × 3        | sites, urls, refs | each: u32 first id, u32 count, then count × (u32 len, len bytes of UTF-8). A base starts at id 0; a delta carries the names interned since its parent |
 //! | 4 × url count    | url_site  | the site id of each url of the urls section, in order         |
+//! | names            | profiles  | version 5: like the names above; a profile's name is its site, U+001F, and its key (the nine dimension values joined by U+001F, `parse::event::dims`) |
 //! | 4 + n × 9        | sealed    | version 2: u32 n, then n × (u8 tier, i64 bucket number), ascending: every bucket whose closed part is a sealed file (`agg::sealed`); the newest link's list is the store's |
 //! | 4                | buckets   | number of buckets that follow                                 |
 //! | per bucket       | bucket    | u8 tier (0 = minute, 1 = hour, 2 = day), i64 bucket number (minutes, hours or days since the epoch), then its cells (for a sealed bucket: what arrived after it was sealed) |
@@ -46,6 +47,8 @@
 //! | 4 + n × 12           | refs  | u32 n, then (u64 site id << 32 \| referrer id, u32 pageviews) |
 //! | 4 + n × (4 + cell)   | sites | u32 n, then (u32 site id, site cell)                |
 //! | cell                 | all   | the site cell of all sites                           |
+//! | 4 + n × 12           | pages | version 3: u32 n, then (u32 url id, i32 entries, i32 exits) |
+//! | as urls              | profiles | version 5: a table and blob exactly like the urls' (20-byte records: u32 profile id, u32 pageviews, u32 0, u32 0, u32 visitors at), then its blob of visitors |
 //!
 //! Site cell: u64 views, u64 hits, u64 engaged seconds, (version 3) four i64 visit counts —
 //! visits, bounces, pageviews of those visits, their summed duration in ms (signed: the late
