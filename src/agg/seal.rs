@@ -341,6 +341,7 @@ impl Aggregates {
         snap.sites = self.sites.tail_copy(marks.0);
         snap.urls = self.urls.tail_copy(marks.1);
         snap.refs = self.refs.tail_copy(marks.2);
+        snap.profiles.names = self.profiles.names.tail_copy(marks.3);
         snap.url_site = self.url_site.clone();
         snap.written_names = marks;
         snap.listed = self.sealed_list();

@@ -1628,7 +1628,7 @@ fn bad_parameters_are_400_naming_the_parameter() {
         ("/v1/top?limit=1001", "limit"),
         ("/v1/top?limit=ten", "limit"),
         ("/v1/top?limit=-1", "limit"),
-        ("/v1/top?dim=browser", "dim"),
+        ("/v1/top?dim=planet", "dim"),
         ("/v1/top?from=yesterday", "from"),
         ("/v1/top?from=-15", "from"),
         ("/v1/top?from=1e99", "from"),

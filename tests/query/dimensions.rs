@@ -270,7 +270,13 @@ fn answer(port: u16, query: &str, bot_names: &BTreeSet<String>) -> BTreeMap<Stri
 }
 
 /// A query and what the model is asked for it: dimension, site, filter, bots included.
-type Case = (String, usize, Option<&'static str>, Vec<(usize, &'static str)>, bool);
+type Case = (
+    String,
+    usize,
+    Option<&'static str>,
+    Vec<(usize, &'static str)>,
+    bool,
+);
 
 /// Every case compared; `phase` names the moment.
 fn check_all(port: u16, views: &[View], phase: &str) {

@@ -472,7 +472,23 @@ pub(crate) mod tests {
     #[test]
     fn a_snapshot_encodes_like_the_state() {
         let now = 29_000_000;
+        // (Not the v5 sample: its url visitors are folded into hours by a snapshot only.)
         let (mut a, mut b) = (sample_state(now), sample_state(now));
+        let mut profiles = Batch::default();
+        for (i, v) in ["direct", "search", "social"].iter().enumerate() {
+            let k = key([v, "x", "", "", "", "mobile", "Chrome", "Android", "human"]);
+            profiles.push(
+                IncKind::Profile,
+                true,
+                now - 5,
+                0,
+                "a.example",
+                &k,
+                Some(i as u64),
+            );
+        }
+        a.apply_batch(&profiles, now);
+        b.apply_batch(&profiles, now);
         let direct = encode(&mut a, &header(Kind::Base, 1, 0));
         let (snap, _) = b.checkpoint_snapshot(true, now);
         assert!(!b.is_dirty(now));
@@ -494,6 +510,18 @@ pub(crate) mod tests {
             5,
             "a.example",
             "",
+            Some(4242),
+        );
+        let k = key([
+            "social", "t.co", "", "", "", "mobile", "Chrome", "Android", "human",
+        ]);
+        later.push(
+            IncKind::Profile,
+            true,
+            now - 30,
+            0,
+            "z.example",
+            &k,
             Some(4242),
         );
         a.apply_batch(&later, now);
