@@ -126,7 +126,7 @@ pub struct Bucket {
     pub dirty: bool,
     /// Of an hour: the url visitors of its minutes before this one are in its url cells;
     /// those of its later minutes still in memory are only in theirs, and every read adds
-    /// them (`Aggregates::fold_url_visitors`). Not stored: 0 (nothing folded) is always
+    /// them (`Aggregates::fold_visitors`). Not stored: 0 (nothing folded) is always
     /// right, folding again being a union.
     pub folded_upto: i64,
 }
@@ -155,8 +155,9 @@ impl Bucket {
         }
     }
 
-    /// Adds the url visitors of `o` alone (a minute its hour has not folded yet).
-    pub fn merge_url_visitors(&mut self, o: &Bucket) {
+    /// Adds the url and profile visitors of `o` alone (a minute its hour has not folded
+    /// yet).
+    pub fn merge_visitors(&mut self, o: &Bucket) {
         for (id, c) in o.urls.iter().filter(|(_, c)| !c.visitors.is_empty()) {
             self.urls
                 .entry(*id)
@@ -164,6 +165,19 @@ impl Bucket {
                 .visitors
                 .merge(&c.visitors);
         }
+        for (id, c) in o.profiles.iter().filter(|(_, c)| !c.visitors.is_empty()) {
+            self.profiles
+                .entry(*id)
+                .or_default()
+                .visitors
+                .merge(&c.visitors);
+        }
+    }
+
+    /// Whether any url or profile cell holds visitors (what folding a minute adds).
+    pub fn has_visitors(&self) -> bool {
+        self.urls.values().any(|c| !c.visitors.is_empty())
+            || self.profiles.values().any(|c| !c.visitors.is_empty())
     }
 
     /// Whether it holds no cell at all.

@@ -208,12 +208,13 @@ impl Aggregates {
         let mut views: HashMap<u32, u64> = HashMap::new();
         let mut unions: HashMap<u32, VisitorUnion<'_>> = HashMap::new();
         for part in self.parts(from, to) {
+            // A minute its hour has not folded gives its visitors alone (`fold_visitors`).
+            let counts = !matches!(part, PartRef::Visitors(_));
             let cells: Box<dyn Iterator<Item = (u32, Cow<'_, super::UrlCell>)>> = match part {
-                PartRef::Mem(b) => {
+                PartRef::Mem(b) | PartRef::Visitors(b) => {
                     Box::new(b.profiles.iter().map(|(&id, c)| (id, Cow::Borrowed(c))))
                 }
                 PartRef::File(f) => Box::new(f.profiles().map(|(id, c)| (id, Cow::Owned(c)))),
-                PartRef::Visitors(_) => continue,
             };
             for (id, c) in cells {
                 if !p.passes(id, site_id, human, &is) {
@@ -222,7 +223,10 @@ impl Aggregates {
                 let Some(&v) = p.values.get(id as usize).and_then(|vals| vals.get(dim)) else {
                     continue;
                 };
-                *views.entry(v).or_default() += u64::from(c.views);
+                let n = views.entry(v).or_default();
+                if counts {
+                    *n += u64::from(c.views);
+                }
                 let visitors = match c {
                     Cow::Borrowed(c) => Cow::Borrowed(&c.visitors),
                     Cow::Owned(c) => Cow::Owned(c.visitors),

@@ -12,7 +12,7 @@
 //! Every increment updates its minute bucket (while inside `minute_window`) and its hour
 //! bucket; counts are commutative, so late events need no watermark. A url's visitors are the
 //! exception: the hot path adds them to the minute alone, the ticker folds each ended minute
-//! into its hour ([`Aggregates::fold_url_visitors`]), and a read of an hour adds the minutes it
+//! into its hour ([`Aggregates::fold_visitors`]), and a read of an hour adds the minutes it
 //! has not folded yet. Days are not counted on
 //! the hot path: a closed day is the merge of its hours, made when the checkpoint seals it
 //! ([`sealed`]); closed hours and days then live in immutable mapped files, and what arrives
@@ -46,7 +46,7 @@ use topn::Ranked;
 use visits::{Delta, VisitCounts, VisitSettings, Visits};
 
 /// Minute buckets of url visitors one tick folds into their hours at most
-/// ([`Aggregates::fold_url_visitors`]).
+/// ([`Aggregates::fold_visitors`]).
 pub const FOLD_BUDGET: usize = 30;
 
 /// A resolution of the aggregates.
@@ -984,7 +984,7 @@ impl Aggregates {
                 let mut in_minute = false;
                 self.each_bucket(inc, now_min, |b, res| {
                     // The minute's cell alone takes the visitor when its hour has not folded
-                    // that minute yet (`fold_url_visitors`: reads add those minutes).
+                    // that minute yet (`fold_visitors`: reads add those minutes).
                     let folded = inc.minute < b.folded_upto;
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
@@ -1016,13 +1016,24 @@ impl Aggregates {
             IncKind::Profile => {
                 let (s, _) = self.sites.intern(site);
                 let id = self.profiles.intern(s, site, key);
-                let visitor = inc.has_vid.then_some(inc.vid);
-                self.each_bucket(inc, now_min, |b, _| {
+                // Visitors as a url's (see `IncKind::Url` above): into the minute alone
+                // while its hour has not folded it.
+                let mut visitor = inc.has_vid.then_some(inc.vid);
+                let mut finest = true;
+                let mut in_minute = false;
+                self.each_bucket(inc, now_min, |b, res| {
+                    let folded = inc.minute < b.folded_upto;
                     let c = b.profiles.entry(id).or_default();
                     c.views = c.views.saturating_add(1);
-                    if let Some(h) = visitor {
-                        c.visitors.insert_hash(h);
+                    let Some(h) = visitor else { return };
+                    in_minute |= res == Res::Minute;
+                    if res == Res::Hour && in_minute && !folded {
+                        return;
                     }
+                    if !c.visitors.insert_hash(h) && finest {
+                        visitor = None;
+                    }
+                    finest = false;
                 });
             }
             IncKind::Visitor => {
@@ -1326,7 +1337,7 @@ impl Aggregates {
             match p {
                 PartRef::Mem(b) => out.merge(b),
                 PartRef::File(f) => out.merge(&f.to_bucket()),
-                PartRef::Visitors(b) => out.merge_url_visitors(b),
+                PartRef::Visitors(b) => out.merge_visitors(b),
             }
         }
         out
@@ -1415,7 +1426,7 @@ impl Aggregates {
     /// harmless. Called by the ticker for minutes that ended (a budget per tick, so that a
     /// start's 48 hours of minutes do not stall the shard), and without a budget before
     /// minutes leave the window and before hours are sealed.
-    pub fn fold_url_visitors(&mut self, upto: i64, mut budget: usize) {
+    pub fn fold_visitors(&mut self, upto: i64, mut budget: usize) {
         let minutes = &self.minutes;
         let mut hours: Vec<(i64, &mut Bucket)> = self
             .hours
@@ -1432,8 +1443,8 @@ impl Aggregates {
                         break;
                     }
                     budget -= 1;
-                    if mb.urls.values().any(|c| !c.visitors.is_empty()) {
-                        hb.merge_url_visitors(mb);
+                    if mb.has_visitors() {
+                        hb.merge_visitors(mb);
                         // The chain must carry the hour as it now is: its minutes leave.
                         hb.dirty = true;
                     }
@@ -1450,7 +1461,7 @@ impl Aggregates {
     /// Frees the buckets that left the windows at `now_min` (their url visitors folded into
     /// their hours first); sealed files that left go to [`Aggregates::take_retired`].
     pub fn evict(&mut self, now_min: i64) {
-        self.fold_url_visitors(self.minute_floor(now_min), usize::MAX);
+        self.fold_visitors(self.minute_floor(now_min), usize::MAX);
         let (hour, day) = (
             self.hour_floor(now_min).div_euclid(60),
             self.day_floor(now_min).div_euclid(1440),
@@ -2032,7 +2043,7 @@ mod tests {
                     b.push(IncKind::Url, false, *m, 1, "a.com", u, Some(h));
                 }
                 a.apply_batch(&b, now);
-                a.fold_url_visitors(now - back, budget);
+                a.fold_visitors(now - back, budget);
             }
             let distinct = |u: &str, from: i64, to: i64| -> u64 {
                 let set: std::collections::BTreeSet<u64> = rows

@@ -130,7 +130,7 @@ impl Aggregates {
     /// the chain. Increments that arrive meanwhile land in those slots (late increments).
     fn take_seals(&mut self, now_min: i64) -> Vec<SealJob> {
         // A closed hour's minutes are out of the window: fold what of them is still here.
-        self.fold_url_visitors(self.minute_floor(now_min), usize::MAX);
+        self.fold_visitors(self.minute_floor(now_min), usize::MAX);
         let (hours, days) = self.seal_candidates(now_min);
         let mut jobs = Vec::with_capacity(hours.len() + days.len());
         for h in hours {

@@ -596,7 +596,7 @@ impl Router {
                 let clock = self.owner_clock();
                 let mut agg = self.agg.borrow_mut();
                 // The minutes that ended: their url visitors into their hours.
-                agg.fold_url_visitors(self.now_min.get() - 1, crate::agg::FOLD_BUDGET);
+                agg.fold_visitors(self.now_min.get() - 1, crate::agg::FOLD_BUDGET);
                 agg.evict(self.now_min.get());
                 if clock > 0 {
                     agg.visits.sweep(clock);

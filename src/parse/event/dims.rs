@@ -46,9 +46,11 @@ pub fn push_value(key: &mut String, value: &str) {
         key.push(SEP);
     }
     let value = value.trim();
+    // Control characters: C0 and DEL in ASCII, C1 (U+0080–U+009F) behind a 0xC2 byte.
+    let control = |b: &u8| *b < 0x20 || *b == 0x7f || *b == 0xc2;
     if value.is_empty() {
         key.push_str(NONE);
-    } else if value.chars().any(char::is_control) {
+    } else if value.as_bytes().iter().any(control) && value.chars().any(char::is_control) {
         key.extend(value.chars().map(|c| if c.is_control() { ' ' } else { c }));
     } else {
         key.push_str(value);
