@@ -310,10 +310,10 @@
 
   // Per-page sparklines: one series per listed page, refreshed when the list or the range
   // changes, else at most every 15 s.
-  // In the realtime view, snapshots arrive every few seconds: the lists at most every 15 s.
+  // In the realtime view, snapshots arrive every few seconds: the lists at most every 5 s.
   let dimsAt = 0;
   function loadDimsThrottled() {
-    if (Date.now() - dimsAt < SPARK_MIN_MS) return null;
+    if (Date.now() - dimsAt < 5000) return null;
     dimsAt = Date.now();
     return loadDims();
   }

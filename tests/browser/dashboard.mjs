@@ -76,6 +76,19 @@ async function compareWithApi(page, step, label) {
   assert.equal(ts.points.length, (s.to - s.from) / perStep, `${label}: not one point per bucket`);
   assert.equal(s.chartViews, sum.views, `${label}: the chart's views do not add up to the headline`);
   ok(`${label}: chart has one point per ${step} bucket (${s.points})`);
+  // Channels and devices: the lists show /v1/top?dim= of the same range.
+  for (const [id, dim] of [['top-channels', 'channel'], ['top-devices', 'device']]) {
+    const want = (await api(`/v1/top?dim=${dim}&limit=10&${range}`)).items;
+    // The realtime view refreshes these lists at most every 5 s.
+    await page.waitForFunction(([id, w]) => JSON.stringify([...document.querySelectorAll(`#${id} li`)]
+      .map((li) => [li.dataset.key, Number(li.dataset.views)])) === w,
+    [id, JSON.stringify(want.map((it) => [it.key, it.views]))], { timeout: 20000 }).catch(() => {});
+    const got = await page.evaluate((id) => [...document.querySelectorAll(`#${id} li`)]
+      .map((li) => ({ key: li.dataset.key, views: Number(li.dataset.views) })), id);
+    assert.deepEqual(got, want.map((it) => ({ key: it.key, views: it.views })), `${label}: ${dim} list differs from /v1/top`);
+    assert.ok(got.length > 0, `${label}: no ${dim} shown`);
+    ok(`${label}: ${got.length} ${dim} values = /v1/top?dim=${dim}`);
+  }
   return s;
 }
 
