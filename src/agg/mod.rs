@@ -633,6 +633,41 @@ fn visit_delta(b: &mut Bucket, s: u32, d: &Delta) {
     }
 }
 
+/// How one increment's visitor goes into the url or profile cells of its buckets (minute,
+/// then hour, then day): the minute's cell alone takes it while the hour has not folded that
+/// minute (`fold_visitors`: reads add those minutes), and a visitor the finest bucket knew
+/// already is in the coarser ones (each of them took every insert the finer one took, holds it
+/// in its sealed part or reads it from its minutes), which are left alone.
+struct MinuteVisitor {
+    hash: Option<u64>,
+    finest: bool,
+    in_minute: bool,
+}
+
+impl MinuteVisitor {
+    fn new(hash: Option<u64>) -> Self {
+        MinuteVisitor {
+            hash,
+            finest: true,
+            in_minute: false,
+        }
+    }
+
+    /// Inserts the visitor into `v`, the cell of a bucket at `res` (`folded`: an hour that
+    /// has folded the increment's minute), as the rule above says.
+    fn insert(&mut self, v: &mut Visitors, res: Res, folded: bool) {
+        let Some(h) = self.hash else { return };
+        self.in_minute |= res == Res::Minute;
+        if res == Res::Hour && self.in_minute && !folded {
+            return;
+        }
+        if !v.insert_hash(h) && self.finest {
+            self.hash = None;
+        }
+        self.finest = false;
+    }
+}
+
 /// A profile cell as one line of text (what `pixeld check --aggregates` compares): its name
 /// with the separators shown as ` | `.
 pub fn profile_line(name: &str, c: &UrlCell) -> String {
@@ -979,29 +1014,15 @@ impl Aggregates {
         match inc.kind {
             IncKind::Url => {
                 let id = self.intern_url(key, site);
-                let mut visitor = (inc.has_vid && self.cfg.url_visitors).then_some(inc.vid);
-                let mut finest = true;
-                let mut in_minute = false;
+                let mut visitor =
+                    MinuteVisitor::new((inc.has_vid && self.cfg.url_visitors).then_some(inc.vid));
                 self.each_bucket(inc, now_min, |b, res| {
-                    // The minute's cell alone takes the visitor when its hour has not folded
-                    // that minute yet (`fold_visitors`: reads add those minutes).
                     let folded = inc.minute < b.folded_upto;
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1);
                     c.engaged = c.engaged.saturating_add(inc.engaged);
-                    let Some(h) = visitor else { return };
-                    in_minute |= res == Res::Minute;
-                    if res == Res::Hour && in_minute && !folded {
-                        return;
-                    }
-                    // A visitor the finest bucket knew already is in the coarser ones (each
-                    // of them took every insert the finer one took, holds it in its sealed
-                    // part or reads it from its minutes): they are left alone.
-                    if !c.visitors.insert_hash(h) && finest {
-                        visitor = None;
-                    }
-                    finest = false;
+                    visitor.insert(&mut c.visitors, res, folded);
                 });
             }
             IncKind::Ref => {
@@ -1016,24 +1037,12 @@ impl Aggregates {
             IncKind::Profile => {
                 let (s, _) = self.sites.intern(site);
                 let id = self.profiles.intern(s, site, key);
-                // Visitors as a url's (see `IncKind::Url` above): into the minute alone
-                // while its hour has not folded it.
-                let mut visitor = inc.has_vid.then_some(inc.vid);
-                let mut finest = true;
-                let mut in_minute = false;
+                let mut visitor = MinuteVisitor::new(inc.has_vid.then_some(inc.vid));
                 self.each_bucket(inc, now_min, |b, res| {
                     let folded = inc.minute < b.folded_upto;
                     let c = b.profiles.entry(id).or_default();
                     c.views = c.views.saturating_add(1);
-                    let Some(h) = visitor else { return };
-                    in_minute |= res == Res::Minute;
-                    if res == Res::Hour && in_minute && !folded {
-                        return;
-                    }
-                    if !c.visitors.insert_hash(h) && finest {
-                        visitor = None;
-                    }
-                    finest = false;
+                    visitor.insert(&mut c.visitors, res, folded);
                 });
             }
             IncKind::Visitor => {
