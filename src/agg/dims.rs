@@ -169,19 +169,30 @@ impl Profiles {
 }
 
 impl Aggregates {
-    /// This shard's pageviews and visitors by value of dimension `dim` over `from..to`,
-    /// optionally of one site, counting the profiles that pass `filter`.
+    /// This shard's pageviews and visitors by value of dimension `dims[0]` (by pair of
+    /// values when `dims` names two: the row's key is the two joined by [`SEP`]) over
+    /// `from..to`, optionally of one site, counting the profiles that pass `filter`.
     pub fn breakdown(
         &self,
-        dim: usize,
+        dims: &[usize],
         from: i64,
         to: i64,
         site: Option<&str>,
         filter: &DimFilter,
     ) -> Vec<DimRow> {
         let p = &self.profiles;
-        let Some(values) = p.dim_values.get(dim) else {
+        let (Some(&dim), Some(values)) = (
+            dims.first(),
+            dims.first().and_then(|d| p.dim_values.get(*d)),
+        ) else {
             return Vec::new();
+        };
+        let second = match dims.get(1) {
+            Some(d) => match p.dim_values.get(*d) {
+                Some(names) => Some((*d, names)),
+                None => return Vec::new(),
+            },
+            None => None,
         };
         let site_id = match site {
             Some(s) => match self.sites.get(s) {
@@ -190,7 +201,8 @@ impl Aggregates {
             },
             None => None,
         };
-        let bot_filtered = dim == dims::BOT || filter.is.iter().any(|(d, _)| *d == dims::BOT);
+        let bot_filtered =
+            dims.contains(&dims::BOT) || filter.is.iter().any(|(d, _)| *d == dims::BOT);
         let human = if filter.bots || bot_filtered {
             None
         } else {
@@ -205,8 +217,9 @@ impl Aggregates {
             .iter()
             .map(|(d, v)| (*d, p.dim_values.get(*d).and_then(|n| n.get(v))))
             .collect();
-        let mut views: HashMap<u32, u64> = HashMap::new();
-        let mut unions: HashMap<u32, VisitorUnion<'_>> = HashMap::new();
+        // Rows by value id (and the second dimension's value id, or 0).
+        let mut views: HashMap<(u32, u32), u64> = HashMap::new();
+        let mut unions: HashMap<(u32, u32), VisitorUnion<'_>> = HashMap::new();
         for part in self.parts(from, to) {
             // A minute its hour has not folded gives its visitors alone (`fold_visitors`).
             let counts = !matches!(part, PartRef::Visitors(_));
@@ -220,9 +233,16 @@ impl Aggregates {
                 if !p.passes(id, site_id, human, &is) {
                     continue;
                 }
-                let Some(&v) = p.values.get(id as usize).and_then(|vals| vals.get(dim)) else {
+                let Some(vals) = p.values.get(id as usize) else {
                     continue;
                 };
+                let (Some(&a), b) = (
+                    vals.get(dim),
+                    second.and_then(|(d, _)| vals.get(d).copied()),
+                ) else {
+                    continue;
+                };
+                let v = (a, b.unwrap_or(0));
                 let n = views.entry(v).or_default();
                 if counts {
                     *n += u64::from(c.views);
@@ -238,8 +258,13 @@ impl Aggregates {
             .into_iter()
             .map(|(v, n)| {
                 let (visitors, sketched) = unions.get(&v).map_or((0, false), |u| u.count());
+                let mut key = values.name(v.0).to_string();
+                if let Some((_, names)) = second {
+                    key.push(SEP);
+                    key.push_str(names.name(v.1));
+                }
                 DimRow {
-                    key: values.name(v).to_string(),
+                    key,
                     views: n,
                     visitors,
                     sketched,

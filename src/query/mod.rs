@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use crate::agg::dims::{DimFilter, DimRow};
 use crate::agg::topn::{self, Ranked};
 use crate::agg::{Aggregates, Dim, Totals};
+use crate::parse::event::dims::{DIMS, SEP};
 use params::{minute_rfc3339, step_name, BadParam, Range, Request};
 
 /// How long a query waits for the other shards.
@@ -61,7 +62,8 @@ pub enum Op {
     },
     /// Pageviews and visitors by value of a pageview dimension (`agg::dims`).
     Breakdown {
-        dim: usize,
+        /// One dimension, or two for rows by pair of values.
+        dims: Vec<usize>,
         range: Range,
         site: Option<String>,
         filter: DimFilter,
@@ -104,12 +106,12 @@ impl Op {
                 Part::UrlStats(agg.url_stats(range.from, range.to, urls, site.as_deref()))
             }
             Op::Breakdown {
-                dim,
+                dims,
                 range,
                 site,
                 filter,
             } => {
-                Part::Breakdown(agg.breakdown(*dim, range.from, range.to, site.as_deref(), filter))
+                Part::Breakdown(agg.breakdown(dims, range.from, range.to, site.as_deref(), filter))
             }
             Op::Series {
                 range,
@@ -422,7 +424,7 @@ impl Hub {
     pub async fn answer(&self, req: Request) -> Result<String, QueryError> {
         match req {
             Request::Breakdown {
-                dim,
+                dims,
                 range,
                 site,
                 limit,
@@ -431,7 +433,7 @@ impl Hub {
             } => {
                 let parts = self
                     .run(vec![Op::Breakdown {
-                        dim,
+                        dims: dims.clone(),
                         range,
                         site: site.clone(),
                         filter: filter.clone(),
@@ -455,22 +457,28 @@ impl Hub {
                 let items: Vec<Value> = rows
                     .iter()
                     .map(|r| {
+                        // A pair of values as a two-element array.
+                        let key = if dims.len() == 2 {
+                            json!(r.key.split(SEP).collect::<Vec<&str>>())
+                        } else {
+                            json!(r.key)
+                        };
                         json!({
-                            "key": r.key,
+                            "key": key,
                             "views": r.views,
                             "visitors": r.visitors,
                             "visitors_sketched": r.sketched,
                         })
                     })
                     .collect();
-                let dims = crate::parse::event::dims::DIMS;
+                let name = |d: &usize| DIMS.get(*d).copied().unwrap_or("");
                 let filters: serde_json::Map<String, Value> = filter
                     .is
                     .iter()
-                    .map(|(d, v)| (dims.get(*d).copied().unwrap_or("").to_string(), json!(v)))
+                    .map(|(d, v)| (name(d).to_string(), json!(v)))
                     .collect();
                 Ok(json!({
-                    "dim": dims.get(dim).copied().unwrap_or(""),
+                    "dim": dims.iter().map(name).collect::<Vec<&str>>().join(","),
                     "from": minute_rfc3339(range.from),
                     "to": minute_rfc3339(range.to),
                     "site": site,

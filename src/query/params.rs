@@ -52,8 +52,8 @@ pub enum Request {
     },
     /// A top list of a pageview dimension (`agg::dims`): `/v1/top?dim=channel` and the like.
     Breakdown {
-        /// Position in `parse::event::dims::DIMS`.
-        dim: usize,
+        /// Positions in `parse::event::dims::DIMS`: one, or two for rows by pair of values.
+        dims: Vec<usize>,
         range: Range,
         site: Option<String>,
         limit: usize,
@@ -260,8 +260,8 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
             "dim", "from", "to", "limit", "site", "sort", "filter", "bots",
         ],
     )?;
-    if let Some(d) = p.get("dim").and_then(|d| dim_index(d)) {
-        return parse_breakdown(d, &p, now_ms, cfg);
+    if let Some(dims) = p.get("dim").and_then(|d| dims_of(d)) {
+        return parse_breakdown(dims?, &p, now_ms, cfg);
     }
     for k in ["filter", "bots"] {
         if p.contains_key(k) {
@@ -331,8 +331,33 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
 /// `/v1/top` of a pageview dimension: `filter=dim:value,dim:value` (every pair must match),
 /// `bots=include|exclude` (default exclude; a `bot` breakdown or filter sees them anyway),
 /// `sort=views|visitors`.
+/// `dim=` naming one pageview dimension or two (`channel,device`): their positions, an error
+/// naming the trouble for a list that is not one or two of them; None when it names none (a
+/// url, referrer or site list).
+fn dims_of(text: &str) -> Option<Result<Vec<usize>, BadParam>> {
+    let names: Vec<&str> = text.split(',').map(str::trim).collect();
+    let found: Vec<Option<usize>> = names.iter().map(|n| dim_index(n)).collect();
+    if found.iter().all(Option::is_none) {
+        return None;
+    }
+    let dims: Vec<usize> = found.iter().flatten().copied().collect();
+    Some(
+        if dims.len() != names.len() || dims.len() > 2 || dims.first() == dims.get(1) {
+            Err(bad(
+                "dim",
+                format!(
+                "`{text}`: one or two different pageview dimensions (e.g. channel,device) of {}",
+                DIMS.join(", ")
+            ),
+            ))
+        } else {
+            Ok(dims)
+        },
+    )
+}
+
 fn parse_breakdown(
-    dim: usize,
+    dims: Vec<usize>,
     p: &HashMap<String, String>,
     now_ms: i64,
     cfg: &AggConfig,
@@ -366,12 +391,12 @@ fn parse_breakdown(
         Some(other) => {
             return Err(bad(
                 "sort",
-                format!("`{other}`: views or visitors for dim={}", DIMS[dim]),
+                format!("`{other}`: views or visitors for a pageview dimension"),
             ))
         }
     };
     Ok(Request::Breakdown {
-        dim,
+        dims,
         range: range(p, now_ms, cfg, "-1h")?,
         site: site(p)?,
         limit: number(p, "limit", 10, MAX_LIMIT as i64)? as usize,

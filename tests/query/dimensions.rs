@@ -217,8 +217,19 @@ fn model(
     filter: &[(usize, &str)],
     bots: bool,
 ) -> BTreeMap<String, (u64, u64)> {
+    model_by(views, &[d], site, filter, bots)
+}
+
+/// [`model`] by the values of one or two dimensions (keys joined by " / ").
+fn model_by(
+    views: &[View],
+    ds: &[usize],
+    site: Option<&str>,
+    filter: &[(usize, &str)],
+    bots: bool,
+) -> BTreeMap<String, (u64, u64)> {
     let mut acc: BTreeMap<String, (u64, BTreeSet<&str>)> = BTreeMap::new();
-    let bot_dim = d == 8 || filter.iter().any(|(f, _)| *f == 8);
+    let bot_dim = ds.contains(&8) || filter.iter().any(|(f, _)| *f == 8);
     for v in views {
         if site.is_some_and(|s| s != v.site)
             || (v.bot && !bots && !bot_dim)
@@ -228,11 +239,17 @@ fn model(
         }
         // A bot's device is "bot"; its browser, OS and name are pixeld's reading, not the
         // set's: the model counts bots only where it knows their value.
-        let key = if v.bot && matches!(d, 6..=8) {
-            "(a bot)".to_string()
-        } else {
-            v.dims[d].clone()
-        };
+        let key = ds
+            .iter()
+            .map(|&d| {
+                if v.bot && matches!(d, 6..=8) {
+                    "(a bot)".to_string()
+                } else {
+                    v.dims[d].clone()
+                }
+            })
+            .collect::<Vec<String>>()
+            .join(" / ");
         let e = acc.entry(key).or_default();
         e.0 += 1;
         e.1.insert(&v.vid);
@@ -256,7 +273,15 @@ fn answer(port: u16, query: &str, bot_names: &BTreeSet<String>) -> BTreeMap<Stri
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for it in v["items"].as_array().unwrap() {
         assert_eq!(it["visitors_sketched"], false, "{query}");
-        let key = it["key"].as_str().unwrap().to_string();
+        // One dimension: a string; two: a pair.
+        let key = match &it["key"] {
+            Value::Array(pair) => pair
+                .iter()
+                .map(|k| k.as_str().unwrap())
+                .collect::<Vec<&str>>()
+                .join(" / "),
+            k => k.as_str().unwrap().to_string(),
+        };
         let key = if bot_names.contains(&key) {
             "(a bot)".to_string()
         } else {
@@ -340,6 +365,22 @@ fn check_all(port: u16, views: &[View], phase: &str) {
         vec![(0, "paid")],
         false,
     ));
+    // By pairs of values.
+    for (q, ds, site, filter) in [
+        ("dim=channel,device", vec![0, 5], None, vec![]),
+        (
+            "dim=device,browser&filter=channel:search&site=news.example&sort=visitors",
+            vec![5, 6],
+            Some("news.example"),
+            vec![(0, "search")],
+        ),
+        ("dim=utm_medium,os", vec![3, 7], None, vec![]),
+    ] {
+        let want = model_by(views, &ds, site, &filter, false);
+        let got = answer(port, q, &BTreeSet::new());
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "{phase}: /v1/top?{q}");
+    }
     for (q, d, site, filter, bots) in &cases {
         // The names pixeld gives bots (never a human's value: checked by the labelled set).
         let names: BTreeSet<String> = if matches!(d, 6..=8) {

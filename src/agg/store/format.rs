@@ -380,7 +380,7 @@ pub(crate) mod tests {
 
     fn answers(a: &Aggregates, now: i64) -> String {
         let mut channels = a.breakdown(
-            0,
+            &[0],
             now - 400,
             now + 1,
             None,
@@ -738,7 +738,7 @@ pub(crate) mod tests {
                 },
             ),
         ] {
-            let mut rows = a.breakdown(dim, now - 400, now + 1, site, &filter);
+            let mut rows = a.breakdown(&[dim], now - 400, now + 1, site, &filter);
             rows.sort_by(|x, y| x.key.cmp(&y.key));
             out.push_str(&format!("{dim} {site:?} {filter:?}: {rows:?}\n"));
         }
@@ -764,7 +764,7 @@ pub(crate) mod tests {
         assert_eq!(breakdowns(&r, now), breakdowns(&a, now));
         let rows = |agg: &Aggregates, dim, f: &crate::agg::dims::DimFilter| {
             let mut rows: Vec<(String, u64, u64)> = agg
-                .breakdown(dim, now - 400, now + 1, None, f)
+                .breakdown(&[dim], now - 400, now + 1, None, f)
                 .into_iter()
                 .map(|r| (r.key, r.views, r.visitors))
                 .collect();
@@ -810,6 +810,27 @@ pub(crate) mod tests {
                 bots: false,
             };
             assert!(rows(agg, 7, &nothing).is_empty());
+            // By pair of values: channel and device.
+            let mut pairs: Vec<(String, u64, u64)> = agg
+                .breakdown(&[0, 5], now - 400, now + 1, None, &none)
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.key.replace(crate::parse::event::dims::SEP, "/"),
+                        r.views,
+                        r.visitors,
+                    )
+                })
+                .collect();
+            pairs.sort();
+            assert_eq!(
+                pairs,
+                [
+                    (s("direct/desktop"), 6, 5),
+                    (s("search/mobile"), 3, 3),
+                    (s("social/tablet"), 1, 1)
+                ]
+            );
         }
     }
 
