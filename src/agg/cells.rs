@@ -124,8 +124,8 @@ pub struct Bucket {
     pub profiles: HashMap<u32, UrlCell>,
     /// Changed since the last checkpoint (see `store`).
     pub dirty: bool,
-    /// Of an hour: the url visitors of its minutes before this one are in its url cells;
-    /// those of its later minutes still in memory are only in theirs, and every read adds
+    /// Of an hour: the url and profile visitors of its minutes before this one are in its
+    /// cells; those of its later minutes still in memory are only in theirs, and every read adds
     /// them (`Aggregates::fold_visitors`). Not stored: 0 (nothing folded) is always
     /// right, folding again being a union.
     pub folded_upto: i64,
@@ -158,20 +158,13 @@ impl Bucket {
     /// Adds the url and profile visitors of `o` alone (a minute its hour has not folded
     /// yet).
     pub fn merge_visitors(&mut self, o: &Bucket) {
-        for (id, c) in o.urls.iter().filter(|(_, c)| !c.visitors.is_empty()) {
-            self.urls
-                .entry(*id)
-                .or_default()
-                .visitors
-                .merge(&c.visitors);
+        fn merge(into: &mut HashMap<u32, UrlCell>, from: &HashMap<u32, UrlCell>) {
+            for (id, c) in from.iter().filter(|(_, c)| !c.visitors.is_empty()) {
+                into.entry(*id).or_default().visitors.merge(&c.visitors);
+            }
         }
-        for (id, c) in o.profiles.iter().filter(|(_, c)| !c.visitors.is_empty()) {
-            self.profiles
-                .entry(*id)
-                .or_default()
-                .visitors
-                .merge(&c.visitors);
-        }
+        merge(&mut self.urls, &o.urls);
+        merge(&mut self.profiles, &o.profiles);
     }
 
     /// Whether any url or profile cell holds visitors (what folding a minute adds).

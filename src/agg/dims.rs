@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use hashbrown::HashMap;
 
-use super::{Aggregates, Names, PartRef, VisitorUnion};
+use super::{visitors_of, Aggregates, Names, PartRef, VisitorUnion};
 use crate::parse::event::dims::{self, DIMS, HUMAN, SEP};
 
 /// Distinct values of one dimension an owner keeps.
@@ -27,7 +27,7 @@ pub const OTHER: &str = "(other)";
 
 /// An owner's profiles: their names (`site` [`SEP`] the key), and per profile its site and the
 /// id of each of its values.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Profiles {
     pub names: Names,
     site: Vec<u32>,
@@ -59,6 +59,19 @@ pub struct DimFilter {
     pub bots: bool,
 }
 
+impl Default for Profiles {
+    fn default() -> Self {
+        Profiles {
+            names: Names::default(),
+            site: Vec::new(),
+            values: Vec::new(),
+            dim_values: vec![Names::default(); DIMS.len()],
+            overflow: 0,
+            buf: String::new(),
+        }
+    }
+}
+
 impl Profiles {
     /// Profiles with names.
     pub fn len(&self) -> usize {
@@ -67,13 +80,6 @@ impl Profiles {
 
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
-    }
-
-    fn dim_values(&mut self) -> &mut Vec<Names> {
-        if self.dim_values.is_empty() {
-            self.dim_values = vec![Names::default(); DIMS.len()];
-        }
-        &mut self.dim_values
     }
 
     /// Indexes names `first..` (interned by a checkpoint's decoding): their sites (interned in
@@ -85,7 +91,7 @@ impl Profiles {
             self.site.push(sites.intern(site).0);
             let mut ids = [0u32; DIMS.len()];
             for (d, v) in dims::values(key).enumerate() {
-                if let (Some(slot), Some(names)) = (ids.get_mut(d), self.dim_values().get_mut(d)) {
+                if let (Some(slot), Some(names)) = (ids.get_mut(d), self.dim_values.get_mut(d)) {
                     *slot = names.intern(v).0;
                 }
             }
@@ -108,7 +114,7 @@ impl Profiles {
         let mut ids = [0u32; DIMS.len()];
         let mut overflow = 0;
         for (d, v) in dims::values(key).enumerate() {
-            let Some(names) = self.dim_values().get_mut(d) else {
+            let Some(names) = self.dim_values.get_mut(d) else {
                 continue;
             };
             let v = if names.get(v).is_some() || names.len() < VALUE_CAP {
@@ -247,11 +253,7 @@ impl Aggregates {
                 if counts {
                     *n += u64::from(c.views);
                 }
-                let visitors = match c {
-                    Cow::Borrowed(c) => Cow::Borrowed(&c.visitors),
-                    Cow::Owned(c) => Cow::Owned(c.visitors),
-                };
-                unions.entry(v).or_default().add(visitors);
+                unions.entry(v).or_default().add(visitors_of(c));
             }
         }
         views

@@ -10,8 +10,8 @@
 //! lists merge exactly (see `topn`).
 //!
 //! Every increment updates its minute bucket (while inside `minute_window`) and its hour
-//! bucket; counts are commutative, so late events need no watermark. A url's visitors are the
-//! exception: the hot path adds them to the minute alone, the ticker folds each ended minute
+//! bucket; counts are commutative, so late events need no watermark. The visitors of a url
+//! and of a profile (`dims`) are the exception: the hot path adds them to the minute alone, the ticker folds each ended minute
 //! into its hour ([`Aggregates::fold_visitors`]), and a read of an hour adds the minutes it
 //! has not folded yet. Days are not counted on
 //! the hot path: a closed day is the merge of its hours, made when the checkpoint seals it
@@ -45,7 +45,7 @@ use sealed::SealedFile;
 use topn::Ranked;
 use visits::{Delta, VisitCounts, VisitSettings, Visits};
 
-/// Minute buckets of url visitors one tick folds into their hours at most
+/// Minute buckets of url and profile visitors one tick folds into their hours at most
 /// ([`Aggregates::fold_visitors`]).
 pub const FOLD_BUDGET: usize = 30;
 

@@ -586,3 +586,27 @@ pub fn read_header(path: &Path) -> Result<format::Header, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     format::decode_header(&bytes).map_err(|e: FormatError| format!("{}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agg::AggConfig;
+
+    /// The default settings keep the fingerprint the build before dimensions wrote (read from
+    /// a checkpoint header that build, `09aa723`, wrote with the default config), so an
+    /// upgrade keeps its store; a changed User-Agent field or `agg.bots = "include"` does not.
+    #[test]
+    fn the_default_fingerprint_is_the_one_before_dimensions() {
+        let default = AggConfig::default();
+        assert_eq!(fingerprint(&default), 7_549_739_071_752_081_979);
+        let mut ua = default.clone();
+        ua.event.fields.ua = vec!["agent".into()];
+        let bots = AggConfig {
+            bots: true,
+            ..default.clone()
+        };
+        for other in [ua, bots] {
+            assert_ne!(fingerprint(&other), fingerprint(&default));
+        }
+    }
+}
