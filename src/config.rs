@@ -165,6 +165,14 @@ pub struct RawTracker {
     pub derive_visitor_ids: bool,
 }
 
+/// `[geo]`: the country database. See config/pixeld.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeo {
+    pub database: PathBuf,
+    pub reload_interval: String,
+}
+
 /// The API token as written in the file. Its `Debug` never shows it (configs get logged).
 #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -201,6 +209,7 @@ pub struct RawConfig {
     pub agg: RawAgg,
     pub dashboard: RawDashboard,
     pub tracker: RawTracker,
+    pub geo: RawGeo,
     /// `[export.kafka]`: absent = no export.
     #[serde(default)]
     pub export: crate::export::RawExport,
@@ -295,6 +304,9 @@ pub struct Config {
     pub agg: crate::agg::AggConfig,
     /// The Kafka export, when `[export.kafka]` is present.
     pub export: Option<crate::export::KafkaExportConfig>,
+    /// How often the country database's file is looked at for a new version (`[geo]`; the
+    /// database itself is `agg.event.geo`).
+    pub geo_reload_interval: Duration,
 }
 
 /// Log settings shared by every shard; [`LogTemplate::for_shard`] makes a shard's [`LogConfig`].
@@ -332,6 +344,9 @@ impl fmt::Display for Config {
         if let Some(k) = &self.export {
             write!(f, " export=kafka:{}@{}", k.topic, k.brokers)?;
         }
+        if let Some(db) = self.agg.event.geo.db() {
+            write!(f, " geo={}", db.path().display())?;
+        }
         Ok(())
     }
 }
@@ -345,7 +360,24 @@ impl Config {
         let shards = shard_count(&raw.shards, &c)?;
         let log = log_section(&raw.log, &c)?;
         let ingest = ingest_section(&raw.ingest, log.max_record_bytes, &c)?;
-        let agg = agg_section(&raw.agg, &c)?;
+        let mut agg = agg_section(&raw.agg, &c)?;
+        if !raw.geo.database.as_os_str().is_empty() {
+            // A file that cannot be read yet is not a configuration error: the status says
+            // why, the server logs it and looks again every reload_interval.
+            agg.event.geo =
+                crate::parse::geo::Geo::new(crate::parse::geo::GeoDb::open(&raw.geo.database));
+        }
+        let geo_reload_interval = c.duration(
+            "geo.reload_interval",
+            &raw.geo.reload_interval,
+            Duration::from_secs(1),
+        )?;
+        if geo_reload_interval > Duration::from_secs(7 * 86400) {
+            return Err(c.invalid(
+                "geo.reload_interval",
+                format!("is {:?}; must be at most 7d", raw.geo.reload_interval),
+            ));
+        }
         let http = c.addr("listen.http", &raw.listen.http)?;
         let http_server = crate::http::HttpConfig {
             auth_token: auth_token(&raw.auth_token, http)
@@ -356,6 +388,7 @@ impl Config {
                 100_000,
             )? as usize,
             derive_visitor_ids: raw.tracker.derive_visitor_ids,
+            geo: agg.event.geo.db().cloned(),
         };
         Ok(Config {
             shutdown_timeout: c.duration(
@@ -364,6 +397,7 @@ impl Config {
                 Duration::from_secs(1),
             )?,
             agg,
+            geo_reload_interval,
             ingest,
             http_server,
             data_dir: raw.data_dir.clone(),
@@ -725,6 +759,7 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
                 3600,
             )? as u32,
             url_keep_query: a.url_keep_query.clone(),
+            geo: crate::parse::geo::Geo::none(),
         },
         checkpoint_interval: c.duration(
             "agg.checkpoint_interval",

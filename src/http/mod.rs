@@ -50,6 +50,8 @@ pub struct HttpConfig {
     /// Derive a cookieless visitor id for pixel hits without `vid`
     /// (`tracker.derive_visitor_ids`; the salts live in `<data_dir>/tracker/`).
     pub derive_visitor_ids: bool,
+    /// The country database, for its `/metrics` (`[geo]`).
+    pub geo: Option<Arc<crate::parse::geo::GeoDb>>,
 }
 
 impl Default for HttpConfig {
@@ -58,6 +60,7 @@ impl Default for HttpConfig {
             auth_token: None,
             live_max_clients: 1000,
             derive_visitor_ids: true,
+            geo: None,
         }
     }
 }

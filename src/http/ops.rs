@@ -1,5 +1,5 @@
-//! Operations endpoints: `GET /metrics` (every shard's counters, the consumers' lag and the
-//! export's counters, in the Prometheus text format), `GET /healthz` (the process answers) and
+//! Operations endpoints: `GET /metrics` (every shard's counters, the consumers' lag, the
+//! export's counters and the country database's state, in the Prometheus text format), `GET /healthz` (the process answers) and
 //! `GET /readyz` (every shard recovered and none poisoned or out of disk; the export's state is
 //! a detail line, never a reason to be unready).
 
@@ -21,7 +21,8 @@ pub(crate) fn metrics(ctx: &HttpContext) -> Response<Full<Bytes>> {
             + &ctx
                 .export
                 .as_ref()
-                .map_or_else(String::new, |e| e.render(&ctx.log_api.durable_nexts())),
+                .map_or_else(String::new, |e| e.render(&ctx.log_api.durable_nexts()))
+            + &crate::parse::geo::GeoStatus::render(ctx.cfg.geo.as_deref()),
     )
 }
 

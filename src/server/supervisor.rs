@@ -31,6 +31,8 @@ pub enum ServeError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the country database's watcher thread: {0}")]
+    Thread(std::io::Error),
     #[error(transparent)]
     Preflight(#[from] crate::server::preflight::PreflightError),
     #[error(transparent)]
@@ -219,6 +221,10 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
         }
     });
     eprintln!("pixeld {}: starting {cfg}", env!("CARGO_PKG_VERSION"));
+    if let Some(db) = cfg.agg.event.geo.db() {
+        eprintln!("pixeld: geo: {}", db.status().describe(db.path()));
+        crate::parse::geo::watch(db, cfg.geo_reload_interval).map_err(ServeError::Thread)?;
+    }
     let shard::Started {
         handles,
         readers: log_api,

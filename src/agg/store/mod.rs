@@ -102,11 +102,23 @@ pub fn fingerprint(cfg: &AggConfig) -> u64 {
     const AGGREGATION_VERSION: u32 = 1;
     // The user agent's field names came later: the text leaves them out (so that the default
     // keeps an upgraded store) and adds them only when changed.
+    // So did the client address's names and the country database, which are left out the
+    // same way. The database is not part of it at all: a new or updated database applies to
+    // what is aggregated from then on (and to the past by `rebuild-aggregates`), it does not
+    // throw the store away.
     let mut event = cfg.event.clone();
     let ua = std::mem::take(&mut event.fields.ua);
-    let mut text = format!("v{AGGREGATION_VERSION} {event:?}").replace(", ua: []", "");
-    if ua != crate::parse::event::FieldNames::default().ua {
+    let ip = std::mem::take(&mut event.fields.ip);
+    event.geo = crate::parse::geo::Geo::none();
+    let mut text = format!("v{AGGREGATION_VERSION} {event:?}")
+        .replace(", ua: [], ip: []", "")
+        .replace(", geo: None", "");
+    let defaults = crate::parse::event::FieldNames::default();
+    if ua != defaults.ua {
         text.push_str(&format!(" ua {ua:?}"));
+    }
+    if ip != defaults.ip {
+        text.push_str(&format!(" ip {ip:?}"));
     }
     if cfg.bots {
         text.push_str(" bots counted");

@@ -18,7 +18,7 @@ pub(super) fn read_combined(
     names: &KeyTable,
     scratch: &mut Scratch,
 ) -> Result<(), EventError> {
-    let (_, rest) = line.split_once(" [").ok_or(EventError::NotAnEvent)?;
+    let (client, rest) = line.split_once(" [").ok_or(EventError::NotAnEvent)?;
     let (time_local, rest) = rest.split_once(']').ok_or(EventError::NotAnEvent)?;
     let rest = rest.strip_prefix(" \"").ok_or(EventError::NotAnEvent)?;
     // nginx writes a `"` inside the request as `\x22`, so the next quote ends it.
@@ -43,6 +43,10 @@ pub(super) fn read_combined(
         scratch.found.invalid_utf8 = true;
     }
 
+    // The line's first field is `$remote_addr`; an `ip` in the query string wins over it.
+    if let Some(addr) = client.split(' ').next() {
+        scratch.put(Field::Ip, usize::MAX - 1, Scalar::Str(addr));
+    }
     let time = &mut scratch.found.time;
     if time.claim(0) {
         time.value = match OffsetDateTime::parse(time_local, TIME_LOCAL) {

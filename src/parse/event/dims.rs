@@ -1,5 +1,5 @@
 //! The dimensions of a pageview — where it came from (channel, source, utm tags) and on what
-//! (device, browser, operating system, bot) — and the one string that carries their values
+//! (device, browser, operating system, bot, country) — and the one string that carries their values
 //! from the parser to the aggregates: the *profile key*.
 //!
 //! Every pageview has a value for every dimension (`(none)` when a utm tag is absent,
@@ -11,7 +11,7 @@
 //! in checkpoints): a dimension is only ever appended.
 
 /// The dimensions, in key order.
-pub const DIMS: [&str; 9] = [
+pub const DIMS: [&str; 10] = [
     "channel",
     "source",
     "utm_source",
@@ -21,11 +21,13 @@ pub const DIMS: [&str; 9] = [
     "browser",
     "os",
     "bot",
+    "country",
 ];
 
 /// Positions in [`DIMS`].
 pub const CHANNEL: usize = 0;
 pub const BOT: usize = 8;
+pub const COUNTRY: usize = 9;
 
 /// Separates the values of a key (a control character no value keeps: see [`push_value`]).
 pub const SEP: char = '\u{1f}';
@@ -57,10 +59,21 @@ pub fn push_value(key: &mut String, value: &str) {
     }
 }
 
-/// The values of a key, [`NONE`] for any missing at its end (a key of an older build).
+/// The value a key of an older build, written before dimension `dim` existed, stands for.
+pub fn missing_value(dim: usize) -> &'static str {
+    if dim == COUNTRY {
+        crate::parse::geo::UNKNOWN
+    } else {
+        NONE
+    }
+}
+
+/// The values of a key, those missing at its end (a key of an older build) as
+/// [`missing_value`] says.
 pub fn values(key: &str) -> impl Iterator<Item = &str> {
+    let n = key.split(SEP).count();
     key.split(SEP)
-        .chain(std::iter::repeat(NONE))
+        .chain((n..DIMS.len()).map(|d| -> &str { missing_value(d) }))
         .take(DIMS.len())
 }
 
@@ -86,7 +99,8 @@ mod tests {
                 NONE,
                 NONE,
                 NONE,
-                NONE
+                NONE,
+                crate::parse::geo::UNKNOWN,
             ]
         );
         assert_eq!(dim_index("os"), Some(7));

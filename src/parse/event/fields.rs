@@ -25,6 +25,9 @@ pub struct FieldNames {
     pub inc: Vec<String>,
     /// The User-Agent header (nginx `$http_user_agent`): device, browser, OS, bot.
     pub ua: Vec<String>,
+    /// The client address (nginx `$remote_addr`; an `X-Forwarded-For` list counts by its first
+    /// entry): the country, when `[geo]` names a database. Never stored in the aggregates.
+    pub ip: Vec<String>,
 }
 
 impl Default for FieldNames {
@@ -41,6 +44,7 @@ impl Default for FieldNames {
             action: names(&["action", "a"]),
             inc: names(&["inc"]),
             ua: names(&["ua", "user_agent", "http_user_agent"]),
+            ip: names(&["ip", "remote_addr"]),
         }
     }
 }
@@ -56,6 +60,7 @@ pub(super) enum Field {
     Action,
     Inc,
     Ua,
+    Ip,
 }
 
 impl FieldNames {
@@ -71,7 +76,7 @@ impl FieldNames {
 
     /// Every field with its names, in the order that decides which field a name shared by
     /// two fields stands for.
-    pub(super) fn fields(&self) -> [(Field, &Vec<String>); 8] {
+    pub(super) fn fields(&self) -> [(Field, &Vec<String>); 9] {
         [
             (Field::Msec, &self.msec),
             (Field::Time, &self.time),
@@ -81,6 +86,7 @@ impl FieldNames {
             (Field::Action, &self.action),
             (Field::Inc, &self.inc),
             (Field::Ua, &self.ua),
+            (Field::Ip, &self.ip),
         ]
     }
 }

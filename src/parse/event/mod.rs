@@ -73,6 +73,8 @@ pub struct EventConfig {
     /// Query parameters kept in the normalized url (in their original order); all others
     /// are dropped, so that `?utm_source=…` does not split one page into many.
     pub url_keep_query: Vec<String>,
+    /// The country database (`[geo]`), if any.
+    pub geo: crate::parse::geo::Geo,
 }
 
 impl Default for EventConfig {
@@ -81,6 +83,7 @@ impl Default for EventConfig {
             fields: FieldNames::default(),
             heartbeat_seconds: 10,
             url_keep_query: Vec::new(),
+            geo: crate::parse::geo::Geo::none(),
         }
     }
 }
@@ -228,6 +231,7 @@ struct Found {
     referrer: Slot<()>,
     vid: Slot<()>,
     ua: Slot<()>,
+    ip: Slot<()>,
     /// `None` for an unknown action.
     action: Slot<Option<Action>>,
     /// `None` when not an integer 0..=3600.
@@ -255,6 +259,7 @@ struct Scratch {
     referrer: String,
     vid: String,
     ua: String,
+    ip: String,
     /// A pageview's profile key (`dims`).
     profile: String,
     /// Percent-decoded bytes before their UTF-8 check (the combined format's query).
@@ -268,6 +273,7 @@ impl Scratch {
         self.referrer.clear();
         self.vid.clear();
         self.ua.clear();
+        self.ip.clear();
         self.profile.clear();
     }
 
@@ -343,11 +349,16 @@ impl Scratch {
                 }
                 .filter(|&n| n <= 3600)
             }
-            Field::Ua => {
+            Field::Ua | Field::Ip => {
                 let Scalar::Str(s) = value else { return };
-                if found.ua.claim(alt) {
-                    self.ua.clear();
-                    self.ua.push_str(s);
+                let (slot, out) = if field == Field::Ua {
+                    (&mut found.ua, &mut self.ua)
+                } else {
+                    (&mut found.ip, &mut self.ip)
+                };
+                if slot.claim(alt) {
+                    out.clear();
+                    out.push_str(s);
                 }
             }
             Field::Msec | Field::Time | Field::Action | Field::Inc => {}
@@ -369,12 +380,15 @@ pub struct EventParser {
     fast: bool,
     /// Urls and referrers normalised once per distinct text.
     cache: cache::NormCache,
+    /// Countries of client addresses.
+    geo: crate::parse::geo::GeoView,
 }
 
 impl EventParser {
     pub fn new(cfg: EventConfig) -> Self {
         EventParser {
             keys: KeyTable::new(&cfg.fields),
+            geo: crate::parse::geo::GeoView::new(&cfg.geo),
             cfg,
             lossy: String::new(),
             scratch: Scratch::default(),
@@ -419,6 +433,7 @@ impl EventParser {
             keys,
             fast,
             cache,
+            geo,
         } = self;
         let msg = msg.trim_ascii();
         scratch.reset();
@@ -454,7 +469,7 @@ impl EventParser {
         } else {
             read_combined(text, keys, scratch)?;
         }
-        finish(cfg, scratch, cache)
+        finish(cfg, scratch, cache, geo)
     }
 }
 
@@ -464,6 +479,7 @@ fn finish<'a>(
     cfg: &EventConfig,
     scratch: &'a mut Scratch,
     cache: &'a mut cache::NormCache,
+    geo: &mut crate::parse::geo::GeoView,
 ) -> Result<Event<'a>, EventError> {
     let found = &scratch.found;
     // Decoding never empties a non-empty value, so this is "no url or an empty one".
@@ -512,6 +528,7 @@ fn finish<'a>(
             &agent.browser,
             &agent.os,
             agent.bot.as_deref().unwrap_or(dims::HUMAN),
+            geo.country(&scratch.ip),
         ] {
             dims::push_value(p, v);
         }
@@ -652,7 +669,8 @@ mod tests {
                 "mobile",
                 "Safari",
                 "iOS",
-                dims::HUMAN
+                dims::HUMAN,
+                crate::parse::geo::UNKNOWN,
             ]
         );
         assert!(!e.bot);
@@ -678,13 +696,81 @@ mod tests {
                 "(unknown)",
                 "(unknown)",
                 "(unknown)",
-                dims::HUMAN
+                dims::HUMAN,
+                "(unknown)",
             ]
         );
         let e = p
             .parse(br#"{"url":"https://a.example/","a":"hb","ua":"curl/8.0"}"#)
             .unwrap();
         assert_eq!((e.profile, e.bot), ("", true));
+    }
+
+    /// The country comes from the client address through the configured database: the `ip`
+    /// field (or `remote_addr`, or an `X-Forwarded-For` list's first entry) of a JSON line, a
+    /// combined line's first field; `(unknown)` without a database or an address in it.
+    #[test]
+    fn country_of_a_pageview() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.mmdb");
+        crate::parse::geo::tests::write_db(
+            &path,
+            &[("192.0.2.0/24", "DE"), ("2001:db8::/32", "FR")],
+        );
+        let geo = crate::parse::geo::Geo::new(crate::parse::geo::GeoDb::open(&path));
+        let mut p = EventParser::new(EventConfig {
+            geo,
+            ..EventConfig::default()
+        });
+        let mut country = |line: &str| {
+            let e = p.parse(line.as_bytes()).unwrap();
+            dims::values(e.profile)
+                .nth(dims::COUNTRY)
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            country(r#"{"url":"https://a.example/","ip":"192.0.2.9"}"#),
+            "DE"
+        );
+        assert_eq!(
+            country(r#"{"url":"https://a.example/","remote_addr":"2001:db8::7"}"#),
+            "FR"
+        );
+        assert_eq!(
+            country(r#"{"url":"https://a.example/","ip":"2001:db8::7, 192.0.2.1"}"#),
+            "FR"
+        );
+        assert_eq!(
+            country(r#"{"url":"https://a.example/","ip":"203.0.113.1"}"#),
+            "(unknown)"
+        );
+        assert_eq!(
+            country(r#"{"url":"https://a.example/","ip":"nonsense"}"#),
+            "(unknown)"
+        );
+        assert_eq!(country(r#"{"url":"https://a.example/"}"#), "(unknown)");
+        let combined = |ip: &str, query: &str| {
+            format!(
+                r#"{ip} - - [22/Nov/2026:01:39:03 +0000] "GET /p.gif?url=https%3A%2F%2Fa.example%2F{query} HTTP/1.1" 200 43 "-" "Mozilla/5.0""#
+            )
+        };
+        assert_eq!(country(&combined("192.0.2.3", "")), "DE");
+        assert_eq!(country(&combined("192.0.2.3", "&ip=2001:db8::1")), "FR");
+        // The address is read for the country only.
+        let e = p
+            .parse(br#"{"url":"https://a.example/","ip":"192.0.2.9"}"#)
+            .unwrap();
+        assert!(!e.profile.contains("192.0.2.9"));
+        // Without a database nothing is looked up.
+        let mut p = EventParser::new(EventConfig::default());
+        let e = p
+            .parse(br#"{"url":"https://a.example/","ip":"192.0.2.9"}"#)
+            .unwrap();
+        assert_eq!(
+            dims::values(e.profile).nth(dims::COUNTRY),
+            Some("(unknown)")
+        );
     }
 
     #[test]

@@ -1,0 +1,453 @@
+//! The `country` of a pageview, from its client address and a MaxMind-format database the
+//! user supplies (`[geo] database`, e.g. GeoLite2-Country or DB-IP's Country Lite).
+//!
+//! One [`GeoDb`] per process holds the loaded database and watches its file: [`GeoDb::reload_if_changed`]
+//! (called by a background thread every `geo.reload_interval`) reads the file again when its
+//! size, time or inode changed, checks it whole (`Reader::verify`) and only then swaps it in;
+//! a missing or damaged file is reported (log and `/metrics`) and the previous database, or
+//! none, stays in use — ingest never stops for it. Each parser holds a [`GeoView`]: its own
+//! reference to the current database, refreshed when the shared generation number moves (one
+//! relaxed atomic load per lookup, no lock on the hot path), and a cache from the database's
+//! record offset to the country, so a record is decoded once per shard, not once per hit.
+//! The address itself is used for the lookup and never stored: only the country code reaches
+//! the aggregates.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use maxminddb::{PathElement, Reader};
+
+/// The country of a pageview whose address is missing, unparseable, or not in the database,
+/// and of every pageview while no database is loaded.
+pub const UNKNOWN: &str = "(unknown)";
+
+/// Why a database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GeoError {
+    #[error("cannot read the geo database {}: {source}; set geo.database to a MaxMind-format country database (e.g. GeoLite2-Country.mmdb, see README \"Countries\") or to \"\" to go without countries", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the geo database {} is not a valid MaxMind DB file ({source}); replace it with a complete copy (write a new file and rename it over the old one)", path.display())]
+    Invalid {
+        path: PathBuf,
+        source: maxminddb::MaxMindDbError,
+    },
+}
+
+/// The identity of the file a database was read from, to tell when it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime_ns: i128,
+    ino: u64,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok(Stamp {
+        len: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        ino: m.ino(),
+    })
+}
+
+/// What `/metrics` and `pixeld validate` say about the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GeoStatus {
+    /// `database_type` of the loaded database, when one is loaded.
+    pub loaded: Option<String>,
+    /// Its build time, seconds since the epoch.
+    pub build_epoch: u64,
+    /// Successful loads and failed attempts since start.
+    pub loads: u64,
+    pub failures: u64,
+    /// The last failure, while the file is still the one that failed.
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    reader: Option<Arc<Reader<Vec<u8>>>>,
+    /// The file as last looked at (loaded or failed), so a bad file is reported once.
+    seen: Option<Stamp>,
+    status: GeoStatus,
+}
+
+/// The database of one process, shared by every shard's parser.
+pub struct GeoDb {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Bumped at every successful load: parsers refresh their reference when it moves.
+    generation: AtomicU64,
+}
+
+impl GeoDb {
+    /// A database read from `path` now; a failure is kept in its status (see
+    /// [`GeoDb::status`]) and the file is tried again at the next [`GeoDb::reload_if_changed`].
+    pub fn open(path: &Path) -> Arc<GeoDb> {
+        let db = Arc::new(GeoDb {
+            path: path.to_path_buf(),
+            state: Mutex::default(),
+            generation: AtomicU64::new(0),
+        });
+        // Whatever happens is in the status.
+        let _ = db.reload_if_changed();
+        db
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn status(&self) -> GeoStatus {
+        self.state().status.clone()
+    }
+
+    /// Reads the file again if it is not the one last looked at: `None` when unchanged,
+    /// else whether the new file is now in use. A failure leaves the previous database in use.
+    pub fn reload_if_changed(&self) -> Option<Result<(), GeoError>> {
+        let now = stamp(&self.path);
+        let mut st = self.state();
+        let changed = match &now {
+            Ok(s) => st.seen != Some(*s),
+            // A file that went away: report it once, keep what is loaded.
+            Err(_) => st.seen.is_some() || st.status.loads + st.status.failures == 0,
+        };
+        if !changed {
+            return None;
+        }
+        st.seen = now.as_ref().ok().copied();
+        let loaded = now
+            .and_then(|_| std::fs::read(&self.path))
+            .map_err(|source| GeoError::Read {
+                path: self.path.clone(),
+                source,
+            })
+            .and_then(|bytes| {
+                let invalid = |source| GeoError::Invalid {
+                    path: self.path.clone(),
+                    source,
+                };
+                let reader = Reader::from_source(bytes).map_err(invalid)?;
+                reader.verify().map_err(invalid)?;
+                Ok(reader)
+            });
+        Some(match loaded {
+            Ok(reader) => {
+                st.status.loaded = Some(reader.metadata().database_type.clone());
+                st.status.build_epoch = reader.metadata().build_epoch;
+                st.status.loads += 1;
+                st.status.error = None;
+                st.reader = Some(Arc::new(reader));
+                self.generation.fetch_add(1, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                st.status.failures += 1;
+                st.status.error = Some(e.to_string());
+                Err(e)
+            }
+        })
+    }
+
+    /// The database in use and its generation.
+    fn current(&self) -> (u64, Option<Arc<Reader<Vec<u8>>>>) {
+        let st = self.state();
+        (self.generation.load(Ordering::Acquire), st.reader.clone())
+    }
+}
+
+impl GeoStatus {
+    /// The `/metrics` families of the country database (`db` = None: none configured).
+    pub fn render(db: Option<&GeoDb>) -> String {
+        use crate::metrics::prom::{Kind, Prom};
+        let st = db.map(GeoDb::status).unwrap_or_default();
+        let mut p = Prom::with_capacity(512);
+        p.gauge(
+            "pixeld_geo_database_loaded",
+            "1 when a country database ([geo] database) is in use, else 0 (countries are (unknown)).",
+            u8::from(st.loaded.is_some()),
+        )
+        .gauge(
+            "pixeld_geo_database_build_timestamp_seconds",
+            "Build time of the country database in use (0: none).",
+            st.build_epoch,
+        )
+        .rows(
+            "pixeld_geo_reloads_total",
+            Kind::Counter,
+            "Reads of the country database's file, by result (an error keeps the previous database).",
+            [
+                ("{result=\"ok\"}".to_string(), st.loads),
+                ("{result=\"error\"}".to_string(), st.failures),
+            ],
+        );
+        p.finish()
+    }
+
+    /// One line for the log.
+    pub fn describe(&self, path: &Path) -> String {
+        match (&self.loaded, &self.error) {
+            (_, Some(e)) => format!(
+                "{e}{}",
+                if self.loaded.is_some() {
+                    "; the database read before stays in use"
+                } else {
+                    "; countries are (unknown) until it can be read"
+                }
+            ),
+            (Some(kind), None) => format!(
+                "using {kind} from {} (built {})",
+                path.display(),
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.build_epoch)
+                )
+            ),
+            (None, None) => format!("{} not read yet", path.display()),
+        }
+    }
+}
+
+/// Looks at the database's file every `every` on a thread of its own, reloading it when it
+/// changed and saying so on stderr; ends when the database is dropped.
+pub fn watch(db: &Arc<GeoDb>, every: std::time::Duration) -> std::io::Result<()> {
+    let weak = Arc::downgrade(db);
+    std::thread::Builder::new()
+        .name("pixeld-geo".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(db) = weak.upgrade() else { return };
+            if db.reload_if_changed().is_some() {
+                eprintln!("pixeld: geo: {}", db.status().describe(db.path()));
+            }
+        })
+        .map(drop)
+}
+
+impl fmt::Debug for GeoDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GeoDb({})", self.path.display())
+    }
+}
+
+/// The configured database, if any: what an event configuration carries. Two handles are
+/// equal when they name the same file (what the configuration says, not what it holds).
+#[derive(Clone, Default)]
+pub struct Geo(Option<Arc<GeoDb>>);
+
+impl Geo {
+    /// No database: every country is [`UNKNOWN`].
+    pub fn none() -> Geo {
+        Geo(None)
+    }
+    pub fn new(db: Arc<GeoDb>) -> Geo {
+        Geo(Some(db))
+    }
+    pub fn db(&self) -> Option<&Arc<GeoDb>> {
+        self.0.as_ref()
+    }
+}
+
+impl PartialEq for Geo {
+    fn eq(&self, other: &Geo) -> bool {
+        self.0.as_ref().map(|d| &d.path) == other.0.as_ref().map(|d| &d.path)
+    }
+}
+impl Eq for Geo {}
+
+impl fmt::Debug for Geo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("None"),
+            Some(db) => write!(f, "{:?}", db.path),
+        }
+    }
+}
+
+/// Distinct countries a view names (a database has about 250; the cap only bounds a strange
+/// one).
+const MAX_NAMES: usize = 4096;
+
+/// One parser's access to the database.
+#[derive(Debug, Default)]
+pub struct GeoView {
+    db: Option<Arc<GeoDb>>,
+    generation: u64,
+    reader: Option<Arc<Reader<Vec<u8>>>>,
+    /// Record offset → index in `names`.
+    by_offset: HashMap<usize, u16>,
+    names: Vec<Box<str>>,
+}
+
+impl GeoView {
+    pub fn new(geo: &Geo) -> GeoView {
+        GeoView {
+            db: geo.0.clone(),
+            ..GeoView::default()
+        }
+    }
+
+    /// Whether a database is configured (loaded or not): without one no address is read.
+    pub fn configured(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// The ISO 3166 code of the country of `addr` (an address, or an `X-Forwarded-For`-style
+    /// list whose first entry is the client), or [`UNKNOWN`].
+    pub fn country(&mut self, addr: &str) -> &str {
+        let Some(db) = &self.db else { return UNKNOWN };
+        if db.generation.load(Ordering::Relaxed) != self.generation {
+            (self.generation, self.reader) = db.current();
+            self.by_offset.clear();
+            self.names.clear();
+        }
+        let Some(reader) = &self.reader else {
+            return UNKNOWN;
+        };
+        let first = addr.split(',').next().unwrap_or_default().trim();
+        let Ok(ip) = first.parse::<IpAddr>() else {
+            return UNKNOWN;
+        };
+        let Ok(found) = reader.lookup(ip) else {
+            return UNKNOWN;
+        };
+        let Some(offset) = found.offset() else {
+            return UNKNOWN;
+        };
+        let i = match self.by_offset.get(&offset) {
+            Some(&i) => i,
+            None => {
+                // GeoIP2/GeoLite2 and DB-IP: `country.iso_code`, else (an anycast or
+                // continent-level network) `registered_country.iso_code`; IPinfo: `country_code`.
+                let code = [
+                    &[PathElement::Key("country"), PathElement::Key("iso_code")][..],
+                    &[
+                        PathElement::Key("registered_country"),
+                        PathElement::Key("iso_code"),
+                    ],
+                    &[PathElement::Key("country_code")],
+                ]
+                .iter()
+                .find_map(|path| found.decode_path::<&str>(path).ok().flatten())
+                .filter(|c| !c.is_empty() && c.len() <= 8)
+                .unwrap_or(UNKNOWN);
+                let i = match self.names.iter().position(|n| **n == *code) {
+                    Some(i) => i,
+                    None if self.names.len() < MAX_NAMES => {
+                        self.names.push(code.into());
+                        self.names.len() - 1
+                    }
+                    None => return UNKNOWN,
+                };
+                // Below MAX_NAMES, so it fits.
+                let i = u16::try_from(i).unwrap_or(u16::MAX);
+                self.by_offset.insert(offset, i);
+                i
+            }
+        };
+        self.names.get(usize::from(i)).map_or(UNKNOWN, |n| n)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Writes a country database mapping each network to its code (as GeoLite2 does:
+    /// `{"country": {"iso_code": …}}`); a code starting with `reg:` is written as
+    /// `registered_country` only.
+    pub(crate) fn write_db(path: &Path, nets: &[(&str, &str)]) {
+        let mut w = mmdb_writer::Writer::builder("Test-Country")
+            .description(&[("en", "pixeld's unit tests")])
+            .build();
+        for (net, code) in nets {
+            let net: ipnet::IpNet = net.parse().expect("test network");
+            let key = if code.starts_with("reg:") {
+                "registered_country"
+            } else {
+                "country"
+            };
+            let code = code.trim_start_matches("reg:");
+            let v = serde_json::json!({ key: { "iso_code": code } });
+            w.insert(net, &v).expect("insert");
+        }
+        let bytes = w.to_bytes().expect("mmdb bytes");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).expect("write mmdb");
+        std::fs::rename(&tmp, path).expect("rename mmdb");
+    }
+
+    #[test]
+    fn countries_come_from_the_database_and_follow_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.mmdb");
+        let db = GeoDb::open(&path);
+        let st = db.status();
+        assert!(st.loaded.is_none() && st.failures == 1, "{st:?}");
+        assert!(st
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("geo.database")));
+        let mut v = GeoView::new(&Geo::new(db.clone()));
+        assert_eq!(v.country("192.0.2.1"), UNKNOWN);
+
+        write_db(
+            &path,
+            &[
+                ("192.0.2.0/24", "DE"),
+                ("198.51.100.0/24", "reg:AT"),
+                ("2001:db8::/32", "FR"),
+            ],
+        );
+        assert!(matches!(db.reload_if_changed(), Some(Ok(()))));
+        assert!(
+            db.reload_if_changed().is_none(),
+            "unchanged file, no reload"
+        );
+        assert_eq!(v.country("192.0.2.77"), "DE");
+        assert_eq!(v.country(" 192.0.2.5, 10.0.0.1"), "DE");
+        assert_eq!(v.country("198.51.100.9"), "AT");
+        assert_eq!(v.country("2001:db8::1"), "FR");
+        assert_eq!(v.country("203.0.113.1"), UNKNOWN);
+        assert_eq!(v.country("not an address"), UNKNOWN);
+        assert_eq!(v.country(""), UNKNOWN);
+
+        // A damaged replacement is refused; the loaded database stays in use.
+        std::fs::write(&path, b"garbage, not a database").expect("write");
+        assert!(matches!(
+            db.reload_if_changed(),
+            Some(Err(GeoError::Invalid { .. }))
+        ));
+        assert_eq!(v.country("192.0.2.77"), "DE");
+        let st = db.status();
+        assert_eq!((st.loads, st.failures), (1, 2));
+        assert!(st.error.is_some());
+
+        // A good one replaces it at once.
+        write_db(&path, &[("192.0.2.0/24", "CH")]);
+        assert!(matches!(db.reload_if_changed(), Some(Ok(()))));
+        assert_eq!(v.country("192.0.2.77"), "CH");
+        assert_eq!(v.country("2001:db8::1"), UNKNOWN);
+        assert_eq!(db.status().error, None);
+        assert_eq!(db.status().loaded.as_deref(), Some("Test-Country"));
+    }
+
+    #[test]
+    fn no_database_means_unknown() {
+        let mut v = GeoView::new(&Geo::none());
+        assert!(!v.configured());
+        assert_eq!(v.country("192.0.2.1"), UNKNOWN);
+        assert_eq!(Geo::none(), Geo::default());
+    }
+}
