@@ -370,7 +370,7 @@ impl Config {
         let geo_reload_interval = c.duration(
             "geo.reload_interval",
             &raw.geo.reload_interval,
-            Duration::from_secs(1),
+            Duration::from_millis(100),
         )?;
         if geo_reload_interval > Duration::from_secs(7 * 86400) {
             return Err(c.invalid(

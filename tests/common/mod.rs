@@ -155,6 +155,23 @@ pub fn check_aggregates(data: &Path, config: Option<&str>) -> (bool, String) {
     )
 }
 
+/// Writes a MaxMind-format country database to `path` (a temp file renamed over it, as
+/// geoipupdate does), each network mapped to `{"country": {"iso_code": code}}` as GeoLite2
+/// does. A `[geo] database` of pixeld can name it.
+pub fn write_country_db(path: &Path, nets: &[(&str, &str)]) {
+    let mut w = mmdb_writer::Writer::builder("Test-Country")
+        .description(&[("en", "a country database of pixeld's tests")])
+        .build();
+    for (net, code) in nets {
+        let net: ipnet::IpNet = net.parse().expect("a test network");
+        w.insert(net, &serde_json::json!({"country": {"iso_code": code}}))
+            .expect("insert a network");
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, w.to_bytes().expect("mmdb bytes")).expect("write the database");
+    std::fs::rename(&tmp, path).expect("rename the database");
+}
+
 /// Appends the lines of `file` to shard `shard`'s log under `data` with `pixeld import`
 /// (offline; each record's receive time is the import's).
 pub fn import_file(data: &Path, shard: usize, file: &Path) {

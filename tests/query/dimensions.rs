@@ -1,14 +1,15 @@
-//! Dimensions of a real `pixeld serve` (`/v1/top?dim=channel|source|utm_*|device|browser|os|bot`,
+//! Dimensions of a real `pixeld serve` (`/v1/top?dim=channel|source|utm_*|device|browser|os|bot|country`,
 //! with `filter=` and `bots=`) against an independent model: a seeded generator makes a few
 //! thousand pageviews (and heartbeats) on two sites from 400 visitors, each with a real
 //! User-Agent of the labelled set `tests/data/ua_set.tsv` (desktop, mobile, tablet and in-app
 //! browsers, crawlers and HTTP libraries), a referrer from a table (none, search engines, a
 //! social network, webmail, the same site, a blog, an Android app) and now and then utm tags
-//! (a newsletter, a paid campaign, a tag-only link), sent as JSON lines over HTTP.
+//! (a newsletter, a paid campaign, a tag-only link), and a client address in one of the
+//! networks of a country database the test writes (or in none), sent as JSON lines over HTTP.
 //!
 //! The model computes each pageview's dimensions from the table's labels — the device,
 //! browser, OS and bot flag of the set, the channel of each referrer written by hand, the utm
-//! tags as generated — never with pixeld's code, and counts pageviews and distinct visitors by
+//! tags as generated, the country of the network the test chose — never with pixeld's code, and counts pageviews and distinct visitors by
 //! value. Every dimension's list (every key) is compared for the whole range, for one site,
 //! with filters of one and two dimensions, with bots included, and the summary's pageviews
 //! (bots left out of every metric); for 1 and 3 shards, live, after a restart (SIGTERM), and
@@ -25,7 +26,7 @@ use crate::common::model::{enc, js, msec};
 use crate::common::{self, Server};
 
 const SITES: [&str; 2] = ["news.example", "shop.example"];
-const DIMS: [&str; 9] = [
+const DIMS: [&str; 10] = [
     "channel",
     "source",
     "utm_source",
@@ -35,6 +36,25 @@ const DIMS: [&str; 9] = [
     "browser",
     "os",
     "bot",
+    "country",
+];
+const COUNTRY: usize = 9;
+
+/// The test's country database: networks and their countries; an address of the last
+/// prefix is in none of them.
+const NETWORKS: [(&str, &str); 4] = [
+    ("192.0.2.0/24", "DE"),
+    ("198.51.100.0/24", "AT"),
+    ("2001:db8::/32", "FR"),
+    ("203.0.113.0/25", "US"),
+];
+/// Address prefixes of the visitors, with the country the model expects.
+const ADDRESSES: [(&str, &str); 5] = [
+    ("192.0.2.", "DE"),
+    ("198.51.100.", "AT"),
+    ("2001:db8::", "FR"),
+    ("203.0.113.", "US"),
+    ("100.64.0.", "(unknown)"),
 ];
 
 /// A labelled User-Agent.
@@ -72,7 +92,7 @@ fn agents() -> Vec<Agent> {
 struct View {
     site: &'static str,
     vid: String,
-    dims: [String; 9],
+    dims: [String; 10],
     bot: bool,
 }
 
@@ -129,6 +149,9 @@ fn generate(seed: u64, n: usize, now_ms: i64, agents: &[Agent]) -> (Vec<String>,
         let vid = format!("v{v}");
         // A visitor keeps one user agent (as a browser does).
         let agent = &agents[(v as usize * 7 + 3) % agents.len()];
+        // And one address (the US network holds hosts below 128 only).
+        let (prefix, country) = ADDRESSES[v as usize % ADDRESSES.len()];
+        let ip = format!("{prefix}{}", v % 100 + 1);
         let (rf, ref_channel, ref_source) = REFERRERS[rng.gen_range(0..REFERRERS.len())];
         let rf = rf.replace("{site}", site);
         let ref_source = ref_source.replace("{site}", site);
@@ -147,7 +170,7 @@ fn generate(seed: u64, n: usize, now_ms: i64, agents: &[Agent]) -> (Vec<String>,
         let heartbeat = rng.gen_range(0..5) == 0;
         let action = if heartbeat { "hb" } else { "pageview" };
         lines.push(format!(
-            r#"{{"msec":{},"url":"{}","urlref":"{}","vid":"{vid}","action":"{action}","ua":{},"seq":{i}}}"#,
+            r#"{{"msec":{},"url":"{}","urlref":"{}","vid":"{vid}","action":"{action}","ua":{},"ip":"{ip}","seq":{i}}}"#,
             msec(ts),
             enc(&url),
             enc(&rf),
@@ -202,6 +225,7 @@ fn generate(seed: u64, n: usize, now_ms: i64, agents: &[Agent]) -> (Vec<String>,
                 browser,
                 os,
                 bot,
+                country.to_string(),
             ],
             bot: agent.bot,
         });
@@ -359,6 +383,20 @@ fn check_all(port: u16, views: &[View], phase: &str) {
     cases.push(("dim=channel&bots=include".into(), 0, None, vec![], true));
     cases.push(("dim=device&bots=include".into(), 5, None, vec![], true));
     cases.push((
+        "dim=device&filter=country:DE".into(),
+        5,
+        None,
+        vec![(COUNTRY, "DE")],
+        false,
+    ));
+    cases.push((
+        "dim=country&filter=device:mobile&bots=include".into(),
+        COUNTRY,
+        None,
+        vec![(5, "mobile")],
+        true,
+    ));
+    cases.push((
         "dim=os&filter=channel:paid".into(),
         7,
         None,
@@ -375,6 +413,7 @@ fn check_all(port: u16, views: &[View], phase: &str) {
             vec![(0, "search")],
         ),
         ("dim=utm_medium,os", vec![3, 7], None, vec![]),
+        ("dim=country,channel", vec![COUNTRY, 0], None, vec![]),
     ] {
         let want = model_by(views, &ds, site, &filter, false);
         let got = answer(port, q, &BTreeSet::new());
@@ -399,7 +438,7 @@ fn check_all(port: u16, views: &[View], phase: &str) {
     let humans = views.iter().filter(|v| !v.bot).count() as u64;
     assert_eq!(v["views"].as_u64(), Some(humans), "{phase}: summary views");
     // Every dimension adds up to the same pageviews.
-    for d in 0..DIMS.len() - 1 {
+    for d in (0..DIMS.len()).filter(|&d| d != 8) {
         let total: u64 = model(views, d, None, &[], false)
             .values()
             .map(|x| x.0)
@@ -411,10 +450,18 @@ fn check_all(port: u16, views: &[View], phase: &str) {
 fn scenario(shards: usize, seed: u64) {
     let agents = agents();
     let data = common::tempdir();
+    let geo = common::tempdir();
+    let db = geo.path().join("countries.mmdb");
+    common::write_country_db(&db, &NETWORKS);
+    let config = format!("[geo]\ndatabase = {:?}\n", db.display().to_string());
     let now = common::now_ms() as i64;
     let (lines, views) = generate(seed, 3000, now, &agents);
     assert!(views.iter().any(|v| v.bot) && views.iter().any(|v| !v.bot));
-    let mut s = Server::builder().data(data.path()).shards(shards).start();
+    let mut s = Server::builder()
+        .data(data.path())
+        .shards(shards)
+        .config(&config)
+        .start();
     s.wait_complete();
     for chunk in lines.chunks(500) {
         common::post_ndjson(s.http, chunk.iter().map(|l| l.as_bytes()));
@@ -438,19 +485,27 @@ fn scenario(shards: usize, seed: u64) {
     s.signal("TERM");
     let (code, err) = s.wait();
     assert_eq!(code, Some(0), "{err}");
-    let mut s = Server::builder().data(data.path()).shards(shards).start();
+    let mut s = Server::builder()
+        .data(data.path())
+        .shards(shards)
+        .config(&config)
+        .start();
     s.wait_complete();
     check_all(s.http, &views, "after a restart");
     // A kill: whatever the last checkpoint missed is replayed from the log.
     s.signal("KILL");
     let _ = s.wait();
-    let mut s = Server::builder().data(data.path()).shards(shards).start();
+    let mut s = Server::builder()
+        .data(data.path())
+        .shards(shards)
+        .config(&config)
+        .start();
     s.wait_complete();
     check_all(s.http, &views, "after kill -9");
     s.signal("TERM");
     let (code, err) = s.wait();
     assert_eq!(code, Some(0), "{err}");
-    let (ok, report) = common::check_aggregates(data.path(), None);
+    let (ok, report) = common::check_aggregates(data.path(), Some(&config));
     assert!(ok, "{report}");
 }
 
@@ -462,4 +517,88 @@ fn dimensions_one_shard() {
 #[test]
 fn dimensions_three_shards() {
     scenario(3, 12);
+}
+
+/// The country database follows its file: missing at start (pixeld says why, serves, counts
+/// `(unknown)`), written later (used from the next look), replaced by a damaged file (refused,
+/// reported, the previous one kept), replaced by a new version (used).
+#[test]
+fn countries_follow_the_database_file() {
+    let geo = common::tempdir();
+    let db = geo.path().join("countries.mmdb");
+    let config = format!(
+        "[geo]\ndatabase = {:?}\nreload_interval = \"100ms\"\n",
+        db.display().to_string()
+    );
+    let mut s = Server::builder().config(&config).start();
+    let said = s.wait_for("pixeld: geo:").unwrap_or_default();
+    assert!(
+        said.contains("cannot read the geo database") && said.contains("(unknown)"),
+        "{said}"
+    );
+    s.wait_complete();
+    let gauge = |port: u16, name: &str| common::metrics(port).get(name).copied().unwrap_or(-1.0);
+    assert_eq!(gauge(s.http, "pixeld_geo_database_loaded"), 0.0);
+    let now = common::now_ms() as i64;
+    let mut sent = 0u64;
+    // Sends one pageview from `ip` and answers the countries counted so far.
+    let mut hit = |port: u16, ip: &str| -> BTreeMap<String, u64> {
+        sent += 1;
+        let line = format!(
+            r#"{{"msec":{},"url":"https://a.example/","vid":"v{sent}","ip":"{ip}"}}"#,
+            msec(now - 60_000)
+        );
+        common::post_ndjson(port, [line.as_bytes()]);
+        common::wait_aggregated(port, sent, "countries");
+        let (_, body) = common::try_get(port, "/v1/top?from=-2h&dim=country");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|it| {
+                (
+                    it["key"].as_str().unwrap().to_string(),
+                    it["views"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let wait_loads = |port: u16, result: &str, n: f64| {
+        let name = format!("pixeld_geo_reloads_total{{result=\"{result}\"}}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while gauge(port, &name) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never reached {n}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assert_eq!(
+        hit(s.http, "192.0.2.1"),
+        BTreeMap::from([("(unknown)".into(), 1)])
+    );
+    common::write_country_db(&db, &[("192.0.2.0/24", "DE")]);
+    wait_loads(s.http, "ok", 1.0);
+    assert_eq!(gauge(s.http, "pixeld_geo_database_loaded"), 1.0);
+    assert!(gauge(s.http, "pixeld_geo_database_build_timestamp_seconds") > 0.0);
+    assert_eq!(
+        hit(s.http, "192.0.2.1"),
+        BTreeMap::from([("(unknown)".into(), 1), ("DE".into(), 1)])
+    );
+    // A damaged file: refused, said, and the loaded database stays in use.
+    let errors = gauge(s.http, "pixeld_geo_reloads_total{result=\"error\"}");
+    std::fs::write(&db, b"not a database").unwrap();
+    wait_loads(s.http, "error", errors + 1.0);
+    assert!(s.wait_for("not a valid MaxMind DB file").is_some());
+    assert_eq!(gauge(s.http, "pixeld_geo_database_loaded"), 1.0);
+    assert_eq!(hit(s.http, "192.0.2.1")["DE"], 2);
+    // A new version maps the network elsewhere.
+    common::write_country_db(&db, &[("192.0.2.0/24", "NL")]);
+    wait_loads(s.http, "ok", 2.0);
+    assert_eq!(hit(s.http, "192.0.2.1")["NL"], 1);
+    s.signal("TERM");
+    let (code, err) = s.wait();
+    assert_eq!(code, Some(0), "{err}");
 }
