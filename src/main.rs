@@ -244,6 +244,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (raw, origin) = RawConfig::load(config.as_deref())?;
             let cfg = Config::from_raw(&raw, &origin)?;
             println!("# {origin}: valid ({cfg})");
+            if let Some(db) = cfg.agg.event.geo.db() {
+                // Not a configuration error (serve starts and looks again), but worth saying.
+                println!("# geo: {}", db.status().describe(db.path()));
+            }
             print!("{}", raw.to_toml());
             Ok(ExitCode::SUCCESS)
         }

@@ -351,8 +351,9 @@
     renderLists();
   }
 
-  // Channels and devices (`/v1/top?dim=`, bots left out), refreshed with the sparklines.
-  const DIM_LISTS = { 'top-channels': 'channel', 'top-devices': 'device' };
+  // Channels, devices and countries (`/v1/top?dim=`, bots left out), refreshed with the
+  // sparklines.
+  const DIM_LISTS = { 'top-channels': 'channel', 'top-devices': 'device', 'top-countries': 'country' };
   async function loadDims() {
     const gen = st.live.gen;
     const range = { from: st.from, to: st.to, site: st.site, limit: 10 };

@@ -76,8 +76,8 @@ async function compareWithApi(page, step, label) {
   assert.equal(ts.points.length, (s.to - s.from) / perStep, `${label}: not one point per bucket`);
   assert.equal(s.chartViews, sum.views, `${label}: the chart's views do not add up to the headline`);
   ok(`${label}: chart has one point per ${step} bucket (${s.points})`);
-  // Channels and devices: the lists show /v1/top?dim= of the same range.
-  for (const [id, dim] of [['top-channels', 'channel'], ['top-devices', 'device']]) {
+  // Channels, devices and countries: the lists show /v1/top?dim= of the same range.
+  for (const [id, dim] of [['top-channels', 'channel'], ['top-devices', 'device'], ['top-countries', 'country']]) {
     const want = (await api(`/v1/top?dim=${dim}&limit=10&${range}`)).items;
     // The realtime view refreshes these lists at most every 5 s.
     await page.waitForFunction(([id, w]) => JSON.stringify([...document.querySelectorAll(`#${id} li`)]

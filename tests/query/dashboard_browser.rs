@@ -27,9 +27,25 @@ fn dashboard_in_headless_chromium() {
         .join("test-output");
     std::fs::create_dir_all(&out_dir).unwrap();
 
+    // A country database for the generator's addresses (203.0.113.1–250), so that the
+    // Countries card has several rows.
+    let geo = crate::common::tempdir();
+    let db = geo.path().join("countries.mmdb");
+    crate::common::write_country_db(
+        &db,
+        &[
+            ("203.0.113.0/25", "US"),
+            ("203.0.113.128/26", "DE"),
+            ("203.0.113.192/27", "FR"),
+            ("203.0.113.224/28", "BR"),
+        ],
+    );
     let mut s = Server::builder()
         .shards(2)
-        .config(&format!("auth_token = \"{TOKEN}\"\n"))
+        .config(&format!(
+            "auth_token = \"{TOKEN}\"\n[geo]\ndatabase = {:?}\n",
+            db.display().to_string()
+        ))
         .start();
     assert!(s.wait_for("ready").is_some(), "{}", s.seen.join("\n"));
     let auth = format!("Bearer {TOKEN}");
