@@ -4,6 +4,10 @@
 //! url normalization; once with 1 000 repeating lines, whose urls and referrers the parser's
 //! cache then holds, and once with 40 000 distinct ones, which miss it). Figures are ns per
 //! line via `Throughput::Elements`.
+//! The `country` group times the same lines with a random public client address each, without
+//! a country database and with one: `PIXELD_BENCH_GEO_DB=/path/GeoLite2-Country.mmdb` names a
+//! real one; without it the bench writes a synthetic database of 200 000 networks in 250
+//! countries (mmdb-writer), whose tree is about as deep as GeoLite2's.
 //! Run: `cargo bench --bench parse` (or `-- event` for the event group only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -92,6 +96,94 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    group.finish();
+    countries(c, &bare);
+}
+
+/// Country lookups: the same lines with random public addresses, without and with a database.
+fn countries(c: &mut Criterion, bare: &[Vec<u8>]) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+    let mut public_v4 = |rng: &mut rand::rngs::SmallRng| loop {
+        let a: u8 = rng.gen_range(1..224);
+        if ![10, 100, 127, 169, 172, 192, 198, 203].contains(&a) {
+            return std::net::Ipv4Addr::new(a, rng.gen(), rng.gen(), rng.gen());
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = match std::env::var_os("PIXELD_BENCH_GEO_DB") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            let mut w = mmdb_writer::Writer::builder("Synthetic-Country")
+                .description(&[("en", "pixeld's parse bench")])
+                .build();
+            for i in 0..200_000u32 {
+                let net = ipnet::Ipv4Net::new(public_v4(&mut rng), 24)
+                    .unwrap()
+                    .trunc();
+                let code = format!(
+                    "{}{}",
+                    (b'A' + (i % 25) as u8) as char,
+                    (b'A' + (i / 25 % 10) as u8) as char
+                );
+                let _ = w.insert(net, &serde_json::json!({"country": {"iso_code": code}}));
+            }
+            let path = dir.path().join("synthetic.mmdb");
+            std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
+            path
+        }
+    };
+    // 10 000 lines, each with its own address (a fifth IPv6), as many distinct visitors send.
+    let lines: Vec<Vec<u8>> = bare
+        .iter()
+        .cycle()
+        .take(10_000)
+        .map(|l| {
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(l).unwrap();
+            let ip = if rng.gen_range(0..5) == 0 {
+                std::net::Ipv6Addr::new(
+                    0x2a00 + rng.gen_range(0..0x400),
+                    rng.gen(),
+                    rng.gen(),
+                    0,
+                    0,
+                    0,
+                    0,
+                    rng.gen(),
+                )
+                .to_string()
+            } else {
+                public_v4(&mut rng).to_string()
+            };
+            v.insert("ip".into(), ip.into());
+            serde_json::to_vec(&v).unwrap()
+        })
+        .collect();
+    let mut group = c.benchmark_group("country");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    let geo = pixeld::parse::geo::GeoDb::open(&db);
+    assert!(geo.status().loaded.is_some(), "{:?}", geo.status());
+    for (name, cfg) in [
+        ("no-database", EventConfig::default()),
+        (
+            "database",
+            EventConfig {
+                geo: pixeld::parse::geo::Geo::new(geo.clone()),
+                ..EventConfig::default()
+            },
+        ),
+    ] {
+        let mut parser = EventParser::new(cfg);
+        assert!(lines.iter().all(|l| parser.parse(l).is_ok()));
+        group.bench_function(format!("{name}/10000-addresses"), |b| {
+            b.iter(|| {
+                for l in lines.iter() {
+                    let _ = black_box(parser.parse(black_box(l)));
+                }
+            })
+        });
+    }
     group.finish();
 }
 

@@ -3,7 +3,8 @@
 //!
 //! One [`GeoDb`] per process holds the loaded database and watches its file: [`GeoDb::reload_if_changed`]
 //! (called by a background thread every `geo.reload_interval`) reads the file again when its
-//! size, time or inode changed, checks it whole (`Reader::verify`) and only then swaps it in;
+//! size, time or inode changed, checks its metadata and that its first records hold
+//! countries, and only then swaps it in;
 //! a missing or damaged file is reported (log and `/metrics`) and the previous database, or
 //! none, stays in use — ingest never stops for it. Each parser holds a [`GeoView`]: its own
 //! reference to the current database, refreshed when the shared generation number moves (one
@@ -38,6 +39,32 @@ pub enum GeoError {
         path: PathBuf,
         source: maxminddb::MaxMindDbError,
     },
+    #[error("the geo database {} ({kind}) holds no country in its first {records} records; geo.database must name a country (or city) database such as GeoLite2-Country.mmdb", path.display())]
+    NoCountries {
+        path: PathBuf,
+        kind: String,
+        records: usize,
+    },
+}
+
+/// Records of a new database looked at for a country code before it is used.
+const SAMPLE: usize = 100;
+
+/// The country code of a record: GeoIP2/GeoLite2 and DB-IP write `country.iso_code`, else
+/// (an anycast or continent-level network) `registered_country.iso_code`; ip-location-db and
+/// IPinfo write `country_code`.
+fn country_code<'a, S: AsRef<[u8]>>(found: &maxminddb::LookupResult<'a, S>) -> Option<&'a str> {
+    [
+        &[PathElement::Key("country"), PathElement::Key("iso_code")][..],
+        &[
+            PathElement::Key("registered_country"),
+            PathElement::Key("iso_code"),
+        ],
+        &[PathElement::Key("country_code")],
+    ]
+    .iter()
+    .find_map(|path| found.decode_path::<&str>(path).ok().flatten())
+    .filter(|c| !c.is_empty() && c.len() <= 8)
 }
 
 /// The identity of the file a database was read from, to tell when it changed.
@@ -139,9 +166,28 @@ impl GeoDb {
                     path: self.path.clone(),
                     source,
                 };
+                // The metadata and the tree's layout are checked here (a file cut short has no
+                // metadata at its end). `Reader::verify` is not used: it refuses databases
+                // every reader serves (ip-location-db's, without a description).
                 let reader = Reader::from_source(bytes).map_err(invalid)?;
-                reader.verify().map_err(invalid)?;
-                Ok(reader)
+                // A database of something else (ASNs, say) would load and give no country:
+                // its first records must hold one.
+                let mut records = 0;
+                for found in reader
+                    .networks(maxminddb::WithinOptions::default())
+                    .map_err(invalid)?
+                    .take(SAMPLE)
+                {
+                    records += 1;
+                    if found.ok().and_then(|f| country_code(&f)).is_some() {
+                        return Ok(reader);
+                    }
+                }
+                Err(GeoError::NoCountries {
+                    path: self.path.clone(),
+                    kind: reader.metadata().database_type.clone(),
+                    records,
+                })
             });
         Some(match loaded {
             Ok(reader) => {
@@ -328,20 +374,7 @@ impl GeoView {
         let i = match self.by_offset.get(&offset) {
             Some(&i) => i,
             None => {
-                // GeoIP2/GeoLite2 and DB-IP: `country.iso_code`, else (an anycast or
-                // continent-level network) `registered_country.iso_code`; IPinfo: `country_code`.
-                let code = [
-                    &[PathElement::Key("country"), PathElement::Key("iso_code")][..],
-                    &[
-                        PathElement::Key("registered_country"),
-                        PathElement::Key("iso_code"),
-                    ],
-                    &[PathElement::Key("country_code")],
-                ]
-                .iter()
-                .find_map(|path| found.decode_path::<&str>(path).ok().flatten())
-                .filter(|c| !c.is_empty() && c.len() <= 8)
-                .unwrap_or(UNKNOWN);
+                let code = country_code(&found).unwrap_or(UNKNOWN);
                 let i = match self.names.iter().position(|n| **n == *code) {
                     Some(i) => i,
                     None if self.names.len() < MAX_NAMES => {
@@ -366,20 +399,20 @@ pub(crate) mod tests {
 
     /// Writes a country database mapping each network to its code (as GeoLite2 does:
     /// `{"country": {"iso_code": …}}`); a code starting with `reg:` is written as
-    /// `registered_country` only.
+    /// `registered_country` only, one starting with `cc:` as ip-location-db's `country_code`.
     pub(crate) fn write_db(path: &Path, nets: &[(&str, &str)]) {
         let mut w = mmdb_writer::Writer::builder("Test-Country")
             .description(&[("en", "pixeld's unit tests")])
             .build();
         for (net, code) in nets {
             let net: ipnet::IpNet = net.parse().expect("test network");
-            let key = if code.starts_with("reg:") {
-                "registered_country"
-            } else {
-                "country"
+            let v = match code.split_once(':') {
+                Some(("reg", code)) => {
+                    serde_json::json!({"registered_country": {"iso_code": code}})
+                }
+                Some(("cc", code)) => serde_json::json!({ "country_code": code }),
+                _ => serde_json::json!({"country": {"iso_code": code}}),
             };
-            let code = code.trim_start_matches("reg:");
-            let v = serde_json::json!({ key: { "iso_code": code } });
             w.insert(net, &v).expect("insert");
         }
         let bytes = w.to_bytes().expect("mmdb bytes");
@@ -408,6 +441,7 @@ pub(crate) mod tests {
                 ("192.0.2.0/24", "DE"),
                 ("198.51.100.0/24", "reg:AT"),
                 ("2001:db8::/32", "FR"),
+                ("100.64.0.0/10", "cc:NL"),
             ],
         );
         assert!(matches!(db.reload_if_changed(), Some(Ok(()))));
@@ -419,6 +453,7 @@ pub(crate) mod tests {
         assert_eq!(v.country(" 192.0.2.5, 10.0.0.1"), "DE");
         assert_eq!(v.country("198.51.100.9"), "AT");
         assert_eq!(v.country("2001:db8::1"), "FR");
+        assert_eq!(v.country("100.64.3.4"), "NL");
         assert_eq!(v.country("203.0.113.1"), UNKNOWN);
         assert_eq!(v.country("not an address"), UNKNOWN);
         assert_eq!(v.country(""), UNKNOWN);
@@ -432,7 +467,28 @@ pub(crate) mod tests {
         assert_eq!(v.country("192.0.2.77"), "DE");
         let st = db.status();
         assert_eq!((st.loads, st.failures), (1, 2));
+        assert!(st
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("not a valid MaxMind DB")));
         assert!(st.error.is_some());
+
+        // So is a database of something else.
+        let mut w = mmdb_writer::Writer::builder("Test-ASN")
+            .description(&[("en", "not countries")])
+            .build();
+        w.insert(
+            "192.0.2.0/24".parse::<ipnet::IpNet>().expect("net"),
+            &serde_json::json!({"autonomous_system_number": 64496}),
+        )
+        .expect("insert");
+        std::fs::write(&path, w.to_bytes().expect("bytes")).expect("write");
+        let r = db.reload_if_changed();
+        assert!(
+            matches!(r, Some(Err(GeoError::NoCountries { records: 1, .. }))),
+            "{r:?}"
+        );
+        assert_eq!(v.country("192.0.2.77"), "DE");
 
         // A good one replaces it at once.
         write_db(&path, &[("192.0.2.0/24", "CH")]);
