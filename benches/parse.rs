@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
 fn countries(c: &mut Criterion, bare: &[Vec<u8>]) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
-    let mut public_v4 = |rng: &mut rand::rngs::SmallRng| loop {
+    let public_v4 = |rng: &mut rand::rngs::SmallRng| loop {
         let a: u8 = rng.gen_range(1..224);
         if ![10, 100, 127, 169, 172, 192, 198, 203].contains(&a) {
             return std::net::Ipv4Addr::new(a, rng.gen(), rng.gen(), rng.gen());
