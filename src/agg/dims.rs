@@ -57,7 +57,81 @@ pub struct DimFilter {
     pub is: Vec<(usize, String)>,
     /// Whether bots' pageviews count (a `bot` breakdown or filter always sees them).
     pub bots: bool,
+    /// A condition over the values a profile must meet as well (`POST /v1/query`'s filters).
+    pub expr: Option<Filter>,
 }
+
+impl DimFilter {
+    /// Whether it says anything about dimension `dim`.
+    pub fn mentions(&self, dim: usize) -> bool {
+        self.is.iter().any(|(d, _)| *d == dim)
+            || self.expr.as_ref().is_some_and(|e| e.mentions(dim))
+    }
+}
+
+/// A condition over a pageview's dimension values (positions in `DIMS`): the filters of
+/// `POST /v1/query`. A leaf holds when the value matches any of its operands.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    Is(usize, Vec<String>),
+    IsNot(usize, Vec<String>),
+    /// Substrings, case-sensitive.
+    Contains(usize, Vec<String>),
+    /// Regular expressions, unanchored, compiled with a size limit by the caller.
+    Matches(usize, Vec<regex::Regex>),
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+    Not(Box<Filter>),
+}
+
+impl Filter {
+    /// Whether the values (`value(dim)`) meet it.
+    pub fn test<'a>(&self, value: &impl Fn(usize) -> &'a str) -> bool {
+        match self {
+            Filter::Is(d, vs) => vs.iter().any(|v| v == value(*d)),
+            Filter::IsNot(d, vs) => !vs.iter().any(|v| v == value(*d)),
+            Filter::Contains(d, vs) => vs.iter().any(|v| value(*d).contains(v.as_str())),
+            Filter::Matches(d, rs) => rs.iter().any(|r| r.is_match(value(*d))),
+            Filter::And(fs) => fs.iter().all(|f| f.test(value)),
+            Filter::Or(fs) => fs.iter().any(|f| f.test(value)),
+            Filter::Not(f) => !f.test(value),
+        }
+    }
+
+    /// Whether a leaf names dimension `dim`.
+    pub fn mentions(&self, dim: usize) -> bool {
+        match self {
+            Filter::Is(d, _)
+            | Filter::IsNot(d, _)
+            | Filter::Contains(d, _)
+            | Filter::Matches(d, _) => *d == dim,
+            Filter::And(fs) | Filter::Or(fs) => fs.iter().any(|f| f.mentions(dim)),
+            Filter::Not(f) => f.mentions(dim),
+        }
+    }
+}
+
+/// Two filters are equal when they say the same (regular expressions by their text).
+impl PartialEq for Filter {
+    fn eq(&self, other: &Filter) -> bool {
+        use Filter::*;
+        match (self, other) {
+            (Is(a, x), Is(b, y))
+            | (IsNot(a, x), IsNot(b, y))
+            | (Contains(a, x), Contains(b, y)) => a == b && x == y,
+            (Matches(a, x), Matches(b, y)) => {
+                a == b
+                    && x.iter()
+                        .map(regex::Regex::as_str)
+                        .eq(y.iter().map(regex::Regex::as_str))
+            }
+            (And(x), And(y)) | (Or(x), Or(y)) => x == y,
+            (Not(x), Not(y)) => x == y,
+            _ => false,
+        }
+    }
+}
+impl Eq for Filter {}
 
 impl Default for Profiles {
     fn default() -> Self {
@@ -176,8 +250,9 @@ impl Profiles {
 
 impl Aggregates {
     /// This shard's pageviews and visitors by value of dimension `dims[0]` (by pair of
-    /// values when `dims` names two: the row's key is the two joined by [`SEP`]) over
-    /// `from..to`, optionally of one site, counting the profiles that pass `filter`.
+    /// values when `dims` names two: the row's key is the two joined by [`SEP`]; one row
+    /// keyed "" when it names none) over `from..to`, optionally of one site, counting the
+    /// profiles that pass `filter`.
     pub fn breakdown(
         &self,
         dims: &[usize],
@@ -187,11 +262,12 @@ impl Aggregates {
         filter: &DimFilter,
     ) -> Vec<DimRow> {
         let p = &self.profiles;
-        let (Some(&dim), Some(values)) = (
-            dims.first(),
-            dims.first().and_then(|d| p.dim_values.get(*d)),
-        ) else {
-            return Vec::new();
+        let first = match dims.first() {
+            Some(d) => match p.dim_values.get(*d) {
+                Some(names) => Some((*d, names)),
+                None => return Vec::new(),
+            },
+            None => None,
         };
         let second = match dims.get(1) {
             Some(d) => match p.dim_values.get(*d) {
@@ -207,8 +283,7 @@ impl Aggregates {
             },
             None => None,
         };
-        let bot_filtered =
-            dims.contains(&dims::BOT) || filter.is.iter().any(|(d, _)| *d == dims::BOT);
+        let bot_filtered = dims.contains(&dims::BOT) || filter.mentions(dims::BOT);
         let human = if filter.bots || bot_filtered {
             None
         } else {
@@ -223,6 +298,18 @@ impl Aggregates {
             .iter()
             .map(|(d, v)| (*d, p.dim_values.get(*d).and_then(|n| n.get(v))))
             .collect();
+        // The expression, judged once per profile rather than once per cell.
+        let allowed: Option<Vec<bool>> = filter.expr.as_ref().map(|e| {
+            p.values
+                .iter()
+                .map(|ids| {
+                    e.test(&|d| match (ids.get(d), p.dim_values.get(d)) {
+                        (Some(&id), Some(names)) => names.name(id),
+                        _ => "",
+                    })
+                })
+                .collect()
+        });
         // Rows by value id (and the second dimension's value id, or 0).
         let mut views: HashMap<(u32, u32), u64> = HashMap::new();
         let mut unions: HashMap<(u32, u32), VisitorUnion<'_>> = HashMap::new();
@@ -236,19 +323,24 @@ impl Aggregates {
                 PartRef::File(f) => Box::new(f.profiles().map(|(id, c)| (id, Cow::Owned(c)))),
             };
             for (id, c) in cells {
-                if !p.passes(id, site_id, human, &is) {
+                if !p.passes(id, site_id, human, &is)
+                    || allowed
+                        .as_ref()
+                        .is_some_and(|a| a.get(id as usize) != Some(&true))
+                {
                     continue;
                 }
                 let Some(vals) = p.values.get(id as usize) else {
                     continue;
                 };
-                let (Some(&a), b) = (
-                    vals.get(dim),
-                    second.and_then(|(d, _)| vals.get(d).copied()),
-                ) else {
+                let value = |d: Option<(usize, &Names)>| match d {
+                    Some((d, _)) => vals.get(d).copied(),
+                    None => Some(0),
+                };
+                let (Some(a), Some(b)) = (value(first), value(second)) else {
                     continue;
                 };
-                let v = (a, b.unwrap_or(0));
+                let v = (a, b);
                 let n = views.entry(v).or_default();
                 if counts {
                     *n += u64::from(c.views);
@@ -260,7 +352,7 @@ impl Aggregates {
             .into_iter()
             .map(|(v, n)| {
                 let (visitors, sketched) = unions.get(&v).map_or((0, false), |u| u.count());
-                let mut key = values.name(v.0).to_string();
+                let mut key = first.map_or("", |(_, names)| names.name(v.0)).to_string();
                 if let Some((_, names)) = second {
                     key.push(SEP);
                     key.push_str(names.name(v.1));

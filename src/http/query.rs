@@ -1,9 +1,10 @@
-//! `GET /v1/top`, `/v1/timeseries`, `/v1/summary`, `/v1/realtime`: the query API. The
-//! parameters are parsed by `query::params` (400 naming the parameter), the answer is the
+//! `GET /v1/top`, `/v1/timeseries`, `/v1/summary`, `/v1/realtime`, and `POST /v1/query` (or
+//! `GET /v1/query?q=<JSON>`): the query API. The parameters are parsed by `query::params`, a
+//! structured query by `query::api` (400 naming the parameter or field), the answer is the
 //! shard's query fan-out (`query::Hub`, 503 when a shard does not answer in time). Every
 //! answer says whether the aggregates are complete (`query::with_completeness`).
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 
@@ -38,6 +39,93 @@ pub(crate) async fn query(req: &Request<Incoming>, ctx: &HttpContext) -> Respons
                     crate::metrics::aggregates_complete(&ctx.all_stats),
                     crate::metrics::catchup_records(&ctx.all_stats),
                 ),
+            ),
+            Err(e) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": e.to_string()}),
+            ),
+        },
+    };
+    ctx.ingest
+        .stats
+        .agg
+        .observe_query(started.elapsed().as_secs_f64());
+    r
+}
+
+/// The largest `POST /v1/query` body.
+const MAX_QUERY_BODY: usize = 64 * 1024;
+
+/// `POST /v1/query` with the query as its JSON body, or `GET /v1/query?q=<the same JSON>`
+/// (`query::api`): 400 naming the field for bad input or a question no precomputed cell
+/// answers, 413 for a body over 64 KiB, 503 when a shard does not answer in time.
+pub(crate) async fn structured(req: Request<Incoming>, ctx: &HttpContext) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
+    let now_ms = (now_ns() / 1_000_000) as i64;
+    let body: Result<Vec<u8>, Response<Full<Bytes>>> = if req.method() == hyper::Method::GET {
+        let mut q = None;
+        for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+            if k != "q" || q.is_some() {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": format!("parameter `{k}`: GET /v1/query takes one parameter, q=<the query as JSON>"), "param": k}),
+                );
+            }
+            q = Some(v.into_owned().into_bytes());
+        }
+        q.ok_or_else(|| {
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "GET /v1/query needs q=<the query as JSON> (or POST it as the body)", "param": "q"}),
+            )
+        })
+    } else {
+        match Limited::new(req.into_body(), MAX_QUERY_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => Ok(b.to_bytes().to_vec()),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({"error": format!("a query is at most {MAX_QUERY_BODY} bytes")}),
+                ))
+            }
+            Err(e) => Err(json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("cannot read body: {e}")}),
+            )),
+        }
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let plan = {
+        let agg = ctx.hub.agg().borrow();
+        crate::query::api::parse(&body, now_ms, &agg.cfg)
+    };
+    let r = match plan {
+        Err(e) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": e.to_string(), "param": e.param}),
+        ),
+        Ok(plan) => match ctx.hub.query(plan).await {
+            Ok(body) => response(
+                StatusCode::OK,
+                "application/json",
+                crate::query::with_completeness(
+                    body,
+                    crate::metrics::aggregates_complete(&ctx.all_stats),
+                    crate::metrics::catchup_records(&ctx.all_stats),
+                ),
+            ),
+            Err(crate::query::QueryError::BadParam(e)) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": e.to_string(), "param": e.param}),
             ),
             Err(e) => json(
                 StatusCode::SERVICE_UNAVAILABLE,

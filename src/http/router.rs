@@ -82,6 +82,7 @@ async fn handle(
         (&Method::GET, "/v1/top" | "/v1/timeseries" | "/v1/summary" | "/v1/realtime") => {
             query::query(&req, ctx).await
         }
+        (&Method::GET | &Method::POST, "/v1/query") => query::structured(req, ctx).await,
         (&Method::POST, "/v1/admin/rebuild-aggregates") => query::rebuild(&req, ctx).await,
         (&Method::GET, "/healthz") => ops::healthz(),
         (&Method::GET, "/readyz") => ops::readyz(ctx),
@@ -96,6 +97,7 @@ async fn handle(
             | "/v1/timeseries"
             | "/v1/summary"
             | "/v1/realtime"
+            | "/v1/query"
             | "/v1/admin/rebuild-aggregates",
         ) => json(
             StatusCode::METHOD_NOT_ALLOWED,

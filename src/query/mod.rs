@@ -10,6 +10,7 @@
 //! Bounded: `limit` ≤ 1000, ≤ 10 080 points, ranges inside the windows, at most
 //! `MAX_IN_FLIGHT` fan-outs per shard, and a [`TIMEOUT`] on the answers.
 
+pub mod api;
 pub mod params;
 pub mod rebuild;
 

@@ -155,8 +155,19 @@ fn range(
     cfg: &AggConfig,
     default_from: &str,
 ) -> Result<Range, BadParam> {
-    let from_ms = parse_time("from", p.get("from").map_or(default_from, |s| s), now_ms)?;
-    let to_ms = parse_time("to", p.get("to").map_or("now", |s| s), now_ms)?;
+    range_of(
+        p.get("from").map_or(default_from, |s| s),
+        p.get("to").map_or("now", |s| s),
+        now_ms,
+        cfg,
+    )
+}
+
+/// The range from `from` to `to` (in [`parse_time`]'s forms), rounded to minutes, checked
+/// against the windows at `now_ms` and widened where only coarser buckets exist.
+pub fn range_of(from: &str, to: &str, now_ms: i64, cfg: &AggConfig) -> Result<Range, BadParam> {
+    let from_ms = parse_time("from", from, now_ms)?;
+    let to_ms = parse_time("to", to, now_ms)?;
     let now_min = now_ms.div_euclid(60_000);
     let mut from = from_ms.div_euclid(60_000);
     let mut to = (to_ms + 59_999).div_euclid(60_000);
@@ -439,7 +450,32 @@ fn parse_series(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Req
                 )
             })?,
     };
-    let mut r = range(&p, now_ms, cfg, "-1h")?;
+    let r = step_range(range(&p, now_ms, cfg, "-1h")?, step, now_ms, cfg)?;
+    let url = match p.get("url") {
+        Some(u) if u.is_empty() => return Err(bad("url", "is empty")),
+        u => u.cloned(),
+    };
+    Ok(Request::Timeseries {
+        range: r,
+        step,
+        site: site(&p)?,
+        url,
+    })
+}
+
+/// The step of minutes named `name` (`1m` … `1d`).
+pub fn step_of(name: &str) -> Option<i64> {
+    STEPS.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
+}
+
+/// `r` aligned to whole steps of `step` minutes, checked: the buckets that fine must exist
+/// for the whole range, and at most [`MAX_POINTS`] steps.
+pub fn step_range(
+    mut r: Range,
+    step: i64,
+    now_ms: i64,
+    cfg: &AggConfig,
+) -> Result<Range, BadParam> {
     let now_min = now_ms.div_euclid(60_000);
     let hour_floor = (now_min.div_euclid(60) - cfg.hour_window) * 60;
     if step < 1440 && r.from < hour_floor {
@@ -473,16 +509,7 @@ fn parse_series(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Req
             ),
         ));
     }
-    let url = match p.get("url") {
-        Some(u) if u.is_empty() => return Err(bad("url", "is empty")),
-        u => u.cloned(),
-    };
-    Ok(Request::Timeseries {
-        range: r,
-        step,
-        site: site(&p)?,
-        url,
-    })
+    Ok(r)
 }
 
 /// The parameters of `GET /v1/live`: the last `minutes` (1..=60, default 30) minutes, the

@@ -735,6 +735,7 @@ pub(crate) mod tests {
                 DimFilter {
                     is: vec![(0, "search".into())],
                     bots: false,
+                    expr: None,
                 },
             ),
         ] {
@@ -803,11 +804,13 @@ pub(crate) mod tests {
             let search_os = crate::agg::dims::DimFilter {
                 is: vec![(0, s("search"))],
                 bots: false,
+                expr: None,
             };
             assert_eq!(rows(agg, 7, &search_os), [(s("iOS"), 3, 3)]);
             let nothing = crate::agg::dims::DimFilter {
                 is: vec![(0, s("paid"))],
                 bots: false,
+                expr: None,
             };
             assert!(rows(agg, 7, &nothing).is_empty());
             // By pair of values: channel and device.

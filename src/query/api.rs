@@ -1,0 +1,1218 @@
+//! `POST /v1/query` (and `GET /v1/query?q=<JSON>`): one query shape for every question the
+//! aggregates can answer, after Plausible's Stats API v2 — metrics, a date range, up to two
+//! pageview dimensions plus time, filters (`is`, `is_not`, `contains`, `matches`, combined
+//! with `and`, `or`, `not`), ordering, paging and a comparison with the previous period or
+//! the year before.
+//!
+//! A query is validated here into a [`Plan`] naming which cells answer it, then run with the
+//! same shard operations as the `GET` endpoints ([`Op`]): pageview dimensions and their
+//! filters by the *profile* cells (`agg::dims`, pageviews and distinct visitors), totals and
+//! visits by the site totals, urls, referrers, sites and entry/exit pages by their own cells.
+//! What no precomputed cell answers exactly (a visit metric by channel, a url filter beside a
+//! device breakdown) is refused with a 400 that says so; pixeld never answers it
+//! approximately. The answer states its range, whether a sketch counted visitors, and which
+//! cells it was computed from.
+
+use std::cmp::Ordering;
+
+use serde_json::{json, Map, Value};
+
+use super::params::{
+    bad, minute_rfc3339, parse_time, range_of, step_of, step_range, BadParam, Range, MAX_LIMIT,
+    STEPS,
+};
+use super::{Hub, Op, Part, QueryError};
+use crate::agg::dims::{DimFilter, Filter};
+use crate::agg::{AggConfig, Dim, Totals, UrlStats};
+use crate::parse::event::dims::{dim_index, DIMS, SEP};
+
+/// The longest `matches` pattern.
+pub const MAX_PATTERN: usize = 256;
+/// The compiled size a pattern may take (regex's `size_limit`): bounded memory and time.
+const REGEX_SIZE: usize = 1 << 20;
+/// Values, operands and sub-expressions a filter may hold in all.
+const MAX_FILTER_TERMS: usize = 1000;
+/// The largest `offset`.
+pub const MAX_OFFSET: usize = 100_000;
+/// Urls whose other metrics (visitors, engaged time, entries, exits) one answer may fetch.
+const MAX_URL_STATS: usize = 10_000;
+/// Minutes in 365 days, the shift of `year_over_year`.
+const YEAR: i64 = 365 * 1440;
+
+/// A metric of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Views,
+    Visitors,
+    Hits,
+    EngagedSeconds,
+    Visits,
+    Bounces,
+    BounceRate,
+    VisitDuration,
+    ViewsPerVisit,
+    Entries,
+    Exits,
+    AvgEngagedSeconds,
+}
+
+const METRICS: [(&str, Metric); 12] = [
+    ("views", Metric::Views),
+    ("visitors", Metric::Visitors),
+    ("hits", Metric::Hits),
+    ("engaged_seconds", Metric::EngagedSeconds),
+    ("visits", Metric::Visits),
+    ("bounces", Metric::Bounces),
+    ("bounce_rate", Metric::BounceRate),
+    ("visit_duration", Metric::VisitDuration),
+    ("views_per_visit", Metric::ViewsPerVisit),
+    ("entries", Metric::Entries),
+    ("exits", Metric::Exits),
+    ("avg_engaged_seconds", Metric::AvgEngagedSeconds),
+];
+
+impl Metric {
+    fn name(self) -> &'static str {
+        METRICS
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// A ratio, whose change is a difference, not a percentage.
+    fn is_rate(self) -> bool {
+        matches!(self, Metric::BounceRate)
+    }
+}
+
+/// A dimension of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QDim {
+    /// A pageview dimension (position in `DIMS`).
+    Profile(usize),
+    /// Time in steps of this many minutes.
+    Time(i64),
+    /// url, ref_domain, site, entry_page or exit_page.
+    Page(Dim),
+}
+
+/// Which cells answer a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Pageview dimensions and their filters: `views`, `visitors`.
+    Profiles,
+    /// Site totals (or one site's), in all or per time step: every total and visit metric.
+    Totals,
+    /// One page-like dimension, filtered on itself.
+    Pages(Dim),
+}
+
+/// A comparison period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    PreviousPeriod,
+    YearOverYear,
+}
+
+/// A validated query.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub metrics: Vec<Metric>,
+    pub dims: Vec<QDim>,
+    pub family: Family,
+    pub range: Range,
+    pub site: Option<String>,
+    /// The profile filter (family [`Family::Profiles`]).
+    pub filter: DimFilter,
+    /// The filter on a page dimension's keys (family [`Family::Pages`]).
+    pub key_filter: Option<Filter>,
+    /// (column, descending): a column is a metric's or a dimension's position.
+    pub order: Vec<(Column, bool)>,
+    pub limit: usize,
+    pub offset: usize,
+    pub compare: Option<(Compare, Range)>,
+}
+
+/// What a row is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Metric(usize),
+    Dim(usize),
+}
+
+/// The fields a query may have.
+const FIELDS: [&str; 10] = [
+    "site",
+    "site_id",
+    "metrics",
+    "date_range",
+    "dimensions",
+    "filters",
+    "order_by",
+    "limit",
+    "offset",
+    "include",
+];
+
+/// Validates a query (the JSON body of `POST /v1/query`) at `now_ms`.
+pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| bad("body", format!("not JSON: {e}")))?;
+    let Value::Object(q) = v else {
+        return Err(bad("body", "must be a JSON object"));
+    };
+    if let Some(k) = q.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(bad(
+            k,
+            format!("unknown field; a query has {}", FIELDS.join(", ")),
+        ));
+    }
+    let site = match q.get("site").or_else(|| q.get("site_id")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.to_ascii_lowercase()),
+        Some(_) => return Err(bad("site", "a non-empty string (a site's host)")),
+    };
+    let metrics = metrics(q.get("metrics"))?;
+    let dims = dimensions(q.get("dimensions"))?;
+    let include = match q.get("include") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err(bad("include", "an object")),
+    };
+    for k in include.keys() {
+        if !["comparisons", "total_rows", "bots"].contains(&k.as_str()) {
+            return Err(bad(
+                "include",
+                format!("`{k}`: include takes comparisons, total_rows and bots"),
+            ));
+        }
+    }
+    let bots = match include.get("bots") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("include", "`bots` is true or false")),
+    };
+    if !matches!(
+        include.get("total_rows"),
+        None | Some(Value::Null | Value::Bool(_))
+    ) {
+        return Err(bad("include", "`total_rows` is true or false"));
+    }
+    let compare = match include.get("comparisons") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "previous_period" => Some(Compare::PreviousPeriod),
+        Some(Value::String(s)) if s == "year_over_year" => Some(Compare::YearOverYear),
+        Some(_) => {
+            return Err(bad(
+                "include",
+                "`comparisons` is \"previous_period\" or \"year_over_year\"",
+            ))
+        }
+    };
+    let filter_expr = match q.get("filters") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(list)) if list.is_empty() => None,
+        Some(Value::Array(list)) => {
+            let mut terms = 0;
+            let mut all = list
+                .iter()
+                .map(|f| filter(f, &mut terms))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(if all.len() == 1 {
+                all.remove(0)
+            } else {
+                QFilter::And(all)
+            })
+        }
+        Some(_) => return Err(bad("filters", "a list of filters")),
+    };
+
+    // Which cells answer it.
+    let profile_dims: Vec<usize> = dims
+        .iter()
+        .filter_map(|d| match d {
+            QDim::Profile(i) => Some(*i),
+            _ => None,
+        })
+        .collect();
+    let times = dims.iter().filter(|d| matches!(d, QDim::Time(_))).count();
+    let pages: Vec<Dim> = dims
+        .iter()
+        .filter_map(|d| match d {
+            QDim::Page(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    if times > 1 {
+        return Err(bad("dimensions", "at most one time dimension"));
+    }
+    if profile_dims.len() > 2 {
+        return Err(bad(
+            "dimensions",
+            "at most two pageview dimensions (plus time): a breakdown by three is not precomputed",
+        ));
+    }
+    let not_covered = |what: &str| {
+        bad(
+            "dimensions",
+            format!("{what} is not covered by precomputed cells; answering it from the raw log is not built yet"),
+        )
+    };
+    let family = if let Some(&page) = pages.first() {
+        if dims.len() > 1 {
+            return Err(not_covered(&format!(
+                "`{}` beside another dimension",
+                page.as_str()
+            )));
+        }
+        Family::Pages(page)
+    } else if !profile_dims.is_empty()
+        || filter_expr.as_ref().is_some_and(|f| !f.names_pages())
+        || bots
+    {
+        Family::Profiles
+    } else {
+        Family::Totals
+    };
+    let (filter, key_filter) = match (family, filter_expr) {
+        (_, None) => (
+            DimFilter {
+                bots,
+                ..DimFilter::default()
+            },
+            None,
+        ),
+        (Family::Pages(page), Some(f)) => {
+            let f = f.on_page(page).ok_or_else(|| {
+                bad(
+                    "filters",
+                    format!(
+                        "with the `{}` dimension a filter may name only `{}`: any other is not covered by precomputed cells (answering it from the raw log is not built yet)",
+                        page.as_str(),
+                        page.as_str()
+                    ),
+                )
+            })?;
+            (DimFilter::default(), Some(f))
+        }
+        (_, Some(f)) => {
+            let f = f.on_profiles().ok_or_else(|| {
+                bad(
+                    "filters",
+                    format!(
+                        "a filter on url, ref_domain, site, entry_page or exit_page beside pageview dimensions is not covered by precomputed cells (answering it from the raw log is not built yet); filter on {} or query that dimension alone",
+                        DIMS.join(", ")
+                    ),
+                )
+            })?;
+            (
+                DimFilter {
+                    bots,
+                    expr: Some(f),
+                    ..DimFilter::default()
+                },
+                None,
+            )
+        }
+    };
+    for m in &metrics {
+        let ok = match family {
+            Family::Profiles => matches!(m, Metric::Views | Metric::Visitors),
+            Family::Totals => !matches!(
+                m,
+                Metric::Entries | Metric::Exits | Metric::AvgEngagedSeconds
+            ),
+            Family::Pages(Dim::Url) => matches!(
+                m,
+                Metric::Views
+                    | Metric::Visitors
+                    | Metric::Hits
+                    | Metric::EngagedSeconds
+                    | Metric::Entries
+                    | Metric::Exits
+                    | Metric::AvgEngagedSeconds
+            ),
+            Family::Pages(Dim::EntryPage) => *m == Metric::Entries,
+            Family::Pages(Dim::ExitPage) => *m == Metric::Exits,
+            Family::Pages(_) => *m == Metric::Views,
+        };
+        if !ok {
+            let cells = match family {
+                Family::Profiles => "by pageview dimension (or filtered by one) the cells hold views and visitors only",
+                Family::Totals => "entries, exits and avg_engaged_seconds are a url's: add the url dimension",
+                Family::Pages(Dim::Url) => "a url has views, visitors, hits, engaged_seconds, entries, exits and avg_engaged_seconds",
+                Family::Pages(Dim::EntryPage) => "entry pages have entries",
+                Family::Pages(Dim::ExitPage) => "exit pages have exits",
+                Family::Pages(_) => "referrers and sites have views",
+            };
+            return Err(bad(
+                "metrics",
+                format!(
+                    "`{}` is not covered by precomputed cells for this query ({cells}); answering it from the raw log is not built yet",
+                    m.name()
+                ),
+            ));
+        }
+        if !cfg.url_visitors
+            && family == Family::Pages(Dim::Url)
+            && matches!(m, Metric::Visitors | Metric::AvgEngagedSeconds)
+        {
+            return Err(bad(
+                "metrics",
+                format!(
+                    "`{}`: per-url visitors are not counted (agg.url_visitors = false)",
+                    m.name()
+                ),
+            ));
+        }
+    }
+
+    // The range, whole steps of the time dimension, and the comparison's.
+    let step = dims.iter().find_map(|d| match d {
+        QDim::Time(s) => Some(*s),
+        _ => None,
+    });
+    let (from, to) = date_range(q.get("date_range"), now_ms)?;
+    let as_range = |from: &str, to: &str| -> Result<Range, BadParam> {
+        let r = range_of(from, to, now_ms, cfg).map_err(|e| rename(e, "date_range"))?;
+        match step {
+            Some(s) => step_range(r, s, now_ms, cfg).map_err(|e| rename(e, "dimensions")),
+            None => Ok(r),
+        }
+    };
+    let range = as_range(&from, &to)?;
+    let compare = match compare {
+        None => None,
+        Some(c) => {
+            let (f, t) = match c {
+                Compare::PreviousPeriod => (2 * range.from - range.to, range.from),
+                Compare::YearOverYear => (range.from - YEAR, range.to - YEAR),
+            };
+            let epoch = |m: i64| (m * 60).to_string();
+            let r = as_range(&epoch(f), &epoch(t)).map_err(|e| {
+                bad(
+                    "include",
+                    format!(
+                        "the comparison period {} – {}: {}",
+                        minute_rfc3339(f),
+                        minute_rfc3339(t),
+                        e.reason
+                    ),
+                )
+            })?;
+            Some((c, r))
+        }
+    };
+
+    let order = order_by(q.get("order_by"), &metrics, &dims)?;
+    let number = |name: &str, default: usize, min: usize, max: usize| -> Result<usize, BadParam> {
+        match q.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| bad(name, format!("`{v}`: a whole number in {min}..={max}"))),
+        }
+    };
+    Ok(Plan {
+        limit: number("limit", 100, 1, MAX_LIMIT)?,
+        offset: number("offset", 0, 0, MAX_OFFSET)?,
+        metrics,
+        dims,
+        family,
+        range,
+        site,
+        filter,
+        key_filter,
+        order,
+        compare,
+    })
+}
+
+fn rename(mut e: BadParam, param: &str) -> BadParam {
+    e.reason = format!("{} ({})", e.reason, e.param);
+    e.param = param.to_string();
+    e
+}
+
+fn strings<'a>(v: Option<&'a Value>, field: &str) -> Result<Vec<&'a str>, BadParam> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .ok_or_else(|| bad(field, format!("`{x}` is not a string")))
+            })
+            .collect(),
+        Some(_) => Err(bad(field, "a list of strings")),
+    }
+}
+
+fn metrics(v: Option<&Value>) -> Result<Vec<Metric>, BadParam> {
+    let names = strings(v, "metrics")?;
+    if names.is_empty() {
+        return Err(bad(
+            "metrics",
+            "at least one metric, e.g. [\"views\", \"visitors\"]",
+        ));
+    }
+    let mut out = Vec::new();
+    for n in names {
+        let m = METRICS
+            .iter()
+            .find(|(name, _)| *name == n)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                bad(
+                    "metrics",
+                    format!("`{n}`: one of {}", METRICS.map(|(name, _)| name).join(", ")),
+                )
+            })?;
+        if out.contains(&m) {
+            return Err(bad("metrics", format!("`{n}` given twice")));
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// A dimension's name as a query writes it.
+fn dim_name(d: QDim) -> String {
+    match d {
+        QDim::Profile(i) => DIMS.get(i).copied().unwrap_or("?").to_string(),
+        QDim::Time(1) => "time:minute".into(),
+        QDim::Time(60) => "time:hour".into(),
+        QDim::Time(1440) => "time:day".into(),
+        QDim::Time(s) => format!("time:{}", super::params::step_name(s)),
+        QDim::Page(p) => p.as_str().to_string(),
+    }
+}
+
+fn page_dim(name: &str) -> Option<Dim> {
+    Some(match name {
+        "url" => Dim::Url,
+        "ref_domain" => Dim::RefDomain,
+        "site" => Dim::Site,
+        "entry_page" => Dim::EntryPage,
+        "exit_page" => Dim::ExitPage,
+        _ => return None,
+    })
+}
+
+fn dimensions(v: Option<&Value>) -> Result<Vec<QDim>, BadParam> {
+    let mut out = Vec::new();
+    for n in strings(v, "dimensions")? {
+        let d = if let Some(i) = dim_index(n) {
+            QDim::Profile(i)
+        } else if let Some(p) = page_dim(n) {
+            QDim::Page(p)
+        } else if let Some(t) = n.strip_prefix("time:") {
+            QDim::Time(match t {
+                "minute" => 1,
+                "hour" => 60,
+                "day" => 1440,
+                other => step_of(other).ok_or_else(|| {
+                    bad(
+                        "dimensions",
+                        format!(
+                            "`{n}`: time:minute, time:hour, time:day or time:<{}>",
+                            STEPS.map(|(s, _)| s).join("|")
+                        ),
+                    )
+                })?,
+            })
+        } else {
+            return Err(bad(
+                "dimensions",
+                format!(
+                    "`{n}`: one of {}, url, ref_domain, site, entry_page, exit_page, time:minute, time:hour, time:day",
+                    DIMS.join(", ")
+                ),
+            ));
+        };
+        if out.contains(&d) {
+            return Err(bad("dimensions", format!("`{n}` given twice")));
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// `date_range`: a name (`day`, `today`, `realtime`, `<n>m|h|d`) or `[from, to]`.
+fn date_range(v: Option<&Value>, now_ms: i64) -> Result<(String, String), BadParam> {
+    let err = || {
+        bad(
+            "date_range",
+            "\"day\", \"7d\", \"30d\", \"<n>m|h|d\" (the last n minutes, hours or days) or [from, to] (RFC 3339, epoch seconds or relative: \"-2h\", \"now\")",
+        )
+    };
+    match v {
+        None | Some(Value::Null) => Ok(("-24h".into(), "now".into())),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            match s {
+                "day" | "today" => {
+                    let midnight = now_ms.div_euclid(86_400_000) * 86_400;
+                    Ok((midnight.to_string(), "now".into()))
+                }
+                "realtime" => Ok(("-5m".into(), "now".into())),
+                _ => {
+                    let rel = format!("-{s}");
+                    parse_time("date_range", &rel, now_ms).map_err(|_| err())?;
+                    Ok((rel, "now".into()))
+                }
+            }
+        }
+        Some(Value::Array(a)) if a.len() == 2 => {
+            let text = |x: &Value| match x {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            };
+            match (text(&a[0]), text(&a[1])) {
+                (Some(f), Some(t)) => Ok((f, t)),
+                _ => Err(err()),
+            }
+        }
+        Some(_) => Err(err()),
+    }
+}
+
+fn order_by(
+    v: Option<&Value>,
+    metrics: &[Metric],
+    dims: &[QDim],
+) -> Result<Vec<(Column, bool)>, BadParam> {
+    let time = dims.iter().position(|d| matches!(d, QDim::Time(_)));
+    let mut out = Vec::new();
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            for item in list {
+                let pair = item.as_array().filter(|p| p.len() == 2);
+                let (Some(name), Some(dir)) = (
+                    pair.and_then(|p| p[0].as_str()),
+                    pair.and_then(|p| p[1].as_str()),
+                ) else {
+                    return Err(bad(
+                        "order_by",
+                        format!("`{item}`: write [name, \"asc\" or \"desc\"]"),
+                    ));
+                };
+                let desc = match dir {
+                    "desc" => true,
+                    "asc" => false,
+                    other => {
+                        return Err(bad("order_by", format!("`{other}`: \"asc\" or \"desc\"")))
+                    }
+                };
+                let col = if let Some(i) = metrics.iter().position(|m| m.name() == name) {
+                    Column::Metric(i)
+                } else if let Some(i) = dims.iter().position(|d| dim_name(*d) == name) {
+                    Column::Dim(i)
+                } else {
+                    return Err(bad(
+                        "order_by",
+                        format!("`{name}` is neither a metric nor a dimension of this query"),
+                    ));
+                };
+                out.push((col, desc));
+            }
+        }
+        Some(_) => return Err(bad("order_by", "a list of [name, \"asc\"|\"desc\"]")),
+    }
+    // Then the defaults: time ascending, the first metric descending, the dimensions'
+    // values ascending — so that the same data always lists the same way.
+    if let Some(t) = time {
+        out.push((Column::Dim(t), false));
+    }
+    out.push((Column::Metric(0), true));
+    out.extend((0..dims.len()).map(|i| (Column::Dim(i), false)));
+    Ok(out)
+}
+
+/// A filter as written, before it is known which cells answer it.
+#[derive(Debug, Clone)]
+enum QFilter {
+    /// Operator, dimension name, operands.
+    Leaf(&'static str, String, Vec<String>),
+    And(Vec<QFilter>),
+    Or(Vec<QFilter>),
+    Not(Box<QFilter>),
+}
+
+fn filter(v: &Value, terms: &mut usize) -> Result<QFilter, BadParam> {
+    *terms += 1;
+    if *terms > MAX_FILTER_TERMS {
+        return Err(bad(
+            "filters",
+            format!("more than {MAX_FILTER_TERMS} terms"),
+        ));
+    }
+    let Some(a) = v.as_array() else {
+        return Err(bad(
+            "filters",
+            format!("`{v}`: a filter is [\"is\", dimension, [values]] or [\"and\"|\"or\", [filters]] or [\"not\", filter]"),
+        ));
+    };
+    match (a.first().and_then(Value::as_str), a.len()) {
+        (Some(op @ ("and" | "or")), 2) => {
+            let subs = a[1]
+                .as_array()
+                .ok_or_else(|| bad("filters", format!("`{op}` takes a list of filters")))?
+                .iter()
+                .map(|f| filter(f, terms))
+                .collect::<Result<Vec<_>, _>>()?;
+            if subs.is_empty() {
+                return Err(bad("filters", format!("`{op}` of no filter")));
+            }
+            Ok(if op == "and" {
+                QFilter::And(subs)
+            } else {
+                QFilter::Or(subs)
+            })
+        }
+        (Some("not"), 2) => Ok(QFilter::Not(Box::new(filter(&a[1], terms)?))),
+        (Some(op), 3) => {
+            let op: &'static str = match op {
+                "is" => "is",
+                "is_not" => "is_not",
+                "contains" => "contains",
+                "matches" => "matches",
+                other => {
+                    return Err(bad(
+                        "filters",
+                        format!("`{other}`: is, is_not, contains, matches, and, or, not"),
+                    ))
+                }
+            };
+            let dim = a[1]
+                .as_str()
+                .ok_or_else(|| bad("filters", format!("`{}` is not a dimension name", a[1])))?;
+            if dim_index(dim).is_none() && page_dim(dim).is_none() {
+                return Err(bad(
+                    "filters",
+                    format!(
+                        "`{dim}`: filter on one of {}, url, ref_domain, site, entry_page, exit_page",
+                        DIMS.join(", ")
+                    ),
+                ));
+            }
+            let values: Vec<String> = strings(Some(&a[2]), "filters")?
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            if values.is_empty() {
+                return Err(bad("filters", format!("`{op}` on `{dim}` with no value")));
+            }
+            *terms += values.len();
+            if op == "matches" {
+                regexes(&values)?;
+            }
+            Ok(QFilter::Leaf(op, dim.to_string(), values))
+        }
+        _ => Err(bad(
+            "filters",
+            format!("`{v}`: a filter is [\"is\"|\"is_not\"|\"contains\"|\"matches\", dimension, [values]], [\"and\"|\"or\", [filters]] or [\"not\", filter]"),
+        )),
+    }
+}
+
+/// `matches` operands compiled, each bounded.
+fn regexes(patterns: &[String]) -> Result<Vec<regex::Regex>, BadParam> {
+    patterns
+        .iter()
+        .map(|p| {
+            if p.len() > MAX_PATTERN {
+                return Err(bad(
+                    "filters",
+                    format!("a pattern of {} bytes: at most {MAX_PATTERN}", p.len()),
+                ));
+            }
+            regex::RegexBuilder::new(p)
+                .size_limit(REGEX_SIZE)
+                .dfa_size_limit(REGEX_SIZE)
+                .build()
+                .map_err(|e| {
+                    bad(
+                        "filters",
+                        format!("`{p}` is not a usable regular expression: {e}"),
+                    )
+                })
+        })
+        .collect()
+}
+
+impl QFilter {
+    /// Whether a leaf names a page dimension.
+    fn names_pages(&self) -> bool {
+        match self {
+            QFilter::Leaf(_, d, _) => page_dim(d).is_some(),
+            QFilter::And(fs) | QFilter::Or(fs) => fs.iter().any(QFilter::names_pages),
+            QFilter::Not(f) => f.names_pages(),
+        }
+    }
+
+    /// As a filter over pageview dimensions; None when a leaf names something else.
+    fn on_profiles(&self) -> Option<Filter> {
+        self.lower(&|d| dim_index(d))
+    }
+
+    /// As a filter over the keys of `page` (position 0); None when a leaf names another.
+    fn on_page(&self, page: Dim) -> Option<Filter> {
+        self.lower(&|d| (d == page.as_str()).then_some(0))
+    }
+
+    fn lower(&self, pos: &impl Fn(&str) -> Option<usize>) -> Option<Filter> {
+        Some(match self {
+            QFilter::Leaf(op, d, vs) => {
+                let i = pos(d)?;
+                match *op {
+                    "is" => Filter::Is(i, vs.clone()),
+                    "is_not" => Filter::IsNot(i, vs.clone()),
+                    "contains" => Filter::Contains(i, vs.clone()),
+                    // Compiled once already, so this cannot fail.
+                    _ => Filter::Matches(i, regexes(vs).ok()?),
+                }
+            }
+            QFilter::And(fs) => {
+                Filter::And(fs.iter().map(|f| f.lower(pos)).collect::<Option<_>>()?)
+            }
+            QFilter::Or(fs) => Filter::Or(fs.iter().map(|f| f.lower(pos)).collect::<Option<_>>()?),
+            QFilter::Not(f) => Filter::Not(Box::new(f.lower(pos)?)),
+        })
+    }
+}
+
+/// One row of an answer: its dimension values (as asked) and metric values.
+#[derive(Debug, Clone)]
+struct Row {
+    dims: Vec<String>,
+    metrics: Vec<Option<f64>>,
+}
+
+/// The rows of a plan over one range, and whether a sketch counted visitors.
+struct Rows {
+    rows: Vec<Row>,
+    sketched: bool,
+}
+
+fn totals_metric(m: Metric, t: &Totals) -> Option<f64> {
+    let v = &t.visits;
+    let per_visit = |x: i64, scale: f64| (v.visits > 0).then(|| x as f64 / v.visits as f64 / scale);
+    match m {
+        Metric::Views => Some(t.views as f64),
+        Metric::Visitors => t.uniques.map(|u| u as f64),
+        Metric::Hits => Some(t.hits as f64),
+        Metric::EngagedSeconds => Some(t.engaged as f64),
+        Metric::Visits => Some(v.visits as f64),
+        Metric::Bounces => Some(v.bounces as f64),
+        Metric::BounceRate => per_visit(v.bounces, 1.0),
+        Metric::VisitDuration => per_visit(v.duration_ms, 1000.0),
+        Metric::ViewsPerVisit => per_visit(v.views, 1.0),
+        Metric::Entries | Metric::Exits | Metric::AvgEngagedSeconds => None,
+    }
+}
+
+fn url_metric(m: Metric, s: &UrlStats) -> Option<f64> {
+    match m {
+        Metric::Views => Some(s.views as f64),
+        Metric::Visitors => s.visitors.map(|v| v as f64),
+        Metric::Hits => Some(s.hits as f64),
+        Metric::EngagedSeconds => Some(s.engaged as f64),
+        Metric::Entries => Some(s.entries as f64),
+        Metric::Exits => Some(s.exits as f64),
+        Metric::AvgEngagedSeconds => s.avg_engaged(),
+        _ => None,
+    }
+}
+
+impl Hub {
+    /// The rows of `plan` over `range` (before ordering and paging).
+    async fn rows(&self, plan: &Plan, range: Range) -> Result<Rows, QueryError> {
+        let step = plan.dims.iter().find_map(|d| match d {
+            QDim::Time(s) => Some(*s),
+            _ => None,
+        });
+        let buckets: Vec<Range> = match step {
+            Some(s) => (0..(range.to - range.from) / s)
+                .map(|i| Range {
+                    from: range.from + i * s,
+                    to: range.from + (i + 1) * s,
+                })
+                .collect(),
+            None => vec![range],
+        };
+        let time_of = |b: &Range| minute_rfc3339(b.from);
+        match plan.family {
+            Family::Profiles => {
+                let profile_dims: Vec<usize> = plan
+                    .dims
+                    .iter()
+                    .filter_map(|d| match d {
+                        QDim::Profile(i) => Some(*i),
+                        _ => None,
+                    })
+                    .collect();
+                let ops = buckets
+                    .iter()
+                    .map(|b| Op::Breakdown {
+                        dims: profile_dims.clone(),
+                        range: *b,
+                        site: plan.site.clone(),
+                        filter: plan.filter.clone(),
+                    })
+                    .collect();
+                let parts = self.run(ops).await?;
+                let mut rows = Vec::new();
+                let mut sketched = false;
+                for (b, part) in buckets.iter().zip(parts) {
+                    let Part::Breakdown(list) = part else {
+                        continue;
+                    };
+                    // Without other dimensions every step is a row, zeros included.
+                    if list.is_empty() && profile_dims.is_empty() {
+                        rows.push(Row {
+                            dims: plan.dims.iter().map(|_| time_of(b)).collect(),
+                            metrics: plan.metrics.iter().map(|_| Some(0.0)).collect(),
+                        });
+                    }
+                    for r in list {
+                        sketched |= r.sketched;
+                        let mut values = r.key.split(SEP);
+                        let mut dims = Vec::with_capacity(plan.dims.len());
+                        for d in &plan.dims {
+                            dims.push(match d {
+                                QDim::Time(_) => time_of(b),
+                                _ => values.next().unwrap_or_default().to_string(),
+                            });
+                        }
+                        let metrics = plan
+                            .metrics
+                            .iter()
+                            .map(|m| match m {
+                                Metric::Views => Some(r.views as f64),
+                                Metric::Visitors => Some(r.visitors as f64),
+                                _ => None,
+                            })
+                            .collect();
+                        rows.push(Row { dims, metrics });
+                    }
+                }
+                Ok(Rows { rows, sketched })
+            }
+            Family::Totals => {
+                let ops = vec![match step {
+                    Some(step) => Op::Series {
+                        range,
+                        step,
+                        site: plan.site.clone(),
+                        url: None,
+                    },
+                    None => Op::Totals {
+                        range,
+                        site: plan.site.clone(),
+                    },
+                }];
+                let parts = self.run(ops).await?;
+                let points: Vec<Totals> = match parts.into_iter().next() {
+                    Some(Part::Series(p)) => p,
+                    Some(Part::Totals(t)) => vec![t],
+                    _ => Vec::new(),
+                };
+                let rows = buckets
+                    .iter()
+                    .zip(points)
+                    .map(|(b, t)| Row {
+                        dims: plan.dims.iter().map(|_| time_of(b)).collect(),
+                        metrics: plan.metrics.iter().map(|m| totals_metric(*m, &t)).collect(),
+                    })
+                    .collect();
+                Ok(Rows {
+                    rows,
+                    sketched: false,
+                })
+            }
+            Family::Pages(dim) => {
+                let parts = self
+                    .run(vec![Op::Top {
+                        dim,
+                        range,
+                        site: plan.site.clone(),
+                        limit: usize::MAX,
+                    }])
+                    .await?;
+                let mut keys: Vec<(String, u64)> = match parts.into_iter().next() {
+                    Some(Part::Top(l)) => l.into_iter().map(|r| (r.key, r.views)).collect(),
+                    _ => Vec::new(),
+                };
+                if let Some(f) = &plan.key_filter {
+                    keys.retain(|(k, _)| f.test(&|_| k.as_str()));
+                }
+                let base = |n: u64| Some(n as f64);
+                let simple = plan.metrics.iter().all(|m| match dim {
+                    Dim::Url => *m == Metric::Views,
+                    _ => true,
+                });
+                if simple {
+                    let rows = keys
+                        .into_iter()
+                        .map(|(k, n)| Row {
+                            dims: vec![k],
+                            metrics: plan.metrics.iter().map(|_| base(n)).collect(),
+                        })
+                        .collect();
+                    return Ok(Rows {
+                        rows,
+                        sketched: false,
+                    });
+                }
+                if keys.len() > MAX_URL_STATS {
+                    return Err(QueryError::BadParam(bad(
+                        "filters",
+                        format!(
+                            "{} urls match: metrics other than views are fetched for at most {MAX_URL_STATS}; narrow the range or the filter",
+                            keys.len()
+                        ),
+                    )));
+                }
+                let urls: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
+                let stats = self
+                    .run(vec![Op::UrlStats {
+                        range,
+                        urls: urls.clone(),
+                        site: plan.site.clone(),
+                    }])
+                    .await?;
+                let stats = match stats.into_iter().next() {
+                    Some(Part::UrlStats(l)) => l,
+                    _ => Vec::new(),
+                };
+                let sketched = stats.iter().any(|s| s.sketched);
+                let rows = urls
+                    .into_iter()
+                    .zip(stats)
+                    .map(|(k, s)| Row {
+                        dims: vec![k],
+                        metrics: plan.metrics.iter().map(|m| url_metric(*m, &s)).collect(),
+                    })
+                    .collect();
+                Ok(Rows { rows, sketched })
+            }
+        }
+    }
+
+    /// Answers a validated `POST /v1/query` as JSON.
+    pub async fn query(&self, plan: Plan) -> Result<String, QueryError> {
+        let Rows { mut rows, sketched } = self.rows(&plan, plan.range).await?;
+        let cmp = |a: &Row, b: &Row| {
+            for (col, desc) in &plan.order {
+                let o = match col {
+                    Column::Metric(i) => {
+                        let (x, y) = (
+                            a.metrics.get(*i).copied().flatten(),
+                            b.metrics.get(*i).copied().flatten(),
+                        );
+                        // Nulls last either way.
+                        match (x, y) {
+                            (Some(x), Some(y)) => {
+                                let o = x.partial_cmp(&y).unwrap_or(Ordering::Equal);
+                                if *desc {
+                                    o.reverse()
+                                } else {
+                                    o
+                                }
+                            }
+                            (Some(_), None) => Ordering::Less,
+                            (None, Some(_)) => Ordering::Greater,
+                            (None, None) => Ordering::Equal,
+                        }
+                    }
+                    Column::Dim(i) => {
+                        let o = a.dims.get(*i).cmp(&b.dims.get(*i));
+                        if *desc {
+                            o.reverse()
+                        } else {
+                            o
+                        }
+                    }
+                };
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            Ordering::Equal
+        };
+        rows.sort_by(cmp);
+        let total_rows = rows.len();
+        let page: Vec<Row> = rows
+            .into_iter()
+            .skip(plan.offset)
+            .take(plan.limit)
+            .collect();
+
+        // The same query over the comparison period, matched by the other dimensions' values
+        // (and a time dimension's step number).
+        let time = plan.dims.iter().position(|d| matches!(d, QDim::Time(_)));
+        let step = plan.dims.iter().find_map(|d| match d {
+            QDim::Time(s) => Some(*s),
+            _ => None,
+        });
+        if let Some((_, crange)) = plan.compare {
+            let earlier = self.rows(&plan, crange).await?;
+            let earlier_sketched = earlier.sketched;
+            let key = |r: &Row, from: i64| -> Vec<String> {
+                r.dims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match (Some(i) == time, step) {
+                        // A time value as its step number from the range's start.
+                        (true, Some(s)) => super::params::parse_time("t", v, 0)
+                            .map(|ms| ((ms.div_euclid(60_000) - from) / s).to_string())
+                            .unwrap_or_default(),
+                        _ => v.clone(),
+                    })
+                    .collect()
+            };
+            let map: hashbrown::HashMap<Vec<String>, Row> = earlier
+                .rows
+                .into_iter()
+                .map(|r| (key(&r, crange.from), r))
+                .collect();
+            let results: Vec<Value> = page
+                .iter()
+                .map(|r| {
+                    let mut item =
+                        json!({"dimensions": r.dims, "metrics": values(&plan.metrics, &r.metrics)});
+                    {
+                        let k = key(r, plan.range.from);
+                        let earlier = map.get(&k);
+                        let dims: Vec<String> = match (time, step) {
+                            (Some(t), Some(s)) => r
+                                .dims
+                                .iter()
+                                .enumerate()
+                                .map(|(i, v)| {
+                                    if i == t {
+                                        let n: i64 =
+                                            k.get(i).and_then(|x| x.parse().ok()).unwrap_or(0);
+                                        minute_rfc3339(crange.from + n * s)
+                                    } else {
+                                        v.clone()
+                                    }
+                                })
+                                .collect(),
+                            _ => r.dims.clone(),
+                        };
+                        let before: Vec<Option<f64>> = plan
+                            .metrics
+                            .iter()
+                            .enumerate()
+                            .map(|(i, m)| match earlier {
+                                Some(e) => e.metrics.get(i).copied().flatten(),
+                                // No row then: counts were zero, ratios undefined.
+                                None => match m {
+                                    Metric::BounceRate
+                                    | Metric::VisitDuration
+                                    | Metric::ViewsPerVisit
+                                    | Metric::AvgEngagedSeconds => None,
+                                    _ => Some(0.0),
+                                },
+                            })
+                            .collect();
+                        let change: Vec<Option<f64>> = plan
+                            .metrics
+                            .iter()
+                            .zip(r.metrics.iter().zip(&before))
+                            .map(|(m, (now, then))| match (now, then) {
+                                (Some(n), Some(t)) if m.is_rate() => {
+                                    Some(((n - t) * 1000.0).round() / 10.0)
+                                }
+                                (Some(n), Some(t)) if *t != 0.0 => {
+                                    Some(((n - t) / t * 1000.0).round() / 10.0)
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        if let Some(o) = item.as_object_mut() {
+                            o.insert(
+                                "comparison".into(),
+                                json!({"dimensions": dims, "metrics": values(&plan.metrics, &before), "change": change}),
+                            );
+                        }
+                    }
+                    item
+                })
+                .collect();
+            return Ok(answer(
+                &plan,
+                results,
+                total_rows,
+                sketched || earlier_sketched,
+                Some(crange),
+            ));
+        }
+        let results: Vec<Value> = page
+            .iter()
+            .map(|r| json!({"dimensions": r.dims, "metrics": values(&plan.metrics, &r.metrics)}))
+            .collect();
+        Ok(answer(&plan, results, total_rows, sketched, None))
+    }
+}
+
+/// Metric values as JSON: counts as integers, ratios and means as numbers, null where
+/// undefined (a ratio without visits).
+fn values(metrics: &[Metric], v: &[Option<f64>]) -> Vec<Value> {
+    metrics
+        .iter()
+        .zip(v)
+        .map(|(m, x)| match (m, x) {
+            (_, None) => Value::Null,
+            (
+                Metric::BounceRate
+                | Metric::VisitDuration
+                | Metric::ViewsPerVisit
+                | Metric::AvgEngagedSeconds,
+                Some(x),
+            ) => json!(x),
+            (_, Some(x)) => json!(*x as i64),
+        })
+        .collect()
+}
+
+/// The answer's JSON.
+fn answer(
+    plan: &Plan,
+    results: Vec<Value>,
+    total_rows: usize,
+    sketched: bool,
+    compared: Option<Range>,
+) -> String {
+    let computed_from = match plan.family {
+        Family::Profiles => "profile cells",
+        Family::Totals => "site totals",
+        Family::Pages(Dim::RefDomain) => "referrer cells",
+        Family::Pages(Dim::Site) => "site totals",
+        Family::Pages(Dim::EntryPage | Dim::ExitPage) => "visit entry and exit cells",
+        Family::Pages(_) => "url cells",
+    };
+    let mut meta = json!({
+        "metrics": plan.metrics.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        "dimensions": plan.dims.iter().map(|d| dim_name(*d)).collect::<Vec<_>>(),
+        "site": plan.site,
+        "date_range": [minute_rfc3339(plan.range.from), minute_rfc3339(plan.range.to)],
+        "total_rows": total_rows,
+        "sketched": sketched,
+        "computed_from": computed_from,
+        "bots": if plan.filter.bots { "include" } else { "exclude" },
+    });
+    if let (Some(r), Some(o)) = (compared, meta.as_object_mut()) {
+        o.insert(
+            "comparison_date_range".into(),
+            json!([minute_rfc3339(r.from), minute_rfc3339(r.to)]),
+        );
+    }
+    json!({"results": results, "meta": meta}).to_string()
+}
