@@ -1216,3 +1216,187 @@ fn answer(
     }
     json!({"results": results, "meta": meta}).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_311_543_462; // fixed-date: parsing only; ranges are relative to it.
+
+    fn plan(q: &str) -> Result<Plan, BadParam> {
+        parse(q.as_bytes(), NOW, &AggConfig::default())
+    }
+
+    fn refused(q: &str) -> BadParam {
+        match plan(q) {
+            Err(e) => e,
+            Ok(p) => panic!("{q} was accepted: {p:?}"),
+        }
+    }
+
+    #[test]
+    fn each_query_goes_to_the_cells_that_answer_it() {
+        let p = plan(r#"{"metrics":["views","visitors"],"dimensions":["channel","time:hour"],"filters":[["is","country",["DE"]],["not",["matches","browser",["^Saf"]]]]}"#).unwrap();
+        assert_eq!(p.family, Family::Profiles);
+        assert_eq!(p.dims, [QDim::Profile(0), QDim::Time(60)]);
+        assert_eq!(p.range.from % 60, 0, "whole hours");
+        let f = p.filter.expr.as_ref().unwrap();
+        let value = |d: usize| match d {
+            9 => "DE",
+            6 => "Chrome",
+            _ => "x",
+        };
+        assert!(f.test(&value));
+        assert!(!f.test(&|d| if d == 6 { "Safari" } else { value(d) }));
+        assert_eq!(
+            p.order,
+            [
+                (Column::Dim(1), false),
+                (Column::Metric(0), true),
+                (Column::Dim(0), false),
+                (Column::Dim(1), false)
+            ]
+        );
+
+        let p = plan(r#"{"metrics":["visits","bounce_rate","views"],"dimensions":["time:day"],"date_range":"30d"}"#).unwrap();
+        assert_eq!(p.family, Family::Totals);
+        let p = plan(r#"{"metrics":["views"],"include":{"bots":true}}"#).unwrap();
+        assert_eq!(
+            p.family,
+            Family::Profiles,
+            "bots are counted in profiles only"
+        );
+        let p = plan(r#"{"metrics":["views","entries"],"dimensions":["url"],"filters":[["contains","url",["/news/"]]],"limit":5,"offset":10}"#).unwrap();
+        assert_eq!(p.family, Family::Pages(Dim::Url));
+        assert_eq!((p.limit, p.offset), (5, 10));
+        assert!(p.key_filter.unwrap().test(&|_| "https://a.example/news/1"));
+
+        let p = plan(r#"{"metrics":["views"],"date_range":["-2h","now"],"include":{"comparisons":"previous_period"}}"#).unwrap();
+        let (_, c) = p.compare.unwrap();
+        assert_eq!(
+            (c.to, c.to - c.from),
+            (p.range.from, p.range.to - p.range.from)
+        );
+        let p = plan(
+            r#"{"metrics":["views"],"date_range":"7d","include":{"comparisons":"year_over_year"}}"#,
+        )
+        .unwrap();
+        // A year ago only days exist: the period widens to whole days around it.
+        let c = p.compare.unwrap().1;
+        assert!(c.from <= p.range.from - YEAR && c.to >= p.range.to - YEAR);
+        assert_eq!((c.from % 1440, c.to % 1440), (0, 0));
+        let p = plan(r#"{"metrics":["views"],"date_range":"day"}"#).unwrap();
+        assert_eq!(p.range.from % 1440, 0, "since midnight");
+    }
+
+    #[test]
+    fn what_no_cell_answers_is_refused_by_name() {
+        for (q, param, says) in [
+            (
+                r#"{"metrics":["visits"],"dimensions":["channel"]}"#,
+                "metrics",
+                "not covered",
+            ),
+            (
+                r#"{"metrics":["views"],"dimensions":["channel"],"filters":[["contains","url",["/a"]]]}"#,
+                "filters",
+                "not covered",
+            ),
+            (
+                r#"{"metrics":["views"],"dimensions":["url","channel"]}"#,
+                "dimensions",
+                "not covered",
+            ),
+            (
+                r#"{"metrics":["views"],"dimensions":["channel","device","os"]}"#,
+                "dimensions",
+                "at most two",
+            ),
+            (
+                r#"{"metrics":["views"],"dimensions":["ref_domain"],"filters":[["is","url",["x"]]]}"#,
+                "filters",
+                "only `ref_domain`",
+            ),
+            (r#"{"metrics":["nope"]}"#, "metrics", "one of"),
+            (r#"{"metrics":[]}"#, "metrics", "at least one"),
+            (
+                r#"{"metrics":["views"],"dimensions":["planet"]}"#,
+                "dimensions",
+                "one of",
+            ),
+            (
+                r#"{"metrics":["views"],"filters":[["like","channel",["x"]]]}"#,
+                "filters",
+                "is, is_not",
+            ),
+            (
+                r#"{"metrics":["views"],"filters":[["matches","channel",["("]]]}"#,
+                "filters",
+                "regular expression",
+            ),
+            (
+                r#"{"metrics":["views"],"date_range":"forever"}"#,
+                "date_range",
+                "7d",
+            ),
+            (
+                r#"{"metrics":["views"],"date_range":["-2h","-3h"]}"#,
+                "date_range",
+                "after",
+            ),
+            (r#"{"metrics":["views"],"limit":0}"#, "limit", "1..=1000"),
+            (
+                r#"{"metrics":["views"],"order_by":[["hits","desc"]]}"#,
+                "order_by",
+                "neither",
+            ),
+            (
+                r#"{"metrics":["views"],"colour":"red"}"#,
+                "colour",
+                "unknown field",
+            ),
+            (
+                r#"{"metrics":["views"],"include":{"comparisons":"last_week"}}"#,
+                "include",
+                "previous_period",
+            ),
+            (
+                r#"{"metrics":["views"],"date_range":"390d","include":{"comparisons":"year_over_year"}}"#,
+                "include",
+                "comparison period",
+            ),
+            (
+                r#"{"metrics":["views"],"dimensions":["time:minute"],"date_range":"30d"}"#,
+                "dimensions",
+                "minute window",
+            ),
+            ("[1,2]", "body", "object"),
+            ("{", "body", "not JSON"),
+        ] {
+            let e = refused(q);
+            assert_eq!(e.param, param, "{q}: {e}");
+            assert!(e.reason.contains(says), "{q}: {e}");
+        }
+        let big = format!(
+            r#"{{"metrics":["views"],"filters":[["matches","os",["{}"]]]}}"#,
+            "a".repeat(MAX_PATTERN + 1)
+        );
+        assert!(refused(&big).reason.contains("at most 256"));
+        // A pattern whose compiled program would be huge is refused by its size limit.
+        let huge = r#"{"metrics":["views"],"filters":[["matches","os",["\\w{1000}\\w{1000}"]]]}"#;
+        assert!(
+            refused(huge).reason.contains("regular expression"),
+            "{}",
+            refused(huge)
+        );
+    }
+
+    #[test]
+    fn metric_values_are_integers_or_ratios() {
+        let v = values(
+            &[Metric::Views, Metric::BounceRate, Metric::Visitors],
+            &[Some(3.0), Some(0.5), None],
+        );
+        assert_eq!(serde_json::to_string(&v).unwrap(), "[3,0.5,null]");
+    }
+}
