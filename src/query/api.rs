@@ -517,8 +517,8 @@ fn dimensions(v: Option<&Value>) -> Result<Vec<QDim>, BadParam> {
                     bad(
                         "dimensions",
                         format!(
-                            "`{n}`: time:minute, time:hour, time:day or time:<{}>",
-                            STEPS.map(|(s, _)| s).join("|")
+                            "`{n}`: time:minute, time:hour, time:day or time:{}",
+                            STEPS.map(|(s, _)| s).join("|time:")
                         ),
                     )
                 })?,
@@ -527,7 +527,7 @@ fn dimensions(v: Option<&Value>) -> Result<Vec<QDim>, BadParam> {
             return Err(bad(
                 "dimensions",
                 format!(
-                    "`{n}`: one of {}, url, ref_domain, site, entry_page, exit_page, time:minute, time:hour, time:day",
+                    "`{n}`: one of {}, url, ref_domain, site, entry_page, exit_page, time:minute, time:hour, time:day (or time:5m and the other steps of /v1/timeseries)",
                     DIMS.join(", ")
                 ),
             ));
@@ -1063,6 +1063,7 @@ impl Hub {
         if let Some((_, crange)) = plan.compare {
             let earlier = self.rows(&plan, crange).await?;
             let earlier_sketched = earlier.sketched;
+            let same_length = crange.to - crange.from == plan.range.to - plan.range.from;
             let key = |r: &Row, from: i64| -> Vec<String> {
                 r.dims
                     .iter()
@@ -1127,6 +1128,9 @@ impl Hub {
                             .iter()
                             .zip(r.metrics.iter().zip(&before))
                             .map(|(m, (now, then))| match (now, then) {
+                                // Periods of different lengths (the earlier one widened
+                                // to whole hours or days): no change is stated.
+                                _ if !same_length => None,
                                 (Some(n), Some(t)) if m.is_rate() => {
                                     Some(((n - t) * 1000.0).round() / 10.0)
                                 }
