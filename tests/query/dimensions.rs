@@ -1,16 +1,9 @@
-//! Dimensions of a real `pixeld serve` (`/v1/top?dim=channel|source|utm_*|device|browser|os|bot|country`,
-//! with `filter=` and `bots=`) against an independent model: a seeded generator makes a few
-//! thousand pageviews (and heartbeats) on two sites from 400 visitors, each with a real
-//! User-Agent of the labelled set `tests/data/ua_set.tsv` (desktop, mobile, tablet and in-app
-//! browsers, crawlers and HTTP libraries), a referrer from a table (none, search engines, a
-//! social network, webmail, the same site, a blog, an Android app) and now and then utm tags
-//! (a newsletter, a paid campaign, a tag-only link), and a client address in one of the
-//! networks of a country database the test writes (or in none), sent as JSON lines over HTTP.
-//!
-//! The model computes each pageview's dimensions from the table's labels — the device,
-//! browser, OS and bot flag of the set, the channel of each referrer written by hand, the utm
-//! tags as generated, the country of the network the test chose — never with pixeld's code, and counts pageviews and distinct visitors by
-//! value. Every dimension's list (every key) is compared for the whole range, for one site,
+//! Dimensions of a real `pixeld serve`
+//! (`/v1/top?dim=channel|source|utm_*|device|browser|os|bot|country`, with `filter=` and
+//! `bots=`) against an independent model: a few thousand pageviews and heartbeats of the
+//! generator in `pageviews`, sent as JSON lines over HTTP, the model's values of each from the
+//! labels of the generator's tables, never from pixeld's code, counted by value (pageviews and
+//! distinct visitors). Every dimension's list (every key) is compared for the whole range, for one site,
 //! with filters of one and two dimensions, with bots included, and the summary's pageviews
 //! (bots left out of every metric); for 1 and 3 shards, live, after a restart (SIGTERM), and
 //! after a SIGKILL and a replay of the log; `pixeld check --aggregates` then agrees with the
@@ -18,220 +11,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::common::model::{enc, js, msec};
+use crate::common::model::{js, msec};
 use crate::common::{self, Server};
+use crate::pageviews::{agents, generate, View, DIMS, NETWORKS};
 
-const SITES: [&str; 2] = ["news.example", "shop.example"];
-const DIMS: [&str; 10] = [
-    "channel",
-    "source",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "device",
-    "browser",
-    "os",
-    "bot",
-    "country",
-];
 const COUNTRY: usize = 9;
-
-/// The test's country database: networks and their countries; an address of the last
-/// prefix is in none of them.
-const NETWORKS: [(&str, &str); 4] = [
-    ("192.0.2.0/24", "DE"),
-    ("198.51.100.0/24", "AT"),
-    ("2001:db8::/32", "FR"),
-    ("203.0.113.0/25", "US"),
-];
-/// Address prefixes of the visitors, with the country the model expects.
-const ADDRESSES: [(&str, &str); 5] = [
-    ("192.0.2.", "DE"),
-    ("198.51.100.", "AT"),
-    ("2001:db8::", "FR"),
-    ("203.0.113.", "US"),
-    ("100.64.0.", "(unknown)"),
-];
-
-/// A labelled User-Agent.
-struct Agent {
-    ua: String,
-    device: String,
-    browser: String,
-    os: String,
-    bot: bool,
-}
-
-fn agents() -> Vec<Agent> {
-    let set = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ua_set.tsv"),
-    )
-    .unwrap();
-    set.lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            Agent {
-                ua: f[0].to_string(),
-                device: f[1].to_string(),
-                browser: f[2].to_string(),
-                os: f[3].to_string(),
-                bot: f[4] == "1",
-            }
-        })
-        .collect()
-}
-
-/// One pageview as the model sees it: its site, visitor and the value of every dimension
-/// (`None` for a bot's device, browser, OS and bot name, which the set does not label).
-#[derive(Debug, Clone)]
-struct View {
-    site: &'static str,
-    vid: String,
-    dims: [String; 10],
-    bot: bool,
-}
-
-/// Referrers (`{site}` is the page's own site) with their channel and source.
-const REFERRERS: [(&str, &str, &str); 8] = [
-    ("", "direct", "(direct)"),
-    (
-        "https://www.google.de/search?q=x",
-        "search",
-        "www.google.de",
-    ),
-    ("https://duckduckgo.com/", "search", "duckduckgo.com"),
-    ("https://t.co/abc", "social", "t.co"),
-    (
-        "https://mail.google.com/mail/u/0/",
-        "email",
-        "mail.google.com",
-    ),
-    ("https://{site}/index", "internal", "{site}"),
-    (
-        "https://blog.example.org/post?id=3",
-        "referral",
-        "blog.example.org",
-    ),
-    ("-", "direct", "(direct)"),
-];
-
-/// Utm tags of a url (query string, or none) with the channel they decide (None: the
-/// referrer's) and the (source, medium, campaign) they give.
-#[allow(clippy::type_complexity)]
-const TAGS: [(&str, Option<&str>, [&str; 3]); 4] = [
-    ("", None, ["", "", ""]),
-    (
-        "utm_source=newsletter&utm_medium=email&utm_campaign=Spring%20Sale",
-        Some("email"),
-        ["newsletter", "email", "Spring Sale"],
-    ),
-    (
-        "utm_source=google&utm_medium=cpc&utm_campaign=brand",
-        Some("paid"),
-        ["google", "cpc", "brand"],
-    ),
-    ("utm_campaign=launch", None, ["", "", "launch"]),
-];
-
-/// Makes `n` lines stamped in the last 50 minutes before `now_ms`, and their views.
-fn generate(seed: u64, n: usize, now_ms: i64, agents: &[Agent]) -> (Vec<String>, Vec<View>) {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut lines = Vec::new();
-    let mut views = Vec::new();
-    for i in 0..n {
-        let site = SITES[rng.gen_range(0..SITES.len())];
-        let v = rng.gen_range(0..400u32);
-        let vid = format!("v{v}");
-        // A visitor keeps one user agent (as a browser does).
-        let agent = &agents[(v as usize * 7 + 3) % agents.len()];
-        // And one address (the US network holds hosts below 128 only).
-        let (prefix, country) = ADDRESSES[v as usize % ADDRESSES.len()];
-        let ip = format!("{prefix}{}", v % 100 + 1);
-        let (rf, ref_channel, ref_source) = REFERRERS[rng.gen_range(0..REFERRERS.len())];
-        let rf = rf.replace("{site}", site);
-        let ref_source = ref_source.replace("{site}", site);
-        let (tags, tag_channel, [src, medium, campaign]) = TAGS[match rng.gen_range(0..10) {
-            0 => 1,
-            1 => 2,
-            2 => 3,
-            _ => 0,
-        }];
-        let url = if tags.is_empty() {
-            format!("https://{site}/p{}", rng.gen_range(0..20))
-        } else {
-            format!("https://{site}/p{}?{tags}", rng.gen_range(0..20))
-        };
-        let ts = now_ms - rng.gen_range(1_000..50 * 60_000);
-        let heartbeat = rng.gen_range(0..5) == 0;
-        let action = if heartbeat { "hb" } else { "pageview" };
-        lines.push(format!(
-            r#"{{"msec":{},"url":"{}","urlref":"{}","vid":"{vid}","action":"{action}","ua":{},"ip":"{ip}","seq":{i}}}"#,
-            msec(ts),
-            enc(&url),
-            enc(&rf),
-            js(&agent.ua),
-        ));
-        if heartbeat {
-            continue;
-        }
-        let none = |s: &str| {
-            if s.is_empty() {
-                "(none)".to_string()
-            } else {
-                s.to_string()
-            }
-        };
-        let channel = match (tag_channel, ref_channel) {
-            (Some(c), _) => c,
-            // A tag without a referrer is a campaign link: referral, not direct.
-            (None, "direct") if !tags.is_empty() => "referral",
-            (None, c) => c,
-        };
-        let source = if src.is_empty() {
-            ref_source
-        } else {
-            src.to_string()
-        };
-        let (device, browser, os, bot) = if agent.bot {
-            (
-                "bot".to_string(),
-                String::new(),
-                String::new(),
-                String::new(),
-            )
-        } else {
-            (
-                agent.device.clone(),
-                agent.browser.clone(),
-                agent.os.clone(),
-                "human".to_string(),
-            )
-        };
-        views.push(View {
-            site,
-            vid,
-            dims: [
-                channel.to_string(),
-                source,
-                none(src),
-                none(medium),
-                none(campaign),
-                device,
-                browser,
-                os,
-                bot,
-                country.to_string(),
-            ],
-            bot: agent.bot,
-        });
-    }
-    (lines, views)
-}
 
 /// The model's rows of dimension `d` (key → views, visitors) over `views` passing the filter.
 fn model(
@@ -455,7 +241,9 @@ fn scenario(shards: usize, seed: u64) {
     common::write_country_db(&db, &NETWORKS);
     let config = format!("[geo]\ndatabase = {:?}\n", db.display().to_string());
     let now = common::now_ms() as i64;
-    let (lines, views) = generate(seed, 3000, now, &agents);
+    let (lines, views) = generate(seed, 3000, now, &[(1_000, 50 * 60_000)], &agents);
+    // The model counts pageviews; heartbeats only keep their visitors around.
+    let views: Vec<View> = views.into_iter().filter(|v| v.pageview).collect();
     assert!(views.iter().any(|v| v.bot) && views.iter().any(|v| !v.bot));
     let mut s = Server::builder()
         .data(data.path())
