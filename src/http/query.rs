@@ -26,31 +26,46 @@ pub(crate) async fn query(req: &Request<Incoming>, ctx: &HttpContext) -> Respons
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "no such endpoint"}),
         ),
-        Some(Err(e)) => json(
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": e.to_string(), "param": e.param}),
-        ),
-        Some(Ok(q)) => match ctx.hub.answer(q).await {
-            Ok(body) => response(
-                StatusCode::OK,
-                "application/json",
-                crate::query::with_completeness(
-                    body,
-                    crate::metrics::aggregates_complete(&ctx.all_stats),
-                    crate::metrics::catchup_records(&ctx.all_stats),
-                ),
-            ),
-            Err(e) => json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": e.to_string()}),
-            ),
-        },
+        Some(Err(e)) => bad_param(&e),
+        Some(Ok(q)) => answered(ctx.hub.answer(q).await, ctx),
     };
     ctx.ingest
         .stats
         .agg
         .observe_query(started.elapsed().as_secs_f64());
     r
+}
+
+/// 400 naming the parameter or field.
+fn bad_param(e: &crate::query::params::BadParam) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({"error": e.to_string(), "param": e.param}),
+    )
+}
+
+/// A query's answer with its completeness; 400 for a question found bad while answering it,
+/// 503 when a shard did not answer.
+fn answered(
+    r: Result<String, crate::query::QueryError>,
+    ctx: &HttpContext,
+) -> Response<Full<Bytes>> {
+    match r {
+        Ok(body) => response(
+            StatusCode::OK,
+            "application/json",
+            crate::query::with_completeness(
+                body,
+                crate::metrics::aggregates_complete(&ctx.all_stats),
+                crate::metrics::catchup_records(&ctx.all_stats),
+            ),
+        ),
+        Err(crate::query::QueryError::BadParam(e)) => bad_param(&e),
+        Err(e) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
 }
 
 /// The largest `POST /v1/query` body.
@@ -109,29 +124,8 @@ pub(crate) async fn structured(req: Request<Incoming>, ctx: &HttpContext) -> Res
         crate::query::api::parse(&body, now_ms, &agg.cfg)
     };
     let r = match plan {
-        Err(e) => json(
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": e.to_string(), "param": e.param}),
-        ),
-        Ok(plan) => match ctx.hub.query(plan).await {
-            Ok(body) => response(
-                StatusCode::OK,
-                "application/json",
-                crate::query::with_completeness(
-                    body,
-                    crate::metrics::aggregates_complete(&ctx.all_stats),
-                    crate::metrics::catchup_records(&ctx.all_stats),
-                ),
-            ),
-            Err(crate::query::QueryError::BadParam(e)) => json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": e.to_string(), "param": e.param}),
-            ),
-            Err(e) => json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": e.to_string()}),
-            ),
-        },
+        Err(e) => bad_param(&e),
+        Ok(plan) => answered(ctx.hub.query(plan).await, ctx),
     };
     ctx.ingest
         .stats
