@@ -149,6 +149,9 @@ pub struct RawAgg {
     pub bots: String,
     /// `[agg.fields]`: the JSON field names of each event field, alternatives in order.
     pub fields: crate::parse::event::FieldNames,
+    /// `[agg.dimensions]`: custom dimensions of a pageview, name → the line's field.
+    #[serde(default)]
+    pub dimensions: std::collections::BTreeMap<String, String>,
 }
 
 /// `[dashboard]`: the page served on `GET /` and its live stream. See config/pixeld.toml.
@@ -721,6 +724,83 @@ fn ingest_section(
     })
 }
 
+/// The most custom dimensions (`[agg.dimensions]`).
+pub const MAX_CUSTOM_DIMENSIONS: usize = 8;
+
+/// `[agg.dimensions]`: checked names and fields, in the order of their names.
+fn custom_dimensions(
+    dims: &std::collections::BTreeMap<String, String>,
+    fields: &crate::parse::event::FieldNames,
+    c: &Check,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    use crate::parse::event::dims::DIMS;
+    if dims.len() > MAX_CUSTOM_DIMENSIONS {
+        return Err(c.invalid(
+            "agg.dimensions",
+            format!(
+                "has {}; at most {MAX_CUSTOM_DIMENSIONS} custom dimensions",
+                dims.len()
+            ),
+        ));
+    }
+    let reserved = [
+        "url",
+        "ref_domain",
+        "site",
+        "entry_page",
+        "exit_page",
+        "time",
+    ];
+    let builtin_fields: Vec<&String> = [
+        &fields.msec,
+        &fields.time,
+        &fields.url,
+        &fields.referrer,
+        &fields.vid,
+        &fields.action,
+        &fields.inc,
+        &fields.ua,
+        &fields.ip,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut out = Vec::with_capacity(dims.len());
+    for (name, field) in dims {
+        let well_formed = name.len() <= 32
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !well_formed {
+            return Err(c.invalid(
+                "agg.dimensions",
+                format!("`{name}`: a name is 1 to 32 of a-z, 0-9 and _, starting with a letter"),
+            ));
+        }
+        if DIMS.contains(&name.as_str()) || reserved.contains(&name.as_str()) {
+            return Err(c.invalid(
+                "agg.dimensions",
+                format!("`{name}` is a built-in dimension; choose another name"),
+            ));
+        }
+        if field.is_empty() || field.len() > 64 {
+            return Err(c.invalid(
+                "agg.dimensions",
+                format!("`{name}`: its field must be 1 to 64 bytes (the JSON key of the line)"),
+            ));
+        }
+        if builtin_fields.contains(&field) {
+            return Err(c.invalid(
+                "agg.dimensions",
+                format!("`{name}`: `{field}` is already read as an event field ([agg.fields])"),
+            ));
+        }
+        out.push((name.clone(), field.clone()));
+    }
+    Ok(out)
+}
+
 /// `[agg]`: the windows, the future allowance and what an event is made of.
 fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigError> {
     let whole = |field: &'static str, s: &str, unit: u64, min: u64, max: u64| {
@@ -760,6 +840,7 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
             )? as u32,
             url_keep_query: a.url_keep_query.clone(),
             geo: crate::parse::geo::Geo::none(),
+            custom: custom_dimensions(&a.dimensions, f, c)?,
         },
         checkpoint_interval: c.duration(
             "agg.checkpoint_interval",
@@ -921,6 +1002,44 @@ mod tests {
         let c = Config::from_raw(&RawConfig::defaults(), "f").unwrap();
         assert!(c.http_server.auth_token.is_none());
         assert_eq!(c.http_server.live_max_clients, 1000);
+    }
+
+    #[test]
+    fn custom_dimensions_are_checked() {
+        let cfg = |text: &str| {
+            let raw = RawConfig::parse(text, "f.toml").unwrap();
+            Config::from_raw(&raw, "f.toml").map_err(|e| e.to_string())
+        };
+        let c = cfg("[agg.dimensions]\nsection = \"section\"\nauthor = \"by\"\n").unwrap();
+        assert_eq!(
+            c.agg.event.custom,
+            [
+                ("author".to_string(), "by".to_string()),
+                ("section".into(), "section".into())
+            ]
+        );
+        assert_eq!(
+            c.agg.dim_index("section"),
+            Some(crate::parse::event::dims::DIMS.len() + 1)
+        );
+        assert_eq!(
+            c.agg.dim_name(crate::parse::event::dims::DIMS.len()),
+            "author"
+        );
+        for (text, says) in [
+            ("[agg.dimensions]\nChannel = \"c\"\n", "a-z, 0-9"),
+            ("[agg.dimensions]\ndevice = \"d\"\n", "built-in"),
+            ("[agg.dimensions]\nurl = \"u\"\n", "built-in"),
+            ("[agg.dimensions]\nx = \"url\"\n", "already read"),
+            ("[agg.dimensions]\nx = \"\"\n", "1 to 64"),
+            (
+                "[agg.dimensions]\na=\"a\"\nb=\"b\"\nc=\"c\"\nd=\"d\"\ne=\"e\"\nf=\"f\"\ng=\"g\"\nh=\"h\"\ni=\"i\"\n",
+                "at most 8",
+            ),
+        ] {
+            let e = cfg(text).unwrap_err();
+            assert!(e.contains("agg.dimensions") && e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]

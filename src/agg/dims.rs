@@ -31,7 +31,12 @@ pub const OTHER: &str = "(other)";
 pub struct Profiles {
     pub names: Names,
     site: Vec<u32>,
-    values: Vec<[u32; DIMS.len()]>,
+    /// The custom dimensions (`[agg.dimensions]`), after the built-in ones.
+    custom: Vec<String>,
+    /// Per profile, the id of each of its values: `stride` ids a profile, the built-in
+    /// dimensions' then the custom ones'.
+    values: Vec<u32>,
+    stride: usize,
     /// Per dimension, its values.
     dim_values: Vec<Names>,
     /// New values that became [`OTHER`].
@@ -133,20 +138,42 @@ impl PartialEq for Filter {
 }
 impl Eq for Filter {}
 
+/// The values of `key`: the built-in dimensions', then those of the custom ones `custom`
+/// (found by name).
+fn key_values<'k>(custom: &[String], key: &'k str) -> Vec<&'k str> {
+    dims::values(key)
+        .chain(custom.iter().map(|n| dims::custom_value(key, n)))
+        .collect()
+}
+
 impl Default for Profiles {
     fn default() -> Self {
-        Profiles {
-            names: Names::default(),
-            site: Vec::new(),
-            values: Vec::new(),
-            dim_values: vec![Names::default(); DIMS.len()],
-            overflow: 0,
-            buf: String::new(),
-        }
+        Profiles::new(&[])
     }
 }
 
 impl Profiles {
+    /// No profiles yet, with these custom dimensions after the built-in ones.
+    pub fn new(custom: &[String]) -> Self {
+        let stride = DIMS.len() + custom.len();
+        Profiles {
+            names: Names::default(),
+            site: Vec::new(),
+            custom: custom.to_vec(),
+            values: Vec::new(),
+            stride,
+            dim_values: vec![Names::default(); stride],
+            overflow: 0,
+            buf: String::new(),
+        }
+    }
+
+    /// The value ids of profile `id`.
+    fn values_of(&self, id: u32) -> Option<&[u32]> {
+        let start = (id as usize).checked_mul(self.stride)?;
+        self.values.get(start..start + self.stride)
+    }
+
     /// Profiles with names.
     pub fn len(&self) -> usize {
         self.names.len()
@@ -163,13 +190,11 @@ impl Profiles {
             let name = self.names.name(id as u32).to_string();
             let (site, key) = name.split_once(SEP).unwrap_or((name.as_str(), ""));
             self.site.push(sites.intern(site).0);
-            let mut ids = [0u32; DIMS.len()];
-            for (d, v) in dims::values(key).enumerate() {
-                if let (Some(slot), Some(names)) = (ids.get_mut(d), self.dim_values.get_mut(d)) {
-                    *slot = names.intern(v).0;
-                }
+            let values = key_values(&self.custom, key);
+            for (d, v) in values.into_iter().enumerate() {
+                let id = self.dim_values.get_mut(d).map_or(0, |n| n.intern(v).0);
+                self.values.push(id);
             }
-            self.values.push(ids);
         }
     }
 
@@ -185,9 +210,10 @@ impl Profiles {
         }
         let mut name = String::with_capacity(self.buf.len());
         name.push_str(site);
-        let mut ids = [0u32; DIMS.len()];
+        let mut ids = Vec::with_capacity(self.stride);
         let mut overflow = 0;
-        for (d, v) in dims::values(key).enumerate() {
+        let values = key_values(&self.custom, key);
+        for (d, v) in values.into_iter().enumerate() {
             let Some(names) = self.dim_values.get_mut(d) else {
                 continue;
             };
@@ -197,17 +223,19 @@ impl Profiles {
                 overflow += 1;
                 OTHER
             };
-            if let Some(slot) = ids.get_mut(d) {
-                *slot = names.intern(v).0;
-            }
+            ids.push(names.intern(v).0);
             name.push(SEP);
+            if let Some(custom) = d.checked_sub(DIMS.len()).and_then(|c| self.custom.get(c)) {
+                name.push_str(custom);
+                name.push('=');
+            }
             name.push_str(v);
         }
         self.overflow += overflow;
         let (id, new) = self.names.intern(&name);
         if new {
             self.site.push(s);
-            self.values.push(ids);
+            self.values.extend(ids);
         }
         id
     }
@@ -222,7 +250,7 @@ impl Profiles {
     pub fn memory(&self) -> usize {
         self.names.memory()
             + self.site.capacity() * 4
-            + self.values.capacity() * 4 * DIMS.len()
+            + self.values.capacity() * 4
             + self.dim_values.iter().map(Names::memory).sum::<usize>()
     }
 
@@ -237,7 +265,7 @@ impl Profiles {
         is: &[(usize, Option<u32>)],
     ) -> bool {
         let i = id as usize;
-        let (Some(&s), Some(vals)) = (self.site.get(i), self.values.get(i)) else {
+        let (Some(&s), Some(vals)) = (self.site.get(i), self.values_of(id)) else {
             return false;
         };
         site.is_none_or(|want| want == s)
@@ -301,7 +329,7 @@ impl Aggregates {
         // The expression, judged once per profile rather than once per cell.
         let allowed: Option<Vec<bool>> = filter.expr.as_ref().map(|e| {
             p.values
-                .iter()
+                .chunks_exact(p.stride)
                 .map(|ids| {
                     e.test(&|d| match (ids.get(d), p.dim_values.get(d)) {
                         (Some(&id), Some(names)) => names.name(id),
@@ -330,7 +358,7 @@ impl Aggregates {
                 {
                     continue;
                 }
-                let Some(vals) = p.values.get(id as usize) else {
+                let Some(vals) = p.values_of(id) else {
                     continue;
                 };
                 let value = |d: Option<(usize, &Names)>| match d {

@@ -155,6 +155,39 @@ pub struct AggConfig {
     pub bots: bool,
 }
 
+impl AggConfig {
+    /// The position of pageview dimension `name`: a built-in one (`parse::event::dims::DIMS`)
+    /// or, after them, a custom one (`[agg.dimensions]`).
+    pub fn dim_index(&self, name: &str) -> Option<usize> {
+        crate::parse::event::dims::dim_index(name).or_else(|| {
+            self.event
+                .custom
+                .iter()
+                .position(|(n, _)| n == name)
+                .map(|i| crate::parse::event::dims::DIMS.len() + i)
+        })
+    }
+
+    /// The name of pageview dimension `d` ("" for none).
+    pub fn dim_name(&self, d: usize) -> &str {
+        use crate::parse::event::dims::DIMS;
+        match DIMS.get(d) {
+            Some(n) => n,
+            None => d
+                .checked_sub(DIMS.len())
+                .and_then(|c| self.event.custom.get(c))
+                .map_or("", |(n, _)| n.as_str()),
+        }
+    }
+
+    /// Every pageview dimension's name, comma-separated (for messages).
+    pub fn dim_list(&self) -> String {
+        let mut names: Vec<&str> = crate::parse::event::dims::DIMS.to_vec();
+        names.extend(self.event.custom.iter().map(|(n, _)| n.as_str()));
+        names.join(", ")
+    }
+}
+
 impl Default for AggConfig {
     fn default() -> Self {
         AggConfig {
@@ -745,12 +778,13 @@ impl Aggregates {
         let hours = Tier::new(60, cfg.hour_window, 1);
         let days = Tier::new(1440, cfg.day_window, 1);
         let cfg_visits = cfg.visits;
+        let custom: Vec<String> = cfg.event.custom.iter().map(|(n, _)| n.clone()).collect();
         Aggregates {
             cfg,
             sites: Names::default(),
             urls: Names::default(),
             refs: Names::default(),
-            profiles: dims::Profiles::default(),
+            profiles: dims::Profiles::new(&custom),
             url_site: Vec::new(),
             minutes,
             hours,

@@ -24,7 +24,7 @@ use super::params::{
 use super::{Hub, Op, Part, QueryError};
 use crate::agg::dims::{DimFilter, Filter};
 use crate::agg::{AggConfig, Dim, Totals, UrlStats};
-use crate::parse::event::dims::{dim_index, DIMS, SEP};
+use crate::parse::event::dims::SEP;
 
 /// The longest `matches` pattern.
 pub const MAX_PATTERN: usize = 256;
@@ -119,6 +119,8 @@ pub enum Compare {
 pub struct Plan {
     pub metrics: Vec<Metric>,
     pub dims: Vec<QDim>,
+    /// The dimensions' names, as answered.
+    pub dim_names: Vec<String>,
     pub family: Family,
     pub range: Range,
     pub site: Option<String>,
@@ -173,7 +175,8 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         Some(_) => return Err(bad("site", "a non-empty string (a site's host)")),
     };
     let metrics = metrics(q.get("metrics"))?;
-    let dims = dimensions(q.get("dimensions"))?;
+    let dims = dimensions(q.get("dimensions"), cfg)?;
+    let dim_names: Vec<String> = dims.iter().map(|d| dim_name(*d, cfg)).collect();
     let include = match q.get("include") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
@@ -216,7 +219,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             let mut terms = 0;
             let mut all = list
                 .iter()
-                .map(|f| filter(f, &mut terms))
+                .map(|f| filter(f, &mut terms, cfg))
                 .collect::<Result<Vec<_>, _>>()?;
             Some(if all.len() == 1 {
                 all.remove(0)
@@ -296,12 +299,12 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             (DimFilter::default(), Some(f))
         }
         (_, Some(f)) => {
-            let f = f.on_profiles().ok_or_else(|| {
+            let f = f.on_profiles(cfg).ok_or_else(|| {
                 bad(
                     "filters",
                     format!(
                         "a filter on url, ref_domain, site, entry_page or exit_page beside pageview dimensions is not covered by precomputed cells (answering it from the raw log is not built yet); filter on {} or query that dimension alone",
-                        DIMS.join(", ")
+                        cfg.dim_list()
                     ),
                 )
             })?;
@@ -404,7 +407,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         }
     };
 
-    let order = order_by(q.get("order_by"), &metrics, &dims)?;
+    let order = order_by(q.get("order_by"), &metrics, &dim_names, &dims)?;
     let number = |name: &str, default: usize, min: usize, max: usize| -> Result<usize, BadParam> {
         match q.get(name) {
             None | Some(Value::Null) => Ok(default),
@@ -420,6 +423,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         offset: number("offset", 0, 0, MAX_OFFSET)?,
         metrics,
         dims,
+        dim_names,
         family,
         range,
         site,
@@ -479,9 +483,9 @@ fn metrics(v: Option<&Value>) -> Result<Vec<Metric>, BadParam> {
 }
 
 /// A dimension's name as a query writes it.
-fn dim_name(d: QDim) -> String {
+fn dim_name(d: QDim, cfg: &AggConfig) -> String {
     match d {
-        QDim::Profile(i) => DIMS.get(i).copied().unwrap_or("?").to_string(),
+        QDim::Profile(i) => cfg.dim_name(i).to_string(),
         QDim::Time(1) => "time:minute".into(),
         QDim::Time(60) => "time:hour".into(),
         QDim::Time(1440) => "time:day".into(),
@@ -501,10 +505,10 @@ fn page_dim(name: &str) -> Option<Dim> {
     })
 }
 
-fn dimensions(v: Option<&Value>) -> Result<Vec<QDim>, BadParam> {
+fn dimensions(v: Option<&Value>, cfg: &AggConfig) -> Result<Vec<QDim>, BadParam> {
     let mut out = Vec::new();
     for n in strings(v, "dimensions")? {
-        let d = if let Some(i) = dim_index(n) {
+        let d = if let Some(i) = cfg.dim_index(n) {
             QDim::Profile(i)
         } else if let Some(p) = page_dim(n) {
             QDim::Page(p)
@@ -528,7 +532,7 @@ fn dimensions(v: Option<&Value>) -> Result<Vec<QDim>, BadParam> {
                 "dimensions",
                 format!(
                     "`{n}`: one of {}, url, ref_domain, site, entry_page, exit_page, time:minute, time:hour, time:day (or time:5m and the other steps of /v1/timeseries)",
-                    DIMS.join(", ")
+                    cfg.dim_list()
                 ),
             ));
         };
@@ -583,6 +587,7 @@ fn date_range(v: Option<&Value>, now_ms: i64) -> Result<(String, String), BadPar
 fn order_by(
     v: Option<&Value>,
     metrics: &[Metric],
+    names: &[String],
     dims: &[QDim],
 ) -> Result<Vec<(Column, bool)>, BadParam> {
     let time = dims.iter().position(|d| matches!(d, QDim::Time(_)));
@@ -610,7 +615,7 @@ fn order_by(
                 };
                 let col = if let Some(i) = metrics.iter().position(|m| m.name() == name) {
                     Column::Metric(i)
-                } else if let Some(i) = dims.iter().position(|d| dim_name(*d) == name) {
+                } else if let Some(i) = names.iter().position(|d| d == name) {
                     Column::Dim(i)
                 } else {
                     return Err(bad(
@@ -643,7 +648,7 @@ enum QFilter {
     Not(Box<QFilter>),
 }
 
-fn filter(v: &Value, terms: &mut usize) -> Result<QFilter, BadParam> {
+fn filter(v: &Value, terms: &mut usize, cfg: &AggConfig) -> Result<QFilter, BadParam> {
     *terms += 1;
     if *terms > MAX_FILTER_TERMS {
         return Err(bad(
@@ -663,7 +668,7 @@ fn filter(v: &Value, terms: &mut usize) -> Result<QFilter, BadParam> {
                 .as_array()
                 .ok_or_else(|| bad("filters", format!("`{op}` takes a list of filters")))?
                 .iter()
-                .map(|f| filter(f, terms))
+                .map(|f| filter(f, terms, cfg))
                 .collect::<Result<Vec<_>, _>>()?;
             if subs.is_empty() {
                 return Err(bad("filters", format!("`{op}` of no filter")));
@@ -674,7 +679,7 @@ fn filter(v: &Value, terms: &mut usize) -> Result<QFilter, BadParam> {
                 QFilter::Or(subs)
             })
         }
-        (Some("not"), 2) => Ok(QFilter::Not(Box::new(filter(&a[1], terms)?))),
+        (Some("not"), 2) => Ok(QFilter::Not(Box::new(filter(&a[1], terms, cfg)?))),
         (Some(op), 3) => {
             let op: &'static str = match op {
                 "is" => "is",
@@ -691,12 +696,12 @@ fn filter(v: &Value, terms: &mut usize) -> Result<QFilter, BadParam> {
             let dim = a[1]
                 .as_str()
                 .ok_or_else(|| bad("filters", format!("`{}` is not a dimension name", a[1])))?;
-            if dim_index(dim).is_none() && page_dim(dim).is_none() {
+            if cfg.dim_index(dim).is_none() && page_dim(dim).is_none() {
                 return Err(bad(
                     "filters",
                     format!(
                         "`{dim}`: filter on one of {}, url, ref_domain, site, entry_page, exit_page",
-                        DIMS.join(", ")
+                        cfg.dim_list()
                     ),
                 ));
             }
@@ -756,8 +761,8 @@ impl QFilter {
     }
 
     /// As a filter over pageview dimensions; None when a leaf names something else.
-    fn on_profiles(&self) -> Option<Filter> {
-        self.lower(&|d| dim_index(d))
+    fn on_profiles(&self, cfg: &AggConfig) -> Option<Filter> {
+        self.lower(&|d| cfg.dim_index(d))
     }
 
     /// As a filter over the keys of `page` (position 0); None when a leaf names another.
@@ -1204,7 +1209,7 @@ fn answer(
     };
     let mut meta = json!({
         "metrics": plan.metrics.iter().map(|m| m.name()).collect::<Vec<_>>(),
-        "dimensions": plan.dims.iter().map(|d| dim_name(*d)).collect::<Vec<_>>(),
+        "dimensions": plan.dim_names,
         "site": plan.site,
         "date_range": [minute_rfc3339(plan.range.from), minute_rfc3339(plan.range.to)],
         "total_rows": total_rows,

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use crate::agg::dims::{DimFilter, DimRow};
 use crate::agg::topn::{self, Ranked};
 use crate::agg::{Aggregates, Dim, Totals};
-use crate::parse::event::dims::{DIMS, SEP};
+use crate::parse::event::dims::SEP;
 use params::{minute_rfc3339, step_name, BadParam, Range, Request};
 
 /// How long a query waits for the other shards.
@@ -472,14 +472,12 @@ impl Hub {
                         })
                     })
                     .collect();
-                let name = |d: &usize| DIMS.get(*d).copied().unwrap_or("");
-                let filters: serde_json::Map<String, Value> = filter
-                    .is
-                    .iter()
-                    .map(|(d, v)| (name(d).to_string(), json!(v)))
-                    .collect();
+                let agg = self.agg.borrow();
+                let name = |d: &usize| agg.cfg.dim_name(*d).to_string();
+                let filters: serde_json::Map<String, Value> =
+                    filter.is.iter().map(|(d, v)| (name(d), json!(v))).collect();
                 Ok(json!({
-                    "dim": dims.iter().map(name).collect::<Vec<&str>>().join(","),
+                    "dim": dims.iter().map(name).collect::<Vec<String>>().join(","),
                     "from": minute_rfc3339(range.from),
                     "to": minute_rfc3339(range.to),
                     "site": site,

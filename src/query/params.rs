@@ -13,7 +13,6 @@ use time::OffsetDateTime;
 
 use crate::agg::dims::DimFilter;
 use crate::agg::{AggConfig, Dim};
-use crate::parse::event::dims::{dim_index, DIMS};
 
 /// A parameter the user got wrong; answered with 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -271,7 +270,7 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
             "dim", "from", "to", "limit", "site", "sort", "filter", "bots",
         ],
     )?;
-    if let Some(dims) = p.get("dim").and_then(|d| dims_of(d)) {
+    if let Some(dims) = p.get("dim").and_then(|d| dims_of(d, cfg)) {
         return parse_breakdown(dims?, &p, now_ms, cfg);
     }
     for k in ["filter", "bots"] {
@@ -280,7 +279,7 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
                 k,
                 format!(
                     "only with a pageview dimension: dim= one of {}",
-                    DIMS.join(", ")
+                    cfg.dim_list()
                 ),
             ));
         }
@@ -296,7 +295,7 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
                 "dim",
                 format!(
                     "`{other}`: one of url, ref_domain, site, entry_page, exit_page, {}",
-                    DIMS.join(", ")
+                    cfg.dim_list()
                 ),
             ))
         }
@@ -345,9 +344,9 @@ fn parse_top(query: Option<&str>, now_ms: i64, cfg: &AggConfig) -> Result<Reques
 /// `dim=` naming one pageview dimension or two (`channel,device`): their positions, an error
 /// naming the trouble for a list that is not one or two of them; None when it names none (a
 /// url, referrer or site list).
-fn dims_of(text: &str) -> Option<Result<Vec<usize>, BadParam>> {
+fn dims_of(text: &str, cfg: &AggConfig) -> Option<Result<Vec<usize>, BadParam>> {
     let names: Vec<&str> = text.split(',').map(str::trim).collect();
-    let found: Vec<Option<usize>> = names.iter().map(|n| dim_index(n)).collect();
+    let found: Vec<Option<usize>> = names.iter().map(|n| cfg.dim_index(n)).collect();
     if found.iter().all(Option::is_none) {
         return None;
     }
@@ -358,7 +357,7 @@ fn dims_of(text: &str) -> Option<Result<Vec<usize>, BadParam>> {
                 "dim",
                 format!(
                 "`{text}`: one or two different pageview dimensions (e.g. channel,device) of {}",
-                DIMS.join(", ")
+                cfg.dim_list()
             ),
             ))
         } else {
@@ -382,10 +381,10 @@ fn parse_breakdown(
                     format!("`{pair}`: write dimension:value, e.g. channel:search"),
                 )
             })?;
-            let d = dim_index(d.trim()).ok_or_else(|| {
+            let d = cfg.dim_index(d.trim()).ok_or_else(|| {
                 bad(
                     "filter",
-                    format!("`{d}`: a dimension, one of {}", DIMS.join(", ")),
+                    format!("`{d}`: a dimension, one of {}", cfg.dim_list()),
                 )
             })?;
             filter.is.push((d, v.trim().to_string()));

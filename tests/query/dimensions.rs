@@ -390,3 +390,104 @@ fn countries_follow_the_database_file() {
     let (code, err) = s.wait();
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// Custom dimensions (`[agg.dimensions]`) of a real server: counted by value like the
+/// built-in ones in `/v1/top?dim=` and `POST /v1/query` (alone, in pairs, filtered), against
+/// a model of the lines sent, and the same after a restart.
+#[test]
+fn custom_dimensions() {
+    let config = "[agg.dimensions]\nsection = \"section\"\nauthor = \"writer\"\n";
+    let data = common::tempdir();
+    let mut s = Server::builder().data(data.path()).config(config).start();
+    s.wait_complete();
+    let now = common::now_ms() as i64;
+    let sections = ["sport", "news", "culture"];
+    let authors = ["Ann", "Bob"];
+    let mut lines = Vec::new();
+    // section → (views, visitors); (section, author) → views.
+    let mut by_section: BTreeMap<String, (u64, BTreeSet<u32>)> = BTreeMap::new();
+    let mut pairs: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for i in 0..600u32 {
+        let vid = i % 97;
+        let (section, author) = match i % 7 {
+            // No section: `(none)`.
+            0 => (None, authors[(i % 2) as usize]),
+            k => (Some(sections[(k % 3) as usize]), authors[(i % 2) as usize]),
+        };
+        let field = section.map_or(String::new(), |s| format!(r#","section":"{s}""#));
+        lines.push(format!(
+            r#"{{"msec":{},"url":"https://a.example/p{}","vid":"v{vid}","writer":"{author}"{field}}}"#,
+            msec(now - 60_000 - i64::from(i) * 1000),
+            i % 5
+        ));
+        let section = section.unwrap_or("(none)").to_string();
+        let e = by_section.entry(section.clone()).or_default();
+        e.0 += 1;
+        e.1.insert(vid);
+        *pairs.entry((section, author.to_string())).or_default() += 1;
+    }
+    common::post_ndjson(s.http, lines.iter().map(|l| l.as_bytes()));
+    common::wait_aggregated(s.http, lines.len() as u64, "custom dimensions");
+    let want: BTreeMap<String, (u64, u64)> = by_section
+        .iter()
+        .map(|(k, (n, vs))| (k.clone(), (*n, vs.len() as u64)))
+        .collect();
+    let check = |port: u16, phase: &str| {
+        assert_eq!(
+            answer(port, "dim=section", &BTreeSet::new()),
+            want,
+            "{phase}: /v1/top?dim=section"
+        );
+        let q = serde_json::json!({"metrics": ["views"], "dimensions": ["section", "author"],
+                                   "date_range": ["-2h", "now"], "limit": 1000});
+        let (st, _, body) = common::http(
+            port,
+            "POST",
+            "/v1/query",
+            &[("Content-Type", "application/json")],
+            q.to_string().as_bytes(),
+        );
+        assert_eq!(st, 200, "{phase}: {}", String::from_utf8_lossy(&body));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let got: BTreeMap<(String, String), u64> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let d = r["dimensions"].as_array().unwrap();
+                (
+                    (
+                        d[0].as_str().unwrap().to_string(),
+                        d[1].as_str().unwrap().to_string(),
+                    ),
+                    r["metrics"][0].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, pairs, "{phase}: section × author");
+        // Filtered by a custom dimension, broken down by another.
+        let q = serde_json::json!({"metrics": ["views"], "dimensions": ["author"],
+                                   "filters": [["matches", "section", ["^(sport|news)$"]]],
+                                   "date_range": ["-2h", "now"]});
+        let (_, _, body) = common::http(port, "POST", "/v1/query", &[], q.to_string().as_bytes());
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let total: u64 = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["metrics"][0].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, want["sport"].0 + want["news"].0, "{phase}: {v}");
+    };
+    check(s.http, "live");
+    s.signal("TERM");
+    let (code, err) = s.wait();
+    assert_eq!(code, Some(0), "{err}");
+    let mut s = Server::builder().data(data.path()).config(config).start();
+    s.wait_complete();
+    check(s.http, "after a restart");
+    // An unknown dimension is named in the error, with the custom ones listed.
+    let (st, body) = common::try_get(s.http, "/v1/top?dim=colour");
+    assert_eq!(st, 400);
+    assert!(String::from_utf8_lossy(&body).contains("section"));
+}

@@ -746,6 +746,117 @@ pub(crate) mod tests {
         out
     }
 
+    /// Custom dimensions (`[agg.dimensions]`): counted like the built-in ones, found by name
+    /// in a profile's key (so a checkpoint read under another list of them answers each by
+    /// its own values), capped at `VALUE_CAP` values with the rest `(other)`.
+    #[test]
+    fn custom_dimensions_count_and_survive_a_checkpoint_and_a_config_change() {
+        use crate::agg::dims::{DimFilter, OTHER, VALUE_CAP};
+        use crate::parse::event::{dims::DIMS, EventConfig, EventParser};
+        let custom = |names: &[&str]| -> AggConfig {
+            let mut cfg = AggConfig::default();
+            cfg.event.custom = names
+                .iter()
+                .map(|n| (n.to_string(), n.to_string()))
+                .collect();
+            cfg
+        };
+        let cfg = custom(&["author", "section"]);
+        let mut parser = EventParser::new(EventConfig {
+            custom: cfg.event.custom.clone(),
+            ..EventConfig::default()
+        });
+        // fixed-date: aggregation only, at a fixed minute.
+        let now = 29_000_000;
+        let mut a = Aggregates::new(cfg.clone());
+        let mut b = Batch::default();
+        for (i, line) in [
+            r#"{"url":"https://a.example/1","section":"sport","author":"Ann","vid":"1"}"#,
+            r#"{"url":"https://a.example/2","section":"sport","author":"Bob","vid":"2"}"#,
+            r#"{"url":"https://a.example/3","section":"news","author":7,"vid":"2"}"#,
+            r#"{"url":"https://a.example/4","vid":"3"}"#,
+        ]
+        .iter()
+        .enumerate()
+        {
+            let e = parser.parse(line.as_bytes()).unwrap();
+            assert!(e.profile.contains("section="), "{}", e.profile);
+            b.push(
+                IncKind::Profile,
+                true,
+                now - 2,
+                0,
+                e.site,
+                e.profile,
+                Some(i as u64 % 3),
+            );
+        }
+        a.apply_batch(&b, now);
+        let rows = |agg: &Aggregates, dims: &[usize]| {
+            let mut rows: Vec<(String, u64)> = agg
+                .breakdown(dims, now - 10, now + 1, None, &DimFilter::default())
+                .into_iter()
+                .map(|r| (r.key, r.views))
+                .collect();
+            rows.sort();
+            rows
+        };
+        let s = |k: &str| k.to_string();
+        let (author, section) = (DIMS.len(), DIMS.len() + 1);
+        let want_sections = [(s("(none)"), 1), (s("news"), 1), (s("sport"), 2)];
+        assert_eq!(rows(&a, &[section]), want_sections);
+        assert_eq!(
+            rows(&a, &[author]),
+            [(s("(none)"), 1), (s("7"), 1), (s("Ann"), 1), (s("Bob"), 1)]
+        );
+        let sport_by_author = DimFilter {
+            is: vec![(section, s("sport"))],
+            ..DimFilter::default()
+        };
+        assert_eq!(
+            a.breakdown(&[author], now - 10, now + 1, None, &sport_by_author)
+                .len(),
+            2
+        );
+        // Through a checkpoint: the same, and under a list without `author` (or with more),
+        // `section` keeps its values.
+        let bytes = encode(&mut a, &header(Kind::Base, 1, 0));
+        for names in [
+            &["author", "section"][..],
+            &["section"],
+            &["a_new_one", "section"],
+        ] {
+            let cfg = custom(names);
+            let mut r = Aggregates::new(cfg.clone());
+            decode_into(&bytes, &mut r).unwrap();
+            let section = cfg.dim_index("section").unwrap();
+            assert_eq!(rows(&r, &[section]), want_sections, "{names:?}");
+            if let Some(new) = cfg.dim_index("a_new_one") {
+                assert_eq!(rows(&r, &[new]), [(s("(none)"), 4)], "not configured then");
+            }
+        }
+        // Capped: values past VALUE_CAP count as (other), each counted once.
+        let mut b = Batch::default();
+        for i in 0..VALUE_CAP + 5 {
+            let line = format!(r#"{{"url":"https://a.example/","section":"s{i}","vid":"9"}}"#);
+            let e = parser.parse(line.as_bytes()).unwrap();
+            b.push(
+                IncKind::Profile,
+                true,
+                now - 1,
+                0,
+                e.site,
+                e.profile,
+                Some(9),
+            );
+        }
+        a.apply_batch(&b, now);
+        let listed = rows(&a, &[section]);
+        assert_eq!(listed.len(), VALUE_CAP + 1, "the cap, and (other)");
+        assert!(listed.contains(&(s(OTHER), 8)), "3 known values came first");
+        assert_eq!(a.profiles.overflow, 8);
+    }
+
     /// The checked-in sample of version 5 (tests/data/sample-v5.agg) decodes to the state it
     /// was written from, profiles included; regenerate with
     /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v5`.

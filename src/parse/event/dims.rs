@@ -47,6 +47,11 @@ pub fn push_value(key: &mut String, value: &str) {
     if !key.is_empty() {
         key.push(SEP);
     }
+    push_clean(key, value);
+}
+
+/// Appends `value` trimmed, control characters replaced by spaces, [`NONE`] when empty.
+fn push_clean(key: &mut String, value: &str) {
     let value = value.trim();
     // Control characters: C0 and DEL in ASCII, C1 (U+0080–U+009F) behind a 0xC2 byte.
     let control = |b: &u8| *b < 0x20 || *b == 0x7f || *b == 0xc2;
@@ -57,6 +62,37 @@ pub fn push_value(key: &mut String, value: &str) {
     } else {
         key.push_str(value);
     }
+}
+
+/// The longest value of a custom dimension kept (longer ones are cut at a character
+/// boundary): a key stays small whatever a line carries.
+pub const CUSTOM_VALUE_BYTES: usize = 100;
+
+/// Appends custom dimension `name`'s value to a key being built, as `name=value` after the
+/// built-in values: found by its name, not its position, so that adding, removing or
+/// reordering `[agg.dimensions]` never reads one dimension's value as another's.
+pub fn push_custom(key: &mut String, name: &str, value: &str) {
+    key.push(SEP);
+    key.push_str(name);
+    key.push('=');
+    let mut v = value.trim();
+    if v.len() > CUSTOM_VALUE_BYTES {
+        let mut end = CUSTOM_VALUE_BYTES;
+        while !v.is_char_boundary(end) {
+            end -= 1;
+        }
+        v = &v[..end];
+    }
+    push_clean(key, v);
+}
+
+/// The value of custom dimension `name` in a key, [`NONE`] when the key has none (a pageview
+/// aggregated before the dimension was configured, or without its field).
+pub fn custom_value<'a>(key: &'a str, name: &str) -> &'a str {
+    key.split(SEP)
+        .skip(DIMS.len())
+        .find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or(NONE)
 }
 
 /// The value a key of an older build, written before dimension `dim` existed, stands for.

@@ -61,6 +61,8 @@ pub(super) enum Field {
     Inc,
     Ua,
     Ip,
+    /// A custom dimension's field (its position in `EventConfig::custom`).
+    Custom(u8),
 }
 
 impl FieldNames {
@@ -104,6 +106,26 @@ pub(super) struct KeyTable {
 }
 
 impl KeyTable {
+    /// The table of `names` and of the custom dimensions' fields (which never shadow a
+    /// built-in name: the configuration refuses that).
+    pub(super) fn with_custom(names: &FieldNames, custom: &[(String, String)]) -> Self {
+        let mut t = KeyTable::new(names);
+        for (i, (_, field)) in custom.iter().enumerate() {
+            let (Ok(i), n) = (u8::try_from(i), field.len()) else {
+                continue;
+            };
+            if t.by_len.len() <= n {
+                t.by_len.resize(n + 1, Vec::new());
+            }
+            if let Some(bucket) = t.by_len.get_mut(n) {
+                if !bucket.iter().any(|(k, _, _)| **k == *field.as_bytes()) {
+                    bucket.push((field.as_bytes().into(), Field::Custom(i), 0));
+                }
+            }
+        }
+        t
+    }
+
     pub(super) fn new(names: &FieldNames) -> Self {
         let mut t = KeyTable::default();
         for (field, list) in names.fields() {

@@ -75,6 +75,9 @@ pub struct EventConfig {
     pub url_keep_query: Vec<String>,
     /// The country database (`[geo]`), if any.
     pub geo: crate::parse::geo::Geo,
+    /// Custom dimensions of a pageview (`[agg.dimensions]`): (name, the line's field), in
+    /// the order of their names.
+    pub custom: Vec<(String, String)>,
 }
 
 impl Default for EventConfig {
@@ -84,6 +87,7 @@ impl Default for EventConfig {
             heartbeat_seconds: 10,
             url_keep_query: Vec::new(),
             geo: crate::parse::geo::Geo::none(),
+            custom: Vec::new(),
         }
     }
 }
@@ -260,6 +264,10 @@ struct Scratch {
     vid: String,
     ua: String,
     ip: String,
+    /// The values of the custom dimensions' fields, by position in `EventConfig::custom`
+    /// (first occurrence wins; empty when absent).
+    custom: Vec<String>,
+    custom_found: Vec<bool>,
     /// A pageview's profile key (`dims`).
     profile: String,
     /// Percent-decoded bytes before their UTF-8 check (the combined format's query).
@@ -274,6 +282,12 @@ impl Scratch {
         self.vid.clear();
         self.ua.clear();
         self.ip.clear();
+        for c in &mut self.custom {
+            c.clear();
+        }
+        for f in &mut self.custom_found {
+            *f = false;
+        }
         self.profile.clear();
     }
 
@@ -361,6 +375,26 @@ impl Scratch {
                     out.push_str(s);
                 }
             }
+            Field::Custom(i) => {
+                let i = usize::from(i);
+                let (Some(out), Some(found)) =
+                    (self.custom.get_mut(i), self.custom_found.get_mut(i))
+                else {
+                    return;
+                };
+                if *found {
+                    return;
+                }
+                *found = true;
+                // Writing into a String cannot fail.
+                let _ = match value {
+                    Scalar::Str(s) => out.write_str(s),
+                    Scalar::U64(n) => write!(out, "{n}"),
+                    Scalar::I64(n) => write!(out, "{n}"),
+                    Scalar::F64(n) => write!(out, "{n}"),
+                    Scalar::Null | Scalar::Other => Ok(()),
+                };
+            }
             Field::Msec | Field::Time | Field::Action | Field::Inc => {}
         }
     }
@@ -386,12 +420,17 @@ pub struct EventParser {
 
 impl EventParser {
     pub fn new(cfg: EventConfig) -> Self {
+        let scratch = Scratch {
+            custom: vec![String::new(); cfg.custom.len()],
+            custom_found: vec![false; cfg.custom.len()],
+            ..Scratch::default()
+        };
         EventParser {
-            keys: KeyTable::new(&cfg.fields),
+            keys: KeyTable::with_custom(&cfg.fields, &cfg.custom),
             geo: crate::parse::geo::GeoView::new(&cfg.geo),
             cfg,
             lossy: String::new(),
-            scratch: Scratch::default(),
+            scratch,
             fast: true,
             cache: cache::NormCache::new(),
         }
@@ -531,6 +570,9 @@ fn finish<'a>(
             geo.country(&scratch.ip),
         ] {
             dims::push_value(p, v);
+        }
+        for ((name, _), v) in cfg.custom.iter().zip(&scratch.custom) {
+            dims::push_custom(p, name, v);
         }
     }
     let (msec, time) = (found.msec.value, found.time.value);
@@ -771,6 +813,56 @@ mod tests {
             dims::values(e.profile).nth(dims::COUNTRY),
             Some("(unknown)")
         );
+    }
+
+    /// Custom dimensions: the configured fields' values after the built-in ones, as
+    /// `name=value` (found by name), from JSON (strings or numbers) and from a combined
+    /// line's query string; `(none)` when absent, cut at 100 bytes, control characters gone.
+    #[test]
+    fn custom_dimensions_of_a_pageview() {
+        let mut p = EventParser::new(EventConfig {
+            custom: vec![
+                ("author".into(), "writer".into()),
+                ("section".into(), "section".into()),
+            ],
+            ..EventConfig::default()
+        });
+        let mut custom = |line: &str| {
+            let e = p.parse(line.as_bytes()).unwrap();
+            (
+                dims::custom_value(e.profile, "author").to_owned(),
+                dims::custom_value(e.profile, "section").to_owned(),
+            )
+        };
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            custom(r#"{"url":"https://a.example/","writer":"Ann","section":"sport"}"#),
+            s("Ann", "sport")
+        );
+        assert_eq!(
+            custom(r#"{"url":"https://a.example/","section":42,"section":"later"}"#),
+            s("(none)", "42")
+        );
+        assert_eq!(
+            custom(r#"{"url":"https://a.example/","writer":"A \"quoted\"\nname"}"#),
+            s("A \"quoted\" name", "(none)")
+        );
+        let long = "é".repeat(80);
+        let (_, cut) = custom(&format!(
+            r#"{{"url":"https://a.example/","section":"{long}"}}"#
+        ));
+        assert_eq!(cut, "é".repeat(50));
+        assert_eq!(
+            custom(
+                r#"1.2.3.4 - - [22/Nov/2026:01:39:03 +0000] "GET /p.gif?url=https%3A%2F%2Fa.example%2F&section=tech&writer=Bo%20b HTTP/1.1" 200 43 "-" "-""#
+            ),
+            s("Bo b", "tech")
+        );
+        // A heartbeat has no profile.
+        let e = p
+            .parse(br#"{"url":"https://a.example/","a":"hb","section":"x"}"#)
+            .unwrap();
+        assert_eq!(e.profile, "");
     }
 
     #[test]
