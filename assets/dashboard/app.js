@@ -38,6 +38,8 @@
     lastRefresh: 0, refreshing: false, refreshAgain: false,
     live: { gen: 0, abort: null, lastId: null, retry: 3000, events: 0, snapshots: 0, lastHealth: null },
     chart: null, cursor: null,
+    // Filters of the dimension cards: [dimension, value] pairs, all must hold.
+    filters: [],
   };
   window.pixeldDashboard = st;
 
@@ -53,6 +55,17 @@
     const body = await r.json().catch(() => ({}));
     if (!r.ok) throw new Error(body.error || ('HTTP ' + r.status));
     return body;
+  }
+
+  async function apiPost(path, body) {
+    const r = await fetch(path, {
+      method: 'POST', cache: 'no-store',
+      headers: { ...headers(), 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+    });
+    if (r.status === 401) { askToken(); throw new AuthError('token needed'); }
+    const out = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(out.error || ('HTTP ' + r.status));
+    return out;
   }
 
   const secs = (rfc3339) => Math.round(Date.parse(rfc3339) / 1000);
@@ -352,18 +365,79 @@
   }
 
   // Channels, devices and countries (`/v1/top?dim=`, bots left out), refreshed with the
-  // sparklines.
+  // sparklines; with filters, `POST /v1/query` of the pageviews that match them.
   const DIM_LISTS = { 'top-channels': 'channel', 'top-devices': 'device', 'top-countries': 'country' };
   async function loadDims() {
     const gen = st.live.gen;
     const range = { from: st.from, to: st.to, site: st.site, limit: 10 };
+    const filters = st.filters.map(([d, v]) => ['is', d, [v]]);
+    const query = (body) => apiPost('/v1/query', {
+      ...body, site: st.site || undefined, filters, date_range: [String(st.from), String(st.to)],
+    });
     const lists = await Promise.all(Object.entries(DIM_LISTS).map(async ([id, dim]) => {
-      const r = await api('/v1/top?' + q({ ...range, dim }));
-      return [id, r.items];
+      if (!filters.length) return [id, (await api('/v1/top?' + q({ ...range, dim }))).items];
+      const r = await query({ metrics: ['views'], dimensions: [dim], limit: 10 });
+      return [id, r.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0] }))];
     }));
+    const sum = filters.length
+      ? await query({ metrics: ['views', 'visitors'], include: { comparisons: 'previous_period' } })
+      : null;
     if (gen !== st.live.gen) return;
-    const total = st.headline ? st.headline.views : 0;
-    for (const [id, items] of lists) renderList(id, items, total, false);
+    let total = st.headline ? st.headline.views : 0;
+    if (sum) {
+      const row = sum.results[0] || { metrics: [0, 0] };
+      total = row.metrics[0];
+      const change = (i) => {
+        const c = row.comparison && row.comparison.change[i];
+        return c == null ? '' : ` (${c > 0 ? '+' : ''}${nf1.format(c)} % vs previous period)`;
+      };
+      const sumEl = $('filter-sum');
+      sumEl.dataset.views = String(row.metrics[0]);
+      sumEl.dataset.visitors = String(row.metrics[1]);
+      sumEl.textContent = `${nf.format(row.metrics[0])} views${change(0)}, ${nf.format(row.metrics[1])} visitors${change(1)}`;
+    }
+    for (const [id, items] of lists) {
+      renderList(id, items, total, false);
+      $(id).dataset.filter = DIM_LISTS[id];
+      for (const li of $(id).querySelectorAll('li:not(.empty)')) li.tabIndex = 0;
+    }
+  }
+
+  // A click (or Enter) on a row of a dimension card filters by its value; a chip removes it.
+  function renderFilters() {
+    const bar = $('filterbar');
+    bar.hidden = st.filters.length === 0;
+    const chips = $('filter-chips');
+    chips.replaceChildren();
+    for (const [d, v] of st.filters) {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'chip';
+      b.dataset.dim = d;
+      b.dataset.value = v;
+      b.textContent = `${d}: ${v} ✕`;
+      b.setAttribute('aria-label', `remove the filter ${d} is ${v}`);
+      b.addEventListener('click', () => {
+        st.filters = st.filters.filter(([x, y]) => !(x === d && y === v));
+        renderFilters();
+        loadDims().catch(report);
+      });
+      chips.appendChild(b);
+    }
+    if (!st.filters.length) $('filter-sum').textContent = '';
+  }
+  for (const id of Object.keys(DIM_LISTS)) {
+    const pick = (ev) => {
+      const li = ev.target.closest('li');
+      if (!li || li.classList.contains('empty') || !li.dataset.key) return;
+      const dim = DIM_LISTS[id];
+      // One value per dimension: a second click on the same dimension replaces it.
+      st.filters = st.filters.filter(([d]) => d !== dim).concat([[dim, li.dataset.key]]);
+      renderFilters();
+      loadDims().catch(report);
+    };
+    $(id).addEventListener('click', pick);
+    $(id).addEventListener('keydown', (ev) => { if (ev.key === 'Enter') pick(ev); });
   }
 
   for (const group of document.querySelectorAll('[data-dim]')) {
@@ -487,6 +561,7 @@
     const dt = (h.t_ms - prev.t_ms) / 1000;
     const rate = (a, b) => Math.max(0, (a - b) / dt);
     $('h-in').textContent = nf1.format(rate(h.received_events_total, prev.received_events_total)) + ' /s';
+    $('h-bots').textContent = nf1.format(rate(h.bot_hits_total || 0, prev.bot_hits_total || 0)) + ' /s, left out';
     const drops = Object.keys(h.dropped_events_total)
       .map((k) => [k, rate(h.dropped_events_total[k], prev.dropped_events_total[k] || 0)])
       .filter(([, v]) => v > 0);

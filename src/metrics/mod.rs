@@ -928,6 +928,8 @@ pub fn health(all: &[std::sync::Arc<ShardStats>], pixel_overload: &str) -> serde
         "pending_events": received.saturating_sub(appended + dropped),
         "durable_offset": all.iter().map(|s| s.durable_offset().map_or(-1, |o| o as i64)).collect::<Vec<_>>(),
         "live_clients": sum(&|s| ShardStats::get(&s.live_clients)),
+        // Bots' hits: left out of every metric (agg.bots = "exclude"), shown only here.
+        "bot_hits_total": sum(&|s| s.agg.outcome(AggOutcome::Bot)),
         "pixel": {
             "overload": pixel_overload,
             "waited_total": sum(&|s| ShardStats::get(&s.http_pixel_waited)),

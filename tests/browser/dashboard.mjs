@@ -20,6 +20,14 @@ const BURST = 500;
 if (!BASE) { console.error('PIXELD_URL is not set'); process.exit(2); }
 
 const auth = TOKEN ? { Authorization: 'Bearer ' + TOKEN } : {};
+async function query(body) {
+  const r = await fetch(BASE + '/v1/query', {
+    method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+  });
+  assert.equal(r.status, 200, `POST /v1/query ${JSON.stringify(body)}: ${r.status}`);
+  return r.json();
+}
+
 async function api(path) {
   const r = await fetch(BASE + path, { headers: auth });
   assert.equal(r.status, 200, `${path}: HTTP ${r.status}`);
@@ -133,6 +141,41 @@ try {
   const shards = metrics.split('\n').filter((l) => l.startsWith('pixeld_durable_offset{')).length;
   assert.equal(health, String(shards), 'health strip shards != /metrics');
   ok(`health strip shows ${health} shards, as /metrics`);
+  const bots = await page.evaluate(() => document.getElementById('h-bots').textContent);
+  assert.ok(/left out$/.test(bots), `health strip's bots: ${bots}`);
+  ok(`health strip shows the bots left out (${bots})`);
+
+  // The filter bar: a click on a channel filters the dimension cards by it; the cards and the
+  // bar's sum equal POST /v1/query with that filter over the range shown; its chip removes it.
+  const first = page.locator('#top-channels li').first();
+  const channel = await first.getAttribute('data-key');
+  await first.click();
+  await page.waitForFunction(() => !document.getElementById('filterbar').hidden
+    && document.getElementById('filter-sum').dataset.views, null, { timeout: 15000 });
+  let seen, want;
+  for (let i = 0; i < 20; i++) {
+    const range = await page.evaluate(() => [String(window.pixeldDashboard.from), String(window.pixeldDashboard.to)]);
+    const filters = [['is', 'channel', [channel]]];
+    const [devices, sum] = await Promise.all([
+      query({ metrics: ['views'], dimensions: ['device'], filters, date_range: range, limit: 10 }),
+      query({ metrics: ['views', 'visitors'], filters, date_range: range }),
+    ]);
+    want = { devices: devices.results.map((r) => [r.dimensions[0], r.metrics[0]]), views: sum.results[0].metrics[0] };
+    seen = await page.evaluate(() => ({
+      devices: [...document.querySelectorAll('#top-devices li')].map((li) => [li.dataset.key, Number(li.dataset.views)]),
+      views: Number(document.getElementById('filter-sum').dataset.views),
+    }));
+    if (JSON.stringify(seen) === JSON.stringify(want)) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.deepEqual(seen, want, `filtered by channel ${channel}: the cards differ from POST /v1/query`);
+  assert.ok(want.views > 0 && want.views <= (await api('/v1/summary?from=-30m')).views, 'a filter keeps part of the views');
+  ok(`a click filters by channel ${channel}: devices and ${want.views} views = POST /v1/query`);
+  await page.screenshot({ path: join(OUT, 'dashboard-filtered.png'), fullPage: true });
+  await page.locator('#filter-chips .chip').click();
+  await page.waitForFunction(() => document.getElementById('filterbar').hidden, null, { timeout: 10000 });
+  ok('the chip removes the filter');
+
   const pixel = await page.evaluate(() => document.getElementById('h-pixel').textContent);
   assert.ok(pixel.startsWith('drop'), `health strip's pixel overload: ${pixel}`);
   ok(`health strip shows the pixel's overload choice (${pixel})`);
