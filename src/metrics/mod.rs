@@ -937,3 +937,29 @@ pub fn health(all: &[std::sync::Arc<ShardStats>], pixel_overload: &str) -> serde
         },
     })
 }
+
+/// The `/metrics` families of the country database (`db` = None: none configured).
+pub fn render_geo(db: Option<&crate::parse::geo::GeoDb>) -> String {
+    let st = db.map(crate::parse::geo::GeoDb::status).unwrap_or_default();
+    let mut p = Prom::with_capacity(512);
+    p.gauge(
+        "pixeld_geo_database_loaded",
+        "1 when a country database ([geo] database) is in use, else 0 (countries are (unknown)).",
+        u8::from(st.loaded.is_some()),
+    )
+    .gauge(
+        "pixeld_geo_database_build_timestamp_seconds",
+        "Build time of the country database in use (0: none).",
+        st.build_epoch,
+    )
+    .rows(
+        "pixeld_geo_reloads_total",
+        Kind::Counter,
+        "Reads of the country database's file, by result (an error keeps the previous database).",
+        [
+            ("{result=\"ok\"}".to_string(), st.loads),
+            ("{result=\"error\"}".to_string(), st.failures),
+        ],
+    );
+    p.finish()
+}
