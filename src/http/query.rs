@@ -68,6 +68,75 @@ fn answered(
     }
 }
 
+/// Sets a scan's cancel flag when dropped: hyper drops the handler's future when the client
+/// goes away, and the scan threads see it within 4 096 records.
+struct CancelOnDrop(crate::query::scan::Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A `POST /v1/query` with `"include": {"scan": true}`: the range (and the comparison
+/// period) read from every shard's retained log on the blocking pool (`query::scan`), after
+/// an estimate that refuses what is over the cap. 400 for too large, 503 for an unreadable
+/// log.
+async fn scanned(plan: crate::query::api::Plan, ctx: &HttpContext) -> Response<Full<Bytes>> {
+    use crate::query::{api, scan};
+    let cfg = ctx.hub.agg().borrow().cfg.clone();
+    let nexts = ctx.log_api.durable_nexts();
+    let ranges: Vec<_> = std::iter::once(plan.range)
+        .chain(plan.compare.map(|(_, r)| r))
+        .collect();
+    let estimate: u64 = ranges
+        .iter()
+        .map(|r| scan::estimate(&ctx.log_api.logs, &nexts, &cfg, r.from))
+        .sum();
+    if estimate > scan::MAX_SCAN_RECORDS {
+        return bad_param(&crate::query::params::bad(
+            "include",
+            scan::ScanError::TooLarge(estimate).to_string(),
+        ));
+    }
+    let cancel = CancelOnDrop(Default::default());
+    let mut rows = Vec::new();
+    for range in ranges {
+        let spec = api::scan_spec(&plan, range);
+        let (readers, cfg, nexts, flag) = (
+            ctx.log_api.clone(),
+            cfg.clone(),
+            nexts.clone(),
+            cancel.0.clone(),
+        );
+        let started = std::time::Instant::now();
+        let r =
+            super::blocking(move || scan::scan(&readers.logs, &nexts, &cfg, &spec, &flag)).await;
+        match r {
+            Ok(s) => rows.push(api::scan_rows(
+                &plan,
+                range,
+                s,
+                started.elapsed().as_secs_f64(),
+            )),
+            Err(e @ (scan::ScanError::TooLarge(_) | scan::ScanError::TooManyRows)) => {
+                return bad_param(&crate::query::params::bad("include", e.to_string()))
+            }
+            Err(e) => {
+                return json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": e.to_string()}),
+                )
+            }
+        }
+    }
+    let mut rows = rows.into_iter();
+    let Some(now) = rows.next() else {
+        return answered(Ok(String::new()), ctx);
+    };
+    answered(Ok(api::compose(&plan, now, rows.next())), ctx)
+}
+
 /// The largest `POST /v1/query` body.
 const MAX_QUERY_BODY: usize = 64 * 1024;
 
@@ -125,6 +194,7 @@ pub(crate) async fn structured(req: Request<Incoming>, ctx: &HttpContext) -> Res
     };
     let r = match plan {
         Err(e) => bad_param(&e),
+        Ok(plan) if plan.family == crate::query::api::Family::Scan => scanned(plan, ctx).await,
         Ok(plan) => answered(ctx.hub.query(plan).await, ctx),
     };
     ctx.ingest

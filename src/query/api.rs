@@ -105,6 +105,8 @@ pub enum Family {
     Totals,
     /// One page-like dimension, filtered on itself.
     Pages(Dim),
+    /// Read from the raw log (`query::scan`): any dimensions and filters.
+    Scan,
 }
 
 /// A comparison period.
@@ -183,13 +185,18 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         Some(_) => return Err(bad("include", "an object")),
     };
     for k in include.keys() {
-        if !["comparisons", "total_rows", "bots"].contains(&k.as_str()) {
+        if !["comparisons", "total_rows", "bots", "scan"].contains(&k.as_str()) {
             return Err(bad(
                 "include",
-                format!("`{k}`: include takes comparisons, total_rows and bots"),
+                format!("`{k}`: include takes comparisons, total_rows, bots and scan"),
             ));
         }
     }
+    let scan = match include.get("scan") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("include", "`scan` is true or false")),
+    };
     let bots = match include.get("bots") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -249,19 +256,37 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
     if times > 1 {
         return Err(bad("dimensions", "at most one time dimension"));
     }
-    if profile_dims.len() > 2 {
+    if scan
+        && pages
+            .iter()
+            .any(|p| matches!(p, Dim::EntryPage | Dim::ExitPage))
+    {
         return Err(bad(
             "dimensions",
-            "at most two pageview dimensions (plus time): a breakdown by three is not precomputed",
+            "entry and exit pages are a visit's, kept only in their cells: not from a scan",
+        ));
+    }
+    if scan && dims.len() > 4 {
+        return Err(bad(
+            "dimensions",
+            "a scan groups by at most four dimensions",
+        ));
+    }
+    if !scan && profile_dims.len() > 2 {
+        return Err(bad(
+            "dimensions",
+            "at most two pageview dimensions (plus time): a breakdown by three is not precomputed; add \"include\": {\"scan\": true} to read it from the raw log",
         ));
     }
     let not_covered = |what: &str| {
         bad(
             "dimensions",
-            format!("{what} is not covered by precomputed cells; answering it from the raw log is not built yet"),
+            format!("{what} is not covered by precomputed cells; add \"include\": {{\"scan\": true}} to read it from the raw log"),
         )
     };
-    let family = if let Some(&page) = pages.first() {
+    let family = if scan {
+        Family::Scan
+    } else if let Some(&page) = pages.first() {
         if dims.len() > 1 {
             return Err(not_covered(&format!(
                 "`{}` beside another dimension",
@@ -278,6 +303,25 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         Family::Totals
     };
     let (filter, key_filter) = match (family, filter_expr) {
+        (Family::Scan, f) => {
+            let expr = match f {
+                None => None,
+                Some(f) => Some(f.on_scan(cfg).ok_or_else(|| {
+                    bad(
+                        "filters",
+                        "a scan filters on pageview dimensions, url, ref_domain and site (entry and exit pages are a visit's, kept only in cells)",
+                    )
+                })?),
+            };
+            (
+                DimFilter {
+                    bots,
+                    expr,
+                    ..DimFilter::default()
+                },
+                None,
+            )
+        }
         (_, None) => (
             DimFilter {
                 bots,
@@ -290,7 +334,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 bad(
                     "filters",
                     format!(
-                        "with the `{}` dimension a filter may name only `{}`: any other is not covered by precomputed cells (answering it from the raw log is not built yet)",
+                        "with the `{}` dimension a filter may name only `{}`: any other is not covered by precomputed cells (add \"include\": {{\"scan\": true}} to read it from the raw log)",
                         page.as_str(),
                         page.as_str()
                     ),
@@ -303,7 +347,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 bad(
                     "filters",
                     format!(
-                        "a filter on url, ref_domain, site, entry_page or exit_page beside pageview dimensions is not covered by precomputed cells (answering it from the raw log is not built yet); filter on {} or query that dimension alone",
+                        "a filter on url, ref_domain, site, entry_page or exit_page beside pageview dimensions is not covered by precomputed cells (add \"include\": {{\"scan\": true}} to read it from the raw log); filter on {} or query that dimension alone",
                         cfg.dim_list()
                     ),
                 )
@@ -320,6 +364,10 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
     };
     for m in &metrics {
         let ok = match family {
+            Family::Scan => matches!(
+                m,
+                Metric::Views | Metric::Visitors | Metric::Hits | Metric::EngagedSeconds
+            ),
             Family::Profiles => matches!(m, Metric::Views | Metric::Visitors),
             Family::Totals => !matches!(
                 m,
@@ -341,6 +389,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         };
         if !ok {
             let cells = match family {
+                Family::Scan => "a scan of the log counts views, visitors, hits and engaged_seconds (visits need their cells)",
                 Family::Profiles => "by pageview dimension (or filtered by one) the cells hold views and visitors only",
                 Family::Totals => "entries, exits and avg_engaged_seconds are a url's: add the url dimension",
                 Family::Pages(Dim::Url) => "a url has views, visitors, hits, engaged_seconds, entries, exits and avg_engaged_seconds",
@@ -351,7 +400,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             return Err(bad(
                 "metrics",
                 format!(
-                    "`{}` is not covered by precomputed cells for this query ({cells}); answering it from the raw log is not built yet",
+                    "`{}` is not covered by precomputed cells for this query ({cells}); a scan of the raw log (\"include\": {{\"scan\": true}}) counts views, visitors, hits and engaged_seconds by anything",
                     m.name()
                 ),
             ));
@@ -766,6 +815,20 @@ impl QFilter {
     }
 
     /// As a filter over the keys of `page` (position 0); None when a leaf names another.
+    /// As a filter of a scan (`query::scan::ScanSpec`): pageview dimensions by position, then
+    /// url, ref_domain and site.
+    fn on_scan(&self, cfg: &AggConfig) -> Option<Filter> {
+        let url = super::scan::ScanSpec::url_pos(cfg);
+        self.lower(&|d| {
+            cfg.dim_index(d).or(match d {
+                "url" => Some(url),
+                "ref_domain" => Some(url + 1),
+                "site" => Some(url + 2),
+                _ => None,
+            })
+        })
+    }
+
     fn on_page(&self, page: Dim) -> Option<Filter> {
         self.lower(&|d| (d == page.as_str()).then_some(0))
     }
@@ -793,15 +856,17 @@ impl QFilter {
 
 /// One row of an answer: its dimension values (as asked) and metric values.
 #[derive(Debug, Clone)]
-struct Row {
+pub struct Row {
     dims: Vec<String>,
     metrics: Vec<Option<f64>>,
 }
 
-/// The rows of a plan over one range, and whether a sketch counted visitors.
-struct Rows {
+/// The rows of a plan over one range, whether a sketch counted visitors, and what a scan of
+/// the log read for them.
+pub struct Rows {
     rows: Vec<Row>,
     sketched: bool,
+    scan: Option<Value>,
 }
 
 fn totals_metric(m: Metric, t: &Totals) -> Option<f64> {
@@ -852,6 +917,11 @@ impl Hub {
         };
         let time_of = |b: &Range| minute_rfc3339(b.from);
         match plan.family {
+            // Scans read the logs, which the HTTP layer holds (`scan_spec`, `scan_rows`).
+            Family::Scan => Err(QueryError::BadParam(bad(
+                "include",
+                "a scan is answered by the HTTP layer",
+            ))),
             Family::Profiles => {
                 let profile_dims: Vec<usize> = plan
                     .dims
@@ -906,7 +976,11 @@ impl Hub {
                         rows.push(Row { dims, metrics });
                     }
                 }
-                Ok(Rows { rows, sketched })
+                Ok(Rows {
+                    rows,
+                    sketched,
+                    scan: None,
+                })
             }
             Family::Totals => {
                 let ops = vec![match step {
@@ -938,6 +1012,7 @@ impl Hub {
                 Ok(Rows {
                     rows,
                     sketched: false,
+                    scan: None,
                 })
             }
             Family::Pages(dim) => {
@@ -972,6 +1047,7 @@ impl Hub {
                     return Ok(Rows {
                         rows,
                         sketched: false,
+                        scan: None,
                     });
                 }
                 if keys.len() > MAX_URL_STATS {
@@ -1004,14 +1080,35 @@ impl Hub {
                         metrics: plan.metrics.iter().map(|m| url_metric(*m, &s)).collect(),
                     })
                     .collect();
-                Ok(Rows { rows, sketched })
+                Ok(Rows {
+                    rows,
+                    sketched,
+                    scan: None,
+                })
             }
         }
     }
 
     /// Answers a validated `POST /v1/query` as JSON.
     pub async fn query(&self, plan: Plan) -> Result<String, QueryError> {
-        let Rows { mut rows, sketched } = self.rows(&plan, plan.range).await?;
+        let now = self.rows(&plan, plan.range).await?;
+        let earlier = match plan.compare {
+            Some((_, r)) => Some(self.rows(&plan, r).await?),
+            None => None,
+        };
+        Ok(compose(&plan, now, earlier))
+    }
+}
+
+/// The answer of `plan` from its rows over its range (and over the comparison period):
+/// ordered, paged, each matched with its comparison row.
+pub fn compose(plan: &Plan, now: Rows, earlier: Option<Rows>) -> String {
+    {
+        let Rows {
+            mut rows,
+            sketched,
+            scan,
+        } = now;
         let cmp = |a: &Row, b: &Row| {
             for (col, desc) in &plan.order {
                 let o = match col {
@@ -1065,8 +1162,7 @@ impl Hub {
             QDim::Time(s) => Some(*s),
             _ => None,
         });
-        if let Some((_, crange)) = plan.compare {
-            let earlier = self.rows(&plan, crange).await?;
+        if let (Some((_, crange)), Some(earlier)) = (plan.compare, earlier) {
             let earlier_sketched = earlier.sketched;
             let same_length = crange.to - crange.from == plan.range.to - plan.range.from;
             let key = |r: &Row, from: i64| -> Vec<String> {
@@ -1155,19 +1251,93 @@ impl Hub {
                     item
                 })
                 .collect();
-            return Ok(answer(
-                &plan,
+            return answer(
+                plan,
                 results,
                 total_rows,
                 sketched || earlier_sketched,
                 Some(crange),
-            ));
+                scan,
+            );
         }
         let results: Vec<Value> = page
             .iter()
             .map(|r| json!({"dimensions": r.dims, "metrics": values(&plan.metrics, &r.metrics)}))
             .collect();
-        Ok(answer(&plan, results, total_rows, sketched, None))
+        answer(plan, results, total_rows, sketched, None, scan)
+    }
+}
+
+/// The scan of `plan` over `range` (a plan of [`Family::Scan`]).
+pub fn scan_spec(plan: &Plan, range: Range) -> super::scan::ScanSpec {
+    use super::scan::ScanDim;
+    super::scan::ScanSpec {
+        dims: plan
+            .dims
+            .iter()
+            .map(|d| match d {
+                QDim::Profile(i) => ScanDim::Profile(*i),
+                QDim::Time(s) => ScanDim::Time(*s),
+                QDim::Page(Dim::RefDomain) => ScanDim::RefDomain,
+                QDim::Page(Dim::Site) => ScanDim::Site,
+                QDim::Page(_) => ScanDim::Url,
+            })
+            .collect(),
+        filter: plan.filter.expr.clone(),
+        from_min: range.from,
+        to_min: range.to,
+        site: plan.site.clone(),
+        bots: plan.filter.bots,
+    }
+}
+
+/// The rows of a scan of `plan` over `range`, which took `seconds`.
+pub fn scan_rows(plan: &Plan, range: Range, s: super::scan::Scanned, seconds: f64) -> Rows {
+    let by_profile = plan.dims.iter().any(|d| matches!(d, QDim::Profile(_)));
+    let metric = |m: &Metric, a: &super::scan::Acc| -> Option<f64> {
+        Some(match m {
+            Metric::Views => a.views as f64,
+            Metric::Visitors => a.visitors.len() as f64,
+            Metric::Hits => a.hits as f64,
+            Metric::EngagedSeconds => a.engaged as f64,
+            _ => return None,
+        })
+    };
+    let mut rows: Vec<Row> = s
+        .rows
+        .iter()
+        // By a pageview dimension, heartbeats (whose values are `(none)`) are not rows.
+        .filter(|(_, a)| !by_profile || a.views > 0)
+        .map(|(k, a)| Row {
+            dims: k.clone(),
+            metrics: plan.metrics.iter().map(|m| metric(m, a)).collect(),
+        })
+        .collect();
+    // With time alone, every step is a row, as from the cells.
+    if let [QDim::Time(step)] = plan.dims[..] {
+        let mut t = range.from;
+        while t < range.to {
+            let k = vec![minute_rfc3339(t)];
+            if !s.rows.contains_key(&k) {
+                rows.push(Row {
+                    dims: k,
+                    metrics: plan.metrics.iter().map(|_| Some(0.0)).collect(),
+                });
+            }
+            t += step;
+        }
+    }
+    let oldest = s.first_recv_ns.iter().flatten().min().copied();
+    Rows {
+        rows,
+        sketched: false,
+        scan: Some(json!({
+            "records": s.records,
+            "seconds": (seconds * 1000.0).round() / 1000.0,
+            "records_per_second": if seconds > 0.0 { (s.records as f64 / seconds).round() } else { 0.0 },
+            "log_from": oldest.map(|ns| minute_rfc3339((ns / 60_000_000_000) as i64)),
+            "problems": s.problems,
+        })),
     }
 }
 
@@ -1198,8 +1368,10 @@ fn answer(
     total_rows: usize,
     sketched: bool,
     compared: Option<Range>,
+    scan: Option<Value>,
 ) -> String {
     let computed_from = match plan.family {
+        Family::Scan => "a scan of the raw log",
         Family::Profiles => "profile cells",
         Family::Totals => "site totals",
         Family::Pages(Dim::RefDomain) => "referrer cells",
@@ -1222,6 +1394,9 @@ fn answer(
             "comparison_date_range".into(),
             json!([minute_rfc3339(r.from), minute_rfc3339(r.to)]),
         );
+    }
+    if let (Some(s), Some(o)) = (scan, meta.as_object_mut()) {
+        o.insert("scan".into(), s);
     }
     json!({"results": results, "meta": meta}).to_string()
 }

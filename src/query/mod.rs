@@ -13,6 +13,7 @@
 pub mod api;
 pub mod params;
 pub mod rebuild;
+pub mod scan;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

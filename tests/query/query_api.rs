@@ -1161,3 +1161,86 @@ fn query_bad_input() {
     ask(port, &fine);
     f.stop();
 }
+
+/// `"include": {"scan": true}`: the raw logs of every shard read again. Questions no cell
+/// answers (urls by channel, sites by country with a url filter, devices of some urls) equal
+/// the model; questions the cells answer come out the same both ways; what a scan cannot
+/// count (visits, entry pages) is refused by name.
+#[test]
+fn query_scans_of_the_log() {
+    let f = fixture(3, 31, 2500, &[(1, 50)]);
+    let (port, views) = (f.s.http, &f.views);
+    let scan = json!({"scan": true});
+    for q in [
+        json!({"metrics": ["views", "visitors"], "dimensions": ["url", "channel"],
+               "date_range": ["-2h", "now"], "limit": 1000, "include": scan}),
+        json!({"metrics": ["views", "visitors"], "dimensions": ["site", "country"],
+               "filters": [["contains", "url", ["/p1"]]],
+               "date_range": ["-2h", "now"], "limit": 1000, "include": scan}),
+        json!({"metrics": ["views"], "dimensions": ["device"],
+               "filters": [["or", [["is", "url", ["https://news.example/p3"]],
+                                   ["matches", "url", ["shop\\.example/p1[0-9]$"]]]]],
+               "date_range": ["-2h", "now"], "include": scan}),
+        json!({"metrics": ["views", "visitors"], "dimensions": ["url", "time:10m"],
+               "filters": [["is", "channel", ["search"]]], "site": "shop.example",
+               "date_range": ["-60m", "now"], "limit": 1000, "include": scan}),
+    ] {
+        let a = against_model(port, views, &q, "scan");
+        assert_eq!(a.v["meta"]["computed_from"], "a scan of the raw log", "{q}");
+        assert!(a.v["meta"]["scan"]["records"].as_u64() > Some(0), "{}", a.v);
+    }
+    // The same question from the cells and from the log: the same rows.
+    for q in [
+        json!({"metrics": ["views", "visitors"], "dimensions": ["channel"], "date_range": ["-2h", "now"]}),
+        json!({"metrics": ["views", "visitors"], "dimensions": ["country", "device"],
+               "filters": [["is_not", "browser", ["Safari"]]], "date_range": ["-2h", "now"], "limit": 1000}),
+        json!({"metrics": ["views"], "dimensions": ["channel"], "date_range": ["-2h", "now"],
+               "include": {"bots": true}}),
+    ] {
+        let cells = ask(port, &q);
+        let mut s = q.clone();
+        let include = s["include"].as_object().cloned().unwrap_or_default();
+        s["include"] = json!(include
+            .into_iter()
+            .chain([("scan".to_string(), json!(true))])
+            .collect::<serde_json::Map<_, _>>());
+        let log = ask(port, &s);
+        assert_eq!(cells.counts(), log.counts(), "{q}");
+        assert_eq!(cells.v["meta"]["computed_from"], "profile cells");
+    }
+    // Refused: what only cells keep, and a scan's own bounds.
+    for (q, param) in [
+        (
+            json!({"metrics": ["visits"], "dimensions": ["channel"], "include": scan}),
+            "metrics",
+        ),
+        (
+            json!({"metrics": ["views"], "dimensions": ["entry_page"], "include": scan}),
+            "dimensions",
+        ),
+        (
+            json!({"metrics": ["views"], "filters": [["is", "entry_page", ["x"]]], "include": scan}),
+            "filters",
+        ),
+        (
+            json!({"metrics": ["views"], "include": {"scan": "yes"}}),
+            "include",
+        ),
+    ] {
+        let (st, v) = post(port, q.to_string().as_bytes());
+        assert_eq!((st, v["param"].as_str()), (400, Some(param)), "{q}: {v}");
+    }
+    // A question the cells cannot answer names the way to the log.
+    let (st, v) = post(
+        port,
+        json!({"metrics": ["views"], "dimensions": ["url", "device"]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(st, 400);
+    assert!(
+        v["error"].as_str().unwrap().contains("\"scan\": true"),
+        "{v}"
+    );
+    f.stop();
+}

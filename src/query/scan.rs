@@ -1,0 +1,283 @@
+//! Answers from the raw log: what no precomputed cell holds (urls by channel, referrers by
+//! device, any filter beside any breakdown) is read from every shard's retained log, each
+//! record parsed again exactly as ingest parses it, filtered and grouped here.
+//!
+//! `POST /v1/query` asks for it explicitly (`"include": {"scan": true}`), after an estimate
+//! ([`estimate`]: the records whose receive time can hold an event of the range). A scan reads
+//! the shards' logs in parallel (one thread per shard, on the HTTP shard's blocking pool, never
+//! on an executor), stops at [`MAX_SCAN_RECORDS`], and stops early when its [`Cancel`] is
+//! set — the HTTP handler sets it when the client goes away. Visitors are counted exactly
+//! (a set of visitor hashes per row, united across shards: a visitor's hits may sit in any
+//! shard's log). Only what the log still retains can be read: the answer says from when.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+
+use crate::agg::dims::Filter;
+use crate::agg::AggConfig;
+use crate::log::fetch::ShardLog;
+use crate::log::reader::Start;
+use crate::parse::event::dims::{self, DIMS};
+use crate::parse::event::{Action, EventParser};
+
+/// The most records one scan reads; a larger one is refused before it starts.
+pub const MAX_SCAN_RECORDS: u64 = 200_000_000;
+/// Distinct rows a scan may group into (each holds its visitors): bounded memory.
+pub const MAX_SCAN_ROWS: usize = 1_000_000;
+
+/// What a row of a scan groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanDim {
+    /// A pageview dimension, built-in or custom (a position as in `AggConfig::dim_index`).
+    Profile(usize),
+    Url,
+    RefDomain,
+    Site,
+    /// Event time in steps of this many minutes, from the range's start.
+    Time(i64),
+}
+
+/// A scan's question.
+#[derive(Debug, Clone)]
+pub struct ScanSpec {
+    pub dims: Vec<ScanDim>,
+    /// Over positions `0..profile dims` (pageview dimensions) then [`ScanSpec::url_pos`]
+    /// (url), +1 (ref_domain), +2 (site).
+    pub filter: Option<Filter>,
+    /// Event time range, minutes, `from` inclusive.
+    pub from_min: i64,
+    pub to_min: i64,
+    pub site: Option<String>,
+    /// Count bots' pageviews too.
+    pub bots: bool,
+}
+
+impl ScanSpec {
+    /// The filter position of the url (then ref_domain, site) for `cfg`.
+    pub fn url_pos(cfg: &AggConfig) -> usize {
+        DIMS.len() + cfg.event.custom.len()
+    }
+}
+
+/// The sums of one row.
+#[derive(Debug, Clone, Default)]
+pub struct Acc {
+    pub views: u64,
+    pub hits: u64,
+    pub engaged: u64,
+    /// Hashes of the visitor ids of its pageviews.
+    pub visitors: HashSet<u64>,
+}
+
+/// A scan's rows, by their dimension values.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub rows: HashMap<Vec<String>, Acc>,
+    pub records: u64,
+    /// The oldest receive time read on a shard, per shard (ns): the log's retained start.
+    pub first_recv_ns: Vec<Option<u64>>,
+    pub problems: Vec<String>,
+}
+
+/// Set to stop a scan (the client went away, or the process stops).
+pub type Cancel = Arc<AtomicBool>;
+
+/// Why a scan gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("the scan would read about {0} records, more than the {MAX_SCAN_RECORDS} one scan may; narrow the date range")]
+    TooLarge(u64),
+    #[error(
+        "the scan grouped into more than {MAX_SCAN_ROWS} rows; ask for fewer or coarser dimensions"
+    )]
+    TooManyRows,
+    #[error("the scan was cancelled (the client went away)")]
+    Cancelled,
+    #[error("cannot read shard {0}'s log: {1}")]
+    Log(usize, crate::log::Error),
+}
+
+/// Where reading must start for events of minutes from `from_min`: a record received up to
+/// the future allowance before its event time counts there.
+fn start_ns(cfg: &AggConfig, from_min: i64) -> u64 {
+    let ms = (from_min - cfg.future_minutes - 1).max(0) * 60_000;
+    u64::try_from(ms).unwrap_or(0) * 1_000_000
+}
+
+/// About how many records a scan from `from_min` reads: per shard, the retained durable
+/// records received since then, by the log's summary (its records spread evenly over their
+/// receive times).
+pub fn estimate(logs: &[ShardLog], durable_next: &[u64], cfg: &AggConfig, from_min: i64) -> u64 {
+    let start = start_ns(cfg, from_min);
+    logs.iter()
+        .zip(durable_next)
+        .filter_map(|(log, &next)| log.summary(next).ok())
+        .map(|s| {
+            let records = s.next_offset.saturating_sub(s.first_offset);
+            match (s.first_recv_ns, s.last_recv_ns) {
+                (Some(a), Some(b)) if b > a && start > a => {
+                    let share = (b.saturating_sub(start)) as f64 / (b - a) as f64;
+                    (records as f64 * share.clamp(0.0, 1.0)).ceil() as u64
+                }
+                (Some(_), Some(b)) if start > b => 0,
+                _ => records,
+            }
+        })
+        .sum()
+}
+
+/// Reads every shard's log in parallel and groups what passes. Blocking: run it off the
+/// executors.
+pub fn scan(
+    logs: &[ShardLog],
+    durable_next: &[u64],
+    cfg: &AggConfig,
+    spec: &ScanSpec,
+    cancel: &Cancel,
+) -> Result<Scanned, ScanError> {
+    let total = AtomicU64::new(0);
+    let parts: Vec<Result<Scanned, ScanError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = logs
+            .iter()
+            .zip(durable_next)
+            .enumerate()
+            .map(|(shard, (log, &next))| {
+                let total = &total;
+                s.spawn(move || scan_shard(shard, log, next, cfg, spec, cancel, total))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(ScanError::Cancelled)))
+            .collect()
+    });
+    let mut out = Scanned::default();
+    for p in parts {
+        let p = p?;
+        out.records += p.records;
+        out.first_recv_ns.extend(p.first_recv_ns);
+        out.problems.extend(p.problems);
+        for (k, a) in p.rows {
+            let e = out.rows.entry(k).or_default();
+            e.views += a.views;
+            e.hits += a.hits;
+            e.engaged += a.engaged;
+            e.visitors.extend(a.visitors);
+        }
+        if out.rows.len() > MAX_SCAN_ROWS {
+            return Err(ScanError::TooManyRows);
+        }
+    }
+    Ok(out)
+}
+
+fn scan_shard(
+    shard: usize,
+    log: &ShardLog,
+    durable_next: u64,
+    cfg: &AggConfig,
+    spec: &ScanSpec,
+    cancel: &Cancel,
+    total: &AtomicU64,
+) -> Result<Scanned, ScanError> {
+    let mut parser = EventParser::new(cfg.event.clone());
+    let mut out = Scanned {
+        first_recv_ns: vec![None],
+        ..Scanned::default()
+    };
+    let url_pos = ScanSpec::url_pos(cfg);
+    let custom: Vec<&str> = cfg.event.custom.iter().map(|(n, _)| n.as_str()).collect();
+    let bot_named = spec.dims.contains(&ScanDim::Profile(dims::BOT))
+        || spec.filter.as_ref().is_some_and(|f| f.mentions(dims::BOT));
+    let count_bots = spec.bots || bot_named || cfg.bots;
+    let mut failed = None;
+    let r = log.read_durable(
+        Start::Time(start_ns(cfg, spec.from_min)),
+        durable_next,
+        |rec| {
+            out.records += 1;
+            if out.records.is_multiple_of(4096) {
+                let all = total.fetch_add(4096, Ordering::Relaxed) + 4096;
+                if cancel.load(Ordering::Relaxed) {
+                    failed = Some(ScanError::Cancelled);
+                    return ControlFlow::Break(());
+                }
+                if all > MAX_SCAN_RECORDS {
+                    failed = Some(ScanError::TooLarge(all));
+                    return ControlFlow::Break(());
+                }
+                if out.rows.len() > MAX_SCAN_ROWS {
+                    failed = Some(ScanError::TooManyRows);
+                    return ControlFlow::Break(());
+                }
+            }
+            if out.first_recv_ns[0].is_none() {
+                out.first_recv_ns[0] = Some(rec.recv_ts);
+            }
+            let Ok(e) = parser.parse(rec.bytes) else {
+                return ControlFlow::Continue(());
+            };
+            // The event time, or the receive time of an event without one (as ingest does).
+            let ts = e.ts_ms.unwrap_or((rec.recv_ts / 1_000_000) as i64);
+            let minute = ts.div_euclid(60_000);
+            if minute < spec.from_min || minute >= spec.to_min {
+                return ControlFlow::Continue(());
+            }
+            if spec.site.as_deref().is_some_and(|s| s != e.site) || (e.bot && !count_bots) {
+                return ControlFlow::Continue(());
+            }
+            // Every value a dimension or the filter may name: the profile's (a heartbeat or
+            // custom event has none: its pageview dimensions are `(none)`), then url,
+            // referrer domain and site.
+            let mut values: Vec<&str> = Vec::with_capacity(url_pos + 3);
+            if e.profile.is_empty() {
+                values.extend((0..url_pos).map(|_| dims::NONE));
+            } else {
+                values.extend(dims::values(e.profile));
+                values.extend(custom.iter().map(|n| dims::custom_value(e.profile, n)));
+            }
+            values.extend([e.url, e.ref_domain, e.site]);
+            let value = |d: usize| values.get(d).copied().unwrap_or("");
+            if spec.filter.as_ref().is_some_and(|f| !f.test(&value)) {
+                return ControlFlow::Continue(());
+            }
+            let key: Vec<String> = spec
+                .dims
+                .iter()
+                .map(|d| match d {
+                    ScanDim::Profile(i) => value(*i).to_string(),
+                    ScanDim::Url => e.url.to_string(),
+                    ScanDim::RefDomain => e.ref_domain.to_string(),
+                    ScanDim::Site => e.site.to_string(),
+                    ScanDim::Time(step) => {
+                        let b = spec.from_min + (minute - spec.from_min) / step * step;
+                        crate::sys::minute_rfc3339(b)
+                    }
+                })
+                .collect();
+            let a = out.rows.entry(key).or_default();
+            a.hits += 1;
+            a.engaged += u64::from(e.engaged_seconds);
+            if e.action == Action::Pageview {
+                a.views += 1;
+                if !e.vid.is_empty() {
+                    a.visitors.insert(crate::route::partition::vid_hash(e.vid));
+                }
+            }
+            ControlFlow::Continue(())
+        },
+        |w| out.problems.push(format!("shard {shard}'s log: {w:?}")),
+    );
+    if let Some(f) = failed {
+        return Err(f);
+    }
+    match r {
+        Ok(_) => Ok(out),
+        Err(crate::log::fetch::FetchError::OutOfRange { .. }) => Ok(out),
+        Err(crate::log::fetch::FetchError::Log(e)) => Err(ScanError::Log(shard, e)),
+    }
+}
