@@ -1469,6 +1469,11 @@ mod tests {
         let c = p.compare.unwrap().1;
         assert!(c.from <= p.range.from - YEAR && c.to >= p.range.to - YEAR);
         assert_eq!((c.from % 1440, c.to % 1440), (0, 0));
+        let p = plan(r#"{"metrics":["views","hits"],"dimensions":["url","device","time:hour"],"filters":[["contains","ref_domain",["google"]]],"include":{"scan":true}}"#).unwrap();
+        assert_eq!(p.family, Family::Scan);
+        let spec = scan_spec(&p, p.range);
+        let url = super::super::scan::ScanSpec::url_pos(&AggConfig::default());
+        assert!(spec.filter.unwrap().test(&|d| if d == url + 1 { "www.google.com" } else { "x" }));
         let p = plan(r#"{"metrics":["views"],"date_range":"day"}"#).unwrap();
         assert_eq!(p.range.from % 1440, 0, "since midnight");
     }
