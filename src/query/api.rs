@@ -1473,7 +1473,10 @@ mod tests {
         assert_eq!(p.family, Family::Scan);
         let spec = scan_spec(&p, p.range);
         let url = super::super::scan::ScanSpec::url_pos(&AggConfig::default());
-        assert!(spec.filter.unwrap().test(&|d| if d == url + 1 { "www.google.com" } else { "x" }));
+        assert!(spec
+            .filter
+            .unwrap()
+            .test(&|d| if d == url + 1 { "www.google.com" } else { "x" }));
         let p = plan(r#"{"metrics":["views"],"date_range":"day"}"#).unwrap();
         assert_eq!(p.range.from % 1440, 0, "since midnight");
     }
