@@ -104,17 +104,24 @@ pub fn batch(data: &[u8]) {
     }
 }
 
-/// The query-string parser of the JSON API (`query::params::parse`). Byte 0 picks the
-/// endpoint; the rest is the query string.
+/// The query parsers of the JSON API: byte 0 picks the endpoint — a query string of
+/// `/v1/top`, `/v1/timeseries`, `/v1/summary` or `/v1/realtime` (`query::params::parse`), or
+/// (5) the JSON body of `POST /v1/query` (`query::api::parse`).
 pub fn query(data: &[u8]) {
     let Some((which, rest)) = data.split_first() else {
         return;
     };
-    let path = ["/v1/top", "/v1/timeseries", "/v1/summary", "/v1/realtime"][usize::from(*which) % 4];
-    let q = String::from_utf8_lossy(rest);
     let cfg = pixeld::agg::AggConfig::default();
     // fixed-date: the parser is given its own `now`; it never reads the clock.
     let now_ms = 1_795_311_543_462;
+    if usize::from(*which) % 5 == 4 {
+        if let Err(e) = pixeld::query::api::parse(rest, now_ms, &cfg) {
+            assert!(!e.to_string().is_empty() && !e.param.is_empty());
+        }
+        return;
+    }
+    let path = ["/v1/top", "/v1/timeseries", "/v1/summary", "/v1/realtime"][usize::from(*which) % 5];
+    let q = String::from_utf8_lossy(rest);
     if let Some(Err(e)) = pixeld::query::params::parse(path, Some(&q), now_ms, &cfg) {
         assert!(!e.to_string().is_empty());
     }
