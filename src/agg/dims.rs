@@ -62,7 +62,9 @@ pub struct DimFilter {
     pub is: Vec<(usize, String)>,
     /// Whether bots' pageviews count (a `bot` breakdown or filter always sees them).
     pub bots: bool,
-    /// A condition over the values a profile must meet as well (`POST /v1/query`'s filters).
+    /// A condition over the values a profile must meet as well (`POST /v1/query`'s filters):
+    /// positions of its pageview dimensions (built-in, then custom), then url and ref_domain
+    /// (which a profile has none of), then its site — as a scan numbers them.
     pub expr: Option<Filter>,
 }
 
@@ -327,12 +329,17 @@ impl Aggregates {
             .map(|(d, v)| (*d, p.dim_values.get(*d).and_then(|n| n.get(v))))
             .collect();
         // The expression, judged once per profile rather than once per cell.
+        // Positions past the dimensions: url, ref_domain (never a profile's: ""), then the
+        // profile's site (see `DimFilter::expr`).
+        let site_pos = p.stride + 2;
         let allowed: Option<Vec<bool>> = filter.expr.as_ref().map(|e| {
             p.values
                 .chunks_exact(p.stride)
-                .map(|ids| {
+                .zip(&p.site)
+                .map(|(ids, &s)| {
                     e.test(&|d| match (ids.get(d), p.dim_values.get(d)) {
                         (Some(&id), Some(names)) => names.name(id),
+                        _ if d == site_pos => self.sites.name(s),
                         _ => "",
                     })
                 })

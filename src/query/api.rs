@@ -800,10 +800,10 @@ fn regexes(patterns: &[String]) -> Result<Vec<regex::Regex>, BadParam> {
 }
 
 impl QFilter {
-    /// Whether a leaf names a page dimension.
+    /// Whether a leaf names a page dimension other than the site (which profiles know).
     fn names_pages(&self) -> bool {
         match self {
-            QFilter::Leaf(_, d, _) => page_dim(d).is_some(),
+            QFilter::Leaf(_, d, _) => d != "site" && page_dim(d).is_some(),
             QFilter::And(fs) | QFilter::Or(fs) => fs.iter().any(QFilter::names_pages),
             QFilter::Not(f) => f.names_pages(),
         }
@@ -811,7 +811,8 @@ impl QFilter {
 
     /// As a filter over pageview dimensions; None when a leaf names something else.
     fn on_profiles(&self, cfg: &AggConfig) -> Option<Filter> {
-        self.lower(&|d| cfg.dim_index(d))
+        let site = super::scan::ScanSpec::url_pos(cfg) + 2;
+        self.lower(&|d| cfg.dim_index(d).or((d == "site").then_some(site)))
     }
 
     /// As a filter over the keys of `page` (position 0); None when a leaf names another.

@@ -1196,7 +1196,11 @@ fn query_scans_of_the_log() {
                "filters": [["is_not", "browser", ["Safari"]]], "date_range": ["-2h", "now"], "limit": 1000}),
         json!({"metrics": ["views"], "dimensions": ["channel"], "date_range": ["-2h", "now"],
                "include": {"bots": true}}),
+        // A site filter: profiles know their site.
+        json!({"metrics": ["views", "visitors"], "dimensions": ["device"], "date_range": ["-2h", "now"],
+               "filters": [["or", [["is", "site", ["shop.example"]], ["is", "country", ["DE"]]]]]}),
     ] {
+        against_model(port, views, &q, "cells");
         let cells = ask(port, &q);
         let mut s = q.clone();
         let include = s["include"].as_object().cloned().unwrap_or_default();
