@@ -118,6 +118,16 @@ fn post_all(s: &Server, body: &[u8]) {
     }
 }
 
+/// `body` to two servers, batch by batch, so that each line reaches both within
+/// milliseconds: whether a hit is too late for visits depends on its receive time, and two
+/// servers that received a line seconds apart could judge it differently.
+fn post_both(a: &Server, b: &Server, body: &[u8]) {
+    for batch in batches(body, 500) {
+        assert_eq!(common::try_post_events(a.http, &batch), Some(200));
+        assert_eq!(common::try_post_events(b.http, &batch), Some(200));
+    }
+}
+
 fn newest_checkpoint(data: &Path, owner: usize) -> std::path::PathBuf {
     let dir = data.join("agg").join(format!("shard-{owner:03}"));
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -737,6 +747,14 @@ fn tier_answers(s: &Server, t0: i64) -> Vec<String> {
     .collect()
 }
 
+/// Fails naming the first answer that differs, with both bodies.
+fn same_answers(got: &[String], want: &[String], what: &str) {
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g, w, "{what}");
+    }
+    assert_eq!(got.len(), want.len(), "{what}");
+}
+
 fn sealed_files(data: &Path) -> Vec<String> {
     let mut v: Vec<String> = (0..2)
         .flat_map(|o| {
@@ -771,8 +789,19 @@ fn closed_hours_and_days_are_sealed_and_answer_as_memory_did() {
     let s = start_with(&data, TIERS, 2);
     // The reference never checkpoints after its first (empty) one, so it never seals.
     let p = start_with(&plain, &TIERS.replace("200ms", "24h"), 2);
-    post_all(&s, &body);
-    post_all(&p, &body);
+    // Its first checkpoint (one per owner) is written before any hit arrives.
+    let first_by = std::time::Instant::now() + Duration::from_secs(20);
+    while common::metric_sum(&common::metrics(p.http), "pixeld_agg_checkpoints_total") < 2 {
+        assert!(std::time::Instant::now() < first_by, "no first checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    post_both(&s, &p, &body);
+    // Both have aggregated every line before anything is compared (not a fixed sleep: a
+    // loaded 2-core runner may take longer).
+    let lines = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count() as u64;
+    let n = lines(&body);
+    common::wait_aggregated(s.http, n, "sealed");
+    common::wait_aggregated(p.http, n, "memory");
     let sealed_by = std::time::Instant::now() + Duration::from_secs(20);
     while common::metric_sum(&common::metrics(s.http), "pixeld_agg_sealed_files") < 10 {
         assert!(std::time::Instant::now() < sealed_by, "nothing sealed");
@@ -790,9 +819,10 @@ fn closed_hours_and_days_are_sealed_and_answer_as_memory_did() {
         0
     );
     let want = tier_answers(&p, t0);
-    assert!(
-        tier_answers(&s, t0) == want,
-        "sealed answers differ from memory's"
+    same_answers(
+        &tier_answers(&s, t0),
+        &want,
+        "sealed answers differ from memory's",
     );
     // Late hits for sealed days and hours (two and three days ago), after they were sealed.
     let late = hits_from(
@@ -801,11 +831,12 @@ fn closed_hours_and_days_are_sealed_and_answer_as_memory_did() {
         start + 86_400_000,
         gen(2.0 * 86_400_000.0 / 2000.0),
     );
-    post_all(&s, &late);
-    post_all(&p, &late);
-    std::thread::sleep(Duration::from_millis(600));
+    post_both(&s, &p, &late);
+    let n = n + lines(&late);
+    common::wait_aggregated(s.http, n, "sealed, late hits");
+    common::wait_aggregated(p.http, n, "memory, late hits");
     let want = tier_answers(&p, t0);
-    assert!(tier_answers(&s, t0) == want, "late hits for sealed buckets");
+    same_answers(&tier_answers(&s, t0), &want, "late hits for sealed buckets");
     stop(p);
     stop(s);
     // A restart maps the files; the late hits come back from the checkpoint chain.
