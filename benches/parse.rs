@@ -7,7 +7,9 @@
 //! The `country` group times the same lines with a random public client address each, without
 //! a country database and with one: `PIXELD_BENCH_GEO_DB=/path/GeoLite2-Country.mmdb` names a
 //! real one; without it the bench writes a synthetic database of 200 000 networks in 250
-//! countries (mmdb-writer), whose tree is about as deep as GeoLite2's.
+//! countries (mmdb-writer), whose tree is about as deep as GeoLite2's. Two sets of lines:
+//! every address distinct (more than the address cache holds), and addresses drawn from
+//! 2 500 (readers with several pageviews each).
 //! Run: `cargo bench --bench parse` (or `-- event` for the event group only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -160,6 +162,21 @@ fn countries(c: &mut Criterion, bare: &[Vec<u8>]) {
             serde_json::to_vec(&v).unwrap()
         })
         .collect();
+    // The same lines with addresses drawn from 2 500 (readers with several pageviews each,
+    // whose addresses the per-shard address cache then holds).
+    let pool: Vec<String> = (0..2_500)
+        .map(|_| public_v4(&mut rng).to_string())
+        .collect();
+    let repeating: Vec<Vec<u8>> = lines
+        .iter()
+        .map(|l| {
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(l).unwrap();
+            let ip = pool[rng.gen_range(0..pool.len())].clone();
+            v.insert("ip".into(), ip.into());
+            serde_json::to_vec(&v).unwrap()
+        })
+        .collect();
     let mut group = c.benchmark_group("country");
     group.throughput(Throughput::Elements(lines.len() as u64));
     let geo = pixeld::parse::geo::GeoDb::open(&db);
@@ -175,14 +192,16 @@ fn countries(c: &mut Criterion, bare: &[Vec<u8>]) {
         ),
     ] {
         let mut parser = EventParser::new(cfg);
-        assert!(lines.iter().all(|l| parser.parse(l).is_ok()));
-        group.bench_function(format!("{name}/10000-addresses"), |b| {
-            b.iter(|| {
-                for l in lines.iter() {
-                    let _ = black_box(parser.parse(black_box(l)));
-                }
-            })
-        });
+        for (set, lines) in [("10000-addresses", &lines), ("2500-repeating", &repeating)] {
+            assert!(lines.iter().all(|l| parser.parse(l).is_ok()));
+            group.bench_function(format!("{name}/{set}"), |b| {
+                b.iter(|| {
+                    for l in lines.iter() {
+                        let _ = black_box(parser.parse(black_box(l)));
+                    }
+                })
+            });
+        }
     }
     group.finish();
 }
