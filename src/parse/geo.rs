@@ -8,9 +8,10 @@
 //! a missing or damaged file is reported (log and `/metrics`) and the previous database, or
 //! none, stays in use — ingest never stops for it. Each parser holds a [`GeoView`]: its own
 //! reference to the current database, refreshed when the shared generation number moves (one
-//! relaxed atomic load per lookup, no lock on the hot path), and a cache from the database's
-//! record offset to the country, so a record is decoded once per shard, not once per hit.
-//! The address itself is used for the lookup and never stored: only the country code reaches
+//! relaxed atomic load per lookup, no lock on the hot path), a cache from the database's
+//! record offset to the country, so a record is decoded once per shard, not once per hit, and
+//! a direct-mapped cache of its last 4 096 addresses, so a reader's next pageview skips the
+//! tree. The address is used for the lookup and kept only there: only the country code reaches
 //! the aggregates.
 
 use std::collections::HashMap;
