@@ -89,10 +89,16 @@ async fn scanned(plan: crate::query::api::Plan, ctx: &HttpContext) -> Response<F
     let ranges: Vec<_> = std::iter::once(plan.range)
         .chain(plan.compare.map(|(_, r)| r))
         .collect();
-    let estimate: u64 = ranges
-        .iter()
-        .map(|r| scan::estimate(&ctx.log_api.logs, &nexts, &cfg, r.from))
-        .sum();
+    // The estimate reads the logs' indexes: on the blocking pool too, never on the executor.
+    let froms: Vec<i64> = ranges.iter().map(|r| r.from).collect();
+    let (readers, c, n) = (ctx.log_api.clone(), cfg.clone(), nexts.clone());
+    let estimate: u64 = super::blocking(move || {
+        froms
+            .iter()
+            .map(|&from| scan::estimate(&readers.logs, &n, &c, from))
+            .sum()
+    })
+    .await;
     if estimate > scan::MAX_SCAN_RECORDS {
         return bad_param(&crate::query::params::bad(
             "include",
