@@ -141,11 +141,9 @@ impl PartialEq for Filter {
 impl Eq for Filter {}
 
 /// The values of `key`: the built-in dimensions', then those of the custom ones `custom`
-/// (found by name).
+/// (found by name), collected so that the tables can be updated while they are read.
 fn key_values<'k>(custom: &[String], key: &'k str) -> Vec<&'k str> {
-    dims::values(key)
-        .chain(custom.iter().map(|n| dims::custom_value(key, n)))
-        .collect()
+    dims::all_values(key, custom).collect()
 }
 
 impl Default for Profiles {

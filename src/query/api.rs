@@ -96,6 +96,24 @@ pub enum QDim {
     Page(Dim),
 }
 
+/// The step in minutes of the time dimension among `dims`, if any.
+fn time_step(dims: &[QDim]) -> Option<i64> {
+    dims.iter().find_map(|d| match d {
+        QDim::Time(s) => Some(*s),
+        _ => None,
+    })
+}
+
+/// The pageview dimensions among `dims`, in order.
+fn profile_dims(dims: &[QDim]) -> Vec<usize> {
+    dims.iter()
+        .filter_map(|d| match d {
+            QDim::Profile(i) => Some(*i),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Which cells answer a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -238,13 +256,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
     };
 
     // Which cells answer it.
-    let profile_dims: Vec<usize> = dims
-        .iter()
-        .filter_map(|d| match d {
-            QDim::Profile(i) => Some(*i),
-            _ => None,
-        })
-        .collect();
+    let profile_dims = profile_dims(&dims);
     let times = dims.iter().filter(|d| matches!(d, QDim::Time(_))).count();
     let pages: Vec<Dim> = dims
         .iter()
@@ -420,10 +432,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
     }
 
     // The range, whole steps of the time dimension, and the comparison's.
-    let step = dims.iter().find_map(|d| match d {
-        QDim::Time(s) => Some(*s),
-        _ => None,
-    });
+    let step = time_step(&dims);
     let (from, to) = date_range(q.get("date_range"), now_ms)?;
     let as_range = |from: &str, to: &str| -> Result<Range, BadParam> {
         let r = range_of(from, to, now_ms, cfg).map_err(|e| rename(e, "date_range"))?;
@@ -903,10 +912,7 @@ fn url_metric(m: Metric, s: &UrlStats) -> Option<f64> {
 impl Hub {
     /// The rows of `plan` over `range` (before ordering and paging).
     async fn rows(&self, plan: &Plan, range: Range) -> Result<Rows, QueryError> {
-        let step = plan.dims.iter().find_map(|d| match d {
-            QDim::Time(s) => Some(*s),
-            _ => None,
-        });
+        let step = time_step(&plan.dims);
         let buckets: Vec<Range> = match step {
             Some(s) => (0..(range.to - range.from) / s)
                 .map(|i| Range {
@@ -924,14 +930,7 @@ impl Hub {
                 "a scan is answered by the HTTP layer",
             ))),
             Family::Profiles => {
-                let profile_dims: Vec<usize> = plan
-                    .dims
-                    .iter()
-                    .filter_map(|d| match d {
-                        QDim::Profile(i) => Some(*i),
-                        _ => None,
-                    })
-                    .collect();
+                let profile_dims = profile_dims(&plan.dims);
                 let ops = buckets
                     .iter()
                     .map(|b| Op::Breakdown {
@@ -1159,10 +1158,7 @@ pub fn compose(plan: &Plan, now: Rows, earlier: Option<Rows>) -> String {
         // The same query over the comparison period, matched by the other dimensions' values
         // (and a time dimension's step number).
         let time = plan.dims.iter().position(|d| matches!(d, QDim::Time(_)));
-        let step = plan.dims.iter().find_map(|d| match d {
-            QDim::Time(s) => Some(*s),
-            _ => None,
-        });
+        let step = time_step(&plan.dims);
         if let (Some((_, crange)), Some(earlier)) = (plan.compare, earlier) {
             let earlier_sketched = earlier.sketched;
             let same_length = crange.to - crange.from == plan.range.to - plan.range.from;

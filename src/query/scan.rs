@@ -191,6 +191,9 @@ fn scan_shard(
     };
     let url_pos = ScanSpec::url_pos(cfg);
     let custom: Vec<&str> = cfg.event.custom.iter().map(|(n, _)| n.as_str()).collect();
+    // The row key of a record, built in place: a record of an existing row allocates nothing
+    // for it.
+    let mut key: Vec<String> = vec![String::new(); spec.dims.len()];
     let bot_named = spec.dims.contains(&ScanDim::Profile(dims::BOT))
         || spec.filter.as_ref().is_some_and(|f| f.mentions(dims::BOT));
     let count_bots = spec.bots || bot_named || cfg.bots;
@@ -237,29 +240,32 @@ fn scan_shard(
             if e.profile.is_empty() {
                 values.extend((0..url_pos).map(|_| dims::NONE));
             } else {
-                values.extend(dims::values(e.profile));
-                values.extend(custom.iter().map(|n| dims::custom_value(e.profile, n)));
+                values.extend(dims::all_values(e.profile, &custom));
             }
             values.extend([e.url, e.ref_domain, e.site]);
             let value = |d: usize| values.get(d).copied().unwrap_or("");
             if spec.filter.as_ref().is_some_and(|f| !f.test(&value)) {
                 return ControlFlow::Continue(());
             }
-            let key: Vec<String> = spec
-                .dims
-                .iter()
-                .map(|d| match d {
-                    ScanDim::Profile(i) => value(*i).to_string(),
-                    ScanDim::Url => e.url.to_string(),
-                    ScanDim::RefDomain => e.ref_domain.to_string(),
-                    ScanDim::Site => e.site.to_string(),
+            for (k, d) in key.iter_mut().zip(&spec.dims) {
+                k.clear();
+                match d {
+                    ScanDim::Profile(i) => k.push_str(value(*i)),
+                    ScanDim::Url => k.push_str(e.url),
+                    ScanDim::RefDomain => k.push_str(e.ref_domain),
+                    ScanDim::Site => k.push_str(e.site),
                     ScanDim::Time(step) => {
                         let b = spec.from_min + (minute - spec.from_min) / step * step;
-                        crate::sys::minute_rfc3339(b)
+                        k.push_str(&crate::sys::minute_rfc3339(b));
                     }
-                })
-                .collect();
-            let a = out.rows.entry(key).or_default();
+                }
+            }
+            if !out.rows.contains_key(&key) {
+                out.rows.insert(key.clone(), Acc::default());
+            }
+            let Some(a) = out.rows.get_mut(&key) else {
+                return ControlFlow::Continue(());
+            };
             a.hits += 1;
             a.engaged += u64::from(e.engaged_seconds);
             if e.action == Action::Pageview {

@@ -107,10 +107,17 @@ pub fn missing_value(dim: usize) -> &'static str {
 /// The values of a key, those missing at its end (a key of an older build) as
 /// [`missing_value`] says.
 pub fn values(key: &str) -> impl Iterator<Item = &str> {
-    let n = key.split(SEP).count();
-    key.split(SEP)
-        .chain((n..DIMS.len()).map(|d| -> &str { missing_value(d) }))
-        .take(DIMS.len())
+    let mut given = key.split(SEP);
+    (0..DIMS.len()).map(move |d| given.next().unwrap_or(missing_value(d)))
+}
+
+/// The values of a key for every pageview dimension: the built-in ones ([`values`]), then
+/// those of the custom dimensions named `custom`, in that order ([`custom_value`]).
+pub fn all_values<'k, 'c, S: AsRef<str>>(
+    key: &'k str,
+    custom: &'c [S],
+) -> impl Iterator<Item = &'k str> + use<'k, 'c, S> {
+    values(key).chain(custom.iter().map(move |n| custom_value(key, n.as_ref())))
 }
 
 #[cfg(test)]

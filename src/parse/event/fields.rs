@@ -111,16 +111,8 @@ impl KeyTable {
     pub(super) fn with_custom(names: &FieldNames, custom: &[(String, String)]) -> Self {
         let mut t = KeyTable::new(names);
         for (i, (_, field)) in custom.iter().enumerate() {
-            let (Ok(i), n) = (u8::try_from(i), field.len()) else {
-                continue;
-            };
-            if t.by_len.len() <= n {
-                t.by_len.resize(n + 1, Vec::new());
-            }
-            if let Some(bucket) = t.by_len.get_mut(n) {
-                if !bucket.iter().any(|(k, _, _)| **k == *field.as_bytes()) {
-                    bucket.push((field.as_bytes().into(), Field::Custom(i), 0));
-                }
+            if let Ok(i) = u8::try_from(i) {
+                t.insert(field, Field::Custom(i), 0);
             }
         }
         t
@@ -130,20 +122,25 @@ impl KeyTable {
         let mut t = KeyTable::default();
         for (field, list) in names.fields() {
             for (alt, name) in list.iter().enumerate() {
-                let n = name.len();
-                if t.by_len.len() <= n {
-                    t.by_len.resize(n + 1, Vec::new());
-                }
-                if let Some(bucket) = t.by_len.get_mut(n) {
-                    // The first field (and the first position in it) that lists a name wins;
-                    // later mentions of the same name are never looked at.
-                    if !bucket.iter().any(|(k, _, _)| **k == *name.as_bytes()) {
-                        bucket.push((name.as_bytes().into(), field, alt));
-                    }
-                }
+                t.insert(name, field, alt);
             }
         }
         t
+    }
+
+    /// Adds `name` for `field` (alternative `alt`) unless a name already holds it: the first
+    /// field (and the first position in it) that lists a name wins; later mentions of the
+    /// same name are never looked at.
+    fn insert(&mut self, name: &str, field: Field, alt: usize) {
+        let n = name.len();
+        if self.by_len.len() <= n {
+            self.by_len.resize(n + 1, Vec::new());
+        }
+        if let Some(bucket) = self.by_len.get_mut(n) {
+            if !bucket.iter().any(|(k, _, _)| **k == *name.as_bytes()) {
+                bucket.push((name.as_bytes().into(), field, alt));
+            }
+        }
     }
 
     /// The field `key` names and the position of that name among the field's alternatives.

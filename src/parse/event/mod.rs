@@ -420,13 +420,19 @@ pub struct EventParser {
 
 impl EventParser {
     pub fn new(cfg: EventConfig) -> Self {
+        // Without a country database nothing reads the client address: its field is skipped
+        // like any unknown key instead of being copied out of every line.
+        let mut fields = cfg.fields.clone();
+        if cfg.geo.db().is_none() {
+            fields.ip.clear();
+        }
         let scratch = Scratch {
             custom: vec![String::new(); cfg.custom.len()],
             custom_found: vec![false; cfg.custom.len()],
             ..Scratch::default()
         };
         EventParser {
-            keys: KeyTable::with_custom(&cfg.fields, &cfg.custom),
+            keys: KeyTable::with_custom(&fields, &cfg.custom),
             geo: crate::parse::geo::GeoView::new(&cfg.geo),
             cfg,
             lossy: String::new(),
