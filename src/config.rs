@@ -168,11 +168,12 @@ pub struct RawTracker {
     pub derive_visitor_ids: bool,
 }
 
-/// `[geo]`: the country database. See config/pixeld.toml.
+/// `[geo]`: the country database and the bot networks. See config/pixeld.toml.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGeo {
     pub database: PathBuf,
+    pub bot_networks: PathBuf,
     pub reload_interval: String,
 }
 
@@ -350,6 +351,9 @@ impl fmt::Display for Config {
         if let Some(db) = self.agg.event.geo.db() {
             write!(f, " geo={}", db.path().display())?;
         }
+        if let Some(n) = self.agg.event.bot_networks.db() {
+            write!(f, " bot_networks={}", n.path().display())?;
+        }
         Ok(())
     }
 }
@@ -369,6 +373,12 @@ impl Config {
             // why, the server logs it and looks again every reload_interval.
             agg.event.geo =
                 crate::parse::geo::Geo::new(crate::parse::geo::GeoDb::open(&raw.geo.database));
+        }
+        if !raw.geo.bot_networks.as_os_str().is_empty() {
+            // The same: a bad list is reported, and looked at again.
+            agg.event.bot_networks = crate::parse::networks::BotNetworks::new(
+                crate::parse::networks::NetworksFile::open(&raw.geo.bot_networks),
+            );
         }
         let geo_reload_interval = c.duration(
             "geo.reload_interval",
@@ -392,6 +402,7 @@ impl Config {
             )? as usize,
             derive_visitor_ids: raw.tracker.derive_visitor_ids,
             geo: agg.event.geo.db().cloned(),
+            bot_networks: agg.event.bot_networks.db().cloned(),
         };
         Ok(Config {
             shutdown_timeout: c.duration(
@@ -840,6 +851,7 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
             )? as u32,
             url_keep_query: a.url_keep_query.clone(),
             geo: crate::parse::geo::Geo::none(),
+            bot_networks: crate::parse::networks::BotNetworks::none(),
             custom: custom_dimensions(&a.dimensions, f, c)?,
         },
         checkpoint_interval: c.duration(

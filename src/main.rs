@@ -246,7 +246,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("# {origin}: valid ({cfg})");
             if let Some(db) = cfg.agg.event.geo.db() {
                 // Not a configuration error (serve starts and looks again), but worth saying.
-                println!("# geo: {}", db.status().describe(db.path()));
+                println!("# geo: {}", db.describe());
+            }
+            if let Some(n) = cfg.agg.event.bot_networks.db() {
+                println!("# bot networks: {}", n.describe());
             }
             print!("{}", raw.to_toml());
             Ok(ExitCode::SUCCESS)

@@ -52,6 +52,8 @@ pub struct HttpConfig {
     pub derive_visitor_ids: bool,
     /// The country database, for its `/metrics` (`[geo]`).
     pub geo: Option<Arc<crate::parse::geo::GeoDb>>,
+    /// The bot networks, for their `/metrics` (`[geo] bot_networks`).
+    pub bot_networks: Option<Arc<crate::parse::networks::NetworksFile>>,
 }
 
 impl Default for HttpConfig {
@@ -61,6 +63,7 @@ impl Default for HttpConfig {
             live_max_clients: 1000,
             derive_visitor_ids: true,
             geo: None,
+            bot_networks: None,
         }
     }
 }

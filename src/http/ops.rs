@@ -22,7 +22,7 @@ pub(crate) fn metrics(ctx: &HttpContext) -> Response<Full<Bytes>> {
                 .export
                 .as_ref()
                 .map_or_else(String::new, |e| e.render(&ctx.log_api.durable_nexts()))
-            + &metrics::render_geo(ctx.cfg.geo.as_deref()),
+            + &metrics::render_geo(ctx.cfg.geo.as_deref(), ctx.cfg.bot_networks.as_deref()),
     )
 }
 

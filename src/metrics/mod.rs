@@ -938,9 +938,16 @@ pub fn health(all: &[std::sync::Arc<ShardStats>], pixel_overload: &str) -> serde
     })
 }
 
-/// The `/metrics` families of the country database (`db` = None: none configured).
-pub fn render_geo(db: Option<&crate::parse::geo::GeoDb>) -> String {
+/// The `/metrics` families of the country database and the bot networks (None: not
+/// configured).
+pub fn render_geo(
+    db: Option<&crate::parse::geo::GeoDb>,
+    nets: Option<&crate::parse::networks::NetworksFile>,
+) -> String {
     let st = db.map(crate::parse::geo::GeoDb::status).unwrap_or_default();
+    let ns = nets
+        .map(crate::parse::networks::NetworksFile::status)
+        .unwrap_or_default();
     let mut p = Prom::with_capacity(512);
     p.gauge(
         "pixeld_geo_database_loaded",
@@ -959,6 +966,20 @@ pub fn render_geo(db: Option<&crate::parse::geo::GeoDb>) -> String {
         [
             ("{result=\"ok\"}".to_string(), st.loads),
             ("{result=\"error\"}".to_string(), st.failures),
+        ],
+    )
+    .gauge(
+        "pixeld_bot_networks_loaded",
+        "Networks in the bot networks list in use ([geo] bot_networks; 0: none).",
+        nets.map_or(0, |n| n.current().1.map_or(0, |l| l.listed() as u64)),
+    )
+    .rows(
+        "pixeld_bot_networks_reloads_total",
+        Kind::Counter,
+        "Reads of the bot networks file, by result (an error keeps the previous list).",
+        [
+            ("{result=\"ok\"}".to_string(), ns.loads),
+            ("{result=\"error\"}".to_string(), ns.failures),
         ],
     );
     p.finish()

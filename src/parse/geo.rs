@@ -15,13 +15,12 @@
 //! the aggregates.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use maxminddb::{PathElement, Reader};
+
+use crate::parse::watched::{Load, Loaded, Shared, Status, View, Watched};
 
 /// The country of a pageview whose address is missing, unparseable, or not in the database,
 /// and of every pageview while no database is loaded.
@@ -68,230 +67,59 @@ fn country_code<'a, S: AsRef<[u8]>>(found: &maxminddb::LookupResult<'a, S>) -> O
     .filter(|c| !c.is_empty() && c.len() <= 8)
 }
 
-/// The identity of the file a database was read from, to tell when it changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    mtime_ns: i128,
-    ino: u64,
-}
+/// A country database as read from its file.
+pub struct Countries(Reader<Vec<u8>>);
 
-fn stamp(path: &Path) -> std::io::Result<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path)?;
-    Ok(Stamp {
-        len: m.len(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        ino: m.ino(),
-    })
-}
-
+/// The country database of the process (see [`crate::parse::watched`]).
+pub type GeoDb = Watched<Countries>;
+/// The configured country database, if any: what an event configuration carries.
+pub type Geo = Shared<Countries>;
 /// What `/metrics` and `pixeld validate` say about the database.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GeoStatus {
-    /// `database_type` of the loaded database, when one is loaded.
-    pub loaded: Option<String>,
-    /// Its build time, seconds since the epoch.
-    pub build_epoch: u64,
-    /// Successful loads and failed attempts since start.
-    pub loads: u64,
-    pub failures: u64,
-    /// The last failure, while the file is still the one that failed.
-    pub error: Option<String>,
-}
+pub type GeoStatus = Status;
 
-#[derive(Default)]
-struct State {
-    reader: Option<Arc<Reader<Vec<u8>>>>,
-    /// The file as last looked at (loaded or failed), so a bad file is reported once.
-    seen: Option<Stamp>,
-    status: GeoStatus,
-}
+impl Load for Countries {
+    type Error = GeoError;
+    const WITHOUT: &'static str = "countries are (unknown)";
 
-/// The database of one process, shared by every shard's parser.
-pub struct GeoDb {
-    path: PathBuf,
-    state: Mutex<State>,
-    /// Bumped at every successful load: parsers refresh their reference when it moves.
-    generation: AtomicU64,
-}
-
-impl GeoDb {
-    /// A database read from `path` now; a failure is kept in its status (see
-    /// [`GeoDb::status`]) and the file is tried again at the next [`GeoDb::reload_if_changed`].
-    pub fn open(path: &Path) -> Arc<GeoDb> {
-        let db = Arc::new(GeoDb {
+    fn load(path: &Path, read: std::io::Result<Vec<u8>>) -> Result<Loaded<Countries>, GeoError> {
+        let bytes = read.map_err(|source| GeoError::Read {
             path: path.to_path_buf(),
-            state: Mutex::default(),
-            generation: AtomicU64::new(0),
-        });
-        // Whatever happens is in the status.
-        let _ = db.reload_if_changed();
-        db
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub fn status(&self) -> GeoStatus {
-        self.state().status.clone()
-    }
-
-    /// Reads the file again if it is not the one last looked at: `None` when unchanged,
-    /// else whether the new file is now in use. A failure leaves the previous database in use.
-    pub fn reload_if_changed(&self) -> Option<Result<(), GeoError>> {
-        let now = stamp(&self.path);
-        let mut st = self.state();
-        let changed = match &now {
-            Ok(s) => st.seen != Some(*s),
-            // A file that went away: report it once, keep what is loaded.
-            Err(_) => st.seen.is_some() || st.status.loads + st.status.failures == 0,
+            source,
+        })?;
+        let invalid = |source| GeoError::Invalid {
+            path: path.to_path_buf(),
+            source,
         };
-        if !changed {
-            return None;
+        // The metadata and the tree's layout are checked here (a file cut short has no
+        // metadata at its end). `Reader::verify` is not used: it refuses databases every
+        // reader serves (ip-location-db's, without a description).
+        let reader = Reader::from_source(bytes).map_err(invalid)?;
+        // A database of something else (ASNs, say) would load and give no country: its first
+        // records must hold one.
+        let mut records = 0;
+        for found in reader
+            .networks(maxminddb::WithinOptions::default())
+            .map_err(invalid)?
+            .take(SAMPLE)
+        {
+            records += 1;
+            if found.ok().and_then(|f| country_code(&f)).is_some() {
+                let (kind, build_epoch) = (
+                    reader.metadata().database_type.clone(),
+                    reader.metadata().build_epoch,
+                );
+                return Ok(Loaded {
+                    value: Countries(reader),
+                    kind,
+                    build_epoch,
+                });
+            }
         }
-        st.seen = now.as_ref().ok().copied();
-        let loaded = now
-            .and_then(|_| std::fs::read(&self.path))
-            .map_err(|source| GeoError::Read {
-                path: self.path.clone(),
-                source,
-            })
-            .and_then(|bytes| {
-                let invalid = |source| GeoError::Invalid {
-                    path: self.path.clone(),
-                    source,
-                };
-                // The metadata and the tree's layout are checked here (a file cut short has no
-                // metadata at its end). `Reader::verify` is not used: it refuses databases
-                // every reader serves (ip-location-db's, without a description).
-                let reader = Reader::from_source(bytes).map_err(invalid)?;
-                // A database of something else (ASNs, say) would load and give no country:
-                // its first records must hold one.
-                let mut records = 0;
-                for found in reader
-                    .networks(maxminddb::WithinOptions::default())
-                    .map_err(invalid)?
-                    .take(SAMPLE)
-                {
-                    records += 1;
-                    if found.ok().and_then(|f| country_code(&f)).is_some() {
-                        return Ok(reader);
-                    }
-                }
-                Err(GeoError::NoCountries {
-                    path: self.path.clone(),
-                    kind: reader.metadata().database_type.clone(),
-                    records,
-                })
-            });
-        Some(match loaded {
-            Ok(reader) => {
-                st.status.loaded = Some(reader.metadata().database_type.clone());
-                st.status.build_epoch = reader.metadata().build_epoch;
-                st.status.loads += 1;
-                st.status.error = None;
-                st.reader = Some(Arc::new(reader));
-                self.generation.fetch_add(1, Ordering::Release);
-                Ok(())
-            }
-            Err(e) => {
-                st.status.failures += 1;
-                st.status.error = Some(e.to_string());
-                Err(e)
-            }
+        Err(GeoError::NoCountries {
+            path: path.to_path_buf(),
+            kind: reader.metadata().database_type.clone(),
+            records,
         })
-    }
-
-    /// The database in use and its generation.
-    fn current(&self) -> (u64, Option<Arc<Reader<Vec<u8>>>>) {
-        let st = self.state();
-        (self.generation.load(Ordering::Acquire), st.reader.clone())
-    }
-}
-
-impl GeoStatus {
-    /// One line for the log.
-    pub fn describe(&self, path: &Path) -> String {
-        match (&self.loaded, &self.error) {
-            (_, Some(e)) => format!(
-                "{e}{}",
-                if self.loaded.is_some() {
-                    "; the database read before stays in use"
-                } else {
-                    "; countries are (unknown) until it can be read"
-                }
-            ),
-            (Some(kind), None) => format!(
-                "using {kind} from {} (built {})",
-                path.display(),
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.build_epoch)
-                )
-            ),
-            (None, None) => format!("{} not read yet", path.display()),
-        }
-    }
-}
-
-/// Looks at the database's file every `every` on a thread of its own, reloading it when it
-/// changed and saying so on stderr; ends when the database is dropped.
-pub fn watch(db: &Arc<GeoDb>, every: std::time::Duration) -> std::io::Result<()> {
-    let weak = Arc::downgrade(db);
-    std::thread::Builder::new()
-        .name("pixeld-geo".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            let Some(db) = weak.upgrade() else { return };
-            if db.reload_if_changed().is_some() {
-                eprintln!("pixeld: geo: {}", db.status().describe(db.path()));
-            }
-        })
-        .map(drop)
-}
-
-impl fmt::Debug for GeoDb {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "GeoDb({})", self.path.display())
-    }
-}
-
-/// The configured database, if any: what an event configuration carries. Two handles are
-/// equal when they name the same file (what the configuration says, not what it holds).
-#[derive(Clone, Default)]
-pub struct Geo(Option<Arc<GeoDb>>);
-
-impl Geo {
-    /// No database: every country is [`UNKNOWN`].
-    pub fn none() -> Geo {
-        Geo(None)
-    }
-    pub fn new(db: Arc<GeoDb>) -> Geo {
-        Geo(Some(db))
-    }
-    pub fn db(&self) -> Option<&Arc<GeoDb>> {
-        self.0.as_ref()
-    }
-}
-
-impl PartialEq for Geo {
-    fn eq(&self, other: &Geo) -> bool {
-        self.0.as_ref().map(|d| &d.path) == other.0.as_ref().map(|d| &d.path)
-    }
-}
-impl Eq for Geo {}
-
-impl fmt::Debug for Geo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            None => f.write_str("None"),
-            Some(db) => write!(f, "{:?}", db.path),
-        }
     }
 }
 
@@ -299,12 +127,22 @@ impl fmt::Debug for Geo {
 /// one).
 const MAX_NAMES: usize = 4096;
 
+/// The client of an address field (an address, or an `X-Forwarded-For`-style list whose first
+/// entry is the client): the address, and it as an IPv6 number (an IPv4 one mapped).
+pub fn client_addr(field: &str) -> Option<(IpAddr, u128)> {
+    let first = field.split(',').next().unwrap_or_default().trim();
+    let ip = first.parse::<IpAddr>().ok()?;
+    let key = match ip {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    Some((ip, key))
+}
+
 /// One parser's access to the database.
 #[derive(Debug, Default)]
 pub struct GeoView {
-    db: Option<Arc<GeoDb>>,
-    generation: u64,
-    reader: Option<Arc<Reader<Vec<u8>>>>,
+    db: View<Countries>,
     /// Record offset → index in `names`.
     by_offset: HashMap<usize, u16>,
     names: Vec<Box<str>>,
@@ -323,37 +161,36 @@ const NOWHERE: u16 = u16::MAX;
 impl GeoView {
     pub fn new(geo: &Geo) -> GeoView {
         GeoView {
-            db: geo.0.clone(),
+            db: View::new(geo),
             ..GeoView::default()
         }
     }
 
     /// Whether a database is configured (loaded or not): without one no address is read.
     pub fn configured(&self) -> bool {
-        self.db.is_some()
+        self.db.configured()
     }
 
     /// The ISO 3166 code of the country of `addr` (an address, or an `X-Forwarded-For`-style
     /// list whose first entry is the client), or [`UNKNOWN`].
     pub fn country(&mut self, addr: &str) -> &str {
-        let Some(db) = &self.db else { return UNKNOWN };
-        if db.generation.load(Ordering::Relaxed) != self.generation {
-            (self.generation, self.reader) = db.current();
+        self.country_at(client_addr(addr))
+    }
+
+    /// The ISO 3166 code of the country of an address as [`client_addr`] gives it, or
+    /// [`UNKNOWN`].
+    pub fn country_at(&mut self, addr: Option<(IpAddr, u128)>) -> &str {
+        let (Some(Countries(reader)), changed) = self.db.get() else {
+            return UNKNOWN;
+        };
+        if changed {
             self.by_offset.clear();
             self.names.clear();
             self.by_addr.clear();
             self.by_addr.resize(ADDR_SLOTS, (EMPTY, NOWHERE));
         }
-        let Some(reader) = &self.reader else {
+        let Some((ip, key)) = addr else {
             return UNKNOWN;
-        };
-        let first = addr.split(',').next().unwrap_or_default().trim();
-        let Ok(ip) = first.parse::<IpAddr>() else {
-            return UNKNOWN;
-        };
-        let key = match ip {
-            IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
-            IpAddr::V6(a) => u128::from(a),
         };
         let mixed = ((key as u64) ^ ((key >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let slot = (mixed >> (64 - ADDR_SLOTS.trailing_zeros())) as usize;

@@ -4,4 +4,6 @@
 
 pub mod event;
 pub mod geo;
+pub mod networks;
 pub mod syslog;
+pub mod watched;

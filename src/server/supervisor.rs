@@ -222,8 +222,14 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     });
     eprintln!("pixeld {}: starting {cfg}", env!("CARGO_PKG_VERSION"));
     if let Some(db) = cfg.agg.event.geo.db() {
-        eprintln!("pixeld: geo: {}", db.status().describe(db.path()));
-        crate::parse::geo::watch(db, cfg.geo_reload_interval).map_err(ServeError::Thread)?;
+        eprintln!("pixeld: geo: {}", db.describe());
+        crate::parse::watched::watch(db, "geo", cfg.geo_reload_interval)
+            .map_err(ServeError::Thread)?;
+    }
+    if let Some(n) = cfg.agg.event.bot_networks.db() {
+        eprintln!("pixeld: bot networks: {}", n.describe());
+        crate::parse::watched::watch(n, "bot networks", cfg.geo_reload_interval)
+            .map_err(ServeError::Thread)?;
     }
     let shard::Started {
         handles,

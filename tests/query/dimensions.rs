@@ -391,6 +391,111 @@ fn countries_follow_the_database_file() {
     assert_eq!(code, Some(0), "{err}");
 }
 
+/// Bot networks (`[geo] bot_networks`) of a real server: a pageview from a listed address is
+/// a bot's whatever its User-Agent — in the `bot` dimension under the network's name, in no
+/// other metric; a bad version of the file is refused (said, counted, the list before kept), a
+/// good one applies from the next look.
+#[test]
+fn bot_networks_follow_their_file() {
+    let dir = common::tempdir();
+    let list = dir.path().join("networks.txt");
+    std::fs::write(&list, "# test ranges\n192.0.2.0/24 ExampleCloud\n").unwrap();
+    let config = format!(
+        "[geo]\nbot_networks = {:?}\nreload_interval = \"100ms\"\n",
+        list.display().to_string()
+    );
+    let mut s = Server::builder().config(&config).start();
+    let said = s.wait_for("pixeld: bot networks:").unwrap_or_default();
+    assert!(said.contains("using 1 networks"), "{said}");
+    s.wait_complete();
+    let gauge = |port: u16, name: &str| common::metrics(port).get(name).copied().unwrap_or(-1.0);
+    assert_eq!(gauge(s.http, "pixeld_bot_networks_loaded"), 1.0);
+    let now = common::now_ms() as i64;
+    let mut sent = 0u64;
+    let browser =
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0";
+    // Sends one pageview from `ip`; answers the `bot` dimension and the views of every
+    // device (bots left out) counted so far.
+    let mut hit = |port: u16, ip: &str| -> (BTreeMap<String, u64>, u64) {
+        sent += 1;
+        let line = format!(
+            r#"{{"msec":{},"url":"https://a.example/","vid":"v{sent}","ip":"{ip}","ua":"{browser}"}}"#,
+            msec(now - 60_000)
+        );
+        common::post_ndjson(port, [line.as_bytes()]);
+        common::wait_aggregated(port, sent, "bot networks");
+        let items = |dim: &str| -> BTreeMap<String, u64> {
+            let (_, body) = common::try_get(port, &format!("/v1/top?from=-2h&dim={dim}"));
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|it| {
+                    (
+                        it["key"].as_str().unwrap().to_string(),
+                        it["views"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        (items("bot"), items("device").values().sum())
+    };
+    assert_eq!(
+        hit(s.http, "192.0.2.1"),
+        (BTreeMap::from([("ExampleCloud".into(), 1)]), 0)
+    );
+    assert_eq!(
+        hit(s.http, "198.51.100.1"),
+        (
+            BTreeMap::from([("ExampleCloud".into(), 1), ("human".into(), 1)]),
+            1
+        )
+    );
+    let wait_loads = |port: u16, result: &str, n: f64| {
+        let name = format!("pixeld_bot_networks_reloads_total{{result=\"{result}\"}}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while gauge(port, &name) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never reached {n}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    // A bad line: the file is refused, the line named, the list before kept.
+    std::fs::write(
+        &list,
+        "198.51.100.0/24\n192.0.2.0/24 ExampleCloud\n10.0.0.0/40\n",
+    )
+    .unwrap();
+    wait_loads(s.http, "error", 1.0);
+    let said = s.wait_for("line 3").unwrap_or_default();
+    assert!(
+        said.contains("10.0.0.0/40") && said.contains("stays in use"),
+        "{said}"
+    );
+    assert_eq!(hit(s.http, "198.51.100.1").0["human"], 2);
+    // Fixed: applies from the next look on (what was counted before stays as it was).
+    std::fs::write(&list, "198.51.100.0/24\n192.0.2.0/24 ExampleCloud\n").unwrap();
+    wait_loads(s.http, "ok", 2.0);
+    assert_eq!(gauge(s.http, "pixeld_bot_networks_loaded"), 2.0);
+    assert_eq!(
+        hit(s.http, "198.51.100.1"),
+        (
+            BTreeMap::from([
+                ("ExampleCloud".into(), 1),
+                ("datacenter".into(), 1),
+                ("human".into(), 2)
+            ]),
+            2
+        )
+    );
+    s.signal("TERM");
+    let (code, err) = s.wait();
+    assert_eq!(code, Some(0), "{err}");
+}
+
 /// Custom dimensions (`[agg.dimensions]`) of a real server: counted by value like the
 /// built-in ones in `/v1/top?dim=` and `POST /v1/query` (alone, in pairs, filtered), against
 /// a model of the lines sent, and the same after a restart.

@@ -110,12 +110,13 @@ pub fn fingerprint(cfg: &AggConfig) -> u64 {
     let ua = std::mem::take(&mut event.fields.ua);
     let ip = std::mem::take(&mut event.fields.ip);
     event.geo = crate::parse::geo::Geo::none();
+    event.bot_networks = crate::parse::networks::BotNetworks::none();
     // Custom dimensions are found in a profile's key by name, so changing them never makes
     // the stored profiles wrong: they are left out too.
     event.custom.clear();
     let mut text = format!("v{AGGREGATION_VERSION} {event:?}")
         .replace(", ua: [], ip: []", "")
-        .replace(", geo: None, custom: []", "");
+        .replace(", geo: None, bot_networks: None, custom: []", "");
     let defaults = crate::parse::event::FieldNames::default();
     if ua != defaults.ua {
         text.push_str(&format!(" ua {ua:?}"));

@@ -26,6 +26,7 @@ pub const DIMS: [&str; 10] = [
 
 /// Positions in [`DIMS`].
 pub const CHANNEL: usize = 0;
+pub const DEVICE: usize = 5;
 pub const BOT: usize = 8;
 pub const COUNTRY: usize = 9;
 

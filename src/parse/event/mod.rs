@@ -75,6 +75,8 @@ pub struct EventConfig {
     pub url_keep_query: Vec<String>,
     /// The country database (`[geo]`), if any.
     pub geo: crate::parse::geo::Geo,
+    /// Networks whose addresses are bots' (`[geo] bot_networks`), if any.
+    pub bot_networks: crate::parse::networks::BotNetworks,
     /// Custom dimensions of a pageview (`[agg.dimensions]`): (name, the line's field), in
     /// the order of their names.
     pub custom: Vec<(String, String)>,
@@ -87,6 +89,7 @@ impl Default for EventConfig {
             heartbeat_seconds: 10,
             url_keep_query: Vec::new(),
             geo: crate::parse::geo::Geo::none(),
+            bot_networks: crate::parse::networks::BotNetworks::none(),
             custom: Vec::new(),
         }
     }
@@ -414,16 +417,17 @@ pub struct EventParser {
     fast: bool,
     /// Urls and referrers normalised once per distinct text.
     cache: cache::NormCache,
-    /// Countries of client addresses.
+    /// Countries of client addresses, and the bot networks they may be in.
     geo: crate::parse::geo::GeoView,
+    nets: crate::parse::networks::NetworksView,
 }
 
 impl EventParser {
     pub fn new(cfg: EventConfig) -> Self {
-        // Without a country database nothing reads the client address: its field is skipped
-        // like any unknown key instead of being copied out of every line.
+        // Without a country database or bot networks nothing reads the client address: its
+        // field is skipped like any unknown key instead of being copied out of every line.
         let mut fields = cfg.fields.clone();
-        if cfg.geo.db().is_none() {
+        if cfg.geo.db().is_none() && cfg.bot_networks.db().is_none() {
             fields.ip.clear();
         }
         let scratch = Scratch {
@@ -434,6 +438,7 @@ impl EventParser {
         EventParser {
             keys: KeyTable::with_custom(&fields, &cfg.custom),
             geo: crate::parse::geo::GeoView::new(&cfg.geo),
+            nets: crate::parse::networks::NetworksView::new(&cfg.bot_networks),
             cfg,
             lossy: String::new(),
             scratch,
@@ -479,6 +484,7 @@ impl EventParser {
             fast,
             cache,
             geo,
+            nets,
         } = self;
         let msg = msg.trim_ascii();
         scratch.reset();
@@ -514,7 +520,7 @@ impl EventParser {
         } else {
             read_combined(text, keys, scratch)?;
         }
-        finish(cfg, scratch, cache, geo)
+        finish(cfg, scratch, cache, (geo, nets))
     }
 }
 
@@ -524,7 +530,10 @@ fn finish<'a>(
     cfg: &EventConfig,
     scratch: &'a mut Scratch,
     cache: &'a mut cache::NormCache,
-    geo: &mut crate::parse::geo::GeoView,
+    (geo, nets): (
+        &mut crate::parse::geo::GeoView,
+        &mut crate::parse::networks::NetworksView,
+    ),
 ) -> Result<Event<'a>, EventError> {
     let found = &scratch.found;
     // Decoding never empties a non-empty value, so this is "no url or an empty one".
@@ -553,6 +562,15 @@ fn finish<'a>(
         }
     };
     let agent = agents.get(&scratch.ua);
+    // The client address, read when something uses it; in a bot network, a bot's hit.
+    let addr = (geo.configured() || nets.configured())
+        .then(|| crate::parse::geo::client_addr(&scratch.ip))
+        .flatten();
+    let bot = match (&agent.bot, addr) {
+        (Some(name), _) => Some(name.as_ref()),
+        (None, Some((_, key))) => nets.find(key),
+        (None, None) => None,
+    };
     let site = url.url.get(host).ok_or(EventError::BadUrl)?;
     if action == Action::Pageview {
         let utm = &url.utm;
@@ -572,8 +590,8 @@ fn finish<'a>(
             agent.device,
             &agent.browser,
             &agent.os,
-            agent.bot.as_deref().unwrap_or(dims::HUMAN),
-            geo.country(&scratch.ip),
+            bot.unwrap_or(dims::HUMAN),
+            geo.country_at(addr),
         ] {
             dims::push_value(p, v);
         }
@@ -597,7 +615,7 @@ fn finish<'a>(
         ref_domain,
         vid: &scratch.vid,
         invalid_utf8,
-        bot: agent.bot.is_some(),
+        bot: bot.is_some(),
         profile: &scratch.profile,
     })
 }
@@ -812,6 +830,70 @@ mod tests {
         assert!(!e.profile.contains("192.0.2.9"));
         // Without a database nothing is looked up.
         let mut p = EventParser::new(EventConfig::default());
+        let e = p
+            .parse(br#"{"url":"https://a.example/","ip":"192.0.2.9"}"#)
+            .unwrap();
+        assert_eq!(
+            dims::values(e.profile).nth(dims::COUNTRY),
+            Some("(unknown)")
+        );
+    }
+
+    /// A hit from an address in a bot network is a bot's, named after the network, whatever
+    /// its User-Agent; a bot's User-Agent keeps its own name. Without a country database the
+    /// address is read for the networks alone.
+    #[test]
+    fn bot_networks_make_bots() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nets.txt");
+        std::fs::write(&path, "192.0.2.0/24 ExampleCloud\n2001:db8::/32\n").unwrap();
+        let nets = crate::parse::networks::BotNetworks::new(
+            crate::parse::networks::NetworksFile::open(&path),
+        );
+        let mut p = EventParser::new(EventConfig {
+            bot_networks: nets,
+            ..EventConfig::default()
+        });
+        let browser =
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0";
+        let mut bot = |ip: &str, ua: &str, action: &str| {
+            let line = format!(
+                r#"{{"url":"https://a.example/","ip":"{ip}","ua":"{ua}","action":"{action}"}}"#
+            );
+            let e = p.parse(line.as_bytes()).unwrap();
+            let values = || dims::values(e.profile).filter(|_| !e.profile.is_empty());
+            let name = values().nth(dims::BOT).map(str::to_owned);
+            let device = values().nth(dims::DEVICE).map(str::to_owned);
+            (e.bot, name, device)
+        };
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            bot("192.0.2.7", browser, "pageview"),
+            (true, some("ExampleCloud"), some("desktop"))
+        );
+        assert_eq!(
+            bot("2001:db8::1, 192.0.2.1", browser, "pageview"),
+            (
+                true,
+                some(crate::parse::networks::DEFAULT_NAME),
+                some("desktop")
+            )
+        );
+        assert_eq!(
+            bot("198.51.100.1", browser, "pageview"),
+            (false, some(dims::HUMAN), some("desktop"))
+        );
+        assert_eq!(
+            bot("", browser, "pageview"),
+            (false, some(dims::HUMAN), some("desktop"))
+        );
+        assert_eq!(
+            bot("192.0.2.7", "curl/8.0", "pageview"),
+            (true, some("curl"), some("bot"))
+        );
+        // A heartbeat has no dimensions, and is a bot's all the same.
+        assert_eq!(bot("192.0.2.7", browser, "heartbeat"), (true, None, None));
+        // The country stays unknown (no database).
         let e = p
             .parse(br#"{"url":"https://a.example/","ip":"192.0.2.9"}"#)
             .unwrap();
