@@ -9,7 +9,8 @@
 //! real one; without it the bench writes a synthetic database of 200 000 networks in 250
 //! countries (mmdb-writer), whose tree is about as deep as GeoLite2's. Two sets of lines:
 //! every address distinct (more than the address cache holds), and addresses drawn from
-//! 2 500 (readers with several pageviews each).
+//! 2 500 (readers with several pageviews each). `bot-networks` times them with a list of 5 000
+//! bot networks instead (`[geo] bot_networks`: one binary search per line).
 //! Run: `cargo bench --bench parse` (or `-- event` for the event group only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -181,8 +182,28 @@ fn countries(c: &mut Criterion, bare: &[Vec<u8>]) {
     group.throughput(Throughput::Elements(lines.len() as u64));
     let geo = pixeld::parse::geo::GeoDb::open(&db);
     assert!(geo.status().loaded.is_some(), "{:?}", geo.status());
+    // A bot networks list as big as a few cloud providers' published ranges: 5 000 networks,
+    // /12 to /24, named after 20 providers.
+    let list = dir.path().join("bot-networks.txt");
+    let text: String = (0..5_000u32)
+        .map(|i| {
+            let len = rng.gen_range(12..=24);
+            let net = ipnet::Ipv4Net::new(public_v4(&mut rng), len).unwrap().trunc();
+            format!("{net} Provider{}\n", i % 20)
+        })
+        .collect();
+    std::fs::write(&list, text).unwrap();
+    let nets = pixeld::parse::networks::NetworksFile::open(&list);
+    assert!(nets.status().loaded.is_some(), "{:?}", nets.status());
     for (name, cfg) in [
         ("no-database", EventConfig::default()),
+        (
+            "bot-networks",
+            EventConfig {
+                bot_networks: pixeld::parse::networks::BotNetworks::new(nets.clone()),
+                ..EventConfig::default()
+            },
+        ),
         (
             "database",
             EventConfig {
