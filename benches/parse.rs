@@ -188,7 +188,9 @@ fn countries(c: &mut Criterion, bare: &[Vec<u8>]) {
     let text: String = (0..5_000u32)
         .map(|i| {
             let len = rng.gen_range(12..=24);
-            let net = ipnet::Ipv4Net::new(public_v4(&mut rng), len).unwrap().trunc();
+            let net = ipnet::Ipv4Net::new(public_v4(&mut rng), len)
+                .unwrap()
+                .trunc();
             format!("{net} Provider{}\n", i % 20)
         })
         .collect();

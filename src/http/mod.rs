@@ -89,6 +89,8 @@ pub struct HttpContext {
     pub visitor_ids: Option<visitor::VisitorIds>,
     /// The `Idempotency-Key` store of `POST /v1/events`, shared by every shard.
     pub keys: Option<Arc<idempotency::KeyStore>>,
+    /// The log scans running in the process (`GET /v1/scans`), shared by every shard.
+    pub scans: Arc<crate::query::scan::Scans>,
 }
 
 /// Runs `f` on glommio's blocking pool: segment reads and the consumer store's fsyncs never

@@ -78,11 +78,61 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Scans estimated to read at least this many records say so on stderr when they start.
+const LONG_SCAN_RECORDS: u64 = 10_000_000;
+
+/// `GET /v1/scans`: the scans running in the process, oldest first, with how far they got.
+pub(crate) fn scans(ctx: &HttpContext) -> Response<Full<Bytes>> {
+    let list: Vec<_> = ctx
+        .scans
+        .list()
+        .iter()
+        .map(|p| {
+            let read = p.records_read();
+            let secs = p.elapsed().as_secs_f64();
+            serde_json::json!({
+                "id": p.id,
+                "started": humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(p.started_ms.max(0) as u64)
+                ).to_string(),
+                "elapsed_seconds": (secs * 1000.0).round() / 1000.0,
+                "records_read": read,
+                "records_estimated": p.estimate,
+                "progress": (read as f64 / p.estimate.max(1) as f64).min(1.0),
+                "records_per_second": (read as f64 / secs.max(1e-3)).round(),
+                "query": p.query,
+            })
+        })
+        .collect();
+    json(StatusCode::OK, serde_json::json!({"scans": list}))
+}
+
+/// `DELETE /v1/scans/<id>`: stops that scan (its client gets 503 "the scan was cancelled");
+/// 404 when no such scan runs.
+pub(crate) fn cancel_scan(path: &str, ctx: &HttpContext) -> Response<Full<Bytes>> {
+    let id = path
+        .strip_prefix("/v1/scans/")
+        .and_then(|s| s.parse::<u64>().ok());
+    match id {
+        Some(id) if ctx.scans.cancel(id) => {
+            json(StatusCode::OK, serde_json::json!({"cancelled": id}))
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no such scan is running (GET /v1/scans lists them)"}),
+        ),
+    }
+}
+
 /// A `POST /v1/query` with `"include": {"scan": true}`: the range (and the comparison
 /// period) read from every shard's retained log on the blocking pool (`query::scan`), after
 /// an estimate that refuses what is over the cap. 400 for too large, 503 for an unreadable
 /// log.
-async fn scanned(plan: crate::query::api::Plan, ctx: &HttpContext) -> Response<Full<Bytes>> {
+async fn scanned(
+    plan: crate::query::api::Plan,
+    body: &[u8],
+    ctx: &HttpContext,
+) -> Response<Full<Bytes>> {
     use crate::query::{api, scan};
     let cfg = ctx.hub.agg().borrow().cfg.clone();
     let nexts = ctx.log_api.durable_nexts();
@@ -106,24 +156,33 @@ async fn scanned(plan: crate::query::api::Plan, ctx: &HttpContext) -> Response<F
         ));
     }
     let cancel = CancelOnDrop(Default::default());
+    let progress = ctx.scans.start(body, estimate, cancel.0.clone());
+    if estimate >= LONG_SCAN_RECORDS {
+        eprintln!(
+            "pixeld: scan {}: reading about {estimate} records of {} shards' logs (GET /v1/scans shows it, DELETE /v1/scans/{} stops it)",
+            progress.id,
+            ctx.log_api.logs.len(),
+            progress.id
+        );
+    }
     let mut rows = Vec::new();
     for range in ranges {
         let spec = api::scan_spec(&plan, range);
-        let (readers, cfg, nexts, flag) = (
+        let (readers, cfg, nexts, p) = (
             ctx.log_api.clone(),
             cfg.clone(),
             nexts.clone(),
-            cancel.0.clone(),
+            progress.clone(),
         );
         let started = std::time::Instant::now();
-        let r =
-            super::blocking(move || scan::scan(&readers.logs, &nexts, &cfg, &spec, &flag)).await;
+        let r = super::blocking(move || scan::scan(&readers.logs, &nexts, &cfg, &spec, &p)).await;
         match r {
             Ok(s) => rows.push(api::scan_rows(
                 &plan,
                 range,
                 s,
                 started.elapsed().as_secs_f64(),
+                progress.id,
             )),
             Err(e @ (scan::ScanError::TooLarge(_) | scan::ScanError::TooManyRows)) => {
                 return bad_param(&crate::query::params::bad("include", e.to_string()))
@@ -135,6 +194,13 @@ async fn scanned(plan: crate::query::api::Plan, ctx: &HttpContext) -> Response<F
                 )
             }
         }
+    }
+    if progress.elapsed() >= scan::REPORT_EVERY {
+        eprintln!(
+            "pixeld: scan {}: done, {}",
+            progress.id,
+            progress.describe(progress.records_read())
+        );
     }
     let mut rows = rows.into_iter();
     let Some(now) = rows.next() else {
@@ -200,7 +266,9 @@ pub(crate) async fn structured(req: Request<Incoming>, ctx: &HttpContext) -> Res
     };
     let r = match plan {
         Err(e) => bad_param(&e),
-        Ok(plan) if plan.family == crate::query::api::Family::Scan => scanned(plan, ctx).await,
+        Ok(plan) if plan.family == crate::query::api::Family::Scan => {
+            scanned(plan, &body, ctx).await
+        }
         Ok(plan) => answered(ctx.hub.query(plan).await, ctx),
     };
     ctx.ingest

@@ -83,6 +83,8 @@ async fn handle(
             query::query(&req, ctx).await
         }
         (&Method::GET | &Method::POST, "/v1/query") => query::structured(req, ctx).await,
+        (&Method::GET, "/v1/scans") => query::scans(ctx),
+        (&Method::DELETE, p) if p.starts_with("/v1/scans/") => query::cancel_scan(p, ctx),
         (&Method::POST, "/v1/admin/rebuild-aggregates") => query::rebuild(&req, ctx).await,
         (&Method::GET, "/healthz") => ops::healthz(),
         (&Method::GET, "/readyz") => ops::readyz(ctx),
@@ -98,6 +100,7 @@ async fn handle(
             | "/v1/summary"
             | "/v1/realtime"
             | "/v1/query"
+            | "/v1/scans"
             | "/v1/admin/rebuild-aggregates",
         ) => json(
             StatusCode::METHOD_NOT_ALLOWED,

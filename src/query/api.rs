@@ -1289,7 +1289,13 @@ pub fn scan_spec(plan: &Plan, range: Range) -> super::scan::ScanSpec {
 }
 
 /// The rows of a scan of `plan` over `range`, which took `seconds`.
-pub fn scan_rows(plan: &Plan, range: Range, s: super::scan::Scanned, seconds: f64) -> Rows {
+pub fn scan_rows(
+    plan: &Plan,
+    range: Range,
+    s: super::scan::Scanned,
+    seconds: f64,
+    id: u64,
+) -> Rows {
     let by_profile = plan.dims.iter().any(|d| matches!(d, QDim::Profile(_)));
     let metric = |m: &Metric, a: &super::scan::Acc| -> Option<f64> {
         Some(match m {
@@ -1329,6 +1335,7 @@ pub fn scan_rows(plan: &Plan, range: Range, s: super::scan::Scanned, seconds: f6
         rows,
         sketched: false,
         scan: Some(json!({
+            "id": id,
             "records": s.records,
             "seconds": (seconds * 1000.0).round() / 1000.0,
             "records_per_second": if seconds > 0.0 { (s.records as f64 / seconds).round() } else { 0.0 },

@@ -6,14 +6,18 @@
 //! ([`estimate`]: the records whose receive time can hold an event of the range). A scan reads
 //! the shards' logs in parallel (one thread per shard, on the HTTP shard's blocking pool, never
 //! on an executor), stops at [`MAX_SCAN_RECORDS`], and stops early when its [`Cancel`] is
-//! set — the HTTP handler sets it when the client goes away. Visitors are counted exactly
+//! set — the HTTP handler sets it when the client goes away, `DELETE /v1/scans/<id>` when an
+//! operator stops it. Every running scan is listed in the process's [`Scans`] with its
+//! [`Progress`] (`GET /v1/scans`: records read of the estimate, rate), and one that runs longer
+//! than [`REPORT_EVERY`] says how far it got on stderr. Visitors are counted exactly
 //! (a set of visitor hashes per row, united across shards: a visitor's hits may sit in any
 //! shard's log). Only what the log still retains can be read: the answer says from when.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
@@ -86,6 +90,117 @@ pub struct Scanned {
 /// Set to stop a scan (the client went away, or the process stops).
 pub type Cancel = Arc<AtomicBool>;
 
+/// How often a long scan says how far it got (stderr).
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// The longest query text kept with a running scan (`GET /v1/scans`).
+const MAX_QUERY_TEXT: usize = 2048;
+
+/// One running scan: what `GET /v1/scans` shows of it, and how to stop it.
+#[derive(Debug)]
+pub struct Progress {
+    pub id: u64,
+    /// The question, as sent (cut at [`MAX_QUERY_TEXT`] bytes).
+    pub query: String,
+    /// Wall-clock start, ms since the epoch.
+    pub started_ms: i64,
+    started: Instant,
+    /// Records the estimate expects (every range of the query together).
+    pub estimate: u64,
+    /// Records read so far, every shard together (updated every 4 096 per shard).
+    read: AtomicU64,
+    pub cancel: Cancel,
+    /// When the last progress line was written, ms after `started`.
+    reported_ms: AtomicU64,
+}
+
+impl Progress {
+    pub fn records_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Counts `n` more records read; the total.
+    fn add(&self, n: u64) -> u64 {
+        let all = self.read.fetch_add(n, Ordering::Relaxed) + n;
+        let ms = self.started.elapsed().as_millis() as u64;
+        let last = self.reported_ms.load(Ordering::Relaxed);
+        let every = REPORT_EVERY.as_millis() as u64;
+        if ms >= last + every
+            && self
+                .reported_ms
+                .compare_exchange(last, ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            eprintln!("pixeld: scan {}: {}", self.id, self.describe(all));
+        }
+        all
+    }
+
+    /// How far it got: `<read> of about <estimate> records (<pct> %) in <s> s, <rate>/s`.
+    pub fn describe(&self, read: u64) -> String {
+        let secs = self.elapsed().as_secs_f64();
+        format!(
+            "{read} of about {} records ({:.0} %) in {secs:.0} s, {:.0} records/s",
+            self.estimate,
+            100.0 * read as f64 / self.estimate.max(1) as f64,
+            read as f64 / secs.max(1e-3)
+        )
+    }
+}
+
+/// The scans running in the process (every HTTP shard's): a registry for `GET /v1/scans` and
+/// `DELETE /v1/scans/<id>`. Its lock is taken when a scan starts or ends and by those two
+/// requests, never by a scan's threads.
+#[derive(Debug, Default)]
+pub struct Scans {
+    next_id: AtomicU64,
+    running: Mutex<Vec<Weak<Progress>>>,
+}
+
+impl Scans {
+    /// Registers a scan of `query` expected to read `estimate` records; it is listed while the
+    /// returned `Arc` lives.
+    pub fn start(&self, query: &[u8], estimate: u64, cancel: Cancel) -> Arc<Progress> {
+        let text = String::from_utf8_lossy(&query[..query.len().min(MAX_QUERY_TEXT)]).into_owned();
+        let p = Arc::new(Progress {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            query: text,
+            started_ms: (crate::sys::now_ns() / 1_000_000) as i64,
+            started: Instant::now(),
+            estimate,
+            read: AtomicU64::new(0),
+            cancel,
+            reported_ms: AtomicU64::new(0),
+        });
+        let mut r = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        r.retain(|w| w.strong_count() > 0);
+        r.push(Arc::downgrade(&p));
+        p
+    }
+
+    /// The scans running now, oldest first.
+    pub fn list(&self) -> Vec<Arc<Progress>> {
+        let mut r = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        r.retain(|w| w.strong_count() > 0);
+        r.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Stops scan `id`; false when no such scan runs.
+    pub fn cancel(&self, id: u64) -> bool {
+        match self.list().into_iter().find(|p| p.id == id) {
+            Some(p) => {
+                p.cancel.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Why a scan gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -95,7 +210,7 @@ pub enum ScanError {
         "the scan grouped into more than {MAX_SCAN_ROWS} rows; ask for fewer or coarser dimensions"
     )]
     TooManyRows,
-    #[error("the scan was cancelled (the client went away)")]
+    #[error("the scan was cancelled (its client went away, or DELETE /v1/scans/<id> stopped it)")]
     Cancelled,
     #[error("cannot read shard {0}'s log: {1}")]
     Log(usize, crate::log::Error),
@@ -137,17 +252,15 @@ pub fn scan(
     durable_next: &[u64],
     cfg: &AggConfig,
     spec: &ScanSpec,
-    cancel: &Cancel,
+    progress: &Progress,
 ) -> Result<Scanned, ScanError> {
-    let total = AtomicU64::new(0);
     let parts: Vec<Result<Scanned, ScanError>> = std::thread::scope(|s| {
         let handles: Vec<_> = logs
             .iter()
             .zip(durable_next)
             .enumerate()
             .map(|(shard, (log, &next))| {
-                let total = &total;
-                s.spawn(move || scan_shard(shard, log, next, cfg, spec, cancel, total))
+                s.spawn(move || scan_shard(shard, log, next, cfg, spec, progress))
             })
             .collect();
         handles
@@ -181,8 +294,7 @@ fn scan_shard(
     durable_next: u64,
     cfg: &AggConfig,
     spec: &ScanSpec,
-    cancel: &Cancel,
-    total: &AtomicU64,
+    progress: &Progress,
 ) -> Result<Scanned, ScanError> {
     let mut parser = EventParser::new(cfg.event.clone());
     let mut out = Scanned {
@@ -204,8 +316,9 @@ fn scan_shard(
         |rec| {
             out.records += 1;
             if out.records.is_multiple_of(4096) {
-                let all = total.fetch_add(4096, Ordering::Relaxed) + 4096;
-                if cancel.load(Ordering::Relaxed) {
+                let all = progress.add(4096);
+                hold_hook(&progress.cancel);
+                if progress.cancel.load(Ordering::Relaxed) {
                     failed = Some(ScanError::Cancelled);
                     return ControlFlow::Break(());
                 }
@@ -278,6 +391,7 @@ fn scan_shard(
         },
         |w| out.problems.push(format!("shard {shard}'s log: {w:?}")),
     );
+    progress.add(out.records % 4096);
     if let Some(f) = failed {
         return Err(f);
     }
@@ -285,5 +399,54 @@ fn scan_shard(
         Ok(_) => Ok(out),
         Err(crate::log::fetch::FetchError::OutOfRange { .. }) => Ok(out),
         Err(crate::log::fetch::FetchError::Log(e)) => Err(ScanError::Log(shard, e)),
+    }
+}
+
+/// Test-only fault hook: `PIXELD_TEST_HOLD_SCANS=PATH` holds every scan thread after each
+/// 4 096 records while PATH exists (until its scan is cancelled), as a scan of a long log
+/// would run, so that the suite can watch and stop a running scan (`tests/query/query_api.rs`).
+#[cfg(feature = "fault-injection")]
+fn hold_hook(cancel: &Cancel) {
+    let Some(path) = std::env::var_os("PIXELD_TEST_HOLD_SCANS") else {
+        return;
+    };
+    while std::path::Path::new(&path).exists() && !cancel.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Without the `fault-injection` feature no scan is ever held.
+#[cfg(not(feature = "fault-injection"))]
+fn hold_hook(_cancel: &Cancel) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_scans_are_listed_until_they_end_and_can_be_stopped() {
+        let scans = Scans::default();
+        assert!(scans.list().is_empty());
+        let a = scans.start(br#"{"metrics":["views"]}"#, 10_000, Cancel::default());
+        let b = scans.start(&[b'x'; 5000], 0, Cancel::default());
+        assert_eq!((a.id, b.id), (1, 2));
+        assert_eq!(b.query.len(), MAX_QUERY_TEXT);
+        assert_eq!(a.add(4096), 4096);
+        assert_eq!(a.add(4), 4100);
+        assert!(a
+            .describe(a.records_read())
+            .starts_with("4100 of about 10000 records (41 %)"));
+        let ids: Vec<u64> = scans.list().iter().map(|p| p.id).collect();
+        assert_eq!(ids, [1, 2]);
+        assert!(scans.cancel(2));
+        assert!(b.cancel.load(Ordering::Relaxed) && !a.cancel.load(Ordering::Relaxed));
+        assert!(!scans.cancel(3));
+        drop(b);
+        let ids: Vec<u64> = scans.list().iter().map(|p| p.id).collect();
+        assert_eq!(ids, [1]);
+        assert!(!scans.cancel(2), "an ended scan cannot be stopped");
+        drop(a);
+        assert!(scans.list().is_empty());
+        assert_eq!(scans.start(b"", 0, Cancel::default()).id, 3);
     }
 }

@@ -183,6 +183,7 @@ pub fn spawn_shards(
         cfg.ingest.idempotency_horizon,
     )?);
     let mut stores = load_stores(cfg, &all_stats);
+    let scans = Arc::new(crate::query::scan::Scans::default());
     let route_mesh = crate::route::mesh(cfg.shards);
     let query_mesh = crate::query::mesh(cfg.shards);
     for shard in 0..cfg.shards {
@@ -205,6 +206,7 @@ pub fn spawn_shards(
             store,
             salts: salts.clone(),
             keys: keys.clone(),
+            scans: scans.clone(),
             sockets: match &activated {
                 Some(a) => a.for_shard(shard).map_err(ShardError::Activated)?,
                 None => Default::default(),
@@ -256,6 +258,7 @@ struct Listeners {
     store: ShardStore,
     salts: Option<Arc<crate::http::visitor::SaltDir>>,
     keys: Arc<crate::http::idempotency::KeyStore>,
+    scans: Arc<crate::query::scan::Scans>,
     /// The shard's listeners systemd holds (socket activation, the file descriptor store);
     /// it binds each kind it got none of.
     sockets: crate::server::activation::ShardSockets,
@@ -573,6 +576,7 @@ async fn run_shard(
         export: net.export,
         visitor_ids: net.salts.map(crate::http::visitor::VisitorIds::new),
         keys: Some(net.keys),
+        scans: net.scans,
     });
     for http in http {
         let http_ctx = http_ctx.clone();

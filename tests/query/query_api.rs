@@ -1248,3 +1248,97 @@ fn query_scans_of_the_log() {
     );
     f.stop();
 }
+
+/// A running scan is listed by `GET /v1/scans` with how far it got, and `DELETE
+/// /v1/scans/<id>` stops it: its client gets 503 saying so, and the list empties. (The
+/// test-only hook `PIXELD_TEST_HOLD_SCANS` holds scans after each 4 096 records while a file
+/// exists, so the scan is surely running when it is looked at.)
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test-only fault hooks: cargo test --features fault-injection (scripts/test does)"
+)]
+fn running_scans_are_listed_and_can_be_stopped() {
+    let hold = common::tempdir();
+    let flag = hold.path().join("hold");
+    // One shard, so that its log holds more than 4 096 records.
+    let mut s = Server::builder()
+        .shards(1)
+        .env("PIXELD_TEST_HOLD_SCANS", flag.to_str().unwrap())
+        .start();
+    s.wait_complete();
+    let now = common::now_ms() as i64;
+    let lines: Vec<String> = (0..6000)
+        .map(|i| {
+            format!(
+                r#"{{"msec":{}.000,"url":"https://a.example/p{}","vid":"v{i}"}}"#,
+                (now - 60_000) / 1000,
+                i % 7
+            )
+        })
+        .collect();
+    for chunk in lines.chunks(1000) {
+        common::post_ndjson(s.http, chunk.iter().map(|l| l.as_bytes()));
+    }
+    common::wait_aggregated(s.http, lines.len() as u64, "scans");
+    let q = json!({"metrics": ["views"], "dimensions": ["url"], "date_range": ["-2h", "now"],
+                   "include": {"scan": true}})
+    .to_string();
+    let scans = |port: u16| {
+        let (st, body) = common::try_get(port, "/v1/scans");
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["scans"].as_array().unwrap().clone()
+    };
+    assert!(scans(s.http).is_empty());
+    // Held: listed with its progress, then stopped.
+    std::fs::write(&flag, b"").unwrap();
+    let port = s.http;
+    let body = q.clone();
+    let asking = std::thread::spawn(move || post(port, body.as_bytes()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let running = loop {
+        match scans(port).first() {
+            Some(r) if r["records_read"].as_u64() >= Some(4096) => break r.clone(),
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the scan never showed"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    };
+    assert_eq!(running["query"].as_str(), Some(q.as_str()), "{running}");
+    assert!(
+        running["records_estimated"].as_u64() >= Some(6000),
+        "{running}"
+    );
+    assert!(running["progress"].as_f64() > Some(0.0), "{running}");
+    let id = running["id"].as_u64().unwrap();
+    let (st, _, b) = common::http(port, "DELETE", &format!("/v1/scans/{id}"), &[], b"");
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let (st, v) = asking.join().unwrap();
+    assert_eq!(st, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("cancelled"), "{v}");
+    assert!(scans(port).is_empty());
+    let (st, _, _) = common::http(port, "DELETE", &format!("/v1/scans/{id}"), &[], b"");
+    assert_eq!(st, 404);
+    // Released: it runs to the end, and its answer names it.
+    std::fs::remove_file(&flag).unwrap();
+    let (st, v) = post(port, q.as_bytes());
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["meta"]["scan"]["id"].as_u64(), Some(id + 1), "{v}");
+    assert_eq!(v["meta"]["scan"]["records"].as_u64(), Some(6000), "{v}");
+    let views: u64 = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metrics"][0].as_u64().unwrap())
+        .sum();
+    assert_eq!(views, 6000);
+    assert!(scans(port).is_empty());
+    s.signal("TERM");
+    let (code, err) = s.wait();
+    assert_eq!(code, Some(0), "{err}");
+}
