@@ -40,6 +40,9 @@
     chart: null, cursor: null,
     // Filters of the dimension cards: [dimension, value] pairs, all must hold.
     filters: [],
+    // With filters: the matching pageviews' views and visitors, their previous period, and
+    // their series ({t, views, uniques} per step), from POST /v1/query.
+    filtered: null,
   };
   window.pixeldDashboard = st;
 
@@ -132,25 +135,40 @@
   }
 
   // ---- headline ----------------------------------------------------------------------------
+  // Tiles no dimension filter can apply to: their numbers are kept per site, not per
+  // channel, device or country.
+  const UNFILTERED_TILES = ['t-engaged', 't-visits', 't-bounce', 't-duration'];
+
   function renderHeadline() {
     const h = st.headline;
     if (!h) return;
     const p = st.prev;
-    setTile('t-views', h.views, p && p.views);
-    setTile('t-uniques', h.uniques, p && p.uniques);
-    setTile('t-engaged', h.engaged_seconds, p && p.engaged_seconds, duration);
-    setTile('t-visits', h.visits, p && p.visits);
-    setTile('t-bounce', h.bounce_rate, p && p.bounce_rate, (x) => pf.format(x));
-    setTile('t-duration', h.visit_duration, p && p.visit_duration, duration);
+    const f = st.filtered;
+    $('main').dataset.filtered = String(!!f);
+    if (f) {
+      setTile('t-views', f.views, f.prevViews);
+      setTile('t-uniques', f.visitors, f.prevVisitors);
+      for (const id of UNFILTERED_TILES) {
+        setTile(id, null);
+        $(id).querySelector('.delta').textContent = 'not kept by dimension';
+      }
+    } else {
+      setTile('t-views', h.views, p && p.views);
+      setTile('t-uniques', h.uniques, p && p.uniques);
+      setTile('t-engaged', h.engaged_seconds, p && p.engaged_seconds, duration);
+      setTile('t-visits', h.visits, p && p.visits);
+      setTile('t-bounce', h.bounce_rate, p && p.bounce_rate, (x) => pf.format(x));
+      setTile('t-duration', h.visit_duration, p && p.visit_duration, duration);
+    }
     if (h.current_visitors != null) setTile('t-current', h.current_visitors, null);
     const main = $('main');
     main.dataset.from = String(st.from);
     main.dataset.to = String(st.to);
     main.dataset.site = st.site;
     main.dataset.range = st.range;
-    const f = new Date(st.from * 1000), t = new Date(st.to * 1000);
+    const from = new Date(st.from * 1000), to = new Date(st.to * 1000);
     $('range-text').textContent = (st.site || 'All sites') + ' · ' + RANGES[st.range].label + ' · ' +
-      f.toLocaleString() + ' – ' + t.toLocaleString();
+      from.toLocaleString() + ' – ' + to.toLocaleString();
   }
 
   // The previous period of the same length, fetched once per range.
@@ -178,7 +196,13 @@
   }
 
   function renderChart() {
-    const pts = st.points;
+    // Filtered: the matching pageviews per step, on the steps of the range shown (the query
+    // answers every step of its range, zeros included; a step it has not answered yet, the
+    // newest in the live view, is a gap until the next answer).
+    const f = st.filtered;
+    const pts = f ? st.points.map((p) => f.points.get(secs(p.t)) || { t: p.t, views: null, uniques: null }) : st.points;
+    $('chart-title').dataset.filtered = String(!!f);
+    $('chart-filter').textContent = f ? '· ' + st.filters.map(([d, v]) => `${d}: ${v}`).join(', ') : '';
     const xs = pts.map((p) => secs(p.t));
     const data = [xs, pts.map((p) => p.views), pts.map((p) => p.uniques == null ? null : p.uniques)];
     const el = $('chart');
@@ -379,14 +403,30 @@
       const r = await query({ metrics: ['views'], dimensions: [dim], limit: 10 });
       return [id, r.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0] }))];
     }));
-    const sum = filters.length
-      ? await query({ metrics: ['views', 'visitors'], include: { comparisons: 'previous_period' } })
-      : null;
+    const step = RANGES[st.range].stepMin === 1 ? 'time:minute' : 'time:hour';
+    const [sum, series] = filters.length
+      ? await Promise.all([
+        query({ metrics: ['views', 'visitors'], include: { comparisons: 'previous_period' } }),
+        query({ metrics: ['views', 'visitors'], dimensions: [step], limit: 1000 }),
+      ])
+      : [null, null];
     if (gen !== st.live.gen) return;
     let total = st.headline ? st.headline.views : 0;
+    st.filtered = null;
     if (sum) {
       const row = sum.results[0] || { metrics: [0, 0] };
       total = row.metrics[0];
+      const prev = row.comparison ? row.comparison.metrics : null;
+      st.filtered = {
+        views: row.metrics[0],
+        visitors: row.metrics[1],
+        prevViews: prev ? prev[0] : null,
+        prevVisitors: prev ? prev[1] : null,
+        points: new Map(series.results.map((r) => {
+          const t = r.dimensions[0];
+          return [secs(t), { t, views: r.metrics[0], uniques: r.metrics[1] }];
+        })),
+      };
       const change = (i) => {
         const c = row.comparison && row.comparison.change[i];
         return c == null ? '' : ` (${c > 0 ? '+' : ''}${nf1.format(c)} % vs previous period)`;
@@ -396,6 +436,8 @@
       sumEl.dataset.visitors = String(row.metrics[1]);
       sumEl.textContent = `${nf.format(row.metrics[0])} views${change(0)}, ${nf.format(row.metrics[1])} visitors${change(1)}`;
     }
+    renderHeadline();
+    renderChart();
     for (const [id, items] of lists) {
       renderList(id, items, total, false);
       $(id).dataset.filter = DIM_LISTS[id];
@@ -457,7 +499,9 @@
       for (const o of document.querySelectorAll('.sort button[data-sort]')) {
         o.setAttribute('aria-pressed', String(o === b));
       }
-      if (st.pageSort === 'views') st.sortedPages = null;
+      // The list by views until the new order arrives (never the previous order's list under
+      // the new button: its data-sort says which order is shown).
+      st.sortedPages = null;
       renderLists();
       loadSortedPages().then(loadSparks).catch(report);
     });

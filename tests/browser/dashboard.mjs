@@ -145,8 +145,9 @@ try {
   assert.ok(/left out$/.test(bots), `health strip's bots: ${bots}`);
   ok(`health strip shows the bots left out (${bots})`);
 
-  // The filter bar: a click on a channel filters the dimension cards by it; the cards and the
-  // bar's sum equal POST /v1/query with that filter over the range shown; its chip removes it.
+  // The filter bar: a click on a channel filters the dimension cards, the headline's views and
+  // visitors and the chart by it; they equal POST /v1/query with that filter over the range
+  // shown; its chip removes it.
   const first = page.locator('#top-channels li').first();
   const channel = await first.getAttribute('data-key');
   await first.click();
@@ -160,21 +161,36 @@ try {
       query({ metrics: ['views'], dimensions: ['device'], filters, date_range: range, limit: 10 }),
       query({ metrics: ['views', 'visitors'], filters, date_range: range }),
     ]);
-    want = { devices: devices.results.map((r) => [r.dimensions[0], r.metrics[0]]), views: sum.results[0].metrics[0] };
-    seen = await page.evaluate(() => ({
-      devices: [...document.querySelectorAll('#top-devices li')].map((li) => [li.dataset.key, Number(li.dataset.views)]),
-      views: Number(document.getElementById('filter-sum').dataset.views),
-    }));
+    const views = sum.results[0].metrics[0], visitors = sum.results[0].metrics[1];
+    want = {
+      devices: devices.results.map((r) => [r.dimensions[0], r.metrics[0]]),
+      views, tileViews: views, tileVisitors: visitors, chartViews: views, filtered: 'true',
+    };
+    seen = await page.evaluate(() => {
+      const d = window.pixeldDashboard;
+      const tile = (id) => Number(document.querySelector(`#${id} .value`).dataset.value);
+      return {
+        devices: [...document.querySelectorAll('#top-devices li')].map((li) => [li.dataset.key, Number(li.dataset.views)]),
+        views: Number(document.getElementById('filter-sum').dataset.views),
+        tileViews: tile('t-views'),
+        tileVisitors: tile('t-uniques'),
+        chartViews: d.filtered ? [...d.filtered.points.values()].reduce((a, p) => a + p.views, 0) : -1,
+        filtered: document.getElementById('main').dataset.filtered,
+      };
+    });
     if (JSON.stringify(seen) === JSON.stringify(want)) break;
     await new Promise((r) => setTimeout(r, 500));
   }
   assert.deepEqual(seen, want, `filtered by channel ${channel}: the cards differ from POST /v1/query`);
   assert.ok(want.views > 0 && want.views <= (await api('/v1/summary?from=-30m')).views, 'a filter keeps part of the views');
-  ok(`a click filters by channel ${channel}: devices and ${want.views} views = POST /v1/query`);
+  ok(`a click filters by channel ${channel}: devices, headline and chart (${want.views} views) = POST /v1/query`);
+  const engaged = await page.evaluate(() => document.querySelector('#t-engaged .delta').textContent);
+  assert.equal(engaged, 'not kept by dimension', 'engaged time is not filtered, and says so');
   await page.screenshot({ path: join(OUT, 'dashboard-filtered.png'), fullPage: true });
   await page.locator('#filter-chips .chip').click();
-  await page.waitForFunction(() => document.getElementById('filterbar').hidden, null, { timeout: 10000 });
-  ok('the chip removes the filter');
+  await page.waitForFunction(() => document.getElementById('filterbar').hidden
+    && document.getElementById('main').dataset.filtered === 'false', null, { timeout: 10000 });
+  ok('the chip removes the filter (headline and chart unfiltered again)');
 
   const pixel = await page.evaluate(() => document.getElementById('h-pixel').textContent);
   assert.ok(pixel.startsWith('drop'), `health strip's pixel overload: ${pixel}`);
