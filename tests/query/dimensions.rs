@@ -307,6 +307,41 @@ fn dimensions_three_shards() {
     scenario(3, 12);
 }
 
+/// `/v1/top?from=-2h&dim=<dim>`: views by value.
+fn views_by(port: u16, dim: &str) -> BTreeMap<String, u64> {
+    let (_, body) = common::try_get(port, &format!("/v1/top?from=-2h&dim={dim}"));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| {
+            (
+                it["key"].as_str().unwrap().to_string(),
+                it["views"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A metric of `/metrics` (-1 when absent).
+fn gauge(port: u16, name: &str) -> f64 {
+    common::metrics(port).get(name).copied().unwrap_or(-1.0)
+}
+
+/// Waits until `<family>{result="<result>"}` (a watched file's reloads) reaches `n`.
+fn wait_loads(port: u16, family: &str, result: &str, n: f64) {
+    let name = format!("{family}{{result=\"{result}\"}}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while gauge(port, &name) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never reached {n}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The country database follows its file: missing at start (pixeld says why, serves, counts
 /// `(unknown)`), written later (used from the next look), replaced by a damaged file (refused,
 /// reported, the previous one kept), replaced by a new version (used).
@@ -325,7 +360,6 @@ fn countries_follow_the_database_file() {
         "{said}"
     );
     s.wait_complete();
-    let gauge = |port: u16, name: &str| common::metrics(port).get(name).copied().unwrap_or(-1.0);
     assert_eq!(gauge(s.http, "pixeld_geo_database_loaded"), 0.0);
     let now = common::now_ms() as i64;
     let mut sent = 0u64;
@@ -338,37 +372,14 @@ fn countries_follow_the_database_file() {
         );
         common::post_ndjson(port, [line.as_bytes()]);
         common::wait_aggregated(port, sent, "countries");
-        let (_, body) = common::try_get(port, "/v1/top?from=-2h&dim=country");
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|it| {
-                (
-                    it["key"].as_str().unwrap().to_string(),
-                    it["views"].as_u64().unwrap(),
-                )
-            })
-            .collect()
-    };
-    let wait_loads = |port: u16, result: &str, n: f64| {
-        let name = format!("pixeld_geo_reloads_total{{result=\"{result}\"}}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while gauge(port, &name) < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} never reached {n}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        views_by(port, "country")
     };
     assert_eq!(
         hit(s.http, "192.0.2.1"),
         BTreeMap::from([("(unknown)".into(), 1)])
     );
     common::write_country_db(&db, &[("192.0.2.0/24", "DE")]);
-    wait_loads(s.http, "ok", 1.0);
+    wait_loads(s.http, "pixeld_geo_reloads_total", "ok", 1.0);
     assert_eq!(gauge(s.http, "pixeld_geo_database_loaded"), 1.0);
     assert!(gauge(s.http, "pixeld_geo_database_build_timestamp_seconds") > 0.0);
     assert_eq!(
@@ -378,13 +389,13 @@ fn countries_follow_the_database_file() {
     // A damaged file: refused, said, and the loaded database stays in use.
     let errors = gauge(s.http, "pixeld_geo_reloads_total{result=\"error\"}");
     std::fs::write(&db, b"not a database").unwrap();
-    wait_loads(s.http, "error", errors + 1.0);
+    wait_loads(s.http, "pixeld_geo_reloads_total", "error", errors + 1.0);
     assert!(s.wait_for("not a valid MaxMind DB file").is_some());
     assert_eq!(gauge(s.http, "pixeld_geo_database_loaded"), 1.0);
     assert_eq!(hit(s.http, "192.0.2.1")["DE"], 2);
     // A new version maps the network elsewhere.
     common::write_country_db(&db, &[("192.0.2.0/24", "NL")]);
-    wait_loads(s.http, "ok", 2.0);
+    wait_loads(s.http, "pixeld_geo_reloads_total", "ok", 2.0);
     assert_eq!(hit(s.http, "192.0.2.1")["NL"], 1);
     s.signal("TERM");
     let (code, err) = s.wait();
@@ -408,7 +419,6 @@ fn bot_networks_follow_their_file() {
     let said = s.wait_for("pixeld: bot networks:").unwrap_or_default();
     assert!(said.contains("using 1 networks"), "{said}");
     s.wait_complete();
-    let gauge = |port: u16, name: &str| common::metrics(port).get(name).copied().unwrap_or(-1.0);
     assert_eq!(gauge(s.http, "pixeld_bot_networks_loaded"), 1.0);
     let now = common::now_ms() as i64;
     let mut sent = 0u64;
@@ -424,22 +434,10 @@ fn bot_networks_follow_their_file() {
         );
         common::post_ndjson(port, [line.as_bytes()]);
         common::wait_aggregated(port, sent, "bot networks");
-        let items = |dim: &str| -> BTreeMap<String, u64> {
-            let (_, body) = common::try_get(port, &format!("/v1/top?from=-2h&dim={dim}"));
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            v["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|it| {
-                    (
-                        it["key"].as_str().unwrap().to_string(),
-                        it["views"].as_u64().unwrap(),
-                    )
-                })
-                .collect()
-        };
-        (items("bot"), items("device").values().sum())
+        (
+            views_by(port, "bot"),
+            views_by(port, "device").values().sum(),
+        )
     };
     assert_eq!(
         hit(s.http, "192.0.2.1"),
@@ -452,24 +450,13 @@ fn bot_networks_follow_their_file() {
             1
         )
     );
-    let wait_loads = |port: u16, result: &str, n: f64| {
-        let name = format!("pixeld_bot_networks_reloads_total{{result=\"{result}\"}}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while gauge(port, &name) < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} never reached {n}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
     // A bad line: the file is refused, the line named, the list before kept.
     std::fs::write(
         &list,
         "198.51.100.0/24\n192.0.2.0/24 ExampleCloud\n10.0.0.0/40\n",
     )
     .unwrap();
-    wait_loads(s.http, "error", 1.0);
+    wait_loads(s.http, "pixeld_bot_networks_reloads_total", "error", 1.0);
     let said = s.wait_for("line 3").unwrap_or_default();
     assert!(
         said.contains("10.0.0.0/40") && said.contains("stays in use"),
@@ -478,7 +465,7 @@ fn bot_networks_follow_their_file() {
     assert_eq!(hit(s.http, "198.51.100.1").0["human"], 2);
     // Fixed: applies from the next look on (what was counted before stays as it was).
     std::fs::write(&list, "198.51.100.0/24\n192.0.2.0/24 ExampleCloud\n").unwrap();
-    wait_loads(s.http, "ok", 2.0);
+    wait_loads(s.http, "pixeld_bot_networks_reloads_total", "ok", 2.0);
     assert_eq!(gauge(s.http, "pixeld_bot_networks_loaded"), 2.0);
     assert_eq!(
         hit(s.http, "198.51.100.1"),

@@ -830,13 +830,17 @@ mod tests {
         assert!(!e.profile.contains("192.0.2.9"));
         // Without a database nothing is looked up.
         let mut p = EventParser::new(EventConfig::default());
-        let e = p
-            .parse(br#"{"url":"https://a.example/","ip":"192.0.2.9"}"#)
-            .unwrap();
-        assert_eq!(
-            dims::values(e.profile).nth(dims::COUNTRY),
-            Some("(unknown)")
-        );
+        assert_eq!(country_of_a_pageview_from(&mut p, "192.0.2.9"), "(unknown)");
+    }
+
+    /// The `country` of a pageview from `ip`.
+    fn country_of_a_pageview_from(p: &mut EventParser, ip: &str) -> String {
+        let line = format!(r#"{{"url":"https://a.example/","ip":"{ip}"}}"#);
+        let e = p.parse(line.as_bytes()).unwrap();
+        dims::values(e.profile)
+            .nth(dims::COUNTRY)
+            .unwrap()
+            .to_owned()
     }
 
     /// A hit from an address in a bot network is a bot's, named after the network, whatever
@@ -894,13 +898,7 @@ mod tests {
         // A heartbeat has no dimensions, and is a bot's all the same.
         assert_eq!(bot("192.0.2.7", browser, "heartbeat"), (true, None, None));
         // The country stays unknown (no database).
-        let e = p
-            .parse(br#"{"url":"https://a.example/","ip":"192.0.2.9"}"#)
-            .unwrap();
-        assert_eq!(
-            dims::values(e.profile).nth(dims::COUNTRY),
-            Some("(unknown)")
-        );
+        assert_eq!(country_of_a_pageview_from(&mut p, "192.0.2.9"), "(unknown)");
     }
 
     /// Custom dimensions: the configured fields' values after the built-in ones, as
