@@ -100,7 +100,7 @@ const MAX_QUERY_TEXT: usize = 2048;
 #[derive(Debug)]
 pub struct Progress {
     pub id: u64,
-    /// The question, as sent (cut at [`MAX_QUERY_TEXT`] bytes).
+    /// The question, as sent (cut at 2 KiB).
     pub query: String,
     /// Wall-clock start, ms since the epoch.
     pub started_ms: i64,
