@@ -43,6 +43,9 @@
     // With filters: the matching pageviews' views and visitors, their previous period, and
     // their series ({t, views, uniques} per step), from POST /v1/query.
     filtered: null,
+    // Per list (element id): key → its views' change against the previous period of the
+    // same length ({change: %, or null when that period had none; prev: its views}).
+    changes: {},
   };
   window.pixeldDashboard = st;
 
@@ -312,6 +315,19 @@
       const num = document.createElement('span');
       num.className = 'num';
       num.textContent = m.fmt(it.views);
+      // Views against the previous period (another metric's list shows none).
+      const c = metric && metric !== 'views' ? null : (st.changes[id] || new Map()).get(it.key);
+      if (c) {
+        const chg = document.createElement('small');
+        chg.className = 'chg';
+        const dir = c.change == null ? 'up' : c.change > 0 ? 'up' : c.change < 0 ? 'down' : 'flat';
+        chg.dataset.dir = dir;
+        li.dataset.change = c.change == null ? 'new' : String(c.change);
+        chg.textContent = c.change == null ? (c.prev === 0 ? 'new' : '')
+          : (dir === 'up' ? '▲ +' : dir === 'down' ? '▼ ' : '■ ') + nf1.format(c.change) + ' %';
+        chg.title = 'views vs the previous period: ' + nf.format(c.prev);
+        num.append(chg);
+      }
       if (it.all) {
         name.title = it.key + ' — ' + nf.format(it.all.views) + ' views, ' + nf.format(it.all.entries) +
           ' entries, ' + nf.format(it.all.exits) + ' exits, ' + duration(it.all.engaged_seconds) + ' engaged, ' +
@@ -329,7 +345,8 @@
       li.append(name);
       if (withSpark) li.append(sparkline(st.sparks[it.key]));
       li.append(num, pct, bar);
-      li.setAttribute('aria-label', `${it.key}: ${m.fmt(it.views)} ${m.label}` + (total > 0 ? `, ${pf.format(share)} of all` : ''));
+      li.setAttribute('aria-label', `${it.key}: ${m.fmt(it.views)} ${m.label}` + (total > 0 ? `, ${pf.format(share)} of all` : '') +
+        (c && c.change != null ? `, ${nf1.format(c.change)} % vs previous period` : ''));
       ol.appendChild(li);
     }
   }
@@ -388,8 +405,29 @@
     renderLists();
   }
 
+  // The change of the views of each of `keys` (values of `dim`, with `filters`) against the
+  // previous period of the same length: POST /v1/query with `comparisons`, a Map key →
+  // {change, prev}.
+  async function changesFor(dim, keys, filters) {
+    if (!keys.length) return new Map();
+    let r;
+    try {
+      r = await apiPost('/v1/query', {
+        metrics: ['views'], dimensions: [dim], site: st.site || undefined,
+        filters: [...(filters || []), ['is', dim, keys]], limit: keys.length,
+        date_range: [String(st.from), String(st.to)], include: { comparisons: 'previous_period' },
+      });
+    } catch (e) {
+      if (e instanceof AuthError) throw e;
+      return new Map(); // the numbers still show, without their change
+    }
+    return new Map(r.results.filter((x) => x.comparison).map((x) =>
+      [x.dimensions[0], { change: x.comparison.change[0], prev: x.comparison.metrics[0] }]));
+  }
+
   // Channels, devices and countries (`/v1/top?dim=`, bots left out), refreshed with the
-  // sparklines; with filters, `POST /v1/query` of the pageviews that match them.
+  // sparklines; with filters, `POST /v1/query` of the pageviews that match them. Then every
+  // list's changes against the previous period.
   const DIM_LISTS = { 'top-channels': 'channel', 'top-devices': 'device', 'top-countries': 'country' };
   async function loadDims() {
     const gen = st.live.gen;
@@ -438,11 +476,21 @@
     }
     renderHeadline();
     renderChart();
+    const keys = (items) => items.map((it) => it.key);
+    const changes = await Promise.all([
+      ...lists.map(([id, items]) => changesFor(DIM_LISTS[id], keys(items), filters).then((m) => [id, m])),
+      changesFor('url', keys(st.viewPages), []).then((m) => ['top-pages', m]),
+      changesFor('ref_domain', keys(st.top.refs), []).then((m) => ['top-refs', m]),
+      changesFor('site', keys(st.top.sites), []).then((m) => ['top-sites', m]),
+    ]);
+    if (gen !== st.live.gen) return;
+    st.changes = Object.fromEntries(changes);
     for (const [id, items] of lists) {
       renderList(id, items, total, false);
       $(id).dataset.filter = DIM_LISTS[id];
       for (const li of $(id).querySelectorAll('li:not(.empty)')) li.tabIndex = 0;
     }
+    renderLists();
   }
 
   // A click (or Enter) on a row of a dimension card filters by its value; a chip removes it.

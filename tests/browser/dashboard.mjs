@@ -145,6 +145,27 @@ try {
   assert.ok(/left out$/.test(bots), `health strip's bots: ${bots}`);
   ok(`health strip shows the bots left out (${bots})`);
 
+  // Every listed number carries its change against the previous period: the channels' and
+  // the sites' equal POST /v1/query with comparisons over the range shown.
+  for (const [id, dim] of [['top-channels', 'channel'], ['top-sites', 'site']]) {
+    let seenC, wantC;
+    for (let i = 0; i < 20; i++) {
+      const range = await page.evaluate(() => [String(window.pixeldDashboard.from), String(window.pixeldDashboard.to)]);
+      seenC = await page.evaluate((id) => [...document.querySelectorAll(`#${id} li:not(.empty)`)]
+        .map((li) => [li.dataset.key, li.dataset.change || '']), id);
+      const keys = seenC.map(([k]) => k);
+      const r = await query({ metrics: ['views'], dimensions: [dim], filters: [['is', dim, keys]], limit: keys.length,
+        date_range: range, include: { comparisons: 'previous_period' } });
+      const by = new Map(r.results.map((x) => [x.dimensions[0], x.comparison.change[0] == null ? 'new' : String(x.comparison.change[0])]));
+      wantC = keys.map((k) => [k, by.get(k) || '']);
+      if (keys.length && JSON.stringify(seenC) === JSON.stringify(wantC)) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.deepEqual(seenC, wantC, `${id}: the changes differ from POST /v1/query`);
+    assert.ok(seenC.length > 0 && seenC.every(([, c]) => c !== ''), `${id}: every row has its change`);
+    ok(`${id}: ${seenC.length} changes vs the previous period = POST /v1/query`);
+  }
+
   // The filter bar: a click on a channel filters the dimension cards, the headline's views and
   // visitors and the chart by it; they equal POST /v1/query with that filter over the range
   // shown; its chip removes it.
