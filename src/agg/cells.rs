@@ -122,6 +122,9 @@ pub struct Bucket {
     /// combination of a site and the values of every dimension (`agg::dims`). `hits` and
     /// `engaged` stay 0 (profiles count pageviews only).
     pub profiles: HashMap<u32, UrlCell>,
+    /// Pageviews by url and channel: `(url id << 8) | channel code` (`Channel::code`) → views,
+    /// on the url's owner (what answers "urls by channel" without a scan).
+    pub url_channels: HashMap<u64, u32>,
     /// Changed since the last checkpoint (see `store`).
     pub dirty: bool,
     /// Of an hour: the url and profile visitors of its minutes before this one are in its
@@ -153,6 +156,10 @@ impl Bucket {
         for (id, c) in &o.profiles {
             self.profiles.entry(*id).or_default().add(c);
         }
+        for (k, v) in &o.url_channels {
+            let c = self.url_channels.entry(*k).or_default();
+            *c = c.saturating_add(*v);
+        }
     }
 
     /// Adds the url and profile visitors of `o` alone (a minute its hour has not folded
@@ -182,6 +189,7 @@ impl Bucket {
             && self.all.visits.is_zero()
             && self.pages.is_empty()
             && self.profiles.is_empty()
+            && self.url_channels.is_empty()
     }
 }
 
@@ -210,6 +218,8 @@ pub struct Cursor<'a> {
     pub url_visitors: bool,
     /// Whether buckets end with a profile table (checkpoint version 5, sealed version 4 on).
     pub profiles: bool,
+    /// Whether the url × channel table follows (checkpoint version 6, sealed version 5 on).
+    pub url_channels: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -220,6 +230,7 @@ impl<'a> Cursor<'a> {
             visits: true,
             url_visitors: true,
             profiles: true,
+            url_channels: true,
         }
     }
 
@@ -346,6 +357,39 @@ pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
         put_u32(out, c.exits as u32);
     }
     put_url_table(out, &b.profiles);
+    put_url_channels(out, b);
+}
+
+/// Appends the url × channel table: u32 n, then n × (u64 url id << 8 | channel, u32 views),
+/// sorted.
+pub fn put_url_channels(out: &mut Vec<u8>, b: &Bucket) {
+    let mut cells: Vec<(&u64, &u32)> = b.url_channels.iter().collect();
+    cells.sort_unstable_by_key(|(k, _)| **k);
+    put_u32(out, cells.len() as u32);
+    for (k, v) in cells {
+        put_u64(out, *k);
+        put_u32(out, *v);
+    }
+}
+
+/// Reads the url × channel table ([`put_url_channels`]), refusing url ids at or above `urls`
+/// and unknown channels.
+pub fn get_url_channels(c: &mut Cursor<'_>, urls: usize) -> Result<HashMap<u64, u32>, FormatError> {
+    let n = c.count(12)?;
+    let mut m = HashMap::with_capacity(n);
+    for _ in 0..n {
+        let k = c.u64()?;
+        if (k >> 8) as usize >= urls {
+            return Err(FormatError::Damaged(
+                "a url × channel cell without a url name",
+            ));
+        }
+        if crate::parse::event::channel::Channel::from_code((k & 0xff) as u8).is_none() {
+            return Err(FormatError::Damaged("a url × channel cell of no channel"));
+        }
+        m.insert(k, c.u32()?);
+    }
+    Ok(m)
 }
 
 /// Appends a table of url cells (urls, or profiles) and its blob of visitors, sorted by id.
@@ -522,6 +566,9 @@ pub fn get_cells(c: &mut Cursor<'_>, names: NameCounts) -> Result<Bucket, Format
     }
     if c.profiles {
         b.profiles = get_url_table(c, names.3, true)?;
+    }
+    if c.url_channels {
+        b.url_channels = get_url_channels(c, names.1)?;
     }
     Ok(b)
 }

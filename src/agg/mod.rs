@@ -239,6 +239,9 @@ pub struct Inc {
     /// recompute an hour or a day whose sealed file was lost — it counts into that bucket
     /// alone (`Aggregates::repair_hours`, `repair_days`).
     pub repair: bool,
+    /// A url increment's pageview channel (`Channel::code`; 0: none), for the url × channel
+    /// cells.
+    pub channel: u8,
 }
 
 impl Inc {
@@ -256,7 +259,14 @@ impl Inc {
             visit: false,
             ts_ms: minute.saturating_mul(60_000),
             repair: false,
+            channel: 0,
         }
+    }
+
+    /// The same increment, of a pageview of channel `code` (`Channel::code`).
+    pub fn with_channel(mut self, code: u8) -> Self {
+        self.channel = code;
+        self
     }
 
     /// The same increment, counting for visits at event time `ts_ms`.
@@ -457,12 +467,19 @@ pub enum Dim {
     /// Urls by engaged seconds per visitor (`sort=avg_engaged_seconds`; ranked in
     /// milliseconds).
     UrlAvgEngaged,
+    /// Pairs of a url and the channel of its pageviews, by pageviews (the url × channel
+    /// cells): keys are the url, [`crate::parse::event::dims::SEP`] and the channel.
+    UrlChannel,
 }
 
 impl Dim {
     pub fn as_str(self) -> &'static str {
         match self {
-            Dim::Url | Dim::UrlEngaged | Dim::UrlVisitors | Dim::UrlAvgEngaged => "url",
+            Dim::Url
+            | Dim::UrlEngaged
+            | Dim::UrlVisitors
+            | Dim::UrlAvgEngaged
+            | Dim::UrlChannel => "url",
             Dim::RefDomain => "ref_domain",
             Dim::Site => "site",
             Dim::EntryPage => "entry_page",
@@ -644,6 +661,11 @@ fn uniques_line<const P: usize>(u: &Uniques<P>) -> String {
         crc32c::crc32c(&words),
         words.len() / 8
     )
+}
+
+/// The name of a channel code of the url × channel cells (`Channel::code`).
+pub fn channel_name(code: u8) -> &'static str {
+    crate::parse::event::channel::Channel::from_code(code).map_or("(none)", |c| c.as_str())
 }
 
 /// Adds one change of what visits add to bucket `b` (site `s`'s cell and all, or a page).
@@ -1050,6 +1072,8 @@ impl Aggregates {
                 let id = self.intern_url(key, site);
                 let mut visitor =
                     MinuteVisitor::new((inc.has_vid && self.cfg.url_visitors).then_some(inc.vid));
+                let by_channel = (inc.pageview && inc.channel != 0)
+                    .then_some((u64::from(id) << 8) | u64::from(inc.channel));
                 self.each_bucket(inc, now_min, |b, res| {
                     let folded = inc.minute < b.folded_upto;
                     let c = b.urls.entry(id).or_default();
@@ -1057,6 +1081,10 @@ impl Aggregates {
                     c.hits = c.hits.saturating_add(1);
                     c.engaged = c.engaged.saturating_add(inc.engaged);
                     visitor.insert(&mut c.visitors, res, folded);
+                    if let Some(k) = by_channel {
+                        let v = b.url_channels.entry(k).or_default();
+                        *v = v.saturating_add(1);
+                    }
                 });
             }
             IncKind::Ref => {
@@ -1281,6 +1309,12 @@ impl Aggregates {
             let nid = self.profiles.intern(s, site, key);
             b.profiles.entry(nid).or_default().add(cell);
         }
+        for (&k, &v) in &o.url_channels {
+            let id = (k >> 8) as u32;
+            let site = other.url_site.get(id as usize).copied().unwrap_or(0);
+            let nid = self.intern_url(other.urls.name(id), other.sites.name(site));
+            b.url_channels.insert((u64::from(nid) << 8) | (k & 0xff), v);
+        }
         b
     }
 
@@ -1458,6 +1492,13 @@ impl Aggregates {
                 self.sites.name((k >> 32) as u32)
             ));
         }
+        for (k, v) in &b.url_channels {
+            out.push(format!(
+                "url {:?} from {}: views {v}",
+                self.urls.name((k >> 8) as u32),
+                channel_name((k & 0xff) as u8)
+            ));
+        }
         out
     }
 
@@ -1542,6 +1583,9 @@ impl Aggregates {
             None => None,
         };
         let parts = self.parts(from, to);
+        if dim == Dim::UrlChannel {
+            return self.top_url_channels(&parts, site_id, limit);
+        }
         let (names, sums) = match dim {
             Dim::EntryPage | Dim::ExitPage => {
                 let mut acc = vec![0i64; self.urls.len()];
@@ -1562,7 +1606,8 @@ impl Aggregates {
                 let acc = acc.into_iter().map(|x| x.max(0) as u64).collect();
                 (&self.urls, acc)
             }
-            Dim::Url | Dim::UrlEngaged => {
+            // (The url × channel pairs were answered above.)
+            Dim::Url | Dim::UrlEngaged | Dim::UrlChannel => {
                 let engaged = dim == Dim::UrlEngaged;
                 let mut acc = vec![0u64; self.urls.len()];
                 let mut add = |id: u32, c: &UrlCell| {
@@ -1688,6 +1733,46 @@ impl Aggregates {
                 views,
             })
             .collect()
+    }
+
+    /// [`Aggregates::top`] of [`Dim::UrlChannel`]: the url × channel cells of `parts` summed,
+    /// ranked.
+    fn top_url_channels(
+        &self,
+        parts: &[PartRef<'_>],
+        site_id: Option<u32>,
+        limit: usize,
+    ) -> Vec<Ranked> {
+        let mut acc: HashMap<u64, u64> = HashMap::new();
+        let mut add = |k: u64, v: u32| {
+            let url = (k >> 8) as u32;
+            if site_id.is_none_or(|s| self.url_site.get(url as usize) == Some(&s)) {
+                *acc.entry(k).or_default() += u64::from(v);
+            }
+        };
+        for p in parts {
+            match p {
+                PartRef::Mem(b) => b.url_channels.iter().for_each(|(&k, &v)| add(k, v)),
+                PartRef::File(f) => f.url_channels().for_each(|(k, v)| add(k, v)),
+                PartRef::Visitors(_) => {}
+            }
+        }
+        let key = |k: u64| {
+            format!(
+                "{}{}{}",
+                self.urls.name((k >> 8) as u32),
+                crate::parse::event::dims::SEP,
+                channel_name((k & 0xff) as u8)
+            )
+        };
+        let mut ranked: Vec<Ranked> = acc
+            .into_iter()
+            .filter(|&(_, v)| v > 0)
+            .map(|(k, views)| Ranked { key: key(k), views })
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.views.cmp(&a.views).then_with(|| a.key.cmp(&b.key)));
+        ranked.truncate(limit);
+        ranked
     }
 
     /// What this shard holds of each of `urls` over `from..to` (its url cells for the urls it
@@ -1858,7 +1943,11 @@ impl Aggregates {
             .map(|(_, b)| b)
             .chain(writing)
         {
-            m.cells += (b.urls.len() + b.refs.len() + b.sites.len() + b.profiles.len()) as u64;
+            m.cells += (b.urls.len()
+                + b.refs.len()
+                + b.sites.len()
+                + b.profiles.len()
+                + b.url_channels.len()) as u64;
             m.bytes += (b.profiles.capacity() * (size_of::<(u32, UrlCell)>() + 1)
                 + b.profiles
                     .values()
@@ -1870,6 +1959,7 @@ impl Aggregates {
             m.url_cell_bytes += url_bytes as u64;
             m.bytes += (url_bytes
                 + b.refs.capacity() * (size_of::<(u64, u32)>() + 1)
+                + b.url_channels.capacity() * (size_of::<(u64, u32)>() + 1)
                 + b.sites.capacity() * (size_of::<(u32, SiteCell)>() + 1)
                 + b.sites.values().map(|c| c.uniques.size_of()).sum::<usize>()
                 + b.all.uniques.size_of()

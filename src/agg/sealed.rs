@@ -15,11 +15,11 @@
 //! the checkpoint's own bytes ([`crate::agg::cells`]): url and referrer cells are fixed-size
 //! records sorted by id, read and binary-searched in place; site cells are decoded when read.
 //!
-//! # Sealed bucket file, format version 4 (all integers little-endian; versions 1 to 3 are still read)
+//! # Sealed bucket file, format version 5 (all integers little-endian; versions 1 to 4 are still read)
 //! | at      | size     | field       | meaning                                                  |
 //! |---------|----------|-------------|----------------------------------------------------------|
 //! |  0      | 8        | magic       | `PXAGGSB1`                                               |
-//! |  8      | 2        | version     | 4 (3: no profile cells; 2: url cells without visitors either; 1: site cells without visit counts either) |
+//! |  8      | 2        | version     | 5 (4: no url × channel cells; 3: no profile cells either; 2: url cells without visitors either; 1: site cells without visit counts either) |
 //! | 10      | 1        | tier        | 1 = hour, 2 = day                                        |
 //! | 11      | 1        | reserved    | 0                                                        |
 //! | 12      | 4        | shards      | shard count of the run that wrote it                     |
@@ -31,7 +31,7 @@
 //! | 48      | body_len | cells       | the bucket's cells, as in a checkpoint (`store/format.rs`, "Cells of a bucket") |
 //! | end − 4 | 4        | crc32c      | CRC-32C of every byte before it                          |
 //!
-//! The checked-in samples `tests/data/sample-v4.agb` (and the older `sample-v3.agb` …
+//! The checked-in samples `tests/data/sample-v5.agb` (and the older `sample-v4.agb` …
 //! `sample-v1.agb`) are decoded by tests.
 
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ use super::Res;
 /// The eight bytes every sealed bucket file starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGSB1";
 /// The version this build writes and reads.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 const HEADER_LEN: usize = 48;
 
 /// What a sealed file says about itself.
@@ -148,6 +148,11 @@ struct Index {
     pages: usize,
     /// Profile cells (version 4; empty before).
     profiles: UrlTable,
+    /// Whether it has url × channel cells (version 5), and where: 12-byte records sorted by
+    /// key.
+    has_url_channels: bool,
+    url_channels_at: usize,
+    url_channels: usize,
 }
 
 /// Checks a sealed file's bytes (magic, version, CRC, every length and id against `names`)
@@ -173,6 +178,7 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
     c.visits = version >= 2;
     c.url_visitors = version >= 3;
     c.profiles = version >= 4;
+    c.url_channels = version >= 5;
     let tier = match Res::from_code(c.u8()?) {
         Some(t @ (Res::Hour | Res::Day)) => t,
         _ => return Err(FormatError::Damaged("unknown tier")),
@@ -243,6 +249,25 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
     if c.profiles {
         profiles = check_url_table(&mut c, names.3, true)?;
     }
+    let (mut url_channels_at, mut url_channels) = (c.at, 0);
+    if c.url_channels {
+        url_channels = c.count(12)?;
+        url_channels_at = c.at;
+        let mut last = None;
+        for _ in 0..url_channels {
+            let k = c.u64()?;
+            if (k >> 8) as usize >= names.1
+                || crate::parse::event::channel::Channel::from_code((k & 0xff) as u8).is_none()
+                || last.is_some_and(|l| l >= k)
+            {
+                return Err(FormatError::Damaged(
+                    "a url × channel cell without a name, of no channel or out of order",
+                ));
+            }
+            last = Some(k);
+            c.take(4)?;
+        }
+    }
     if c.at != data.len() {
         return Err(FormatError::Damaged("bytes after the last cell"));
     }
@@ -264,6 +289,9 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
             pages_at,
             pages,
             profiles,
+            has_url_channels: c.url_channels,
+            url_channels_at,
+            url_channels,
         },
     ))
 }
@@ -511,6 +539,15 @@ impl SealedFile {
         })
     }
 
+    /// Every url × channel cell: `(url id << 8 | channel code, pageviews)`, ascending.
+    pub fn url_channels(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let b = self.b();
+        (0..self.index.url_channels).map(move |i| {
+            let at = self.index.url_channels_at + i * 12;
+            (le_u64(b, at), le_u32(b, at + 8))
+        })
+    }
+
     /// Every site's pageviews (without decoding its uniques).
     pub fn site_views(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         self.index
@@ -550,6 +587,7 @@ impl SealedFile {
         c.visits = self.index.visits;
         c.url_visitors = self.index.urls.record == URL_RECORD;
         c.profiles = self.index.profiles.record == URL_RECORD;
+        c.url_channels = self.index.has_url_channels;
         get_cells(&mut c, (usize::MAX, usize::MAX, usize::MAX, usize::MAX)).unwrap_or_default()
     }
 }
@@ -606,8 +644,10 @@ mod tests {
             .map(|(k, c)| (*k, c.views, c.visitors.to_uniques().canonical()))
             .collect();
         profiles.sort_unstable();
+        let mut url_channels: Vec<_> = b.url_channels.iter().collect();
+        url_channels.sort_unstable();
         format!(
-            "{urls:?} {refs:?} {sites:?} {} {:?} {:?} {pages:?} {profiles:?}",
+            "{urls:?} {refs:?} {sites:?} {} {:?} {:?} {pages:?} {profiles:?} {url_channels:?}",
             b.all.hits,
             b.all.visits,
             b.all.uniques.canonical()
@@ -701,9 +741,47 @@ mod tests {
         (h, b, names, v)
     }
 
-    /// The checked-in sample of version 4 (tests/data/sample-v4.agb) decodes to the bucket it
-    /// was written from, profiles included; regenerate with
-    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v4`.
+    /// The checked-in sample of version 5 (tests/data/sample-v5.agb) decodes to the bucket it
+    /// was written from, url × channel cells included; regenerate with
+    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v5`.
+    #[test]
+    fn sealed_sample_v5_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v5.agb");
+        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
+        let now = 29_000_000;
+        let a = crate::agg::store::format::tests::sample_state_v6(now);
+        let hour = (now - 2).div_euclid(60);
+        let b = a.materialize(Res::Hour, hour);
+        assert_eq!(
+            b.url_channels.len(),
+            3,
+            "news from search and direct, sport from social"
+        );
+        let h = SealedHeader {
+            tier: Res::Hour,
+            shards: 2,
+            owner: 1,
+            number: hour,
+            written_ns: 7,
+        };
+        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
+            std::fs::write(&path, encode(&h, &b)).unwrap();
+        }
+        let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
+        assert_eq!(lines(&f.to_bucket()), lines(&b));
+        let got: Vec<(u64, u32)> = f.url_channels().collect();
+        let mut want: Vec<(u64, u32)> = b.url_channels.iter().map(|(&k, &v)| (k, v)).collect();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(got.iter().map(|(_, v)| v).sum::<u32>(), 5);
+        // A file naming a url the chain does not: refused.
+        let (s, u, r, p) = a.name_counts();
+        assert!(SealedFile::open(&path, h.tier, h.number, 1, (s, u - 1, r, p)).is_err());
+    }
+
+    /// The checked-in sample of version 4 (tests/data/sample-v4.agb, written by an earlier
+    /// build) decodes to the bucket it was written from, profiles included.
     #[test]
     fn sealed_sample_v4_decodes() {
         let path =
@@ -721,10 +799,8 @@ mod tests {
             number: hour,
             written_ns: 7,
         };
-        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
-            std::fs::write(&path, encode(&h, &b)).unwrap();
-        }
         let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
+        assert!(f.url_channels().next().is_none(), "version 4 had none");
         assert_eq!(lines(&f.to_bucket()), lines(&b));
         let mut got: Vec<(String, u32, usize)> = f
             .profiles()

@@ -6,14 +6,14 @@
 //! [`Aggregates`]; nothing else reads or writes these bytes. Decoding never trusts the disk:
 //! the CRC is checked before anything else, every length is bounds-checked before it is used,
 //! and no input can make it panic (a proptest feeds it damaged files). A format change comes
-//! with a new version and a new checked-in sample (`tests/data/sample-v5.agg`; the older
-//! `sample-v4.agg` … `sample-v1.agg` are still decoded by tests).
+//! with a new version and a new checked-in sample (`tests/data/sample-v6.agg`; the older
+//! `sample-v5.agg` … `sample-v1.agg` are still decoded by tests).
 //!
-//! # Checkpoint file, format version 5 (all integers little-endian; versions 1 to 4 are still read)
+//! # Checkpoint file, format version 6 (all integers little-endian; versions 1 to 5 are still read)
 //! | at      | size    | field        | meaning                                                           |
 //! |---------|---------|--------------|-------------------------------------------------------------------|
 //! |  0      | 8       | magic        | `PXAGGCK1`                                                        |
-//! |  8      | 2       | version      | 5 (4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
+//! |  8      | 2       | version      | 6 (5: no url × channel cells; 4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
 //! | 10      | 1       | kind         | 0 = base (the whole state), 1 = delta (what changed since `parent`) |
 //! | 11      | 1       | reserved     | 0                                                                 |
 //! | 12      | 4       | shards       | shard count of the run that wrote it                              |
@@ -49,6 +49,7 @@
 //! | cell                 | all   | the site cell of all sites                           |
 //! | 4 + n × 12           | pages | version 3: u32 n, then (u32 url id, i32 entries, i32 exits) |
 //! | as urls              | profiles | version 5: a table and blob exactly like the urls' (20-byte records: u32 profile id, u32 pageviews, u32 0, u32 0, u32 visitors at), then its blob of visitors |
+//! | 4 + n × 12           | url_channels | version 6: u32 n, then (u64 url id << 8 \| channel code, u32 pageviews); codes 1 – 7 = search, social, email, paid, internal, referral, direct (`Channel::code`) |
 //!
 //! Site cell: u64 views, u64 hits, u64 engaged seconds, (version 3) four i64 visit counts —
 //! visits, bounces, pageviews of those visits, their summed duration in ms (signed: the late
@@ -66,7 +67,7 @@ use super::super::{Aggregates, Bucket, Res};
 /// The eight bytes every checkpoint starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGCK1";
 /// The checkpoint format version this build writes and reads.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Size of the fixed header before the applied offsets.
 pub const HEADER_LEN: usize = 64;
 /// Largest shard count a header may declare; more is corruption.
@@ -279,6 +280,7 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
     c.visits = h.version >= 3;
     c.url_visitors = h.version >= 4;
     c.profiles = h.version >= 5;
+    c.url_channels = h.version >= 6;
     get_names(&mut c, &mut agg.sites)?;
     let new_urls = get_names(&mut c, &mut agg.urls)?;
     for _ in 0..new_urls {
@@ -334,7 +336,8 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::agg::{AggConfig, Batch, Dim, IncKind, Res};
+    use crate::agg::{AggConfig, Batch, Dim, Inc, IncKind, Res};
+    use crate::parse::event::channel::Channel;
 
     /// A state with every kind of cell: urls, referrers, sites, exact and sketch uniques.
     pub(crate) fn sample_state(now: i64) -> Aggregates {
@@ -713,6 +716,76 @@ pub(crate) mod tests {
         a
     }
 
+    /// [`sample_state_v5`] with url × channel cells: `/news` from search three times (one an
+    /// hour earlier) and direct twice, `/sport` from social once; a heartbeat has no channel.
+    pub(crate) fn sample_state_v6(now: i64) -> Aggregates {
+        let mut a = sample_state_v5(now);
+        let mut b = Batch::default();
+        let url = |p: &str| format!("https://a.example/{p}");
+        for (page, channel, minute, pv) in [
+            ("news", Channel::Search, now - 2, true),
+            ("news", Channel::Search, now - 2, true),
+            ("news", Channel::Search, now - 70, true),
+            ("news", Channel::Direct, now - 2, true),
+            ("news", Channel::Direct, now - 3, true),
+            ("sport", Channel::Social, now - 2, true),
+            ("sport", Channel::Social, now - 2, false),
+        ] {
+            let code = if pv { channel.code() } else { 0 };
+            let inc = Inc::new(IncKind::Url, pv, minute, 0, Some(11)).with_channel(code);
+            b.push_inc(inc, "a.example", &url(page));
+        }
+        a.apply_batch(&b, now);
+        a
+    }
+
+    /// The url × channel pairs of a state by pageviews.
+    fn url_channel_rows(a: &Aggregates, now: i64) -> Vec<(String, u64)> {
+        a.top(Dim::UrlChannel, now - 400, now + 1, None, 100)
+            .into_iter()
+            .map(|r| {
+                (
+                    r.key.replace(crate::parse::event::dims::SEP, " from "),
+                    r.views,
+                )
+            })
+            .collect()
+    }
+
+    /// The checked-in sample of version 6 (tests/data/sample-v6.agg) decodes to the state it
+    /// was written from, url × channel cells included; regenerate with
+    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v6`.
+    #[test]
+    fn sample_v6_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v6.agg");
+        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
+        let now = 29_000_000;
+        let mut a = sample_state_v6(now);
+        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
+            std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
+        }
+        let (h, r) = read_sample("sample-v6.agg");
+        assert_eq!((h.version, h.kind), (6, Kind::Base));
+        assert_eq!(answers(&r, now), answers(&a, now));
+        assert_eq!(breakdowns(&r, now), breakdowns(&a, now));
+        let s = |k: &str| k.to_string();
+        let want = [
+            (s("https://a.example/news from search"), 3),
+            (s("https://a.example/news from direct"), 2),
+            (s("https://a.example/sport from social"), 1),
+        ];
+        assert_eq!(url_channel_rows(&a, now), want);
+        assert_eq!(url_channel_rows(&r, now), want);
+        // The cells of the minute and of its hour alike.
+        let only_last_hour = a.top(Dim::UrlChannel, now - 10, now + 1, None, 100);
+        assert_eq!(only_last_hour.len(), 3);
+        assert_eq!(
+            only_last_hour[0].views, 2,
+            "search's third view is an hour earlier"
+        );
+    }
+
     /// Pageviews and visitors by channel, device and bot, with and without a filter.
     fn breakdowns(a: &Aggregates, now: i64) -> String {
         use crate::agg::dims::DimFilter;
@@ -857,22 +930,18 @@ pub(crate) mod tests {
         assert_eq!(a.profiles.overflow, 8);
     }
 
-    /// The checked-in sample of version 5 (tests/data/sample-v5.agg) decodes to the state it
-    /// was written from, profiles included; regenerate with
-    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v5`.
+    /// The checked-in sample of version 5 (tests/data/sample-v5.agg, written by an earlier
+    /// build) decodes to the state it was written from, profiles included (and no url ×
+    /// channel cells: version 5 had none).
     #[test]
     fn sample_v5_decodes() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v5.agg");
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
-        let mut a = sample_state_v5(now);
-        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
-            std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
-        }
+        let a = sample_state_v5(now);
         let (h, r) = read_sample("sample-v5.agg");
         assert_eq!((h.version, h.kind), (5, Kind::Base));
         assert_eq!(answers(&r, now), answers(&a, now));
+        assert!(url_channel_rows(&r, now).is_empty());
         assert_eq!(breakdowns(&r, now), breakdowns(&a, now));
         let rows = |agg: &Aggregates, dim, f: &crate::agg::dims::DimFilter| {
             let mut rows: Vec<(String, u64, u64)> = agg

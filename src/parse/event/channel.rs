@@ -91,6 +91,25 @@ impl Channel {
         Channel::Direct,
     ];
 
+    /// The channel's code in the url × channel cells (`agg`): 1 + its place in [`Channel::ALL`]
+    /// (0 stands for none: not a pageview).
+    pub fn code(self) -> u8 {
+        Channel::ALL
+            .iter()
+            .position(|&c| c == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    /// The channel of a code ([`Channel::code`]).
+    pub fn from_code(code: u8) -> Option<Channel> {
+        Channel::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
+
+    /// The channel of a name (`"search"`, …).
+    pub fn from_name(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// The channel's name in the dimension: `"search"`, `"social"`, ...
     pub fn as_str(self) -> &'static str {
         match self {
