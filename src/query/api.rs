@@ -123,6 +123,8 @@ pub enum Family {
     Totals,
     /// One page-like dimension, filtered on itself.
     Pages(Dim),
+    /// Urls by the channel of their pageviews (and filtered on url and channel): `views`.
+    UrlChannels,
     /// Read from the raw log (`query::scan`): any dimensions and filters.
     Scan,
 }
@@ -146,7 +148,8 @@ pub struct Plan {
     pub site: Option<String>,
     /// The profile filter (family [`Family::Profiles`]).
     pub filter: DimFilter,
-    /// The filter on a page dimension's keys (family [`Family::Pages`]).
+    /// The filter on a page dimension's keys (family [`Family::Pages`]), or on url (position
+    /// 0) and channel (1) (family [`Family::UrlChannels`]).
     pub key_filter: Option<Filter>,
     /// (column, descending): a column is a metric's or a dimension's position.
     pub order: Vec<(Column, bool)>,
@@ -296,8 +299,24 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             format!("{what} is not covered by precomputed cells; add \"include\": {{\"scan\": true}} to read it from the raw log"),
         )
     };
+    // Urls by channel (or filtered by it): the url × channel cells.
+    let url_channel_filter = filter_expr.as_ref().map(QFilter::on_url_channel);
+    let url_channels = !scan
+        && !bots
+        && times == 0
+        && pages == [Dim::Url]
+        && profile_dims
+            .iter()
+            .all(|&d| d == crate::parse::event::dims::CHANNEL)
+        && match &url_channel_filter {
+            None => !profile_dims.is_empty(),
+            Some(None) => false,
+            Some(Some(f)) => !profile_dims.is_empty() || f.mentions(1),
+        };
     let family = if scan {
         Family::Scan
+    } else if url_channels {
+        Family::UrlChannels
     } else if let Some(&page) = pages.first() {
         if dims.len() > 1 {
             return Err(not_covered(&format!(
@@ -315,6 +334,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         Family::Totals
     };
     let (filter, key_filter) = match (family, filter_expr) {
+        (Family::UrlChannels, _) => (DimFilter::default(), url_channel_filter.flatten()),
         (Family::Scan, f) => {
             let expr = match f {
                 None => None,
@@ -346,9 +366,10 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 bad(
                     "filters",
                     format!(
-                        "with the `{}` dimension a filter may name only `{}`: any other is not covered by precomputed cells (add \"include\": {{\"scan\": true}} to read it from the raw log)",
+                        "with the `{}` dimension a filter may name only `{}`{}: any other is not covered by precomputed cells (add \"include\": {{\"scan\": true}} to read it from the raw log)",
                         page.as_str(),
-                        page.as_str()
+                        page.as_str(),
+                        if page == Dim::Url { " and `channel` (the url × channel cells)" } else { "" }
                     ),
                 )
             })?;
@@ -381,6 +402,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 Metric::Views | Metric::Visitors | Metric::Hits | Metric::EngagedSeconds
             ),
             Family::Profiles => matches!(m, Metric::Views | Metric::Visitors),
+            Family::UrlChannels => *m == Metric::Views,
             Family::Totals => !matches!(
                 m,
                 Metric::Entries | Metric::Exits | Metric::AvgEngagedSeconds
@@ -403,6 +425,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             let cells = match family {
                 Family::Scan => "a scan of the log counts views, visitors, hits and engaged_seconds (visits need their cells)",
                 Family::Profiles => "by pageview dimension (or filtered by one) the cells hold views and visitors only",
+                Family::UrlChannels => "the url × channel cells hold views only",
                 Family::Totals => "entries, exits and avg_engaged_seconds are a url's: add the url dimension",
                 Family::Pages(Dim::Url) => "a url has views, visitors, hits, engaged_seconds, entries, exits and avg_engaged_seconds",
                 Family::Pages(Dim::EntryPage) => "entry pages have entries",
@@ -839,6 +862,15 @@ impl QFilter {
         })
     }
 
+    /// As a filter over url (position 0) and channel (1); None when a leaf names another.
+    fn on_url_channel(&self) -> Option<Filter> {
+        self.lower(&|d| match d {
+            "url" => Some(0),
+            "channel" => Some(1),
+            _ => None,
+        })
+    }
+
     fn on_page(&self, page: Dim) -> Option<Filter> {
         self.lower(&|d| (d == page.as_str()).then_some(0))
     }
@@ -1007,6 +1039,52 @@ impl Hub {
                     .map(|(b, t)| Row {
                         dims: plan.dims.iter().map(|_| time_of(b)).collect(),
                         metrics: plan.metrics.iter().map(|m| totals_metric(*m, &t)).collect(),
+                    })
+                    .collect();
+                Ok(Rows {
+                    rows,
+                    sketched: false,
+                    scan: None,
+                })
+            }
+            Family::UrlChannels => {
+                let parts = self
+                    .run(vec![Op::Top {
+                        dim: Dim::UrlChannel,
+                        range,
+                        site: plan.site.clone(),
+                        limit: usize::MAX,
+                    }])
+                    .await?;
+                let pairs = match parts.into_iter().next() {
+                    Some(Part::Top(l)) => l,
+                    _ => Vec::new(),
+                };
+                let mut sums: hashbrown::HashMap<Vec<String>, u64> = Default::default();
+                for r in pairs {
+                    let Some((url, channel)) = r.key.split_once(crate::parse::event::dims::SEP)
+                    else {
+                        continue;
+                    };
+                    let value = |i: usize| if i == 0 { url } else { channel };
+                    if plan.key_filter.as_ref().is_some_and(|f| !f.test(&value)) {
+                        continue;
+                    }
+                    let dims: Vec<String> = plan
+                        .dims
+                        .iter()
+                        .map(|d| match d {
+                            QDim::Page(_) => url.to_string(),
+                            _ => channel.to_string(),
+                        })
+                        .collect();
+                    *sums.entry(dims).or_default() += r.views;
+                }
+                let rows = sums
+                    .into_iter()
+                    .map(|(dims, n)| Row {
+                        dims,
+                        metrics: plan.metrics.iter().map(|_| Some(n as f64)).collect(),
                     })
                     .collect();
                 Ok(Rows {
@@ -1378,6 +1456,7 @@ fn answer(
         Family::Scan => "a scan of the raw log",
         Family::Profiles => "profile cells",
         Family::Totals => "site totals",
+        Family::UrlChannels => "url × channel cells",
         Family::Pages(Dim::RefDomain) => "referrer cells",
         Family::Pages(Dim::Site) => "site totals",
         Family::Pages(Dim::EntryPage | Dim::ExitPage) => "visit entry and exit cells",
@@ -1424,6 +1503,22 @@ mod tests {
 
     #[test]
     fn each_query_goes_to_the_cells_that_answer_it() {
+        for q in [
+            r#"{"metrics":["views"],"dimensions":["url","channel"]}"#,
+            r#"{"metrics":["views"],"dimensions":["channel","url"],"filters":[["contains","url",["/a"]]]}"#,
+            r#"{"metrics":["views"],"dimensions":["url"],"filters":[["is","channel",["search"]]]}"#,
+        ] {
+            assert_eq!(plan(q).unwrap().family, Family::UrlChannels, "{q}");
+        }
+        // A url filter alone stays with the url cells (every url metric).
+        let p = plan(
+            r#"{"metrics":["views"],"dimensions":["url"],"filters":[["contains","url",["/a"]]]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.family, Family::Pages(Dim::Url));
+        // Bots counted: not in those cells (bots' pageviews count there only with agg.bots).
+        let q = r#"{"metrics":["views"],"dimensions":["url","channel"],"include":{"bots":true}}"#;
+        assert_ne!(plan(q).map(|p| p.family).ok(), Some(Family::UrlChannels));
         let p = plan(r#"{"metrics":["views","visitors"],"dimensions":["channel","time:hour"],"filters":[["is","country",["DE"]],["not",["matches","browser",["^Saf"]]]]}"#).unwrap();
         assert_eq!(p.family, Family::Profiles);
         assert_eq!(p.dims, [QDim::Profile(0), QDim::Time(60)]);
@@ -1499,9 +1594,19 @@ mod tests {
                 "not covered",
             ),
             (
-                r#"{"metrics":["views"],"dimensions":["url","channel"]}"#,
+                r#"{"metrics":["views"],"dimensions":["url","device"]}"#,
                 "dimensions",
                 "not covered",
+            ),
+            (
+                r#"{"metrics":["visitors"],"dimensions":["url","channel"]}"#,
+                "metrics",
+                "url × channel cells hold views only",
+            ),
+            (
+                r#"{"metrics":["views"],"dimensions":["url"],"filters":[["is","channel",["search"]],["is","device",["mobile"]]]}"#,
+                "filters",
+                "only `url` and `channel`",
             ),
             (
                 r#"{"metrics":["views"],"dimensions":["channel","device","os"]}"#,

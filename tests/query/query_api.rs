@@ -1189,6 +1189,33 @@ fn query_scans_of_the_log() {
         assert_eq!(a.v["meta"]["computed_from"], "a scan of the raw log", "{q}");
         assert!(a.v["meta"]["scan"]["records"].as_u64() > Some(0), "{}", a.v);
     }
+    // Urls by channel (or filtered by it) come from the url × channel cells: the same rows
+    // as the model and as a scan; their visitors are the scan's alone.
+    for q in [
+        json!({"metrics": ["views"], "dimensions": ["url", "channel"],
+               "date_range": ["-2h", "now"], "limit": 1000}),
+        json!({"metrics": ["views"], "dimensions": ["url"], "filters": [["is", "channel", ["search"]]],
+               "date_range": ["-2h", "now"], "limit": 1000}),
+        json!({"metrics": ["views"], "dimensions": ["channel", "url"], "site": "shop.example",
+               "filters": [["and", [["contains", "url", ["/p1"]], ["is_not", "channel", ["direct"]]]]],
+               "date_range": ["-60m", "now"], "limit": 1000}),
+    ] {
+        let cells = against_model(port, views, &q, "url × channel cells");
+        assert_eq!(
+            cells.v["meta"]["computed_from"], "url × channel cells",
+            "{q}"
+        );
+        let mut s = q.clone();
+        s["include"] = json!({"scan": true});
+        assert_eq!(cells.counts(), ask(port, &s).counts(), "{q}");
+    }
+    let (st, v) = post(
+        port,
+        json!({"metrics": ["visitors"], "dimensions": ["url", "channel"]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!((st, v["param"].as_str()), (400, Some("metrics")), "{v}");
     // The same question from the cells and from the log: the same rows.
     for q in [
         json!({"metrics": ["views", "visitors"], "dimensions": ["channel"], "date_range": ["-2h", "now"]}),

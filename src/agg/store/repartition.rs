@@ -5,8 +5,8 @@
 //! their key hashes to among `shards`, site totals and uniques on the owner of the visitor.
 //! A new count moves keys. [`split`] takes every old owner's state — each brought first to the
 //! same applied-offset vector by its caller (`server::repartition`), so that the states
-//! together hold exactly the records below one frontier — and deals its cells out: url and
-//! referrer cells to the new owner of their key, keeping their bucket (a minute, hour or day
+//! together hold exactly the records below one frontier — and deals its cells out: url (and
+//! url × channel) and referrer cells to the new owner of their key, keeping their bucket (a minute, hour or day
 //! slot in memory, or a sealed hour or day, which stays sealed); site cells whole, old owner
 //! `o`'s to new owner `o mod n`, since a site cell cannot be split by visitor (its sketch
 //! mixes them) and query answers add the owners' totals and uniques up: every count stays
@@ -93,6 +93,24 @@ fn deal(
             agg.url_site.push(s);
         }
         out[t].urls.entry(nid).or_default().add(cell);
+    }
+    // A url's pageviews by channel live with the url.
+    for (&k, &v) in &b.url_channels {
+        let id = (k >> 8) as u32;
+        let name = from.urls.name(id);
+        let t = owner_of_key(URL_SEED, name, n);
+        let agg = &mut to[t];
+        let (nid, new) = agg.urls.intern(name);
+        if new {
+            let site = from.url_site.get(id as usize).copied().unwrap_or(0);
+            let (s, _) = agg.sites.intern(from.sites.name(site));
+            agg.url_site.push(s);
+        }
+        let c = out[t]
+            .url_channels
+            .entry((u64::from(nid) << 8) | (k & 0xff))
+            .or_default();
+        *c = c.saturating_add(v);
     }
     for (&k, &v) in &b.refs {
         let name = from.refs.name(k as u32);
