@@ -355,9 +355,15 @@
     const total = st.headline ? st.headline.views : 0;
     const sort = st.sortedPages ? st.pageSort : 'views';
     const pageTotal = st.headline ? (METRIC[sort].total(st.headline) || 0) : 0;
-    st.top.pages = st.sortedPages || st.viewPages;
-    $('top-pages').dataset.sort = sort;
-    renderList('top-pages', st.top.pages, pageTotal, true, sort);
+    // Filtered by channel: the pages of that channel, by views (no sparklines: theirs are
+    // every channel's).
+    const fp = st.filtered && st.filtered.pages;
+    st.top.pages = fp || st.sortedPages || st.viewPages;
+    $('top-pages').dataset.sort = fp ? 'views' : sort;
+    $('top-pages').dataset.filtered = String(!!fp);
+    $('pages-filter').textContent = fp ? '· ' + st.filters.map(([d, v]) => `${d}: ${v}`).join(', ') : '';
+    if (fp) renderList('top-pages', fp, st.filtered.views, false);
+    else renderList('top-pages', st.top.pages, pageTotal, true, sort);
     renderList('top-refs', st.top.refs, total, false);
     renderList('top-sites', st.top.sites, total, false);
   }
@@ -442,12 +448,16 @@
       return [id, r.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0] }))];
     }));
     const step = RANGES[st.range].stepMin === 1 ? 'time:minute' : 'time:hour';
-    const [sum, series] = filters.length
+    // Pages by channel have cells of their own (url × channel); by device or country they
+    // have none, and stay unfiltered.
+    const byChannel = filters.length > 0 && st.filters.every(([d]) => d === 'channel');
+    const [sum, series, pages] = filters.length
       ? await Promise.all([
         query({ metrics: ['views', 'visitors'], include: { comparisons: 'previous_period' } }),
         query({ metrics: ['views', 'visitors'], dimensions: [step], limit: 1000 }),
+        byChannel ? query({ metrics: ['views'], dimensions: ['url'], limit: 10 }) : null,
       ])
-      : [null, null];
+      : [null, null, null];
     if (gen !== st.live.gen) return;
     let total = st.headline ? st.headline.views : 0;
     st.filtered = null;
@@ -464,6 +474,7 @@
           const t = r.dimensions[0];
           return [secs(t), { t, views: r.metrics[0], uniques: r.metrics[1] }];
         })),
+        pages: pages ? pages.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0] })) : null,
       };
       const change = (i) => {
         const c = row.comparison && row.comparison.change[i];
@@ -479,7 +490,9 @@
     const keys = (items) => items.map((it) => it.key);
     const changes = await Promise.all([
       ...lists.map(([id, items]) => changesFor(DIM_LISTS[id], keys(items), filters).then((m) => [id, m])),
-      changesFor('url', keys(st.viewPages), []).then((m) => ['top-pages', m]),
+      st.filtered && st.filtered.pages
+        ? changesFor('url', keys(st.filtered.pages), filters).then((m) => ['top-pages', m])
+        : changesFor('url', keys(st.viewPages), []).then((m) => ['top-pages', m]),
       changesFor('ref_domain', keys(st.top.refs), []).then((m) => ['top-refs', m]),
       changesFor('site', keys(st.top.sites), []).then((m) => ['top-sites', m]),
     ]);

@@ -178,14 +178,16 @@ try {
   for (let i = 0; i < 20; i++) {
     const range = await page.evaluate(() => [String(window.pixeldDashboard.from), String(window.pixeldDashboard.to)]);
     const filters = [['is', 'channel', [channel]]];
-    const [devices, sum] = await Promise.all([
+    const [devices, sum, pages] = await Promise.all([
       query({ metrics: ['views'], dimensions: ['device'], filters, date_range: range, limit: 10 }),
       query({ metrics: ['views', 'visitors'], filters, date_range: range }),
+      query({ metrics: ['views'], dimensions: ['url'], filters, date_range: range, limit: 10 }),
     ]);
     const views = sum.results[0].metrics[0], visitors = sum.results[0].metrics[1];
     want = {
       devices: devices.results.map((r) => [r.dimensions[0], r.metrics[0]]),
       views, tileViews: views, tileVisitors: visitors, chartViews: views, filtered: 'true',
+      pages: pages.results.map((r) => [r.dimensions[0], r.metrics[0]]),
     };
     seen = await page.evaluate(() => {
       const d = window.pixeldDashboard;
@@ -197,6 +199,7 @@ try {
         tileVisitors: tile('t-uniques'),
         chartViews: d.filtered ? [...d.filtered.points.values()].reduce((a, p) => a + p.views, 0) : -1,
         filtered: document.getElementById('main').dataset.filtered,
+        pages: [...document.querySelectorAll('#top-pages li:not(.empty)')].map((li) => [li.dataset.key, Number(li.dataset.views)]),
       };
     });
     if (JSON.stringify(seen) === JSON.stringify(want)) break;
@@ -204,7 +207,7 @@ try {
   }
   assert.deepEqual(seen, want, `filtered by channel ${channel}: the cards differ from POST /v1/query`);
   assert.ok(want.views > 0 && want.views <= (await api('/v1/summary?from=-30m')).views, 'a filter keeps part of the views');
-  ok(`a click filters by channel ${channel}: devices, headline and chart (${want.views} views) = POST /v1/query`);
+  ok(`a click filters by channel ${channel}: devices, pages, headline and chart (${want.views} views) = POST /v1/query`);
   const engaged = await page.evaluate(() => document.querySelector('#t-engaged .delta').textContent);
   assert.equal(engaged, 'not kept by dimension', 'engaged time is not filtered, and says so');
   await page.screenshot({ path: join(OUT, 'dashboard-filtered.png'), fullPage: true });
