@@ -145,6 +145,7 @@ pub struct RawAgg {
     pub visit_late_allowance: String,
     pub bounce_engaged_seconds: u32,
     pub url_visitors: bool,
+    pub url_channels: bool,
     /// `exclude` (bots count only in the `bot` dimension) or `include`.
     pub bots: String,
     /// `[agg.fields]`: the JSON field names of each event field, alternatives in order.
@@ -873,6 +874,7 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
             bounce_engaged_seconds: a.bounce_engaged_seconds,
         },
         url_visitors: a.url_visitors,
+        url_channels: a.url_channels,
         bots: match a.bots.as_str() {
             "exclude" => false,
             "include" => true,

@@ -455,7 +455,11 @@
       ? await Promise.all([
         query({ metrics: ['views', 'visitors'], include: { comparisons: 'previous_period' } }),
         query({ metrics: ['views', 'visitors'], dimensions: [step], limit: 1000 }),
-        byChannel ? query({ metrics: ['views'], dimensions: ['url'], limit: 10 }) : null,
+        // (Refused when agg.url_channels is off: the pages stay unfiltered.)
+        byChannel ? query({ metrics: ['views'], dimensions: ['url'], limit: 10 }).catch((e) => {
+          if (e instanceof AuthError) throw e;
+          return null;
+        }) : null,
       ])
       : [null, null, null];
     if (gen !== st.live.gen) return;

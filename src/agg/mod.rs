@@ -150,6 +150,9 @@ pub struct AggConfig {
     pub visits: VisitSettings,
     /// Whether url cells count their distinct visitors (`agg.url_visitors`).
     pub url_visitors: bool,
+    /// Whether url pageviews are counted by channel too (`agg.url_channels`: the url × channel
+    /// cells).
+    pub url_channels: bool,
     /// Whether bots' hits count in every metric (`agg.bots = "include"`); by default they
     /// count only in the `bot` dimension (`agg::dims`).
     pub bots: bool,
@@ -199,6 +202,7 @@ impl Default for AggConfig {
             checkpoint_interval: std::time::Duration::from_secs(30),
             visits: VisitSettings::default(),
             url_visitors: true,
+            url_channels: true,
             bots: false,
         }
     }
@@ -1072,7 +1076,7 @@ impl Aggregates {
                 let id = self.intern_url(key, site);
                 let mut visitor =
                     MinuteVisitor::new((inc.has_vid && self.cfg.url_visitors).then_some(inc.vid));
-                let by_channel = (inc.pageview && inc.channel != 0)
+                let by_channel = (self.cfg.url_channels && inc.pageview && inc.channel != 0)
                     .then_some((u64::from(id) << 8) | u64::from(inc.channel));
                 self.each_bucket(inc, now_min, |b, res| {
                     let folded = inc.minute < b.folded_upto;

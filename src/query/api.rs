@@ -440,6 +440,12 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 ),
             ));
         }
+        if !cfg.url_channels && family == Family::UrlChannels {
+            return Err(bad(
+                "dimensions",
+                "urls by channel are not counted (agg.url_channels = false); add \"include\": {\"scan\": true} to read them from the raw log",
+            ));
+        }
         if !cfg.url_visitors
             && family == Family::Pages(Dim::Url)
             && matches!(m, Metric::Visitors | Metric::AvgEngagedSeconds)
@@ -1510,6 +1516,18 @@ mod tests {
         ] {
             assert_eq!(plan(q).unwrap().family, Family::UrlChannels, "{q}");
         }
+        // Not counted: refused, pointing to the scan.
+        let off = AggConfig {
+            url_channels: false,
+            ..AggConfig::default()
+        };
+        let e = parse(
+            br#"{"metrics":["views"],"dimensions":["url","channel"]}"#,
+            NOW,
+            &off,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("agg.url_channels = false"), "{e}");
         // A url filter alone stays with the url cells (every url metric).
         let p = plan(
             r#"{"metrics":["views"],"dimensions":["url"],"filters":[["contains","url",["/a"]]]}"#,

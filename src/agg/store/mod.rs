@@ -94,7 +94,7 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 }
 
 /// A hash of everything that decides how a record aggregates: the event settings (field
-/// names, `url_keep_query`, `heartbeat_seconds`), the visit settings, `url_visitors` and this build's
+/// names, `url_keep_query`, `heartbeat_seconds`), the visit settings, `url_visitors`, `url_channels` and this build's
 /// aggregation version. A
 /// checkpoint written under another fingerprint is not loaded.
 pub fn fingerprint(cfg: &AggConfig) -> u64 {
@@ -135,6 +135,10 @@ pub fn fingerprint(cfg: &AggConfig) -> u64 {
     // Likewise url visitors, on by default.
     if !cfg.url_visitors {
         text.push_str(" no url visitors");
+    }
+    // And the url × channel cells.
+    if !cfg.url_channels {
+        text.push_str(" no url channels");
     }
     crate::route::partition::vid_hash(&text)
 }
@@ -621,7 +625,11 @@ mod tests {
             bots: true,
             ..default.clone()
         };
-        for other in [ua, bots] {
+        let no_url_channels = AggConfig {
+            url_channels: false,
+            ..default.clone()
+        };
+        for other in [ua, bots, no_url_channels] {
             assert_ne!(fingerprint(&other), fingerprint(&default));
         }
     }
