@@ -741,6 +741,17 @@ mod tests {
         (h, b, names, v)
     }
 
+    /// The header of the samples' sealed hour `hour`.
+    fn sample_header(hour: i64) -> SealedHeader {
+        SealedHeader {
+            tier: Res::Hour,
+            shards: 2,
+            owner: 1,
+            number: hour,
+            written_ns: 7,
+        }
+    }
+
     /// The checked-in sample of version 5 (tests/data/sample-v5.agb) decodes to the bucket it
     /// was written from, url × channel cells included; regenerate with
     /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v5`.
@@ -758,13 +769,7 @@ mod tests {
             3,
             "news from search and direct, sport from social"
         );
-        let h = SealedHeader {
-            tier: Res::Hour,
-            shards: 2,
-            owner: 1,
-            number: hour,
-            written_ns: 7,
-        };
+        let h = sample_header(hour);
         if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
             std::fs::write(&path, encode(&h, &b)).unwrap();
         }
@@ -792,13 +797,7 @@ mod tests {
         let hour = (now - 2).div_euclid(60);
         let b = a.materialize(Res::Hour, hour);
         assert_eq!(b.profiles.len(), 3, "direct, bot and social in that hour");
-        let h = SealedHeader {
-            tier: Res::Hour,
-            shards: 2,
-            owner: 1,
-            number: hour,
-            written_ns: 7,
-        };
+        let h = sample_header(hour);
         let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
         assert!(f.url_channels().next().is_none(), "version 4 had none");
         assert_eq!(lines(&f.to_bucket()), lines(&b));

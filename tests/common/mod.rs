@@ -456,6 +456,35 @@ pub fn post_ndjson<'a>(port: u16, lines: impl IntoIterator<Item = &'a [u8]>) {
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
 }
 
+/// Waits until every increment a server's shards sent has been applied by its owner (and no
+/// new one came between two looks): after a request that appended lines answered, what they
+/// add is then in the aggregates. For a server whose count of lines is not known (a restart
+/// after a rebuild); up to 30 s.
+pub fn wait_settled(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    loop {
+        let mx = metrics(port);
+        let m = |k: &str| mx.get(k).copied().unwrap_or(-1.0) as u64;
+        let sent = m("pixeld_route_sent_increments_total");
+        let applied = m("pixeld_route_applied_increments_total");
+        let outcomes: u64 = ["aggregated", "out_of_window", "unparsed", "bot"]
+            .iter()
+            .map(|o| m(&format!("pixeld_agg_records_total{{outcome=\"{o}\"}}")))
+            .sum();
+        let now = (sent, outcomes);
+        if sent == applied && last == Some(now) {
+            return;
+        }
+        last = (sent == applied).then_some(now);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: increments still in flight after 30 s ({sent} sent, {applied} applied)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until `lines` lines are appended, every record has an outcome and every shipped
 /// increment is applied (twice in a row, so that no batch was still pending), then returns
 /// the metrics; fails after 30 s with the counters that explain why.

@@ -147,13 +147,23 @@ fn answers_survive_restarts_damaged_checkpoints_and_log_retention() {
     let t0 = pixeld::route::now_minute();
     let s = start(&data, CONFIG);
     // Two rounds, so that the chain has a base and deltas.
+    let checkpoints = |s: &Server, n: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while common::metric_sum(&common::metrics(s.http), "pixeld_agg_checkpoints_total") < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {n} checkpoints"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     post_all(&s, &hits(1, 6000));
-    std::thread::sleep(Duration::from_millis(600));
+    common::wait_settled(s.http, "posted");
+    checkpoints(&s, 1);
     post_all(&s, &hits(2, 6000));
-    std::thread::sleep(Duration::from_millis(600));
+    common::wait_settled(s.http, "posted");
+    checkpoints(&s, 2);
     let before = answers(&s, t0);
-    let m = common::metrics(s.http);
-    assert!(common::metric_sum(&m, "pixeld_agg_checkpoints_total") >= 2);
     stop(s);
 
     // A flipped byte in owner 0's newest checkpoint: reported, counted, an older link loaded
@@ -318,7 +328,8 @@ fn shard_count_changes_keep_the_store_2_3_1_3() {
         assert!(std::time::Instant::now() < sealed_by, "nothing sealed");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(600));
+    common::wait_settled(s.http, "sealed");
+    common::wait_settled(reference.http, "reference");
     let two = tier_answers(&s, t0);
     assert!(two == tier_answers(&reference, t0));
     stop(s);
@@ -329,7 +340,8 @@ fn shard_count_changes_keep_the_store_2_3_1_3() {
         hits_from(seed, 1500, from, gen(120.0 * 60_000.0 / 1500.0))
     };
     let same = |s: &Server, what: &str| {
-        std::thread::sleep(Duration::from_millis(600));
+        common::wait_settled(s.http, what);
+        common::wait_settled(reference.http, what);
         let (got, want) = (tier_answers(s, t0), tier_answers(&reference, t0));
         let diff: Vec<String> = got
             .iter()
@@ -507,7 +519,8 @@ fn rebuild_aggregates_runs_on_a_live_server() {
     stop_posting.store(true, std::sync::atomic::Ordering::Relaxed);
     let batches = poster.join().unwrap();
     assert!(batches > 0);
-    std::thread::sleep(Duration::from_millis(600));
+    common::wait_settled(s.http, "live rebuild");
+    common::wait_settled(reference.http, "reference");
     assert!(
         answers(&s, t0) == answers(&reference, t0),
         "a live rebuild changed the answers"
@@ -580,7 +593,7 @@ fn rebuild_aggregates_recomputes_under_a_new_config_and_keeps_the_rest() {
         ..Default::default()
     };
     post_all(&s, &hits_with(11, 6000, cfg));
-    std::thread::sleep(Duration::from_millis(600));
+    common::wait_settled(s.http, "posted");
     let a_old = top_urls(&s, old.0, old.1);
     let a_new = top_urls(&s, new.0, new.1);
     stop(s);
@@ -651,7 +664,7 @@ fn rebuild_aggregates_recuts_visits_in_progress_under_a_new_gap() {
     };
     let s = start(&data, &config_a);
     post_all(&s, &hits_with(21, 6000, cfg.clone()));
-    std::thread::sleep(Duration::from_millis(600));
+    common::wait_settled(s.http, "posted");
     let a_answers = answers(&s, t0);
     stop(s);
 
@@ -674,7 +687,7 @@ fn rebuild_aggregates_recuts_visits_in_progress_under_a_new_gap() {
         },
     );
     post_all(&s, &more);
-    std::thread::sleep(Duration::from_millis(600));
+    common::wait_settled(s.http, "posted");
     let c_after = answers(&s, t0);
     stop(s);
 
@@ -685,7 +698,7 @@ fn rebuild_aggregates_recuts_visits_in_progress_under_a_new_gap() {
         "rebuilt store differs from the logs under the new gap"
     );
     post_all(&s, &more);
-    std::thread::sleep(Duration::from_millis(600));
+    common::wait_settled(s.http, "posted");
     assert!(
         answers(&s, t0) == c_after,
         "visits in progress were not re-cut: later hits continue them differently"

@@ -72,6 +72,17 @@ pub struct Part {
     pub sealed: Vec<(Res, i64, Bucket)>,
 }
 
+/// The id in `agg` of `from`'s url `id`, interned (with its site) if new.
+fn url_into(from: &Aggregates, id: u32, agg: &mut Aggregates) -> u32 {
+    let (nid, new) = agg.urls.intern(from.urls.name(id));
+    if new {
+        let site = from.url_site.get(id as usize).copied().unwrap_or(0);
+        let (s, _) = agg.sites.intern(from.sites.name(site));
+        agg.url_site.push(s);
+    }
+    nid
+}
+
 /// Adds one old bucket's cells to the new owners' buckets `out` (in their ids), dealt out
 /// as the module doc says.
 fn deal(
@@ -83,29 +94,15 @@ fn deal(
 ) {
     let n = to.len();
     for (&id, cell) in &b.urls {
-        let name = from.urls.name(id);
-        let t = owner_of_key(URL_SEED, name, n);
-        let agg = &mut to[t];
-        let (nid, new) = agg.urls.intern(name);
-        if new {
-            let site = from.url_site.get(id as usize).copied().unwrap_or(0);
-            let (s, _) = agg.sites.intern(from.sites.name(site));
-            agg.url_site.push(s);
-        }
+        let t = owner_of_key(URL_SEED, from.urls.name(id), n);
+        let nid = url_into(from, id, &mut to[t]);
         out[t].urls.entry(nid).or_default().add(cell);
     }
     // A url's pageviews by channel live with the url.
     for (&k, &v) in &b.url_channels {
         let id = (k >> 8) as u32;
-        let name = from.urls.name(id);
-        let t = owner_of_key(URL_SEED, name, n);
-        let agg = &mut to[t];
-        let (nid, new) = agg.urls.intern(name);
-        if new {
-            let site = from.url_site.get(id as usize).copied().unwrap_or(0);
-            let (s, _) = agg.sites.intern(from.sites.name(site));
-            agg.url_site.push(s);
-        }
+        let t = owner_of_key(URL_SEED, from.urls.name(id), n);
+        let nid = url_into(from, id, &mut to[t]);
         let c = out[t]
             .url_channels
             .entry((u64::from(nid) << 8) | (k & 0xff))
@@ -132,14 +129,7 @@ fn deal(
     out[t].all.merge(&b.all);
     // Entry and exit pages live with the visitors, like the site cells.
     for (&id, cell) in &b.pages {
-        let agg = &mut to[t];
-        let name = from.urls.name(id);
-        let (nid, new) = agg.urls.intern(name);
-        if new {
-            let site = from.url_site.get(id as usize).copied().unwrap_or(0);
-            let (s, _) = agg.sites.intern(from.sites.name(site));
-            agg.url_site.push(s);
-        }
+        let nid = url_into(from, id, &mut to[t]);
         out[t].pages.entry(nid).or_default().add(cell);
     }
     // Profiles too.
