@@ -201,18 +201,10 @@ pub fn increments(
     if vid.is_none() {
         ShardStats::bump(&s.no_vid, 1);
     }
-    // A pageview's channel (its profile's first value) rides with its url: the url × channel
-    // cells.
-    let channel = match pv {
-        true => crate::parse::event::dims::values(ev.profile)
-            .next()
-            .and_then(crate::parse::event::channel::Channel::from_name)
-            .map_or(0, |c| c.code()),
-        false => 0,
-    };
+    // A pageview's channel rides with its url: the url × channel cells.
     emit(
         owner_of_key(URL_SEED, ev.url, shards),
-        Inc::new(IncKind::Url, pv, minute, engaged, vid).with_channel(channel),
+        Inc::new(IncKind::Url, pv, minute, engaged, vid).with_channel(ev.channel),
         ev.site,
         ev.url,
     );

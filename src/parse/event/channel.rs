@@ -105,11 +105,6 @@ impl Channel {
         Channel::ALL.get(usize::from(code).checked_sub(1)?).copied()
     }
 
-    /// The channel of a name (`"search"`, …).
-    pub fn from_name(name: &str) -> Option<Channel> {
-        Channel::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-
     /// The channel's name in the dimension: `"search"`, `"social"`, ...
     pub fn as_str(self) -> &'static str {
         match self {
@@ -596,6 +591,16 @@ const APPS: &[(&str, Channel)] = &[
 mod tests {
     use super::Channel::*;
     use super::*;
+
+    #[test]
+    fn codes_round_trip_and_zero_is_none() {
+        for c in Channel::ALL {
+            assert!((1..=7).contains(&c.code()));
+            assert_eq!(Channel::from_code(c.code()), Some(c));
+        }
+        assert_eq!(Channel::from_code(0), None);
+        assert_eq!(Channel::from_code(8), None);
+    }
     use proptest::prelude::*;
 
     /// (site, ref_domain, page url (only its query matters), expected channel).

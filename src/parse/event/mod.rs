@@ -139,6 +139,9 @@ pub struct Event<'a> {
     /// A pageview's profile key: the value of each dimension (`dims`); empty for other
     /// actions.
     pub profile: &'a str,
+    /// A pageview's channel as a code (`channel::Channel::code`, the profile's first value);
+    /// 0 for other actions.
+    pub channel: u8,
 }
 
 /// Why a record gave no event. The variants carry no data so that counting one is a single
@@ -572,10 +575,12 @@ fn finish<'a>(
         (None, None) => None,
     };
     let site = url.url.get(host).ok_or(EventError::BadUrl)?;
+    let mut channel_code = 0;
     if action == Action::Pageview {
         let utm = &url.utm;
         let p = &mut scratch.profile;
         let channel = channel::classify(site, ref_domain, ref_class, utm);
+        channel_code = channel.code();
         let source = if utm.source.is_empty() {
             ref_domain
         } else {
@@ -617,6 +622,7 @@ fn finish<'a>(
         invalid_utf8,
         bot: bot.is_some(),
         profile: &scratch.profile,
+        channel: channel_code,
     })
 }
 
@@ -646,7 +652,7 @@ mod tests {
         Core(EventParser::new(EventConfig::default()))
     }
 
-    /// A parser whose events leave out the dimensions (`profile`, `bot`: see
+    /// A parser whose events leave out the dimensions (`profile`, `bot`, `channel`: see
     /// `dimensions_of_a_pageview`): the tests here are about the other fields.
     struct Core(EventParser);
 
@@ -668,6 +674,7 @@ mod tests {
             self.0.parse(record).map(|e| Event {
                 bot: false,
                 profile: "",
+                channel: 0,
                 ..e
             })
         }
@@ -687,6 +694,7 @@ mod tests {
             invalid_utf8: false,
             bot: false,
             profile: "",
+            channel: 0,
         }
     }
 
@@ -740,11 +748,14 @@ mod tests {
             ]
         );
         assert!(!e.bot);
+        // The channel also as a code (what the url × channel cells count).
+        assert_eq!(e.channel, channel::Channel::Email.code());
         let e = p
             .parse(br#"{"url":"https://a.example/q","urlref":"https://a.example/p","ua":"Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"}"#)
             .unwrap();
         let key: Vec<&str> = dims::values(e.profile).collect();
         assert_eq!(key[0], "internal");
+        assert_eq!(e.channel, channel::Channel::Internal.code());
         assert_eq!(key[1], "a.example");
         assert_eq!((key[5], key[8]), ("bot", "Googlebot"));
         assert!(e.bot);
