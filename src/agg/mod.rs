@@ -95,8 +95,8 @@ impl Res {
 #[derive(Debug)]
 pub enum Sealed {
     /// Being written by a checkpoint: the hour's bucket itself (shared with the job that
-    /// encodes it, not copied), or nothing for a day (read from its hours until the file is
-    /// mapped).
+    /// encodes it, not copied); for a day, what was counted into it directly, if anything
+    /// (the rest is read from its hours until the file is mapped).
     Writing(Option<Arc<Bucket>>),
     /// Mapped from its file.
     File(Arc<SealedFile>),
@@ -1360,8 +1360,11 @@ impl Aggregates {
     /// while its file is being written), its hours and what was counted into the day directly.
     fn day_parts<'a>(&'a self, d: i64, out: &mut Vec<PartRef<'a>>) {
         let sealed = self.sealed.get(&(Res::Day, d));
-        if let Some(Sealed::File(f)) = sealed {
-            out.push(PartRef::File(f));
+        match sealed {
+            Some(Sealed::File(f)) => out.push(PartRef::File(f)),
+            // Being written: what was counted into the day directly (no hour holds it).
+            Some(Sealed::Writing(Some(b))) => out.push(PartRef::Mem(b)),
+            _ => {}
         }
         // Being written: its hours hold everything (late increments go to both), so the
         // day's own slot is not read until the file is mapped.

@@ -24,9 +24,10 @@ pub struct SealJob {
     pub tier: Res,
     pub number: i64,
     parts: Vec<SealPart>,
-    /// A day's cells counted straight into the day tier (its hours had left their window),
-    /// put back if the seal fails.
-    direct: Option<Bucket>,
+    /// A day's cells counted straight into the day tier (its hours had left their window,
+    /// or the day was recomputed from the log), put back if the seal fails; shared with
+    /// `sealed`'s `Writing` entry, so that reads see them while the file is written.
+    direct: Option<Arc<Bucket>>,
 }
 
 #[derive(Debug)]
@@ -159,14 +160,16 @@ impl Aggregates {
                     _ => {}
                 }
             }
-            let direct = empty_slot(&mut self.days, d);
+            let direct = empty_slot(&mut self.days, d)
+                .filter(|b| !b.is_empty())
+                .map(Arc::new);
             jobs.push(SealJob {
                 tier: Res::Day,
                 number: d,
                 parts,
-                direct: direct.filter(|b| !b.is_empty()),
+                direct: direct.clone(),
             });
-            self.sealed.insert((Res::Day, d), Sealed::Writing(None));
+            self.sealed.insert((Res::Day, d), Sealed::Writing(direct));
         }
         jobs
     }
@@ -217,7 +220,7 @@ impl Aggregates {
     /// Takes `tier` `number` out of the sealed set and back into memory: an hour's closed
     /// part is merged into its slot; a day's late increments are dropped (its hours hold
     /// them too) and `direct` is put back.
-    pub(super) fn unseal(&mut self, tier: Res, number: i64, direct: Option<Bucket>) {
+    pub(super) fn unseal(&mut self, tier: Res, number: i64, direct: Option<Arc<Bucket>>) {
         let Some(entry) = self.sealed.remove(&(tier, number)) else {
             return;
         };
@@ -237,11 +240,13 @@ impl Aggregates {
                 }
             }
             _ => {
-                if let Sealed::File(f) = entry {
+                if let Sealed::File(f) = &entry {
                     self.retired.push(f.path.clone());
                 }
+                // The entry's share of `direct` first, so that it comes back without a copy.
+                drop(entry);
                 if let Some(slot) = self.days.get_mut(number) {
-                    *slot = direct.unwrap_or_default();
+                    *slot = direct.map(Arc::unwrap_or_clone).unwrap_or_default();
                     slot.dirty = true;
                 }
             }
@@ -434,6 +439,43 @@ mod tests {
             ));
         }
         out
+    }
+
+    /// While a day's file is being written, what was counted into the day directly (its
+    /// hours had left their window) is still read: answers do not dip during a checkpoint,
+    /// nor after the write failed.
+    #[test]
+    fn a_day_being_written_still_answers_its_direct_cells() {
+        let now: i64 = 29_000_000 / 1440 * 1440 + 600; // fixed-date: windows follow `now`
+        let cfg = AggConfig {
+            minute_window: 60,
+            hour_window: 96,
+            day_window: 10,
+            ..AggConfig::default()
+        };
+        let day = now.div_euclid(1440) * 1440;
+        let mut b = Batch::default();
+        for i in 0..50u64 {
+            // Six days back: older than the hour window, so counted into the day alone.
+            let m = day - 6 * 1440 + i as i64 * 7;
+            let url = format!("https://s1/u{}", i % 4);
+            b.push(IncKind::Url, true, m, 3, "s1", &url, None);
+            b.push(IncKind::Visitor, true, m, 3, "s1", "", Some(i % 9));
+        }
+        let (mut live, mut reference) =
+            (Aggregates::new(cfg.clone()), Aggregates::new(cfg.clone()));
+        live.apply_batch(&b, now);
+        reference.apply_batch(&b, now);
+        let ranges = [(day - 7 * 1440, day), (day - 6 * 1440, day - 5 * 1440)];
+        let want = answers(&reference, &ranges);
+        let (_copy, jobs) = live.checkpoint_snapshot(true, now);
+        assert!(
+            jobs.iter().any(|j| j.tier == Res::Day),
+            "this checkpoint seals the day"
+        );
+        assert_eq!(answers(&live, &ranges), want, "while its file is written");
+        live.seals_failed(jobs);
+        assert_eq!(answers(&live, &ranges), want, "after the write failed");
     }
 
     /// Sealing closed hours and days into mapped files (and a day from its hours) changes no

@@ -456,6 +456,19 @@ pub fn post_ndjson<'a>(port: u16, lines: impl IntoIterator<Item = &'a [u8]>) {
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
 }
 
+/// Waits until `cond` holds (looked at every 50 ms), up to 30 s; `what` names it when it never
+/// does.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until every increment a server's shards sent has been applied by its owner (and no
 /// new one came between two looks): after a request that appended lines answered, what they
 /// add is then in the aggregates. For a server whose count of lines is not known (a restart

@@ -191,12 +191,12 @@ fn answers_survive_restarts_damaged_checkpoints_and_log_retention() {
     // Retention deletes most of the logs at the next start; the answers stay.
     let retained = CONFIG.replace("[agg]", "retention_bytes = \"1MiB\"\n[agg]");
     let s = start(&data, &retained);
-    std::thread::sleep(Duration::from_millis(300));
-    let m = common::metrics(s.http);
-    assert!(
-        common::metric_sum(&m, "pixeld_log_segments_deleted_total") > 0,
-        "retention deleted nothing: {m:?}"
-    );
+    common::wait_until("retention deletes segments", || {
+        common::metric_sum(
+            &common::metrics(s.http),
+            "pixeld_log_segments_deleted_total",
+        ) > 0
+    });
     assert!(answers(&s, t0) == before, "after retention");
     stop(s);
     let s = start(&data, &retained);
@@ -815,17 +815,13 @@ fn closed_hours_and_days_are_sealed_and_answer_as_memory_did() {
     let n = lines(&body);
     common::wait_aggregated(s.http, n, "sealed");
     common::wait_aggregated(p.http, n, "memory");
-    let sealed_by = std::time::Instant::now() + Duration::from_secs(20);
-    while common::metric_sum(&common::metrics(s.http), "pixeld_agg_sealed_files") < 10 {
-        assert!(std::time::Instant::now() < sealed_by, "nothing sealed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let files = sealed_files(&data);
-    assert!(
-        files.iter().any(|f| f.starts_with("day-")) && files.iter().any(|f| f.starts_with("hour-")),
-        "{files:?}"
-    );
+    common::wait_until("ten sealed files", || {
+        common::metric_sum(&common::metrics(s.http), "pixeld_agg_sealed_files") >= 10
+    });
+    common::wait_until("a sealed day and a sealed hour on disk", || {
+        let files = sealed_files(&data);
+        files.iter().any(|f| f.starts_with("day-")) && files.iter().any(|f| f.starts_with("hour-"))
+    });
     assert!(sealed_files(&plain).is_empty());
     assert_eq!(
         common::metric_sum(&common::metrics(p.http), "pixeld_agg_sealed_files"),
@@ -901,9 +897,12 @@ fn closed_hours_and_days_are_sealed_and_answer_as_memory_did() {
     // Retention deletes most of the logs; the days and hours stay.
     let retained = TIERS.replace("[agg]", "retention_bytes = \"1MiB\"\n[agg]");
     let s = start_with(&data, &retained, 2);
-    std::thread::sleep(Duration::from_millis(300));
-    let m = common::metrics(s.http);
-    assert!(common::metric_sum(&m, "pixeld_log_segments_deleted_total") > 0);
-    assert!(tier_answers(&s, t0) == want, "after retention");
+    common::wait_until("retention deletes segments", || {
+        common::metric_sum(
+            &common::metrics(s.http),
+            "pixeld_log_segments_deleted_total",
+        ) > 0
+    });
+    same_answers(&tier_answers(&s, t0), &want, "after retention");
     stop(s);
 }

@@ -168,8 +168,9 @@ pub fn split(old: &[Aggregates], n: usize) -> Vec<Part> {
         for (&(res, number), s) in &from.sealed {
             let b = match s {
                 Sealed::File(f) => f.to_bucket(),
-                Sealed::Writing(Some(b)) => Bucket::clone(b),
-                Sealed::Writing(None) => continue,
+                Sealed::Writing(Some(b)) if res == Res::Hour => Bucket::clone(b),
+                // (A day being written is read from its hours; a loaded store has none.)
+                Sealed::Writing(_) => continue,
             };
             let mut out: Vec<Bucket> = (0..n).map(|_| Bucket::default()).collect();
             deal(from, &b, o, &mut to, &mut out);
