@@ -360,6 +360,23 @@ pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
     put_url_channels(out, b);
 }
 
+/// The key of the url × channel cell of url `url` and channel code `channel`
+/// (`Channel::code`).
+pub fn url_channel_key(url: u32, channel: u8) -> u64 {
+    (u64::from(url) << 8) | u64::from(channel)
+}
+
+/// The url id and channel code of a url × channel cell's key ([`url_channel_key`]).
+pub fn url_channel_of(key: u64) -> (u32, u8) {
+    ((key >> 8) as u32, (key & 0xff) as u8)
+}
+
+/// Whether a url × channel key read from the disk names a url below `urls` and a channel.
+pub fn url_channel_valid(key: u64, urls: usize) -> bool {
+    let (url, channel) = url_channel_of(key);
+    (url as usize) < urls && crate::parse::event::channel::Channel::from_code(channel).is_some()
+}
+
 /// Appends the url × channel table: u32 n, then n × (u64 url id << 8 | channel, u32 views),
 /// sorted.
 pub fn put_url_channels(out: &mut Vec<u8>, b: &Bucket) {
@@ -379,13 +396,10 @@ pub fn get_url_channels(c: &mut Cursor<'_>, urls: usize) -> Result<HashMap<u64, 
     let mut m = HashMap::with_capacity(n);
     for _ in 0..n {
         let k = c.u64()?;
-        if (k >> 8) as usize >= urls {
+        if !url_channel_valid(k, urls) {
             return Err(FormatError::Damaged(
-                "a url × channel cell without a url name",
+                "a url × channel cell without a url name or of no channel",
             ));
-        }
-        if crate::parse::event::channel::Channel::from_code((k & 0xff) as u8).is_none() {
-            return Err(FormatError::Damaged("a url × channel cell of no channel"));
         }
         m.insert(k, c.u32()?);
     }

@@ -1077,7 +1077,7 @@ impl Aggregates {
                 let mut visitor =
                     MinuteVisitor::new((inc.has_vid && self.cfg.url_visitors).then_some(inc.vid));
                 let by_channel = (self.cfg.url_channels && inc.pageview && inc.channel != 0)
-                    .then_some((u64::from(id) << 8) | u64::from(inc.channel));
+                    .then_some(cells::url_channel_key(id, inc.channel));
                 self.each_bucket(inc, now_min, |b, res| {
                     let folded = inc.minute < b.folded_upto;
                     let c = b.urls.entry(id).or_default();
@@ -1314,10 +1314,11 @@ impl Aggregates {
             b.profiles.entry(nid).or_default().add(cell);
         }
         for (&k, &v) in &o.url_channels {
-            let id = (k >> 8) as u32;
+            let (id, channel) = cells::url_channel_of(k);
             let site = other.url_site.get(id as usize).copied().unwrap_or(0);
             let nid = self.intern_url(other.urls.name(id), other.sites.name(site));
-            b.url_channels.insert((u64::from(nid) << 8) | (k & 0xff), v);
+            b.url_channels
+                .insert(cells::url_channel_key(nid, channel), v);
         }
         b
     }
@@ -1499,11 +1500,12 @@ impl Aggregates {
                 self.sites.name((k >> 32) as u32)
             ));
         }
-        for (k, v) in &b.url_channels {
+        for (&k, v) in &b.url_channels {
+            let (url, channel) = cells::url_channel_of(k);
             out.push(format!(
                 "url {:?} from {}: views {v}",
-                self.urls.name((k >> 8) as u32),
-                channel_name((k & 0xff) as u8)
+                self.urls.name(url),
+                channel_name(channel)
             ));
         }
         out
@@ -1752,7 +1754,7 @@ impl Aggregates {
     ) -> Vec<Ranked> {
         let mut acc: HashMap<u64, u64> = HashMap::new();
         let mut add = |k: u64, v: u32| {
-            let url = (k >> 8) as u32;
+            let (url, _) = cells::url_channel_of(k);
             if site_id.is_none_or(|s| self.url_site.get(url as usize) == Some(&s)) {
                 *acc.entry(k).or_default() += u64::from(v);
             }
@@ -1765,11 +1767,12 @@ impl Aggregates {
             }
         }
         let key = |k: u64| {
+            let (url, channel) = cells::url_channel_of(k);
             format!(
                 "{}{}{}",
-                self.urls.name((k >> 8) as u32),
+                self.urls.name(url),
                 crate::parse::event::dims::SEP,
-                channel_name((k & 0xff) as u8)
+                channel_name(channel)
             )
         };
         let mut ranked: Vec<Ranked> = acc

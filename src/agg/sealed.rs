@@ -256,10 +256,7 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
         let mut last = None;
         for _ in 0..url_channels {
             let k = c.u64()?;
-            if (k >> 8) as usize >= names.1
-                || crate::parse::event::channel::Channel::from_code((k & 0xff) as u8).is_none()
-                || last.is_some_and(|l| l >= k)
-            {
+            if !super::cells::url_channel_valid(k, names.1) || last.is_some_and(|l| l >= k) {
                 return Err(FormatError::Damaged(
                     "a url × channel cell without a name, of no channel or out of order",
                 ));

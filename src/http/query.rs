@@ -98,8 +98,8 @@ pub(crate) fn scans(ctx: &HttpContext) -> Response<Full<Bytes>> {
                 "elapsed_seconds": (secs * 1000.0).round() / 1000.0,
                 "records_read": read,
                 "records_estimated": p.estimate,
-                "progress": (read as f64 / p.estimate.max(1) as f64).min(1.0),
-                "records_per_second": (read as f64 / secs.max(1e-3)).round(),
+                "progress": p.fraction(read),
+                "records_per_second": p.rate(read).round(),
                 "query": p.query,
             })
         })

@@ -333,6 +333,12 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
     } else {
         Family::Totals
     };
+    if !cfg.url_channels && family == Family::UrlChannels {
+        return Err(bad(
+            "dimensions",
+            "urls by channel are not counted (agg.url_channels = false); add \"include\": {\"scan\": true} to read them from the raw log",
+        ));
+    }
     let (filter, key_filter) = match (family, filter_expr) {
         (Family::UrlChannels, _) => (DimFilter::default(), url_channel_filter.flatten()),
         (Family::Scan, f) => {
@@ -438,12 +444,6 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                     "`{}` is not covered by precomputed cells for this query ({cells}); a scan of the raw log (\"include\": {{\"scan\": true}}) counts views, visitors, hits and engaged_seconds by anything",
                     m.name()
                 ),
-            ));
-        }
-        if !cfg.url_channels && family == Family::UrlChannels {
-            return Err(bad(
-                "dimensions",
-                "urls by channel are not counted (agg.url_channels = false); add \"include\": {\"scan\": true} to read them from the raw log",
             ));
         }
         if !cfg.url_visitors
@@ -1068,7 +1068,8 @@ impl Hub {
                 };
                 let mut sums: hashbrown::HashMap<Vec<String>, u64> = Default::default();
                 for r in pairs {
-                    let Some((url, channel)) = r.key.split_once(crate::parse::event::dims::SEP)
+                    // (A channel's name has no separator; a url might.)
+                    let Some((url, channel)) = r.key.rsplit_once(crate::parse::event::dims::SEP)
                     else {
                         continue;
                     };

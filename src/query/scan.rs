@@ -140,14 +140,24 @@ impl Progress {
         all
     }
 
+    /// The share of the estimate `read` records are (at most 1).
+    pub fn fraction(&self, read: u64) -> f64 {
+        (read as f64 / self.estimate.max(1) as f64).min(1.0)
+    }
+
+    /// Records read per second so far.
+    pub fn rate(&self, read: u64) -> f64 {
+        read as f64 / self.elapsed().as_secs_f64().max(1e-3)
+    }
+
     /// How far it got: `<read> of about <estimate> records (<pct> %) in <s> s, <rate>/s`.
     pub fn describe(&self, read: u64) -> String {
-        let secs = self.elapsed().as_secs_f64();
         format!(
-            "{read} of about {} records ({:.0} %) in {secs:.0} s, {:.0} records/s",
+            "{read} of about {} records ({:.0} %) in {:.0} s, {:.0} records/s",
             self.estimate,
-            100.0 * read as f64 / self.estimate.max(1) as f64,
-            read as f64 / secs.max(1e-3)
+            100.0 * self.fraction(read),
+            self.elapsed().as_secs_f64(),
+            self.rate(read)
         )
     }
 }

@@ -100,12 +100,12 @@ fn deal(
     }
     // A url's pageviews by channel live with the url.
     for (&k, &v) in &b.url_channels {
-        let id = (k >> 8) as u32;
+        let (id, channel) = crate::agg::cells::url_channel_of(k);
         let t = owner_of_key(URL_SEED, from.urls.name(id), n);
         let nid = url_into(from, id, &mut to[t]);
         let c = out[t]
             .url_channels
-            .entry((u64::from(nid) << 8) | (k & 0xff))
+            .entry(crate::agg::cells::url_channel_key(nid, channel))
             .or_default();
         *c = c.saturating_add(v);
     }
