@@ -125,6 +125,10 @@ pub struct Bucket {
     /// Pageviews by url and channel: `(url id << 8) | channel code` (`Channel::code`) → views,
     /// on the url's owner (what answers "urls by channel" without a scan).
     pub url_channels: HashMap<u64, u32>,
+    /// What the visits starting in the bucket add, by the profile of their entry pageview
+    /// (`agg::visits`; signed like the site cells'), on the visitor's owner: visits, bounces
+    /// and durations by pageview dimension.
+    pub profile_visits: HashMap<u32, VisitCounts>,
     /// Changed since the last checkpoint (see `store`).
     pub dirty: bool,
     /// Of an hour: the url and profile visitors of its minutes before this one are in its
@@ -160,6 +164,9 @@ impl Bucket {
             let c = self.url_channels.entry(*k).or_default();
             *c = c.saturating_add(*v);
         }
+        for (id, c) in &o.profile_visits {
+            self.profile_visits.entry(*id).or_default().add(c);
+        }
     }
 
     /// Adds the url and profile visitors of `o` alone (a minute its hour has not folded
@@ -190,6 +197,7 @@ impl Bucket {
             && self.pages.is_empty()
             && self.profiles.is_empty()
             && self.url_channels.is_empty()
+            && self.profile_visits.is_empty()
     }
 }
 
@@ -220,6 +228,9 @@ pub struct Cursor<'a> {
     pub profiles: bool,
     /// Whether the url × channel table follows (checkpoint version 6, sealed version 5 on).
     pub url_channels: bool,
+    /// Whether the profile visit table follows, and visits in progress hold their entry
+    /// profile (checkpoint version 7, sealed version 6 on).
+    pub profile_visits: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -231,6 +242,7 @@ impl<'a> Cursor<'a> {
             url_visitors: true,
             profiles: true,
             url_channels: true,
+            profile_visits: true,
         }
     }
 
@@ -358,6 +370,56 @@ pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
     }
     put_url_table(out, &b.profiles);
     put_url_channels(out, b);
+    put_profile_visits(out, b);
+}
+
+/// Appends the profile visit table: u32 n, then n × (u32 profile id, four i64 visit counts),
+/// sorted by id; cells whose changes cancelled out are left out.
+pub fn put_profile_visits(out: &mut Vec<u8>, b: &Bucket) {
+    let mut cells: Vec<(&u32, &VisitCounts)> = b
+        .profile_visits
+        .iter()
+        .filter(|(_, c)| !c.is_zero())
+        .collect();
+    cells.sort_unstable_by_key(|(k, _)| **k);
+    put_u32(out, cells.len() as u32);
+    for (id, v) in cells {
+        put_u32(out, *id);
+        for x in [v.visits, v.bounces, v.views, v.duration_ms] {
+            put_u64(out, x as u64);
+        }
+    }
+}
+
+/// The bytes of one record of the profile visit table.
+pub const PROFILE_VISITS_RECORD: usize = 36;
+
+/// Reads the visit counts of one record of the profile visit table (after its id).
+pub fn get_visit_counts(c: &mut Cursor<'_>) -> Result<VisitCounts, FormatError> {
+    Ok(VisitCounts {
+        visits: c.u64()? as i64,
+        bounces: c.u64()? as i64,
+        views: c.u64()? as i64,
+        duration_ms: c.u64()? as i64,
+    })
+}
+
+/// Reads the profile visit table ([`put_profile_visits`]), refusing profile ids at or above
+/// `profiles`.
+pub fn get_profile_visits(
+    c: &mut Cursor<'_>,
+    profiles: usize,
+) -> Result<HashMap<u32, VisitCounts>, FormatError> {
+    let n = c.count(PROFILE_VISITS_RECORD)?;
+    let mut m = HashMap::with_capacity(n);
+    for _ in 0..n {
+        let id = c.u32()?;
+        if id as usize >= profiles {
+            return Err(FormatError::Damaged("a profile's visits without a profile name"));
+        }
+        m.insert(id, get_visit_counts(c)?);
+    }
+    Ok(m)
 }
 
 /// The key of the url × channel cell of url `url` and channel code `channel`
@@ -502,12 +564,7 @@ pub fn skip_uniques(c: &mut Cursor<'_>) -> Result<(), FormatError> {
 pub fn get_site_cell(c: &mut Cursor<'_>) -> Result<SiteCell, FormatError> {
     let (views, hits, engaged) = (c.u64()?, c.u64()?, c.u64()?);
     let visits = if c.visits {
-        VisitCounts {
-            visits: c.u64()? as i64,
-            bounces: c.u64()? as i64,
-            views: c.u64()? as i64,
-            duration_ms: c.u64()? as i64,
-        }
+        get_visit_counts(c)?
     } else {
         VisitCounts::default()
     };
@@ -583,6 +640,9 @@ pub fn get_cells(c: &mut Cursor<'_>, names: NameCounts) -> Result<Bucket, Format
     }
     if c.url_channels {
         b.url_channels = get_url_channels(c, names.1)?;
+    }
+    if c.profile_visits {
+        b.profile_visits = get_profile_visits(c, names.3)?;
     }
     Ok(b)
 }

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use hashbrown::HashMap;
 
-use super::{visitors_of, Aggregates, Names, PartRef, VisitorUnion};
+use super::{visitors_of, Aggregates, Names, PartRef, VisitCounts, VisitorUnion};
 use crate::parse::event::dims::{self, DIMS, HUMAN, SEP};
 
 /// Distinct values of one dimension an owner keeps.
@@ -42,6 +42,10 @@ pub struct Profiles {
     /// New values that became [`OTHER`].
     pub overflow: u64,
     buf: String,
+    /// The `site` [`SEP`] `key` looked up last, its id and how many of its values became
+    /// [`OTHER`]: a pageview's profile is interned twice on its owner (its own cell, then the
+    /// visit it may enter), the second time by a compare.
+    last: (String, u32, u64),
 }
 
 /// One value of a breakdown on one shard.
@@ -53,6 +57,9 @@ pub struct DimRow {
     /// estimated them.
     pub visitors: u64,
     pub sketched: bool,
+    /// What the visits entering on a pageview of this value add (visits, bounces, their
+    /// pageviews and durations; `agg::visits`).
+    pub visits: VisitCounts,
 }
 
 /// Which profiles a breakdown counts.
@@ -165,6 +172,7 @@ impl Profiles {
             dim_values: vec![Names::default(); stride],
             overflow: 0,
             buf: String::new(),
+            last: (String::new(), 0, 0),
         }
     }
 
@@ -199,15 +207,40 @@ impl Profiles {
     }
 
     /// The id of the profile of `key` on site `site` (id `s`), interned if new; a value new to
-    /// a dimension already holding [`VALUE_CAP`] becomes [`OTHER`].
+    /// a dimension already holding [`VALUE_CAP`] becomes [`OTHER`] (counted in `overflow`,
+    /// once per call).
     pub fn intern(&mut self, s: u32, site: &str, key: &str) -> u32 {
+        let (id, overflow) = self.lookup(s, site, key);
+        self.overflow += overflow;
+        id
+    }
+
+    /// [`Profiles::intern`] without counting overflow: the same pageview's profile a second
+    /// time (for the visit it may enter).
+    pub fn intern_again(&mut self, s: u32, site: &str, key: &str) -> u32 {
+        self.lookup(s, site, key).0
+    }
+
+    /// The id of a profile, and how many of its values became [`OTHER`].
+    fn lookup(&mut self, s: u32, site: &str, key: &str) -> (u32, u64) {
         self.buf.clear();
         self.buf.push_str(site);
         self.buf.push(SEP);
         self.buf.push_str(key);
-        if let Some(id) = self.names.get(&self.buf) {
-            return id;
+        if self.buf == self.last.0 {
+            return (self.last.1, self.last.2);
         }
+        let found = match self.names.get(&self.buf) {
+            Some(id) => (id, 0),
+            None => self.intern_new(s, site, key),
+        };
+        std::mem::swap(&mut self.buf, &mut self.last.0);
+        (self.last.1, self.last.2) = found;
+        found
+    }
+
+    /// [`Profiles::lookup`] of a key its exact lookup missed.
+    fn intern_new(&mut self, s: u32, site: &str, key: &str) -> (u32, u64) {
         let mut name = String::with_capacity(self.buf.len());
         name.push_str(site);
         let mut ids = Vec::with_capacity(self.stride);
@@ -231,13 +264,12 @@ impl Profiles {
             }
             name.push_str(v);
         }
-        self.overflow += overflow;
         let (id, new) = self.names.intern(&name);
         if new {
             self.site.push(s);
             self.values.extend(ids);
         }
-        id
+        (id, overflow)
     }
 
     /// The site and key of profile `id` (what [`Profiles::intern`] takes).
@@ -277,10 +309,10 @@ impl Profiles {
 }
 
 impl Aggregates {
-    /// This shard's pageviews and visitors by value of dimension `dims[0]` (by pair of
-    /// values when `dims` names two: the row's key is the two joined by [`SEP`]; one row
+    /// This shard's pageviews, visitors and visits by value of dimension `dims[0]` (by pair
+    /// of values when `dims` names two: the row's key is the two joined by [`SEP`]; one row
     /// keyed "" when it names none) over `from..to`, optionally of one site, counting the
-    /// profiles that pass `filter`.
+    /// profiles that pass `filter` (a visit by the profile of its entry pageview).
     pub fn breakdown(
         &self,
         dims: &[usize],
@@ -344,11 +376,40 @@ impl Aggregates {
                 .collect()
         });
         // Rows by value id (and the second dimension's value id, or 0).
-        let mut views: HashMap<(u32, u32), u64> = HashMap::new();
+        let mut views: HashMap<(u32, u32), (u64, VisitCounts)> = HashMap::new();
         let mut unions: HashMap<(u32, u32), VisitorUnion<'_>> = HashMap::new();
+        // The row of profile `id`, when it passes the filter.
+        let row_of = |id: u32| -> Option<(u32, u32)> {
+            if !p.passes(id, site_id, human, &is)
+                || allowed
+                    .as_ref()
+                    .is_some_and(|a| a.get(id as usize) != Some(&true))
+            {
+                return None;
+            }
+            let vals = p.values_of(id)?;
+            let value = |d: Option<(usize, &Names)>| match d {
+                Some((d, _)) => vals.get(d).copied(),
+                None => Some(0),
+            };
+            Some((value(first)?, value(second)?))
+        };
         for part in self.parts(from, to) {
             // A minute its hour has not folded gives its visitors alone (`fold_visitors`).
             let counts = !matches!(part, PartRef::Visitors(_));
+            if counts {
+                let visits: Box<dyn Iterator<Item = (u32, VisitCounts)>> = match part {
+                    PartRef::Mem(b) | PartRef::Visitors(b) => {
+                        Box::new(b.profile_visits.iter().map(|(&id, c)| (id, *c)))
+                    }
+                    PartRef::File(f) => Box::new(f.profile_visits()),
+                };
+                for (id, c) in visits {
+                    if let Some(v) = row_of(id) {
+                        views.entry(v).or_default().1.add(&c);
+                    }
+                }
+            }
             let cells: Box<dyn Iterator<Item = (u32, Cow<'_, super::UrlCell>)>> = match part {
                 PartRef::Mem(b) | PartRef::Visitors(b) => {
                     Box::new(b.profiles.iter().map(|(&id, c)| (id, Cow::Borrowed(c))))
@@ -356,34 +417,20 @@ impl Aggregates {
                 PartRef::File(f) => Box::new(f.profiles().map(|(id, c)| (id, Cow::Owned(c)))),
             };
             for (id, c) in cells {
-                if !p.passes(id, site_id, human, &is)
-                    || allowed
-                        .as_ref()
-                        .is_some_and(|a| a.get(id as usize) != Some(&true))
-                {
-                    continue;
-                }
-                let Some(vals) = p.values_of(id) else {
+                let Some(v) = row_of(id) else {
                     continue;
                 };
-                let value = |d: Option<(usize, &Names)>| match d {
-                    Some((d, _)) => vals.get(d).copied(),
-                    None => Some(0),
-                };
-                let (Some(a), Some(b)) = (value(first), value(second)) else {
-                    continue;
-                };
-                let v = (a, b);
                 let n = views.entry(v).or_default();
                 if counts {
-                    *n += u64::from(c.views);
+                    n.0 += u64::from(c.views);
                 }
                 unions.entry(v).or_default().add(visitors_of(c));
             }
         }
         views
             .into_iter()
-            .map(|(v, n)| {
+            .filter(|(v, (n, visits))| *n > 0 || !visits.is_zero() || unions.contains_key(v))
+            .map(|(v, (n, visits))| {
                 let (visitors, sketched) = unions.get(&v).map_or((0, false), |u| u.count());
                 let mut key = first.map_or("", |(_, names)| names.name(v.0)).to_string();
                 if let Some((_, names)) = second {
@@ -395,6 +442,7 @@ impl Aggregates {
                     views: n,
                     visitors,
                     sketched,
+                    visits,
                 }
             })
             .collect()

@@ -43,7 +43,7 @@ pub use cells::{Bucket, NameCounts, PageCell, SiteCell, UrlCell};
 use hll::{Uniques, Visitors};
 use sealed::SealedFile;
 use topn::Ranked;
-use visits::{Delta, VisitCounts, VisitSettings, Visits};
+use visits::{Delta, IdKind, VisitCounts, VisitSettings, Visits};
 
 /// Minute buckets of url and profile visitors one tick folds into their hours at most
 /// ([`Aggregates::fold_visitors`]).
@@ -234,6 +234,8 @@ pub struct Inc {
     pub engaged: u32,
     site: (u32, u32),
     key: (u32, u32),
+    /// A visitor's pageview that counts for visits: its profile key (see `route::increments`).
+    profile: (u32, u32),
     pub vid: u64,
     /// Whether the hit counts for visits (a visitor's pageview or heartbeat not received
     /// later than `agg.visit_late_allowance`; see `agg::visits`), and its event time.
@@ -259,6 +261,7 @@ impl Inc {
             engaged,
             site: (0, 0),
             key: (0, 0),
+            profile: (0, 0),
             vid: vid.unwrap_or(0),
             visit: false,
             ts_ms: minute.saturating_mul(60_000),
@@ -317,9 +320,16 @@ impl Batch {
     }
 
     /// Adds one increment made elsewhere, with its strings.
-    pub fn push_inc(&mut self, mut inc: Inc, site: &str, key: &str) {
+    pub fn push_inc(&mut self, inc: Inc, site: &str, key: &str) {
+        self.push_inc_with(inc, site, key, "");
+    }
+
+    /// Adds one increment made elsewhere, with its strings and its profile key (of a
+    /// visitor's pageview; see `route::increments`).
+    pub fn push_inc_with(&mut self, mut inc: Inc, site: &str, key: &str, profile: &str) {
         inc.site = self.span(site);
         inc.key = self.span(key);
+        inc.profile = self.span(profile);
         self.incs.push(inc);
     }
 
@@ -337,9 +347,9 @@ impl Batch {
             .unwrap_or_default()
     }
 
-    /// The site and key of `inc`.
-    pub fn strs(&self, inc: &Inc) -> (&str, &str) {
-        (self.str(inc.site), self.str(inc.key))
+    /// The site, key and profile key of `inc`.
+    pub fn strs(&self, inc: &Inc) -> (&str, &str, &str) {
+        (self.str(inc.site), self.str(inc.key), self.str(inc.profile))
     }
 }
 
@@ -689,6 +699,7 @@ fn visit_delta(b: &mut Bucket, s: u32, d: &Delta) {
             .entry(u)
             .or_default()
             .add(&PageCell { entries: 0, exits }),
+        Delta::Profile(p, c) => b.profile_visits.entry(p).or_default().add(&c),
     }
 }
 
@@ -738,18 +749,32 @@ pub fn profile_line(name: &str, c: &UrlCell) -> String {
     )
 }
 
+/// What visits entering on a profile add, as one line of text (what `pixeld check
+/// --aggregates` compares).
+pub fn profile_visits_line(name: &str, c: &VisitCounts) -> String {
+    format!(
+        "profile {:?}: visits {} bounces {} visit views {} duration {} ms",
+        name.replace(crate::parse::event::dims::SEP, " | "),
+        c.visits,
+        c.bounces,
+        c.views,
+        c.duration_ms
+    )
+}
+
 /// A page cell as one line of text (what `pixeld check --aggregates` compares).
 pub fn page_line(url: &str, c: &PageCell) -> String {
     format!("page {url:?}: entries {} exits {}", c.entries, c.exits)
 }
 
-/// A bucket's site cells by site name, its all-sites cell, its page cells by url and its
-/// profile cells by profile name.
+/// A bucket's site cells by site name, its all-sites cell, its page cells by url, its
+/// profile cells by profile name and its profile visit cells by profile name.
 pub type SiteCells = (
     Vec<(String, SiteCell)>,
     SiteCell,
     Vec<(String, PageCell)>,
     Vec<(String, UrlCell)>,
+    Vec<(String, VisitCounts)>,
 );
 
 /// One shard's aggregates.
@@ -929,13 +954,13 @@ impl Aggregates {
     /// Applies every increment of a batch.
     pub fn apply_batch(&mut self, batch: &Batch, now_min: i64) {
         for inc in &batch.incs {
-            let (site, key) = batch.strs(inc);
-            self.apply(inc, site, key, now_min);
+            let (site, key, profile) = batch.strs(inc);
+            self.apply(inc, site, key, profile, now_min);
         }
     }
 
-    /// Applies one increment.
-    pub fn apply(&mut self, inc: &Inc, site: &str, key: &str, now_min: i64) {
+    /// Applies one increment (`profile`: see `route::increments`).
+    pub fn apply(&mut self, inc: &Inc, site: &str, key: &str, profile: &str, now_min: i64) {
         if let Some(r) = self.recording.as_deref_mut() {
             r.apply_counts(inc, site, key, now_min, &[], None);
         }
@@ -950,24 +975,31 @@ impl Aggregates {
         } else {
             visits::NO_URL
         };
+        // Its profile: the dimensions of the visit it may enter.
+        let profile = if url != visits::NO_URL && !profile.is_empty() {
+            self.profiles.intern_again(s, site, profile)
+        } else {
+            visits::NO_PROFILE
+        };
         let visits = if inc.repair {
             &mut self.repair_visits
         } else {
             &mut self.visits
         };
-        let urls = &self.urls;
-        let by_name = |a: u32, b: u32| urls.name(a).cmp(urls.name(b));
-        let mut changes: smallvec::SmallVec<[(i64, Delta); 6]> = Default::default();
-        visits.observe(
-            s,
-            inc.vid,
-            inc.ts_ms,
-            inc.pageview,
-            inc.engaged,
+        let (urls, profiles) = (&self.urls, &self.profiles.names);
+        let order = visits::Order {
+            urls: &|a: u32, b: u32| urls.name(a).cmp(urls.name(b)),
+            profiles: &|a: u32, b: u32| profiles.name(a).cmp(profiles.name(b)),
+        };
+        let seen = visits::Seen {
+            t_ms: inc.ts_ms,
+            pageview: inc.pageview,
+            engaged: inc.engaged,
             url,
-            &by_name,
-            |m, d| changes.push((m, d)),
-        );
+            profile,
+        };
+        let mut changes: smallvec::SmallVec<[(i64, Delta); 6]> = Default::default();
+        visits.observe(s, inc.vid, &seen, &order, |m, d| changes.push((m, d)));
         // The changes of the event's own minute (the usual case) ride along with its counts,
         // in the same pass over its buckets; the others get one pass per minute.
         changes.sort_unstable_by_key(|c| (c.0 != inc.minute, c.0));
@@ -993,6 +1025,7 @@ impl Aggregates {
                 };
                 let page = match *d {
                     Delta::Entry(u, _) | Delta::Exit(u, _) => self.urls.name(u),
+                    Delta::Profile(p, _) => self.profiles.split(p).1,
                     Delta::Counts(_) => "",
                 };
                 r.apply_visit_change(&at, site, d, page, now_min);
@@ -1020,16 +1053,22 @@ impl Aggregates {
     /// re-partition, or a recomputation), translating its site and url ids into this one's.
     pub fn take_visits(&mut self, from: &Aggregates) {
         let (sites, urls, url_site) = (&mut self.sites, &mut self.urls, &mut self.url_site);
-        self.visits.take_from(&from.visits, |is_url, id| {
-            if !is_url {
-                return sites.intern(from.sites.name(id)).0;
+        let profiles = &mut self.profiles;
+        self.visits.take_from(&from.visits, |kind, id| match kind {
+            IdKind::Site => sites.intern(from.sites.name(id)).0,
+            IdKind::Url => {
+                let (u, new) = urls.intern(from.urls.name(id));
+                if new {
+                    let s = from.url_site.get(id as usize).copied().unwrap_or(0);
+                    url_site.push(sites.intern(from.sites.name(s)).0);
+                }
+                u
             }
-            let (u, new) = urls.intern(from.urls.name(id));
-            if new {
-                let s = from.url_site.get(id as usize).copied().unwrap_or(0);
-                url_site.push(sites.intern(from.sites.name(s)).0);
+            IdKind::Profile => {
+                let (site, key) = from.profiles.split(id);
+                let s = sites.intern(site).0;
+                profiles.intern(s, site, key)
             }
-            u
         });
     }
 
@@ -1048,13 +1087,15 @@ impl Aggregates {
     }
 
     /// Adds a change made by another state (the live one, to a recording) of what visits
-    /// starting in `at.minute` add: its page, when it has one, named `page` there.
+    /// starting in `at.minute` add: its page or profile, when it has one, named `page` there
+    /// (a profile by its key).
     fn apply_visit_change(&mut self, at: &Inc, site: &str, d: &Delta, page: &str, now_min: i64) {
         let (s, _) = self.sites.intern(site);
         let d = match *d {
             Delta::Counts(_) => *d,
             Delta::Entry(_, n) => Delta::Entry(self.intern_url(page, site), n),
             Delta::Exit(_, n) => Delta::Exit(self.intern_url(page, site), n),
+            Delta::Profile(_, c) => Delta::Profile(self.profiles.intern(s, site, page), c),
         };
         self.each_bucket(at, now_min, |b, _| visit_delta(b, s, &d));
     }
@@ -1320,6 +1361,12 @@ impl Aggregates {
             b.url_channels
                 .insert(cells::url_channel_key(nid, channel), v);
         }
+        for (&id, c) in &o.profile_visits {
+            let (site, key) = other.profiles.split(id);
+            let (s, _) = self.sites.intern(site);
+            let nid = self.profiles.intern(s, site, key);
+            b.profile_visits.entry(nid).or_default().add(c);
+        }
         b
     }
 
@@ -1445,6 +1492,9 @@ impl Aggregates {
         for (id, c) in &b.profiles {
             out.push(profile_line(self.profiles.names.name(*id), c));
         }
+        for (id, c) in b.profile_visits.iter().filter(|(_, c)| !c.is_zero()) {
+            out.push(profile_visits_line(self.profiles.names.name(*id), c));
+        }
         out.sort_unstable();
         out
     }
@@ -1478,7 +1528,12 @@ impl Aggregates {
             .iter()
             .map(|(id, c)| (self.profiles.names.name(*id).to_string(), c.clone()))
             .collect();
-        (sites, b.all, pages, profiles)
+        let profile_visits = b
+            .profile_visits
+            .iter()
+            .map(|(id, c)| (self.profiles.names.name(*id).to_string(), *c))
+            .collect();
+        (sites, b.all, pages, profiles, profile_visits)
     }
 
     fn key_lines(&self, b: &Bucket) -> Vec<String> {
@@ -1957,7 +2012,8 @@ impl Aggregates {
                 + b.refs.len()
                 + b.sites.len()
                 + b.profiles.len()
-                + b.url_channels.len()) as u64;
+                + b.url_channels.len()
+                + b.profile_visits.len()) as u64;
             m.bytes += (b.profiles.capacity() * (size_of::<(u32, UrlCell)>() + 1)
                 + b.profiles
                     .values()
@@ -1970,6 +2026,7 @@ impl Aggregates {
             m.bytes += (url_bytes
                 + b.refs.capacity() * (size_of::<(u64, u32)>() + 1)
                 + b.url_channels.capacity() * (size_of::<(u64, u32)>() + 1)
+                + b.profile_visits.capacity() * (size_of::<(u32, VisitCounts)>() + 1)
                 + b.sites.capacity() * (size_of::<(u32, SiteCell)>() + 1)
                 + b.sites.values().map(|c| c.uniques.size_of()).sum::<usize>()
                 + b.all.uniques.size_of()

@@ -15,11 +15,11 @@
 //! the checkpoint's own bytes ([`crate::agg::cells`]): url and referrer cells are fixed-size
 //! records sorted by id, read and binary-searched in place; site cells are decoded when read.
 //!
-//! # Sealed bucket file, format version 5 (all integers little-endian; versions 1 to 4 are still read)
+//! # Sealed bucket file, format version 6 (all integers little-endian; versions 1 to 5 are still read)
 //! | at      | size     | field       | meaning                                                  |
 //! |---------|----------|-------------|----------------------------------------------------------|
 //! |  0      | 8        | magic       | `PXAGGSB1`                                               |
-//! |  8      | 2        | version     | 5 (4: no url × channel cells; 3: no profile cells either; 2: url cells without visitors either; 1: site cells without visit counts either) |
+//! |  8      | 2        | version     | 6 (5: no profile visits; 4: no url × channel cells either; 3: no profile cells either; 2: url cells without visitors either; 1: site cells without visit counts either) |
 //! | 10      | 1        | tier        | 1 = hour, 2 = day                                        |
 //! | 11      | 1        | reserved    | 0                                                        |
 //! | 12      | 4        | shards      | shard count of the run that wrote it                     |
@@ -31,7 +31,7 @@
 //! | 48      | body_len | cells       | the bucket's cells, as in a checkpoint (`store/format.rs`, "Cells of a bucket") |
 //! | end − 4 | 4        | crc32c      | CRC-32C of every byte before it                          |
 //!
-//! The checked-in samples `tests/data/sample-v5.agb` (and the older `sample-v4.agb` …
+//! The checked-in samples `tests/data/sample-v6.agb` (and the older `sample-v5.agb` …
 //! `sample-v1.agb`) are decoded by tests.
 
 use std::path::{Path, PathBuf};
@@ -39,12 +39,13 @@ use std::path::{Path, PathBuf};
 use super::cells::{get_cells, get_site_cell, put_cells, put_u32, put_u64};
 use super::cells::{get_url_blob, get_visitors, skip_site_counts, skip_uniques, URL_RECORD};
 use super::cells::{Bucket, Cursor, FormatError, NameCounts, PageCell, SiteCell, UrlCell};
+use super::cells::{VisitCounts, PROFILE_VISITS_RECORD};
 use super::Res;
 
 /// The eight bytes every sealed bucket file starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGSB1";
 /// The version this build writes and reads.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 const HEADER_LEN: usize = 48;
 
 /// What a sealed file says about itself.
@@ -153,6 +154,11 @@ struct Index {
     has_url_channels: bool,
     url_channels_at: usize,
     url_channels: usize,
+    /// Whether it has profile visit cells (version 6), and where: 36-byte records sorted by
+    /// profile id.
+    has_profile_visits: bool,
+    profile_visits_at: usize,
+    profile_visits: usize,
 }
 
 /// Checks a sealed file's bytes (magic, version, CRC, every length and id against `names`)
@@ -179,6 +185,7 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
     c.url_visitors = version >= 3;
     c.profiles = version >= 4;
     c.url_channels = version >= 5;
+    c.profile_visits = version >= 6;
     let tier = match Res::from_code(c.u8()?) {
         Some(t @ (Res::Hour | Res::Day)) => t,
         _ => return Err(FormatError::Damaged("unknown tier")),
@@ -265,6 +272,22 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
             c.take(4)?;
         }
     }
+    let (mut profile_visits_at, mut profile_visits) = (c.at, 0);
+    if c.profile_visits {
+        profile_visits = c.count(PROFILE_VISITS_RECORD)?;
+        profile_visits_at = c.at;
+        let mut last = None;
+        for _ in 0..profile_visits {
+            let id = c.u32()?;
+            if id as usize >= names.3 || last.is_some_and(|l| l >= id) {
+                return Err(FormatError::Damaged(
+                    "a profile's visits without a name or out of order",
+                ));
+            }
+            last = Some(id);
+            c.take(PROFILE_VISITS_RECORD - 4)?;
+        }
+    }
     if c.at != data.len() {
         return Err(FormatError::Damaged("bytes after the last cell"));
     }
@@ -289,6 +312,9 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
             has_url_channels: c.url_channels,
             url_channels_at,
             url_channels,
+            has_profile_visits: c.profile_visits,
+            profile_visits_at,
+            profile_visits,
         },
     ))
 }
@@ -545,6 +571,22 @@ impl SealedFile {
         })
     }
 
+    /// Every profile's visit counts, ascending by profile id.
+    pub fn profile_visits(&self) -> impl Iterator<Item = (u32, VisitCounts)> + '_ {
+        let b = self.b();
+        (0..self.index.profile_visits).map(move |i| {
+            let at = self.index.profile_visits_at + i * PROFILE_VISITS_RECORD;
+            let n = |k: usize| le_u64(b, at + 4 + 8 * k) as i64;
+            let c = VisitCounts {
+                visits: n(0),
+                bounces: n(1),
+                views: n(2),
+                duration_ms: n(3),
+            };
+            (le_u32(b, at), c)
+        })
+    }
+
     /// Every site's pageviews (without decoding its uniques).
     pub fn site_views(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         self.index
@@ -585,6 +627,7 @@ impl SealedFile {
         c.url_visitors = self.index.urls.record == URL_RECORD;
         c.profiles = self.index.profiles.record == URL_RECORD;
         c.url_channels = self.index.has_url_channels;
+        c.profile_visits = self.index.has_profile_visits;
         get_cells(&mut c, (usize::MAX, usize::MAX, usize::MAX, usize::MAX)).unwrap_or_default()
     }
 }
@@ -593,7 +636,6 @@ impl SealedFile {
 mod tests {
     use super::*;
     use crate::agg::store::format::tests::sample_state;
-    use crate::agg::visits::VisitCounts;
 
     /// The sealed hour of [`sample_state`] that holds a sketch.
     fn sample() -> (SealedHeader, Bucket, NameCounts) {
@@ -633,7 +675,12 @@ mod tests {
             })
             .collect();
         sites.sort_unstable();
-        let mut pages: Vec<_> = b.pages.iter().collect();
+        // Page cells whose changes cancelled out are not written.
+        let mut pages: Vec<_> = b
+            .pages
+            .iter()
+            .filter(|(_, c)| **c != PageCell::default())
+            .collect();
         pages.sort_unstable_by_key(|x| *x.0);
         let mut profiles: Vec<_> = b
             .profiles
@@ -643,8 +690,16 @@ mod tests {
         profiles.sort_unstable();
         let mut url_channels: Vec<_> = b.url_channels.iter().collect();
         url_channels.sort_unstable();
+        let mut profile_visits: Vec<_> = b
+            .profile_visits
+            .iter()
+            .filter(|(_, c)| !c.is_zero())
+            .map(|(k, v)| (*k, v.visits, v.bounces, v.views, v.duration_ms))
+            .collect();
+        profile_visits.sort_unstable();
         format!(
-            "{urls:?} {refs:?} {sites:?} {} {:?} {:?} {pages:?} {profiles:?} {url_channels:?}",
+            "{urls:?} {refs:?} {sites:?} {} {:?} {:?} {pages:?} {profiles:?} {url_channels:?} \
+             {profile_visits:?}",
             b.all.hits,
             b.all.visits,
             b.all.uniques.canonical()
@@ -749,9 +804,39 @@ mod tests {
         }
     }
 
-    /// The checked-in sample of version 5 (tests/data/sample-v5.agb) decodes to the bucket it
-    /// was written from, url × channel cells included; regenerate with
-    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v5`.
+    /// The checked-in sample of version 6 (tests/data/sample-v6.agb) decodes to the bucket it
+    /// was written from, visits by entry profile included; regenerate with
+    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v6`.
+    #[test]
+    fn sealed_sample_v6_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v6.agb");
+        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
+        let now = 29_000_000;
+        let a = crate::agg::store::format::tests::sample_state_v7(now);
+        // The hour of the sample's visits by profile.
+        let hour = (now - 30).div_euclid(60);
+        let b = a.materialize(Res::Hour, hour);
+        assert_eq!(b.profile_visits.len(), 2, "entered from search, and directly");
+        let h = sample_header(hour);
+        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
+            std::fs::write(&path, encode(&h, &b)).unwrap();
+        }
+        let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
+        assert_eq!(lines(&f.to_bucket()), lines(&b));
+        let got: Vec<(u32, VisitCounts)> = f.profile_visits().collect();
+        let mut want: Vec<(u32, VisitCounts)> =
+            b.profile_visits.iter().map(|(&k, &v)| (k, v)).collect();
+        want.sort_unstable_by_key(|(k, _)| *k);
+        assert_eq!(got, want);
+        assert_eq!(got.iter().map(|(_, v)| v.visits).sum::<i64>(), 3);
+        // A file naming a profile the chain does not (search's, id 1): refused.
+        let (s, u, r, _) = a.name_counts();
+        assert!(SealedFile::open(&path, h.tier, h.number, 1, (s, u, r, 1)).is_err());
+    }
+
+    /// The checked-in sample of version 5 (tests/data/sample-v5.agb, written by an earlier
+    /// build) decodes to the bucket it was written from, url × channel cells included.
     #[test]
     fn sealed_sample_v5_decodes() {
         let path =
@@ -767,10 +852,8 @@ mod tests {
             "news from search and direct, sport from social"
         );
         let h = sample_header(hour);
-        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
-            std::fs::write(&path, encode(&h, &b)).unwrap();
-        }
         let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
+        assert!(f.profile_visits().next().is_none(), "version 5 had none");
         assert_eq!(lines(&f.to_bucket()), lines(&b));
         let got: Vec<(u64, u32)> = f.url_channels().collect();
         let mut want: Vec<(u64, u32)> = b.url_channels.iter().map(|(&k, &v)| (k, v)).collect();

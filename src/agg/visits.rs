@@ -22,7 +22,14 @@
 //! before `last + gap + allowance`, and [`Visits::sweep`] forgets the visits past that point
 //! of the owner's receive clock (the lowest clock any source may still send below; see
 //! `route`). That bounds the state to the visitors active in the last gap + allowance
-//! (65 bytes per table slot, `pixeld_agg_visitors`, `pixeld_agg_visitor_bytes`).
+//! (73 bytes per table slot, `pixeld_agg_visitors`, `pixeld_agg_visitor_bytes`).
+//!
+//! A visit's **dimensions** are those of its entry pageview: its profile (`agg::dims`, a
+//! site and a value of every pageview dimension, interned on this same owner) is kept with
+//! the entry page, and what the visit adds goes to that profile's cell as well
+//! ([`Delta::Profile`]), so visits, bounces and durations break down by channel, device,
+//! country or any dimension and add up to the site's. A visit of heartbeats alone has no
+//! entry pageview, hence no entry page and no profile: it counts in the site's cell only.
 
 use hashbrown::HashMap;
 use smallvec::SmallVec;
@@ -53,6 +60,27 @@ impl Default for VisitSettings {
 
 /// No url: a visit without a pageview has no entry or exit page.
 pub const NO_URL: u32 = u32::MAX;
+/// No profile: a visit without a pageview has no entry profile either.
+pub const NO_PROFILE: u32 = u32::MAX;
+
+/// One event of a visitor, as visits see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// Event time, ms since the epoch.
+    pub t_ms: i64,
+    pub pageview: bool,
+    pub engaged: u32,
+    /// A pageview's url id and profile id (ignored for a heartbeat).
+    pub url: u32,
+    pub profile: u32,
+}
+
+/// How two pageviews of the same millisecond are ordered, so that arrival order never
+/// matters: by url name, then (for entries) by profile name.
+pub struct Order<'a> {
+    pub urls: &'a dyn Fn(u32, u32) -> std::cmp::Ordering,
+    pub profiles: &'a dyn Fn(u32, u32) -> std::cmp::Ordering,
+}
 
 /// One visit of one visitor on one site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +94,9 @@ pub struct Visit {
     /// long after `first_ms` it was viewed (ms, saturating).
     pub entry_url: u32,
     pub entry_after: u32,
+    /// The profile of that first pageview ([`NO_PROFILE`] without one): the visit's
+    /// dimensions.
+    pub entry_profile: u32,
     /// The exit page (its last pageview's url id) and how long before `last_ms`.
     pub exit_url: u32,
     pub exit_before: u32,
@@ -80,18 +111,26 @@ pub enum Delta {
     Entry(u32, i32),
     /// To the exits of a url.
     Exit(u32, i32),
+    /// To the visit counts of a profile (the entry pageview's; an id of the caller's
+    /// profiles).
+    Profile(u32, VisitCounts),
 }
 
 impl Visit {
-    fn new(t_ms: i64, pageview: bool, engaged: u32, url: u32) -> Visit {
-        let url = if pageview { url } else { NO_URL };
+    fn new(e: &Seen) -> Visit {
+        let (url, profile) = if e.pageview {
+            (e.url, e.profile)
+        } else {
+            (NO_URL, NO_PROFILE)
+        };
         Visit {
-            first_ms: t_ms,
-            last_ms: t_ms,
-            pageviews: u32::from(pageview),
-            engaged,
+            first_ms: e.t_ms,
+            last_ms: e.t_ms,
+            pageviews: u32::from(e.pageview),
+            engaged: e.engaged,
             entry_url: url,
             entry_after: 0,
+            entry_profile: profile,
             exit_url: url,
             exit_before: 0,
         }
@@ -123,20 +162,28 @@ impl Visit {
     }
 
     /// Makes it the visit of its events and `o`'s. Entry and exit pages are the earliest and
-    /// latest pageviews; `cmp` orders two url ids by name, for pageviews of the same
-    /// millisecond (the smaller name enters, the greater exits), so that arrival order
-    /// never matters.
-    fn absorb(&mut self, o: &Visit, cmp: &dyn Fn(u32, u32) -> std::cmp::Ordering) {
+    /// latest pageviews; `order` orders pageviews of the same millisecond (the smaller url
+    /// enters, then the smaller profile; the greater url exits), so that arrival order never
+    /// matters.
+    fn absorb(&mut self, o: &Visit, order: &Order<'_>) {
         use std::cmp::Ordering::{Greater, Less};
-        let mut entry = (self.entry_url, self.entry_ms());
+        let mut entry = (self.entry_url, self.entry_ms(), self.entry_profile);
         let mut exit = (self.exit_url, self.exit_ms());
         if o.entry_url != NO_URL {
-            let e = (o.entry_url, o.entry_ms());
-            if entry.0 == NO_URL || e.1.cmp(&entry.1).then_with(|| cmp(e.0, entry.0)) == Less {
+            let e = (o.entry_url, o.entry_ms(), o.entry_profile);
+            if entry.0 == NO_URL
+                || e.1
+                    .cmp(&entry.1)
+                    .then_with(|| (order.urls)(e.0, entry.0))
+                    .then_with(|| (order.profiles)(e.2, entry.2))
+                    == Less
+            {
                 entry = e;
             }
             let x = (o.exit_url, o.exit_ms());
-            if exit.0 == NO_URL || x.1.cmp(&exit.1).then_with(|| cmp(x.0, exit.0)) == Greater {
+            if exit.0 == NO_URL
+                || x.1.cmp(&exit.1).then_with(|| (order.urls)(x.0, exit.0)) == Greater
+            {
                 exit = x;
             }
         }
@@ -146,6 +193,7 @@ impl Visit {
         self.engaged = self.engaged.saturating_add(o.engaged);
         let span = |d: i64| u32::try_from(d).unwrap_or(u32::MAX);
         self.entry_url = entry.0;
+        self.entry_profile = entry.2;
         self.exit_url = exit.0;
         if entry.0 == NO_URL {
             self.entry_after = 0;
@@ -155,6 +203,21 @@ impl Visit {
             self.exit_before = span(self.last_ms - exit.1);
         }
     }
+}
+
+/// What an id a visit holds names (see [`Visits::take_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    Site,
+    Url,
+    Profile,
+}
+
+/// `c` with every count's sign turned.
+fn negated(c: &VisitCounts) -> VisitCounts {
+    let mut n = VisitCounts::default();
+    n.sub(c);
+    n
 }
 
 /// One visitor's recent visits on one site: sorted by time, each more than the gap apart.
@@ -167,8 +230,8 @@ pub struct Visits {
     table: HashMap<(u32, u64), Runs>,
 }
 
-/// Bytes one slot of the table costs (key, one inline visit, control byte): 65, for the
-/// gauge (a table is 44–87 % full, so a visitor costs 75–150 bytes).
+/// Bytes one slot of the table costs (key, one inline visit, control byte): 73, for the
+/// gauge (a table is 44–87 % full, so a visitor costs 85–165 bytes).
 const VISITOR_BYTES: usize = std::mem::size_of::<((u32, u64), Runs)>() + 1;
 
 impl Visits {
@@ -199,26 +262,22 @@ impl Visits {
         (self.table.capacity() * VISITOR_BYTES + spilled) as u64
     }
 
-    /// Counts one event of visitor `vid` on site `site` at event time `t_ms` (eligible: see
-    /// the module doc; `url`: the page's url id for a pageview) and calls
-    /// `change(minute, delta)` for each change of what visits add to the cells (a join
-    /// retracts two visits and adds one; changes that cancel out are left out). `cmp` orders
-    /// url ids by name (see [`Visit`]).
-    #[allow(clippy::too_many_arguments)]
+    /// Counts one event `e` of visitor `vid` on site `site` (eligible: see the module doc)
+    /// and calls `change(minute, delta)` for each change of what visits add to the cells (a
+    /// join retracts two visits and adds one; changes that cancel out are left out). `order`
+    /// orders url and profile ids by name (see [`Visit`]).
     pub fn observe(
         &mut self,
         site: u32,
         vid: u64,
-        t_ms: i64,
-        pageview: bool,
-        engaged: u32,
-        url: u32,
-        cmp: &dyn Fn(u32, u32) -> std::cmp::Ordering,
+        e: &Seen,
+        order: &Order<'_>,
         mut change: impl FnMut(i64, Delta),
     ) {
         let s = self.settings;
         let gap = s.gap_ms;
-        let ev = Visit::new(t_ms, pageview, engaged, url);
+        let t_ms = e.t_ms;
+        let ev = Visit::new(e);
         let runs = self.table.entry((site, vid)).or_default();
         // The first visit that ends within the gap before `t` or later.
         let i = runs.partition_point(|v| v.last_ms.saturating_add(gap) < t_ms);
@@ -230,7 +289,7 @@ impl Visits {
             .filter(|v| first.is_some() && touches(v));
         let mut new = ev;
         for v in first.iter().chain(&second) {
-            new.absorb(v, cmp);
+            new.absorb(v, order);
         }
         if second.is_some() {
             runs.remove(i + 1);
@@ -243,10 +302,21 @@ impl Visits {
             if a.minute() == new.minute() {
                 // The usual case, one visit extended within its minute: the differences.
                 let m = new.minute();
-                let mut c = new.counts(&s);
-                c.sub(&a.counts(&s));
+                let (was, now) = (a.counts(&s), new.counts(&s));
+                let mut c = now;
+                c.sub(&was);
                 if !c.is_zero() {
                     change(m, Delta::Counts(c));
+                }
+                if a.entry_profile == new.entry_profile {
+                    if new.entry_profile != NO_PROFILE && !c.is_zero() {
+                        change(m, Delta::Profile(new.entry_profile, c));
+                    }
+                } else {
+                    if a.entry_profile != NO_PROFILE {
+                        change(m, Delta::Profile(a.entry_profile, negated(&was)));
+                    }
+                    change(m, Delta::Profile(new.entry_profile, now));
                 }
                 if a.entry_url != new.entry_url {
                     if a.entry_url != NO_URL {
@@ -263,20 +333,22 @@ impl Visits {
                 return;
             }
         }
-        // Retract the old contributions and add the new, netted per minute and page.
-        let mut counts: SmallVec<[(i64, VisitCounts); 3]> = SmallVec::new();
+        // Retract the old contributions and add the new, netted per minute, profile and page.
+        let mut counts: SmallVec<[(i64, u32, VisitCounts); 6]> = SmallVec::new();
         let mut pages: SmallVec<[(i64, bool, u32, i32); 6]> = SmallVec::new();
         let mut add = |v: &Visit, sign: i32| {
             let m = v.minute();
             let mut c = v.counts(&s);
             if sign < 0 {
-                let mut neg = VisitCounts::default();
-                neg.sub(&c);
-                c = neg;
+                c = negated(&c);
             }
-            match counts.iter_mut().find(|(x, _)| *x == m) {
-                Some((_, t)) => t.add(&c),
-                None => counts.push((m, c)),
+            // The site's cell (NO_PROFILE), and the entry profile's.
+            let with_profile = usize::from(v.entry_profile != NO_PROFILE);
+            for p in [NO_PROFILE, v.entry_profile].into_iter().take(1 + with_profile) {
+                match counts.iter_mut().find(|(x, q, _)| *x == m && *q == p) {
+                    Some((_, _, t)) => t.add(&c),
+                    None => counts.push((m, p, c)),
+                }
             }
             if v.entry_url != NO_URL {
                 for (exit, url) in [(false, v.entry_url), (true, v.exit_url)] {
@@ -294,9 +366,16 @@ impl Visits {
             add(v, -1);
         }
         add(&new, 1);
-        for (m, c) in counts {
+        for (m, p, c) in counts {
             if !c.is_zero() {
-                change(m, Delta::Counts(c));
+                change(
+                    m,
+                    if p == NO_PROFILE {
+                        Delta::Counts(c)
+                    } else {
+                        Delta::Profile(p, c)
+                    },
+                );
             }
         }
         for (m, exit, url, d) in pages {
@@ -330,18 +409,20 @@ impl Visits {
     }
 
     /// Takes every visitor of `other` (another owner's, before a re-partition), its ids
-    /// translated by `map(is_url, id)` (site ids, and url ids when `is_url`). Visitors of two
-    /// owners never collide: each had its own.
-    pub fn take_from(&mut self, other: &Visits, mut map: impl FnMut(bool, u32) -> u32) {
+    /// translated by `map(kind, id)`. Visitors of two owners never collide: each had its own.
+    pub fn take_from(&mut self, other: &Visits, mut map: impl FnMut(IdKind, u32) -> u32) {
         for (&(s, vid), runs) in &other.table {
             let mut runs = runs.clone();
             for v in &mut runs {
                 if v.entry_url != NO_URL {
-                    v.entry_url = map(true, v.entry_url);
-                    v.exit_url = map(true, v.exit_url);
+                    v.entry_url = map(IdKind::Url, v.entry_url);
+                    v.exit_url = map(IdKind::Url, v.exit_url);
+                }
+                if v.entry_profile != NO_PROFILE {
+                    v.entry_profile = map(IdKind::Profile, v.entry_profile);
                 }
             }
-            self.table.insert((map(false, s), vid), runs);
+            self.table.insert((map(IdKind::Site, s), vid), runs);
         }
     }
 
@@ -368,6 +449,7 @@ impl Visits {
                 put_u32(out, v.engaged);
                 put_u32(out, v.entry_url);
                 put_u32(out, v.entry_after);
+                put_u32(out, v.entry_profile);
                 put_u32(out, v.exit_url);
                 put_u32(out, v.exit_before);
             }
@@ -375,13 +457,15 @@ impl Visits {
     }
 
     /// Reads a table written by [`Visits::put`] in place of this one, refusing site ids at or
-    /// above `sites`, url ids at or above `urls`, and visits out of order.
+    /// above `sites`, url and profile ids at or above `urls` and `profiles`, and visits out of
+    /// order. Before checkpoint version 7 (`c.profile_visits` false) a visit has no entry
+    /// profile: it goes on counting in its site's cell alone.
     pub fn get(
         &mut self,
         c: &mut Cursor<'_>,
-        sites: usize,
-        urls: usize,
+        (sites, urls, profiles): (usize, usize, usize),
     ) -> Result<(), FormatError> {
+        let with_profile = c.profile_visits;
         let n = c.count(16)?;
         let mut table = HashMap::with_capacity(n);
         for _ in 0..n {
@@ -390,7 +474,7 @@ impl Visits {
                 return Err(FormatError::Damaged("a visitor's site id without a name"));
             }
             let vid = c.u64()?;
-            let k = c.count(40)?;
+            let k = c.count(if with_profile { 44 } else { 40 })?;
             let mut runs = Runs::with_capacity(k);
             for _ in 0..k {
                 let v = Visit {
@@ -400,12 +484,18 @@ impl Visits {
                     engaged: c.u32()?,
                     entry_url: c.u32()?,
                     entry_after: c.u32()?,
+                    entry_profile: if with_profile { c.u32()? } else { NO_PROFILE },
                     exit_url: c.u32()?,
                     exit_before: c.u32()?,
                 };
                 let url_ok = |u: u32| u == NO_URL || (u as usize) < urls;
                 if !url_ok(v.entry_url) || !url_ok(v.exit_url) {
                     return Err(FormatError::Damaged("a visit's page without a name"));
+                }
+                if v.entry_profile != NO_PROFILE
+                    && (v.entry_profile as usize >= profiles || v.entry_url == NO_URL)
+                {
+                    return Err(FormatError::Damaged("a visit's profile without a name"));
                 }
                 let ordered = runs.last().is_none_or(|p: &Visit| {
                     p.last_ms.saturating_add(self.settings.gap_ms) < v.first_ms
@@ -440,15 +530,26 @@ mod tests {
         }
     }
 
-    /// (site, vid, t_ms, pageview, engaged, url)
+    /// (site, vid, t_ms, pageview, engaged, url); a pageview's profile is `url % 3 + 10 *
+    /// (t_ms % 2)` (two pageviews of one url may differ in profile, as in referrer).
     type Ev = (u32, u64, i64, bool, u32, u32);
-    /// (t_ms, pageview, engaged, url)
-    type Hit = (i64, bool, u32, u32);
+    /// (t_ms, pageview, engaged, url, profile)
+    type Hit = (i64, bool, u32, u32, u32);
 
-    /// Site cells and page cells (minute, exit?, url) → count.
+    fn profile_of(e: &Ev) -> u32 {
+        if e.3 {
+            e.5 % 3 + 10 * (e.2 % 2) as u32
+        } else {
+            NO_PROFILE
+        }
+    }
+
+    /// Site cells, profile cells (profile, minute) and page cells (minute, exit?, url) →
+    /// count.
     #[derive(Debug, Default, PartialEq, Eq, Clone)]
     struct Cells {
         sites: BTreeMap<(u32, i64), VisitCounts>,
+        profiles: BTreeMap<(u32, i64), VisitCounts>,
         pages: BTreeMap<(i64, bool, u32), i32>,
     }
 
@@ -456,6 +557,7 @@ mod tests {
         fn add(&mut self, site: u32, m: i64, d: Delta) {
             match d {
                 Delta::Counts(c) => self.sites.entry((site, m)).or_default().add(&c),
+                Delta::Profile(p, c) => self.profiles.entry((p, m)).or_default().add(&c),
                 Delta::Entry(u, n) => *self.pages.entry((m, false, u)).or_default() += n,
                 Delta::Exit(u, n) => *self.pages.entry((m, true, u)).or_default() += n,
             }
@@ -463,6 +565,7 @@ mod tests {
 
         fn tidy(mut self) -> Self {
             self.sites.retain(|_, c| !c.is_zero());
+            self.profiles.retain(|_, c| !c.is_zero());
             self.pages.retain(|_, n| *n != 0);
             self
         }
@@ -472,11 +575,21 @@ mod tests {
         a.cmp(&b)
     }
 
+    const ORDER: Order<'static> = Order {
+        urls: &by_id,
+        profiles: &by_id,
+    };
+
     fn observe(v: &mut Visits, out: &mut Cells, e: &Ev) {
-        let &(site, vid, t, pv, eng, url) = e;
-        v.observe(site, vid, t, pv, eng, url, &by_id, |m, d| {
-            out.add(site, m, d)
-        });
+        let &(site, vid, t_ms, pageview, engaged, url) = e;
+        let seen = Seen {
+            t_ms,
+            pageview,
+            engaged,
+            url,
+            profile: profile_of(e),
+        };
+        v.observe(site, vid, &seen, &ORDER, |m, d| out.add(site, m, d));
     }
 
     /// Cells built by observing `evs` in the given order.
@@ -493,8 +606,10 @@ mod tests {
     fn model(evs: &[Ev]) -> Cells {
         let s = settings();
         let mut by: BTreeMap<(u32, u64), Vec<Hit>> = BTreeMap::new();
-        for &(site, vid, t, pv, e, url) in evs {
-            by.entry((site, vid)).or_default().push((t, pv, e, url));
+        for ev in evs {
+            let &(site, vid, t, pv, e, url) = ev;
+            let hit = (t, pv, e, url, profile_of(ev));
+            by.entry((site, vid)).or_default().push(hit);
         }
         let mut out = Cells::default();
         for ((site, _), mut list) in by {
@@ -508,16 +623,24 @@ mod tests {
             }
             for r in runs {
                 let m = r[0].0.div_euclid(MIN);
-                let pvs: Vec<(i64, u32)> = r.iter().filter(|e| e.1).map(|e| (e.0, e.3)).collect();
+                let pvs: Vec<(i64, u32, u32)> =
+                    r.iter().filter(|e| e.1).map(|e| (e.0, e.3, e.4)).collect();
                 let engaged: u32 = r.iter().map(|e| e.2).sum();
-                let c = out.sites.entry((site, m)).or_default();
-                c.visits += 1;
-                c.views += pvs.len() as i64;
-                c.duration_ms += r.last().unwrap().0 - r[0].0;
-                c.bounces += i64::from(pvs.len() == 1 && engaged < s.bounce_engaged_seconds);
-                if let (Some(entry), Some(exit)) = (pvs.iter().min(), pvs.iter().max()) {
+                let c = VisitCounts {
+                    visits: 1,
+                    views: pvs.len() as i64,
+                    duration_ms: r.last().unwrap().0 - r[0].0,
+                    bounces: i64::from(pvs.len() == 1 && engaged < s.bounce_engaged_seconds),
+                };
+                out.sites.entry((site, m)).or_default().add(&c);
+                // Entry: the earliest pageview, then the smaller url, then the smaller
+                // profile; exit: the latest, then the greater url.
+                let entry = pvs.iter().min();
+                let exit = pvs.iter().map(|p| (p.0, p.1)).max();
+                if let (Some(entry), Some(exit)) = (entry, exit) {
                     *out.pages.entry((m, false, entry.1)).or_default() += 1;
                     *out.pages.entry((m, true, exit.1)).or_default() += 1;
+                    out.profiles.entry((entry.2, m)).or_default().add(&c);
                 }
             }
         }
@@ -540,6 +663,24 @@ mod tests {
         // One visit entering on page 1, leaving on page 2.
         let pages: Vec<_> = after.pages.into_iter().collect();
         assert_eq!(pages, vec![((0, false, 1), 1), ((0, true, 2), 1)]);
+        // And it counts, whole, under its entry pageview's profile alone (page 1's: 1).
+        let profiles: Vec<_> = after.profiles.into_iter().collect();
+        assert_eq!(profiles, vec![((1, 0), c)]);
+        assert_eq!(before.profiles.len(), 2, "two visits, two entry profiles");
+    }
+
+    #[test]
+    fn a_late_earlier_pageview_moves_the_visit_to_its_profile() {
+        let first = (1, 7, 10 * MIN, true, 0, 2);
+        let late = (1, 7, 5 * MIN, true, 0, 4);
+        let before = cells(&[first]);
+        assert_eq!(before.profiles.keys().collect::<Vec<_>>(), [&(2, 10)]);
+        let after = cells(&[first, late]);
+        assert_eq!(after.profiles.keys().collect::<Vec<_>>(), [&(1, 5)]);
+        assert_eq!(after.profiles[&(1, 5)].views, 2);
+        // A visit of a heartbeat alone has no profile.
+        let hb = cells(&[(1, 9, 0, false, 5, NO_URL)]);
+        assert_eq!((hb.sites.len(), hb.profiles.len()), (1, 0));
     }
 
     #[test]
@@ -563,9 +704,9 @@ mod tests {
     }
 
     #[test]
-    fn a_visitor_fits_one_table_slot_of_65_bytes() {
-        assert_eq!(std::mem::size_of::<Visit>(), 40);
-        assert_eq!(VISITOR_BYTES, 65);
+    fn a_visitor_fits_one_table_slot_of_73_bytes() {
+        assert_eq!(std::mem::size_of::<Visit>(), 48);
+        assert_eq!(VISITOR_BYTES, 73);
     }
 
     #[test]
@@ -599,12 +740,16 @@ mod tests {
         let mut bytes = Vec::new();
         v.put(&mut bytes);
         let mut back = Visits::new(settings());
-        back.get(&mut Cursor::new(&bytes, 0), 3, 6).unwrap();
+        back.get(&mut Cursor::new(&bytes, 0), (3, 6, 20)).unwrap();
         assert_eq!(back.entries(), v.entries());
-        assert!(back.get(&mut Cursor::new(&bytes, 0), 2, 6).is_err());
-        assert!(back.get(&mut Cursor::new(&bytes, 0), 3, 5).is_err());
+        assert!(back.get(&mut Cursor::new(&bytes, 0), (2, 6, 20)).is_err());
+        assert!(back.get(&mut Cursor::new(&bytes, 0), (3, 5, 20)).is_err());
+        assert!(
+            back.get(&mut Cursor::new(&bytes, 0), (3, 6, 2)).is_err(),
+            "profile 2 (page 5's) has no name"
+        );
         for d in crate::agg::cells::tests::damaged_copies(&bytes, 60) {
-            let _ = back.get(&mut Cursor::new(&d, 0), 3, 6);
+            let _ = back.get(&mut Cursor::new(&d, 0), (3, 6, 20));
         }
     }
 

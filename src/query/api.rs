@@ -6,9 +6,10 @@
 //!
 //! A query is validated here into a [`Plan`] naming which cells answer it, then run with the
 //! same shard operations as the `GET` endpoints ([`Op`]): pageview dimensions and their
-//! filters by the *profile* cells (`agg::dims`, pageviews and distinct visitors), totals and
+//! filters by the *profile* cells (`agg::dims`: pageviews, distinct visitors, and visits by
+//! the dimensions of their entry pageview), totals and
 //! visits by the site totals, urls, referrers, sites and entry/exit pages by their own cells.
-//! What no precomputed cell answers exactly (a visit metric by channel, a url filter beside a
+//! What no precomputed cell answers exactly (a visit metric by url, a url filter beside a
 //! device breakdown) is refused with a 400 that says so; pixeld never answers it
 //! approximately. The answer states its range, whether a sketch counted visitors, and which
 //! cells it was computed from.
@@ -22,7 +23,8 @@ use super::params::{
     STEPS,
 };
 use super::{Hub, Op, Part, QueryError};
-use crate::agg::dims::{DimFilter, Filter};
+use crate::agg::cells::VisitCounts;
+use crate::agg::dims::{DimFilter, DimRow, Filter};
 use crate::agg::{AggConfig, Dim, Totals, UrlStats};
 use crate::parse::event::dims::SEP;
 
@@ -407,7 +409,14 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 m,
                 Metric::Views | Metric::Visitors | Metric::Hits | Metric::EngagedSeconds
             ),
-            Family::Profiles => matches!(m, Metric::Views | Metric::Visitors),
+            Family::Profiles => !matches!(
+                m,
+                Metric::Hits
+                    | Metric::EngagedSeconds
+                    | Metric::Entries
+                    | Metric::Exits
+                    | Metric::AvgEngagedSeconds
+            ),
             Family::UrlChannels => *m == Metric::Views,
             Family::Totals => !matches!(
                 m,
@@ -430,7 +439,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         if !ok {
             let cells = match family {
                 Family::Scan => "a scan of the log counts views, visitors, hits and engaged_seconds (visits need their cells)",
-                Family::Profiles => "by pageview dimension (or filtered by one) the cells hold views and visitors only",
+                Family::Profiles => "by pageview dimension (or filtered by one) the cells hold views, visitors and the visit metrics (visits, bounces, bounce_rate, visit_duration, views_per_visit; a visit by its entry pageview's dimensions)",
                 Family::UrlChannels => "the url × channel cells hold views only",
                 Family::Totals => "entries, exits and avg_engaged_seconds are a url's: add the url dimension",
                 Family::Pages(Dim::Url) => "a url has views, visitors, hits, engaged_seconds, entries, exits and avg_engaged_seconds",
@@ -917,20 +926,35 @@ pub struct Rows {
     scan: Option<Value>,
 }
 
-fn totals_metric(m: Metric, t: &Totals) -> Option<f64> {
-    let v = &t.visits;
+/// A visit metric of visit counts `v` (None: not one, or a ratio without visits).
+fn visit_metric(m: Metric, v: &VisitCounts) -> Option<f64> {
     let per_visit = |x: i64, scale: f64| (v.visits > 0).then(|| x as f64 / v.visits as f64 / scale);
     match m {
-        Metric::Views => Some(t.views as f64),
-        Metric::Visitors => t.uniques.map(|u| u as f64),
-        Metric::Hits => Some(t.hits as f64),
-        Metric::EngagedSeconds => Some(t.engaged as f64),
         Metric::Visits => Some(v.visits as f64),
         Metric::Bounces => Some(v.bounces as f64),
         Metric::BounceRate => per_visit(v.bounces, 1.0),
         Metric::VisitDuration => per_visit(v.duration_ms, 1000.0),
         Metric::ViewsPerVisit => per_visit(v.views, 1.0),
-        Metric::Entries | Metric::Exits | Metric::AvgEngagedSeconds => None,
+        _ => None,
+    }
+}
+
+fn totals_metric(m: Metric, t: &Totals) -> Option<f64> {
+    match m {
+        Metric::Views => Some(t.views as f64),
+        Metric::Visitors => t.uniques.map(|u| u as f64),
+        Metric::Hits => Some(t.hits as f64),
+        Metric::EngagedSeconds => Some(t.engaged as f64),
+        _ => visit_metric(m, &t.visits),
+    }
+}
+
+/// A metric of one breakdown row of the profile cells.
+fn profile_metric(m: Metric, r: &DimRow) -> Option<f64> {
+    match m {
+        Metric::Views => Some(r.views as f64),
+        Metric::Visitors => Some(r.visitors as f64),
+        _ => visit_metric(m, &r.visits),
     }
 }
 
@@ -987,9 +1011,16 @@ impl Hub {
                     };
                     // Without other dimensions every step is a row, zeros included.
                     if list.is_empty() && profile_dims.is_empty() {
+                        let none = DimRow {
+                            key: String::new(),
+                            views: 0,
+                            visitors: 0,
+                            sketched: false,
+                            visits: VisitCounts::default(),
+                        };
                         rows.push(Row {
                             dims: plan.dims.iter().map(|_| time_of(b)).collect(),
-                            metrics: plan.metrics.iter().map(|_| Some(0.0)).collect(),
+                            metrics: plan.metrics.iter().map(|m| profile_metric(*m, &none)).collect(),
                         });
                     }
                     for r in list {
@@ -1005,11 +1036,7 @@ impl Hub {
                         let metrics = plan
                             .metrics
                             .iter()
-                            .map(|m| match m {
-                                Metric::Views => Some(r.views as f64),
-                                Metric::Visitors => Some(r.visitors as f64),
-                                _ => None,
-                            })
+                            .map(|m| profile_metric(*m, &r))
                             .collect();
                         rows.push(Row { dims, metrics });
                     }
@@ -1562,6 +1589,13 @@ mod tests {
 
         let p = plan(r#"{"metrics":["visits","bounce_rate","views"],"dimensions":["time:day"],"date_range":"30d"}"#).unwrap();
         assert_eq!(p.family, Family::Totals);
+        // Visits by a pageview dimension, or filtered by one: by their entry pageview's.
+        for q in [
+            r#"{"metrics":["visits","bounce_rate","visit_duration","views_per_visit"],"dimensions":["channel"]}"#,
+            r#"{"metrics":["visits"],"dimensions":["time:hour"],"filters":[["is","country",["DE"]]]}"#,
+        ] {
+            assert_eq!(plan(q).unwrap().family, Family::Profiles, "{q}");
+        }
         let p = plan(r#"{"metrics":["views"],"include":{"bots":true}}"#).unwrap();
         assert_eq!(
             p.family,
@@ -1603,7 +1637,7 @@ mod tests {
     fn what_no_cell_answers_is_refused_by_name() {
         for (q, param, says) in [
             (
-                r#"{"metrics":["visits"],"dimensions":["channel"]}"#,
+                r#"{"metrics":["engaged_seconds"],"dimensions":["channel"]}"#,
                 "metrics",
                 "not covered",
             ),

@@ -172,11 +172,13 @@ fn merge(op: &Op, parts: Vec<Part>) -> Part {
                     views: 0,
                     visitors: 0,
                     sketched: false,
+                    visits: Default::default(),
                     ..r.clone()
                 });
                 e.views += r.views;
                 e.visitors += r.visitors;
                 e.sketched |= r.sketched;
+                e.visits.add(&r.visits);
             }
             Part::Breakdown(sums.into_values().collect())
         }

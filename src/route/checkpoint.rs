@@ -216,7 +216,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// Every owner's increments of `lines`, in log order: (owner, inc, site, key).
-    type Incs = Vec<(usize, Inc, String, String)>;
+    type Incs = Vec<(usize, Inc, String, String, String)>;
 
     fn increments_of(lines: &[Vec<u8>], shards: usize, window: Window, recv_ns: u64) -> Vec<Incs> {
         let cfg = AggConfig::default();
@@ -239,7 +239,9 @@ mod tests {
                     ),
                     recv_ns,
                     line,
-                    |o, inc, site, key| out.push((o, inc, site.to_string(), key.to_string())),
+                    |o, inc, site, key, profile| {
+                        out.push((o, inc, site.into(), key.into(), profile.into()))
+                    },
                 );
                 out
             })
@@ -247,9 +249,9 @@ mod tests {
     }
 
     fn apply(agg: &mut Aggregates, owner: usize, incs: &[Incs], now: i64) {
-        for (o, inc, site, key) in incs.iter().flatten() {
+        for (o, inc, site, key, profile) in incs.iter().flatten() {
             if *o == owner {
-                agg.apply(inc, site, key, now);
+                agg.apply(inc, site, key, profile, now);
             }
         }
     }

@@ -138,7 +138,9 @@ impl Window {
 /// url's, the referrer domain's for a pageview, and the visitor's, each with the shard that
 /// owns it (of `shards`; a hit
 /// without a visitor id stays on `me`, the shard that appended it; a visitor's owner follows
-/// `epochs` across shard-count changes). Counts the record's
+/// `epochs` across shard-count changes), as `emit(owner, inc, site, key, profile)`: `profile`
+/// is empty but for a visitor's pageview that counts for visits, whose profile key it is
+/// (what the visit it enters breaks down by). Counts the record's
 /// outcome in `stats`. The one place that decides what a record adds to the aggregates,
 /// shared by live routing, the catch-up and `pixeld check --aggregates`.
 pub fn increments(
@@ -148,7 +150,7 @@ pub fn increments(
     (me, shards, epochs): (usize, usize, &Epochs),
     recv_ts: u64,
     msg: &[u8],
-    mut emit: impl FnMut(usize, Inc, &str, &str),
+    mut emit: impl FnMut(usize, Inc, &str, &str, &str),
 ) {
     let late_allowance_ms = window.visit_late_allowance_ms;
     let s = stats;
@@ -190,6 +192,7 @@ pub fn increments(
             Inc::new(IncKind::Profile, pv, minute, 0, vid),
             ev.site,
             ev.profile,
+            "",
         );
     }
     if ev.bot && !window.bots {
@@ -207,6 +210,7 @@ pub fn increments(
         Inc::new(IncKind::Url, pv, minute, engaged, vid).with_channel(ev.channel),
         ev.site,
         ev.url,
+        "",
     );
     if pv {
         emit(
@@ -214,11 +218,12 @@ pub fn increments(
             Inc::new(IncKind::Ref, pv, minute, 0, None),
             ev.site,
             ev.ref_domain,
+            "",
         );
     }
     // A hit without a visitor id still counts in the totals, on the shard that appended it.
     let mut inc = Inc::new(IncKind::Visitor, pv, minute, engaged, vid);
-    let mut page = "";
+    let (mut page, mut profile) = ("", "");
     if vid.is_some() && matches!(ev.action, Action::Pageview | Action::Heartbeat) {
         // Decided here, from the record alone, so that the catch-up decides the same.
         if recv_ms.saturating_sub(ts_ms) > late_allowance_ms {
@@ -226,12 +231,14 @@ pub fn increments(
         } else {
             inc = inc.with_visit(ts_ms);
             if pv {
-                // The page may be its visit's entry or exit.
+                // The page may be its visit's entry or exit, and its profile the visit's
+                // dimensions.
                 page = ev.url;
+                profile = ev.profile;
             }
         }
     }
-    emit(owner, inc, ev.site, page);
+    emit(owner, inc, ev.site, page, profile);
 }
 
 /// One shard's router: its parser, its partition of the aggregates, its outgoing batches.
@@ -393,11 +400,11 @@ impl Router {
             (self.me, self.shards, &self.epochs),
             recv_ts,
             msg,
-            |owner, inc, site, key| self.send(owner, inc, site, key, now),
+            |owner, inc, site, key, profile| self.send(owner, inc, site, key, profile, now),
         );
     }
 
-    fn send(&self, owner: usize, mut inc: Inc, site: &str, key: &str, now: i64) {
+    fn send(&self, owner: usize, mut inc: Inc, site: &str, key: &str, profile: &str, now: i64) {
         if let Some(at) = self.replay_at.get() {
             if self.floors.borrow().get(owner).is_some_and(|&f| at < f) {
                 // The owner holds it, unless its hour or day is one to recompute.
@@ -413,10 +420,10 @@ impl Router {
             }
         }
         if owner == self.me || self.senders.is_none() {
-            self.agg.borrow_mut().apply(&inc, site, key, now);
+            self.agg.borrow_mut().apply(&inc, site, key, profile, now);
             ShardStats::bump(&self.stats.agg.local_incs, 1);
         } else if let Some(b) = self.pending.borrow_mut().get_mut(owner) {
-            b.push_inc(inc, site, key);
+            b.push_inc_with(inc, site, key, profile);
         }
     }
 

@@ -67,13 +67,13 @@ pub fn recompute(
             src,
             Start::Beginning,
             upto,
-            |rec, owner, inc, site, key| {
+            |rec, owner, inc, site, key, profile| {
                 let holds = applied
                     .get(owner)
                     .and_then(|a: &Vec<u64>| a.get(src))
                     .is_some_and(|&a| rec.offset < a);
                 if let Some(e) = expected.get_mut(owner).filter(|_| holds) {
-                    e.apply(&inc, site, key, now);
+                    e.apply(&inc, site, key, profile, now);
                     if let Some(c) = clocks.get_mut(owner).and_then(|c| c.get_mut(src)) {
                         *c = (*c).max((rec.recv_ts / 1_000_000) as i64);
                     }
@@ -147,7 +147,7 @@ impl Routing<'_> {
         src: usize,
         start: Start,
         upto: u64,
-        mut f: impl FnMut(&Rec, usize, Inc, &str, &str),
+        mut f: impl FnMut(&Rec, usize, Inc, &str, &str, &str),
     ) -> Result<LogRead, crate::log::Error> {
         let log_cfg =
             crate::log::LogConfig::new(data_dir.join(crate::log::format::shard_dir_name(src)), src);
@@ -182,7 +182,7 @@ impl Routing<'_> {
                     (src, self.shards, self.epochs),
                     rec.recv_ts,
                     msg,
-                    |owner, inc, site, key| f(&r, owner, inc, site, key),
+                    |owner, inc, site, key, profile| f(&r, owner, inc, site, key, profile),
                 );
                 ControlFlow::Continue(())
             },

@@ -182,10 +182,15 @@ fn compare_sites(
             std::collections::BTreeMap::new();
         let mut profiles: std::collections::BTreeMap<String, crate::agg::UrlCell> =
             std::collections::BTreeMap::new();
+        let mut profile_visits: std::collections::BTreeMap<String, crate::agg::cells::VisitCounts> =
+            std::collections::BTreeMap::new();
         for a in states {
-            let (s, al, p, pr) = a.site_cells(res, b);
+            let (s, al, p, pr, pv) = a.site_cells(res, b);
             for (name, c) in pr {
                 profiles.entry(name).or_default().add(&c);
+            }
+            for (name, c) in pv {
+                profile_visits.entry(name).or_default().add(&c);
             }
             for (name, c) in s {
                 sites.entry(name).or_default().merge(&c);
@@ -209,6 +214,12 @@ fn compare_sites(
                 .map(|(u, c)| crate::agg::page_line(u, c)),
         );
         lines.extend(profiles.iter().map(|(n, c)| crate::agg::profile_line(n, c)));
+        lines.extend(
+            profile_visits
+                .iter()
+                .filter(|(_, c)| !c.is_zero())
+                .map(|(n, c)| crate::agg::profile_visits_line(n, c)),
+        );
         lines
     };
     let first = expected.first()?;

@@ -6,14 +6,14 @@
 //! [`Aggregates`]; nothing else reads or writes these bytes. Decoding never trusts the disk:
 //! the CRC is checked before anything else, every length is bounds-checked before it is used,
 //! and no input can make it panic (a proptest feeds it damaged files). A format change comes
-//! with a new version and a new checked-in sample (`tests/data/sample-v6.agg`; the older
-//! `sample-v5.agg` … `sample-v1.agg` are still decoded by tests).
+//! with a new version and a new checked-in sample (`tests/data/sample-v7.agg`; the older
+//! `sample-v6.agg` … `sample-v1.agg` are still decoded by tests).
 //!
-//! # Checkpoint file, format version 6 (all integers little-endian; versions 1 to 5 are still read)
+//! # Checkpoint file, format version 7 (all integers little-endian; versions 1 to 6 are still read)
 //! | at      | size    | field        | meaning                                                           |
 //! |---------|---------|--------------|-------------------------------------------------------------------|
 //! |  0      | 8       | magic        | `PXAGGCK1`                                                        |
-//! |  8      | 2       | version      | 6 (5: no url × channel cells; 4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
+//! |  8      | 2       | version      | 7 (6: no profile visits; 5: no url × channel cells either; 4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
 //! | 10      | 1       | kind         | 0 = base (the whole state), 1 = delta (what changed since `parent`) |
 //! | 11      | 1       | reserved     | 0                                                                 |
 //! | 12      | 4       | shards       | shard count of the run that wrote it                              |
@@ -37,7 +37,7 @@
 //! | 4 + n × 9        | sealed    | version 2: u32 n, then n × (u8 tier, i64 bucket number), ascending: every bucket whose closed part is a sealed file (`agg::sealed`); the newest link's list is the store's |
 //! | 4                | buckets   | number of buckets that follow                                 |
 //! | per bucket       | bucket    | u8 tier (0 = minute, 1 = hour, 2 = day), i64 bucket number (minutes, hours or days since the epoch), then its cells (for a sealed bucket: what arrived after it was sealed) |
-//! | 4 + visitors     | visitors  | version 3: the whole table of recent visits (`agg::visits`), in every link (the newest link's is the state's): u32 n, then n × (u32 site id, u64 visitor hash, u32 k, k × (i64 first event ms, i64 last event ms, u32 pageviews, u32 engaged seconds)), sorted by (site, visitor), each visitor's visits ascending and more than `agg.visit_gap` apart |
+//! | 4 + visitors     | visitors  | version 3: the whole table of recent visits (`agg::visits`), in every link (the newest link's is the state's): u32 n, then n × (u32 site id, u64 visitor hash, u32 k, k × (i64 first event ms, i64 last event ms, u32 pageviews, u32 engaged seconds, u32 entry url id, u32 ms from the first event to the entry pageview, (version 7) u32 entry profile id, u32 exit url id, u32 ms from the exit pageview to the last event; url and profile ids 0xFFFF_FFFF in a visit without a pageview)), sorted by (site, visitor), each visitor's visits ascending and more than `agg.visit_gap` apart |
 //!
 //! Cells of a bucket, each table sorted by key (so the same state always writes the same bytes):
 //! | size                 | field | meaning                                              |
@@ -50,6 +50,7 @@
 //! | 4 + n × 12           | pages | version 3: u32 n, then (u32 url id, i32 entries, i32 exits) |
 //! | as urls              | profiles | version 5: a table and blob exactly like the urls' (20-byte records: u32 profile id, u32 pageviews, u32 0, u32 0, u32 visitors at), then its blob of visitors |
 //! | 4 + n × 12           | url_channels | version 6: u32 n, then (u64 url id << 8 \| channel code, u32 pageviews); codes 1 – 7 = search, social, email, paid, internal, referral, direct (`Channel::code`) |
+//! | 4 + n × 36           | profile_visits | version 7: u32 n, then (u32 profile id, four i64 visit counts as in a site cell): what the visits starting in the bucket add, by the profile of their entry pageview |
 //!
 //! Site cell: u64 views, u64 hits, u64 engaged seconds, (version 3) four i64 visit counts —
 //! visits, bounces, pageviews of those visits, their summed duration in ms (signed: the late
@@ -67,7 +68,7 @@ use super::super::{Aggregates, Bucket, Res};
 /// The eight bytes every checkpoint starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGCK1";
 /// The checkpoint format version this build writes and reads.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Size of the fixed header before the applied offsets.
 pub const HEADER_LEN: usize = 64;
 /// Largest shard count a header may declare; more is corruption.
@@ -281,6 +282,7 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
     c.url_visitors = h.version >= 4;
     c.profiles = h.version >= 5;
     c.url_channels = h.version >= 6;
+    c.profile_visits = h.version >= 7;
     get_names(&mut c, &mut agg.sites)?;
     let new_urls = get_names(&mut c, &mut agg.urls)?;
     for _ in 0..new_urls {
@@ -324,7 +326,7 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
     }
     if h.version >= 3 {
         // Every link carries the whole table: the newest one's is the state's.
-        agg.visits.get(&mut c, names.0, names.1)?;
+        agg.visits.get(&mut c, (names.0, names.1, names.3))?;
     }
     if c.at != c.b.len() {
         return Err(FormatError::Damaged("bytes after the last bucket"));
@@ -739,6 +741,114 @@ pub(crate) mod tests {
         a
     }
 
+    /// [`sample_state_v6`] with visits by entry profile on a.example: visitor 21 enters from
+    /// search and reads two pages (not a bounce), visitor 22 enters directly and bounces,
+    /// visitor 23 first came directly, then a late pageview a minute earlier from search
+    /// moves its visit's entry (and so its profile) to search, and visitor 24 sends a
+    /// heartbeat alone (a visit of no profile).
+    pub(crate) fn sample_state_v7(now: i64) -> Aggregates {
+        let mut a = sample_state_v6(now);
+        let direct = key([
+            "direct", "(direct)", "", "", "", "desktop", "Chrome", "Windows", "human",
+        ]);
+        let search = key([
+            "search",
+            "www.google.com",
+            "",
+            "",
+            "",
+            "mobile",
+            "Safari",
+            "iOS",
+            "human",
+        ]);
+        let t0 = (now - 30) * 60_000;
+        let mut b = Batch::default();
+        for (vid, dt_s, pv, profile, page) in [
+            (21u64, 0i64, true, &search, "/in"),
+            (21, 90, true, &direct, "/next"),
+            (22, 10, true, &direct, "/in"),
+            (23, 120, true, &direct, "/in"),
+            (23, 60, true, &search, "/early"),
+            (24, 30, false, &direct, ""),
+        ] {
+            let ts = t0 + dt_s * 1000;
+            let page = if pv {
+                format!("https://a.example{page}")
+            } else {
+                String::new()
+            };
+            let profile = if pv { profile.as_str() } else { "" };
+            if pv {
+                let inc = Inc::new(IncKind::Profile, true, ts / 60_000, 0, Some(vid));
+                b.push_inc(inc, "a.example", profile);
+            }
+            let inc = Inc::new(IncKind::Visitor, pv, ts / 60_000, 0, Some(vid)).with_visit(ts);
+            b.push_inc_with(inc, "a.example", &page, profile);
+        }
+        a.apply_batch(&b, now);
+        a
+    }
+
+    /// Visits, bounces and visit pageviews by channel, over the last 400 minutes.
+    fn visits_by_channel(a: &Aggregates, now: i64) -> Vec<(String, i64, i64, i64)> {
+        let mut rows: Vec<_> = a
+            .breakdown(&[0], now - 400, now + 1, None, &Default::default())
+            .into_iter()
+            .filter(|r| !r.visits.is_zero())
+            .map(|r| (r.key, r.visits.visits, r.visits.bounces, r.visits.views))
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// The checked-in sample of version 7 (tests/data/sample-v7.agg) decodes to the state it
+    /// was written from, visits by entry profile included (and the visits in progress with
+    /// their entry profiles: a later pageview still moves a visit's entry after decoding);
+    /// regenerate with `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v7`.
+    #[test]
+    fn sample_v7_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v7.agg");
+        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
+        let now = 29_000_000;
+        let mut a = sample_state_v7(now);
+        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
+            std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
+        }
+        let (h, mut r) = read_sample("sample-v7.agg");
+        assert_eq!((h.version, h.kind), (7, Kind::Base));
+        assert_eq!(answers(&r, now), answers(&a, now));
+        assert_eq!(breakdowns(&r, now), breakdowns(&a, now));
+        let s = |k: &str| k.to_string();
+        let want = vec![(s("direct"), 1, 1, 1), (s("search"), 2, 0, 4)];
+        assert_eq!(visits_by_channel(&a, now), want);
+        assert_eq!(visits_by_channel(&r, now), want);
+        // The profiles' visits add up to the site's, but for the heartbeat's visit.
+        let t = r.totals(now - 400, now + 1, Some("a.example"));
+        assert_eq!(t.visits.visits, 1 + 4, "one from version 3's sample, four here");
+        // Visitor 21's visit, decoded, still moves: a pageview before it, directly.
+        let mut b = Batch::default();
+        let ts = (now - 30) * 60_000 - 5_000;
+        let direct = key([
+            "direct", "(direct)", "", "", "", "desktop", "Chrome", "Windows", "human",
+        ]);
+        for agg in [&mut a, &mut r] {
+            b.push_inc(
+                Inc::new(IncKind::Profile, true, ts / 60_000, 0, Some(21)),
+                "a.example",
+                &direct,
+            );
+            let inc = Inc::new(IncKind::Visitor, true, ts / 60_000, 0, Some(21)).with_visit(ts);
+            b.push_inc_with(inc, "a.example", "https://a.example/first", &direct);
+            agg.apply_batch(&b, now);
+            b = Batch::default();
+        }
+        let want = vec![(s("direct"), 2, 1, 4), (s("search"), 1, 0, 2)];
+        assert_eq!(visits_by_channel(&a, now), want);
+        assert_eq!(visits_by_channel(&r, now), want);
+    }
+
     /// The url × channel pairs of a state by pageviews.
     fn url_channel_rows(a: &Aggregates, now: i64) -> Vec<(String, u64)> {
         a.top(Dim::UrlChannel, now - 400, now + 1, None, 100)
@@ -752,20 +862,16 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// The checked-in sample of version 6 (tests/data/sample-v6.agg) decodes to the state it
-    /// was written from, url × channel cells included; regenerate with
-    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v6`.
+    /// The checked-in sample of version 6 (tests/data/sample-v6.agg, written by an earlier
+    /// build) decodes to the state it was written from, url × channel cells included (and no
+    /// visits by profile: version 6 had none).
     #[test]
     fn sample_v6_decodes() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v6.agg");
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
-        let mut a = sample_state_v6(now);
-        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
-            std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
-        }
+        let a = sample_state_v6(now);
         let (h, r) = read_sample("sample-v6.agg");
+        assert!(visits_by_channel(&r, now).is_empty());
         assert_eq!((h.version, h.kind), (6, Kind::Base));
         assert_eq!(answers(&r, now), answers(&a, now));
         assert_eq!(breakdowns(&r, now), breakdowns(&a, now));

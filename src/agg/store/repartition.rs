@@ -140,6 +140,14 @@ fn deal(
         let nid = agg.profiles.intern(s, site, key);
         out[t].profiles.entry(nid).or_default().add(cell);
     }
+    // And the visits by entry profile.
+    for (&id, c) in &b.profile_visits {
+        let agg = &mut to[t];
+        let (site, key) = from.profiles.split(id);
+        let (s, _) = agg.sites.intern(site);
+        let nid = agg.profiles.intern(s, site, key);
+        out[t].profile_visits.entry(nid).or_default().add(c);
+    }
 }
 
 /// The new owners' stores for `n` shards, from every old owner's state (`old[o]` is old owner
