@@ -415,7 +415,9 @@ pub fn get_profile_visits(
     for _ in 0..n {
         let id = c.u32()?;
         if id as usize >= profiles {
-            return Err(FormatError::Damaged("a profile's visits without a profile name"));
+            return Err(FormatError::Damaged(
+                "a profile's visits without a profile name",
+            ));
         }
         m.insert(id, get_visit_counts(c)?);
     }

@@ -817,7 +817,11 @@ mod tests {
         // The hour of the sample's visits by profile.
         let hour = (now - 30).div_euclid(60);
         let b = a.materialize(Res::Hour, hour);
-        assert_eq!(b.profile_visits.len(), 2, "entered from search, and directly");
+        assert_eq!(
+            b.profile_visits.len(),
+            2,
+            "entered from search, and directly"
+        );
         let h = sample_header(hour);
         if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
             std::fs::write(&path, encode(&h, &b)).unwrap();

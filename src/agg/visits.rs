@@ -344,7 +344,10 @@ impl Visits {
             }
             // The site's cell (NO_PROFILE), and the entry profile's.
             let with_profile = usize::from(v.entry_profile != NO_PROFILE);
-            for p in [NO_PROFILE, v.entry_profile].into_iter().take(1 + with_profile) {
+            for p in [NO_PROFILE, v.entry_profile]
+                .into_iter()
+                .take(1 + with_profile)
+            {
                 match counts.iter_mut().find(|(x, q, _)| *x == m && *q == p) {
                     Some((_, _, t)) => t.add(&c),
                     None => counts.push((m, p, c)),

@@ -1020,7 +1020,11 @@ impl Hub {
                         };
                         rows.push(Row {
                             dims: plan.dims.iter().map(|_| time_of(b)).collect(),
-                            metrics: plan.metrics.iter().map(|m| profile_metric(*m, &none)).collect(),
+                            metrics: plan
+                                .metrics
+                                .iter()
+                                .map(|m| profile_metric(*m, &none))
+                                .collect(),
                         });
                     }
                     for r in list {

@@ -1069,12 +1069,17 @@ fn query_bad_input() {
             false,
         ),
         (
-            r#"{"metrics": ["views", "visits"], "dimensions": ["channel"]}"#.into(),
+            r#"{"metrics": ["views", "engaged_seconds"], "dimensions": ["channel"]}"#.into(),
             Some("metrics"),
             true,
         ),
         (
-            r#"{"metrics": ["bounce_rate"], "filters": [["is", "device", ["mobile"]]]}"#.into(),
+            r#"{"metrics": ["hits"], "filters": [["is", "device", ["mobile"]]]}"#.into(),
+            Some("metrics"),
+            true,
+        ),
+        (
+            r#"{"metrics": ["visits"], "dimensions": ["url"]}"#.into(),
             Some("metrics"),
             true,
         ),

@@ -27,7 +27,10 @@
 //! top lists of urls (`dim=url`, `dim=entry_page`, `dim=exit_page`, `dim=url&sort=views|
 //! entries|exits|engaged_seconds|visitors|avg_engaged_seconds`; whole range and minute by
 //! minute, every key and the first three) and the series of three urls (1m and 1h: their
-//! distinct visitors as `uniques`) are compared field by field: views, hits, uniques and
+//! distinct visitors as `uniques`), and views and the visit metrics by channel
+//! (`/v1/query`, whole and filtered by one channel, a visit by the channel of its entry
+//! pageview, which the model takes from the referrer and tags the line was rendered with)
+//! are compared field by field: views, hits, uniques and
 //! engaged seconds, the visit fields, entries, exits and each url's distinct visitors. All ranges are absolute (epoch seconds); event times are
 //! relative to the wall clock at the send, never a fixed date.
 //!
@@ -174,6 +177,8 @@ struct Ev {
     /// The request it is sent in: 1 the bulk, 2 the late arrivals, 3 after the restart (0:
     /// the warm-up line sent before the others are stamped).
     batch: u8,
+    /// The channel of its line, as [`render`] chose its referrer and tags ("" before).
+    channel: &'static str,
 }
 
 impl Ev {
@@ -214,6 +219,9 @@ struct Visit {
     /// The urls of its first and last pageviews (by time, then url bytewise), none without.
     entry: Option<String>,
     exit: Option<String>,
+    /// The channel of its first pageview (by time, then url, then channel bytewise): the
+    /// visit's, in a breakdown by channel.
+    entry_channel: Option<&'static str>,
 }
 
 impl Visit {
@@ -252,6 +260,12 @@ fn visits_of(evs: &[&Ev], gap: i64) -> Vec<Visit> {
                     engaged: run.iter().map(|e| e.engaged()).sum(),
                     entry: pages().min().map(|(_, u)| u),
                     exit: pages().max().map(|(_, u)| u),
+                    entry_channel: run
+                        .iter()
+                        .filter(|e| e.kind == Kind::Pageview)
+                        .map(|e| (e.t, e.url(), e.channel))
+                        .min()
+                        .map(|(_, _, c)| c),
                 });
             }
             run.clear();
@@ -552,6 +566,43 @@ impl Model {
         })
     }
 
+    /// `POST /v1/query`'s visits by channel, as [`Query::Channels`] reshapes the answer:
+    /// per channel of a pageview in the range or of a visit starting in it, its pageviews and
+    /// what the visits entering on its pageviews add.
+    fn channels(&self, from: i64, to: i64, site: Option<&str>, only: Option<&str>) -> Value {
+        let in_range = |m: i64, s: &str| (from..to).contains(&m) && site.is_none_or(|x| x == s);
+        let mut rows: BTreeMap<&str, Tot> = BTreeMap::new();
+        for e in self
+            .evs
+            .iter()
+            .filter(|e| e.kind == Kind::Pageview && in_range(e.t.div_euclid(MIN_MS), e.site))
+        {
+            rows.entry(e.channel).or_default().views += 1;
+        }
+        for v in self.visits.iter().filter(|v| in_range(v.minute, v.site)) {
+            if let Some(c) = v.entry_channel {
+                let t = rows.entry(c).or_default();
+                t.visits += 1;
+                t.bounces += u64::from(v.bounce());
+                t.visit_views += v.pageviews;
+                t.duration_ms += v.duration_ms;
+            }
+        }
+        let rows: Map<String, Value> = rows
+            .into_iter()
+            .filter(|(c, _)| only.is_none_or(|o| o == *c))
+            .map(|(c, t)| {
+                let mut o = Map::new();
+                Self::fields(&t, &mut o);
+                for k in ["hits", "uniques", "engaged_seconds", "visit_views"] {
+                    o.remove(k);
+                }
+                (c.to_string(), Value::Object(o))
+            })
+            .collect();
+        json!({ "channels": rows })
+    }
+
     fn series(&self, from: i64, to: i64, step: i64, site: Option<&str>) -> Value {
         let points: Vec<Value> = (from..to)
             .step_by(step as usize)
@@ -607,8 +658,11 @@ fn any_path(rng: &mut SmallRng) -> &'static str {
 }
 
 /// The line of `e`: an application's JSON line (`msec` or `ts`, `a` or `action`) or the line
-/// `/p.gif` stores (encoded url and referrer, string `inc`), as aggregates.rs writes them.
-fn render(rng: &mut SmallRng, e: &Ev) -> Vec<u8> {
+/// `/p.gif` stores (encoded url and referrer, string `inc`), as aggregates.rs writes them;
+/// sets `e.channel` to the channel its referrer and tags make, by the README's rules: a
+/// `utm_source=newsletter` tag is email whatever the referrer, else no referrer is direct,
+/// Google search, the page's own host internal and t.co social.
+fn render(rng: &mut SmallRng, e: &mut Ev) -> Vec<u8> {
     let pixel = rng.gen_bool(0.25);
     let host = if rng.gen_bool(0.05) {
         e.site.to_ascii_uppercase()
@@ -627,6 +681,13 @@ fn render(rng: &mut SmallRng, e: &Ev) -> Vec<u8> {
         1 => Some("https://www.google.com/search?q=pixel analytics".to_string()),
         2 => Some(format!("https://{}/", e.site)),
         _ => Some("https://t.co/AbC123".to_string()),
+    };
+    e.channel = match (suffix, &referrer) {
+        ("?utm_source=newsletter", _) => "email",
+        (_, None) => "direct",
+        (_, Some(r)) if r.contains("google") => "search",
+        (_, Some(r)) if r.contains("t.co") => "social",
+        (_, Some(_)) => "internal",
     };
     let shown = |s: &str| if pixel { enc(s) } else { s.to_string() };
     let mut f: Vec<(&str, String)> = Vec::new();
@@ -711,6 +772,7 @@ impl At {
             vid: vid.map(str::to_string),
             too_late: false,
             batch,
+            channel: "",
         }
     }
 
@@ -737,6 +799,7 @@ impl At {
             vid: vid.map(str::to_string),
             too_late: true,
             batch,
+            channel: "",
         }
     }
 }
@@ -1357,8 +1420,8 @@ fn scenario(seed: u64, send_ms: i64, tm: Timing, warm: (Ev, Vec<u8>)) -> Scenari
     assert!(vids.len() < 1000, "uniques stay exact");
     evs.shuffle(&mut rng);
     let lines = std::iter::once(warm)
-        .chain(evs.into_iter().map(|e| {
-            let l = render(&mut rng, &e);
+        .chain(evs.into_iter().map(|mut e| {
+            let l = render(&mut rng, &mut e);
             (e, l)
         }))
         .collect();
@@ -1445,7 +1508,25 @@ enum Query {
         step: i64,
         url: String,
     },
+    /// `GET /v1/query?q=` of views and the visit metrics by channel (`only`: filtered by
+    /// one channel).
+    Channels {
+        from: i64,
+        to: i64,
+        site: Option<&'static str>,
+        only: Option<&'static str>,
+    },
 }
+
+/// The metrics [`Query::Channels`] asks for, in order.
+const CHANNEL_METRICS: [&str; 6] = [
+    "views",
+    "visits",
+    "bounces",
+    "bounce_rate",
+    "visit_duration",
+    "views_per_visit",
+];
 
 impl Query {
     fn path(&self) -> String {
@@ -1501,7 +1582,44 @@ impl Query {
                     step_name(*step)
                 )
             }
+            Query::Channels {
+                from,
+                to,
+                site,
+                only,
+            } => {
+                let mut q = json!({
+                    "metrics": CHANNEL_METRICS, "dimensions": ["channel"],
+                    "date_range": [from * 60, to * 60], "site": site,
+                });
+                if let Some(c) = only {
+                    q["filters"] = json!([["is", "channel", [c]]]);
+                }
+                format!("/v1/query?q={}", enc(&q.to_string()))
+            }
         }
+    }
+
+    /// The answer as the model's shape: for [`Query::Channels`], `{"channels": {channel:
+    /// {metric: value}}}` and its completeness.
+    fn reshape(&self, got: Value) -> Value {
+        if !matches!(self, Query::Channels { .. }) {
+            return got;
+        }
+        let mut rows = Map::new();
+        for r in got["results"].as_array().into_iter().flatten() {
+            let key = r["dimensions"][0].as_str().unwrap_or_default().to_string();
+            let o: Map<String, Value> = CHANNEL_METRICS
+                .iter()
+                .zip(r["metrics"].as_array().into_iter().flatten())
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            rows.insert(key, Value::Object(o));
+        }
+        json!({
+            "channels": rows, "complete": got["complete"],
+            "catchup_records": got["catchup_records"],
+        })
     }
 
     /// The list it asks for, if a top list.
@@ -1534,6 +1652,12 @@ impl Query {
                 step,
                 ref url,
             } => m.url_series(from, to, step, url),
+            Query::Channels {
+                from,
+                to,
+                site,
+                only,
+            } => m.channels(from, to, site, only),
         }
     }
 }
@@ -1548,6 +1672,14 @@ fn queries(send_ms: i64, tm: Timing) -> Vec<Query> {
     sites.extend(SITES.iter().map(|s| Some(*s)));
     let mut qs = Vec::new();
     for &site in &sites {
+        for only in [None, Some("search"), Some("internal")] {
+            qs.push(Query::Channels {
+                from,
+                to,
+                site,
+                only,
+            });
+        }
         qs.push(Query::Summary { from, to, site });
         qs.push(Query::Series {
             from,
@@ -1629,6 +1761,12 @@ fn queries(send_ms: i64, tm: Timing) -> Vec<Query> {
                     limit: 1000,
                 });
             }
+            qs.push(Query::Channels {
+                from: a,
+                to: b,
+                site,
+                only: None,
+            });
         }
     }
     qs
@@ -1750,7 +1888,7 @@ fn check(what: &str, s: &Server, m: &Model, qs: &[Query], errs: &mut Errs) {
             ));
             continue;
         }
-        let got: Value = serde_json::from_slice(&body).unwrap();
+        let got: Value = q.reshape(serde_json::from_slice(&body).unwrap());
         let want = q.want(m);
         let mut d = Errs {
             by_pages: q.list().is_some_and(List::by_pages),
@@ -1767,6 +1905,10 @@ fn check(what: &str, s: &Server, m: &Model, qs: &[Query], errs: &mut Errs) {
         }
         if q.list().is_some() {
             same_keys("", &got, &want, &mut d);
+        }
+        if matches!(q, Query::Channels { .. }) {
+            // Every row the model has, and no other.
+            same_keys(".channels", &got["channels"], &want["channels"], &mut d);
         }
         diff("", "", &got, &want, &mut d);
         for (all, mine) in [
@@ -1917,8 +2059,10 @@ fn run(shards: usize, linger: bool) {
         vid: None,
         too_late: true,
         batch: 0,
+        channel: "",
     };
-    let warm_line = render(&mut SmallRng::seed_from_u64(0), &warm_ev);
+    let mut warm_ev = warm_ev;
+    let warm_line = render(&mut SmallRng::seed_from_u64(0), &mut warm_ev);
     send(&s, &[warm_line.as_slice()], 1, None, tm, &tag);
     wait_aggregated(&s, 1, &tag);
 

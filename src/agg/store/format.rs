@@ -826,7 +826,11 @@ pub(crate) mod tests {
         assert_eq!(visits_by_channel(&r, now), want);
         // The profiles' visits add up to the site's, but for the heartbeat's visit.
         let t = r.totals(now - 400, now + 1, Some("a.example"));
-        assert_eq!(t.visits.visits, 1 + 4, "one from version 3's sample, four here");
+        assert_eq!(
+            t.visits.visits,
+            1 + 4,
+            "one from version 3's sample, four here"
+        );
         // Visitor 21's visit, decoded, still moves: a pageview before it, directly.
         let mut b = Batch::default();
         let ts = (now - 30) * 60_000 - 5_000;
