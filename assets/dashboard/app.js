@@ -140,7 +140,8 @@
   // ---- headline ----------------------------------------------------------------------------
   // Tiles no dimension filter can apply to: their numbers are kept per site, not per
   // channel, device or country.
-  const UNFILTERED_TILES = ['t-engaged', 't-visits', 't-bounce', 't-duration'];
+  // Engaged time is kept per site only; visits break down by their entry pageview's values.
+  const UNFILTERED_TILES = ['t-engaged'];
 
   function renderHeadline() {
     const h = st.headline;
@@ -151,6 +152,9 @@
     if (f) {
       setTile('t-views', f.views, f.prevViews);
       setTile('t-uniques', f.visitors, f.prevVisitors);
+      setTile('t-visits', f.visits, f.prev && f.prev[2]);
+      setTile('t-bounce', f.bounceRate, f.prev && f.prev[3], (x) => pf.format(x));
+      setTile('t-duration', f.visitDuration, f.prev && f.prev[4], duration);
       for (const id of UNFILTERED_TILES) {
         setTile(id, null);
         $(id).querySelector('.delta').textContent = 'not kept by dimension';
@@ -453,7 +457,11 @@
     const byChannel = filters.length > 0 && st.filters.every(([d]) => d === 'channel');
     const [sum, series, pages] = filters.length
       ? await Promise.all([
-        query({ metrics: ['views', 'visitors'], include: { comparisons: 'previous_period' } }),
+        // Visits by the values of their entry pageview.
+        query({
+          metrics: ['views', 'visitors', 'visits', 'bounce_rate', 'visit_duration'],
+          include: { comparisons: 'previous_period' },
+        }),
         query({ metrics: ['views', 'visitors'], dimensions: [step], limit: 1000 }),
         // (Refused when agg.url_channels is off: the pages stay unfiltered.)
         byChannel ? query({ metrics: ['views'], dimensions: ['url'], limit: 10 }).catch((e) => {
@@ -466,14 +474,18 @@
     let total = st.headline ? st.headline.views : 0;
     st.filtered = null;
     if (sum) {
-      const row = sum.results[0] || { metrics: [0, 0] };
+      const row = sum.results[0] || { metrics: [0, 0, 0, null, null] };
       total = row.metrics[0];
       const prev = row.comparison ? row.comparison.metrics : null;
       st.filtered = {
         views: row.metrics[0],
         visitors: row.metrics[1],
+        visits: row.metrics[2],
+        bounceRate: row.metrics[3],
+        visitDuration: row.metrics[4],
         prevViews: prev ? prev[0] : null,
         prevVisitors: prev ? prev[1] : null,
+        prev,
         points: new Map(series.results.map((r) => {
           const t = r.dimensions[0];
           return [secs(t), { t, views: r.metrics[0], uniques: r.metrics[1] }];

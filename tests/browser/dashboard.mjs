@@ -180,13 +180,14 @@ try {
     const filters = [['is', 'channel', [channel]]];
     const [devices, sum, pages] = await Promise.all([
       query({ metrics: ['views'], dimensions: ['device'], filters, date_range: range, limit: 10 }),
-      query({ metrics: ['views', 'visitors'], filters, date_range: range }),
+      query({ metrics: ['views', 'visitors', 'visits', 'bounce_rate'], filters, date_range: range }),
       query({ metrics: ['views'], dimensions: ['url'], filters, date_range: range, limit: 10 }),
     ]);
-    const views = sum.results[0].metrics[0], visitors = sum.results[0].metrics[1];
+    const [views, visitors, visits, bounce] = sum.results[0].metrics;
     want = {
       devices: devices.results.map((r) => [r.dimensions[0], r.metrics[0]]),
-      views, tileViews: views, tileVisitors: visitors, chartViews: views, filtered: 'true',
+      views, tileViews: views, tileVisitors: visitors, tileVisits: visits, tileBounce: String(bounce),
+      chartViews: views, filtered: 'true',
       pages: pages.results.map((r) => [r.dimensions[0], r.metrics[0]]),
     };
     seen = await page.evaluate(() => {
@@ -197,6 +198,8 @@ try {
         views: Number(document.getElementById('filter-sum').dataset.views),
         tileViews: tile('t-views'),
         tileVisitors: tile('t-uniques'),
+        tileVisits: tile('t-visits'),
+        tileBounce: document.querySelector('#t-bounce .value').dataset.value,
         chartViews: d.filtered ? [...d.filtered.points.values()].reduce((a, p) => a + p.views, 0) : -1,
         filtered: document.getElementById('main').dataset.filtered,
         pages: [...document.querySelectorAll('#top-pages li:not(.empty)')].map((li) => [li.dataset.key, Number(li.dataset.views)]),
@@ -207,7 +210,7 @@ try {
   }
   assert.deepEqual(seen, want, `filtered by channel ${channel}: the cards differ from POST /v1/query`);
   assert.ok(want.views > 0 && want.views <= (await api('/v1/summary?from=-30m')).views, 'a filter keeps part of the views');
-  ok(`a click filters by channel ${channel}: devices, pages, headline and chart (${want.views} views) = POST /v1/query`);
+  ok(`a click filters by channel ${channel}: devices, pages, headline (${want.tileVisits} visits entering from it) and chart (${want.views} views) = POST /v1/query`);
   const engaged = await page.evaluate(() => document.querySelector('#t-engaged .delta').textContent);
   assert.equal(engaged, 'not kept by dimension', 'engaged time is not filtered, and says so');
   await page.screenshot({ path: join(OUT, 'dashboard-filtered.png'), fullPage: true });
