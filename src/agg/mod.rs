@@ -215,10 +215,12 @@ pub enum IncKind {
     Url,
     /// A pageview referred by `key` = referrer domain.
     Ref,
-    /// A hit of a visitor on `site` (totals and uniques).
+    /// A hit of a visitor on `site` (totals and uniques; with a pageview's profile key, its
+    /// profile's cell too).
     Visitor,
     /// A pageview of a visitor on `site` whose dimensions' values are `key`, a profile key
-    /// (`parse::event::dims`).
+    /// (`parse::event::dims`), counted alone: a bot's while `agg.bots` excludes bots (anyone
+    /// else's rides with the visitor's increment).
     Profile,
 }
 
@@ -962,12 +964,13 @@ impl Aggregates {
     /// Applies one increment (`profile`: see `route::increments`).
     pub fn apply(&mut self, inc: &Inc, site: &str, key: &str, profile: &str, now_min: i64) {
         if let Some(r) = self.recording.as_deref_mut() {
-            r.apply_counts(inc, site, key, now_min, &[], None);
+            r.apply_counts(inc, site, key, profile, now_min, &[], None);
         }
         if !(inc.kind == IncKind::Visitor && inc.visit && inc.has_vid) {
-            self.apply_counts(inc, site, key, now_min, &[], None);
+            self.apply_counts(inc, site, key, profile, now_min, &[], None);
             return;
         }
+        let profile_key = profile;
         let (s, _) = self.sites.intern(site);
         // A pageview's key is its url (the visit's entry or exit page, maybe).
         let url = if inc.pageview && !key.is_empty() {
@@ -975,7 +978,8 @@ impl Aggregates {
         } else {
             visits::NO_URL
         };
-        // Its profile: the dimensions of the visit it may enter.
+        // Its profile: the dimensions of the visit it may enter (counted, overflow included,
+        // with its cell by `apply_counts`, where the lookup is a compare).
         let profile = if url != visits::NO_URL && !profile.is_empty() {
             self.profiles.intern_again(s, site, profile)
         } else {
@@ -1005,7 +1009,7 @@ impl Aggregates {
         changes.sort_unstable_by_key(|c| (c.0 != inc.minute, c.0));
         let own = changes.iter().take_while(|c| c.0 == inc.minute).count();
         let (same, other) = changes.split_at(own);
-        self.apply_counts(inc, site, key, now_min, same, Some(s));
+        self.apply_counts(inc, site, key, profile_key, now_min, same, Some(s));
         for group in other.chunk_by(|a, b| a.0 == b.0) {
             let at = Inc {
                 minute: group[0].0,
@@ -1100,13 +1104,16 @@ impl Aggregates {
         self.each_bucket(at, now_min, |b, _| visit_delta(b, s, &d));
     }
 
-    /// Applies one increment's counts, and for a visitor's the changes `visits` of its visit
-    /// (all of the increment's minute; `site_id`: its site's id when known).
+    /// Applies one increment's counts, and for a visitor's its pageview's profile (`profile`,
+    /// a key; empty for none) and the changes `visits` of its visit (all of the increment's
+    /// minute; `site_id`: its site's id when known).
+    #[allow(clippy::too_many_arguments)]
     fn apply_counts(
         &mut self,
         inc: &Inc,
         site: &str,
         key: &str,
+        profile: &str,
         now_min: i64,
         visits: &[(i64, Delta)],
         site_id: Option<u32>,
@@ -1154,7 +1161,16 @@ impl Aggregates {
             }
             IncKind::Visitor => {
                 let s = site_id.unwrap_or_else(|| self.sites.intern(site).0);
-                self.each_bucket(inc, now_min, |b, _| {
+                // A pageview's profile, counted in the same pass (see `IncKind::Profile`).
+                let profile = (!profile.is_empty()).then(|| self.profiles.intern(s, site, profile));
+                let mut visitor = MinuteVisitor::new(inc.has_vid.then_some(inc.vid));
+                self.each_bucket(inc, now_min, |b, res| {
+                    if let Some(id) = profile {
+                        let folded = inc.minute < b.folded_upto;
+                        let c = b.profiles.entry(id).or_default();
+                        c.views = c.views.saturating_add(1);
+                        visitor.insert(&mut c.visitors, res, folded);
+                    }
                     for c in [b.sites.entry(s).or_default(), &mut b.all] {
                         c.views += u64::from(pv);
                         c.hits += 1;

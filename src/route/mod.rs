@@ -133,14 +133,15 @@ impl Window {
     }
 }
 
-/// Parses one record's message and makes its increments: for a pageview its profile's (its
-/// dimensions, `agg::dims`), then — unless a bot sent it and `agg.bots` excludes bots — the
-/// url's, the referrer domain's for a pageview, and the visitor's, each with the shard that
+/// Parses one record's message and makes its increments: unless a bot sent it and `agg.bots`
+/// excludes bots, the url's, the referrer domain's for a pageview, and the visitor's (with a
+/// pageview's profile: its dimensions, `agg::dims`) — a bot's pageview makes its profile's
+/// increment alone —, each with the shard that
 /// owns it (of `shards`; a hit
 /// without a visitor id stays on `me`, the shard that appended it; a visitor's owner follows
 /// `epochs` across shard-count changes), as `emit(owner, inc, site, key, profile)`: `profile`
-/// is empty but for a visitor's pageview that counts for visits, whose profile key it is
-/// (what the visit it enters breaks down by). Counts the record's
+/// is empty but for the visitor's increment of a pageview, whose profile key it is (counted
+/// in the profile cells, and what the visit it may enter breaks down by). Counts the record's
 /// outcome in `stats`. The one place that decides what a record adds to the aggregates,
 /// shared by live routing, the catch-up and `pixeld check --aggregates`.
 pub fn increments(
@@ -186,17 +187,17 @@ pub fn increments(
     // A visitor's pageviews go, with their dimensions, to the visitor's owner (a hit without
     // a visitor id to the shard that appended it).
     let owner = vid.map_or(me, |h| epochs.owner_of_visitor(h, minute, shards));
-    if pv {
-        emit(
-            owner,
-            Inc::new(IncKind::Profile, pv, minute, 0, vid),
-            ev.site,
-            ev.profile,
-            "",
-        );
-    }
     if ev.bot && !window.bots {
-        // Counted in the `bot` dimension alone.
+        // Counted in the `bot` dimension alone: its profile's increment, nothing else.
+        if pv {
+            emit(
+                owner,
+                Inc::new(IncKind::Profile, pv, minute, 0, vid),
+                ev.site,
+                ev.profile,
+                "",
+            );
+        }
         s.count(AggOutcome::Bot);
         return;
     }
@@ -222,8 +223,11 @@ pub fn increments(
         );
     }
     // A hit without a visitor id still counts in the totals, on the shard that appended it.
+    // A pageview's profile (its dimensions) rides along, counted by the same owner: one
+    // increment, not two.
     let mut inc = Inc::new(IncKind::Visitor, pv, minute, engaged, vid);
-    let (mut page, mut profile) = ("", "");
+    let mut page = "";
+    let profile = if pv { ev.profile } else { "" };
     if vid.is_some() && matches!(ev.action, Action::Pageview | Action::Heartbeat) {
         // Decided here, from the record alone, so that the catch-up decides the same.
         if recv_ms.saturating_sub(ts_ms) > late_allowance_ms {
@@ -234,7 +238,6 @@ pub fn increments(
                 // The page may be its visit's entry or exit, and its profile the visit's
                 // dimensions.
                 page = ev.url;
-                profile = ev.profile;
             }
         }
     }

@@ -778,11 +778,8 @@ pub(crate) mod tests {
             } else {
                 String::new()
             };
+            // A pageview's profile rides with its visitor's increment.
             let profile = if pv { profile.as_str() } else { "" };
-            if pv {
-                let inc = Inc::new(IncKind::Profile, true, ts / 60_000, 0, Some(vid));
-                b.push_inc(inc, "a.example", profile);
-            }
             let inc = Inc::new(IncKind::Visitor, pv, ts / 60_000, 0, Some(vid)).with_visit(ts);
             b.push_inc_with(inc, "a.example", &page, profile);
         }
@@ -838,11 +835,6 @@ pub(crate) mod tests {
             "direct", "(direct)", "", "", "", "desktop", "Chrome", "Windows", "human",
         ]);
         for agg in [&mut a, &mut r] {
-            b.push_inc(
-                Inc::new(IncKind::Profile, true, ts / 60_000, 0, Some(21)),
-                "a.example",
-                &direct,
-            );
             let inc = Inc::new(IncKind::Visitor, true, ts / 60_000, 0, Some(21)).with_visit(ts);
             b.push_inc_with(inc, "a.example", "https://a.example/first", &direct);
             agg.apply_batch(&b, now);
