@@ -236,8 +236,9 @@ pub struct Inc {
     pub engaged: u32,
     site: (u32, u32),
     key: (u32, u32),
-    /// A visitor's pageview that counts for visits: its profile key (see `route::increments`).
-    profile: (u32, u32),
+    /// Its second key (see `route::increments`): a visitor's pageview's profile key, a url's
+    /// pageview's referrer domain.
+    aux: (u32, u32),
     pub vid: u64,
     /// Whether the hit counts for visits (a visitor's pageview or heartbeat not received
     /// later than `agg.visit_late_allowance`; see `agg::visits`), and its event time.
@@ -263,7 +264,7 @@ impl Inc {
             engaged,
             site: (0, 0),
             key: (0, 0),
-            profile: (0, 0),
+            aux: (0, 0),
             vid: vid.unwrap_or(0),
             visit: false,
             ts_ms: minute.saturating_mul(60_000),
@@ -326,12 +327,12 @@ impl Batch {
         self.push_inc_with(inc, site, key, "");
     }
 
-    /// Adds one increment made elsewhere, with its strings and its profile key (of a
-    /// visitor's pageview; see `route::increments`).
-    pub fn push_inc_with(&mut self, mut inc: Inc, site: &str, key: &str, profile: &str) {
+    /// Adds one increment made elsewhere, with its strings and its second key (see
+    /// `route::increments`).
+    pub fn push_inc_with(&mut self, mut inc: Inc, site: &str, key: &str, aux: &str) {
         inc.site = self.span(site);
         inc.key = self.span(key);
-        inc.profile = self.span(profile);
+        inc.aux = self.span(aux);
         self.incs.push(inc);
     }
 
@@ -349,9 +350,9 @@ impl Batch {
             .unwrap_or_default()
     }
 
-    /// The site, key and profile key of `inc`.
+    /// The site, key and second key of `inc`.
     pub fn strs(&self, inc: &Inc) -> (&str, &str, &str) {
-        (self.str(inc.site), self.str(inc.key), self.str(inc.profile))
+        (self.str(inc.site), self.str(inc.key), self.str(inc.aux))
     }
 }
 
@@ -956,21 +957,22 @@ impl Aggregates {
     /// Applies every increment of a batch.
     pub fn apply_batch(&mut self, batch: &Batch, now_min: i64) {
         for inc in &batch.incs {
-            let (site, key, profile) = batch.strs(inc);
-            self.apply(inc, site, key, profile, now_min);
+            let (site, key, aux) = batch.strs(inc);
+            self.apply(inc, site, key, aux, now_min);
         }
     }
 
-    /// Applies one increment (`profile`: see `route::increments`).
-    pub fn apply(&mut self, inc: &Inc, site: &str, key: &str, profile: &str, now_min: i64) {
+    /// Applies one increment (`aux`, its second key: see `route::increments`).
+    pub fn apply(&mut self, inc: &Inc, site: &str, key: &str, aux: &str, now_min: i64) {
         if let Some(r) = self.recording.as_deref_mut() {
-            r.apply_counts(inc, site, key, profile, now_min, &[], None);
+            r.apply_counts(inc, site, key, aux, now_min, &[], None);
         }
         if !(inc.kind == IncKind::Visitor && inc.visit && inc.has_vid) {
-            self.apply_counts(inc, site, key, profile, now_min, &[], None);
+            self.apply_counts(inc, site, key, aux, now_min, &[], None);
             return;
         }
-        let profile_key = profile;
+        // A visitor's second key is its pageview's profile key.
+        let profile_key = aux;
         let (s, _) = self.sites.intern(site);
         // A pageview's key is its url (the visit's entry or exit page, maybe).
         let url = if inc.pageview && !key.is_empty() {
@@ -980,8 +982,8 @@ impl Aggregates {
         };
         // Its profile: the dimensions of the visit it may enter (counted, overflow included,
         // with its cell by `apply_counts`, where the lookup is a compare).
-        let profile = if url != visits::NO_URL && !profile.is_empty() {
-            self.profiles.intern_again(s, site, profile)
+        let profile = if url != visits::NO_URL && !profile_key.is_empty() {
+            self.profiles.intern_again(s, site, profile_key)
         } else {
             visits::NO_PROFILE
         };
@@ -1104,16 +1106,17 @@ impl Aggregates {
         self.each_bucket(at, now_min, |b, _| visit_delta(b, s, &d));
     }
 
-    /// Applies one increment's counts, and for a visitor's its pageview's profile (`profile`,
-    /// a key; empty for none) and the changes `visits` of its visit (all of the increment's
-    /// minute; `site_id`: its site's id when known).
+    /// Applies one increment's counts: for a url's pageview by its referrer domain (`aux`), for
+    /// a visitor's its pageview's profile (`aux`, a profile key) and the changes `visits` of its
+    /// visit (all of the increment's minute; `site_id`: its site's id when known). An empty
+    /// `aux` is none.
     #[allow(clippy::too_many_arguments)]
     fn apply_counts(
         &mut self,
         inc: &Inc,
         site: &str,
         key: &str,
-        profile: &str,
+        aux: &str,
         now_min: i64,
         visits: &[(i64, Delta)],
         site_id: Option<u32>,
@@ -1162,7 +1165,7 @@ impl Aggregates {
             IncKind::Visitor => {
                 let s = site_id.unwrap_or_else(|| self.sites.intern(site).0);
                 // A pageview's profile, counted in the same pass (see `IncKind::Profile`).
-                let profile = (!profile.is_empty()).then(|| self.profiles.intern(s, site, profile));
+                let profile = (!aux.is_empty()).then(|| self.profiles.intern(s, site, aux));
                 let mut visitor = MinuteVisitor::new(inc.has_vid.then_some(inc.vid));
                 self.each_bucket(inc, now_min, |b, res| {
                     if let Some(id) = profile {

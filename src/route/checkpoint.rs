@@ -239,8 +239,8 @@ mod tests {
                     ),
                     recv_ns,
                     line,
-                    |o, inc, site, key, profile| {
-                        out.push((o, inc, site.into(), key.into(), profile.into()))
+                    |o, inc, site, key, aux| {
+                        out.push((o, inc, site.into(), key.into(), aux.into()))
                     },
                 );
                 out
@@ -249,9 +249,9 @@ mod tests {
     }
 
     fn apply(agg: &mut Aggregates, owner: usize, incs: &[Incs], now: i64) {
-        for (o, inc, site, key, profile) in incs.iter().flatten() {
+        for (o, inc, site, key, aux) in incs.iter().flatten() {
             if *o == owner {
-                agg.apply(inc, site, key, profile, now);
+                agg.apply(inc, site, key, aux, now);
             }
         }
     }

@@ -403,11 +403,11 @@ impl Router {
             (self.me, self.shards, &self.epochs),
             recv_ts,
             msg,
-            |owner, inc, site, key, profile| self.send(owner, inc, site, key, profile, now),
+            |owner, inc, site, key, aux| self.send(owner, inc, site, key, aux, now),
         );
     }
 
-    fn send(&self, owner: usize, mut inc: Inc, site: &str, key: &str, profile: &str, now: i64) {
+    fn send(&self, owner: usize, mut inc: Inc, site: &str, key: &str, aux: &str, now: i64) {
         if let Some(at) = self.replay_at.get() {
             if self.floors.borrow().get(owner).is_some_and(|&f| at < f) {
                 // The owner holds it, unless its hour or day is one to recompute.
@@ -423,10 +423,10 @@ impl Router {
             }
         }
         if owner == self.me || self.senders.is_none() {
-            self.agg.borrow_mut().apply(&inc, site, key, profile, now);
+            self.agg.borrow_mut().apply(&inc, site, key, aux, now);
             ShardStats::bump(&self.stats.agg.local_incs, 1);
         } else if let Some(b) = self.pending.borrow_mut().get_mut(owner) {
-            b.push_inc_with(inc, site, key, profile);
+            b.push_inc_with(inc, site, key, aux);
         }
     }
 

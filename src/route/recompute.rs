@@ -67,13 +67,13 @@ pub fn recompute(
             src,
             Start::Beginning,
             upto,
-            |rec, owner, inc, site, key, profile| {
+            |rec, owner, inc, site, key, aux| {
                 let holds = applied
                     .get(owner)
                     .and_then(|a: &Vec<u64>| a.get(src))
                     .is_some_and(|&a| rec.offset < a);
                 if let Some(e) = expected.get_mut(owner).filter(|_| holds) {
-                    e.apply(&inc, site, key, profile, now);
+                    e.apply(&inc, site, key, aux, now);
                     if let Some(c) = clocks.get_mut(owner).and_then(|c| c.get_mut(src)) {
                         *c = (*c).max((rec.recv_ts / 1_000_000) as i64);
                     }
@@ -182,7 +182,7 @@ impl Routing<'_> {
                     (src, self.shards, self.epochs),
                     rec.recv_ts,
                     msg,
-                    |owner, inc, site, key, profile| f(&r, owner, inc, site, key, profile),
+                    |owner, inc, site, key, aux| f(&r, owner, inc, site, key, aux),
                 );
                 ControlFlow::Continue(())
             },

@@ -87,11 +87,11 @@ pub fn run(cfg: &Config) -> Vec<String> {
             src,
             Start::Offset(from),
             upto,
-            |rec, owner, inc, site, key, profile| {
+            |rec, owner, inc, site, key, aux| {
                 let below = applied.get(owner).and_then(|a: &Vec<u64>| a.get(src));
                 if below.is_some_and(|&a| rec.offset >= a) {
                     if let Some(agg) = aggs.get_mut(owner) {
-                        agg.apply(&inc, site, key, profile, now);
+                        agg.apply(&inc, site, key, aux, now);
                     }
                 }
             },
