@@ -146,6 +146,7 @@ pub struct RawAgg {
     pub bounce_engaged_seconds: u32,
     pub url_visitors: bool,
     pub url_channels: bool,
+    pub url_referrers: bool,
     /// `exclude` (bots count only in the `bot` dimension) or `include`.
     pub bots: String,
     /// `[agg.fields]`: the JSON field names of each event field, alternatives in order.
@@ -875,6 +876,7 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
         },
         url_visitors: a.url_visitors,
         url_channels: a.url_channels,
+        url_referrers: a.url_referrers,
         bots: match a.bots.as_str() {
             "exclude" => false,
             "include" => true,

@@ -129,6 +129,9 @@ pub struct Bucket {
     /// (`agg::visits`; signed like the site cells'), on the visitor's owner: visits, bounces
     /// and durations by pageview dimension.
     pub profile_visits: HashMap<u32, VisitCounts>,
+    /// Pageviews by url and referrer domain: `(url id << 32) | referrer id` (`url_ref_key`) →
+    /// views, on the url's owner (what answers "urls by referrer" without a scan).
+    pub url_refs: HashMap<u64, u32>,
     /// Changed since the last checkpoint (see `store`).
     pub dirty: bool,
     /// Of an hour: the url and profile visitors of its minutes before this one are in its
@@ -167,6 +170,10 @@ impl Bucket {
         for (id, c) in &o.profile_visits {
             self.profile_visits.entry(*id).or_default().add(c);
         }
+        for (k, v) in &o.url_refs {
+            let c = self.url_refs.entry(*k).or_default();
+            *c = c.saturating_add(*v);
+        }
     }
 
     /// Adds the url and profile visitors of `o` alone (a minute its hour has not folded
@@ -198,6 +205,7 @@ impl Bucket {
             && self.profiles.is_empty()
             && self.url_channels.is_empty()
             && self.profile_visits.is_empty()
+            && self.url_refs.is_empty()
     }
 }
 
@@ -231,6 +239,8 @@ pub struct Cursor<'a> {
     /// Whether the profile visit table follows, and visits in progress hold their entry
     /// profile (checkpoint version 7, sealed version 6 on).
     pub profile_visits: bool,
+    /// Whether the url × referrer table follows (checkpoint version 8, sealed version 7 on).
+    pub url_refs: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -243,6 +253,7 @@ impl<'a> Cursor<'a> {
             profiles: true,
             url_channels: true,
             profile_visits: true,
+            url_refs: true,
         }
     }
 
@@ -369,8 +380,9 @@ pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
         put_u32(out, c.exits as u32);
     }
     put_url_table(out, &b.profiles);
-    put_url_channels(out, b);
+    put_pairs(out, &b.url_channels);
     put_profile_visits(out, b);
+    put_pairs(out, &b.url_refs);
 }
 
 /// Appends the profile visit table: u32 n, then n × (u32 profile id, four i64 visit counts),
@@ -441,10 +453,27 @@ pub fn url_channel_valid(key: u64, urls: usize) -> bool {
     (url as usize) < urls && crate::parse::event::channel::Channel::from_code(channel).is_some()
 }
 
-/// Appends the url × channel table: u32 n, then n × (u64 url id << 8 | channel, u32 views),
-/// sorted.
-pub fn put_url_channels(out: &mut Vec<u8>, b: &Bucket) {
-    let mut cells: Vec<(&u64, &u32)> = b.url_channels.iter().collect();
+/// The key of the url × referrer cell of url `url` and referrer domain `referrer` (ids).
+pub fn url_ref_key(url: u32, referrer: u32) -> u64 {
+    (u64::from(url) << 32) | u64::from(referrer)
+}
+
+/// The url and referrer ids of a url × referrer cell's key ([`url_ref_key`]).
+pub fn url_ref_of(key: u64) -> (u32, u32) {
+    ((key >> 32) as u32, key as u32)
+}
+
+/// Whether a url × referrer key read from the disk names a url below `urls` and a referrer
+/// below `refs`.
+pub fn url_ref_valid(key: u64, urls: usize, refs: usize) -> bool {
+    let (url, referrer) = url_ref_of(key);
+    (url as usize) < urls && (referrer as usize) < refs
+}
+
+/// Appends a table of pair cells (url × channel, url × referrer): u32 n, then n × (u64 key,
+/// u32 views), sorted by key.
+pub fn put_pairs(out: &mut Vec<u8>, cells: &HashMap<u64, u32>) {
+    let mut cells: Vec<(&u64, &u32)> = cells.iter().collect();
     cells.sort_unstable_by_key(|(k, _)| **k);
     put_u32(out, cells.len() as u32);
     for (k, v) in cells {
@@ -453,17 +482,19 @@ pub fn put_url_channels(out: &mut Vec<u8>, b: &Bucket) {
     }
 }
 
-/// Reads the url × channel table ([`put_url_channels`]), refusing url ids at or above `urls`
-/// and unknown channels.
-pub fn get_url_channels(c: &mut Cursor<'_>, urls: usize) -> Result<HashMap<u64, u32>, FormatError> {
+/// Reads a table of pair cells ([`put_pairs`]), refusing a key `valid` refuses (`what` says
+/// which table).
+pub fn get_pairs(
+    c: &mut Cursor<'_>,
+    valid: impl Fn(u64) -> bool,
+    what: &'static str,
+) -> Result<HashMap<u64, u32>, FormatError> {
     let n = c.count(12)?;
     let mut m = HashMap::with_capacity(n);
     for _ in 0..n {
         let k = c.u64()?;
-        if !url_channel_valid(k, urls) {
-            return Err(FormatError::Damaged(
-                "a url × channel cell without a url name or of no channel",
-            ));
+        if !valid(k) {
+            return Err(FormatError::Damaged(what));
         }
         m.insert(k, c.u32()?);
     }
@@ -641,10 +672,21 @@ pub fn get_cells(c: &mut Cursor<'_>, names: NameCounts) -> Result<Bucket, Format
         b.profiles = get_url_table(c, names.3, true)?;
     }
     if c.url_channels {
-        b.url_channels = get_url_channels(c, names.1)?;
+        b.url_channels = get_pairs(
+            c,
+            |k| url_channel_valid(k, names.1),
+            "a url × channel cell without a url name or of no channel",
+        )?;
     }
     if c.profile_visits {
         b.profile_visits = get_profile_visits(c, names.3)?;
+    }
+    if c.url_refs {
+        b.url_refs = get_pairs(
+            c,
+            |k| url_ref_valid(k, names.1, names.2),
+            "a url × referrer cell without a url or referrer name",
+        )?;
     }
     Ok(b)
 }

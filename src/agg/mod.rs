@@ -153,6 +153,9 @@ pub struct AggConfig {
     /// Whether url pageviews are counted by channel too (`agg.url_channels`: the url × channel
     /// cells).
     pub url_channels: bool,
+    /// Whether url pageviews are counted by referrer domain too (`agg.url_referrers`: the url
+    /// × referrer cells).
+    pub url_referrers: bool,
     /// Whether bots' hits count in every metric (`agg.bots = "include"`); by default they
     /// count only in the `bot` dimension (`agg::dims`).
     pub bots: bool,
@@ -203,6 +206,7 @@ impl Default for AggConfig {
             visits: VisitSettings::default(),
             url_visitors: true,
             url_channels: true,
+            url_referrers: true,
             bots: false,
         }
     }
@@ -487,6 +491,9 @@ pub enum Dim {
     /// Pairs of a url and the channel of its pageviews, by pageviews (the url × channel
     /// cells): keys are the url, [`crate::parse::event::dims::SEP`] and the channel.
     UrlChannel,
+    /// Pairs of a url and the referrer domain of its pageviews, by pageviews (the url ×
+    /// referrer cells): keys are the url, [`crate::parse::event::dims::SEP`] and the domain.
+    UrlRef,
 }
 
 impl Dim {
@@ -496,7 +503,8 @@ impl Dim {
             | Dim::UrlEngaged
             | Dim::UrlVisitors
             | Dim::UrlAvgEngaged
-            | Dim::UrlChannel => "url",
+            | Dim::UrlChannel
+            | Dim::UrlRef => "url",
             Dim::RefDomain => "ref_domain",
             Dim::Site => "site",
             Dim::EntryPage => "entry_page",
@@ -1129,6 +1137,9 @@ impl Aggregates {
                     MinuteVisitor::new((inc.has_vid && self.cfg.url_visitors).then_some(inc.vid));
                 let by_channel = (self.cfg.url_channels && inc.pageview && inc.channel != 0)
                     .then_some(cells::url_channel_key(id, inc.channel));
+                // A url's second key is its pageview's referrer domain.
+                let by_ref = (self.cfg.url_referrers && inc.pageview && !aux.is_empty())
+                    .then(|| cells::url_ref_key(id, self.refs.intern(aux).0));
                 self.each_bucket(inc, now_min, |b, res| {
                     let folded = inc.minute < b.folded_upto;
                     let c = b.urls.entry(id).or_default();
@@ -1138,6 +1149,10 @@ impl Aggregates {
                     visitor.insert(&mut c.visitors, res, folded);
                     if let Some(k) = by_channel {
                         let v = b.url_channels.entry(k).or_default();
+                        *v = v.saturating_add(1);
+                    }
+                    if let Some(k) = by_ref {
+                        let v = b.url_refs.entry(k).or_default();
                         *v = v.saturating_add(1);
                     }
                 });
@@ -1386,6 +1401,13 @@ impl Aggregates {
             let nid = self.profiles.intern(s, site, key);
             b.profile_visits.entry(nid).or_default().add(c);
         }
+        for (&k, &v) in &o.url_refs {
+            let (id, r) = cells::url_ref_of(k);
+            let site = other.url_site.get(id as usize).copied().unwrap_or(0);
+            let nid = self.intern_url(other.urls.name(id), other.sites.name(site));
+            let (nr, _) = self.refs.intern(other.refs.name(r));
+            b.url_refs.insert(cells::url_ref_key(nid, nr), v);
+        }
         b
     }
 
@@ -1582,6 +1604,14 @@ impl Aggregates {
                 channel_name(channel)
             ));
         }
+        for (&k, v) in &b.url_refs {
+            let (url, r) = cells::url_ref_of(k);
+            out.push(format!(
+                "url {:?} referred by {:?}: views {v}",
+                self.urls.name(url),
+                self.refs.name(r)
+            ));
+        }
         out
     }
 
@@ -1666,8 +1696,8 @@ impl Aggregates {
             None => None,
         };
         let parts = self.parts(from, to);
-        if dim == Dim::UrlChannel {
-            return self.top_url_channels(&parts, site_id, limit);
+        if matches!(dim, Dim::UrlChannel | Dim::UrlRef) {
+            return self.top_url_pairs(dim, &parts, site_id, limit);
         }
         let (names, sums) = match dim {
             Dim::EntryPage | Dim::ExitPage => {
@@ -1689,8 +1719,8 @@ impl Aggregates {
                 let acc = acc.into_iter().map(|x| x.max(0) as u64).collect();
                 (&self.urls, acc)
             }
-            // (The url × channel pairs were answered above.)
-            Dim::Url | Dim::UrlEngaged | Dim::UrlChannel => {
+            // (The url × channel and url × referrer pairs were answered above.)
+            Dim::Url | Dim::UrlEngaged | Dim::UrlChannel | Dim::UrlRef => {
                 let engaged = dim == Dim::UrlEngaged;
                 let mut acc = vec![0u64; self.urls.len()];
                 let mut add = |id: u32, c: &UrlCell| {
@@ -1818,35 +1848,52 @@ impl Aggregates {
             .collect()
     }
 
-    /// [`Aggregates::top`] of [`Dim::UrlChannel`]: the url × channel cells of `parts` summed,
-    /// ranked.
-    fn top_url_channels(
+    /// [`Aggregates::top`] of [`Dim::UrlChannel`] or [`Dim::UrlRef`]: the url × channel or
+    /// url × referrer cells of `parts` summed, ranked.
+    fn top_url_pairs(
         &self,
+        dim: Dim,
         parts: &[PartRef<'_>],
         site_id: Option<u32>,
         limit: usize,
     ) -> Vec<Ranked> {
+        let by_ref = dim == Dim::UrlRef;
+        let split = |k: u64| {
+            if by_ref {
+                cells::url_ref_of(k)
+            } else {
+                let (url, channel) = cells::url_channel_of(k);
+                (url, u32::from(channel))
+            }
+        };
         let mut acc: HashMap<u64, u64> = HashMap::new();
         let mut add = |k: u64, v: u32| {
-            let (url, _) = cells::url_channel_of(k);
+            let (url, _) = split(k);
             if site_id.is_none_or(|s| self.url_site.get(url as usize) == Some(&s)) {
                 *acc.entry(k).or_default() += u64::from(v);
             }
         };
         for p in parts {
-            match p {
-                PartRef::Mem(b) => b.url_channels.iter().for_each(|(&k, &v)| add(k, v)),
-                PartRef::File(f) => f.url_channels().for_each(|(k, v)| add(k, v)),
-                PartRef::Visitors(_) => {}
+            match (p, by_ref) {
+                (PartRef::Mem(b), false) => b.url_channels.iter().for_each(|(&k, &v)| add(k, v)),
+                (PartRef::Mem(b), true) => b.url_refs.iter().for_each(|(&k, &v)| add(k, v)),
+                (PartRef::File(f), false) => f.url_channels().for_each(|(k, v)| add(k, v)),
+                (PartRef::File(f), true) => f.url_refs().for_each(|(k, v)| add(k, v)),
+                (PartRef::Visitors(_), _) => {}
             }
         }
         let key = |k: u64| {
-            let (url, channel) = cells::url_channel_of(k);
+            let (url, other) = split(k);
+            let other = if by_ref {
+                self.refs.name(other)
+            } else {
+                channel_name(other as u8)
+            };
             format!(
                 "{}{}{}",
                 self.urls.name(url),
                 crate::parse::event::dims::SEP,
-                channel_name(channel)
+                other
             )
         };
         let mut ranked: Vec<Ranked> = acc
@@ -2032,7 +2079,8 @@ impl Aggregates {
                 + b.sites.len()
                 + b.profiles.len()
                 + b.url_channels.len()
-                + b.profile_visits.len()) as u64;
+                + b.profile_visits.len()
+                + b.url_refs.len()) as u64;
             m.bytes += (b.profiles.capacity() * (size_of::<(u32, UrlCell)>() + 1)
                 + b.profiles
                     .values()
@@ -2044,7 +2092,8 @@ impl Aggregates {
             m.url_cell_bytes += url_bytes as u64;
             m.bytes += (url_bytes
                 + b.refs.capacity() * (size_of::<(u64, u32)>() + 1)
-                + b.url_channels.capacity() * (size_of::<(u64, u32)>() + 1)
+                + (b.url_channels.capacity() + b.url_refs.capacity())
+                    * (size_of::<(u64, u32)>() + 1)
                 + b.profile_visits.capacity() * (size_of::<(u32, VisitCounts)>() + 1)
                 + b.sites.capacity() * (size_of::<(u32, SiteCell)>() + 1)
                 + b.sites.values().map(|c| c.uniques.size_of()).sum::<usize>()

@@ -15,11 +15,11 @@
 //! the checkpoint's own bytes ([`crate::agg::cells`]): url and referrer cells are fixed-size
 //! records sorted by id, read and binary-searched in place; site cells are decoded when read.
 //!
-//! # Sealed bucket file, format version 6 (all integers little-endian; versions 1 to 5 are still read)
+//! # Sealed bucket file, format version 7 (all integers little-endian; versions 1 to 6 are still read)
 //! | at      | size     | field       | meaning                                                  |
 //! |---------|----------|-------------|----------------------------------------------------------|
 //! |  0      | 8        | magic       | `PXAGGSB1`                                               |
-//! |  8      | 2        | version     | 6 (5: no profile visits; 4: no url × channel cells either; 3: no profile cells either; 2: url cells without visitors either; 1: site cells without visit counts either) |
+//! |  8      | 2        | version     | 7 (6: no url × referrer cells; 5: no profile visits either; 4: no url × channel cells either; 3: no profile cells either; 2: url cells without visitors either; 1: site cells without visit counts either) |
 //! | 10      | 1        | tier        | 1 = hour, 2 = day                                        |
 //! | 11      | 1        | reserved    | 0                                                        |
 //! | 12      | 4        | shards      | shard count of the run that wrote it                     |
@@ -31,7 +31,7 @@
 //! | 48      | body_len | cells       | the bucket's cells, as in a checkpoint (`store/format.rs`, "Cells of a bucket") |
 //! | end − 4 | 4        | crc32c      | CRC-32C of every byte before it                          |
 //!
-//! The checked-in samples `tests/data/sample-v6.agb` (and the older `sample-v5.agb` …
+//! The checked-in samples `tests/data/sample-v7.agb` (and the older `sample-v6.agb` …
 //! `sample-v1.agb`) are decoded by tests.
 
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ use super::Res;
 /// The eight bytes every sealed bucket file starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGSB1";
 /// The version this build writes and reads.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 const HEADER_LEN: usize = 48;
 
 /// What a sealed file says about itself.
@@ -159,6 +159,32 @@ struct Index {
     has_profile_visits: bool,
     profile_visits_at: usize,
     profile_visits: usize,
+    /// Whether it has url × referrer cells (version 7), and where: 12-byte records sorted by
+    /// key.
+    has_url_refs: bool,
+    url_refs_at: usize,
+    url_refs: usize,
+}
+
+/// Checks a table of pair cells (12-byte records: u64 key, u32 views) at `c`: every key
+/// `valid`, ascending. Returns where its records start and how many there are.
+fn check_pairs(
+    c: &mut Cursor<'_>,
+    valid: impl Fn(u64) -> bool,
+    what: &'static str,
+) -> Result<(usize, usize), FormatError> {
+    let n = c.count(12)?;
+    let at = c.at;
+    let mut last = None;
+    for _ in 0..n {
+        let k = c.u64()?;
+        if !valid(k) || last.is_some_and(|l| l >= k) {
+            return Err(FormatError::Damaged(what));
+        }
+        last = Some(k);
+        c.take(4)?;
+    }
+    Ok((at, n))
 }
 
 /// Checks a sealed file's bytes (magic, version, CRC, every length and id against `names`)
@@ -186,6 +212,7 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
     c.profiles = version >= 4;
     c.url_channels = version >= 5;
     c.profile_visits = version >= 6;
+    c.url_refs = version >= 7;
     let tier = match Res::from_code(c.u8()?) {
         Some(t @ (Res::Hour | Res::Day)) => t,
         _ => return Err(FormatError::Damaged("unknown tier")),
@@ -258,19 +285,11 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
     }
     let (mut url_channels_at, mut url_channels) = (c.at, 0);
     if c.url_channels {
-        url_channels = c.count(12)?;
-        url_channels_at = c.at;
-        let mut last = None;
-        for _ in 0..url_channels {
-            let k = c.u64()?;
-            if !super::cells::url_channel_valid(k, names.1) || last.is_some_and(|l| l >= k) {
-                return Err(FormatError::Damaged(
-                    "a url × channel cell without a name, of no channel or out of order",
-                ));
-            }
-            last = Some(k);
-            c.take(4)?;
-        }
+        (url_channels_at, url_channels) = check_pairs(
+            &mut c,
+            |k| super::cells::url_channel_valid(k, names.1),
+            "a url × channel cell without a name, of no channel or out of order",
+        )?;
     }
     let (mut profile_visits_at, mut profile_visits) = (c.at, 0);
     if c.profile_visits {
@@ -287,6 +306,14 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
             last = Some(id);
             c.take(PROFILE_VISITS_RECORD - 4)?;
         }
+    }
+    let (mut url_refs_at, mut url_refs) = (c.at, 0);
+    if c.url_refs {
+        (url_refs_at, url_refs) = check_pairs(
+            &mut c,
+            |k| super::cells::url_ref_valid(k, names.1, names.2),
+            "a url × referrer cell without a name or out of order",
+        )?;
     }
     if c.at != data.len() {
         return Err(FormatError::Damaged("bytes after the last cell"));
@@ -315,6 +342,9 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
             has_profile_visits: c.profile_visits,
             profile_visits_at,
             profile_visits,
+            has_url_refs: c.url_refs,
+            url_refs_at,
+            url_refs,
         },
     ))
 }
@@ -564,9 +594,19 @@ impl SealedFile {
 
     /// Every url × channel cell: `(url id << 8 | channel code, pageviews)`, ascending.
     pub fn url_channels(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.pairs(self.index.url_channels_at, self.index.url_channels)
+    }
+
+    /// Every url × referrer cell: `(url id << 32 | referrer id, pageviews)`, ascending.
+    pub fn url_refs(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.pairs(self.index.url_refs_at, self.index.url_refs)
+    }
+
+    /// The `n` pair cells (12-byte records) at `at`.
+    fn pairs(&self, at: usize, n: usize) -> impl Iterator<Item = (u64, u32)> + '_ {
         let b = self.b();
-        (0..self.index.url_channels).map(move |i| {
-            let at = self.index.url_channels_at + i * 12;
+        (0..n).map(move |i| {
+            let at = at + i * 12;
             (le_u64(b, at), le_u32(b, at + 8))
         })
     }
@@ -628,6 +668,7 @@ impl SealedFile {
         c.profiles = self.index.profiles.record == URL_RECORD;
         c.url_channels = self.index.has_url_channels;
         c.profile_visits = self.index.has_profile_visits;
+        c.url_refs = self.index.has_url_refs;
         get_cells(&mut c, (usize::MAX, usize::MAX, usize::MAX, usize::MAX)).unwrap_or_default()
     }
 }
@@ -690,6 +731,8 @@ mod tests {
         profiles.sort_unstable();
         let mut url_channels: Vec<_> = b.url_channels.iter().collect();
         url_channels.sort_unstable();
+        let mut url_refs: Vec<_> = b.url_refs.iter().collect();
+        url_refs.sort_unstable();
         let mut profile_visits: Vec<_> = b
             .profile_visits
             .iter()
@@ -699,7 +742,7 @@ mod tests {
         profile_visits.sort_unstable();
         format!(
             "{urls:?} {refs:?} {sites:?} {} {:?} {:?} {pages:?} {profiles:?} {url_channels:?} \
-             {profile_visits:?}",
+             {profile_visits:?} {url_refs:?}",
             b.all.hits,
             b.all.visits,
             b.all.uniques.canonical()
@@ -804,9 +847,41 @@ mod tests {
         }
     }
 
-    /// The checked-in sample of version 6 (tests/data/sample-v6.agb) decodes to the bucket it
-    /// was written from, visits by entry profile included; regenerate with
-    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v6`.
+    /// The checked-in sample of version 7 (tests/data/sample-v7.agb) decodes to the bucket it
+    /// was written from, url × referrer cells included; regenerate with
+    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v7`.
+    #[test]
+    fn sealed_sample_v7_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v7.agb");
+        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
+        let now = 29_000_000;
+        let a = crate::agg::store::format::tests::sample_state_v8(now);
+        let hour = (now - 2).div_euclid(60);
+        let b = a.materialize(Res::Hour, hour);
+        assert_eq!(
+            b.url_refs.len(),
+            3,
+            "news from google and t.co, sport direct"
+        );
+        let h = sample_header(hour);
+        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
+            std::fs::write(&path, encode(&h, &b)).unwrap();
+        }
+        let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
+        assert_eq!(lines(&f.to_bucket()), lines(&b));
+        let got: Vec<(u64, u32)> = f.url_refs().collect();
+        let mut want: Vec<(u64, u32)> = b.url_refs.iter().map(|(&k, &v)| (k, v)).collect();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(got.iter().map(|(_, v)| v).sum::<u32>(), 3);
+        // A file naming a referrer the chain does not: refused.
+        let (s, u, r, p) = a.name_counts();
+        assert!(SealedFile::open(&path, h.tier, h.number, 1, (s, u, r - 1, p)).is_err());
+    }
+
+    /// The checked-in sample of version 6 (tests/data/sample-v6.agb, written by an earlier
+    /// build) decodes to the bucket it was written from, visits by entry profile included.
     #[test]
     fn sealed_sample_v6_decodes() {
         let path =
@@ -823,10 +898,8 @@ mod tests {
             "entered from search, and directly"
         );
         let h = sample_header(hour);
-        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
-            std::fs::write(&path, encode(&h, &b)).unwrap();
-        }
         let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
+        assert!(f.url_refs().next().is_none(), "version 6 had none");
         assert_eq!(lines(&f.to_bucket()), lines(&b));
         let got: Vec<(u32, VisitCounts)> = f.profile_visits().collect();
         let mut want: Vec<(u32, VisitCounts)> =

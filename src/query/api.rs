@@ -127,6 +127,9 @@ pub enum Family {
     Pages(Dim),
     /// Urls by the channel of their pageviews (and filtered on url and channel): `views`.
     UrlChannels,
+    /// Urls by the referrer domain of their pageviews, or referrers by url (and filtered on
+    /// url and ref_domain): `views`.
+    UrlRefs,
     /// Read from the raw log (`query::scan`): any dimensions and filters.
     Scan,
 }
@@ -151,7 +154,8 @@ pub struct Plan {
     /// The profile filter (family [`Family::Profiles`]).
     pub filter: DimFilter,
     /// The filter on a page dimension's keys (family [`Family::Pages`]), or on url (position
-    /// 0) and channel (1) (family [`Family::UrlChannels`]).
+    /// 0) and channel (1) (family [`Family::UrlChannels`]) or ref_domain (1) (family
+    /// [`Family::UrlRefs`]).
     pub key_filter: Option<Filter>,
     /// (column, descending): a column is a metric's or a dimension's position.
     pub order: Vec<(Column, bool)>,
@@ -315,10 +319,26 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             Some(None) => false,
             Some(Some(f)) => !profile_dims.is_empty() || f.mentions(1),
         };
+    // Urls by referrer domain, referrers of urls (or either filtered by the other): the url ×
+    // referrer cells.
+    let url_ref_filter = filter_expr.as_ref().map(QFilter::on_url_ref);
+    let url_refs = !scan
+        && !bots
+        && times == 0
+        && profile_dims.is_empty()
+        && match (pages.as_slice(), &url_ref_filter) {
+            (_, Some(None)) => false,
+            ([Dim::Url, Dim::RefDomain] | [Dim::RefDomain, Dim::Url], _) => true,
+            ([Dim::Url], Some(Some(f))) => f.mentions(1),
+            ([Dim::RefDomain], Some(Some(f))) => f.mentions(0),
+            _ => false,
+        };
     let family = if scan {
         Family::Scan
     } else if url_channels {
         Family::UrlChannels
+    } else if url_refs {
+        Family::UrlRefs
     } else if let Some(&page) = pages.first() {
         if dims.len() > 1 {
             return Err(not_covered(&format!(
@@ -341,8 +361,15 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             "urls by channel are not counted (agg.url_channels = false); add \"include\": {\"scan\": true} to read them from the raw log",
         ));
     }
+    if !cfg.url_referrers && family == Family::UrlRefs {
+        return Err(bad(
+            "dimensions",
+            "urls by referrer are not counted (agg.url_referrers = false); add \"include\": {\"scan\": true} to read them from the raw log",
+        ));
+    }
     let (filter, key_filter) = match (family, filter_expr) {
         (Family::UrlChannels, _) => (DimFilter::default(), url_channel_filter.flatten()),
+        (Family::UrlRefs, _) => (DimFilter::default(), url_ref_filter.flatten()),
         (Family::Scan, f) => {
             let expr = match f {
                 None => None,
@@ -377,7 +404,11 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                         "with the `{}` dimension a filter may name only `{}`{}: any other is not covered by precomputed cells (add \"include\": {{\"scan\": true}} to read it from the raw log)",
                         page.as_str(),
                         page.as_str(),
-                        if page == Dim::Url { " and `channel` (the url × channel cells)" } else { "" }
+                        match page {
+                            Dim::Url => " and `channel` (the url × channel cells) or `ref_domain` (the url × referrer cells)",
+                            Dim::RefDomain => " and `url` (the url × referrer cells)",
+                            _ => "",
+                        }
                     ),
                 )
             })?;
@@ -417,7 +448,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                     | Metric::Exits
                     | Metric::AvgEngagedSeconds
             ),
-            Family::UrlChannels => *m == Metric::Views,
+            Family::UrlChannels | Family::UrlRefs => *m == Metric::Views,
             Family::Totals => !matches!(
                 m,
                 Metric::Entries | Metric::Exits | Metric::AvgEngagedSeconds
@@ -441,6 +472,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 Family::Scan => "a scan of the log counts views, visitors, hits and engaged_seconds (visits need their cells)",
                 Family::Profiles => "by pageview dimension (or filtered by one) the cells hold views, visitors and the visit metrics (visits, bounces, bounce_rate, visit_duration, views_per_visit; a visit by its entry pageview's dimensions)",
                 Family::UrlChannels => "the url × channel cells hold views only",
+                Family::UrlRefs => "the url × referrer cells hold views only",
                 Family::Totals => "entries, exits and avg_engaged_seconds are a url's: add the url dimension",
                 Family::Pages(Dim::Url) => "a url has views, visitors, hits, engaged_seconds, entries, exits and avg_engaged_seconds",
                 Family::Pages(Dim::EntryPage) => "entry pages have entries",
@@ -886,6 +918,15 @@ impl QFilter {
         })
     }
 
+    /// As a filter over url (position 0) and ref_domain (1); None when a leaf names another.
+    fn on_url_ref(&self) -> Option<Filter> {
+        self.lower(&|d| match d {
+            "url" => Some(0),
+            "ref_domain" => Some(1),
+            _ => None,
+        })
+    }
+
     fn on_page(&self, page: Dim) -> Option<Filter> {
         self.lower(&|d| (d == page.as_str()).then_some(0))
     }
@@ -1037,11 +1078,20 @@ impl Hub {
                                 _ => values.next().unwrap_or_default().to_string(),
                             });
                         }
-                        let metrics = plan
+                        let metrics: Vec<Option<f64>> = plan
                             .metrics
                             .iter()
                             .map(|m| profile_metric(*m, &r))
                             .collect();
+                        // A value known only by the visits entering on it (their first event
+                        // in this step, the entry pageview in another) is no row of a
+                        // question about pageviews.
+                        if r.views == 0
+                            && r.visitors == 0
+                            && metrics.iter().all(|x| x.is_none_or(|x| x == 0.0))
+                        {
+                            continue;
+                        }
                         rows.push(Row { dims, metrics });
                     }
                 }
@@ -1084,10 +1134,14 @@ impl Hub {
                     scan: None,
                 })
             }
-            Family::UrlChannels => {
+            Family::UrlChannels | Family::UrlRefs => {
                 let parts = self
                     .run(vec![Op::Top {
-                        dim: Dim::UrlChannel,
+                        dim: if plan.family == Family::UrlRefs {
+                            Dim::UrlRef
+                        } else {
+                            Dim::UrlChannel
+                        },
                         range,
                         site: plan.site.clone(),
                         limit: usize::MAX,
@@ -1099,12 +1153,12 @@ impl Hub {
                 };
                 let mut sums: hashbrown::HashMap<Vec<String>, u64> = Default::default();
                 for r in pairs {
-                    // (A channel's name has no separator; a url might.)
-                    let Some((url, channel)) = r.key.rsplit_once(crate::parse::event::dims::SEP)
+                    // (A channel's name or a domain has no separator; a url might.)
+                    let Some((url, other)) = r.key.rsplit_once(crate::parse::event::dims::SEP)
                     else {
                         continue;
                     };
-                    let value = |i: usize| if i == 0 { url } else { channel };
+                    let value = |i: usize| if i == 0 { url } else { other };
                     if plan.key_filter.as_ref().is_some_and(|f| !f.test(&value)) {
                         continue;
                     }
@@ -1112,8 +1166,8 @@ impl Hub {
                         .dims
                         .iter()
                         .map(|d| match d {
-                            QDim::Page(_) => url.to_string(),
-                            _ => channel.to_string(),
+                            QDim::Page(Dim::Url) => url.to_string(),
+                            _ => other.to_string(),
                         })
                         .collect();
                     *sums.entry(dims).or_default() += r.views;
@@ -1495,6 +1549,7 @@ fn answer(
         Family::Profiles => "profile cells",
         Family::Totals => "site totals",
         Family::UrlChannels => "url × channel cells",
+        Family::UrlRefs => "url × referrer cells",
         Family::Pages(Dim::RefDomain) => "referrer cells",
         Family::Pages(Dim::Site) => "site totals",
         Family::Pages(Dim::EntryPage | Dim::ExitPage) => "visit entry and exit cells",
@@ -1560,6 +1615,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("agg.url_channels = false"), "{e}");
+        // Urls by referrer, referrers of a url: the url × referrer cells (off: refused).
+        for q in [
+            r#"{"metrics":["views"],"dimensions":["url","ref_domain"]}"#,
+            r#"{"metrics":["views"],"dimensions":["ref_domain","url"],"filters":[["contains","url",["/a"]]]}"#,
+            r#"{"metrics":["views"],"dimensions":["url"],"filters":[["is","ref_domain",["t.co"]]]}"#,
+            r#"{"metrics":["views"],"dimensions":["ref_domain"],"filters":[["is","url",["https://a.example/"]]]}"#,
+        ] {
+            assert_eq!(plan(q).unwrap().family, Family::UrlRefs, "{q}");
+            let off = AggConfig {
+                url_referrers: false,
+                ..AggConfig::default()
+            };
+            let e = parse(q.as_bytes(), NOW, &off).unwrap_err();
+            assert!(e.to_string().contains("agg.url_referrers = false"), "{e}");
+        }
+        let p = plan(r#"{"metrics":["views"],"dimensions":["ref_domain"],"filters":[["contains","ref_domain",["google"]]]}"#).unwrap();
+        assert_eq!(
+            p.family,
+            Family::Pages(Dim::RefDomain),
+            "a referrer filter alone"
+        );
         // A url filter alone stays with the url cells (every url metric).
         let p = plan(
             r#"{"metrics":["views"],"dimensions":["url"],"filters":[["contains","url",["/a"]]]}"#,
@@ -1671,7 +1747,7 @@ mod tests {
                 "at most two",
             ),
             (
-                r#"{"metrics":["views"],"dimensions":["ref_domain"],"filters":[["is","url",["x"]]]}"#,
+                r#"{"metrics":["views"],"dimensions":["ref_domain"],"filters":[["is","channel",["x"]]]}"#,
                 "filters",
                 "only `ref_domain`",
             ),

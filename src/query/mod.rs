@@ -447,6 +447,9 @@ impl Hub {
                     Some(Part::Breakdown(l)) => l,
                     _ => Vec::new(),
                 };
+                // Pageviews and visitors only: a value known only by the visits entering on
+                // it in another step is not listed.
+                rows.retain(|r| r.views > 0 || r.visitors > 0);
                 // Largest first; ties by key, so that the same data always lists the same way.
                 rows.sort_unstable_by(|a, b| {
                     let (x, y) = if by_visitors {

@@ -140,8 +140,9 @@ impl Window {
 /// owns it (of `shards`; a hit
 /// without a visitor id stays on `me`, the shard that appended it; a visitor's owner follows
 /// `epochs` across shard-count changes), as `emit(owner, inc, site, key, profile)`: `profile`
-/// is empty but for the visitor's increment of a pageview, whose profile key it is (counted
-/// in the profile cells, and what the visit it may enter breaks down by). Counts the record's
+/// is empty but for a pageview's increments of its url (its referrer domain: the url ×
+/// referrer cells) and of its visitor (its profile key: counted in the profile cells, and
+/// what the visit it may enter breaks down by). Counts the record's
 /// outcome in `stats`. The one place that decides what a record adds to the aggregates,
 /// shared by live routing, the catch-up and `pixeld check --aggregates`.
 pub fn increments(
@@ -205,13 +206,14 @@ pub fn increments(
     if vid.is_none() {
         ShardStats::bump(&s.no_vid, 1);
     }
-    // A pageview's channel rides with its url: the url × channel cells.
+    // A pageview's channel and referrer domain ride with its url: the url × channel and url
+    // × referrer cells.
     emit(
         owner_of_key(URL_SEED, ev.url, shards),
         Inc::new(IncKind::Url, pv, minute, engaged, vid).with_channel(ev.channel),
         ev.site,
         ev.url,
-        "",
+        if pv { ev.ref_domain } else { "" },
     );
     if pv {
         emit(

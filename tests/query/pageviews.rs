@@ -124,6 +124,8 @@ pub struct View {
     pub vid: String,
     pub ts: i64,
     pub dims: [String; 10],
+    /// The referrer's domain (`(direct)` without one), whatever the tags say.
+    pub ref_domain: String,
     pub bot: bool,
     pub pageview: bool,
 }
@@ -187,6 +189,7 @@ pub fn generate(
             (None, "direct") if !tags.is_empty() => "referral",
             (None, c) => c,
         };
+        let ref_domain = ref_source.clone();
         let source = if src.is_empty() {
             ref_source
         } else {
@@ -207,6 +210,7 @@ pub fn generate(
             url: page,
             vid,
             ts,
+            ref_domain,
             dims: [
                 channel.to_string(),
                 source,

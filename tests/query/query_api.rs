@@ -89,6 +89,7 @@ fn value<'a>(v: &'a View, dim: &str) -> Option<&'a str> {
     match dim {
         "url" => Some(&v.url),
         "site" => Some(v.site),
+        "ref_domain" => Some(&v.ref_domain),
         _ => {
             let d = DIMS
                 .iter()
@@ -1213,6 +1214,31 @@ fn query_scans_of_the_log() {
         let mut s = q.clone();
         s["include"] = json!({"scan": true});
         assert_eq!(cells.counts(), ask(port, &s).counts(), "{q}");
+    }
+    // Urls by referrer domain and referrers of urls come from the url × referrer cells, the
+    // same way.
+    for q in [
+        json!({"metrics": ["views"], "dimensions": ["url", "ref_domain"],
+               "date_range": ["-2h", "now"], "limit": 1000}),
+        json!({"metrics": ["views"], "dimensions": ["url"], "filters": [["is", "ref_domain", ["www.google.de"]]],
+               "date_range": ["-2h", "now"], "limit": 1000}),
+        json!({"metrics": ["views"], "dimensions": ["ref_domain"], "site": "shop.example",
+               "filters": [["contains", "url", ["/p1"]]],
+               "date_range": ["-60m", "now"], "limit": 1000}),
+    ] {
+        let cells = against_model(port, views, &q, "url × referrer cells");
+        assert_eq!(
+            cells.v["meta"]["computed_from"], "url × referrer cells",
+            "{q}"
+        );
+        assert!(!cells.counts().is_empty(), "{q}: some rows");
+        let mut s = q.clone();
+        s["include"] = json!({"scan": true});
+        // A scan also lists the pairs only heartbeats had (their referrer is logged too),
+        // with no views.
+        let mut log = ask(port, &s).counts();
+        log.retain(|_, m| m.iter().any(|&x| x > 0));
+        assert_eq!(cells.counts(), log, "{q}");
     }
     let (st, v) = post(
         port,

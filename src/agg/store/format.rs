@@ -6,14 +6,14 @@
 //! [`Aggregates`]; nothing else reads or writes these bytes. Decoding never trusts the disk:
 //! the CRC is checked before anything else, every length is bounds-checked before it is used,
 //! and no input can make it panic (a proptest feeds it damaged files). A format change comes
-//! with a new version and a new checked-in sample (`tests/data/sample-v7.agg`; the older
-//! `sample-v6.agg` … `sample-v1.agg` are still decoded by tests).
+//! with a new version and a new checked-in sample (`tests/data/sample-v8.agg`; the older
+//! `sample-v7.agg` … `sample-v1.agg` are still decoded by tests).
 //!
-//! # Checkpoint file, format version 7 (all integers little-endian; versions 1 to 6 are still read)
+//! # Checkpoint file, format version 8 (all integers little-endian; versions 1 to 7 are still read)
 //! | at      | size    | field        | meaning                                                           |
 //! |---------|---------|--------------|-------------------------------------------------------------------|
 //! |  0      | 8       | magic        | `PXAGGCK1`                                                        |
-//! |  8      | 2       | version      | 7 (6: no profile visits; 5: no url × channel cells either; 4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
+//! |  8      | 2       | version      | 8 (7: no url × referrer cells; 6: no profile visits either; 5: no url × channel cells either; 4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
 //! | 10      | 1       | kind         | 0 = base (the whole state), 1 = delta (what changed since `parent`) |
 //! | 11      | 1       | reserved     | 0                                                                 |
 //! | 12      | 4       | shards       | shard count of the run that wrote it                              |
@@ -51,6 +51,7 @@
 //! | as urls              | profiles | version 5: a table and blob exactly like the urls' (20-byte records: u32 profile id, u32 pageviews, u32 0, u32 0, u32 visitors at), then its blob of visitors |
 //! | 4 + n × 12           | url_channels | version 6: u32 n, then (u64 url id << 8 \| channel code, u32 pageviews); codes 1 – 7 = search, social, email, paid, internal, referral, direct (`Channel::code`) |
 //! | 4 + n × 36           | profile_visits | version 7: u32 n, then (u32 profile id, four i64 visit counts as in a site cell): what the visits starting in the bucket add, by the profile of their entry pageview |
+//! | 4 + n × 12           | url_refs | version 8: u32 n, then (u64 url id << 32 \| referrer id, u32 pageviews): a url's pageviews by referrer domain (a referrer id of the refs names) |
 //!
 //! Site cell: u64 views, u64 hits, u64 engaged seconds, (version 3) four i64 visit counts —
 //! visits, bounces, pageviews of those visits, their summed duration in ms (signed: the late
@@ -68,7 +69,7 @@ use super::super::{Aggregates, Bucket, Res};
 /// The eight bytes every checkpoint starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGCK1";
 /// The checkpoint format version this build writes and reads.
-pub const VERSION: u16 = 7;
+pub const VERSION: u16 = 8;
 /// Size of the fixed header before the applied offsets.
 pub const HEADER_LEN: usize = 64;
 /// Largest shard count a header may declare; more is corruption.
@@ -283,6 +284,7 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
     c.profiles = h.version >= 5;
     c.url_channels = h.version >= 6;
     c.profile_visits = h.version >= 7;
+    c.url_refs = h.version >= 8;
     get_names(&mut c, &mut agg.sites)?;
     let new_urls = get_names(&mut c, &mut agg.urls)?;
     for _ in 0..new_urls {
@@ -787,6 +789,79 @@ pub(crate) mod tests {
         a
     }
 
+    /// [`sample_state_v7`] with url × referrer cells: `/news` from www.google.com twice (one
+    /// an hour earlier) and from t.co once, `/sport` from (direct) once; a heartbeat has no
+    /// referrer.
+    pub(crate) fn sample_state_v8(now: i64) -> Aggregates {
+        let mut a = sample_state_v7(now);
+        let mut b = Batch::default();
+        for (page, referrer, minute, pv) in [
+            ("news", "www.google.com", now - 2, true),
+            ("news", "www.google.com", now - 70, true),
+            ("news", "t.co", now - 2, true),
+            ("sport", "(direct)", now - 3, true),
+            ("sport", "t.co", now - 3, false),
+        ] {
+            let inc = Inc::new(IncKind::Url, pv, minute, 0, Some(11));
+            let referrer = if pv { referrer } else { "" };
+            b.push_inc_with(
+                inc,
+                "a.example",
+                &format!("https://a.example/{page}"),
+                referrer,
+            );
+        }
+        a.apply_batch(&b, now);
+        a
+    }
+
+    /// The url × referrer pairs of a state by pageviews.
+    fn url_ref_rows(a: &Aggregates, now: i64) -> Vec<(String, u64)> {
+        a.top(Dim::UrlRef, now - 400, now + 1, None, 100)
+            .into_iter()
+            .map(|r| {
+                (
+                    r.key.replace(crate::parse::event::dims::SEP, " from "),
+                    r.views,
+                )
+            })
+            .collect()
+    }
+
+    /// The checked-in sample of version 8 (tests/data/sample-v8.agg) decodes to the state it
+    /// was written from, url × referrer cells included; regenerate with
+    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v8`.
+    #[test]
+    fn sample_v8_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v8.agg");
+        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
+        let now = 29_000_000;
+        let mut a = sample_state_v8(now);
+        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
+            std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
+        }
+        let (h, r) = read_sample("sample-v8.agg");
+        assert_eq!((h.version, h.kind), (8, Kind::Base));
+        assert_eq!(answers(&r, now), answers(&a, now));
+        assert_eq!(breakdowns(&r, now), breakdowns(&a, now));
+        assert_eq!(visits_by_channel(&r, now), visits_by_channel(&a, now));
+        let s = |k: &str| k.to_string();
+        let want = [
+            (s("https://a.example/news from www.google.com"), 2),
+            (s("https://a.example/news from t.co"), 1),
+            (s("https://a.example/sport from (direct)"), 1),
+        ];
+        assert_eq!(url_ref_rows(&a, now), want);
+        assert_eq!(url_ref_rows(&r, now), want);
+        let last_hour = a.top(Dim::UrlRef, now - 10, now + 1, None, 100);
+        assert_eq!(
+            (last_hour.len(), last_hour[0].views),
+            (3, 1),
+            "google's second view is an hour earlier"
+        );
+    }
+
     /// Visits, bounces and visit pageviews by channel, over the last 400 minutes.
     fn visits_by_channel(a: &Aggregates, now: i64) -> Vec<(String, i64, i64, i64)> {
         let mut rows: Vec<_> = a
@@ -799,21 +874,17 @@ pub(crate) mod tests {
         rows
     }
 
-    /// The checked-in sample of version 7 (tests/data/sample-v7.agg) decodes to the state it
-    /// was written from, visits by entry profile included (and the visits in progress with
-    /// their entry profiles: a later pageview still moves a visit's entry after decoding);
-    /// regenerate with `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v7`.
+    /// The checked-in sample of version 7 (tests/data/sample-v7.agg, written by an earlier
+    /// build) decodes to the state it was written from, visits by entry profile included (and
+    /// the visits in progress with their entry profiles: a later pageview still moves a
+    /// visit's entry after decoding), and no url × referrer cells (version 7 had none).
     #[test]
     fn sample_v7_decodes() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v7.agg");
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
         let mut a = sample_state_v7(now);
-        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
-            std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
-        }
         let (h, mut r) = read_sample("sample-v7.agg");
+        assert!(url_ref_rows(&r, now).is_empty());
         assert_eq!((h.version, h.kind), (7, Kind::Base));
         assert_eq!(answers(&r, now), answers(&a, now));
         assert_eq!(breakdowns(&r, now), breakdowns(&a, now));

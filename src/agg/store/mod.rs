@@ -94,7 +94,7 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 }
 
 /// A hash of everything that decides how a record aggregates: the event settings (field
-/// names, `url_keep_query`, `heartbeat_seconds`), the visit settings, `url_visitors`, `url_channels` and this build's
+/// names, `url_keep_query`, `heartbeat_seconds`), the visit settings, `url_visitors`, `url_channels`, `url_referrers` and this build's
 /// aggregation version. A
 /// checkpoint written under another fingerprint is not loaded.
 pub fn fingerprint(cfg: &AggConfig) -> u64 {
@@ -136,9 +136,12 @@ pub fn fingerprint(cfg: &AggConfig) -> u64 {
     if !cfg.url_visitors {
         text.push_str(" no url visitors");
     }
-    // And the url × channel cells.
+    // And the url × channel cells, and the url × referrer cells.
     if !cfg.url_channels {
         text.push_str(" no url channels");
+    }
+    if !cfg.url_referrers {
+        text.push_str(" no url referrers");
     }
     crate::route::partition::vid_hash(&text)
 }

@@ -109,6 +109,18 @@ fn deal(
             .or_default();
         *c = c.saturating_add(v);
     }
+    // And by referrer.
+    for (&k, &v) in &b.url_refs {
+        let (id, r) = crate::agg::cells::url_ref_of(k);
+        let t = owner_of_key(URL_SEED, from.urls.name(id), n);
+        let nid = url_into(from, id, &mut to[t]);
+        let (nr, _) = to[t].refs.intern(from.refs.name(r));
+        let c = out[t]
+            .url_refs
+            .entry(crate::agg::cells::url_ref_key(nid, nr))
+            .or_default();
+        *c = c.saturating_add(v);
+    }
     for (&k, &v) in &b.refs {
         let name = from.refs.name(k as u32);
         let t = owner_of_key(REF_SEED, name, n);
