@@ -642,15 +642,16 @@ pub(crate) mod tests {
         k
     }
 
-    /// [`sample_state_v4`] with profiles: direct desktop Chrome readers of a.example (five
-    /// visitors, six pageviews), mobile readers from a search engine (three), a bot, and a
-    /// tablet reader of b.example from a social network.
-    pub(crate) fn sample_state_v5(now: i64) -> Aggregates {
-        let mut a = sample_state_v4(now);
-        let direct = key([
+    /// The profile key of a direct desktop Chrome reader.
+    fn direct_key() -> String {
+        key([
             "direct", "(direct)", "", "", "", "desktop", "Chrome", "Windows", "human",
-        ]);
-        let search = key([
+        ])
+    }
+
+    /// The profile key of a mobile Safari reader from Google.
+    fn search_key() -> String {
+        key([
             "search",
             "www.google.com",
             "",
@@ -660,7 +661,15 @@ pub(crate) mod tests {
             "Safari",
             "iOS",
             "human",
-        ]);
+        ])
+    }
+
+    /// [`sample_state_v4`] with profiles: direct desktop Chrome readers of a.example (five
+    /// visitors, six pageviews), mobile readers from a search engine (three), a bot, and a
+    /// tablet reader of b.example from a social network.
+    pub(crate) fn sample_state_v5(now: i64) -> Aggregates {
+        let mut a = sample_state_v4(now);
+        let (direct, search) = (direct_key(), search_key());
         let bot = key([
             "direct",
             "(direct)",
@@ -750,20 +759,7 @@ pub(crate) mod tests {
     /// heartbeat alone (a visit of no profile).
     pub(crate) fn sample_state_v7(now: i64) -> Aggregates {
         let mut a = sample_state_v6(now);
-        let direct = key([
-            "direct", "(direct)", "", "", "", "desktop", "Chrome", "Windows", "human",
-        ]);
-        let search = key([
-            "search",
-            "www.google.com",
-            "",
-            "",
-            "",
-            "mobile",
-            "Safari",
-            "iOS",
-            "human",
-        ]);
+        let (direct, search) = (direct_key(), search_key());
         let t0 = (now - 30) * 60_000;
         let mut b = Batch::default();
         for (vid, dt_s, pv, profile, page) in [
@@ -817,15 +813,7 @@ pub(crate) mod tests {
 
     /// The url × referrer pairs of a state by pageviews.
     fn url_ref_rows(a: &Aggregates, now: i64) -> Vec<(String, u64)> {
-        a.top(Dim::UrlRef, now - 400, now + 1, None, 100)
-            .into_iter()
-            .map(|r| {
-                (
-                    r.key.replace(crate::parse::event::dims::SEP, " from "),
-                    r.views,
-                )
-            })
-            .collect()
+        pair_rows(a, Dim::UrlRef, now)
     }
 
     /// The checked-in sample of version 8 (tests/data/sample-v8.agg) decodes to the state it
@@ -902,9 +890,7 @@ pub(crate) mod tests {
         // Visitor 21's visit, decoded, still moves: a pageview before it, directly.
         let mut b = Batch::default();
         let ts = (now - 30) * 60_000 - 5_000;
-        let direct = key([
-            "direct", "(direct)", "", "", "", "desktop", "Chrome", "Windows", "human",
-        ]);
+        let direct = direct_key();
         for agg in [&mut a, &mut r] {
             let inc = Inc::new(IncKind::Visitor, true, ts / 60_000, 0, Some(21)).with_visit(ts);
             b.push_inc_with(inc, "a.example", "https://a.example/first", &direct);
@@ -918,7 +904,13 @@ pub(crate) mod tests {
 
     /// The url × channel pairs of a state by pageviews.
     fn url_channel_rows(a: &Aggregates, now: i64) -> Vec<(String, u64)> {
-        a.top(Dim::UrlChannel, now - 400, now + 1, None, 100)
+        pair_rows(a, Dim::UrlChannel, now)
+    }
+
+    /// The pairs of `dim` (url × channel or url × referrer) of a state by pageviews, as "url
+    /// from other".
+    fn pair_rows(a: &Aggregates, dim: Dim, now: i64) -> Vec<(String, u64)> {
+        a.top(dim, now - 400, now + 1, None, 100)
             .into_iter()
             .map(|r| {
                 (
