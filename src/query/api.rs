@@ -1479,8 +1479,15 @@ pub fn scan_rows(
     let mut rows: Vec<Row> = s
         .rows
         .iter()
-        // By a pageview dimension, heartbeats (whose values are `(none)`) are not rows.
+        // By a pageview dimension, heartbeats (whose values are `(none)`) are not rows; nor is
+        // a group of which nothing asked was counted (the pairs of url and referrer only
+        // heartbeats had, asked for views), as from the cells.
         .filter(|(_, a)| !by_profile || a.views > 0)
+        .filter(|(_, a)| {
+            plan.metrics
+                .iter()
+                .any(|m| metric(m, a).is_some_and(|x| x != 0.0))
+        })
         .map(|(k, a)| Row {
             dims: k.clone(),
             metrics: plan.metrics.iter().map(|m| metric(m, a)).collect(),
