@@ -42,10 +42,6 @@ pub struct Profiles {
     /// New values that became [`OTHER`].
     pub overflow: u64,
     buf: String,
-    /// The `site` [`SEP`] `key` looked up last, its id and how many of its values became
-    /// [`OTHER`]: a pageview's profile is interned twice on its owner (its own cell, then the
-    /// visit it may enter), the second time by a compare.
-    last: (String, u32, u64),
 }
 
 /// One value of a breakdown on one shard.
@@ -172,7 +168,6 @@ impl Profiles {
             dim_values: vec![Names::default(); stride],
             overflow: 0,
             buf: String::new(),
-            last: (String::new(), 0, 0),
         }
     }
 
@@ -207,40 +202,20 @@ impl Profiles {
     }
 
     /// The id of the profile of `key` on site `site` (id `s`), interned if new; a value new to
-    /// a dimension already holding [`VALUE_CAP`] becomes [`OTHER`] (counted in `overflow`,
-    /// once per call).
+    /// a dimension already holding [`VALUE_CAP`] becomes [`OTHER`] (counted in `overflow`).
     pub fn intern(&mut self, s: u32, site: &str, key: &str) -> u32 {
-        let (id, overflow) = self.lookup(s, site, key);
-        self.overflow += overflow;
-        id
-    }
-
-    /// [`Profiles::intern`] without counting overflow: the same pageview's profile a second
-    /// time (for the visit it may enter).
-    pub fn intern_again(&mut self, s: u32, site: &str, key: &str) -> u32 {
-        self.lookup(s, site, key).0
-    }
-
-    /// The id of a profile, and how many of its values became [`OTHER`].
-    fn lookup(&mut self, s: u32, site: &str, key: &str) -> (u32, u64) {
         self.buf.clear();
         self.buf.push_str(site);
         self.buf.push(SEP);
         self.buf.push_str(key);
-        if self.buf == self.last.0 {
-            return (self.last.1, self.last.2);
-        }
-        let found = match self.names.get(&self.buf) {
-            Some(id) => (id, 0),
+        match self.names.get(&self.buf) {
+            Some(id) => id,
             None => self.intern_new(s, site, key),
-        };
-        std::mem::swap(&mut self.buf, &mut self.last.0);
-        (self.last.1, self.last.2) = found;
-        found
+        }
     }
 
-    /// [`Profiles::lookup`] of a key its exact lookup missed.
-    fn intern_new(&mut self, s: u32, site: &str, key: &str) -> (u32, u64) {
+    /// [`Profiles::intern`] of a key its exact lookup missed.
+    fn intern_new(&mut self, s: u32, site: &str, key: &str) -> u32 {
         let mut name = String::with_capacity(self.buf.len());
         name.push_str(site);
         let mut ids = Vec::with_capacity(self.stride);
@@ -264,12 +239,13 @@ impl Profiles {
             }
             name.push_str(v);
         }
+        self.overflow += overflow;
         let (id, new) = self.names.intern(&name);
         if new {
             self.site.push(s);
             self.values.extend(ids);
         }
-        (id, overflow)
+        id
     }
 
     /// The site and key of profile `id` (what [`Profiles::intern`] takes).
@@ -312,7 +288,10 @@ impl Aggregates {
     /// This shard's pageviews, visitors and visits by value of dimension `dims[0]` (by pair
     /// of values when `dims` names two: the row's key is the two joined by [`SEP`]; one row
     /// keyed "" when it names none) over `from..to`, optionally of one site, counting the
-    /// profiles that pass `filter` (a visit by the profile of its entry pageview).
+    /// profiles that pass `filter` (a visit by the profile of its entry pageview). Visits are
+    /// counted only when `visits` asks for them: without, a row's [`DimRow::visits`] is zero and
+    /// a value that only visits entered on (their first event in this range, the entry pageview
+    /// before it) is no row.
     pub fn breakdown(
         &self,
         dims: &[usize],
@@ -320,6 +299,7 @@ impl Aggregates {
         to: i64,
         site: Option<&str>,
         filter: &DimFilter,
+        visits: bool,
     ) -> Vec<DimRow> {
         let p = &self.profiles;
         let first = match dims.first() {
@@ -397,7 +377,7 @@ impl Aggregates {
         for part in self.parts(from, to) {
             // A minute its hour has not folded gives its visitors alone (`fold_visitors`).
             let counts = !matches!(part, PartRef::Visitors(_));
-            if counts {
+            if counts && visits {
                 let visits: Box<dyn Iterator<Item = (u32, VisitCounts)>> = match part {
                     PartRef::Mem(b) | PartRef::Visitors(b) => {
                         Box::new(b.profile_visits.iter().map(|(&id, c)| (id, *c)))

@@ -693,6 +693,14 @@ pub fn channel_name(code: u8) -> &'static str {
     crate::parse::event::channel::Channel::from_code(code).map_or("(none)", |c| c.as_str())
 }
 
+/// The ids of a visitor's increment that [`Aggregates::apply`] interned already.
+#[derive(Debug, Clone, Copy)]
+struct Interned {
+    site: u32,
+    /// Its pageview's profile.
+    profile: Option<u32>,
+}
+
 /// Adds one change of what visits add to bucket `b` (site `s`'s cell and all, or a page).
 fn visit_delta(b: &mut Bucket, s: u32, d: &Delta) {
     match *d {
@@ -979,22 +987,17 @@ impl Aggregates {
             self.apply_counts(inc, site, key, aux, now_min, &[], None);
             return;
         }
-        // A visitor's second key is its pageview's profile key.
-        let profile_key = aux;
         let (s, _) = self.sites.intern(site);
-        // A pageview's key is its url (the visit's entry or exit page, maybe).
+        // A pageview's key is its url (the visit's entry or exit page, maybe), its second key
+        // its profile (its own cell's, and the dimensions of the visit it may enter), interned
+        // here once for both.
         let url = if inc.pageview && !key.is_empty() {
             self.intern_url(key, site)
         } else {
             visits::NO_URL
         };
-        // Its profile: the dimensions of the visit it may enter (counted, overflow included,
-        // with its cell by `apply_counts`, where the lookup is a compare).
-        let profile = if url != visits::NO_URL && !profile_key.is_empty() {
-            self.profiles.intern_again(s, site, profile_key)
-        } else {
-            visits::NO_PROFILE
-        };
+        let profile = (!aux.is_empty()).then(|| self.profiles.intern(s, site, aux));
+        let interned = Interned { site: s, profile };
         let visits = if inc.repair {
             &mut self.repair_visits
         } else {
@@ -1010,7 +1013,9 @@ impl Aggregates {
             pageview: inc.pageview,
             engaged: inc.engaged,
             url,
-            profile,
+            profile: profile
+                .filter(|_| url != visits::NO_URL)
+                .unwrap_or(visits::NO_PROFILE),
         };
         let mut changes: smallvec::SmallVec<[(i64, Delta); 6]> = Default::default();
         visits.observe(s, inc.vid, &seen, &order, |m, d| changes.push((m, d)));
@@ -1019,7 +1024,7 @@ impl Aggregates {
         changes.sort_unstable_by_key(|c| (c.0 != inc.minute, c.0));
         let own = changes.iter().take_while(|c| c.0 == inc.minute).count();
         let (same, other) = changes.split_at(own);
-        self.apply_counts(inc, site, key, profile_key, now_min, same, Some(s));
+        self.apply_counts(inc, site, key, aux, now_min, same, Some(interned));
         for group in other.chunk_by(|a, b| a.0 == b.0) {
             let at = Inc {
                 minute: group[0].0,
@@ -1116,8 +1121,8 @@ impl Aggregates {
 
     /// Applies one increment's counts: for a url's pageview by its referrer domain (`aux`), for
     /// a visitor's its pageview's profile (`aux`, a profile key) and the changes `visits` of its
-    /// visit (all of the increment's minute; `site_id`: its site's id when known). An empty
-    /// `aux` is none.
+    /// visit (all of the increment's minute; `interned`: its site's and profile's ids when the
+    /// caller has them). An empty `aux` is none.
     #[allow(clippy::too_many_arguments)]
     fn apply_counts(
         &mut self,
@@ -1127,7 +1132,7 @@ impl Aggregates {
         aux: &str,
         now_min: i64,
         visits: &[(i64, Delta)],
-        site_id: Option<u32>,
+        interned: Option<Interned>,
     ) {
         let pv = u32::from(inc.pageview);
         match inc.kind {
@@ -1178,9 +1183,12 @@ impl Aggregates {
                 });
             }
             IncKind::Visitor => {
-                let s = site_id.unwrap_or_else(|| self.sites.intern(site).0);
                 // A pageview's profile, counted in the same pass (see `IncKind::Profile`).
-                let profile = (!aux.is_empty()).then(|| self.profiles.intern(s, site, aux));
+                let Interned { site: s, profile } = interned.unwrap_or_else(|| {
+                    let s = self.sites.intern(site).0;
+                    let profile = (!aux.is_empty()).then(|| self.profiles.intern(s, site, aux));
+                    Interned { site: s, profile }
+                });
                 let mut visitor = MinuteVisitor::new(inc.has_vid.then_some(inc.vid));
                 self.each_bucket(inc, now_min, |b, res| {
                     if let Some(id) = profile {
@@ -1359,12 +1367,7 @@ impl Aggregates {
         let o = other.materialize(res, number);
         b.urls.reserve(o.urls.len());
         for (&id, cell) in &o.urls {
-            let (nid, new) = self.urls.intern(other.urls.name(id));
-            if new {
-                let site = other.url_site.get(id as usize).copied().unwrap_or(0);
-                let (s, _) = self.sites.intern(other.sites.name(site));
-                self.url_site.push(s);
-            }
+            let nid = self.url_from(other, id);
             b.urls.insert(nid, cell.clone());
         }
         for (&k, &v) in &o.refs {
@@ -1378,37 +1381,48 @@ impl Aggregates {
         }
         b.all = o.all.clone();
         for (&id, cell) in &o.pages {
-            let site = other.url_site.get(id as usize).copied().unwrap_or(0);
-            let nid = self.intern_url(other.urls.name(id), other.sites.name(site));
-            b.pages.insert(nid, *cell);
+            b.pages.insert(self.url_from(other, id), *cell);
         }
         for (&id, cell) in &o.profiles {
-            let (site, key) = other.profiles.split(id);
-            let (s, _) = self.sites.intern(site);
-            let nid = self.profiles.intern(s, site, key);
+            let nid = self.profile_from(other, id);
             b.profiles.entry(nid).or_default().add(cell);
         }
         for (&k, &v) in &o.url_channels {
             let (id, channel) = cells::url_channel_of(k);
-            let site = other.url_site.get(id as usize).copied().unwrap_or(0);
-            let nid = self.intern_url(other.urls.name(id), other.sites.name(site));
+            let nid = self.url_from(other, id);
             b.url_channels
                 .insert(cells::url_channel_key(nid, channel), v);
         }
         for (&id, c) in &o.profile_visits {
-            let (site, key) = other.profiles.split(id);
-            let (s, _) = self.sites.intern(site);
-            let nid = self.profiles.intern(s, site, key);
+            let nid = self.profile_from(other, id);
             b.profile_visits.entry(nid).or_default().add(c);
         }
         for (&k, &v) in &o.url_refs {
             let (id, r) = cells::url_ref_of(k);
-            let site = other.url_site.get(id as usize).copied().unwrap_or(0);
-            let nid = self.intern_url(other.urls.name(id), other.sites.name(site));
+            let nid = self.url_from(other, id);
             let (nr, _) = self.refs.intern(other.refs.name(r));
             b.url_refs.insert(cells::url_ref_key(nid, nr), v);
         }
         b
+    }
+
+    /// The id here of `other`'s url `id` (another state's: an old owner, a recomputation),
+    /// interned with its site if new.
+    pub(crate) fn url_from(&mut self, other: &Aggregates, id: u32) -> u32 {
+        let (nid, new) = self.urls.intern(other.urls.name(id));
+        if new {
+            let site = other.url_site.get(id as usize).copied().unwrap_or(0);
+            let (s, _) = self.sites.intern(other.sites.name(site));
+            self.url_site.push(s);
+        }
+        nid
+    }
+
+    /// The id here of `other`'s profile `id`, interned with its site if new.
+    pub(crate) fn profile_from(&mut self, other: &Aggregates, id: u32) -> u32 {
+        let (site, key) = other.profiles.split(id);
+        let (s, _) = self.sites.intern(site);
+        self.profiles.intern(s, site, key)
     }
 
     /// Adds `other`'s bucket `number` at `res` (minute or hour) to this state's, translating

@@ -1034,6 +1034,10 @@ impl Hub {
             ))),
             Family::Profiles => {
                 let profile_dims = profile_dims(&plan.dims);
+                let visits = plan
+                    .metrics
+                    .iter()
+                    .any(|m| !matches!(m, Metric::Views | Metric::Visitors));
                 let ops = buckets
                     .iter()
                     .map(|b| Op::Breakdown {
@@ -1041,6 +1045,7 @@ impl Hub {
                         range: *b,
                         site: plan.site.clone(),
                         filter: plan.filter.clone(),
+                        visits,
                     })
                     .collect();
                 let parts = self.run(ops).await?;
@@ -1083,15 +1088,6 @@ impl Hub {
                             .iter()
                             .map(|m| profile_metric(*m, &r))
                             .collect();
-                        // A value known only by the visits entering on it (their first event
-                        // in this step, the entry pageview in another) is no row of a
-                        // question about pageviews.
-                        if r.views == 0
-                            && r.visitors == 0
-                            && metrics.iter().all(|x| x.is_none_or(|x| x == 0.0))
-                        {
-                            continue;
-                        }
                         rows.push(Row { dims, metrics });
                     }
                 }

@@ -69,6 +69,8 @@ pub enum Op {
         range: Range,
         site: Option<String>,
         filter: DimFilter,
+        /// Whether visits are asked (see [`Aggregates::breakdown`]).
+        visits: bool,
     },
 }
 
@@ -112,9 +114,15 @@ impl Op {
                 range,
                 site,
                 filter,
-            } => {
-                Part::Breakdown(agg.breakdown(dims, range.from, range.to, site.as_deref(), filter))
-            }
+                visits,
+            } => Part::Breakdown(agg.breakdown(
+                dims,
+                range.from,
+                range.to,
+                site.as_deref(),
+                filter,
+                *visits,
+            )),
             Op::Series {
                 range,
                 step,
@@ -441,15 +449,13 @@ impl Hub {
                         range,
                         site: site.clone(),
                         filter: filter.clone(),
+                        visits: false,
                     }])
                     .await?;
                 let mut rows = match parts.into_iter().next() {
                     Some(Part::Breakdown(l)) => l,
                     _ => Vec::new(),
                 };
-                // Pageviews and visitors only: a value known only by the visits entering on
-                // it in another step is not listed.
-                rows.retain(|r| r.views > 0 || r.visitors > 0);
                 // Largest first; ties by key, so that the same data always lists the same way.
                 rows.sort_unstable_by(|a, b| {
                     let (x, y) = if by_visitors {

@@ -395,6 +395,7 @@ pub(crate) mod tests {
                 bots: true,
                 ..Default::default()
             },
+            true,
         );
         channels.sort_by(|x, y| x.key.cmp(&y.key));
         format!(
@@ -853,7 +854,7 @@ pub(crate) mod tests {
     /// Visits, bounces and visit pageviews by channel, over the last 400 minutes.
     fn visits_by_channel(a: &Aggregates, now: i64) -> Vec<(String, i64, i64, i64)> {
         let mut rows: Vec<_> = a
-            .breakdown(&[0], now - 400, now + 1, None, &Default::default())
+            .breakdown(&[0], now - 400, now + 1, None, &Default::default(), true)
             .into_iter()
             .filter(|r| !r.visits.is_zero())
             .map(|r| (r.key, r.visits.visits, r.visits.bounces, r.visits.views))
@@ -977,7 +978,7 @@ pub(crate) mod tests {
                 },
             ),
         ] {
-            let mut rows = a.breakdown(&[dim], now - 400, now + 1, site, &filter);
+            let mut rows = a.breakdown(&[dim], now - 400, now + 1, site, &filter, true);
             rows.sort_by(|x, y| x.key.cmp(&y.key));
             out.push_str(&format!("{dim} {site:?} {filter:?}: {rows:?}\n"));
         }
@@ -1032,7 +1033,7 @@ pub(crate) mod tests {
         a.apply_batch(&b, now);
         let rows = |agg: &Aggregates, dims: &[usize]| {
             let mut rows: Vec<(String, u64)> = agg
-                .breakdown(dims, now - 10, now + 1, None, &DimFilter::default())
+                .breakdown(dims, now - 10, now + 1, None, &DimFilter::default(), true)
                 .into_iter()
                 .map(|r| (r.key, r.views))
                 .collect();
@@ -1052,7 +1053,7 @@ pub(crate) mod tests {
             ..DimFilter::default()
         };
         assert_eq!(
-            a.breakdown(&[author], now - 10, now + 1, None, &sport_by_author)
+            a.breakdown(&[author], now - 10, now + 1, None, &sport_by_author, true)
                 .len(),
             2
         );
@@ -1110,7 +1111,7 @@ pub(crate) mod tests {
         assert_eq!(breakdowns(&r, now), breakdowns(&a, now));
         let rows = |agg: &Aggregates, dim, f: &crate::agg::dims::DimFilter| {
             let mut rows: Vec<(String, u64, u64)> = agg
-                .breakdown(&[dim], now - 400, now + 1, None, f)
+                .breakdown(&[dim], now - 400, now + 1, None, f, true)
                 .into_iter()
                 .map(|r| (r.key, r.views, r.visitors))
                 .collect();
@@ -1160,7 +1161,7 @@ pub(crate) mod tests {
             assert!(rows(agg, 7, &nothing).is_empty());
             // By pair of values: channel and device.
             let mut pairs: Vec<(String, u64, u64)> = agg
-                .breakdown(&[0, 5], now - 400, now + 1, None, &none)
+                .breakdown(&[0, 5], now - 400, now + 1, None, &none, true)
                 .into_iter()
                 .map(|r| {
                     (

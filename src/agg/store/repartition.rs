@@ -72,17 +72,6 @@ pub struct Part {
     pub sealed: Vec<(Res, i64, Bucket)>,
 }
 
-/// The id in `agg` of `from`'s url `id`, interned (with its site) if new.
-fn url_into(from: &Aggregates, id: u32, agg: &mut Aggregates) -> u32 {
-    let (nid, new) = agg.urls.intern(from.urls.name(id));
-    if new {
-        let site = from.url_site.get(id as usize).copied().unwrap_or(0);
-        let (s, _) = agg.sites.intern(from.sites.name(site));
-        agg.url_site.push(s);
-    }
-    nid
-}
-
 /// Adds one old bucket's cells to the new owners' buckets `out` (in their ids), dealt out
 /// as the module doc says.
 fn deal(
@@ -95,14 +84,14 @@ fn deal(
     let n = to.len();
     for (&id, cell) in &b.urls {
         let t = owner_of_key(URL_SEED, from.urls.name(id), n);
-        let nid = url_into(from, id, &mut to[t]);
+        let nid = to[t].url_from(from, id);
         out[t].urls.entry(nid).or_default().add(cell);
     }
     // A url's pageviews by channel live with the url.
     for (&k, &v) in &b.url_channels {
         let (id, channel) = crate::agg::cells::url_channel_of(k);
         let t = owner_of_key(URL_SEED, from.urls.name(id), n);
-        let nid = url_into(from, id, &mut to[t]);
+        let nid = to[t].url_from(from, id);
         let c = out[t]
             .url_channels
             .entry(crate::agg::cells::url_channel_key(nid, channel))
@@ -113,7 +102,7 @@ fn deal(
     for (&k, &v) in &b.url_refs {
         let (id, r) = crate::agg::cells::url_ref_of(k);
         let t = owner_of_key(URL_SEED, from.urls.name(id), n);
-        let nid = url_into(from, id, &mut to[t]);
+        let nid = to[t].url_from(from, id);
         let (nr, _) = to[t].refs.intern(from.refs.name(r));
         let c = out[t]
             .url_refs
@@ -141,23 +130,16 @@ fn deal(
     out[t].all.merge(&b.all);
     // Entry and exit pages live with the visitors, like the site cells.
     for (&id, cell) in &b.pages {
-        let nid = url_into(from, id, &mut to[t]);
+        let nid = to[t].url_from(from, id);
         out[t].pages.entry(nid).or_default().add(cell);
     }
-    // Profiles too.
+    // Profiles too, and the visits by entry profile.
     for (&id, cell) in &b.profiles {
-        let agg = &mut to[t];
-        let (site, key) = from.profiles.split(id);
-        let (s, _) = agg.sites.intern(site);
-        let nid = agg.profiles.intern(s, site, key);
+        let nid = to[t].profile_from(from, id);
         out[t].profiles.entry(nid).or_default().add(cell);
     }
-    // And the visits by entry profile.
     for (&id, c) in &b.profile_visits {
-        let agg = &mut to[t];
-        let (site, key) = from.profiles.split(id);
-        let (s, _) = agg.sites.intern(site);
-        let nid = agg.profiles.intern(s, site, key);
+        let nid = to[t].profile_from(from, id);
         out[t].profile_visits.entry(nid).or_default().add(c);
     }
 }
