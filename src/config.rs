@@ -774,6 +774,8 @@ fn custom_dimensions(
         &fields.inc,
         &fields.ua,
         &fields.ip,
+        &fields.name,
+        &fields.props,
     ]
     .into_iter()
     .flatten()
@@ -807,6 +809,12 @@ fn custom_dimensions(
             return Err(c.invalid(
                 "agg.dimensions",
                 format!("`{name}`: `{field}` is already read as an event field ([agg.fields])"),
+            ));
+        }
+        if field.strip_prefix(crate::parse::event::PROPS_PREFIX) == Some("") {
+            return Err(c.invalid(
+                "agg.dimensions",
+                format!("`{name}`: `props.` names no prop; write `props.KEY` (a key of a custom event's props)"),
             ));
         }
         out.push((name.clone(), field.clone()));

@@ -119,8 +119,9 @@ pub struct Bucket {
     /// Entry and exit pages of this shard's visitors' visits, by url id.
     pub pages: HashMap<u32, PageCell>,
     /// Pageviews and distinct visitors of this shard's visitors by profile id: one
-    /// combination of a site and the values of every dimension (`agg::dims`). `hits` and
-    /// `engaged` stay 0 (profiles count pageviews only).
+    /// combination of a site and the values of every dimension (`agg::dims`). A custom
+    /// event's profile (its `event` value not `pageview`) counts its events in `hits`
+    /// instead; `engaged` stays 0.
     pub profiles: HashMap<u32, UrlCell>,
     /// Pageviews by url and channel: `(url id << 8) | channel code` (`Channel::code`) → views,
     /// on the url's owner (what answers "urls by channel" without a scan).

@@ -44,11 +44,21 @@ pub struct Profiles {
     buf: String,
 }
 
+/// What a breakdown adds up for one row.
+#[derive(Debug, Default)]
+struct Counts {
+    views: u64,
+    events: u64,
+    visits: VisitCounts,
+}
+
 /// One value of a breakdown on one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DimRow {
     pub key: String,
     pub views: u64,
+    /// Custom events (the `event` dimension's values other than `pageview`).
+    pub events: u64,
     /// Distinct visitors (this shard's: shards hold disjoint visitors), and whether a sketch
     /// estimated them.
     pub visitors: u64,
@@ -65,6 +75,9 @@ pub struct DimFilter {
     pub is: Vec<(usize, String)>,
     /// Whether bots' pageviews count (a `bot` breakdown or filter always sees them).
     pub bots: bool,
+    /// Whether custom events count (an `event` breakdown or filter always sees them; else
+    /// only pageviews).
+    pub events: bool,
     /// A condition over the values a profile must meet as well (`POST /v1/query`'s filters):
     /// positions of its pageview dimensions (built-in, then custom), then url and ref_domain
     /// (which a profile has none of), then its site — as a scan numbers them.
@@ -232,10 +245,21 @@ impl Profiles {
                 OTHER
             };
             ids.push(names.intern(v).0);
-            name.push(SEP);
-            if let Some(custom) = d.checked_sub(DIMS.len()).and_then(|c| self.custom.get(c)) {
-                name.push_str(custom);
+            // As the parser writes a key (`parse::event::dims`): the positional values, then
+            // an event's name, then the custom values by name.
+            if d == dims::EVENT {
+                if v == dims::PAGEVIEW {
+                    continue;
+                }
+                name.push(SEP);
+                name.push_str(DIMS[dims::EVENT]);
                 name.push('=');
+            } else {
+                name.push(SEP);
+                if let Some(custom) = d.checked_sub(DIMS.len()).and_then(|c| self.custom.get(c)) {
+                    name.push_str(custom);
+                    name.push('=');
+                }
             }
             name.push_str(v);
         }
@@ -262,22 +286,14 @@ impl Profiles {
             + self.dim_values.iter().map(Names::memory).sum::<usize>()
     }
 
-    /// Whether profile `id` is of site `site` (any when None) and passes `f`, given the id
-    /// of [`HUMAN`] among bot values and the filter's value ids (None: a value never seen,
-    /// which nothing matches).
-    fn passes(
-        &self,
-        id: u32,
-        site: Option<u32>,
-        human: Option<u32>,
-        is: &[(usize, Option<u32>)],
-    ) -> bool {
+    /// Whether profile `id` is of site `site` (any when None) and has the values `is` (ids;
+    /// None: a value never seen, which nothing matches).
+    fn passes(&self, id: u32, site: Option<u32>, is: &[(usize, Option<u32>)]) -> bool {
         let i = id as usize;
         let (Some(&s), Some(vals)) = (self.site.get(i), self.values_of(id)) else {
             return false;
         };
         site.is_none_or(|want| want == s)
-            && human.is_none_or(|h| vals.get(dims::BOT) == Some(&h))
             && is
                 .iter()
                 .all(|&(d, v)| v.is_some() && vals.get(d).copied() == v)
@@ -323,21 +339,30 @@ impl Aggregates {
             },
             None => None,
         };
-        let bot_filtered = dims.contains(&dims::BOT) || filter.mentions(dims::BOT);
-        let human = if filter.bots || bot_filtered {
-            None
-        } else {
-            match p.dim_values.get(dims::BOT).and_then(|n| n.get(HUMAN)) {
-                Some(h) => Some(h),
-                // No human pageview at all: nothing to count.
-                None => return Vec::new(),
-            }
-        };
-        let is: Vec<(usize, Option<u32>)> = filter
+        let mut is: Vec<(usize, Option<u32>)> = filter
             .is
             .iter()
             .map(|(d, v)| (*d, p.dim_values.get(*d).and_then(|n| n.get(v))))
             .collect();
+        // Bots' pageviews count only when asked for (`filter.bots`, or a `bot` breakdown or
+        // filter), custom events only when the `event` dimension is named.
+        let named = |d: usize| dims.contains(&d) || filter.mentions(d);
+        for (d, value, asked) in [
+            (dims::BOT, HUMAN, filter.bots || named(dims::BOT)),
+            (
+                dims::EVENT,
+                dims::PAGEVIEW,
+                filter.events || named(dims::EVENT),
+            ),
+        ] {
+            if !asked {
+                match p.dim_values.get(d).and_then(|n| n.get(value)) {
+                    Some(id) => is.push((d, Some(id))),
+                    // No human pageview at all: nothing to count.
+                    None => return Vec::new(),
+                }
+            }
+        }
         // The expression, judged once per profile rather than once per cell.
         // Positions past the dimensions: url, ref_domain (never a profile's: ""), then the
         // profile's site (see `DimFilter::expr`).
@@ -356,11 +381,11 @@ impl Aggregates {
                 .collect()
         });
         // Rows by value id (and the second dimension's value id, or 0).
-        let mut views: HashMap<(u32, u32), (u64, VisitCounts)> = HashMap::new();
+        let mut views: HashMap<(u32, u32), Counts> = HashMap::new();
         let mut unions: HashMap<(u32, u32), VisitorUnion<'_>> = HashMap::new();
         // The row of profile `id`, when it passes the filter.
         let row_of = |id: u32| -> Option<(u32, u32)> {
-            if !p.passes(id, site_id, human, &is)
+            if !p.passes(id, site_id, &is)
                 || allowed
                     .as_ref()
                     .is_some_and(|a| a.get(id as usize) != Some(&true))
@@ -386,7 +411,7 @@ impl Aggregates {
                 };
                 for (id, c) in visits {
                     if let Some(v) = row_of(id) {
-                        views.entry(v).or_default().1.add(&c);
+                        views.entry(v).or_default().visits.add(&c);
                     }
                 }
             }
@@ -402,15 +427,19 @@ impl Aggregates {
                 };
                 let n = views.entry(v).or_default();
                 if counts {
-                    n.0 += u64::from(c.views);
+                    n.views += u64::from(c.views);
+                    // A custom event's profile counts its events as hits.
+                    n.events += u64::from(c.hits);
                 }
                 unions.entry(v).or_default().add(visitors_of(c));
             }
         }
         views
             .into_iter()
-            .filter(|(v, (n, visits))| *n > 0 || !visits.is_zero() || unions.contains_key(v))
-            .map(|(v, (n, visits))| {
+            .filter(|(v, n)| {
+                n.views > 0 || n.events > 0 || !n.visits.is_zero() || unions.contains_key(v)
+            })
+            .map(|(v, n)| {
                 let (visitors, sketched) = unions.get(&v).map_or((0, false), |u| u.count());
                 let mut key = first.map_or("", |(_, names)| names.name(v.0)).to_string();
                 if let Some((_, names)) = second {
@@ -419,10 +448,11 @@ impl Aggregates {
                 }
                 DimRow {
                     key,
-                    views: n,
+                    views: n.views,
+                    events: n.events,
                     visitors,
                     sketched,
-                    visits,
+                    visits: n.visits,
                 }
             })
             .collect()

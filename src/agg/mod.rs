@@ -761,9 +761,10 @@ impl MinuteVisitor {
 /// with the separators shown as ` | `.
 pub fn profile_line(name: &str, c: &UrlCell) -> String {
     format!(
-        "profile {:?}: views {} visitors {}",
+        "profile {:?}: views {} events {} visitors {}",
         name.replace(crate::parse::event::dims::SEP, " | "),
         c.views,
+        c.hits,
         uniques_line(&c.visitors.to_uniques())
     )
 }
@@ -1178,7 +1179,9 @@ impl Aggregates {
                 self.each_bucket(inc, now_min, |b, res| {
                     let folded = inc.minute < b.folded_upto;
                     let c = b.profiles.entry(id).or_default();
-                    c.views = c.views.saturating_add(1);
+                    // A pageview's profile counts views, a custom event's hits.
+                    c.views = c.views.saturating_add(pv);
+                    c.hits = c.hits.saturating_add(1 - pv);
                     visitor.insert(&mut c.visitors, res, folded);
                 });
             }
@@ -1194,7 +1197,8 @@ impl Aggregates {
                     if let Some(id) = profile {
                         let folded = inc.minute < b.folded_upto;
                         let c = b.profiles.entry(id).or_default();
-                        c.views = c.views.saturating_add(1);
+                        c.views = c.views.saturating_add(pv);
+                        c.hits = c.hits.saturating_add(1 - pv);
                         visitor.insert(&mut c.visitors, res, folded);
                     }
                     for c in [b.sites.entry(s).or_default(), &mut b.all] {

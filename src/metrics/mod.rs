@@ -105,6 +105,8 @@ pub struct AggStats {
     unparsed: [AtomicU64; EventError::ALL.len()],
     pub no_timestamp: AtomicU64,
     pub bad_timestamp: AtomicU64,
+    /// Events whose props a custom dimension reads but which are not a JSON object.
+    pub bad_props: AtomicU64,
     pub invalid_utf8: AtomicU64,
     pub no_vid: AtomicU64,
     /// Visitors' pageviews and heartbeats received later than `agg.visit_late_allowance`
@@ -574,6 +576,11 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             "pixeld_agg_bad_timestamp_total",
             "Events whose timestamp did not parse, aggregated at their receive time.",
             |s| ShardStats::get(&s.agg.bad_timestamp),
+        ),
+        (
+            "pixeld_agg_bad_props_total",
+            "Events whose props (read by a props.KEY custom dimension) are not a JSON object: those dimensions are (none).",
+            |s| ShardStats::get(&s.agg.bad_props),
         ),
         (
             "pixeld_agg_invalid_utf8_total",

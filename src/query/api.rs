@@ -56,9 +56,11 @@ pub enum Metric {
     Entries,
     Exits,
     AvgEngagedSeconds,
+    /// Pageviews and custom events.
+    Events,
 }
 
-const METRICS: [(&str, Metric); 12] = [
+const METRICS: [(&str, Metric); 13] = [
     ("views", Metric::Views),
     ("visitors", Metric::Visitors),
     ("hits", Metric::Hits),
@@ -71,6 +73,7 @@ const METRICS: [(&str, Metric); 12] = [
     ("entries", Metric::Entries),
     ("exits", Metric::Exits),
     ("avg_engaged_seconds", Metric::AvgEngagedSeconds),
+    ("events", Metric::Events),
 ];
 
 impl Metric {
@@ -350,11 +353,14 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
     } else if !profile_dims.is_empty()
         || filter_expr.as_ref().is_some_and(|f| !f.names_pages())
         || bots
+        || metrics.contains(&Metric::Events)
     {
         Family::Profiles
     } else {
         Family::Totals
     };
+    // Asking for events counts the custom events (as naming the `event` dimension does).
+    let events = metrics.contains(&Metric::Events);
     if !cfg.url_channels && family == Family::UrlChannels {
         return Err(bad(
             "dimensions",
@@ -383,6 +389,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             (
                 DimFilter {
                     bots,
+                    events,
                     expr,
                     ..DimFilter::default()
                 },
@@ -392,6 +399,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         (_, None) => (
             DimFilter {
                 bots,
+                events,
                 ..DimFilter::default()
             },
             None,
@@ -427,6 +435,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             (
                 DimFilter {
                     bots,
+                    events,
                     expr: Some(f),
                     ..DimFilter::default()
                 },
@@ -438,7 +447,11 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         let ok = match family {
             Family::Scan => matches!(
                 m,
-                Metric::Views | Metric::Visitors | Metric::Hits | Metric::EngagedSeconds
+                Metric::Views
+                    | Metric::Visitors
+                    | Metric::Hits
+                    | Metric::EngagedSeconds
+                    | Metric::Events
             ),
             Family::Profiles => !matches!(
                 m,
@@ -451,7 +464,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             Family::UrlChannels | Family::UrlRefs => *m == Metric::Views,
             Family::Totals => !matches!(
                 m,
-                Metric::Entries | Metric::Exits | Metric::AvgEngagedSeconds
+                Metric::Entries | Metric::Exits | Metric::AvgEngagedSeconds | Metric::Events
             ),
             Family::Pages(Dim::Url) => matches!(
                 m,
@@ -469,8 +482,8 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         };
         if !ok {
             let cells = match family {
-                Family::Scan => "a scan of the log counts views, visitors, hits and engaged_seconds (visits need their cells)",
-                Family::Profiles => "by pageview dimension (or filtered by one) the cells hold views, visitors and the visit metrics (visits, bounces, bounce_rate, visit_duration, views_per_visit; a visit by its entry pageview's dimensions)",
+                Family::Scan => "a scan of the log counts views, visitors, hits, engaged_seconds and events (visits need their cells)",
+                Family::Profiles => "by pageview dimension (or filtered by one) the cells hold views, events, visitors and the visit metrics (visits, bounces, bounce_rate, visit_duration, views_per_visit; a visit by its entry pageview's dimensions)",
                 Family::UrlChannels => "the url × channel cells hold views only",
                 Family::UrlRefs => "the url × referrer cells hold views only",
                 Family::Totals => "entries, exits and avg_engaged_seconds are a url's: add the url dimension",
@@ -482,7 +495,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             return Err(bad(
                 "metrics",
                 format!(
-                    "`{}` is not covered by precomputed cells for this query ({cells}); a scan of the raw log (\"include\": {{\"scan\": true}}) counts views, visitors, hits and engaged_seconds by anything",
+                    "`{}` is not covered by precomputed cells for this query ({cells}); a scan of the raw log (\"include\": {{\"scan\": true}}) counts views, visitors, hits, engaged_seconds and events by anything",
                     m.name()
                 ),
             ));
@@ -995,6 +1008,7 @@ fn profile_metric(m: Metric, r: &DimRow) -> Option<f64> {
     match m {
         Metric::Views => Some(r.views as f64),
         Metric::Visitors => Some(r.visitors as f64),
+        Metric::Events => Some((r.views + r.events) as f64),
         _ => visit_metric(m, &r.visits),
     }
 }
@@ -1037,7 +1051,7 @@ impl Hub {
                 let visits = plan
                     .metrics
                     .iter()
-                    .any(|m| !matches!(m, Metric::Views | Metric::Visitors));
+                    .any(|m| !matches!(m, Metric::Views | Metric::Visitors | Metric::Events));
                 let ops = buckets
                     .iter()
                     .map(|b| Op::Breakdown {
@@ -1060,6 +1074,7 @@ impl Hub {
                         let none = DimRow {
                             key: String::new(),
                             views: 0,
+                            events: 0,
                             visitors: 0,
                             sketched: false,
                             visits: VisitCounts::default(),
@@ -1451,6 +1466,7 @@ pub fn scan_spec(plan: &Plan, range: Range) -> super::scan::ScanSpec {
         to_min: range.to,
         site: plan.site.clone(),
         bots: plan.filter.bots,
+        events: plan.filter.events,
     }
 }
 
@@ -1469,6 +1485,7 @@ pub fn scan_rows(
             Metric::Visitors => a.visitors.len() as f64,
             Metric::Hits => a.hits as f64,
             Metric::EngagedSeconds => a.engaged as f64,
+            Metric::Events => (a.views + a.events) as f64,
             _ => return None,
         })
     };
@@ -1478,7 +1495,7 @@ pub fn scan_rows(
         // By a pageview dimension, heartbeats (whose values are `(none)`) are not rows; nor is
         // a group of which nothing asked was counted (the pairs of url and referrer only
         // heartbeats had, asked for views), as from the cells.
-        .filter(|(_, a)| !by_profile || a.views > 0)
+        .filter(|(_, a)| !by_profile || a.views > 0 || a.events > 0)
         .filter(|(_, a)| {
             plan.metrics
                 .iter()

@@ -178,12 +178,14 @@ fn merge(op: &Op, parts: Vec<Part>) -> Part {
             }) {
                 let e = sums.entry(r.key.clone()).or_insert(DimRow {
                     views: 0,
+                    events: 0,
                     visitors: 0,
                     sketched: false,
                     visits: Default::default(),
                     ..r.clone()
                 });
                 e.views += r.views;
+                e.events += r.events;
                 e.visitors += r.visitors;
                 e.sketched |= r.sketched;
                 e.visits.add(&r.visits);
@@ -456,10 +458,16 @@ impl Hub {
                     Some(Part::Breakdown(l)) => l,
                     _ => Vec::new(),
                 };
+                // With the `event` dimension (or filter) custom events count: rows carry their
+                // events (pageviews and custom events) and rank by them.
+                let events = dims.contains(&crate::parse::event::dims::EVENT)
+                    || filter.mentions(crate::parse::event::dims::EVENT);
                 // Largest first; ties by key, so that the same data always lists the same way.
                 rows.sort_unstable_by(|a, b| {
                     let (x, y) = if by_visitors {
                         (a.visitors, b.visitors)
+                    } else if events {
+                        (a.views + a.events, b.views + b.events)
                     } else {
                         (a.views, b.views)
                     };
@@ -476,12 +484,16 @@ impl Hub {
                         } else {
                             json!(r.key)
                         };
-                        json!({
+                        let mut item = json!({
                             "key": key,
                             "views": r.views,
                             "visitors": r.visitors,
                             "visitors_sketched": r.sketched,
-                        })
+                        });
+                        if events {
+                            item["events"] = json!(r.views + r.events);
+                        }
+                        item
                     })
                     .collect();
                 let agg = self.agg.borrow();
@@ -493,7 +505,13 @@ impl Hub {
                     "from": minute_rfc3339(range.from),
                     "to": minute_rfc3339(range.to),
                     "site": site,
-                    "sort": if by_visitors { "visitors" } else { "views" },
+                    "sort": if by_visitors {
+                        "visitors"
+                    } else if events {
+                        "events"
+                    } else {
+                        "views"
+                    },
                     "filter": filters,
                     "bots": if filter.bots { "include" } else { "exclude" },
                     "total_rows": total_rows,

@@ -58,6 +58,8 @@ pub struct ScanSpec {
     pub site: Option<String>,
     /// Count bots' pageviews too.
     pub bots: bool,
+    /// Count custom events (by their dimensions) too.
+    pub events: bool,
 }
 
 impl ScanSpec {
@@ -71,9 +73,11 @@ impl ScanSpec {
 #[derive(Debug, Clone, Default)]
 pub struct Acc {
     pub views: u64,
+    /// Custom events (counted only when the `event` dimension is named).
+    pub events: u64,
     pub hits: u64,
     pub engaged: u64,
-    /// Hashes of the visitor ids of its pageviews.
+    /// Hashes of the visitor ids of its pageviews (and custom events, when counted).
     pub visitors: HashSet<u64>,
 }
 
@@ -287,6 +291,7 @@ pub fn scan(
         for (k, a) in p.rows {
             let e = out.rows.entry(k).or_default();
             e.views += a.views;
+            e.events += a.events;
             e.hits += a.hits;
             e.engaged += a.engaged;
             e.visitors.extend(a.visitors);
@@ -316,9 +321,14 @@ fn scan_shard(
     // The row key of a record, built in place: a record of an existing row allocates nothing
     // for it.
     let mut key: Vec<String> = vec![String::new(); spec.dims.len()];
-    let bot_named = spec.dims.contains(&ScanDim::Profile(dims::BOT))
-        || spec.filter.as_ref().is_some_and(|f| f.mentions(dims::BOT));
-    let count_bots = spec.bots || bot_named || cfg.bots;
+    let named = |d: usize| {
+        spec.dims.contains(&ScanDim::Profile(d))
+            || spec.filter.as_ref().is_some_and(|f| f.mentions(d))
+    };
+    let count_bots = spec.bots || named(dims::BOT) || cfg.bots;
+    // Custom events are rows of their own only when the `event` dimension is named (as in
+    // the cells); otherwise they are hits without dimensions, like heartbeats.
+    let with_events = spec.events || named(dims::EVENT);
     let mut failed = None;
     let r = log.read_durable(
         Start::Time(start_ns(cfg, spec.from_min)),
@@ -356,11 +366,12 @@ fn scan_shard(
             if spec.site.as_deref().is_some_and(|s| s != e.site) || (e.bot && !count_bots) {
                 return ControlFlow::Continue(());
             }
-            // Every value a dimension or the filter may name: the profile's (a heartbeat or
-            // custom event has none: its pageview dimensions are `(none)`), then url,
-            // referrer domain and site.
+            // Every value a dimension or the filter may name: the profile's (a heartbeat has
+            // none, nor a custom event unless `event` is named: their pageview dimensions are
+            // `(none)`), then url, referrer domain and site.
+            let event = e.action == Action::Event && with_events;
             let mut values: Vec<&str> = Vec::with_capacity(url_pos + 3);
-            if e.profile.is_empty() {
+            if e.profile.is_empty() || (e.action == Action::Event && !with_events) {
                 values.extend((0..url_pos).map(|_| dims::NONE));
             } else {
                 values.extend(dims::all_values(e.profile, &custom));
@@ -391,8 +402,11 @@ fn scan_shard(
             };
             a.hits += 1;
             a.engaged += u64::from(e.engaged_seconds);
-            if e.action == Action::Pageview {
-                a.views += 1;
+            if event {
+                a.events += 1;
+            }
+            if e.action == Action::Pageview || event {
+                a.views += u64::from(!event);
                 if !e.vid.is_empty() {
                     a.visitors.insert(crate::route::partition::vid_hash(e.vid));
                 }

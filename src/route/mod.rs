@@ -135,14 +135,14 @@ impl Window {
 
 /// Parses one record's message and makes its increments: unless a bot sent it and `agg.bots`
 /// excludes bots, the url's, the referrer domain's for a pageview, and the visitor's (with a
-/// pageview's profile: its dimensions, `agg::dims`) — a bot's pageview makes its profile's
-/// increment alone —, each with the shard that
+/// pageview's or custom event's profile: its dimensions, `agg::dims`) — a bot's pageview or
+/// event makes its profile's increment alone —, each with the shard that
 /// owns it (of `shards`; a hit
 /// without a visitor id stays on `me`, the shard that appended it; a visitor's owner follows
 /// `epochs` across shard-count changes), as `emit(owner, inc, site, key, profile)`: `profile`
 /// is empty but for a pageview's increments of its url (its referrer domain: the url ×
 /// referrer cells) and of its visitor (its profile key: counted in the profile cells, and
-/// what the visit it may enter breaks down by). Counts the record's
+/// for a pageview what the visit it may enter breaks down by). Counts the record's
 /// outcome in `stats`. The one place that decides what a record adds to the aggregates,
 /// shared by live routing, the catch-up and `pixeld check --aggregates`.
 pub fn increments(
@@ -169,6 +169,9 @@ pub fn increments(
     if ev.bad_timestamp {
         ShardStats::bump(&s.bad_timestamp, 1);
     }
+    if ev.bad_props {
+        ShardStats::bump(&s.bad_props, 1);
+    }
     let recv_ms = (recv_ts / 1_000_000) as i64;
     let ts_ms = match ev.ts_ms {
         Some(t) => t,
@@ -188,9 +191,12 @@ pub fn increments(
     // A visitor's pageviews go, with their dimensions, to the visitor's owner (a hit without
     // a visitor id to the shard that appended it).
     let owner = vid.map_or(me, |h| epochs.owner_of_visitor(h, minute, shards));
+    // A pageview's or custom event's profile (its dimensions, an event's name among them;
+    // a heartbeat has none).
+    let profile = ev.profile;
     if ev.bot && !window.bots {
         // Counted in the `bot` dimension alone: its profile's increment, nothing else.
-        if pv {
+        if !profile.is_empty() {
             emit(
                 owner,
                 Inc::new(IncKind::Profile, pv, minute, 0, vid),
@@ -225,11 +231,10 @@ pub fn increments(
         );
     }
     // A hit without a visitor id still counts in the totals, on the shard that appended it.
-    // A pageview's profile (its dimensions) rides along, counted by the same owner: one
+    // A pageview's or custom event's profile rides along, counted by the same owner: one
     // increment, not two.
     let mut inc = Inc::new(IncKind::Visitor, pv, minute, engaged, vid);
     let mut page = "";
-    let profile = if pv { ev.profile } else { "" };
     if vid.is_some() && matches!(ev.action, Action::Pageview | Action::Heartbeat) {
         // Decided here, from the record alone, so that the catch-up decides the same.
         if recv_ms.saturating_sub(ts_ms) > late_allowance_ms {

@@ -12,6 +12,7 @@ mod aggregates;
 mod dashboard_browser;
 mod dashboard_live;
 mod dimensions;
+mod events;
 mod pageviews;
 mod query_api;
 mod store;

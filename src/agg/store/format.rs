@@ -975,6 +975,7 @@ pub(crate) mod tests {
                     is: vec![(0, "search".into())],
                     bots: false,
                     expr: None,
+                    ..Default::default()
                 },
             ),
         ] {
@@ -1151,12 +1152,14 @@ pub(crate) mod tests {
                 is: vec![(0, s("search"))],
                 bots: false,
                 expr: None,
+                ..Default::default()
             };
             assert_eq!(rows(agg, 7, &search_os), [(s("iOS"), 3, 3)]);
             let nothing = crate::agg::dims::DimFilter {
                 is: vec![(0, s("paid"))],
                 bots: false,
                 expr: None,
+                ..Default::default()
             };
             assert!(rows(agg, 7, &nothing).is_empty());
             // By pair of values: channel and device.

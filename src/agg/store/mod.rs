@@ -109,13 +109,17 @@ pub fn fingerprint(cfg: &AggConfig) -> u64 {
     let mut event = cfg.event.clone();
     let ua = std::mem::take(&mut event.fields.ua);
     let ip = std::mem::take(&mut event.fields.ip);
+    // Custom events' names and props came later still (their profiles: older buckets hold
+    // none, `rebuild-aggregates` adds those the log still has).
+    let name = std::mem::take(&mut event.fields.name);
+    let props = std::mem::take(&mut event.fields.props);
     event.geo = crate::parse::geo::Geo::none();
     event.bot_networks = crate::parse::networks::BotNetworks::none();
     // Custom dimensions are found in a profile's key by name, so changing them never makes
     // the stored profiles wrong: they are left out too.
     event.custom.clear();
     let mut text = format!("v{AGGREGATION_VERSION} {event:?}")
-        .replace(", ua: [], ip: []", "")
+        .replace(", ua: [], ip: [], name: [], props: []", "")
         .replace(", geo: None, bot_networks: None, custom: []", "");
     let defaults = crate::parse::event::FieldNames::default();
     if ua != defaults.ua {
@@ -123,6 +127,9 @@ pub fn fingerprint(cfg: &AggConfig) -> u64 {
     }
     if ip != defaults.ip {
         text.push_str(&format!(" ip {ip:?}"));
+    }
+    if name != defaults.name || props != defaults.props {
+        text.push_str(&format!(" event {name:?} {props:?}"));
     }
     if cfg.bots {
         text.push_str(" bots counted");
@@ -632,7 +639,9 @@ mod tests {
             url_channels: false,
             ..default.clone()
         };
-        for other in [ua, bots, no_url_channels] {
+        let mut props = default.clone();
+        props.event.fields.props = vec!["properties".into()];
+        for other in [ua, bots, no_url_channels, props] {
             assert_ne!(fingerprint(&other), fingerprint(&default));
         }
     }

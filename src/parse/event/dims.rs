@@ -1,6 +1,8 @@
 //! The dimensions of a pageview — where it came from (channel, source, utm tags) and on what
 //! (device, browser, operating system, bot, country) — and the one string that carries their values
-//! from the parser to the aggregates: the *profile key*.
+//! from the parser to the aggregates: the *profile key*. A custom event (the tracking script's
+//! `px('signup', {…})`) has a profile too, the same values read from its own line plus its
+//! name in the `event` dimension, whose value for a pageview is [`PAGEVIEW`].
 //!
 //! Every pageview has a value for every dimension (`(none)` when a utm tag is absent,
 //! `(unknown)` when the user agent says nothing), so that each dimension's values add up to
@@ -9,9 +11,13 @@
 //! one lookup there, not one per dimension, and any breakdown or filter over these dimensions
 //! (one or two at a time) is a sum over the combinations. The order is stored (profile names
 //! in checkpoints): a dimension is only ever appended.
+//!
+//! The first [`POSITIONAL`] values stand in order; `event` follows as `event=NAME`, found by
+//! name like a custom dimension's value and absent from a pageview's key — so every pageview
+//! key (and every profile stored before events had one) stays as it was.
 
-/// The dimensions, in key order.
-pub const DIMS: [&str; 10] = [
+/// The dimensions: the positional ones in key order, then `event`.
+pub const DIMS: [&str; 11] = [
     "channel",
     "source",
     "utm_source",
@@ -22,13 +28,18 @@ pub const DIMS: [&str; 10] = [
     "os",
     "bot",
     "country",
+    "event",
 ];
+
+/// How many of [`DIMS`] stand by position in a key.
+pub const POSITIONAL: usize = 10;
 
 /// Positions in [`DIMS`].
 pub const CHANNEL: usize = 0;
 pub const DEVICE: usize = 5;
 pub const BOT: usize = 8;
 pub const COUNTRY: usize = 9;
+pub const EVENT: usize = 10;
 
 /// Separates the values of a key (a control character no value keeps: see [`push_value`]).
 pub const SEP: char = '\u{1f}';
@@ -36,6 +47,11 @@ pub const SEP: char = '\u{1f}';
 pub const NONE: &str = "(none)";
 /// The `bot` value of a pageview that is not a bot's.
 pub const HUMAN: &str = "human";
+/// The `event` value of a pageview.
+pub const PAGEVIEW: &str = "pageview";
+/// What a custom event named [`PAGEVIEW`] counts as, so that no event's row is taken for the
+/// pageviews'.
+pub const PAGEVIEW_EVENT: &str = "pageview (event)";
 
 /// The position of dimension `name` in [`DIMS`].
 pub fn dim_index(name: &str) -> Option<usize> {
@@ -69,6 +85,22 @@ fn push_clean(key: &mut String, value: &str) {
 /// boundary): a key stays small whatever a line carries.
 pub const CUSTOM_VALUE_BYTES: usize = 100;
 
+/// Appends a custom event's name to a key being built (after the positional values, before
+/// the custom ones), as `event=NAME`, cut like a custom value; [`PAGEVIEW_EVENT`] for the
+/// name [`PAGEVIEW`].
+pub fn push_event(key: &mut String, name: &str) {
+    let name = name.trim();
+    push_custom(
+        key,
+        DIMS[EVENT],
+        if name == PAGEVIEW {
+            PAGEVIEW_EVENT
+        } else {
+            name
+        },
+    );
+}
+
 /// Appends custom dimension `name`'s value to a key being built, as `name=value` after the
 /// built-in values: found by its name, not its position, so that adding, removing or
 /// reordering `[agg.dimensions]` never reads one dimension's value as another's.
@@ -90,26 +122,35 @@ pub fn push_custom(key: &mut String, name: &str, value: &str) {
 /// The value of custom dimension `name` in a key, [`NONE`] when the key has none (a pageview
 /// aggregated before the dimension was configured, or without its field).
 pub fn custom_value<'a>(key: &'a str, name: &str) -> &'a str {
+    named_value(key, name).unwrap_or(NONE)
+}
+
+/// The `name=value` entry of `name` after a key's positional values.
+fn named_value<'a>(key: &'a str, name: &str) -> Option<&'a str> {
     key.split(SEP)
-        .skip(DIMS.len())
+        .skip(POSITIONAL)
         .find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
-        .unwrap_or(NONE)
 }
 
 /// The value a key of an older build, written before dimension `dim` existed, stands for.
 pub fn missing_value(dim: usize) -> &'static str {
-    if dim == COUNTRY {
-        crate::parse::geo::UNKNOWN
-    } else {
-        NONE
+    match dim {
+        COUNTRY => crate::parse::geo::UNKNOWN,
+        EVENT => PAGEVIEW,
+        _ => NONE,
     }
 }
 
-/// The values of a key, those missing at its end (a key of an older build) as
-/// [`missing_value`] says.
+/// The values of a key in [`DIMS`] order: the positional ones, those missing at its end (a
+/// key of an older build) as [`missing_value`] says, then its event's name ([`PAGEVIEW`]
+/// without one).
 pub fn values(key: &str) -> impl Iterator<Item = &str> {
     let mut given = key.split(SEP);
-    (0..DIMS.len()).map(move |d| given.next().unwrap_or(missing_value(d)))
+    (0..POSITIONAL)
+        .map(move |d| given.next().unwrap_or(missing_value(d)))
+        .chain(std::iter::once_with(move || {
+            named_value(key, DIMS[EVENT]).unwrap_or(PAGEVIEW)
+        }))
 }
 
 /// The values of a key for every pageview dimension: the built-in ones ([`values`]), then
@@ -145,8 +186,22 @@ mod tests {
                 NONE,
                 NONE,
                 crate::parse::geo::UNKNOWN,
+                PAGEVIEW,
             ]
         );
+        // An event's name follows the positional values, found by name like a custom one.
+        let mut full = String::new();
+        for d in &DIMS[..POSITIONAL] {
+            push_value(&mut full, d);
+        }
+        let mut e = full.clone();
+        push_event(&mut e, " signup ");
+        push_custom(&mut e, "plan", "pro");
+        let got: Vec<&str> = all_values(&e, &["plan", "tier"]).skip(EVENT).collect();
+        assert_eq!(got, ["signup", "pro", NONE]);
+        assert_eq!(values(&full).nth(EVENT), Some(PAGEVIEW));
+        push_event(&mut full, "pageview");
+        assert_eq!(values(&full).nth(EVENT), Some(PAGEVIEW_EVENT));
         assert_eq!(dim_index("os"), Some(7));
         assert_eq!(dim_index("bot"), Some(BOT));
         assert_eq!(dim_index("nope"), None);

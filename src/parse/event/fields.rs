@@ -28,7 +28,17 @@ pub struct FieldNames {
     /// The client address (nginx `$remote_addr`; an `X-Forwarded-For` list counts by its first
     /// entry): the country, when `[geo]` names a database. Never stored in the aggregates.
     pub ip: Vec<String>,
+    /// A custom event's name (the tracking script's `n`): its value of the `event` dimension.
+    pub name: Vec<String>,
+    /// A custom event's props (the tracking script's `p`): a JSON object, as an object or as
+    /// its text (percent-encoded or not), read by custom dimensions whose field is
+    /// `props.KEY`.
+    pub props: Vec<String>,
 }
+
+/// A custom dimension whose field starts with this reads the key after it from the line's
+/// props (`FieldNames::props`), not from the line.
+pub const PROPS_PREFIX: &str = "props.";
 
 impl Default for FieldNames {
     fn default() -> Self {
@@ -45,6 +55,8 @@ impl Default for FieldNames {
             inc: names(&["inc"]),
             ua: names(&["ua", "user_agent", "http_user_agent"]),
             ip: names(&["ip", "remote_addr"]),
+            name: names(&["name", "n"]),
+            props: names(&["props", "p"]),
         }
     }
 }
@@ -61,6 +73,8 @@ pub(super) enum Field {
     Inc,
     Ua,
     Ip,
+    Name,
+    Props,
     /// A custom dimension's field (its position in `EventConfig::custom`).
     Custom(u8),
 }
@@ -78,7 +92,7 @@ impl FieldNames {
 
     /// Every field with its names, in the order that decides which field a name shared by
     /// two fields stands for.
-    pub(super) fn fields(&self) -> [(Field, &Vec<String>); 9] {
+    pub(super) fn fields(&self) -> [(Field, &Vec<String>); 11] {
         [
             (Field::Msec, &self.msec),
             (Field::Time, &self.time),
@@ -89,6 +103,8 @@ impl FieldNames {
             (Field::Inc, &self.inc),
             (Field::Ua, &self.ua),
             (Field::Ip, &self.ip),
+            (Field::Name, &self.name),
+            (Field::Props, &self.props),
         ]
     }
 }
@@ -111,6 +127,10 @@ impl KeyTable {
     pub(super) fn with_custom(names: &FieldNames, custom: &[(String, String)]) -> Self {
         let mut t = KeyTable::new(names);
         for (i, (_, field)) in custom.iter().enumerate() {
+            // A prop is read from the props, after the line.
+            if field.starts_with(PROPS_PREFIX) {
+                continue;
+            }
             if let Ok(i) = u8::try_from(i) {
                 t.insert(field, Field::Custom(i), 0);
             }

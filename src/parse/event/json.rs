@@ -130,6 +130,13 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // A custom event's props may come as an object (`POST /v1/events`).
+        if self.field == Field::Props {
+            let props: serde_json::Map<String, serde_json::Value> =
+                serde::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            self.scratch.put_props_object(self.alt, &props);
+            return Ok(());
+        }
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         self.put(Scalar::Other);
         Ok(())

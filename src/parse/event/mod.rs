@@ -57,8 +57,8 @@ mod url;
 
 pub use cache::Counts as CacheCounts;
 use combined::*;
-pub use fields::FieldNames;
 use fields::*;
+pub use fields::{FieldNames, PROPS_PREFIX};
 use json::*;
 use timestamp::*;
 pub use url::site_of;
@@ -104,7 +104,8 @@ pub enum Action {
     Heartbeat,
     /// A custom event (`a=event` with a `name` and `props`, e.g. from the tracking script's
     /// `px('signup', {…})`, outbound links, downloads): a hit, neither a view nor engaged
-    /// time. Its name and props stay in the log for dimensions that do not exist yet.
+    /// time; its name is its value of the `event` dimension, its props are read by custom
+    /// dimensions whose field is `props.KEY`.
     Event,
 }
 
@@ -136,9 +137,12 @@ pub struct Event<'a> {
     pub invalid_utf8: bool,
     /// Its user agent is a bot's (`agent`).
     pub bot: bool,
-    /// A pageview's profile key: the value of each dimension (`dims`); empty for other
-    /// actions.
+    /// A pageview's or custom event's profile key: the value of each dimension (`dims`, an
+    /// event's name among them); empty for a heartbeat.
     pub profile: &'a str,
+    /// A custom dimension reads a prop (`props.KEY`) and the props were not a JSON object:
+    /// their values are `(none)`.
+    pub bad_props: bool,
     /// A pageview's channel as a code (`channel::Channel::code`, the profile's first value);
     /// 0 for other actions.
     pub channel: u8,
@@ -242,6 +246,8 @@ struct Found {
     vid: Slot<()>,
     ua: Slot<()>,
     ip: Slot<()>,
+    name: Slot<()>,
+    props: Slot<()>,
     /// `None` for an unknown action.
     action: Slot<Option<Action>>,
     /// `None` when not an integer 0..=3600.
@@ -270,6 +276,9 @@ struct Scratch {
     vid: String,
     ua: String,
     ip: String,
+    /// A custom event's name, and its props as sent (JSON text, maybe percent-encoded).
+    name: String,
+    props: String,
     /// The values of the custom dimensions' fields, by position in `EventConfig::custom`
     /// (first occurrence wins; empty when absent).
     custom: Vec<String>,
@@ -288,6 +297,8 @@ impl Scratch {
         self.vid.clear();
         self.ua.clear();
         self.ip.clear();
+        self.name.clear();
+        self.props.clear();
         for c in &mut self.custom {
             c.clear();
         }
@@ -381,6 +392,17 @@ impl Scratch {
                     out.push_str(s);
                 }
             }
+            Field::Name | Field::Props => {
+                let (slot, out) = if field == Field::Name {
+                    (&mut found.name, &mut self.name)
+                } else {
+                    (&mut found.props, &mut self.props)
+                };
+                if slot.claim(alt) {
+                    out.clear();
+                    write_scalar(out, value);
+                }
+            }
             Field::Custom(i) => {
                 let i = usize::from(i);
                 let (Some(out), Some(found)) =
@@ -392,18 +414,47 @@ impl Scratch {
                     return;
                 }
                 *found = true;
-                // Writing into a String cannot fail.
-                let _ = match value {
-                    Scalar::Str(s) => out.write_str(s),
-                    Scalar::U64(n) => write!(out, "{n}"),
-                    Scalar::I64(n) => write!(out, "{n}"),
-                    Scalar::F64(n) => write!(out, "{n}"),
-                    Scalar::Null | Scalar::Other => Ok(()),
-                };
+                write_scalar(out, value);
             }
             Field::Msec | Field::Time | Field::Action | Field::Inc => {}
         }
     }
+
+    /// Records props that came as a JSON object (the serde path), as their text.
+    fn put_props_object(&mut self, alt: usize, props: &serde_json::Map<String, serde_json::Value>) {
+        if self.found.props.claim(alt) {
+            // A map of strings and values always serialises; rare, so the allocation does not
+            // matter.
+            self.props = serde_json::to_string(props).unwrap_or_default();
+        }
+    }
+}
+
+/// Appends a scalar as text: a string as it is, a number as JSON writes it, nothing for the
+/// rest.
+fn write_scalar(out: &mut String, value: Scalar<'_>) {
+    // Writing into a String cannot fail.
+    let _ = match value {
+        Scalar::Str(s) => out.write_str(s),
+        Scalar::U64(n) => write!(out, "{n}"),
+        Scalar::I64(n) => write!(out, "{n}"),
+        Scalar::F64(n) => write!(out, "{n}"),
+        Scalar::Null | Scalar::Other => Ok(()),
+    };
+}
+
+/// The props of a custom event as a JSON object: their text as sent, or percent-decoded
+/// (nginx's `$arg_p`, the tracking script's `p`), with invalid UTF-8 replaced (and said by
+/// the flag). None when neither is an object.
+fn props_object(text: &str) -> Option<(serde_json::Map<String, serde_json::Value>, bool)> {
+    let text = text.trim();
+    if let Ok(m) = serde_json::from_str(text) {
+        return Some((m, false));
+    }
+    let bytes: Vec<u8> = percent_decode(text.as_bytes()).collect();
+    let decoded = String::from_utf8_lossy(&bytes);
+    let invalid = matches!(decoded, std::borrow::Cow::Owned(_));
+    serde_json::from_str(&decoded).ok().map(|m| (m, invalid))
 }
 
 /// Reads records into events, reusing its buffers from one record to the next.
@@ -576,7 +627,9 @@ fn finish<'a>(
     };
     let site = url.url.get(host).ok_or(EventError::BadUrl)?;
     let mut channel_code = 0;
-    if action == Action::Pageview {
+    let mut bad_props = false;
+    // A custom event has the dimensions of a pageview read from its own line, and its name.
+    if action != Action::Heartbeat {
         let utm = &url.utm;
         let p = &mut scratch.profile;
         let channel = channel::classify(site, ref_domain, ref_class, utm);
@@ -599,6 +652,32 @@ fn finish<'a>(
             geo.country_at(addr),
         ] {
             dims::push_value(p, v);
+        }
+        if action == Action::Event {
+            dims::push_event(p, &scratch.name);
+        }
+        // Props read by custom dimensions (`props.KEY`), parsed only then.
+        let reads_props = cfg.custom.iter().any(|(_, f)| f.starts_with(PROPS_PREFIX));
+        if reads_props && !scratch.props.is_empty() {
+            match props_object(&scratch.props) {
+                Some((props, invalid)) => {
+                    invalid_utf8 |= invalid;
+                    for ((_, field), out) in cfg.custom.iter().zip(&mut scratch.custom) {
+                        let Some(key) = field.strip_prefix(PROPS_PREFIX) else {
+                            continue;
+                        };
+                        out.clear();
+                        match props.get(key) {
+                            Some(serde_json::Value::String(s)) => out.push_str(s),
+                            Some(
+                                v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)),
+                            ) => out.push_str(&v.to_string()),
+                            _ => {}
+                        }
+                    }
+                }
+                None => bad_props = true,
+            }
         }
         for ((name, _), v) in cfg.custom.iter().zip(&scratch.custom) {
             dims::push_custom(p, name, v);
@@ -623,6 +702,7 @@ fn finish<'a>(
         bot: bot.is_some(),
         profile: &scratch.profile,
         channel: channel_code,
+        bad_props,
     })
 }
 
@@ -695,6 +775,7 @@ mod tests {
             bot: false,
             profile: "",
             channel: 0,
+            bad_props: false,
         }
     }
 
@@ -721,7 +802,7 @@ mod tests {
     }
 
     /// A pageview's profile key: its channel, source and utm tags (read before the url drops
-    /// them), its device, browser, OS and bot; other actions have none.
+    /// them), its device, browser, OS and bot; a heartbeat has none.
     #[test]
     fn dimensions_of_a_pageview() {
         let mut p = EventParser::new(EventConfig::default());
@@ -745,6 +826,7 @@ mod tests {
                 "iOS",
                 dims::HUMAN,
                 crate::parse::geo::UNKNOWN,
+                dims::PAGEVIEW,
             ]
         );
         assert!(!e.bot);
@@ -775,6 +857,7 @@ mod tests {
                 "(unknown)",
                 dims::HUMAN,
                 "(unknown)",
+                dims::PAGEVIEW,
             ]
         );
         let e = p
@@ -960,6 +1043,79 @@ mod tests {
             .parse(br#"{"url":"https://a.example/","a":"hb","section":"x"}"#)
             .unwrap();
         assert_eq!(e.profile, "");
+    }
+
+    /// A custom event has a profile: the dimensions of its own line, its name in `event`,
+    /// and the props that `props.KEY` dimensions read, whatever form the props came in (the
+    /// pixel's and nginx's percent-encoded `$arg_p`, a JSON string, an object, a combined
+    /// line's query); bad props are flagged and read as `(none)`.
+    #[test]
+    fn custom_events_have_a_name_and_props() {
+        let mut p = EventParser::new(EventConfig {
+            custom: vec![
+                ("plan".into(), "props.plan".into()),
+                ("section".into(), "section".into()),
+                ("seats".into(), "props.seats".into()),
+            ],
+            ..EventConfig::default()
+        });
+        let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0";
+        let mut event = |line: &str| {
+            let e = p.parse(line.as_bytes()).unwrap();
+            let all: Vec<String> = dims::all_values(e.profile, &["plan", "section", "seats"])
+                .skip(dims::CHANNEL)
+                .map(str::to_owned)
+                .collect();
+            (e.action, all, e.bad_props, e.invalid_utf8)
+        };
+        let tail = |all: &[String]| all[dims::EVENT..].to_vec();
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (action, all, bad, _) = event(&format!(
+            r#"{{"url":"https://a.example/pricing","urlref":"https://www.google.com/","a":"event","name":"signup","props":"%7B%22plan%22%3A%22pro%22%2C%22seats%22%3A5%7D","ua":"{ua}","section":"biz"}}"#
+        ));
+        assert_eq!(action, Action::Event);
+        assert!(!bad);
+        assert_eq!(all[dims::CHANNEL], "search");
+        assert_eq!(all[dims::DEVICE], "desktop");
+        assert_eq!(tail(&all), v(&["signup", "pro", "biz", "5"]));
+        // A JSON string, an object, and a combined line.
+        let (_, all, bad, _) = event(
+            r#"{"url":"https://a.example/","a":"event","n":"signup","p":"{\"plan\":\"team\",\"seats\":true}"}"#,
+        );
+        assert!(!bad);
+        assert_eq!(tail(&all), v(&["signup", "team", "(none)", "true"]));
+        let (_, all, _, _) = event(
+            r#"{"url":"https://a.example/","a":"event","name":"download","props":{"plan":"free","x":[1]}}"#,
+        );
+        assert_eq!(tail(&all), v(&["download", "free", "(none)", "(none)"]));
+        let (_, all, _, _) = event(
+            r#"1.2.3.4 - - [22/Nov/2026:01:39:03 +0000] "GET /p.gif?url=https%3A%2F%2Fa.example%2F&a=event&n=outbound&p=%7B%22plan%22%3A%22pro%22%7D HTTP/1.1" 200 43 "-" "-""#,
+        );
+        assert_eq!(tail(&all), v(&["outbound", "pro", "(none)", "(none)"]));
+        // Bad props: flagged, their dimensions `(none)`; invalid UTF-8 in them repaired.
+        let (_, all, bad, _) =
+            event(r#"{"url":"https://a.example/","a":"event","name":"x","props":"%7Bnot json"}"#);
+        assert!(bad);
+        assert_eq!(tail(&all), v(&["x", "(none)", "(none)", "(none)"]));
+        let (_, all, bad, invalid) = event(
+            r#"{"url":"https://a.example/","a":"event","name":"x","props":"%7B%22plan%22%3A%22%FF%22%7D"}"#,
+        );
+        assert!(!bad && invalid);
+        assert_eq!(tail(&all), v(&["x", "\u{fffd}", "(none)", "(none)"]));
+        // No name; the name `pageview`; a pageview has the event `pageview` and its props
+        // are read too.
+        let (_, all, _, _) = event(r#"{"url":"https://a.example/","a":"event"}"#);
+        assert_eq!(all[dims::EVENT], "(none)");
+        let (_, all, _, _) =
+            event(r#"{"url":"https://a.example/","a":"event","name":" pageview "}"#);
+        assert_eq!(all[dims::EVENT], dims::PAGEVIEW_EVENT);
+        let (action, all, _, _) =
+            event(r#"{"url":"https://a.example/","props":"{\"plan\":\"pro\"}"}"#);
+        assert_eq!(action, Action::Pageview);
+        assert_eq!(tail(&all), v(&[dims::PAGEVIEW, "pro", "(none)", "(none)"]));
+        // A pageview's key holds no event entry: keys stored before events existed match.
+        let e = p.parse(br#"{"url":"https://a.example/"}"#).unwrap();
+        assert!(!e.profile.contains("event="));
     }
 
     #[test]
