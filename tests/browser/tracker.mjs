@@ -394,7 +394,11 @@ try {
     ]));
     const views = h.filter((x) => x.action === 'pv').length;
     await summary('e.test', (s) => s.hits === h.length && s.views === views, 'events as hits');
-    ok(`events: queued, custom, download, outbound (leaving the page) stored with name and props, an internal link none; ${views} views, ${h.length} hits`);
+    // And a dimension: each name once, the pageviews under `pageview`.
+    const byEvent = Object.fromEntries((await (await api('/v1/top?from=-30m&site=e.test&dim=event')).json())
+      .items.map((i) => [i.key, i.events]));
+    assert.deepEqual(byEvent, { pageview: views, early: 1, signup: 1, download: 1, outbound: 1 });
+    ok(`events: queued, custom, download, outbound (leaving the page) stored with name and props, an internal link none; ${views} views, ${h.length} hits; by name in the event dimension`);
     await ctx.close();
   }
 
