@@ -416,6 +416,20 @@ pub fn http(
     (status, head, out[split + 4..].to_vec())
 }
 
+/// `POST /v1/query` of `q`: (status, the answer as JSON).
+pub fn post_query(port: u16, q: &serde_json::Value) -> (u16, serde_json::Value) {
+    let (st, _, b) = http(
+        port,
+        "POST",
+        "/v1/query",
+        &[("Content-Type", "application/json")],
+        q.to_string().as_bytes(),
+    );
+    let v = serde_json::from_slice(&b)
+        .unwrap_or_else(|e| panic!("{st}: not JSON ({e}): {}", String::from_utf8_lossy(&b)));
+    (st, v)
+}
+
 /// One `GET` on a fresh connection: (status, body), status 0 when the connection closed
 /// without a complete response (a server being killed).
 pub fn try_get(port: u16, path: &str) -> (u16, Vec<u8>) {

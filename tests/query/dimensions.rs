@@ -532,15 +532,8 @@ fn custom_dimensions() {
         );
         let q = serde_json::json!({"metrics": ["views"], "dimensions": ["section", "author"],
                                    "date_range": ["-2h", "now"], "limit": 1000});
-        let (st, _, body) = common::http(
-            port,
-            "POST",
-            "/v1/query",
-            &[("Content-Type", "application/json")],
-            q.to_string().as_bytes(),
-        );
-        assert_eq!(st, 200, "{phase}: {}", String::from_utf8_lossy(&body));
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        let (st, v) = common::post_query(port, &q);
+        assert_eq!(st, 200, "{phase}: {v}");
         let got: BTreeMap<(String, String), u64> = v["results"]
             .as_array()
             .unwrap()
@@ -561,8 +554,7 @@ fn custom_dimensions() {
         let q = serde_json::json!({"metrics": ["views"], "dimensions": ["author"],
                                    "filters": [["matches", "section", ["^(sport|news)$"]]],
                                    "date_range": ["-2h", "now"]});
-        let (_, _, body) = common::http(port, "POST", "/v1/query", &[], q.to_string().as_bytes());
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        let (_, v) = common::post_query(port, &q);
         let total: u64 = v["results"]
             .as_array()
             .unwrap()

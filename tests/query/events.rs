@@ -130,14 +130,7 @@ fn model(
 
 /// The rows of a `/v1/query` asking views, events and visitors (dimension values → metrics).
 fn ask(port: u16, q: &Value) -> (BTreeMap<Vec<String>, Vec<u64>>, Value) {
-    let (st, _, body) = common::http(
-        port,
-        "POST",
-        "/v1/query",
-        &[("Content-Type", "application/json")],
-        q.to_string().as_bytes(),
-    );
-    let v: Value = serde_json::from_slice(&body).unwrap();
+    let (st, v) = common::post_query(port, q);
     assert_eq!(st, 200, "{q}: {v}");
     let rows = v["results"]
         .as_array()
@@ -264,12 +257,16 @@ fn check(port: u16, hits: &[Hit], phase: &str) {
 #[test]
 fn custom_events_are_a_dimension() {
     let data = common::tempdir();
-    let mut s = Server::builder()
-        .data(data.path())
-        .config(CONFIG)
-        .shards(3)
-        .start();
-    s.wait_complete();
+    let start = || {
+        let mut s = Server::builder()
+            .data(data.path())
+            .config(CONFIG)
+            .shards(3)
+            .start();
+        s.wait_complete();
+        s
+    };
+    let s = start();
     let now = common::now_ms() as i64;
     let (lines, mut hits, bad) = generate(now);
     common::post_ndjson(s.http, lines.iter().map(|l| l.as_bytes()));
@@ -300,11 +297,6 @@ fn custom_events_are_a_dimension() {
     assert_eq!(code, Some(0), "{err}");
     let (ok, report) = common::check_aggregates(data.path(), Some(CONFIG));
     assert!(ok, "{report}");
-    let mut s = Server::builder()
-        .data(data.path())
-        .config(CONFIG)
-        .shards(3)
-        .start();
-    s.wait_complete();
+    let s = start();
     check(s.http, &hits, "after a restart");
 }
