@@ -293,6 +293,8 @@
     // A url's visitors against the range's uniques; a mean is no share of a total.
     visitors: { label: 'visitors', fmt: (x) => nf.format(x), total: (h) => h.uniques },
     avg_engaged_seconds: { label: 'engaged per visitor', fmt: (x) => duration(x), total: () => 0 },
+    // Custom events against the range's custom events (`st.eventTotal`).
+    events: { label: 'events', fmt: (x) => nf.format(x), total: () => st.eventTotal || 0 },
   };
 
   function renderList(id, items, total, withSpark, metric) {
@@ -370,6 +372,7 @@
     else renderList('top-pages', st.top.pages, pageTotal, true, sort);
     renderList('top-refs', st.top.refs, total, false);
     renderList('top-sites', st.top.sites, total, false);
+    if (st.events) renderList('top-events', st.events, st.eventTotal, false, 'events');
   }
 
   // Per-page sparklines: one series per listed page, refreshed when the list or the range
@@ -451,6 +454,18 @@
       const r = await query({ metrics: ['views'], dimensions: [dim], limit: 10 });
       return [id, r.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0] }))];
     }));
+    // Custom events by name (no pageviews), with the filters on their own dimensions; the
+    // list is not a filter (a pageview has no event name but `pageview`).
+    const events = await apiPost('/v1/query', {
+      metrics: ['events'], dimensions: ['event'], limit: 10, site: st.site || undefined,
+      filters: filters.concat([['is_not', 'event', ['pageview']]]),
+      date_range: [String(st.from), String(st.to)],
+    }).catch((e) => {
+      if (e instanceof AuthError) throw e;
+      return { results: [] };
+    });
+    st.events = events.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0] }));
+    st.eventTotal = st.events.reduce((a, x) => a + x.views, 0);
     const step = RANGES[st.range].stepMin === 1 ? 'time:minute' : 'time:hour';
     // Pages by channel have cells of their own (url × channel); by device or country they
     // have none, and stay unfiltered.

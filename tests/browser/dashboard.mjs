@@ -145,6 +145,24 @@ try {
   assert.ok(/left out$/.test(bots), `health strip's bots: ${bots}`);
   ok(`health strip shows the bots left out (${bots})`);
 
+  // The Events card: custom events by name, as POST /v1/query counts them over the range shown.
+  {
+    let seenE, wantE;
+    for (let i = 0; i < 20; i++) {
+      const range = await page.evaluate(() => [String(window.pixeldDashboard.from), String(window.pixeldDashboard.to)]);
+      const r = await query({ metrics: ['events'], dimensions: ['event'], date_range: range, limit: 10,
+        filters: [['is_not', 'event', ['pageview']]] });
+      wantE = r.results.map((x) => [x.dimensions[0], x.metrics[0]]);
+      seenE = await page.evaluate(() => [...document.querySelectorAll('#top-events li:not(.empty)')]
+        .map((li) => [li.dataset.key, Number(li.dataset.views)]));
+      if (JSON.stringify(seenE) === JSON.stringify(wantE)) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.deepEqual(seenE, wantE, 'the Events card differs from POST /v1/query');
+    assert.deepEqual(seenE.map(([k]) => k), ['signup', 'download'], `the Events card: ${JSON.stringify(seenE)}`);
+    ok(`Events card: ${seenE.map(([k, n]) => `${k} ${n}`).join(', ')} = POST /v1/query`);
+  }
+
   // Every listed number carries its change against the previous period: the channels' and
   // the sites' equal POST /v1/query with comparisons over the range shown.
   for (const [id, dim] of [['top-channels', 'channel'], ['top-sites', 'site']]) {

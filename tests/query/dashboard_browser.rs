@@ -73,6 +73,22 @@ fn dashboard_in_headless_chromium() {
             body.extend_from_slice(&line);
             body.push(b'\n');
         }
+        // Custom events for the Events card: more signups than downloads.
+        let events: Vec<&str> = std::iter::repeat_n("signup", 3)
+            .chain(std::iter::once("download"))
+            .collect();
+        for (i, name) in events.iter().enumerate() {
+            let t = start + 1000 * i as u64;
+            body.extend_from_slice(
+                format!(
+                    r#"{{"msec":{}.{:03},"url":"https://news.example/e","vid":"e{m}-{i}","action":"event","name":"{name}","ua":"Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"}}"#,
+                    t / 1000,
+                    t % 1000
+                )
+                .as_bytes(),
+            );
+            body.push(b'\n');
+        }
         let (st, _, b) = http(
             s.http,
             "POST",
@@ -81,7 +97,7 @@ fn dashboard_in_headless_chromium() {
             &body,
         );
         assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
-        total += n as u64;
+        total += (n + events.len()) as u64;
     }
     // Every line aggregated and every increment applied before the page looks.
     let deadline = Instant::now() + Duration::from_secs(30);
