@@ -33,7 +33,7 @@
 //! |------------------|-----------|--------------------------------------------------------------|
 //! | names × 3        | sites, urls, refs | each: u32 first id, u32 count, then count × (u32 len, len bytes of UTF-8). A base starts at id 0; a delta carries the names interned since its parent |
 //! | 4 × url count    | url_site  | the site id of each url of the urls section, in order         |
-//! | names            | profiles  | version 5: like the names above; a profile's name is its site, U+001F, and its key (the nine dimension values joined by U+001F, `parse::event::dims`) |
+//! | names            | profiles  | version 5: like the names above; a profile's name is its site, U+001F, and its key (the positional dimension values joined by U+001F — nine before the country, ten since — then a custom event's `event=NAME` and the custom dimensions' `name=value`, `parse::event::dims`) |
 //! | 4 + n × 9        | sealed    | version 2: u32 n, then n × (u8 tier, i64 bucket number), ascending: every bucket whose closed part is a sealed file (`agg::sealed`); the newest link's list is the store's |
 //! | 4                | buckets   | number of buckets that follow                                 |
 //! | per bucket       | bucket    | u8 tier (0 = minute, 1 = hour, 2 = day), i64 bucket number (minutes, hours or days since the epoch), then its cells (for a sealed bucket: what arrived after it was sealed) |
@@ -48,7 +48,7 @@
 //! | 4 + n × (4 + cell)   | sites | u32 n, then (u32 site id, site cell)                |
 //! | cell                 | all   | the site cell of all sites                           |
 //! | 4 + n × 12           | pages | version 3: u32 n, then (u32 url id, i32 entries, i32 exits) |
-//! | as urls              | profiles | version 5: a table and blob exactly like the urls' (20-byte records: u32 profile id, u32 pageviews, u32 0, u32 0, u32 visitors at), then its blob of visitors |
+//! | as urls              | profiles | version 5: a table and blob exactly like the urls' (20-byte records: u32 profile id, u32 pageviews, u32 custom events (0 but in a custom event's profile; written as 0 by builds before events), u32 0, u32 visitors at), then its blob of visitors |
 //! | 4 + n × 12           | url_channels | version 6: u32 n, then (u64 url id << 8 \| channel code, u32 pageviews); codes 1 – 7 = search, social, email, paid, internal, referral, direct (`Channel::code`) |
 //! | 4 + n × 36           | profile_visits | version 7: u32 n, then (u32 profile id, four i64 visit counts as in a site cell): what the visits starting in the bucket add, by the profile of their entry pageview |
 //! | 4 + n × 12           | url_refs | version 8: u32 n, then (u64 url id << 32 \| referrer id, u32 pageviews): a url's pageviews by referrer domain (a referrer id of the refs names) |
