@@ -316,21 +316,6 @@ impl Scratch {
         }
     }
 
-    /// The slot and buffer of a field kept as text.
-    fn text_field(&mut self, field: Field) -> Option<(&mut Slot<()>, &mut String)> {
-        let f = &mut self.found;
-        Some(match field {
-            Field::Url => (&mut f.url, &mut self.url),
-            Field::Referrer => (&mut f.referrer, &mut self.referrer),
-            Field::Vid => (&mut f.vid, &mut self.vid),
-            Field::Ua => (&mut f.ua, &mut self.ua),
-            Field::Ip => (&mut f.ip, &mut self.ip),
-            Field::Name => (&mut f.name, &mut self.name),
-            Field::Props => (&mut f.props, &mut self.props),
-            _ => return None,
-        })
-    }
-
     /// Records the value of `field` under its alternative name number `alt`.
     fn put(&mut self, field: Field, alt: usize, value: Scalar<'_>) {
         // An empty string or null is what nginx writes for an unset variable: absent, so it
@@ -347,28 +332,34 @@ impl Scratch {
                     _ => Ts::Bad,
                 }
             }
-            // Kept as sent (`finish` decodes and normalises url and referrer through the
-            // cache): urls, referrers, user agents and addresses are strings; a visitor id, an
-            // event's name or props may also be a number, kept as its text.
-            Field::Url
-            | Field::Referrer
-            | Field::Vid
-            | Field::Ua
-            | Field::Ip
-            | Field::Name
-            | Field::Props => {
-                let ok = match value {
-                    Scalar::Str(_) => true,
-                    Scalar::U64(_) | Scalar::I64(_) | Scalar::F64(_) => {
-                        matches!(field, Field::Vid | Field::Name | Field::Props)
-                    }
-                    Scalar::Null | Scalar::Other => false,
+            Field::Url | Field::Referrer => {
+                let Scalar::Str(s) = value else { return };
+                let (slot, out) = if field == Field::Url {
+                    (&mut found.url, &mut self.url)
+                } else {
+                    (&mut found.referrer, &mut self.referrer)
                 };
-                if let Some((slot, out)) = self.text_field(field) {
-                    if ok && slot.claim(alt) {
-                        out.clear();
-                        write_scalar(out, value);
-                    }
+                // Kept as sent: `finish` decodes and normalises it through the cache.
+                if slot.claim(alt) {
+                    out.clear();
+                    out.push_str(s);
+                }
+            }
+            Field::Vid => {
+                let ok = matches!(
+                    value,
+                    Scalar::Str(_) | Scalar::U64(_) | Scalar::I64(_) | Scalar::F64(_)
+                );
+                if ok && found.vid.claim(alt) {
+                    self.vid.clear();
+                    // Writing into a String cannot fail.
+                    let _ = match value {
+                        Scalar::Str(s) => self.vid.write_str(s),
+                        Scalar::U64(n) => write!(self.vid, "{n}"),
+                        Scalar::I64(n) => write!(self.vid, "{n}"),
+                        Scalar::F64(n) => write!(self.vid, "{n}"),
+                        Scalar::Null | Scalar::Other => Ok(()),
+                    };
                 }
             }
             Field::Action if found.action.claim(alt) => {
@@ -388,6 +379,29 @@ impl Scratch {
                     _ => None,
                 }
                 .filter(|&n| n <= 3600)
+            }
+            Field::Ua | Field::Ip => {
+                let Scalar::Str(s) = value else { return };
+                let (slot, out) = if field == Field::Ua {
+                    (&mut found.ua, &mut self.ua)
+                } else {
+                    (&mut found.ip, &mut self.ip)
+                };
+                if slot.claim(alt) {
+                    out.clear();
+                    out.push_str(s);
+                }
+            }
+            Field::Name | Field::Props => {
+                let (slot, out) = if field == Field::Name {
+                    (&mut found.name, &mut self.name)
+                } else {
+                    (&mut found.props, &mut self.props)
+                };
+                if slot.claim(alt) {
+                    out.clear();
+                    write_scalar(out, value);
+                }
             }
             Field::Custom(i) => {
                 let i = usize::from(i);
