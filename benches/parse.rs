@@ -11,6 +11,8 @@
 //! every address distinct (more than the address cache holds), and addresses drawn from
 //! 2 500 (readers with several pageviews each). `bot-networks` times them with a list of 5 000
 //! bot networks instead (`[geo] bot_networks`: one binary search per line).
+//! `custom-events` times the 1 000 lines as custom events (a name, props as the pixel logs
+//! them), without and with a `props.KEY` dimension.
 //! Run: `cargo bench --bench parse` (or `-- event` for the event group only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -99,6 +101,45 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    // Custom events: the same 1 000 lines as `action=event` with a name and props as the
+    // pixel logs them (percent-encoded JSON), read by a parser without and with a `props.KEY`
+    // dimension (which parses the props): against `bare/1000-lines`, what an event costs.
+    let events: Vec<Vec<u8>> = bare
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(l).unwrap();
+            let plan = ["free", "pro", "team"][i % 3];
+            v.insert("action".into(), "event".into());
+            v.insert("name".into(), ["signup", "download"][i % 2].into());
+            v.insert(
+                "props".into(),
+                format!("%7B%22plan%22%3A%22{plan}%22%2C%22seats%22%3A{}%7D", i % 7).into(),
+            );
+            serde_json::to_vec(&v).unwrap()
+        })
+        .collect();
+    let mut with_props = EventParser::new(EventConfig {
+        custom: vec![("plan".into(), "props.plan".into())],
+        ..EventConfig::default()
+    });
+    group.throughput(Throughput::Elements(events.len() as u64));
+    for (name, p) in [
+        ("custom-events/1000-lines", &mut parser),
+        ("custom-events-props-dimension/1000-lines", &mut with_props),
+    ] {
+        assert!(events
+            .iter()
+            .all(|l| p.parse(l).is_ok_and(|e| !e.bad_props)));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for l in events.iter() {
+                    let _ = black_box(p.parse(black_box(l)));
+                }
+            })
+        });
+    }
     group.finish();
     countries(c, &bare);
 }
