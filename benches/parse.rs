@@ -7,7 +7,9 @@
 //! The `country` group times the same lines with a random public client address each, without
 //! a country database and with one: `PIXELD_BENCH_GEO_DB=/path/GeoLite2-Country.mmdb` names a
 //! real one; without it the bench writes a synthetic database of 200 000 networks in 250
-//! countries (mmdb-writer), whose tree is about as deep as GeoLite2's. Two sets of lines:
+//! countries (mmdb-writer), whose tree is about as deep as GeoLite2's; `city-database` the same
+//! networks with a region each (40 per country, as GeoLite2-City's `subdivisions`), or
+//! `PIXELD_BENCH_CITY_DB=/path/GeoLite2-City.mmdb`: the `region` dimension's cost. Two sets of lines:
 //! every address distinct (more than the address cache holds), and addresses drawn from
 //! 2 500 (readers with several pageviews each). `bot-networks` times them with a list of 5 000
 //! bot networks instead (`[geo] bot_networks`: one binary search per line).
@@ -155,27 +157,44 @@ fn countries(c: &mut Criterion, bare: &[Vec<u8>]) {
         }
     };
     let dir = tempfile::tempdir().unwrap();
+    // The synthetic databases' networks: the same for countries and cities.
+    let nets: Vec<ipnet::Ipv4Net> = (0..200_000u32)
+        .map(|_| {
+            ipnet::Ipv4Net::new(public_v4(&mut rng), 24)
+                .unwrap()
+                .trunc()
+        })
+        .collect();
+    let synthetic = |name: &str, city: bool| {
+        let mut w = mmdb_writer::Writer::builder(name)
+            .description(&[("en", "pixeld's parse bench")])
+            .build();
+        for (i, net) in nets.iter().enumerate() {
+            let i = i as u32;
+            let code = format!(
+                "{}{}",
+                (b'A' + (i % 25) as u8) as char,
+                (b'A' + (i / 25 % 10) as u8) as char
+            );
+            let record = if city {
+                serde_json::json!({"country": {"iso_code": code},
+                    "subdivisions": [{"iso_code": format!("R{}", i / 250 % 40), "names": {"en": "Region"}}]})
+            } else {
+                serde_json::json!({"country": {"iso_code": code}})
+            };
+            let _ = w.insert(*net, &record);
+        }
+        let path = dir.path().join(format!("{name}.mmdb"));
+        std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
+        path
+    };
     let db = match std::env::var_os("PIXELD_BENCH_GEO_DB") {
         Some(p) => std::path::PathBuf::from(p),
-        None => {
-            let mut w = mmdb_writer::Writer::builder("Synthetic-Country")
-                .description(&[("en", "pixeld's parse bench")])
-                .build();
-            for i in 0..200_000u32 {
-                let net = ipnet::Ipv4Net::new(public_v4(&mut rng), 24)
-                    .unwrap()
-                    .trunc();
-                let code = format!(
-                    "{}{}",
-                    (b'A' + (i % 25) as u8) as char,
-                    (b'A' + (i / 25 % 10) as u8) as char
-                );
-                let _ = w.insert(net, &serde_json::json!({"country": {"iso_code": code}}));
-            }
-            let path = dir.path().join("synthetic.mmdb");
-            std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
-            path
-        }
+        None => synthetic("Synthetic-Country", false),
+    };
+    let city_db = match std::env::var_os("PIXELD_BENCH_CITY_DB") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => synthetic("Synthetic-City", true),
     };
     // 10 000 lines, each with its own address (a fifth IPv6), as many distinct visitors send.
     let lines: Vec<Vec<u8>> = bare
@@ -223,6 +242,8 @@ fn countries(c: &mut Criterion, bare: &[Vec<u8>]) {
     group.throughput(Throughput::Elements(lines.len() as u64));
     let geo = pixeld::parse::geo::GeoDb::open(&db);
     assert!(geo.status().loaded.is_some(), "{:?}", geo.status());
+    let city = pixeld::parse::geo::GeoDb::open(&city_db);
+    assert!(city.status().loaded.is_some(), "{:?}", city.status());
     // A bot networks list as big as a few cloud providers' published ranges: 5 000 networks,
     // /12 to /24, named after 20 providers.
     let list = dir.path().join("bot-networks.txt");
@@ -251,6 +272,13 @@ fn countries(c: &mut Criterion, bare: &[Vec<u8>]) {
             "database",
             EventConfig {
                 geo: pixeld::parse::geo::Geo::new(geo.clone()),
+                ..EventConfig::default()
+            },
+        ),
+        (
+            "city-database",
+            EventConfig {
+                geo: pixeld::parse::geo::Geo::new(city.clone()),
                 ..EventConfig::default()
             },
         ),

@@ -246,13 +246,14 @@ impl Profiles {
             };
             ids.push(names.intern(v).0);
             // As the parser writes a key (`parse::event::dims`): the positional values, then
-            // an event's name, then the custom values by name.
-            if d == dims::EVENT {
-                if v == dims::PAGEVIEW {
+            // the named built-ins that have a value (an event's name, a region), then the
+            // custom values by name.
+            if dims::is_named_builtin(d) {
+                if v == dims::missing_value(d) {
                     continue;
                 }
                 name.push(SEP);
-                name.push_str(DIMS[dims::EVENT]);
+                name.push_str(DIMS[d]);
                 name.push('=');
             } else {
                 name.push(SEP);

@@ -1,5 +1,6 @@
-//! The `country` of a pageview, from its client address and a MaxMind-format database the
-//! user supplies (`[geo] database`, e.g. GeoLite2-Country or DB-IP's Country Lite).
+//! The `country` of a pageview, and its `region` when the database has one, from its client
+//! address and a MaxMind-format database the user supplies (`[geo] database`, e.g.
+//! GeoLite2-Country or DB-IP's Country Lite; a city database such as GeoLite2-City adds regions).
 //!
 //! One [`GeoDb`] per process holds the loaded database and watches its file: [`GeoDb::reload_if_changed`]
 //! (called by a background thread every `geo.reload_interval`) reads the file again when its
@@ -11,8 +12,8 @@
 //! relaxed atomic load per lookup, no lock on the hot path), a cache from the database's
 //! record offset to the country, so a record is decoded once per shard, not once per hit, and
 //! a direct-mapped cache of its last 4 096 addresses, so a reader's next pageview skips the
-//! tree. The address is used for the lookup and kept only there: only the country code reaches
-//! the aggregates.
+//! tree. The address is used for the lookup and kept only there: only the country and region
+//! codes reach the aggregates.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -65,6 +66,30 @@ fn country_code<'a, S: AsRef<[u8]>>(found: &maxminddb::LookupResult<'a, S>) -> O
     .iter()
     .find_map(|path| found.decode_path::<&str>(path).ok().flatten())
     .filter(|c| !c.is_empty() && c.len() <= 8)
+}
+
+/// The longest region kept (a code is 4 to 6 bytes; a name longer than this is not one).
+const REGION_BYTES: usize = 64;
+
+/// The region of a record in country `country`, as an ISO 3166-2 code `CC-SUB`: GeoIP2,
+/// GeoLite2-City and DB-IP's city databases write the largest subdivision first, as
+/// `subdivisions[0].iso_code`; a subdivision with a name only (`subdivisions[0].names.en`,
+/// ip-location-db's `state1`) gives `CC-Name`. None for a country database.
+fn region_code<S: AsRef<[u8]>>(
+    found: &maxminddb::LookupResult<'_, S>,
+    country: &str,
+) -> Option<String> {
+    use PathElement::{Index, Key};
+    let sub = [
+        &[Key("subdivisions"), Index(0), Key("iso_code")][..],
+        &[Key("subdivisions"), Index(0), Key("names"), Key("en")],
+        &[Key("state1")],
+    ]
+    .iter()
+    .find_map(|path| found.decode_path::<&str>(path).ok().flatten())
+    .map(str::trim)
+    .filter(|s| !s.is_empty() && s.len() <= REGION_BYTES)?;
+    Some(format!("{country}-{sub}"))
 }
 
 /// A country database as read from its file.
@@ -123,9 +148,24 @@ impl Load for Countries {
     }
 }
 
-/// Distinct countries a view names (a database has about 250; the cap only bounds a strange
-/// one).
-const MAX_NAMES: usize = 4096;
+/// Distinct places (country and region) a view names (a country database has about 250
+/// countries, ISO 3166-2 about 5 000 regions; the cap only bounds a strange database).
+const MAX_NAMES: usize = 16_384;
+
+/// A country code and, from a city database, the code of a region in it.
+#[derive(Debug)]
+struct Place {
+    country: Box<str>,
+    region: Option<Box<str>>,
+}
+
+/// The country and region of a place in `names` (index `i`): [`UNKNOWN`] and none when it is
+/// in no record.
+fn place_of(names: &[Place], i: u16) -> (&str, Option<&str>) {
+    names
+        .get(usize::from(i))
+        .map_or((UNKNOWN, None), |p| (&p.country, p.region.as_deref()))
+}
 
 /// The client of an address field (an address, or an `X-Forwarded-For`-style list whose first
 /// entry is the client): the address, and it as an IPv6 number (an IPv4 one mapped).
@@ -145,7 +185,7 @@ pub struct GeoView {
     db: View<Countries>,
     /// Record offset → index in `names`.
     by_offset: HashMap<usize, u16>,
-    names: Vec<Box<str>>,
+    names: Vec<Place>,
     /// Recent addresses (as IPv6, an IPv4 one mapped) → index in `names` ([`NOWHERE`]: in no
     /// record), direct-mapped: a reader's second pageview skips the walk down the tree.
     by_addr: Vec<(u128, u16)>,
@@ -180,8 +220,20 @@ impl GeoView {
     /// The ISO 3166 code of the country of an address as [`client_addr`] gives it, or
     /// [`UNKNOWN`].
     pub fn country_at(&mut self, addr: Option<(IpAddr, u128)>) -> &str {
+        self.place_at(addr).0
+    }
+
+    /// The ISO 3166-2 code of the region of `addr` (as [`GeoView::country`] takes it), if the
+    /// database has one.
+    pub fn region(&mut self, addr: &str) -> Option<&str> {
+        self.place_at(client_addr(addr)).1
+    }
+
+    /// The country of an address as [`client_addr`] gives it ([`UNKNOWN`] when the database
+    /// has none), and its region when the database has one.
+    pub fn place_at(&mut self, addr: Option<(IpAddr, u128)>) -> (&str, Option<&str>) {
         let (Some(Countries(reader)), changed) = self.db.get() else {
-            return UNKNOWN;
+            return (UNKNOWN, None);
         };
         if changed {
             self.by_offset.clear();
@@ -190,29 +242,29 @@ impl GeoView {
             self.by_addr.resize(ADDR_SLOTS, (EMPTY, NOWHERE));
         }
         let Some((ip, key)) = addr else {
-            return UNKNOWN;
+            return (UNKNOWN, None);
         };
         let mixed = ((key as u64) ^ ((key >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let slot = (mixed >> (64 - ADDR_SLOTS.trailing_zeros())) as usize;
         if let Some(&(k, i)) = self.by_addr.get(slot) {
             if k == key && key != EMPTY {
-                return self.names.get(usize::from(i)).map_or(UNKNOWN, |n| n);
+                return place_of(&self.names, i);
             }
         }
         let i = Self::lookup(reader, ip, &mut self.by_offset, &mut self.names);
         if let Some(s) = self.by_addr.get_mut(slot) {
             *s = (key, i);
         }
-        self.names.get(usize::from(i)).map_or(UNKNOWN, |n| n)
+        place_of(&self.names, i)
     }
 
-    /// The index in `names` of the country of `ip` ([`NOWHERE`] when it has none), a record
+    /// The index in `names` of the place of `ip` ([`NOWHERE`] when it has none), a record
     /// decoded once per offset.
     fn lookup(
         reader: &Reader<Vec<u8>>,
         ip: IpAddr,
         by_offset: &mut HashMap<usize, u16>,
-        names: &mut Vec<Box<str>>,
+        names: &mut Vec<Place>,
     ) -> u16 {
         let Some(found) = reader.lookup(ip).ok() else {
             return NOWHERE;
@@ -223,11 +275,20 @@ impl GeoView {
         match by_offset.get(&offset) {
             Some(&i) => i,
             None => {
-                let code = country_code(&found).unwrap_or(UNKNOWN);
-                let i = match names.iter().position(|n| **n == *code) {
+                let (code, region) = match country_code(&found) {
+                    Some(code) => (code, region_code(&found, code)),
+                    None => (UNKNOWN, None),
+                };
+                let i = match names
+                    .iter()
+                    .position(|p| *p.country == *code && p.region.as_deref() == region.as_deref())
+                {
                     Some(i) => i,
                     None if names.len() < MAX_NAMES => {
-                        names.push(code.into());
+                        names.push(Place {
+                            country: code.into(),
+                            region: region.map(String::into_boxed_str),
+                        });
                         names.len() - 1
                     }
                     None => return NOWHERE,
@@ -247,7 +308,9 @@ pub(crate) mod tests {
 
     /// Writes a country database mapping each network to its code (as GeoLite2 does:
     /// `{"country": {"iso_code": …}}`); a code starting with `reg:` is written as
-    /// `registered_country` only, one starting with `cc:` as ip-location-db's `country_code`.
+    /// `registered_country` only, one starting with `cc:` as ip-location-db's `country_code`;
+    /// `DE/BY` adds a region as GeoLite2-City does (`subdivisions[0].iso_code`), `cc:US/Ohio`
+    /// as ip-location-db's city databases do (`state1`).
     pub(crate) fn write_db(path: &Path, nets: &[(&str, &str)]) {
         let mut w = mmdb_writer::Writer::builder("Test-Country")
             .description(&[("en", "pixeld's unit tests")])
@@ -258,8 +321,19 @@ pub(crate) mod tests {
                 Some(("reg", code)) => {
                     serde_json::json!({"registered_country": {"iso_code": code}})
                 }
-                Some(("cc", code)) => serde_json::json!({ "country_code": code }),
-                _ => serde_json::json!({"country": {"iso_code": code}}),
+                Some(("cc", code)) => match code.split_once('/') {
+                    Some((code, state)) => {
+                        serde_json::json!({ "country_code": code, "state1": state })
+                    }
+                    None => serde_json::json!({ "country_code": code }),
+                },
+                _ => match code.split_once('/') {
+                    Some((code, sub)) => serde_json::json!({
+                        "country": {"iso_code": code},
+                        "subdivisions": [{"iso_code": sub, "names": {"en": "-"}}, {"iso_code": "X"}],
+                    }),
+                    None => serde_json::json!({"country": {"iso_code": code}}),
+                },
             };
             w.insert(net, &v).expect("insert");
         }
@@ -345,6 +419,37 @@ pub(crate) mod tests {
         assert_eq!(v.country("2001:db8::1"), UNKNOWN);
         assert_eq!(db.status().error, None);
         assert_eq!(db.status().loaded.as_deref(), Some("Test-Country"));
+    }
+
+    #[test]
+    fn regions_come_from_a_city_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.mmdb");
+        write_db(
+            &path,
+            &[
+                ("192.0.2.0/25", "DE/BY"),
+                ("192.0.2.128/25", "DE/BE"),
+                ("198.51.100.0/24", "AT"),
+                ("2001:db8::/32", "cc:US/Ohio"),
+            ],
+        );
+        let db = GeoDb::open(&path);
+        let mut v = GeoView::new(&Geo::new(db));
+        assert_eq!(v.region("192.0.2.1"), Some("DE-BY"));
+        assert_eq!(v.region("192.0.2.200"), Some("DE-BE"));
+        assert_eq!(v.country("192.0.2.200"), "DE");
+        // Cached by address and by record: the same answers again.
+        assert_eq!(v.region("192.0.2.1"), Some("DE-BY"));
+        assert_eq!(v.place_at(client_addr("192.0.2.9")), ("DE", Some("DE-BY")));
+        assert_eq!(v.region("198.51.100.1"), None);
+        assert_eq!(v.country("198.51.100.1"), "AT");
+        assert_eq!(
+            v.place_at(client_addr("2001:db8::5")),
+            ("US", Some("US-Ohio"))
+        );
+        assert_eq!(v.place_at(client_addr("203.0.113.1")), (UNKNOWN, None));
+        assert_eq!(v.place_at(None), (UNKNOWN, None));
     }
 
     #[test]

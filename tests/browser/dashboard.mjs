@@ -163,6 +163,28 @@ try {
     ok(`Events card: ${seenE.map(([k, n]) => `${k} ${n}`).join(', ')} = POST /v1/query`);
   }
 
+  // The Countries card's Region tab lists regions (a city database's subdivisions, ISO
+  // 3166-2) as /v1/top?dim=region does; the Country tab brings the countries back.
+  {
+    await page.click('#countries-title ~ .sort button[data-dim=region]');
+    let seenR, wantR;
+    for (let i = 0; i < 20; i++) {
+      const range = await page.evaluate(() => `from=${window.pixeldDashboard.from}&to=${window.pixeldDashboard.to}`);
+      wantR = (await api(`/v1/top?dim=region&limit=10&${range}`)).items.map((it) => [it.key, it.views]);
+      seenR = await page.evaluate(() => [...document.querySelectorAll('#top-countries li:not(.empty)')]
+        .map((li) => [li.dataset.key, Number(li.dataset.views)]));
+      if (JSON.stringify(seenR) === JSON.stringify(wantR)) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.deepEqual(seenR, wantR, 'the Region tab differs from /v1/top?dim=region');
+    assert.ok(seenR.some(([k]) => k === 'US-CA') && seenR.some(([k]) => k === 'DE-BY'), `the Region tab: ${JSON.stringify(seenR)}`);
+    ok(`Region tab: ${seenR.map(([k, n]) => `${k} ${n}`).join(', ')} = /v1/top?dim=region`);
+    await page.click('#countries-title ~ .sort button[data-dim=country]');
+    await page.waitForFunction(() => [...document.querySelectorAll('#top-countries li')].some((li) => li.dataset.key === 'US'),
+      null, { timeout: 20000 });
+    ok('the Country tab lists countries again');
+  }
+
   // Every listed number carries its change against the previous period: the channels' and
   // the sites' equal POST /v1/query with comparisons over the range shown.
   for (const [id, dim] of [['top-channels', 'channel'], ['top-sites', 'site']]) {

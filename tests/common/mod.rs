@@ -157,15 +157,22 @@ pub fn check_aggregates(data: &Path, config: Option<&str>) -> (bool, String) {
 
 /// Writes a MaxMind-format country database to `path` (a temp file renamed over it, as
 /// geoipupdate does), each network mapped to `{"country": {"iso_code": code}}` as GeoLite2
-/// does. A `[geo] database` of pixeld can name it.
+/// does; a code `CC/SUB` adds a region as GeoLite2-City does (`{"subdivisions":
+/// [{"iso_code": SUB}]}`). A `[geo] database` of pixeld can name it.
 pub fn write_country_db(path: &Path, nets: &[(&str, &str)]) {
     let mut w = mmdb_writer::Writer::builder("Test-Country")
         .description(&[("en", "a country database of pixeld's tests")])
         .build();
     for (net, code) in nets {
         let net: ipnet::IpNet = net.parse().expect("a test network");
-        w.insert(net, &serde_json::json!({"country": {"iso_code": code}}))
-            .expect("insert a network");
+        let record = match code.split_once('/') {
+            Some((code, sub)) => serde_json::json!({
+                "country": {"iso_code": code},
+                "subdivisions": [{"iso_code": sub}],
+            }),
+            None => serde_json::json!({"country": {"iso_code": code}}),
+        };
+        w.insert(net, &record).expect("insert a network");
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, w.to_bytes().expect("mmdb bytes")).expect("write the database");

@@ -27,15 +27,16 @@ fn dashboard_in_headless_chromium() {
         .join("test-output");
     std::fs::create_dir_all(&out_dir).unwrap();
 
-    // A country database for the generator's addresses (203.0.113.1–250), so that the
-    // Countries card has several rows.
+    // A city database for the generator's addresses (203.0.113.1–250), so that the
+    // Countries card has several rows, and regions for two of its countries.
     let geo = crate::common::tempdir();
     let db = geo.path().join("countries.mmdb");
     crate::common::write_country_db(
         &db,
         &[
-            ("203.0.113.0/25", "US"),
-            ("203.0.113.128/26", "DE"),
+            ("203.0.113.0/26", "US/CA"),
+            ("203.0.113.64/26", "US"),
+            ("203.0.113.128/26", "DE/BY"),
             ("203.0.113.192/27", "FR"),
             ("203.0.113.224/28", "BR"),
         ],

@@ -1,5 +1,5 @@
 //! Dimensions of a real `pixeld serve`
-//! (`/v1/top?dim=channel|source|utm_*|device|browser|os|bot|country`, with `filter=` and
+//! (`/v1/top?dim=channel|source|utm_*|device|browser|os|bot|country|region`, with `filter=` and
 //! `bots=`) against an independent model: a few thousand pageviews and heartbeats of the
 //! generator in `pageviews`, sent as JSON lines over HTTP, the model's values of each from the
 //! labels of the generator's tables, never from pixeld's code, counted by value (pageviews and
@@ -18,6 +18,7 @@ use crate::common::{self, Server};
 use crate::pageviews::{agents, generate, View, DIMS, NETWORKS};
 
 const COUNTRY: usize = 9;
+const REGION: usize = 10;
 
 /// The model's rows of dimension `d` (key → views, visitors) over `views` passing the filter.
 fn model(
@@ -183,6 +184,20 @@ fn check_all(port: u16, views: &[View], phase: &str) {
         true,
     ));
     cases.push((
+        "dim=region&filter=country:AT&site=news.example".into(),
+        REGION,
+        Some("news.example"),
+        vec![(COUNTRY, "AT")],
+        false,
+    ));
+    cases.push((
+        "dim=device&filter=region:DE-BY".into(),
+        5,
+        None,
+        vec![(REGION, "DE-BY")],
+        false,
+    ));
+    cases.push((
         "dim=os&filter=channel:paid".into(),
         7,
         None,
@@ -200,6 +215,7 @@ fn check_all(port: u16, views: &[View], phase: &str) {
         ),
         ("dim=utm_medium,os", vec![3, 7], None, vec![]),
         ("dim=country,channel", vec![COUNTRY, 0], None, vec![]),
+        ("dim=country,region", vec![COUNTRY, REGION], None, vec![]),
     ] {
         let want = model_by(views, &ds, site, &filter, false);
         let got = answer(port, q, &BTreeSet::new());

@@ -3,8 +3,8 @@
 //! labelled set `tests/data/ua_set.tsv` (desktop, mobile, tablet and in-app browsers,
 //! crawlers and HTTP libraries), a referrer from a table (none, search engines, a social
 //! network, webmail, the same site, a blog), now and then utm tags (a newsletter, a paid
-//! campaign, a tag-only link), and a client address in one of the networks of a country
-//! database the test writes (or in none) — with the value of every dimension of each hit as
+//! campaign, a tag-only link), and a client address in one of the networks of a city
+//! database the test writes (or in none; with a region or without) — with the value of every dimension of each hit as
 //! the model sees it, from the table's labels and never from pixeld's code.
 
 use rand::rngs::SmallRng;
@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use crate::common::model::{enc, js, msec};
 
 pub const SITES: [&str; 2] = ["news.example", "shop.example"];
-pub const DIMS: [&str; 10] = [
+pub const DIMS: [&str; 11] = [
     "channel",
     "source",
     "utm_source",
@@ -24,22 +24,25 @@ pub const DIMS: [&str; 10] = [
     "os",
     "bot",
     "country",
+    "region",
 ];
 
-/// The test's country database; an address of the last prefix of [`ADDRESSES`] is in none.
+/// The test's city database (`CC/SUB`: a region, as GeoLite2-City writes it); an address of
+/// the last prefix of [`ADDRESSES`] is in none.
 pub const NETWORKS: [(&str, &str); 4] = [
-    ("192.0.2.0/24", "DE"),
-    ("198.51.100.0/24", "AT"),
+    ("192.0.2.0/24", "DE/BY"),
+    ("198.51.100.0/24", "AT/9"),
     ("2001:db8::/32", "FR"),
-    ("203.0.113.0/25", "US"),
+    ("203.0.113.0/25", "US/CA"),
 ];
-/// Address prefixes of the visitors, with the country the model expects.
-pub const ADDRESSES: [(&str, &str); 5] = [
-    ("192.0.2.", "DE"),
-    ("198.51.100.", "AT"),
-    ("2001:db8::", "FR"),
-    ("203.0.113.", "US"),
-    ("100.64.0.", "(unknown)"),
+/// Address prefixes of the visitors, with the country and region the model expects (the
+/// address is the prefix and 1–100).
+pub const ADDRESSES: [(&str, &str, &str); 5] = [
+    ("192.0.2.", "DE", "DE-BY"),
+    ("198.51.100.", "AT", "AT-9"),
+    ("2001:db8::", "FR", "(unknown)"),
+    ("203.0.113.", "US", "US-CA"),
+    ("100.64.0.", "(unknown)", "(unknown)"),
 ];
 
 /// Referrers (`{site}` is the page's own site) with their channel and source.
@@ -123,7 +126,7 @@ pub struct View {
     pub url: String,
     pub vid: String,
     pub ts: i64,
-    pub dims: [String; 10],
+    pub dims: [String; 11],
     /// The referrer's domain (`(direct)` without one), whatever the tags say.
     pub ref_domain: String,
     pub bot: bool,
@@ -148,7 +151,7 @@ pub fn generate(
         let vid = format!("v{v}");
         // A visitor keeps one user agent and one address (the US network holds hosts < 128).
         let agent = &agents[(v as usize * 7 + 3) % agents.len()];
-        let (prefix, country) = ADDRESSES[v as usize % ADDRESSES.len()];
+        let (prefix, country, region) = ADDRESSES[v as usize % ADDRESSES.len()];
         let ip = format!("{prefix}{}", v % 100 + 1);
         let (rf, ref_channel, ref_source) = REFERRERS[rng.gen_range(0..REFERRERS.len())];
         let rf = rf.replace("{site}", site);
@@ -222,6 +225,7 @@ pub fn generate(
                 os,
                 bot,
                 country.to_string(),
+                region.to_string(),
             ],
             bot: agent.bot,
             pageview: !heartbeat,

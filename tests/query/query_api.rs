@@ -469,6 +469,10 @@ fn model_cases(shards: usize, seed: u64) {
                "filters": [["is", "channel", ["search"]], ["is_not", "country", ["AT"]]]}),
         json!({"metrics": ["views", "visitors"], "dimensions": ["utm_source", "utm_campaign"],
                "date_range": ["-2h", "now"]}),
+        json!({"metrics": ["views", "visitors"], "dimensions": ["region", "channel"],
+               "filters": [["is_not", "region", ["(unknown)"]], ["is_not", "country", ["US"]]]}),
+        json!({"metrics": ["views", "visitors"], "dimensions": ["country"],
+               "filters": [["matches", "region", ["^(DE|AT)-"]]]}),
     ];
     for q in &cases {
         let a = against_model(port, views, q, &format!("{shards} shards"));

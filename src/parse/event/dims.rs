@@ -1,5 +1,5 @@
 //! The dimensions of a pageview — where it came from (channel, source, utm tags) and on what
-//! (device, browser, operating system, bot, country) — and the one string that carries their values
+//! (device, browser, operating system, bot, country, region) — and the one string that carries their values
 //! from the parser to the aggregates: the *profile key*. A custom event (the tracking script's
 //! `px('signup', {…})`) has a profile too, the same values read from its own line plus its
 //! name in the `event` dimension, whose value for a pageview is [`PAGEVIEW`].
@@ -12,12 +12,14 @@
 //! (one or two at a time) is a sum over the combinations. The order is stored (profile names
 //! in checkpoints): a dimension is only ever appended.
 //!
-//! The first [`POSITIONAL`] values stand in order; `event` follows as `event=NAME`, found by
-//! name like a custom dimension's value and absent from a pageview's key — so every pageview
-//! key (and every profile stored before events had one) stays as it was.
+//! The first [`POSITIONAL`] values stand in order; the *named* built-ins follow as
+//! `name=value`, found by name like a custom dimension's value and written only when they
+//! differ from their [`missing_value`]: `event` (absent from a pageview's key) and `region`
+//! (absent without a region from a city database) — so every key of a pageview without a
+//! region (and every profile stored before these existed) stays as it was.
 
-/// The dimensions: the positional ones in key order, then `event`.
-pub const DIMS: [&str; 11] = [
+/// The dimensions: the positional ones in key order, then the named built-ins.
+pub const DIMS: [&str; 12] = [
     "channel",
     "source",
     "utm_source",
@@ -29,6 +31,7 @@ pub const DIMS: [&str; 11] = [
     "bot",
     "country",
     "event",
+    "region",
 ];
 
 /// How many of [`DIMS`] stand by position in a key.
@@ -40,6 +43,7 @@ pub const DEVICE: usize = 5;
 pub const BOT: usize = 8;
 pub const COUNTRY: usize = 9;
 pub const EVENT: usize = 10;
+pub const REGION: usize = 11;
 
 /// Separates the values of a key (a control character no value keeps: see [`push_value`]).
 pub const SEP: char = '\u{1f}';
@@ -132,25 +136,38 @@ fn named_value<'a>(key: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// The value a key of an older build, written before dimension `dim` existed, stands for.
+/// Appends a pageview's region (ISO 3166-2, e.g. `DE-BY`) to a key being built, after its
+/// event's name and before the custom values, as `region=CODE`.
+pub fn push_region(key: &mut String, region: &str) {
+    push_custom(key, DIMS[REGION], region);
+}
+
+/// The value a key of an older build, written before dimension `dim` existed, stands for (and
+/// what a named built-in's absence from a key means).
 pub fn missing_value(dim: usize) -> &'static str {
     match dim {
-        COUNTRY => crate::parse::geo::UNKNOWN,
+        COUNTRY | REGION => crate::parse::geo::UNKNOWN,
         EVENT => PAGEVIEW,
         _ => NONE,
     }
 }
 
 /// The values of a key in [`DIMS`] order: the positional ones, those missing at its end (a
-/// key of an older build) as [`missing_value`] says, then its event's name ([`PAGEVIEW`]
-/// without one).
+/// key of an older build) as [`missing_value`] says, then the named built-ins (its event's
+/// name, [`PAGEVIEW`] without one; its region).
 pub fn values(key: &str) -> impl Iterator<Item = &str> {
     let mut given = key.split(SEP);
     (0..POSITIONAL)
         .map(move |d| given.next().unwrap_or(missing_value(d)))
-        .chain(std::iter::once_with(move || {
-            named_value(key, DIMS[EVENT]).unwrap_or(PAGEVIEW)
-        }))
+        .chain(
+            (POSITIONAL..DIMS.len())
+                .map(move |d| named_value(key, DIMS[d]).unwrap_or(missing_value(d))),
+        )
+}
+
+/// Whether dimension `d` is a named built-in (written `name=value` when it has a value).
+pub fn is_named_builtin(d: usize) -> bool {
+    (POSITIONAL..DIMS.len()).contains(&d)
 }
 
 /// The values of a key for every pageview dimension: the built-in ones ([`values`]), then
@@ -187,6 +204,7 @@ mod tests {
                 NONE,
                 crate::parse::geo::UNKNOWN,
                 PAGEVIEW,
+                crate::parse::geo::UNKNOWN,
             ]
         );
         // An event's name follows the positional values, found by name like a custom one.
@@ -196,9 +214,16 @@ mod tests {
         }
         let mut e = full.clone();
         push_event(&mut e, " signup ");
+        push_region(&mut e, "DE-BY");
         push_custom(&mut e, "plan", "pro");
         let got: Vec<&str> = all_values(&e, &["plan", "tier"]).skip(EVENT).collect();
-        assert_eq!(got, ["signup", "pro", NONE]);
+        assert_eq!(got, ["signup", "DE-BY", "pro", NONE]);
+        // A pageview's region alone.
+        let mut r = full.clone();
+        push_region(&mut r, "AT-9");
+        let got: Vec<&str> = values(&r).skip(EVENT).collect();
+        assert_eq!(got, [PAGEVIEW, "AT-9"]);
+        assert!(is_named_builtin(EVENT) && is_named_builtin(REGION) && !is_named_builtin(COUNTRY));
         assert_eq!(values(&full).nth(EVENT), Some(PAGEVIEW));
         push_event(&mut full, "pageview");
         assert_eq!(values(&full).nth(EVENT), Some(PAGEVIEW_EVENT));

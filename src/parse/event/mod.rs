@@ -639,6 +639,7 @@ fn finish<'a>(
         } else {
             &utm.source
         };
+        let (country, region) = geo.place_at(addr);
         for v in [
             channel.as_str(),
             source,
@@ -649,12 +650,15 @@ fn finish<'a>(
             &agent.browser,
             &agent.os,
             bot.unwrap_or(dims::HUMAN),
-            geo.country_at(addr),
+            country,
         ] {
             dims::push_value(p, v);
         }
         if action == Action::Event {
             dims::push_event(p, &scratch.name);
+        }
+        if let Some(region) = region {
+            dims::push_region(p, region);
         }
         // Props read by custom dimensions (`props.KEY`), parsed only then.
         let reads_props = cfg.custom.iter().any(|(_, f)| f.starts_with(PROPS_PREFIX));
@@ -827,6 +831,7 @@ mod tests {
                 dims::HUMAN,
                 crate::parse::geo::UNKNOWN,
                 dims::PAGEVIEW,
+                crate::parse::geo::UNKNOWN,
             ]
         );
         assert!(!e.bot);
@@ -858,6 +863,7 @@ mod tests {
                 dims::HUMAN,
                 "(unknown)",
                 dims::PAGEVIEW,
+                "(unknown)",
             ]
         );
         let e = p
@@ -925,6 +931,52 @@ mod tests {
         // Without a database nothing is looked up.
         let mut p = EventParser::new(EventConfig::default());
         assert_eq!(country_of_a_pageview_from(&mut p, "192.0.2.9"), "(unknown)");
+    }
+
+    /// A city database adds the `region` (ISO 3166-2), written by name after an event's name
+    /// and before the custom values; a pageview without one keeps the key it had before.
+    #[test]
+    fn region_of_a_pageview_and_an_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.mmdb");
+        crate::parse::geo::tests::write_db(
+            &path,
+            &[("192.0.2.0/24", "DE/BY"), ("2001:db8::/32", "FR")],
+        );
+        let geo = crate::parse::geo::Geo::new(crate::parse::geo::GeoDb::open(&path));
+        let mut p = EventParser::new(EventConfig {
+            geo,
+            custom: vec![("plan".into(), "props.plan".into())],
+            ..EventConfig::default()
+        });
+        let mut place = |line: &str| {
+            let e = p.parse(line.as_bytes()).unwrap();
+            let all: Vec<String> = dims::all_values(e.profile, &["plan"])
+                .map(str::to_owned)
+                .collect();
+            (
+                all[dims::COUNTRY..].to_vec(),
+                e.profile
+                    .split(dims::SEP)
+                    .skip(dims::POSITIONAL)
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            )
+        };
+        let (got, named) = place(r#"{"url":"https://a.example/","ip":"192.0.2.9"}"#);
+        assert_eq!(got, ["DE", "pageview", "DE-BY", "(none)"]);
+        assert_eq!(named, "region=DE-BY|plan=(none)");
+        let (got, named) = place(
+            r#"{"url":"https://a.example/","ip":"192.0.2.9","action":"event","name":"signup","props":{"plan":"pro"}}"#,
+        );
+        assert_eq!(got, ["DE", "signup", "DE-BY", "pro"]);
+        assert_eq!(named, "event=signup|region=DE-BY|plan=pro");
+        // A country without regions, and no country: no region entry.
+        let (got, named) = place(r#"{"url":"https://a.example/","ip":"2001:db8::1"}"#);
+        assert_eq!(got, ["FR", "pageview", "(unknown)", "(none)"]);
+        assert_eq!(named, "plan=(none)");
+        let (got, _) = place(r#"{"url":"https://a.example/","ip":"203.0.113.1"}"#);
+        assert_eq!(got, ["(unknown)", "pageview", "(unknown)", "(none)"]);
     }
 
     /// The `country` of a pageview from `ip`.
@@ -1068,7 +1120,13 @@ mod tests {
                 .collect();
             (e.action, all, e.bad_props, e.invalid_utf8)
         };
-        let tail = |all: &[String]| all[dims::EVENT..].to_vec();
+        // The event's name and the custom values (no region without a city database).
+        let tail = |all: &[String]| {
+            assert_eq!(all[dims::REGION], crate::parse::geo::UNKNOWN);
+            let mut t = vec![all[dims::EVENT].clone()];
+            t.extend_from_slice(&all[dims::REGION + 1..]);
+            t
+        };
         let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (action, all, bad, _) = event(&format!(
             r#"{{"url":"https://a.example/pricing","urlref":"https://www.google.com/","a":"event","name":"signup","props":"%7B%22plan%22%3A%22pro%22%2C%22seats%22%3A5%7D","ua":"{ua}","section":"biz"}}"#
