@@ -58,9 +58,12 @@ pub enum Metric {
     AvgEngagedSeconds,
     /// Pageviews and custom events.
     Events,
+    /// The share (0–1) of visitors who sent the events a query names (its `event` filter or
+    /// dimension) among the visitors of its other filters.
+    ConversionRate,
 }
 
-const METRICS: [(&str, Metric); 13] = [
+const METRICS: [(&str, Metric); 14] = [
     ("views", Metric::Views),
     ("visitors", Metric::Visitors),
     ("hits", Metric::Hits),
@@ -74,6 +77,7 @@ const METRICS: [(&str, Metric); 13] = [
     ("exits", Metric::Exits),
     ("avg_engaged_seconds", Metric::AvgEngagedSeconds),
     ("events", Metric::Events),
+    ("conversion_rate", Metric::ConversionRate),
 ];
 
 impl Metric {
@@ -86,7 +90,20 @@ impl Metric {
 
     /// A ratio, whose change is a difference, not a percentage.
     fn is_rate(self) -> bool {
-        matches!(self, Metric::BounceRate)
+        matches!(self, Metric::BounceRate | Metric::ConversionRate)
+    }
+
+    /// A ratio or mean: a row with nothing counted has none (`null`), and it is written as
+    /// a fraction, not a whole number.
+    fn is_ratio(self) -> bool {
+        matches!(
+            self,
+            Metric::BounceRate
+                | Metric::VisitDuration
+                | Metric::ViewsPerVisit
+                | Metric::AvgEngagedSeconds
+                | Metric::ConversionRate
+        )
     }
 }
 
@@ -165,6 +182,9 @@ pub struct Plan {
     pub limit: usize,
     pub offset: usize,
     pub compare: Option<(Compare, Range)>,
+    /// With `conversion_rate`: the filter of the visitors a conversion rate is a share of
+    /// (the plan's without its `event` conditions, custom events counted).
+    pub conversion_base: Option<DimFilter>,
 }
 
 /// What a row is ordered by.
@@ -354,6 +374,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         || filter_expr.as_ref().is_some_and(|f| !f.names_pages())
         || bots
         || metrics.contains(&Metric::Events)
+        || metrics.contains(&Metric::ConversionRate)
     {
         Family::Profiles
     } else {
@@ -464,7 +485,11 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             Family::UrlChannels | Family::UrlRefs => *m == Metric::Views,
             Family::Totals => !matches!(
                 m,
-                Metric::Entries | Metric::Exits | Metric::AvgEngagedSeconds | Metric::Events
+                Metric::Entries
+                    | Metric::Exits
+                    | Metric::AvgEngagedSeconds
+                    | Metric::Events
+                    | Metric::ConversionRate
             ),
             Family::Pages(Dim::Url) => matches!(
                 m,
@@ -483,7 +508,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         if !ok {
             let cells = match family {
                 Family::Scan => "a scan of the log counts views, visitors, hits, engaged_seconds and events (visits need their cells)",
-                Family::Profiles => "by pageview dimension (or filtered by one) the cells hold views, events, visitors and the visit metrics (visits, bounces, bounce_rate, visit_duration, views_per_visit; a visit by its entry pageview's dimensions)",
+                Family::Profiles => "by pageview dimension (or filtered by one) the cells hold views, events, visitors, conversion_rate and the visit metrics (visits, bounces, bounce_rate, visit_duration, views_per_visit; a visit by its entry pageview's dimensions)",
                 Family::UrlChannels => "the url × channel cells hold views only",
                 Family::UrlRefs => "the url × referrer cells hold views only",
                 Family::Totals => "entries, exits and avg_engaged_seconds are a url's: add the url dimension",
@@ -559,7 +584,34 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 .ok_or_else(|| bad(name, format!("`{v}`: a whole number in {min}..={max}"))),
         }
     };
+    let conversion_base = if metrics.contains(&Metric::ConversionRate) {
+        let event = crate::parse::event::dims::EVENT;
+        if !dims.contains(&QDim::Profile(event)) && !filter.mentions(event) {
+            return Err(bad(
+                "metrics",
+                "`conversion_rate` is the share of visitors who sent an event: name the event with a filter ([\"is\", \"event\", [\"signup\"]]) or the `event` dimension",
+            ));
+        }
+        let expr = match &filter.expr {
+            None => None,
+            Some(f) => without(f, event).ok_or_else(|| {
+                bad(
+                    "filters",
+                    "with `conversion_rate` a condition on `event` stands alone at the top level of the filters (e.g. [\"is\", \"event\", [\"signup\"]], not inside an or/not beside another dimension): the other filters choose the visitors it is a share of",
+                )
+            })?,
+        };
+        Some(DimFilter {
+            is: filter.is.clone(),
+            bots: filter.bots,
+            events: true,
+            expr,
+        })
+    } else {
+        None
+    };
     Ok(Plan {
+        conversion_base,
         limit: number("limit", 100, 1, MAX_LIMIT)?,
         offset: number("offset", 0, 0, MAX_OFFSET)?,
         metrics,
@@ -573,6 +625,39 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         order,
         compare,
     })
+}
+
+/// `f` without its conditions on dimension `dim` (None inside: nothing left), or None when
+/// such a condition is not a conjunct of its own (inside an `or` or `not` naming another
+/// dimension too).
+fn without(f: &Filter, dim: usize) -> Option<Option<Filter>> {
+    /// Whether every leaf of `f` names `dim`.
+    fn only(f: &Filter, dim: usize) -> bool {
+        match f {
+            Filter::Is(d, _)
+            | Filter::IsNot(d, _)
+            | Filter::Contains(d, _)
+            | Filter::Matches(d, _) => *d == dim,
+            Filter::And(fs) | Filter::Or(fs) => fs.iter().all(|f| only(f, dim)),
+            Filter::Not(f) => only(f, dim),
+        }
+    }
+    match f {
+        Filter::And(fs) => {
+            let mut kept = Vec::new();
+            for c in fs {
+                kept.extend(without(c, dim)?);
+            }
+            Some(match kept.len() {
+                0 => None,
+                1 => kept.pop(),
+                _ => Some(Filter::And(kept)),
+            })
+        }
+        f if !f.mentions(dim) => Some(Some(f.clone())),
+        f if only(f, dim) => Some(None),
+        _ => None,
+    }
 }
 
 fn rename(mut e: BadParam, param: &str) -> BadParam {
@@ -1007,7 +1092,8 @@ fn totals_metric(m: Metric, t: &Totals) -> Option<f64> {
 fn profile_metric(m: Metric, r: &DimRow) -> Option<f64> {
     match m {
         Metric::Views => Some(r.views as f64),
-        Metric::Visitors => Some(r.visitors as f64),
+        // A conversion rate's visitors, divided by its base's in `Hub::rows`.
+        Metric::Visitors | Metric::ConversionRate => Some(r.visitors as f64),
         Metric::Events => Some((r.views + r.events) as f64),
         _ => visit_metric(m, &r.visits),
     }
@@ -1048,10 +1134,12 @@ impl Hub {
             ))),
             Family::Profiles => {
                 let profile_dims = profile_dims(&plan.dims);
-                let visits = plan
-                    .metrics
-                    .iter()
-                    .any(|m| !matches!(m, Metric::Views | Metric::Visitors | Metric::Events));
+                let visits = plan.metrics.iter().any(|m| {
+                    !matches!(
+                        m,
+                        Metric::Views | Metric::Visitors | Metric::Events | Metric::ConversionRate
+                    )
+                });
                 let ops = buckets
                     .iter()
                     .map(|b| Op::Breakdown {
@@ -1105,6 +1193,11 @@ impl Hub {
                             .collect();
                         rows.push(Row { dims, metrics });
                     }
+                }
+                if let Some(base) = &plan.conversion_base {
+                    sketched |= self
+                        .convert(plan, base, &buckets, &profile_dims, &mut rows)
+                        .await?;
                 }
                 Ok(Rows {
                     rows,
@@ -1270,6 +1363,76 @@ impl Hub {
         }
     }
 
+    /// Divides the visitors standing in `rows` for `conversion_rate` by those of the same
+    /// row's values but the event's under the `base` filter (the same buckets, the plan's
+    /// dimensions without `event`): a share of 0–1, `None` when the base has no visitor.
+    /// Whether a sketch estimated the base.
+    async fn convert(
+        &self,
+        plan: &Plan,
+        base: &DimFilter,
+        buckets: &[Range],
+        profile_dims: &[usize],
+        rows: &mut [Row],
+    ) -> Result<bool, QueryError> {
+        let event = crate::parse::event::dims::EVENT;
+        let base_dims: Vec<usize> = profile_dims
+            .iter()
+            .copied()
+            .filter(|d| *d != event)
+            .collect();
+        let ops = buckets
+            .iter()
+            .map(|b| Op::Breakdown {
+                dims: base_dims.clone(),
+                range: *b,
+                site: plan.site.clone(),
+                filter: base.clone(),
+                visits: false,
+            })
+            .collect();
+        let parts = self.run(ops).await?;
+        // A row's key: its values in the plan's order, the event's left out.
+        let is_event = |d: &QDim| *d == QDim::Profile(event);
+        let mut visitors: hashbrown::HashMap<Vec<String>, u64> = hashbrown::HashMap::new();
+        let mut sketched = false;
+        for (b, part) in buckets.iter().zip(parts) {
+            let Part::Breakdown(list) = part else {
+                continue;
+            };
+            for r in list {
+                sketched |= r.sketched;
+                let mut values = r.key.split(SEP);
+                let key: Vec<String> = plan
+                    .dims
+                    .iter()
+                    .filter(|d| !is_event(d))
+                    .map(|d| match d {
+                        QDim::Time(_) => minute_rfc3339(b.from),
+                        _ => values.next().unwrap_or_default().to_string(),
+                    })
+                    .collect();
+                *visitors.entry(key).or_default() += r.visitors;
+            }
+        }
+        for row in rows.iter_mut() {
+            let key: Vec<String> = plan
+                .dims
+                .iter()
+                .zip(&row.dims)
+                .filter(|(d, _)| !is_event(d))
+                .map(|(_, v)| v.clone())
+                .collect();
+            let all = visitors.get(&key).copied().unwrap_or(0);
+            for (m, x) in plan.metrics.iter().zip(row.metrics.iter_mut()) {
+                if *m == Metric::ConversionRate {
+                    *x = x.filter(|_| all > 0).map(|v| v / all as f64);
+                }
+            }
+        }
+        Ok(sketched)
+    }
+
     /// Answers a validated `POST /v1/query` as JSON.
     pub async fn query(&self, plan: Plan) -> Result<String, QueryError> {
         let now = self.rows(&plan, plan.range).await?;
@@ -1393,13 +1556,8 @@ pub fn compose(plan: &Plan, now: Rows, earlier: Option<Rows>) -> String {
                             .map(|(i, m)| match earlier {
                                 Some(e) => e.metrics.get(i).copied().flatten(),
                                 // No row then: counts were zero, ratios undefined.
-                                None => match m {
-                                    Metric::BounceRate
-                                    | Metric::VisitDuration
-                                    | Metric::ViewsPerVisit
-                                    | Metric::AvgEngagedSeconds => None,
-                                    _ => Some(0.0),
-                                },
+                                None if m.is_ratio() => None,
+                                None => Some(0.0),
                             })
                             .collect();
                         let change: Vec<Option<f64>> = plan
@@ -1541,16 +1699,10 @@ fn values(metrics: &[Metric], v: &[Option<f64>]) -> Vec<Value> {
     metrics
         .iter()
         .zip(v)
-        .map(|(m, x)| match (m, x) {
-            (_, None) => Value::Null,
-            (
-                Metric::BounceRate
-                | Metric::VisitDuration
-                | Metric::ViewsPerVisit
-                | Metric::AvgEngagedSeconds,
-                Some(x),
-            ) => json!(x),
-            (_, Some(x)) => json!(*x as i64),
+        .map(|(m, x)| match x {
+            None => Value::Null,
+            Some(x) if m.is_ratio() => json!(x),
+            Some(x) => json!(*x as i64),
         })
         .collect()
 }
@@ -1611,6 +1763,57 @@ mod tests {
         match plan(q) {
             Err(e) => e,
             Ok(p) => panic!("{q} was accepted: {p:?}"),
+        }
+    }
+
+    /// `conversion_rate` needs the event it counts, at the top level of the filters; its
+    /// base is the same filter without it, custom events counted.
+    #[test]
+    fn a_conversion_rate_names_its_event() {
+        let event = crate::parse::event::dims::EVENT;
+        let p = plan(
+            r#"{"metrics":["conversion_rate"],"dimensions":["channel"],"filters":[["is","event",["signup"]],["is_not","device",["bot"]],["is","country",["DE"]]]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.family, Family::Profiles);
+        let base = p.conversion_base.unwrap();
+        assert!(base.events && !base.mentions(event), "{base:?}");
+        assert_eq!(
+            base.expr,
+            Some(Filter::And(vec![
+                Filter::IsNot(5, vec!["bot".into()]),
+                Filter::Is(9, vec!["DE".into()]),
+            ]))
+        );
+        // An event filter alone leaves every visitor; the event dimension alone too.
+        for q in [
+            r#"{"metrics":["conversion_rate"],"filters":[["or",[["is","event",["a"]],["contains","event",["b"]]]]]}"#,
+            r#"{"metrics":["visitors","conversion_rate"],"dimensions":["event","time:hour"]}"#,
+        ] {
+            let base = plan(q).unwrap().conversion_base.unwrap();
+            assert_eq!(base.expr, None, "{q}");
+        }
+        for (q, says) in [
+            (r#"{"metrics":["conversion_rate"]}"#, "name the event"),
+            (
+                r#"{"metrics":["conversion_rate"],"dimensions":["channel"]}"#,
+                "name the event",
+            ),
+            (
+                r#"{"metrics":["conversion_rate"],"filters":[["or",[["is","event",["a"]],["is","channel",["search"]]]]]}"#,
+                "alone at the top level",
+            ),
+            (
+                r#"{"metrics":["conversion_rate"],"dimensions":["url"]}"#,
+                "`conversion_rate` is not covered",
+            ),
+            (
+                r#"{"metrics":["conversion_rate"],"dimensions":["event"],"include":{"scan":true}}"#,
+                "`conversion_rate` is not covered",
+            ),
+        ] {
+            let e = refused(q);
+            assert!(e.to_string().contains(says), "{q}: {e}");
         }
     }
 

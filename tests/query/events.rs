@@ -155,6 +155,35 @@ fn ask(port: u16, q: &Value) -> (BTreeMap<Vec<String>, Vec<u64>>, Value) {
     (rows, v)
 }
 
+/// The rows of a `/v1/query` asking visitors and conversion_rate.
+fn conversions(port: u16, q: &Value) -> BTreeMap<Vec<String>, (u64, f64)> {
+    let (st, v) = common::post_query(port, q);
+    assert_eq!(st, 200, "{q}: {v}");
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let dims = r["dimensions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_str().unwrap().to_string())
+                .collect();
+            let m = &r["metrics"];
+            // Rounded to 12 places: serde_json reads floats to within one unit in the last
+            // place, not always to the very double written.
+            let rate = (m[1].as_f64().unwrap() * 1e12).round() / 1e12;
+            (dims, (m[0].as_u64().unwrap(), rate))
+        })
+        .collect()
+}
+
+/// `n / of`, rounded as [`conversions`] rounds.
+fn share(n: u64, of: u64) -> f64 {
+    (n as f64 / of as f64 * 1e12).round() / 1e12
+}
+
 fn query(dims: &[&str], filters: Value, scan: bool) -> Value {
     let mut q = json!({"metrics": ["views", "events", "visitors"], "dimensions": dims,
                        "date_range": ["-2h", "now"], "limit": 1000});
@@ -246,6 +275,57 @@ fn check(port: u16, hits: &[Hit], phase: &str) {
         .collect();
     want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     assert_eq!(got, want, "{phase}: /v1/top?dim=event");
+    // Conversion rates: the visitors who sent the event over all visitors (pageviews or
+    // custom events) of the same values of the other dimensions and filters.
+    let visitors = |with: &dyn Fn(&Hit) -> bool, key: &dyn Fn(&Hit) -> String| {
+        let mut acc: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for h in hits.iter().filter(|h| h.event.is_some() && with(h)) {
+            acc.entry(key(h)).or_default().insert(&h.vid);
+        }
+        acc.into_iter()
+            .map(|(k, vs)| (k, vs.len() as u64))
+            .collect::<BTreeMap<String, u64>>()
+    };
+    let channel = |h: &Hit| h.channel.to_string();
+    let (signed, everyone) = (visitors(&is_signup, &channel), visitors(&all, &channel));
+    let want: BTreeMap<Vec<String>, (u64, f64)> = signed
+        .iter()
+        .map(|(k, n)| (vec![k.clone()], (*n, share(*n, everyone[k]))))
+        .collect();
+    let q = json!({"metrics": ["visitors", "conversion_rate"], "dimensions": ["channel"],
+                   "filters": [["is", "event", ["signup"]]], "date_range": ["-2h", "now"]});
+    assert_eq!(
+        conversions(port, &q),
+        want,
+        "{phase}: signups' conversion rate by channel"
+    );
+    assert!(want.values().any(|(_, r)| *r > 0.0 && *r < 1.0), "{want:?}");
+    // By event name: each over every visitor.
+    let total = visitors(&all, &|_| String::new())[""];
+    let want: BTreeMap<Vec<String>, (u64, f64)> = visitors(&all, &event)
+        .into_iter()
+        .map(|(k, n)| (vec![k], (n, share(n, total))))
+        .collect();
+    let q = json!({"metrics": ["visitors", "conversion_rate"], "dimensions": ["event"],
+                   "date_range": ["-2h", "now"]});
+    assert_eq!(
+        conversions(port, &q),
+        want,
+        "{phase}: conversion rate by event"
+    );
+    // No dimension, another filter beside the event's: direct visitors' downloads.
+    let search = |h: &Hit| h.channel == "direct";
+    let n = visitors(&|h| search(h) && event(h) == "download", &|_| String::new())[""];
+    let of = visitors(&search, &|_| String::new())[""];
+    let q = json!({"metrics": ["visitors", "conversion_rate"],
+                   "filters": [["is", "channel", ["direct"]], ["is", "event", ["download"]]],
+                   "date_range": ["-2h", "now"]});
+    assert_eq!(
+        conversions(port, &q),
+        BTreeMap::from([(vec![], (n, share(n, of)))]),
+        "{phase}: downloads of direct visitors"
+    );
+    assert!(n > 0 && n < of, "{n} of {of}");
     // The crawler's event is there when bots are asked for.
     let (got, _) = ask(
         port,
