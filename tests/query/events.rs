@@ -313,6 +313,15 @@ fn check(port: u16, hits: &[Hit], phase: &str) {
         want,
         "{phase}: conversion rate by event"
     );
+    // Against the previous period (before any of these events): no rate then, no change.
+    let mut q = q;
+    q["include"] = json!({"comparisons": "previous_period"});
+    let (st, v) = common::post_query(port, &q);
+    assert_eq!(st, 200, "{v}");
+    for r in v["results"].as_array().unwrap() {
+        assert_eq!(r["comparison"]["metrics"], json!([0, null]), "{phase}: {r}");
+        assert_eq!(r["comparison"]["change"], json!([null, null]), "{phase}: {r}");
+    }
     // No dimension, another filter beside the event's: direct visitors' downloads.
     let search = |h: &Hit| h.channel == "direct";
     let n = visitors(&|h| search(h) && event(h) == "download", &|_| String::new())[""];
