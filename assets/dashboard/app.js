@@ -334,6 +334,14 @@
         chg.title = 'views vs the previous period: ' + nf.format(c.prev);
         num.append(chg);
       }
+      if (it.rate != null) {
+        li.dataset.rate = String(it.rate);
+        const conv = document.createElement('small');
+        conv.className = 'conv';
+        conv.textContent = pf.format(it.rate) + ' of visitors';
+        conv.title = 'conversion rate: the share of visitors who sent it';
+        num.append(conv);
+      }
       if (it.all) {
         name.title = it.key + ' — ' + nf.format(it.all.views) + ' views, ' + nf.format(it.all.entries) +
           ' entries, ' + nf.format(it.all.exits) + ' exits, ' + duration(it.all.engaged_seconds) + ' engaged, ' +
@@ -457,14 +465,16 @@
     // Custom events by name (no pageviews), with the filters on their own dimensions; the
     // list is not a filter (a pageview has no event name but `pageview`).
     const events = await apiPost('/v1/query', {
-      metrics: ['events'], dimensions: ['event'], limit: 10, site: st.site || undefined,
+      metrics: ['events', 'conversion_rate'], dimensions: ['event'], limit: 10, site: st.site || undefined,
       filters: filters.concat([['is_not', 'event', ['pageview']]]),
       date_range: [String(st.from), String(st.to)],
     }).catch((e) => {
       if (e instanceof AuthError) throw e;
       return { results: [] };
     });
-    st.events = events.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0] }));
+    // Each with its conversion rate: the share of the range's visitors (under the filters)
+    // who sent it.
+    st.events = events.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0], rate: x.metrics[1] }));
     st.eventTotal = st.events.reduce((a, x) => a + x.views, 0);
     const step = RANGES[st.range].stepMin === 1 ? 'time:minute' : 'time:hour';
     // Pages by channel have cells of their own (url × channel); by device or country they

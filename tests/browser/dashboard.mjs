@@ -150,17 +150,20 @@ try {
     let seenE, wantE;
     for (let i = 0; i < 20; i++) {
       const range = await page.evaluate(() => [String(window.pixeldDashboard.from), String(window.pixeldDashboard.to)]);
-      const r = await query({ metrics: ['events'], dimensions: ['event'], date_range: range, limit: 10,
+      const r = await query({ metrics: ['events', 'conversion_rate'], dimensions: ['event'], date_range: range, limit: 10,
         filters: [['is_not', 'event', ['pageview']]] });
-      wantE = r.results.map((x) => [x.dimensions[0], x.metrics[0]]);
+      wantE = r.results.map((x) => [x.dimensions[0], x.metrics[0], x.metrics[1]]);
       seenE = await page.evaluate(() => [...document.querySelectorAll('#top-events li:not(.empty)')]
-        .map((li) => [li.dataset.key, Number(li.dataset.views)]));
+        .map((li) => [li.dataset.key, Number(li.dataset.views), Number(li.dataset.rate)]));
       if (JSON.stringify(seenE) === JSON.stringify(wantE)) break;
       await new Promise((r) => setTimeout(r, 500));
     }
     assert.deepEqual(seenE, wantE, 'the Events card differs from POST /v1/query');
     assert.deepEqual(seenE.map(([k]) => k), ['signup', 'download'], `the Events card: ${JSON.stringify(seenE)}`);
-    ok(`Events card: ${seenE.map(([k, n]) => `${k} ${n}`).join(', ')} = POST /v1/query`);
+    assert.ok(seenE.every(([, , rate]) => rate > 0 && rate < 1), `the Events card's conversion rates: ${JSON.stringify(seenE)}`);
+    const convs = await page.evaluate(() => [...document.querySelectorAll('#top-events .conv')].map((e) => e.textContent));
+    assert.equal(convs.length, seenE.length, `every event shows its conversion rate: ${convs}`);
+    ok(`Events card: ${seenE.map(([k, n, rate]) => `${k} ${n} (${(rate * 100).toFixed(2)} % of visitors)`).join(', ')} = POST /v1/query`);
   }
 
   // The Countries card's Region tab lists regions (a city database's subdivisions, ISO

@@ -320,7 +320,11 @@ fn check(port: u16, hits: &[Hit], phase: &str) {
     assert_eq!(st, 200, "{v}");
     for r in v["results"].as_array().unwrap() {
         assert_eq!(r["comparison"]["metrics"], json!([0, null]), "{phase}: {r}");
-        assert_eq!(r["comparison"]["change"], json!([null, null]), "{phase}: {r}");
+        assert_eq!(
+            r["comparison"]["change"],
+            json!([null, null]),
+            "{phase}: {r}"
+        );
     }
     // No dimension, another filter beside the event's: direct visitors' downloads.
     let search = |h: &Hit| h.channel == "direct";
