@@ -484,6 +484,10 @@ impl EventParser {
         if cfg.geo.db().is_none() && cfg.bot_networks.db().is_none() {
             fields.ip.clear();
         }
+        // Likewise a custom event's props, read only by `props.KEY` dimensions.
+        if !cfg.custom.iter().any(|(_, f)| f.starts_with(PROPS_PREFIX)) {
+            fields.props.clear();
+        }
         let scratch = Scratch {
             custom: vec![String::new(); cfg.custom.len()],
             custom_found: vec![false; cfg.custom.len()],
@@ -660,9 +664,9 @@ fn finish<'a>(
         if let Some(region) = region {
             dims::push_region(p, region);
         }
-        // Props read by custom dimensions (`props.KEY`), parsed only then.
-        let reads_props = cfg.custom.iter().any(|(_, f)| f.starts_with(PROPS_PREFIX));
-        if reads_props && !scratch.props.is_empty() {
+        // Props read by custom dimensions (`props.KEY`), parsed only then (without one the
+        // parser skips their field: `EventParser::new`).
+        if !scratch.props.is_empty() {
             match props_object(&scratch.props) {
                 Some((props, invalid)) => {
                     invalid_utf8 |= invalid;
