@@ -2,7 +2,9 @@
 # Query latency over a week of data, and the speed of a scan of the raw log (README,
 # "Queries over a week"): 2 M events spread evenly over the last 7 days of event time go into
 # one shard (pinned to CPU 0; the sender on CPU 1) over TCP, then 200 timed requests of each
-# breakdown (median, p99) and three scans of the log. Ports 39311-39313 on 127.0.0.1.
+# breakdown (median, p99) and three scans of the log. CUSTOM_EVENTS=0.05 (the default 0)
+# makes that share of the pageviews custom events, and adds conversion-rate queries.
+# Ports 39311-39313 on 127.0.0.1.
 # Usage: benches/week_queries.sh [path/to/pixeld]   (default: target/release/pixeld)
 set -u
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,7 +14,9 @@ taskset -c 0 $BIN serve --data-dir $D --shards 1 --udp 127.0.0.1:39311 --tcp 127
 P=$!
 for i in $(seq 50); do grep -q "ready:" $D/err && break; sleep 0.2; done
 START=$(( ($(date +%s) - 7*86400 + 600) * 1000 ))
-taskset -c 1 $BIN blast --count 2000000 --transport tcp --target 127.0.0.1:39312 --http 127.0.0.1:39313 --seed 7 --start $START --event-rate 3.3 2>&1 | tail -1
+CUSTOM_EVENTS=${CUSTOM_EVENTS:-0}
+export CUSTOM_EVENTS
+taskset -c 1 $BIN blast --count 2000000 --transport tcp --target 127.0.0.1:39312 --http 127.0.0.1:39313 --seed 7 --start $START --event-rate 3.3 --custom-events $CUSTOM_EVENTS 2>&1 | tail -1
 sleep 5
 curl -s 127.0.0.1:39313/metrics | grep -E "^pixeld_agg_(memory_bytes|cells) |outcome=\"(aggregated|out_of_window|bot)\""
 python3 - <<'PY'
@@ -23,6 +27,10 @@ get=["/v1/top?dim=channel,device&from=-7d&limit=100",
 post=[{"metrics":["views","visitors"],"dimensions":["channel","device"],"date_range":"7d"},
       {"metrics":["views","visitors"],"dimensions":["source","os"],"date_range":"7d","filters":[["not",["is","device",["desktop"]]]],"include":{"comparisons":"previous_period"}},
       {"metrics":["views"],"dimensions":["time:day","channel"],"date_range":"7d"}]
+import os
+if float(os.environ.get("CUSTOM_EVENTS", "0")) > 0:
+    post += [{"metrics":["visitors","conversion_rate"],"dimensions":["channel"],"date_range":"7d","filters":[["is","event",["signup"]]]},
+             {"metrics":["events","conversion_rate"],"dimensions":["event"],"date_range":"7d"}]
 def run(method, path, body=None):
     ts=[]
     for i in range(200):

@@ -83,6 +83,10 @@ pub struct BlastArgs {
     /// Share of late events (stamped 1 minute to --late-max early).
     #[arg(long, default_value_t = 0.0)]
     pub late: f64,
+    /// Share of the other events sent as custom events (downloads, outbound clicks, signups
+    /// with a plan in their props) instead of pageviews.
+    #[arg(long, default_value_t = 0.0)]
+    pub custom_events: f64,
     #[arg(long, default_value = "1h")]
     pub late_max: humantime::Duration,
     /// Write the lines to FILE ("-": stdout) instead of sending them.
@@ -159,7 +163,11 @@ pub fn run(a: BlastArgs) -> Result<Outcome, BlastArgsError> {
     if a.connections == 0 {
         return Err(BlastArgsError::NoConnections);
     }
-    for (name, value) in [("--heartbeats", a.heartbeats), ("--late", a.late)] {
+    for (name, value) in [
+        ("--heartbeats", a.heartbeats),
+        ("--late", a.late),
+        ("--custom-events", a.custom_events),
+    ] {
         if !(0.0..=1.0).contains(&value) {
             return Err(BlastArgsError::Share { name, value });
         }
@@ -176,6 +184,7 @@ pub fn run(a: BlastArgs) -> Result<Outcome, BlastArgsError> {
         visitors: a.visitors.max(1),
         heartbeat_share: a.heartbeats,
         late_share: a.late,
+        event_share: a.custom_events,
         late_max_ms: a.late_max.as_millis() as u64,
         ms_per_event: 1000.0 / event_rate,
         header,

@@ -8,7 +8,9 @@
 //! event's 1-based sequence number, so that loss can be accounted per event. Popularity is
 //! long-tailed: sites, pages within a site and visitors are Zipf-distributed (s ≈ 1); referrers
 //! mix direct, search, social and internal traffic; a share of events are heartbeats; an
-//! optional share arrives late (stamped up to `late_max_ms` before the others).
+//! optional share arrives late (stamped up to `late_max_ms` before the others); an optional
+//! share are custom events (`action=event`, a name from [`CUSTOM_EVENTS`], a signup's props as
+//! the pixel logs them: percent-encoded JSON).
 //!
 //! Every line is a pure function of (seed, config, start time, index): each event draws from
 //! its own RNG seeded by the index. That makes the stream deterministic for a seed however it
@@ -21,6 +23,17 @@ use std::io::Write as _;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+/// Custom events (name, props as the pixel logs `$arg_p`), drawn uniformly: downloads and
+/// outbound clicks more often than signups, which carry a plan.
+pub const CUSTOM_EVENTS: [(&str, &str); 6] = [
+    ("download", ""),
+    ("download", ""),
+    ("outbound", ""),
+    ("outbound", ""),
+    ("signup", "%7B%22plan%22%3A%22pro%22%7D"),
+    ("signup", "%7B%22plan%22%3A%22free%22%7D"),
+];
 
 /// The first sites, most popular first; more are named `siteN.example.com`.
 const SITES: [&str; 6] = [
@@ -106,6 +119,9 @@ pub struct GenConfig {
     pub late_max_ms: u64,
     /// Share of urls that carry a `?utm_source=…` query string (pixeld drops it by default).
     pub utm_share: f64,
+    /// Share of the events that are not heartbeats sent as custom events instead of
+    /// pageviews. 0 keeps every line as it was without the option.
+    pub event_share: f64,
     pub referrers: ReferrerMix,
     /// Mean event-time step between consecutive events, in ms (1000 / events per second of
     /// event time). Each event also gets 0–2 ms of jitter.
@@ -123,6 +139,7 @@ impl Default for GenConfig {
             late_share: 0.0,
             late_max_ms: 3_600_000,
             utm_share: 0.05,
+            event_share: 0.0,
             referrers: ReferrerMix::default(),
             ms_per_event: 1.0,
             header: Header::None,
@@ -217,6 +234,7 @@ impl HitGenerator {
         let ref_pick = rng.gen_range(0..u32::MAX) as usize;
         let ref_page = zipf(&mut rng, cfg.urls_per_site.max(1));
         let inc = INCS[rng.gen_range(0..INCS.len())];
+        let event_share = cfg.event_share;
 
         if self.cfg.header == Header::Syslog {
             // The header carries the send time, not a late event's stamp.
@@ -251,8 +269,16 @@ impl HitGenerator {
         let vid = splitmix(visitor ^ 0x5bd1_e995);
         let ua = AGENTS[(vid % AGENTS.len() as u64) as usize];
         let _ = write!(out, r#"","vid":"{vid:016x}","action":""#);
+        // Drawn last, and only when asked for: every other draw stays as it was.
+        let custom = !heartbeat && event_share > 0.0 && rng.gen_bool(event_share.clamp(0.0, 1.0));
         if heartbeat {
             let _ = write!(out, r#"heartbeat","inc":{inc}"#);
+        } else if custom {
+            let (name, props) = CUSTOM_EVENTS[rng.gen_range(0..CUSTOM_EVENTS.len())];
+            let _ = write!(out, r#"event","name":"{name}""#);
+            if !props.is_empty() {
+                let _ = write!(out, r#","props":"{props}""#);
+            }
         } else {
             out.extend_from_slice(br#"pageview""#);
         }
@@ -392,6 +418,47 @@ mod tests {
                 assert!(INCS.contains(&e.engaged_seconds));
             }
         }
+    }
+
+    /// Custom events take the place of some pageviews, and only when asked for.
+    #[test]
+    fn custom_events_only_when_asked() {
+        let plain = lines(GenConfig::default(), 2000);
+        let cfg = GenConfig {
+            event_share: 0.2,
+            ..GenConfig::default()
+        };
+        let with = lines(cfg, 2000);
+        let cfg = EventConfig {
+            custom: vec![("plan".into(), "props.plan".into())],
+            ..EventConfig::default()
+        };
+        let mut p = EventParser::new(cfg);
+        let mut names = std::collections::BTreeMap::<String, usize>::new();
+        for (a, b) in plain.iter().zip(&with) {
+            let e = p.parse(b).expect("a line pixeld reads");
+            if e.action == Action::Event {
+                let key: Vec<&str> =
+                    crate::parse::event::dims::all_values(e.profile, &["plan"]).collect();
+                let (name, plan) = (key[crate::parse::event::dims::EVENT], key[key.len() - 1]);
+                assert_eq!(plan != "(none)", name == "signup", "{key:?}");
+                *names.entry(name.to_string()).or_default() += 1;
+                // The same line but for its action.
+                let pv = p.parse(a).expect("a line pixeld reads");
+                assert_eq!(pv.action, Action::Pageview);
+            } else {
+                assert_eq!(a, b, "only custom events differ");
+            }
+        }
+        let n: usize = names.values().sum();
+        assert!((200..=400).contains(&n), "{names:?}");
+        assert_eq!(
+            names.keys().collect::<Vec<_>>(),
+            ["download", "outbound", "signup"]
+        );
+        assert!(plain
+            .iter()
+            .all(|l| !l.windows(7).any(|w| w == b"\"event\"")));
     }
 
     #[test]
