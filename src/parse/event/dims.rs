@@ -71,6 +71,17 @@ pub fn push_value(key: &mut String, value: &str) {
     push_clean(key, value);
 }
 
+/// Appends a value of pixeld's own tables (a channel's name; a device, browser or OS as
+/// `parse::event::agent` names them): trimmed and without a control character, so appended
+/// as it is ([`NONE`] if empty, like [`push_value`]).
+pub fn push_known(key: &mut String, value: &str) {
+    debug_assert!(value.trim() == value && !value.chars().any(char::is_control));
+    if !key.is_empty() {
+        key.push(SEP);
+    }
+    key.push_str(if value.is_empty() { NONE } else { value });
+}
+
 /// Appends `value` trimmed, control characters replaced by spaces, [`NONE`] when empty.
 fn push_clean(key: &mut String, value: &str) {
     let value = value.trim();

@@ -644,18 +644,15 @@ fn finish<'a>(
             &utm.source
         };
         let (country, region) = geo.place_at(addr);
-        for v in [
-            channel.as_str(),
-            source,
-            &utm.source,
-            &utm.medium,
-            &utm.campaign,
-            agent.device,
-            &agent.browser,
-            &agent.os,
-            bot.unwrap_or(dims::HUMAN),
-            country,
-        ] {
+        // In `dims::DIMS` order; the values of pixeld's own tables need no cleaning.
+        dims::push_known(p, channel.as_str());
+        for v in [source, &utm.source, &utm.medium, &utm.campaign] {
+            dims::push_value(p, v);
+        }
+        for v in [agent.device, &agent.browser, &agent.os] {
+            dims::push_known(p, v);
+        }
+        for v in [bot.unwrap_or(dims::HUMAN), country] {
             dims::push_value(p, v);
         }
         if action == Action::Event {
