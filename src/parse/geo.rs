@@ -121,29 +121,41 @@ impl Load for Countries {
         let reader = Reader::from_source(bytes).map_err(invalid)?;
         // A database of something else (ASNs, say) would load and give no country: its first
         // records must hold one.
-        let mut records = 0;
+        // A city database's records hold regions too: said in what is loaded (the log, `pixeld
+        // validate`), since without them the `region` dimension stays (unknown).
+        let (mut records, mut countries, mut regions) = (0, false, false);
         for found in reader
             .networks(maxminddb::WithinOptions::default())
             .map_err(invalid)?
             .take(SAMPLE)
         {
             records += 1;
-            if found.ok().and_then(|f| country_code(&f)).is_some() {
-                let (kind, build_epoch) = (
-                    reader.metadata().database_type.clone(),
-                    reader.metadata().build_epoch,
-                );
-                return Ok(Loaded {
-                    value: Countries(reader),
-                    kind,
-                    build_epoch,
-                });
+            let Ok(found) = found else { continue };
+            if let Some(code) = country_code(&found) {
+                countries = true;
+                regions |= region_code(&found, code).is_some();
+                if regions {
+                    break;
+                }
             }
         }
-        Err(GeoError::NoCountries {
-            path: path.to_path_buf(),
-            kind: reader.metadata().database_type.clone(),
-            records,
+        let kind = reader.metadata().database_type.clone();
+        if !countries {
+            return Err(GeoError::NoCountries {
+                path: path.to_path_buf(),
+                kind,
+                records,
+            });
+        }
+        let build_epoch = reader.metadata().build_epoch;
+        Ok(Loaded {
+            value: Countries(reader),
+            kind: if regions {
+                format!("{kind} (countries and regions)")
+            } else {
+                kind
+            },
+            build_epoch,
         })
     }
 }
@@ -435,6 +447,10 @@ pub(crate) mod tests {
             ],
         );
         let db = GeoDb::open(&path);
+        assert_eq!(
+            db.status().loaded.as_deref(),
+            Some("Test-Country (countries and regions)")
+        );
         let mut v = GeoView::new(&Geo::new(db));
         assert_eq!(v.region("192.0.2.1"), Some("DE-BY"));
         assert_eq!(v.region("192.0.2.200"), Some("DE-BE"));
