@@ -128,8 +128,12 @@ fn model(
         .collect()
 }
 
-/// The rows of a `/v1/query` asking views, events and visitors (dimension values → metrics).
-fn ask(port: u16, q: &Value) -> (BTreeMap<Vec<String>, Vec<u64>>, Value) {
+/// The rows of a `/v1/query` (it answers 200): dimension values → `metric` of its metrics.
+fn rows_of<M>(
+    port: u16,
+    q: &Value,
+    metric: impl Fn(&Value) -> M,
+) -> (BTreeMap<Vec<String>, M>, Value) {
     let (st, v) = common::post_query(port, q);
     assert_eq!(st, 200, "{q}: {v}");
     let rows = v["results"]
@@ -143,40 +147,32 @@ fn ask(port: u16, q: &Value) -> (BTreeMap<Vec<String>, Vec<u64>>, Value) {
                 .iter()
                 .map(|d| d.as_str().unwrap().to_string())
                 .collect();
-            let metrics = r["metrics"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m.as_u64().unwrap())
-                .collect();
-            (dims, metrics)
+            (dims, metric(&r["metrics"]))
         })
         .collect();
     (rows, v)
 }
 
+/// The rows of a `/v1/query` asking views, events and visitors (dimension values → metrics).
+fn ask(port: u16, q: &Value) -> (BTreeMap<Vec<String>, Vec<u64>>, Value) {
+    rows_of(port, q, |m| {
+        m.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_u64().unwrap())
+            .collect()
+    })
+}
+
 /// The rows of a `/v1/query` asking visitors and conversion_rate.
 fn conversions(port: u16, q: &Value) -> BTreeMap<Vec<String>, (u64, f64)> {
-    let (st, v) = common::post_query(port, q);
-    assert_eq!(st, 200, "{q}: {v}");
-    v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let dims = r["dimensions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_str().unwrap().to_string())
-                .collect();
-            let m = &r["metrics"];
-            // Rounded to 12 places: serde_json reads floats to within one unit in the last
-            // place, not always to the very double written.
-            let rate = (m[1].as_f64().unwrap() * 1e12).round() / 1e12;
-            (dims, (m[0].as_u64().unwrap(), rate))
-        })
-        .collect()
+    // Rounded to 12 places: serde_json reads floats to within one unit in the last place,
+    // not always to the very double written.
+    rows_of(port, q, |m| {
+        let rate = (m[1].as_f64().unwrap() * 1e12).round() / 1e12;
+        (m[0].as_u64().unwrap(), rate)
+    })
+    .0
 }
 
 /// `n / of`, rounded as [`conversions`] rounds.
