@@ -475,6 +475,43 @@ impl Hub {
                 });
                 let total_rows = rows.len();
                 rows.truncate(limit);
+                // With events, each row's conversion rate: its visitors over those of the same
+                // other values without the event's condition (as `conversion_rate` in
+                // `POST /v1/query`).
+                let event = crate::parse::event::dims::EVENT;
+                let all_visitors = if events {
+                    let base_dims: Vec<usize> =
+                        dims.iter().copied().filter(|d| *d != event).collect();
+                    let mut base = filter.clone();
+                    base.is.retain(|(d, _)| *d != event);
+                    base.events = true;
+                    let parts = self
+                        .run(vec![Op::Breakdown {
+                            dims: base_dims,
+                            range,
+                            site: site.clone(),
+                            filter: base,
+                            visits: false,
+                        }])
+                        .await?;
+                    match parts.into_iter().next() {
+                        Some(Part::Breakdown(l)) => {
+                            l.into_iter().map(|r| (r.key, r.visitors)).collect()
+                        }
+                        _ => hashbrown::HashMap::new(),
+                    }
+                } else {
+                    hashbrown::HashMap::new()
+                };
+                let other_values = |key: &str| -> String {
+                    let values: Vec<&str> = dims
+                        .iter()
+                        .zip(key.split(SEP))
+                        .filter(|(d, _)| **d != event)
+                        .map(|(_, v)| v)
+                        .collect();
+                    values.join(&SEP.to_string())
+                };
                 let items: Vec<Value> = rows
                     .iter()
                     .map(|r| {
@@ -492,6 +529,11 @@ impl Hub {
                         });
                         if events {
                             item["events"] = json!(r.views + r.events);
+                            let all = all_visitors.get(&other_values(&r.key)).copied();
+                            item["conversion_rate"] = match all {
+                                Some(n) if n > 0 => json!(r.visitors as f64 / n as f64),
+                                _ => Value::Null,
+                            };
                         }
                         item
                     })

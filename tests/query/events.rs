@@ -335,6 +335,42 @@ fn check(port: u16, hits: &[Hit], phase: &str) {
         "{phase}: downloads of direct visitors"
     );
     assert!(n > 0 && n < of, "{n} of {of}");
+    // The GET form gives each event's rate too, and by channel under an event filter.
+    let rates = |path: &str| -> BTreeMap<String, f64> {
+        let (st, body) = common::try_get(port, path);
+        assert_eq!(st, 200, "{path}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let rate = i["conversion_rate"].as_f64().unwrap();
+                (
+                    i["key"].as_str().unwrap().to_string(),
+                    (rate * 1e12).round() / 1e12,
+                )
+            })
+            .collect()
+    };
+    let want: BTreeMap<String, f64> = visitors(&all, &event)
+        .into_iter()
+        .map(|(k, n)| (k, share(n, total)))
+        .collect();
+    assert_eq!(
+        rates("/v1/top?dim=event&from=-2h"),
+        want,
+        "{phase}: GET by event"
+    );
+    let want: BTreeMap<String, f64> = signed
+        .iter()
+        .map(|(k, n)| (k.clone(), share(*n, everyone[k])))
+        .collect();
+    assert_eq!(
+        rates("/v1/top?dim=channel&filter=event:signup&from=-2h"),
+        want,
+        "{phase}: GET signups by channel"
+    );
     // The crawler's event is there when bots are asked for.
     let (got, _) = ask(
         port,
