@@ -85,6 +85,22 @@ pub struct DimFilter {
 }
 
 impl DimFilter {
+    /// The profiles whose visitors a conversion rate over dimension `dim` (the `event`) is a
+    /// share of: these without the conditions on `dim`, custom events counted; None when such
+    /// a condition is not a conjunct of its own ([`Filter::without`]).
+    pub fn conversion_base(&self, dim: usize) -> Option<DimFilter> {
+        let expr = match &self.expr {
+            None => None,
+            Some(f) => f.without(dim)?,
+        };
+        Some(DimFilter {
+            is: self.is.iter().filter(|(d, _)| *d != dim).cloned().collect(),
+            bots: self.bots,
+            events: true,
+            expr,
+        })
+    }
+
     /// Whether it says anything about dimension `dim`.
     pub fn mentions(&self, dim: usize) -> bool {
         self.is.iter().any(|(d, _)| *d == dim)
@@ -118,6 +134,39 @@ impl Filter {
             Filter::And(fs) => fs.iter().all(|f| f.test(value)),
             Filter::Or(fs) => fs.iter().any(|f| f.test(value)),
             Filter::Not(f) => !f.test(value),
+        }
+    }
+
+    /// Itself without its conditions on dimension `dim` (None inside: nothing left), or None
+    /// when such a condition is not a conjunct of its own (inside an `or` or `not` naming
+    /// another dimension too).
+    pub fn without(&self, dim: usize) -> Option<Option<Filter>> {
+        /// Whether every leaf of `f` names `dim`.
+        fn only(f: &Filter, dim: usize) -> bool {
+            match f {
+                Filter::Is(d, _)
+                | Filter::IsNot(d, _)
+                | Filter::Contains(d, _)
+                | Filter::Matches(d, _) => *d == dim,
+                Filter::And(fs) | Filter::Or(fs) => fs.iter().all(|f| only(f, dim)),
+                Filter::Not(f) => only(f, dim),
+            }
+        }
+        match self {
+            Filter::And(fs) => {
+                let mut kept = Vec::new();
+                for c in fs {
+                    kept.extend(c.without(dim)?);
+                }
+                Some(match kept.len() {
+                    0 => None,
+                    1 => kept.pop(),
+                    _ => Some(Filter::And(kept)),
+                })
+            }
+            f if !f.mentions(dim) => Some(Some(f.clone())),
+            f if only(f, dim) => Some(None),
+            _ => None,
         }
     }
 

@@ -198,6 +198,9 @@ pub struct GeoView {
     /// Record offset → index in `names`.
     by_offset: HashMap<usize, u16>,
     names: Vec<Place>,
+    /// `country` U+001F `region` (or the country alone) → index in `names`: a record new to
+    /// the view finds its place without a pass over thousands of regions.
+    by_place: HashMap<String, u16>,
     /// Recent addresses (as IPv6, an IPv4 one mapped) → index in `names` ([`NOWHERE`]: in no
     /// record), direct-mapped: a reader's second pageview skips the walk down the tree.
     by_addr: Vec<(u128, u16)>,
@@ -250,6 +253,7 @@ impl GeoView {
         if changed {
             self.by_offset.clear();
             self.names.clear();
+            self.by_place.clear();
             self.by_addr.clear();
             self.by_addr.resize(ADDR_SLOTS, (EMPTY, NOWHERE));
         }
@@ -263,7 +267,12 @@ impl GeoView {
                 return place_of(&self.names, i);
             }
         }
-        let i = Self::lookup(reader, ip, &mut self.by_offset, &mut self.names);
+        let i = Self::lookup(
+            reader,
+            ip,
+            &mut self.by_offset,
+            (&mut self.names, &mut self.by_place),
+        );
         if let Some(s) = self.by_addr.get_mut(slot) {
             *s = (key, i);
         }
@@ -276,7 +285,7 @@ impl GeoView {
         reader: &Reader<Vec<u8>>,
         ip: IpAddr,
         by_offset: &mut HashMap<usize, u16>,
-        names: &mut Vec<Place>,
+        (names, by_place): (&mut Vec<Place>, &mut HashMap<String, u16>),
     ) -> u16 {
         let Some(found) = reader.lookup(ip).ok() else {
             return NOWHERE;
@@ -291,22 +300,24 @@ impl GeoView {
                     Some(code) => (code, region_code(&found, code)),
                     None => (UNKNOWN, None),
                 };
-                let i = match names
-                    .iter()
-                    .position(|p| *p.country == *code && p.region.as_deref() == region.as_deref())
-                {
-                    Some(i) => i,
+                let place = match &region {
+                    Some(r) => format!("{code}\u{1f}{r}"),
+                    None => code.to_string(),
+                };
+                let i = match by_place.get(&place) {
+                    Some(&i) => i,
                     None if names.len() < MAX_NAMES => {
                         names.push(Place {
                             country: code.into(),
                             region: region.map(String::into_boxed_str),
                         });
-                        names.len() - 1
+                        // Below MAX_NAMES, so it fits.
+                        let i = u16::try_from(names.len() - 1).unwrap_or(NOWHERE);
+                        by_place.insert(place, i);
+                        i
                     }
                     None => return NOWHERE,
                 };
-                // Below MAX_NAMES, so it fits.
-                let i = u16::try_from(i).unwrap_or(NOWHERE);
                 by_offset.insert(offset, i);
                 i
             }

@@ -592,21 +592,12 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 "`conversion_rate` is the share of visitors who sent an event: name the event with a filter ([\"is\", \"event\", [\"signup\"]]) or the `event` dimension",
             ));
         }
-        let expr = match &filter.expr {
-            None => None,
-            Some(f) => without(f, event).ok_or_else(|| {
-                bad(
-                    "filters",
-                    "with `conversion_rate` a condition on `event` stands alone at the top level of the filters (e.g. [\"is\", \"event\", [\"signup\"]], not inside an or/not beside another dimension): the other filters choose the visitors it is a share of",
-                )
-            })?,
-        };
-        Some(DimFilter {
-            is: filter.is.clone(),
-            bots: filter.bots,
-            events: true,
-            expr,
-        })
+        Some(filter.conversion_base(event).ok_or_else(|| {
+            bad(
+                "filters",
+                "with `conversion_rate` a condition on `event` stands alone at the top level of the filters (e.g. [\"is\", \"event\", [\"signup\"]], not inside an or/not beside another dimension): the other filters choose the visitors it is a share of",
+            )
+        })?)
     } else {
         None
     };
@@ -625,39 +616,6 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
         order,
         compare,
     })
-}
-
-/// `f` without its conditions on dimension `dim` (None inside: nothing left), or None when
-/// such a condition is not a conjunct of its own (inside an `or` or `not` naming another
-/// dimension too).
-fn without(f: &Filter, dim: usize) -> Option<Option<Filter>> {
-    /// Whether every leaf of `f` names `dim`.
-    fn only(f: &Filter, dim: usize) -> bool {
-        match f {
-            Filter::Is(d, _)
-            | Filter::IsNot(d, _)
-            | Filter::Contains(d, _)
-            | Filter::Matches(d, _) => *d == dim,
-            Filter::And(fs) | Filter::Or(fs) => fs.iter().all(|f| only(f, dim)),
-            Filter::Not(f) => only(f, dim),
-        }
-    }
-    match f {
-        Filter::And(fs) => {
-            let mut kept = Vec::new();
-            for c in fs {
-                kept.extend(without(c, dim)?);
-            }
-            Some(match kept.len() {
-                0 => None,
-                1 => kept.pop(),
-                _ => Some(Filter::And(kept)),
-            })
-        }
-        f if !f.mentions(dim) => Some(Some(f.clone())),
-        f if only(f, dim) => Some(None),
-        _ => None,
-    }
 }
 
 fn rename(mut e: BadParam, param: &str) -> BadParam {

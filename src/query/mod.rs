@@ -479,12 +479,10 @@ impl Hub {
                 // other values without the event's condition (as `conversion_rate` in
                 // `POST /v1/query`).
                 let event = crate::parse::event::dims::EVENT;
-                let all_visitors = if events {
+                let base = filter.conversion_base(event).filter(|_| events);
+                let all_visitors = if let Some(base) = base {
                     let base_dims: Vec<usize> =
                         dims.iter().copied().filter(|d| *d != event).collect();
-                    let mut base = filter.clone();
-                    base.is.retain(|(d, _)| *d != event);
-                    base.events = true;
                     let parts = self
                         .run(vec![Op::Breakdown {
                             dims: base_dims,
