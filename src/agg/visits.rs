@@ -22,7 +22,13 @@
 //! before `last + gap + allowance`, and [`Visits::sweep`] forgets the visits past that point
 //! of the owner's receive clock (the lowest clock any source may still send below; see
 //! `route`). That bounds the state to the visitors active in the last gap + allowance
-//! (73 bytes per table slot, `pixeld_agg_visitors`, `pixeld_agg_visitor_bytes`).
+//! (`pixeld_agg_visitors`, `pixeld_agg_visitor_bytes`).
+//!
+//! **Memory.** A visitor's latest visit sits inline in one 57-byte slot of the table (a
+//! 12-byte key, a 44-byte visit packed to 4-byte alignment, a control byte); the few
+//! visitors who came back after a gap within the horizon keep their earlier visits in a side
+//! table, which an event reads only when it is older than the latest visit's start (an
+//! earlier visit ends more than a gap before that, so nothing newer can touch it).
 //!
 //! A visit's **dimensions** are those of its entry pageview: its profile (`agg::dims`, a
 //! site and a value of every pageview dimension, interned on this same owner) is kept with
@@ -82,8 +88,10 @@ pub struct Order<'a> {
     pub profiles: &'a dyn Fn(u32, u32) -> std::cmp::Ordering,
 }
 
-/// One visit of one visitor on one site.
+/// One visit of one visitor on one site: 44 bytes, packed to 4-byte alignment so that it
+/// fills a table slot without padding (its fields are read by value, never by reference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(4))]
 pub struct Visit {
     pub first_ms: i64,
     pub last_ms: i64,
@@ -189,7 +197,10 @@ impl Visit {
         }
         self.first_ms = self.first_ms.min(o.first_ms);
         self.last_ms = self.last_ms.max(o.last_ms);
-        self.pageviews = self.pageviews.saturating_add(o.pageviews);
+        self.pageviews = self
+            .pageviews
+            .saturating_add(o.pageviews)
+            .min(MAX_PAGEVIEWS);
         self.engaged = self.engaged.saturating_add(o.engaged);
         let span = |d: i64| u32::try_from(d).unwrap_or(u32::MAX);
         self.entry_url = entry.0;
@@ -221,24 +232,83 @@ fn negated(c: &VisitCounts) -> VisitCounts {
 }
 
 /// One visitor's recent visits on one site: sorted by time, each more than the gap apart.
-type Runs = SmallVec<[Visit; 1]>;
+pub type Runs = SmallVec<[Visit; 2]>;
 
-/// The visits a shard keeps: per (site id, visitor hash), the recent ones.
+/// A visit's pageviews saturate here: the top bit of a slot's count says "earlier visits
+/// in the side table" ([`Latest`]).
+const MAX_PAGEVIEWS: u32 = (1 << 31) - 1;
+const MORE: u32 = 1 << 31;
+
+/// A table key: site id and visitor hash, in three 4-byte words so that a slot needs no
+/// padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    site: u32,
+    vid: [u32; 2],
+}
+
+impl Key {
+    fn new(site: u32, vid: u64) -> Key {
+        Key {
+            site,
+            vid: [(vid >> 32) as u32, vid as u32],
+        }
+    }
+
+    fn vid(&self) -> u64 {
+        (u64::from(self.vid[0]) << 32) | u64::from(self.vid[1])
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.vid() ^ u64::from(self.site).rotate_left(29));
+    }
+}
+
+/// A visitor's latest visit as the table holds it, with [`MORE`] set in its pageviews when
+/// earlier visits wait in the side table.
+#[derive(Debug, Clone, Copy)]
+struct Latest(Visit);
+
+impl Latest {
+    fn new(mut v: Visit, more: bool) -> Latest {
+        v.pageviews = v.pageviews.min(MAX_PAGEVIEWS) | if more { MORE } else { 0 };
+        Latest(v)
+    }
+
+    fn visit(&self) -> Visit {
+        let mut v = self.0;
+        v.pageviews &= MAX_PAGEVIEWS;
+        v
+    }
+
+    fn more(&self) -> bool {
+        self.0.pageviews & MORE != 0
+    }
+}
+
+/// The visits a shard keeps: per (site id, visitor hash), the latest inline and, for a
+/// visitor with more than one, the earlier ones apart.
 #[derive(Debug, Clone, Default)]
 pub struct Visits {
     pub settings: VisitSettings,
-    table: HashMap<(u32, u64), Runs>,
+    table: HashMap<Key, Latest>,
+    earlier: HashMap<Key, SmallVec<[Visit; 1]>>,
 }
 
-/// Bytes one slot of the table costs (key, one inline visit, control byte): 73, for the
-/// gauge (a table is 44–87 % full, so a visitor costs 85–165 bytes).
-const VISITOR_BYTES: usize = std::mem::size_of::<((u32, u64), Runs)>() + 1;
+/// Bytes one slot of the table costs (key, the latest visit, control byte): 57, for the
+/// gauge (a table is 44–87 % full, so a visitor costs 65–130 bytes with the free room).
+const VISITOR_BYTES: usize = std::mem::size_of::<(Key, Latest)>() + 1;
+/// And one of the side table.
+const EARLIER_BYTES: usize = std::mem::size_of::<(Key, SmallVec<[Visit; 1]>)>() + 1;
 
 impl Visits {
     pub fn new(settings: VisitSettings) -> Self {
         Visits {
             settings,
             table: HashMap::new(),
+            earlier: HashMap::new(),
         }
     }
 
@@ -254,12 +324,13 @@ impl Visits {
     /// Approximate heap bytes held.
     pub fn memory_bytes(&self) -> u64 {
         let spilled: usize = self
-            .table
+            .earlier
             .values()
             .filter(|r| r.spilled())
             .map(|r| r.capacity() * std::mem::size_of::<Visit>())
             .sum();
-        (self.table.capacity() * VISITOR_BYTES + spilled) as u64
+        (self.table.capacity() * VISITOR_BYTES + self.earlier.capacity() * EARLIER_BYTES + spilled)
+            as u64
     }
 
     /// Counts one event `e` of visitor `vid` on site `site` (eligible: see the module doc)
@@ -272,24 +343,60 @@ impl Visits {
         vid: u64,
         e: &Seen,
         order: &Order<'_>,
-        mut change: impl FnMut(i64, Delta),
+        change: impl FnMut(i64, Delta),
     ) {
+        use hashbrown::hash_map::Entry;
         let s = self.settings;
         let gap = s.gap_ms;
         let t_ms = e.t_ms;
         let ev = Visit::new(e);
-        let runs = self.table.entry((site, vid)).or_default();
+        let key = Key::new(site, vid);
+        let touches = |v: &Visit| {
+            v.first_ms.saturating_sub(gap) <= t_ms && t_ms <= v.last_ms.saturating_add(gap)
+        };
+        let slot = match self.table.entry(key) {
+            Entry::Occupied(mut o) => {
+                let latest = *o.get();
+                let a = latest.visit();
+                // The usual case: the event extends the latest visit and touches no earlier
+                // one (those end more than a gap before its start), changed in place.
+                if touches(&a) && (!latest.more() || t_ms >= a.first_ms) {
+                    let mut new = ev;
+                    new.absorb(&a, order);
+                    *o.get_mut() = Latest::new(new, latest.more());
+                    report(&s, &[a], &new, change);
+                    return;
+                }
+                Entry::Occupied(o)
+            }
+            vacant => vacant,
+        };
+        // The visitor's visits this event may touch: the latest alone unless the event is
+        // older than its start (see the module doc), then the earlier ones as well.
+        let mut runs = Runs::new();
+        let mut more = false;
+        let mut took = false;
+        if let Entry::Occupied(o) = &slot {
+            let latest = *o.get();
+            more = latest.more();
+            if more && t_ms < latest.visit().first_ms {
+                runs.extend(self.earlier.remove(&key).unwrap_or_default());
+                took = true;
+            }
+            runs.push(latest.visit());
+        }
         // The first visit that ends within the gap before `t` or later.
         let i = runs.partition_point(|v| v.last_ms.saturating_add(gap) < t_ms);
-        let touches = |v: &Visit| v.first_ms.saturating_sub(gap) <= t_ms;
         let first = runs.get(i).copied().filter(touches);
         let second = runs
             .get(i + 1)
             .copied()
             .filter(|v| first.is_some() && touches(v));
         let mut new = ev;
+        let mut old: SmallVec<[Visit; 2]> = SmallVec::new();
         for v in first.iter().chain(&second) {
             new.absorb(v, order);
+            old.push(*v);
         }
         if second.is_some() {
             runs.remove(i + 1);
@@ -298,101 +405,24 @@ impl Visits {
             Some(_) => runs[i] = new,
             None => runs.insert(i, new),
         }
-        if let (Some(a), None) = (first, second) {
-            if a.minute() == new.minute() {
-                // The usual case, one visit extended within its minute: the differences.
-                let m = new.minute();
-                let (was, now) = (a.counts(&s), new.counts(&s));
-                let mut c = now;
-                c.sub(&was);
-                if !c.is_zero() {
-                    change(m, Delta::Counts(c));
-                }
-                if a.entry_profile == new.entry_profile {
-                    if new.entry_profile != NO_PROFILE && !c.is_zero() {
-                        change(m, Delta::Profile(new.entry_profile, c));
-                    }
+        // Back: the last inline, the others apart (added to those left there).
+        if let Some((last, rest)) = runs.split_last() {
+            if !rest.is_empty() {
+                if more && !took {
+                    self.earlier.entry(key).or_default().extend_from_slice(rest);
                 } else {
-                    if a.entry_profile != NO_PROFILE {
-                        change(m, Delta::Profile(a.entry_profile, negated(&was)));
-                    }
-                    change(m, Delta::Profile(new.entry_profile, now));
+                    self.earlier.insert(key, rest.iter().copied().collect());
                 }
-                if a.entry_url != new.entry_url {
-                    if a.entry_url != NO_URL {
-                        change(m, Delta::Entry(a.entry_url, -1));
-                    }
-                    change(m, Delta::Entry(new.entry_url, 1));
+            }
+            let latest = Latest::new(*last, (more && !took) || !rest.is_empty());
+            match slot {
+                Entry::Occupied(mut o) => *o.get_mut() = latest,
+                Entry::Vacant(v) => {
+                    v.insert(latest);
                 }
-                if a.exit_url != new.exit_url {
-                    if a.exit_url != NO_URL {
-                        change(m, Delta::Exit(a.exit_url, -1));
-                    }
-                    change(m, Delta::Exit(new.exit_url, 1));
-                }
-                return;
             }
         }
-        // Retract the old contributions and add the new, netted per minute, profile and page.
-        let mut counts: SmallVec<[(i64, u32, VisitCounts); 6]> = SmallVec::new();
-        let mut pages: SmallVec<[(i64, bool, u32, i32); 6]> = SmallVec::new();
-        let mut add = |v: &Visit, sign: i32| {
-            let m = v.minute();
-            let mut c = v.counts(&s);
-            if sign < 0 {
-                c = negated(&c);
-            }
-            // The site's cell (NO_PROFILE), and the entry profile's.
-            let with_profile = usize::from(v.entry_profile != NO_PROFILE);
-            for p in [NO_PROFILE, v.entry_profile]
-                .into_iter()
-                .take(1 + with_profile)
-            {
-                match counts.iter_mut().find(|(x, q, _)| *x == m && *q == p) {
-                    Some((_, _, t)) => t.add(&c),
-                    None => counts.push((m, p, c)),
-                }
-            }
-            if v.entry_url != NO_URL {
-                for (exit, url) in [(false, v.entry_url), (true, v.exit_url)] {
-                    match pages
-                        .iter_mut()
-                        .find(|p| p.0 == m && p.1 == exit && p.2 == url)
-                    {
-                        Some(p) => p.3 += sign,
-                        None => pages.push((m, exit, url, sign)),
-                    }
-                }
-            }
-        };
-        for v in first.iter().chain(&second) {
-            add(v, -1);
-        }
-        add(&new, 1);
-        for (m, p, c) in counts {
-            if !c.is_zero() {
-                change(
-                    m,
-                    if p == NO_PROFILE {
-                        Delta::Counts(c)
-                    } else {
-                        Delta::Profile(p, c)
-                    },
-                );
-            }
-        }
-        for (m, exit, url, d) in pages {
-            if d != 0 {
-                change(
-                    m,
-                    if exit {
-                        Delta::Exit(url, d)
-                    } else {
-                        Delta::Entry(url, d)
-                    },
-                );
-            }
-        }
+        report(&s, &old, &new, change);
     }
 
     /// Forgets every visit no event received at or after `clock_ms` can touch any more (it
@@ -400,13 +430,25 @@ impl Visits {
     /// how many visitors it forgot.
     pub fn sweep(&mut self, clock_ms: i64) -> usize {
         let horizon = self.settings.gap_ms + self.settings.late_allowance_ms;
+        let live = |v: &Visit| v.last_ms.saturating_add(horizon) >= clock_ms;
         let before = self.table.len();
-        self.table.retain(|_, runs| {
-            runs.retain(|v| v.last_ms.saturating_add(horizon) >= clock_ms);
+        // Earlier visits end before the latest starts: they go first.
+        self.earlier.retain(|_, runs| {
+            runs.retain(|v| live(v));
             !runs.is_empty()
+        });
+        let earlier = &self.earlier;
+        self.table.retain(|k, latest| {
+            if latest.more() && !earlier.contains_key(k) {
+                *latest = Latest::new(latest.visit(), false);
+            }
+            live(&latest.visit())
         });
         if self.table.capacity() > 64 && self.table.len() < self.table.capacity() / 4 {
             self.table.shrink_to_fit();
+        }
+        if self.earlier.capacity() > 64 && self.earlier.len() < self.earlier.capacity() / 4 {
+            self.earlier.shrink_to_fit();
         }
         before - self.table.len()
     }
@@ -414,8 +456,7 @@ impl Visits {
     /// Takes every visitor of `other` (another owner's, before a re-partition), its ids
     /// translated by `map(kind, id)`. Visitors of two owners never collide: each had its own.
     pub fn take_from(&mut self, other: &Visits, mut map: impl FnMut(IdKind, u32) -> u32) {
-        for (&(s, vid), runs) in &other.table {
-            let mut runs = runs.clone();
+        for ((s, vid), mut runs) in other.entries() {
             for v in &mut runs {
                 if v.entry_url != NO_URL {
                     v.entry_url = map(IdKind::Url, v.entry_url);
@@ -425,14 +466,36 @@ impl Visits {
                     v.entry_profile = map(IdKind::Profile, v.entry_profile);
                 }
             }
-            self.table.insert((map(IdKind::Site, s), vid), runs);
+            self.insert(Key::new(map(IdKind::Site, s), vid), runs);
         }
     }
 
+    /// Puts a visitor's visits (sorted, not empty) in place of any it had.
+    fn insert(&mut self, key: Key, mut runs: Runs) {
+        let Some(last) = runs.pop() else { return };
+        let more = !runs.is_empty();
+        if more {
+            self.earlier.insert(key, runs.into_iter().collect());
+        } else {
+            self.earlier.remove(&key);
+        }
+        self.table.insert(key, Latest::new(last, more));
+    }
+
     /// Every visitor's visits, sorted by (site, visitor): what a checkpoint writes.
-    pub fn entries(&self) -> Vec<((u32, u64), &[Visit])> {
-        let mut v: Vec<((u32, u64), &[Visit])> =
-            self.table.iter().map(|(k, r)| (*k, r.as_slice())).collect();
+    pub fn entries(&self) -> Vec<((u32, u64), Runs)> {
+        let mut v: Vec<((u32, u64), Runs)> = self
+            .table
+            .iter()
+            .map(|(k, latest)| {
+                let mut runs = Runs::new();
+                if latest.more() {
+                    runs.extend(self.earlier.get(k).into_iter().flatten().copied());
+                }
+                runs.push(latest.visit());
+                ((k.site, k.vid()), runs)
+            })
+            .collect();
         v.sort_unstable_by_key(|(k, _)| *k);
         v
     }
@@ -470,7 +533,8 @@ impl Visits {
     ) -> Result<(), FormatError> {
         let with_profile = c.profile_visits;
         let n = c.count(16)?;
-        let mut table = HashMap::with_capacity(n);
+        let mut back = Visits::new(self.settings);
+        back.table.reserve(n);
         for _ in 0..n {
             let site = c.u32()?;
             if site as usize >= sites {
@@ -483,7 +547,7 @@ impl Visits {
                 let v = Visit {
                     first_ms: c.u64()? as i64,
                     last_ms: c.u64()? as i64,
-                    pageviews: c.u32()?,
+                    pageviews: c.u32()?.min(MAX_PAGEVIEWS),
                     engaged: c.u32()?,
                     entry_url: c.u32()?,
                     entry_after: c.u32()?,
@@ -508,12 +572,112 @@ impl Visits {
                 }
                 runs.push(v);
             }
-            if !runs.is_empty() {
-                table.insert((site, vid), runs);
+            back.insert(Key::new(site, vid), runs);
+        }
+        *self = back;
+        Ok(())
+    }
+}
+
+/// Calls `change` for what replacing the visits `old` (none, one, or two a join merged) by
+/// `new` changes in the cells: minus the old, plus the new, netted per minute, profile and
+/// page.
+fn report(s: &VisitSettings, old: &[Visit], new: &Visit, mut change: impl FnMut(i64, Delta)) {
+    let s = *s;
+    if let [a] = *old {
+        if a.minute() == new.minute() {
+            // The usual case, one visit extended within its minute: the differences.
+            let m = new.minute();
+            let (was, now) = (a.counts(&s), new.counts(&s));
+            let mut c = now;
+            c.sub(&was);
+            if !c.is_zero() {
+                change(m, Delta::Counts(c));
+            }
+            if a.entry_profile == new.entry_profile {
+                if new.entry_profile != NO_PROFILE && !c.is_zero() {
+                    change(m, Delta::Profile(new.entry_profile, c));
+                }
+            } else {
+                if a.entry_profile != NO_PROFILE {
+                    change(m, Delta::Profile(a.entry_profile, negated(&was)));
+                }
+                change(m, Delta::Profile(new.entry_profile, now));
+            }
+            if a.entry_url != new.entry_url {
+                if a.entry_url != NO_URL {
+                    change(m, Delta::Entry(a.entry_url, -1));
+                }
+                change(m, Delta::Entry(new.entry_url, 1));
+            }
+            if a.exit_url != new.exit_url {
+                if a.exit_url != NO_URL {
+                    change(m, Delta::Exit(a.exit_url, -1));
+                }
+                change(m, Delta::Exit(new.exit_url, 1));
+            }
+            return;
+        }
+    }
+    // Retract the old contributions and add the new, netted per minute, profile and page.
+    let mut counts: SmallVec<[(i64, u32, VisitCounts); 6]> = SmallVec::new();
+    let mut pages: SmallVec<[(i64, bool, u32, i32); 6]> = SmallVec::new();
+    let mut add = |v: &Visit, sign: i32| {
+        let m = v.minute();
+        let mut c = v.counts(&s);
+        if sign < 0 {
+            c = negated(&c);
+        }
+        // The site's cell (NO_PROFILE), and the entry profile's.
+        let with_profile = usize::from(v.entry_profile != NO_PROFILE);
+        for p in [NO_PROFILE, v.entry_profile]
+            .into_iter()
+            .take(1 + with_profile)
+        {
+            match counts.iter_mut().find(|(x, q, _)| *x == m && *q == p) {
+                Some((_, _, t)) => t.add(&c),
+                None => counts.push((m, p, c)),
             }
         }
-        self.table = table;
-        Ok(())
+        if v.entry_url != NO_URL {
+            for (exit, url) in [(false, v.entry_url), (true, v.exit_url)] {
+                match pages
+                    .iter_mut()
+                    .find(|p| p.0 == m && p.1 == exit && p.2 == url)
+                {
+                    Some(p) => p.3 += sign,
+                    None => pages.push((m, exit, url, sign)),
+                }
+            }
+        }
+    };
+    for v in old {
+        add(v, -1);
+    }
+    add(&new, 1);
+    for (m, p, c) in counts {
+        if !c.is_zero() {
+            change(
+                m,
+                if p == NO_PROFILE {
+                    Delta::Counts(c)
+                } else {
+                    Delta::Profile(p, c)
+                },
+            );
+        }
+    }
+    for (m, exit, url, d) in pages {
+        if d != 0 {
+            change(
+                m,
+                if exit {
+                    Delta::Exit(url, d)
+                } else {
+                    Delta::Entry(url, d)
+                },
+            );
+        }
     }
 }
 
@@ -707,9 +871,51 @@ mod tests {
     }
 
     #[test]
-    fn a_visitor_fits_one_table_slot_of_73_bytes() {
-        assert_eq!(std::mem::size_of::<Visit>(), 48);
-        assert_eq!(VISITOR_BYTES, 73);
+    fn a_visitor_fits_one_table_slot_of_57_bytes() {
+        assert_eq!(std::mem::size_of::<Visit>(), 44);
+        assert_eq!(VISITOR_BYTES, 57);
+    }
+
+    #[test]
+    fn earlier_visits_wait_apart_and_go_when_swept() {
+        let mut v = Visits::new(settings());
+        let mut out = Cells::default();
+        let evs = [
+            (1, 7, 0, true, 0, 1),
+            (1, 7, 40 * MIN, true, 0, 2),
+            (1, 7, 80 * MIN, true, 0, 3),
+        ];
+        for e in &evs {
+            observe(&mut v, &mut out, e);
+        }
+        let runs = |v: &Visits| {
+            v.entries()
+                .into_iter()
+                .map(|(_, r)| r.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(runs(&v), [3]);
+        assert_eq!(
+            (v.len(), v.earlier.len()),
+            (1, 1),
+            "one visitor, two visits apart"
+        );
+        // A late event joins the first two; the latest stays inline.
+        let join = (1, 7, 20 * MIN, false, 1, NO_URL);
+        observe(&mut v, &mut out, &join);
+        assert_eq!(runs(&v), [2]);
+        let mut all = evs.to_vec();
+        all.push(join);
+        assert_eq!(out.clone().tidy(), model(&all));
+        // The joined visit ends at 40 min: gone at 40 + 60 min, and the flag with it.
+        assert_eq!(v.sweep(100 * MIN + 1), 0);
+        assert_eq!(runs(&v), [1]);
+        assert!(v.earlier.is_empty());
+        assert!(!v.table.values().any(Latest::more));
+        let first_ms = v.entries()[0].1[0].first_ms;
+        assert_eq!(first_ms, 80 * MIN);
+        assert_eq!(v.sweep(140 * MIN + 1), 1);
+        assert!(v.is_empty());
     }
 
     #[test]
