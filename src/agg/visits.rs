@@ -654,7 +654,7 @@ fn report(s: &VisitSettings, old: &[Visit], new: &Visit, mut change: impl FnMut(
     for v in old {
         add(v, -1);
     }
-    add(&new, 1);
+    add(new, 1);
     for (m, p, c) in counts {
         if !c.is_zero() {
             change(
