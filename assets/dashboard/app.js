@@ -46,6 +46,9 @@
     // Per list (element id): key → its views' change against the previous period of the
     // same length ({change: %, or null when that period had none; prev: its views}).
     changes: {},
+    // Per list (element id) that no cell answers under the filters, its last scan of the
+    // raw log: {key, at, running, items, changes, range, meta, error, abort}.
+    scans: {},
   };
   window.pixeldDashboard = st;
 
@@ -63,9 +66,9 @@
     return body;
   }
 
-  async function apiPost(path, body) {
+  async function apiPost(path, body, signal) {
     const r = await fetch(path, {
-      method: 'POST', cache: 'no-store',
+      method: 'POST', cache: 'no-store', signal,
       headers: { ...headers(), 'Content-Type': 'application/json' }, body: JSON.stringify(body),
     });
     if (r.status === 401) { askToken(); throw new AuthError('token needed'); }
@@ -369,18 +372,106 @@
     const total = st.headline ? st.headline.views : 0;
     const sort = st.sortedPages ? st.pageSort : 'views';
     const pageTotal = st.headline ? (METRIC[sort].total(st.headline) || 0) : 0;
-    // Filtered by channel: the pages of that channel, by views (no sparklines: theirs are
-    // every channel's).
-    const fp = st.filtered && st.filtered.pages;
+    const filterText = st.filters.map(([d, v]) => `${d}: ${v}`).join(', ');
+    const filteredTotal = st.filtered ? st.filtered.views : total;
+    // Filtered by channel: the pages of that channel, by views, from the url × channel
+    // cells; by another dimension, from a scan of the log (no sparklines: theirs are every
+    // value's).
+    const pagesScan = scanShown('top-pages');
+    const fp = (st.filtered && st.filtered.pages) || pagesScan;
     st.top.pages = fp || st.sortedPages || st.viewPages;
     $('top-pages').dataset.sort = fp ? 'views' : sort;
     $('top-pages').dataset.filtered = String(!!fp);
-    $('pages-filter').textContent = fp ? '· ' + st.filters.map(([d, v]) => `${d}: ${v}`).join(', ') : '';
-    if (fp) renderList('top-pages', fp, st.filtered.views, false);
+    $('pages-filter').textContent = scanHint('top-pages', filterText) || (fp ? '· ' + filterText : '');
+    if (pagesScan) st.changes['top-pages'] = st.scans['top-pages'].changes;
+    if (fp) renderList('top-pages', fp, filteredTotal, false);
     else renderList('top-pages', st.top.pages, pageTotal, true, sort);
-    renderList('top-refs', st.top.refs, total, false);
-    renderList('top-sites', st.top.sites, total, false);
+    for (const [id, items, hint] of [['top-refs', st.top.refs, 'refs-filter'], ['top-sites', st.top.sites, 'sites-filter']]) {
+      const scanned = scanShown(id);
+      if (scanned) st.changes[id] = st.scans[id].changes;
+      $(id).dataset.filtered = String(!!scanned);
+      $(hint).textContent = scanHint(id, filterText);
+      renderList(id, scanned || items, scanned ? filteredTotal : total, false);
+    }
     if (st.events) renderList('top-events', st.events, st.eventTotal, false, 'events');
+  }
+
+  // ---- lists no cell answers under a filter: a scan of the raw log -------------------------
+  // Pages under a filter on anything but the channel (the url × channel cells answer that),
+  // referrers and sites under any filter: POST /v1/query with "include": {"scan": true}, the
+  // previous period with them for the changes. A scan reads every record of the range, so it
+  // runs when the filters, the site or the range change and then at most once a minute (not at
+  // every refresh); until it answers, the list shows the unfiltered values and says so, and a
+  // scan whose filters went away is stopped (the server stops it when the request goes).
+  const SCAN_MIN_MS = 60000;
+  const SCANNED = { 'top-pages': 'url', 'top-refs': 'ref_domain', 'top-sites': 'site' };
+
+  function needsScan(id) {
+    if (!st.filters.length) return false;
+    return id !== 'top-pages' || !st.filters.every(([d]) => d === 'channel');
+  }
+
+  const scanKey = () => JSON.stringify([st.site, st.range, st.filters]);
+
+  // The scanned items to show in list `id`, or null (no scan needed, or none answered yet).
+  function scanShown(id) {
+    const s = st.scans[id];
+    return needsScan(id) && s && s.key === scanKey() && s.items ? s.items : null;
+  }
+
+  // What the list's title says about its scan.
+  function scanHint(id, filterText) {
+    const s = st.scans[id];
+    if (!needsScan(id) || !s || s.key !== scanKey()) return '';
+    const time = new Date(s.at).toLocaleTimeString();
+    $(id).dataset.scan = s.running ? 'running' : s.error ? 'error' : 'done';
+    if (s.items) {
+      return `· ${filterText} · from the log at ${time} (${nf.format(s.meta.records)} records in ${s.meta.seconds < 1 ? nf.format(Math.round(s.meta.seconds * 1000)) + ' ms' : nf1.format(s.meta.seconds) + ' s'})` +
+        (s.running ? ', reading it again…' : '');
+    }
+    if (s.error) return `· not filtered: the log could not be read (${s.error})`;
+    return '· not filtered yet: reading the log…';
+  }
+
+  function loadScans() {
+    const key = scanKey();
+    for (const [id, dim] of Object.entries(SCANNED)) {
+      const old = st.scans[id];
+      if (!needsScan(id)) {
+        if (old && old.abort) old.abort.abort();
+        delete st.scans[id];
+        delete $(id).dataset.scan;
+        continue;
+      }
+      if (old && old.key === key && (old.running || Date.now() - old.at < SCAN_MIN_MS)) continue;
+      if (old && old.running && old.abort) old.abort.abort();
+      const same = old && old.key === key;
+      const s = {
+        key, at: Date.now(), running: true, abort: new AbortController(), error: null,
+        items: same ? old.items : null, changes: same ? old.changes : new Map(),
+        meta: same ? old.meta : null, range: [String(st.from), String(st.to)],
+      };
+      st.scans[id] = s;
+      apiPost('/v1/query', {
+        metrics: ['views'], dimensions: [dim], limit: 10, site: st.site || undefined,
+        filters: st.filters.map(([d, v]) => ['is', d, [v]]), date_range: s.range,
+        include: { scan: true, comparisons: 'previous_period' },
+      }, s.abort.signal).then((r) => {
+        s.items = r.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0] }));
+        s.changes = new Map(r.results.filter((x) => x.comparison).map((x) =>
+          [x.dimensions[0], { change: x.comparison.change[0], prev: x.comparison.metrics[0] }]));
+        s.meta = r.meta.scan;
+      }).catch((e) => {
+        if (e instanceof AuthError || e.name === 'AbortError') return;
+        s.error = e.message;
+      }).finally(() => {
+        s.running = false;
+        s.abort = null;
+        s.at = Date.now();
+        if (st.scans[id] === s) renderLists();
+      });
+    }
+    renderLists();
   }
 
   // Per-page sparklines: one series per listed page, refreshed when the list or the range
@@ -452,6 +543,7 @@
   const DIM_LISTS = { 'top-channels': 'channel', 'top-devices': 'device', 'top-countries': 'country' };
   async function loadDims() {
     const gen = st.live.gen;
+    loadScans();
     const range = { from: st.from, to: st.to, site: st.site, limit: 10 };
     const filters = st.filters.map(([d, v]) => ['is', d, [v]]);
     const query = (body) => apiPost('/v1/query', {

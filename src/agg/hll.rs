@@ -152,7 +152,7 @@ impl<const P: usize> Uniques<P> {
     /// Heap bytes held.
     pub fn size_of(&self) -> usize {
         match self {
-            Uniques::Exact(set) => set.capacity() * 9,
+            Uniques::Exact(set) => super::mem::table_bytes(set.capacity(), 8),
             Uniques::Sketch(s) => s.size_of(),
         }
     }

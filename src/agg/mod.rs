@@ -26,6 +26,7 @@ pub mod buckets;
 pub mod cells;
 pub mod dims;
 pub mod hll;
+pub mod mem;
 pub mod seal;
 pub mod sealed;
 pub mod store;
@@ -41,6 +42,7 @@ use hashbrown::HashMap;
 use buckets::Tier;
 pub use cells::{Bucket, NameCounts, PageCell, SiteCell, UrlCell};
 use hll::{Uniques, Visitors};
+use mem::table_bytes;
 use sealed::SealedFile;
 use topn::Ranked;
 use visits::{Delta, IdKind, VisitCounts, VisitSettings, Visits};
@@ -2099,21 +2101,21 @@ impl Aggregates {
                 + b.url_channels.len()
                 + b.profile_visits.len()
                 + b.url_refs.len()) as u64;
-            m.bytes += (b.profiles.capacity() * (size_of::<(u32, UrlCell)>() + 1)
+            m.bytes += (table_bytes(b.profiles.capacity(), size_of::<(u32, UrlCell)>())
                 + b.profiles
                     .values()
                     .map(|c| c.visitors.size_of())
                     .sum::<usize>()) as u64;
             m.url_cells += b.urls.len() as u64;
-            let url_bytes = b.urls.capacity() * (size_of::<(u32, UrlCell)>() + 1)
+            let url_bytes = table_bytes(b.urls.capacity(), size_of::<(u32, UrlCell)>())
                 + b.urls.values().map(|c| c.visitors.size_of()).sum::<usize>();
             m.url_cell_bytes += url_bytes as u64;
             m.bytes += (url_bytes
-                + b.refs.capacity() * (size_of::<(u64, u32)>() + 1)
-                + (b.url_channels.capacity() + b.url_refs.capacity())
-                    * (size_of::<(u64, u32)>() + 1)
-                + b.profile_visits.capacity() * (size_of::<(u32, VisitCounts)>() + 1)
-                + b.sites.capacity() * (size_of::<(u32, SiteCell)>() + 1)
+                + table_bytes(b.refs.capacity(), size_of::<(u64, u32)>())
+                + table_bytes(b.url_channels.capacity(), size_of::<(u64, u32)>())
+                + table_bytes(b.url_refs.capacity(), size_of::<(u64, u32)>())
+                + table_bytes(b.profile_visits.capacity(), size_of::<(u32, VisitCounts)>())
+                + table_bytes(b.sites.capacity(), size_of::<(u32, SiteCell)>())
                 + b.sites.values().map(|c| c.uniques.size_of()).sum::<usize>()
                 + b.all.uniques.size_of()
                 + size_of::<Bucket>()) as u64;

@@ -42,6 +42,7 @@ use smallvec::SmallVec;
 
 pub use super::cells::VisitCounts;
 use super::cells::{put_u32, put_u64, Cursor, FormatError};
+use super::mem::table_bytes;
 
 /// How visits are cut and judged (validated from `[agg]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,11 +298,11 @@ pub struct Visits {
     earlier: HashMap<Key, SmallVec<[Visit; 1]>>,
 }
 
-/// Bytes one slot of the table costs (key, the latest visit, control byte): 57, for the
-/// gauge (a table is 44–87 % full, so a visitor costs 65–130 bytes with the free room).
-const VISITOR_BYTES: usize = std::mem::size_of::<(Key, Latest)>() + 1;
-/// And one of the side table.
-const EARLIER_BYTES: usize = std::mem::size_of::<(Key, SmallVec<[Visit; 1]>)>() + 1;
+/// Bytes of one slot of the table (key, the latest visit): 56, and a control byte (a table
+/// is 44–87 % full, so a visitor costs 65–130 bytes with the free room).
+const SLOT_BYTES: usize = std::mem::size_of::<(Key, Latest)>();
+/// And of one of the side table.
+const EARLIER_SLOT_BYTES: usize = std::mem::size_of::<(Key, SmallVec<[Visit; 1]>)>();
 
 impl Visits {
     pub fn new(settings: VisitSettings) -> Self {
@@ -329,8 +330,9 @@ impl Visits {
             .filter(|r| r.spilled())
             .map(|r| r.capacity() * std::mem::size_of::<Visit>())
             .sum();
-        (self.table.capacity() * VISITOR_BYTES + self.earlier.capacity() * EARLIER_BYTES + spilled)
-            as u64
+        (table_bytes(self.table.capacity(), SLOT_BYTES)
+            + table_bytes(self.earlier.capacity(), EARLIER_SLOT_BYTES)
+            + spilled) as u64
     }
 
     /// Counts one event `e` of visitor `vid` on site `site` (eligible: see the module doc)
@@ -873,7 +875,7 @@ mod tests {
     #[test]
     fn a_visitor_fits_one_table_slot_of_57_bytes() {
         assert_eq!(std::mem::size_of::<Visit>(), 44);
-        assert_eq!(VISITOR_BYTES, 57);
+        assert_eq!(SLOT_BYTES + 1, 57);
     }
 
     #[test]

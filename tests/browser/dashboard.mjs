@@ -262,6 +262,41 @@ try {
     && document.getElementById('main').dataset.filtered === 'false', null, { timeout: 10000 });
   ok('the chip removes the filter (headline and chart unfiltered again)');
 
+  // A filter no cell answers the pages by (a device): the top pages, referrers and sites are
+  // read from the raw log, each equal to POST /v1/query with the scan (and its previous
+  // period) over the range that scan read; the title says so.
+  const devRow = page.locator('#top-devices li[data-key]').first();
+  const device = await devRow.getAttribute('data-key');
+  await devRow.click();
+  await page.waitForFunction(() => ['top-pages', 'top-refs', 'top-sites']
+    .every((id) => document.getElementById(id).dataset.scan === 'done'), null, { timeout: 30000 });
+  for (const [id, dim, hint] of [['top-pages', 'url', 'pages-filter'], ['top-refs', 'ref_domain', 'refs-filter'],
+    ['top-sites', 'site', 'sites-filter']]) {
+    const got = await page.evaluate(([id, hint]) => ({
+      range: window.pixeldDashboard.scans[id].range,
+      filtered: document.getElementById(id).dataset.filtered,
+      hint: document.getElementById(hint).textContent,
+      shown: [...document.querySelectorAll(`#${id} li:not(.empty)`)]
+        .map((li) => [li.dataset.key, Number(li.dataset.views), li.dataset.change || '']),
+    }), [id, hint]);
+    const r = await query({ metrics: ['views'], dimensions: [dim], filters: [['is', 'device', [device]]],
+      date_range: got.range, limit: 10, include: { scan: true, comparisons: 'previous_period' } });
+    assert.equal(r.meta.computed_from, 'a scan of the raw log');
+    const wantRows = r.results.map((x) => [x.dimensions[0], x.metrics[0],
+      x.comparison.change[0] == null ? 'new' : String(x.comparison.change[0])]);
+    assert.ok(wantRows.length > 0, `${id}: the scan found nothing for device ${device}`);
+    assert.deepEqual(got.shown, wantRows, `${id} under device ${device}: differs from the scan`);
+    assert.equal(got.filtered, 'true', `${id}: not marked filtered`);
+    assert.match(got.hint, /from the log at .* records in [\d.,]+ m?s/, `${id}: the title does not say it read the log`);
+  }
+  ok(`under device ${device}: top pages, referrers and sites read from the log = POST /v1/query with the scan`);
+  await page.locator('#filter-chips .chip').click();
+  await page.waitForFunction(() => document.getElementById('filterbar').hidden
+    && document.getElementById('top-pages').dataset.filtered === 'false'
+    && document.getElementById('top-refs').dataset.filtered === 'false'
+    && !document.getElementById('top-pages').dataset.scan, null, { timeout: 10000 });
+  ok('its chip removes it: the lists are unfiltered again');
+
   const pixel = await page.evaluate(() => document.getElementById('h-pixel').textContent);
   assert.ok(pixel.startsWith('drop'), `health strip's pixel overload: ${pixel}`);
   ok(`health strip shows the pixel's overload choice (${pixel})`);
