@@ -476,10 +476,23 @@
 
   // Per-page sparklines: one series per listed page, refreshed when the list or the range
   // changes, else at most every 15 s.
-  // In the realtime view, snapshots arrive every few seconds: the lists at most every 5 s.
+  // In the realtime view, snapshots arrive every few seconds: the lists at most every 5 s. A
+  // snapshot inside those 5 s is not dropped but deferred to their end, so that the last
+  // change is always shown (a snapshot comes only when the aggregates change).
   let dimsAt = 0;
+  let dimsTimer = null;
   function loadDimsThrottled() {
-    if (Date.now() - dimsAt < 5000) return null;
+    const wait = dimsAt + 5000 - Date.now();
+    if (wait > 0) {
+      if (!dimsTimer) {
+        dimsTimer = setTimeout(() => {
+          dimsTimer = null;
+          const p = loadDimsThrottled();
+          if (p) p.catch(report);
+        }, wait);
+      }
+      return null;
+    }
     dimsAt = Date.now();
     return loadDims();
   }
