@@ -401,9 +401,12 @@
   // referrers and sites under any filter: POST /v1/query with "include": {"scan": true}, the
   // previous period with them for the changes. A scan reads every record of the range, so it
   // runs when the filters, the site or the range change and then at most once a minute (not at
-  // every refresh); until it answers, the list shows the unfiltered values and says so, and a
-  // scan whose filters went away is stopped (the server stops it when the request goes).
+  // every refresh) — and a long one no sooner than ten times its own length after it, so that
+  // a 7-day view does not keep the server's cores reading; until it answers, the list shows
+  // the unfiltered values and says so, and a scan whose filters went away is stopped (the
+  // server stops it when the request goes).
   const SCAN_MIN_MS = 60000;
+  const scanEvery = (s) => Math.max(SCAN_MIN_MS, s.meta ? 10000 * s.meta.seconds : 0);
   const SCANNED = { 'top-pages': 'url', 'top-refs': 'ref_domain', 'top-sites': 'site' };
 
   function needsScan(id) {
@@ -443,7 +446,7 @@
         delete $(id).dataset.scan;
         continue;
       }
-      if (old && old.key === key && (old.running || Date.now() - old.at < SCAN_MIN_MS)) continue;
+      if (old && old.key === key && (old.running || Date.now() - old.at < scanEvery(old))) continue;
       if (old && old.running && old.abort) old.abort.abort();
       const same = old && old.key === key;
       const s = {
