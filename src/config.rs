@@ -981,7 +981,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert!(c.shards >= 1);
         let l = c.log.get();
-        assert_eq!(l.batch_max_bytes, 256 << 10);
+        assert_eq!(l.batch_max_bytes, 1 << 20);
         assert_eq!(l.batch_max_delay, Duration::from_millis(10));
         assert_eq!(l.fsync, Fsync::Interval(Duration::from_millis(50)));
         assert_eq!(l.segment_max_bytes, 256 << 20);

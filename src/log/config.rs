@@ -52,7 +52,7 @@ impl LogConfig {
             shard,
             codec: Codec::Zstd,
             zstd_level: 1,
-            batch_max_bytes: 256 << 10,
+            batch_max_bytes: 1 << 20,
             batch_max_delay: Duration::from_millis(10),
             fsync: Fsync::Interval(Duration::from_millis(50)),
             segment_max_bytes: 256 << 20,
