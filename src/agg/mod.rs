@@ -2293,6 +2293,23 @@ mod tests {
         );
     }
 
+    /// Hits as (key index below `keys`, visitor, minutes back), up to 200, in shuffled order.
+    fn shuffled_hits(keys: u8) -> impl proptest::strategy::Strategy<Value = Vec<(u8, u64, i64)>> {
+        proptest::strategy::Strategy::prop_flat_map(
+            proptest::collection::vec((0u8..keys, 0u64..12, 0i64..240), 1..200),
+            |v| proptest::strategy::Strategy::prop_shuffle(proptest::strategy::Just(v)),
+        )
+    }
+
+    /// A state with 30 minutes and 6 hours: hits up to 4 hours back meet both tiers.
+    fn small_windows() -> Aggregates {
+        Aggregates::new(AggConfig {
+            minute_window: 30,
+            hour_window: 6,
+            ..AggConfig::default()
+        })
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
@@ -2301,20 +2318,12 @@ mod tests {
         /// minute, hour and range answers the distinct visitors of a model.
         #[test]
         fn site_uniques_in_any_order_are_the_distinct_ones(
-            evs in proptest::strategy::Strategy::prop_flat_map(
-                proptest::collection::vec((0u8..2, 0u64..12, 0i64..240), 1..200),
-                |v| proptest::strategy::Strategy::prop_shuffle(proptest::strategy::Just(v)),
-            ),
+            evs in shuffled_hits(2),
             split in 0usize..200,
             folds in proptest::collection::vec((0i64..240, 0usize..90), 2),
         ) {
             use proptest::prelude::*;
-            let now = 1_000_020;
-            let mut a = Aggregates::new(AggConfig {
-                minute_window: 30,
-                hour_window: 6,
-                ..AggConfig::default()
-            });
+            let (now, mut a) = (1_000_020, small_windows());
             let site = |s: u8| ["a.com", "b.com"][s as usize];
             let rows: Vec<(&str, i64, u64)> =
                 evs.iter().map(|&(s, v, back)| (site(s), now - back, v)).collect();
@@ -2357,20 +2366,12 @@ mod tests {
         /// model (the hour's insert skipped for a visitor its minute knew must lose nothing).
         #[test]
         fn url_visitors_in_any_order_are_the_distinct_ones(
-            evs in proptest::strategy::Strategy::prop_flat_map(
-                proptest::collection::vec((0u8..3, 0u64..12, 0i64..240), 1..200),
-                |v| proptest::strategy::Strategy::prop_shuffle(proptest::strategy::Just(v)),
-            ),
+            evs in shuffled_hits(3),
             split in 0usize..200,
             folds in proptest::collection::vec((0i64..240, 0usize..90), 2),
         ) {
             use proptest::prelude::*;
-            let now = 1_000_020;
-            let mut a = Aggregates::new(AggConfig {
-                minute_window: 30,
-                hour_window: 6,
-                ..AggConfig::default()
-            });
+            let (now, mut a) = (1_000_020, small_windows());
             let url = |u: u8| format!("https://a.com/{u}");
             let rows: Vec<(String, i64, u64)> = evs
                 .iter()
