@@ -520,7 +520,7 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
             return Err(bad(
                 "metrics",
                 format!(
-                    "`{}` is not covered by precomputed cells for this query ({cells}); a scan of the raw log (\"include\": {{\"scan\": true}}) counts views, visitors, hits, engaged_seconds and events by anything",
+                    "`{}` is not covered by precomputed cells for this query ({cells}); a scan of the raw log (\"include\": {{\"scan\": true}}) counts views, visitors, hits and events by anything, engaged_seconds by url, ref_domain, site and time",
                     m.name()
                 ),
             ));
@@ -584,6 +584,21 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 .ok_or_else(|| bad(name, format!("`{v}`: a whole number in {min}..={max}"))),
         }
     };
+    // Engaged time comes from heartbeats, and a heartbeat has no pageview dimensions (its
+    // line says neither its page's channel nor its source; the cells keep engaged time per
+    // url and site alone): a scan would put it all under `(none)`, so that a filter on a
+    // pageview dimension would answer a silent 0.
+    let profile_dims = super::scan::ScanSpec::url_pos(cfg);
+    if family == Family::Scan
+        && metrics.contains(&Metric::EngagedSeconds)
+        && (dims.iter().any(|d| matches!(d, QDim::Profile(_)))
+            || (0..profile_dims).any(|d| filter.mentions(d)))
+    {
+        return Err(bad(
+            "metrics",
+            "`engaged_seconds` comes from heartbeats, and a heartbeat has no pageview dimensions (its line cannot say its page's channel or source): a scan answers it by url, ref_domain, site and time only; drop the pageview dimensions and filters, or ask for views, visitors or hits",
+        ));
+    }
     let conversion_base = if metrics.contains(&Metric::ConversionRate) {
         let event = crate::parse::event::dims::EVENT;
         if !dims.contains(&QDim::Profile(event)) && !filter.mentions(event) {
@@ -1892,6 +1907,27 @@ mod tests {
             .test(&|d| if d == url + 1 { "www.google.com" } else { "x" }));
         let p = plan(r#"{"metrics":["views"],"date_range":"day"}"#).unwrap();
         assert_eq!(p.range.from % 1440, 0, "since midnight");
+    }
+
+    /// A scan would put every heartbeat, hence all engaged time, under `(none)`: by a
+    /// pageview dimension, or filtered by one, engaged_seconds is refused, not a silent 0.
+    #[test]
+    fn engaged_seconds_of_a_scan_goes_by_page_and_time_only() {
+        for q in [
+            r#"{"metrics":["engaged_seconds"],"filters":[["is","device",["mobile"]]],"include":{"scan":true}}"#,
+            r#"{"metrics":["views","engaged_seconds"],"dimensions":["channel"],"include":{"scan":true}}"#,
+            r#"{"metrics":["engaged_seconds"],"dimensions":["url"],"filters":[["not",["is","country",["DE"]]]],"include":{"scan":true}}"#,
+        ] {
+            let e = refused(q);
+            assert_eq!(e.param, "metrics", "{q}");
+            assert!(e.reason.contains("heartbeat"), "{q}: {}", e.reason);
+        }
+        for q in [
+            r#"{"metrics":["engaged_seconds","hits"],"dimensions":["url","time:hour"],"filters":[["contains","ref_domain",["google"]]],"include":{"scan":true}}"#,
+            r#"{"metrics":["views"],"filters":[["is","device",["mobile"]]],"include":{"scan":true}}"#,
+        ] {
+            assert!(plan(q).is_ok(), "{q}");
+        }
     }
 
     #[test]
