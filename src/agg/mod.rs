@@ -395,7 +395,9 @@ impl Names {
         self.names.is_empty()
     }
     fn memory(&self) -> usize {
-        self.bytes + self.ids.capacity() * 21 + self.names.capacity() * 16
+        self.bytes
+            + table_bytes(self.ids.capacity(), size_of::<(Box<str>, u32)>())
+            + self.names.capacity() * size_of::<Box<str>>()
     }
 
     /// A copy for a checkpoint that writes the names from `first` on: the same ids, the

@@ -356,37 +356,32 @@ impl Visits {
         let touches = |v: &Visit| {
             v.first_ms.saturating_sub(gap) <= t_ms && t_ms <= v.last_ms.saturating_add(gap)
         };
-        let slot = match self.table.entry(key) {
-            Entry::Occupied(mut o) => {
-                let latest = *o.get();
-                let a = latest.visit();
-                // The usual case: the event extends the latest visit and touches no earlier
-                // one (those end more than a gap before its start), changed in place.
-                if touches(&a) && (!latest.more() || t_ms >= a.first_ms) {
-                    let mut new = ev;
-                    new.absorb(&a, order);
-                    *o.get_mut() = Latest::new(new, latest.more());
-                    report(&s, &[a], &new, change);
-                    return;
-                }
-                Entry::Occupied(o)
+        let mut o = match self.table.entry(key) {
+            Entry::Vacant(v) => {
+                // A visitor not seen within the horizon: a visit of its own.
+                v.insert(Latest::new(ev, false));
+                report(&s, &[], &ev, change);
+                return;
             }
-            vacant => vacant,
+            Entry::Occupied(o) => o,
         };
-        // The visitor's visits this event may touch: the latest alone unless the event is
-        // older than its start (see the module doc), then the earlier ones as well.
-        let mut runs = Runs::new();
-        let mut more = false;
-        let mut took = false;
-        if let Entry::Occupied(o) = &slot {
-            let latest = *o.get();
-            more = latest.more();
-            if more && t_ms < latest.visit().first_ms {
-                runs.extend(self.earlier.remove(&key).unwrap_or_default());
-                took = true;
-            }
-            runs.push(latest.visit());
+        let latest = *o.get();
+        let a = latest.visit();
+        // The usual case: the event extends the latest visit and touches no earlier one
+        // (those end more than a gap before its start), changed in place.
+        if touches(&a) && (!latest.more() || t_ms >= a.first_ms) {
+            let mut new = ev;
+            new.absorb(&a, order);
+            *o.get_mut() = Latest::new(new, latest.more());
+            report(&s, &[a], &new, change);
+            return;
         }
+        // Otherwise (a new visit, or a late event before the latest): all its visits.
+        let mut runs = Runs::new();
+        if latest.more() {
+            runs.extend(self.earlier.remove(&key).unwrap_or_default());
+        }
+        runs.push(a);
         // The first visit that ends within the gap before `t` or later.
         let i = runs.partition_point(|v| v.last_ms.saturating_add(gap) < t_ms);
         let first = runs.get(i).copied().filter(touches);
@@ -407,22 +402,8 @@ impl Visits {
             Some(_) => runs[i] = new,
             None => runs.insert(i, new),
         }
-        // Back: the last inline, the others apart (added to those left there).
-        if let Some((last, rest)) = runs.split_last() {
-            if !rest.is_empty() {
-                if more && !took {
-                    self.earlier.entry(key).or_default().extend_from_slice(rest);
-                } else {
-                    self.earlier.insert(key, rest.iter().copied().collect());
-                }
-            }
-            let latest = Latest::new(*last, (more && !took) || !rest.is_empty());
-            match slot {
-                Entry::Occupied(mut o) => *o.get_mut() = latest,
-                Entry::Vacant(v) => {
-                    v.insert(latest);
-                }
-            }
+        if let Some(l) = split_runs(&mut self.earlier, key, runs) {
+            *o.get_mut() = l;
         }
         report(&s, &old, &new, change);
     }
@@ -472,16 +453,11 @@ impl Visits {
         }
     }
 
-    /// Puts a visitor's visits (sorted, not empty) in place of any it had.
-    fn insert(&mut self, key: Key, mut runs: Runs) {
-        let Some(last) = runs.pop() else { return };
-        let more = !runs.is_empty();
-        if more {
-            self.earlier.insert(key, runs.into_iter().collect());
-        } else {
-            self.earlier.remove(&key);
+    /// Puts a visitor's visits (sorted) in place of any it had.
+    fn insert(&mut self, key: Key, runs: Runs) {
+        if let Some(l) = split_runs(&mut self.earlier, key, runs) {
+            self.table.insert(key, l);
         }
-        self.table.insert(key, Latest::new(last, more));
     }
 
     /// Every visitor's visits, sorted by (site, visitor): what a checkpoint writes.
@@ -579,6 +555,24 @@ impl Visits {
         *self = back;
         Ok(())
     }
+}
+
+/// Splits a visitor's visits (sorted) into what the table holds — the latest, flagged when
+/// there are more — and the earlier ones, put in `earlier` in place of any it had. None
+/// without a visit.
+fn split_runs(
+    earlier: &mut HashMap<Key, SmallVec<[Visit; 1]>>,
+    key: Key,
+    mut runs: Runs,
+) -> Option<Latest> {
+    let last = runs.pop()?;
+    let more = !runs.is_empty();
+    if more {
+        earlier.insert(key, runs.into_iter().collect());
+    } else {
+        earlier.remove(&key);
+    }
+    Some(Latest::new(last, more))
 }
 
 /// Calls `change` for what replacing the visits `old` (none, one, or two a join merged) by
