@@ -141,10 +141,10 @@
   }
 
   // ---- headline ----------------------------------------------------------------------------
-  // Tiles no dimension filter can apply to: their numbers are kept per site, not per
-  // channel, device or country.
-  // Engaged time is kept per site only; visits break down by their entry pageview's values.
-  const UNFILTERED_TILES = ['t-engaged'];
+  // Engaged time is kept per site only (visits break down by their entry pageview's values):
+  // under a filter on what a heartbeat's own line says (device, country…) it is read from the
+  // log (loadScans); under any other (a channel: a heartbeat's line does not say its page's)
+  // it is not known, and the tile says so.
 
   function renderHeadline() {
     const h = st.headline;
@@ -158,10 +158,21 @@
       setTile('t-visits', f.visits, f.prev && f.prev[2]);
       setTile('t-bounce', f.bounceRate, f.prev && f.prev[3], (x) => pf.format(x));
       setTile('t-duration', f.visitDuration, f.prev && f.prev[4], duration);
-      for (const id of UNFILTERED_TILES) {
-        setTile(id, null);
-        $(id).querySelector('.delta').textContent = 'not kept by dimension';
+      const e = scanShown('t-engaged');
+      const tile = $('t-engaged');
+      if (e) {
+        setTile('t-engaged', e.value, e.prev, duration);
+        tile.querySelector('.delta').textContent += (e.prev == null ? '' : ' · ') + 'from the log';
+      } else {
+        setTile('t-engaged', null);
+        tile.querySelector('.delta').textContent = needsScan('t-engaged')
+          ? (st.scans['t-engaged'] && st.scans['t-engaged'].error ? 'the log could not be read' : 'reading the log…')
+          : 'not kept by dimension';
       }
+      const s = st.scans['t-engaged'];
+      if (needsScan('t-engaged') && s && s.key === scanKey()) {
+        tile.dataset.scan = s.running && !e ? 'running' : s.error ? 'error' : 'done';
+      } else delete tile.dataset.scan;
     } else {
       setTile('t-views', h.views, p && p.views);
       setTile('t-uniques', h.uniques, p && p.uniques);
@@ -407,19 +418,27 @@
   // server stops it when the request goes).
   const SCAN_MIN_MS = 60000;
   const scanEvery = (s) => Math.max(SCAN_MIN_MS, s.meta ? 10000 * s.meta.seconds : 0);
-  const SCANNED = { 'top-pages': 'url', 'top-refs': 'ref_domain', 'top-sites': 'site' };
+  // Each scan: its dimension and metric. The engaged time tile's has no dimension.
+  const SCANNED = {
+    'top-pages': ['url', 'views'], 'top-refs': ['ref_domain', 'views'], 'top-sites': ['site', 'views'],
+    't-engaged': [null, 'engaged_seconds'],
+  };
+  // What a heartbeat's own line says (its reader's): engaged time is known by these alone.
+  const LINE_DIMS = ['device', 'browser', 'os', 'bot', 'country', 'region'];
 
   function needsScan(id) {
     if (!st.filters.length) return false;
+    if (id === 't-engaged') return st.filters.every(([d]) => LINE_DIMS.includes(d));
     return id !== 'top-pages' || !st.filters.every(([d]) => d === 'channel');
   }
 
   const scanKey = () => JSON.stringify([st.site, st.range, st.filters]);
 
-  // The scanned items to show in list `id`, or null (no scan needed, or none answered yet).
+  // The scanned items to show in list `id` (the tile's scan itself), or null (no scan
+  // needed, or none answered yet).
   function scanShown(id) {
     const s = st.scans[id];
-    return needsScan(id) && s && s.key === scanKey() && s.items ? s.items : null;
+    return needsScan(id) && s && s.key === scanKey() && s.items ? (SCANNED[id][0] ? s.items : s) : null;
   }
 
   // What the list's title says about its scan.
@@ -438,7 +457,7 @@
 
   function loadScans() {
     const key = scanKey();
-    for (const [id, dim] of Object.entries(SCANNED)) {
+    for (const [id, [dim, metric]] of Object.entries(SCANNED)) {
       const old = st.scans[id];
       if (!needsScan(id)) {
         if (old && old.abort) old.abort.abort();
@@ -452,14 +471,19 @@
       const s = {
         key, at: Date.now(), running: true, abort: new AbortController(), error: null,
         items: same ? old.items : null, changes: same ? old.changes : new Map(),
+        value: same ? old.value : null, prev: same ? old.prev : null,
         meta: same ? old.meta : null, range: [String(st.from), String(st.to)],
       };
       st.scans[id] = s;
       apiPost('/v1/query', {
-        metrics: ['views'], dimensions: [dim], limit: 10, site: st.site || undefined,
+        metrics: [metric], dimensions: dim ? [dim] : [], limit: 10, site: st.site || undefined,
         filters: st.filters.map(([d, v]) => ['is', d, [v]]), date_range: s.range,
         include: { scan: true, comparisons: 'previous_period' },
       }, s.abort.signal).then((r) => {
+        // Without a dimension: one row, or none when nothing was counted (either period).
+        const one = r.results[0];
+        s.value = one ? one.metrics[0] : 0;
+        s.prev = one && one.comparison ? one.comparison.metrics[0] : null;
         s.items = r.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0] }));
         s.changes = new Map(r.results.filter((x) => x.comparison).map((x) =>
           [x.dimensions[0], { change: x.comparison.change[0], prev: x.comparison.metrics[0] }]));
@@ -471,10 +495,11 @@
         s.running = false;
         s.abort = null;
         s.at = Date.now();
-        if (st.scans[id] === s) renderLists();
+        if (st.scans[id] === s) { renderLists(); renderHeadline(); }
       });
     }
     renderLists();
+    renderHeadline();
   }
 
   // Per-page sparklines: one series per listed page, refreshed when the list or the range

@@ -584,19 +584,23 @@ pub fn parse(body: &[u8], now_ms: i64, cfg: &AggConfig) -> Result<Plan, BadParam
                 .ok_or_else(|| bad(name, format!("`{v}`: a whole number in {min}..={max}"))),
         }
     };
-    // Engaged time comes from heartbeats, and a heartbeat has no pageview dimensions (its
-    // line says neither its page's channel nor its source; the cells keep engaged time per
-    // url and site alone): a scan would put it all under `(none)`, so that a filter on a
-    // pageview dimension would answer a silent 0.
+    // Engaged time comes from heartbeats, and a heartbeat's line says only some of the
+    // pageview dimensions (its reader's device, browser, OS, bot, country, region:
+    // `dims::LINE`), not its page's channel, source, utm tags, event or custom values (the
+    // cells keep engaged time per url and site alone): by one of those a scan would put it
+    // all under `(none)`, so that a filter on one would answer a silent 0.
     let profile_dims = super::scan::ScanSpec::url_pos(cfg);
+    let line_dim = |d: usize| crate::parse::event::dims::LINE.contains(&d);
     if family == Family::Scan
         && metrics.contains(&Metric::EngagedSeconds)
-        && (dims.iter().any(|d| matches!(d, QDim::Profile(_)))
-            || (0..profile_dims).any(|d| filter.mentions(d)))
+        && (dims
+            .iter()
+            .any(|d| matches!(d, QDim::Profile(p) if !line_dim(*p)))
+            || (0..profile_dims).any(|d| !line_dim(d) && filter.mentions(d)))
     {
         return Err(bad(
             "metrics",
-            "`engaged_seconds` comes from heartbeats, and a heartbeat has no pageview dimensions (its line cannot say its page's channel or source): a scan answers it by url, ref_domain, site and time only; drop the pageview dimensions and filters, or ask for views, visitors or hits",
+            "`engaged_seconds` comes from heartbeats, and a heartbeat's line says its reader's device, browser, os, bot, country and region but not its page's channel, source, utm tags, event or custom dimensions: a scan answers it by those six, url, ref_domain, site and time; drop the other dimensions and filters, or ask for views, visitors or hits",
         ));
     }
     let conversion_base = if metrics.contains(&Metric::ConversionRate) {
@@ -1609,7 +1613,11 @@ pub fn scan_rows(
     seconds: f64,
     id: u64,
 ) -> Rows {
-    let by_profile = plan.dims.iter().any(|d| matches!(d, QDim::Profile(_)));
+    // By a dimension a heartbeat's line does not say, heartbeats are under `(none)`.
+    let by_page_only = plan
+        .dims
+        .iter()
+        .any(|d| matches!(d, QDim::Profile(p) if !crate::parse::event::dims::LINE.contains(p)));
     let metric = |m: &Metric, a: &super::scan::Acc| -> Option<f64> {
         Some(match m {
             Metric::Views => a.views as f64,
@@ -1623,10 +1631,10 @@ pub fn scan_rows(
     let mut rows: Vec<Row> = s
         .rows
         .iter()
-        // By a pageview dimension, heartbeats (whose values are `(none)`) are not rows; nor is
-        // a group of which nothing asked was counted (the pairs of url and referrer only
-        // heartbeats had, asked for views), as from the cells.
-        .filter(|(_, a)| !by_profile || a.views > 0 || a.events > 0)
+        // By a dimension only pageviews say (channel…), heartbeats (whose value is `(none)`)
+        // are not rows; nor is a group of which nothing asked was counted (the pairs of url
+        // and referrer only heartbeats had, asked for views), as from the cells.
+        .filter(|(_, a)| !by_page_only || a.views > 0 || a.events > 0)
         .filter(|(_, a)| {
             plan.metrics
                 .iter()
@@ -1909,14 +1917,17 @@ mod tests {
         assert_eq!(p.range.from % 1440, 0, "since midnight");
     }
 
-    /// A scan would put every heartbeat, hence all engaged time, under `(none)`: by a
-    /// pageview dimension, or filtered by one, engaged_seconds is refused, not a silent 0.
+    /// A scan would put every heartbeat, hence all engaged time, under `(none)` by a
+    /// dimension its line does not say (channel, utm tags, event, custom): by one, or filtered
+    /// by one, engaged_seconds is refused, not a silent 0. By the line's own (device,
+    /// country…) it is answered.
     #[test]
-    fn engaged_seconds_of_a_scan_goes_by_page_and_time_only() {
+    fn engaged_seconds_of_a_scan_goes_by_page_time_and_the_lines_own_dimensions() {
         for q in [
-            r#"{"metrics":["engaged_seconds"],"filters":[["is","device",["mobile"]]],"include":{"scan":true}}"#,
+            r#"{"metrics":["engaged_seconds"],"filters":[["is","channel",["search"]]],"include":{"scan":true}}"#,
             r#"{"metrics":["views","engaged_seconds"],"dimensions":["channel"],"include":{"scan":true}}"#,
-            r#"{"metrics":["engaged_seconds"],"dimensions":["url"],"filters":[["not",["is","country",["DE"]]]],"include":{"scan":true}}"#,
+            r#"{"metrics":["engaged_seconds"],"dimensions":["url"],"filters":[["not",["is","utm_source",["news"]]]],"include":{"scan":true}}"#,
+            r#"{"metrics":["engaged_seconds"],"dimensions":["device","event"],"include":{"scan":true}}"#,
         ] {
             let e = refused(q);
             assert_eq!(e.param, "metrics", "{q}");
@@ -1925,6 +1936,9 @@ mod tests {
         for q in [
             r#"{"metrics":["engaged_seconds","hits"],"dimensions":["url","time:hour"],"filters":[["contains","ref_domain",["google"]]],"include":{"scan":true}}"#,
             r#"{"metrics":["views"],"filters":[["is","device",["mobile"]]],"include":{"scan":true}}"#,
+            r#"{"metrics":["engaged_seconds"],"filters":[["is","device",["mobile"]]],"include":{"scan":true}}"#,
+            r#"{"metrics":["engaged_seconds"],"dimensions":["url"],"filters":[["not",["is","country",["DE"]]]],"include":{"scan":true}}"#,
+            r#"{"metrics":["engaged_seconds","hits"],"dimensions":["browser","os","region"],"filters":[["is","bot",["human"]]],"include":{"scan":true}}"#,
         ] {
             assert!(plan(q).is_ok(), "{q}");
         }

@@ -311,7 +311,8 @@ fn scan_shard(
     spec: &ScanSpec,
     progress: &Progress,
 ) -> Result<Scanned, ScanError> {
-    let mut parser = EventParser::new(cfg.event.clone());
+    // A heartbeat has the dimensions of its own line (device, country…: `dims::LINE`).
+    let mut parser = EventParser::new(cfg.event.clone()).with_heartbeat_dims();
     let mut out = Scanned {
         first_recv_ns: vec![None],
         ..Scanned::default()
@@ -366,9 +367,10 @@ fn scan_shard(
             if spec.site.as_deref().is_some_and(|s| s != e.site) || (e.bot && !count_bots) {
                 return ControlFlow::Continue(());
             }
-            // Every value a dimension or the filter may name: the profile's (a heartbeat has
-            // none, nor a custom event unless `event` is named: their pageview dimensions are
-            // `(none)`), then url, referrer domain and site.
+            // Every value a dimension or the filter may name: the profile's (a heartbeat's
+            // has only its line's own, `(none)` for the rest; a custom event's pageview
+            // dimensions are `(none)` unless `event` is named), then url, referrer domain and
+            // site.
             let event = e.action == Action::Event && with_events;
             let mut values: Vec<&str> = Vec::with_capacity(url_pos + 3);
             if e.profile.is_empty() || (e.action == Action::Event && !with_events) {

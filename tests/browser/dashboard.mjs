@@ -290,6 +290,20 @@ try {
     assert.match(got.hint, /from the log at .* records in [\d.,]+ m?s/, `${id}: the title does not say it read the log`);
   }
   ok(`under device ${device}: top pages, referrers and sites read from the log = POST /v1/query with the scan`);
+  // Engaged time under it too: a heartbeat's line says its reader's device.
+  await page.waitForFunction(() => document.getElementById('t-engaged').dataset.scan === 'done', null, { timeout: 30000 });
+  const tile = await page.evaluate(() => ({
+    range: window.pixeldDashboard.scans['t-engaged'].range,
+    value: Number(document.querySelector('#t-engaged .value').dataset.value),
+    delta: document.querySelector('#t-engaged .delta').textContent,
+  }));
+  const er = await query({ metrics: ['engaged_seconds'], filters: [['is', 'device', [device]]],
+    date_range: tile.range, include: { scan: true } });
+  const wantEngaged = er.results.length ? er.results[0].metrics[0] : 0;
+  assert.ok(wantEngaged > 0, `no engaged time for device ${device} in the log`);
+  assert.equal(tile.value, wantEngaged, `engaged time under device ${device}: differs from the scan`);
+  assert.match(tile.delta, /from the log$/, 'the engaged tile does not say it read the log');
+  ok(`under device ${device}: engaged time read from the log (${wantEngaged} s) = POST /v1/query with the scan`);
   await page.locator('#filter-chips .chip').click();
   await page.waitForFunction(() => document.getElementById('filterbar').hidden
     && document.getElementById('top-pages').dataset.filtered === 'false'

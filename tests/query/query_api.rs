@@ -1199,6 +1199,42 @@ fn query_scans_of_the_log() {
         assert_eq!(a.v["meta"]["computed_from"], "a scan of the raw log", "{q}");
         assert!(a.v["meta"]["scan"]["records"].as_u64() > Some(0), "{}", a.v);
     }
+    // Engaged time and hits by what a heartbeat's own line says (its reader's device,
+    // country…), as the model sums them: every heartbeat 10 s (no `inc`: `heartbeat_seconds`),
+    // every hit one.
+    for q in [
+        json!({"metrics": ["engaged_seconds", "hits"], "dimensions": ["device", "country"],
+               "filters": [["is_not", "browser", ["Safari"]]],
+               "date_range": ["-2h", "now"], "limit": 1000, "include": scan}),
+        json!({"metrics": ["engaged_seconds"], "dimensions": ["url"], "site": "news.example",
+               "filters": [["is", "device", ["mobile"]]],
+               "date_range": ["-2h", "now"], "limit": 1000, "include": scan}),
+    ] {
+        let a = ask(port, &q);
+        let (dims, filters, site) = (dims_of(&q), filters_of(&q), q["site"].as_str());
+        let metrics = strs(&q["metrics"]);
+        let mut want: BTreeMap<Vec<String>, Vec<u64>> = BTreeMap::new();
+        for v in views.iter().filter(|v| {
+            !v.bot
+                && (a.from..a.to).contains(&v.ts)
+                && site.is_none_or(|s| s == v.site)
+                && filters.iter().all(|f| holds(f, v))
+        }) {
+            let key = dims.iter().map(|d| value(v, d).unwrap().to_string());
+            let row = want
+                .entry(key.collect())
+                .or_insert_with(|| vec![0; metrics.len()]);
+            for (x, m) in row.iter_mut().zip(&metrics) {
+                *x += match *m {
+                    "engaged_seconds" => 10 * u64::from(!v.pageview),
+                    _ => 1,
+                };
+            }
+        }
+        want.retain(|_, m| m.iter().any(|x| *x > 0));
+        assert!(want.values().any(|m| m[0] > 0), "{q}: some engaged time");
+        assert_eq!(a.counts(), want, "{q}");
+    }
     // Urls by channel (or filtered by it) come from the url × channel cells: the same rows
     // as the model and as a scan; their visitors are the scan's alone.
     for q in [

@@ -34,6 +34,12 @@ pub const DIMS: [&str; 12] = [
     "region",
 ];
 
+/// The dimensions every line of a reader says by itself, a heartbeat's as much as a
+/// pageview's: device, browser and OS from its user agent, bot, country and region from its
+/// address. The others come from a pageview's referrer and url (channel, source, utm tags),
+/// from a custom event (event) or from configured fields.
+pub const LINE: [usize; 6] = [DEVICE, DEVICE + 1, DEVICE + 2, BOT, COUNTRY, REGION];
+
 /// How many of [`DIMS`] stand by position in a key.
 pub const POSITIONAL: usize = 10;
 

@@ -474,6 +474,8 @@ pub struct EventParser {
     /// Countries of client addresses, and the bot networks they may be in.
     geo: crate::parse::geo::GeoView,
     nets: crate::parse::networks::NetworksView,
+    /// Whether a heartbeat gets a profile too ([`EventParser::with_heartbeat_dims`]).
+    heartbeat_dims: bool,
 }
 
 impl EventParser {
@@ -502,7 +504,19 @@ impl EventParser {
             scratch,
             fast: true,
             cache: cache::NormCache::new(),
+            heartbeat_dims: false,
         }
+    }
+
+    /// A parser that gives a heartbeat a profile too: the dimensions its own line says
+    /// ([`dims::LINE`]: device, browser and OS from its user agent, bot, country and region
+    /// from its address — the same reader's as its page's), `(none)` for the ones only a
+    /// pageview's referrer and url say (channel, source, utm tags) and no event. What a scan of
+    /// the log uses to put engaged time by device or country; ingest leaves a heartbeat
+    /// without one (the cells keep engaged time per url and site).
+    pub fn with_heartbeat_dims(mut self) -> Self {
+        self.heartbeat_dims = true;
+        self
     }
 
     /// Lookups of the url/referrer cache answered from it, and normalisations done.
@@ -543,6 +557,7 @@ impl EventParser {
             cache,
             geo,
             nets,
+            heartbeat_dims,
         } = self;
         let msg = msg.trim_ascii();
         scratch.reset();
@@ -578,7 +593,7 @@ impl EventParser {
         } else {
             read_combined(text, keys, scratch)?;
         }
-        finish(cfg, scratch, cache, (geo, nets))
+        finish(cfg, scratch, cache, (geo, nets), *heartbeat_dims)
     }
 }
 
@@ -592,6 +607,7 @@ fn finish<'a>(
         &mut crate::parse::geo::GeoView,
         &mut crate::parse::networks::NetworksView,
     ),
+    heartbeat_dims: bool,
 ) -> Result<Event<'a>, EventError> {
     let found = &scratch.found;
     // Decoding never empties a non-empty value, so this is "no url or an empty one".
@@ -632,22 +648,31 @@ fn finish<'a>(
     let site = url.url.get(host).ok_or(EventError::BadUrl)?;
     let mut channel_code = 0;
     let mut bad_props = false;
-    // A custom event has the dimensions of a pageview read from its own line, and its name.
-    if action != Action::Heartbeat {
+    // A custom event has the dimensions of a pageview read from its own line, and its name;
+    // a heartbeat those of its line alone, when asked (`with_heartbeat_dims`).
+    let heartbeat = action == Action::Heartbeat;
+    if !heartbeat || heartbeat_dims {
         let utm = &url.utm;
         let p = &mut scratch.profile;
-        let channel = channel::classify(site, ref_domain, ref_class, utm);
-        channel_code = channel.code();
-        let source = if utm.source.is_empty() {
-            ref_domain
-        } else {
-            &utm.source
-        };
         let (country, region) = geo.place_at(addr);
         // In `dims::DIMS` order; the values of pixeld's own tables need no cleaning.
-        dims::push_known(p, channel.as_str());
-        for v in [source, &utm.source, &utm.medium, &utm.campaign] {
-            dims::push_value(p, v);
+        if heartbeat {
+            dims::push_known(p, dims::NONE);
+            for _ in 0..4 {
+                dims::push_value(p, "");
+            }
+        } else {
+            let channel = channel::classify(site, ref_domain, ref_class, utm);
+            channel_code = channel.code();
+            let source = if utm.source.is_empty() {
+                ref_domain
+            } else {
+                &utm.source
+            };
+            dims::push_known(p, channel.as_str());
+            for v in [source, &utm.source, &utm.medium, &utm.campaign] {
+                dims::push_value(p, v);
+            }
         }
         for v in [agent.device, &agent.browser, &agent.os] {
             dims::push_known(p, v);
@@ -657,13 +682,16 @@ fn finish<'a>(
         }
         if action == Action::Event {
             dims::push_event(p, &scratch.name);
+        } else if heartbeat {
+            dims::push_event(p, dims::NONE);
         }
         if let Some(region) = region {
             dims::push_region(p, region);
         }
         // Props read by custom dimensions (`props.KEY`), parsed only then (without one the
-        // parser skips their field: `EventParser::new`).
-        if !scratch.props.is_empty() {
+        // parser skips their field: `EventParser::new`). A heartbeat's custom dimensions are
+        // `(none)`, as its page's may be others.
+        if !heartbeat && !scratch.props.is_empty() {
             match props_object(&scratch.props) {
                 Some((props, invalid)) => {
                     invalid_utf8 |= invalid;
@@ -685,7 +713,7 @@ fn finish<'a>(
             }
         }
         for ((name, _), v) in cfg.custom.iter().zip(&scratch.custom) {
-            dims::push_custom(p, name, v);
+            dims::push_custom(p, name, if heartbeat { "" } else { v });
         }
     }
     let (msec, time) = (found.msec.value, found.time.value);
@@ -1096,6 +1124,37 @@ mod tests {
             .parse(br#"{"url":"https://a.example/","a":"hb","section":"x"}"#)
             .unwrap();
         assert_eq!(e.profile, "");
+    }
+
+    /// A scan's parser gives a heartbeat the dimensions of its own line (user agent, bot,
+    /// address) and `(none)` for those of a pageview's referrer and url.
+    #[test]
+    fn a_heartbeat_has_its_lines_dimensions_when_asked() {
+        let line = |a: &str| {
+            format!(
+                r#"{{"url":"https://a.example/x?utm_source=news","urlref":"https://www.google.com/","a":"{a}","ua":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"}}"#
+            )
+        };
+        let mut p = EventParser::new(EventConfig::default()).with_heartbeat_dims();
+        let pv: Vec<String> = dims::values(p.parse(line("pv").as_bytes()).unwrap().profile)
+            .map(str::to_owned)
+            .collect();
+        let e = p.parse(line("hb").as_bytes()).unwrap();
+        assert_eq!((e.action, e.channel), (Action::Heartbeat, 0));
+        let hb: Vec<&str> = dims::values(e.profile).collect();
+        assert_eq!(hb.len(), pv.len());
+        for (i, (h, v)) in hb.iter().zip(&pv).enumerate() {
+            if dims::LINE.contains(&i) {
+                assert_eq!(h, v, "{}", dims::DIMS[i]);
+            } else {
+                assert_eq!(*h, dims::NONE, "{}", dims::DIMS[i]);
+            }
+        }
+        assert_eq!(hb[dims::DEVICE], "mobile");
+        assert_eq!(pv[dims::CHANNEL], "search");
+        // Ingest's parser leaves it without one.
+        let mut p = EventParser::new(EventConfig::default());
+        assert_eq!(p.parse(line("hb").as_bytes()).unwrap().profile, "");
     }
 
     /// A custom event has a profile: the dimensions of its own line, its name in `event`,
