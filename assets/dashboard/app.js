@@ -662,14 +662,18 @@
     renderHeadline();
     renderChart();
     const keys = (items) => items.map((it) => it.key);
-    const changes = await Promise.all([
+    // A list a scan of the log has answered shows that scan's changes: the unfiltered
+    // values' are not asked for.
+    const unfiltered = (id, dim, items) =>
+      scanShown(id) ? null : changesFor(dim, keys(items), []).then((m) => [id, m]);
+    const changes = (await Promise.all([
       ...lists.map(([id, items]) => changesFor(DIM_LISTS[id], keys(items), filters).then((m) => [id, m])),
       st.filtered && st.filtered.pages
         ? changesFor('url', keys(st.filtered.pages), filters).then((m) => ['top-pages', m])
-        : changesFor('url', keys(st.viewPages), []).then((m) => ['top-pages', m]),
-      changesFor('ref_domain', keys(st.top.refs), []).then((m) => ['top-refs', m]),
-      changesFor('site', keys(st.top.sites), []).then((m) => ['top-sites', m]),
-    ]);
+        : unfiltered('top-pages', 'url', st.viewPages),
+      unfiltered('top-refs', 'ref_domain', st.top.refs),
+      unfiltered('top-sites', 'site', st.top.sites),
+    ])).filter(Boolean);
     if (gen !== st.live.gen) return;
     st.changes = Object.fromEntries(changes);
     for (const [id, items] of lists) {
