@@ -1,7 +1,7 @@
 //! A real nginx for the scenario tests: Debian's binary (installed by `scripts/test`), run in
 //! the foreground with a prefix in a temp dir, one shipped snippet from `config/nginx/`
 //! included in its `http { }` block, stopped gracefully (SIGQUIT, by PID) when dropped. Every
-//! request a location does not log elsewhere goes to `<dir>/access.log` with its upstream's
+//! request a location does not log elsewhere goes to `<dir>/requests.log` with its upstream's
 //! status, which [`logs`] returns for a failed test's message.
 
 use std::net::TcpStream;
@@ -30,7 +30,7 @@ impl Nginx {
             &conf,
             format!(
                 "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\n\
-                 http {{\n  log_format requests '$msec $host \"$request\" $status upstream=$upstream_status $request_time';\n  access_log {d}/access.log requests;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/site.conf;\n}}\n",
+                 http {{\n  log_format requests '$msec $host \"$request\" $status upstream=$upstream_status $request_time';\n  access_log {d}/requests.log requests;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/site.conf;\n}}\n",
                 d = dir.display()
             ),
         )
@@ -69,8 +69,8 @@ pub fn logs(dir: &Path) -> String {
         lines[lines.len().saturating_sub(300)..].join("\n")
     };
     format!(
-        "nginx access.log (last 300 lines):\n{}\nnginx error.log:\n{}",
-        tail("access.log"),
+        "nginx requests.log (last 300 lines):\n{}\nnginx error.log:\n{}",
+        tail("requests.log"),
         tail("error.log")
     )
 }

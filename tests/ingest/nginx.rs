@@ -2,7 +2,9 @@
 //! `pixeld serve` on free loopback ports. 20,000 varied pixel requests (percent-encoded
 //! url/ref, UTF-8 and quotes in the User-Agent) go through nginx, which also logs the same
 //! format to a file. pixeld's log must hold exactly nginx's file lines (after the syslog
-//! header): none missing, none extra; and the counters add up.
+//! header): none missing, none extra; and the counters add up. The HTTP variant
+//! (`config/nginx/pixel-http.conf`: each hit mirrored to pixeld's `/p.gif`) the same way, and
+//! every shipped upstream closes idle connections before pixeld would.
 //!
 //! Needs nginx (installed by `scripts/test`); without it the test is skipped with a reason.
 
@@ -197,4 +199,171 @@ fn nginx_syslog_to_pixeld_loses_nothing() {
         "lines in nginx's file but not (as often) in pixeld: {missing:?}"
     );
     assert_eq!(got, want, "pixeld holds lines nginx did not log");
+}
+
+/// The HTTP variant, `config/nginx/pixel-http.conf`: nginx mirrors every hit to pixeld's own
+/// `/p.gif` over kept-alive upstream connections. Every request reaches pixeld's log exactly
+/// once, with its url, referrer, visitor, action and user agent as sent and nginx's address
+/// for the reader (X-Forwarded-For, trusted from 127.0.0.1), and the counters add up.
+#[test]
+fn nginx_http_mirror_to_pixeld_loses_nothing() {
+    let Some(nginx) = nginx_bin() else {
+        eprintln!("SKIPPED nginx test: nginx is not installed (scripts/test installs nginx-light)");
+        return;
+    };
+    const N: usize = 8_000;
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let mut s = Server::start(&data, &["--shards", "2"]);
+    assert!(s.wait_for("ready").is_some(), "{}", s.seen.join("\n"));
+    let port = common::free_tcp_port();
+    let snippet = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/nginx/pixel-http.conf"
+    ))
+    .unwrap();
+    for needle in ["listen 127.0.0.1:8080;", "server 127.0.0.1:5580;"] {
+        assert!(snippet.contains(needle), "{needle} not in pixel-http.conf");
+    }
+    let conf = snippet
+        .replace(
+            "listen 127.0.0.1:8080;",
+            &format!("listen 127.0.0.1:{port};"),
+        )
+        .replace(
+            "server 127.0.0.1:5580;",
+            &format!("server 127.0.0.1:{};", s.http),
+        );
+    let ngx = Nginx::start(&nginx, tmp.path(), &conf, port);
+
+    let agents = [
+        "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0",
+        "Mozilla/5.0 \"quoted\" (Ünïcødé; 日本語)",
+        "curl/8.0",
+    ];
+    // What each request says: (url, ref, vid, action, ua), percent-encoded as sent.
+    let mut sent: HashMap<(String, String, String, String, String), usize> = HashMap::new();
+    let mut per_client: Vec<Vec<(String, String)>> = vec![Vec::new(); CLIENTS];
+    for i in 0..N {
+        let url = format!("https%3A%2F%2Fsite{}.example%2Fa%2F{i}%3Fq%3D%C3%A9", i % 7);
+        let rf = if i % 3 == 0 {
+            ""
+        } else {
+            "https%3A%2F%2Fwww.google.com%2F"
+        };
+        let vid = format!("v{:x}", i % 1013);
+        let a = if i % 4 == 0 { "hb" } else { "pv" };
+        let ua = agents[i % agents.len()];
+        let path = format!("/p.gif?url={url}&ref={rf}&vid={vid}&a={a}");
+        *sent
+            .entry((url, rf.into(), vid, a.into(), ua.into()))
+            .or_insert(0) += 1;
+        per_client[i % CLIENTS].push((path, ua.to_string()));
+    }
+    let threads: Vec<_> = per_client
+        .into_iter()
+        .map(|reqs| std::thread::spawn(move || client(port, reqs)))
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(ngx); // graceful stop: every mirror subrequest finished
+
+    // pixeld's log: one record per request, as sent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got: HashMap<(String, String, String, String, String), usize>;
+    let mut addrs: HashMap<String, usize>;
+    loop {
+        let out = Command::new(common::pixeld_bin())
+            .args(["replay", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        got = HashMap::new();
+        addrs = HashMap::new();
+        for l in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(l)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(l)));
+            let f = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            *got.entry((f("url"), f("urlref"), f("vid"), f("action"), f("ua")))
+                .or_insert(0) += 1;
+            *addrs.entry(f("ip")).or_insert(0) += 1;
+        }
+        if got.values().sum::<usize>() >= N || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, _, metrics) = common::http(s.http, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    s.signal("TERM");
+    let (code, log) = s.wait();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        addrs,
+        HashMap::from([("127.0.0.1".to_string(), N)]),
+        "the reader's address"
+    );
+    let missing: Vec<_> = sent
+        .iter()
+        .filter(|(k, n)| got.get(*k) != Some(n))
+        .take(3)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "sent but not (as often) in pixeld: {missing:?}"
+    );
+    assert_eq!(got, sent, "pixeld holds hits nobody sent");
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    };
+    assert_eq!(
+        (
+            value("pixeld_received_events_total{transport=\"http\"}"),
+            value("pixeld_appended_events_total")
+        ),
+        (N as u64, N as u64),
+        "{metrics}"
+    );
+}
+
+/// The shipped snippets' upstreams close an idle keep-alive connection before pixeld does
+/// (after `ingest.http_header_timeout`): otherwise a hit nginx sends on a connection at the
+/// moment pixeld closes it fails with 502 — seen with a 1 s timeout: a beacon (a POST) lost,
+/// not retried.
+#[test]
+fn shipped_upstreams_close_idle_connections_before_pixeld() {
+    let secs = |v: &str| -> u64 {
+        v.strip_suffix('s')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{v:?}: expected whole seconds such as \"5s\""))
+    };
+    let defaults = pixeld::config::RawConfig::defaults();
+    let pixeld_idle = secs(&defaults.ingest.http_header_timeout);
+    for (file, upstream) in [
+        ("tracker.conf", "upstream pixeld {"),
+        ("pixel-http.conf", "upstream pixeld_http {"),
+    ] {
+        let path = format!("{}/config/nginx/{file}", env!("CARGO_MANIFEST_DIR"));
+        let snippet = std::fs::read_to_string(&path).unwrap();
+        let block = snippet
+            .split(upstream)
+            .nth(1)
+            .and_then(|s| s.split('}').next())
+            .unwrap_or_else(|| panic!("no `{upstream} … }}` in {file}"));
+        let keepalive = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("keepalive_timeout "))
+            .unwrap_or_else(|| panic!("no keepalive_timeout in {file}'s upstream"));
+        let nginx_idle = secs(keepalive.trim_end_matches(';').trim());
+        assert!(
+            nginx_idle < pixeld_idle,
+            "{file} keeps idle upstream connections {nginx_idle} s, pixeld closes them at {pixeld_idle} s"
+        );
+    }
 }

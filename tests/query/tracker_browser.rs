@@ -85,36 +85,3 @@ fn tracking_script_in_headless_chromium() {
     );
     assert_eq!(code, Some(0), "{stderr}");
 }
-
-/// The shipped snippet's upstream closes an idle keep-alive connection before pixeld does (after
-/// `ingest.http_header_timeout`): otherwise a hit nginx sends on a connection at the moment
-/// pixeld closes it fails with 502 — seen with a 1 s timeout, a beacon (POST) lost unretried.
-#[test]
-fn the_snippets_upstream_closes_idle_connections_before_pixeld() {
-    let snippet = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/nginx/tracker.conf"
-    ))
-    .unwrap();
-    let secs = |v: &str| -> u64 {
-        v.strip_suffix('s')
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{v:?}: expected whole seconds such as \"5s\""))
-    };
-    let upstream = snippet
-        .split("upstream pixeld {")
-        .nth(1)
-        .and_then(|s| s.split('}').next())
-        .expect("an `upstream pixeld { … }` block in tracker.conf");
-    let keepalive = upstream
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("keepalive_timeout "))
-        .expect("keepalive_timeout in the upstream block of tracker.conf");
-    let nginx_idle = secs(keepalive.trim_end_matches(';').trim());
-    let defaults = pixeld::config::RawConfig::defaults();
-    let pixeld_idle = secs(&defaults.ingest.http_header_timeout);
-    assert!(
-        nginx_idle < pixeld_idle,
-        "tracker.conf keeps idle upstream connections {nginx_idle} s, pixeld closes them at {pixeld_idle} s"
-    );
-}

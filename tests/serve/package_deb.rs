@@ -89,6 +89,8 @@ fn the_package_holds_the_service_and_its_files() {
         "./usr/lib/sysctl.d/60-pixeld.conf",
         "./etc/pixeld/pixeld.toml",
         "./usr/share/pixeld/nginx/pixel.conf",
+        "./usr/share/pixeld/nginx/pixel-http.conf",
+        "./usr/share/pixeld/nginx/tracker.conf",
         "./usr/share/doc/pixeld/README.md",
         "./usr/share/doc/pixeld/operations.md",
         "./usr/share/doc/pixeld/scale-out.md",
