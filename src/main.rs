@@ -126,7 +126,6 @@ enum Command {
         /// Files to import ("-" or none: stdin).
         inputs: Vec<PathBuf>,
     },
-    /// Load generator: send realistic pixel hits to a running pixeld and account for each.
     /// Follow a running pixeld's log over HTTP, printing records as they become durable.
     Tail {
         /// Config file: its `listen.http` is where pixeld is asked (see --http).
@@ -159,6 +158,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Raw)]
         format: Format,
     },
+    /// Load generator: send realistic pixel hits to a running pixeld and account for each.
     Blast(Box<BlastArgs>),
 }
 

@@ -10,4 +10,5 @@ mod common;
 
 mod blast;
 mod consumers;
+mod help;
 mod tail;
