@@ -84,6 +84,74 @@ fn client(port: u16, reqs: Vec<(String, String)>) {
     }
 }
 
+/// pixeld's log as `replay` prints it, each record by `key` with how often it occurs, read
+/// again until it holds `n` records (or 60 s passed).
+fn replayed<K: std::hash::Hash + Eq>(
+    data: &Path,
+    n: usize,
+    key: impl Fn(&[u8]) -> K,
+) -> HashMap<K, usize> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(common::pixeld_bin())
+            .args(["replay", "--data-dir"])
+            .arg(data)
+            .output()
+            .unwrap();
+        let mut got = HashMap::new();
+        for l in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            *got.entry(key(l)).or_insert(0) += 1;
+        }
+        if got.values().sum::<usize>() >= n || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops the server (it must exit 0) and returns a reader of the `/metrics` it gave just
+/// before: a counter's value by its name with labels.
+fn metrics_then_stop(s: Server) -> impl Fn(&str) -> u64 {
+    let (_, _, metrics) = common::http(s.http, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    s.signal("TERM");
+    let (code, log) = s.wait();
+    assert_eq!(code, Some(0), "{log}");
+    move |name: &str| -> u64 {
+        if let Some(family) = name.strip_suffix("{*}") {
+            // Every series of the family, summed.
+            return metrics
+                .lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+        }
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
+    }
+}
+
+/// `got` holds exactly what `want` holds, as often.
+fn same_records<K: std::fmt::Debug + std::hash::Hash + Eq>(
+    got: &HashMap<K, usize>,
+    want: &HashMap<K, usize>,
+) {
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|(k, n)| got.get(*k) != Some(n))
+        .take(3)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "sent but not (as often) in pixeld's log: {missing:?}"
+    );
+    assert_eq!(got, want, "pixeld's log holds records nobody sent");
+}
+
 #[test]
 fn nginx_syslog_to_pixeld_loses_nothing() {
     let Some(nginx) = nginx_bin() else {
@@ -144,61 +212,19 @@ fn nginx_syslog_to_pixeld_loses_nothing() {
         assert!(rec.starts_with(b"<190>"));
         rec[i + 8..].to_vec()
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut got: HashMap<Vec<u8>, usize>;
-    loop {
-        let out = Command::new(common::pixeld_bin())
-            .args(["replay", "--data-dir"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        got = HashMap::new();
-        for l in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            *got.entry(strip(l)).or_insert(0) += 1;
-        }
-        if got.values().sum::<usize>() >= REQUESTS || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let got = replayed(&data, REQUESTS, strip);
     eprintln!("pixeld holds them after {:.2?}", t0.elapsed());
-    let (_, _, metrics) = common::http(s.http, "GET", "/metrics", &[], b"");
-    let metrics = String::from_utf8(metrics).unwrap();
-    s.signal("TERM");
-    let (code, log) = s.wait();
-    assert_eq!(code, Some(0), "{log}");
-    let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let received = value("pixeld_received_events_total{transport=\"udp\"}");
-    let appended = value("pixeld_appended_events_total");
-    let dropped: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("pixeld_dropped_events_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    let kernel = value("pixeld_udp_kernel_drops_total");
+    let value = metrics_then_stop(s);
     assert_eq!(
-        (received, appended, dropped, kernel),
+        (
+            value("pixeld_received_events_total{transport=\"udp\"}"),
+            value("pixeld_appended_events_total"),
+            value("pixeld_dropped_events_total{*}"),
+            value("pixeld_udp_kernel_drops_total")
+        ),
         (REQUESTS as u64, REQUESTS as u64, 0, 0),
-        "{metrics}"
     );
-    let missing: Vec<_> = want
-        .iter()
-        .filter(|(k, n)| got.get(*k) != Some(n))
-        .take(3)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "lines in nginx's file but not (as often) in pixeld: {missing:?}"
-    );
-    assert_eq!(got, want, "pixeld holds lines nginx did not log");
+    same_records(&got, &want);
 }
 
 /// The HTTP variant, `config/nginx/pixel-http.conf`: nginx mirrors every hit to pixeld's own
@@ -241,8 +267,9 @@ fn nginx_http_mirror_to_pixeld_loses_nothing() {
         "Mozilla/5.0 \"quoted\" (Ünïcødé; 日本語)",
         "curl/8.0",
     ];
-    // What each request says: (url, ref, vid, action, ua), percent-encoded as sent.
-    let mut sent: HashMap<(String, String, String, String, String), usize> = HashMap::new();
+    // What each request says (url, ref, vid, action, ua, percent-encoded as sent) and
+    // the reader's address pixeld is told (nginx's own, the client of this test).
+    let mut sent: HashMap<[String; 6], usize> = HashMap::new();
     let mut per_client: Vec<Vec<(String, String)>> = vec![Vec::new(); CLIENTS];
     for i in 0..N {
         let url = format!("https%3A%2F%2Fsite{}.example%2Fa%2F{i}%3Fq%3D%C3%A9", i % 7);
@@ -256,7 +283,7 @@ fn nginx_http_mirror_to_pixeld_loses_nothing() {
         let ua = agents[i % agents.len()];
         let path = format!("/p.gif?url={url}&ref={rf}&vid={vid}&a={a}");
         *sent
-            .entry((url, rf.into(), vid, a.into(), ua.into()))
+            .entry([url, rf.into(), vid, a.into(), ua.into(), "127.0.0.1".into()])
             .or_insert(0) += 1;
         per_client[i % CLIENTS].push((path, ua.to_string()));
     }
@@ -269,66 +296,29 @@ fn nginx_http_mirror_to_pixeld_loses_nothing() {
     }
     drop(ngx); // graceful stop: every mirror subrequest finished
 
-    // pixeld's log: one record per request, as sent.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut got: HashMap<(String, String, String, String, String), usize>;
-    let mut addrs: HashMap<String, usize>;
-    loop {
-        let out = Command::new(common::pixeld_bin())
-            .args(["replay", "--data-dir"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        got = HashMap::new();
-        addrs = HashMap::new();
-        for l in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let v: serde_json::Value = serde_json::from_slice(l)
-                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(l)));
-            let f = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-            *got.entry((f("url"), f("urlref"), f("vid"), f("action"), f("ua")))
-                .or_insert(0) += 1;
-            *addrs.entry(f("ip")).or_insert(0) += 1;
-        }
-        if got.values().sum::<usize>() >= N || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let (_, _, metrics) = common::http(s.http, "GET", "/metrics", &[], b"");
-    let metrics = String::from_utf8(metrics).unwrap();
-    s.signal("TERM");
-    let (code, log) = s.wait();
-    assert_eq!(code, Some(0), "{log}");
-    assert_eq!(
-        addrs,
-        HashMap::from([("127.0.0.1".to_string(), N)]),
-        "the reader's address"
-    );
-    let missing: Vec<_> = sent
-        .iter()
-        .filter(|(k, n)| got.get(*k) != Some(n))
-        .take(3)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "sent but not (as often) in pixeld: {missing:?}"
-    );
-    assert_eq!(got, sent, "pixeld holds hits nobody sent");
-    let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics"))
-    };
+    // pixeld's log: one record per request, as sent, with nginx's address for the reader.
+    let got = replayed(&data, N, |l| {
+        let v: serde_json::Value = serde_json::from_slice(l)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(l)));
+        let f = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        [
+            f("url"),
+            f("urlref"),
+            f("vid"),
+            f("action"),
+            f("ua"),
+            f("ip"),
+        ]
+    });
+    let value = metrics_then_stop(s);
+    same_records(&got, &sent);
     assert_eq!(
         (
             value("pixeld_received_events_total{transport=\"http\"}"),
-            value("pixeld_appended_events_total")
+            value("pixeld_appended_events_total"),
+            value("pixeld_dropped_events_total{*}")
         ),
-        (N as u64, N as u64),
-        "{metrics}"
+        (N as u64, N as u64, 0),
     );
 }
 
