@@ -49,6 +49,10 @@
     // Per list (element id) that no cell answers under the filters, its last scan of the
     // raw log: {key, at, running, items, changes, range, meta, error, abort}.
     scans: {},
+    // The live stream's last window end (epoch seconds), and all visitors of its last
+    // minutes ("current visitors"); under filters, those with a matching pageview in the
+    // same minutes ({range, visitors}), from POST /v1/query.
+    liveTo: null, current: null, currentFiltered: null,
   };
   window.pixeldDashboard = st;
 
@@ -141,6 +145,8 @@
   }
 
   // ---- headline ----------------------------------------------------------------------------
+  // Minutes the live stream's "current visitors" look back (query::CURRENT_VISITORS_MINUTES).
+  const CURRENT_MINUTES = 5;
   // Engaged time is kept per site only (visits break down by their entry pageview's values):
   // under a filter on what a heartbeat's own line says (device, country…) it is read from the
   // log (loadScans); under any other (a channel: a heartbeat's line does not say its page's)
@@ -181,7 +187,7 @@
       setTile('t-bounce', h.bounce_rate, p && p.bounce_rate, (x) => pf.format(x));
       setTile('t-duration', h.visit_duration, p && p.visit_duration, duration);
     }
-    if (h.current_visitors != null) setTile('t-current', h.current_visitors, null);
+    renderCurrent();
     const main = $('main');
     main.dataset.from = String(st.from);
     main.dataset.to = String(st.to);
@@ -190,6 +196,22 @@
     const from = new Date(st.from * 1000), to = new Date(st.to * 1000);
     $('range-text').textContent = (st.site || 'All sites') + ' · ' + RANGES[st.range].label + ' · ' +
       from.toLocaleString() + ' – ' + to.toLocaleString();
+  }
+
+  // Current visitors: the live stream's, or under filters those with a matching pageview in
+  // the same last minutes (loadDims asks for them), said so.
+  function renderCurrent() {
+    const tile = $('t-current');
+    const f = st.currentFiltered;
+    if (st.filters.length) {
+      const shown = f && f.key === JSON.stringify([st.site, st.filters]);
+      setTile('t-current', shown ? f.visitors : null, null);
+      tile.querySelector('.delta').textContent = shown ? 'with a matching pageview' : '';
+      tile.dataset.filtered = String(!!shown);
+    } else {
+      if (st.current != null) setTile('t-current', st.current, null);
+      tile.dataset.filtered = 'false';
+    }
   }
 
   // The previous period of the same length, fetched once per range.
@@ -588,7 +610,7 @@
     const range = { from: st.from, to: st.to, site: st.site, limit: 10 };
     const filters = st.filters.map(([d, v]) => ['is', d, [v]]);
     const query = (body) => apiPost('/v1/query', {
-      ...body, site: st.site || undefined, filters, date_range: [String(st.from), String(st.to)],
+      site: st.site || undefined, filters, date_range: [String(st.from), String(st.to)], ...body,
     });
     const lists = await Promise.all(Object.entries(DIM_LISTS).map(async ([id, dim]) => {
       if (!filters.length) return [id, (await api('/v1/top?' + q({ ...range, dim }))).items];
@@ -609,6 +631,19 @@
     // who sent it.
     st.events = events.results.map((x) => ({ key: x.dimensions[0], views: x.metrics[0], rate: x.metrics[1] }));
     st.eventTotal = st.events.reduce((a, x) => a + x.views, 0);
+    // Current visitors under the filters: the minutes of the live stream's last
+    // "current visitors" (its window's last five).
+    if (filters.length && st.liveTo != null) {
+      const range = [String(st.liveTo - CURRENT_MINUTES * 60), String(st.liveTo)];
+      const key = JSON.stringify([st.site, st.filters]);
+      const r = await query({ metrics: ['visitors'], date_range: range }).catch((e) => {
+        if (e instanceof AuthError) throw e;
+        return null;
+      });
+      if (r && gen === st.live.gen) {
+        st.currentFiltered = { key, range, visitors: r.results.length ? r.results[0].metrics[0] : 0 };
+      }
+    }
     const step = RANGES[st.range].stepMin === 1 ? 'time:minute' : 'time:hour';
     // Pages by channel have cells of their own (url × channel); by device or country they
     // have none, and stay unfiltered.
@@ -764,7 +799,9 @@
   function applySnapshot(s) {
     st.live.snapshots++;
     if (s.current_visitors != null) {
-      setTile('t-current', s.current_visitors, null);
+      st.current = s.current_visitors;
+      st.liveTo = secs(s.to);
+      renderCurrent();
     }
     mergeSites(s.top_sites || []);
     if (!RANGES[st.range].live) { scheduleRefresh(); return; }

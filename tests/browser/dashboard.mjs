@@ -304,12 +304,25 @@ try {
   assert.equal(tile.value, wantEngaged, `engaged time under device ${device}: differs from the scan`);
   assert.match(tile.delta, /from the log$/, 'the engaged tile does not say it read the log');
   ok(`under device ${device}: engaged time read from the log (${wantEngaged} s) = POST /v1/query with the scan`);
+  // Current visitors under it: those with a matching pageview in the live stream's last
+  // five minutes.
+  await page.waitForFunction(() => document.getElementById('t-current').dataset.filtered === 'true', null, { timeout: 15000 });
+  const cur = await page.evaluate(() => ({
+    range: window.pixeldDashboard.currentFiltered.range,
+    value: Number(document.querySelector('#t-current .value').dataset.value),
+  }));
+  const cr = await query({ metrics: ['visitors'], filters: [['is', 'device', [device]]], date_range: cur.range });
+  const wantCur = cr.results.length ? cr.results[0].metrics[0] : 0;
+  assert.equal(Number(cur.range[1]) - Number(cur.range[0]), 300, 'five minutes');
+  assert.equal(cur.value, wantCur, `current visitors under device ${device}: differ from POST /v1/query`);
+  ok(`under device ${device}: current visitors ${wantCur} = POST /v1/query over the live stream's last 5 minutes`);
   await page.locator('#filter-chips .chip').click();
   await page.waitForFunction(() => document.getElementById('filterbar').hidden
     && document.getElementById('top-pages').dataset.filtered === 'false'
     && document.getElementById('top-refs').dataset.filtered === 'false'
-    && !document.getElementById('top-pages').dataset.scan, null, { timeout: 10000 });
-  ok('its chip removes it: the lists are unfiltered again');
+    && !document.getElementById('top-pages').dataset.scan
+    && document.getElementById('t-current').dataset.filtered === 'false', null, { timeout: 10000 });
+  ok('its chip removes it: the lists and current visitors are unfiltered again');
 
   const pixel = await page.evaluate(() => document.getElementById('h-pixel').textContent);
   assert.ok(pixel.startsWith('drop'), `health strip's pixel overload: ${pixel}`);
