@@ -114,6 +114,9 @@ pub struct AggStats {
     pub visit_too_late: AtomicU64,
     /// Increments applied on the shard that made them.
     pub local_incs: AtomicU64,
+    /// Increments made for another shard (put in its pending batch): at rest, as many as were
+    /// shipped and lost together.
+    pub queued_incs: AtomicU64,
     /// Increments shipped to other shards, and in how many batches.
     pub sent_incs: AtomicU64,
     pub sent_batches: AtomicU64,
@@ -646,6 +649,11 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             "pixeld_route_local_increments_total",
             "Increments applied on the shard that made them.",
             |s| ShardStats::get(&s.agg.local_incs),
+        ),
+        (
+            "pixeld_route_queued_increments_total",
+            "Increments made for another shard, put in its pending batch (at rest = sent + lost).",
+            |s| ShardStats::get(&s.agg.queued_incs),
         ),
         (
             "pixeld_route_sent_increments_total",

@@ -434,6 +434,7 @@ impl Router {
             ShardStats::bump(&self.stats.agg.local_incs, 1);
         } else if let Some(b) = self.pending.borrow_mut().get_mut(owner) {
             b.push_inc_with(inc, site, key, aux);
+            ShardStats::bump(&self.stats.agg.queued_incs, 1);
         }
     }
 

@@ -53,18 +53,22 @@ async function hits() {
   // In the order pixeld received them (each shard's log is in order; shards interleave).
   return out.sort((a, b) => Number(a.msec) - Number(b.msec));
 }
-// Waits (≤ 15 s) until `pred` holds for the hits of `host`; returns them.
+// Waits (≤ 30 s: a loaded CI machine is slow, never wrong) until `pred` holds for the hits
+// of `host`; returns them. A failure says what pixeld's log holds and how far it is durable.
 async function hitsOf(host, pred, what) {
-  const deadline = Date.now() + 15000;
+  const deadline = Date.now() + 30000;
   for (;;) {
     const h = (await hits()).filter((x) => x.host === host);
     if (pred(h)) return h;
-    if (Date.now() > deadline) assert.fail(`${what}: ${host}'s hits are ${JSON.stringify(h, null, 1)}`);
+    if (Date.now() > deadline) {
+      const shards = await (await api('/v1/log/shards')).text();
+      assert.fail(`${what}: ${host}'s hits are ${JSON.stringify(h, null, 1)}\n/v1/log/shards: ${shards}`);
+    }
     await sleep(100);
   }
 }
 async function summary(host, pred, what) {
-  const deadline = Date.now() + 15000;
+  const deadline = Date.now() + 30000;
   for (;;) {
     const s = await (await api(`/v1/summary?from=-30m&site=${host}`)).json();
     if (pred(s)) return s;

@@ -490,8 +490,8 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Waits until every increment a server's shards sent has been applied by its owner (and no
-/// new one came between two looks): after a request that appended lines answered, what they
+/// Waits until every increment a server's shards made for another shard has been shipped and
+/// applied by its owner (and no new one came between two looks): after a request that appended lines answered, what they
 /// add is then in the aggregates. For a server whose count of lines is not known (a restart
 /// after a rebuild); up to 30 s.
 pub fn wait_settled(port: u16, what: &str) {
@@ -500,6 +500,9 @@ pub fn wait_settled(port: u16, what: &str) {
     loop {
         let mx = metrics(port);
         let m = |k: &str| mx.get(k).copied().unwrap_or(-1.0) as u64;
+        // Every increment made for another shard shipped (none waiting in a pending batch,
+        // which a starved ticker may hold past two readings) and applied.
+        let queued = m("pixeld_route_queued_increments_total");
         let sent = m("pixeld_route_sent_increments_total");
         let applied = m("pixeld_route_applied_increments_total");
         let outcomes: u64 = ["aggregated", "out_of_window", "unparsed", "bot"]
@@ -507,13 +510,14 @@ pub fn wait_settled(port: u16, what: &str) {
             .map(|o| m(&format!("pixeld_agg_records_total{{outcome=\"{o}\"}}")))
             .sum();
         let now = (sent, outcomes);
-        if sent == applied && last == Some(now) {
+        let drained = queued == sent && sent == applied;
+        if drained && last == Some(now) {
             return;
         }
-        last = (sent == applied).then_some(now);
+        last = drained.then_some(now);
         assert!(
             std::time::Instant::now() < deadline,
-            "{what}: increments still in flight after 30 s ({sent} sent, {applied} applied)"
+            "{what}: increments still in flight after 30 s ({queued} queued, {sent} sent, {applied} applied)"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -537,9 +541,10 @@ pub fn wait_aggregated(
             .iter()
             .map(|o| m(&format!("pixeld_agg_records_total{{outcome=\"{o}\"}}")))
             .sum();
+        let queued = m("pixeld_route_queued_increments_total");
         let sent = m("pixeld_route_sent_increments_total");
         let applied = m("pixeld_route_applied_increments_total");
-        let done = appended == lines && outcomes == lines && sent == applied;
+        let done = appended == lines && outcomes == lines && queued == sent && sent == applied;
         if done && stable == Some(sent) {
             return mx;
         }
