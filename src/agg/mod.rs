@@ -2303,6 +2303,50 @@ mod tests {
         )
     }
 
+    /// Applies `rows` (key, minute, visitor) in two batches split at `split` (arbitrary, so that
+    /// both orders meet both tiers), each followed by folding some minutes into their hours
+    /// (up to an arbitrary minute, an arbitrary number of them: later events of a folded
+    /// minute go to both); `push` adds one row's increment with its visitor's hash.
+    fn apply_in_two<K>(
+        a: &mut Aggregates,
+        rows: &[(K, i64, u64)],
+        split: usize,
+        folds: Vec<(i64, usize)>,
+        now: i64,
+        push: impl Fn(&mut Batch, &K, i64, u64),
+    ) {
+        let split = split.min(rows.len());
+        for (part, (back, budget)) in [&rows[..split], &rows[split..]].into_iter().zip(folds) {
+            let mut b = Batch::default();
+            for (k, m, v) in part {
+                push(
+                    &mut b,
+                    k,
+                    *m,
+                    crate::route::partition::vid_hash(&v.to_string()),
+                );
+            }
+            a.apply_batch(&b, now);
+            a.fold_visitors(now - back, budget);
+        }
+    }
+
+    /// The distinct visitors of the `rows` whose key `matches` and whose minute is in
+    /// `from..to` (the model of both proptests below).
+    fn distinct_of<K>(
+        rows: &[(K, i64, u64)],
+        matches: impl Fn(&K) -> bool,
+        from: i64,
+        to: i64,
+    ) -> u64 {
+        let set: std::collections::BTreeSet<u64> = rows
+            .iter()
+            .filter(|(k, m, _)| matches(k) && (from..to).contains(m))
+            .map(|r| r.2)
+            .collect();
+        set.len() as u64
+    }
+
     /// A state with 30 minutes and 6 hours: hits up to 4 hours back meet both tiers.
     fn small_windows() -> Aggregates {
         Aggregates::new(AggConfig {
@@ -2329,23 +2373,11 @@ mod tests {
             let site = |s: u8| ["a.com", "b.com"][s as usize];
             let rows: Vec<(&str, i64, u64)> =
                 evs.iter().map(|&(s, v, back)| (site(s), now - back, v)).collect();
-            let split = split.min(rows.len());
-            for (part, (back, budget)) in [&rows[..split], &rows[split..]].into_iter().zip(folds) {
-                let mut b = Batch::default();
-                for (s, m, v) in part {
-                    let h = crate::route::partition::vid_hash(&v.to_string());
-                    b.push(IncKind::Visitor, true, *m, 0, s, "", Some(h));
-                }
-                a.apply_batch(&b, now);
-                a.fold_visitors(now - back, budget);
-            }
-            let distinct = |s: Option<&str>, from: i64, to: i64| -> u64 {
-                let set: std::collections::BTreeSet<u64> = rows
-                    .iter()
-                    .filter(|(x, m, _)| s.is_none_or(|s| s == *x) && (from..to).contains(m))
-                    .map(|r| r.2)
-                    .collect();
-                set.len() as u64
+            apply_in_two(&mut a, &rows, split, folds, now, |b, s, m, h| {
+                b.push(IncKind::Visitor, true, m, 0, s, "", Some(h))
+            });
+            let distinct = |s: Option<&str>, from: i64, to: i64| {
+                distinct_of(&rows, |x| s.is_none_or(|s| s == *x), from, to)
             };
             let h_from = (now - 240).div_euclid(60) * 60;
             let floor = a.minute_floor(now);
@@ -2379,27 +2411,10 @@ mod tests {
                 .iter()
                 .map(|&(u, v, back)| (url(u), now - back, v))
                 .collect();
-            // Two batches (the split is arbitrary), so that both orders meet both tiers, each
-            // followed by folding some minutes into their hours (up to an arbitrary minute,
-            // an arbitrary number of them: later events of a folded minute go to both).
-            let split = split.min(rows.len());
-            for (part, (back, budget)) in [&rows[..split], &rows[split..]].into_iter().zip(folds) {
-                let mut b = Batch::default();
-                for (u, m, v) in part {
-                    let h = crate::route::partition::vid_hash(&v.to_string());
-                    b.push(IncKind::Url, false, *m, 1, "a.com", u, Some(h));
-                }
-                a.apply_batch(&b, now);
-                a.fold_visitors(now - back, budget);
-            }
-            let distinct = |u: &str, from: i64, to: i64| -> u64 {
-                let set: std::collections::BTreeSet<u64> = rows
-                    .iter()
-                    .filter(|(x, m, _)| x == u && (from..to).contains(m))
-                    .map(|r| r.2)
-                    .collect();
-                set.len() as u64
-            };
+            apply_in_two(&mut a, &rows, split, folds, now, |b, u, m, h| {
+                b.push(IncKind::Url, false, m, 1, "a.com", u, Some(h))
+            });
+            let distinct = |u: &str, from: i64, to: i64| distinct_of(&rows, |x| x == u, from, to);
             let h_from = (now - 240).div_euclid(60) * 60;
             let h_to = (now + 60).div_euclid(60) * 60;
             let floor = a.minute_floor(now);
