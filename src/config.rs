@@ -97,6 +97,7 @@ pub enum FdStore {
 pub struct RawIngest {
     pub max_line_bytes: Size,
     pub udp_rcvbuf: Size,
+    pub receive_coalesce: String,
     pub tcp_framing: String,
     pub tcp_max_connections: u64,
     pub tcp_idle_timeout: String,
@@ -637,6 +638,9 @@ fn log_section(l: &RawLog, c: &Check) -> Result<LogConfig, ConfigError> {
     })
 }
 
+/// The longest `ingest.receive_coalesce`.
+const MAX_RECEIVE_COALESCE: Duration = Duration::from_millis(50);
+
 /// `[ingest]`: receive limits, framing, who may send and whose `X-Forwarded-For` is believed.
 fn ingest_section(
     i: &RawIngest,
@@ -653,6 +657,23 @@ fn ingest_section(
     Ok(crate::ingest::IngestConfig {
         max_line_bytes: max_line_bytes as usize,
         udp_rcvbuf: c.size("ingest.udp_rcvbuf", &i.udp_rcvbuf, 4 << 10, 1 << 30)? as usize,
+        receive_coalesce: {
+            let d = c.duration(
+                "ingest.receive_coalesce",
+                &i.receive_coalesce,
+                Duration::ZERO,
+            )?;
+            if d > MAX_RECEIVE_COALESCE {
+                return Err(c.invalid(
+                    "ingest.receive_coalesce",
+                    format!(
+                        "is {}, must be at most {MAX_RECEIVE_COALESCE:?} (it delays every hit by up to that long); \"0s\" turns it off",
+                        i.receive_coalesce
+                    ),
+                ));
+            }
+            d
+        },
         tcp_framing: match i.tcp_framing.as_str() {
             "auto" => crate::ingest::Framing::Auto,
             "octet" => crate::ingest::Framing::Octet,
@@ -1088,6 +1109,18 @@ mod tests {
         assert_eq!(c.log.get().fsync, Fsync::EveryBatch);
         assert_eq!(c.log.get().retention.max_age, None);
         assert_eq!(c.log.get().retention.max_bytes, Some(10 << 30));
+        // The receive coalescing window: zero turns it off, above 50 ms is refused.
+        let c = Config::from_raw(&RawConfig::parse("", "f").unwrap(), "f").unwrap();
+        assert_eq!(c.ingest.receive_coalesce, Duration::from_millis(2));
+        let raw = RawConfig::parse("[ingest]\nreceive_coalesce = \"0s\"\n", "f").unwrap();
+        let c = Config::from_raw(&raw, "f").unwrap();
+        assert_eq!(c.ingest.receive_coalesce, Duration::ZERO);
+        let raw = RawConfig::parse("[ingest]\nreceive_coalesce = \"60ms\"\n", "f").unwrap();
+        let e = Config::from_raw(&raw, "f").unwrap_err().to_string();
+        assert!(
+            e.contains("ingest.receive_coalesce") && e.contains("at most 50ms"),
+            "{e}"
+        );
         // The pixel's overload choice.
         let raw = RawConfig::parse("[ingest]\npixel_overload = \"queue\"\n", "f").unwrap();
         let e = Config::from_raw(&raw, "f").unwrap_err().to_string();

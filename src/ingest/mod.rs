@@ -32,6 +32,10 @@ pub struct IngestConfig {
     pub max_line_bytes: usize,
     /// Requested UDP receive buffer per shard socket.
     pub udp_rcvbuf: usize,
+    /// After a receive that emptied its socket, how long a UDP or TCP socket waits before
+    /// the next one (`ingest.receive_coalesce`; zero: never), so that a shard under a
+    /// moderate load wakes once per window instead of once per datagram or segment.
+    pub receive_coalesce: Duration,
     pub tcp_framing: Framing,
     /// Open TCP connections allowed per shard; more are refused and counted.
     pub tcp_max_connections: usize,
@@ -80,6 +84,7 @@ impl Default for IngestConfig {
         IngestConfig {
             max_line_bytes: 64 << 10,
             udp_rcvbuf: 8 << 20,
+            receive_coalesce: Duration::from_millis(2),
             tcp_framing: Framing::Auto,
             tcp_max_connections: 10_000,
             tcp_idle_timeout: Duration::from_secs(300),

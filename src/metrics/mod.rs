@@ -117,6 +117,11 @@ pub struct AggStats {
     /// Increments made for another shard (put in its pending batch): at rest, as many as were
     /// shipped and lost together.
     pub queued_incs: AtomicU64,
+    /// Times the routing ticker found nothing pending for a peer and slept up to
+    /// `route::IDLE_TICK` instead of `route::FLUSH_EVERY`, and how many of those sleeps an
+    /// increment queued for a peer ended early.
+    pub ticker_idle_waits: AtomicU64,
+    pub ticker_woken: AtomicU64,
     /// Increments shipped to other shards, and in how many batches.
     pub sent_incs: AtomicU64,
     pub sent_batches: AtomicU64,
@@ -654,6 +659,16 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             "pixeld_route_queued_increments_total",
             "Increments made for another shard, put in its pending batch (at rest = sent + lost).",
             |s| ShardStats::get(&s.agg.queued_incs),
+        ),
+        (
+            "pixeld_route_ticker_idle_waits_total",
+            "Times the routing ticker had nothing pending for a peer and slept up to 50 ms instead of 2 ms.",
+            |s| ShardStats::get(&s.agg.ticker_idle_waits),
+        ),
+        (
+            "pixeld_route_ticker_woken_total",
+            "Idle ticker sleeps ended early by an increment queued for a peer (shipped 2 ms later).",
+            |s| ShardStats::get(&s.agg.ticker_woken),
         ),
         (
             "pixeld_route_sent_increments_total",

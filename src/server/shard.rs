@@ -561,7 +561,7 @@ async fn run_shard(
     for udp in udp {
         let ingest = ingest.clone();
         receivers.push(glommio::spawn_local(async move {
-            if let Err(e) = crate::ingest::udp::run(udp, ingest).await {
+            if let Err(e) = crate::ingest::udp::run(udp, ingest, usable).await {
                 eprintln!("pixeld: shard {shard}: UDP receive stopped: {e}");
             }
         }));

@@ -108,3 +108,76 @@ fn a_full_ring_waits_and_loses_nothing() {
     assert_eq!(pt.hits + ct.hits, aggregated);
     assert!(ct.hits > 0 && pt.hits > 0, "{pt:?} {ct:?}");
 }
+
+/// A quiet mesh's ticker sleeps up to `IDLE_TICK` instead of `FLUSH_EVERY`; the first
+/// increment queued for a peer wakes it, and the partial batch is shipped without the ingest
+/// loop's flush: every increment made for the peer is applied there.
+#[test]
+fn an_idle_ticker_is_woken_by_the_first_increment_for_a_peer() {
+    let mesh: MeshBuilder<RouteMsg, _> = MeshBuilder::full(2, 4);
+    let stats = [
+        Arc::new(ShardStats::default()),
+        Arc::new(ShardStats::default()),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let shard = |mesh: MeshBuilder<RouteMsg, glommio::channels::channel_mesh::Full>| {
+        let (stats, stop) = (stats.clone(), stop.clone());
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let (tx, rx) = mesh.join().await.unwrap();
+                let me = tx.peer_id();
+                let router = Router::new(
+                    Aggregates::new(AggConfig::default()),
+                    Some(tx),
+                    stats[me].clone(),
+                );
+                router.spawn_receivers(rx);
+                let ticker = glommio::spawn_local(router.clone().tick(stop.clone()));
+                // Quiet: nothing pending, so the ticker is asleep in its idle wait.
+                glommio::timer::sleep(Duration::from_millis(300)).await;
+                if me == 0 {
+                    let now_ms = (now_minute() * 60_000) as u64;
+                    let mut g = HitGenerator::new(5, now_ms - 5 * 60_000);
+                    let mut line = Vec::new();
+                    // Never `flush`ed here: only the ticker ships these.
+                    for _ in 0..50 {
+                        g.next_line(&mut line);
+                        router.record(now_ms * 1_000_000, &line);
+                    }
+                }
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                let peer = 1 - me;
+                while !stop.load(Ordering::SeqCst) {
+                    let (mine, theirs) = (&stats[me].agg, &stats[peer].agg);
+                    let queued = ShardStats::get(&stats[0].agg.queued_incs);
+                    if me == 0
+                        && queued > 0
+                        && ShardStats::get(&mine.sent_incs) == queued
+                        && ShardStats::get(&theirs.applied_incs) == queued
+                    {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    if std::time::Instant::now() > deadline {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                ticker.await;
+            })
+            .unwrap()
+    };
+    let (a, b) = (shard(mesh.clone()), shard(mesh));
+    a.join().unwrap();
+    b.join().unwrap();
+    let (p, c) = (&stats[0].agg, &stats[1].agg);
+    let queued = ShardStats::get(&p.queued_incs);
+    assert!(queued > 0, "no increment was made for the peer");
+    assert_eq!(ShardStats::get(&p.sent_incs), queued, "not all shipped");
+    assert_eq!(ShardStats::get(&c.applied_incs), queued, "not all applied");
+    assert_eq!(ShardStats::get(&p.lost_incs), 0);
+    assert!(ShardStats::get(&p.ticker_idle_waits) > 0);
+    assert!(
+        ShardStats::get(&p.ticker_woken) >= 1,
+        "the queued increment did not wake the idle ticker"
+    );
+}

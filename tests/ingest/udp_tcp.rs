@@ -82,12 +82,22 @@ const CONFIG: &str = "[ingest]\nmax_line_bytes = \"1KiB\"\n";
 
 #[test]
 fn udp_datagrams_are_logged_or_counted() {
+    udp_datagrams(CONFIG);
+}
+
+/// The same without `ingest.receive_coalesce`: each wake-up reads at once.
+#[test]
+fn udp_datagrams_are_logged_or_counted_without_coalescing() {
+    udp_datagrams(&format!("{CONFIG}receive_coalesce = \"0s\"\n"));
+}
+
+fn udp_datagrams(config: &str) {
     let tmp = common::tempdir();
     let data = tmp.path().join("data");
     let mut s = Server::builder()
         .data(&data)
         .shards(2)
-        .config(CONFIG)
+        .config(config)
         .start();
     assert!(s.wait_for("ready").is_some(), "{}", s.seen.join("\n"));
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
