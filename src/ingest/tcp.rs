@@ -240,6 +240,7 @@ async fn connection(
     let mut decoder = FrameDecoder::new(ingest.cfg.tcp_framing, max);
     let mut buf = vec![0u8; max + 16 + READ_CHUNK];
     let mut filled = 0usize;
+    let mut short_before = false;
     let stats = &ingest.stats;
     loop {
         // Push back on the relay: read nothing more while the log's queue is full.
@@ -300,12 +301,15 @@ async fn connection(
         ingest.router.flush(crate::route::BATCH_INCS).await;
         buf.copy_within(consumed..filled + n, 0);
         filled = filled + n - consumed;
-        // The socket is empty (a read smaller than asked for). Under a moderate load, let
-        // the relay's next writes gather for a while and take them in one read (TCP's own
-        // flow control holds them meanwhile).
+        // The socket is empty (a read smaller than asked for). Under a moderate load (this
+        // read and the one before were short: not a shard catching up with a fast relay),
+        // let the relay's next writes gather for a while and take them in one read (TCP's
+        // own flow control holds them meanwhile).
         let coalesce = ingest.cfg.receive_coalesce;
-        if n < READ_CHUNK && !coalesce.is_zero() {
+        let short = n < READ_CHUNK;
+        if short && short_before && !coalesce.is_zero() {
             glommio::timer::sleep(coalesce).await;
         }
+        short_before = short;
     }
 }
