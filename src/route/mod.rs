@@ -59,7 +59,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
 /// How often the ticker wakes while no batch waits for a peer (one shard, or a quiet mesh):
 /// its other work (marks every 200 ms, eviction every 2 s, the watchdog's heartbeat) needs
 /// no more, and each wake-up of an idle executor costs ~20 µs of CPU. The first increment
-/// queued for a peer wakes it at once ([`Router::send`]), so a partial batch still ships
+/// queued for a peer wakes it at once (`Router::send`), so a partial batch still ships
 /// within [`FLUSH_EVERY`].
 pub const IDLE_TICK: Duration = Duration::from_millis(50);
 /// Ring capacity, in batches, per ordered pair of shards.

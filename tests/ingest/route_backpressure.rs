@@ -7,18 +7,37 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers};
 use glommio::{LocalExecutorBuilder, Placement};
 use pixeld::agg::{AggConfig, Aggregates};
 use pixeld::metrics::{AggOutcome, ShardStats};
 use pixeld::route::{now_minute, RouteMsg, Router, BATCH_INCS};
 use pixeld::tools::gen::HitGenerator;
+use std::rc::Rc;
 
 const EVENTS: usize = 20_000;
 
+type Mesh = MeshBuilder<RouteMsg, Full>;
+
+/// Joins `mesh` and makes this executor's router, with an empty state and `stats[me]`; its
+/// receivers are the caller's to start.
+async fn join(
+    mesh: Mesh,
+    stats: &[Arc<ShardStats>; 2],
+) -> (Rc<Router>, Receivers<RouteMsg>, usize) {
+    let (tx, rx) = mesh.join().await.unwrap();
+    let me = tx.peer_id();
+    let router = Router::new(
+        Aggregates::new(AggConfig::default()),
+        Some(tx),
+        stats[me].clone(),
+    );
+    (router, rx, me)
+}
+
 #[test]
 fn a_full_ring_waits_and_loses_nothing() {
-    let mesh: MeshBuilder<RouteMsg, _> = MeshBuilder::full(2, 1);
+    let mesh: Mesh = MeshBuilder::full(2, 1);
     let m2 = mesh.clone();
     let stats = [
         Arc::new(ShardStats::default()),
@@ -28,13 +47,7 @@ fn a_full_ring_waits_and_loses_nothing() {
     let (s0, d0) = (stats.clone(), done.clone());
     let producer = LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            let (tx, rx) = mesh.join().await.unwrap();
-            let me = tx.peer_id();
-            let router = Router::new(
-                Aggregates::new(AggConfig::default()),
-                Some(tx),
-                s0[me].clone(),
-            );
+            let (router, rx, me) = join(mesh, &s0).await;
             router.spawn_receivers(rx);
             let now_ms = (now_minute() * 60_000) as u64;
             let mut g = HitGenerator::new(3, now_ms - 20 * 60_000);
@@ -62,13 +75,7 @@ fn a_full_ring_waits_and_loses_nothing() {
     let (s1, d1) = (stats.clone(), done.clone());
     let consumer = LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            let (tx, rx) = m2.join().await.unwrap();
-            let me = tx.peer_id();
-            let router = Router::new(
-                Aggregates::new(AggConfig::default()),
-                Some(tx),
-                s1[me].clone(),
-            );
+            let (router, rx, me) = join(m2, &s1).await;
             // A slow owner: nothing is read for a while, so the one-batch ring fills.
             glommio::timer::sleep(Duration::from_millis(300)).await;
             router.spawn_receivers(rx);
@@ -114,23 +121,17 @@ fn a_full_ring_waits_and_loses_nothing() {
 /// loop's flush: every increment made for the peer is applied there.
 #[test]
 fn an_idle_ticker_is_woken_by_the_first_increment_for_a_peer() {
-    let mesh: MeshBuilder<RouteMsg, _> = MeshBuilder::full(2, 4);
+    let mesh: Mesh = MeshBuilder::full(2, 4);
     let stats = [
         Arc::new(ShardStats::default()),
         Arc::new(ShardStats::default()),
     ];
     let stop = Arc::new(AtomicBool::new(false));
-    let shard = |mesh: MeshBuilder<RouteMsg, glommio::channels::channel_mesh::Full>| {
+    let shard = |mesh: Mesh| {
         let (stats, stop) = (stats.clone(), stop.clone());
         LocalExecutorBuilder::new(Placement::Unbound)
             .spawn(move || async move {
-                let (tx, rx) = mesh.join().await.unwrap();
-                let me = tx.peer_id();
-                let router = Router::new(
-                    Aggregates::new(AggConfig::default()),
-                    Some(tx),
-                    stats[me].clone(),
-                );
+                let (router, rx, me) = join(mesh, &stats).await;
                 router.spawn_receivers(rx);
                 let ticker = glommio::spawn_local(router.clone().tick(stop.clone()));
                 // Quiet: nothing pending, so the ticker is asleep in its idle wait.
