@@ -383,17 +383,12 @@ impl Config {
                 crate::parse::networks::NetworksFile::open(&raw.geo.bot_networks),
             );
         }
-        let geo_reload_interval = c.duration(
+        let geo_reload_interval = c.duration_within(
             "geo.reload_interval",
             &raw.geo.reload_interval,
             Duration::from_millis(100),
+            (Duration::from_secs(7 * 86400), "7d", ""),
         )?;
-        if geo_reload_interval > Duration::from_secs(7 * 86400) {
-            return Err(c.invalid(
-                "geo.reload_interval",
-                format!("is {:?}; must be at most 7d", raw.geo.reload_interval),
-            ));
-        }
         let http = c.addr("listen.http", &raw.listen.http)?;
         let http_server = crate::http::HttpConfig {
             auth_token: auth_token(&raw.auth_token, http)
@@ -487,6 +482,22 @@ impl Check<'_> {
         let d = parse_duration(s).map_err(|r| self.invalid(field, r))?;
         if d < min {
             return Err(self.invalid(field, format!("is {s}, must be at least {min:?}")));
+        }
+        Ok(d)
+    }
+
+    /// A duration in `min..=max`; `max_text` is how the refusal writes the bound, and
+    /// `hint` what it adds after it.
+    fn duration_within(
+        &self,
+        field: &'static str,
+        s: &str,
+        min: Duration,
+        (max, max_text, hint): (Duration, &str, &str),
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(field, s, min)?;
+        if d > max {
+            return Err(self.invalid(field, format!("is {s:?}; must be at most {max_text}{hint}")));
         }
         Ok(d)
     }
@@ -638,9 +649,6 @@ fn log_section(l: &RawLog, c: &Check) -> Result<LogConfig, ConfigError> {
     })
 }
 
-/// The longest `ingest.receive_coalesce`.
-const MAX_RECEIVE_COALESCE: Duration = Duration::from_millis(50);
-
 /// `[ingest]`: receive limits, framing, who may send and whose `X-Forwarded-For` is believed.
 fn ingest_section(
     i: &RawIngest,
@@ -657,23 +665,16 @@ fn ingest_section(
     Ok(crate::ingest::IngestConfig {
         max_line_bytes: max_line_bytes as usize,
         udp_rcvbuf: c.size("ingest.udp_rcvbuf", &i.udp_rcvbuf, 4 << 10, 1 << 30)? as usize,
-        receive_coalesce: {
-            let d = c.duration(
-                "ingest.receive_coalesce",
-                &i.receive_coalesce,
-                Duration::ZERO,
-            )?;
-            if d > MAX_RECEIVE_COALESCE {
-                return Err(c.invalid(
-                    "ingest.receive_coalesce",
-                    format!(
-                        "is {}, must be at most {MAX_RECEIVE_COALESCE:?} (it delays every hit by up to that long); \"0s\" turns it off",
-                        i.receive_coalesce
-                    ),
-                ));
-            }
-            d
-        },
+        receive_coalesce: c.duration_within(
+            "ingest.receive_coalesce",
+            &i.receive_coalesce,
+            Duration::ZERO,
+            (
+                Duration::from_millis(50),
+                "50ms",
+                " (it delays every hit by up to that long); \"0s\" turns it off",
+            ),
+        )?,
         tcp_framing: match i.tcp_framing.as_str() {
             "auto" => crate::ingest::Framing::Auto,
             "octet" => crate::ingest::Framing::Octet,

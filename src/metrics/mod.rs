@@ -667,7 +667,7 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         ),
         (
             "pixeld_route_ticker_woken_total",
-            "Idle ticker sleeps ended early by an increment queued for a peer (shipped 2 ms later).",
+            "Idle ticker sleeps ended early by the wake-up of an increment queued for a peer (its batch ships 2 ms later).",
             |s| ShardStats::get(&s.agg.ticker_woken),
         ),
         (

@@ -294,9 +294,9 @@ pub struct Router {
     replay_done: Cell<bool>,
     /// Per source: the highest receive clock it has sent (this shard's own entry unused).
     clocks: RefCell<Vec<i64>>,
-    /// Whether the ticker waits [`IDLE_TICK`] (nothing pending), and how `send` wakes it
-    /// when the first increment for a peer is queued (the ticker takes the receiver).
-    ticker_idle: Cell<bool>,
+    /// How `send` wakes a ticker waiting [`IDLE_TICK`] when an increment for a peer starts
+    /// a batch (the ticker takes the receiver; a wake-up left over from a busy spell only
+    /// makes its next idle wait one flush period long).
     wake: LocalSender<()>,
     woken: RefCell<Option<LocalReceiver<()>>>,
 }
@@ -336,7 +336,6 @@ impl Router {
             replay_clock: Cell::new(0),
             replay_done: Cell::new(false),
             clocks: RefCell::new(vec![0; shards]),
-            ticker_idle: Cell::new(false),
             wake,
             woken: RefCell::new(Some(woken)),
         })
@@ -451,7 +450,7 @@ impl Router {
         } else if let Some(b) = self.pending.borrow_mut().get_mut(owner) {
             b.push_inc_with(inc, site, key, aux);
             ShardStats::bump(&self.stats.agg.queued_incs, 1);
-            if b.len() == 1 && self.ticker_idle.get() {
+            if b.len() == 1 {
                 // Full already: a wake-up is on its way.
                 let _ = self.wake.try_send(());
             }
@@ -628,14 +627,12 @@ impl Router {
             match &woken {
                 Some(woken) if !self.has_pending() => {
                     ShardStats::bump(&self.stats.agg.ticker_idle_waits, 1);
-                    self.ticker_idle.set(true);
                     let first =
                         futures_lite::future::or(async { woken.recv().await.is_some() }, async {
                             glommio::timer::sleep(IDLE_TICK).await;
                             false
                         })
                         .await;
-                    self.ticker_idle.set(false);
                     if first {
                         ShardStats::bump(&self.stats.agg.ticker_woken, 1);
                         // An increment was queued: let the batch fill for one period.
