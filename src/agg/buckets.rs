@@ -50,6 +50,14 @@ impl<S: Default> Tier<S> {
         Some(&mut slot.1)
     }
 
+    /// The older bucket that writing `bucket` would clear from its slot, if any.
+    pub fn displaced_by(&self, bucket: i64) -> Option<i64> {
+        self.slots
+            .get(self.slot_of(bucket))
+            .map(|s| s.0)
+            .filter(|&old| old != i64::MIN && old < bucket)
+    }
+
     /// The cells of `bucket`, when the tier holds it.
     pub fn get(&self, bucket: i64) -> Option<&S> {
         self.slots

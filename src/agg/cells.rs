@@ -135,10 +135,10 @@ pub struct Bucket {
     pub url_refs: HashMap<u64, u32>,
     /// Changed since the last checkpoint (see `store`).
     pub dirty: bool,
-    /// Of an hour: the url and profile visitors of its minutes before this one are in its
-    /// cells; those of its later minutes still in memory are only in theirs, and every read adds
-    /// them (`Aggregates::fold_visitors`). Not stored: 0 (nothing folded) is always
-    /// right, folding again being a union.
+    /// Of an hour: its minutes before this one are in its cells; its later minutes still in
+    /// memory are only in theirs, and every read adds them (`Aggregates::fold_minutes`).
+    /// Not stored: a checkpoint writes an hour with its unfolded minutes, and a loaded hour
+    /// has folded every minute loaded with it (`store::format`).
     pub folded_upto: i64,
 }
 
@@ -187,12 +187,6 @@ impl Bucket {
         }
         merge(&mut self.urls, &o.urls);
         merge(&mut self.profiles, &o.profiles);
-    }
-
-    /// Whether any url or profile cell holds visitors (what folding a minute adds).
-    pub fn has_visitors(&self) -> bool {
-        self.urls.values().any(|c| !c.visitors.is_empty())
-            || self.profiles.values().any(|c| !c.visitors.is_empty())
     }
 
     /// Whether it holds no cell at all.

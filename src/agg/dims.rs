@@ -450,13 +450,9 @@ impl Aggregates {
             Some((value(first)?, value(second)?))
         };
         for part in self.parts(from, to) {
-            // A minute its hour has not folded gives its visitors alone (`fold_visitors`).
-            let counts = !matches!(part, PartRef::Visitors(_));
-            if counts && visits {
+            if visits {
                 let visits: Box<dyn Iterator<Item = (u32, VisitCounts)>> = match part {
-                    PartRef::Mem(b) | PartRef::Visitors(b) => {
-                        Box::new(b.profile_visits.iter().map(|(&id, c)| (id, *c)))
-                    }
+                    PartRef::Mem(b) => Box::new(b.profile_visits.iter().map(|(&id, c)| (id, *c))),
                     PartRef::File(f) => Box::new(f.profile_visits()),
                 };
                 for (id, c) in visits {
@@ -466,7 +462,7 @@ impl Aggregates {
                 }
             }
             let cells: Box<dyn Iterator<Item = (u32, Cow<'_, super::UrlCell>)>> = match part {
-                PartRef::Mem(b) | PartRef::Visitors(b) => {
+                PartRef::Mem(b) => {
                     Box::new(b.profiles.iter().map(|(&id, c)| (id, Cow::Borrowed(c))))
                 }
                 PartRef::File(f) => Box::new(f.profiles().map(|(id, c)| (id, Cow::Owned(c)))),
@@ -476,11 +472,9 @@ impl Aggregates {
                     continue;
                 };
                 let n = views.entry(v).or_default();
-                if counts {
-                    n.views += u64::from(c.views);
-                    // A custom event's profile counts its events as hits.
-                    n.events += u64::from(c.hits);
-                }
+                n.views += u64::from(c.views);
+                // A custom event's profile counts its events as hits.
+                n.events += u64::from(c.hits);
                 unions.entry(v).or_default().add(visitors_of(c));
             }
         }

@@ -9,11 +9,12 @@
 //! engaged seconds add up the same way. Each (dimension, key) still lives on one shard, so top
 //! lists merge exactly (see `topn`).
 //!
-//! Every increment updates its minute bucket (while inside `minute_window`) and its hour
-//! bucket; counts are commutative, so late events need no watermark. The visitors of a url
-//! and of a profile (`dims`) are the exception: the hot path adds them to the minute alone, the ticker folds each ended minute
-//! into its hour ([`Aggregates::fold_visitors`]), and a read of an hour adds the minutes it
-//! has not folded yet. Days are not counted on
+//! Every increment updates its minute bucket (while inside `minute_window`) — and nothing
+//! else while the minute's hour has not folded it: the ticker folds each ended minute into
+//! its hour ([`Aggregates::fold_minutes`]), a read of an hour adds the minutes it has not
+//! folded yet, and a checkpoint writes an hour with them. An increment for a minute its hour
+//! has folded already (a late event), or outside the minute window, updates the hour too;
+//! counts are commutative, so late events need no watermark. Days are not counted on
 //! the hot path: a closed day is the merge of its hours, made when the checkpoint seals it
 //! ([`sealed`]); closed hours and days then live in immutable mapped files, and what arrives
 //! for them later (late events) in small in-memory buckets of the same number, which every
@@ -47,8 +48,7 @@ use sealed::SealedFile;
 use topn::Ranked;
 use visits::{Delta, IdKind, VisitCounts, VisitSettings, Visits};
 
-/// Minute buckets of url and profile visitors one tick folds into their hours at most
-/// ([`Aggregates::fold_visitors`]).
+/// Minute buckets one tick folds into their hours at most ([`Aggregates::fold_minutes`]).
 pub const FOLD_BUDGET: usize = 30;
 
 /// A resolution of the aggregates.
@@ -104,26 +104,45 @@ pub enum Sealed {
     File(Arc<SealedFile>),
 }
 
-/// One part of a bucket being read: cells in memory, or a sealed file read in place; or, of
-/// an hour, a minute of it whose url visitors the hour has not folded yet (read for those
-/// alone: its counts are in the hour).
+/// One part of a bucket being read: cells in memory (of the bucket itself or, of an hour, a
+/// minute of it the hour has not folded yet), or a sealed file read in place.
 #[derive(Clone, Copy)]
 enum PartRef<'a> {
     Mem(&'a Bucket),
     File(&'a SealedFile),
-    Visitors(&'a Bucket),
 }
 
 impl<'a> PartRef<'a> {
-    /// Url `id`'s cell in this part, and whether its counts belong to the part (not for a
-    /// minute read for its visitors alone).
-    fn url(self, id: u32) -> Option<(Cow<'a, UrlCell>, bool)> {
+    /// Url `id`'s cell in this part.
+    fn url(self, id: u32) -> Option<Cow<'a, UrlCell>> {
         match self {
-            PartRef::Mem(b) => b.urls.get(&id).map(|c| (Cow::Borrowed(c), true)),
-            PartRef::File(f) => f.url(id).map(|c| (Cow::Owned(c), true)),
-            PartRef::Visitors(b) => b.urls.get(&id).map(|c| (Cow::Borrowed(c), false)),
+            PartRef::Mem(b) => b.urls.get(&id).map(Cow::Borrowed),
+            PartRef::File(f) => f.url(id).map(Cow::Owned),
         }
     }
+}
+
+/// The minute buckets of hour `h` that an hour folded up to `folded_upto` has not folded
+/// (and that hold anything): what a read of the hour adds, and what its checkpoint holds.
+pub(crate) fn unfolded_minutes(
+    minutes: &Tier<Bucket>,
+    h: i64,
+    folded_upto: i64,
+) -> impl Iterator<Item = &Bucket> {
+    ((h * 60).max(folded_upto)..(h + 1) * 60)
+        .filter_map(move |m| minutes.get(m).filter(|b| !b.is_empty()))
+}
+
+/// Hour bucket `b` (number `h`) with the minutes it has not folded: what it holds once they
+/// are (a copy only when there are any).
+pub(crate) fn whole_hour<'a>(minutes: &Tier<Bucket>, h: i64, b: &'a Bucket) -> Cow<'a, Bucket> {
+    let mut unfolded = unfolded_minutes(minutes, h, b.folded_upto).peekable();
+    if unfolded.peek().is_none() {
+        return Cow::Borrowed(b);
+    }
+    let mut whole = b.clone();
+    unfolded.for_each(|m| whole.merge(m));
+    Cow::Owned(whole)
 }
 
 /// The visitors of a url cell, borrowed or taken.
@@ -726,34 +745,24 @@ fn visit_delta(b: &mut Bucket, s: u32, d: &Delta) {
     }
 }
 
-/// How one increment's visitor goes into the url or profile cells of its buckets (minute,
-/// then hour, then day): the minute's cell alone takes it while the hour has not folded that
-/// minute (`fold_visitors`: reads add those minutes), and a visitor the finest bucket knew
-/// already is in the coarser ones (each of them took every insert the finer one took, holds it
-/// in its sealed part or reads it from its minutes), which are left alone.
+/// How one increment's visitor goes into the url or profile cells of the buckets it updates
+/// (minute, then hour, then day; an hour only when it has folded the minute already, see
+/// `each_bucket`): a visitor the finest bucket knew already is in the coarser ones (each of
+/// them took every insert the finer one took, or folded it, or holds it in its sealed part),
+/// which are left alone.
 struct MinuteVisitor {
     hash: Option<u64>,
     finest: bool,
-    in_minute: bool,
 }
 
 impl MinuteVisitor {
     fn new(hash: Option<u64>) -> Self {
-        MinuteVisitor {
-            hash,
-            finest: true,
-            in_minute: false,
-        }
+        MinuteVisitor { hash, finest: true }
     }
 
-    /// Inserts the visitor into `v`, the cell of a bucket at `res` (`folded`: an hour that
-    /// has folded the increment's minute), as the rule above says.
-    fn insert(&mut self, v: &mut Visitors, res: Res, folded: bool) {
+    /// Inserts the visitor into `v`, the cell of the next bucket, as the rule above says.
+    fn insert(&mut self, v: &mut Visitors) {
         let Some(h) = self.hash else { return };
-        self.in_minute |= res == Res::Minute;
-        if res == Res::Hour && self.in_minute && !folded {
-            return;
-        }
         if !v.insert_hash(h) && self.finest {
             self.hash = None;
         }
@@ -920,9 +929,11 @@ impl Aggregates {
         }
     }
 
-    /// Applies `f` to the minute bucket (when inside the minute window) and the hour bucket of
-    /// `minute`, and to its day bucket when the day is sealed (late increments) or the hour
-    /// has left its window; counts the increment stale when no bucket takes it.
+    /// Applies `f` to the minute bucket (when inside the minute window) of `minute`, to its
+    /// hour bucket when the minute bucket did not take it or the hour has folded the minute
+    /// already (`fold_minutes`), and to its day bucket when the day is sealed (late
+    /// increments) or the hour has left its window; counts the increment stale when no
+    /// bucket takes it.
     fn each_bucket(&mut self, inc: &Inc, now_min: i64, mut f: impl FnMut(&mut Bucket, Res)) {
         let minute = inc.minute;
         if inc.repair {
@@ -945,17 +956,27 @@ impl Aggregates {
             }
             return;
         }
+        let mut in_minute = false;
         if minute >= self.minute_floor(now_min) {
+            if let Some(old) = self.minutes.displaced_by(minute) {
+                // Out of the window long ago, but not yet evicted (the ticker was late): its
+                // hour takes it before its slot is cleared.
+                self.fold_minutes(old + 1, usize::MAX);
+            }
             if let Some(b) = self.minutes.get_mut(minute) {
                 b.dirty = true;
                 f(b, Res::Minute);
+                in_minute = true;
             }
         }
         let mut counted = false;
         if minute >= self.hour_floor(now_min) {
             if let Some(b) = self.hours.get_mut(minute.div_euclid(60)) {
+                // Dirty either way: its checkpoint holds its unfolded minutes.
                 b.dirty = true;
-                f(b, Res::Hour);
+                if !in_minute || minute < b.folded_upto {
+                    f(b, Res::Hour);
+                }
                 counted = true;
             }
         }
@@ -1150,13 +1171,12 @@ impl Aggregates {
                 // A url's second key is its pageview's referrer domain.
                 let by_ref = (self.cfg.url_referrers && inc.pageview && !aux.is_empty())
                     .then(|| cells::url_ref_key(id, self.refs.intern(aux).0));
-                self.each_bucket(inc, now_min, |b, res| {
-                    let folded = inc.minute < b.folded_upto;
+                self.each_bucket(inc, now_min, |b, _| {
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1);
                     c.engaged = c.engaged.saturating_add(inc.engaged);
-                    visitor.insert(&mut c.visitors, res, folded);
+                    visitor.insert(&mut c.visitors);
                     if let Some(k) = by_channel {
                         let v = b.url_channels.entry(k).or_default();
                         *v = v.saturating_add(1);
@@ -1180,13 +1200,12 @@ impl Aggregates {
                 let (s, _) = self.sites.intern(site);
                 let id = self.profiles.intern(s, site, key);
                 let mut visitor = MinuteVisitor::new(inc.has_vid.then_some(inc.vid));
-                self.each_bucket(inc, now_min, |b, res| {
-                    let folded = inc.minute < b.folded_upto;
+                self.each_bucket(inc, now_min, |b, _| {
                     let c = b.profiles.entry(id).or_default();
                     // A pageview's profile counts views, a custom event's hits.
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1 - pv);
-                    visitor.insert(&mut c.visitors, res, folded);
+                    visitor.insert(&mut c.visitors);
                 });
             }
             IncKind::Visitor => {
@@ -1197,13 +1216,12 @@ impl Aggregates {
                     Interned { site: s, profile }
                 });
                 let mut visitor = MinuteVisitor::new(inc.has_vid.then_some(inc.vid));
-                self.each_bucket(inc, now_min, |b, res| {
+                self.each_bucket(inc, now_min, |b, _| {
                     if let Some(id) = profile {
-                        let folded = inc.minute < b.folded_upto;
                         let c = b.profiles.entry(id).or_default();
                         c.views = c.views.saturating_add(pv);
                         c.hits = c.hits.saturating_add(1 - pv);
-                        visitor.insert(&mut c.visitors, res, folded);
+                        visitor.insert(&mut c.visitors);
                     }
                     for c in [b.sites.entry(s).or_default(), &mut b.all] {
                         c.views += u64::from(pv);
@@ -1305,18 +1323,29 @@ impl Aggregates {
         }
         if let Some(slot) = self.tier_mut(res).get_mut(number) {
             *slot = b;
+            if res == Res::Hour {
+                // Every part of `other`'s hour, its minutes included.
+                slot.folded_upto = (number + 1) * 60;
+            }
         }
-        self.unfold_minute(res, number);
+        self.minute_changed(res, number);
     }
 
-    /// A minute bucket's cells changed from outside the hot path: its hour reads its url
-    /// visitors again until the ticker folds it anew (the hot path counts a visitor the
-    /// minute knows into the hour only when the hour reads the minute or folded it then).
-    fn unfold_minute(&mut self, res: Res, number: i64) {
-        if res == Res::Minute {
-            if let Some(h) = self.hours.get_mut(number.div_euclid(60)) {
-                h.folded_upto = h.folded_upto.min(number);
+    /// A minute bucket's cells changed from outside the hot path. An hour that has not
+    /// folded it reads (and writes) it as it now is; one that has keeps the counts it folded
+    /// — what a recomputation leaves in an hour it does not replace — and takes its visitors
+    /// (a union, which the hot path relies on: a visitor the minute knows is in the hour).
+    fn minute_changed(&mut self, res: Res, number: i64) {
+        if res != Res::Minute {
+            return;
+        }
+        if let Some(h) = self.hours.get_mut(number.div_euclid(60)) {
+            if number < h.folded_upto {
+                if let Some(m) = self.minutes.get(number) {
+                    h.merge_visitors(m);
+                }
             }
+            h.dirty = true;
         }
     }
 
@@ -1445,21 +1474,18 @@ impl Aggregates {
             slot.merge(&b);
             slot.dirty = true;
         }
-        self.unfold_minute(res, number);
+        self.minute_changed(res, number);
     }
 
-    /// The parts of hour `h`: its in-memory bucket and its sealed part.
+    /// The parts of hour `h`: its in-memory bucket, the minutes it has not folded, and its
+    /// sealed part.
     fn hour_parts<'a>(&'a self, h: i64, out: &mut Vec<PartRef<'a>>) {
         let mut folded = h * 60;
         if let Some(b) = self.hours.get(h) {
             out.push(PartRef::Mem(b));
-            folded = folded.max(b.folded_upto);
+            folded = b.folded_upto;
         }
-        for m in folded..(h + 1) * 60 {
-            if let Some(b) = self.minutes.get(m) {
-                out.push(PartRef::Visitors(b));
-            }
-        }
+        out.extend(unfolded_minutes(&self.minutes, h, folded).map(PartRef::Mem));
         match self.sealed.get(&(Res::Hour, h)) {
             Some(Sealed::Writing(Some(b))) => out.push(PartRef::Mem(b)),
             Some(Sealed::File(f)) => out.push(PartRef::File(f)),
@@ -1532,7 +1558,6 @@ impl Aggregates {
             match p {
                 PartRef::Mem(b) => out.merge(b),
                 PartRef::File(f) => out.merge(&f.to_bucket()),
-                PartRef::Visitors(b) => out.merge_visitors(b),
             }
         }
         out
@@ -1637,15 +1662,14 @@ impl Aggregates {
         out
     }
 
-    /// Folds the url visitors of the minute buckets before `upto` into their hours' url cells,
-    /// at most `budget` minute buckets, the oldest hours first. The hot path counts a url's
-    /// visitor into its minute alone while the hour has not folded that minute (one insert per
-    /// event instead of two), and every read of the hour adds its unfolded minutes; folding is
-    /// a union, so folding a minute twice (after a restart, whose hours start unfolded) is
-    /// harmless. Called by the ticker for minutes that ended (a budget per tick, so that a
-    /// start's 48 hours of minutes do not stall the shard), and without a budget before
-    /// minutes leave the window and before hours are sealed.
-    pub fn fold_visitors(&mut self, upto: i64, mut budget: usize) {
+    /// Folds the minute buckets before `upto` into their hours (every cell: counts add,
+    /// visitors unite), at most `budget` minute buckets, the oldest hours first. The hot path
+    /// updates a minute alone while its hour has not folded it (one update per event instead
+    /// of two), every read of the hour adds its unfolded minutes, and a checkpoint writes the
+    /// hour with them; so a minute must be folded exactly once — `folded_upto` says which
+    /// were. Called by the ticker for minutes that ended (a budget per tick), and without a
+    /// budget before minutes leave the window and before hours are sealed.
+    pub fn fold_minutes(&mut self, upto: i64, mut budget: usize) {
         let minutes = &self.minutes;
         let mut hours: Vec<(i64, &mut Bucket)> = self
             .hours
@@ -1662,10 +1686,8 @@ impl Aggregates {
                         break;
                     }
                     budget -= 1;
-                    if mb.has_visitors() {
-                        hb.merge_visitors(mb);
-                        // The chain must carry the hour as it now is: its minutes leave.
-                        hb.dirty = true;
+                    if !mb.is_empty() {
+                        hb.merge(mb);
                     }
                 }
                 m += 1;
@@ -1680,7 +1702,7 @@ impl Aggregates {
     /// Frees the buckets that left the windows at `now_min` (their url visitors folded into
     /// their hours first); sealed files that left go to [`Aggregates::take_retired`].
     pub fn evict(&mut self, now_min: i64) {
-        self.fold_visitors(self.minute_floor(now_min), usize::MAX);
+        self.fold_minutes(self.minute_floor(now_min), usize::MAX);
         let (hour, day) = (
             self.hour_floor(now_min).div_euclid(60),
             self.day_floor(now_min).div_euclid(1440),
@@ -1735,7 +1757,6 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.pages.iter().for_each(|(&id, c)| add(id, c)),
                         PartRef::File(f) => f.pages().for_each(|(id, c)| add(id, &c)),
-                        PartRef::Visitors(_) => {}
                     }
                 }
                 let acc = acc.into_iter().map(|x| x.max(0) as u64).collect();
@@ -1758,7 +1779,6 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.urls.iter().for_each(|(&id, c)| add(id, c)),
                         PartRef::File(f) => f.urls().for_each(|(id, c)| add(id, &c)),
-                        PartRef::Visitors(_) => {}
                     }
                 }
                 (&self.urls, acc)
@@ -1796,13 +1816,6 @@ impl Aggregates {
                                 }
                             }
                         }
-                        PartRef::Visitors(b) => {
-                            for (&id, c) in b.urls.iter().filter(|(&id, _)| keep(id)) {
-                                if let Some((u, _)) = slot(&mut unions, &mut engaged, id) {
-                                    u.add(Cow::Borrowed(&c.visitors));
-                                }
-                            }
-                        }
                     }
                 }
                 let acc = unions
@@ -1830,7 +1843,6 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.refs.iter().for_each(|(&k, &v)| add(k, v)),
                         PartRef::File(f) => f.refs().for_each(|(k, v)| add(k, v)),
-                        PartRef::Visitors(_) => {}
                     }
                 }
                 (&self.refs, acc)
@@ -1848,7 +1860,6 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.sites.iter().for_each(|(&id, c)| add(id, c.views)),
                         PartRef::File(f) => f.site_views().for_each(|(id, v)| add(id, v)),
-                        PartRef::Visitors(_) => {}
                     }
                 }
                 (&self.sites, acc)
@@ -1901,7 +1912,6 @@ impl Aggregates {
                 (PartRef::Mem(b), true) => b.url_refs.iter().for_each(|(&k, &v)| add(k, v)),
                 (PartRef::File(f), false) => f.url_channels().for_each(|(k, v)| add(k, v)),
                 (PartRef::File(f), true) => f.url_refs().for_each(|(k, v)| add(k, v)),
-                (PartRef::Visitors(_), _) => {}
             }
         }
         let key = |k: u64| {
@@ -1955,18 +1965,15 @@ impl Aggregates {
         for p in self.parts(from, to) {
             for ((o, u), id) in out.iter_mut().zip(&mut unions).zip(&ids) {
                 let Some(id) = *id else { continue };
-                if let Some((c, counts)) = p.url(id) {
-                    if counts {
-                        o.views += u64::from(c.views);
-                        o.hits += u64::from(c.hits);
-                        o.engaged += u64::from(c.engaged);
-                    }
+                if let Some(c) = p.url(id) {
+                    o.views += u64::from(c.views);
+                    o.hits += u64::from(c.hits);
+                    o.engaged += u64::from(c.engaged);
                     u.add(visitors_of(c));
                 }
                 let pc = match p {
                     PartRef::Mem(b) => b.pages.get(&id).copied(),
                     PartRef::File(f) => f.page(id),
-                    PartRef::Visitors(_) => None,
                 };
                 if let Some(pc) = pc {
                     o.entries += i64::from(pc.entries);
@@ -2006,7 +2013,6 @@ impl Aggregates {
                     None => continue,
                 },
                 (PartRef::Mem(b), None) => Cow::Borrowed(&b.all),
-                (PartRef::Visitors(_), _) => continue,
                 (PartRef::File(f), Some(s)) => match f.site(s) {
                     Some(c) => Cow::Owned(c),
                     None => continue,
@@ -2064,12 +2070,10 @@ impl Aggregates {
             let start = from + i as i64 * step;
             let mut u = VisitorUnion::default();
             for p in self.parts(start, (start + step).min(to)) {
-                if let Some((c, counts)) = p.url(id) {
-                    if counts {
-                        t.views += u64::from(c.views);
-                        t.hits += u64::from(c.hits);
-                        t.engaged += u64::from(c.engaged);
-                    }
+                if let Some(c) = p.url(id) {
+                    t.views += u64::from(c.views);
+                    t.hits += u64::from(c.hits);
+                    t.engaged += u64::from(c.engaged);
                     u.add(visitors_of(c));
                 }
             }
@@ -2327,7 +2331,7 @@ mod tests {
                 );
             }
             a.apply_batch(&b, now);
-            a.fold_visitors(now - back, budget);
+            a.fold_minutes(now - back, budget);
         }
     }
 

@@ -65,10 +65,14 @@ impl SealJob {
 /// ring holds a newer bucket in its slot.
 fn empty_slot(tier: &mut Tier<Bucket>, number: i64) -> Option<Bucket> {
     tier.get_mut(number).map(|slot| {
+        // An hour's emptied slot has folded what the old bucket had: the minutes it had not
+        // are still read with it.
+        let folded_upto = slot.folded_upto;
         let mut old = std::mem::replace(
             slot,
             Bucket {
                 dirty: true,
+                folded_upto,
                 ..Bucket::default()
             },
         );
@@ -131,7 +135,7 @@ impl Aggregates {
     /// the chain. Increments that arrive meanwhile land in those slots (late increments).
     fn take_seals(&mut self, now_min: i64) -> Vec<SealJob> {
         // A closed hour's minutes are out of the window: fold what of them is still here.
-        self.fold_visitors(self.minute_floor(now_min), usize::MAX);
+        self.fold_minutes(self.minute_floor(now_min), usize::MAX);
         let (hours, days) = self.seal_candidates(now_min);
         let mut jobs = Vec::with_capacity(hours.len() + days.len());
         for h in hours {
@@ -353,9 +357,20 @@ impl Aggregates {
         // Every link carries the whole visitor table (see `store/format.rs`).
         snap.visits = self.visits.clone();
         self.written_names = self.name_counts();
+        // An hour goes with the minutes it has not folded (what its file holds, see
+        // `store::format`), taken before any minute is marked clean.
+        for (number, b) in self.hours.iter_mut() {
+            if base || b.dirty {
+                if let Some(slot) = snap.hours.get_mut(number) {
+                    *slot = super::whole_hour(&self.minutes, number, b).into_owned();
+                    slot.folded_upto = (number + 1) * 60;
+                    slot.dirty = true;
+                }
+            }
+            b.dirty = false;
+        }
         for (from, to) in [
             (&mut self.minutes, &mut snap.minutes),
-            (&mut self.hours, &mut snap.hours),
             (&mut self.days, &mut snap.days),
         ] {
             for (number, b) in from.iter_mut() {

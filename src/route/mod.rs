@@ -650,8 +650,8 @@ impl Router {
                 last_evict = Instant::now();
                 let clock = self.owner_clock();
                 let mut agg = self.agg.borrow_mut();
-                // The minutes that ended: their url visitors into their hours.
-                agg.fold_visitors(self.now_min.get() - 1, crate::agg::FOLD_BUDGET);
+                // The minutes that ended: into their hours.
+                agg.fold_minutes(self.now_min.get() - 1, crate::agg::FOLD_BUDGET);
                 agg.evict(self.now_min.get());
                 if clock > 0 {
                     agg.visits.sweep(clock);

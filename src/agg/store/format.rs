@@ -6,14 +6,14 @@
 //! [`Aggregates`]; nothing else reads or writes these bytes. Decoding never trusts the disk:
 //! the CRC is checked before anything else, every length is bounds-checked before it is used,
 //! and no input can make it panic (a proptest feeds it damaged files). A format change comes
-//! with a new version and a new checked-in sample (`tests/data/sample-v8.agg`; the older
-//! `sample-v7.agg` … `sample-v1.agg` are still decoded by tests).
+//! with a new version and a new checked-in sample (`tests/data/sample-v9.agg`; the older
+//! `sample-v8.agg` … `sample-v1.agg` are still decoded by tests).
 //!
-//! # Checkpoint file, format version 8 (all integers little-endian; versions 1 to 7 are still read)
+//! # Checkpoint file, format version 9 (all integers little-endian; versions 1 to 8 are still read)
 //! | at      | size    | field        | meaning                                                           |
 //! |---------|---------|--------------|-------------------------------------------------------------------|
 //! |  0      | 8       | magic        | `PXAGGCK1`                                                        |
-//! |  8      | 2       | version      | 8 (7: no url × referrer cells; 6: no profile visits either; 5: no url × channel cells either; 4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
+//! |  8      | 2       | version      | 9 (8: an hour holds the url and profile visitors only of the minutes it had folded, see below; 7: no url × referrer cells; 6: no profile visits either; 5: no url × channel cells either; 4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
 //! | 10      | 1       | kind         | 0 = base (the whole state), 1 = delta (what changed since `parent`) |
 //! | 11      | 1       | reserved     | 0                                                                 |
 //! | 12      | 4       | shards       | shard count of the run that wrote it                              |
@@ -36,7 +36,7 @@
 //! | names            | profiles  | version 5: like the names above; a profile's name is its site, U+001F, and its key (the positional dimension values joined by U+001F — nine before the country, ten since — then a custom event's `event=NAME` and the custom dimensions' `name=value`, `parse::event::dims`) |
 //! | 4 + n × 9        | sealed    | version 2: u32 n, then n × (u8 tier, i64 bucket number), ascending: every bucket whose closed part is a sealed file (`agg::sealed`); the newest link's list is the store's |
 //! | 4                | buckets   | number of buckets that follow                                 |
-//! | per bucket       | bucket    | u8 tier (0 = minute, 1 = hour, 2 = day), i64 bucket number (minutes, hours or days since the epoch), then its cells (for a sealed bucket: what arrived after it was sealed) |
+//! | per bucket       | bucket    | u8 tier (0 = minute, 1 = hour, 2 = day), i64 bucket number (minutes, hours or days since the epoch), then its cells (for a sealed bucket: what arrived after it was sealed). An hour holds every cell of each of its minute buckets in the file (version 9: the minutes it had not folded yet are merged into it when written; version ≤ 8 held their counts but not their url and profile visitors, which a read added): so a loaded hour has folded every minute loaded with it |
 //! | 4 + visitors     | visitors  | version 3: the whole table of recent visits (`agg::visits`), in every link (the newest link's is the state's): u32 n, then n × (u32 site id, u64 visitor hash, u32 k, k × (i64 first event ms, i64 last event ms, u32 pageviews, u32 engaged seconds, u32 entry url id, u32 ms from the first event to the entry pageview, (version 7) u32 entry profile id, u32 exit url id, u32 ms from the exit pageview to the last event; url and profile ids 0xFFFF_FFFF in a visit without a pageview)), sorted by (site, visitor), each visitor's visits ascending and more than `agg.visit_gap` apart |
 //!
 //! Cells of a bucket, each table sorted by key (so the same state always writes the same bytes):
@@ -64,12 +64,12 @@
 
 pub use super::super::cells::FormatError;
 use super::super::cells::{get_cells, put_cells, put_u32, put_u64, Cursor};
-use super::super::{Aggregates, Bucket, Res};
+use super::super::{unfolded_minutes, whole_hour, Aggregates, Bucket, Res};
 
 /// The eight bytes every checkpoint starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGCK1";
 /// The checkpoint format version this build writes and reads.
-pub const VERSION: u16 = 8;
+pub const VERSION: u16 = 9;
 /// Size of the fixed header before the applied offsets.
 pub const HEADER_LEN: usize = 64;
 /// Largest shard count a header may declare; more is corruption.
@@ -170,13 +170,34 @@ fn encode_inner(agg: &mut Aggregates, e: &Header, consume: bool) -> Vec<u8> {
     let count_at = out.len();
     put_u32(&mut out, 0);
     let mut count = 0u32;
+    if consume {
+        // Nothing reads this state again: its hours may take their minutes for good.
+        agg.fold_minutes(i64::MAX, usize::MAX);
+    }
+    // An hour is written with the minutes it has not folded (a loaded hour has folded every
+    // minute loaded with it): so those are written before any is consumed.
+    let mut hours = Vec::new();
+    for (number, b) in agg.hours.iter() {
+        if base || b.dirty {
+            put_bucket(
+                &mut hours,
+                Res::Hour,
+                number,
+                &whole_hour(&agg.minutes, number, b),
+            );
+            count += 1;
+        }
+    }
     for (tier_no, tier) in [
         (Res::Minute, &mut agg.minutes),
         (Res::Hour, &mut agg.hours),
         (Res::Day, &mut agg.days),
     ] {
+        if tier_no == Res::Hour {
+            out.append(&mut hours);
+        }
         for (number, b) in tier.iter_mut() {
-            if base || b.dirty {
+            if tier_no != Res::Hour && (base || b.dirty) {
                 put_bucket(&mut out, tier_no, number, b);
                 count += 1;
             }
@@ -325,6 +346,22 @@ pub fn decode_into(bytes: &[u8], agg: &mut Aggregates) -> Result<Header, FormatE
         if let Some(s) = slot {
             *s = b;
         }
+    }
+    if h.version < 9 {
+        // An hour then held its minutes' counts but only the visitors of those it had folded
+        // (its reads added the others'): it takes them all, a union.
+        for (number, hb) in agg.hours.iter_mut() {
+            for m in unfolded_minutes(&agg.minutes, number, number * 60) {
+                hb.merge_visitors(m);
+            }
+        }
+    }
+    // Every hour holds the minutes loaded with it (written so: see `encode`).
+    for (number, hb) in agg.hours.iter_mut() {
+        hb.folded_upto = (number * 60..(number + 1) * 60)
+            .rev()
+            .find(|&m| agg.minutes.get(m).is_some_and(|b| !b.is_empty()))
+            .map_or(number * 60, |m| m + 1);
     }
     if h.version >= 3 {
         // Every link carries the whole table: the newest one's is the state's.
@@ -817,19 +854,62 @@ pub(crate) mod tests {
         pair_rows(a, Dim::UrlRef, now)
     }
 
-    /// The checked-in sample of version 8 (tests/data/sample-v8.agg) decodes to the state it
-    /// was written from, url × referrer cells included; regenerate with
-    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v8`.
+    /// The checked-in sample of version 9 (tests/data/sample-v9.agg) decodes to the state it
+    /// was written from, whose hours had folded none of their minutes (written with them);
+    /// the decoded hours have folded every minute, and more increments — in those minutes,
+    /// in a later minute of the same hour, and after a fold — leave both states giving the
+    /// same answers. Regenerate with `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v9`.
     #[test]
-    fn sample_v8_decodes() {
+    fn sample_v9_decodes() {
         let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v8.agg");
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v9.agg");
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
         let mut a = sample_state_v8(now);
+        assert!(a.hours.iter().any(|(h, b)| b.folded_upto <= h * 60
+            && super::super::super::unfolded_minutes(&a.minutes, h, b.folded_upto)
+                .next()
+                .is_some()));
         if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
             std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
         }
+        let (h, mut r) = read_sample("sample-v9.agg");
+        assert_eq!((h.version, h.kind), (9, Kind::Base));
+        for (n, b) in r.hours.iter() {
+            let unfolded = super::super::super::unfolded_minutes(&r.minutes, n, b.folded_upto);
+            assert_eq!(unfolded.count(), 0, "hour {n} holds its minutes");
+        }
+        assert_eq!(answers(&r, now), answers(&a, now));
+        assert_eq!(breakdowns(&r, now), breakdowns(&a, now));
+        assert_eq!(url_ref_rows(&r, now), url_ref_rows(&a, now));
+        for (minute, url) in [(now - 2, "news"), (now, "later"), (now - 70, "old")] {
+            let mut b = Batch::default();
+            let inc = Inc::new(IncKind::Url, true, minute, 3, Some(11)).with_channel(1);
+            b.push_inc_with(
+                inc,
+                "a.example",
+                &format!("https://a.example/{url}"),
+                "t.co",
+            );
+            a.apply_batch(&b, now);
+            r.apply_batch(&b, now);
+            assert_eq!(answers(&r, now), answers(&a, now));
+            assert_eq!(url_ref_rows(&r, now), url_ref_rows(&a, now));
+        }
+        for x in [&mut a, &mut r] {
+            x.fold_minutes(now + 1, usize::MAX);
+        }
+        assert_eq!(answers(&r, now), answers(&a, now));
+        assert_eq!(breakdowns(&r, now), breakdowns(&a, now));
+    }
+
+    /// The checked-in sample of version 8 (tests/data/sample-v8.agg, written by an earlier
+    /// build) decodes to the state it was written from, url × referrer cells included.
+    #[test]
+    fn sample_v8_decodes() {
+        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
+        let now = 29_000_000;
+        let a = sample_state_v8(now);
         let (h, r) = read_sample("sample-v8.agg");
         assert_eq!((h.version, h.kind), (8, Kind::Base));
         assert_eq!(answers(&r, now), answers(&a, now));
@@ -950,6 +1030,108 @@ pub(crate) mod tests {
             only_last_hour[0].views, 2,
             "search's third view is an hour earlier"
         );
+    }
+
+    /// One step of [`folding_and_checkpoints_never_change_an_answer`].
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// An increment `back` minutes ago: of url `url` (kind 0), of visitor `vid` (1, a
+        /// visit's event), or of referrer `url` (2).
+        Apply {
+            back: i64,
+            kind: u8,
+            url: u8,
+            vid: u64,
+            pv: bool,
+        },
+        /// The ticker's fold of the minutes before `back` minutes ago, at most `budget`.
+        Fold { back: i64, budget: usize },
+        /// A checkpoint link (a base first, deltas after).
+        Checkpoint,
+        /// A restart: a last link, then the chain decoded into a new state, which goes on.
+        Reload,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0i64..150, 0u8..3, 0u8..6, 0u64..12, any::<bool>())
+                .prop_map(|(back, kind, url, vid, pv)| Step::Apply { back, kind, url, vid, pv }),
+            2 => (0i64..150, 1usize..40).prop_map(|(back, budget)| Step::Fold { back, budget }),
+            1 => Just(Step::Checkpoint),
+            1 => Just(Step::Reload),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// However minutes are folded into their hours, checkpointed and reloaded in between
+        /// increments — on time or late, into folded minutes or not — every answer (hours
+        /// read whole, minutes, totals, uniques, visits, breakdowns) equals that of a state
+        /// that only took the increments.
+        #[test]
+        fn folding_and_checkpoints_never_change_an_answer(
+            steps in proptest::collection::vec(step(), 1..60)
+        ) {
+            // fixed-date: a fixed minute; every increment and read is relative to it.
+            let now = 29_000_000;
+            let mut model = Aggregates::new(AggConfig::default());
+            let mut a = Aggregates::new(AggConfig::default());
+            let mut chain: Vec<Vec<u8>> = Vec::new();
+            for s in steps {
+                match s {
+                    Step::Apply { back, kind, url, vid, pv } => {
+                        let minute = now - back;
+                        let site = if url % 2 == 0 { "a.example" } else { "b.example" };
+                        let mut b = Batch::default();
+                        match kind {
+                            0 => {
+                                let inc = Inc::new(IncKind::Url, pv, minute, 3, Some(vid))
+                                    .with_channel(1);
+                                let page = format!("https://{site}/p{url}");
+                                b.push_inc_with(inc, site, &page, "t.co");
+                            }
+                            1 => {
+                                let ts = minute * 60_000 + (vid as i64) * 1000;
+                                let inc = Inc::new(IncKind::Visitor, pv, minute, 2, Some(vid))
+                                    .with_visit(ts);
+                                let page = if pv { format!("https://{site}/p{url}") } else { String::new() };
+                                b.push_inc(inc, site, &page);
+                            }
+                            _ => b.push(IncKind::Ref, pv, minute, 0, site, &format!("r{url}.example"), None),
+                        }
+                        model.apply_batch(&b, now);
+                        a.apply_batch(&b, now);
+                    }
+                    Step::Fold { back, budget } => a.fold_minutes(now - back, budget),
+                    Step::Checkpoint => {
+                        let kind = if chain.is_empty() { Kind::Base } else { Kind::Delta };
+                        let n = chain.len() as u64;
+                        chain.push(encode(&mut a, &header(kind, n + 1, n)));
+                    }
+                    Step::Reload => {
+                        // A last link, then the whole chain decoded into a new state.
+                        let kind = if chain.is_empty() { Kind::Base } else { Kind::Delta };
+                        let n = chain.len() as u64;
+                        chain.push(encode(&mut a, &header(kind, n + 1, n)));
+                        let mut r = Aggregates::new(AggConfig::default());
+                        for link in &chain {
+                            decode_into(link, &mut r).unwrap();
+                        }
+                        a = r;
+                    }
+                }
+                proptest::prop_assert_eq!(answers(&a, now), answers(&model, now));
+            }
+            proptest::prop_assert_eq!(breakdowns(&a, now), breakdowns(&model, now));
+            for h in (now - 150).div_euclid(60)..=now.div_euclid(60) {
+                proptest::prop_assert_eq!(
+                    a.bucket_lines(Res::Hour, h),
+                    model.bucket_lines(Res::Hour, h),
+                    "hour {}", h
+                );
+            }
+        }
     }
 
     /// Pageviews and visitors by channel, device and bot, with and without a filter.

@@ -154,8 +154,13 @@ pub fn split(old: &[Aggregates], n: usize) -> Vec<Part> {
     for (o, from) in old.iter().enumerate() {
         for res in [Res::Minute, Res::Hour, Res::Day] {
             for (number, b) in from.tier(res).iter() {
+                // An hour with its unfolded minutes; the new hours hold all of theirs.
+                let b = match res {
+                    Res::Hour => crate::agg::whole_hour(&from.minutes, number, b),
+                    _ => std::borrow::Cow::Borrowed(b),
+                };
                 let mut out: Vec<Bucket> = (0..n).map(|_| Bucket::default()).collect();
-                deal(from, b, o, &mut to, &mut out);
+                deal(from, &b, o, &mut to, &mut out);
                 for (t, part) in out.into_iter().enumerate() {
                     if part.is_empty() {
                         continue;
@@ -163,6 +168,9 @@ pub fn split(old: &[Aggregates], n: usize) -> Vec<Part> {
                     if let Some(slot) = to[t].tier_mut(res).get_mut(number) {
                         slot.merge(&part);
                         slot.dirty = true;
+                        if res == Res::Hour {
+                            slot.folded_upto = (number + 1) * 60;
+                        }
                     }
                 }
             }
