@@ -387,9 +387,23 @@ impl ServerBuilder {
 /// keep retrying whatever it was connected to): the child is killed by its PID on drop.
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        let exited = self.child.try_wait();
+        if let Ok(None) = exited {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            // A failing test shows how its server was doing: alive or not, and its last words.
+            let mut tail: Vec<String> = self.seen.clone();
+            while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                tail.push(l);
+            }
+            let from = tail.len().saturating_sub(40);
+            eprintln!(
+                "pixeld on port {} (before the test stopped it: {exited:?}), last stderr lines:\n{}",
+                self.http,
+                tail[from..].join("\n")
+            );
         }
     }
 }
@@ -413,11 +427,17 @@ pub fn http(
     c.write_all(req.as_bytes()).unwrap();
     c.write_all(body).unwrap();
     let mut out = Vec::new();
-    let _ = c.read_to_end(&mut out);
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response");
+    let started = std::time::Instant::now();
+    let read = c.read_to_end(&mut out);
+    let Some(split) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        // Say how it ended (a reset, a close, or the 30 s timeout) and what came.
+        panic!(
+            "no complete response to {method} {path} on port {port}: {read:?} after {:?}, {} bytes: {:?}",
+            started.elapsed(),
+            out.len(),
+            String::from_utf8_lossy(&out[..out.len().min(200)])
+        );
+    };
     let head = String::from_utf8_lossy(&out[..split]).into_owned();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head, out[split + 4..].to_vec())
