@@ -1668,8 +1668,10 @@ impl Aggregates {
     /// of two), every read of the hour adds its unfolded minutes, and a checkpoint writes the
     /// hour with them; so a minute must be folded exactly once — `folded_upto` says which
     /// were. Called by the ticker for minutes that ended (a budget per tick), and without a
-    /// budget before minutes leave the window and before hours are sealed.
-    pub fn fold_minutes(&mut self, upto: i64, mut budget: usize) {
+    /// budget before minutes leave the window and before hours are sealed. Returns how many
+    /// minute buckets it folded.
+    pub fn fold_minutes(&mut self, upto: i64, mut budget: usize) -> usize {
+        let mut folded = 0;
         let minutes = &self.minutes;
         let mut hours: Vec<(i64, &mut Bucket)> = self
             .hours
@@ -1688,6 +1690,7 @@ impl Aggregates {
                     budget -= 1;
                     if !mb.is_empty() {
                         hb.merge(mb);
+                        folded += 1;
                     }
                 }
                 m += 1;
@@ -1697,6 +1700,7 @@ impl Aggregates {
                 break;
             }
         }
+        folded
     }
 
     /// Frees the buckets that left the windows at `now_min` (their url visitors folded into

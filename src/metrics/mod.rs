@@ -122,6 +122,10 @@ pub struct AggStats {
     /// increment queued for a peer ended early.
     pub ticker_idle_waits: AtomicU64,
     pub ticker_woken: AtomicU64,
+    /// Minute buckets the ticker folded into their hours (`Aggregates::fold_minutes`), and
+    /// the time it spent folding them: the shard does nothing else meanwhile.
+    pub minutes_folded: AtomicU64,
+    pub fold_nanos: AtomicU64,
     /// Increments shipped to other shards, and in how many batches.
     pub sent_incs: AtomicU64,
     pub sent_batches: AtomicU64,
@@ -671,6 +675,11 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             |s| ShardStats::get(&s.agg.ticker_woken),
         ),
         (
+            "pixeld_agg_minutes_folded_total",
+            "Minute buckets the ticker folded into their hours once they ended (an increment updates its minute alone until then).",
+            |s| ShardStats::get(&s.agg.minutes_folded),
+        ),
+        (
             "pixeld_route_sent_increments_total",
             "Increments shipped to their owner shard over a ring.",
             |s| ShardStats::get(&s.agg.sent_incs),
@@ -702,6 +711,11 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_route_ring_wait_seconds_total",
         "Time ingest waited for ring room.",
         sum(&|s| ShardStats::get(&s.agg.ring_wait_nanos)) as f64 / 1e9,
+    );
+    p.counter(
+        "pixeld_agg_fold_seconds_total",
+        "Time the ticker spent folding ended minutes into their hours (the shard's executor does nothing else meanwhile).",
+        sum(&|s| ShardStats::get(&s.agg.fold_nanos)) as f64 / 1e9,
     );
     p.rows(
         "pixeld_agg_rebuild_seconds",

@@ -651,7 +651,13 @@ impl Router {
                 let clock = self.owner_clock();
                 let mut agg = self.agg.borrow_mut();
                 // The minutes that ended: into their hours.
-                agg.fold_minutes(self.now_min.get() - 1, crate::agg::FOLD_BUDGET);
+                let started = Instant::now();
+                let folded = agg.fold_minutes(self.now_min.get() - 1, crate::agg::FOLD_BUDGET);
+                if folded > 0 {
+                    let a = &self.stats.agg;
+                    ShardStats::bump(&a.minutes_folded, folded as u64);
+                    ShardStats::bump(&a.fold_nanos, started.elapsed().as_nanos() as u64);
+                }
                 agg.evict(self.now_min.get());
                 if clock > 0 {
                     agg.visits.sweep(clock);

@@ -163,6 +163,11 @@ fn answers_survive_restarts_damaged_checkpoints_and_log_retention() {
     post_all(&s, &hits(2, 6000));
     common::wait_settled(s.http, "posted");
     checkpoints(&s, 2);
+    // The hits' minute ended long ago: the ticker folds it into its hour, and the answers
+    // below read the hour.
+    common::wait_until("the hits' minute folded into its hour", || {
+        common::metric_sum(&common::metrics(s.http), "pixeld_agg_minutes_folded_total") > 0
+    });
     let before = answers(&s, t0);
     stop(s);
 

@@ -1103,7 +1103,9 @@ pub(crate) mod tests {
                         model.apply_batch(&b, now);
                         a.apply_batch(&b, now);
                     }
-                    Step::Fold { back, budget } => a.fold_minutes(now - back, budget),
+                    Step::Fold { back, budget } => {
+                        a.fold_minutes(now - back, budget);
+                    }
                     Step::Checkpoint => {
                         let kind = if chain.is_empty() { Kind::Base } else { Kind::Delta };
                         let n = chain.len() as u64;
