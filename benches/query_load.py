@@ -14,7 +14,7 @@
 
     cargo build --release && python3 benches/query_load.py [--lines 3000000] [--rate 50000]
 """
-import argparse, os, random, re, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, os, random, re, socket, subprocess, sys, tempfile, threading, time, urllib.request
 
 SITES = ["www.example.com", "news.example.org", "m.sportsline.example", "shop.example.net",
          "blog.example.io", "docs.example.dev", "video.example.tv", "forum.example.net"]
@@ -89,14 +89,20 @@ def main():
     p = subprocess.Popen(["taskset", "-c", cpus, a.bin, "serve", "--data-dir", data, "--shards", str(a.shards),
                           "--http", "127.0.0.1:%d" % http, "--tcp", "127.0.0.1:%d" % tcp, "--udp", "127.0.0.1:%d" % udp],
                          stderr=subprocess.PIPE, text=True)
-    rebuilt = []
+    # pixeld is ready (ingesting) at once and reports when its aggregates have caught up
+    # with the log: "aggregates complete: N shards; R log records replayed ... in S s".
+    ready, recs, secs = None, 0, 0.0
     for l in p.stderr:
-        m = re.search(r"aggregates rebuilt from (\d+) records in ([\d.]+) s", l)
-        if m: rebuilt.append((int(m.group(1)), float(m.group(2))))
-        if "ready:" in l: break
-    ready = time.time() - t
-    recs = sum(r for r, _ in rebuilt); secs = max(s for _, s in rebuilt)
-    print("rebuild: %d records in %.2f s = %.2f M records/s (%d shard(s)); ready after %.2f s" % (recs, secs, recs / secs / 1e6, a.shards, ready))
+        if "ready:" in l and ready is None: ready = time.time() - t
+        m = re.search(r"aggregates complete: \d+ shards?; (\d+) log records replayed .* in ([\d.]+) s", l)
+        if m:
+            recs, secs = int(m.group(1)), float(m.group(2))
+            break
+    if not secs:
+        sys.exit("pixeld ended before its aggregates caught up with the log")
+    # Keep reading its stderr so that a full pipe never blocks it.
+    threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+    print("rebuild: %d records in %.2f s = %.2f M records/s (%d shard(s)); ready after %.2f s" % (recs, secs, recs / secs / 1e6, a.shards, ready or 0.0))
     sender = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", SENDER, str(tcp), str(a.rate), "7", here])
     try:
         measure(a, p, http, sender)

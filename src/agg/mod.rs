@@ -48,8 +48,14 @@ use sealed::SealedFile;
 use topn::Ranked;
 use visits::{Delta, IdKind, VisitCounts, VisitSettings, Visits};
 
-/// Minute buckets one tick folds into their hours at most ([`Aggregates::fold_minutes`]).
-pub const FOLD_BUDGET: usize = 30;
+/// Minute buckets [`Aggregates::fold_ended`] folds between two looks at the clock.
+pub const FOLD_BUDGET: usize = 4;
+
+/// How long one pass of the ticker folds ended minutes at most ([`Aggregates::fold_ended`]),
+/// give or take one [`FOLD_BUDGET`] of minute buckets: a rebuild leaves a day or two of
+/// minutes to fold, which small buckets fold in a few passes, and a large bucket still costs
+/// one pass alone.
+pub const FOLD_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A resolution of the aggregates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1669,7 +1675,7 @@ impl Aggregates {
     /// hour with them; so a minute must be folded exactly once — `folded_upto` says which
     /// were. Called by the ticker for minutes that ended (a budget per tick), and without a
     /// budget before minutes leave the window and before hours are sealed. Returns how many
-    /// minute buckets it folded.
+    /// minute buckets it folded (of the budget: empty ones too).
     pub fn fold_minutes(&mut self, upto: i64, mut budget: usize) -> usize {
         let mut folded = 0;
         let minutes = &self.minutes;
@@ -1688,9 +1694,9 @@ impl Aggregates {
                         break;
                     }
                     budget -= 1;
+                    folded += 1;
                     if !mb.is_empty() {
                         hb.merge(mb);
-                        folded += 1;
                     }
                 }
                 m += 1;
@@ -1703,7 +1709,21 @@ impl Aggregates {
         folded
     }
 
-    /// Frees the buckets that left the windows at `now_min` (their url visitors folded into
+    /// What the ticker folds in one pass: the minute buckets before `upto`, [`FOLD_BUDGET`] at
+    /// a time, until none is left or `slice` has passed. Returns how many it folded.
+    pub fn fold_ended(&mut self, upto: i64, slice: std::time::Duration) -> usize {
+        let started = std::time::Instant::now();
+        let mut folded = 0;
+        loop {
+            let n = self.fold_minutes(upto, FOLD_BUDGET);
+            folded += n;
+            if n < FOLD_BUDGET || started.elapsed() >= slice {
+                return folded;
+            }
+        }
+    }
+
+    /// Frees the buckets that left the windows at `now_min` (their minutes folded into
     /// their hours first); sealed files that left go to [`Aggregates::take_retired`].
     pub fn evict(&mut self, now_min: i64) {
         self.fold_minutes(self.minute_floor(now_min), usize::MAX);
@@ -2337,6 +2357,46 @@ mod tests {
             a.apply_batch(&b, now);
             a.fold_minutes(now - back, budget);
         }
+    }
+
+    /// One pass of the ticker folds at least one [`FOLD_BUDGET`] of ended minutes however
+    /// short its slice, all of them given time, never the minute before `upto` or later; the
+    /// answers stay those of a state that folded nothing.
+    #[test]
+    fn a_folding_pass_is_bounded_and_keeps_the_answers() {
+        // fixed-date: a fixed minute; every increment and read is relative to it.
+        let now = 29_000_000;
+        let mut a = Aggregates::new(AggConfig::default());
+        let mut b = Batch::default();
+        for back in 0..200i64 {
+            let url = format!("https://a.example/p{}", back % 7);
+            b.push(
+                IncKind::Url,
+                true,
+                now - back,
+                1,
+                "a.example",
+                &url,
+                Some(back as u64 % 5),
+            );
+        }
+        a.apply_batch(&b, now);
+        let mut model = Aggregates::new(AggConfig::default());
+        model.apply_batch(&b, now);
+        let top = |x: &Aggregates| x.top(Dim::Url, now - 200, now + 1, None, 10);
+        assert_eq!(
+            a.fold_ended(now - 1, std::time::Duration::ZERO),
+            FOLD_BUDGET
+        );
+        assert_eq!(top(&a), top(&model));
+        let rest = a.fold_ended(now - 1, std::time::Duration::from_secs(60));
+        assert_eq!(FOLD_BUDGET + rest, 198, "every minute before now - 1");
+        assert_eq!(a.fold_ended(now - 1, std::time::Duration::from_secs(60)), 0);
+        assert_eq!(top(&a), top(&model));
+        assert_eq!(
+            a.bucket_lines(Res::Hour, now.div_euclid(60)),
+            model.bucket_lines(Res::Hour, now.div_euclid(60))
+        );
     }
 
     /// The distinct visitors of the `rows` whose key `matches` and whose minute is in

@@ -652,7 +652,7 @@ impl Router {
                 let mut agg = self.agg.borrow_mut();
                 // The minutes that ended: into their hours.
                 let started = Instant::now();
-                let folded = agg.fold_minutes(self.now_min.get() - 1, crate::agg::FOLD_BUDGET);
+                let folded = agg.fold_ended(self.now_min.get() - 1, crate::agg::FOLD_SLICE);
                 if folded > 0 {
                     let a = &self.stats.agg;
                     ShardStats::bump(&a.minutes_folded, folded as u64);
