@@ -170,37 +170,23 @@ fn encode_inner(agg: &mut Aggregates, e: &Header, consume: bool) -> Vec<u8> {
     let count_at = out.len();
     put_u32(&mut out, 0);
     let mut count = 0u32;
-    if consume {
-        // Nothing reads this state again: its hours may take their minutes for good.
-        agg.fold_minutes(i64::MAX, usize::MAX);
-    }
     // An hour is written with the minutes it has not folded (a loaded hour has folded every
-    // minute loaded with it): so those are written before any is consumed.
-    let mut hours = Vec::new();
-    for (number, b) in agg.hours.iter() {
-        if base || b.dirty {
-            put_bucket(
-                &mut hours,
-                Res::Hour,
-                number,
-                &whole_hour(&agg.minutes, number, b),
-            );
-            count += 1;
-        }
+    // minute loaded with it), so nothing is consumed or marked clean before all is written.
+    for (number, b) in agg.minutes.iter().filter(|(_, b)| base || b.dirty) {
+        put_bucket(&mut out, Res::Minute, number, b);
+        count += 1;
     }
-    for (tier_no, tier) in [
-        (Res::Minute, &mut agg.minutes),
-        (Res::Hour, &mut agg.hours),
-        (Res::Day, &mut agg.days),
-    ] {
-        if tier_no == Res::Hour {
-            out.append(&mut hours);
-        }
-        for (number, b) in tier.iter_mut() {
-            if tier_no != Res::Hour && (base || b.dirty) {
-                put_bucket(&mut out, tier_no, number, b);
-                count += 1;
-            }
+    for (number, b) in agg.hours.iter().filter(|(_, b)| base || b.dirty) {
+        let whole = whole_hour(&agg.minutes, number, b);
+        put_bucket(&mut out, Res::Hour, number, &whole);
+        count += 1;
+    }
+    for (number, b) in agg.days.iter().filter(|(_, b)| base || b.dirty) {
+        put_bucket(&mut out, Res::Day, number, b);
+        count += 1;
+    }
+    for tier in [&mut agg.minutes, &mut agg.hours, &mut agg.days] {
+        for (_, b) in tier.iter_mut() {
             if consume {
                 *b = Bucket::default();
             }
