@@ -215,6 +215,14 @@ impl Visitors {
         true
     }
 
+    /// Reads what [`Visitors::insert_hash`] reads first (see `Aggregates::warm`).
+    pub fn warm(&self) -> u64 {
+        match self {
+            Visitors::Few(v) => v.first().copied().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// The hashes of a list form (none, one or a few; nothing for a [`Uniques`]).
     pub fn listed(&self) -> &[u64] {
         match self {

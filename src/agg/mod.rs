@@ -371,6 +371,14 @@ impl Batch {
         self.incs.len()
     }
 
+    /// Empties it, keeping its room.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.incs.clear();
+        self.upto = 0;
+        self.clock_ms = 0;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.incs.is_empty()
     }
@@ -386,6 +394,9 @@ impl Batch {
         (self.str(inc.site), self.str(inc.key), self.str(inc.aux))
     }
 }
+
+/// How many increments [`Aggregates::apply_batch`] looks up before it applies them.
+pub const WARM_CHUNK: usize = 32;
 
 /// Interned key names: dense ids, so that cells are small and queries sum into vectors.
 #[derive(Debug, Default, Clone)]
@@ -1002,12 +1013,57 @@ impl Aggregates {
         }
     }
 
-    /// Applies every increment of a batch.
+    /// Applies every increment of a batch, [`WARM_CHUNK`] at a time: first the chunk's
+    /// lookups that miss the cache ([`Aggregates::warm`]), then its increments.
     pub fn apply_batch(&mut self, batch: &Batch, now_min: i64) {
-        for inc in &batch.incs {
-            let (site, key, aux) = batch.strs(inc);
-            self.apply(inc, site, key, aux, now_min);
+        for chunk in batch.incs.chunks(WARM_CHUNK) {
+            std::hint::black_box(self.warm(batch, chunk));
+            for inc in chunk {
+                let (site, key, aux) = batch.strs(inc);
+                self.apply(inc, site, key, aux, now_min);
+            }
         }
+    }
+
+    /// Looks up, changing nothing, the table slots the increments of `chunk` will touch
+    /// first, table by table: the visitor's visits, the url's name, then its minute cell and
+    /// visitor list, the site's minute cell. The tables are far larger than the caches, so
+    /// each increment applied alone waits for memory at every one of them; a run of the same
+    /// lookup for many increments has nothing depending on the one before, so the processor
+    /// waits for them all at once, and [`Aggregates::apply`] then finds its slots in the cache
+    /// (−6 % CPU per event end to end; README, Performance). Returns what it read, folded
+    /// into one word for `black_box`, so that the reads are not left out.
+    fn warm(&self, batch: &Batch, chunk: &[Inc]) -> u64 {
+        let mut seen = 0u64;
+        let site_of = |inc: &Inc| self.sites.get(batch.strs(inc).0);
+        for inc in chunk {
+            if inc.kind == IncKind::Visitor && inc.visit && inc.has_vid {
+                if let Some(s) = site_of(inc) {
+                    seen ^= u64::from(self.visits.warm(s, inc.vid));
+                }
+            }
+        }
+        let mut urls = [None; WARM_CHUNK];
+        for (u, inc) in urls.iter_mut().zip(chunk) {
+            if inc.kind == IncKind::Url {
+                *u = self.urls.get(batch.strs(inc).1);
+            }
+        }
+        for (u, inc) in urls.iter().zip(chunk) {
+            let minute = self.minutes.get(inc.minute);
+            if let Some(c) = u.and_then(|id| minute?.urls.get(&id)) {
+                seen ^= u64::from(c.hits) ^ c.visitors.warm();
+            }
+        }
+        for inc in chunk {
+            if inc.kind == IncKind::Visitor {
+                let minute = self.minutes.get(inc.minute);
+                if let Some(c) = site_of(inc).and_then(|s| minute?.sites.get(&s)) {
+                    seen ^= c.hits;
+                }
+            }
+        }
+        seen
     }
 
     /// Applies one increment (`aux`, its second key: see `route::increments`).
@@ -2396,6 +2452,59 @@ mod tests {
         assert_eq!(
             a.bucket_lines(Res::Hour, now.div_euclid(60)),
             model.bucket_lines(Res::Hour, now.div_euclid(60))
+        );
+    }
+
+    /// A batch applied in chunks, each looked up first (`warm`), builds the state its
+    /// increments applied one at a time build: every minute and hour, and the visits — with
+    /// chunks that cut a visitor's events apart, and urls, referrers and visitors new in the
+    /// middle of a chunk.
+    #[test]
+    fn a_batch_applied_in_chunks_equals_its_increments_one_at_a_time() {
+        // fixed-date: a fixed minute; every increment and read is relative to it.
+        let now = 29_000_000;
+        let mut b = Batch::default();
+        for n in 0..(5 * WARM_CHUNK as i64 + 3) {
+            let minute = now - n % 4;
+            let vid = (n % 11) as u64;
+            let page = format!("https://a.example/p{}", n % 13);
+            let pv = n % 3 != 0;
+            let inc = Inc::new(IncKind::Url, pv, minute, 2, Some(vid));
+            b.push_inc_with(inc, "a.example", &page, "t.co");
+            let ts = minute * 60_000 + n * 7;
+            let inc = Inc::new(IncKind::Visitor, pv, minute, 3, Some(vid)).with_visit(ts);
+            b.push_inc(inc, "a.example", &page);
+            b.push(
+                IncKind::Ref,
+                pv,
+                minute,
+                0,
+                "a.example",
+                &format!("r{}.example", n % 5),
+                None,
+            );
+        }
+        let mut chunked = Aggregates::new(AggConfig::default());
+        chunked.apply_batch(&b, now);
+        let mut single = Aggregates::new(AggConfig::default());
+        for inc in &b.incs {
+            let (site, key, aux) = b.strs(inc);
+            single.apply(inc, site, key, aux, now);
+        }
+        for m in now - 4..=now {
+            assert_eq!(
+                chunked.bucket_lines(Res::Minute, m),
+                single.bucket_lines(Res::Minute, m)
+            );
+        }
+        assert_eq!(
+            chunked.bucket_lines(Res::Hour, now.div_euclid(60)),
+            single.bucket_lines(Res::Hour, now.div_euclid(60))
+        );
+        assert_eq!(chunked.visits.len(), 11);
+        assert_eq!(
+            chunked.totals(now - 4, now + 1, None),
+            single.totals(now - 4, now + 1, None)
         );
     }
 

@@ -313,6 +313,12 @@ impl Visits {
         }
     }
 
+    /// Looks up visitor `vid`'s slot on site `site` without changing it (see
+    /// `Aggregates::warm`): whether it is held.
+    pub fn warm(&self, site: u32, vid: u64) -> bool {
+        self.table.contains_key(&Key::new(site, vid))
+    }
+
     /// Visitors held.
     pub fn len(&self) -> usize {
         self.table.len()

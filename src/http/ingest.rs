@@ -213,6 +213,8 @@ fn append(lines: &[&[u8]], peer: Option<SocketAddr>, ctx: &HttpContext) -> Appen
     let stats = &ctx.ingest.stats;
     let recv = now_ns();
     let mut last = None;
+    // The lines' own increments are applied together, at the latest on return.
+    let _gathered = ctx.ingest.router.gather();
     for (i, l) in lines.iter().enumerate() {
         match ctx.ingest.line(Transport::Http, peer, l, recv) {
             Ok(o) => last = o.or(last),

@@ -276,6 +276,8 @@ async fn connection(
         stats.count_received(Transport::Tcp, 0, n as u64);
         let now = now_ns();
         let mut fatal = false;
+        // The frames' own increments are applied together, at the latest when this ends.
+        let gathered = ingest.router.gather();
         let consumed = decoder.decode(&buf[..filled + n], |ev| match ev {
             Event::Frame(f) => {
                 stats.count_received(Transport::Tcp, 1, 0);
@@ -293,6 +295,7 @@ async fn connection(
             }
             Event::Fatal(_) => fatal = true,
         });
+        drop(gathered);
         if fatal {
             ShardStats::add(&stats.tcp_framing_errors, 1);
             return Ok(());

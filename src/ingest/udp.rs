@@ -244,6 +244,8 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>, usable: usize) -> io::Resu
             }
             datagrams += batch.got.len();
             let now = crate::sys::now_ns();
+            // The datagrams' own increments are applied together, at the latest below.
+            let gathered = ingest.router.gather();
             for (i, r) in batch.got.iter().enumerate() {
                 if let Some(o) = r.rxq_ovfl {
                     // The count is cumulative per socket; it wraps at 2^32.
@@ -266,6 +268,7 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>, usable: usize) -> io::Resu
                 let bytes = batch.bufs[i].get(..r.len).unwrap_or_default();
                 let _ = ingest.line(Transport::Udp, r.peer, bytes, now);
             }
+            drop(gathered);
             // Ship full increment batches; a full ring waits here, and the socket with it.
             ingest.router.flush(crate::route::BATCH_INCS).await;
             if batch.got.len() < BATCH {

@@ -54,6 +54,9 @@ use partition::{owner_of_key, vid_hash, Epochs, REF_SEED, URL_SEED};
 
 /// A batch is shipped once it holds this many increments.
 pub const BATCH_INCS: usize = 1024;
+/// How many of its own increments a shard gathers, inside a [`Gather`] scope, before it
+/// applies them together (see [`Aggregates::apply_batch`]).
+pub const LOCAL_BATCH: usize = 256;
 /// Partial batches are shipped at least this often.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
 /// How often the ticker wakes while no batch waits for a peer (one shard, or a quiet mesh):
@@ -258,6 +261,19 @@ pub fn increments(
     emit(owner, inc, ev.site, page, profile);
 }
 
+/// A scope of [`Router::gather`]: its end applies what gathered.
+pub struct Gather<'r>(&'r Router);
+
+impl Drop for Gather<'_> {
+    fn drop(&mut self) {
+        let r = self.0;
+        r.gathering.set(r.gathering.get().saturating_sub(1));
+        if r.gathering.get() == 0 {
+            r.settle();
+        }
+    }
+}
+
 /// One shard's router: its parser, its partition of the aggregates, its outgoing batches.
 pub struct Router {
     me: usize,
@@ -267,6 +283,12 @@ pub struct Router {
     pub agg: Rc<RefCell<Aggregates>>,
     parser: RefCell<EventParser>,
     pending: RefCell<Vec<Batch>>,
+    /// This shard's own increments made inside a [`Gather`] scope, applied together
+    /// ([`Aggregates::apply_batch`]) when [`LOCAL_BATCH`] have gathered and when the scope
+    /// ends; outside one, each is applied as it is made.
+    local: RefCell<Batch>,
+    /// Open [`Gather`] scopes.
+    gathering: Cell<u32>,
     senders: Option<Senders<RouteMsg>>,
     stats: Arc<ShardStats>,
     /// The minute used for window checks, refreshed by the ticker and each flush.
@@ -321,6 +343,8 @@ impl Router {
             agg: Rc::new(RefCell::new(agg)),
             parser: RefCell::new(parser),
             pending: RefCell::new((0..shards).map(|_| Batch::default()).collect()),
+            local: RefCell::new(Batch::default()),
+            gathering: Cell::new(0),
             senders,
             stats,
             now_min: Cell::new(now_minute()),
@@ -364,8 +388,10 @@ impl Router {
     }
 
     /// The applied vector to checkpoint (this shard's own entry is its live stamp, since its
-    /// own increments are applied as they are made). Meaningful once [`Self::complete`].
+    /// own increments are applied by the end of the synchronous step that made them — a
+    /// [`Gather`] scope never spans an await). Meaningful once [`Self::complete`].
     pub fn applied_vector(&self) -> Vec<u64> {
+        self.settle();
         let mut a = self.applied.borrow().clone();
         if let Some(me) = a.get_mut(self.me) {
             *me = (*me).max(self.live_next.get());
@@ -445,8 +471,19 @@ impl Router {
             }
         }
         if owner == self.me || self.senders.is_none() {
-            self.agg.borrow_mut().apply(&inc, site, key, aux, now);
             ShardStats::bump(&self.stats.agg.local_incs, 1);
+            if self.gathering.get() == 0 {
+                self.agg.borrow_mut().apply(&inc, site, key, aux, now);
+                return;
+            }
+            let full = {
+                let mut l = self.local.borrow_mut();
+                l.push_inc_with(inc, site, key, aux);
+                l.len() >= LOCAL_BATCH
+            };
+            if full {
+                self.settle_at(now);
+            }
         } else if let Some(b) = self.pending.borrow_mut().get_mut(owner) {
             b.push_inc_with(inc, site, key, aux);
             ShardStats::bump(&self.stats.agg.queued_incs, 1);
@@ -457,9 +494,33 @@ impl Router {
         }
     }
 
+    /// Opens a scope in which this shard's own increments gather and are applied together,
+    /// [`LOCAL_BATCH`] at a time and the rest when the scope ends. What an ingest loop wraps
+    /// around the records of one receive, and the catch-up around one slice of the log. It
+    /// must end before the next await (nothing else may read the aggregates meanwhile).
+    pub fn gather(&self) -> Gather<'_> {
+        self.gathering.set(self.gathering.get() + 1);
+        Gather(self)
+    }
+
+    /// Applies this shard's own increments gathered so far (see [`Router::gather`]).
+    pub fn settle(&self) {
+        self.settle_at(self.now_min.get());
+    }
+
+    fn settle_at(&self, now: i64) {
+        let mut local = self.local.take();
+        if !local.is_empty() {
+            self.agg.borrow_mut().apply_batch(&local, now);
+            local.clear();
+        }
+        *self.local.borrow_mut() = local;
+    }
+
     /// Ships every batch holding at least `threshold` increments (1: every non-empty one),
     /// waiting for ring room — the backpressure point of the ingest loops.
     pub async fn flush(&self, threshold: usize) {
+        self.settle();
         self.now_min.set(now_minute());
         let Some(senders) = &self.senders else {
             return;
@@ -705,6 +766,7 @@ impl Router {
             match msg {
                 RouteMsg::Batch(b) => {
                     // An idle ticker refreshes the minute only every IDLE_TICK.
+                    self.settle();
                     self.now_min.set(now_minute());
                     self.agg.borrow_mut().apply_batch(&b, self.now_min.get());
                     ShardStats::add(&self.stats.agg.applied_incs, b.len() as u64);
@@ -748,5 +810,85 @@ impl Router {
                 self.set_marked(peer, end, clock);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agg::AggConfig;
+    use crate::tools::gen::HitGenerator;
+
+    /// Inside a gather scope a shard's own increments wait, [`LOCAL_BATCH`] at a time, and
+    /// the scope's end (or a checkpoint's read of the applied vector) applies the rest;
+    /// outside one each is applied at once. Either way the state is the one the records
+    /// build.
+    #[test]
+    fn gathered_increments_are_applied_when_the_scope_ends() {
+        let now_ms = (now_minute() * 60_000) as u64;
+        let mut g = HitGenerator::new(5, now_ms - 5 * 60_000);
+        let lines: Vec<Vec<u8>> = (0..300)
+            .map(|_| {
+                let mut l = Vec::new();
+                g.next_line(&mut l);
+                l
+            })
+            .collect();
+        let recv = now_ms * 1_000_000;
+        let router = |()| {
+            Router::new(
+                Aggregates::new(AggConfig::default()),
+                None,
+                Default::default(),
+            )
+        };
+        let hits = |r: &Router| {
+            r.agg
+                .borrow()
+                .totals(now_minute() - 60, now_minute() + 2, None)
+                .hits
+        };
+
+        let direct = router(());
+        for l in &lines {
+            direct.record(recv, l);
+        }
+        let all = hits(&direct);
+        assert!(all >= 300, "{all}");
+
+        let gathered = router(());
+        let scope = gathered.gather();
+        gathered.record(recv, &lines[0]);
+        assert_eq!(hits(&gathered), 0, "waits inside the scope");
+        let inner = gathered.gather();
+        for l in &lines[1..] {
+            gathered.record(recv, l);
+        }
+        drop(inner);
+        let part = hits(&gathered);
+        assert!(
+            part > 0 && part < all,
+            "full batches applied, the rest waits: {part}"
+        );
+        drop(scope);
+        assert_eq!(hits(&gathered), all);
+        assert_eq!(
+            gathered
+                .agg
+                .borrow()
+                .bucket_lines(crate::agg::Res::Minute, now_minute() - 1),
+            direct
+                .agg
+                .borrow()
+                .bucket_lines(crate::agg::Res::Minute, now_minute() - 1)
+        );
+
+        // A checkpoint's read of the applied vector applies what waits.
+        let checked = router(());
+        let _scope = checked.gather();
+        checked.record(recv, &lines[0]);
+        assert_eq!(hits(&checked), 0);
+        checked.applied_vector();
+        assert!(hits(&checked) > 0);
     }
 }

@@ -81,7 +81,9 @@ pub async fn rebuild(
         let mut next = None;
         let mut paused = false;
         let mut in_slice = 0u64;
-        reader.read_resumable(
+        // The slice's own increments are applied together, at the latest when it ends.
+        let gathered = router.gather();
+        let read = reader.read_resumable(
             start,
             &mut resume,
             |rec| {
@@ -103,7 +105,9 @@ pub async fn rebuild(
                 std::ops::ControlFlow::Continue(())
             },
             |w| log.report_read_warning(&w, "replaying the log into the aggregates"),
-        )?;
+        );
+        drop(gathered);
+        read?;
         // Only the catch-up counts these.
         router
             .stats
