@@ -53,6 +53,16 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    // The same inside a gather scope, as the ingest loops route a receive's records: the
+    // increments are applied in chunks, each chunk's lookups first (`Aggregates::apply_batch`).
+    group.bench_function("record/10k-events-gathered", |b| {
+        b.iter(|| {
+            let _gathered = router.gather();
+            for l in &lines {
+                router.record(recv_ts, black_box(l));
+            }
+        })
+    });
     // The same without visits (every event later than a zero allowance): the difference is
     // what visits cost per event.
     let mut no_visits = AggConfig::default();

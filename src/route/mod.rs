@@ -6,7 +6,11 @@
 //! increments: the url's (to `hash(url)`'s shard), the referrer domain's for a pageview (to
 //! `hash(ref_domain)`'s) and the visitor's (to `hash(vid)`'s); the hashes and their seeds are
 //! in [`partition`]. An increment
-//! for this shard is applied at once; the others are appended to a per-peer [`Batch`] and
+//! for this shard is applied at once — or, inside a [`Router::gather`] scope (the records of
+//! one receive, one slice of the catch-up), with the others of the scope, in chunks whose
+//! cache-missing lookups are done together first (`Aggregates::apply_batch`); a scope never
+//! spans an await, so nothing reads the aggregates before it is applied. The others are
+//! appended to a per-peer [`Batch`] and
 //! shipped whole through glommio's channel mesh (`shared_channel`: a lock-free SPSC ring per
 //! ordered pair of executors, woken by eventfd). A batch is sent when it reaches
 //! `BATCH_INCS` increments — by the ingest loop right after its receive batch — or by the
