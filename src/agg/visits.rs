@@ -657,7 +657,8 @@ fn report(s: &VisitSettings, old: &[Visit], new: &Visit, mut change: impl FnMut(
         add(v, -1);
     }
     add(new, 1);
-    for (m, p, c) in counts {
+    // By reference: moving a SmallVec into its iterator copies its whole inline buffer.
+    for &(m, p, c) in &counts {
         if !c.is_zero() {
             change(
                 m,
@@ -669,7 +670,7 @@ fn report(s: &VisitSettings, old: &[Visit], new: &Visit, mut change: impl FnMut(
             );
         }
     }
-    for (m, exit, url, d) in pages {
+    for &(m, exit, url, d) in &pages {
         if d != 0 {
             change(
                 m,
