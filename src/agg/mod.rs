@@ -1014,7 +1014,7 @@ impl Aggregates {
     }
 
     /// Applies every increment of a batch, [`WARM_CHUNK`] at a time: first the chunk's
-    /// lookups that miss the cache ([`Aggregates::warm`]), then its increments.
+    /// lookups that miss the cache (`Aggregates::warm`), then its increments.
     pub fn apply_batch(&mut self, batch: &Batch, now_min: i64) {
         for chunk in batch.incs.chunks(WARM_CHUNK) {
             std::hint::black_box(self.warm(batch, chunk));
