@@ -39,6 +39,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
+use std::hash::BuildHasher;
 
 use buckets::Tier;
 pub use cells::{Bucket, NameCounts, PageCell, SiteCell, UrlCell};
@@ -399,9 +400,12 @@ impl Batch {
 pub const WARM_CHUNK: usize = 32;
 
 /// Interned key names: dense ids, so that cells are small and queries sum into vectors.
+/// Each name is held once, in `names`; the lookup table holds only ids, hashed and compared
+/// by their names.
 #[derive(Debug, Default, Clone)]
 pub struct Names {
-    ids: HashMap<Box<str>, u32>,
+    ids: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
     names: Vec<Box<str>>,
     bytes: usize,
 }
@@ -409,17 +413,28 @@ pub struct Names {
 impl Names {
     /// The id of `name`, and whether it is new.
     pub fn intern(&mut self, name: &str) -> (u32, bool) {
-        if let Some(&id) = self.ids.get(name) {
+        let hash = self.hasher.hash_one(name);
+        let names = &self.names;
+        let is = |id: &u32| names.get(*id as usize).is_some_and(|n| **n == *name);
+        if let Some(&id) = self.ids.find(hash, is) {
             return (id, false);
         }
         let id = self.names.len() as u32;
         self.names.push(name.into());
-        self.ids.insert(name.into(), id);
-        self.bytes += 2 * name.len();
+        let (names, hasher) = (&self.names, &self.hasher);
+        self.ids.insert_unique(hash, id, |id| {
+            hasher.hash_one(names.get(*id as usize).map_or("", |n| &**n))
+        });
+        self.bytes += name.len();
         (id, true)
     }
     pub fn get(&self, name: &str) -> Option<u32> {
-        self.ids.get(name).copied()
+        let names = &self.names;
+        self.ids
+            .find(self.hasher.hash_one(name), |id| {
+                names.get(*id as usize).is_some_and(|n| **n == *name)
+            })
+            .copied()
     }
     pub fn name(&self, id: u32) -> &str {
         self.names.get(id as usize).map_or("", |n| n)
@@ -432,7 +447,7 @@ impl Names {
     }
     fn memory(&self) -> usize {
         self.bytes
-            + table_bytes(self.ids.capacity(), size_of::<(Box<str>, u32)>())
+            + table_bytes(self.ids.capacity(), size_of::<u32>())
             + self.names.capacity() * size_of::<Box<str>>()
     }
 
@@ -443,7 +458,8 @@ impl Names {
         names.resize(first.min(self.names.len()), Box::default());
         names.extend(self.names.iter().skip(first).cloned());
         Names {
-            ids: HashMap::new(),
+            ids: hashbrown::HashTable::new(),
+            hasher: self.hasher.clone(),
             names,
             bytes: 0,
         }
@@ -2453,6 +2469,30 @@ mod tests {
             a.bucket_lines(Res::Hour, now.div_euclid(60)),
             model.bucket_lines(Res::Hour, now.div_euclid(60))
         );
+    }
+
+    /// Names are interned once each, with dense ids that survive the table's growth, found
+    /// again by name and by id; each is held once (its bytes counted once).
+    #[test]
+    fn names_are_dense_stable_and_held_once() {
+        let mut n = Names::default();
+        let name = |i: usize| format!("https://a.example/p{i}");
+        for i in 0..5000 {
+            assert_eq!(n.intern(&name(i)), (i as u32, true));
+        }
+        for i in (0..5000).rev() {
+            assert_eq!(n.intern(&name(i)), (i as u32, false));
+            assert_eq!(n.get(&name(i)), Some(i as u32));
+            assert_eq!(n.name(i as u32), name(i));
+        }
+        assert_eq!(n.get("https://a.example/none"), None);
+        assert_eq!(n.intern(""), (5000, true));
+        assert_eq!(n.get(""), Some(5000));
+        assert_eq!(n.len(), 5001);
+        let bytes: usize = (0..5000).map(|i| name(i).len()).sum();
+        assert_eq!(n.bytes, bytes);
+        let copy = n.tail_copy(4990);
+        assert_eq!((copy.name(3), copy.name(4995)), ("", name(4995).as_str()));
     }
 
     /// A batch applied in chunks, each looked up first (`warm`), builds the state its
