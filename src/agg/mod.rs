@@ -414,9 +414,7 @@ impl Names {
     /// The id of `name`, and whether it is new.
     pub fn intern(&mut self, name: &str) -> (u32, bool) {
         let hash = self.hasher.hash_one(name);
-        let names = &self.names;
-        let is = |id: &u32| names.get(*id as usize).is_some_and(|n| **n == *name);
-        if let Some(&id) = self.ids.find(hash, is) {
+        if let Some(id) = self.find(hash, name) {
             return (id, false);
         }
         let id = self.names.len() as u32;
@@ -429,9 +427,13 @@ impl Names {
         (id, true)
     }
     pub fn get(&self, name: &str) -> Option<u32> {
+        self.find(self.hasher.hash_one(name), name)
+    }
+    /// The id of `name`, whose hash is `hash`.
+    fn find(&self, hash: u64, name: &str) -> Option<u32> {
         let names = &self.names;
         self.ids
-            .find(self.hasher.hash_one(name), |id| {
+            .find(hash, |id| {
                 names.get(*id as usize).is_some_and(|n| **n == *name)
             })
             .copied()
@@ -1051,12 +1053,16 @@ impl Aggregates {
     /// into one word for `black_box`, so that the reads are not left out.
     fn warm(&self, batch: &Batch, chunk: &[Inc]) -> u64 {
         let mut seen = 0u64;
-        let site_of = |inc: &Inc| self.sites.get(batch.strs(inc).0);
-        for inc in chunk {
-            if inc.kind == IncKind::Visitor && inc.visit && inc.has_vid {
-                if let Some(s) = site_of(inc) {
-                    seen ^= u64::from(self.visits.warm(s, inc.vid));
-                }
+        // A visitor's site id, looked up once for its visits and its site cell.
+        let mut sites = [None; WARM_CHUNK];
+        for (s, inc) in sites.iter_mut().zip(chunk) {
+            if inc.kind == IncKind::Visitor {
+                *s = self.sites.get(batch.strs(inc).0);
+            }
+        }
+        for (s, inc) in sites.iter().zip(chunk) {
+            if let (Some(s), true) = (s, inc.visit && inc.has_vid) {
+                seen ^= u64::from(self.visits.warm(*s, inc.vid));
             }
         }
         let mut urls = [None; WARM_CHUNK];
@@ -1071,12 +1077,10 @@ impl Aggregates {
                 seen ^= u64::from(c.hits) ^ c.visitors.warm();
             }
         }
-        for inc in chunk {
-            if inc.kind == IncKind::Visitor {
-                let minute = self.minutes.get(inc.minute);
-                if let Some(c) = site_of(inc).and_then(|s| minute?.sites.get(&s)) {
-                    seen ^= c.hits;
-                }
+        for (s, inc) in sites.iter().zip(chunk) {
+            let minute = self.minutes.get(inc.minute);
+            if let Some(c) = s.and_then(|s| minute?.sites.get(&s)) {
+                seen ^= c.hits;
             }
         }
         seen

@@ -839,7 +839,7 @@ mod tests {
             })
             .collect();
         let recv = now_ms * 1_000_000;
-        let router = |()| {
+        let router = || {
             Router::new(
                 Aggregates::new(AggConfig::default()),
                 None,
@@ -853,14 +853,14 @@ mod tests {
                 .hits
         };
 
-        let direct = router(());
+        let direct = router();
         for l in &lines {
             direct.record(recv, l);
         }
         let all = hits(&direct);
         assert!(all >= 300, "{all}");
 
-        let gathered = router(());
+        let gathered = router();
         let scope = gathered.gather();
         gathered.record(recv, &lines[0]);
         assert_eq!(hits(&gathered), 0, "waits inside the scope");
@@ -888,7 +888,7 @@ mod tests {
         );
 
         // A checkpoint's read of the applied vector applies what waits.
-        let checked = router(());
+        let checked = router();
         let _scope = checked.gather();
         checked.record(recv, &lines[0]);
         assert_eq!(hits(&checked), 0);
