@@ -215,10 +215,15 @@ impl Visitors {
         true
     }
 
-    /// Reads what [`Visitors::insert_hash`] reads first (see `Aggregates::warm`).
-    pub fn warm(&self) -> u64 {
+    /// Reads what [`Visitors::insert_hash`] of `h` reads first, changing nothing (see
+    /// `Aggregates::warm`): a list's first hash, a set's slot for `h`, a sketch's header.
+    pub fn warm(&self, h: u64) -> u64 {
         match self {
             Visitors::Few(v) => v.first().copied().unwrap_or(0),
+            Visitors::Many(u) => match &**u {
+                Uniques::Exact(set) => u64::from(set.contains(&h)),
+                Uniques::Sketch(_) => 1,
+            },
             _ => 0,
         }
     }
