@@ -37,7 +37,7 @@ held (tx_queue), to explain what the kill loses.
 
 Reported per mode: sent (blast), distinct seqs logged, missing (seq 1..sent absent from the
 log, when one sender or --batches makes the sent seqs contiguous), doubled, the kernel's UDP
-drops (SO_RXQ_OVFL, summed over the runs' stop lines), each restart's gap (from the signal
+drops (the sockets' own counts, summed over the runs' stop lines), each restart's gap (from the signal
 until the next process is ready), the crashes restarted, blast's retry and reconnect counts,
 and the CPU-seconds of the pixeld processes. Loopback only; every process is stopped by its PID.
 """

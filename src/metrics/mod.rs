@@ -248,7 +248,7 @@ pub struct ShardStats {
     received_bytes: [AtomicU64; 4],
     /// Lines whose syslog header did not parse, by kind (kept, flagged).
     parse_errors: [AtomicU64; PARSE_ERROR_KINDS.len()],
-    /// Datagrams the kernel dropped on this shard's UDP socket (SO_RXQ_OVFL).
+    /// Datagrams the kernel dropped on this shard's UDP socket (its `SO_MEMINFO` count).
     pub udp_kernel_drops: AtomicU64,
     /// TCP connections dropped for a framing error (bad octet count).
     pub tcp_framing_errors: AtomicU64,
@@ -490,7 +490,7 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
     counter(
         &mut p,
         "pixeld_udp_kernel_drops_total",
-        "Datagrams the kernel dropped on pixeld's UDP sockets (SO_RXQ_OVFL).",
+        "Datagrams the kernel dropped on pixeld's UDP sockets (their SO_MEMINFO drop count).",
         vec![(
             String::new(),
             sum(&|s| ShardStats::get(&s.udp_kernel_drops)),

@@ -12,10 +12,12 @@
 //! Accounting is by counter deltas (`/metrics` before and after, once the counters have
 //! stopped moving), so it is exact only when nothing else sends to the same pixeld meanwhile.
 //! Every line carries `seq`, so a loss can also be located in the log (`pixeld replay`).
-//! Kernel UDP drops are counted by pixeld from `SO_RXQ_OVFL`, which the kernel reports only
-//! with the *next* datagram a socket receives; so after the run each sending socket sends one
-//! empty datagram (a "probe", which pixeld counts as received and dropped as `empty`) to bring
-//! the count up to date, and the probes are subtracted again.
+//! Kernel UDP drops are counted by pixeld from the socket's own count, which it reads after
+//! every drain (`SO_MEMINFO`). Builds before 2026-12-06 read it from `SO_RXQ_OVFL`, which the
+//! kernel reports only with the *next* datagram a socket receives; so that blast accounts
+//! exactly against those too, after the run each sending socket still sends one empty
+//! datagram (a "probe", which pixeld counts as received and dropped as `empty`), and the
+//! probes are subtracted again.
 //!
 //! This module is a client: it never touches a data dir and uses plain std threads and
 //! blocking sockets (a load generator must not share pixeld's executors). It only measures;
