@@ -6,10 +6,11 @@
 //! without blocking until the socket is empty. After each drain (and every [`DROPS_EVERY`]
 //! full batches while it lasts) one `getsockopt(SO_MEMINFO)` reads the socket's cumulative
 //! drop count, from which the kernel's drops are accumulated as deltas, so loss in the kernel
-//! is counted too. (Each datagram could carry that count, `SO_RXQ_OVFL`; but the kernel then
-//! adds a control message to every datagram once the first drop has happened — more work per
-//! datagram exactly while the shard is overloaded — and touches each datagram's buffer head
-//! for it: ≈ 2 % of the shard's samples with no drop at all.) Oversize datagrams (larger than
+//! is counted too, as soon as the shard has emptied its socket. (Each datagram could carry
+//! that count, `SO_RXQ_OVFL`, which pixeld read until 2026-12-06; but then the drops at the
+//! end of a flood were known only when a later datagram came, and the kernel adds a control
+//! message to every datagram once the first drop has happened. No CPU per datagram was
+//! measurably saved by the change: README, Performance.) Oversize datagrams (larger than
 //! `max_line_bytes`) are dropped and counted; empty ones are counted as `empty`.
 
 use std::io;
