@@ -22,6 +22,9 @@ pub async fn run(listener: TcpListener, ctx: Rc<HttpContext>) -> io::Result<()> 
             Ok(s) => s,
             Err(e) => {
                 eprintln!("pixeld: shard {}: http accept failed: {e}", ctx.shard);
+                ctx.ingest
+                    .stats
+                    .count_receive_error(crate::transport::Transport::Http);
                 glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }

@@ -127,8 +127,11 @@ pub async fn run(
             None => break,
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                // Out of file descriptors and similar: log, back off, keep serving.
+                // Out of file descriptors and similar: log, count, back off, keep serving.
                 eprintln!("pixeld: tcp accept failed: {e}");
+                ingest
+                    .stats
+                    .count_receive_error(crate::transport::Transport::Tcp);
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -12,6 +12,11 @@
 //! message to every datagram once the first drop has happened. No CPU per datagram was
 //! measurably saved by the change: README, Performance.) Oversize datagrams (larger than
 //! `max_line_bytes`) are dropped and counted; empty ones are counted as `empty`.
+//!
+//! A receive that fails (the kernel short of memory, say) is logged and counted
+//! (`pixeld_receive_errors_total{transport="udp"}`), and the shard reads on after
+//! [`RETRY_AFTER`], as its TCP and HTTP accept loops do; only an error that says the socket
+//! itself is unusable ends the task.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -28,6 +33,33 @@ use crate::metrics::{DropReason, ShardStats};
 pub const BATCH: usize = 64;
 /// While full batches keep coming, the kernel's drop count is read every this many of them.
 pub const DROPS_EVERY: usize = 16;
+/// How long the shard pauses after a failed receive before it reads on.
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether a receive error means the socket itself is unusable (or a bug in the call), so
+/// that reading on is pointless: everything else is retried.
+fn fatal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::ENOTSOCK | libc::EINVAL | libc::EFAULT)
+    )
+}
+
+/// Test-only fault hook (cargo feature `fault-injection`): `PIXELD_TEST_UDP_RECV_ERRORS=N`
+/// makes the first N receives of every UDP socket fail with `ENOMEM`, before the call, so no
+/// datagram is lost by it (tests/ingest/udp_overload.rs checks that the shard receives on).
+#[cfg(feature = "fault-injection")]
+fn injected_errors() -> usize {
+    std::env::var("PIXELD_TEST_UDP_RECV_ERRORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn injected_errors() -> usize {
+    0
+}
 
 /// Binds `addr` with `SO_REUSEPORT` and the requested receive buffer.
 /// Returns the socket (made a glommio socket with `UdpSocket::from`, after the shard may have
@@ -241,18 +273,43 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>, usable: usize) -> io::Resu
         Ok(())
     };
     let coalesce = ingest.cfg.receive_coalesce;
+    let mut inject = injected_errors();
+    // A failed receive: logged and counted, unless the socket is unusable.
+    let failed = |e: io::Error| -> io::Result<()> {
+        if fatal(&e) {
+            return Err(e);
+        }
+        stats.count_receive_error(Transport::Udp);
+        eprintln!(
+            "pixeld: udp receive failed: {e}; receiving on in {} ms",
+            RETRY_AFTER.as_millis()
+        );
+        Ok(())
+    };
     let mut wait = true;
     loop {
         if wait {
             // Wait (io_uring) until a datagram is there, without consuming it.
-            sock.peek_from(&mut probe)
-                .await
-                .map_err(crate::sys::os_error)?;
+            if let Err(e) = sock.peek_from(&mut probe).await {
+                failed(crate::sys::os_error(e))?;
+                glommio::timer::sleep(RETRY_AFTER).await;
+                continue;
+            }
         }
         let (mut datagrams, mut bytes) = (0usize, 0usize);
         let mut full = 0usize;
+        let mut error = None;
         loop {
-            recv_batch(fd, &mut batch)?;
+            let received = if inject > 0 {
+                inject -= 1;
+                Err(io::Error::from_raw_os_error(libc::ENOMEM))
+            } else {
+                recv_batch(fd, &mut batch)
+            };
+            if let Err(e) = received {
+                error = Some(e);
+                break;
+            }
             if batch.got.is_empty() {
                 break;
             }
@@ -285,12 +342,21 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>, usable: usize) -> io::Resu
             }
             full += 1;
             if full.is_multiple_of(DROPS_EVERY) {
-                count_drops()?;
+                if let Err(e) = count_drops() {
+                    error = Some(e);
+                    break;
+                }
             }
             glommio::yield_if_needed().await;
         }
-        if datagrams > 0 {
-            count_drops()?;
+        if datagrams > 0 && error.is_none() {
+            error = count_drops().err();
+        }
+        if let Some(e) = error {
+            failed(e)?;
+            glommio::timer::sleep(RETRY_AFTER).await;
+            wait = true;
+            continue;
         }
         // The socket is empty. Under a moderate load, let the next datagrams gather for a
         // while and take them in one wake-up; then read without the peek (they are there).

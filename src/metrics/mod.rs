@@ -246,6 +246,9 @@ pub struct ShardStats {
     /// Events received, by transport (`Transport as usize`: import, udp, tcp, http).
     received_events: [AtomicU64; 4],
     received_bytes: [AtomicU64; 4],
+    /// Receive failures, by transport: an accept that failed (TCP, HTTP) or a UDP receive
+    /// that did (the socket is read on after a pause; see `ingest::udp`).
+    receive_errors: [AtomicU64; 4],
     /// Lines whose syslog header did not parse, by kind (kept, flagged).
     parse_errors: [AtomicU64; PARSE_ERROR_KINDS.len()],
     /// Datagrams the kernel dropped on this shard's UDP socket (its `SO_MEMINFO` count).
@@ -295,6 +298,13 @@ pub const FSYNC_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0
 pub const PARSE_ERROR_KINDS: [SyslogError; 9] = SyslogError::ALL;
 
 impl ShardStats {
+    /// A receive on `transport` failed (see [`ShardStats::receive_errors`]).
+    pub fn count_receive_error(&self, transport: crate::transport::Transport) {
+        self.receive_errors[transport as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn receive_errors(&self, transport: crate::transport::Transport) -> u64 {
+        self.receive_errors[transport as usize].load(Ordering::Relaxed)
+    }
     pub fn count_received(&self, transport: crate::transport::Transport, events: u64, bytes: u64) {
         let i = transport as usize;
         self.received_events[i].fetch_add(events, Ordering::Relaxed);
@@ -483,6 +493,21 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
                 (
                     format!("{{kind=\"{}\"}}", k.kind()),
                     sum(&|s| s.parse_errors(*k)),
+                )
+            })
+            .collect(),
+    );
+    counter(
+        &mut p,
+        "pixeld_receive_errors_total",
+        "Receives that failed, by transport: accepts (tcp, http) and UDP receives. Each is \
+         logged; the shard pauses 50 ms and receives on.",
+        transports[1..]
+            .iter()
+            .map(|t| {
+                (
+                    format!("{{transport=\"{}\"}}", t.as_str()),
+                    sum(&|s| s.receive_errors(*t)),
                 )
             })
             .collect(),

@@ -1,7 +1,8 @@
 //! UDP at several times what one shard with a small receive buffer absorbs: every datagram
 //! carries a sequence number, and afterwards sent = appended + dropped{reason} + kernel drops
 //! exactly — and the log holds exactly the appended sequence numbers, each once. pixeld keeps
-//! answering health checks and queries during the flood.
+//! answering health checks and queries during the flood. A UDP receive that fails is counted,
+//! and the shard receives on.
 
 use std::collections::HashSet;
 use std::net::UdpSocket;
@@ -119,4 +120,66 @@ fn a_udp_flood_is_accounted_for_exactly() {
     eprintln!(
         "UDP flood: {sent} sent, {flood_logged} logged, {dropped} dropped by pixeld, {kernel} dropped by the kernel (counted)"
     );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test-only fault hooks: cargo test --features fault-injection (scripts/test does)"
+)]
+fn a_failed_udp_receive_is_counted_and_the_shard_receives_on() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    // The first 3 receives of the socket fail (ENOMEM, before the call: nothing is lost).
+    let mut s = common::Server::builder()
+        .data(&data)
+        .shards(1)
+        .env("PIXELD_TEST_UDP_RECV_ERRORS", "3")
+        .start();
+    assert!(s.wait_for("ready: 1 shard").is_some(), "{:?}", s.seen);
+    let (sock, port) = (UdpSocket::bind("127.0.0.1:0").unwrap(), s.udp);
+    let send = |n: u64| {
+        let line = format!(
+            r#"<190>Nov 22 01:39:03 pixel: {{"msec":{},"url":"https://www.example.com/after-errors/{n}","vid":"v{n}"}}"#,
+            common::data_msec()
+        );
+        sock.send_to(line.as_bytes(), ("127.0.0.1", port)).unwrap();
+    };
+    // One datagram meets the three failures; the shard pauses after each and reads on.
+    send(0);
+    for i in 0..3 {
+        let l = s.wait_for("pixeld: udp receive failed: ");
+        assert!(
+            l.as_deref()
+                .is_some_and(|l| l.contains("receiving on in 50 ms")),
+            "failure {i}: {:?}",
+            s.seen
+        );
+    }
+    for n in 1..20 {
+        send(n);
+    }
+    common::wait_until("all 20 datagrams received and appended", || {
+        let m = common::metrics(s.http);
+        common::metric_sum(&m, "pixeld_received_events_total") == 20
+            && common::metric_sum(&m, "pixeld_appended_events_total") == 20
+    });
+    let m = common::metrics(s.http);
+    assert_eq!(
+        m.get("pixeld_receive_errors_total{transport=\"udp\"}"),
+        Some(&3.0)
+    );
+    assert_eq!(
+        m.get("pixeld_receive_errors_total{transport=\"tcp\"}"),
+        Some(&0.0)
+    );
+    assert_eq!(common::metric_sum(&m, "pixeld_udp_kernel_drops_total"), 0);
+    // Still serving, and ready.
+    let (st, _, _) = common::http(s.http, "GET", "/readyz", &[], b"");
+    assert_eq!(st, 200);
+    s.signal("TERM");
+    let (code, log) = s.wait();
+    assert_eq!(code, Some(0), "{log}");
+    let (recs, _) = common::read_all(&data.join("shard-000"), Start::Beginning);
+    assert_eq!(recs.len(), 20);
 }
