@@ -21,11 +21,14 @@ pub async fn run(listener: TcpListener, ctx: Rc<HttpContext>) -> io::Result<()> 
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("pixeld: shard {}: http accept failed: {e}", ctx.shard);
-                ctx.ingest
-                    .stats
-                    .count_receive_error(crate::transport::Transport::Http);
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                let what = format!("shard {}: http accept", ctx.shard);
+                crate::ingest::receive_failed(
+                    &ctx.ingest.stats,
+                    crate::transport::Transport::Http,
+                    &what,
+                    &e,
+                )
+                .await;
                 continue;
             }
         };

@@ -25,6 +25,27 @@ use crate::parse::syslog;
 
 pub use framing::Framing;
 
+/// How long a receive loop pauses after a failed accept or receive before it goes on.
+pub const RETRY_AFTER: Duration = Duration::from_millis(50);
+
+/// A failed accept (TCP, HTTP) or receive (UDP) that the loop survives (out of file
+/// descriptors, the kernel short of memory): logged as `pixeld: {what} failed: {e}`, counted
+/// in `pixeld_receive_errors_total{transport}`, then a pause of [`RETRY_AFTER`], so that a
+/// lasting cause neither spins the shard nor floods the log.
+pub async fn receive_failed(
+    stats: &ShardStats,
+    transport: Transport,
+    what: &str,
+    e: &dyn std::fmt::Display,
+) {
+    stats.count_receive_error(transport);
+    eprintln!(
+        "pixeld: {what} failed: {e}; receiving on in {} ms",
+        RETRY_AFTER.as_millis()
+    );
+    glommio::timer::sleep(RETRY_AFTER).await;
+}
+
 /// Ingest settings shared by every shard (validated from `[ingest]`).
 #[derive(Debug, Clone)]
 pub struct IngestConfig {

@@ -128,11 +128,7 @@ pub async fn run(
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 // Out of file descriptors and similar: log, count, back off, keep serving.
-                eprintln!("pixeld: tcp accept failed: {e}");
-                ingest
-                    .stats
-                    .count_receive_error(crate::transport::Transport::Tcp);
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                super::receive_failed(&ingest.stats, Transport::Tcp, "tcp accept", &e).await;
                 continue;
             }
         };

@@ -13,10 +13,9 @@
 //! measurably saved by the change: README, Performance.) Oversize datagrams (larger than
 //! `max_line_bytes`) are dropped and counted; empty ones are counted as `empty`.
 //!
-//! A receive that fails (the kernel short of memory, say) is logged and counted
-//! (`pixeld_receive_errors_total{transport="udp"}`), and the shard reads on after
-//! [`RETRY_AFTER`], as its TCP and HTTP accept loops do; only an error that says the socket
-//! itself is unusable ends the task.
+//! A receive that fails (the kernel short of memory, say) is logged and counted, and the
+//! shard reads on after a pause ([`super::receive_failed`]), as its TCP and HTTP accept loops
+//! do; only an error that says the socket itself is unusable ends the task.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -33,9 +32,6 @@ use crate::metrics::{DropReason, ShardStats};
 pub const BATCH: usize = 64;
 /// While full batches keep coming, the kernel's drop count is read every this many of them.
 pub const DROPS_EVERY: usize = 16;
-/// How long the shard pauses after a failed receive before it reads on.
-pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// Whether a receive error means the socket itself is unusable (or a bug in the call), so
 /// that reading on is pointless: everything else is retried.
 fn fatal(e: &io::Error) -> bool {
@@ -274,32 +270,19 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>, usable: usize) -> io::Resu
     };
     let coalesce = ingest.cfg.receive_coalesce;
     let mut inject = injected_errors();
-    // A failed receive: logged and counted, unless the socket is unusable.
-    let failed = |e: io::Error| -> io::Result<()> {
-        if fatal(&e) {
-            return Err(e);
-        }
-        stats.count_receive_error(Transport::Udp);
-        eprintln!(
-            "pixeld: udp receive failed: {e}; receiving on in {} ms",
-            RETRY_AFTER.as_millis()
-        );
-        Ok(())
-    };
     let mut wait = true;
     loop {
+        let mut error = None;
         if wait {
             // Wait (io_uring) until a datagram is there, without consuming it.
-            if let Err(e) = sock.peek_from(&mut probe).await {
-                failed(crate::sys::os_error(e))?;
-                glommio::timer::sleep(RETRY_AFTER).await;
-                continue;
-            }
+            error = sock
+                .peek_from(&mut probe)
+                .await
+                .err()
+                .map(crate::sys::os_error);
         }
-        let (mut datagrams, mut bytes) = (0usize, 0usize);
-        let mut full = 0usize;
-        let mut error = None;
-        loop {
+        let (mut datagrams, mut bytes, mut full) = (0usize, 0usize, 0usize);
+        while error.is_none() {
             let received = if inject > 0 {
                 inject -= 1;
                 Err(io::Error::from_raw_os_error(libc::ENOMEM))
@@ -353,8 +336,10 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>, usable: usize) -> io::Resu
             error = count_drops().err();
         }
         if let Some(e) = error {
-            failed(e)?;
-            glommio::timer::sleep(RETRY_AFTER).await;
+            if fatal(&e) {
+                return Err(e);
+            }
+            super::receive_failed(stats, Transport::Udp, "udp receive", &e).await;
             wait = true;
             continue;
         }
