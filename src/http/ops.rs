@@ -1,7 +1,7 @@
 //! Operations endpoints: `GET /metrics` (every shard's counters, the consumers' lag, the
 //! export's counters and the country database's state, in the Prometheus text format), `GET /healthz` (the process answers) and
-//! `GET /readyz` (every shard recovered and none poisoned or out of disk; the export's state is
-//! a detail line, never a reason to be unready).
+//! `GET /readyz` (every shard recovered and none poisoned, out of disk or with a UDP socket
+//! that failed for good; the export's state is a detail line, never a reason to be unready).
 
 use http_body_util::Full;
 use hyper::body::Bytes;

@@ -15,7 +15,8 @@
 //!
 //! A receive that fails (the kernel short of memory, say) is logged and counted, and the
 //! shard reads on after a pause ([`super::receive_failed`]), as its TCP and HTTP accept loops
-//! do; only an error that says the socket itself is unusable ends the task.
+//! do; only an error that says the socket itself is unusable ends the task, and the shard then
+//! marks itself unready (`/readyz` 503, `pixeld_udp_receive_stopped`) until a restart.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -41,20 +42,28 @@ fn fatal(e: &io::Error) -> bool {
     )
 }
 
-/// Test-only fault hook (cargo feature `fault-injection`): `PIXELD_TEST_UDP_RECV_ERRORS=N`
+/// Test-only fault hooks (cargo feature `fault-injection`): `PIXELD_TEST_UDP_RECV_ERRORS=N`
 /// makes the first N receives of every UDP socket fail with `ENOMEM`, before the call, so no
-/// datagram is lost by it (tests/ingest/udp_overload.rs checks that the shard receives on).
+/// datagram is lost by it (tests/ingest/udp_overload.rs checks that the shard receives on);
+/// `PIXELD_TEST_UDP_RECV_FATAL=1` makes the first fail with `EBADF` instead, which ends the
+/// task (the same file checks that `/readyz` and `/metrics` say so).
 #[cfg(feature = "fault-injection")]
-fn injected_errors() -> usize {
-    std::env::var("PIXELD_TEST_UDP_RECV_ERRORS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+fn injected_errors() -> (usize, i32) {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    match var("PIXELD_TEST_UDP_RECV_FATAL") {
+        0 => (var("PIXELD_TEST_UDP_RECV_ERRORS"), libc::ENOMEM),
+        _ => (1, libc::EBADF),
+    }
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn injected_errors() -> usize {
-    0
+fn injected_errors() -> (usize, i32) {
+    (0, 0)
 }
 
 /// Binds `addr` with `SO_REUSEPORT` and the requested receive buffer.
@@ -269,7 +278,7 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>, usable: usize) -> io::Resu
         Ok(())
     };
     let coalesce = ingest.cfg.receive_coalesce;
-    let mut inject = injected_errors();
+    let (mut inject, injected_errno) = injected_errors();
     let mut wait = true;
     loop {
         let mut error = None;
@@ -285,7 +294,7 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>, usable: usize) -> io::Resu
         while error.is_none() {
             let received = if inject > 0 {
                 inject -= 1;
-                Err(io::Error::from_raw_os_error(libc::ENOMEM))
+                Err(io::Error::from_raw_os_error(injected_errno))
             } else {
                 recv_batch(fd, &mut batch)
             };

@@ -275,6 +275,9 @@ pub struct ShardStats {
     pub ready: AtomicBool,
     pub poisoned: AtomicBool,
     pub disk_full: AtomicBool,
+    /// The shard's UDP receive ended on an error that says its socket is unusable
+    /// (`ingest::udp`): it receives no UDP until pixeld restarts.
+    pub udp_stopped: AtomicBool,
     /// HTTP requests refused with 401 (missing or wrong bearer token).
     pub http_unauthorized: AtomicU64,
     /// `/p.gif` requests answered 204 and not stored: a prefetch or prerender.
@@ -400,6 +403,11 @@ pub fn not_ready(all: &[std::sync::Arc<ShardStats>]) -> Option<String> {
         }
         if ShardStats::flag(&s.disk_full) {
             return Some(format!("shard {i}: disk full"));
+        }
+        if ShardStats::flag(&s.udp_stopped) {
+            return Some(format!(
+                "shard {i}: its UDP socket failed and receives no more (see the log); restart pixeld"
+            ));
         }
         if !ShardStats::flag(&s.ready) {
             return Some(format!("shard {i} is not ready (recovering or stopped)"));
@@ -902,6 +910,14 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_http_connections",
         "Open HTTP connections.",
         sum(&|s| ShardStats::get(&s.http_connections)),
+    );
+    p.gauge(
+        "pixeld_udp_receive_stopped",
+        "Shards whose UDP receive ended on an error that says the socket is unusable: they \
+         receive no UDP until pixeld restarts (the log says why; /readyz is 503).",
+        all.iter()
+            .filter(|s| ShardStats::flag(&s.udp_stopped))
+            .count(),
     );
     p.gauge(
         "pixeld_ready",

@@ -2,7 +2,7 @@
 //! carries a sequence number, and afterwards sent = appended + dropped{reason} + kernel drops
 //! exactly — and the log holds exactly the appended sequence numbers, each once. pixeld keeps
 //! answering health checks and queries during the flood. A UDP receive that fails is counted,
-//! and the shard receives on.
+//! and the shard receives on; one that says the socket is unusable makes pixeld unready.
 
 use std::collections::HashSet;
 use std::net::UdpSocket;
@@ -182,4 +182,50 @@ fn a_failed_udp_receive_is_counted_and_the_shard_receives_on() {
     assert_eq!(code, Some(0), "{log}");
     let (recs, _) = common::read_all(&data.join("shard-000"), Start::Beginning);
     assert_eq!(recs.len(), 20);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the test-only fault hooks: cargo test --features fault-injection (scripts/test does)"
+)]
+fn a_udp_socket_that_fails_for_good_makes_the_server_unready_and_says_so() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    // The first receive fails with EBADF: the socket is unusable, the task ends.
+    let mut s = common::Server::builder()
+        .data(&data)
+        .shards(1)
+        .env("PIXELD_TEST_UDP_RECV_FATAL", "1")
+        .start();
+    assert!(s.wait_for("ready: 1 shard").is_some(), "{:?}", s.seen);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let line = format!(
+        r#"<190>Nov 22 01:39:03 pixel: {{"msec":{},"url":"https://www.example.com/x","vid":"v"}}"#,
+        common::data_msec()
+    );
+    sock.send_to(line.as_bytes(), ("127.0.0.1", s.udp)).unwrap();
+    let l = s.wait_for("pixeld: shard 0: UDP receive stopped: ");
+    assert!(
+        l.as_deref()
+            .is_some_and(|l| l.contains("receives no UDP until pixeld restarts")),
+        "{:?}",
+        s.seen
+    );
+    let (st, _, body) = common::http(s.http, "GET", "/readyz", &[], b"");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, 503, "{body}");
+    assert!(
+        body.contains("shard 0: its UDP socket failed and receives no more"),
+        "{body}"
+    );
+    let m = common::metrics(s.http);
+    assert_eq!(m.get("pixeld_udp_receive_stopped"), Some(&1.0));
+    assert_eq!(m.get("pixeld_ready"), Some(&0.0));
+    // TCP and HTTP go on.
+    let (st, _, _) = common::http(s.http, "GET", "/healthz", &[], b"");
+    assert_eq!(st, 200);
+    s.signal("TERM");
+    let (code, log) = s.wait();
+    assert_eq!(code, Some(0), "{log}");
 }
