@@ -8,7 +8,8 @@
 //! tasks applying what peers send, and the ticker. The feed is the TCP receive loop's body:
 //! an LF-framed stream cut into 64 KiB reads, decoded by `FrameDecoder`, each frame through
 //! `Ingest::line` (syslog header, `Log::append_pushback`, `Router::record_message`:
-//! event parse, routing, local aggregate updates), then `Router::flush` after each read,
+//! event parse, routing, local aggregate updates gathered over the read and applied
+//! together, `Router::gather`), then `Router::flush` after each read,
 //! waiting while the log is congested — exactly what `ingest::tcp` does after `read`. Every
 //! shard gets its own share of the lines, as `SO_REUSEPORT` spreads connections. A run ends
 //! when every line is appended, every increment sent across a ring has been applied by its
@@ -168,6 +169,8 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                     }
                     end = (end + READ_CHUNK).min(stream.len());
                     let now = pixeld::sys::now_ns();
+                    // The frames' own increments are applied together, as in `ingest::tcp`.
+                    let gathered = ingest.router.gather();
                     pos += decoder.decode(&stream[pos..end], |ev| {
                         if let Event::Frame(f) = ev {
                             stats.count_received(Transport::Tcp, 1, 0);
@@ -175,6 +178,7 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                             let _ = ingest.line(Transport::Tcp, peer, f, now);
                         }
                     });
+                    drop(gathered);
                     ingest.router.flush(BATCH_INCS).await;
                     // A socket read awaits its io_uring completion, which lets the shard's
                     // other tasks run: the receivers that drain the rings from its peers and
