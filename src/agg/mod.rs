@@ -1050,8 +1050,9 @@ impl Aggregates {
     /// memory at every one of them; a run of the same lookup for many increments has nothing
     /// depending on the one before, so the processor waits for them all at once, and
     /// [`Aggregates::apply`] then finds its slots in the cache (−6 % CPU per event end to
-    /// end, the visitor's slot in a url's set −6 % more; docs/performance-history.md). Returns what
-    /// it read, folded into one word for `black_box`, so that the reads are not left out.
+    /// end, the visitor's slot in a url's set −6 % more; docs/performance-history.md).
+    /// Returns what it read, folded into one word for `black_box`, so that the reads are not
+    /// left out.
     fn warm(&self, batch: &Batch, chunk: &[Inc]) -> u64 {
         let mut seen = 0u64;
         // A visitor's site id, looked up once for its visits and its site cell.

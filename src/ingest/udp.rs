@@ -10,8 +10,8 @@
 //! that count, `SO_RXQ_OVFL`, which pixeld read until 2026-12-06; but then the drops at the
 //! end of a flood were known only when a later datagram came, and the kernel adds a control
 //! message to every datagram once the first drop has happened. No CPU per datagram was
-//! measurably saved by the change: docs/performance-history.md.) Oversize datagrams (larger than
-//! `max_line_bytes`) are dropped and counted; empty ones are counted as `empty`.
+//! measurably saved by the change: docs/performance-history.md.) Oversize datagrams (larger
+//! than `max_line_bytes`) are dropped and counted; empty ones are counted as `empty`.
 //!
 //! A receive that fails (the kernel short of memory, say) is logged and counted, and the
 //! shard reads on after a pause ([`super::receive_failed`]), as its TCP and HTTP accept loops
