@@ -36,7 +36,8 @@ rsyslog (TCP → zstd file, logging only), pixeld as built, pixeld with the log'
 off (`[log] compression = "none"`), and with `--compare BIN` a second pixeld binary (the code
 before a change). Every receiver runs once per round, the rounds interleaved (--repeat, default
 3); each figure is the median with the range. Per receiver: CPU-seconds per million events,
-loss, bytes on disk per event. (pixeld with its aggregation off has no switch: the in-process
+loss, bytes on disk per event, and its CPU against rsyslog's and the compared binary's (each
+round's ratio, then their median and range). (pixeld with its aggregation off has no switch: the in-process
 `cargo bench --bench agg -- record` and `--bench log_append` figures split that part.)
 
 The machine is shared: wall-clock rates vary between runs; CPU-seconds per million events
@@ -454,16 +455,32 @@ def split(a):
                 figures.setdefault((name, rate), []).append(res)
                 log("round %d, %s, %s: %s" % (rnd + 1, "full speed" if not rate else "%d/s" % rate, name,
                                               json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()})))
+    # Ratios are taken round by round (the same round's runs are closest in time on a shared
+    # machine), then their median: against rsyslog (issue 19 asks for <= 0.33) and, with
+    # --compare, against the compared binary.
+    bases = [n for n, _ in receivers if n.startswith("rsyslog") or n.startswith("pixeld --compare")]
+
+    def ratios(name, rate, base):
+        mine, theirs = figures.get((name, rate), []), figures.get((base, rate), [])
+        r = sorted(x["cpu_s_per_million"] / y["cpu_s_per_million"]
+                   for x, y in zip(mine, theirs) if y["cpu_s_per_million"] > 0)
+        return {"median": r[len(r) // 2], "range": [r[0], r[-1]]} if r else None
+
     rows = []
     for (name, rate), runs in figures.items():
         cpu = sorted(x["cpu_s_per_million"] for x in runs)
         rows.append({"receiver": name, "rate": rate or "full speed", "cpu_s_per_million_median": cpu[len(cpu) // 2],
                      "cpu_s_per_million_range": [cpu[0], cpu[-1]], "lost": [x["lost"] for x in runs],
-                     "disk_bytes_per_event": runs[-1]["disk_bytes_per_event"]})
-    print("%-40s %-11s %-26s %-10s %s" % ("receiver", "rate", "CPU-s per million (range)", "disk B/ev", "lost"))
+                     "disk_bytes_per_event": runs[-1]["disk_bytes_per_event"],
+                     "cpu_ratio_to": {b: ratios(name, rate, b) for b in bases if b != name}})
+    print("%-40s %-11s %-26s %-10s %-10s %s" % ("receiver", "rate", "CPU-s per million (range)", "disk B/ev", "lost",
+                                              "CPU ratio to (median of rounds, range)"))
     for r in rows:
-        print("%-40s %-11s %-26s %-10.1f %s" % (r["receiver"], r["rate"], "%.2f (%.2f - %.2f)" % (
-            r["cpu_s_per_million_median"], *r["cpu_s_per_million_range"]), r["disk_bytes_per_event"], r["lost"]))
+        vs = "; ".join("%s %.2f (%.2f - %.2f)" % (b.split(",")[0].split(" --compare")[0] + (" (compare)" if "--compare" in b else ""),
+                                                  x["median"], *x["range"])
+                       for b, x in r["cpu_ratio_to"].items() if x)
+        print("%-40s %-11s %-26s %-10.1f %-10s %s" % (r["receiver"], r["rate"], "%.2f (%.2f - %.2f)" % (
+            r["cpu_s_per_million_median"], *r["cpu_s_per_million_range"]), r["disk_bytes_per_event"], r["lost"], vs))
     print(json.dumps({"date": time.strftime("%Y-%m-%d"), "events": a.events, "repeat": a.repeat, "rows": rows}, indent=1))
 
 
