@@ -475,9 +475,9 @@ def split(a):
                      "cpu_ratio_to": {b: ratios(name, rate, b) for b in bases if b != name}})
     print("%-40s %-11s %-26s %-10s %-10s %s" % ("receiver", "rate", "CPU-s per million (range)", "disk B/ev", "lost",
                                               "CPU ratio to (median of rounds, range)"))
+    label = {b: "rsyslog" if b.startswith("rsyslog") else "compared" for b in bases}
     for r in rows:
-        vs = "; ".join("%s %.2f (%.2f - %.2f)" % (b.split(",")[0].split(" --compare")[0] + (" (compare)" if "--compare" in b else ""),
-                                                  x["median"], *x["range"])
+        vs = "; ".join("%s %.2f (%.2f - %.2f)" % (label[b], x["median"], *x["range"])
                        for b, x in r["cpu_ratio_to"].items() if x)
         print("%-40s %-11s %-26s %-10.1f %-10s %s" % (r["receiver"], r["rate"], "%.2f (%.2f - %.2f)" % (
             r["cpu_s_per_million_median"], *r["cpu_s_per_million_range"]), r["disk_bytes_per_event"], r["lost"], vs))

@@ -34,7 +34,8 @@ pub const BATCH: usize = 64;
 /// While full batches keep coming, the kernel's drop count is read every this many of them.
 pub const DROPS_EVERY: usize = 16;
 /// Whether a receive error means the socket itself is unusable (or a bug in the call), so
-/// that reading on is pointless: everything else is retried.
+/// that reading on is pointless: `run` then marks the shard unready (`udp_stopped`) and
+/// returns it. Everything else is retried.
 fn fatal(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -346,6 +347,8 @@ pub async fn run(sock: UdpSocket, ingest: Rc<Ingest>, usable: usize) -> io::Resu
         }
         if let Some(e) = error {
             if fatal(&e) {
+                // Only a restart mends it: unready, so that it is seen.
+                ShardStats::set_flag(&stats.udp_stopped, true);
                 return Err(e);
             }
             super::receive_failed(stats, Transport::Udp, "udp receive", &e).await;

@@ -275,8 +275,8 @@ pub struct ShardStats {
     pub ready: AtomicBool,
     pub poisoned: AtomicBool,
     pub disk_full: AtomicBool,
-    /// The shard's UDP receive ended on an error that says its socket is unusable
-    /// (`ingest::udp`): it receives no UDP until pixeld restarts.
+    /// The shard's UDP receive ended on an error that says its socket is unusable (set by
+    /// `ingest::udp::run`): it receives no UDP until pixeld restarts.
     pub udp_stopped: AtomicBool,
     /// HTTP requests refused with 401 (missing or wrong bearer token).
     pub http_unauthorized: AtomicU64,

@@ -561,10 +561,9 @@ async fn run_shard(
     for udp in udp {
         let ingest = ingest.clone();
         receivers.push(glommio::spawn_local(async move {
-            if let Err(e) = crate::ingest::udp::run(udp, ingest.clone(), usable).await {
-                // Other errors are retried (`ingest::udp`): this one says the socket itself
-                // is unusable, which only a restart mends. Unready, so that it is seen.
-                ShardStats::set_flag(&ingest.stats.udp_stopped, true);
+            // Other errors are retried (`ingest::udp`): this one says the socket itself is
+            // unusable, and `run` has marked the shard unready.
+            if let Err(e) = crate::ingest::udp::run(udp, ingest, usable).await {
                 eprintln!(
                     "pixeld: shard {shard}: UDP receive stopped: {e}; this shard receives no UDP until pixeld restarts (/readyz says so)"
                 );
