@@ -50,6 +50,15 @@ impl<S: Default> Tier<S> {
         Some(&mut slot.1)
     }
 
+    /// The cells of `bucket` for writing when the tier holds it (never taking its slot).
+    pub fn get_held_mut(&mut self, bucket: i64) -> Option<&mut S> {
+        let i = self.slot_of(bucket);
+        self.slots
+            .get_mut(i)
+            .filter(|s| s.0 == bucket)
+            .map(|s| &mut s.1)
+    }
+
     /// The older bucket that writing `bucket` would clear from its slot, if any.
     pub fn displaced_by(&self, bucket: i64) -> Option<i64> {
         self.slots

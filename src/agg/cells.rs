@@ -133,6 +133,9 @@ pub struct Bucket {
     /// Pageviews by url and referrer domain: `(url id << 32) | referrer id` (`url_ref_key`) →
     /// views, on the url's owner (what answers "urls by referrer" without a scan).
     pub url_refs: HashMap<u64, u32>,
+    /// Of a minute its hour is taking in slices: which of its url cells are in the hour
+    /// already ([`UrlFold`]). Not stored: a checkpoint writes the hour with the rest.
+    pub url_fold: Option<Box<UrlFold>>,
     /// Changed since the last checkpoint (see `store`).
     pub dirty: bool,
     /// Of an hour: its minutes before this one are in its cells; its later minutes still in
@@ -150,6 +153,21 @@ impl Bucket {
         for (id, c) in &o.urls {
             self.urls.entry(*id).or_default().add(c);
         }
+        for (k, v) in &o.url_channels {
+            let c = self.url_channels.entry(*k).or_default();
+            *c = c.saturating_add(*v);
+        }
+        for (k, v) in &o.url_refs {
+            let c = self.url_refs.entry(*k).or_default();
+            *c = c.saturating_add(*v);
+        }
+        self.merge_except_urls(o);
+    }
+
+    /// Adds every cell of `o` but its url, url × channel and url × referrer cells (the
+    /// cells a url increment updates: what a large minute's hour takes in slices, see
+    /// [`UrlFold`]).
+    pub fn merge_except_urls(&mut self, o: &Bucket) {
         for (k, v) in &o.refs {
             let c = self.refs.entry(*k).or_default();
             *c = c.saturating_add(*v);
@@ -164,16 +182,45 @@ impl Bucket {
         for (id, c) in &o.profiles {
             self.profiles.entry(*id).or_default().add(c);
         }
-        for (k, v) in &o.url_channels {
-            let c = self.url_channels.entry(*k).or_default();
-            *c = c.saturating_add(*v);
-        }
         for (id, c) in &o.profile_visits {
             self.profile_visits.entry(*id).or_default().add(c);
         }
-        for (k, v) in &o.url_refs {
-            let c = self.url_refs.entry(*k).or_default();
-            *c = c.saturating_add(*v);
+    }
+
+    /// The number of url, url × channel and url × referrer cells.
+    pub fn url_group_len(&self) -> usize {
+        self.urls.len() + self.url_channels.len() + self.url_refs.len()
+    }
+
+    /// Adds the url, url × channel and url × referrer cells of `o` named by `keys` (those
+    /// it holds).
+    pub fn merge_url_keys(&mut self, o: &Bucket, keys: &UrlKeys) {
+        for id in &keys.urls {
+            if let Some(c) = o.urls.get(id) {
+                self.urls.entry(*id).or_default().add(c);
+            }
+        }
+        for (keys, from, into) in [
+            (&keys.channels, &o.url_channels, &mut self.url_channels),
+            (&keys.refs, &o.url_refs, &mut self.url_refs),
+        ] {
+            for k in keys {
+                if let Some(v) = from.get(k) {
+                    let c = into.entry(*k).or_default();
+                    *c = c.saturating_add(*v);
+                }
+            }
+        }
+    }
+
+    /// Adds the url cells of minute `o` that its hour has not taken yet: all of them unless
+    /// the hour is taking them in slices ([`UrlFold`]), then those still to come. Nothing
+    /// else of `o`.
+    pub fn merge_url_tail(&mut self, o: &Bucket) {
+        if let Some(f) = &o.url_fold {
+            for keys in f.todo.iter().skip(f.done as usize) {
+                self.merge_url_keys(o, keys);
+            }
         }
     }
 
@@ -202,6 +249,102 @@ impl Bucket {
             && self.profile_visits.is_empty()
             && self.url_refs.is_empty()
     }
+}
+
+/// How a minute with many url cells goes into its hour in slices, so that folding it never
+/// holds the shard for long (`Aggregates::fold_ended`): every other cell of the minute is
+/// folded at once, its url, url × channel and url × referrer cells — almost all of a busy
+/// minute's, and the visitor sets among them most of the work — partition by partition of
+/// their url id. The cells of a url whose partition is below `done` are in the hour (and
+/// the hot path updates both, as for a folded minute); the others are only in the minute
+/// (the hot path updates it alone, and a read of the hour adds them, [`Bucket::merge_url_tail`]).
+/// `todo` holds, per partition, the keys of those cells — a url cell the hot path creates in
+/// the minute meanwhile is added to its partition's keys.
+#[derive(Debug, Default, Clone)]
+pub struct UrlFold {
+    pub parts: u32,
+    pub done: u32,
+    pub todo: Vec<UrlKeys>,
+}
+
+/// The keys of one partition's url, url × channel and url × referrer cells.
+#[derive(Debug, Default, Clone)]
+pub struct UrlKeys {
+    pub urls: Vec<u32>,
+    pub channels: Vec<u64>,
+    pub refs: Vec<u64>,
+}
+
+impl UrlFold {
+    /// The plan for minute `b`: its url cells' keys in `parts` partitions (at least one).
+    pub fn plan(b: &Bucket, parts: u32) -> UrlFold {
+        let parts = parts.max(1);
+        let mut todo = vec![UrlKeys::default(); parts as usize];
+        let at = |url: u32| part_of(url, parts) as usize;
+        for &id in b.urls.keys() {
+            if let Some(t) = todo.get_mut(at(id)) {
+                t.urls.push(id);
+            }
+        }
+        for &k in b.url_channels.keys() {
+            if let Some(t) = todo.get_mut(at(url_channel_of(k).0)) {
+                t.channels.push(k);
+            }
+        }
+        for &k in b.url_refs.keys() {
+            if let Some(t) = todo.get_mut(at(url_ref_of(k).0)) {
+                t.refs.push(k);
+            }
+        }
+        UrlFold {
+            parts,
+            done: 0,
+            todo,
+        }
+    }
+
+    /// Whether url `url`'s cells are still only in the minute.
+    pub fn pending(&self, url: u32) -> bool {
+        part_of(url, self.parts) >= self.done
+    }
+
+    /// Notes the cells a url increment created in the minute, for a url still pending:
+    /// `grew` says which of its url, url × channel and url × referrer tables grew.
+    pub fn created(
+        &mut self,
+        url: u32,
+        channel: Option<u64>,
+        referrer: Option<u64>,
+        grew: [bool; 3],
+    ) {
+        let Some(keys) = self.todo.get_mut(part_of(url, self.parts) as usize) else {
+            return;
+        };
+        if grew[0] {
+            keys.urls.push(url);
+        }
+        if let (true, Some(k)) = (grew[1], channel) {
+            keys.channels.push(k);
+        }
+        if let (true, Some(k)) = (grew[2], referrer) {
+            keys.refs.push(k);
+        }
+    }
+
+    /// Heap bytes of the keys.
+    pub fn size_of(&self) -> usize {
+        self.todo
+            .iter()
+            .map(|k| k.urls.capacity() * 4 + (k.channels.capacity() + k.refs.capacity()) * 8)
+            .sum::<usize>()
+            + self.todo.capacity() * std::mem::size_of::<UrlKeys>()
+    }
+}
+
+/// The partition of url id `url` among `parts` (a multiplicative hash: consecutive ids,
+/// which interning hands out, spread evenly).
+fn part_of(url: u32, parts: u32) -> u32 {
+    ((u64::from(url.wrapping_mul(0x9E37_79B1)) * u64::from(parts)) >> 32) as u32
 }
 
 /// Why bytes could not be decoded.

@@ -454,6 +454,7 @@ impl Aggregates {
                 let visits: Box<dyn Iterator<Item = (u32, VisitCounts)>> = match part {
                     PartRef::Mem(b) => Box::new(b.profile_visits.iter().map(|(&id, c)| (id, *c))),
                     PartRef::File(f) => Box::new(f.profile_visits()),
+                    PartRef::UrlTail(_) => Box::new(std::iter::empty()),
                 };
                 for (id, c) in visits {
                     if let Some(v) = row_of(id) {
@@ -466,6 +467,7 @@ impl Aggregates {
                     Box::new(b.profiles.iter().map(|(&id, c)| (id, Cow::Borrowed(c))))
                 }
                 PartRef::File(f) => Box::new(f.profiles().map(|(id, c)| (id, Cow::Owned(c)))),
+                PartRef::UrlTail(_) => Box::new(std::iter::empty()),
             };
             for (id, c) in cells {
                 let Some(v) = row_of(id) else {

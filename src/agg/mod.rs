@@ -52,6 +52,11 @@ use visits::{Delta, IdKind, VisitCounts, VisitSettings, Visits};
 /// Minute buckets [`Aggregates::fold_ended`] folds between two looks at the clock.
 pub const FOLD_BUDGET: usize = 4;
 
+/// A minute with more url, url × channel and url × referrer cells than this is folded into
+/// its hour in slices by the ticker, in partitions of about this many cells
+/// ([`cells::UrlFold`]; ≈ 1 – 2 ms each on the reference VM).
+pub const FOLD_PART_CELLS: usize = 16_384;
+
 /// How long one pass of the ticker folds ended minutes at most ([`Aggregates::fold_ended`]),
 /// give or take one [`FOLD_BUDGET`] of minute buckets: a rebuild leaves a day or two of
 /// minutes to fold, which small buckets fold in a few passes, and a large bucket still costs
@@ -117,6 +122,9 @@ pub enum Sealed {
 enum PartRef<'a> {
     Mem(&'a Bucket),
     File(&'a SealedFile),
+    /// Of an hour: the minute it is folding in slices, whose url, url × channel and url ×
+    /// referrer cells of the urls still pending count and nothing else ([`cells::UrlFold`]).
+    UrlTail(&'a Bucket),
 }
 
 impl<'a> PartRef<'a> {
@@ -125,8 +133,56 @@ impl<'a> PartRef<'a> {
         match self {
             PartRef::Mem(b) => b.urls.get(&id).map(Cow::Borrowed),
             PartRef::File(f) => f.url(id).map(Cow::Owned),
+            PartRef::UrlTail(b) => b
+                .url_fold
+                .as_ref()
+                .filter(|f| f.pending(id))
+                .and_then(|_| b.urls.get(&id))
+                .map(Cow::Borrowed),
         }
     }
+
+    /// The url cells of a part in memory (none of a file's: the caller reads those itself).
+    fn mem_urls(self) -> Box<dyn Iterator<Item = (u32, &'a UrlCell)> + 'a> {
+        match self {
+            PartRef::Mem(b) => Box::new(b.urls.iter().map(|(&id, c)| (id, c))),
+            PartRef::File(_) => Box::new(std::iter::empty()),
+            PartRef::UrlTail(b) => Box::new(
+                url_tail(b)
+                    .flat_map(|k| &k.urls)
+                    .filter_map(|id| b.urls.get(id).map(|c| (*id, c))),
+            ),
+        }
+    }
+
+    /// The url × referrer (`by_ref`) or url × channel cells of a part in memory (none of a
+    /// file's).
+    fn mem_url_pairs(self, by_ref: bool) -> Box<dyn Iterator<Item = (u64, u32)> + 'a> {
+        let table = move |b: &'a Bucket| {
+            if by_ref {
+                &b.url_refs
+            } else {
+                &b.url_channels
+            }
+        };
+        match self {
+            PartRef::Mem(b) => Box::new(table(b).iter().map(|(&k, &v)| (k, v))),
+            PartRef::File(_) => Box::new(std::iter::empty()),
+            PartRef::UrlTail(b) => Box::new(
+                url_tail(b)
+                    .flat_map(move |k| if by_ref { &k.refs } else { &k.channels })
+                    .filter_map(move |k| table(b).get(k).map(|&v| (*k, v))),
+            ),
+        }
+    }
+}
+
+/// The keys of a minute's url cells its hour has not folded yet (none unless it is folding
+/// the minute in slices).
+fn url_tail(b: &Bucket) -> impl Iterator<Item = &cells::UrlKeys> {
+    b.url_fold
+        .iter()
+        .flat_map(|f| f.todo.iter().skip(f.done as usize))
 }
 
 /// The minute buckets of hour `h` that an hour folded up to `folded_upto` has not folded
@@ -144,12 +200,52 @@ pub(crate) fn unfolded_minutes(
 /// are (a copy only when there are any).
 pub(crate) fn whole_hour<'a>(minutes: &Tier<Bucket>, h: i64, b: &'a Bucket) -> Cow<'a, Bucket> {
     let mut unfolded = unfolded_minutes(minutes, h, b.folded_upto).peekable();
-    if unfolded.peek().is_none() {
+    let folding = folding_minute(minutes, h, b);
+    if unfolded.peek().is_none() && folding.is_none() {
         return Cow::Borrowed(b);
     }
     let mut whole = b.clone();
     unfolded.for_each(|m| whole.merge(m));
+    if let Some(m) = folding {
+        whole.merge_url_tail(m);
+    }
     Cow::Owned(whole)
+}
+
+/// The minute of hour `h` (bucket `b`) that the hour is folding in slices, if any: the last
+/// one it folded, with url cells still to take ([`cells::UrlFold`]).
+pub(crate) fn folding_minute<'m>(
+    minutes: &'m Tier<Bucket>,
+    h: i64,
+    b: &Bucket,
+) -> Option<&'m Bucket> {
+    let m = b.folded_upto - 1;
+    (m >= h * 60 && m < (h + 1) * 60)
+        .then(|| minutes.get(m))
+        .flatten()
+        .filter(|mb| mb.url_fold.is_some())
+}
+
+/// Folds minute `mb`'s url cells into its hour `hb`, partition by partition, until
+/// `deadline` (None: all of them); says whether it did all ([`cells::UrlFold`]). At least
+/// one partition is folded per call, so a fold always progresses.
+fn fold_url_parts(hb: &mut Bucket, mb: &mut Bucket, deadline: Option<std::time::Instant>) -> bool {
+    let Some(mut fold) = mb.url_fold.take() else {
+        return true;
+    };
+    while let Some(keys) = fold.todo.get_mut(fold.done as usize) {
+        let keys = std::mem::take(keys);
+        hb.merge_url_keys(mb, &keys);
+        fold.done += 1;
+        if deadline.is_some_and(|t| std::time::Instant::now() >= t) {
+            break;
+        }
+    }
+    if (fold.done as usize) < fold.todo.len() {
+        mb.url_fold = Some(fold);
+        return false;
+    }
+    true
 }
 
 /// The visitors of a url cell, borrowed or taken.
@@ -780,6 +876,15 @@ fn visit_delta(b: &mut Bucket, s: u32, d: &Delta) {
     }
 }
 
+/// The cells a url increment updates: its url's, and its url × channel and url × referrer
+/// keys when it has them (`Aggregates::each_bucket_with`).
+#[derive(Debug, Clone, Copy)]
+struct UrlGroup {
+    url: u32,
+    channel: Option<u64>,
+    referrer: Option<u64>,
+}
+
 /// How one increment's visitor goes into the url or profile cells of the buckets it updates
 /// (minute, then hour, then day; an hour only when it has folded the minute already, see
 /// `each_bucket`): a visitor the finest bucket knew already is in the coarser ones (each of
@@ -969,7 +1074,21 @@ impl Aggregates {
     /// already (`fold_minutes`), and to its day bucket when the day is sealed (late
     /// increments) or the hour has left its window; counts the increment stale when no
     /// bucket takes it.
-    fn each_bucket(&mut self, inc: &Inc, now_min: i64, mut f: impl FnMut(&mut Bucket, Res)) {
+    fn each_bucket(&mut self, inc: &Inc, now_min: i64, f: impl FnMut(&mut Bucket, Res)) {
+        self.each_bucket_with(inc, now_min, None, f);
+    }
+
+    /// [`Aggregates::each_bucket`] for a url increment, whose cells `url` names: while its
+    /// minute is being folded in slices and the url's partition is still pending
+    /// ([`cells::UrlFold`]), the hour is left alone (it takes the minute's cells later), and
+    /// a cell created in the minute is added to the keys still to fold.
+    fn each_bucket_with(
+        &mut self,
+        inc: &Inc,
+        now_min: i64,
+        url: Option<UrlGroup>,
+        mut f: impl FnMut(&mut Bucket, Res),
+    ) {
         let minute = inc.minute;
         if inc.repair {
             // Only the bucket being recomputed (an hour's minutes left the window long ago,
@@ -992,6 +1111,7 @@ impl Aggregates {
             return;
         }
         let mut in_minute = false;
+        let mut url_pending = false;
         if minute >= self.minute_floor(now_min) {
             if let Some(old) = self.minutes.displaced_by(minute) {
                 // Out of the window long ago, but not yet evicted (the ticker was late): its
@@ -1000,7 +1120,21 @@ impl Aggregates {
             }
             if let Some(b) = self.minutes.get_mut(minute) {
                 b.dirty = true;
-                f(b, Res::Minute);
+                match url.filter(|g| b.url_fold.as_ref().is_some_and(|fold| fold.pending(g.url))) {
+                    Some(g) => {
+                        let lens =
+                            |b: &Bucket| [b.urls.len(), b.url_channels.len(), b.url_refs.len()];
+                        let before = lens(b);
+                        f(b, Res::Minute);
+                        let after = lens(b);
+                        if let Some(fold) = b.url_fold.as_deref_mut() {
+                            let grew = [0, 1, 2].map(|i| after[i] > before[i]);
+                            fold.created(g.url, g.channel, g.referrer, grew);
+                        }
+                        url_pending = true;
+                    }
+                    None => f(b, Res::Minute),
+                }
                 in_minute = true;
             }
         }
@@ -1009,7 +1143,7 @@ impl Aggregates {
             if let Some(b) = self.hours.get_mut(minute.div_euclid(60)) {
                 // Dirty either way: its checkpoint holds its unfolded minutes.
                 b.dirty = true;
-                if !in_minute || minute < b.folded_upto {
+                if !in_minute || (minute < b.folded_upto && !url_pending) {
                     f(b, Res::Hour);
                 }
                 counted = true;
@@ -1255,7 +1389,12 @@ impl Aggregates {
                 // A url's second key is its pageview's referrer domain.
                 let by_ref = (self.cfg.url_referrers && inc.pageview && !aux.is_empty())
                     .then(|| cells::url_ref_key(id, self.refs.intern(aux).0));
-                self.each_bucket(inc, now_min, |b, _| {
+                let group = UrlGroup {
+                    url: id,
+                    channel: by_channel,
+                    referrer: by_ref,
+                };
+                self.each_bucket_with(inc, now_min, Some(group), |b, _| {
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1);
@@ -1391,6 +1530,8 @@ impl Aggregates {
     /// it was computed from. What `pixeld rebuild-aggregates` uses to put buckets recomputed
     /// from the log into a loaded store.
     pub fn replace_bucket(&mut self, other: &Aggregates, res: Res, number: i64, now_min: i64) {
+        // Replaced, a half-folded minute would leave its hour with part of its url cells.
+        self.finish_folds();
         let b = self.translated(other, res, number);
         if res == Res::Hour {
             if let Some(Sealed::File(f)) = self.sealed.remove(&(Res::Hour, number)) {
@@ -1568,6 +1709,9 @@ impl Aggregates {
         if let Some(b) = self.hours.get(h) {
             out.push(PartRef::Mem(b));
             folded = b.folded_upto;
+            if let Some(m) = folding_minute(&self.minutes, h, b) {
+                out.push(PartRef::UrlTail(m));
+            }
         }
         out.extend(unfolded_minutes(&self.minutes, h, folded).map(PartRef::Mem));
         match self.sealed.get(&(Res::Hour, h)) {
@@ -1642,6 +1786,7 @@ impl Aggregates {
             match p {
                 PartRef::Mem(b) => out.merge(b),
                 PartRef::File(f) => out.merge(&f.to_bucket()),
+                PartRef::UrlTail(b) => out.merge_url_tail(b),
             }
         }
         out
@@ -1747,55 +1892,117 @@ impl Aggregates {
     }
 
     /// Folds the minute buckets before `upto` into their hours (every cell: counts add,
-    /// visitors unite), at most `budget` minute buckets, the oldest hours first. The hot path
-    /// updates a minute alone while its hour has not folded it (one update per event instead
-    /// of two), every read of the hour adds its unfolded minutes, and a checkpoint writes the
-    /// hour with them; so a minute must be folded exactly once — `folded_upto` says which
-    /// were. Called by the ticker for minutes that ended (a budget per tick), and without a
-    /// budget before minutes leave the window and before hours are sealed. Returns how many
-    /// minute buckets it folded (of the budget: empty ones too).
-    pub fn fold_minutes(&mut self, upto: i64, mut budget: usize) -> usize {
+    /// visitors unite), at most `budget` minute buckets, the oldest hours first, and ends
+    /// any fold left half done by [`Aggregates::fold_ended`]. The hot path updates a minute
+    /// alone while its hour has not folded it (one update per event instead of two), every
+    /// read of the hour adds its unfolded minutes, and a checkpoint writes the hour with
+    /// them; so a minute must be folded exactly once — `folded_upto` says which were. Called
+    /// without a budget before minutes leave the window, before hours are sealed and before
+    /// buckets are replaced. Returns how many minute buckets it folded (of the budget: empty
+    /// ones too).
+    pub fn fold_minutes(&mut self, upto: i64, budget: usize) -> usize {
+        self.fold_until(upto, budget, None).0
+    }
+
+    /// Folds like [`Aggregates::fold_minutes`]; with a `deadline`, a minute with more than
+    /// [`FOLD_PART_CELLS`] url cells is folded in slices ([`cells::UrlFold`]): everything else
+    /// at once, its url cells partition by partition until the deadline, the rest at the
+    /// next call. Returns how many minute buckets it began to fold and whether it stopped
+    /// at the deadline.
+    fn fold_until(
+        &mut self,
+        upto: i64,
+        mut budget: usize,
+        deadline: Option<std::time::Instant>,
+    ) -> (usize, bool) {
         let mut folded = 0;
-        let minutes = &self.minutes;
+        let minutes = &mut self.minutes;
         let mut hours: Vec<(i64, &mut Bucket)> = self
             .hours
             .iter_mut()
-            .filter(|(h, b)| (h * 60).max(b.folded_upto) < upto.min((h + 1) * 60))
+            .filter(|(h, b)| {
+                (h * 60).max(b.folded_upto) < upto.min((h + 1) * 60)
+                    || (b.folded_upto > h * 60 && b.folded_upto <= (h + 1) * 60)
+            })
             .collect();
         hours.sort_unstable_by_key(|(h, _)| *h);
         for (h, hb) in hours {
+            // A minute left half folded first, whole.
+            let half = hb.folded_upto - 1;
+            if half >= h * 60 {
+                if let Some(mb) = minutes.get_held_mut(half).filter(|b| b.url_fold.is_some()) {
+                    if !fold_url_parts(hb, mb, deadline) {
+                        return (folded, true);
+                    }
+                }
+            }
             let end = ((h + 1) * 60).min(upto);
             let mut m = (h * 60).max(hb.folded_upto);
             while m < end {
-                if let Some(mb) = minutes.get(m) {
+                if let Some(mb) = minutes.get_held_mut(m) {
                     if budget == 0 {
                         break;
                     }
                     budget -= 1;
                     folded += 1;
-                    if !mb.is_empty() {
+                    if deadline.is_some() && mb.url_group_len() > FOLD_PART_CELLS {
+                        hb.merge_except_urls(mb);
+                        let parts = mb.url_group_len().div_ceil(FOLD_PART_CELLS);
+                        mb.url_fold = Some(Box::new(cells::UrlFold::plan(
+                            mb,
+                            u32::try_from(parts).unwrap_or(u32::MAX),
+                        )));
+                        hb.folded_upto = m + 1;
+                        if !fold_url_parts(hb, mb, deadline) {
+                            return (folded, true);
+                        }
+                    } else if !mb.is_empty() {
                         hb.merge(mb);
                     }
                 }
                 m += 1;
+                hb.folded_upto = m;
             }
-            hb.folded_upto = m;
+            hb.folded_upto = hb.folded_upto.max(m);
             if budget == 0 {
                 break;
             }
         }
-        folded
+        (folded, false)
+    }
+
+    /// Completes every fold left half done ([`Aggregates::fold_ended`]), folding nothing
+    /// else: before anything outside the hot path rewrites a minute or an hour.
+    pub fn finish_folds(&mut self) {
+        let half: Vec<i64> = self
+            .hours
+            .iter()
+            .filter_map(|(h, b)| folding_minute(&self.minutes, h, b).map(|_| b.folded_upto))
+            .collect();
+        for upto in half {
+            self.fold_minutes(upto, 0);
+        }
+    }
+
+    /// Whether a minute is being folded in slices (the ticker then comes back sooner).
+    pub fn folding(&self) -> bool {
+        self.hours
+            .iter()
+            .any(|(h, b)| folding_minute(&self.minutes, h, b).is_some())
     }
 
     /// What the ticker folds in one pass: the minute buckets before `upto`, [`FOLD_BUDGET`] at
-    /// a time, until none is left or `slice` has passed. Returns how many it folded.
+    /// a time, until none is left or `slice` has passed — a large minute's url cells in
+    /// slices, left half folded at the end of `slice` ([`cells::UrlFold`]). Returns how many
+    /// it began to fold.
     pub fn fold_ended(&mut self, upto: i64, slice: std::time::Duration) -> usize {
         let started = std::time::Instant::now();
+        let deadline = started + slice;
         let mut folded = 0;
         loop {
-            let n = self.fold_minutes(upto, FOLD_BUDGET);
+            let (n, stopped) = self.fold_until(upto, FOLD_BUDGET, Some(deadline));
             folded += n;
-            if n < FOLD_BUDGET || started.elapsed() >= slice {
+            if stopped || n < FOLD_BUDGET || started.elapsed() >= slice {
                 return folded;
             }
         }
@@ -1859,6 +2066,7 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.pages.iter().for_each(|(&id, c)| add(id, c)),
                         PartRef::File(f) => f.pages().for_each(|(id, c)| add(id, &c)),
+                        PartRef::UrlTail(_) => {}
                     }
                 }
                 let acc = acc.into_iter().map(|x| x.max(0) as u64).collect();
@@ -1879,8 +2087,8 @@ impl Aggregates {
                 };
                 for p in &parts {
                     match p {
-                        PartRef::Mem(b) => b.urls.iter().for_each(|(&id, c)| add(id, c)),
                         PartRef::File(f) => f.urls().for_each(|(id, c)| add(id, &c)),
+                        mem => mem.mem_urls().for_each(|(id, c)| add(id, c)),
                     }
                 }
                 (&self.urls, acc)
@@ -1902,8 +2110,8 @@ impl Aggregates {
                 }
                 for p in &parts {
                     match *p {
-                        PartRef::Mem(b) => {
-                            for (&id, c) in b.urls.iter().filter(|(&id, _)| keep(id)) {
+                        PartRef::Mem(_) | PartRef::UrlTail(_) => {
+                            for (id, c) in p.mem_urls().filter(|(id, _)| keep(*id)) {
                                 if let Some((u, e)) = slot(&mut unions, &mut engaged, id) {
                                     *e += u64::from(c.engaged);
                                     u.add(Cow::Borrowed(&c.visitors));
@@ -1945,6 +2153,7 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.refs.iter().for_each(|(&k, &v)| add(k, v)),
                         PartRef::File(f) => f.refs().for_each(|(k, v)| add(k, v)),
+                        PartRef::UrlTail(_) => {}
                     }
                 }
                 (&self.refs, acc)
@@ -1962,6 +2171,7 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.sites.iter().for_each(|(&id, c)| add(id, c.views)),
                         PartRef::File(f) => f.site_views().for_each(|(id, v)| add(id, v)),
+                        PartRef::UrlTail(_) => {}
                     }
                 }
                 (&self.sites, acc)
@@ -2010,10 +2220,9 @@ impl Aggregates {
         };
         for p in parts {
             match (p, by_ref) {
-                (PartRef::Mem(b), false) => b.url_channels.iter().for_each(|(&k, &v)| add(k, v)),
-                (PartRef::Mem(b), true) => b.url_refs.iter().for_each(|(&k, &v)| add(k, v)),
                 (PartRef::File(f), false) => f.url_channels().for_each(|(k, v)| add(k, v)),
                 (PartRef::File(f), true) => f.url_refs().for_each(|(k, v)| add(k, v)),
+                (mem, _) => mem.mem_url_pairs(by_ref).for_each(|(k, v)| add(k, v)),
             }
         }
         let key = |k: u64| {
@@ -2076,6 +2285,7 @@ impl Aggregates {
                 let pc = match p {
                     PartRef::Mem(b) => b.pages.get(&id).copied(),
                     PartRef::File(f) => f.page(id),
+                    PartRef::UrlTail(_) => None,
                 };
                 if let Some(pc) = pc {
                     o.entries += i64::from(pc.entries);
@@ -2120,6 +2330,7 @@ impl Aggregates {
                     None => continue,
                 },
                 (PartRef::File(f), None) => Cow::Owned(f.all()),
+                (PartRef::UrlTail(_), _) => continue,
             };
             t.views += cell.views;
             t.hits += cell.hits;
@@ -2226,6 +2437,7 @@ impl Aggregates {
                 + table_bytes(b.sites.capacity(), size_of::<(u32, SiteCell)>())
                 + b.sites.values().map(|c| c.uniques.size_of()).sum::<usize>()
                 + b.all.uniques.size_of()
+                + b.url_fold.as_ref().map_or(0, |f| f.size_of())
                 + size_of::<Bucket>()) as u64;
         }
         for s in self.sealed.values() {

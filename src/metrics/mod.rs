@@ -126,6 +126,9 @@ pub struct AggStats {
     /// the time it spent folding them: the shard does nothing else meanwhile.
     pub minutes_folded: AtomicU64,
     pub fold_nanos: AtomicU64,
+    /// The longest one folding pass held the executor (a large minute is folded in slices
+    /// over several passes: `agg::cells::UrlFold`).
+    pub fold_max_nanos: AtomicU64,
     /// Increments shipped to other shards, and in how many batches.
     pub sent_incs: AtomicU64,
     pub sent_batches: AtomicU64,
@@ -749,6 +752,15 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_agg_fold_seconds_total",
         "Time the ticker spent folding ended minutes into their hours (the shard's executor does nothing else meanwhile).",
         sum(&|s| ShardStats::get(&s.agg.fold_nanos)) as f64 / 1e9,
+    );
+    p.gauge(
+        "pixeld_agg_fold_pass_max_seconds",
+        "The longest one folding pass held a shard's executor (a minute with many url cells is folded in slices over several passes).",
+        all.iter()
+            .map(|s| ShardStats::get(&s.agg.fold_max_nanos))
+            .max()
+            .unwrap_or(0) as f64
+            / 1e9,
     );
     p.rows(
         "pixeld_agg_rebuild_seconds",

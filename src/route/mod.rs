@@ -69,6 +69,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
 /// queued for a peer wakes it at once (`Router::send`), so a partial batch still ships
 /// within [`FLUSH_EVERY`].
 pub const IDLE_TICK: Duration = Duration::from_millis(50);
+/// While a large minute is folded in slices (`agg::cells::UrlFold`), how often the ticker
+/// folds its next slice (of up to `agg::FOLD_SLICE`): at most a fifth of the shard's time.
+pub const FOLD_AGAIN: Duration = Duration::from_millis(20);
 /// Ring capacity, in batches, per ordered pair of shards.
 pub const RING_BATCHES: usize = 64;
 /// How far behind its wall clock a live shard puts its receive clock: more than a record
@@ -683,6 +686,7 @@ impl Router {
     pub async fn tick(self: Rc<Self>, stop: Arc<AtomicBool>) {
         let mut last_evict = Instant::now();
         let mut last_mark = Instant::now();
+        let mut last_fold = Instant::now();
         let woken = self.woken.borrow_mut().take();
         self.publish_memory();
         while !stop.load(Ordering::Relaxed) {
@@ -713,16 +717,11 @@ impl Router {
             }
             if last_evict.elapsed() >= Duration::from_secs(2) {
                 last_evict = Instant::now();
+                last_fold = last_evict;
                 let clock = self.owner_clock();
                 let mut agg = self.agg.borrow_mut();
                 // The minutes that ended: into their hours.
-                let started = Instant::now();
-                let folded = agg.fold_ended(self.now_min.get() - 1, crate::agg::FOLD_SLICE);
-                if folded > 0 {
-                    let a = &self.stats.agg;
-                    ShardStats::bump(&a.minutes_folded, folded as u64);
-                    ShardStats::bump(&a.fold_nanos, started.elapsed().as_nanos() as u64);
-                }
+                self.fold_pass(&mut agg);
                 agg.evict(self.now_min.get());
                 if clock > 0 {
                     agg.visits.sweep(clock);
@@ -732,7 +731,30 @@ impl Router {
                 }
                 drop(agg);
                 self.publish_memory();
+            } else if last_fold.elapsed() >= FOLD_AGAIN {
+                // A large minute left half folded: its next slice.
+                last_fold = Instant::now();
+                let mut agg = self.agg.borrow_mut();
+                if agg.folding() {
+                    self.fold_pass(&mut agg);
+                }
             }
+        }
+    }
+
+    /// One folding pass of the ticker ([`Aggregates::fold_ended`]), counted.
+    fn fold_pass(&self, agg: &mut Aggregates) {
+        let half = agg.folding();
+        let started = Instant::now();
+        let folded = agg.fold_ended(self.now_min.get() - 1, crate::agg::FOLD_SLICE);
+        let took = started.elapsed().as_nanos() as u64;
+        let a = &self.stats.agg;
+        if folded > 0 {
+            ShardStats::bump(&a.minutes_folded, folded as u64);
+        }
+        if folded > 0 || half {
+            ShardStats::bump(&a.fold_nanos, took);
+            a.fold_max_nanos.fetch_max(took, Ordering::Relaxed);
         }
     }
 

@@ -840,6 +840,104 @@ pub(crate) mod tests {
         pair_rows(a, Dim::UrlRef, now)
     }
 
+    /// A minute with more url cells than `FOLD_PART_CELLS` is folded into its hour in slices
+    /// (`cells::UrlFold`): between two slices every answer — tops of urls and url pairs, url
+    /// stats and series, totals, every cell of the hour and of the minute — is that of a
+    /// state that folded nothing; increments meanwhile to the half-folded minute (cells of
+    /// urls folded and still pending, new ones among them) count exactly once; a checkpoint
+    /// written half way decodes to the same answers; and the hour ends as if folded whole.
+    #[test]
+    fn a_large_minute_folds_in_slices_and_every_answer_stays() {
+        // fixed-date: a fixed minute; every increment and read is relative to it.
+        let now: i64 = 29_000_000;
+        let minute = now - 2;
+        let h = minute.div_euclid(60);
+        let url = |i: usize| format!("https://a.example/p{i}");
+        let batch = |urls: std::ops::Range<usize>, salt: usize| {
+            let mut b = Batch::default();
+            for i in urls {
+                let vid = ((i * 7 + salt) % 900) as u64;
+                let inc = Inc::new(IncKind::Url, true, minute, 1, Some(vid))
+                    .with_channel(1 + ((i + salt) % 3) as u8);
+                let referrer = format!("r{}.example", (i + salt) % 5);
+                b.push_inc_with(inc, "a.example", &url(i), &referrer);
+                if i % 50 == salt % 50 {
+                    let ts = minute * 60_000 + (i % 60_000) as i64;
+                    let v = Inc::new(IncKind::Visitor, true, minute, 1, Some(vid)).with_visit(ts);
+                    b.push_inc(v, "a.example", &url(i));
+                    b.push(IncKind::Ref, true, minute, 0, "a.example", &referrer, None);
+                }
+            }
+            b
+        };
+        let mut a = Aggregates::new(AggConfig::default());
+        let mut model = Aggregates::new(AggConfig::default());
+        let first = batch(0..20_000, 0);
+        a.apply_batch(&first, now);
+        model.apply_batch(&first, now);
+        let some: Vec<String> = (0..20_200).step_by(331).map(url).collect();
+        let check = |a: &Aggregates, model: &Aggregates| {
+            assert_eq!(answers(a, now), answers(model, now));
+            for dim in [Dim::Url, Dim::UrlVisitors, Dim::UrlChannel, Dim::UrlRef] {
+                let top = |x: &Aggregates| x.top(dim, now - 400, now + 1, None, 100_000);
+                assert_eq!(top(a), top(model), "{dim:?}");
+            }
+            assert_eq!(
+                a.url_stats(now - 120, now + 1, &some, None),
+                model.url_stats(now - 120, now + 1, &some, None)
+            );
+            for u in some.iter().step_by(7) {
+                assert_eq!(
+                    a.url_series(h * 60, now + 1, 1, u, None),
+                    model.url_series(h * 60, now + 1, 1, u, None)
+                );
+            }
+            assert_eq!(
+                a.bucket_lines(Res::Hour, h),
+                model.bucket_lines(Res::Hour, h)
+            );
+            assert_eq!(
+                a.bucket_lines(Res::Minute, minute),
+                model.bucket_lines(Res::Minute, minute)
+            );
+        };
+        let mut slices = 0;
+        loop {
+            a.fold_ended(now - 1, std::time::Duration::ZERO);
+            if !a.folding() {
+                break;
+            }
+            slices += 1;
+            check(&a, &model);
+            // Meanwhile: urls folded or not, a new channel or referrer for some, new urls.
+            let more = batch(slices * 97..slices * 97 + 300, slices);
+            let new = batch(20_000 + slices * 20..20_000 + slices * 20 + 20, 0);
+            for b in [&more, &new] {
+                a.apply_batch(b, now);
+                model.apply_batch(b, now);
+            }
+            check(&a, &model);
+            if slices == 2 {
+                let bytes = encode(&mut a, &header(Kind::Base, 1, 0));
+                let mut r = Aggregates::new(AggConfig::default());
+                decode_into(&bytes, &mut r).unwrap();
+                assert!(!r.folding());
+                check(&r, &model);
+            }
+        }
+        assert!(slices >= 3, "folded in {slices} slices");
+        assert!(a.hours.get(h).is_some_and(|b| b.folded_upto == minute + 1));
+        model.fold_minutes(now - 1, usize::MAX);
+        check(&a, &model);
+        // The hour holds the minute whole: no part of it is read from the minute any more.
+        let hour = |x: &Aggregates| {
+            let mut lines = x.key_lines(x.hours.get(h).unwrap());
+            lines.sort();
+            lines
+        };
+        assert_eq!(hour(&a), hour(&model));
+    }
+
     /// The checked-in sample of version 9 (tests/data/sample-v9.agg) decodes to the state it
     /// was written from, whose hours had folded none of their minutes (written with them);
     /// the decoded hours have folded every minute, and more increments — in those minutes,
