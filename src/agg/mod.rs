@@ -12,8 +12,10 @@
 //! Every increment updates its minute bucket (while inside `minute_window`) — and nothing
 //! else while the minute's hour has not folded it: the ticker folds each ended minute into
 //! its hour ([`Aggregates::fold_minutes`]), a read of an hour adds the minutes it has not
-//! folded yet, and a checkpoint writes an hour with them. An increment for a minute its hour
-//! has folded already (a late event), or outside the minute window, updates the hour too;
+//! folded yet, and a checkpoint writes an hour with them. A minute with many url cells is
+//! folded in slices between ticker passes ([`cells::UrlFold`]), so that folding never holds
+//! the shard for long. An increment for a minute its hour has folded already (a late event),
+//! or outside the minute window, updates the hour too;
 //! counts are commutative, so late events need no watermark. Days are not counted on
 //! the hot path: a closed day is the merge of its hours, made when the checkpoint seals it
 //! ([`sealed`]); closed hours and days then live in immutable mapped files, and what arrives
