@@ -10,7 +10,8 @@ exercise url and referrer normalisation (mixed-case hosts, ports, userinfo, frag
 strings with and without kept parameters, percent-encoded and raw urls, invalid UTF-8 after
 decoding, `-` and empty referrers, IPv6 hosts, relative urls that are refused), repeated in a
 shuffled order so that caches see both hits and misses — imports it into one data dir per
-binary, starts each with the same config and shard count on free loopback ports, waits until
+binary, starts each with the same config (`visit_late_allowance = "7d"`, so that which lines count
+for visits does not depend on when each import ran) and shard count on free loopback ports, waits until
 the aggregates are complete, asks both the same list of queries with absolute times, and
 compares the answers byte for byte. It prints the number of queries, of identical answers and
 the first difference, and exits 1 on any difference. It is a check run by hand (and cited in
@@ -152,21 +153,27 @@ def main():
         with open(path, "a") as f:
             for line in edge_lines(a.events // 5, start, a.seed):
                 f.write(line + "\n")
-        configs = [None]
+        # Whether an event counts for visits depends on its receive time (an import stamps
+        # the time it runs) against `visit_late_allowance`: the largest allowance makes every
+        # line of the last hour count wherever the two imports fall in time.
+        allowance = 'visit_late_allowance = "7d"\n'
+        c = os.path.join(work, "default.toml")
+        open(c, "w").write("[agg]\n" + allowance)
+        configs = [("default", c)]
         if a.keep_query:
             c = os.path.join(work, "keep.toml")
-            open(c, "w").write("[agg]\nurl_keep_query = [%s]\n" % ", ".join(json.dumps(k) for k in a.keep_query.split(",")))
-            configs.append(c)
+            open(c, "w").write("[agg]\n" + allowance + "url_keep_query = [%s]\n" % ", ".join(json.dumps(k) for k in a.keep_query.split(",")))
+            configs.append(("url_keep_query=" + a.keep_query, c))
         frm = time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(start / 1000 - 60))
         to = time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(now_ms / 1000 + 120))
         total = same = 0
         first_diff = None
         for shards in a.shards:
-            for config in configs:
+            for name, config in configs:
                 answers = []
                 for label, binary in (("a", a.a), ("b", a.b)):
-                    data = os.path.join(work, "%s-%d-%s" % (label, shards, "keep" if config else "default"))
-                    subprocess.run([binary, "import", "--data-dir", data, path] + (["--config", config] if config else []),
+                    data = os.path.join(work, "%s-%d-%s" % (label, shards, name.split("=")[0]))
+                    subprocess.run([binary, "import", "--data-dir", data, path, "--config", config],
                                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     s = Server(binary, data, shards, config)
                     try:
@@ -182,7 +189,7 @@ def main():
                 total += len(qs)
                 same += n_same
                 print("shards %d, config %s: %d queries, %d identical answers" % (
-                    shards, "url_keep_query=" + a.keep_query if config else "default", len(qs), n_same), flush=True)
+                    shards, name, len(qs), n_same), flush=True)
                 for q, x, y in zip(qs, *answers):
                     if x != y and first_diff is None:
                         first_diff = (q, x[:400], y[:400])
