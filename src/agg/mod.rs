@@ -1923,15 +1923,17 @@ impl Aggregates {
             .hours
             .iter_mut()
             .filter(|(h, b)| {
+                let half = b.folded_upto - 1;
                 (h * 60).max(b.folded_upto) < upto.min((h + 1) * 60)
-                    || (b.folded_upto > h * 60 && b.folded_upto <= (h + 1) * 60)
+                    || (half >= h * 60 && half < (h + 1) * 60 && half < upto)
             })
             .collect();
         hours.sort_unstable_by_key(|(h, _)| *h);
         for (h, hb) in hours {
-            // A minute left half folded first, whole.
+            // A minute left half folded first, whole — when it is one of those asked for
+            // (eviction asks only for minutes leaving the window).
             let half = hb.folded_upto - 1;
-            if half >= h * 60 {
+            if half >= h * 60 && half < upto {
                 if let Some(mb) = minutes.get_held_mut(half).filter(|b| b.url_fold.is_some()) {
                     if !fold_url_parts(hb, mb, deadline) {
                         return (folded, true);

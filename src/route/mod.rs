@@ -687,6 +687,8 @@ impl Router {
         let mut last_evict = Instant::now();
         let mut last_mark = Instant::now();
         let mut last_fold = Instant::now();
+        // A large minute left half folded: the idle wait is cut to the next slice's time.
+        let mut half = false;
         let woken = self.woken.borrow_mut().take();
         self.publish_memory();
         while !stop.load(Ordering::Relaxed) {
@@ -698,7 +700,7 @@ impl Router {
                     ShardStats::bump(&self.stats.agg.ticker_idle_waits, 1);
                     let first =
                         futures_lite::future::or(async { woken.recv().await.is_some() }, async {
-                            glommio::timer::sleep(IDLE_TICK).await;
+                            glommio::timer::sleep(if half { FOLD_AGAIN } else { IDLE_TICK }).await;
                             false
                         })
                         .await;
@@ -721,7 +723,7 @@ impl Router {
                 let clock = self.owner_clock();
                 let mut agg = self.agg.borrow_mut();
                 // The minutes that ended: into their hours.
-                self.fold_pass(&mut agg);
+                half = self.fold_pass(&mut agg);
                 agg.evict(self.now_min.get());
                 if clock > 0 {
                     agg.visits.sweep(clock);
@@ -731,19 +733,17 @@ impl Router {
                 }
                 drop(agg);
                 self.publish_memory();
-            } else if last_fold.elapsed() >= FOLD_AGAIN {
+            } else if half && last_fold.elapsed() >= FOLD_AGAIN {
                 // A large minute left half folded: its next slice.
                 last_fold = Instant::now();
-                let mut agg = self.agg.borrow_mut();
-                if agg.folding() {
-                    self.fold_pass(&mut agg);
-                }
+                half = self.fold_pass(&mut self.agg.borrow_mut());
             }
         }
     }
 
-    /// One folding pass of the ticker ([`Aggregates::fold_ended`]), counted.
-    fn fold_pass(&self, agg: &mut Aggregates) {
+    /// One folding pass of the ticker ([`Aggregates::fold_ended`]), counted; says whether
+    /// it left a minute half folded.
+    fn fold_pass(&self, agg: &mut Aggregates) -> bool {
         let half = agg.folding();
         let started = Instant::now();
         let folded = agg.fold_ended(self.now_min.get() - 1, crate::agg::FOLD_SLICE);
@@ -756,6 +756,7 @@ impl Router {
             ShardStats::bump(&a.fold_nanos, took);
             a.fold_max_nanos.fetch_max(took, Ordering::Relaxed);
         }
+        agg.folding()
     }
 
     /// Whether an increment waits in a batch for a peer.

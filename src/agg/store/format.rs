@@ -904,6 +904,8 @@ pub(crate) mod tests {
         let mut slices = 0;
         loop {
             a.fold_ended(now - 1, std::time::Duration::ZERO);
+            // What the ticker does every 2 s: evicting folds only minutes leaving the window.
+            a.evict(now);
             if !a.folding() {
                 break;
             }
