@@ -134,8 +134,9 @@ pub struct Bucket {
     /// views, on the url's owner (what answers "urls by referrer" without a scan).
     pub url_refs: HashMap<u64, u32>,
     /// Of a minute its hour is taking in slices: which of its url cells are in the hour
-    /// already ([`UrlFold`]). Not stored: a checkpoint writes the hour with the rest.
-    pub url_fold: Option<Box<UrlFold>>,
+    /// already ([`UrlFold`]). Not stored: a checkpoint writes the hour with the rest; not
+    /// copied either ([`FoldState`]).
+    pub url_fold: FoldState,
     /// Changed since the last checkpoint (see `store`).
     pub dirty: bool,
     /// Of an hour: its minutes before this one are in its cells; its later minutes still in
@@ -232,7 +233,7 @@ impl Bucket {
     /// the hour is taking them in slices ([`UrlFold`]), then those still to come. Nothing
     /// else of `o`.
     pub fn merge_url_tail(&mut self, o: &Bucket) {
-        if let Some(f) = &o.url_fold {
+        if let Some(f) = &o.url_fold.0 {
             for keys in f.todo.iter().skip(f.done as usize) {
                 self.merge_url_keys(o, keys);
             }
@@ -280,6 +281,18 @@ pub struct UrlFold {
     pub parts: u32,
     pub done: u32,
     pub todo: Vec<UrlKeys>,
+}
+
+/// A live minute's [`UrlFold`], if its hour is folding it. It belongs to that minute in the
+/// tier alone: a copy of the bucket (a checkpoint's snapshot, whose hours are whole) is a
+/// plain minute, whose cells a whole hour already holds — so a clone holds none.
+#[derive(Debug, Default)]
+pub struct FoldState(pub Option<Box<UrlFold>>);
+
+impl Clone for FoldState {
+    fn clone(&self) -> Self {
+        FoldState(None)
+    }
 }
 
 /// The keys of one partition's url, url × channel and url × referrer cells.

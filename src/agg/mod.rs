@@ -137,6 +137,7 @@ impl<'a> PartRef<'a> {
             PartRef::File(f) => f.url(id).map(Cow::Owned),
             PartRef::UrlTail(b) => b
                 .url_fold
+                .0
                 .as_ref()
                 .filter(|f| f.pending(id))
                 .and_then(|_| b.urls.get(&id))
@@ -183,6 +184,7 @@ impl<'a> PartRef<'a> {
 /// the minute in slices).
 fn url_tail(b: &Bucket) -> impl Iterator<Item = &cells::UrlKeys> {
     b.url_fold
+        .0
         .iter()
         .flat_map(|f| f.todo.iter().skip(f.done as usize))
 }
@@ -225,26 +227,32 @@ pub(crate) fn folding_minute<'m>(
     (m >= h * 60 && m < (h + 1) * 60)
         .then(|| minutes.get(m))
         .flatten()
-        .filter(|mb| mb.url_fold.is_some())
+        .filter(|mb| mb.url_fold.0.is_some())
 }
 
 /// Folds minute `mb`'s url cells into its hour `hb`, partition by partition, until
 /// `deadline` (None: all of them); says whether it did all ([`cells::UrlFold`]). At least
 /// one partition is folded per call, so a fold always progresses.
-fn fold_url_parts(hb: &mut Bucket, mb: &mut Bucket, deadline: Option<std::time::Instant>) -> bool {
-    let Some(mut fold) = mb.url_fold.take() else {
+fn fold_url_parts(
+    hb: &mut Bucket,
+    mb: &mut Bucket,
+    deadline: Option<std::time::Instant>,
+    slices: &mut u64,
+) -> bool {
+    let Some(mut fold) = mb.url_fold.0.take() else {
         return true;
     };
     while let Some(keys) = fold.todo.get_mut(fold.done as usize) {
         let keys = std::mem::take(keys);
         hb.merge_url_keys(mb, &keys);
         fold.done += 1;
+        *slices += 1;
         if deadline.is_some_and(|t| std::time::Instant::now() >= t) {
             break;
         }
     }
     if (fold.done as usize) < fold.todo.len() {
-        mb.url_fold = Some(fold);
+        mb.url_fold.0 = Some(fold);
         return false;
     }
     true
@@ -981,6 +989,8 @@ pub struct Aggregates {
     pub repair_days: Vec<i64>,
     /// Increments refused because their bucket had already left the window.
     pub stale: u64,
+    /// Partitions of url cells folded in slices ([`cells::UrlFold`]), for the metrics.
+    pub fold_slices: u64,
     /// How many sites, urls and referrers the last checkpoint held (a delta carries the rest).
     written_names: NameCounts,
     /// Which owner a visitor's increments go to across shard-count changes (the store's
@@ -1021,6 +1031,7 @@ impl Aggregates {
             repair_hours: Vec::new(),
             repair_days: Vec::new(),
             stale: 0,
+            fold_slices: 0,
             written_names: (0, 0, 0, 0),
             epochs: Default::default(),
             recording: None,
@@ -1122,14 +1133,19 @@ impl Aggregates {
             }
             if let Some(b) = self.minutes.get_mut(minute) {
                 b.dirty = true;
-                match url.filter(|g| b.url_fold.as_ref().is_some_and(|fold| fold.pending(g.url))) {
+                match url.filter(|g| {
+                    b.url_fold
+                        .0
+                        .as_ref()
+                        .is_some_and(|fold| fold.pending(g.url))
+                }) {
                     Some(g) => {
                         let lens =
                             |b: &Bucket| [b.urls.len(), b.url_channels.len(), b.url_refs.len()];
                         let before = lens(b);
                         f(b, Res::Minute);
                         let after = lens(b);
-                        if let Some(fold) = b.url_fold.as_deref_mut() {
+                        if let Some(fold) = b.url_fold.0.as_deref_mut() {
                             let grew = [0, 1, 2].map(|i| after[i] > before[i]);
                             fold.created(g.url, g.channel, g.referrer, grew);
                         }
@@ -1919,6 +1935,7 @@ impl Aggregates {
     ) -> (usize, bool) {
         let mut folded = 0;
         let minutes = &mut self.minutes;
+        let slices = &mut self.fold_slices;
         let mut hours: Vec<(i64, &mut Bucket)> = self
             .hours
             .iter_mut()
@@ -1934,8 +1951,11 @@ impl Aggregates {
             // (eviction asks only for minutes leaving the window).
             let half = hb.folded_upto - 1;
             if half >= h * 60 && half < upto {
-                if let Some(mb) = minutes.get_held_mut(half).filter(|b| b.url_fold.is_some()) {
-                    if !fold_url_parts(hb, mb, deadline) {
+                if let Some(mb) = minutes
+                    .get_held_mut(half)
+                    .filter(|b| b.url_fold.0.is_some())
+                {
+                    if !fold_url_parts(hb, mb, deadline, slices) {
                         return (folded, true);
                     }
                 }
@@ -1952,12 +1972,12 @@ impl Aggregates {
                     if deadline.is_some() && mb.url_group_len() > FOLD_PART_CELLS {
                         hb.merge_except_urls(mb);
                         let parts = mb.url_group_len().div_ceil(FOLD_PART_CELLS);
-                        mb.url_fold = Some(Box::new(cells::UrlFold::plan(
+                        mb.url_fold.0 = Some(Box::new(cells::UrlFold::plan(
                             mb,
                             u32::try_from(parts).unwrap_or(u32::MAX),
                         )));
                         hb.folded_upto = m + 1;
-                        if !fold_url_parts(hb, mb, deadline) {
+                        if !fold_url_parts(hb, mb, deadline, slices) {
                             return (folded, true);
                         }
                     } else if !mb.is_empty() {
@@ -2441,7 +2461,7 @@ impl Aggregates {
                 + table_bytes(b.sites.capacity(), size_of::<(u32, SiteCell)>())
                 + b.sites.values().map(|c| c.uniques.size_of()).sum::<usize>()
                 + b.all.uniques.size_of()
-                + b.url_fold.as_ref().map_or(0, |f| f.size_of())
+                + b.url_fold.0.as_ref().map_or(0, |f| f.size_of())
                 + size_of::<Bucket>()) as u64;
         }
         for s in self.sealed.values() {

@@ -127,8 +127,10 @@ pub struct AggStats {
     pub minutes_folded: AtomicU64,
     pub fold_nanos: AtomicU64,
     /// The longest one folding pass held the executor (a large minute is folded in slices
-    /// over several passes: `agg::cells::UrlFold`).
+    /// over several passes: `agg::cells::UrlFold`), and the partitions of url cells folded
+    /// in slices.
     pub fold_max_nanos: AtomicU64,
+    pub fold_slices: AtomicU64,
     /// Increments shipped to other shards, and in how many batches.
     pub sent_incs: AtomicU64,
     pub sent_batches: AtomicU64,
@@ -714,6 +716,11 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             "pixeld_agg_minutes_folded_total",
             "Minute buckets the ticker folded into their hours once they ended (an increment updates its minute alone until then).",
             |s| ShardStats::get(&s.agg.minutes_folded),
+        ),
+        (
+            "pixeld_agg_fold_slices_total",
+            "Partitions of a busy minute's url cells folded into their hour in slices, between other work (about 16 384 cells each).",
+            |s| ShardStats::get(&s.agg.fold_slices),
         ),
         (
             "pixeld_route_sent_increments_total",

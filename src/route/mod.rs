@@ -756,6 +756,7 @@ impl Router {
             ShardStats::bump(&a.fold_nanos, took);
             a.fold_max_nanos.fetch_max(took, Ordering::Relaxed);
         }
+        ShardStats::bump(&a.fold_slices, std::mem::take(&mut agg.fold_slices));
         agg.folding()
     }
 

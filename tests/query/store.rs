@@ -12,6 +12,8 @@
 //!   for a sealed day included, across a restart, `check --aggregates`, damaged sealed files
 //!   (an hour recomputed from the log, a day from its hours) and log retention; days older than
 //!   the hour window are answered from the day tier;
+//! - a busy minute folded into its hour in slices answers the same while it folds, once
+//!   folded, after a clean restart and after a kill -9 during the fold;
 //! - the shard count can change between runs, 2 → 3 → 1 → 3: the store is re-partitioned
 //!   (sealed files included) and every answer stays the same, uniques included; a shrink below
 //!   a log that holds records is refused, naming the fix, until that log is moved out (its
@@ -474,6 +476,70 @@ fn a_store_left_by_a_crash_is_re_partitioned_from_one_frontier() {
     stop(s);
     let (ok, report) = common::check_aggregates(&data, Some(CONFIG));
     assert!(ok, "{report}");
+}
+
+/// A minute with more url cells than the ticker folds at once (`agg::FOLD_PART_CELLS`) is
+/// folded into its hour in slices between other work: every answer read while it folds equals
+/// the answer once it is folded, and after a clean stop, after a kill -9 (the checkpoint may
+/// hold the hour half way: it is written whole), and `pixeld check --aggregates` agrees with
+/// the store.
+#[test]
+fn a_busy_minute_folded_in_slices_answers_the_same_throughout() {
+    let tmp = common::tempdir();
+    let data = tmp.path().join("data");
+    let t0 = pixeld::route::now_minute();
+    let s = start_with(&data, CONFIG, 1);
+    // 60 000 hits of many urls inside one minute 20 minutes ago.
+    let minute_at = |m: i64| (m * 60_000) as u64;
+    post_all(&s, &hits_from(3, 60_000, minute_at(t0 - 20), busy_minute()));
+    common::wait_settled(s.http, "posted");
+    // Read while the ticker folds (it takes up the ended minute within 2 s), until it has
+    // folded it in more than one slice and no pass is left half done.
+    let mut during = Vec::new();
+    common::wait_until("the busy minute folded in slices", || {
+        during.push(answers(&s, t0));
+        let m = common::metrics(s.http);
+        common::metric_sum(&m, "pixeld_agg_minutes_folded_total") > 0
+            && common::metric_sum(&m, "pixeld_agg_fold_slices_total") > 1
+    });
+    // The last slices: a pass every 20 ms, 5 ms each.
+    std::thread::sleep(Duration::from_millis(1500));
+    let folded = answers(&s, t0);
+    for (i, a) in during.iter().enumerate() {
+        same_answers(a, &folded, &format!("read {i} while folding"));
+    }
+    let m = common::metrics(s.http);
+    assert!(m
+        .get("pixeld_agg_fold_pass_max_seconds")
+        .is_some_and(|v| *v > 0.0));
+    stop(s);
+    let s = start_with(&data, CONFIG, 1);
+    same_answers(&answers(&s, t0), &folded, "after a clean restart");
+    // Another busy minute, and a kill -9 as soon as its fold has begun.
+    post_all(&s, &hits_from(4, 60_000, minute_at(t0 - 15), busy_minute()));
+    common::wait_settled(s.http, "posted again");
+    let more = answers(&s, t0);
+    common::wait_until("folding the second minute", || {
+        common::metric_sum(&common::metrics(s.http), "pixeld_agg_fold_slices_total") > 0
+    });
+    s.signal("KILL");
+    let _ = s.wait();
+    let s = start_with(&data, CONFIG, 1);
+    same_answers(&answers(&s, t0), &more, "after a kill -9 while folding");
+    stop(s);
+    let (ok, report) = common::check_aggregates(&data, Some(CONFIG));
+    assert!(ok, "{report}");
+}
+
+/// The traffic of [`a_busy_minute_folded_in_slices_answers_the_same_throughout`]: many urls
+/// (url, url × channel and url × referrer cells: more than one fold slice takes).
+fn busy_minute() -> pixeld::tools::gen::GenConfig {
+    pixeld::tools::gen::GenConfig {
+        urls_per_site: 60_000,
+        visitors: 60_000,
+        ms_per_event: 0.9,
+        ..Default::default()
+    }
 }
 
 /// `pixeld rebuild-aggregates --server` on a running server while hits keep arriving: the

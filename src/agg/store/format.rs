@@ -848,9 +848,12 @@ pub(crate) mod tests {
     /// written half way decodes to the same answers; and the hour ends as if folded whole.
     #[test]
     fn a_large_minute_folds_in_slices_and_every_answer_stays() {
-        // fixed-date: a fixed minute; every increment and read is relative to it.
-        let now: i64 = 29_000_000;
+        // fixed-date: a fixed minute; every increment and read is relative to it. The busy
+        // minute is the last of its hour: where a checkpoint's copy of a whole hour would
+        // look for a fold in progress.
+        let now: i64 = 28_999_981;
         let minute = now - 2;
+        assert_eq!(minute.rem_euclid(60), 59);
         let h = minute.div_euclid(60);
         let url = |i: usize| format!("https://a.example/p{i}");
         let batch = |urls: std::ops::Range<usize>, salt: usize| {
@@ -920,11 +923,17 @@ pub(crate) mod tests {
             }
             check(&a, &model);
             if slices == 2 {
-                let bytes = encode(&mut a, &header(Kind::Base, 1, 0));
-                let mut r = Aggregates::new(AggConfig::default());
-                decode_into(&bytes, &mut r).unwrap();
-                assert!(!r.folding());
-                check(&r, &model);
+                // Encoded in place, and as the checkpointer does it: from a copy.
+                let (snap, _) = a.checkpoint_snapshot(true, now);
+                for bytes in [
+                    encode(&mut a, &header(Kind::Base, 1, 0)),
+                    encode_consuming(snap, &header(Kind::Base, 1, 0)),
+                ] {
+                    let mut r = Aggregates::new(AggConfig::default());
+                    decode_into(&bytes, &mut r).unwrap();
+                    assert!(!r.folding());
+                    check(&r, &model);
+                }
             }
         }
         assert!(slices >= 3, "folded in {slices} slices");
