@@ -196,37 +196,10 @@ impl Bucket {
     /// Adds the url, url × channel and url × referrer cells of `o` named by `keys` (those
     /// it holds).
     pub fn merge_url_keys(&mut self, o: &Bucket, keys: &UrlKeys) {
-        // The minute's cells are looked up a run at a time, then added: a run of lookups
-        // with nothing depending on the one before waits for memory once, not per key.
-        const RUN: usize = 32;
-        for run in keys.urls.chunks(RUN) {
-            let mut cells = [None; RUN];
-            for (c, id) in cells.iter_mut().zip(run) {
-                *c = o.urls.get(id);
-            }
-            for (c, id) in cells.iter().zip(run) {
-                if let Some(c) = c {
-                    self.urls.entry(*id).or_default().add(c);
-                }
-            }
-        }
-        for (keys, from, into) in [
-            (&keys.channels, &o.url_channels, &mut self.url_channels),
-            (&keys.refs, &o.url_refs, &mut self.url_refs),
-        ] {
-            for run in keys.chunks(RUN) {
-                let mut values = [None; RUN];
-                for (v, k) in values.iter_mut().zip(run) {
-                    *v = from.get(k).copied();
-                }
-                for (v, k) in values.iter().zip(run) {
-                    if let Some(v) = v {
-                        let c = into.entry(*k).or_default();
-                        *c = c.saturating_add(*v);
-                    }
-                }
-            }
-        }
+        merge_keys(&mut self.urls, &o.urls, &keys.urls, UrlCell::add);
+        let add = |c: &mut u32, v: &u32| *c = c.saturating_add(*v);
+        merge_keys(&mut self.url_channels, &o.url_channels, &keys.channels, add);
+        merge_keys(&mut self.url_refs, &o.url_refs, &keys.refs, add);
     }
 
     /// Adds the url cells of minute `o` that its hour has not taken yet: all of them unless
@@ -366,6 +339,29 @@ impl UrlFold {
             .map(|k| k.urls.capacity() * 4 + (k.channels.capacity() + k.refs.capacity()) * 8)
             .sum::<usize>()
             + self.todo.capacity() * std::mem::size_of::<UrlKeys>()
+    }
+}
+
+/// Adds `from`'s cells named by `keys` (those it holds) into `into` with `add`. The cells are
+/// looked up a run at a time, then added: a run of lookups with nothing depending on the one
+/// before waits for memory once, not per key.
+fn merge_keys<K: std::hash::Hash + Eq + Copy, V: Default>(
+    into: &mut HashMap<K, V>,
+    from: &HashMap<K, V>,
+    keys: &[K],
+    add: impl Fn(&mut V, &V),
+) {
+    const RUN: usize = 32;
+    for run in keys.chunks(RUN) {
+        let mut cells: [Option<&V>; RUN] = [None; RUN];
+        for (c, k) in cells.iter_mut().zip(run) {
+            *c = from.get(k);
+        }
+        for (c, k) in cells.iter().zip(run) {
+            if let Some(c) = c {
+                add(into.entry(*k).or_default(), c);
+            }
+        }
     }
 }
 

@@ -56,7 +56,7 @@ pub const FOLD_BUDGET: usize = 4;
 
 /// A minute with more url, url × channel and url × referrer cells than this is folded into
 /// its hour in slices by the ticker, in partitions of about this many cells
-/// ([`cells::UrlFold`]; ≈ 1 – 2 ms each on the reference VM).
+/// ([`cells::UrlFold`]; ≈ 2 – 3 ms each on the reference VM).
 pub const FOLD_PART_CELLS: usize = 16_384;
 
 /// How long one pass of the ticker folds ended minutes at most ([`Aggregates::fold_ended`]),

@@ -723,7 +723,7 @@ impl Router {
                 let clock = self.owner_clock();
                 let mut agg = self.agg.borrow_mut();
                 // The minutes that ended: into their hours.
-                half = self.fold_pass(&mut agg);
+                half = self.fold_pass(&mut agg, half);
                 agg.evict(self.now_min.get());
                 if clock > 0 {
                     agg.visits.sweep(clock);
@@ -736,15 +736,14 @@ impl Router {
             } else if half && last_fold.elapsed() >= FOLD_AGAIN {
                 // A large minute left half folded: its next slice.
                 last_fold = Instant::now();
-                half = self.fold_pass(&mut self.agg.borrow_mut());
+                half = self.fold_pass(&mut self.agg.borrow_mut(), true);
             }
         }
     }
 
-    /// One folding pass of the ticker ([`Aggregates::fold_ended`]), counted; says whether
-    /// it left a minute half folded.
-    fn fold_pass(&self, agg: &mut Aggregates) -> bool {
-        let half = agg.folding();
+    /// One folding pass of the ticker ([`Aggregates::fold_ended`]), counted (`half`: the
+    /// last pass left a minute half folded); says whether this one did.
+    fn fold_pass(&self, agg: &mut Aggregates, half: bool) -> bool {
         let started = Instant::now();
         let folded = agg.fold_ended(self.now_min.get() - 1, crate::agg::FOLD_SLICE);
         let took = started.elapsed().as_nanos() as u64;
