@@ -135,6 +135,7 @@ pub struct RawLog {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAgg {
+    pub enabled: bool,
     pub minute_window: String,
     pub hour_window: String,
     pub day_window: String,
@@ -348,6 +349,9 @@ impl fmt::Display for Config {
             self.tcp,
             self.http
         )?;
+        if !self.agg.enabled {
+            write!(f, " aggregation=off")?;
+        }
         if let Some(k) = &self.export {
             write!(f, " export=kafka:{}@{}", k.topic, k.brokers)?;
         }
@@ -870,6 +874,7 @@ fn agg_section(a: &RawAgg, c: &Check) -> Result<crate::agg::AggConfig, ConfigErr
         }
     }
     let agg = crate::agg::AggConfig {
+        enabled: a.enabled,
         minute_window: whole("agg.minute_window", &a.minute_window, 60, 60, 31 * 24 * 60)?,
         hour_window: whole("agg.hour_window", &a.hour_window, 3600, 1, 3 * 366 * 24)?,
         day_window: whole("agg.day_window", &a.day_window, 86400, 1, 100 * 366)?,

@@ -269,6 +269,12 @@ fn visitors_of(c: Cow<'_, UrlCell>) -> Cow<'_, Visitors> {
 /// Aggregate settings (validated from `[agg]`).
 #[derive(Debug, Clone)]
 pub struct AggConfig {
+    /// Whether the shards aggregate at all (`agg.enabled`). Off, pixeld only logs: nothing is
+    /// parsed for the aggregates, routed, caught up or checkpointed, the store on disk is left
+    /// as it is, and queries of the aggregates answer 503 naming the setting (scans of the raw
+    /// log still answer). Turned back on, the next start catches up from the store's
+    /// checkpoint on what the logs still hold.
+    pub enabled: bool,
     /// Minutes of minute buckets kept.
     pub minute_window: i64,
     /// Hours of hour buckets kept.
@@ -331,6 +337,7 @@ impl AggConfig {
 impl Default for AggConfig {
     fn default() -> Self {
         AggConfig {
+            enabled: true,
             minute_window: 48 * 60,
             hour_window: 35 * 24,
             day_window: 400,

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 
-use super::response::{json, response};
+use super::response::{aggregation_off, json, response};
 use super::HttpContext;
 use crate::sys::now_ns;
 
@@ -17,6 +17,9 @@ use crate::sys::now_ns;
 pub(crate) async fn query(req: &Request<Incoming>, ctx: &HttpContext) -> Response<Full<Bytes>> {
     let started = std::time::Instant::now();
     let now_ms = (now_ns() / 1_000_000) as i64;
+    if let Some(r) = aggregation_off(ctx.hub.agg().borrow().cfg.enabled) {
+        return r;
+    }
     let parsed = {
         let agg = ctx.hub.agg().borrow();
         crate::query::params::parse(req.uri().path(), req.uri().query(), now_ms, &agg.cfg)
@@ -56,7 +59,10 @@ fn answered(
             "application/json",
             crate::query::with_completeness(
                 body,
-                crate::metrics::aggregates_complete(&ctx.all_stats),
+                // With aggregation off only scans of the log answer, and they read every
+                // durable record: nothing is left to catch up on.
+                crate::metrics::aggregates_complete(&ctx.all_stats)
+                    || !ctx.hub.agg().borrow().cfg.enabled,
                 crate::metrics::catchup_records(&ctx.all_stats),
             ),
         ),
@@ -269,7 +275,13 @@ pub(crate) async fn structured(req: Request<Incoming>, ctx: &HttpContext) -> Res
         Ok(plan) if plan.family == crate::query::api::Family::Scan => {
             scanned(plan, &body, ctx).await
         }
-        Ok(plan) => answered(ctx.hub.query(plan).await, ctx),
+        Ok(plan) => {
+            let enabled = ctx.hub.agg().borrow().cfg.enabled;
+            match aggregation_off(enabled) {
+                Some(off) => off,
+                None => answered(ctx.hub.query(plan).await, ctx),
+            }
+        }
     };
     ctx.ingest
         .stats
@@ -284,6 +296,9 @@ pub(crate) async fn structured(req: Request<Incoming>, ctx: &HttpContext) -> Res
 /// rebuild runs here or a shard is still catching up, 503 when a shard does not answer.
 pub(crate) async fn rebuild(req: &Request<Incoming>, ctx: &HttpContext) -> Response<Full<Bytes>> {
     use crate::query::rebuild::RebuildError;
+    if let Some(r) = aggregation_off(ctx.hub.agg().borrow().cfg.enabled) {
+        return r;
+    }
     let now_ms = (now_ns() / 1_000_000) as i64;
     let mut bounds = [None, None];
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {

@@ -1,5 +1,6 @@
 //! Building responses: a body with its content type, a JSON answer, and the 503 with
-//! `Retry-After` that every ingest endpoint gives when the log refuses, and the error answers
+//! `Retry-After` that every ingest endpoint gives when the log refuses, the 503 of every
+//! question of the aggregates when aggregation is off, and the error answers
 //! of the log and consumer APIs (400 naming the parameter, 405 with `Allow`). Errors are JSON
 //! objects with an `error` sentence naming the cause (and `param` or `reason` where one
 //! applies), so a client can show them as they are.
@@ -33,6 +34,22 @@ pub(crate) fn unavailable(why: AppendError) -> Response<Full<Bytes>> {
         StatusCode::SERVICE_UNAVAILABLE,
         serde_json::json!({"error": why.to_string(), "reason": why.reason().as_str()}),
     ))
+}
+
+/// The answer to a question of the aggregates when aggregation is off (`enabled` false:
+/// `agg.enabled = false`); None when it is on.
+pub(crate) fn aggregation_off(enabled: bool) -> Option<Response<Full<Bytes>>> {
+    (!enabled).then(|| {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "error": "aggregation is off (agg.enabled = false in the config): this pixeld only logs. \
+                          Set agg.enabled = true and restart to answer from the aggregates (they catch up on what the logs hold), \
+                          or POST /v1/query with \"include\": {\"scan\": true} to answer from the raw log",
+                "reason": "aggregation_off",
+            }),
+        )
+    })
 }
 
 /// `r` with `Retry-After: 1`: the client should try again in a second.

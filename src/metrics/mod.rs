@@ -79,14 +79,17 @@ pub enum AggOutcome {
     /// A bot's hit (its user agent), counted only in the `bot` dimension (`agg.bots =
     /// "exclude"`, the default).
     Bot,
+    /// Kept in the log only: aggregation is off (`agg.enabled = false`).
+    AggregationOff,
 }
 
 impl AggOutcome {
-    pub const ALL: [AggOutcome; 4] = [
+    pub const ALL: [AggOutcome; 5] = [
         AggOutcome::Aggregated,
         AggOutcome::OutOfWindow,
         AggOutcome::Unparsed,
         AggOutcome::Bot,
+        AggOutcome::AggregationOff,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -94,6 +97,7 @@ impl AggOutcome {
             AggOutcome::OutOfWindow => "out_of_window",
             AggOutcome::Unparsed => "unparsed",
             AggOutcome::Bot => "bot",
+            AggOutcome::AggregationOff => "aggregation_off",
         }
     }
 }
@@ -101,7 +105,7 @@ impl AggOutcome {
 /// Counters of one shard's routing and aggregates. Written by the shard alone.
 #[derive(Debug, Default)]
 pub struct AggStats {
-    outcomes: [AtomicU64; 4],
+    outcomes: [AtomicU64; AggOutcome::ALL.len()],
     unparsed: [AtomicU64; EventError::ALL.len()],
     pub no_timestamp: AtomicU64,
     pub bad_timestamp: AtomicU64,

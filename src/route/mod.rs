@@ -284,6 +284,9 @@ impl Drop for Gather<'_> {
 /// One shard's router: its parser, its partition of the aggregates, its outgoing batches.
 pub struct Router {
     me: usize,
+    /// `agg.enabled`: when false, appended records are only counted
+    /// (`AggOutcome::AggregationOff`), never parsed or routed.
+    aggregating: bool,
     shards: usize,
     /// Visitor ownership across shard-count changes (the store's `agg/partitions`).
     epochs: Epochs,
@@ -345,6 +348,7 @@ impl Router {
         let (wake, woken) = glommio::channels::local_channel::new_bounded(1);
         Rc::new(Router {
             me,
+            aggregating: agg.cfg.enabled,
             shards,
             epochs,
             agg: Rc::new(RefCell::new(agg)),
@@ -415,7 +419,13 @@ impl Router {
     /// Routes one record ingest has just appended at `offset` (`msg` without its syslog
     /// header), advancing the stamp.
     pub fn live(&self, offset: u64, recv_ts: u64, msg: &[u8]) {
-        self.record_message(recv_ts, msg);
+        if self.aggregating {
+            self.record_message(recv_ts, msg);
+        } else {
+            self.stats
+                .agg
+                .count(crate::metrics::AggOutcome::AggregationOff);
+        }
         self.live_next.set(offset + 1);
     }
 

@@ -272,7 +272,9 @@ struct Listeners {
 /// replay must send to whom.
 struct ShardStore {
     agg: crate::agg::Aggregates,
-    writer: crate::agg::store::Writer,
+    /// None when aggregation is off (`agg.enabled = false`): nothing is loaded, caught up or
+    /// checkpointed, and the store on disk is left as it is.
+    writer: Option<crate::agg::store::Writer>,
     /// Per owner: the offset of this shard's log that owner's checkpoint already holds.
     floors: Vec<u64>,
     /// Per source: this owner's loaded applied vector.
@@ -287,6 +289,18 @@ struct ShardStore {
 /// depends on every owner's), reporting what it found on stderr.
 fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
     use crate::agg::store;
+    if !cfg.agg.enabled {
+        return (0..cfg.shards)
+            .map(|_| ShardStore {
+                agg: crate::agg::Aggregates::new(cfg.agg.clone()),
+                writer: None,
+                floors: vec![0; cfg.shards],
+                applied: vec![0; cfg.shards],
+                repairs: vec![crate::route::Repairs::default(); cfg.shards],
+                from: crate::route::ReplayFrom::Window,
+            })
+            .collect();
+    }
     let fp = store::fingerprint(&cfg.agg);
     let n = cfg.shards;
     // One thread per owner: reading and decoding the chains is most of a start's time. A
@@ -364,7 +378,7 @@ fn load_stores(cfg: &Config, all_stats: &[Arc<ShardStats>]) -> Vec<ShardStore> {
                 None => crate::route::ReplayFrom::Window,
             };
             ShardStore {
-                writer: store::Writer::new(&cfg.data_dir, o, n, fp, &l),
+                writer: Some(store::Writer::new(&cfg.data_dir, o, n, fp, &l)),
                 applied: l.applied.unwrap_or_else(|| vec![0; n]),
                 agg: l.agg,
                 floors: holds.iter().map(|h| h.unwrap_or(0)).collect(),
@@ -609,7 +623,8 @@ async fn run_shard(
         shard,
         report: Box::new(report),
     });
-    let catchup = {
+    // Aggregation off: nothing to catch up on (the aggregates stay empty and incomplete).
+    let catchup = writer.is_some().then(|| {
         let (router, log, stop, events, stats) = (
             router.clone(),
             log.clone(),
@@ -632,16 +647,18 @@ async fn run_shard(
                 }
             }
         })
-    };
+    });
     // The checkpointer stops when the log does (a clean stop, or a failure of the log).
     let log_ended = Arc::new(AtomicBool::new(false));
-    let checkpointer = glommio::spawn_local(crate::route::checkpoint::run(
-        router.clone(),
-        writer,
-        net.all_stats.clone(),
-        router.agg.borrow().cfg.checkpoint_interval,
-        log_ended.clone(),
-    ));
+    let checkpointer = writer.map(|writer| {
+        glommio::spawn_local(crate::route::checkpoint::run(
+            router.clone(),
+            writer,
+            net.all_stats.clone(),
+            router.agg.borrow().cfg.checkpoint_interval,
+            log_ended.clone(),
+        ))
+    });
     let watcher = {
         let log = log.clone();
         let shutdown = shutdown.clone();
@@ -667,9 +684,11 @@ async fn run_shard(
     log_ended.store(true, Ordering::Relaxed);
     drop((watcher, ticker, catchup));
     // The last checkpoint, once this shard's log is synced (a failed log keeps the previous).
-    let mut writer = checkpointer.await;
-    if result.is_ok() {
-        crate::route::checkpoint::at_stop(&router, &mut writer, &net.all_stats).await;
+    if let Some(checkpointer) = checkpointer {
+        let mut writer = checkpointer.await;
+        if result.is_ok() {
+            crate::route::checkpoint::at_stop(&router, &mut writer, &net.all_stats).await;
+        }
     }
     result
 }

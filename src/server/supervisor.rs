@@ -191,8 +191,18 @@ pub fn serve(cfg: &Config) -> Result<(), ServeError> {
     // A changed shard count: the aggregate store is re-partitioned before the shards load it
     // (and before a shrink is refused, so that it reads the logs it may need while they are
     // still in place).
-    for line in crate::server::repartition::run(cfg) {
-        eprintln!("pixeld: {line}");
+    // With aggregation off the store is left as it is: it is re-partitioned at the first
+    // start that aggregates again.
+    if cfg.agg.enabled {
+        for line in crate::server::repartition::run(cfg) {
+            eprintln!("pixeld: {line}");
+        }
+    } else {
+        eprintln!(
+            "pixeld: aggregation is off (agg.enabled = false): every line is logged and counted, nothing is aggregated; \
+             queries of the aggregates answer 503, scans of the log (\"include\": {{\"scan\": true}}) answer. \
+             The aggregate store is left as it is and catches up on what the logs hold at the first start with agg.enabled = true"
+        );
     }
     check_shard_count(cfg)?;
     let shutdown = Arc::new(AtomicBool::new(false));

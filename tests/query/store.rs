@@ -981,3 +981,136 @@ fn closed_hours_and_days_are_sealed_and_answer_as_memory_did() {
     same_answers(&tier_answers(&s, t0), &want, "after retention");
     stop(s);
 }
+
+/// `agg.enabled = false`: a log only. Every line is logged and counted
+/// (`outcome="aggregation_off"`), nothing is aggregated or checkpointed, questions of the
+/// aggregates answer 503 naming the setting and a scan of the log answers. Turned back on,
+/// the next start aggregates what the logs hold — from nothing the first time, from the
+/// store's checkpoint after a second spell off (only the lines logged meanwhile replayed) —
+/// and answers exactly what a server that aggregated all along, fed the same lines, answers.
+#[test]
+fn a_log_only_server_keeps_every_line_and_aggregates_them_when_turned_back_on() {
+    let tmp = common::tempdir();
+    let (data, reference) = (tmp.path().join("data"), tmp.path().join("reference"));
+    let t0 = pixeld::route::now_minute();
+    let off = format!("{CONFIG}enabled = false\n");
+    let r = start(&reference, CONFIG);
+    let start_off = || {
+        let mut s = Server::builder().data(&data).shards(2).config(&off).start();
+        assert!(s.wait_for("pixeld: ready").is_some(), "{:?}", s.seen);
+        assert!(
+            s.seen.iter().any(|l| l.contains("aggregation is off")),
+            "{:?}",
+            s.seen
+        );
+        s
+    };
+    let logged = |s: &Server, n: u64| {
+        common::wait_until("every line logged and counted", || {
+            let m = common::metrics(s.http);
+            common::metric_sum(&m, "pixeld_appended_events_total") == n
+                && m.get("pixeld_agg_records_total{outcome=\"aggregation_off\"}")
+                    == Some(&(n as f64))
+        });
+    };
+    let s = start_off();
+    post_both(&r, &s, &hits(21, 3000));
+    logged(&s, 3000);
+    let m = common::metrics(s.http);
+    assert_eq!(
+        m.get("pixeld_agg_records_total{outcome=\"aggregated\"}"),
+        Some(&0.0)
+    );
+    // Questions of the aggregates: 503 naming the setting and the way out.
+    for (method, path) in [
+        ("GET", "/v1/summary?from=-3h&to=now"),
+        ("GET", "/v1/top?dim=url&from=-3h&to=now"),
+        ("GET", "/v1/live"),
+        ("POST", "/v1/admin/rebuild-aggregates"),
+    ] {
+        let (st, _, body) = common::http(s.http, method, path, &[], b"");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (st, &v["reason"]),
+            (503, &Value::from("aggregation_off")),
+            "{path}: {v}"
+        );
+        assert!(
+            v["error"].as_str().unwrap().contains("agg.enabled = true"),
+            "{v}"
+        );
+    }
+    let q = serde_json::json!({"metrics": ["views"], "date_range": ["-3h", "now"]});
+    let (st, v) = common::post_query(s.http, &q);
+    assert_eq!(
+        (st, &v["reason"]),
+        (503, &Value::from("aggregation_off")),
+        "{v}"
+    );
+    // A scan of the raw log answers, complete, what the reference's aggregates hold.
+    common::wait_settled(r.http, "reference");
+    let mut scan = q.clone();
+    scan["include"] = serde_json::json!({"scan": true});
+    let (st, from_log) = common::post_query(s.http, &scan);
+    assert_eq!(st, 200, "{from_log}");
+    assert_eq!(from_log["complete"], Value::Bool(true), "{from_log}");
+    assert_eq!(from_log["meta"]["computed_from"], "a scan of the raw log");
+    let (_, from_cells) = common::post_query(r.http, &q);
+    assert_eq!(
+        from_log["results"], from_cells["results"],
+        "{from_log}\n{from_cells}"
+    );
+    assert!(
+        from_cells["results"][0]["metrics"][0].as_u64() > Some(0),
+        "{from_cells}"
+    );
+    let log = stop(s);
+    assert!(!log.contains("aggregates complete"), "{log}");
+    let checkpoints = walkdir(&data.join("agg"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "ckpt" || e == "agb"))
+        .count();
+    assert_eq!(
+        checkpoints, 0,
+        "a log-only server writes no aggregate files"
+    );
+    // On: the aggregates are made from the whole log.
+    let s = start(&data, CONFIG);
+    common::wait_settled(s.http, "turned on");
+    same_answers(&answers(&s, t0), &answers(&r, t0), "turned on");
+    stop(s);
+    // Off again, more lines; on: only those are replayed after the checkpoint.
+    let s = start_off();
+    post_both(&r, &s, &hits(22, 2000));
+    logged(&s, 2000);
+    stop(s);
+    let mut s = Server::builder()
+        .data(&data)
+        .shards(2)
+        .config(CONFIG)
+        .start();
+    assert!(s.wait_for("pixeld: ready").is_some(), "{:?}", s.seen);
+    let done = s
+        .wait_for("pixeld: aggregates complete")
+        .unwrap_or_default();
+    assert!(done.contains(" 2000 log records replayed"), "{done}");
+    common::wait_settled(s.http, "on again");
+    common::wait_settled(r.http, "reference");
+    same_answers(&answers(&s, t0), &answers(&r, t0), "on again");
+    stop(s);
+    stop(r);
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

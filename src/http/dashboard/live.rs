@@ -37,7 +37,7 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
-use crate::http::response::json;
+use crate::http::response::{aggregation_off, json};
 use crate::http::{Body, HttpContext};
 use crate::metrics::ShardStats;
 use crate::query::params::{parse_live, LiveParams};
@@ -232,6 +232,9 @@ impl Live {
 /// Answers `GET /v1/live`: 400 naming a bad parameter, 503 when the shard has its
 /// `live_max_clients` streams already, else the stream.
 pub fn respond(req: &Request<Incoming>, ctx: Rc<HttpContext>) -> Response<Body> {
+    if let Some(r) = aggregation_off(ctx.hub.agg().borrow().cfg.enabled) {
+        return r.map(Either::Left);
+    }
     let view = match parse_live(req.uri().query()) {
         Ok(v) => v,
         Err(e) => {
