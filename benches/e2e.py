@@ -33,12 +33,15 @@ What it does, all on loopback, the receiver pinned to CPU 0 and the sender to CP
 the same lines (--events, default 5 M) at full speed and at 100 000/s (--rates), into, in turn,
 a bare TCP sink (a Python loop reading 1 MiB at a time: the kernel's receive cost, the floor),
 rsyslog (TCP → zstd file, logging only), pixeld as built, pixeld with the log's compression
-off (`[log] compression = "none"`), and with `--compare BIN` a second pixeld binary (the code
-before a change). Every receiver runs once per round, the rounds interleaved (--repeat, default
+off (`[log] compression = "none"`), pixeld as a log only (`[agg] enabled = false`: receive,
+frame, syslog header, log append with compression and CRC; no parse, routing or aggregates —
+the difference to "pixeld" is what aggregating costs), and with `--compare BIN` a second pixeld
+binary (the code before a change). Every receiver runs once per round, the rounds interleaved (--repeat, default
 3); each figure is the median with the range. Per receiver: CPU-seconds per million events,
-loss, bytes on disk per event, and its CPU against rsyslog's and the compared binary's (each
-round's ratio, then their median and range). (pixeld with its aggregation off has no switch: the in-process
-`cargo bench --bench agg -- record` and `--bench log_append` figures split that part.)
+loss, bytes on disk per event, its CPU against rsyslog's and the compared binary's (each
+round's ratio, then their median and range), and for each pixeld instructions and cycles per
+event from `perf stat` attached to it, where the machine has those counters (a VM often has
+not: the table then says why).
 
 The machine is shared: wall-clock rates vary between runs; CPU-seconds per million events
 is the stable figure. Every process this script starts is stopped by its PID.
@@ -415,17 +418,56 @@ def split_sink(a, n, rate):
     return {"cpu_s_per_million": cpu / max(lines, 1) * 1e6, "lost": r["sent"] - lines, "disk_bytes_per_event": 0.0}
 
 
+class PerfCounters:
+    """`perf stat -e instructions,cycles` attached to a process while it runs, where the
+    machine has the counters (a VM often has none: then `read` says why and gives None)."""
+
+    def __init__(self, pid):
+        self.p = None
+        if shutil.which("perf"):
+            self.p = subprocess.Popen(["perf", "stat", "-x", ",", "-e", "instructions,cycles", "-p", str(pid)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def read(self):
+        """Stops counting: ({"instructions": n, "cycles": n}, None) or (None, why)."""
+        if self.p is None:
+            return None, "perf is not installed"
+        self.p.send_signal(signal.SIGINT)
+        try:
+            _, err = self.p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return None, "perf stat did not stop"
+        counts = {}
+        for line in err.splitlines():
+            f = line.split(",")
+            if len(f) >= 3 and f[2] in ("instructions", "cycles"):
+                if not f[0].strip().isdigit():
+                    return None, "perf stat: %s %s on this machine" % (f[2], f[0].strip("<> ").strip())
+                counts[f[2]] = int(f[0])
+        if len(counts) < 2:
+            return None, "perf stat gave no counts (%s)" % (err.strip().splitlines() or ["no output"])[-1]
+        return counts, None
+
+
 def split_pixeld(a, n, rate, binary=None, config=None):
     data = tempfile.mkdtemp(prefix="pixeld-", dir=a.work)
     s = Pixeld(a, data, ["--config", config] if config else [], binary=binary)
     cpu0 = cpu_seconds(s.p.pid)
+    counters = PerfCounters(s.p.pid)
     r = blast(a, ["--count", str(n), "--http", "127.0.0.1:%d" % s.http, "--transport", "tcp",
                   "--target", "127.0.0.1:%d" % s.tcp] + (["--rate", str(rate), "--event-rate", "100000"] if rate else []))
     cpu = cpu_seconds(s.p.pid) - cpu0
+    counts, why = counters.read()
     stop(s.p)
     px = r["pixeld"]
     res = {"cpu_s_per_million": cpu / max(px["appended"], 1) * 1e6, "lost": r["sent"] - px["appended"],
            "unaccounted": px["unaccounted"], "disk_bytes_per_event": dir_bytes(data, ".log") / max(px["appended"], 1)}
+    if counts:
+        res["instructions_per_event"] = counts["instructions"] / max(px["appended"], 1)
+        res["cycles_per_event"] = counts["cycles"] / max(px["appended"], 1)
+    else:
+        res["counters"] = why
     shutil.rmtree(data, ignore_errors=True)
     return res
 
@@ -434,6 +476,8 @@ def split(a):
     """The --split comparison (module doc)."""
     nozstd = os.path.join(a.work, "no-compression.toml")
     open(nozstd, "w").write('[log]\ncompression = "none"\n')
+    noagg = os.path.join(a.work, "no-aggregation.toml")
+    open(noagg, "w").write('[agg]\nenabled = false\n')
     receivers = [("bare TCP sink (kernel floor)", lambda n, r: split_sink(a, n, r))]
     if "rsyslog" in a.peers:
         receivers.append(("rsyslog, TCP -> zstd file", lambda n, r: rsyslog_run(
@@ -441,6 +485,7 @@ def split(a):
             + (["--rate", str(r), "--event-rate", "100000"] if r else []))))
     receivers.append(("pixeld", lambda n, r: split_pixeld(a, n, r)))
     receivers.append(("pixeld, log compression off", lambda n, r: split_pixeld(a, n, r, config=nozstd)))
+    receivers.append(("pixeld, aggregation off", lambda n, r: split_pixeld(a, n, r, config=noagg)))
     if a.compare:
         receivers.append(("pixeld --compare " + os.path.basename(a.compare), lambda n, r: split_pixeld(a, n, r, binary=a.compare)))
     rates = [int(x) for x in a.rates.split(",")]
@@ -473,6 +518,13 @@ def split(a):
                      "cpu_s_per_million_range": [cpu[0], cpu[-1]], "lost": [x["lost"] for x in runs],
                      "disk_bytes_per_event": runs[-1]["disk_bytes_per_event"],
                      "cpu_ratio_to": {b: ratios(name, rate, b) for b in bases if b != name}})
+        for k in ("instructions_per_event", "cycles_per_event"):
+            xs = sorted(x[k] for x in runs if k in x)
+            if xs:
+                rows[-1][k] = {"median": xs[len(xs) // 2], "range": [xs[0], xs[-1]]}
+        whys = sorted({x["counters"] for x in runs if "counters" in x})
+        if whys:
+            rows[-1]["counters"] = "; ".join(whys)
     print("%-40s %-11s %-26s %-10s %-10s %s" % ("receiver", "rate", "CPU-s per million (range)", "disk B/ev", "lost",
                                               "CPU ratio to (median of rounds, range)"))
     label = {b: "rsyslog" if b.startswith("rsyslog") else "compared" for b in bases}
@@ -481,6 +533,14 @@ def split(a):
                        for b, x in r["cpu_ratio_to"].items() if x)
         print("%-40s %-11s %-26s %-10.1f %-10s %s" % (r["receiver"], r["rate"], "%.2f (%.2f - %.2f)" % (
             r["cpu_s_per_million_median"], *r["cpu_s_per_million_range"]), r["disk_bytes_per_event"], r["lost"], vs))
+    counted = [r for r in rows if "instructions_per_event" in r]
+    for r in counted:
+        print("%-40s %-11s instructions per event %.0f (%.0f - %.0f), cycles per event %.0f (%.0f - %.0f)" % (
+            r["receiver"], r["rate"], r["instructions_per_event"]["median"], *r["instructions_per_event"]["range"],
+            r["cycles_per_event"]["median"], *r["cycles_per_event"]["range"]))
+    whys = sorted({r["counters"] for r in rows if "counters" in r})
+    if whys and not counted:
+        print("instructions and cycles per event: not measured (%s)" % "; ".join(whys))
     print(json.dumps({"date": time.strftime("%Y-%m-%d"), "events": a.events, "repeat": a.repeat, "rows": rows}, indent=1))
 
 
