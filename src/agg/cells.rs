@@ -162,12 +162,15 @@ impl Bucket {
             let c = self.url_refs.entry(*k).or_default();
             *c = c.saturating_add(*v);
         }
+        for (id, c) in &o.pages {
+            self.pages.entry(*id).or_default().add(c);
+        }
         self.merge_except_urls(o);
     }
 
-    /// Adds every cell of `o` but its url, url × channel and url × referrer cells (the
-    /// cells a url increment updates: what a large minute's hour takes in slices, see
-    /// [`UrlFold`]).
+    /// Adds every cell of `o` but those keyed by a url — its url, url × channel, url ×
+    /// referrer and page (entry and exit) cells: what a large minute's hour takes in slices,
+    /// see [`UrlFold`].
     pub fn merge_except_urls(&mut self, o: &Bucket) {
         for (k, v) in &o.refs {
             let c = self.refs.entry(*k).or_default();
@@ -177,9 +180,6 @@ impl Bucket {
             self.sites.entry(*id).or_default().merge(c);
         }
         self.all.merge(&o.all);
-        for (id, c) in &o.pages {
-            self.pages.entry(*id).or_default().add(c);
-        }
         for (id, c) in &o.profiles {
             self.profiles.entry(*id).or_default().add(c);
         }
@@ -188,18 +188,65 @@ impl Bucket {
         }
     }
 
-    /// The number of url, url × channel and url × referrer cells.
+    /// The number of cells keyed by a url: url, url × channel, url × referrer and page cells.
     pub fn url_group_len(&self) -> usize {
-        self.urls.len() + self.url_channels.len() + self.url_refs.len()
+        self.urls.len() + self.url_channels.len() + self.url_refs.len() + self.pages.len()
     }
 
-    /// Adds the url, url × channel and url × referrer cells of `o` named by `keys` (those
-    /// it holds).
+    /// Adds the cells keyed by a url of `o` named by `keys` (those it holds).
     pub fn merge_url_keys(&mut self, o: &Bucket, keys: &UrlKeys) {
         merge_keys(&mut self.urls, &o.urls, &keys.urls, UrlCell::add);
         let add = |c: &mut u32, v: &u32| *c = c.saturating_add(*v);
         merge_keys(&mut self.url_channels, &o.url_channels, &keys.channels, add);
         merge_keys(&mut self.url_refs, &o.url_refs, &keys.refs, add);
+        merge_keys(&mut self.pages, &o.pages, &keys.pages, PageCell::add);
+    }
+
+    /// Adds every cell of `o` but those `skip` names: what an hour takes of one increment's
+    /// cells (built apart in `o`) while its minute is folded in slices and some of them are
+    /// still only in the minute.
+    pub fn merge_except(&mut self, o: &Bucket, skip: &[UrlKey]) {
+        self.merge_except_urls(o);
+        for (id, c) in o
+            .urls
+            .iter()
+            .filter(|(id, _)| !skip.contains(&UrlKey::Url(**id)))
+        {
+            self.urls.entry(*id).or_default().add(c);
+        }
+        for (k, v) in o
+            .url_channels
+            .iter()
+            .filter(|(k, _)| !skip.contains(&UrlKey::Channel(**k)))
+        {
+            let c = self.url_channels.entry(*k).or_default();
+            *c = c.saturating_add(*v);
+        }
+        for (k, v) in o
+            .url_refs
+            .iter()
+            .filter(|(k, _)| !skip.contains(&UrlKey::Ref(**k)))
+        {
+            let c = self.url_refs.entry(*k).or_default();
+            *c = c.saturating_add(*v);
+        }
+        for (id, c) in o
+            .pages
+            .iter()
+            .filter(|(id, _)| !skip.contains(&UrlKey::Page(**id)))
+        {
+            self.pages.entry(*id).or_default().add(c);
+        }
+    }
+
+    /// Whether it holds the cell `k` names.
+    pub fn has(&self, k: UrlKey) -> bool {
+        match k {
+            UrlKey::Url(id) => self.urls.contains_key(&id),
+            UrlKey::Channel(k) => self.url_channels.contains_key(&k),
+            UrlKey::Ref(k) => self.url_refs.contains_key(&k),
+            UrlKey::Page(id) => self.pages.contains_key(&id),
+        }
     }
 
     /// Adds the url cells of minute `o` that its hour has not taken yet: all of them unless
@@ -242,13 +289,14 @@ impl Bucket {
 
 /// How a minute with many url cells goes into its hour in slices, so that folding it never
 /// holds the shard for long (`Aggregates::fold_ended`): every other cell of the minute is
-/// folded at once, its url, url × channel and url × referrer cells — almost all of a busy
-/// minute's, and the visitor sets among them most of the work — partition by partition of
-/// their url id. The cells of a url whose partition is below `done` are in the hour (and
-/// the hot path updates both, as for a folded minute); the others are only in the minute
-/// (the hot path updates it alone, and a read of the hour adds them, [`Bucket::merge_url_tail`]).
-/// `todo` holds, per partition, the keys of those cells — a url cell the hot path creates in
-/// the minute meanwhile is added to its partition's keys.
+/// folded at once, its cells keyed by a url — url, url × channel, url × referrer, and the
+/// entry and exit pages of visits: almost all of a busy minute's, and the visitor sets among
+/// them most of the work — partition by partition of their url id. The cells of a url whose
+/// partition is below `done` are in the hour (and the hot path updates both, as for a folded
+/// minute); the others are only in the minute (the hot path updates it alone, and a read of
+/// the hour adds them, [`Bucket::merge_url_tail`]). `todo` holds, per partition, the keys of
+/// those cells — a cell the hot path creates in the minute meanwhile is added to its
+/// partition's keys.
 #[derive(Debug, Default, Clone)]
 pub struct UrlFold {
     pub parts: u32,
@@ -268,12 +316,36 @@ impl Clone for FoldState {
     }
 }
 
-/// The keys of one partition's url, url × channel and url × referrer cells.
+/// The keys of one partition's url, url × channel, url × referrer and page cells.
 #[derive(Debug, Default, Clone)]
 pub struct UrlKeys {
     pub urls: Vec<u32>,
     pub channels: Vec<u64>,
     pub refs: Vec<u64>,
+    pub pages: Vec<u32>,
+}
+
+/// One cell keyed by a url: what an increment names of the cells [`UrlFold`] folds in slices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlKey {
+    Url(u32),
+    /// A url × channel key ([`url_channel_key`]).
+    Channel(u64),
+    /// A url × referrer key ([`url_ref_key`]).
+    Ref(u64),
+    /// A url's entries and exits.
+    Page(u32),
+}
+
+impl UrlKey {
+    /// The url id whose partition the cell folds with.
+    pub fn url(self) -> u32 {
+        match self {
+            UrlKey::Url(id) | UrlKey::Page(id) => id,
+            UrlKey::Channel(k) => url_channel_of(k).0,
+            UrlKey::Ref(k) => url_ref_of(k).0,
+        }
+    }
 }
 
 impl UrlFold {
@@ -297,6 +369,11 @@ impl UrlFold {
                 t.refs.push(k);
             }
         }
+        for &id in b.pages.keys() {
+            if let Some(t) = todo.get_mut(at(id)) {
+                t.pages.push(id);
+            }
+        }
         UrlFold {
             parts,
             done: 0,
@@ -309,26 +386,16 @@ impl UrlFold {
         part_of(url, self.parts) >= self.done
     }
 
-    /// Notes the cells a url increment created in the minute, for a url still pending:
-    /// `grew` says which of its url, url × channel and url × referrer tables grew.
-    pub fn created(
-        &mut self,
-        url: u32,
-        channel: Option<u64>,
-        referrer: Option<u64>,
-        grew: [bool; 3],
-    ) {
-        let Some(keys) = self.todo.get_mut(part_of(url, self.parts) as usize) else {
+    /// Notes a cell the hot path created in the minute, of a url still pending.
+    pub fn created(&mut self, k: UrlKey) {
+        let Some(keys) = self.todo.get_mut(part_of(k.url(), self.parts) as usize) else {
             return;
         };
-        if grew[0] {
-            keys.urls.push(url);
-        }
-        if let (true, Some(k)) = (grew[1], channel) {
-            keys.channels.push(k);
-        }
-        if let (true, Some(k)) = (grew[2], referrer) {
-            keys.refs.push(k);
+        match k {
+            UrlKey::Url(id) => keys.urls.push(id),
+            UrlKey::Channel(k) => keys.channels.push(k),
+            UrlKey::Ref(k) => keys.refs.push(k),
+            UrlKey::Page(id) => keys.pages.push(id),
         }
     }
 
@@ -336,7 +403,10 @@ impl UrlFold {
     pub fn size_of(&self) -> usize {
         self.todo
             .iter()
-            .map(|k| k.urls.capacity() * 4 + (k.channels.capacity() + k.refs.capacity()) * 8)
+            .map(|k| {
+                (k.urls.capacity() + k.pages.capacity()) * 4
+                    + (k.channels.capacity() + k.refs.capacity()) * 8
+            })
             .sum::<usize>()
             + self.todo.capacity() * std::mem::size_of::<UrlKeys>()
     }

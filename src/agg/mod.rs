@@ -44,7 +44,7 @@ use hashbrown::HashMap;
 use std::hash::BuildHasher;
 
 use buckets::Tier;
-pub use cells::{Bucket, NameCounts, PageCell, SiteCell, UrlCell};
+pub use cells::{Bucket, NameCounts, PageCell, SiteCell, UrlCell, UrlKey};
 use hll::{Uniques, Visitors};
 use mem::table_bytes;
 use sealed::SealedFile;
@@ -124,8 +124,9 @@ pub enum Sealed {
 enum PartRef<'a> {
     Mem(&'a Bucket),
     File(&'a SealedFile),
-    /// Of an hour: the minute it is folding in slices, whose url, url × channel and url ×
-    /// referrer cells of the urls still pending count and nothing else ([`cells::UrlFold`]).
+    /// Of an hour: the minute it is folding in slices, whose cells keyed by a url (url, url ×
+    /// channel, url × referrer, page) of the urls still pending count and nothing else
+    /// ([`cells::UrlFold`]).
     UrlTail(&'a Bucket),
 }
 
@@ -142,6 +143,21 @@ impl<'a> PartRef<'a> {
                 .filter(|f| f.pending(id))
                 .and_then(|_| b.urls.get(&id))
                 .map(Cow::Borrowed),
+        }
+    }
+
+    /// Url `id`'s page cell (entries and exits) in this part.
+    fn page(self, id: u32) -> Option<PageCell> {
+        match self {
+            PartRef::Mem(b) => b.pages.get(&id).copied(),
+            PartRef::File(f) => f.page(id),
+            PartRef::UrlTail(b) => b
+                .url_fold
+                .0
+                .as_ref()
+                .filter(|f| f.pending(id))
+                .and_then(|_| b.pages.get(&id))
+                .copied(),
         }
     }
 
@@ -893,13 +909,18 @@ fn visit_delta(b: &mut Bucket, s: u32, d: &Delta) {
     }
 }
 
-/// The cells a url increment updates: its url's, and its url × channel and url × referrer
-/// keys when it has them (`Aggregates::each_bucket_with`).
-#[derive(Debug, Clone, Copy)]
-struct UrlGroup {
-    url: u32,
-    channel: Option<u64>,
-    referrer: Option<u64>,
+/// The page cells that visit changes `d` update, each once (a visit's entry is often its
+/// exit too) (`Aggregates::each_bucket_with`).
+fn page_keys<'a>(d: impl IntoIterator<Item = &'a Delta>) -> smallvec::SmallVec<[UrlKey; 4]> {
+    let mut keys = smallvec::SmallVec::<[UrlKey; 4]>::new();
+    for d in d {
+        if let Delta::Entry(u, _) | Delta::Exit(u, _) = *d {
+            if !keys.contains(&UrlKey::Page(u)) {
+                keys.push(UrlKey::Page(u));
+            }
+        }
+    }
+    keys
 }
 
 /// How one increment's visitor goes into the url or profile cells of the buckets it updates
@@ -1095,18 +1116,20 @@ impl Aggregates {
     /// increments) or the hour has left its window; counts the increment stale when no
     /// bucket takes it.
     fn each_bucket(&mut self, inc: &Inc, now_min: i64, f: impl FnMut(&mut Bucket, Res)) {
-        self.each_bucket_with(inc, now_min, None, f);
+        self.each_bucket_with(inc, now_min, &[], f);
     }
 
-    /// [`Aggregates::each_bucket`] for a url increment, whose cells `url` names: while its
-    /// minute is being folded in slices and the url's partition is still pending
-    /// ([`cells::UrlFold`]), the hour is left alone (it takes the minute's cells later), and
-    /// a cell created in the minute is added to the keys still to fold.
+    /// [`Aggregates::each_bucket`] for an increment that updates the cells keyed by a url
+    /// that `touch` names, each once (url, url × channel, url × referrer, page cells; others
+    /// it may update too). While its minute is being folded in slices ([`cells::UrlFold`]) and some of those
+    /// are still only in the minute, the hour takes everything `f` adds but those (built
+    /// apart, then merged: [`Bucket::merge_except`]) — it takes them with the minute's later
+    /// — and a cell created in the minute is added to the keys still to fold.
     fn each_bucket_with(
         &mut self,
         inc: &Inc,
         now_min: i64,
-        url: Option<UrlGroup>,
+        touch: &[UrlKey],
         mut f: impl FnMut(&mut Bucket, Res),
     ) {
         let minute = inc.minute;
@@ -1131,7 +1154,8 @@ impl Aggregates {
             return;
         }
         let mut in_minute = false;
-        let mut url_pending = false;
+        // The cells `f` updates that the hour must leave alone (still only in the minute).
+        let mut pending: smallvec::SmallVec<[UrlKey; 4]> = Default::default();
         if minute >= self.minute_floor(now_min) {
             if let Some(old) = self.minutes.displaced_by(minute) {
                 // Out of the window long ago, but not yet evicted (the ticker was late): its
@@ -1140,25 +1164,24 @@ impl Aggregates {
             }
             if let Some(b) = self.minutes.get_mut(minute) {
                 b.dirty = true;
-                match url.filter(|g| {
-                    b.url_fold
-                        .0
-                        .as_ref()
-                        .is_some_and(|fold| fold.pending(g.url))
-                }) {
-                    Some(g) => {
-                        let lens =
-                            |b: &Bucket| [b.urls.len(), b.url_channels.len(), b.url_refs.len()];
-                        let before = lens(b);
-                        f(b, Res::Minute);
-                        let after = lens(b);
-                        if let Some(fold) = b.url_fold.0.as_deref_mut() {
-                            let grew = [0, 1, 2].map(|i| after[i] > before[i]);
-                            fold.created(g.url, g.channel, g.referrer, grew);
-                        }
-                        url_pending = true;
+                if let Some(fold) = b.url_fold.0.as_deref() {
+                    pending.extend(touch.iter().copied().filter(|k| fold.pending(k.url())));
+                }
+                if pending.is_empty() {
+                    f(b, Res::Minute);
+                } else {
+                    let had: smallvec::SmallVec<[bool; 4]> =
+                        pending.iter().map(|k| b.has(*k)).collect();
+                    f(b, Res::Minute);
+                    let new: smallvec::SmallVec<[UrlKey; 4]> = pending
+                        .iter()
+                        .zip(had)
+                        .filter(|(k, had)| !had && b.has(**k))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    if let Some(fold) = b.url_fold.0.as_deref_mut() {
+                        new.into_iter().for_each(|k| fold.created(k));
                     }
-                    None => f(b, Res::Minute),
                 }
                 in_minute = true;
             }
@@ -1168,8 +1191,14 @@ impl Aggregates {
             if let Some(b) = self.hours.get_mut(minute.div_euclid(60)) {
                 // Dirty either way: its checkpoint holds its unfolded minutes.
                 b.dirty = true;
-                if !in_minute || (minute < b.folded_upto && !url_pending) {
-                    f(b, Res::Hour);
+                if !in_minute || minute < b.folded_upto {
+                    if pending.is_empty() {
+                        f(b, Res::Hour);
+                    } else {
+                        let mut apart = Bucket::default();
+                        f(&mut apart, Res::Hour);
+                        b.merge_except(&apart, &pending);
+                    }
                 }
                 counted = true;
             }
@@ -1299,7 +1328,8 @@ impl Aggregates {
                 minute: group[0].0,
                 ..*inc
             };
-            self.each_bucket(&at, now_min, |b, _| {
+            let touch = page_keys(group.iter().map(|(_, d)| d));
+            self.each_bucket_with(&at, now_min, &touch, |b, _| {
                 for (_, d) in group {
                     visit_delta(b, s, d);
                 }
@@ -1385,7 +1415,7 @@ impl Aggregates {
             Delta::Exit(_, n) => Delta::Exit(self.intern_url(page, site), n),
             Delta::Profile(_, c) => Delta::Profile(self.profiles.intern(s, site, page), c),
         };
-        self.each_bucket(at, now_min, |b, _| visit_delta(b, s, &d));
+        self.each_bucket_with(at, now_min, &page_keys([&d]), |b, _| visit_delta(b, s, &d));
     }
 
     /// Applies one increment's counts: for a url's pageview by its referrer domain (`aux`), for
@@ -1414,12 +1444,13 @@ impl Aggregates {
                 // A url's second key is its pageview's referrer domain.
                 let by_ref = (self.cfg.url_referrers && inc.pageview && !aux.is_empty())
                     .then(|| cells::url_ref_key(id, self.refs.intern(aux).0));
-                let group = UrlGroup {
-                    url: id,
-                    channel: by_channel,
-                    referrer: by_ref,
-                };
-                self.each_bucket_with(inc, now_min, Some(group), |b, _| {
+                let touch = [
+                    Some(UrlKey::Url(id)),
+                    by_channel.map(UrlKey::Channel),
+                    by_ref.map(UrlKey::Ref),
+                ];
+                let touch: smallvec::SmallVec<[UrlKey; 3]> = touch.into_iter().flatten().collect();
+                self.each_bucket_with(inc, now_min, &touch, |b, _| {
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1);
@@ -1464,7 +1495,8 @@ impl Aggregates {
                     Interned { site: s, profile }
                 });
                 let mut visitor = MinuteVisitor::new(inc.has_vid.then_some(inc.vid));
-                self.each_bucket(inc, now_min, |b, _| {
+                let touch = page_keys(visits.iter().map(|(_, d)| d));
+                self.each_bucket_with(inc, now_min, &touch, |b, _| {
                     if let Some(id) = profile {
                         let c = b.profiles.entry(id).or_default();
                         c.views = c.views.saturating_add(pv);
@@ -2097,7 +2129,10 @@ impl Aggregates {
                     match p {
                         PartRef::Mem(b) => b.pages.iter().for_each(|(&id, c)| add(id, c)),
                         PartRef::File(f) => f.pages().for_each(|(id, c)| add(id, &c)),
-                        PartRef::UrlTail(_) => {}
+                        PartRef::UrlTail(b) => url_tail(b)
+                            .flat_map(|k| &k.pages)
+                            .filter_map(|id| b.pages.get(id).map(|c| (*id, c)))
+                            .for_each(|(id, c)| add(id, c)),
                     }
                 }
                 let acc = acc.into_iter().map(|x| x.max(0) as u64).collect();
@@ -2313,12 +2348,7 @@ impl Aggregates {
                     o.engaged += u64::from(c.engaged);
                     u.add(visitors_of(c));
                 }
-                let pc = match p {
-                    PartRef::Mem(b) => b.pages.get(&id).copied(),
-                    PartRef::File(f) => f.page(id),
-                    PartRef::UrlTail(_) => None,
-                };
-                if let Some(pc) = pc {
+                if let Some(pc) = p.page(id) {
                     o.entries += i64::from(pc.entries);
                     o.exits += i64::from(pc.exits);
                 }

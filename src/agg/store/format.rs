@@ -881,7 +881,14 @@ pub(crate) mod tests {
         let some: Vec<String> = (0..20_200).step_by(331).map(url).collect();
         let check = |a: &Aggregates, model: &Aggregates| {
             assert_eq!(answers(a, now), answers(model, now));
-            for dim in [Dim::Url, Dim::UrlVisitors, Dim::UrlChannel, Dim::UrlRef] {
+            for dim in [
+                Dim::Url,
+                Dim::UrlVisitors,
+                Dim::UrlChannel,
+                Dim::UrlRef,
+                Dim::EntryPage,
+                Dim::ExitPage,
+            ] {
                 let top = |x: &Aggregates| x.top(dim, now - 400, now + 1, None, 100_000);
                 assert_eq!(top(a), top(model), "{dim:?}");
             }
@@ -917,7 +924,16 @@ pub(crate) mod tests {
             // Meanwhile: urls folded or not, a new channel or referrer for some, new urls.
             let more = batch(slices * 97..slices * 97 + 300, slices);
             let new = batch(20_000 + slices * 20..20_000 + slices * 20 + 20, 0);
-            for b in [&more, &new] {
+            // Visits that began in the busy minute go on in the next one: their start
+            // minute's counts and entry and exit pages change, folded partitions or not.
+            let mut next = Batch::default();
+            for i in (0..20_000).step_by(50).skip(slices * 7).take(60) {
+                let vid = ((i * 7) % 900) as u64;
+                let ts = (minute + 1) * 60_000 + i as i64;
+                let v = Inc::new(IncKind::Visitor, true, minute + 1, 1, Some(vid)).with_visit(ts);
+                next.push_inc(v, "a.example", &url(20_000 + i % 997));
+            }
+            for b in [&more, &new, &next] {
                 a.apply_batch(b, now);
                 model.apply_batch(b, now);
             }
