@@ -54,8 +54,8 @@ use visits::{Delta, IdKind, VisitCounts, VisitSettings, Visits};
 /// Minute buckets [`Aggregates::fold_ended`] folds between two looks at the clock.
 pub const FOLD_BUDGET: usize = 4;
 
-/// A minute with more url, url × channel and url × referrer cells than this is folded into
-/// its hour in slices by the ticker, in partitions of about this many cells
+/// A minute with more cells keyed by a url (url, url × channel, url × referrer, page) than
+/// this is folded into its hour in slices by the ticker, in partitions of about this many cells
 /// ([`cells::UrlFold`]; ≈ 2 – 3 ms each on the reference VM).
 pub const FOLD_PART_CELLS: usize = 16_384;
 
@@ -246,26 +246,38 @@ pub(crate) fn folding_minute<'m>(
         .filter(|mb| mb.url_fold.0.is_some())
 }
 
-/// Folds minute `mb`'s url cells into its hour `hb`, partition by partition, until
-/// `deadline` (None: all of them); says whether it did all ([`cells::UrlFold`]). At least
-/// one partition is folded per call, so a fold always progresses.
+/// Folds minute `mb`'s url-keyed cells into its hour `hb`, partition by partition, until
+/// `deadline` (None: all of them); says whether it did all ([`cells::UrlFold`]). A partition
+/// is begun only when the one before, taking as long, would end before the deadline, so a
+/// pass overruns its slice by little; `planned`: the caller has just made the plan (and
+/// folded the minute's other cells) in this pass, which may then fold no partition —
+/// otherwise at least one is folded per call, so a fold always progresses.
 fn fold_url_parts(
     hb: &mut Bucket,
     mb: &mut Bucket,
     deadline: Option<std::time::Instant>,
+    planned: bool,
     slices: &mut u64,
 ) -> bool {
     let Some(mut fold) = mb.url_fold.0.take() else {
         return true;
     };
+    let mut last: Option<std::time::Duration> = None;
     while let Some(keys) = fold.todo.get_mut(fold.done as usize) {
+        if let Some(t) = deadline {
+            let room = t.saturating_duration_since(std::time::Instant::now());
+            match last {
+                Some(d) if d >= room => break,
+                None if planned && room.is_zero() => break,
+                _ => {}
+            }
+        }
+        let started = std::time::Instant::now();
         let keys = std::mem::take(keys);
         hb.merge_url_keys(mb, &keys);
         fold.done += 1;
         *slices += 1;
-        if deadline.is_some_and(|t| std::time::Instant::now() >= t) {
-            break;
-        }
+        last = Some(started.elapsed());
     }
     if (fold.done as usize) < fold.todo.len() {
         mb.url_fold.0 = Some(fold);
@@ -1962,8 +1974,8 @@ impl Aggregates {
     }
 
     /// Folds like [`Aggregates::fold_minutes`]; with a `deadline`, a minute with more than
-    /// [`FOLD_PART_CELLS`] url cells is folded in slices ([`cells::UrlFold`]): everything else
-    /// at once, its url cells partition by partition until the deadline, the rest at the
+    /// [`FOLD_PART_CELLS`] cells keyed by a url is folded in slices ([`cells::UrlFold`]):
+    /// everything else at once, those partition by partition until the deadline, the rest at the
     /// next call. Returns how many minute buckets it began to fold and whether it stopped
     /// at the deadline.
     fn fold_until(
@@ -1994,7 +2006,7 @@ impl Aggregates {
                     .get_held_mut(half)
                     .filter(|b| b.url_fold.0.is_some())
                 {
-                    if !fold_url_parts(hb, mb, deadline, slices) {
+                    if !fold_url_parts(hb, mb, deadline, false, slices) {
                         return (folded, true);
                     }
                 }
@@ -2016,7 +2028,7 @@ impl Aggregates {
                             u32::try_from(parts).unwrap_or(u32::MAX),
                         )));
                         hb.folded_upto = m + 1;
-                        if !fold_url_parts(hb, mb, deadline, slices) {
+                        if !fold_url_parts(hb, mb, deadline, true, slices) {
                             return (folded, true);
                         }
                     } else if !mb.is_empty() {
