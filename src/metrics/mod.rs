@@ -154,6 +154,8 @@ pub struct AggStats {
     /// (gauge), and 1 once every owner has applied everything up to the log's end at start.
     pub catchup_records: AtomicU64,
     pub complete: AtomicU64,
+    /// 1 when the shard aggregates (`agg.enabled`), 0 when it only logs.
+    pub enabled: AtomicU64,
     /// Records the catch-up needed that retention had already deleted.
     pub catchup_missing: AtomicU64,
     /// The aggregate store (`agg::store`): checkpoints written, their bytes, failed writes,
@@ -428,6 +430,11 @@ pub fn not_ready(all: &[std::sync::Arc<ShardStats>]) -> Option<String> {
 /// Whether every shard's aggregates are complete (the catch-up after a start is over).
 pub fn aggregates_complete(all: &[std::sync::Arc<ShardStats>]) -> bool {
     all.iter().all(|s| ShardStats::get(&s.agg.complete) == 1)
+}
+
+/// Whether the shards aggregate (`agg.enabled`; false before any shard started).
+pub fn aggregation_enabled(all: &[std::sync::Arc<ShardStats>]) -> bool {
+    !all.is_empty() && all.iter().all(|s| ShardStats::get(&s.agg.enabled) == 1)
 }
 
 /// Log records still to replay into the aggregates, over all shards.
@@ -791,8 +798,13 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
     );
     p.gauge(
         "pixeld_agg_complete",
-        "1 when the aggregates hold every record of the log, 0 during the catch-up after a start.",
+        "1 when the aggregates hold every record of the log, 0 during the catch-up after a start (and when aggregation is off).",
         u64::from(aggregates_complete(all)),
+    );
+    p.gauge(
+        "pixeld_agg_enabled",
+        "1 when the shards aggregate, 0 when pixeld only logs (agg.enabled = false).",
+        u64::from(aggregation_enabled(all)),
     );
     p.counter(
         "pixeld_agg_checkpoint_seconds_total",

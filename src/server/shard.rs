@@ -521,6 +521,10 @@ async fn run_shard(
         repairs,
         from,
     } = net.store;
+    stats
+        .agg
+        .enabled
+        .store(u64::from(agg.cfg.enabled), Ordering::Relaxed);
     let router = crate::route::Router::new(agg, Some(route_tx), stats.clone());
     router.start_catchup(end, floors, applied, repairs);
     router.spawn_receivers(route_rx);

@@ -1021,6 +1021,11 @@ fn a_log_only_server_keeps_every_line_and_aggregates_them_when_turned_back_on() 
         m.get("pixeld_agg_records_total{outcome=\"aggregated\"}"),
         Some(&0.0)
     );
+    assert_eq!(m.get("pixeld_agg_enabled"), Some(&0.0));
+    assert_eq!(
+        common::metrics(r.http).get("pixeld_agg_enabled"),
+        Some(&1.0)
+    );
     // Questions of the aggregates: 503 naming the setting and the way out.
     for (method, path) in [
         ("GET", "/v1/summary?from=-3h&to=now"),
