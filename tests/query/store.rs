@@ -67,6 +67,8 @@ fn answers(s: &Server, t0: i64) -> Vec<String> {
         format!("/v1/top?dim=channel&from={from}&to={to}&sort=visitors"),
         format!("/v1/top?dim=device&from={from}&to={to}&filter=channel:search"),
         format!("/v1/top?dim=source&from={from}&to={to}&limit=100&bots=include"),
+        format!("/v1/top?dim=entry_page&from={from}&to={to}&limit=500"),
+        format!("/v1/top?dim=exit_page&from={from}&to={to}&limit=500"),
     ]
     .iter()
     .map(|q| {
@@ -505,6 +507,16 @@ fn a_busy_minute_folded_in_slices_answers_the_same_throughout() {
     // The last slices: a pass every 20 ms, 5 ms each.
     std::thread::sleep(Duration::from_millis(1500));
     let folded = answers(&s, t0);
+    // The minute's visits' entry and exit pages are among the cells folded in slices.
+    for page in folded
+        .iter()
+        .filter(|a| a.contains("\"dim\":\"entry_page\"") || a.contains("\"dim\":\"exit_page\""))
+    {
+        let v: Value = serde_json::from_str(page).unwrap();
+        let items = v["items"].as_array().map_or(0, Vec::len);
+        assert_eq!(items, 500, "{}: a full page of pages", v["dim"]);
+    }
+    assert_eq!(folded.iter().filter(|a| a.contains("_page\"")).count(), 2);
     for (i, a) in during.iter().enumerate() {
         same_answers(a, &folded, &format!("read {i} while folding"));
     }
