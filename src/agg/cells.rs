@@ -349,7 +349,8 @@ impl UrlKey {
 }
 
 impl UrlFold {
-    /// The plan for minute `b`: its url cells' keys in `parts` partitions (at least one).
+    /// The plan for minute `b`: the keys of its url-keyed cells in `parts` partitions (at
+    /// least one).
     pub fn plan(b: &Bucket, parts: u32) -> UrlFold {
         let parts = parts.max(1);
         let mut todo = vec![UrlKeys::default(); parts as usize];
