@@ -525,16 +525,8 @@ pub fn wait_settled(port: u16, what: &str) {
         let queued = m("pixeld_route_queued_increments_total");
         let sent = m("pixeld_route_sent_increments_total");
         let applied = m("pixeld_route_applied_increments_total");
-        let outcomes: u64 = [
-            "aggregated",
-            "out_of_window",
-            "unparsed",
-            "bot",
-            "aggregation_off",
-        ]
-        .iter()
-        .map(|o| m(&format!("pixeld_agg_records_total{{outcome=\"{o}\"}}")))
-        .sum();
+        // Every outcome: aggregated, out_of_window, unparsed, bot, aggregation_off.
+        let outcomes = metric_sum(&mx, "pixeld_agg_records_total");
         let now = (sent, outcomes);
         let drained = queued == sent && sent == applied;
         if drained && last == Some(now) {
@@ -563,16 +555,8 @@ pub fn wait_aggregated(
         let mx = metrics(port);
         let m = |k: &str| mx.get(k).copied().unwrap_or(-1.0) as u64;
         let appended = m("pixeld_appended_events_total");
-        let outcomes: u64 = [
-            "aggregated",
-            "out_of_window",
-            "unparsed",
-            "bot",
-            "aggregation_off",
-        ]
-        .iter()
-        .map(|o| m(&format!("pixeld_agg_records_total{{outcome=\"{o}\"}}")))
-        .sum();
+        // Every outcome: aggregated, out_of_window, unparsed, bot, aggregation_off.
+        let outcomes = metric_sum(&mx, "pixeld_agg_records_total");
         let queued = m("pixeld_route_queued_increments_total");
         let sent = m("pixeld_route_sent_increments_total");
         let applied = m("pixeld_route_applied_increments_total");
