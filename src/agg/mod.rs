@@ -1133,10 +1133,10 @@ impl Aggregates {
 
     /// [`Aggregates::each_bucket`] for an increment that updates the cells keyed by a url
     /// that `touch` names, each once (url, url × channel, url × referrer, page cells; others
-    /// it may update too). While its minute is being folded in slices ([`cells::UrlFold`]) and some of those
-    /// are still only in the minute, the hour takes everything `f` adds but those (built
-    /// apart, then merged: [`Bucket::merge_except`]) — it takes them with the minute's later
-    /// — and a cell created in the minute is added to the keys still to fold.
+    /// it may update too). While its minute is being folded in slices ([`cells::UrlFold`])
+    /// and some of those are still only in the minute, the hour takes everything `f` adds but
+    /// those (built apart, then merged: [`Bucket::merge_except`]) — it takes them with the
+    /// minute's later — and a cell created in the minute is added to the keys still to fold.
     fn each_bucket_with(
         &mut self,
         inc: &Inc,
