@@ -151,21 +151,7 @@ impl Bucket {
     /// together (what sealing a day from its hours, and reading a sealed bucket with its
     /// late increments, rely on).
     pub fn merge(&mut self, o: &Bucket) {
-        for (id, c) in &o.urls {
-            self.urls.entry(*id).or_default().add(c);
-        }
-        for (k, v) in &o.url_channels {
-            let c = self.url_channels.entry(*k).or_default();
-            *c = c.saturating_add(*v);
-        }
-        for (k, v) in &o.url_refs {
-            let c = self.url_refs.entry(*k).or_default();
-            *c = c.saturating_add(*v);
-        }
-        for (id, c) in &o.pages {
-            self.pages.entry(*id).or_default().add(c);
-        }
-        self.merge_except_urls(o);
+        self.merge_except(o, &[]);
     }
 
     /// Adds every cell of `o` but those keyed by a url — its url, url × channel, url ×

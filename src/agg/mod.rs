@@ -921,10 +921,13 @@ fn visit_delta(b: &mut Bucket, s: u32, d: &Delta) {
     }
 }
 
+/// The url-keyed cells an increment updates (`Aggregates::each_bucket_with`).
+type Touched = smallvec::SmallVec<[UrlKey; 4]>;
+
 /// The page cells that visit changes `d` update, each once (a visit's entry is often its
 /// exit too) (`Aggregates::each_bucket_with`).
-fn page_keys<'a>(d: impl IntoIterator<Item = &'a Delta>) -> smallvec::SmallVec<[UrlKey; 4]> {
-    let mut keys = smallvec::SmallVec::<[UrlKey; 4]>::new();
+fn page_keys<'a>(d: impl IntoIterator<Item = &'a Delta>) -> Touched {
+    let mut keys = Touched::new();
     for d in d {
         if let Delta::Entry(u, _) | Delta::Exit(u, _) = *d {
             if !keys.contains(&UrlKey::Page(u)) {
@@ -1128,11 +1131,12 @@ impl Aggregates {
     /// increments) or the hour has left its window; counts the increment stale when no
     /// bucket takes it.
     fn each_bucket(&mut self, inc: &Inc, now_min: i64, f: impl FnMut(&mut Bucket, Res)) {
-        self.each_bucket_with(inc, now_min, &[], f);
+        self.each_bucket_with(inc, now_min, Touched::new, f);
     }
 
     /// [`Aggregates::each_bucket`] for an increment that updates the cells keyed by a url
-    /// that `touch` names, each once (url, url × channel, url × referrer, page cells; others
+    /// that `touch` names, each once (asked only while its minute is being folded in slices:
+    /// never on the usual hot path) (url, url × channel, url × referrer, page cells; others
     /// it may update too). While its minute is being folded in slices ([`cells::UrlFold`])
     /// and some of those are still only in the minute, the hour takes everything `f` adds but
     /// those (built apart, then merged: [`Bucket::merge_except`]) — it takes them with the
@@ -1141,7 +1145,7 @@ impl Aggregates {
         &mut self,
         inc: &Inc,
         now_min: i64,
-        touch: &[UrlKey],
+        touch: impl FnOnce() -> Touched,
         mut f: impl FnMut(&mut Bucket, Res),
     ) {
         let minute = inc.minute;
@@ -1167,7 +1171,7 @@ impl Aggregates {
         }
         let mut in_minute = false;
         // The cells `f` updates that the hour must leave alone (still only in the minute).
-        let mut pending: smallvec::SmallVec<[UrlKey; 4]> = Default::default();
+        let mut pending = Touched::new();
         if minute >= self.minute_floor(now_min) {
             if let Some(old) = self.minutes.displaced_by(minute) {
                 // Out of the window long ago, but not yet evicted (the ticker was late): its
@@ -1177,7 +1181,8 @@ impl Aggregates {
             if let Some(b) = self.minutes.get_mut(minute) {
                 b.dirty = true;
                 if let Some(fold) = b.url_fold.0.as_deref() {
-                    pending.extend(touch.iter().copied().filter(|k| fold.pending(k.url())));
+                    pending = touch();
+                    pending.retain(|k| fold.pending(k.url()));
                 }
                 if pending.is_empty() {
                     f(b, Res::Minute);
@@ -1340,8 +1345,8 @@ impl Aggregates {
                 minute: group[0].0,
                 ..*inc
             };
-            let touch = page_keys(group.iter().map(|(_, d)| d));
-            self.each_bucket_with(&at, now_min, &touch, |b, _| {
+            let touch = || page_keys(group.iter().map(|(_, d)| d));
+            self.each_bucket_with(&at, now_min, touch, |b, _| {
                 for (_, d) in group {
                     visit_delta(b, s, d);
                 }
@@ -1427,7 +1432,12 @@ impl Aggregates {
             Delta::Exit(_, n) => Delta::Exit(self.intern_url(page, site), n),
             Delta::Profile(_, c) => Delta::Profile(self.profiles.intern(s, site, page), c),
         };
-        self.each_bucket_with(at, now_min, &page_keys([&d]), |b, _| visit_delta(b, s, &d));
+        self.each_bucket_with(
+            at,
+            now_min,
+            || page_keys([&d]),
+            |b, _| visit_delta(b, s, &d),
+        );
     }
 
     /// Applies one increment's counts: for a url's pageview by its referrer domain (`aux`), for
@@ -1456,13 +1466,17 @@ impl Aggregates {
                 // A url's second key is its pageview's referrer domain.
                 let by_ref = (self.cfg.url_referrers && inc.pageview && !aux.is_empty())
                     .then(|| cells::url_ref_key(id, self.refs.intern(aux).0));
-                let touch = [
-                    Some(UrlKey::Url(id)),
-                    by_channel.map(UrlKey::Channel),
-                    by_ref.map(UrlKey::Ref),
-                ];
-                let touch: smallvec::SmallVec<[UrlKey; 3]> = touch.into_iter().flatten().collect();
-                self.each_bucket_with(inc, now_min, &touch, |b, _| {
+                let touch = || {
+                    [
+                        Some(UrlKey::Url(id)),
+                        by_channel.map(UrlKey::Channel),
+                        by_ref.map(UrlKey::Ref),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+                };
+                self.each_bucket_with(inc, now_min, touch, |b, _| {
                     let c = b.urls.entry(id).or_default();
                     c.views = c.views.saturating_add(pv);
                     c.hits = c.hits.saturating_add(1);
@@ -1507,8 +1521,8 @@ impl Aggregates {
                     Interned { site: s, profile }
                 });
                 let mut visitor = MinuteVisitor::new(inc.has_vid.then_some(inc.vid));
-                let touch = page_keys(visits.iter().map(|(_, d)| d));
-                self.each_bucket_with(inc, now_min, &touch, |b, _| {
+                let touch = || page_keys(visits.iter().map(|(_, d)| d));
+                self.each_bucket_with(inc, now_min, touch, |b, _| {
                     if let Some(id) = profile {
                         let c = b.profiles.entry(id).or_default();
                         c.views = c.views.saturating_add(pv);
