@@ -53,10 +53,22 @@
     // minutes ("current visitors"); under filters, those with a matching pageview in the
     // same minutes ({range, visitors}), from POST /v1/query.
     liveTo: null, current: null, currentFiltered: null,
+    // The server's error when it keeps a log only (agg.enabled = false), else null.
+    off: null,
   };
   window.pixeldDashboard = st;
 
   class AuthError extends Error {}
+  // The server keeps a log only (agg.enabled = false): shown once, never as an error.
+  class OffError extends Error {}
+
+  function showOff(text) {
+    st.off = text;
+    document.body.dataset.aggregation = 'off';
+    $('agg-off-text').textContent = text;
+    $('agg-off').hidden = false;
+    status('log only: aggregation is off', 'warn');
+  }
 
   function headers() {
     return st.token ? { Authorization: 'Bearer ' + st.token } : {};
@@ -66,6 +78,7 @@
     const r = await fetch(path, { headers: headers(), cache: 'no-store' });
     if (r.status === 401) { askToken(); throw new AuthError('token needed'); }
     const body = await r.json().catch(() => ({}));
+    if (body.reason === 'aggregation_off') { showOff(body.error); throw new OffError(body.error); }
     if (!r.ok) throw new Error(body.error || ('HTTP ' + r.status));
     return body;
   }
@@ -77,6 +90,7 @@
     });
     if (r.status === 401) { askToken(); throw new AuthError('token needed'); }
     const out = await r.json().catch(() => ({}));
+    if (out.reason === 'aggregation_off') { showOff(out.error); throw new OffError(out.error); }
     if (!r.ok) throw new Error(out.error || ('HTTP ' + r.status));
     return out;
   }
@@ -833,7 +847,7 @@
 
   async function refresh() {
     const r = RANGES[st.range];
-    if (r.live) return; // the stream drives it
+    if (r.live || st.off) return; // the stream drives it, or there is nothing to show
     const gen = st.live.gen;
     st.refreshing = true;
     st.lastRefresh = Date.now();
@@ -921,6 +935,7 @@
     if (ev === 'snapshot') applySnapshot(msg);
     else if (ev === 'health') applyHealth(msg);
     else if (ev === 'error') status('live: ' + msg.error, 'warn');
+    else if (ev === 'aggregation_off') showOff(msg.error);
   }
 
   async function liveLoop(gen) {
@@ -941,7 +956,7 @@
           const body = await r.json().catch(() => ({}));
           throw new Error(body.error || ('HTTP ' + r.status));
         }
-        status('live', 'ok');
+        if (!st.off) status('live', 'ok');
         const reader = r.body.getReader();
         const dec = new TextDecoder();
         let buf = '';
@@ -969,7 +984,7 @@
   }
 
   function report(e) {
-    if (e instanceof AuthError) return;
+    if (e instanceof AuthError || e instanceof OffError) return;
     status('error: ' + e.message, 'warn');
   }
 
@@ -997,7 +1012,7 @@
 
   // The site list starts from the last week's top sites; the stream adds new ones.
   api('/v1/top?' + q({ dim: 'site', from: '-7d', limit: 100 }))
-    .catch((e) => { if (e instanceof AuthError) throw e; return api('/v1/top?' + q({ dim: 'site', from: '-1h', limit: 100 })); })
+    .catch((e) => { if (e instanceof AuthError || e instanceof OffError) throw e; return api('/v1/top?' + q({ dim: 'site', from: '-1h', limit: 100 })); })
     .then((t) => mergeSites(t.items)).catch(report);
   restart();
 })();

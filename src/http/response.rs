@@ -39,16 +39,17 @@ pub(crate) fn unavailable(why: AppendError) -> Response<Full<Bytes>> {
 /// The answer to a question of the aggregates when aggregation is off (`enabled` false:
 /// `agg.enabled = false`); None when it is on.
 pub(crate) fn aggregation_off(enabled: bool) -> Option<Response<Full<Bytes>>> {
-    (!enabled).then(|| {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({
-                "error": "aggregation is off (agg.enabled = false in the config): this pixeld only logs. \
-                          Set agg.enabled = true and restart to answer from the aggregates (they catch up on what the logs hold), \
-                          or POST /v1/query with \"include\": {\"scan\": true} to answer from the raw log",
-                "reason": "aggregation_off",
-            }),
-        )
+    (!enabled).then(|| json(StatusCode::SERVICE_UNAVAILABLE, aggregation_off_body()))
+}
+
+/// What [`aggregation_off`] answers (and `/v1/live` sends as its `aggregation_off` event):
+/// the error naming the key and the two ways out, and `"reason": "aggregation_off"`.
+pub(crate) fn aggregation_off_body() -> serde_json::Value {
+    serde_json::json!({
+        "error": "aggregation is off (agg.enabled = false in the config): this pixeld only logs. \
+                  Set agg.enabled = true and restart to answer from the aggregates (they catch up on what the logs hold), \
+                  or POST /v1/query with \"include\": {\"scan\": true} to answer from the raw log",
+        "reason": "aggregation_off",
     })
 }
 

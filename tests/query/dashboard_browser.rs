@@ -136,3 +136,42 @@ fn dashboard_in_headless_chromium() {
     assert!(out_dir.join("dashboard.png").is_file());
     assert!(out_dir.join("dashboard-phone.png").is_file());
 }
+
+/// A log-only pixeld (`agg.enabled = false`): the dashboard shows one notice naming the key
+/// instead of empty panels and errors, and its health strip stays live
+/// (`tests/browser/dashboard_off.mjs`).
+#[test]
+fn dashboard_of_a_log_only_server_says_so_and_shows_health() {
+    if !browser::can_run("dashboard_of_a_log_only_server_says_so_and_shows_health") {
+        return;
+    }
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-output");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut s = Server::builder()
+        .shards(2)
+        .config("[agg]\nenabled = false\n")
+        .start();
+    assert!(s.wait_for("ready").is_some(), "{}", s.seen.join("\n"));
+    let (passed, out, err) = browser::run_node(
+        "dashboard_off.mjs",
+        &[
+            ("PIXELD_URL", format!("http://127.0.0.1:{}", s.http)),
+            ("PIXELD_OUT", out_dir.display().to_string()),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(passed, "browser checks failed:\n{out}\n{err}");
+    // The server logged every hit the script posted (12 × 200) and aggregated none.
+    crate::common::wait_until("the script's hits logged, none aggregated", || {
+        let m = crate::common::metrics(s.http);
+        crate::common::metric_sum(&m, "pixeld_appended_events_total") == 2400
+            && m.get("pixeld_agg_records_total{outcome=\"aggregation_off\"}") == Some(&2400.0)
+    });
+    s.signal("TERM");
+    let (code, stderr) = s.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(out_dir.join("dashboard-log-only.png").is_file());
+}

@@ -200,6 +200,33 @@ fn json(e: &Event) -> Value {
     serde_json::from_str(&e.data).unwrap_or_else(|err| panic!("{err}: {:?}", e.data))
 }
 
+/// A log-only pixeld (`agg.enabled = false`): the stream says so once, then carries the
+/// health events alone (what the dashboard's health strip shows), never a snapshot.
+#[test]
+fn a_log_only_server_streams_health_and_says_why_it_has_no_snapshot() {
+    let s = start(1, "[agg]\nenabled = false\n");
+    let port = s.s().http;
+    post_views(port, "https://shop.example/a", 30);
+    let mut sse = Sse::open(port, "/v1/live?minutes=5", None);
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    assert_eq!(sse.next().retry, Some(3000));
+    let off = sse.next();
+    assert_eq!(off.event, "aggregation_off", "{off:?}");
+    let v = json(&off);
+    assert_eq!(v["reason"], "aggregation_off", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("agg.enabled = true"),
+        "{v}"
+    );
+    // Two health events (5 s apart), nothing else between them.
+    for _ in 0..2 {
+        let e = sse.next();
+        assert_eq!(e.event, "health", "{e:?}");
+        let h = json(&e);
+        assert_eq!(h["received_events_total"], 30, "{h}");
+    }
+}
+
 #[test]
 fn live_stream_format_updates_and_resume() {
     let s = start(2, "");

@@ -1042,7 +1042,6 @@ fn a_log_only_server_keeps_every_line_and_aggregates_them_when_turned_back_on() 
     for (method, path) in [
         ("GET", "/v1/summary?from=-3h&to=now"),
         ("GET", "/v1/top?dim=url&from=-3h&to=now"),
-        ("GET", "/v1/live"),
         ("POST", "/v1/admin/rebuild-aggregates"),
     ] {
         let (st, _, body) = common::http(s.http, method, path, &[], b"");

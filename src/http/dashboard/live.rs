@@ -11,7 +11,11 @@
 //!   (`metrics::health`, the numbers of `/metrics`); it doubles as the keep-alive that
 //!   reaps dead connections (a write to a closed socket ends the stream);
 //! - `event: error` when a snapshot could not be computed (a shard did not answer); the
-//!   stream goes on.
+//!   stream goes on;
+//! - with aggregation off (`agg.enabled = false`) no snapshot ever: one `event:
+//!   aggregation_off` first (the 503 body of the query endpoints: the error naming the key,
+//!   `"reason": "aggregation_off"`), then the health events alone — a log-only pixeld's
+//!   dashboard says why it has no numbers and still shows what it receives and drops.
 //!
 //! Reconnect: a client that sends `Last-Event-ID` with the id of the state it holds gets no
 //! snapshot until something changed; any other id (or none) gets one at once. Snapshots are
@@ -37,7 +41,7 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
-use crate::http::response::{aggregation_off, json};
+use crate::http::response::{aggregation_off_body, json};
 use crate::http::{Body, HttpContext};
 use crate::metrics::ShardStats;
 use crate::query::params::{parse_live, LiveParams};
@@ -141,6 +145,8 @@ struct Live {
     last_snapshot: Option<Instant>,
     next_health: Instant,
     opened: bool,
+    /// Aggregation is off: the `aggregation_off` event is due (`Some(false)`) or was sent.
+    off: Option<bool>,
     _guard: ClientGuard,
 }
 
@@ -170,8 +176,12 @@ impl Live {
         if !self.opened {
             self.opened = true;
             return Bytes::from(format!(
-                "retry: {RETRY_MS}\n: pixeld live stream; events: snapshot, health, error\n\n"
+                "retry: {RETRY_MS}\n: pixeld live stream; events: snapshot, health, error, aggregation_off\n\n"
             ));
+        }
+        if self.off == Some(false) {
+            self.off = Some(true);
+            return event("aggregation_off", None, &aggregation_off_body().to_string());
         }
         loop {
             let now = Instant::now();
@@ -183,7 +193,7 @@ impl Live {
             let due = self
                 .last_snapshot
                 .is_none_or(|t| now.duration_since(t) >= SNAPSHOT_EVERY);
-            if self.sent != Some(state) && due {
+            if self.sent != Some(state) && due && self.off.is_none() {
                 self.sent = Some(state);
                 self.last_snapshot = Some(now);
                 let snapshot = match cached(&self.view, state) {
@@ -230,11 +240,10 @@ impl Live {
 }
 
 /// Answers `GET /v1/live`: 400 naming a bad parameter, 503 when the shard has its
-/// `live_max_clients` streams already, else the stream.
+/// `live_max_clients` streams already, else the stream (of health alone when aggregation is
+/// off).
 pub fn respond(req: &Request<Incoming>, ctx: Rc<HttpContext>) -> Response<Body> {
-    if let Some(r) = aggregation_off(ctx.hub.agg().borrow().cfg.enabled) {
-        return r.map(Either::Left);
-    }
+    let off = (!ctx.hub.agg().borrow().cfg.enabled).then_some(false);
     let view = match parse_live(req.uri().query()) {
         Ok(v) => v,
         Err(e) => {
@@ -274,6 +283,7 @@ pub fn respond(req: &Request<Incoming>, ctx: Rc<HttpContext>) -> Response<Body> 
         last_snapshot: None,
         next_health: Instant::now(),
         opened: false,
+        off,
         _guard: ClientGuard(stats),
     };
     let stream = futures_lite::stream::unfold(live, |mut live| async move {
