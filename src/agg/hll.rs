@@ -328,7 +328,10 @@ impl Visitors {
             (None, None)
         } else if w & MANY != 0 {
             // SAFETY: see `form`; `&mut self` lends the box exclusively.
-            (None, Some(unsafe { &mut *((w & !MANY) as *mut Uniques<URL_P>) }))
+            (
+                None,
+                Some(unsafe { &mut *((w & !MANY) as *mut Uniques<URL_P>) }),
+            )
         } else {
             // SAFETY: see `form`.
             (Some(unsafe { &mut *(w as *mut Vec<u64>) }), None)
@@ -642,11 +645,24 @@ mod tests {
         let hashes: Vec<u64> = (0..2000u64).map(|i| vid_hash(&i.to_string())).collect();
         // Hashes with the top bit clear and set, and the ones `norm` maps onto each other
         // are never both drawn (distinct visitors).
-        for n in [0usize, 1, 2, URL_FEW, URL_FEW + 1, 300, URL_EXACT_LIMIT + 1, 2000] {
+        for n in [
+            0usize,
+            1,
+            2,
+            URL_FEW,
+            URL_FEW + 1,
+            300,
+            URL_EXACT_LIMIT + 1,
+            2000,
+        ] {
             let mut v = Visitors::default();
             let mut model = std::collections::HashSet::new();
             for (i, &h) in hashes.iter().take(n).enumerate() {
-                assert_eq!(v.insert_hash(h), model.insert(h) || !v.is_exact(), "n={n} i={i}");
+                assert_eq!(
+                    v.insert_hash(h),
+                    model.insert(h) || !v.is_exact(),
+                    "n={n} i={i}"
+                );
                 // Again: known (a sketch says true).
                 assert_eq!(v.insert_hash(h), !v.is_exact(), "n={n} i={i}");
             }

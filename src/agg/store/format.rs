@@ -6,14 +6,14 @@
 //! [`Aggregates`]; nothing else reads or writes these bytes. Decoding never trusts the disk:
 //! the CRC is checked before anything else, every length is bounds-checked before it is used,
 //! and no input can make it panic (a proptest feeds it damaged files). A format change comes
-//! with a new version and a new checked-in sample (`tests/data/sample-v9.agg`; the older
-//! `sample-v8.agg` … `sample-v1.agg` are still decoded by tests).
+//! with a new version and a new checked-in sample (`tests/data/sample-v10.agg`; the older
+//! `sample-v9.agg` … `sample-v1.agg` are still decoded by tests).
 //!
-//! # Checkpoint file, format version 9 (all integers little-endian; versions 1 to 8 are still read)
+//! # Checkpoint file, format version 10 (all integers little-endian; versions 1 to 9 are still read)
 //! | at      | size    | field        | meaning                                                           |
 //! |---------|---------|--------------|-------------------------------------------------------------------|
 //! |  0      | 8       | magic        | `PXAGGCK1`                                                        |
-//! |  8      | 2       | version      | 9 (8: an hour holds the url and profile visitors only of the minutes it had folded, see below; 7: no url × referrer cells; 6: no profile visits either; 5: no url × channel cells either; 4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
+//! |  8      | 2       | version      | 10 (9: the url and profile visitors' hashes are the visitor hashes as they are, where 10 writes them with their top bit set as `hll::Visitors` holds them — a reader sets it on every hash it reads, and a build before 10, whose inserts would not match them, refuses the file and replays the log instead; 8: an hour holds the url and profile visitors only of the minutes it had folded, see below; 7: no url × referrer cells; 6: no profile visits either; 5: no url × channel cells either; 4: no profiles; 3: no url visitors; 2: no visits; 1: no day tier, no sealed list either) |
 //! | 10      | 1       | kind         | 0 = base (the whole state), 1 = delta (what changed since `parent`) |
 //! | 11      | 1       | reserved     | 0                                                                 |
 //! | 12      | 4       | shards       | shard count of the run that wrote it                              |
@@ -43,7 +43,7 @@
 //! | size                 | field | meaning                                              |
 //! |----------------------|-------|------------------------------------------------------|
 //! | 4 + n × 20           | urls  | u32 n, then (u32 url id, u32 views, u32 hits, u32 engaged seconds, u32 visitors at: byte offset of its visitors in the blob below, or 0xFFFF_FFFF for none) — version ≤ 3: 16-byte records without the offset |
-//! | 4 + len              | url visitors | version 4: u32 len, then the url records' visitors, each a uniques value (below) of p = 12 |
+//! | 4 + len              | url visitors | version 4: u32 len, then the url records' visitors, each a uniques value (below) of p = 12 (version 10: every hash of an exact set with its top bit set) |
 //! | 4 + n × 12           | refs  | u32 n, then (u64 site id << 32 \| referrer id, u32 pageviews) |
 //! | 4 + n × (4 + cell)   | sites | u32 n, then (u32 site id, site cell)                |
 //! | cell                 | all   | the site cell of all sites                           |
@@ -69,7 +69,7 @@ use super::super::{unfolded_minutes, whole_hour, Aggregates, Bucket, Res};
 /// The eight bytes every checkpoint starts with.
 pub const MAGIC: [u8; 8] = *b"PXAGGCK1";
 /// The checkpoint format version this build writes and reads.
-pub const VERSION: u16 = 9;
+pub const VERSION: u16 = 10;
 /// Size of the fixed header before the applied offsets.
 pub const HEADER_LEN: usize = 64;
 /// Largest shard count a header may declare; more is corruption.
@@ -965,15 +965,15 @@ pub(crate) mod tests {
         assert_eq!(hour(&a), hour(&model));
     }
 
-    /// The checked-in sample of version 9 (tests/data/sample-v9.agg) decodes to the state it
+    /// The checked-in sample of version 10 (tests/data/sample-v10.agg) decodes to the state it
     /// was written from, whose hours had folded none of their minutes (written with them);
     /// the decoded hours have folded every minute, and more increments — in those minutes,
     /// in a later minute of the same hour, and after a fold — leave both states giving the
-    /// same answers. Regenerate with `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v9`.
+    /// same answers. Regenerate with `PIXELD_WRITE_SAMPLE=1 cargo test --lib sample_v10`.
     #[test]
-    fn sample_v9_decodes() {
+    fn sample_v10_decodes() {
         let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v9.agg");
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v10.agg");
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
         let mut a = sample_state_v8(now);
@@ -984,6 +984,51 @@ pub(crate) mod tests {
         if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
             std::fs::write(&path, encode(&mut a, &header(Kind::Base, 1, 0))).unwrap();
         }
+        let (h, mut r) = read_sample("sample-v10.agg");
+        assert_eq!((h.version, h.kind), (10, Kind::Base));
+        for (n, b) in r.hours.iter() {
+            let unfolded = super::super::super::unfolded_minutes(&r.minutes, n, b.folded_upto);
+            assert_eq!(unfolded.count(), 0, "hour {n} holds its minutes");
+        }
+        assert_eq!(answers(&r, now), answers(&a, now));
+        assert_eq!(breakdowns(&r, now), breakdowns(&a, now));
+        assert_eq!(url_ref_rows(&r, now), url_ref_rows(&a, now));
+        for (minute, url) in [(now - 2, "news"), (now, "later"), (now - 70, "old")] {
+            let mut b = Batch::default();
+            let inc = Inc::new(IncKind::Url, true, minute, 3, Some(11)).with_channel(1);
+            b.push_inc_with(
+                inc,
+                "a.example",
+                &format!("https://a.example/{url}"),
+                "t.co",
+            );
+            a.apply_batch(&b, now);
+            r.apply_batch(&b, now);
+            assert_eq!(answers(&r, now), answers(&a, now));
+            assert_eq!(url_ref_rows(&r, now), url_ref_rows(&a, now));
+        }
+        for x in [&mut a, &mut r] {
+            x.fold_minutes(now + 1, usize::MAX);
+        }
+        assert_eq!(answers(&r, now), answers(&a, now));
+        assert_eq!(breakdowns(&r, now), breakdowns(&a, now));
+    }
+
+    /// The checked-in sample of version 9 (tests/data/sample-v9.agg, written by an earlier
+    /// build, its url and profile visitors' hashes without their top bit) decodes to the state it
+    /// was written from, whose hours had folded none of their minutes (written with them);
+    /// the decoded hours have folded every minute, and more increments — in those minutes,
+    /// in a later minute of the same hour, and after a fold — leave both states giving the
+    /// same answers, the visitors of the file and the new ones counted once each.
+    #[test]
+    fn sample_v9_decodes() {
+        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
+        let now = 29_000_000;
+        let mut a = sample_state_v8(now);
+        assert!(a.hours.iter().any(|(h, b)| b.folded_upto <= h * 60
+            && super::super::super::unfolded_minutes(&a.minutes, h, b.folded_upto)
+                .next()
+                .is_some()));
         let (h, mut r) = read_sample("sample-v9.agg");
         assert_eq!((h.version, h.kind), (9, Kind::Base));
         for (n, b) in r.hours.iter() {
