@@ -193,10 +193,10 @@ fn norm(h: u64) -> u64 {
 /// url's owner (every visitor of it), so its count over several owners is never needed.
 ///
 /// The word: 0 is none; with its top bit set, the one visitor's hash (every hash held has it
-/// set: [`norm`]); otherwise a pointer this value owns, from `Box::into_raw` — to the list
+/// set: `norm`); otherwise a pointer this value owns, from `Box::into_raw` — to the list
 /// (`Box<Vec<u64>>`) when its low bit is clear, to the [`Uniques`] with the low bit set (a
 /// box is 8-byte aligned, and a user-space address on the 64-bit targets pixeld runs on has
-/// its top bit clear; [`Visitors::boxed`] checks both).
+/// its top bit clear; `Visitors::boxed` checks both).
 pub struct Visitors {
     word: [u32; 2],
     _owns: std::marker::PhantomData<Owned>,
@@ -472,7 +472,7 @@ impl Visitors {
 
     /// From a [`Uniques`] (read from the bytes of a bucket): the form inserting its visitors
     /// one by one gives (a list in ascending order while few). Hashes written by a build
-    /// before hashes were held with their top bit set ([`norm`]) get it here.
+    /// before hashes were held with their top bit set (`norm`) get it here.
     pub fn from_uniques(u: Uniques<URL_P>) -> Visitors {
         let u = match u {
             Uniques::Exact(set) if set.iter().any(|&h| h & ONE == 0) => {

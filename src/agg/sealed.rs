@@ -847,46 +847,27 @@ mod tests {
         }
     }
 
-    /// The checked-in sample of version 8 (tests/data/sample-v8.agb) decodes to the bucket it
-    /// was written from, url × referrer cells included; regenerate with
-    /// `PIXELD_WRITE_SAMPLE=1 cargo test --lib sealed_sample_v8`.
+    /// The checked-in sample of version 8 (tests/data/sample-v8.agb); see
+    /// [`sealed_sample_v7_or_later`]. Regenerate with `PIXELD_WRITE_SAMPLE=1 cargo test --lib
+    /// sealed_sample_v8`.
     #[test]
     fn sealed_sample_v8_decodes() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v8.agb");
-        // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
-        let now = 29_000_000;
-        let a = crate::agg::store::format::tests::sample_state_v8(now);
-        let hour = (now - 2).div_euclid(60);
-        let b = a.materialize(Res::Hour, hour);
-        assert_eq!(
-            b.url_refs.len(),
-            3,
-            "news from google and t.co, sport direct"
-        );
-        let h = sample_header(hour);
-        if std::env::var_os("PIXELD_WRITE_SAMPLE").is_some() {
-            std::fs::write(&path, encode(&h, &b)).unwrap();
-        }
-        let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
-        assert_eq!(lines(&f.to_bucket()), lines(&b));
-        let got: Vec<(u64, u32)> = f.url_refs().collect();
-        let mut want: Vec<(u64, u32)> = b.url_refs.iter().map(|(&k, &v)| (k, v)).collect();
-        want.sort_unstable();
-        assert_eq!(got, want);
-        assert_eq!(got.iter().map(|(_, v)| v).sum::<u32>(), 3);
-        // A file naming a referrer the chain does not: refused.
-        let (s, u, r, p) = a.name_counts();
-        assert!(SealedFile::open(&path, h.tier, h.number, 1, (s, u, r - 1, p)).is_err());
+        sealed_sample_v7_or_later(8, std::env::var_os("PIXELD_WRITE_SAMPLE").is_some());
     }
 
     /// The checked-in sample of version 7 (tests/data/sample-v7.agb, written by an earlier
-    /// build, its url visitors' hashes without their top bit) decodes to the bucket it was
-    /// written from, url × referrer cells included.
+    /// build, its url visitors' hashes without their top bit; see
+    /// [`sealed_sample_v7_or_later`]).
     #[test]
     fn sealed_sample_v7_decodes() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample-v7.agb");
+        sealed_sample_v7_or_later(7, false);
+    }
+
+    /// The checked-in sample of `version` (7 on) decodes to the bucket it was written from,
+    /// url × referrer cells included; with `write`, it is written first from that bucket.
+    fn sealed_sample_v7_or_later(version: u16, write: bool) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/data/sample-v{version}.agb"));
         // fixed-date: the sample's buckets sit at a fixed minute; it is only decoded.
         let now = 29_000_000;
         let a = crate::agg::store::format::tests::sample_state_v8(now);
@@ -898,6 +879,11 @@ mod tests {
             "news from google and t.co, sport direct"
         );
         let h = sample_header(hour);
+        if write {
+            std::fs::write(&path, encode(&h, &b)).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), version);
         let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
         assert_eq!(lines(&f.to_bucket()), lines(&b));
         let got: Vec<(u64, u32)> = f.url_refs().collect();

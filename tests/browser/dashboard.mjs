@@ -8,14 +8,13 @@
 // the page asks for the token, works from the keyboard, and loads nothing from another
 // origin. Screenshots (desktop and phone) go to PIXELD_OUT. Exits non-zero on the first
 // failed check, naming it.
-import { chromium } from 'playwright-core';
+import { launch, ok, finish } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 
 const BASE = process.env.PIXELD_URL;
 const TOKEN = process.env.PIXELD_TOKEN || '';
 const OUT = process.env.PIXELD_OUT || '.';
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const BURST = 500;
 if (!BASE) { console.error('PIXELD_URL is not set'); process.exit(2); }
 
@@ -34,8 +33,6 @@ async function api(path) {
   return r.json();
 }
 const digits = (s) => s.replace(/[^0-9]/g, '');
-let checks = 0;
-function ok(what) { checks++; console.log('ok ' + checks + ' - ' + what); }
 
 // What the page shows, read in one go (so that a snapshot cannot land halfway).
 async function shown(page) {
@@ -100,14 +97,7 @@ async function compareWithApi(page, step, label) {
   return s;
 }
 
-// playwright starts Chromium with a fresh, empty profile of its own (it refuses
-// --user-data-dir here); the flags keep Chromium from calling home.
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 let failed = false;
 try {
   const context = await browser.newContext({ viewport: { width: 1440, height: 1000 }, locale: 'en-US' });
@@ -405,5 +395,4 @@ try {
 } finally {
   await browser.close();
 }
-console.log(`browser checks: ${checks} ok${failed ? ", 1 not ok" : ""}`);
-process.exit(failed ? 1 : 0);
+finish(failed);

@@ -8,17 +8,13 @@
 // the hits this script posts within 15 s; a range with JSON queries behind it (6 h) shows the
 // same notice, not an error. Screenshot to PIXELD_OUT. Exits non-zero on the first failed
 // check, naming it.
-import { chromium } from 'playwright-core';
+import { launch, ok, finish } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 
 const BASE = process.env.PIXELD_URL;
 const OUT = process.env.PIXELD_OUT || '.';
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 if (!BASE) { console.error('PIXELD_URL is not set'); process.exit(2); }
-
-let checks = 0;
-function ok(what) { checks++; console.log('ok ' + checks + ' - ' + what); }
 
 // 200 hits a second for `seconds`, stamped now, so that the health strip has a rate to show.
 async function feed(seconds) {
@@ -34,12 +30,7 @@ async function feed(seconds) {
   }
 }
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 let failed = false;
 try {
   const context = await browser.newContext({ viewport: { width: 1440, height: 1000 }, locale: 'en-US' });
@@ -92,5 +83,4 @@ try {
 } finally {
   await browser.close();
 }
-console.log(`browser checks: ${checks} ok${failed ? ", 1 not ok" : ""}`);
-process.exit(failed ? 1 : 0);
+finish(failed);

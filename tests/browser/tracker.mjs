@@ -8,7 +8,7 @@
 // Time inside the pages is Playwright's fake clock (page.clock), so "35 s of reading" takes
 // a fraction of that; the hits themselves are real requests to pixeld. Exits non-zero on the
 // first failed check, naming it.
-import { chromium } from 'playwright-core';
+import { launch, ok, finish } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
@@ -20,13 +20,10 @@ import { gzipSync } from 'node:zlib';
 const PIXELD = process.env.PIXELD_URL;
 const PORT = process.env.SITE_PORT;
 const ROOT = process.env.SITE_ROOT;
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 if (!PIXELD || !PORT || !ROOT) { console.error('PIXELD_URL, SITE_PORT and SITE_ROOT must be set'); process.exit(2); }
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const site = (host) => `http://${host}:${PORT}`;
 
-let checks = 0;
-function ok(what) { checks++; console.log('ok ' + checks + ' - ' + what); }
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // --- pixeld's side: its log (every stored hit, raw) and its answers --------------------------
@@ -116,13 +113,8 @@ page('broken.html', `data-endpoint="${BROKEN}"`);
 writeFileSync(join(ROOT, 'cross.html'), `<!doctype html><html><head><meta charset="utf-8">
 <link rel="icon" href="data:,"><script defer src="${PIXELD}/px.js"></script></head><body>cross-origin</body></html>`);
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--host-resolver-rules=MAP *.test 127.0.0.1', '--autoplay-policy=no-user-gesture-required', '--mute-audio'],
-});
+const browser = await launch(['--host-resolver-rules=MAP *.test 127.0.0.1',
+  '--autoplay-policy=no-user-gesture-required', '--mute-audio']);
 // Headless Chromium says "HeadlessChrome" in its User-Agent, which pixeld counts as a bot (left
 // out of every metric): the pages here are read with the User-Agent of the same Chrome with a
 // window, as a reader's browser sends it.
@@ -504,5 +496,4 @@ try {
 } finally {
   await browser.close();
 }
-console.log(`${checks} checks passed${failed ? ', then one failed' : ''}`);
-process.exit(failed ? 1 : 0);
+finish(failed);

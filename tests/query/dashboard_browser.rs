@@ -16,16 +16,22 @@ use crate::common::{browser, http, Server};
 
 const TOKEN: &str = "dashboard-test-token-0123456789";
 
+/// `target/test-output/`, where the screenshots go (made if missing).
+fn test_output() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-output");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[test]
 fn dashboard_in_headless_chromium() {
     if !browser::can_run("dashboard_in_headless_chromium") {
         return;
     }
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("test-output");
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_dir = test_output();
 
     // A city database for the generator's addresses (203.0.113.1–250), so that the
     // Countries card has several rows, and regions for two of its countries.
@@ -145,11 +151,7 @@ fn dashboard_of_a_log_only_server_says_so_and_shows_health() {
     if !browser::can_run("dashboard_of_a_log_only_server_says_so_and_shows_health") {
         return;
     }
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("test-output");
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_dir = test_output();
     let mut s = Server::builder()
         .shards(2)
         .config("[agg]\nenabled = false\n")
