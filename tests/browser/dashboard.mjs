@@ -8,7 +8,7 @@
 // the page asks for the token, works from the keyboard, and loads nothing from another
 // origin. Screenshots (desktop and phone) go to PIXELD_OUT. Exits non-zero on the first
 // failed check, naming it.
-import { launch, ok, finish } from './harness.mjs';
+import { checked, launch, ok } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 
@@ -98,8 +98,7 @@ async function compareWithApi(page, step, label) {
 }
 
 const browser = await launch();
-let failed = false;
-try {
+await checked(browser, async () => {
   const context = await browser.newContext({ viewport: { width: 1440, height: 1000 }, locale: 'en-US' });
   const page = await context.newPage();
   const foreign = [];
@@ -389,10 +388,4 @@ try {
   ok('no request to another origin');
   assert.deepEqual(errors, [], 'errors in the page');
   ok('no script errors');
-} catch (e) {
-  failed = true;
-  console.error('not ok - ' + (e && e.stack || e));
-} finally {
-  await browser.close();
-}
-finish(failed);
+});

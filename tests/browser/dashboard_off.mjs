@@ -8,7 +8,7 @@
 // the hits this script posts within 15 s; a range with JSON queries behind it (6 h) shows the
 // same notice, not an error. Screenshot to PIXELD_OUT. Exits non-zero on the first failed
 // check, naming it.
-import { launch, ok, finish } from './harness.mjs';
+import { checked, launch, ok } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 
@@ -31,8 +31,7 @@ async function feed(seconds) {
 }
 
 const browser = await launch();
-let failed = false;
-try {
+await checked(browser, async () => {
   const context = await browser.newContext({ viewport: { width: 1440, height: 1000 }, locale: 'en-US' });
   const page = await context.newPage();
   const errors = [];
@@ -77,10 +76,4 @@ try {
   ok('screenshot ' + join(OUT, 'dashboard-log-only.png'));
   assert.deepEqual(errors, [], 'errors in the page');
   ok('no script errors');
-} catch (e) {
-  failed = true;
-  console.error('not ok - ' + (e && e.stack || e));
-} finally {
-  await browser.close();
-}
-finish(failed);
+});

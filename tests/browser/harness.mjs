@@ -19,8 +19,19 @@ let checks = 0;
 // One passed check, numbered, TAP-like.
 export function ok(what) { checks++; console.log('ok ' + checks + ' - ' + what); }
 
-// The summary line, then the exit: 1 when a check failed.
-export function finish(failed) {
+// Runs the checks of `body`: the first that fails is printed as "not ok" with its stack and
+// ends them; then the browser is closed, the summary printed, and the process exits (1 when
+// a check failed).
+export async function checked(browser, body) {
+  let failed = false;
+  try {
+    await body();
+  } catch (e) {
+    failed = true;
+    console.error('not ok - ' + (e && e.stack || e));
+  } finally {
+    await browser.close();
+  }
   console.log(`browser checks: ${checks} ok${failed ? ', 1 not ok' : ''}`);
   process.exit(failed ? 1 : 0);
 }

@@ -8,7 +8,7 @@
 // Time inside the pages is Playwright's fake clock (page.clock), so "35 s of reading" takes
 // a fraction of that; the hits themselves are real requests to pixeld. Exits non-zero on the
 // first failed check, naming it.
-import { launch, ok, finish } from './harness.mjs';
+import { checked, launch, ok } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
@@ -156,8 +156,7 @@ async function setHidden(p, hidden) {
   }, hidden);
 }
 
-let failed = false;
-try {
+await checked(browser, async () => {
   // The script as served: the checked-in minified file, fresh, within its size budget.
   const served = Buffer.from(await (await api('/px.js')).arrayBuffer());
   const min = readFileSync(join(REPO, 'assets/tracker/px.min.js'));
@@ -490,10 +489,4 @@ try {
     ok('on the dashboard\'s origin, under its CSP: loaded and sent, no violation');
     await ctx.close();
   }
-} catch (e) {
-  failed = true;
-  console.error('not ok - ' + (e && e.stack ? e.stack : e));
-} finally {
-  await browser.close();
-}
-finish(failed);
+});
