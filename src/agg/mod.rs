@@ -541,14 +541,40 @@ impl Batch {
 pub const WARM_CHUNK: usize = 32;
 
 /// Interned key names: dense ids, so that cells are small and queries sum into vectors.
-/// Each name is held once, in `names`; the lookup table holds only ids, hashed and compared
-/// by their names.
+/// Each name is held once, its text appended to blocks that never move (`blocks`, each
+/// filled up to the capacity it was made with: the first 256 bytes, each next one twice the
+/// last up to [`NAME_BLOCK`], a longer name a block of its own); `spans` says where each id's
+/// text is, and the lookup table holds only ids, hashed and compared by their text. A name
+/// costs its text and a 12-byte span — not a box of its own (16 bytes of pointer and length
+/// and the allocator's header and rounding) — and a comparison reads its span and its text,
+/// contiguous with the names interned around it.
 #[derive(Debug, Default, Clone)]
 pub struct Names {
     ids: hashbrown::HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
-    names: Vec<Box<str>>,
+    blocks: Vec<String>,
+    spans: Vec<Span>,
     bytes: usize,
+}
+
+/// The largest block of name text [`Names`] allocates for names of ordinary length.
+const NAME_BLOCK: usize = 64 * 1024;
+
+/// Where one name's text is in [`Names::blocks`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Span {
+    block: u32,
+    start: u32,
+    len: u32,
+}
+
+/// The text `s` spans in `blocks` ("" for a span that names nothing).
+fn spanned<'a>(blocks: &'a [String], s: &Span) -> &'a str {
+    let (start, len) = (s.start as usize, s.len as usize);
+    blocks
+        .get(s.block as usize)
+        .and_then(|b| b.get(start..start + len))
+        .unwrap_or("")
 }
 
 impl Names {
@@ -558,54 +584,92 @@ impl Names {
         if let Some(id) = self.find(hash, name) {
             return (id, false);
         }
-        let id = self.names.len() as u32;
-        self.names.push(name.into());
-        let (names, hasher) = (&self.names, &self.hasher);
+        let id = self.spans.len() as u32;
+        let span = self.append(name);
+        self.spans.push(span);
+        let (blocks, spans, hasher) = (&self.blocks, &self.spans, &self.hasher);
         self.ids.insert_unique(hash, id, |id| {
-            hasher.hash_one(names.get(*id as usize).map_or("", |n| &**n))
+            hasher.hash_one(spans.get(*id as usize).map_or("", |s| spanned(blocks, s)))
         });
         self.bytes += name.len();
         (id, true)
     }
+
+    /// Appends `name`'s text to the last block, or to a new one when it does not fit (so that
+    /// no block ever reallocates and moves the text of the names before).
+    fn append(&mut self, name: &str) -> Span {
+        let fits = self
+            .blocks
+            .last()
+            .is_some_and(|b| b.capacity() - b.len() >= name.len());
+        if !fits {
+            let next = self
+                .blocks
+                .last()
+                .map_or(256, |b| (b.capacity() * 2).min(NAME_BLOCK));
+            self.blocks
+                .push(String::with_capacity(next.max(name.len())));
+        }
+        let block = self.blocks.len().saturating_sub(1);
+        let Some(b) = self.blocks.last_mut() else {
+            return Span::default();
+        };
+        let start = b.len();
+        b.push_str(name);
+        Span {
+            block: block as u32,
+            start: start as u32,
+            len: name.len() as u32,
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<u32> {
         self.find(self.hasher.hash_one(name), name)
     }
     /// The id of `name`, whose hash is `hash`.
     fn find(&self, hash: u64, name: &str) -> Option<u32> {
-        let names = &self.names;
+        let (blocks, spans) = (&self.blocks, &self.spans);
         self.ids
             .find(hash, |id| {
-                names.get(*id as usize).is_some_and(|n| **n == *name)
+                spans
+                    .get(*id as usize)
+                    .is_some_and(|s| s.len as usize == name.len() && spanned(blocks, s) == name)
             })
             .copied()
     }
     pub fn name(&self, id: u32) -> &str {
-        self.names.get(id as usize).map_or("", |n| n)
+        self.spans
+            .get(id as usize)
+            .map_or("", |s| spanned(&self.blocks, s))
     }
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.spans.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.spans.is_empty()
     }
     fn memory(&self) -> usize {
-        self.bytes
+        self.blocks.iter().map(String::capacity).sum::<usize>()
+            + self.blocks.capacity() * size_of::<String>()
             + table_bytes(self.ids.capacity(), size_of::<u32>())
-            + self.names.capacity() * size_of::<Box<str>>()
+            + self.spans.capacity() * size_of::<Span>()
     }
 
     /// A copy for a checkpoint that writes the names from `first` on: the same ids, the
-    /// names before `first` left empty (no allocation) and no lookup table.
+    /// names before `first` empty (no text) and no lookup table.
     fn tail_copy(&self, first: usize) -> Names {
-        let mut names: Vec<Box<str>> = Vec::with_capacity(self.names.len());
-        names.resize(first.min(self.names.len()), Box::default());
-        names.extend(self.names.iter().skip(first).cloned());
-        Names {
-            ids: hashbrown::HashTable::new(),
+        let mut copy = Names {
             hasher: self.hasher.clone(),
-            names,
-            bytes: 0,
+            ..Names::default()
+        };
+        copy.spans = Vec::with_capacity(self.spans.len());
+        copy.spans
+            .resize(first.min(self.spans.len()), Span::default());
+        for s in self.spans.iter().skip(first) {
+            let span = copy.append(spanned(&self.blocks, s));
+            copy.spans.push(span);
         }
+        copy
     }
 }
 
@@ -2798,6 +2862,46 @@ mod tests {
         assert_eq!(n.bytes, bytes);
         let copy = n.tail_copy(4990);
         assert_eq!((copy.name(3), copy.name(4995)), ("", name(4995).as_str()));
+    }
+
+    /// Names of every length — empty, a block's worth, longer than a block — keep their
+    /// text and ids while later names fill new blocks; no block grows past the capacity it
+    /// was made with (a name's text never moves), and a copy keeps the ids.
+    #[test]
+    fn names_keep_their_text_across_blocks() {
+        let mut n = Names::default();
+        let name = |i: usize| match i % 7 {
+            0 => String::new(),
+            3 => "x".repeat(NAME_BLOCK + i),
+            _ => format!("https://b.example/{}", "p".repeat(i % 300)),
+        };
+        let mut want = Vec::new();
+        let mut caps: Vec<usize> = Vec::new();
+        for i in 0..3000 {
+            let (id, new) = n.intern(&name(i));
+            if new {
+                assert_eq!(id as usize, want.len());
+                want.push(name(i));
+            } else {
+                assert_eq!(n.name(id), name(i));
+            }
+            let now: Vec<usize> = n.blocks.iter().map(String::capacity).collect();
+            assert_eq!(now[..caps.len()], caps[..], "a block grew");
+            caps = now;
+        }
+        for (id, text) in want.iter().enumerate() {
+            assert_eq!(n.name(id as u32), text);
+            assert_eq!(n.get(text), Some(id as u32));
+        }
+        assert_eq!(n.name(want.len() as u32), "");
+        assert!(n.blocks.len() > 10, "{} blocks", n.blocks.len());
+        let copy = n.tail_copy(5);
+        for (id, text) in want.iter().enumerate() {
+            let got = copy.name(id as u32);
+            assert_eq!(got, if id < 5 { "" } else { text.as_str() });
+        }
+        let text: usize = want.iter().map(String::len).sum();
+        assert!(n.memory() >= text + want.len() * size_of::<Span>());
     }
 
     /// A batch applied in chunks, each looked up first (`warm`), builds the state its

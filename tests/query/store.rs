@@ -56,8 +56,16 @@ fn stop(s: Server) -> String {
 
 /// The answers compared across restarts: over a fixed range (epoch seconds) from three hours
 /// before `t0` (a minute) to ten minutes after it.
+/// The end of the range every answer of a test started at minute `t0` asks for: the last
+/// minute a query may reach at `t0` (`agg.future_minutes`, 5 by default, and the current
+/// one), so that the server never cuts it short as the clock turns — an answer read in a
+/// later minute states the same range.
+fn answers_to(t0: i64) -> i64 {
+    (t0 + 6) * 60
+}
+
 fn answers(s: &Server, t0: i64) -> Vec<String> {
-    let (from, to) = ((t0 - 180) * 60, (t0 + 10) * 60);
+    let (from, to) = ((t0 - 180) * 60, answers_to(t0));
     [
         format!("/v1/summary?from={from}&to={to}"),
         format!("/v1/timeseries?from={from}&to={to}&step=1h"),
@@ -816,7 +824,7 @@ const TIERS: &str = "[log]\ncompression = \"none\"\nsegment_max_bytes = \"64KiB\
 fn tier_answers(s: &Server, t0: i64) -> Vec<String> {
     let d0 = (t0.div_euclid(1440) - 4) * 1440 * 60;
     let h0 = (t0.div_euclid(60) - 40) * 3600;
-    let to = (t0 + 10) * 60;
+    let to = answers_to(t0);
     [
         format!("/v1/summary?from={d0}&to={to}"),
         format!("/v1/timeseries?from={d0}&to={to}&step=1d"),
