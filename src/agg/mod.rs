@@ -543,7 +543,7 @@ pub const WARM_CHUNK: usize = 32;
 /// Interned key names: dense ids, so that cells are small and queries sum into vectors.
 /// Each name is held once, its text appended to blocks that never move (`blocks`, each
 /// filled up to the capacity it was made with: the first 256 bytes, each next one twice the
-/// last up to [`NAME_BLOCK`], a longer name a block of its own); `spans` says where each id's
+/// last up to `NAME_BLOCK`, a longer name a block of its own); `spans` says where each id's
 /// text is, and the lookup table holds only ids, hashed and compared by their text. A name
 /// costs its text and a 12-byte span — not a box of its own (16 bytes of pointer and length
 /// and the allocator's header and rounding) — and a comparison reads its span and its text,
