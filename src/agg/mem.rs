@@ -1,8 +1,62 @@
-//! What a hashbrown table really holds, for the memory gauges (`pixeld_agg_memory_bytes`,
+//! What the aggregates' memory is spent on ([`MemPart`]), and what a hashbrown table really
+//! holds, for the memory gauges (`pixeld_agg_memory_bytes` and its parts,
 //! `pixeld_agg_visitor_bytes`): `capacity()` is what fits before the next doubling, but the
 //! table allocates a power of two of buckets — 8/7 of that capacity and up — each with its
 //! slot and a control byte, and a group of trailing control bytes. Counting `capacity()` slots
 //! alone, as the gauges did before, said up to an eighth less than the heap held.
+
+/// What the aggregates' heap bytes are spent on (`pixeld_agg_memory_part_bytes{part}`; the
+/// parts add up to `pixeld_agg_memory_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemPart {
+    /// Url cells: their tables.
+    UrlCells,
+    /// Url cells' visitors beyond the one held inline: lists, sets and sketches.
+    UrlVisitors,
+    /// Profile cells (pageviews by every dimension), with their visitors.
+    Profiles,
+    /// Url × channel and url × referrer cells.
+    UrlPairs,
+    /// Referrer cells per site, entry and exit page cells, visits by entry profile.
+    RefsPagesVisits,
+    /// Site cells and the all-sites cell, with their unique visitors.
+    Sites,
+    /// Interned names (urls, sites, referrers, profiles) and their lookup tables.
+    Names,
+    /// The visits in progress (`agg::visits`).
+    Visits,
+    /// Buckets themselves, the state of minutes folded in slices, the url → site ids.
+    Other,
+}
+
+impl MemPart {
+    pub const ALL: [MemPart; 9] = [
+        MemPart::UrlCells,
+        MemPart::UrlVisitors,
+        MemPart::Profiles,
+        MemPart::UrlPairs,
+        MemPart::RefsPagesVisits,
+        MemPart::Sites,
+        MemPart::Names,
+        MemPart::Visits,
+        MemPart::Other,
+    ];
+
+    /// Its `part` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemPart::UrlCells => "url_cells",
+            MemPart::UrlVisitors => "url_visitors",
+            MemPart::Profiles => "profiles",
+            MemPart::UrlPairs => "url_pairs",
+            MemPart::RefsPagesVisits => "refs_pages_visits",
+            MemPart::Sites => "sites",
+            MemPart::Names => "names",
+            MemPart::Visits => "visits",
+            MemPart::Other => "other",
+        }
+    }
+}
 
 /// Heap bytes of a hashbrown table whose `capacity()` is `capacity`, with slots of `slot`
 /// bytes (`size_of::<(K, V)>()`, or `size_of::<K>()` for a set).

@@ -910,8 +910,10 @@ pub struct Memory {
     /// Url cells alone, and the bytes of their tables (for the bytes-per-cell figure).
     pub url_cells: u64,
     pub url_cell_bytes: u64,
-    /// Approximate heap bytes: tables, sketches and key names.
+    /// Approximate heap bytes: tables, sketches and key names — the sum of `parts`.
     pub bytes: u64,
+    /// Those bytes by what they hold, indexed by [`mem::MemPart`].
+    pub parts: [u64; mem::MemPart::ALL.len()],
     /// Sealed hours and days mapped from their files, and their bytes (page cache, not heap).
     pub sealed_files: u64,
     pub sealed_bytes: u64,
@@ -2551,11 +2553,14 @@ impl Aggregates {
 
     /// Memory held, for the gauges and the bytes-per-cell figure.
     pub fn memory(&self) -> Memory {
+        use mem::MemPart as P;
         let mut m = Memory::default();
+        let mut add = |p: P, bytes: usize| m.parts[p as usize] += bytes as u64;
         let writing = self.sealed.values().filter_map(|s| match s {
             Sealed::Writing(Some(b)) => Some(&**b),
             _ => None,
         });
+        let (mut cells, mut url_cells, mut url_cell_bytes) = (0, 0, 0);
         for b in self
             .minutes
             .iter()
@@ -2564,48 +2569,70 @@ impl Aggregates {
             .map(|(_, b)| b)
             .chain(writing)
         {
-            m.cells += (b.urls.len()
+            cells += (b.urls.len()
                 + b.refs.len()
                 + b.sites.len()
                 + b.profiles.len()
+                + b.pages.len()
                 + b.url_channels.len()
                 + b.profile_visits.len()
                 + b.url_refs.len()) as u64;
-            m.bytes += (table_bytes(b.profiles.capacity(), size_of::<(u32, UrlCell)>())
-                + b.profiles
-                    .values()
-                    .map(|c| c.visitors.size_of())
-                    .sum::<usize>()) as u64;
-            m.url_cells += b.urls.len() as u64;
-            let url_bytes = table_bytes(b.urls.capacity(), size_of::<(u32, UrlCell)>())
-                + b.urls.values().map(|c| c.visitors.size_of()).sum::<usize>();
-            m.url_cell_bytes += url_bytes as u64;
-            m.bytes += (url_bytes
-                + table_bytes(b.refs.capacity(), size_of::<(u64, u32)>())
-                + table_bytes(b.url_channels.capacity(), size_of::<(u64, u32)>())
-                + table_bytes(b.url_refs.capacity(), size_of::<(u64, u32)>())
-                + table_bytes(b.profile_visits.capacity(), size_of::<(u32, VisitCounts)>())
-                + table_bytes(b.sites.capacity(), size_of::<(u32, SiteCell)>())
-                + b.sites.values().map(|c| c.uniques.size_of()).sum::<usize>()
-                + b.all.uniques.size_of()
-                + b.url_fold.0.as_ref().map_or(0, |f| f.size_of())
-                + size_of::<Bucket>()) as u64;
+            let url_table = table_bytes(b.urls.capacity(), size_of::<(u32, UrlCell)>());
+            let url_visitors = b.urls.values().map(|c| c.visitors.size_of()).sum::<usize>();
+            url_cells += b.urls.len() as u64;
+            url_cell_bytes += (url_table + url_visitors) as u64;
+            add(P::UrlCells, url_table);
+            add(P::UrlVisitors, url_visitors);
+            add(
+                P::Profiles,
+                table_bytes(b.profiles.capacity(), size_of::<(u32, UrlCell)>())
+                    + b.profiles
+                        .values()
+                        .map(|c| c.visitors.size_of())
+                        .sum::<usize>(),
+            );
+            add(
+                P::UrlPairs,
+                table_bytes(b.url_channels.capacity(), size_of::<(u64, u32)>())
+                    + table_bytes(b.url_refs.capacity(), size_of::<(u64, u32)>()),
+            );
+            add(
+                P::RefsPagesVisits,
+                table_bytes(b.refs.capacity(), size_of::<(u64, u32)>())
+                    + table_bytes(b.pages.capacity(), size_of::<(u32, PageCell)>())
+                    + table_bytes(b.profile_visits.capacity(), size_of::<(u32, VisitCounts)>()),
+            );
+            add(
+                P::Sites,
+                table_bytes(b.sites.capacity(), size_of::<(u32, SiteCell)>())
+                    + b.sites.values().map(|c| c.uniques.size_of()).sum::<usize>()
+                    + b.all.uniques.size_of(),
+            );
+            add(
+                P::Other,
+                b.url_fold.0.as_ref().map_or(0, |f| f.size_of()) + size_of::<Bucket>(),
+            );
         }
+        add(
+            P::Names,
+            self.sites.memory() + self.urls.memory() + self.refs.memory() + self.profiles.memory(),
+        );
+        add(P::Other, self.url_site.capacity() * 4);
+        let visitor_bytes = self.visits.memory_bytes() + self.repair_visits.memory_bytes();
+        add(P::Visits, visitor_bytes as usize);
         for s in self.sealed.values() {
             if let Sealed::File(f) = s {
                 m.sealed_files += 1;
                 m.sealed_bytes += f.len() as u64;
             }
         }
+        m.cells = cells;
+        m.url_cells = url_cells;
+        m.url_cell_bytes = url_cell_bytes;
         m.dim_overflow = self.profiles.overflow;
-        m.bytes += (self.sites.memory()
-            + self.urls.memory()
-            + self.refs.memory()
-            + self.profiles.memory()) as u64
-            + (self.url_site.capacity() * 4) as u64;
+        m.bytes = m.parts.iter().sum();
         m.visitors = (self.visits.len() + self.repair_visits.len()) as u64;
-        m.visitor_bytes = self.visits.memory_bytes() + self.repair_visits.memory_bytes();
-        m.bytes += m.visitor_bytes;
+        m.visitor_bytes = visitor_bytes;
         m
     }
 }
@@ -3091,6 +3118,66 @@ mod tests {
             let got = rank(ids.clone(), limit, |i| &names[i as usize]);
             assert_eq!(got, full[..limit.min(300)].to_vec(), "limit {limit}");
         }
+    }
+
+    /// The memory gauge's parts add up to it, each part holds what it says, and entry and
+    /// exit page cells are counted (as cells and as bytes).
+    #[test]
+    fn memory_parts_add_up_and_pages_count() {
+        use mem::MemPart as P;
+        // fixed-date: a fixed minute; every increment and read is relative to it.
+        let now = 29_000_000;
+        let mut a = Aggregates::new(AggConfig::default());
+        let empty = a.memory();
+        assert_eq!(empty.parts.iter().sum::<u64>(), empty.bytes);
+        let mut b = Batch::default();
+        for i in 0..50i64 {
+            let (minute, vid) = (now - i % 3, Some(1 + (i % 7) as u64));
+            let url = format!("https://a.example/p{}", i % 5);
+            let url_inc = Inc::new(IncKind::Url, true, minute, 0, vid).with_channel(1);
+            b.push_inc_with(url_inc, "a.example", &url, "www.google.com");
+            let visit =
+                Inc::new(IncKind::Visitor, true, minute, 0, vid).with_visit(minute * 60_000);
+            b.push_inc_with(visit, "a.example", &url, "");
+        }
+        a.apply_batch(&b, now);
+        let m = a.memory();
+        assert_eq!(m.parts.iter().sum::<u64>(), m.bytes);
+        for p in [
+            P::UrlCells,
+            P::UrlVisitors,
+            P::UrlPairs,
+            P::RefsPagesVisits,
+            P::Sites,
+        ] {
+            assert!(m.parts[p as usize] > 0, "{}: {m:?}", p.as_str());
+        }
+        for p in [P::Names, P::Visits, P::Other] {
+            assert!(
+                m.parts[p as usize] > empty.parts[p as usize],
+                "{}",
+                p.as_str()
+            );
+        }
+        assert_eq!(m.parts[P::Visits as usize], m.visitor_bytes);
+        let pages: usize = a.minutes.iter().map(|(_, b)| b.pages.len()).sum();
+        assert!(pages > 0);
+        let others: usize = a
+            .minutes
+            .iter()
+            .chain(a.hours.iter())
+            .map(|(_, b)| {
+                b.urls.len()
+                    + b.refs.len()
+                    + b.sites.len()
+                    + b.profiles.len()
+                    + b.url_channels.len()
+                    + b.profile_visits.len()
+                    + b.url_refs.len()
+            })
+            .sum();
+        let hour_pages: usize = a.hours.iter().map(|(_, b)| b.pages.len()).sum();
+        assert_eq!(m.cells as usize, others + pages + hour_pages);
     }
 
     #[test]

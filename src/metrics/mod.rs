@@ -14,6 +14,7 @@ use crossbeam_utils::CachePadded;
 
 use prom::{Kind, Prom};
 
+use crate::agg::mem::MemPart;
 use crate::parse::event::EventError;
 use crate::parse::syslog::SyslogError;
 
@@ -173,6 +174,8 @@ pub struct AggStats {
     pub url_cells: AtomicU64,
     pub url_cell_bytes: AtomicU64,
     pub memory_bytes: AtomicU64,
+    /// `memory_bytes` by what it holds, indexed by [`MemPart`].
+    pub memory_parts: [AtomicU64; MemPart::ALL.len()],
     /// The parser's url/referrer cache (`parse::event::cache`): lookups answered from it,
     /// normalisations done, and its heap bytes (published with the memory gauges).
     pub parse_cache_hits: AtomicU64,
@@ -840,6 +843,17 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_agg_memory_bytes",
         "Approximate heap bytes of the aggregates (tables, sketches, key names).",
         sum(&|s| ShardStats::get(&s.agg.memory_bytes)),
+    );
+    p.rows(
+        "pixeld_agg_memory_part_bytes",
+        Kind::Gauge,
+        "pixeld_agg_memory_bytes by what it holds: url cells, url visitors beyond the one inline, profile cells, url × channel and url × referrer cells, referrer, page and visits-by-profile cells, site cells with their uniques, interned names, visits in progress, other (they add up to pixeld_agg_memory_bytes).",
+        MemPart::ALL.iter().map(|p| {
+            (
+                format!("{{part=\"{}\"}}", p.as_str()),
+                sum(&|s| ShardStats::get(&s.agg.memory_parts[*p as usize])),
+            )
+        }),
     );
     p.gauge(
         "pixeld_agg_visitors",

@@ -781,6 +781,9 @@ impl Router {
         let s = &self.stats.agg;
         s.cells.store(m.cells, Ordering::Relaxed);
         s.memory_bytes.store(m.bytes, Ordering::Relaxed);
+        for (a, v) in s.memory_parts.iter().zip(m.parts) {
+            a.store(v, Ordering::Relaxed);
+        }
         s.url_cells.store(m.url_cells, Ordering::Relaxed);
         s.url_cell_bytes.store(m.url_cell_bytes, Ordering::Relaxed);
         s.sealed_files.store(m.sealed_files, Ordering::Relaxed);

@@ -532,6 +532,16 @@ fn a_busy_minute_folded_in_slices_answers_the_same_throughout() {
     assert!(m
         .get("pixeld_agg_fold_pass_max_seconds")
         .is_some_and(|v| *v > 0.0));
+    // The memory gauge's parts add up to it (read again if a scrape fell between the
+    // ticker's stores), and the busy minute's url cells are among them.
+    common::wait_until("memory parts that add up", || {
+        let m = common::metrics(s.http);
+        let part = |p: &str| m.get(&format!("pixeld_agg_memory_part_bytes{{part=\"{p}\"}}"));
+        common::metric_sum(&m, "pixeld_agg_memory_part_bytes")
+            == common::metric_sum(&m, "pixeld_agg_memory_bytes")
+            && part("url_cells").is_some_and(|v| *v > 0.0)
+            && part("url_pairs").is_some_and(|v| *v > 0.0)
+    });
     stop(s);
     let s = start_with(&data, CONFIG, 1);
     same_answers(&answers(&s, t0), &folded, "after a clean restart");
