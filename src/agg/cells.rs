@@ -147,6 +147,18 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// Its (key, value) cells, over every table (`pixeld_agg_cells`).
+    pub fn cells(&self) -> usize {
+        self.urls.len()
+            + self.refs.len()
+            + self.sites.len()
+            + self.profiles.len()
+            + self.pages.len()
+            + self.url_channels.len()
+            + self.profile_visits.len()
+            + self.url_refs.len()
+    }
+
     /// Adds every cell of `o`: the bucket two disjoint sets of increments would have built
     /// together (what sealing a day from its hours, and reading a sealed bucket with its
     /// late increments, rely on).
