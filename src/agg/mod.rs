@@ -44,7 +44,7 @@ use hashbrown::HashMap;
 use std::hash::BuildHasher;
 
 use buckets::Tier;
-pub use cells::{Bucket, NameCounts, PageCell, SiteCell, UrlCell, UrlKey};
+pub use cells::{Bucket, NameCounts, PageCell, PairKey, SiteCell, UrlCell, UrlKey};
 use hll::{Uniques, Visitors};
 use mem::table_bytes;
 use sealed::SealedFile;
@@ -185,12 +185,12 @@ impl<'a> PartRef<'a> {
             }
         };
         match self {
-            PartRef::Mem(b) => Box::new(table(b).iter().map(|(&k, &v)| (k, v))),
+            PartRef::Mem(b) => Box::new(table(b).iter().map(|(&k, &v)| (k.get(), v))),
             PartRef::File(_) => Box::new(std::iter::empty()),
             PartRef::UrlTail(b) => Box::new(
                 url_tail(b)
                     .flat_map(move |k| if by_ref { &k.refs } else { &k.channels })
-                    .filter_map(move |k| table(b).get(k).map(|&v| (*k, v))),
+                    .filter_map(move |k| table(b).get(k).map(|&v| (k.get(), v))),
             ),
         }
     }
@@ -1561,7 +1561,7 @@ impl Aggregates {
             IncKind::Ref => {
                 let (s, _) = self.sites.intern(site);
                 let (r, _) = self.refs.intern(key);
-                let k = (u64::from(s) << 32) | u64::from(r);
+                let k = PairKey::new(s, r);
                 self.each_bucket(inc, now_min, |b, _| {
                     let c = b.refs.entry(k).or_default();
                     *c = c.saturating_add(pv);
@@ -1782,9 +1782,9 @@ impl Aggregates {
             b.urls.insert(nid, cell.clone());
         }
         for (&k, &v) in &o.refs {
-            let (s, _) = self.sites.intern(other.sites.name((k >> 32) as u32));
-            let (r, _) = self.refs.intern(other.refs.name(k as u32));
-            b.refs.insert((u64::from(s) << 32) | u64::from(r), v);
+            let (s, _) = self.sites.intern(other.sites.name(k.hi()));
+            let (r, _) = self.refs.intern(other.refs.name(k.lo()));
+            b.refs.insert(PairKey::new(s, r), v);
         }
         for (&id, cell) in &o.sites {
             let (s, _) = self.sites.intern(other.sites.name(id));
@@ -2017,8 +2017,8 @@ impl Aggregates {
         for (k, v) in &b.refs {
             out.push(format!(
                 "referrer {:?} of site {:?}: views {v}",
-                self.refs.name((k & 0xffff_ffff) as u32),
-                self.sites.name((k >> 32) as u32)
+                self.refs.name(k.lo()),
+                self.sites.name(k.hi())
             ));
         }
         for (&k, v) in &b.url_channels {
@@ -2309,7 +2309,7 @@ impl Aggregates {
                 };
                 for p in &parts {
                     match p {
-                        PartRef::Mem(b) => b.refs.iter().for_each(|(&k, &v)| add(k, v)),
+                        PartRef::Mem(b) => b.refs.iter().for_each(|(&k, &v)| add(k.get(), v)),
                         PartRef::File(f) => f.refs().for_each(|(k, v)| add(k, v)),
                         PartRef::UrlTail(_) => {}
                     }
@@ -2363,9 +2363,9 @@ impl Aggregates {
         let by_ref = dim == Dim::UrlRef;
         let split = |k: u64| {
             if by_ref {
-                cells::url_ref_of(k)
+                cells::url_ref_of(k.into())
             } else {
-                let (url, channel) = cells::url_channel_of(k);
+                let (url, channel) = cells::url_channel_of(k.into());
                 (url, u32::from(channel))
             }
         };
@@ -2586,12 +2586,12 @@ impl Aggregates {
             );
             add(
                 P::UrlPairs,
-                table_bytes(b.url_channels.capacity(), size_of::<(u64, u32)>())
-                    + table_bytes(b.url_refs.capacity(), size_of::<(u64, u32)>()),
+                table_bytes(b.url_channels.capacity(), size_of::<(PairKey, u32)>())
+                    + table_bytes(b.url_refs.capacity(), size_of::<(PairKey, u32)>()),
             );
             add(
                 P::RefsPagesVisits,
-                table_bytes(b.refs.capacity(), size_of::<(u64, u32)>())
+                table_bytes(b.refs.capacity(), size_of::<(PairKey, u32)>())
                     + table_bytes(b.pages.capacity(), size_of::<(u32, PageCell)>())
                     + table_bytes(b.profile_visits.capacity(), size_of::<(u32, VisitCounts)>()),
             );

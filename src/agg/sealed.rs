@@ -287,7 +287,7 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
     if c.url_channels {
         (url_channels_at, url_channels) = check_pairs(
             &mut c,
-            |k| super::cells::url_channel_valid(k, names.1),
+            |k| super::cells::url_channel_valid(k.into(), names.1),
             "a url × channel cell without a name, of no channel or out of order",
         )?;
     }
@@ -311,7 +311,7 @@ fn check(bytes: &[u8], names: NameCounts) -> Result<(SealedHeader, Index), Forma
     if c.url_refs {
         (url_refs_at, url_refs) = check_pairs(
             &mut c,
-            |k| super::cells::url_ref_valid(k, names.1, names.2),
+            |k| super::cells::url_ref_valid(k.into(), names.1, names.2),
             "a url × referrer cell without a name or out of order",
         )?;
     }
@@ -887,7 +887,7 @@ mod tests {
         let f = SealedFile::open(&path, h.tier, h.number, 1, a.name_counts()).unwrap();
         assert_eq!(lines(&f.to_bucket()), lines(&b));
         let got: Vec<(u64, u32)> = f.url_refs().collect();
-        let mut want: Vec<(u64, u32)> = b.url_refs.iter().map(|(&k, &v)| (k, v)).collect();
+        let mut want: Vec<(u64, u32)> = b.url_refs.iter().map(|(&k, &v)| (k.get(), v)).collect();
         want.sort_unstable();
         assert_eq!(got, want);
         assert_eq!(got.iter().map(|(_, v)| v).sum::<u32>(), 3);
@@ -949,7 +949,8 @@ mod tests {
         assert!(f.profile_visits().next().is_none(), "version 5 had none");
         assert_eq!(lines(&f.to_bucket()), lines(&b));
         let got: Vec<(u64, u32)> = f.url_channels().collect();
-        let mut want: Vec<(u64, u32)> = b.url_channels.iter().map(|(&k, &v)| (k, v)).collect();
+        let mut want: Vec<(u64, u32)> =
+            b.url_channels.iter().map(|(&k, &v)| (k.get(), v)).collect();
         want.sort_unstable();
         assert_eq!(got, want);
         assert_eq!(got.iter().map(|(_, v)| v).sum::<u32>(), 5);

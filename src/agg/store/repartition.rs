@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, Header, Kind};
 use super::StoreError;
-use crate::agg::cells::Bucket;
+use crate::agg::cells::{Bucket, PairKey};
 use crate::agg::sealed::{self, SealedHeader};
 use crate::agg::{Aggregates, Res, Sealed};
 use crate::route::partition::{owner_of_key, REF_SEED, URL_SEED};
@@ -111,15 +111,12 @@ fn deal(
         *c = c.saturating_add(v);
     }
     for (&k, &v) in &b.refs {
-        let name = from.refs.name(k as u32);
+        let name = from.refs.name(k.lo());
         let t = owner_of_key(REF_SEED, name, n);
         let agg = &mut to[t];
-        let (s, _) = agg.sites.intern(from.sites.name((k >> 32) as u32));
+        let (s, _) = agg.sites.intern(from.sites.name(k.hi()));
         let (r, _) = agg.refs.intern(name);
-        let c = out[t]
-            .refs
-            .entry((u64::from(s) << 32) | u64::from(r))
-            .or_default();
+        let c = out[t].refs.entry(PairKey::new(s, r)).or_default();
         *c = c.saturating_add(v);
     }
     let t = old_owner % n;
