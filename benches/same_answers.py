@@ -190,7 +190,17 @@ def main():
                 same += n_same
                 print("shards %d, config %s: %d queries, %d identical answers" % (
                     shards, name, len(qs), n_same), flush=True)
-                for q, x, y in zip(qs, *answers):
+                for i, (q, x, y) in enumerate(zip(qs, *answers)):
+                    if x != y:
+                        # Both answers whole, kept outside the work dir, to be diffed.
+                        keep = os.path.join(ROOT, "target", "same-answers-differences")
+                        os.makedirs(keep, exist_ok=True)
+                        stem = os.path.join(keep, "%d-%s-%d" % (shards, name.split("=")[0], i))
+                        for label, body in (("a", x), ("b", y)):
+                            with open("%s-%s.json" % (stem, label), "wb") as f:
+                                f.write(body)
+                        print("DIFFERENT: shards %d, config %s: %s (both answers: %s-a.json, -b.json)" % (
+                            shards, name, q, stem), flush=True)
                     if x != y and first_diff is None:
                         first_diff = (q, x[:400], y[:400])
         print(json.dumps({"queries": total, "identical": same,
