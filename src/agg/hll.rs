@@ -170,7 +170,7 @@ pub fn sketch_from_parts<const P: usize>(data: u64, words: Option<Vec<u32>>) -> 
 /// Distinct visitors a url's [`Visitors`] keeps in a plain list before a [`Uniques`].
 pub const URL_FEW: usize = 32;
 
-/// Set in every hash a [`Visitors`] holds (see [`Visitors`], `Word`).
+/// Set in every hash a [`Visitors`] holds (see its word).
 const ONE: u64 = 1 << 63;
 /// Set in a word that points to a [`Uniques`] (clear: to a list).
 const MANY: u64 = 1;
