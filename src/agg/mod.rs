@@ -554,7 +554,6 @@ pub struct Names {
     hasher: hashbrown::DefaultHashBuilder,
     blocks: Vec<String>,
     spans: Vec<Span>,
-    bytes: usize,
 }
 
 /// The largest block of name text [`Names`] allocates for names of ordinary length.
@@ -591,7 +590,6 @@ impl Names {
         self.ids.insert_unique(hash, id, |id| {
             hasher.hash_one(spans.get(*id as usize).map_or("", |s| spanned(blocks, s)))
         });
-        self.bytes += name.len();
         (id, true)
     }
 
@@ -2879,7 +2877,7 @@ mod tests {
         assert_eq!(n.get(""), Some(5000));
         assert_eq!(n.len(), 5001);
         let bytes: usize = (0..5000).map(|i| name(i).len()).sum();
-        assert_eq!(n.bytes, bytes);
+        assert_eq!(n.blocks.iter().map(String::len).sum::<usize>(), bytes);
         let copy = n.tail_copy(4990);
         assert_eq!((copy.name(3), copy.name(4995)), ("", name(4995).as_str()));
     }

@@ -145,8 +145,8 @@ struct Live {
     last_snapshot: Option<Instant>,
     next_health: Instant,
     opened: bool,
-    /// Aggregation is off: the `aggregation_off` event is due (`Some(false)`) or was sent.
-    off: Option<bool>,
+    /// Aggregation is on (`agg.enabled`): snapshots are sent; off, the opening says so once.
+    aggregating: bool,
     _guard: ClientGuard,
 }
 
@@ -175,13 +175,18 @@ impl Live {
     async fn next(&mut self) -> Bytes {
         if !self.opened {
             self.opened = true;
-            return Bytes::from(format!(
+            let mut open = format!(
                 "retry: {RETRY_MS}\n: pixeld live stream; events: snapshot, health, error, aggregation_off\n\n"
-            ));
-        }
-        if self.off == Some(false) {
-            self.off = Some(true);
-            return event("aggregation_off", None, &aggregation_off_body().to_string());
+            )
+            .into_bytes();
+            if !self.aggregating {
+                open.extend_from_slice(&event(
+                    "aggregation_off",
+                    None,
+                    &aggregation_off_body().to_string(),
+                ));
+            }
+            return Bytes::from(open);
         }
         loop {
             let now = Instant::now();
@@ -193,7 +198,7 @@ impl Live {
             let due = self
                 .last_snapshot
                 .is_none_or(|t| now.duration_since(t) >= SNAPSHOT_EVERY);
-            if self.sent != Some(state) && due && self.off.is_none() {
+            if self.aggregating && self.sent != Some(state) && due {
                 self.sent = Some(state);
                 self.last_snapshot = Some(now);
                 let snapshot = match cached(&self.view, state) {
@@ -243,7 +248,7 @@ impl Live {
 /// `live_max_clients` streams already, else the stream (of health alone when aggregation is
 /// off).
 pub fn respond(req: &Request<Incoming>, ctx: Rc<HttpContext>) -> Response<Body> {
-    let off = (!ctx.hub.agg().borrow().cfg.enabled).then_some(false);
+    let aggregating = ctx.hub.agg().borrow().cfg.enabled;
     let view = match parse_live(req.uri().query()) {
         Ok(v) => v,
         Err(e) => {
@@ -283,7 +288,7 @@ pub fn respond(req: &Request<Incoming>, ctx: Rc<HttpContext>) -> Response<Body> 
         last_snapshot: None,
         next_health: Instant::now(),
         opened: false,
-        off,
+        aggregating,
         _guard: ClientGuard(stats),
     };
     let stream = futures_lite::stream::unfold(live, |mut live| async move {
