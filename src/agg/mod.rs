@@ -27,6 +27,7 @@
 
 pub mod buckets;
 pub mod cells;
+pub mod dense;
 pub mod dims;
 pub mod hll;
 pub mod mem;

@@ -24,8 +24,10 @@
 //! `route`). That bounds the state to the visitors active in the last gap + allowance
 //! (`pixeld_agg_visitors`, `pixeld_agg_visitor_bytes`).
 //!
-//! **Memory.** A visitor's latest visit sits inline in one 57-byte slot of the table (a
-//! 12-byte key, a 44-byte visit packed to 4-byte alignment, a control byte); the few
+//! **Memory.** A visitor's latest visit is one 52-byte entry of a dense table
+//! (`agg::dense`: a 12-byte key, the visit in 40 bytes with its times in 48 bits, found
+//! through a table of 4-byte positions): 58–64 bytes a visitor with the free room, where a
+//! slot of a hash map of its own cost 65–130. The few
 //! visitors who came back after a gap within the horizon keep their earlier visits in a side
 //! table, which an event reads only when it is older than the latest visit's start (an
 //! earlier visit ends more than a gap before that, so nothing newer can touch it).
@@ -42,6 +44,7 @@ use smallvec::SmallVec;
 
 pub use super::cells::VisitCounts;
 use super::cells::{put_u32, put_u64, Cursor, FormatError};
+use super::dense::DenseMap;
 use super::mem::table_bytes;
 
 /// How visits are cut and judged (validated from `[agg]`).
@@ -267,25 +270,68 @@ impl std::hash::Hash for Key {
     }
 }
 
-/// A visitor's latest visit as the table holds it, with [`MORE`] set in its pageviews when
-/// earlier visits wait in the side table.
+/// A visitor's latest visit as the table holds it: 40 bytes, its times in 48 bits (ms since
+/// the epoch, exact within ±4 000 years; `fits` keeps the others out), with [`MORE`] set in
+/// its pageviews when earlier visits wait in the side table.
 #[derive(Debug, Clone, Copy)]
-struct Latest(Visit);
+struct Latest {
+    first: [u16; 3],
+    last: [u16; 3],
+    pageviews: u32,
+    engaged: u32,
+    entry_url: u32,
+    entry_after: u32,
+    entry_profile: u32,
+    exit_url: u32,
+    exit_before: u32,
+}
+
+/// Whether a time in ms fits the 48 bits a [`Latest`] keeps.
+fn fits(t_ms: i64) -> bool {
+    (-(1 << 47)..(1 << 47)).contains(&t_ms)
+}
+
+fn to48(t: i64) -> [u16; 3] {
+    [t as u16, (t >> 16) as u16, (t >> 32) as u16]
+}
+
+fn from48(t: [u16; 3]) -> i64 {
+    let raw = u64::from(t[0]) | (u64::from(t[1]) << 16) | (u64::from(t[2]) << 32);
+    // Sign-extended from bit 47.
+    ((raw << 16) as i64) >> 16
+}
 
 impl Latest {
-    fn new(mut v: Visit, more: bool) -> Latest {
-        v.pageviews = v.pageviews.min(MAX_PAGEVIEWS) | if more { MORE } else { 0 };
-        Latest(v)
+    fn new(v: Visit, more: bool) -> Latest {
+        Latest {
+            first: to48(v.first_ms),
+            last: to48(v.last_ms),
+            pageviews: v.pageviews.min(MAX_PAGEVIEWS) | if more { MORE } else { 0 },
+            engaged: v.engaged,
+            entry_url: v.entry_url,
+            entry_after: v.entry_after,
+            entry_profile: v.entry_profile,
+            exit_url: v.exit_url,
+            exit_before: v.exit_before,
+        }
     }
 
     fn visit(&self) -> Visit {
-        let mut v = self.0;
-        v.pageviews &= MAX_PAGEVIEWS;
-        v
+        Visit {
+            first_ms: from48(self.first),
+            last_ms: from48(self.last),
+            pageviews: self.pageviews & MAX_PAGEVIEWS,
+            engaged: self.engaged,
+            entry_url: self.entry_url,
+            entry_after: self.entry_after,
+            entry_profile: self.entry_profile,
+            exit_url: self.exit_url,
+            exit_before: self.exit_before,
+        }
     }
 
     fn more(&self) -> bool {
-        self.0.pageviews & MORE != 0
+        self.pageviews & MORE != 0
     }
 }
 
@@ -294,13 +340,10 @@ impl Latest {
 #[derive(Debug, Clone, Default)]
 pub struct Visits {
     pub settings: VisitSettings,
-    table: HashMap<Key, Latest>,
+    table: DenseMap<Key, Latest>,
     earlier: HashMap<Key, SmallVec<[Visit; 1]>>,
 }
 
-/// Bytes of one slot of the table (key, the latest visit): 56, and a control byte (a table
-/// is 44–87 % full, so a visitor costs 65–130 bytes with the free room).
-const SLOT_BYTES: usize = std::mem::size_of::<(Key, Latest)>();
 /// And of one of the side table.
 const EARLIER_SLOT_BYTES: usize = std::mem::size_of::<(Key, SmallVec<[Visit; 1]>)>();
 
@@ -308,7 +351,7 @@ impl Visits {
     pub fn new(settings: VisitSettings) -> Self {
         Visits {
             settings,
-            table: HashMap::new(),
+            table: DenseMap::new(),
             earlier: HashMap::new(),
         }
     }
@@ -336,7 +379,7 @@ impl Visits {
             .filter(|r| r.spilled())
             .map(|r| r.capacity() * std::mem::size_of::<Visit>())
             .sum();
-        (table_bytes(self.table.capacity(), SLOT_BYTES)
+        (self.table.memory_bytes()
             + table_bytes(self.earlier.capacity(), EARLIER_SLOT_BYTES)
             + spilled) as u64
     }
@@ -353,32 +396,32 @@ impl Visits {
         order: &Order<'_>,
         change: impl FnMut(i64, Delta),
     ) {
-        use hashbrown::hash_map::Entry;
         let s = self.settings;
         let gap = s.gap_ms;
         let t_ms = e.t_ms;
+        if !fits(t_ms) {
+            // Not a time any event inside the window has (see `Latest`).
+            return;
+        }
         let ev = Visit::new(e);
         let key = Key::new(site, vid);
         let touches = |v: &Visit| {
             v.first_ms.saturating_sub(gap) <= t_ms && t_ms <= v.last_ms.saturating_add(gap)
         };
-        let mut o = match self.table.entry(key) {
-            Entry::Vacant(v) => {
-                // A visitor not seen within the horizon: a visit of its own.
-                v.insert(Latest::new(ev, false));
-                report(&s, &[], &ev, change);
-                return;
-            }
-            Entry::Occupied(o) => o,
+        let Some(slot) = self.table.get_mut(&key) else {
+            // A visitor not seen within the horizon: a visit of its own.
+            self.table.insert(key, Latest::new(ev, false));
+            report(&s, &[], &ev, change);
+            return;
         };
-        let latest = *o.get();
+        let latest = *slot;
         let a = latest.visit();
         // The usual case: the event extends the latest visit and touches no earlier one
         // (those end more than a gap before its start), changed in place.
         if touches(&a) && (!latest.more() || t_ms >= a.first_ms) {
             let mut new = ev;
             new.absorb(&a, order);
-            *o.get_mut() = Latest::new(new, latest.more());
+            *slot = Latest::new(new, latest.more());
             report(&s, &[a], &new, change);
             return;
         }
@@ -409,7 +452,7 @@ impl Visits {
             None => runs.insert(i, new),
         }
         if let Some(l) = split_runs(&mut self.earlier, key, runs) {
-            *o.get_mut() = l;
+            self.table.insert(key, l);
         }
         report(&s, &old, &new, change);
     }
@@ -433,9 +476,6 @@ impl Visits {
             }
             live(&latest.visit())
         });
-        if self.table.capacity() > 64 && self.table.len() < self.table.capacity() / 4 {
-            self.table.shrink_to_fit();
-        }
         if self.earlier.capacity() > 64 && self.earlier.len() < self.earlier.capacity() / 4 {
             self.earlier.shrink_to_fit();
         }
@@ -553,6 +593,9 @@ impl Visits {
                 });
                 if v.last_ms < v.first_ms || !ordered {
                     return Err(FormatError::Damaged("a visitor's visits out of order"));
+                }
+                if !fits(v.first_ms) || !fits(v.last_ms) {
+                    return Err(FormatError::Damaged("a visit's time out of range"));
                 }
                 runs.push(v);
             }
@@ -874,9 +917,56 @@ mod tests {
     }
 
     #[test]
-    fn a_visitor_fits_one_table_slot_of_57_bytes() {
+    fn a_visitor_is_one_52_byte_entry() {
         assert_eq!(std::mem::size_of::<Visit>(), 44);
-        assert_eq!(SLOT_BYTES + 1, 57);
+        // And 5 bytes per slot of the table of positions (`agg::dense`).
+        assert_eq!(std::mem::size_of::<(Key, Latest)>(), 52);
+    }
+
+    #[test]
+    fn an_active_visitor_costs_at_most_64_bytes() {
+        // 114 689 visitors: one more than a table of 131 072 slots takes, so the table of
+        // positions has just doubled (262 144 slots, 44 % full) — the most a visitor costs.
+        let mut v = Visits::new(settings());
+        let mut out = Cells::default();
+        let n = 7 * (1 << 17) / 8 + 1;
+        for vid in 0..n as u64 {
+            observe(&mut v, &mut out, &(1, vid, 0, true, 0, 1));
+        }
+        assert_eq!(v.len(), n);
+        let per = v.memory_bytes() as f64 / n as f64;
+        assert!((63.0..=64.0).contains(&per), "{per} bytes per visitor");
+        // One fewer: the table 87 % full, the least.
+        v.sweep(i64::MAX / 4);
+        for vid in 0..n as u64 - 1 {
+            observe(&mut v, &mut out, &(1, vid, 0, true, 0, 1));
+        }
+        let per = v.memory_bytes() as f64 / (n - 1) as f64;
+        assert!(per < 58.5, "{per} bytes per visitor");
+    }
+
+    #[test]
+    fn times_keep_48_bits_exactly() {
+        for t in [
+            0,
+            1,
+            -1,
+            1_796_000_000_000,
+            -(1 << 47),
+            (1 << 47) - 1,
+            65_535,
+            65_536,
+        ] {
+            assert!(fits(t));
+            assert_eq!(from48(to48(t)), t, "{t}");
+        }
+        assert!(!fits(1 << 47) && !fits(-(1 << 47) - 1) && !fits(i64::MAX));
+        // An event at a time a slot cannot keep changes nothing.
+        let mut v = Visits::new(settings());
+        let mut out = Cells::default();
+        observe(&mut v, &mut out, &(1, 7, i64::MAX / 2, true, 0, 1));
+        assert!(v.is_empty());
+        assert_eq!(out.tidy(), Cells::default());
     }
 
     #[test]
@@ -914,7 +1004,7 @@ mod tests {
         assert_eq!(v.sweep(100 * MIN + 1), 0);
         assert_eq!(runs(&v), [1]);
         assert!(v.earlier.is_empty());
-        assert!(!v.table.values().any(Latest::more));
+        assert!(!v.table.iter().any(|(_, l)| l.more()));
         let first_ms = v.entries()[0].1[0].first_ms;
         assert_eq!(first_ms, 80 * MIN);
         assert_eq!(v.sweep(140 * MIN + 1), 1);
