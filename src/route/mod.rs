@@ -89,7 +89,16 @@ pub enum RouteMsg {
     /// The sender finished replaying its log up to this offset (its end at start): every
     /// increment of the replay is ahead of this.
     Rebuilt(u64),
+    /// A batch the sender (its owner) has applied, emptied and sent back to the shard that
+    /// filled it, to be filled again: a batch's room (about 200 KB) is then allocated once,
+    /// not for every batch by one thread and freed by another — which cost a sixth of two
+    /// shards' CPU in fresh pages the kernel had to clear (docs/performance-history.md).
+    Spare(Batch),
 }
+
+/// Emptied batches a shard keeps per peer, for its next batches to that peer (see
+/// [`RouteMsg::Spare`]); more are freed.
+pub const SPARES_PER_PEER: usize = 2;
 
 /// The mesh every shard joins at start.
 pub type Mesh =
@@ -293,6 +302,8 @@ pub struct Router {
     pub agg: Rc<RefCell<Aggregates>>,
     parser: RefCell<EventParser>,
     pending: RefCell<Vec<Batch>>,
+    /// Per peer: emptied batches it sent back, to be filled again (see [`RouteMsg::Spare`]).
+    spares: RefCell<Vec<Vec<Batch>>>,
     /// This shard's own increments made inside a [`Gather`] scope, applied together
     /// ([`Aggregates::apply_batch`]) when [`LOCAL_BATCH`] have gathered and when the scope
     /// ends; outside one, each is applied as it is made.
@@ -354,6 +365,7 @@ impl Router {
             agg: Rc::new(RefCell::new(agg)),
             parser: RefCell::new(parser),
             pending: RefCell::new((0..shards).map(|_| Batch::default()).collect()),
+            spares: RefCell::new((0..shards).map(|_| Vec::new()).collect()),
             local: RefCell::new(Batch::default()),
             gathering: Cell::new(0),
             senders,
@@ -578,7 +590,13 @@ impl Router {
 
     /// Takes `peer`'s pending batch, stamped with the live offset (see the module doc).
     fn take_stamped(&self, peer: usize, pending: &mut Batch) -> Batch {
-        let mut batch = std::mem::take(pending);
+        let spare = self
+            .spares
+            .borrow_mut()
+            .get_mut(peer)
+            .and_then(Vec::pop)
+            .unwrap_or_default();
+        let mut batch = std::mem::replace(pending, spare);
         batch.upto = self.live_next.get();
         batch.clock_ms = self.receive_clock();
         self.set_marked(peer, batch.upto, batch.clock_ms);
@@ -681,7 +699,8 @@ impl Router {
                 Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(
                     RouteMsg::Batch(batch),
                 ))) => {
-                    *b = batch;
+                    let spare = std::mem::replace(b, batch);
+                    self.keep_spare(peer, spare);
                     all = false;
                 }
                 Err(_) => ShardStats::add(&self.stats.agg.lost_incs, incs),
@@ -812,7 +831,15 @@ impl Router {
                     ShardStats::add(&self.stats.agg.applied_incs, b.len() as u64);
                     self.note_applied(src, b.upto);
                     self.note_clock(src, b.clock_ms);
+                    // Back to its source, to be filled again; never waits (a full ring
+                    // frees it here instead).
+                    let mut b = b;
+                    b.clear();
+                    if let Some(senders) = &self.senders {
+                        let _ = senders.try_send_to(src, RouteMsg::Spare(b));
+                    }
                 }
+                RouteMsg::Spare(b) => self.keep_spare(src, b),
                 RouteMsg::Mark(upto, clock) => {
                     self.note_applied(src, upto);
                     self.note_clock(src, clock);
@@ -824,6 +851,15 @@ impl Router {
                     }
                     self.rebuilt_peers.set(self.rebuilt_peers.get() + 1);
                 }
+            }
+        }
+    }
+
+    /// Keeps an emptied batch for the next ones to `peer`, up to [`SPARES_PER_PEER`].
+    fn keep_spare(&self, peer: usize, b: Batch) {
+        if let Some(p) = self.spares.borrow_mut().get_mut(peer) {
+            if p.len() < SPARES_PER_PEER {
+                p.push(b);
             }
         }
     }
@@ -930,5 +966,76 @@ mod tests {
         assert_eq!(hits(&checked), 0);
         checked.applied_vector();
         assert!(hits(&checked) > 0);
+    }
+
+    /// An owner sends each batch it has applied back to its source, which fills it again:
+    /// the next batch to that owner starts with the room of the one before.
+    #[test]
+    fn an_applied_batch_goes_back_to_its_source_and_is_filled_again() {
+        let now_ms = (now_minute() * 60_000) as u64;
+        let mut g = HitGenerator::new(7, now_ms - 5 * 60_000);
+        let lines: Vec<Vec<u8>> = (0..400)
+            .map(|_| {
+                let mut l = Vec::new();
+                g.next_line(&mut l);
+                l
+            })
+            .collect();
+        let recv = now_ms * 1_000_000;
+        let m = mesh(2);
+        let done = Arc::new(AtomicBool::new(false));
+        let joins: Vec<_> = (0..2)
+            .map(|shard| {
+                let (m, done, lines) = (m.clone(), done.clone(), lines.clone());
+                glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                    .spawn(move || async move {
+                        let (tx, rx) = m.join().await.expect("join the mesh");
+                        let router = Router::new(
+                            Aggregates::new(AggConfig::default()),
+                            Some(tx),
+                            Default::default(),
+                        );
+                        router.spawn_receivers(rx);
+                        if shard == 1 {
+                            // The owner: applies what comes until the source is done.
+                            while !done.load(Ordering::Acquire) {
+                                glommio::timer::sleep(Duration::from_millis(1)).await;
+                            }
+                            return (0, 0);
+                        }
+                        let spares = |r: &Router| r.spares.borrow()[1].len();
+                        for l in &lines {
+                            router.record(recv, l);
+                        }
+                        let first = router.pending.borrow()[1].len();
+                        router.flush(1).await;
+                        for _ in 0..5000 {
+                            if spares(&router) == 1 {
+                                break;
+                            }
+                            glommio::timer::sleep(Duration::from_millis(1)).await;
+                        }
+                        assert_eq!(spares(&router), 1, "the applied batch came back");
+                        for l in &lines[..10] {
+                            router.record(recv, l);
+                        }
+                        router.flush(1).await;
+                        let room = router.pending.borrow()[1].incs.capacity();
+                        done.store(true, Ordering::Release);
+                        (first, room)
+                    })
+                    .expect("spawn a shard")
+            })
+            .collect();
+        let got: Vec<(usize, usize)> = joins
+            .into_iter()
+            .map(|j| j.join().expect("shard"))
+            .collect();
+        let (first, room) = got[0];
+        assert!(first > 100, "increments for the other shard: {first}");
+        assert!(
+            room >= first,
+            "the spare's room is used again: {room} < {first}"
+        );
     }
 }
