@@ -74,7 +74,7 @@ fn run(apply: bool) -> Duration {
                         }
                     }
                     RouteMsg::Rebuilt(_) => break,
-                    RouteMsg::Mark(..) => {}
+                    RouteMsg::Mark(..) | RouteMsg::Spare(_) => {}
                 }
             }
             started.map_or(Duration::ZERO, |s| s.elapsed())
