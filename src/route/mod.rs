@@ -895,22 +895,28 @@ mod tests {
     use crate::agg::AggConfig;
     use crate::tools::gen::HitGenerator;
 
-    /// Inside a gather scope a shard's own increments wait, [`LOCAL_BATCH`] at a time, and
-    /// the scope's end (or a checkpoint's read of the applied vector) applies the rest;
-    /// outside one each is applied at once. Either way the state is the one the records
-    /// build.
-    #[test]
-    fn gathered_increments_are_applied_when_the_scope_ends() {
+    /// `n` generated lines with event times five minutes back, and a receive time of now
+    /// (ns).
+    fn lines(seed: u64, n: usize) -> (Vec<Vec<u8>>, u64) {
         let now_ms = (now_minute() * 60_000) as u64;
-        let mut g = HitGenerator::new(5, now_ms - 5 * 60_000);
-        let lines: Vec<Vec<u8>> = (0..300)
+        let mut g = HitGenerator::new(seed, now_ms - 5 * 60_000);
+        let lines = (0..n)
             .map(|_| {
                 let mut l = Vec::new();
                 g.next_line(&mut l);
                 l
             })
             .collect();
-        let recv = now_ms * 1_000_000;
+        (lines, now_ms * 1_000_000)
+    }
+
+    /// Inside a gather scope a shard's own increments wait, [`LOCAL_BATCH`] at a time, and
+    /// the scope's end (or a checkpoint's read of the applied vector) applies the rest;
+    /// outside one each is applied at once. Either way the state is the one the records
+    /// build.
+    #[test]
+    fn gathered_increments_are_applied_when_the_scope_ends() {
+        let (lines, recv) = lines(5, 300);
         let router = || {
             Router::new(
                 Aggregates::new(AggConfig::default()),
@@ -972,16 +978,7 @@ mod tests {
     /// the next batch to that owner starts with the room of the one before.
     #[test]
     fn an_applied_batch_goes_back_to_its_source_and_is_filled_again() {
-        let now_ms = (now_minute() * 60_000) as u64;
-        let mut g = HitGenerator::new(7, now_ms - 5 * 60_000);
-        let lines: Vec<Vec<u8>> = (0..400)
-            .map(|_| {
-                let mut l = Vec::new();
-                g.next_line(&mut l);
-                l
-            })
-            .collect();
-        let recv = now_ms * 1_000_000;
+        let (lines, recv) = lines(7, 400);
         let m = mesh(2);
         let done = Arc::new(AtomicBool::new(false));
         let joins: Vec<_> = (0..2)
