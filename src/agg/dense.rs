@@ -105,6 +105,13 @@ impl<K: Hash + Eq + Copy, V: Copy> DenseMap<K, V> {
             *v = value;
             return;
         }
+        self.insert_new(key, value);
+    }
+
+    /// Adds an entry for `key`, which the caller has just looked up and not found (one
+    /// lookup fewer than [`DenseMap::insert`]).
+    pub fn insert_new(&mut self, key: K, value: V) {
+        debug_assert!(!self.contains_key(&key), "insert_new of a key held already");
         let pos = self.len as u32;
         let hash = self.hasher.hash_one(key);
         let (chunks, hasher) = (&self.chunks, &self.hasher);
@@ -277,7 +284,12 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Insert(k, v) => {
-                        m.insert(k, v);
+                        // A key not held goes in by either way, half the time each.
+                        if model.contains_key(&k) || v % 2 == 0 {
+                            m.insert(k, v);
+                        } else {
+                            m.insert_new(k, v);
+                        }
                         model.insert(k, v);
                     }
                     Op::Remove(k) => {

@@ -410,7 +410,7 @@ impl Visits {
         };
         let Some(slot) = self.table.get_mut(&key) else {
             // A visitor not seen within the horizon: a visit of its own.
-            self.table.insert(key, Latest::new(ev, false));
+            self.table.insert_new(key, Latest::new(ev, false));
             report(&s, &[], &ev, change);
             return;
         };
