@@ -92,8 +92,9 @@ pub struct Order<'a> {
     pub profiles: &'a dyn Fn(u32, u32) -> std::cmp::Ordering,
 }
 
-/// One visit of one visitor on one site: 44 bytes, packed to 4-byte alignment so that it
-/// fills a table slot without padding (its fields are read by value, never by reference).
+/// One visit of one visitor on one site: 44 bytes, packed to 4-byte alignment (its fields are
+/// read by value, never by reference). The table holds a visitor's latest in the 40 bytes of
+/// a [`Latest`]; the side table and a visitor's runs hold it as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C, packed(4))]
 pub struct Visit {
@@ -344,7 +345,7 @@ pub struct Visits {
     earlier: HashMap<Key, SmallVec<[Visit; 1]>>,
 }
 
-/// And of one of the side table.
+/// Bytes of one slot of the side table.
 const EARLIER_SLOT_BYTES: usize = std::mem::size_of::<(Key, SmallVec<[Visit; 1]>)>();
 
 impl Visits {
@@ -1053,6 +1054,19 @@ mod tests {
         for d in crate::agg::cells::tests::damaged_copies(&bytes, 60) {
             let _ = back.get(&mut Cursor::new(&d, 0), (3, 6, 20));
         }
+        // A visit whose times a slot cannot keep in 48 bits: refused, not wrapped.
+        let mut one = Visits::new(settings());
+        observe(&mut one, &mut out, &(0, 1, 0, true, 3, 4));
+        let mut bytes = Vec::new();
+        one.put(&mut bytes);
+        // count, site, visitor, runs: then the first and last event times.
+        for at in [20, 28] {
+            bytes[at..at + 8].copy_from_slice(&(1u64 << 50).to_le_bytes());
+        }
+        assert!(matches!(
+            back.get(&mut Cursor::new(&bytes, 0), (3, 6, 20)),
+            Err(FormatError::Damaged("a visit's time out of range"))
+        ));
     }
 
     fn events() -> impl Strategy<Value = Vec<Ev>> {
