@@ -91,8 +91,9 @@ pub enum RouteMsg {
     Rebuilt(u64),
     /// A batch the sender (its owner) has applied, emptied and sent back to the shard that
     /// filled it, to be filled again: a batch's room (about 200 KB) is then allocated once,
-    /// not for every batch by one thread and freed by another — which cost a sixth of two
-    /// shards' CPU in fresh pages the kernel had to clear (docs/performance-history.md).
+    /// not for every batch by one thread and freed by another — which had two shards spend
+    /// a tenth of their time in the kernel clearing fresh pages
+    /// (docs/performance-history.md, "Batches sent back").
     Spare(Batch),
 }
 
