@@ -469,6 +469,16 @@ impl Default for BatchBuilder {
 }
 
 impl BatchBuilder {
+    /// An empty builder with room for `bytes` of payload, allocated at once: a builder grown
+    /// by doubling copies its payload at each step and ends with up to twice the room it
+    /// uses (a batch sealed at 1 MiB in a 2 MiB buffer).
+    pub fn with_capacity(bytes: usize) -> Self {
+        BatchBuilder {
+            payload: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
     /// Records added since the last encode.
     pub fn len(&self) -> u32 {
         self.count

@@ -122,7 +122,7 @@ impl Log {
         let (wake, wake_rx) = local_channel::new_bounded(1);
         let log = Rc::new(Log {
             shared: RefCell::new(Shared {
-                builder: BatchBuilder::default(),
+                builder: BatchBuilder::with_capacity(builder_room(cfg.batch_max_bytes)),
                 batch_opened: Instant::now(),
                 next_offset: next,
                 pending: VecDeque::new(),
@@ -272,7 +272,7 @@ impl Log {
         sh.next_offset += 1;
         let full = sh.builder.payload_len() >= self.cfg.batch_max_bytes;
         if full {
-            seal_open_batch(&mut sh);
+            seal_open_batch(&mut sh, self.cfg.batch_max_bytes);
         }
         drop(sh);
         if first_in_batch || full {
@@ -332,8 +332,18 @@ impl Log {
     }
 }
 
-fn seal_open_batch(sh: &mut Shared) {
-    let fresh = sh.spare.pop().unwrap_or_default();
+/// Room a new builder is given: a batch is sealed once its payload reaches
+/// `batch_max_bytes`, so it holds that less one byte plus its last record; a record longer
+/// than the margin grows it.
+fn builder_room(batch_max_bytes: usize) -> usize {
+    batch_max_bytes.saturating_add(64 << 10)
+}
+
+fn seal_open_batch(sh: &mut Shared, batch_max_bytes: usize) {
+    let fresh = sh
+        .spare
+        .pop()
+        .unwrap_or_else(|| BatchBuilder::with_capacity(builder_room(batch_max_bytes)));
     let full = std::mem::replace(&mut sh.builder, fresh);
     let base = sh.next_offset - u64::from(full.len());
     sh.pending_bytes += full.payload_len();
@@ -589,7 +599,7 @@ impl Flusher {
                     && !sh.builder.is_empty()
                     && (sh.closing || sh.batch_opened.elapsed() >= cfg.batch_max_delay)
                 {
-                    seal_open_batch(&mut sh);
+                    seal_open_batch(&mut sh, cfg.batch_max_bytes);
                 }
                 let work = sh.pending.pop_front();
                 if let Some((_, b)) = &work {
