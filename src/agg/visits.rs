@@ -94,7 +94,7 @@ pub struct Order<'a> {
 
 /// One visit of one visitor on one site: 44 bytes, packed to 4-byte alignment (its fields are
 /// read by value, never by reference). The table holds a visitor's latest in the 40 bytes of
-/// a [`Latest`]; the side table and a visitor's runs hold it as it is.
+/// a `Latest`; the side table and a visitor's runs hold it as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C, packed(4))]
 pub struct Visit {
