@@ -613,13 +613,8 @@ pub const NO_VISITORS: u32 = u32::MAX;
 /// same bytes).
 pub fn put_cells(out: &mut Vec<u8>, b: &Bucket) {
     put_url_table(out, &b.urls);
-    let mut refs: Vec<(&PairKey, &u32)> = b.refs.iter().collect();
-    refs.sort_unstable_by_key(|(k, _)| **k);
-    put_u32(out, refs.len() as u32);
-    for (k, v) in refs {
-        put_u64(out, k.get());
-        put_u32(out, *v);
-    }
+    // The referrer cells: a pair table like the url × channel ones, `(site, referrer)`.
+    put_pairs(out, &b.refs);
     let mut sites: Vec<(&u32, &SiteCell)> = b.sites.iter().collect();
     sites.sort_unstable_by_key(|(k, _)| **k);
     put_u32(out, sites.len() as u32);
@@ -909,15 +904,11 @@ pub fn get_cells(c: &mut Cursor<'_>, names: NameCounts) -> Result<Bucket, Format
     let mut b = Bucket::default();
     let url_visitors = c.url_visitors;
     b.urls = get_url_table(c, names.1, url_visitors)?;
-    let n = c.count(12)?;
-    b.refs.reserve(n);
-    for _ in 0..n {
-        let k = c.u64()?;
-        if (k >> 32) as usize >= names.0 || (k & 0xffff_ffff) as usize >= names.2 {
-            return Err(FormatError::Damaged("a referrer cell without a name"));
-        }
-        b.refs.insert(PairKey::from(k), c.u32()?);
-    }
+    b.refs = get_pairs(
+        c,
+        |k| (k.hi() as usize) < names.0 && (k.lo() as usize) < names.2,
+        "a referrer cell without a name",
+    )?;
     let n = c.count(if c.visits { 61 } else { 29 })?;
     b.sites.reserve(n);
     for _ in 0..n {

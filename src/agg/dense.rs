@@ -43,9 +43,14 @@ impl<K, V> Default for DenseMap<K, V> {
     }
 }
 
-/// The chunk and place in it of position `pos`.
-fn split(pos: usize) -> (usize, usize) {
-    (pos / CHUNK, pos % CHUNK)
+/// The entry at position `pos` of `chunks`.
+fn entry_at<K, V>(chunks: &[Vec<(K, V)>], pos: usize) -> Option<&(K, V)> {
+    chunks.get(pos / CHUNK)?.get(pos % CHUNK)
+}
+
+/// The hash of the key at position `pos`: what the table of positions rehashes by.
+fn hash_at<K: Hash, V>(chunks: &[Vec<(K, V)>], hasher: &DefaultHashBuilder, pos: u32) -> u64 {
+    entry_at(chunks, pos as usize).map_or(0, |e| hasher.hash_one(&e.0))
 }
 
 impl<K: Hash + Eq + Copy, V: Copy> DenseMap<K, V> {
@@ -62,25 +67,17 @@ impl<K: Hash + Eq + Copy, V: Copy> DenseMap<K, V> {
     }
 
     fn at(&self, pos: usize) -> Option<&(K, V)> {
-        let (c, i) = split(pos);
-        self.chunks.get(c)?.get(i)
+        entry_at(&self.chunks, pos)
     }
 
     fn at_mut(&mut self, pos: usize) -> Option<&mut (K, V)> {
-        let (c, i) = split(pos);
-        self.chunks.get_mut(c)?.get_mut(i)
+        self.chunks.get_mut(pos / CHUNK)?.get_mut(pos % CHUNK)
     }
 
     /// The position of `key`'s entry.
     fn position(&self, key: &K) -> Option<usize> {
         let chunks = &self.chunks;
-        let eq = |p: &u32| {
-            let (c, i) = split(*p as usize);
-            chunks
-                .get(c)
-                .and_then(|ch| ch.get(i))
-                .is_some_and(|e| e.0 == *key)
-        };
+        let eq = |p: &u32| entry_at(chunks, *p as usize).is_some_and(|e| e.0 == *key);
         self.index
             .find(self.hasher.hash_one(key), eq)
             .map(|&p| p as usize)
@@ -115,13 +112,8 @@ impl<K: Hash + Eq + Copy, V: Copy> DenseMap<K, V> {
         let pos = self.len as u32;
         let hash = self.hasher.hash_one(key);
         let (chunks, hasher) = (&self.chunks, &self.hasher);
-        self.index.insert_unique(hash, pos, |p| {
-            let (c, i) = split(*p as usize);
-            chunks
-                .get(c)
-                .and_then(|ch| ch.get(i))
-                .map_or(0, |e| hasher.hash_one(e.0))
-        });
+        self.index
+            .insert_unique(hash, pos, |p| hash_at(chunks, hasher, *p));
         self.push((key, value));
     }
 
@@ -202,26 +194,14 @@ impl<K: Hash + Eq + Copy, V: Copy> DenseMap<K, V> {
         }
         if self.index.capacity() > 64 && self.len < self.index.capacity() / 4 {
             let (chunks, hasher) = (&self.chunks, &self.hasher);
-            self.index.shrink_to_fit(|p| {
-                let (c, i) = split(*p as usize);
-                chunks
-                    .get(c)
-                    .and_then(|ch| ch.get(i))
-                    .map_or(0, |e| hasher.hash_one(e.0))
-            });
+            self.index.shrink_to_fit(|p| hash_at(chunks, hasher, *p));
         }
     }
 
     /// Makes room for `more` entries in the table.
     pub fn reserve(&mut self, more: usize) {
         let (chunks, hasher) = (&self.chunks, &self.hasher);
-        self.index.reserve(more, |p| {
-            let (c, i) = split(*p as usize);
-            chunks
-                .get(c)
-                .and_then(|ch| ch.get(i))
-                .map_or(0, |e| hasher.hash_one(e.0))
-        });
+        self.index.reserve(more, |p| hash_at(chunks, hasher, *p));
     }
 
     /// Every entry, in no particular order.

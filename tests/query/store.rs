@@ -54,8 +54,6 @@ fn stop(s: Server) -> String {
     log
 }
 
-/// The answers compared across restarts: over a fixed range (epoch seconds) from three hours
-/// before `t0` (a minute) to ten minutes after it.
 /// The end of the range every answer of a test started at minute `t0` asks for: the last
 /// minute a query may reach at `t0` (`agg.future_minutes`, 5 by default, and the current
 /// one), so that the server never cuts it short as the clock turns — an answer read in a
@@ -64,6 +62,8 @@ fn answers_to(t0: i64) -> i64 {
     (t0 + 6) * 60
 }
 
+/// The answers compared across restarts: over a fixed range (epoch seconds) from three hours
+/// before `t0` (a minute) to [`answers_to`].
 fn answers(s: &Server, t0: i64) -> Vec<String> {
     let (from, to) = ((t0 - 180) * 60, answers_to(t0));
     [
