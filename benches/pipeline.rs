@@ -23,7 +23,7 @@
 //!
 //! Run: `cargo bench --bench pipeline` (`PIXELD_BENCH_EVENTS=N` changes the 400 000 events
 //! per run; `PIXELD_BENCH_SHARDS=1` or `2` runs only that configuration in the direct
-//! comparison, for a profiler). Under `cargo test --all-targets` (no `--bench`) it only
+//! comparison, for a profiler; `PIXELD_BENCH_REBUILD=0` leaves the rebuild out). Under `cargo test --all-targets` (no `--bench`) it only
 //! checks that both configurations run, on 20 000 events.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -217,9 +217,10 @@ fn run(streams: &Arc<Vec<Vec<u8>>>) -> Run {
                 stop.store(true, Ordering::Relaxed);
                 ticker.await;
                 assert_eq!(ShardStats::get(&stats.agg.lost_incs), 0);
-                // The next start's rebuild of this log (one shard: no peers to wait for).
+                // The next start's rebuild of this log (one shard: no peers to wait for;
+                // `PIXELD_BENCH_REBUILD=0` leaves it out, for a profile of the run alone).
                 let mut rebuild = None;
-                if shards == 1 {
+                if shards == 1 && std::env::var("PIXELD_BENCH_REBUILD").as_deref() != Ok("0") {
                     let stats = Arc::new(ShardStats::default());
                     let cfg = LogConfig::new(tmp_dir.join(format!("shard-{shard:03}")), shard);
                     let (log, flusher, _) = pixeld::log::Log::open(cfg, stats.clone())
