@@ -181,6 +181,10 @@ pub struct AggStats {
     pub parse_cache_hits: AtomicU64,
     pub parse_cache_misses: AtomicU64,
     pub parse_cache_bytes: AtomicU64,
+    /// JSON keys the parser's learned template foresaw, and keys it scanned
+    /// (`parse::event::scan::Template`; published with the memory gauges).
+    pub parse_keys_predicted: AtomicU64,
+    pub parse_keys_scanned: AtomicU64,
     /// Gauges: sealed hour and day files mapped, and their bytes.
     pub sealed_files: AtomicU64,
     pub sealed_bytes: AtomicU64,
@@ -670,6 +674,16 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
             "pixeld_parse_cache_misses_total",
             "Urls and referrers decoded and normalised (not in the parser's cache).",
             |s| ShardStats::get(&s.agg.parse_cache_misses),
+        ),
+        (
+            "pixeld_parse_keys_predicted_total",
+            "Keys of JSON lines read where the template learned from the lines before foresaw them (the fast path).",
+            |s| ShardStats::get(&s.agg.parse_keys_predicted),
+        ),
+        (
+            "pixeld_parse_keys_scanned_total",
+            "Keys of JSON lines the template did not foresee, scanned and looked up by name (a line of another shape; many of them: nginx's log_format changed, and the next line teaches a new template).",
+            |s| ShardStats::get(&s.agg.parse_keys_scanned),
         ),
         (
             "pixeld_agg_stale_increments_total",

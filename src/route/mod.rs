@@ -816,6 +816,9 @@ impl Router {
         let c = parser.cache_counts();
         s.parse_cache_hits.store(c.hits, Ordering::Relaxed);
         s.parse_cache_misses.store(c.misses, Ordering::Relaxed);
+        let (predicted, scanned) = parser.template_counts();
+        s.parse_keys_predicted.store(predicted, Ordering::Relaxed);
+        s.parse_keys_scanned.store(scanned, Ordering::Relaxed);
         s.parse_cache_bytes
             .store(parser.cache_bytes() as u64, Ordering::Relaxed);
     }

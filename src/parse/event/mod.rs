@@ -469,6 +469,8 @@ pub struct EventParser {
     /// Whether JSON lines try the [`scan`] fast path first (only tests turn it off, to
     /// compare it with the serde_json visitor).
     fast: bool,
+    /// The shape of the JSON lines read so far, for the scanner (see `scan::Template`).
+    template: scan::Template,
     /// Urls and referrers normalised once per distinct text.
     cache: cache::NormCache,
     /// Countries of client addresses, and the bot networks they may be in.
@@ -503,6 +505,7 @@ impl EventParser {
             lossy: String::new(),
             scratch,
             fast: true,
+            template: scan::Template::default(),
             cache: cache::NormCache::new(),
             heartbeat_dims: false,
         }
@@ -522,6 +525,12 @@ impl EventParser {
     /// Lookups of the url/referrer cache answered from it, and normalisations done.
     pub fn cache_counts(&self) -> CacheCounts {
         self.cache.counts()
+    }
+
+    /// Keys of JSON lines whose bytes the learned template foresaw, and keys scanned (see
+    /// `scan::Template`).
+    pub fn template_counts(&self) -> (u64, u64) {
+        (self.template.keys_predicted, self.template.keys_scanned)
     }
 
     /// Heap bytes of the url/referrer cache.
@@ -554,6 +563,7 @@ impl EventParser {
             scratch,
             keys,
             fast,
+            template,
             cache,
             geo,
             nets,
@@ -577,7 +587,7 @@ impl EventParser {
         if text.starts_with('{') {
             // nginx's flat objects take the scanner; anything it refuses (another shape, or
             // invalid JSON) is read again from scratch by serde_json, which decides.
-            if !(*fast && scan::scan(text, keys, scratch)) {
+            if !(*fast && scan::scan(text, keys, scratch, template)) {
                 let invalid_utf8 = scratch.found.invalid_utf8;
                 scratch.reset();
                 scratch.found.invalid_utf8 = invalid_utf8;
@@ -1726,14 +1736,27 @@ mod tests {
 
     /// Parses `line` with and without the scanner: both paths must give the same result.
     fn same_both_ways(line: &[u8]) -> Result<(), TestCaseError> {
+        same_after(&[], line)
+    }
+
+    /// Parses `line` with the scanner after `teach` (which leave it a template), and without
+    /// the scanner: both must give the same result.
+    fn same_after(teach: &[&[u8]], line: &[u8]) -> Result<(), TestCaseError> {
         let mut fast = parser();
+        for t in teach {
+            let _ = fast.0.parse(t);
+        }
         let mut slow = parser();
         slow.fast = false;
         prop_assert_eq!(
             fast.0.parse(line),
             slow.0.parse(line),
-            "{:?}",
-            String::from_utf8_lossy(line)
+            "{:?} after {:?}",
+            String::from_utf8_lossy(line),
+            teach
+                .iter()
+                .map(|t| String::from_utf8_lossy(t))
+                .collect::<Vec<_>>()
         );
         Ok(())
     }
@@ -1752,7 +1775,12 @@ mod tests {
             let text = if i == 0 { &reference } else { &line };
             let mut scratch = Scratch::default();
             assert!(
-                scan::scan(std::str::from_utf8(text).unwrap(), &keys, &mut scratch),
+                scan::scan(
+                    std::str::from_utf8(text).unwrap(),
+                    &keys,
+                    &mut scratch,
+                    &mut scan::Template::default()
+                ),
                 "{}",
                 String::from_utf8_lossy(text)
             );
@@ -1763,8 +1791,66 @@ mod tests {
             r#"{"url":"a\/b"}"#,
             r#"{"u\u0072l":1}"#,
         ] {
-            assert!(!scan::scan(refused, &keys, &mut scratch), "{refused}");
+            let mut template = scan::Template::default();
+            assert!(
+                !scan::scan(refused, &keys, &mut scratch, &mut template),
+                "{refused}"
+            );
         }
+    }
+
+    #[test]
+    fn the_template_keeps_json_rules() {
+        // Runs of bytes the template knows, where JSON does not allow them: the first run
+        // (with the object's `{`) after a value, a run after a value with no comma.
+        let teach = br#"{"url":"https://a.example/","vid":"v1"}"#;
+        for line in [
+            br#"{"x":1{"url":"https://a.example/","vid":"v1"}"#.as_slice(),
+            br#"{"url":"https://a.example/"{"url":"https://b.example/"}"#,
+            br#"{"url":"https://a.example/""vid":"v1"}"#,
+            br#"{"url":"https://a.example/","vid":"v1",}"#,
+            br#"{"url":"https://a.example/","vid":"v1"} x"#,
+            br#"{"url":"https://a.example/","vid":"v1""#,
+            br#"{"url":"https://a.example/","vid":"#,
+        ] {
+            same_after(&[teach], line).unwrap();
+            let mut p = parser();
+            p.0.parse(teach).unwrap();
+            assert_eq!(p.0.parse(line), Err(EventError::BadJson), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_template_foresees_the_keys_of_generated_lines() {
+        // The template tests below would pass vacuously if no key were ever foreseen: after
+        // the first line, only a heartbeat's extra `inc` is scanned (gen.rs writes it only
+        // for heartbeats; nginx's log_format writes every key on every line).
+        let mut p = parser();
+        let mut g = crate::tools::gen::HitGenerator::new(5, 1_795_311_543_462);
+        let mut line = Vec::new();
+        let mut heartbeats = 0;
+        for _ in 0..500 {
+            g.next_line(&mut line);
+            heartbeats += u64::from(line.windows(6).any(|w| w == b"\"inc\":"));
+            p.0.parse(&line).unwrap();
+        }
+        let (predicted, scanned) = p.template_counts();
+        assert!(heartbeats > 0);
+        assert_eq!(predicted + scanned, 500 * 8 + heartbeats);
+        // The first line's 8 or 9 keys, and at most each heartbeat's `inc`.
+        assert!(scanned <= 9 + heartbeats, "{scanned} scanned");
+        // A line of another shape is read by scanning (but its `url` key, whose bytes are
+        // where the template has them, is foreseen); it teaches the next line a template,
+        // which the third foresees whole.
+        for _ in 0..3 {
+            p.0.parse(br#"{"a":"pv","url":"https://b.example/","x":1}"#)
+                .unwrap();
+        }
+        let (predicted2, scanned2) = p.template_counts();
+        assert_eq!(
+            (predicted2 - predicted, scanned2 - scanned),
+            (1 + 1 + 3, 2 + 2)
+        );
     }
 
     #[test]
@@ -1843,6 +1929,8 @@ mod tests {
             let mut g = crate::tools::gen::HitGenerator::new(seed, 1_795_311_543_462);
             let mut line = Vec::new();
             g.next_line(&mut line);
+            let (original, mut other) = (line.clone(), Vec::new());
+            g.next_line(&mut other);
             for (at, byte, op) in edits {
                 let i = at.index(line.len());
                 match op {
@@ -1854,6 +1942,53 @@ mod tests {
                 }
             }
             same_both_ways(&line)?;
+            // With the template the line before it left (its own shape, or the next line's).
+            same_after(&[&original], &line)?;
+            same_after(&[&other], &line)?;
+        }
+
+        #[test]
+        fn the_template_changes_nothing_read(
+            fields in prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "msec", "ts", "url", "urlref", "vid", "action", "a", "inc", "ua", "ip",
+                        "x", "",
+                    ]),
+                    json_value(),
+                    prop::sample::select(vec!["", " ", "\t "]),
+                    json_value(),
+                    0u8..6,
+                ),
+                0..9,
+            ),
+            extra in (0usize..10, prop::sample::select(vec!["url", "vid", "y"]), json_value()),
+            tail in prop::sample::select(vec!["}", "}", " }", "} ", ",}"]),
+        ) {
+            // A line teaches the template; the next has the same keys, but each value may
+            // differ, or its key go missing, or its whitespace change, and one key may come
+            // in between: whatever the template foresees or not, the line reads as serde_json
+            // reads it.
+            let url = r#""url":"https%3A%2F%2Fa.example%2F""#.to_owned();
+            let teach: Vec<String> = std::iter::once(url.clone())
+                .chain(fields.iter().map(|(k, v, sp, _, _)| format!(r#"{sp}"{k}"{sp}:{sp}{v}"#)))
+                .collect();
+            let mut body: Vec<String> = std::iter::once(url)
+                .chain(fields.iter().filter_map(|(k, v, sp, w, op)| match op {
+                    0 | 1 => Some(format!(r#"{sp}"{k}"{sp}:{sp}{v}"#)),
+                    2 => Some(format!(r#"{sp}"{k}"{sp}:{sp}{w}"#)),
+                    3 => None,
+                    4 => Some(format!(r#""{k}": {v}"#)),
+                    _ => Some(format!(r#"{sp}"{k}"{sp}:{sp}{w} "#)),
+                }))
+                .collect();
+            let (at, k, v) = extra;
+            body.insert(at.min(body.len()), format!(r#""{k}":{v}"#));
+            let teach = format!("{{{}}}", teach.join(","));
+            let line = format!("{{{}{tail}", body.join(","));
+            same_after(&[teach.as_bytes()], line.as_bytes())?;
+            same_after(&[teach.as_bytes()], teach.as_bytes())?;
+            same_after(&[line.as_bytes()], teach.as_bytes())?;
         }
 
         #[test]
