@@ -16,6 +16,13 @@
 //! `custom-events` times the 1 000 lines as custom events (a name, props as the pixel logs
 //! them), without and with a `props.KEY` dimension.
 //! Run: `cargo bench --bench parse` (or `-- event` for the event group only).
+//!
+//! Instructions per line, the figure this shared VM cannot blur: `PIXELD_BENCH_LINES=N`
+//! makes the binary parse N of the RFC 3164 lines (cycling through the 1 000) and nothing
+//! else, so that `cargo bench --bench parse --no-run`, then
+//! `PIXELD_BENCH_LINES=2000 valgrind --tool=callgrind target/release/deps/parse-* --bench`
+//! and the same with 12000 give the instructions of 10 000 lines as the difference of the two
+//! totals (the set-up cancels out).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,6 +49,21 @@ fn bench(c: &mut Criterion) {
         l.extend_from_slice(&body);
         lines5424.push(l);
         bare.push(body.clone());
+    }
+    if let Some(n) = std::env::var("PIXELD_BENCH_LINES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        // Instruction counts instead of times (see the module doc).
+        let mut parser = EventParser::new(EventConfig::default());
+        let events = lines3164
+            .iter()
+            .cycle()
+            .take(n)
+            .filter(|l| parser.parse(black_box(l)).is_ok())
+            .count();
+        println!("parsed {n} lines, {events} events");
+        return;
     }
     let mut group = c.benchmark_group("parse");
     group.throughput(Throughput::Elements(1000));
