@@ -2,7 +2,9 @@
 //! ingest does for every datagram and frame; RFC 3164 as nginx sends it, RFC 5424, bare) and
 //! the whole record into an analytics event (`event` group: header, JSON fields, decoding,
 //! url normalization; once with 1 000 repeating lines, whose urls and referrers the parser's
-//! cache then holds, and once with 40 000 distinct ones, which miss it). Figures are ns per
+//! cache then holds, and once with 40 000 distinct ones, which miss it; and `template/…`: the
+//! same lines with their keys in order, which the parser's learned template foresees, and
+//! rotated by a different amount on each line, which it cannot). Figures are ns per
 //! line via `Throughput::Elements`.
 //! The `country` group times the same lines with a random public client address each, without
 //! a country database and with one: `PIXELD_BENCH_GEO_DB=/path/GeoLite2-Country.mmdb` names a
@@ -89,6 +91,30 @@ fn bench(c: &mut Criterion) {
         // Every generated line must be an event, or the figure would time the error path.
         assert!(lines.iter().all(|l| parser.parse(l).is_ok()));
         group.bench_function(format!("{name}/1000-lines"), |b| {
+            b.iter(|| {
+                for l in lines.iter() {
+                    let _ = black_box(parser.parse(black_box(l)));
+                }
+            })
+        });
+    }
+    // The learned template's two sides (`parse::event::scan::Template`). The same 1 000
+    // lines, written again by serde_json: as they are (every key where the template foresees
+    // it), and with each line's keys rotated by its number, so that no two lines in a row
+    // have the same shape and every key is scanned.
+    let (mut same, mut shuffled) = (Vec::new(), Vec::new());
+    for (i, l) in bare.iter().enumerate() {
+        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(l).unwrap();
+        same.push(serde_json::to_vec(&v).unwrap());
+        let mut kv: Vec<_> = v.into_iter().collect();
+        let n = kv.len();
+        kv.rotate_left(i % n);
+        let v: serde_json::Map<String, serde_json::Value> = kv.into_iter().collect();
+        shuffled.push(serde_json::to_vec(&v).unwrap());
+    }
+    for (name, lines) in [("keys-in-order", &same), ("keys-rotated", &shuffled)] {
+        assert!(lines.iter().all(|l| parser.parse(l).is_ok()));
+        group.bench_function(format!("template/{name}/1000-lines"), |b| {
             b.iter(|| {
                 for l in lines.iter() {
                     let _ = black_box(parser.parse(black_box(l)));

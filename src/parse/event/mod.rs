@@ -1800,6 +1800,54 @@ mod tests {
     }
 
     #[test]
+    fn lines_of_changing_shapes_back_off_from_the_template() {
+        // Each line's keys rotated by its number: no template holds for two lines, so after
+        // two failed at once none is tried for a while; lines read the same all along, and
+        // once they keep one shape again a template holds again.
+        let mut g = crate::tools::gen::HitGenerator::new(9, 1_795_311_543_462);
+        let mut line = Vec::new();
+        let mut shaped = |rotate: usize| {
+            g.next_line(&mut line);
+            let v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&line).unwrap();
+            let mut kv: Vec<_> = v.into_iter().collect();
+            let n = kv.len();
+            kv.rotate_left(rotate % n);
+            serde_json::to_vec(&kv.into_iter().collect::<serde_json::Map<_, _>>()).unwrap()
+        };
+        let (mut fast, mut slow) = (parser(), parser());
+        slow.fast = false;
+        for i in 0..300 {
+            let l = shaped(i);
+            assert_eq!(fast.0.parse(&l), slow.0.parse(&l), "line {i}");
+        }
+        let (predicted, scanned) = fast.template_counts();
+        // 28 templates learned here; 140 without the back-off.
+        let learned = fast.0.template.learned;
+        assert!(learned < 40, "{learned} templates learned");
+        assert!(
+            predicted * 10 < scanned,
+            "{predicted} foreseen, {scanned} scanned"
+        );
+        let mut before = (0, 0);
+        for i in 0..1100 + 1000 {
+            let l = shaped(0);
+            assert_eq!(fast.0.parse(&l), slow.0.parse(&l), "line {i}");
+            if i == 1100 - 1 {
+                before = fast.template_counts();
+            }
+        }
+        // The last 1 000 lines: every key foreseen but a heartbeat's `inc`.
+        let after = fast.template_counts();
+        let (predicted, scanned) = (after.0 - before.0, after.1 - before.1);
+        assert!(
+            predicted >= 8 * 1000,
+            "{predicted} foreseen, {scanned} scanned"
+        );
+        assert!(scanned < 1000, "{predicted} foreseen, {scanned} scanned");
+    }
+
+    #[test]
     fn the_template_keeps_json_rules() {
         // Runs of bytes the template knows, where JSON does not allow them: the first run
         // (with the object's `{`) after a value, a run after a value with no comma.

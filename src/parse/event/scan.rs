@@ -41,8 +41,16 @@ pub(super) fn scan(
     scratch: &mut Scratch,
     template: &mut Template,
 ) -> bool {
-    let learn = template.learn;
     let mut walk = Walk::default();
+    if template.rest > 0 {
+        // Lines of changing shapes: scanned, with no template tried, for a while.
+        template.rest -= 1;
+        template.learn = template.rest == 0;
+        let ok = scan_object(text, keys, scratch, &[], &[], None, &mut walk).is_some();
+        template.keys_scanned += u64::from(walk.misses);
+        return ok;
+    }
+    let learn = template.learn;
     let marks = learn.then_some(&mut template.marks);
     let ok = scan_object(
         text,
@@ -56,12 +64,23 @@ pub(super) fn scan(
     .is_some();
     template.keys_predicted += u64::from(walk.hits);
     template.keys_scanned += u64::from(walk.misses);
+    let fresh = std::mem::replace(&mut template.fresh, false);
     if ok && learn && walk.misses + walk.hits > 0 {
         template.learn_from(text.as_bytes());
+    } else if walk.misses > walk.hits && fresh {
+        // A template that failed on the very next line: the lines keep changing shape, and
+        // learning from each would cost more than it saves. None is tried for a while,
+        // twice as long each time this happens again.
+        template.rest = template.backoff;
+        template.backoff = (template.backoff * 2).min(MAX_REST);
+        template.learn = false;
     } else {
         // A line read mostly without the template (another shape of line, or a template that
-        // no longer fits): the next line teaches a new one.
+        // no longer fits) teaches the next line a new one.
         template.learn = walk.misses > walk.hits || template.steps.is_empty();
+        if !template.learn {
+            template.backoff = 1;
+        }
     }
     ok
 }
@@ -90,7 +109,10 @@ type Mark = (u32, u32, Want);
 /// scanner would have read there, with the same key, so a line reads the same — the same
 /// [`Scratch::put`] calls, the same refusals — whatever template is held (a property test
 /// checks it against the scanner without one). A line read mostly by scanning teaches the
-/// next line's template.
+/// next line's template; when that template fails at once too, lines are changing shape all
+/// the time, and none is tried for a while (a line, then two, four… up to [`MAX_REST`]):
+/// such lines cost what the scanner alone costs, not that plus a template learned in vain
+/// each time (10 % more instructions before this back-off, on lines whose keys rotate).
 #[derive(Debug)]
 pub(super) struct Template {
     /// The runs of bytes before each value, one after the other.
@@ -101,6 +123,15 @@ pub(super) struct Template {
     learn: bool,
     /// Where the line being learned from had each value.
     marks: Vec<Mark>,
+    /// Whether the template was learned from the line before (see [`scan`]).
+    fresh: bool,
+    /// Lines still to be read without trying a template, and how many the next such rest
+    /// lasts (1, doubled each time a fresh template fails at once, up to [`MAX_REST`]; back
+    /// to 1 when a template holds).
+    rest: u32,
+    backoff: u32,
+    /// Templates learned.
+    pub(super) learned: u64,
     /// Keys whose bytes the template foresaw, and keys scanned.
     pub(super) keys_predicted: u64,
     pub(super) keys_scanned: u64,
@@ -113,6 +144,10 @@ impl Default for Template {
             steps: Vec::new(),
             learn: true,
             marks: Vec::new(),
+            fresh: false,
+            rest: 0,
+            backoff: 1,
+            learned: 0,
             keys_predicted: 0,
             keys_scanned: 0,
         }
@@ -133,8 +168,13 @@ impl Template {
             self.steps.push((self.bytes.len() as u32, field));
         }
         self.learn = self.steps.is_empty();
+        self.fresh = !self.learn;
+        self.learned += u64::from(self.fresh);
     }
 }
+
+/// The longest run of lines read without trying a template when lines keep changing shape.
+const MAX_REST: u32 = 1024;
 
 /// Step `k` of a template's `steps` over its `bytes` (see [`Template`]).
 fn step<'a>(steps: &[(u32, Want)], bytes: &'a [u8], k: usize) -> Option<(&'a [u8], Want)> {
