@@ -491,6 +491,11 @@ impl BatchBuilder {
         self.payload.len()
     }
 
+    /// Heap bytes it holds.
+    pub fn capacity(&self) -> usize {
+        self.payload.capacity()
+    }
+
     /// Bytes that a record of `len` bytes adds to the payload at most.
     pub fn encoded_len_bound(len: usize) -> usize {
         len + 10 + 10 + 2 + 18

@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub use config::{Fsync, LogConfig};
 pub use format::{Codec, RecordRef, Source, Transport};
 use recovery::RecoveryReport;
-pub use writer::{AppendError, Flusher, Log};
+pub use writer::{AppendError, Flusher, Log, SPARE_BUILDERS};
 
 use crate::metrics::ShardStats;
 

@@ -21,6 +21,7 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -284,6 +285,11 @@ impl Log {
     }
 
     /// The offset the next appended record will get.
+    /// Heap bytes held by the batch builders (see [`SPARE_BUILDERS`]).
+    pub fn buffer_bytes(&self) -> usize {
+        buffer_bytes(&self.shared.borrow())
+    }
+
     pub fn next_offset(&self) -> u64 {
         self.shared.borrow().next_offset
     }
@@ -337,6 +343,20 @@ impl Log {
 /// than the margin grows it.
 fn builder_room(batch_max_bytes: usize) -> usize {
     batch_max_bytes.saturating_add(64 << 10)
+}
+
+/// Emptied builders kept for the next batches. A batch in flight needs one, so a steady flow
+/// rarely needs more than a few; a burst that filled `max_pending_bytes` with sealed batches
+/// leaves many more behind (64 of ≈ 1 MiB at the defaults), and those beyond this many are
+/// freed instead of being held for good.
+pub const SPARE_BUILDERS: usize = 4;
+
+/// Heap bytes held by the batch builders: the open one, the sealed ones waiting for the
+/// disk, and the spares.
+fn buffer_bytes(sh: &Shared) -> usize {
+    sh.builder.capacity()
+        + sh.pending.iter().map(|(_, b)| b.capacity()).sum::<usize>()
+        + sh.spare.iter().map(BatchBuilder::capacity).sum::<usize>()
 }
 
 fn seal_open_batch(sh: &mut Shared, batch_max_bytes: usize) {
@@ -614,7 +634,10 @@ impl Flusher {
                 .encode(&mut b, base, &mut bytes)
                 .map_err(|e| Error::io(&self.seg.path, e))?;
             batches.push((h, start));
-            log.shared.borrow_mut().spare.push(b);
+            let mut sh = log.shared.borrow_mut();
+            if sh.spare.len() < SPARE_BUILDERS {
+                sh.spare.push(b);
+            }
             if bytes.len() >= GROUP_MAX_BYTES {
                 break;
             }
@@ -623,6 +646,9 @@ impl Flusher {
             self.out = bytes;
             return Ok(None);
         }
+        log.stats
+            .log_buffer_bytes
+            .store(buffer_bytes(&log.shared.borrow()) as u64, Ordering::Relaxed);
         log.wake_space_waiters();
         Ok(Some(Group { batches, bytes }))
     }

@@ -253,6 +253,8 @@ pub struct ShardStats {
     /// durable offset + 1; 0 when nothing is durable yet.
     durable_next: AtomicU64,
     pub segments_rolled: AtomicU64,
+    /// Gauge: heap bytes of the log's batch builders (`log::writer`), set by the flusher.
+    pub log_buffer_bytes: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub bytes_deleted: AtomicU64,
     /// Sealed segments deleted by `retention_bytes_hard` before a pinned consumer read them.
@@ -942,6 +944,11 @@ pub fn render(all: &[std::sync::Arc<ShardStats>]) -> String {
         "pixeld_log_segments_rolled_total",
         "Segments sealed and a new one started.",
         vec![(String::new(), sum(&|s| ShardStats::get(&s.segments_rolled)))],
+    );
+    p.gauge(
+        "pixeld_log_buffer_bytes",
+        "Memory held by the logs' batch buffers (the open batch, sealed ones waiting for the disk, a few kept for reuse), all shards.",
+        sum(&|s| ShardStats::get(&s.log_buffer_bytes)) as f64,
     );
     counter(
         &mut p,

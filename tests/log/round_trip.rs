@@ -163,3 +163,43 @@ fn round_trip_across_segment_rolls_by_offset_and_time() {
     assert!(check.is_ok(), "{}", check.render());
     assert_eq!(check.records, n + 1);
 }
+
+#[test]
+fn a_burst_leaves_only_a_few_batch_buffers_behind() {
+    // Appends without yielding fill the write-behind queue with sealed batches (the flusher
+    // runs only when the appender waits); once they are written, the log keeps a few
+    // emptied buffers for the next batches and frees the rest, and says what it holds.
+    let tmp = common::tempdir();
+    let mut cfg = config(&tmp.path().join("shard-000"));
+    cfg.batch_max_bytes = 16 << 10;
+    cfg.max_pending_bytes = 4 << 20;
+    let room = (16 << 10) + (64 << 10);
+    let stats = Arc::new(ShardStats::default());
+    let st = stats.clone();
+    let (peak, after) = common::run(move || async move {
+        let (log, flusher, _) = Log::open(cfg, st).await.unwrap();
+        let flusher = glommio::spawn_local(flusher.run());
+        let bytes = vec![b'x'; 1000];
+        let mut last = 0;
+        // About 3 MiB: some 190 sealed batches of 16 KiB, under max_pending_bytes.
+        for i in 0..3000u64 {
+            last = log.append(i, Source::IMPORT, 0, &bytes).unwrap();
+        }
+        let peak = log.buffer_bytes();
+        log.wait_durable(last).await.unwrap();
+        let after = log.buffer_bytes();
+        log.close();
+        flusher.await.unwrap();
+        (peak, after)
+    });
+    assert!(peak > 100 * room, "{peak} bytes at the peak");
+    assert!(
+        after <= (1 + pixeld::log::SPARE_BUILDERS) * room,
+        "{after} bytes after the burst"
+    );
+    let gauge = ShardStats::get(&stats.log_buffer_bytes) as usize;
+    assert!(
+        gauge > 0 && gauge <= (1 + pixeld::log::SPARE_BUILDERS) * room,
+        "{gauge} bytes in the gauge"
+    );
+}
