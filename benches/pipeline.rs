@@ -28,9 +28,12 @@
 //!
 //! Instructions per event, which this shared VM cannot blur: one shard under
 //! `valgrind --tool=callgrind` with `PIXELD_BENCH_SHARDS=1 PIXELD_BENCH_REBUILD=0` and
-//! `PIXELD_BENCH_EVENTS=20000`, then `60000`; the difference of the two totals is the work of
-//! 5 × 40 000 events (the set-up cancels out). Not for two shards: callgrind runs one thread
-//! at a time, and the instructions an idle executor spends polling would count.
+//! `PIXELD_BENCH_EVENTS=20000`, then `60000`; the difference between the two runs of the
+//! shard thread's inclusive count (`callgrind_annotate --inclusive=yes`, the `start_thread`
+//! line of the shard's thread; the program's total also counts the lines this benchmark
+//! generates, ≈ 1 600 per event) is the work of 5 × 40 000 events. Not for two shards:
+//! callgrind runs one thread at a time, and the instructions an idle executor spends polling
+//! would count.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
