@@ -284,12 +284,12 @@ impl Log {
         Ok(offset)
     }
 
-    /// The offset the next appended record will get.
     /// Heap bytes held by the batch builders (see [`SPARE_BUILDERS`]).
     pub fn buffer_bytes(&self) -> usize {
         buffer_bytes(&self.shared.borrow())
     }
 
+    /// The offset the next appended record will get.
     pub fn next_offset(&self) -> u64 {
         self.shared.borrow().next_offset
     }
