@@ -64,7 +64,10 @@ fn bench(c: &mut Criterion) {
             .take(n)
             .filter(|l| parser.parse(black_box(l)).is_ok())
             .count();
-        println!("parsed {n} lines, {events} events");
+        println!(
+            "parsed {n} lines, {events} events, {:?}",
+            parser.cache_counts()
+        );
         return;
     }
     let mut group = c.benchmark_group("parse");

@@ -297,5 +297,8 @@ fn fill_referrer(e: &mut RefEntry, raw: &str, bytes: &mut Vec<u8>) {
 }
 
 fn hash(s: &str) -> u64 {
-    wyhash::wyhash(s.as_bytes(), 0x6e6f_726d_6361_6368)
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x6e6f_726d_6361_6368).build_hasher();
+    h.write(s.as_bytes());
+    h.finish()
 }

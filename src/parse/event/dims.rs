@@ -90,16 +90,50 @@ pub fn push_known(key: &mut String, value: &str) {
 
 /// Appends `value` trimmed, control characters replaced by spaces, [`NONE`] when empty.
 fn push_clean(key: &mut String, value: &str) {
+    // Control characters: C0 and DEL in ASCII, C1 (U+0080–U+009F) behind a 0xC2 byte
+    // (`has_control`). The usual value: printable ASCII at both ends (so trimming, which only removes
+    // whitespace, ASCII's all below 0x21 and the rest's last byte above 0x7f, changes
+    // nothing) and no control byte inside: appended as it is.
+    let printable = |b: &u8| *b > b' ' && *b < 0x7f;
+    let b = value.as_bytes();
+    if b.first().is_some_and(printable) && b.last().is_some_and(printable) && !has_control(b) {
+        key.push_str(value);
+        return;
+    }
     let value = value.trim();
-    // Control characters: C0 and DEL in ASCII, C1 (U+0080–U+009F) behind a 0xC2 byte.
-    let control = |b: &u8| *b < 0x20 || *b == 0x7f || *b == 0xc2;
     if value.is_empty() {
         key.push_str(NONE);
-    } else if value.as_bytes().iter().any(control) && value.chars().any(char::is_control) {
+    } else if has_control(value.as_bytes()) && value.chars().any(char::is_control) {
         key.extend(value.chars().map(|c| if c.is_control() { ' ' } else { c }));
     } else {
         key.push_str(value);
     }
+}
+
+/// Whether `b` holds a control byte (below 0x20, 0x7f, or the 0xC2 that starts a C1
+/// character), eight bytes at a time with the usual bit tricks (`hasless`/`haszero`: each may
+/// flag more bytes after a true hit, never one without a hit), the rest byte by byte. A
+/// value of ~15 bytes costs a third of the byte loop's instructions (`benches/parse.rs`).
+fn has_control(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = b.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w);
+        let (del, c1) = (x ^ (ONES * 0x7f), x ^ (ONES * 0xc2));
+        let hit = (x.wrapping_sub(ONES * 0x20) & !x)
+            | (del.wrapping_sub(ONES) & !del)
+            | (c1.wrapping_sub(ONES) & !c1);
+        if hit & HIGH != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == 0x7f || c == 0xc2)
 }
 
 /// The longest value of a custom dimension kept (longer ones are cut at a character
@@ -199,6 +233,35 @@ pub fn all_values<'k, 'c, S: AsRef<str>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn has_control_finds_what_a_byte_loop_finds(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    6 => 0x20u8..=0x7e,
+                    1 => prop::sample::select(vec![0, 0x1f, 0x20, 0x7f, 0x80, 0xc1, 0xc2, 0xc3, 0xff]),
+                ],
+                0..40,
+            ),
+        ) {
+            let naive = bytes.iter().any(|&c| c < 0x20 || c == 0x7f || c == 0xc2);
+            prop_assert_eq!(has_control(&bytes), naive);
+        }
+
+        #[test]
+        fn push_clean_trims_and_replaces_control_characters(
+            v in r"[ \t\n\x{1f}\x{7f}\x{85}\x{a0}\x{3000}a-z.é]{0,24}",
+        ) {
+            let mut got = String::from("k");
+            push_clean(&mut got, &v);
+            let clean: String =
+                v.trim().chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            let want = if v.trim().is_empty() { NONE.to_owned() } else { clean };
+            prop_assert_eq!(got, format!("k{want}"));
+        }
+    }
 
     #[test]
     fn a_key_round_trips_and_keeps_no_control_character() {
