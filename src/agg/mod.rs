@@ -957,12 +957,24 @@ pub fn channel_name(code: u8) -> &'static str {
     crate::parse::event::channel::Channel::from_code(code).map_or("(none)", |c| c.as_str())
 }
 
-/// The ids of a visitor's increment that [`Aggregates::apply`] interned already.
+/// The ids of an increment's names that [`Aggregates::apply`] interned already.
 #[derive(Debug, Clone, Copy)]
-struct Interned {
-    site: u32,
-    /// Its pageview's profile.
-    profile: Option<u32>,
+enum Interned {
+    /// A visitor's site, and its pageview's profile.
+    Visitor { site: u32, profile: Option<u32> },
+    /// A url's.
+    Url(u32),
+}
+
+/// The ids of an increment's names that `Aggregates::warm` found (a name not interned yet,
+/// or one it does not look up, is `None`): ids are never reused, so they hold until the
+/// increment is applied.
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    /// A visitor's site.
+    site: Option<u32>,
+    /// A url increment's url.
+    url: Option<u32>,
 }
 
 /// Adds one change of what visits add to bucket `b` (site `s`'s cell and all, or a page).
@@ -1305,10 +1317,11 @@ impl Aggregates {
     /// lookups that miss the cache (`Aggregates::warm`), then its increments.
     pub fn apply_batch(&mut self, batch: &Batch, now_min: i64) {
         for chunk in batch.incs.chunks(WARM_CHUNK) {
-            std::hint::black_box(self.warm(batch, chunk));
-            for inc in chunk {
+            let mut known = [Known::default(); WARM_CHUNK];
+            std::hint::black_box(self.warm(batch, chunk, &mut known));
+            for (inc, known) in chunk.iter().zip(known) {
                 let (site, key, aux) = batch.strs(inc);
-                self.apply(inc, site, key, aux, now_min);
+                self.apply_known(inc, site, key, aux, now_min, known);
             }
         }
     }
@@ -1322,36 +1335,34 @@ impl Aggregates {
     /// [`Aggregates::apply`] then finds its slots in the cache (−6 % CPU per event end to
     /// end, the visitor's slot in a url's set −6 % more; docs/performance-history.md).
     /// Returns what it read, folded into one word for `black_box`, so that the reads are not
-    /// left out.
-    fn warm(&self, batch: &Batch, chunk: &[Inc]) -> u64 {
+    /// left out; the ids it found go into `known`, so that `apply` does not look them up again.
+    fn warm(&self, batch: &Batch, chunk: &[Inc], known: &mut [Known; WARM_CHUNK]) -> u64 {
         let mut seen = 0u64;
         // A visitor's site id, looked up once for its visits and its site cell.
-        let mut sites = [None; WARM_CHUNK];
-        for (s, inc) in sites.iter_mut().zip(chunk) {
+        for (k, inc) in known.iter_mut().zip(chunk) {
             if inc.kind == IncKind::Visitor {
-                *s = self.sites.get(batch.strs(inc).0);
+                k.site = self.sites.get(batch.strs(inc).0);
             }
         }
-        for (s, inc) in sites.iter().zip(chunk) {
-            if let (Some(s), true) = (s, inc.visit && inc.has_vid) {
-                seen ^= u64::from(self.visits.warm(*s, inc.vid));
+        for (k, inc) in known.iter().zip(chunk) {
+            if let (Some(s), true) = (k.site, inc.visit && inc.has_vid) {
+                seen ^= u64::from(self.visits.warm(s, inc.vid));
             }
         }
-        let mut urls = [None; WARM_CHUNK];
-        for (u, inc) in urls.iter_mut().zip(chunk) {
+        for (k, inc) in known.iter_mut().zip(chunk) {
             if inc.kind == IncKind::Url {
-                *u = self.urls.get(batch.strs(inc).1);
+                k.url = self.urls.get(batch.strs(inc).1);
             }
         }
-        for (u, inc) in urls.iter().zip(chunk) {
+        for (k, inc) in known.iter().zip(chunk) {
             let minute = self.minutes.get(inc.minute);
-            if let Some(c) = u.and_then(|id| minute?.urls.get(&id)) {
+            if let Some(c) = k.url.and_then(|id| minute?.urls.get(&id)) {
                 seen ^= u64::from(c.hits) ^ c.visitors.warm(inc.vid);
             }
         }
-        for (s, inc) in sites.iter().zip(chunk) {
+        for (k, inc) in known.iter().zip(chunk) {
             let minute = self.minutes.get(inc.minute);
-            if let Some(c) = s.and_then(|s| minute?.sites.get(&s)) {
+            if let Some(c) = k.site.and_then(|s| minute?.sites.get(&s)) {
                 seen ^= c.hits;
             }
         }
@@ -1360,14 +1371,34 @@ impl Aggregates {
 
     /// Applies one increment (`aux`, its second key: see `route::increments`).
     pub fn apply(&mut self, inc: &Inc, site: &str, key: &str, aux: &str, now_min: i64) {
+        self.apply_known(inc, site, key, aux, now_min, Known::default());
+    }
+
+    /// [`Aggregates::apply`], with the ids of its names that are known already (`warm`).
+    fn apply_known(
+        &mut self,
+        inc: &Inc,
+        site: &str,
+        key: &str,
+        aux: &str,
+        now_min: i64,
+        known: Known,
+    ) {
         if let Some(r) = self.recording.as_deref_mut() {
             r.apply_counts(inc, site, key, aux, now_min, &[], None);
         }
         if !(inc.kind == IncKind::Visitor && inc.visit && inc.has_vid) {
-            self.apply_counts(inc, site, key, aux, now_min, &[], None);
+            let interned = match (inc.kind, known.url) {
+                (IncKind::Url, Some(url)) => Some(Interned::Url(url)),
+                _ => None,
+            };
+            self.apply_counts(inc, site, key, aux, now_min, &[], interned);
             return;
         }
-        let (s, _) = self.sites.intern(site);
+        let s = match known.site {
+            Some(s) => s,
+            None => self.sites.intern(site).0,
+        };
         // A pageview's key is its url (the visit's entry or exit page, maybe), its second key
         // its profile (its own cell's, and the dimensions of the visit it may enter), interned
         // here once for both.
@@ -1377,7 +1408,7 @@ impl Aggregates {
             visits::NO_URL
         };
         let profile = (!aux.is_empty()).then(|| self.profiles.intern(s, site, aux));
-        let interned = Interned { site: s, profile };
+        let interned = Interned::Visitor { site: s, profile };
         let visits = if inc.repair {
             &mut self.repair_visits
         } else {
@@ -1523,7 +1554,10 @@ impl Aggregates {
         let pv = u32::from(inc.pageview);
         match inc.kind {
             IncKind::Url => {
-                let id = self.intern_url(key, site);
+                let id = match interned {
+                    Some(Interned::Url(id)) => id,
+                    _ => self.intern_url(key, site),
+                };
                 let mut visitor =
                     MinuteVisitor::new((inc.has_vid && self.cfg.url_visitors).then_some(inc.vid));
                 let by_channel = (self.cfg.url_channels && inc.pageview && inc.channel != 0)
@@ -1580,11 +1614,16 @@ impl Aggregates {
             }
             IncKind::Visitor => {
                 // A pageview's profile, counted in the same pass (see `IncKind::Profile`).
-                let Interned { site: s, profile } = interned.unwrap_or_else(|| {
-                    let s = self.sites.intern(site).0;
-                    let profile = (!aux.is_empty()).then(|| self.profiles.intern(s, site, aux));
-                    Interned { site: s, profile }
-                });
+                let (s, profile) = match interned {
+                    Some(Interned::Visitor { site: s, profile }) => (s, profile),
+                    _ => {
+                        let s = self.sites.intern(site).0;
+                        (
+                            s,
+                            (!aux.is_empty()).then(|| self.profiles.intern(s, site, aux)),
+                        )
+                    }
+                };
                 let mut visitor = MinuteVisitor::new(inc.has_vid.then_some(inc.vid));
                 let touch = || page_keys(visits.iter().map(|(_, d)| d));
                 self.each_bucket_with(inc, now_min, touch, |b, _| {
