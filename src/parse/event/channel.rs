@@ -141,6 +141,10 @@ impl Utm {
 /// Reads the utm tags of `url` (see [`Utm`]). A key's first occurrence wins even when its value
 /// is empty; a pair without `=` has an empty value.
 pub fn utm_of(url: &str) -> Utm {
+    // Most urls have no query at all: one search says so.
+    if memchr::memchr(b'?', url.as_bytes()).is_none() {
+        return Utm::default();
+    }
     let before_fragment = url.split_once('#').map_or(url, |(head, _)| head);
     let query = before_fragment.split_once('?').map_or("", |(_, q)| q);
     let mut utm = Utm::default();

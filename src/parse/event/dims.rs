@@ -70,6 +70,7 @@ pub fn dim_index(name: &str) -> Option<usize> {
 
 /// Appends one value to a key being built: [`SEP`] before every value but the first, control
 /// characters replaced by spaces, [`NONE`] for an empty value.
+#[inline]
 pub fn push_value(key: &mut String, value: &str) {
     if !key.is_empty() {
         key.push(SEP);
@@ -80,6 +81,7 @@ pub fn push_value(key: &mut String, value: &str) {
 /// Appends a value of pixeld's own tables (a channel's name; a device, browser or OS as
 /// `parse::event::agent` names them): trimmed and without a control character, so appended
 /// as it is ([`NONE`] if empty, like [`push_value`]).
+#[inline]
 pub fn push_known(key: &mut String, value: &str) {
     debug_assert!(value.trim() == value && !value.chars().any(char::is_control));
     if !key.is_empty() {
