@@ -957,7 +957,8 @@ pub fn channel_name(code: u8) -> &'static str {
     crate::parse::event::channel::Channel::from_code(code).map_or("(none)", |c| c.as_str())
 }
 
-/// The ids of an increment's names that [`Aggregates::apply`] interned already.
+/// The ids of an increment's names that [`Aggregates::apply`] interned (or `warm` found)
+/// already.
 #[derive(Debug, Clone, Copy)]
 enum Interned {
     /// A visitor's site, and its pageview's profile.
