@@ -18,6 +18,8 @@
 //! (absent without a region from a city database) — so every key of a pageview without a
 //! region (and every profile stored before these existed) stays as it was.
 
+use super::bytes::{below, equal};
+
 /// The dimensions: the positional ones in key order, then the named built-ins.
 pub const DIMS: [&str; 12] = [
     "channel",
@@ -113,23 +115,16 @@ fn push_clean(key: &mut String, value: &str) {
 }
 
 /// Whether `b` holds a control byte (below 0x20, 0x7f, or the 0xC2 that starts a C1
-/// character), eight bytes at a time with the usual bit tricks (`hasless`/`haszero`: each may
-/// flag more bytes after a true hit, never one without a hit), the rest byte by byte: with
-/// the printable-ends check above, 5 324 → 5 162 instructions per line of the parse
-/// benchmark (`benches/parse.rs`).
+/// character), eight bytes at a time (`super::bytes`), the rest byte by byte: with the
+/// printable-ends check above, 5 324 → 5 162 instructions per line of the parse benchmark
+/// (`benches/parse.rs`).
 fn has_control(b: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut chunks = b.chunks_exact(8);
     for chunk in &mut chunks {
         let mut w = [0u8; 8];
         w.copy_from_slice(chunk);
         let x = u64::from_le_bytes(w);
-        let (del, c1) = (x ^ (ONES * 0x7f), x ^ (ONES * 0xc2));
-        let hit = (x.wrapping_sub(ONES * 0x20) & !x)
-            | (del.wrapping_sub(ONES) & !del)
-            | (c1.wrapping_sub(ONES) & !c1);
-        if hit & HIGH != 0 {
+        if below(x, 0x20) | equal(x, 0x7f) | equal(x, 0xc2) != 0 {
             return true;
         }
     }

@@ -45,6 +45,7 @@ use time::OffsetDateTime;
 use super::syslog;
 
 pub mod agent;
+mod bytes;
 mod cache;
 pub mod channel;
 mod combined;

@@ -27,6 +27,7 @@
 
 use serde::de::{self, Deserializer, Visitor};
 
+use super::bytes::{below, equal};
 use super::{ms_in_range, Field, KeyTable, Scalar, Scratch, Ts};
 
 /// Reads `text` (which starts with `{`) into `scratch` when it is a flat JSON object of the
@@ -309,21 +310,12 @@ fn find_special(b: &[u8], mut i: usize) -> Option<usize> {
         }
         i += 16;
     }
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     while let Some(chunk) = b.get(i..i + 8) {
         let mut w = [0u8; 8];
         w.copy_from_slice(chunk);
         let x = u64::from_le_bytes(w);
-        let quote = x ^ (ONES * u64::from(b'"'));
-        let backslash = x ^ (ONES * u64::from(b'\\'));
-        // A byte is zero in `quote` (or `backslash`), or below 0x20 in `x`. Each test may
-        // flag bytes after a true hit (a borrow runs upwards), never before one, so the
-        // lowest flag (little-endian: the first byte) is exact.
-        let hit = ((quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash)
-            | (x.wrapping_sub(ONES * 0x20) & !x))
-            & HIGH;
+        // The lowest flag is exact (`bytes`).
+        let hit = equal(x, b'"') | equal(x, b'\\') | below(x, 0x20);
         if hit != 0 {
             return Some(i + (hit.trailing_zeros() / 8) as usize);
         }
