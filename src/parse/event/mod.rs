@@ -576,7 +576,7 @@ impl EventParser {
         // reads (and silently skip them in the ones it ignores), so the whole message is
         // checked once here: a valid one is then read as `&str` without a second check, an
         // invalid one is repaired into `lossy` and flagged.
-        let text: &str = match std::str::from_utf8(msg) {
+        let text: &str = match simdutf8::basic::from_utf8(msg) {
             Ok(text) => text,
             Err(_) => {
                 lossy.clear();

