@@ -15,8 +15,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    self, decode_batch, decode_header, verify_batch, BatchHeader, FormatError, RecordRef,
-    BATCH_MAGIC, HEADER_LEN,
+    self, decode_batch, decode_header, verify_batch, BatchHeader, BatchScratch, FormatError,
+    RecordRef, BATCH_MAGIC, HEADER_LEN,
 };
 use super::index::{IndexBuilder, SegmentIndex};
 use super::Error;
@@ -107,7 +107,7 @@ pub struct ScanReport {
 /// CRC) so that corruption in the middle is reported and skipped, not mistaken for the end.
 /// With `deep`, every batch is also decompressed and its records validated (for `check`).
 pub fn scan_segment(bytes: &[u8], base_offset: u64, index_interval: u64, deep: bool) -> ScanReport {
-    let mut scratch = Vec::new();
+    let mut scratch = BatchScratch::default();
     let mut builder = IndexBuilder::new(base_offset, index_interval);
     let mut pos = 0usize;
     let mut expected = base_offset;
@@ -361,7 +361,7 @@ impl ShardReader {
                 .saturating_sub(1),
             _ => 0,
         };
-        let mut scratch = Vec::new();
+        let mut scratch = BatchScratch::default();
         // Whether records are being emitted yet: from the first record at or after the start
         // on, every later record is emitted (Kafka's semantics for a time lookup).
         let mut started = start == Start::Beginning;
