@@ -80,7 +80,7 @@ pub fn event(data: &[u8]) {
 /// replay and rebuild. When byte 4's low bit is set, the CRC field is recomputed first, so
 /// that the fuzzer reaches decompression and record parsing instead of stopping at the CRC.
 pub fn batch(data: &[u8]) {
-    use pixeld::log::format::{decode_batch, decode_header, HEADER_LEN};
+    use pixeld::log::format::{decode_batch, decode_header, BatchScratch, HEADER_LEN};
     let mut buf = data.to_vec();
     if buf.len() >= HEADER_LEN && buf[4] & 1 == 1 {
         if let Ok(h) = decode_header(&buf) {
@@ -89,7 +89,7 @@ pub fn batch(data: &[u8]) {
             buf[4..8].copy_from_slice(&crc.to_le_bytes());
         }
     }
-    let mut scratch = Vec::new();
+    let mut scratch = BatchScratch::default();
     if let Ok(b) = decode_batch(&buf, &mut scratch) {
         let (mut n, mut bytes) = (0u32, 0usize);
         for r in b.records() {
