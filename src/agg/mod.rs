@@ -630,9 +630,15 @@ impl Names {
         let (blocks, spans) = (&self.blocks, &self.spans);
         self.ids
             .find(hash, |id| {
-                spans
-                    .get(*id as usize)
-                    .is_some_and(|s| s.len as usize == name.len() && spanned(blocks, s) == name)
+                // Bytes, not `str` slices: no character-boundary checks on every probe.
+                spans.get(*id as usize).is_some_and(|s| {
+                    let (start, len) = (s.start as usize, s.len as usize);
+                    len == name.len()
+                        && blocks
+                            .get(s.block as usize)
+                            .and_then(|b| b.as_bytes().get(start..start + len))
+                            == Some(name.as_bytes())
+                })
             })
             .copied()
     }
