@@ -253,6 +253,7 @@ fn domain_class_lower(d: &str) -> Option<Channel> {
 
 /// The class of the most specific listed domain among `host` (lower-case) and its parents.
 fn host_class(host: &str) -> Option<Channel> {
+    // Built on the first call; every later one reads it after one atomic load (no lock).
     static HOSTS: OnceLock<HashMap<&'static str, Channel>> = OnceLock::new();
     let hosts = HOSTS.get_or_init(|| {
         // The three lists do not overlap (a unit test checks it).

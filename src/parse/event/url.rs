@@ -165,13 +165,15 @@ fn split_scheme(b: &[u8]) -> Option<(usize, &[u8])> {
     }
 }
 
-/// What a byte of an authority is to [`authority`].
+// What a byte of an authority is to [`authority`]: nothing special, its end (`/`, `?`, `#`,
+// `\`), the end of a userinfo, a port's colon, or one no host or port may hold (ASCII
+// whitespace or a control).
 const PLAIN: u8 = 0;
 const END: u8 = 1;
 const AT: u8 = 2;
 const COLON: u8 = 3;
-/// ASCII whitespace or a control.
 const BAD: u8 = 4;
+/// Each byte's class for [`authority`] (see the constants above).
 const AUTHORITY_BYTES: [u8; 256] = {
     let mut t = [PLAIN; 256];
     let mut c = 0;
