@@ -64,6 +64,8 @@ use std::sync::OnceLock;
 
 use hashbrown::HashMap;
 
+use super::url::hex;
+
 /// Version of the shipped rule table; bumped whenever a rule changes what a pageview is
 /// classified as.
 pub const RULES_VERSION: u32 = 1;
@@ -208,15 +210,6 @@ fn tag_value(raw: &str) -> String {
         cut -= 1;
     }
     trimmed.get(..cut).unwrap_or_default().trim_end().to_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// What a referrer domain alone says: Some(Search | Social | Email) for a known search engine,

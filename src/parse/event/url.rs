@@ -60,6 +60,12 @@ pub(super) fn percent_decode_into(src: &[u8], out: &mut Vec<u8>) {
     out.truncate(start + w);
 }
 
+/// A hex digit's value (also the utm values' decoding, `channel::tag_value`).
+pub(super) fn hex(b: u8) -> Option<u8> {
+    let v = HEX[usize::from(b)];
+    (v < 16).then_some(v)
+}
+
 /// A hex digit's value, 0xff for any other byte.
 const HEX: [u8; 256] = {
     let mut t = [0xff; 256];
