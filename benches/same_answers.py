@@ -83,17 +83,25 @@ class Server:
             args += ["--config", config]
         self.log = open(data + ".stderr", "w")
         self.p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.time() + 120
+        # Ready when its answers are complete (the logs replayed). A large data dir on a slow
+        # day takes minutes: wait as long as the replay moves ("catchup_records" falls), and
+        # give up only after `stall` seconds without progress.
+        stall, left, moved = 120, None, time.time()
         while True:
             if self.p.poll() is not None:
                 raise SystemExit("%s exited: see %s.stderr" % (binary, data))
             try:
-                if json.loads(self.get("/v1/summary?from=-1m&to=now")).get("complete"):
+                answer = json.loads(self.get("/v1/summary?from=-1m&to=now"))
+                if answer.get("complete"):
                     break
-            except OSError:
+                now_left = answer.get("catchup_records")
+                if now_left is not None and (left is None or now_left < left):
+                    left, moved = now_left, time.time()
+            except (OSError, ValueError):
                 pass
-            if time.time() > deadline:
-                raise SystemExit("%s not complete after 120 s" % binary)
+            if time.time() - moved > stall:
+                raise SystemExit("%s made no progress replaying its logs for %d s (%s records left): see %s.stderr"
+                                 % (binary, stall, left, data))
             time.sleep(0.2)
 
     def get(self, path):
