@@ -549,12 +549,19 @@ pub const WARM_CHUNK: usize = 32;
 /// costs its text and a 12-byte span — not a box of its own (16 bytes of pointer and length
 /// and the allocator's header and rounding) — and a comparison reads its span and its text,
 /// contiguous with the names interned around it.
+///
+/// The id interned last is remembered (`last`): one record's increments name the same site
+/// (its url's, its referrer's, its visitor's and its profile's increments), the same url
+/// (its url's and its visitor's pageview) and the same referrer domain (its url's second key
+/// and its referrer's increment), so most calls of [`Names::intern`] ask again for the name
+/// asked for just before, and then cost a compare instead of a hash and a probe.
 #[derive(Debug, Default, Clone)]
 pub struct Names {
     ids: hashbrown::HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
     blocks: Vec<String>,
     spans: Vec<Span>,
+    last: Option<u32>,
 }
 
 /// The largest block of name text [`Names`] allocates for names of ordinary length.
@@ -580,8 +587,12 @@ fn spanned<'a>(blocks: &'a [String], s: &Span) -> &'a str {
 impl Names {
     /// The id of `name`, and whether it is new.
     pub fn intern(&mut self, name: &str) -> (u32, bool) {
+        if let Some(id) = self.last.filter(|&id| self.bytes(id) == name.as_bytes()) {
+            return (id, false);
+        }
         let hash = self.hasher.hash_one(name);
         if let Some(id) = self.find(hash, name) {
+            self.last = Some(id);
             return (id, false);
         }
         let id = self.spans.len() as u32;
@@ -591,7 +602,20 @@ impl Names {
         self.ids.insert_unique(hash, id, |id| {
             hasher.hash_one(spans.get(*id as usize).map_or("", |s| spanned(blocks, s)))
         });
+        self.last = Some(id);
         (id, true)
+    }
+
+    /// The text of `id` as bytes (empty for an id it does not hold): no character-boundary
+    /// checks, for comparisons.
+    fn bytes(&self, id: u32) -> &[u8] {
+        self.spans.get(id as usize).map_or(&[], |s| {
+            let (start, len) = (s.start as usize, s.len as usize);
+            self.blocks
+                .get(s.block as usize)
+                .and_then(|b| b.as_bytes().get(start..start + len))
+                .unwrap_or(&[])
+        })
     }
 
     /// Appends `name`'s text to the last block, or to a new one when it does not fit (so that
@@ -627,19 +651,8 @@ impl Names {
     }
     /// The id of `name`, whose hash is `hash`.
     fn find(&self, hash: u64, name: &str) -> Option<u32> {
-        let (blocks, spans) = (&self.blocks, &self.spans);
         self.ids
-            .find(hash, |id| {
-                // Bytes, not `str` slices: no character-boundary checks on every probe.
-                spans.get(*id as usize).is_some_and(|s| {
-                    let (start, len) = (s.start as usize, s.len as usize);
-                    len == name.len()
-                        && blocks
-                            .get(s.block as usize)
-                            .and_then(|b| b.as_bytes().get(start..start + len))
-                            == Some(name.as_bytes())
-                })
-            })
+            .find(hash, |id| self.bytes(*id) == name.as_bytes())
             .copied()
     }
     pub fn name(&self, id: u32) -> &str {
@@ -1131,8 +1144,6 @@ pub struct Aggregates {
     /// The visits of records replayed only to repair a lost sealed bucket (kept apart: they
     /// are below what `visits` has already seen).
     repair_visits: Visits,
-    /// The url [`Aggregates::intern_url`] interned last.
-    last_url: Option<u32>,
 }
 
 impl Aggregates {
@@ -1164,7 +1175,6 @@ impl Aggregates {
             recording: None,
             visits: Visits::new(cfg_visits),
             repair_visits: Visits::new(cfg_visits),
-            last_url: None,
         }
     }
 
@@ -1480,19 +1490,15 @@ impl Aggregates {
         }
     }
 
-    /// The id of url `name` (of `site`), interned if new. The last one is remembered: a
-    /// record's url increment and its visitor's pageview name the same url, and on the
-    /// shard that owns both the second costs a compare instead of a lookup.
+    /// The id of url `name` (of `site`), interned if new. (A record's url increment and its
+    /// visitor's pageview name the same url: on the shard that owns both the second costs a
+    /// compare, see [`Names`].)
     fn intern_url(&mut self, name: &str, site: &str) -> u32 {
-        if let Some(id) = self.last_url.filter(|&id| self.urls.name(id) == name) {
-            return id;
-        }
         let (id, new) = self.urls.intern(name);
         if new {
             let (s, _) = self.sites.intern(site);
             self.url_site.push(s);
         }
-        self.last_url = Some(id);
         id
     }
 
@@ -2936,6 +2942,28 @@ mod tests {
         assert_eq!(n.blocks.iter().map(String::len).sum::<usize>(), bytes);
         let copy = n.tail_copy(4990);
         assert_eq!((copy.name(3), copy.name(4995)), ("", name(4995).as_str()));
+    }
+
+    proptest::proptest! {
+        /// Any run of names — repeated at once (what the remembered last id answers), again
+        /// later, prefixes of each other, empty — gets the ids a map in order of first sight
+        /// gives, and says new exactly when the map had none.
+        #[test]
+        fn names_intern_like_a_map(picks in proptest::collection::vec(0usize..12, 1..300)) {
+            let pool = ["", "a", "ab", "abc", "b", "site.example", "site.example/",
+                "www.site.example", "a\u{e9}", "\u{e9}a", "ba", "abd"];
+            let mut n = Names::default();
+            let mut model: std::collections::HashMap<&str, u32> = Default::default();
+            for p in picks {
+                let name = pool[p];
+                let next = model.len() as u32;
+                let want_new = !model.contains_key(name);
+                let want = *model.entry(name).or_insert(next);
+                proptest::prop_assert_eq!(n.intern(name), (want, want_new));
+                proptest::prop_assert_eq!(n.get(name), Some(want));
+                proptest::prop_assert_eq!(n.name(want), name);
+            }
+        }
     }
 
     /// Names of every length — empty, a block's worth, longer than a block — keep their
