@@ -149,11 +149,6 @@ impl SyslogError {
     }
 }
 
-/// The English month abbreviations, spelled and capitalised as nginx writes them.
-const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
-];
-
 /// RFC 3164 tags and RFC 5424 APP-NAMEs are at most 48 bytes.
 const MAX_TAG: usize = 48;
 /// RFC 5424 field limits; the RFC 3164 hostname gets the same 255 as its successor.
@@ -233,11 +228,23 @@ fn parse_3164(pri: u8, input: &[u8]) -> Result<Syslog<'_>, SyslogError> {
     else {
         return Err(SyslogError::Timestamp);
     };
-    let month = MONTHS
-        .iter()
-        .position(|name| **name == [m0, m1, m2])
-        .and_then(|i| u8::try_from(i + 1).ok())
-        .ok_or(SyslogError::Timestamp)?;
+    // The English month abbreviations, spelled and capitalised as nginx writes them (one
+    // match: a search of a list of names compared twelve times for December).
+    let month = match &[m0, m1, m2] {
+        b"Jan" => 1,
+        b"Feb" => 2,
+        b"Mar" => 3,
+        b"Apr" => 4,
+        b"May" => 5,
+        b"Jun" => 6,
+        b"Jul" => 7,
+        b"Aug" => 8,
+        b"Sep" => 9,
+        b"Oct" => 10,
+        b"Nov" => 11,
+        b"Dec" => 12,
+        _ => return Err(SyslogError::Timestamp),
+    };
     // nginx pads the day with a space ("Nov  2"); other senders pad with a zero.
     let day = if d0 == b' ' {
         digit(d1)
@@ -317,11 +324,11 @@ struct Tagged<'a> {
 /// when `input` does not start with that structure.
 fn parse_tag(input: &[u8]) -> Option<Tagged<'_>> {
     // Looking at no more than one byte past the longest tag keeps a long token cheap.
-    let len = input
+    let head = input.get(..MAX_TAG + 1).unwrap_or(input);
+    let len = head
         .iter()
-        .take(MAX_TAG + 1)
-        .position(|&b| !is_tag_byte(b))
-        .unwrap_or(input.len().min(MAX_TAG + 1));
+        .position(|&b| !TAG_BYTES[usize::from(b)])
+        .unwrap_or(head.len());
     if len == 0 || len > MAX_TAG {
         return None;
     }
@@ -568,10 +575,18 @@ fn is_field(token: &[u8], max: usize) -> bool {
     !token.is_empty() && token.len() <= max && token.iter().all(u8::is_ascii_graphic)
 }
 
-/// Bytes of an RFC 3164 tag name: printable ASCII except the `[`, `]` and `:` that end it.
-fn is_tag_byte(b: u8) -> bool {
-    b.is_ascii_graphic() && !matches!(b, b'[' | b']' | b':')
-}
+/// Bytes of an RFC 3164 tag name: printable ASCII except the `[`, `]` and `:` that end it
+/// (a table: one load a byte).
+const TAG_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_graphic() && !matches!(c, b'[' | b']' | b':');
+        b += 1;
+    }
+    t
+};
 
 /// Bytes of an SD-ID or PARAM-NAME: printable ASCII except `=`, `]` and `"`.
 fn is_sd_name_byte(b: u8) -> bool {
@@ -945,6 +960,10 @@ mod tests {
             msg in no_line_end(),
             line_end in prop::sample::select(vec!["", "\n", "\r\n"]),
         ) {
+            const MONTHS: [&[u8; 3]; 12] = [
+                b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
+                b"Nov", b"Dec",
+            ];
             let month_name = std::str::from_utf8(MONTHS[usize::from(month - 1)]).unwrap();
             let mut input = format!("<{pri}>{month_name} {day:>2} {hour:02}:{minute:02}:{second:02} ");
             if let Some(host) = &hostname {

@@ -752,6 +752,12 @@ fn finish<'a>(
 
 /// Classifies an action value, case-insensitively; `None` when unknown.
 fn action(s: &str) -> Option<Action> {
+    // As the tracker and the shipped nginx config send them: one compare of the whole value.
+    match s {
+        "pageview" => return Some(Action::Pageview),
+        "heartbeat" => return Some(Action::Heartbeat),
+        _ => {}
+    }
     if s.eq_ignore_ascii_case("pageview") || s.eq_ignore_ascii_case("pv") {
         Some(Action::Pageview)
     } else if s.eq_ignore_ascii_case("heartbeat") || s.eq_ignore_ascii_case("hb") {
@@ -1596,6 +1602,31 @@ mod tests {
         for (fields, domain) in cases {
             let line = json(&format!(r#""url":"https://s.example/"{fields}"#));
             assert_eq!(p.parse(&line).unwrap().ref_domain, domain, "{fields}");
+        }
+    }
+
+    /// Every spelling of each action, the usual ones (compared whole) and the rest (compared
+    /// case-insensitively), and near misses.
+    #[test]
+    fn action_names() {
+        use Action::*;
+        for (s, want) in [
+            ("pageview", Some(Pageview)),
+            ("PAGEVIEW", Some(Pageview)),
+            ("pv", Some(Pageview)),
+            ("Pv", Some(Pageview)),
+            ("heartbeat", Some(Heartbeat)),
+            ("HeartBeat", Some(Heartbeat)),
+            ("hb", Some(Heartbeat)),
+            ("event", Some(Event)),
+            ("EVENT", Some(Event)),
+            ("pageviews", None),
+            ("pagevie", None),
+            ("heart", None),
+            (" pageview", None),
+            ("", None),
+        ] {
+            assert_eq!(action(s), want, "{s:?}");
         }
     }
 
