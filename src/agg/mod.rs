@@ -550,11 +550,10 @@ pub const WARM_CHUNK: usize = 32;
 /// and the allocator's header and rounding) — and a comparison reads its span and its text,
 /// contiguous with the names interned around it.
 ///
-/// The id interned last is remembered (`last`): one record's increments name the same site
-/// (its url's, its referrer's, its visitor's and its profile's increments), the same url
-/// (its url's and its visitor's pageview) and the same referrer domain (its url's second key
-/// and its referrer's increment), so most calls of [`Names::intern`] ask again for the name
-/// asked for just before, and then cost a compare instead of a hash and a probe.
+/// The id interned last is remembered (`last`) for [`Names::intern_again`]: where a record's
+/// increments name the same url twice (its url's and its visitor's pageview) or the same
+/// referrer domain (its url's second key and its referrer's increment), the second costs a
+/// compare instead of a hash and a probe.
 #[derive(Debug, Default, Clone)]
 pub struct Names {
     ids: hashbrown::HashTable<u32>,
@@ -587,9 +586,6 @@ fn spanned<'a>(blocks: &'a [String], s: &Span) -> &'a str {
 impl Names {
     /// The id of `name`, and whether it is new.
     pub fn intern(&mut self, name: &str) -> (u32, bool) {
-        if let Some(id) = self.last.filter(|&id| self.bytes(id) == name.as_bytes()) {
-            return (id, false);
-        }
         let hash = self.hasher.hash_one(name);
         if let Some(id) = self.find(hash, name) {
             self.last = Some(id);
@@ -604,6 +600,16 @@ impl Names {
         });
         self.last = Some(id);
         (id, true)
+    }
+
+    /// [`Names::intern`] where `name` is likely the name interned last: then a compare,
+    /// otherwise a compare more than `intern` (so only where the last one repeats often —
+    /// everywhere, it cost more than it saved in a rebuild).
+    pub fn intern_again(&mut self, name: &str) -> (u32, bool) {
+        match self.last.filter(|&id| self.bytes(id) == name.as_bytes()) {
+            Some(id) => (id, false),
+            None => self.intern(name),
+        }
     }
 
     /// The text of `id` as bytes (empty for an id it does not hold): no character-boundary
@@ -1494,7 +1500,7 @@ impl Aggregates {
     /// visitor's pageview name the same url: on the shard that owns both the second costs a
     /// compare, see [`Names`].)
     fn intern_url(&mut self, name: &str, site: &str) -> u32 {
-        let (id, new) = self.urls.intern(name);
+        let (id, new) = self.urls.intern_again(name);
         if new {
             let (s, _) = self.sites.intern(site);
             self.url_site.push(s);
@@ -1615,7 +1621,8 @@ impl Aggregates {
             }
             IncKind::Ref => {
                 let (s, _) = self.sites.intern(site);
-                let (r, _) = self.refs.intern(key);
+                // Usually the referrer its url's increment just named (`by_ref` above).
+                let (r, _) = self.refs.intern_again(key);
                 let k = PairKey::new(s, r);
                 self.each_bucket(inc, now_min, |b, _| {
                     let c = b.refs.entry(k).or_default();
@@ -2945,21 +2952,24 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Any run of names — repeated at once (what the remembered last id answers), again
-        /// later, prefixes of each other, empty — gets the ids a map in order of first sight
-        /// gives, and says new exactly when the map had none.
+        /// Any run of names — repeated at once (what `intern_again`'s remembered id answers),
+        /// again later, prefixes of each other, empty — gets the ids a map in order of first
+        /// sight gives, and says new exactly when the map had none.
         #[test]
-        fn names_intern_like_a_map(picks in proptest::collection::vec(0usize..12, 1..300)) {
+        fn names_intern_like_a_map(
+            picks in proptest::collection::vec((0usize..12, proptest::bool::ANY), 1..300),
+        ) {
             let pool = ["", "a", "ab", "abc", "b", "site.example", "site.example/",
                 "www.site.example", "a\u{e9}", "\u{e9}a", "ba", "abd"];
             let mut n = Names::default();
             let mut model: std::collections::HashMap<&str, u32> = Default::default();
-            for p in picks {
+            for (p, again) in picks {
                 let name = pool[p];
                 let next = model.len() as u32;
                 let want_new = !model.contains_key(name);
                 let want = *model.entry(name).or_insert(next);
-                proptest::prop_assert_eq!(n.intern(name), (want, want_new));
+                let got = if again { n.intern_again(name) } else { n.intern(name) };
+                proptest::prop_assert_eq!(got, (want, want_new));
                 proptest::prop_assert_eq!(n.get(name), Some(want));
                 proptest::prop_assert_eq!(n.name(want), name);
             }
