@@ -100,8 +100,9 @@ class Server:
             except (OSError, ValueError):
                 pass
             if time.time() - moved > stall:
-                raise SystemExit("%s made no progress replaying its logs for %d s (%s records left): see %s.stderr"
-                                 % (binary, stall, left, data))
+                left_text = "unknown" if left is None else str(left)
+                raise SystemExit("%s made no progress replaying its logs for %d s (records left: %s): see %s.stderr"
+                                 % (binary, stall, left_text, data))
             time.sleep(0.2)
 
     def get(self, path):
