@@ -598,3 +598,20 @@ mod tests {
         assert!(m.contains("pixeld_export_sent_total 1"));
     }
 }
+
+/// Built without the `kafka` feature (`scripts/test` runs the unit tests so too), a config
+/// that asks for the export is refused, and the error says how to get it.
+#[cfg(test)]
+#[cfg(not(feature = "kafka"))]
+mod tests_without_kafka {
+    use super::*;
+
+    #[test]
+    fn a_kafka_export_is_refused_naming_the_feature() {
+        let raw: RawKafka =
+            toml::from_str("brokers = \"127.0.0.1:9092\"\ntopic = \"pixeld-hits\"").unwrap();
+        let e = KafkaExportConfig::from_raw(&raw).unwrap_err();
+        assert_eq!(e.field, "export.kafka");
+        assert!(e.reason.contains("cargo feature `kafka`"), "{}", e.reason);
+    }
+}
